@@ -1,0 +1,1 @@
+"""fanout: mass push notifications."""

@@ -1,0 +1,205 @@
+"""The ``fanout`` command: demo, migrate, queues, worker, publish, status, sink."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Annotated, Any
+
+import orjson
+import pydantic
+import typer
+from rich.console import Console
+
+from fanout.config import Settings
+
+# Tracebacks never show local variables: they may hold keys and database URLs.
+app = typer.Typer(
+    help="Mass push notifications: one event in, a push on every device out.",
+    pretty_exceptions_show_locals=False,
+)
+queues_app = typer.Typer(help="Create and inspect the SQS queues.")
+app.add_typer(queues_app, name="queues")
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except pydantic.ValidationError as exc:
+        # Name the variable, never echo its value: it may be a secret.
+        for error in exc.errors():
+            field = "_".join(str(part) for part in error["loc"])
+            err.print(f"[red]FANOUT_{field.upper()}: {error['msg']}[/]")
+        raise typer.Exit(2) from None
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _run(coroutine: Any) -> Any:
+    try:
+        return asyncio.run(coroutine)
+    except (OSError, RuntimeError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def demo(
+    subscribers: Annotated[
+        int, typer.Option(min=1, help="Subscribers of the demo topic.")
+    ] = 20_000,
+    devices_per_user: Annotated[int, typer.Option(min=1, max=10)] = 1,
+    json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the whole pipeline locally and check every device got the push exactly once."""
+    from fanout.demo import run_demo, summary_table
+
+    _logging(verbose)
+    settings = _settings()
+    summary = _run(
+        run_demo(settings, subscribers=subscribers, devices_per_user=devices_per_user, console=err)
+    )
+    if json:
+        out = {**summary.__dict__, "ok": summary.ok}
+        sys.stdout.write(orjson.dumps(out).decode() + "\n")
+    else:
+        Console().print(summary_table(summary))
+    raise typer.Exit(0 if summary.ok else 1)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations (safe to run again)."""
+    from fanout.store import connect
+    from fanout.store.migrate import migrate as apply
+
+    async def main() -> list[str]:
+        conn = await connect(_settings().database_dsn())
+        try:
+            return await apply(conn)
+        finally:
+            await conn.close()
+
+    applied = _run(main())
+    err.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@queues_app.command("create")
+def queues_create() -> None:
+    """Create both queues and their dead-letter queues (safe to run again)."""
+    from fanout.sqs import create_queues, open_client
+
+    settings = _settings()
+
+    async def main() -> dict[str, str]:
+        async with open_client(settings) as client:
+            return await create_queues(client, settings)
+
+    for role, url in _run(main()).items():
+        typer.echo(f"{role}: {url}")
+
+
+@app.command()
+def worker(
+    role: Annotated[
+        str, typer.Option(help="Which queues to consume: all, fanout or delivery.")
+    ] = "all",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
+) -> None:
+    """Consume the queues until SIGTERM or Ctrl-C."""
+    from fanout.worker import run_worker
+
+    roles = {"all": ("fanout", "delivery"), "fanout": ("fanout",), "delivery": ("delivery",)}
+    if role not in roles:
+        raise typer.BadParameter("must be all, fanout or delivery", param_hint="--role")
+    _logging(verbose)
+    settings = _settings()
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        consumers = await run_worker(settings, stopping, roles=roles[role])
+        for consumer in consumers:
+            logging.getLogger("fanout.worker").info("%s: %s", consumer.queue.name, consumer.stats)
+
+    _run(main())
+
+
+@app.command()
+def publish(
+    topic: Annotated[str, typer.Argument(help="Topic key, e.g. author:42")],
+    title: Annotated[str, typer.Option()],
+    body: Annotated[str, typer.Option()] = "",
+    idempotency_key: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Publish an event to a topic's subscribers; prints the event id."""
+    from fanout.notification import Notification
+    from fanout.publish import publish as do_publish
+    from fanout.sqs import open_client, open_queues
+    from fanout.store import create_pool
+
+    settings = _settings()
+    try:
+        notification = Notification(title=title, body=body)
+    except pydantic.ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+    async def main() -> int:
+        pool = await create_pool(settings)
+        try:
+            async with open_client(settings) as client:
+                queues = await open_queues(client, settings)
+                published = await do_publish(
+                    pool, queues, notification, topic=topic, idempotency_key=idempotency_key
+                )
+                return published.event_id
+        finally:
+            await pool.close()
+
+    typer.echo(_run(main()))
+
+
+@app.command()
+def status(event_id: int) -> None:
+    """Show an event's progress as JSON."""
+    from fanout.store import connect, queries
+
+    async def main() -> dict[str, Any] | None:
+        conn = await connect(_settings().database_dsn())
+        try:
+            row = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
+        finally:
+            await conn.close()
+        return dict(row) if row else None
+
+    row = _run(main())
+    if row is None:
+        err.print(f"[red]no event {event_id}[/]")
+        raise typer.Exit(1)
+    typer.echo(orjson.dumps(row, default=str, option=orjson.OPT_INDENT_2).decode())
+
+
+@app.command()
+def sink(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+) -> None:
+    """Serve a local push sink that counts what it receives (for tests and benchmarks)."""
+    from fanout.sink_server import serve
+
+    serve(host, port)
+
+
+def main() -> None:
+    app()

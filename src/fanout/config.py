@@ -1,0 +1,85 @@
+"""Settings: read from the environment (prefix ``FANOUT_``) once, then passed down.
+
+No other module reads ``os.environ``; everything that can be configured is a field here.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Apple's limit for a notification payload; also the bar for every other provider
+# here, so one event renders to a payload that every platform accepts.
+MAX_PAYLOAD_BYTES = 4096
+
+
+class Settings(BaseSettings):
+    """Everything fanout can be told, with defaults that work on one machine."""
+
+    model_config = SettingsConfigDict(env_prefix="FANOUT_", extra="ignore")
+
+    # --- PostgreSQL -------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql:// URL. Unset: `fanout demo` starts an embedded PostgreSQL.",
+    )
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+
+    # --- SQS --------------------------------------------------------------------------
+    sqs_endpoint_url: str | None = Field(
+        default=None, description="SQS endpoint; unset means AWS's regional endpoint."
+    )
+    aws_region: str = "us-east-1"
+    queue_prefix: str = Field(
+        default="fanout",
+        pattern=r"^[A-Za-z0-9_-]{1,60}$",
+        description="Queue names when no URL is given: <prefix>-fanout, <prefix>-delivery.",
+    )
+    fanout_queue_url: str | None = None
+    delivery_queue_url: str | None = None
+    max_receive_count: int = Field(
+        default=5, ge=1, le=1000, description="Receives before a message goes to its DLQ."
+    )
+    visibility_timeout: int = Field(default=60, ge=5, le=43200)
+
+    # --- Fan-out stage ------------------------------------------------------------------
+    shard_size: int = Field(
+        default=50_000,
+        ge=1,
+        description="Subscribers per fan-out shard; larger topics split into parallel shards.",
+    )
+    page_size: int = Field(default=5_000, ge=1, le=100_000, description="Subscribers per query.")
+    batch_max_bytes: int = Field(
+        default=256 * 1024,
+        ge=4 * 1024,
+        description="Upper bound of one delivery batch message; capped by the queue's limit.",
+    )
+
+    delivery_backlog_limit: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fan-out pauses while the delivery queue holds more messages than this. "
+        "Unset on SQS; set it for a self-hosted queue that keeps its backlog in memory.",
+    )
+
+    # --- Delivery stage -----------------------------------------------------------------
+    delivery_max_attempts: int = Field(default=5, ge=1, le=50)
+    retry_base_delay: int = Field(default=5, ge=0, le=900, description="Seconds; doubles.")
+    provider: str = Field(
+        default="sink", pattern=r"^(sink)$", description="Which providers deliver pushes."
+    )
+    sink_url: str = "http://127.0.0.1:8765"
+
+    # --- Worker -------------------------------------------------------------------------
+    worker_concurrency: int = Field(default=8, ge=1, le=512, description="Messages in flight.")
+    fanout_concurrency: int = Field(default=2, ge=1, le=64, description="Shards in flight.")
+    poll_wait_seconds: int = Field(default=20, ge=0, le=20)
+    shutdown_grace_seconds: float = Field(default=25.0, ge=0)
+    outbox_sweep_seconds: float = Field(
+        default=10.0, gt=0, description="How often the worker re-sends events left pending."
+    )
+
+    def database_dsn(self) -> str:
+        if self.database_url is None:
+            raise ValueError("FANOUT_DATABASE_URL is not set")
+        return self.database_url.get_secret_value()

@@ -1,0 +1,233 @@
+"""``fanout demo``: the whole pipeline on one machine, with nothing configured.
+
+It starts what is missing (an embedded PostgreSQL when FANOUT_DATABASE_URL is unset,
+moto's SQS server when FANOUT_SQS_ENDPOINT_URL is unset, and always a local push
+sink), seeds a topic, publishes one event, runs the fan-out and delivery workers,
+shows progress and ends with a summary. It exits 0 only if every active device
+received the notification exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import asyncpg
+from pydantic import SecretStr
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fanout.config import Settings
+from fanout.local import embedded_postgres, local_sqs_server
+from fanout.notification import LocalizedText, Notification
+from fanout.pipeline import Pipeline
+from fanout.providers.sink import SinkProvider
+from fanout.publish import publish
+from fanout.sink_server import DeliveryLedger, EmbeddedSink, PushSink
+from fanout.sqs import create_queues, open_client
+from fanout.store import connect, queries
+from fanout.store.migrate import migrate
+from fanout.worker import run_worker
+
+# How long the demo waits for the last notification before it calls the run failed.
+DEADLINE_SECONDS = 600
+
+
+@dataclass
+class DemoSummary:
+    subscribers: int
+    devices: int
+    delivered: int
+    failed: int
+    invalid: int
+    skipped: int
+    duplicates: int
+    shards: int
+    seconds: float
+    fanout_seconds: float
+    notifications_per_second: float
+    database: str
+    sqs: str
+
+    @property
+    def ok(self) -> bool:
+        return self.delivered == self.devices and self.duplicates == 0 and self.failed == 0
+
+
+@dataclass(frozen=True)
+class Seeded:
+    topic: str
+    subscribers: int
+    devices: int
+    device_ids: range
+
+
+@contextlib.contextmanager
+def _local_services(settings: Settings) -> Iterator[tuple[Settings, str, str]]:
+    """Fill in what the environment does not configure with local servers."""
+    with contextlib.ExitStack() as stack:
+        updates: dict[str, Any] = {
+            # Short polls and visibility: the demo stops promptly and retries quickly.
+            "poll_wait_seconds": 1,
+            "visibility_timeout": 30,
+            "retry_base_delay": 1,
+            "queue_prefix": f"fanout-demo-{secrets.token_hex(3)}",
+        }
+        database = sqs = "configured"
+        if settings.database_url is None:
+            updates["database_url"] = SecretStr(stack.enter_context(embedded_postgres()))
+            database = "embedded PostgreSQL"
+        if settings.sqs_endpoint_url is None:
+            updates["sqs_endpoint_url"] = stack.enter_context(local_sqs_server())
+            updates["fanout_queue_url"] = updates["delivery_queue_url"] = None
+            # moto keeps the queue in this process's memory: keep its backlog short.
+            updates["delivery_backlog_limit"] = 16
+            sqs = "moto SQS on loopback"
+        yield settings.model_copy(update=updates), database, sqs
+
+
+async def seed(conn: asyncpg.Connection, subscribers: int, devices_per_user: int) -> Seeded:
+    """A fresh topic with ``subscribers`` new users, each with ``devices_per_user`` devices."""
+    run = secrets.token_hex(4)
+    topic = f"demo:{run}"
+    async with conn.transaction():
+        topic_id = await conn.fetchval(queries.UPSERT_TOPIC, topic)
+        users = await conn.fetchrow(queries.SEED_USERS, f"demo-{run}-", subscribers)
+        await conn.execute(
+            queries.SEED_SUBSCRIPTIONS, topic_id, users["first_id"], users["last_id"]
+        )
+        devices = await conn.fetchrow(
+            queries.SEED_DEVICES, users["first_id"], users["last_id"], devices_per_user, run
+        )
+    await conn.execute("ANALYZE subscriptions, devices")
+    return Seeded(
+        topic=topic,
+        subscribers=subscribers,
+        devices=devices["devices"],
+        device_ids=range(devices["first_id"], devices["last_id"] + 1),
+    )
+
+
+def demo_notification() -> Notification:
+    return Notification(
+        title="A new book by your favourite author",
+        body="“The Long Fan-Out” is out today.",
+        url="https://books.example.com/b/42",
+        data={"book_id": "42"},
+        localized={
+            "de": LocalizedText(title="Ein neues Buch Ihres Lieblingsautors"),
+            "fr": LocalizedText(title="Un nouveau livre de votre auteur préféré"),
+            "pt": LocalizedText(title="Um novo livro do seu autor favorito"),
+            "ja": LocalizedText(title="お気に入りの作家の新刊"),
+        },
+    )
+
+
+async def run_demo(
+    settings: Settings, *, subscribers: int, devices_per_user: int, console: Console
+) -> DemoSummary:
+    with _local_services(settings) as (settings, database, sqs):
+        async with open_client(settings) as client:
+            await create_queues(client, settings)
+        conn = await connect(settings.database_dsn())
+        try:
+            await migrate(conn)
+            console.print(f"seeding {subscribers:,} subscribers …")
+            seeded = await seed(conn, subscribers, devices_per_user)
+        finally:
+            await conn.close()
+        ledger = DeliveryLedger(seeded.device_ids)
+        async with EmbeddedSink(PushSink(ledger)) as sink:
+            sink_provider = SinkProvider(sink.url)
+            providers = {platform: sink_provider for platform in sink_provider.platforms}
+            try:
+                async with Pipeline.open(settings, providers=providers) as pipeline:
+                    summary = await _publish_and_watch(pipeline, seeded, ledger, console)
+            finally:
+                await sink_provider.aclose()
+    summary.database, summary.sqs = database, sqs
+    return summary
+
+
+async def _publish_and_watch(
+    pipeline: Pipeline, seeded: Seeded, ledger: DeliveryLedger, console: Console
+) -> DemoSummary:
+    stopping = asyncio.Event()
+    workers = asyncio.create_task(run_worker(pipeline.settings, stopping, pipeline=pipeline))
+    started = time.monotonic()
+    published = await publish(
+        pipeline.pool, pipeline.queues, demo_notification(), topic=seeded.topic
+    )
+    fanout_seconds = 0.0
+    columns = (
+        TextColumn("{task.description:>10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, console=console, transient=False) as bars:
+            fanned = bars.add_task("fan-out", total=seeded.devices, rate="")
+            delivered = bars.add_task("delivered", total=seeded.devices, rate="")
+            while True:
+                progress = await _event_progress(pipeline.pool, published.event_id)
+                elapsed = time.monotonic() - started
+                if progress["status"] == "fanned_out" and not fanout_seconds:
+                    fanout_seconds = elapsed
+                done = progress["sent"] + progress["failed"] + progress["invalid"]
+                done += progress["skipped"]
+                bars.update(fanned, completed=progress["devices"])
+                bars.update(
+                    delivered, completed=ledger.unique, rate=f"{ledger.unique / elapsed:,.0f}/s"
+                )
+                if progress["status"] == "fanned_out" and done >= progress["devices"]:
+                    break
+                if workers.done() or elapsed > DEADLINE_SECONDS:
+                    break
+                await asyncio.sleep(0.2)
+    finally:
+        stopping.set()
+        await workers
+    seconds = (
+        (progress["last_finished_at"] - progress["created_at"]).total_seconds()
+        if progress["last_finished_at"]
+        else time.monotonic() - started
+    )
+    return DemoSummary(
+        subscribers=seeded.subscribers,
+        devices=seeded.devices,
+        delivered=ledger.unique,
+        failed=progress["failed"],
+        invalid=progress["invalid"],
+        skipped=progress["skipped"],
+        duplicates=ledger.duplicates,
+        shards=progress["shards"],
+        seconds=round(seconds, 3),
+        fanout_seconds=round(fanout_seconds, 3),
+        notifications_per_second=round(ledger.unique / seconds, 1) if seconds else 0.0,
+        database="",
+        sqs="",
+    )
+
+
+async def _event_progress(pool: asyncpg.Pool, event_id: int) -> asyncpg.Record:
+    async with pool.acquire() as conn:
+        row: asyncpg.Record = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
+        return row
+
+
+def summary_table(summary: DemoSummary) -> Table:
+    table = Table(title="fanout demo", show_header=False)
+    for key, value in asdict(summary).items():
+        table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+    table.add_row(
+        "result", "[green]every device exactly once[/]" if summary.ok else "[red]FAILED[/]"
+    )
+    return table

@@ -1,0 +1,267 @@
+"""The fan-out stage: an event's subscribers and devices, out of PostgreSQL, into batches on SQS.
+
+An event is fanned out in shards: ranges of user id holding about ``shard_size``
+subscribers each. Planning an event writes its shards; each shard then streams its
+users with keyset pages (``user_id > cursor``), packs their devices into delivery
+batches and sends them, checkpointing the cursor after every send. A shard is
+claimed with a lease, so a duplicate message waits instead of fanning out twice,
+and a crashed shard resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
+from typing import Any
+
+import asyncpg
+
+from fanout.batching import BatchPacker
+from fanout.config import Settings
+from fanout.messages import DeliveryBatch, Device, FanoutTask, PoisonMessage
+from fanout.sqs import Queues
+from fanout.store import queries
+
+log = logging.getLogger(__name__)
+
+MAX_USER_ID = 2**63 - 1
+
+
+class ShardBusy(Exception):
+    """Another invocation holds this shard's lease; the message is retried later."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardReport:
+    event_id: int
+    shard: int
+    recipients: int = 0
+    devices: int = 0
+    batches: int = 0
+    already_done: bool = False
+    finished: bool = True  # False: stopped early for time, re-enqueued from its checkpoint
+
+
+@dataclass(slots=True)
+class _Progress:
+    cursor: int
+    recipients: int
+    devices: int
+    batches: int
+
+
+async def run_fanout_task(
+    task: FanoutTask,
+    pool: asyncpg.Pool,
+    queues: Queues,
+    settings: Settings,
+    *,
+    time_left: Callable[[], float] | None = None,
+) -> list[ShardReport]:
+    """Plan an event (and run its first shard), or run one shard."""
+    if task.shard is None:
+        return await plan_event(task.event_id, pool, queues, settings, time_left=time_left)
+    return [await run_shard(task.event_id, task.shard, pool, queues, settings, time_left=time_left)]
+
+
+async def plan_event(
+    event_id: int,
+    pool: asyncpg.Pool,
+    queues: Queues,
+    settings: Settings,
+    *,
+    time_left: Callable[[], float] | None = None,
+) -> list[ShardReport]:
+    """Split the event into shards, send a message for each but the first, run the first.
+
+    Re-running it (a redelivered message) plans nothing twice: it re-sends messages for
+    the shards not yet done, which are no-ops if those shards are running or finished.
+    """
+    async with pool.acquire() as conn:
+        event = await conn.fetchrow(queries.LOAD_EVENT, event_id)
+        if event is None:
+            raise PoisonMessage(f"unknown event {event_id}")
+        if event["status"] == "fanned_out":
+            return []
+        unfinished = [r["shard_no"] for r in await conn.fetch(queries.UNFINISHED_SHARDS, event_id)]
+        if not unfinished and event["status"] != "fanning_out":
+            bounds = await _shard_bounds(conn, event, settings.shard_size)
+            async with conn.transaction():
+                await conn.execute(
+                    queries.INSERT_SHARDS,
+                    event_id,
+                    list(range(len(bounds))),
+                    [lo for lo, _ in bounds],
+                    [hi for _, hi in bounds],
+                )
+                await conn.execute(queries.MARK_EVENT_FANNING_OUT, event_id)
+            unfinished = list(range(len(bounds)))
+            log.info("event %d: planned %d shard(s)", event_id, len(bounds))
+    if not unfinished:
+        return []
+    first, rest = unfinished[0], unfinished[1:]
+    await queues.fanout.send_many([FanoutTask(event_id, shard).encode() for shard in rest])
+    return [await run_shard(event_id, first, pool, queues, settings, time_left=time_left)]
+
+
+async def _shard_bounds(
+    conn: asyncpg.Connection, event: asyncpg.Record, shard_size: int
+) -> list[tuple[int, int]]:
+    """[lo, hi) user-id ranges of about ``shard_size`` subscribers each."""
+    if event["user_id"] is not None:  # a 1:1 send: one user, one shard
+        return [(event["user_id"], event["user_id"] + 1)]
+    bounds = []
+    lo = 0
+    while True:
+        hi = await conn.fetchval(queries.NEXT_SHARD_BOUNDARY, event["topic_id"], lo, shard_size)
+        if hi is None:
+            bounds.append((lo, MAX_USER_ID))
+            return bounds
+        bounds.append((lo, hi))
+        lo = hi
+
+
+async def run_shard(
+    event_id: int,
+    shard: int,
+    pool: asyncpg.Pool,
+    queues: Queues,
+    settings: Settings,
+    *,
+    time_left: Callable[[], float] | None = None,
+) -> ShardReport:
+    """Stream one shard's devices into delivery batches on the delivery queue.
+
+    ``time_left`` (seconds, e.g. a Lambda's remaining time) makes the shard stop at a
+    checkpoint when it runs short and re-enqueue itself to go on from there.
+    """
+    lease = settings.visibility_timeout
+    async with pool.acquire() as conn:
+        claim = await conn.fetchrow(queries.CLAIM_SHARD, event_id, shard, lease)
+        if claim is None:
+            status = await conn.fetchval(queries.SHARD_STATUS, event_id, shard)
+            if status is None:
+                raise PoisonMessage(f"unknown shard {shard} of event {event_id}")
+            if status == "done":
+                return ShardReport(event_id, shard, already_done=True)
+            raise ShardBusy(f"shard {shard} of event {event_id} is being fanned out elsewhere")
+        event = await conn.fetchrow(queries.LOAD_EVENT, event_id)
+        cursor = claim["cursor_user_id"]
+        progress = _Progress(
+            cursor=claim["lo_user_id"] - 1 if cursor is None else cursor,
+            recipients=claim["recipients"],
+            devices=claim["devices"],
+            batches=claim["batches"],
+        )
+        packer = BatchPacker(
+            event_id=event_id,
+            shard=shard,
+            notification=event["notification"],
+            max_bytes=min(settings.batch_max_bytes, int(queues.delivery.max_message_bytes * 0.9)),
+        )
+        page_cursor = progress.cursor
+
+        async def checkpoint() -> None:
+            """Record the cursor and renew the lease: this shard is alive."""
+            await conn.execute(
+                queries.CHECKPOINT_SHARD,
+                event_id,
+                shard,
+                progress.cursor,
+                progress.recipients,
+                progress.devices,
+                progress.batches,
+                lease,
+            )
+
+        while True:
+            rows = await _fetch_page(conn, event, page_cursor, claim["hi_user_id"], settings)
+            if not rows:
+                break
+            full = [b for b in _pack_page(packer, rows) if b is not None]
+            page_cursor = rows[-1]["user_id"]
+            subscribers_in_page = len({row["user_id"] for row in rows})
+            last_page = subscribers_in_page < settings.page_size
+            if last_page and (tail := packer.flush()) is not None:
+                full.append(tail)
+            if full:
+                if settings.delivery_backlog_limit is not None:
+                    await queues.delivery.wait_for_room(
+                        settings.delivery_backlog_limit, keep_alive=checkpoint
+                    )
+                await _send(full, queues, progress)
+                await checkpoint()
+            if last_page:
+                break
+            if time_left is not None and time_left() < 10.0:
+                return await _yield_shard(conn, queues, event_id, shard, progress)
+        if (tail := packer.flush()) is not None:
+            await _send([tail], queues, progress)
+        async with conn.transaction():
+            await conn.execute(queries.LOCK_EVENT, event_id)
+            await conn.execute(
+                queries.FINISH_SHARD,
+                event_id,
+                shard,
+                progress.recipients,
+                progress.devices,
+                progress.batches,
+            )
+            await conn.execute(queries.MARK_EVENT_FANNED_OUT, event_id)
+    return ShardReport(event_id, shard, progress.recipients, progress.devices, progress.batches)
+
+
+async def _fetch_page(
+    conn: asyncpg.Connection, event: asyncpg.Record, cursor: int, hi: int, settings: Settings
+) -> list[asyncpg.Record]:
+    if event["user_id"] is not None:
+        rows: list[asyncpg.Record] = await conn.fetch(
+            queries.USER_RECIPIENTS, event["user_id"], cursor
+        )
+    else:
+        rows = await conn.fetch(
+            queries.TOPIC_RECIPIENTS_PAGE, event["topic_id"], cursor, hi, settings.page_size
+        )
+    return rows
+
+
+def _pack_page(packer: BatchPacker, rows: Sequence[Any]) -> list[DeliveryBatch | None]:
+    closed = []
+    for user_id, user_rows in groupby(rows, key=itemgetter(0)):
+        devices = [Device(*row[1:]) for row in user_rows if row[1] is not None]
+        closed.append(packer.add_user(user_id, devices))
+    return closed
+
+
+async def _send(batches: list[DeliveryBatch], queues: Queues, progress: _Progress) -> None:
+    await queues.delivery.send_many([b.encode() for b in batches])
+    progress.cursor = batches[-1].last_user
+    progress.recipients += sum(b.user_count for b in batches)
+    progress.devices += sum(b.device_count() for b in batches)
+    progress.batches += len(batches)
+
+
+async def _yield_shard(
+    conn: asyncpg.Connection, queues: Queues, event_id: int, shard: int, progress: _Progress
+) -> ShardReport:
+    """Out of time: hand the rest of the shard to a fresh message and free the lease."""
+    await conn.execute(
+        queries.CHECKPOINT_SHARD,
+        event_id,
+        shard,
+        progress.cursor,
+        progress.recipients,
+        progress.devices,
+        progress.batches,
+        0,
+    )
+    await queues.fanout.send(FanoutTask(event_id, shard).encode())
+    log.info(
+        "event %d shard %d: out of time at user %d, re-enqueued", event_id, shard, progress.cursor
+    )
+    return ShardReport(
+        event_id, shard, progress.recipients, progress.devices, progress.batches, finished=False
+    )

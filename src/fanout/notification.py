@@ -1,0 +1,117 @@
+"""What a notification says, and how it is rendered for one locale.
+
+Rendering is done once per locale per batch, never per device.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from fanout.config import MAX_PAYLOAD_BYTES
+
+Locale = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")]
+ShortText = Annotated[str, StringConstraints(max_length=1024)]
+
+
+class LocalizedText(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: ShortText | None = None
+    body: ShortText | None = None
+
+
+class Notification(BaseModel):
+    """The content of one event's push, as the publisher gave it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: ShortText
+    body: ShortText = ""
+    data: dict[Annotated[str, StringConstraints(max_length=128)], str] = Field(default_factory=dict)
+    image: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    url: Annotated[str, StringConstraints(max_length=2048)] | None = Field(
+        default=None, description="Deep link opened when the notification is tapped."
+    )
+    badge: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    sound: Annotated[str, StringConstraints(max_length=256)] | None = None
+    ttl: Annotated[int, Field(ge=0, le=28 * 24 * 3600)] = Field(
+        default=24 * 3600, description="Seconds a provider may hold the push for an offline device."
+    )
+    priority: Literal["high", "normal"] = "high"
+    collapse_key: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        default=None, description="Defaults to the event id, so a redelivered push replaces."
+    )
+    localized: dict[Locale, LocalizedText] = Field(
+        default_factory=dict, description="Per-locale title/body, chosen by the device's locale."
+    )
+
+    @model_validator(mode="after")
+    def _fits_every_provider(self) -> Notification:
+        # The largest rendering (longest locale variant) must fit Apple's 4 KB limit.
+        for locale in [None, *self.localized]:
+            size = len(orjson.dumps(render(self, locale, collapse_key="0" * 20).payload()))
+            if size > MAX_PAYLOAD_BYTES:
+                raise ValueError(
+                    f"notification renders to {size} bytes for locale {locale or 'default'}; "
+                    f"the limit is {MAX_PAYLOAD_BYTES}"
+                )
+        return self
+
+
+class RenderedNotification(BaseModel):
+    """A notification resolved for one locale: what a provider turns into its payload."""
+
+    model_config = ConfigDict(frozen=True)
+
+    title: str
+    body: str
+    data: dict[str, str]
+    image: str | None
+    url: str | None
+    badge: int | None
+    sound: str | None
+    ttl: int
+    priority: Literal["high", "normal"]
+    collapse_key: str
+
+    def payload(self) -> dict[str, Any]:
+        """The provider-neutral JSON form (what the sink receives)."""
+        return self.model_dump(exclude_none=True)
+
+
+def pick_locale(available: dict[str, LocalizedText], locale: str | None) -> LocalizedText | None:
+    """The variant for ``locale``: exact match, then its language, else none.
+
+    ``pt-BR`` matches ``pt-BR`` or ``pt_BR``, then ``pt``.
+    """
+    if not locale or not available:
+        return None
+    wanted = locale.replace("_", "-").lower()
+    by_norm = {key.replace("_", "-").lower(): text for key, text in available.items()}
+    if wanted in by_norm:
+        return by_norm[wanted]
+    return by_norm.get(wanted.split("-", 1)[0])
+
+
+def render(
+    notification: Notification, locale: str | None, *, collapse_key: str
+) -> RenderedNotification:
+    """Resolve the notification for a device locale; the default text fills what is missing."""
+    variant = pick_locale(notification.localized, locale)
+    title = (variant.title if variant and variant.title is not None else None) or notification.title
+    body = variant.body if variant and variant.body is not None else notification.body
+    return RenderedNotification(
+        title=title,
+        body=body,
+        data=notification.data,
+        image=notification.image,
+        url=notification.url,
+        badge=notification.badge,
+        sound=notification.sound,
+        ttl=notification.ttl,
+        priority=notification.priority,
+        collapse_key=notification.collapse_key or collapse_key,
+    )

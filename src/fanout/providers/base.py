@@ -1,0 +1,48 @@
+"""The provider interface: the one thing every push service module implements.
+
+Every answer of every provider maps to one of four outcomes; nothing above a
+provider module knows an HTTP status code.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from fanout.messages import Device
+from fanout.notification import RenderedNotification
+
+
+class OutcomeKind(StrEnum):
+    OK = "ok"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 (a name, not a secret): deactivate the device
+    RETRY = "retry"  # may succeed later: re-enqueue this device, after retry_after if given
+    PERMANENT = "permanent"  # will never succeed as sent; the token may still be good
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: OutcomeKind
+    retry_after: float | None = None
+    reason: str | None = None
+
+
+DELIVERED = Outcome(OutcomeKind.OK)
+
+
+class Provider(ABC):
+    """Sends one rendered notification to many devices of its platform(s)."""
+
+    #: Platforms this provider delivers to ("apns", "fcm", "webpush").
+    platforms: frozenset[str]
+
+    @abstractmethod
+    async def send(
+        self, notification: RenderedNotification, devices: Sequence[Device]
+    ) -> list[Outcome]:
+        """One outcome per device, in order. Never raises for a device's failure."""
+
+    async def aclose(self) -> None:  # noqa: B027 (optional hook)
+        """Release connections."""

@@ -1,0 +1,170 @@
+"""The local push sink: an HTTP server that receives pushes and counts them per device.
+
+``fanout sink`` serves it on its own; ``fanout demo`` and the tests embed it. It
+answers the way push services do, chosen by the token, so every outcome can be
+produced on purpose:
+
+- a token starting ``invalid`` is unregistered (like APNs 410);
+- a token starting ``flaky`` is refused once per notification, then accepted (like a 503);
+- a token starting ``reject`` is refused for good (like a payload the service refuses);
+- anything else is delivered.
+
+Endpoints: ``POST /push`` (what the sink provider sends), ``GET /stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import Any
+
+import orjson
+import uvicorn
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class DeliveryLedger:
+    """How many times each device received a push.
+
+    Given the range of device ids to expect, counts live in a bytearray (one byte
+    per device), so a million devices cost a megabyte, not a dict of a million ints.
+    """
+
+    def __init__(self, expected_ids: range | None = None) -> None:
+        self._range = expected_ids or range(0)
+        self._dense = bytearray(len(self._range))
+        self._sparse: dict[int, int] = {}
+        self.received = 0
+        self.duplicates = 0
+        self.unique = 0
+        self.duplicate_collapse_keys: set[str] = set()
+
+    def record(self, device_id: int, collapse_key: str) -> None:
+        self.received += 1
+        if device_id in self._range:
+            index = device_id - self._range.start
+            seen = self._dense[index]
+            self._dense[index] = min(seen + 1, 255)
+        else:
+            seen = self._sparse.get(device_id, 0)
+            self._sparse[device_id] = seen + 1
+        if seen:
+            self.duplicates += 1
+            self.duplicate_collapse_keys.add(collapse_key)
+        else:
+            self.unique += 1
+
+    def count(self, device_id: int) -> int:
+        if device_id in self._range:
+            return self._dense[device_id - self._range.start]
+        return self._sparse.get(device_id, 0)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "unique": self.unique,
+            "duplicates": self.duplicates,
+            "duplicate_collapse_keys": sorted(self.duplicate_collapse_keys)[:100],
+        }
+
+
+class PushSink:
+    """The ASGI application."""
+
+    def __init__(self, ledger: DeliveryLedger | None = None) -> None:
+        self.ledger = ledger or DeliveryLedger()
+        self._refused_once: set[tuple[int, str]] = set()
+
+    def answer(self, device_id: int, token: str, collapse_key: str) -> str:
+        if token.startswith("invalid"):
+            return "invalid"
+        if token.startswith("reject"):
+            return "permanent"
+        if token.startswith("flaky") and (device_id, collapse_key) not in self._refused_once:
+            self._refused_once.add((device_id, collapse_key))
+            return "retry"
+        self.ledger.record(device_id, collapse_key)
+        return "ok"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] == "POST" and scope["path"] == "/push":
+            body = await _read_body(receive)
+            try:
+                doc = orjson.loads(body)
+                collapse_key = str(doc["collapse_key"])
+                results = [self.answer(int(d), str(t), collapse_key) for d, t in doc["devices"]]
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                await _respond(send, 400, {"error": f"bad push request: {exc}"})
+                return
+            await _respond(send, 200, {"results": results})
+        elif scope["method"] == "GET" and scope["path"] == "/stats":
+            await _respond(send, 200, self.ledger.stats())
+        else:
+            await _respond(send, 404, {"error": "not found"})
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, doc: Any) -> None:
+    body = orjson.dumps(doc)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the embedding program owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class EmbeddedSink:
+    """A sink served on loopback from inside the running event loop."""
+
+    def __init__(self, sink: PushSink, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sink = sink
+        self._socket = socket.create_server((host, port))
+        self.url = "http://{}:{}".format(*self._socket.getsockname()[:2])
+        config = uvicorn.Config(sink, lifespan="off", log_level="warning", access_log=False)
+        self._server = _EmbeddedServer(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> EmbeddedSink:
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
+        self._socket.close()
+
+
+def serve(host: str, port: int) -> None:
+    """Run a sink until interrupted (``fanout sink``)."""
+    uvicorn.run(PushSink(), host=host, port=port, lifespan="off", log_level="info")

@@ -1,0 +1,72 @@
+"""Schema migrations: numbered plain-SQL files applied in order, each once.
+
+Why not Alembic or yoyo: fanout has no ORM and its SQL is hand-written for the
+queries it serves, so the migration files are the schema's source of truth and
+need nothing but a ledger table and a lock. This runner is that and no more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+# Any constant works; it only has to be the same for every fanout process.
+_MIGRATION_LOCK = 0x66616E6F7574  # "fanout"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def available_migrations() -> list[Migration]:
+    """The migration files shipped in the package, in version order."""
+    found = []
+    for entry in resources.files("fanout.store.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append(Migration(version, entry.name, entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply what is missing; safe to run again and from several processes at once."""
+    applied_now = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version    integer PRIMARY KEY,
+                   name       text NOT NULL,
+                   checksum   text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {r["version"]: r for r in await conn.fetch("SELECT * FROM schema_migrations")}
+        for migration in available_migrations():
+            if migration.version in done:
+                if done[migration.version]["checksum"] != migration.checksum:
+                    raise RuntimeError(
+                        f"migration {migration.name} was changed after it was applied"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            applied_now.append(migration.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now

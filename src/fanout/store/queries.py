@@ -1,0 +1,255 @@
+"""Every SQL statement fanout runs, named, with the index each one relies on.
+
+Keeping them here (not scattered through the stages) lets one read the whole
+database contract in one sitting and check each statement against the schema in
+``migrations/``.
+"""
+
+# ---------------------------------------------------------------------------------------
+# Publishing
+# ---------------------------------------------------------------------------------------
+
+# Index: topics_key_key (unique). DO UPDATE (a no-op) so that RETURNING always yields id.
+UPSERT_TOPIC = """
+INSERT INTO topics (key) VALUES ($1)
+ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
+RETURNING id
+"""
+
+# Index: users_external_id_key (unique).
+UPSERT_USER = """
+INSERT INTO users (external_id) VALUES ($1)
+ON CONFLICT (external_id) DO UPDATE SET external_id = EXCLUDED.external_id
+RETURNING id
+"""
+
+# Index: events_idempotency_key_key (unique). Returns nothing when the key was used before.
+INSERT_EVENT = """
+INSERT INTO events (topic_id, user_id, idempotency_key, notification)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id
+"""
+
+# Index: events_idempotency_key_key.
+EVENT_BY_IDEMPOTENCY_KEY = "SELECT id FROM events WHERE idempotency_key = $1"
+
+# Index: events_pkey.
+MARK_EVENT_ENQUEUED = """
+UPDATE events SET status = 'enqueued', enqueued_at = now()
+WHERE id = $1 AND status = 'pending'
+"""
+
+# Index: events_pending (partial, status = 'pending'). The outbox sweeper's scan.
+PENDING_EVENTS = """
+SELECT id FROM events
+WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1)
+ORDER BY created_at
+LIMIT $2
+"""
+
+# ---------------------------------------------------------------------------------------
+# Fan-out stage
+# ---------------------------------------------------------------------------------------
+
+# Index: events_pkey.
+LOAD_EVENT = "SELECT id, topic_id, user_id, notification, status FROM events WHERE id = $1"
+
+# Index: events_pkey.
+MARK_EVENT_FANNING_OUT = """
+UPDATE events SET status = 'fanning_out'
+WHERE id = $1 AND status IN ('pending', 'enqueued')
+"""
+
+# Index: subscriptions_pkey, index-only scan. Skips `shard_size` subscribers from `lo`
+# to find where the next shard starts; planning a topic reads its index once.
+NEXT_SHARD_BOUNDARY = """
+SELECT user_id FROM subscriptions
+WHERE topic_id = $1 AND user_id >= $2
+ORDER BY user_id
+OFFSET $3 LIMIT 1
+"""
+
+# Index: fanout_shards_pkey. Re-planning after a crash inserts nothing twice.
+INSERT_SHARDS = """
+INSERT INTO fanout_shards (event_id, shard_no, lo_user_id, hi_user_id)
+SELECT $1, shard_no, lo, hi
+FROM unnest($2::integer[], $3::bigint[], $4::bigint[]) AS s (shard_no, lo, hi)
+ON CONFLICT DO NOTHING
+"""
+
+# Index: fanout_shards_pkey.
+UNFINISHED_SHARDS = """
+SELECT shard_no FROM fanout_shards
+WHERE event_id = $1 AND status <> 'done'
+ORDER BY shard_no
+"""
+
+# Index: fanout_shards_pkey. Takes the shard if nobody holds a live lease on it.
+CLAIM_SHARD = """
+UPDATE fanout_shards
+SET status = 'running', lease_until = now() + make_interval(secs => $3),
+    attempts = attempts + 1
+WHERE event_id = $1 AND shard_no = $2
+  AND (status = 'pending' OR (status = 'running' AND lease_until < now()))
+RETURNING lo_user_id, hi_user_id, cursor_user_id, recipients, devices, batches
+"""
+
+# Index: fanout_shards_pkey.
+SHARD_STATUS = "SELECT status FROM fanout_shards WHERE event_id = $1 AND shard_no = $2"
+
+# Index: fanout_shards_pkey. Also renews the lease: a shard that checkpoints is alive.
+CHECKPOINT_SHARD = """
+UPDATE fanout_shards
+SET cursor_user_id = $3, recipients = $4, devices = $5, batches = $6,
+    lease_until = now() + make_interval(secs => $7)
+WHERE event_id = $1 AND shard_no = $2
+"""
+
+# Index: fanout_shards_pkey.
+FINISH_SHARD = """
+UPDATE fanout_shards
+SET status = 'done', finished_at = now(), lease_until = NULL,
+    recipients = $3, devices = $4, batches = $5
+WHERE event_id = $1 AND shard_no = $2
+"""
+
+# Index: events_pkey. Serialises the "was this the last shard?" check between shards.
+LOCK_EVENT = "SELECT 1 FROM events WHERE id = $1 FOR UPDATE"
+
+# Index: events_pkey, fanout_shards_pkey.
+MARK_EVENT_FANNED_OUT = """
+UPDATE events SET status = 'fanned_out', fanned_out_at = now()
+WHERE id = $1 AND status <> 'fanned_out'
+  AND NOT EXISTS (SELECT 1 FROM fanout_shards WHERE event_id = $1 AND status <> 'done')
+"""
+
+# Indexes: subscriptions_pkey (index-only range scan, the keyset page: user_id > cursor),
+# then devices_active_by_user once per subscriber. The LIMIT applies to subscribers, so a
+# page never splits one user's devices; users without an active device come back once
+# with NULLs so that the cursor still moves past them.
+TOPIC_RECIPIENTS_PAGE = """
+SELECT s.user_id, d.id, d.platform, d.token, d.locale, d.web_push_p256dh, d.web_push_auth
+FROM (
+    SELECT user_id FROM subscriptions
+    WHERE topic_id = $1 AND user_id > $2 AND user_id < $3
+    ORDER BY user_id
+    LIMIT $4
+) AS s
+LEFT JOIN devices AS d ON d.user_id = s.user_id AND d.active
+ORDER BY s.user_id
+"""
+
+# Index: devices_active_by_user. The 1:1 send: one user's devices, same columns as above.
+USER_RECIPIENTS = """
+SELECT u.id AS user_id, d.id, d.platform, d.token, d.locale, d.web_push_p256dh, d.web_push_auth
+FROM users AS u
+LEFT JOIN devices AS d ON d.user_id = u.id AND d.active
+WHERE u.id = $1 AND u.id > $2
+"""
+
+# ---------------------------------------------------------------------------------------
+# Delivery stage (one statement per batch, never per recipient)
+# ---------------------------------------------------------------------------------------
+
+# Index: delivery_batches_pkey. Returns a row when this invocation owns the batch; nothing
+# when it is done or another invocation holds a live lease on it.
+CLAIM_BATCH = """
+INSERT INTO delivery_batches (event_id, batch_key, attempt, devices, lease_until)
+VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+ON CONFLICT (event_id, batch_key) DO UPDATE
+SET lease_until = EXCLUDED.lease_until, started_at = now()
+WHERE delivery_batches.status <> 'done' AND delivery_batches.lease_until < now()
+RETURNING 1
+"""
+
+# Index: delivery_batches_pkey.
+BATCH_STATUS = "SELECT status FROM delivery_batches WHERE event_id = $1 AND batch_key = $2"
+
+# Index: delivery_batches_pkey.
+FINISH_BATCH = """
+UPDATE delivery_batches
+SET status = 'done', finished_at = now(), lease_until = NULL,
+    sent = $3, failed = $4, invalid = $5, skipped = $6, retried = $7
+WHERE event_id = $1 AND batch_key = $2
+"""
+
+# Index: devices_pkey. One statement for all of a batch's dead tokens.
+DEACTIVATE_DEVICES = """
+UPDATE devices
+SET active = false, deactivated_at = now(), updated_at = now(), deactivated_reason = $2
+WHERE id = ANY($1::bigint[]) AND active
+"""
+
+# ---------------------------------------------------------------------------------------
+# Status
+# ---------------------------------------------------------------------------------------
+
+# Indexes: events_pkey, fanout_shards_pkey, delivery_batches_pkey (a few hundred rows per
+# million devices: counters are summed on read, so no hot counter row is ever updated).
+EVENT_PROGRESS = """
+SELECT e.id, e.status, e.created_at, e.fanned_out_at,
+       coalesce(f.shards, 0) AS shards, coalesce(f.shards_done, 0) AS shards_done,
+       coalesce(f.recipients, 0) AS recipients, coalesce(f.devices, 0) AS devices,
+       coalesce(b.sent, 0) AS sent, coalesce(b.failed, 0) AS failed,
+       coalesce(b.invalid, 0) AS invalid, coalesce(b.skipped, 0) AS skipped,
+       b.last_finished_at
+FROM events AS e
+LEFT JOIN LATERAL (
+    SELECT count(*) AS shards, count(*) FILTER (WHERE status = 'done') AS shards_done,
+           sum(recipients) AS recipients, sum(devices) AS devices
+    FROM fanout_shards WHERE event_id = e.id
+) AS f ON true
+LEFT JOIN LATERAL (
+    SELECT sum(sent) AS sent, sum(failed) AS failed, sum(invalid) AS invalid,
+           sum(skipped) AS skipped, max(finished_at) AS last_finished_at
+    FROM delivery_batches WHERE event_id = e.id AND status = 'done'
+) AS b ON true
+WHERE e.id = $1
+"""
+
+# ---------------------------------------------------------------------------------------
+# Demo and benchmark seeding: server-side generate_series, so seeding a million
+# subscribers streams nothing through Python.
+# ---------------------------------------------------------------------------------------
+
+SEED_USERS = """
+WITH inserted AS (
+    INSERT INTO users (external_id)
+    SELECT $1 || g FROM generate_series(1, $2::integer) AS g
+    RETURNING id
+)
+SELECT min(id) AS first_id, max(id) AS last_id FROM inserted
+"""
+
+SEED_SUBSCRIPTIONS = """
+INSERT INTO subscriptions (topic_id, user_id)
+SELECT $1, id FROM users WHERE id BETWEEN $2 AND $3
+"""
+
+# Tokens shaped like the real ones: APNs 64 hex digits, FCM ~160 characters, Web Push an
+# endpoint URL with a 65-byte P-256 key and a 16-byte auth secret (base64url).
+SEED_DEVICES = """
+WITH inserted AS (
+    INSERT INTO devices (user_id, platform, token, web_push_p256dh, web_push_auth, locale)
+    SELECT u.id, p.platform,
+           CASE p.platform
+               WHEN 'apns' THEN encode(sha256(($4 || u.id || ':' || k)::bytea), 'hex')
+               WHEN 'fcm' THEN 'f' || md5($4 || u.id || ':' || k) || ':APA91b'
+                    || repeat(md5(u.id || ':' || k), 4)
+               ELSE 'https://push.example.net/wp/' || md5($4 || u.id || ':' || k)
+           END,
+           CASE WHEN p.platform = 'webpush' THEN 'B' || repeat(md5(u.id::text), 3)
+                || substr(md5(k::text), 1, 22) END,
+           CASE WHEN p.platform = 'webpush' THEN substr(md5(u.id || 'auth'), 1, 22) END,
+           (ARRAY['en', 'en-GB', 'de', 'fr', 'pt-BR', 'ja'])[1 + (u.id + k) % 6]
+    FROM users AS u
+    CROSS JOIN generate_series(1, $3::integer) AS k
+    CROSS JOIN LATERAL (
+        SELECT (ARRAY['apns', 'fcm', 'webpush'])[1 + (u.id + k) % 3] AS platform
+    ) AS p
+    WHERE u.id BETWEEN $1 AND $2
+    RETURNING id
+)
+SELECT min(id) AS first_id, max(id) AS last_id, count(*) AS devices FROM inserted
+"""

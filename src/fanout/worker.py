@@ -1,0 +1,246 @@
+"""The long-running worker: long-polls both queues and runs the pipeline on what arrives.
+
+For every message: success deletes it; failure hides it for a backoff and lets SQS
+deliver it again; the last allowed failure (the queue's maxReceiveCount) moves it to
+the dead-letter queue with the reason, so poison never blocks a queue nor kills the
+worker. Messages in flight have their visibility extended while they run. On
+SIGTERM the worker stops receiving, lets in-flight messages finish within a grace
+period and releases the rest to other workers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from fanout.config import Settings
+from fanout.delivery_stage import BatchBusy
+from fanout.fanout_stage import ShardBusy
+from fanout.messages import PoisonMessage
+from fanout.pipeline import Pipeline
+from fanout.publish import sweep_outbox
+from fanout.sqs import Queue, QueueMessage
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str], Awaitable[object]]
+MAX_BACKOFF_SECONDS = 60
+
+
+@dataclass
+class ConsumerStats:
+    received: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class QueueConsumer:
+    """Runs ``handle`` on one queue's messages, up to ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        handle: Handler,
+        *,
+        concurrency: int,
+        wait_seconds: int,
+        visibility_timeout: int,
+        shutdown_grace: float,
+    ) -> None:
+        self.queue = queue
+        self.handle = handle
+        self.concurrency = concurrency
+        self.wait_seconds = wait_seconds
+        self.visibility_timeout = visibility_timeout
+        self.shutdown_grace = shutdown_grace
+        self.stats = ConsumerStats()
+        self._running: dict[asyncio.Task[None], tuple[QueueMessage, float]] = {}
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        heartbeat = asyncio.create_task(self._extend_visibility_forever())
+        errors_in_a_row = 0
+        try:
+            while not stopping.is_set():
+                if len(self._running) >= self.concurrency:
+                    await self._wait_for_a_free_slot(stopping)
+                    continue
+                try:
+                    messages = await self._receive(self.concurrency - len(self._running), stopping)
+                    errors_in_a_row = 0
+                except Exception as exc:  # the endpoint is down or refusing: back off, go on
+                    errors_in_a_row += 1
+                    pause = min(MAX_BACKOFF_SECONDS, 0.5 * 2**errors_in_a_row)
+                    log.warning(
+                        "receive from %s failed (%r); retrying in %.1fs",
+                        self.queue.name,
+                        exc,
+                        pause,
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), pause)
+                    continue
+                for message in messages:
+                    self.stats.received += 1
+                    task = asyncio.create_task(self._process(message))
+                    self._running[task] = (message, time.monotonic())
+                    task.add_done_callback(self._running.pop)
+        finally:
+            heartbeat.cancel()
+            await self._drain()
+
+    async def _wait_for_a_free_slot(self, stopping: asyncio.Event) -> None:
+        stop = asyncio.create_task(stopping.wait())
+        await asyncio.wait([stop, *self._running], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+
+    async def _receive(self, room: int, stopping: asyncio.Event) -> list[QueueMessage]:
+        """Long-poll, but give up the poll as soon as the worker is told to stop."""
+        receive = asyncio.create_task(
+            self.queue.receive(
+                room, wait_seconds=self.wait_seconds, visibility_timeout=self.visibility_timeout
+            )
+        )
+        stop = asyncio.create_task(stopping.wait())
+        await asyncio.wait([receive, stop], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not receive.done():
+            # Anything SQS handed out for this poll reappears after the visibility timeout.
+            receive.cancel()
+            return []
+        return receive.result()
+
+    async def _process(self, message: QueueMessage) -> None:
+        try:
+            await self.handle(message.body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._failed(message, exc)
+            return
+        self.stats.succeeded += 1
+        try:
+            await self.queue.delete_many([message])
+        except Exception as exc:  # it comes back, and is skipped as already done
+            log.warning("could not delete message %s: %r", message.message_id, exc)
+
+    async def _failed(self, message: QueueMessage, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        self.stats.failed += 1
+        kind = type(exc).__name__
+        self.stats.reasons[kind] = self.stats.reasons.get(kind, 0) + 1
+        last_try = (
+            self.queue.max_receive_count is not None
+            and message.receive_count >= self.queue.max_receive_count
+        )
+        try:
+            if last_try and self.queue.dead_letter_url is not None:
+                await self.queue.dead_letter(message, reason)
+                self.stats.dead_lettered += 1
+                log.error(
+                    "message %s to the dead-letter queue after %d tries: %s",
+                    message.message_id,
+                    message.receive_count,
+                    reason,
+                )
+            else:
+                backoff = min(MAX_BACKOFF_SECONDS, 2 ** (message.receive_count - 1))
+                log.warning(
+                    "message %s failed (try %d), again in %ds: %s",
+                    message.message_id,
+                    message.receive_count,
+                    backoff,
+                    reason,
+                    exc_info=not isinstance(exc, _EXPECTED_FAILURES),
+                )
+                await self.queue.change_visibility_many([message], backoff)
+        except Exception as queue_exc:  # SQS redelivers it after the visibility timeout
+            log.warning("could not reschedule message %s: %r", message.message_id, queue_exc)
+
+    async def _extend_visibility_forever(self) -> None:
+        """Keep long-running messages hidden, so nobody else starts them meanwhile."""
+        period = max(1.0, self.visibility_timeout / 3)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            old = [m for m, started in self._running.values() if now - started >= period]
+            if old:
+                try:
+                    await self.queue.change_visibility_many(old, self.visibility_timeout)
+                except Exception as exc:
+                    log.warning("could not extend visibility on %s: %r", self.queue.name, exc)
+
+    async def _drain(self) -> None:
+        """Let running messages finish within the grace period; release the rest."""
+        if not self._running:
+            return
+        _, unfinished = await asyncio.wait(list(self._running), timeout=self.shutdown_grace)
+        if not unfinished:
+            return
+        released = [self._running[task][0] for task in unfinished if task in self._running]
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        log.warning("releasing %d unfinished message(s) on %s", len(released), self.queue.name)
+        with contextlib.suppress(Exception):
+            await self.queue.change_visibility_many(released, 0)
+
+
+# Failures that say what happened in one line; anything else is logged with its traceback.
+_EXPECTED_FAILURES = (BatchBusy, ShardBusy, PoisonMessage)
+
+
+async def run_outbox_sweeper(pipeline: Pipeline, stopping: asyncio.Event) -> None:
+    period = pipeline.settings.outbox_sweep_seconds
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), period)
+        if stopping.is_set():
+            return
+        try:
+            await sweep_outbox(pipeline.pool, pipeline.queues, older_than=period)
+        except Exception as exc:
+            log.warning("outbox sweep failed: %r", exc)
+
+
+def build_consumers(pipeline: Pipeline, roles: tuple[str, ...]) -> list[QueueConsumer]:
+    settings = pipeline.settings
+    queues = {"fanout": pipeline.queues.fanout, "delivery": pipeline.queues.delivery}
+    # Fan-out shards are few and each one is a long database stream; batches are many.
+    concurrency = {"fanout": settings.fanout_concurrency, "delivery": settings.worker_concurrency}
+    return [
+        QueueConsumer(
+            queues[role],
+            pipeline.handle,
+            concurrency=concurrency[role],
+            wait_seconds=settings.poll_wait_seconds,
+            visibility_timeout=settings.visibility_timeout,
+            shutdown_grace=settings.shutdown_grace_seconds,
+        )
+        for role in roles
+    ]
+
+
+async def run_worker(
+    settings: Settings,
+    stopping: asyncio.Event,
+    *,
+    roles: tuple[str, ...] = ("fanout", "delivery"),
+    pipeline: Pipeline | None = None,
+) -> list[QueueConsumer]:
+    """Consume until ``stopping`` is set; returns the consumers (with their stats)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if pipeline is None:
+            pipeline = await stack.enter_async_context(Pipeline.open(settings))
+        consumers = build_consumers(pipeline, roles)
+        log.info("worker consuming %s", ", ".join(c.queue.name for c in consumers))
+        await asyncio.gather(
+            run_outbox_sweeper(pipeline, stopping), *(c.run(stopping) for c in consumers)
+        )
+        return consumers
+    raise AssertionError("unreachable")
