@@ -1,0 +1,133 @@
+"""Real services for the tests, started once per session.
+
+PostgreSQL: FANOUT_TEST_DATABASE_URL if set, else the server on 127.0.0.1:5432 if one
+answers, else an embedded one (pgserver). Each session works in a database of its own.
+SQS: moto's server on a loopback port, spoken to over HTTP by the production client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from fanout.config import Settings
+from fanout.local import embedded_postgres, local_sqs_server
+from fanout.pipeline import Pipeline
+from fanout.providers.sink import SinkProvider
+from fanout.sink_server import EmbeddedSink, PushSink
+from fanout.sqs import Queues, create_queues, open_client, open_queues
+from fanout.store import connect, create_pool
+from fanout.store.migrate import migrate
+
+
+def _local_postgres_answers() -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 5432), timeout=1):
+        return True
+    return False
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    if url := os.environ.get("FANOUT_TEST_DATABASE_URL"):
+        yield url
+    elif _local_postgres_answers():
+        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+    else:
+        with embedded_postgres() as url:
+            yield url
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh, migrated database for this test session, dropped at the end."""
+    name = f"fanout_test_{secrets.token_hex(4)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def create() -> str:
+        await admin(f'CREATE DATABASE "{name}"')
+        url = _with_database(server_url, name)
+        conn = await connect(url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        return url
+
+    url = asyncio.run(create())
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def sqs_endpoint() -> Iterator[str]:
+    with local_sqs_server() as url:
+        yield url
+
+
+@pytest.fixture
+def settings(database_url: str, sqs_endpoint: str) -> Settings:
+    """Settings for one test: its own queues; short timeouts so retries come quickly."""
+    return Settings(
+        database_url=SecretStr(database_url),
+        sqs_endpoint_url=sqs_endpoint,
+        queue_prefix=f"t{secrets.token_hex(5)}",
+        fanout_queue_url=None,
+        delivery_queue_url=None,
+        visibility_timeout=5,
+        poll_wait_seconds=1,
+        max_receive_count=2,
+        retry_base_delay=0,
+        shutdown_grace_seconds=5,
+    )
+
+
+@pytest.fixture
+async def queues(settings: Settings) -> AsyncIterator[Queues]:
+    async with open_client(settings) as client:
+        await create_queues(client, settings)
+        yield await open_queues(client, settings)
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[EmbeddedSink]:
+    async with EmbeddedSink(PushSink()) as sink:
+        yield sink
+
+
+@pytest.fixture
+async def pipeline(settings: Settings, sink: EmbeddedSink) -> AsyncIterator[Pipeline]:
+    """Everything a stage needs, delivering to the test's sink."""
+    async with open_client(settings) as client:
+        await create_queues(client, settings)
+    provider = SinkProvider(sink.url)
+    providers = {platform: provider for platform in provider.platforms}
+    async with Pipeline.open(settings, providers=providers) as pipeline:
+        yield pipeline
+    await provider.aclose()

@@ -1,0 +1,85 @@
+"""Seeding and draining helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from fanout.messages import DeliveryBatch, decode
+from fanout.sqs import Queue
+from fanout.store import queries
+
+
+@dataclass
+class Topic:
+    key: str
+    id: int
+    user_ids: list[int]
+    device_ids: list[int]
+
+
+async def make_topic(
+    pool: asyncpg.Pool,
+    users: int,
+    *,
+    devices_per_user: Sequence[int] = (1,),
+    token_prefix: str = "tok",
+) -> Topic:
+    """A new topic with ``users`` subscribers; user i gets devices_per_user[i % len] devices."""
+    run = secrets.token_hex(4)
+    key = f"test:{run}"
+    async with pool.acquire() as conn, conn.transaction():
+        topic_id = await conn.fetchval(queries.UPSERT_TOPIC, key)
+        user_ids = [await conn.fetchval(queries.UPSERT_USER, f"{run}-{i}") for i in range(users)]
+        await conn.executemany(
+            "INSERT INTO subscriptions (topic_id, user_id) VALUES ($1, $2)",
+            [(topic_id, u) for u in user_ids],
+        )
+        device_ids = []
+        for i, user_id in enumerate(user_ids):
+            for k in range(devices_per_user[i % len(devices_per_user)]):
+                device_ids.append(await add_device(conn, user_id, f"{token_prefix}-{run}-{i}-{k}"))
+    return Topic(key, topic_id, user_ids, device_ids)
+
+
+async def add_device(
+    conn: asyncpg.Connection, user_id: int, token: str, platform: str = "apns"
+) -> int:
+    keys = ("BPUBLICKEY", "AUTH") if platform == "webpush" else (None, None)
+    device_id: int = await conn.fetchval(
+        """INSERT INTO devices (user_id, platform, token, web_push_p256dh, web_push_auth, locale)
+           VALUES ($1, $2, $3, $4, $5, 'en') RETURNING id""",
+        user_id,
+        platform,
+        token,
+        *keys,
+    )
+    return device_id
+
+
+async def drain(queue: Queue, *, idle_polls: int = 2) -> list[str]:
+    """Receive and delete everything on a queue until it stays empty."""
+    bodies: list[str] = []
+    idle = 0
+    while idle < idle_polls:
+        messages = await queue.receive(10, wait_seconds=0)
+        if not messages:
+            idle += 1
+            continue
+        idle = 0
+        bodies.extend(m.body for m in messages)
+        await queue.delete_many(messages)
+    return bodies
+
+
+def batches_of(bodies: list[str]) -> list[DeliveryBatch]:
+    decoded = [decode(b) for b in bodies]
+    return [b for b in decoded if isinstance(b, DeliveryBatch)]
+
+
+def device_counts(batches: list[DeliveryBatch]) -> Counter[int]:
+    return Counter(d.id for b in batches for d in b.iter_devices())

@@ -1,0 +1,78 @@
+"""`fanout demo` as a user runs it: a process, its exit status and its last line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from fanout.store import connect
+from fanout.store.migrate import available_migrations, migrate
+
+
+def run_demo(env: dict[str, str], subscribers: int) -> dict:  # type: ignore[type-arg]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "fanout", "demo", "--subscribers", str(subscribers), "--json"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary: dict = orjson.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[type-arg]
+    return summary
+
+
+def test_demo_with_nothing_configured_delivers_every_device_once() -> None:
+    summary = run_demo({}, 3000)
+    assert summary["database"] == "embedded PostgreSQL"
+    assert summary["delivered"] == summary["devices"] == 3000
+    assert (summary["failed"], summary["duplicates"]) == (0, 0)
+    for key in ("subscribers", "seconds", "notifications_per_second"):
+        assert key in summary
+
+
+def test_demo_against_a_configured_database(database_url: str) -> None:
+    summary = run_demo({"FANOUT_DATABASE_URL": database_url}, 2000)
+    assert summary["database"] == "configured"
+    assert summary["delivered"] == summary["devices"] == 2000
+
+
+@pytest.mark.parametrize("devices_per_user", [2])
+def test_demo_with_several_devices_per_user(database_url: str, devices_per_user: int) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fanout",
+            "demo",
+            "--subscribers",
+            "500",
+            "--devices-per-user",
+            str(devices_per_user),
+            "--json",
+        ],
+        env={**clean, "FANOUT_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    summary = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0 and summary["delivered"] == 1000
+
+
+async def test_migrations_are_rerunnable(database_url: str) -> None:
+    conn = await connect(database_url)
+    try:
+        assert await migrate(conn) == []  # the session fixture applied them already
+        applied = await conn.fetchval("SELECT count(*) FROM schema_migrations")
+        assert applied == len(available_migrations())
+    finally:
+        await conn.close()

@@ -1,0 +1,143 @@
+"""The long-running worker: real queues, real database, the sink; and a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fanout.config import Settings
+from fanout.notification import Notification
+from fanout.pipeline import Pipeline
+from fanout.publish import publish, record_event, sweep_outbox
+from fanout.sink_server import EmbeddedSink
+from fanout.sqs import create_queues, open_client
+from fanout.store import queries
+from fanout.worker import QueueConsumer, run_worker
+from tests.helpers import make_topic
+
+NOTE = Notification(title="New book")
+
+
+@pytest.fixture
+async def running_worker(pipeline: Pipeline) -> AsyncIterator[list[QueueConsumer]]:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(run_worker(pipeline.settings, stopping, pipeline=pipeline))
+    consumers: list[QueueConsumer] = []
+    yield consumers
+    stopping.set()
+    consumers.extend(await task)
+
+
+async def wait_until_done(pipeline: Pipeline, event_id: int, timeout: float = 30) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with pipeline.pool.acquire() as conn:
+            row = dict(await conn.fetchrow(queries.EVENT_PROGRESS, event_id))
+        finished = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]
+        if row["status"] == "fanned_out" and finished >= row["devices"]:
+            return row
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"event {event_id} not delivered in {timeout}s: {row}")
+
+
+async def test_published_event_reaches_every_device_through_the_worker(
+    pipeline: Pipeline, sink: EmbeddedSink, running_worker: list[QueueConsumer]
+) -> None:
+    pipeline.settings = pipeline.settings.model_copy(update={"shard_size": 40})
+    topic = await make_topic(pipeline.pool, 150, devices_per_user=(1, 2))
+    event = await publish(pipeline.pool, pipeline.queues, NOTE, topic=topic.key)
+    progress = await wait_until_done(pipeline, event.event_id)
+    assert progress["sent"] == len(topic.device_ids) == 225
+    assert (sink.sink.ledger.unique, sink.sink.ledger.duplicates) == (225, 0)
+
+
+async def test_poison_message_lands_in_the_dlq_with_its_reason_and_the_worker_goes_on(
+    pipeline: Pipeline, sink: EmbeddedSink, running_worker: list[QueueConsumer]
+) -> None:
+    await pipeline.queues.fanout.send("this is not a fanout message")
+    await pipeline.queues.delivery.send('{"kind": "delivery", "v": 1, "event": 99999999}')
+
+    for queue in (pipeline.queues.fanout, pipeline.queues.delivery):
+        dead = await _wait_for_dead_letter(pipeline, queue.dead_letter_url)
+        reason = dead["MessageAttributes"]["fanout-reason"]["StringValue"]
+        assert reason.startswith("PoisonMessage:")
+        assert dead["MessageAttributes"]["fanout-source-queue"]["StringValue"] == queue.name
+
+    # Still alive: the next real event is delivered.
+    topic = await make_topic(pipeline.pool, 10)
+    event = await publish(pipeline.pool, pipeline.queues, NOTE, topic=topic.key)
+    assert (await wait_until_done(pipeline, event.event_id))["sent"] == 10
+
+
+async def _wait_for_dead_letter(pipeline: Pipeline, dlq_url: str | None) -> dict:  # type: ignore[type-arg]
+    assert dlq_url is not None
+    client = pipeline.queues.fanout.client
+    for _ in range(30):
+        response = await client.receive_message(
+            QueueUrl=dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=1
+        )
+        if response.get("Messages"):
+            return dict(response["Messages"][0])
+    raise AssertionError("nothing reached the dead-letter queue")
+
+
+async def test_event_left_pending_by_a_crash_is_sent_by_the_outbox_sweeper(
+    pipeline: Pipeline, sink: EmbeddedSink, running_worker: list[QueueConsumer]
+) -> None:
+    topic = await make_topic(pipeline.pool, 12)
+    # Committed, but the process "died" before sending the fan-out message.
+    event = await record_event(pipeline.pool, NOTE, topic=topic.key)
+    swept = await sweep_outbox(pipeline.pool, pipeline.queues, older_than=0)
+    assert swept >= 1
+    assert (await wait_until_done(pipeline, event.event_id))["sent"] == 12
+
+
+async def test_same_idempotency_key_publishes_once(pipeline: Pipeline) -> None:
+    topic = await make_topic(pipeline.pool, 1)
+    key = f"idem-{topic.key}"
+    first = await publish(
+        pipeline.pool, pipeline.queues, NOTE, topic=topic.key, idempotency_key=key
+    )
+    second = await publish(
+        pipeline.pool, pipeline.queues, NOTE, topic=topic.key, idempotency_key=key
+    )
+    assert first.created and not second.created
+    assert first.event_id == second.event_id
+
+
+def test_worker_process_stops_cleanly_on_sigterm(settings: Settings) -> None:
+    async def create() -> None:
+        async with open_client(settings) as client:
+            await create_queues(client, settings)
+
+    asyncio.run(create())
+    env = {
+        **os.environ,
+        "FANOUT_DATABASE_URL": settings.database_dsn(),
+        "FANOUT_SQS_ENDPOINT_URL": settings.sqs_endpoint_url or "",
+        "FANOUT_QUEUE_PREFIX": settings.queue_prefix,
+        "FANOUT_POLL_WAIT_SECONDS": "20",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "fanout", "worker"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(3)  # started, and in the middle of a 20 s long poll
+        assert worker.poll() is None
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0
+        assert time.monotonic() - started < 10  # the long poll was abandoned, not waited out
+    finally:
+        worker.kill()
+    assert "Traceback" not in (worker.stderr.read() if worker.stderr else "")
