@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 queues_app = typer.Typer(help="Create and inspect the SQS queues.")
 app.add_typer(queues_app, name="queues")
+apikey_app = typer.Typer(help="Create, list and revoke API keys.")
+app.add_typer(apikey_app, name="apikey")
 err = Console(stderr=True)
 
 
@@ -199,6 +201,72 @@ def sink(
     from fanout.sink_server import serve
 
     serve(host, port)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Default: FANOUT_API_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: FANOUT_API_PORT")] = None,
+) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    from fanout.api import create_app
+
+    settings = _settings()
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="info",
+    )
+
+
+async def _with_connection(work: Any) -> Any:
+    from fanout.store import connect
+
+    conn = await connect(_settings().database_dsn())
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+@apikey_app.command("create")
+def apikey_create(
+    scope: Annotated[list[str], typer.Option(help="publish, manage or read; repeat for several.")],
+    name: Annotated[str, typer.Option(help="What the key is for.")] = "",
+) -> None:
+    """Create an API key. It is printed once and cannot be shown again."""
+    from fanout.apikeys import SCOPES, create_api_key
+
+    if not scope or set(scope) - set(SCOPES):
+        raise typer.BadParameter(f"each scope is one of {', '.join(SCOPES)}", param_hint="--scope")
+    key, token = _run(_with_connection(lambda conn: create_api_key(conn, scope, name)))
+    err.print(f"key {key.key_id} with scopes {', '.join(sorted(key.scopes))}; store it now:")
+    typer.echo(token)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(key_id: Annotated[str, typer.Argument(help="The id shown by 'list'.")]) -> None:
+    """Revoke an API key at once."""
+    from fanout.apikeys import revoke_api_key
+
+    if not _run(_with_connection(lambda conn: revoke_api_key(conn, key_id))):
+        err.print(f"[red]no live key {key_id}[/]")
+        raise typer.Exit(1)
+    err.print(f"revoked {key_id}")
+
+
+@apikey_app.command("list")
+def apikey_list() -> None:
+    """List API keys (ids and scopes; secrets are never stored)."""
+    from fanout.store import queries
+
+    rows = _run(_with_connection(lambda conn: conn.fetch(queries.LIST_API_KEYS)))
+    for row in rows:
+        state = f"revoked {row['revoked_at']:%Y-%m-%d}" if row["revoked_at"] else "live"
+        typer.echo(f"{row['key_id']}  {','.join(row['scopes']):<22} {state:<18} {row['name']}")
 
 
 def main() -> None:

@@ -79,6 +79,15 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="How often the worker re-sends events left pending."
     )
 
+    # --- HTTP API -----------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_publish_rate: float = Field(
+        default=50.0, gt=0, description="Publish requests per second per API key (sustained)."
+    )
+    api_publish_burst: int = Field(default=100, ge=1, description="Publish requests in a burst.")
+    api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
     def database_dsn(self) -> str:
         if self.database_url is None:
             raise ValueError("FANOUT_DATABASE_URL is not set")

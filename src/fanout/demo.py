@@ -31,7 +31,7 @@ from fanout.providers.sink import SinkProvider
 from fanout.publish import publish
 from fanout.sink_server import DeliveryLedger, EmbeddedSink, PushSink
 from fanout.sqs import create_queues, open_client
-from fanout.store import connect, queries
+from fanout.store import connect, find_or_create, queries
 from fanout.store.migrate import migrate
 from fanout.worker import run_worker
 
@@ -97,7 +97,7 @@ async def seed(conn: asyncpg.Connection, subscribers: int, devices_per_user: int
     run = secrets.token_hex(4)
     topic = f"demo:{run}"
     async with conn.transaction():
-        topic_id = await conn.fetchval(queries.UPSERT_TOPIC, topic)
+        topic_id = await find_or_create(conn, queries.UPSERT_TOPIC, topic)
         users = await conn.fetchrow(queries.SEED_USERS, f"demo-{run}-", subscribers)
         await conn.execute(
             queries.SEED_SUBSCRIPTIONS, topic_id, users["first_id"], users["last_id"]

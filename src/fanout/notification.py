@@ -8,16 +8,47 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from fanout.config import MAX_PAYLOAD_BYTES
 
 Locale = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")]
-ShortText = Annotated[str, StringConstraints(max_length=1024)]
+# Text PostgreSQL can store (no NUL) and UTF-8 can encode (no lone UTF-16 surrogates,
+# which JSON's \ud800 escapes can smuggle in). The pattern puts the first in the schema.
+STORABLE_TEXT = r"^[^\x00]*$"
+
+
+def _encodable(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text contains an unpaired UTF-16 surrogate") from None
+    return value
+
+
+def _text(max_length: int) -> Any:
+    return StringConstraints(max_length=max_length, pattern=STORABLE_TEXT)
+
+
+Encodable = AfterValidator(_encodable)
+ShortText = Annotated[str, _text(1024), Encodable]
+DataKey = Annotated[str, _text(128), Encodable]
+DataValue = Annotated[str, _text(4096), Encodable]
+UrlText = Annotated[str, _text(2048), Encodable]
+SoundName = Annotated[str, _text(256), Encodable]
+CollapseKey = Annotated[str, _text(64), Encodable]
+_TEXT_CONFIG = ConfigDict(extra="forbid", frozen=True)
 
 
 class LocalizedText(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _TEXT_CONFIG
 
     title: ShortText | None = None
     body: ShortText | None = None
@@ -26,26 +57,30 @@ class LocalizedText(BaseModel):
 class Notification(BaseModel):
     """The content of one event's push, as the publisher gave it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _TEXT_CONFIG
 
     title: ShortText
     body: ShortText = ""
-    data: dict[Annotated[str, StringConstraints(max_length=128)], str] = Field(default_factory=dict)
-    image: Annotated[str, StringConstraints(max_length=2048)] | None = None
-    url: Annotated[str, StringConstraints(max_length=2048)] | None = Field(
+    data: dict[DataKey, DataValue] = Field(default_factory=dict)
+    image: UrlText | None = None
+    url: UrlText | None = Field(
         default=None, description="Deep link opened when the notification is tapped."
     )
     badge: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
-    sound: Annotated[str, StringConstraints(max_length=256)] | None = None
+    sound: SoundName | None = None
     ttl: Annotated[int, Field(ge=0, le=28 * 24 * 3600)] = Field(
         default=24 * 3600, description="Seconds a provider may hold the push for an offline device."
     )
     priority: Literal["high", "normal"] = "high"
-    collapse_key: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+    collapse_key: CollapseKey | None = Field(
         default=None, description="Defaults to the event id, so a redelivered push replaces."
     )
     localized: dict[Locale, LocalizedText] = Field(
-        default_factory=dict, description="Per-locale title/body, chosen by the device's locale."
+        default_factory=dict,
+        description="Per-locale title/body, chosen by the device's locale.",
+        # pydantic writes the key pattern as patternProperties; without this, the schema
+        # would admit keys the model refuses.
+        json_schema_extra={"additionalProperties": False},
     )
 
     @model_validator(mode="after")

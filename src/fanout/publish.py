@@ -15,7 +15,7 @@ import asyncpg
 from fanout.messages import FanoutTask
 from fanout.notification import Notification
 from fanout.sqs import Queues
-from fanout.store import queries
+from fanout.store import find_or_create, queries
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ async def record_event(
         raise ValueError("an event goes to exactly one of: a topic, a user")
     payload = notification.model_dump(mode="json", exclude_defaults=True)
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await conn.fetchval(queries.UPSERT_TOPIC, topic) if topic else None
-        user_id = await conn.fetchval(queries.UPSERT_USER, user) if user else None
+        topic_id = await find_or_create(conn, queries.UPSERT_TOPIC, topic) if topic else None
+        user_id = await find_or_create(conn, queries.UPSERT_USER, user) if user else None
         event_id = await conn.fetchval(
             queries.INSERT_EVENT, topic_id, user_id, idempotency_key, payload
         )

@@ -59,8 +59,12 @@ async def open_client(settings: Settings) -> AsyncIterator[SQSClient]:
         "region_name": settings.aws_region,
         "endpoint_url": settings.sqs_endpoint_url,
         # Standard retry mode backs off on throttling and connection errors.
+        # Reads may wait out a 20 s long poll; connecting should never take long.
         "config": AioConfig(
-            max_pool_connections=64, retries={"mode": "standard", "max_attempts": 5}
+            max_pool_connections=64,
+            retries={"mode": "standard", "max_attempts": 5},
+            connect_timeout=5,
+            read_timeout=40,
         ),
     }
     host = urlparse(settings.sqs_endpoint_url or "").hostname

@@ -45,3 +45,16 @@ def test_a_payload_over_4kb_is_refused_naming_the_limit() -> None:
 def test_unknown_fields_are_refused() -> None:
     with pytest.raises(pydantic.ValidationError, match="extra"):
         Notification.model_validate({"title": "t", "colour": "red"})
+
+
+@pytest.mark.parametrize("field", ["title", "body", "url", "image", "sound", "collapse_key"])
+@pytest.mark.parametrize("bad", ["a\x00b", "a\ud800b"])
+def test_text_postgres_cannot_store_is_refused(field: str, bad: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match=field):
+        Notification.model_validate({"title": "t", field: bad})
+
+
+@pytest.mark.parametrize("bad", [{"k\x00": "v"}, {"k": "v\x00"}, {"k": "\udfff"}])
+def test_data_postgres_cannot_store_is_refused(bad: dict[str, str]) -> None:
+    with pytest.raises(pydantic.ValidationError, match="data"):
+        Notification.model_validate({"title": "t", "data": bad})

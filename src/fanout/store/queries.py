@@ -9,18 +9,22 @@ database contract in one sitting and check each statement against the schema in
 # Publishing
 # ---------------------------------------------------------------------------------------
 
-# Index: topics_key_key (unique). DO UPDATE (a no-op) so that RETURNING always yields id.
+# Index: topics_key_key (unique). Insert-or-find; an existing row is not rewritten. Returns
+# NULL only if a concurrent transaction inserted the same key a moment ago: call again.
 UPSERT_TOPIC = """
-INSERT INTO topics (key) VALUES ($1)
-ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
-RETURNING id
+WITH inserted AS (
+    INSERT INTO topics (key) VALUES ($1) ON CONFLICT (key) DO NOTHING RETURNING id
+)
+SELECT id FROM inserted UNION ALL SELECT id FROM topics WHERE key = $1 LIMIT 1
 """
 
-# Index: users_external_id_key (unique).
+# Index: users_external_id_key (unique). Same contract as UPSERT_TOPIC.
 UPSERT_USER = """
-INSERT INTO users (external_id) VALUES ($1)
-ON CONFLICT (external_id) DO UPDATE SET external_id = EXCLUDED.external_id
-RETURNING id
+WITH inserted AS (
+    INSERT INTO users (external_id) VALUES ($1) ON CONFLICT (external_id) DO NOTHING
+    RETURNING id
+)
+SELECT id FROM inserted UNION ALL SELECT id FROM users WHERE external_id = $1 LIMIT 1
 """
 
 # Index: events_idempotency_key_key (unique). Returns nothing when the key was used before.
@@ -252,4 +256,77 @@ WITH inserted AS (
     RETURNING id
 )
 SELECT min(id) AS first_id, max(id) AS last_id, count(*) AS devices FROM inserted
+"""
+
+# ---------------------------------------------------------------------------------------
+# HTTP API
+# ---------------------------------------------------------------------------------------
+
+# Index: api_keys_key_id_key (unique).
+INSERT_API_KEY = """
+INSERT INTO api_keys (key_id, secret_hash, scopes, name) VALUES ($1, $2, $3, $4)
+RETURNING id
+"""
+
+# Index: api_keys_key_id_key.
+API_KEY_BY_KEY_ID = """
+SELECT id, secret_hash, scopes, name FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL
+"""
+
+# Index: api_keys_key_id_key.
+REVOKE_API_KEY = "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL"
+
+LIST_API_KEYS = """
+SELECT key_id, scopes, name, created_at, revoked_at FROM api_keys ORDER BY id
+"""
+
+# Index: devices_platform_token_key (unique). The same token again updates the row (it may
+# have moved to another user, changed locale or come back after being deactivated).
+# xmax = 0 only on a freshly inserted row: that is how the caller tells 201 from 200.
+UPSERT_DEVICE = """
+INSERT INTO devices (user_id, platform, token, web_push_p256dh, web_push_auth, locale)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (platform, token) DO UPDATE
+SET user_id = EXCLUDED.user_id, web_push_p256dh = EXCLUDED.web_push_p256dh,
+    web_push_auth = EXCLUDED.web_push_auth, locale = EXCLUDED.locale, active = true,
+    updated_at = now(), deactivated_at = NULL, deactivated_reason = NULL
+RETURNING id, (xmax = 0) AS created
+"""
+
+# Index: devices_pkey.
+DELETE_DEVICE = "DELETE FROM devices WHERE id = $1"
+
+# Index: subscriptions_pkey.
+SUBSCRIBE = """
+INSERT INTO subscriptions (topic_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING
+"""
+
+# Indexes: topics_key_key, users_external_id_key, subscriptions_pkey.
+UNSUBSCRIBE = """
+DELETE FROM subscriptions AS s
+USING topics AS t, users AS u
+WHERE t.key = $1 AND u.external_id = $2 AND s.topic_id = t.id AND s.user_id = u.id
+"""
+
+# Index: users_external_id_key. Bulk import, one statement for the whole list.
+BULK_INSERT_USERS = """
+INSERT INTO users (external_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING
+"""
+
+# Indexes: users_external_id_key, subscriptions_pkey.
+BULK_SUBSCRIBE = """
+INSERT INTO subscriptions (topic_id, user_id)
+SELECT $1, id FROM users WHERE external_id = ANY($2::text[])
+ON CONFLICT DO NOTHING
+"""
+
+# Indexes: users_external_id_key, subscriptions_by_user (user_id, topic_id): a keyset page.
+USER_SUBSCRIPTIONS_PAGE = """
+SELECT s.topic_id, t.key, s.created_at
+FROM users AS u
+JOIN subscriptions AS s ON s.user_id = u.id
+JOIN topics AS t ON t.id = s.topic_id
+WHERE u.external_id = $1 AND s.topic_id > $2
+ORDER BY s.topic_id
+LIMIT $3
 """

@@ -1,0 +1,127 @@
+"""Request and response bodies of the HTTP API. Unknown fields are refused everywhere."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from fanout.notification import Locale, Notification
+
+# Documented character sets: what may appear in a URL path segment without escaping.
+TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$"
+TopicKey = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
+IdempotencyKey = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,128}$")]
+Base64Url = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]+=*$", max_length=256)]
+
+MAX_BULK_SUBSCRIBERS = 50_000
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WebPushKeys(Strict):
+    p256dh: Base64Url = Field(description="The subscription's P-256 public key, base64url.")
+    auth: Base64Url = Field(description="The subscription's auth secret, base64url.")
+
+
+class WebPushSubscription(Strict):
+    endpoint: Annotated[str, StringConstraints(pattern=r"^https://[^\s]+$", max_length=2048)] = (
+        Field(description="The push service URL from PushSubscription.endpoint.")
+    )
+    keys: WebPushKeys
+
+
+class _DeviceBase(Strict):
+    user_id: UserId
+    locale: Locale | None = None
+
+
+class ApnsDeviceIn(_DeviceBase):
+    platform: Literal["apns"]
+    token: Annotated[str, StringConstraints(pattern=r"^([0-9a-fA-F]{2}){8,100}$")] = Field(
+        description="The APNs device token, hexadecimal."
+    )
+
+
+class FcmDeviceIn(_DeviceBase):
+    platform: Literal["fcm"]
+    token: Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,4096}$")] = Field(
+        description="The FCM registration token."
+    )
+
+
+class WebPushDeviceIn(_DeviceBase):
+    platform: Literal["webpush"]
+    subscription: WebPushSubscription = Field(description="The browser's PushSubscription.")
+
+
+# The platform decides the shape, and the OpenAPI document says so (a discriminated union).
+DeviceIn = Annotated[ApnsDeviceIn | FcmDeviceIn | WebPushDeviceIn, Field(discriminator="platform")]
+
+
+class DeviceOut(BaseModel):
+    id: int
+
+
+class BulkSubscribeIn(Strict):
+    user_ids: list[UserId] = Field(min_length=1, max_length=MAX_BULK_SUBSCRIBERS)
+
+
+class BulkSubscribeOut(BaseModel):
+    requested: int
+    added: int
+
+
+class SubscriptionOut(BaseModel):
+    topic: str
+    subscribed_at: datetime
+
+
+class SubscriptionPage(BaseModel):
+    items: list[SubscriptionOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
+
+
+class EventIn(Strict):
+    topic: TopicKey
+    notification: Notification
+    idempotency_key: IdempotencyKey | None = None
+
+
+class DirectNotificationIn(Strict):
+    notification: Notification
+    idempotency_key: IdempotencyKey | None = None
+
+
+class EventAccepted(BaseModel):
+    event_id: int
+    created: bool = Field(description="False when the idempotency key named an earlier event.")
+
+
+class EventStatus(BaseModel):
+    event_id: int
+    status: Literal["pending", "enqueued", "fanning_out", "fanned_out", "delivered"]
+    recipients: int
+    devices: int
+    sent: int
+    failed: int
+    invalid: int
+    skipped: int
+    pending: int
+    started_at: datetime
+    fanned_out_at: datetime | None
+    finished_at: datetime | None
+
+
+class Health(BaseModel):
+    database: str
+    queue: str
+
+
+class Problem(BaseModel):
+    detail: str

@@ -1,0 +1,124 @@
+"""`fanout serve` as a real process on loopback, with its own queues and API keys."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from fanout.apikeys import create_api_key
+from fanout.config import Settings
+from fanout.sqs import create_queues, open_client
+from fanout.store import connect
+
+
+@dataclass
+class ApiServer:
+    url: str
+    settings: Settings
+    keys: dict[str, str]  # scope name ("publish", "manage", "read", "all", …) -> token
+    log: Path
+
+    def headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[key]}"}
+
+    def client(self, key: str | None = None) -> httpx.AsyncClient:
+        headers = self.headers(key) if key else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_server(settings: Settings, log: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
+        "FANOUT_DATABASE_URL": settings.database_dsn(),
+        "FANOUT_SQS_ENDPOINT_URL": settings.sqs_endpoint_url or "",
+        "FANOUT_QUEUE_PREFIX": settings.queue_prefix,
+        "FANOUT_API_PUBLISH_RATE": "10",
+        "FANOUT_API_PUBLISH_BURST": "40",
+        "FANOUT_API_MAX_BODY_BYTES": str(2 * 1024 * 1024),
+        **env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fanout", "serve", "--port", str(port)],
+        env=environment,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"fanout serve exited: {log.read_text()[-2000:]}")
+        try:
+            httpx.get(f"{url}/openapi.json", timeout=1)
+            return process, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("fanout serve did not start")
+
+
+@pytest.fixture(scope="session")
+def api(
+    database_url: str, sqs_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
+    settings = Settings(
+        database_url=SecretStr(database_url),
+        sqs_endpoint_url=sqs_endpoint,
+        queue_prefix=f"api{secrets.token_hex(4)}",
+        fanout_queue_url=None,
+        delivery_queue_url=None,
+        visibility_timeout=5,
+        poll_wait_seconds=1,
+        retry_base_delay=0,
+        outbox_sweep_seconds=0.5,
+    )
+
+    async def prepare() -> dict[str, str]:
+        async with open_client(settings) as client:
+            await create_queues(client, settings)
+        conn = await connect(database_url)
+        try:
+            wanted = {
+                "publish": ["publish"],
+                "manage": ["manage"],
+                "read": ["read"],
+                "all": ["publish", "manage", "read"],
+                "fuzz": ["publish", "manage", "read"],
+                "limited": ["publish"],
+                "revoked": ["read"],
+            }
+            return {
+                name: (await create_api_key(conn, scopes, name))[1]
+                for name, scopes in wanted.items()
+            }
+        finally:
+            await conn.close()
+
+    keys = asyncio.run(prepare())
+    log = tmp_path_factory.mktemp("api") / "server.log"
+    process, url = start_server(settings, log)
+    try:
+        yield ApiServer(url, settings, keys, log)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -1,0 +1,381 @@
+"""The HTTP API over a real server process, PostgreSQL and SQS."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fanout.apikeys import revoke_api_key, split_token
+from fanout.pipeline import Pipeline
+from fanout.providers.sink import SinkProvider
+from fanout.sink_server import EmbeddedSink, PushSink
+from fanout.store import connect
+from fanout.worker import run_worker
+from tests.api.conftest import ApiServer, start_server
+
+HEX_TOKEN = "ab" * 32
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+# --- authentication and scopes -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/devices"),
+        ("DELETE", "/v1/devices/1"),
+        ("PUT", "/v1/topics/t/subscribers/u"),
+        ("POST", "/v1/topics/t/subscribers"),
+        ("GET", "/v1/users/u/subscriptions"),
+        ("POST", "/v1/events"),
+        ("POST", "/v1/users/u/notifications"),
+        ("GET", "/v1/events/1"),
+    ],
+)
+async def test_every_v1_path_needs_a_key(api: ApiServer, method: str, path: str) -> None:
+    async with api.client() as client:
+        response = await client.request(method, path, json={})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("token", ["nonsense", "fo_x_y", "fo_000000000000_wrongsecret"])
+async def test_a_wrong_key_is_401(api: ApiServer, token: str) -> None:
+    async with api.client() as client:
+        response = await client.get("/v1/events/1", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+
+
+async def test_a_right_key_id_with_a_wrong_secret_is_401(api: ApiServer) -> None:
+    key_id, _ = split_token(api.keys["read"]) or ("", "")
+    async with api.client() as client:
+        response = await client.get(
+            "/v1/events/1", headers={"Authorization": f"Bearer fo_{key_id}_forged"}
+        )
+    assert response.status_code == 401
+
+
+async def test_a_revoked_key_is_refused_at_once(api: ApiServer) -> None:
+    async with api.client("revoked") as client:
+        assert (await client.get("/v1/events/999999999")).status_code == 404
+        conn = await connect(api.settings.database_dsn())
+        key_id, _ = split_token(api.keys["revoked"]) or ("", "")
+        assert await revoke_api_key(conn, key_id)
+        await conn.close()
+        assert (await client.get("/v1/events/999999999")).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("key", "method", "path", "body"),
+    [
+        ("read", "POST", "/v1/events", {"topic": "t", "notification": {"title": "x"}}),
+        ("publish", "POST", "/v1/devices", {"user_id": "u", "platform": "fcm", "token": "t"}),
+        ("manage", "GET", "/v1/events/1", None),
+        ("publish", "GET", "/v1/users/u/subscriptions", None),
+    ],
+)
+async def test_a_key_without_the_scope_is_403(
+    api: ApiServer,
+    key: str,
+    method: str,
+    path: str,
+    body: dict | None,  # type: ignore[type-arg]
+) -> None:
+    async with api.client(key) as client:
+        response = await client.request(method, path, json=body)
+    assert response.status_code == 403
+    assert "scope" in response.json()["detail"]
+
+
+async def test_auth_errors_do_not_reveal_whether_an_event_exists(api: ApiServer) -> None:
+    async with api.client("publish") as client:
+        event = (
+            await client.post(
+                "/v1/events", json={"topic": unique("t"), "notification": {"title": "x"}}
+            )
+        ).json()["event_id"]
+    async with api.client("manage") as client:
+        existing = await client.get(f"/v1/events/{event}")
+        missing = await client.get("/v1/events/999999999")
+    assert existing.status_code == missing.status_code == 403
+    assert existing.json() == missing.json()
+
+
+# --- devices ----------------------------------------------------------------------------
+
+
+async def test_registering_the_same_token_again_updates_the_same_device(api: ApiServer) -> None:
+    body = {"user_id": unique("u"), "platform": "apns", "token": secrets.token_hex(32)}
+    async with api.client("manage") as client:
+        first = await client.post("/v1/devices", json=body)
+        again = await client.post("/v1/devices", json={**body, "locale": "de"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+
+
+async def test_a_web_push_subscription_registers(api: ApiServer) -> None:
+    body = {
+        "user_id": unique("u"),
+        "platform": "webpush",
+        "subscription": {
+            "endpoint": f"https://push.example.net/{unique('s')}",
+            "keys": {"p256dh": "B" + "A" * 86, "auth": "a" * 22},
+        },
+    }
+    async with api.client("manage") as client:
+        response = await client.post("/v1/devices", json=body)
+        deleted = await client.delete(f"/v1/devices/{response.json()['id']}")
+        again = await client.delete(f"/v1/devices/{response.json()['id']}")
+    assert response.status_code == 201
+    assert (deleted.status_code, again.status_code) == (204, 404)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user_id": "u", "platform": "apns", "token": "not-hex"}, "token"),
+        ({"user_id": "u", "platform": "webpush", "token": "x"}, "subscription"),
+        ({"user_id": "u", "platform": "fcm", "subscription": {}}, "token"),
+        ({"user_id": "u", "platform": "sms", "token": "x"}, "platform"),
+        ({"user_id": "bad id!", "platform": "fcm", "token": "x"}, "user_id"),
+        ({"user_id": "u", "platform": "fcm", "token": "x", "colour": "red"}, "colour"),
+        ({"platform": "fcm", "token": "x"}, "user_id"),
+    ],
+)
+async def test_bad_devices_get_422_naming_the_field(
+    api: ApiServer,
+    body: dict,
+    field: str,  # type: ignore[type-arg]
+) -> None:
+    async with api.client("manage") as client:
+        response = await client.post("/v1/devices", json=body)
+    assert response.status_code == 422
+    assert field in response.text
+
+
+async def test_malformed_json_is_a_422_not_a_500(api: ApiServer) -> None:
+    async with api.client("manage") as client:
+        response = await client.post(
+            "/v1/devices", content=b'{"user_id": ', headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 422
+    assert "json" in response.text.lower()
+
+
+async def test_a_body_over_the_limit_is_413(api: ApiServer) -> None:
+    async with api.client("manage") as client:
+        response = await client.post(
+            "/v1/topics/t/subscribers",
+            content=b"x" * (3 * 1024 * 1024),
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 413
+
+
+# --- subscriptions ----------------------------------------------------------------------
+
+
+async def test_subscribe_and_unsubscribe_are_idempotent(api: ApiServer) -> None:
+    topic, user = unique("author"), unique("reader")
+    async with api.client("all") as client:
+        for _ in range(2):
+            assert (await client.put(f"/v1/topics/{topic}/subscribers/{user}")).status_code == 204
+        page = (await client.get(f"/v1/users/{user}/subscriptions")).json()
+        assert [item["topic"] for item in page["items"]] == [topic]
+        for _ in range(2):
+            response = await client.delete(f"/v1/topics/{topic}/subscribers/{user}")
+            assert response.status_code == 204
+        assert (await client.get(f"/v1/users/{user}/subscriptions")).json()["items"] == []
+
+
+async def test_bulk_import_of_ten_thousand_subscribers(api: ApiServer) -> None:
+    topic = unique("author")
+    users = [f"{topic}-r{i}" for i in range(10_000)]
+    async with api.client("manage") as client:
+        first = await client.post(f"/v1/topics/{topic}/subscribers", json={"user_ids": users})
+        again = await client.post(f"/v1/topics/{topic}/subscribers", json={"user_ids": users})
+    assert first.json() == {"requested": 10_000, "added": 10_000}
+    assert again.json() == {"requested": 10_000, "added": 0}
+
+
+async def test_subscriptions_are_paged_with_a_cursor(api: ApiServer) -> None:
+    user = unique("reader")
+    topics = [unique(f"topic{i}") for i in range(5)]
+    async with api.client("all") as client:
+        for topic in topics:
+            await client.put(f"/v1/topics/{topic}/subscribers/{user}")
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+            page = (await client.get(f"/v1/users/{user}/subscriptions", params=params)).json()
+            seen += [item["topic"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+    assert seen == topics
+
+
+# --- publishing ---------------------------------------------------------------------------
+
+
+async def test_the_same_idempotency_key_returns_the_same_event(api: ApiServer) -> None:
+    body = {"topic": unique("t"), "notification": {"title": "x"}, "idempotency_key": unique("k")}
+    async with api.client("publish") as client:
+        first = await client.post("/v1/events", json=body)
+        second = await client.post("/v1/events", json=body)
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert first.json()["event_id"] == second.json()["event_id"]
+    assert (first.json()["created"], second.json()["created"]) == (True, False)
+
+
+async def test_a_notification_over_4kb_is_refused_naming_the_field(api: ApiServer) -> None:
+    body = {
+        "topic": "t",
+        "notification": {
+            "title": "x",
+            "body": "y" * 1000,
+            "data": {f"k{i}": "v" * 200 for i in range(20)},
+        },
+    }
+    async with api.client("publish") as client:
+        response = await client.post("/v1/events", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][:2] == ["body", "notification"]
+    assert "4096" in response.text
+
+
+async def test_publishing_too_fast_is_429_with_retry_after(api: ApiServer) -> None:
+    async with api.client("limited") as client:
+        statuses = [
+            (await client.post("/v1/events", json={"topic": "t", "notification": {"title": "x"}}))
+            for _ in range(60)
+        ]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert limited, "60 requests at once should pass a burst of 40"
+    assert int(limited[0].headers["retry-after"]) >= 1
+
+
+@pytest.fixture
+async def worker(api: ApiServer) -> AsyncIterator[EmbeddedSink]:
+    """A worker on the API's queues, delivering to a sink."""
+    async with EmbeddedSink(PushSink()) as sink:
+        provider = SinkProvider(sink.url)
+        providers = {platform: provider for platform in provider.platforms}
+        async with Pipeline.open(api.settings, providers=providers) as pipeline:
+            stopping = asyncio.Event()
+            task = asyncio.create_task(run_worker(api.settings, stopping, pipeline=pipeline))
+            yield sink
+            stopping.set()
+            await task
+        await provider.aclose()
+
+
+async def wait_for_status(client, event_id: int, status: str = "delivered") -> dict:  # type: ignore[no-untyped-def, type-arg]
+    for _ in range(150):
+        body: dict = (await client.get(f"/v1/events/{event_id}")).json()  # type: ignore[type-arg]
+        if body["status"] == status:
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"event {event_id} stuck: {body}")
+
+
+async def test_publish_through_the_api_delivers_to_every_subscriber(
+    api: ApiServer, worker: EmbeddedSink
+) -> None:
+    topic = unique("author")
+    async with api.client("all") as client:
+        for i in range(30):
+            user = f"{topic}-r{i}"
+            await client.put(f"/v1/topics/{topic}/subscribers/{user}")
+            await client.post(
+                "/v1/devices", json={"user_id": user, "platform": "fcm", "token": unique("fcm")}
+            )
+        accepted = await client.post(
+            "/v1/events", json={"topic": topic, "notification": {"title": "New book"}}
+        )
+        status = await wait_for_status(client, accepted.json()["event_id"])
+    assert (status["recipients"], status["devices"], status["sent"]) == (30, 30, 30)
+    assert status["pending"] == 0 and status["finished_at"] is not None
+    assert worker.sink.ledger.unique == 30
+
+
+async def test_one_to_one_send_reaches_all_of_the_users_devices(
+    api: ApiServer, worker: EmbeddedSink
+) -> None:
+    user = unique("reader")
+    async with api.client("all") as client:
+        for _ in range(3):
+            await client.post(
+                "/v1/devices",
+                json={"user_id": user, "platform": "apns", "token": secrets.token_hex(32)},
+            )
+        accepted = await client.post(
+            f"/v1/users/{user}/notifications", json={"notification": {"title": "Hi"}}
+        )
+        assert accepted.status_code == 202
+        status = await wait_for_status(client, accepted.json()["event_id"])
+    assert status["sent"] == 3
+
+
+async def test_crash_between_commit_and_enqueue_still_delivers(
+    api: ApiServer, worker: EmbeddedSink, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """An API whose queue is unreachable commits the event; the outbox sweeper sends it."""
+    broken, url = start_server(
+        api.settings, tmp_path / "broken.log", FANOUT_SQS_ENDPOINT_URL="http://127.0.0.1:9"
+    )
+    try:
+        topic, user = unique("author"), unique("reader")
+        async with api.client("all") as client:
+            await client.put(f"/v1/topics/{topic}/subscribers/{user}")
+            await client.post(
+                "/v1/devices", json={"user_id": user, "platform": "fcm", "token": unique("f")}
+            )
+            async with api.client("publish") as other:
+                other.base_url = url  # type: ignore[assignment]
+                accepted = await other.post(
+                    "/v1/events", json={"topic": topic, "notification": {"title": "x"}}
+                )
+            assert accepted.status_code == 202
+            status = await wait_for_status(client, accepted.json()["event_id"])
+        assert status["sent"] == 1
+    finally:
+        broken.terminate()
+        broken.wait(timeout=10)
+
+
+# --- operations ---------------------------------------------------------------------------
+
+
+async def test_healthz_and_metrics(api: ApiServer) -> None:
+    async with api.client() as client:
+        health = await client.get("/healthz")
+        metrics = await client.get("/metrics")
+    assert health.status_code == 200 and health.json() == {"database": "ok", "queue": "ok"}
+    assert "fanout_http_requests_total" in metrics.text
+
+
+async def test_secrets_never_appear_in_logs_or_error_bodies(api: ApiServer) -> None:
+    token = api.keys["publish"]
+    _, secret = split_token(token) or ("", "")
+    async with api.client("publish") as client:
+        bodies = [
+            (await client.get("/v1/events/1")).text,
+            (await client.post("/v1/devices", json={})).text,
+            (
+                await client.post(
+                    "/v1/events", content=b"{", headers={"content-type": "application/json"}
+                )
+            ).text,
+        ]
+    for text in [*bodies, api.log.read_text()]:
+        assert secret not in text
+        assert api.settings.database_dsn() not in text
