@@ -24,12 +24,17 @@ queues_app = typer.Typer(help="Create and inspect the SQS queues.")
 app.add_typer(queues_app, name="queues")
 apikey_app = typer.Typer(help="Create, list and revoke API keys.")
 app.add_typer(apikey_app, name="apikey")
+dlq_app = typer.Typer(help="Inspect and redrive the dead-letter queues.")
+app.add_typer(dlq_app, name="dlq")
+QueueRole = Annotated[str, typer.Option("--queue", help="fanout, delivery or both.")]
 err = Console(stderr=True)
 
 
 def _settings() -> Settings:
+    from fanout.config import load_settings
+
     try:
-        return Settings()
+        return asyncio.run(load_settings())
     except pydantic.ValidationError as exc:
         # Name the variable, never echo its value: it may be a secret.
         for error in exc.errors():
@@ -267,6 +272,65 @@ def apikey_list() -> None:
     for row in rows:
         state = f"revoked {row['revoked_at']:%Y-%m-%d}" if row["revoked_at"] else "live"
         typer.echo(f"{row['key_id']}  {','.join(row['scopes']):<22} {state:<18} {row['name']}")
+
+
+async def _with_queues(settings: Settings, role: str, work: Any) -> list[Any]:
+    from fanout.sqs import open_client, open_queues
+
+    if role not in ("fanout", "delivery", "both"):
+        raise typer.BadParameter("must be fanout, delivery or both", param_hint="--queue")
+    async with open_client(settings) as client:
+        queues = await open_queues(client, settings)
+        chosen = [queues.fanout, queues.delivery]
+        chosen = [q for q in chosen if role in ("both", q.name.rsplit("-", 1)[-1])]
+        return [(queue, await work(queue)) for queue in chosen]
+
+
+@dlq_app.command("list")
+def dlq_list(queue: QueueRole = "both") -> None:
+    """How many messages wait in each dead-letter queue."""
+    from fanout.sqs import Queue
+
+    async def depth(q: Queue) -> int:
+        dlq = Queue(
+            q.client,
+            q.dead_letter_url or "",
+            max_message_bytes=0,
+            dead_letter_url=None,
+            max_receive_count=None,
+        )
+        return await dlq.depth()
+
+    for q, count in _run(_with_queues(_settings(), queue, depth)):
+        typer.echo(f"{q.name}-dlq: {count}")
+
+
+@dlq_app.command("show")
+def dlq_show(
+    queue: QueueRole = "both",
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 10,
+    body_chars: Annotated[int, typer.Option(help="How much of each body to print.")] = 200,
+) -> None:
+    """Dead letters with the reason each failed; they stay in the queue."""
+    from fanout.sqs import peek_dead_letters
+
+    for q, letters in _run(_with_queues(_settings(), queue, lambda q: peek_dead_letters(q, limit))):
+        typer.echo(f"== {q.name}-dlq: {len(letters)} shown")
+        for letter in letters:
+            typer.echo(f"{letter.message_id}  tries={letter.receive_count}  {letter.reason}")
+            typer.echo(f"    {letter.body[:body_chars]}")
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    queue: QueueRole = "both",
+    limit: Annotated[int | None, typer.Option(min=1, help="Default: all.")] = None,
+) -> None:
+    """Move dead letters back to their queue to be tried again."""
+    from fanout.sqs import redrive
+
+    for q, moved in _run(_with_queues(_settings(), queue, lambda q: redrive(q, limit))):
+        typer.echo(f"{q.name}: {moved} message(s) moved back")
 
 
 def main() -> None:

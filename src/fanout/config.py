@@ -5,6 +5,9 @@ No other module reads ``os.environ``; everything that can be configured is a fie
 
 from __future__ import annotations
 
+import os
+
+import orjson
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -92,3 +95,25 @@ class Settings(BaseSettings):
         if self.database_url is None:
             raise ValueError("FANOUT_DATABASE_URL is not set")
         return self.database_url.get_secret_value()
+
+
+async def load_settings() -> Settings:
+    """The environment, plus the secret named by ``FANOUT_SECRETS_ARN`` if set.
+
+    That secret (AWS Secrets Manager) is a JSON object of ``FANOUT_*`` names to values:
+    the database URL and provider keys live there, not in a function's or container's
+    configuration in clear. Environment variables win over the secret.
+    """
+    arn = os.environ.get("FANOUT_SECRETS_ARN")
+    if not arn:
+        return Settings()
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client("secretsmanager") as client:
+        secret = (await client.get_secret_value(SecretId=arn))["SecretString"]
+    from_secret = {
+        name.removeprefix("FANOUT_").lower(): value
+        for name, value in orjson.loads(secret).items()
+        if name.startswith("FANOUT_") and name not in os.environ
+    }
+    return Settings(**from_secret)

@@ -92,22 +92,45 @@ async def deliver_batch(
             report.failed += len(to_retry)
             report.failure_reasons["retries exhausted"] = len(to_retry)
 
-    async with pool.acquire() as conn, conn.transaction():
-        if invalid_ids:
-            await conn.execute(queries.DEACTIVATE_DEVICES, invalid_ids, "invalid token")
-        await conn.execute(
-            queries.FINISH_BATCH,
-            batch.event_id,
-            batch.key,
-            report.sent,
-            report.failed,
-            report.invalid,
-            report.skipped,
-            report.retried,
-        )
+    await _record_outcome(pool, batch, report, invalid_ids)
     if report.failure_reasons:
         log.warning("batch %s: failures %s", batch.key, report.failure_reasons)
     return report
+
+
+# The pushes are out by now: if recording fails, SQS would deliver the batch again and
+# every device would get it twice. A database blip is worth waiting out instead.
+_RECORD_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
+_CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+
+
+async def _record_outcome(
+    pool: asyncpg.Pool, batch: DeliveryBatch, report: BatchReport, invalid_ids: list[int]
+) -> None:
+    """Deactivate dead tokens and mark the batch done, in one transaction."""
+    for delay in (*_RECORD_RETRY_DELAYS, None):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                if invalid_ids:
+                    await conn.execute(queries.DEACTIVATE_DEVICES, invalid_ids, "invalid token")
+                await conn.execute(
+                    queries.FINISH_BATCH,
+                    batch.event_id,
+                    batch.key,
+                    report.sent,
+                    report.failed,
+                    report.invalid,
+                    report.skipped,
+                    report.retried,
+                )
+            return
+        except _CONNECTION_ERRORS as exc:
+            if delay is None:
+                raise
+            log.warning(
+                "batch %s sent, recording it failed (%r); again in %ss", batch.key, exc, delay
+            )
+            await asyncio.sleep(delay)
 
 
 async def _claim(batch: DeliveryBatch, pool: asyncpg.Pool, devices: int, lease: int) -> bool:

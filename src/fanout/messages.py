@@ -23,6 +23,9 @@ import orjson
 
 PLATFORMS = ("apns", "fcm", "webpush")
 WIRE_VERSION = 1
+# The fan-out stage never packs more: a full 1 MiB message of APNs tokens is ~12,000.
+MAX_DEVICES_PER_BATCH = 20_000
+MAX_MESSAGE_BYTES = 1024 * 1024  # SQS's limit
 
 
 class PoisonMessage(Exception):
@@ -102,6 +105,8 @@ Message = FanoutTask | DeliveryBatch
 
 def decode(body: str) -> Message:
     """Parse a queue message; anything malformed raises PoisonMessage saying what."""
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise PoisonMessage(f"message of {len(body)} characters is over the 1 MiB limit")
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -135,6 +140,8 @@ def _decode_batch(doc: dict[str, Any], event_id: int) -> DeliveryBatch:
         raise PoisonMessage("field 'notification' must be an object")
     if not isinstance(devices, dict):
         raise PoisonMessage("field 'devices' must be an object")
+    if sum(len(e) for e in devices.values() if isinstance(e, list)) > MAX_DEVICES_PER_BATCH:
+        raise PoisonMessage(f"batch holds more than {MAX_DEVICES_PER_BATCH} devices")
     for platform, entries in devices.items():
         if platform not in PLATFORMS:
             raise PoisonMessage(f"unknown platform {platform!r} in 'devices'")

@@ -7,18 +7,32 @@ The long-running worker and the Lambda handlers are thin adapters around
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 
 import asyncpg
 
 from fanout.config import Settings
-from fanout.delivery_stage import BatchReport, deliver_batch
-from fanout.fanout_stage import ShardReport, run_fanout_task
-from fanout.messages import FanoutTask, decode
+from fanout.delivery_stage import BatchBusy, BatchReport, deliver_batch
+from fanout.fanout_stage import ShardBusy, ShardReport, run_fanout_task
+from fanout.messages import FanoutTask, PoisonMessage, decode
 from fanout.providers import Provider, build_providers
-from fanout.sqs import Queues, open_client, open_queues
+from fanout.sqs import Queue, QueueMessage, Queues, open_client, open_queues
 from fanout.store import create_pool
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 60
+# Failures that say what happened in one line; anything else is logged with its traceback.
+_EXPECTED_FAILURES = (BatchBusy, ShardBusy, PoisonMessage)
+
+
+class Result(Enum):
+    DONE = "done"  # delete the message
+    DEAD_LETTERED = "dead_lettered"  # already moved to the DLQ (and deleted from its queue)
+    RETRY = "retry"  # leave it: SQS delivers it again after the backoff
 
 
 @dataclass
@@ -55,3 +69,52 @@ class Pipeline:
                 message, self.pool, self.queues, self.settings, time_left=time_left
             )
         return await deliver_batch(message, self.pool, self.queues, self.providers, self.settings)
+
+    async def run_message(
+        self,
+        queue: Queue,
+        message: QueueMessage,
+        *,
+        time_left: Callable[[], float] | None = None,
+    ) -> tuple[Result, str | None]:
+        """Handle one message and apply the failure policy; never raises for its failure.
+
+        A failure hides the message for a backoff (1, 2, 4 … s) so SQS delivers it again;
+        on the queue's last allowed receive it goes to the dead-letter queue with the
+        reason instead, so poison never blocks a queue. The worker and the Lambda handlers
+        both call this.
+        """
+        try:
+            await self.handle(message.body, time_left=time_left)
+            return Result.DONE, None
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            failure = exc
+        last_try = (
+            queue.max_receive_count is not None
+            and message.receive_count >= queue.max_receive_count
+            and queue.dead_letter_url is not None
+        )
+        try:
+            if last_try:
+                await queue.dead_letter(message, reason)
+                log.error(
+                    "message %s to the dead-letter queue after %d tries: %s",
+                    message.message_id,
+                    message.receive_count,
+                    reason,
+                )
+                return Result.DEAD_LETTERED, reason
+            backoff = min(MAX_BACKOFF_SECONDS, 2 ** (message.receive_count - 1))
+            log.warning(
+                "message %s failed (try %d), again in %ds: %s",
+                message.message_id,
+                message.receive_count,
+                backoff,
+                reason,
+                exc_info=None if isinstance(failure, _EXPECTED_FAILURES) else failure,
+            )
+            await queue.change_visibility_many([message], backoff)
+        except Exception as queue_exc:  # SQS redelivers it after the visibility timeout
+            log.warning("could not reschedule message %s: %r", message.message_id, queue_exc)
+        return Result.RETRY, reason

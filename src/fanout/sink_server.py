@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
@@ -74,11 +75,38 @@ class DeliveryLedger:
 
 
 class PushSink:
-    """The ASGI application."""
+    """The ASGI application.
+
+    Faults can be switched on to test what the pipeline does when a push service
+    misbehaves: ``delay`` (seconds per request), ``unavailable_for`` (answer 503) and
+    ``throttle_for`` (answer 429 with Retry-After).
+    """
 
     def __init__(self, ledger: DeliveryLedger | None = None) -> None:
         self.ledger = ledger or DeliveryLedger()
         self._refused_once: set[tuple[int, str]] = set()
+        self.delay = 0.0
+        self._unavailable_until = 0.0
+        self._throttled_until = 0.0
+        self._retry_after = 1
+        self.refusals: list[tuple[float, int]] = []  # (when, status) of each 429/503
+
+    def unavailable_for(self, seconds: float) -> None:
+        self._unavailable_until = time.monotonic() + seconds
+
+    def throttle_for(self, seconds: float, retry_after: int) -> None:
+        self._throttled_until = time.monotonic() + seconds
+        self._retry_after = retry_after
+
+    def _refusal(self) -> tuple[int, list[tuple[bytes, bytes]]] | None:
+        now = time.monotonic()
+        if now < self._unavailable_until:
+            self.refusals.append((now, 503))
+            return 503, []
+        if now < self._throttled_until:
+            self.refusals.append((now, 429))
+            return 429, [(b"retry-after", str(self._retry_after).encode())]
+        return None
 
     def answer(self, device_id: int, token: str, collapse_key: str) -> str:
         if token.startswith("invalid"):
@@ -96,6 +124,9 @@ class PushSink:
             return
         if scope["method"] == "POST" and scope["path"] == "/push":
             body = await _read_body(receive)
+            if (refusal := self._refusal()) is not None:
+                await _respond(send, refusal[0], {"error": "try later"}, refusal[1])
+                return
             try:
                 doc = orjson.loads(body)
                 collapse_key = str(doc["collapse_key"])
@@ -103,6 +134,8 @@ class PushSink:
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 await _respond(send, 400, {"error": f"bad push request: {exc}"})
                 return
+            if self.delay:
+                await asyncio.sleep(self.delay)
             await _respond(send, 200, {"results": results})
         elif scope["method"] == "GET" and scope["path"] == "/stats":
             await _respond(send, 200, self.ledger.stats())
@@ -119,13 +152,15 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def _respond(send: Send, status: int, doc: Any) -> None:
+async def _respond(
+    send: Send, status: int, doc: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = orjson.dumps(doc)
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json")],
+            "headers": [(b"content-type", b"application/json"), *(headers or [])],
         }
     )
     await send({"type": "http.response.body", "body": body})

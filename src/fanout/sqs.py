@@ -276,6 +276,82 @@ class Queue:
         await self.delete_many([message])
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    message_id: str
+    body: str
+    reason: str
+    receive_count: str
+    source_queue: str
+
+
+def _require_dlq(queue: Queue) -> str:
+    if queue.dead_letter_url is None:
+        raise QueueError(f"{queue.name} has no dead-letter queue")
+    return queue.dead_letter_url
+
+
+async def peek_dead_letters(queue: Queue, limit: int = 10) -> list[DeadLetter]:
+    """Up to ``limit`` messages of the queue's DLQ, left where they are.
+
+    Received with a visibility timeout of 0, so they stay visible to everyone else;
+    SQS may return the same message twice, so results are told apart by id.
+    """
+    url = _require_dlq(queue)
+    seen: dict[str, DeadLetter] = {}
+    for _ in range(max(1, limit // MAX_BATCH_ENTRIES) * 3):
+        response = await queue.client.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=MAX_BATCH_ENTRIES,
+            VisibilityTimeout=0,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        fresh = [m for m in response.get("Messages", []) if m["MessageId"] not in seen]
+        if not fresh:
+            break
+        for m in fresh:
+            attrs: dict[str, Any] = dict(m.get("MessageAttributes", {}))
+
+            def attribute(name: str, default: str, attrs: dict[str, Any] = attrs) -> str:
+                return str(attrs.get(name, {}).get("StringValue", default))
+
+            seen[m["MessageId"]] = DeadLetter(
+                message_id=m["MessageId"],
+                body=m["Body"],
+                reason=attribute("fanout-reason", "(no reason recorded)"),
+                receive_count=attribute("fanout-receive-count", "?"),
+                source_queue=attribute("fanout-source-queue", queue.name),
+            )
+        if len(seen) >= limit:
+            break
+    return list(seen.values())[:limit]
+
+
+async def redrive(queue: Queue, limit: int | None = None) -> int:
+    """Move dead letters back to their queue (fixed code, or a dependency back up)."""
+    url = _require_dlq(queue)
+    moved = 0
+    while limit is None or moved < limit:
+        room = MAX_BATCH_ENTRIES if limit is None else min(MAX_BATCH_ENTRIES, limit - moved)
+        response = await queue.client.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=room, VisibilityTimeout=60, WaitTimeSeconds=0
+        )
+        messages = response.get("Messages", [])
+        if not messages:
+            break
+        # Sent before deleted: a crash in between duplicates a message, never loses one.
+        await queue.send_many([m["Body"] for m in messages])
+        await queue.client.delete_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ],
+        )
+        moved += len(messages)
+    return moved
+
+
 @dataclass(frozen=True)
 class Queues:
     fanout: Queue

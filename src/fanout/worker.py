@@ -1,11 +1,10 @@
 """The long-running worker: long-polls both queues and runs the pipeline on what arrives.
 
-For every message: success deletes it; failure hides it for a backoff and lets SQS
-deliver it again; the last allowed failure (the queue's maxReceiveCount) moves it to
-the dead-letter queue with the reason, so poison never blocks a queue nor kills the
-worker. Messages in flight have their visibility extended while they run. On
-SIGTERM the worker stops receiving, lets in-flight messages finish within a grace
-period and releases the rest to other workers at once.
+For every message: success deletes it; a failure follows ``Pipeline.run_message``'s
+policy (hidden for a backoff, or dead-lettered with its reason on the last allowed
+try), so poison never blocks a queue nor kills the worker. Messages in flight have
+their visibility extended while they run. On SIGTERM the worker stops receiving, lets
+in-flight messages finish within a grace period and releases the rest at once.
 """
 
 from __future__ import annotations
@@ -18,17 +17,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fanout.config import Settings
-from fanout.delivery_stage import BatchBusy
-from fanout.fanout_stage import ShardBusy
-from fanout.messages import PoisonMessage
-from fanout.pipeline import Pipeline
+from fanout.pipeline import Pipeline, Result
 from fanout.publish import sweep_outbox
 from fanout.sqs import Queue, QueueMessage
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[str], Awaitable[object]]
-MAX_BACKOFF_SECONDS = 60
+Runner = Callable[[Queue, QueueMessage], Awaitable[tuple[Result, str | None]]]
+MAX_BACKOFF_SECONDS = 60  # for reconnecting to SQS
 
 
 @dataclass
@@ -46,7 +42,7 @@ class QueueConsumer:
     def __init__(
         self,
         queue: Queue,
-        handle: Handler,
+        run: Runner,
         *,
         concurrency: int,
         wait_seconds: int,
@@ -54,7 +50,7 @@ class QueueConsumer:
         shutdown_grace: float,
     ) -> None:
         self.queue = queue
-        self.handle = handle
+        self.run_message = run
         self.concurrency = concurrency
         self.wait_seconds = wait_seconds
         self.visibility_timeout = visibility_timeout
@@ -116,51 +112,18 @@ class QueueConsumer:
         return receive.result()
 
     async def _process(self, message: QueueMessage) -> None:
-        try:
-            await self.handle(message.body)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await self._failed(message, exc)
+        result, reason = await self.run_message(self.queue, message)
+        if result is Result.RETRY or result is Result.DEAD_LETTERED:
+            self.stats.failed += 1
+            kind = (reason or "?").split(":", 1)[0]
+            self.stats.reasons[kind] = self.stats.reasons.get(kind, 0) + 1
+            self.stats.dead_lettered += result is Result.DEAD_LETTERED
             return
         self.stats.succeeded += 1
         try:
             await self.queue.delete_many([message])
         except Exception as exc:  # it comes back, and is skipped as already done
             log.warning("could not delete message %s: %r", message.message_id, exc)
-
-    async def _failed(self, message: QueueMessage, exc: Exception) -> None:
-        reason = f"{type(exc).__name__}: {exc}"
-        self.stats.failed += 1
-        kind = type(exc).__name__
-        self.stats.reasons[kind] = self.stats.reasons.get(kind, 0) + 1
-        last_try = (
-            self.queue.max_receive_count is not None
-            and message.receive_count >= self.queue.max_receive_count
-        )
-        try:
-            if last_try and self.queue.dead_letter_url is not None:
-                await self.queue.dead_letter(message, reason)
-                self.stats.dead_lettered += 1
-                log.error(
-                    "message %s to the dead-letter queue after %d tries: %s",
-                    message.message_id,
-                    message.receive_count,
-                    reason,
-                )
-            else:
-                backoff = min(MAX_BACKOFF_SECONDS, 2 ** (message.receive_count - 1))
-                log.warning(
-                    "message %s failed (try %d), again in %ds: %s",
-                    message.message_id,
-                    message.receive_count,
-                    backoff,
-                    reason,
-                    exc_info=not isinstance(exc, _EXPECTED_FAILURES),
-                )
-                await self.queue.change_visibility_many([message], backoff)
-        except Exception as queue_exc:  # SQS redelivers it after the visibility timeout
-            log.warning("could not reschedule message %s: %r", message.message_id, queue_exc)
 
     async def _extend_visibility_forever(self) -> None:
         """Keep long-running messages hidden, so nobody else starts them meanwhile."""
@@ -191,10 +154,6 @@ class QueueConsumer:
             await self.queue.change_visibility_many(released, 0)
 
 
-# Failures that say what happened in one line; anything else is logged with its traceback.
-_EXPECTED_FAILURES = (BatchBusy, ShardBusy, PoisonMessage)
-
-
 async def run_outbox_sweeper(pipeline: Pipeline, stopping: asyncio.Event) -> None:
     period = pipeline.settings.outbox_sweep_seconds
     while not stopping.is_set():
@@ -216,7 +175,7 @@ def build_consumers(pipeline: Pipeline, roles: tuple[str, ...]) -> list[QueueCon
     return [
         QueueConsumer(
             queues[role],
-            pipeline.handle,
+            pipeline.run_message,
             concurrency=concurrency[role],
             wait_seconds=settings.poll_wait_seconds,
             visibility_timeout=settings.visibility_timeout,

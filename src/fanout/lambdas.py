@@ -1,0 +1,117 @@
+"""AWS Lambda entry points: ``fanout_handler`` and ``delivery_handler`` for SQS event sources.
+
+Both are thin adapters over the code the worker runs (``Pipeline.run_message``): the same
+stage, the same failure policy (backoff, then the DLQ with the reason). They answer
+with ``batchItemFailures`` (powertools' batch utility), so only failed records come back.
+
+The pipeline (database pool, SQS client, providers) is opened once per container, on
+one event loop kept for the container's life, and reused by every invocation: that is
+what keeps database connections open across invocations (and what RDS Proxy expects).
+powertools runs the records on that loop: in the Lambda runtime (``LAMBDA_TASK_ROOT`` is
+set) it uses ``asyncio.get_event_loop()``, which is the loop set here.
+
+Settings come from the environment; ``FANOUT_SECRETS_ARN`` names a Secrets Manager
+secret (a JSON object of ``FANOUT_*`` names to values) read once at cold start, so the
+database URL and provider keys never sit in the function's configuration in clear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import (
+    AsyncBatchProcessor,
+    EventType,
+    async_process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from fanout.config import load_settings
+from fanout.pipeline import Pipeline, Result
+from fanout.sqs import QueueMessage
+
+logger = Logger(service="fanout")
+
+
+class RecordFailed(Exception):
+    """Reported to Lambda as a batch item failure; SQS delivers the record again."""
+
+
+@dataclass
+class _Container:
+    loop: asyncio.AbstractEventLoop
+    stack: contextlib.AsyncExitStack
+    pipeline: Pipeline
+
+
+_container: _Container | None = None
+
+
+def _container_pipeline() -> _Container:
+    global _container
+    if _container is None or _container.loop.is_closed():
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        settings = loop.run_until_complete(load_settings())
+        stack = contextlib.AsyncExitStack()
+        pipeline = loop.run_until_complete(stack.enter_async_context(Pipeline.open(settings)))
+        _container = _Container(loop, stack, pipeline)
+    asyncio.set_event_loop(_container.loop)
+    return _container
+
+
+def _handle_sqs_event(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    pipeline = _container_pipeline().pipeline
+    queues = {q.name: q for q in (pipeline.queues.fanout, pipeline.queues.delivery)}
+    time_left = None
+    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+
+        def time_left() -> float:
+            return float(context.get_remaining_time_in_millis()) / 1000
+
+    async def record_handler(record: SQSRecord) -> None:
+        queue_name = record.event_source_arn.rsplit(":", 1)[-1]
+        queue = queues.get(queue_name)
+        if queue is None:
+            raise RecordFailed(f"record from unknown queue {queue_name}")
+        message = QueueMessage(
+            body=record.body,
+            message_id=record.message_id,
+            receipt_handle=record.receipt_handle,
+            receive_count=int(record.attributes.approximate_receive_count),
+        )
+        result, reason = await pipeline.run_message(queue, message, time_left=time_left)
+        if result is Result.RETRY:
+            raise RecordFailed(reason)
+
+    # Every record failing is reported as such, not raised: same outcome, no error alarm.
+    processor = AsyncBatchProcessor(EventType.SQS, raise_on_entire_batch_failure=False)
+    response = async_process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )
+    return dict(response)
+
+
+@logger.inject_lambda_context
+def fanout_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """SQS-triggered fan-out: plans events and runs shards, within the time budget."""
+    return _handle_sqs_event(event, context)
+
+
+@logger.inject_lambda_context
+def delivery_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """SQS-triggered delivery: sends batches, records outcomes, re-enqueues retries."""
+    return _handle_sqs_event(event, context)
+
+
+def close_container() -> None:
+    """Close the container's pipeline and loop (tests; a real container is just frozen)."""
+    global _container
+    if _container is not None and not _container.loop.is_closed():
+        _container.loop.run_until_complete(_container.stack.aclose())
+        _container.loop.close()
+    _container = None

@@ -1,0 +1,77 @@
+"""Shared pieces of the fault tests: a worker in this process, waiting, counting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from fanout.config import Settings
+from fanout.pipeline import Pipeline
+from fanout.providers.sink import SinkProvider
+from fanout.sink_server import EmbeddedSink
+from fanout.sqs import create_queues, open_client
+from fanout.store import queries
+from fanout.worker import run_worker
+
+
+@pytest.fixture
+def fault_settings(settings: Settings) -> Settings:
+    """Small batches (many of them), retries soon, and enough tries to outlast an outage."""
+    return settings.model_copy(
+        update={
+            "batch_max_bytes": 8192,
+            "page_size": 100,
+            "retry_base_delay": 1,
+            "max_receive_count": 20,
+            "delivery_max_attempts": 8,
+        }
+    )
+
+
+@contextlib.asynccontextmanager
+async def worker_in_process(settings: Settings, sink: EmbeddedSink) -> AsyncIterator[Pipeline]:
+    async with open_client(settings) as client:
+        await create_queues(client, settings)
+    provider = SinkProvider(sink.url)
+    providers = {platform: provider for platform in provider.platforms}
+    async with Pipeline.open(settings, providers=providers) as pipeline:
+        stopping = asyncio.Event()
+        task = asyncio.create_task(run_worker(settings, stopping, pipeline=pipeline))
+        try:
+            yield pipeline
+        finally:
+            stopping.set()
+            await task
+    await provider.aclose()
+
+
+async def wait_until_delivered(
+    pool: asyncpg.Pool, event_id: int, devices: int, timeout: float = 90
+) -> asyncpg.Record:
+    """Until the event's outcomes account for every device; returns its progress."""
+    deadline = time.monotonic() + timeout
+    row = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            async with pool.acquire() as conn:
+                row = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
+            done = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]
+            if row["status"] == "fanned_out" and done >= devices:
+                return row
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"event {event_id} not delivered within {timeout}s: {row and dict(row)}")
+
+
+def report(name: str, devices: int, ledger: object) -> None:
+    """The figures of one fault run (shown with pytest -s)."""
+    unique = ledger.unique  # type: ignore[attr-defined]
+    duplicates = ledger.duplicates  # type: ignore[attr-defined]
+    print(
+        f"\nFAULT {name}: devices={devices} delivered={unique} "
+        f"duplicates={duplicates} lost={devices - unique}"
+    )

@@ -1,0 +1,159 @@
+"""Workers killed with SIGKILL mid-work: after a restart everything arrives, once or twice.
+
+The workers are real `fanout worker` processes; the sink counts in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+from fanout.config import Settings
+from fanout.fanout_stage import plan_event
+from fanout.notification import Notification
+from fanout.publish import publish, record_event
+from fanout.sink_server import EmbeddedSink
+from fanout.sqs import Queues
+from tests.faults.conftest import report, wait_until_delivered, worker_in_process
+from tests.helpers import make_topic
+
+NOTE = Notification(title="New book")
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings, role: str, sink_url: str, **env: str) -> None:
+        self.args = [sys.executable, "-m", "fanout", "worker", "--role", role]
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
+            "FANOUT_DATABASE_URL": settings.database_dsn(),
+            "FANOUT_SQS_ENDPOINT_URL": settings.sqs_endpoint_url or "",
+            "FANOUT_QUEUE_PREFIX": settings.queue_prefix,
+            "FANOUT_SINK_URL": sink_url,
+            "FANOUT_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
+            "FANOUT_POLL_WAIT_SECONDS": "1",
+            "FANOUT_MAX_RECEIVE_COUNT": "20",
+            "FANOUT_BATCH_MAX_BYTES": str(settings.batch_max_bytes),
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.args, env=self.env, stderr=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+async def largest_batch(pool: asyncpg.Pool, event_id: int) -> int:
+    async with pool.acquire() as conn:
+        return int(
+            await conn.fetchval(
+                "SELECT max(devices) FROM delivery_batches WHERE event_id = $1", event_id
+            )
+        )
+
+
+async def test_delivery_worker_killed_mid_batch(
+    fault_settings: Settings,
+    pool: asyncpg.Pool,
+    queues: Queues,
+    sink: EmbeddedSink,
+    workers: list[WorkerProcess],
+) -> None:
+    topic = await make_topic(pool, 3000)
+    event = await record_event(pool, NOTE, topic=topic.key)
+    await plan_event(event.event_id, pool, queues, fault_settings)  # batches wait on SQS
+    sink.sink.delay = 0.3  # each batch takes a while, so the kill lands inside one
+    worker = WorkerProcess(fault_settings, "delivery", sink.url, FANOUT_WORKER_CONCURRENCY="1")
+    workers.append(worker)
+    worker.start()
+    while sink.sink.ledger.unique < 500:
+        await asyncio.sleep(0.01)
+    worker.kill()
+    sink.sink.delay = 0.0
+
+    worker.start()
+    await wait_until_delivered(pool, event.event_id, 3000)
+    ledger = sink.sink.ledger
+    report("killed", 3000, ledger)
+    assert ledger.unique == 3000, "a device was lost"
+    assert ledger.duplicates <= await largest_batch(pool, event.event_id)
+    assert ledger.duplicate_collapse_keys <= {str(event.event_id)}
+
+
+async def test_fanout_worker_killed_mid_shard(
+    fault_settings: Settings,
+    pool: asyncpg.Pool,
+    queues: Queues,
+    sink: EmbeddedSink,
+    workers: list[WorkerProcess],
+) -> None:
+    topic = await make_topic(pool, 3000)
+    # With nobody delivering, the fan-out stalls at a backlog of 3 batches: mid-shard.
+    worker = WorkerProcess(
+        fault_settings,
+        "fanout",
+        sink.url,
+        FANOUT_DELIVERY_BACKLOG_LIMIT="3",
+        FANOUT_PAGE_SIZE="20",
+    )
+    workers.append(worker)
+    worker.start()
+    event = await publish(pool, queues, NOTE, topic=topic.key)
+    async with pool.acquire() as conn:
+        for _ in range(500):
+            cursor = await conn.fetchval(
+                "SELECT cursor_user_id FROM fanout_shards WHERE event_id = $1", event.event_id
+            )
+            if cursor is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert cursor is not None
+    worker.kill()
+    async with pool.acquire() as conn:
+        shard = await conn.fetchrow(
+            "SELECT status, cursor_user_id FROM fanout_shards WHERE event_id = $1", event.event_id
+        )
+    assert shard["status"] == "running"
+
+    restarted = WorkerProcess(fault_settings, "fanout", sink.url, FANOUT_PAGE_SIZE="20")
+    workers.append(restarted)
+    restarted.start()
+    async with worker_in_process(fault_settings, sink):
+        progress = await wait_until_delivered(pool, event.event_id, 3000)
+    ledger = sink.sink.ledger
+    report("killed", 3000, ledger)
+    assert ledger.unique == 3000, "a device was lost"
+    assert ledger.duplicates <= await largest_batch(pool, event.event_id)
+    assert ledger.duplicate_collapse_keys <= {str(event.event_id)}
+    async with pool.acquire() as conn:
+        attempts = await conn.fetchval(
+            "SELECT attempts FROM fanout_shards WHERE event_id = $1", event.event_id
+        )
+    assert attempts >= 2  # it really was resumed, from its checkpoint
+    assert progress["devices"] == 3000
