@@ -64,16 +64,28 @@ def demo(
         int, typer.Option(min=1, help="Subscribers of the demo topic.")
     ] = 20_000,
     devices_per_user: Annotated[int, typer.Option(min=1, max=10)] = 1,
+    provider: Annotated[
+        str,
+        typer.Option(help="sink, or local apns / fcm / webpush / mixed push service emulators."),
+    ] = "sink",
     json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the whole pipeline locally and check every device got the push exactly once."""
-    from fanout.demo import run_demo, summary_table
+    from fanout.demo import PROVIDERS, run_demo, summary_table
 
+    if provider not in PROVIDERS:
+        raise typer.BadParameter(f"one of {', '.join(PROVIDERS)}", param_hint="--provider")
     _logging(verbose)
     settings = _settings()
     summary = _run(
-        run_demo(settings, subscribers=subscribers, devices_per_user=devices_per_user, console=err)
+        run_demo(
+            settings,
+            subscribers=subscribers,
+            devices_per_user=devices_per_user,
+            console=err,
+            provider=provider,
+        )
     )
     if json:
         out = {**summary.__dict__, "ok": summary.ok}
@@ -331,6 +343,38 @@ def dlq_redrive(
 
     for q, moved in _run(_with_queues(_settings(), queue, lambda q: redrive(q, limit))):
         typer.echo(f"{q.name}: {moved} message(s) moved back")
+
+
+@app.command()
+def emulators() -> None:
+    """Serve local APNs, FCM and push-service emulators (HTTP/2, TLS) until interrupted.
+
+    Prints one JSON line: the FANOUT_* settings that point fanout at them, and the Web
+    Push subscription to use. The keys in it are generated now and only good for these.
+    """
+    from fanout.emulators.stack import local_push_services
+
+    async def main() -> None:
+        async with local_push_services() as services:
+            values = {
+                f"FANOUT_{k.upper()}": v.get_secret_value() if hasattr(v, "get_secret_value") else v
+                for k, v in services.settings.items()
+            }
+            line = {
+                "settings": values,
+                "webpush_endpoint_base": services.webpush_endpoint_base,
+                "p256dh": services.p256dh,
+                "auth": services.auth,
+            }
+            sys.stdout.write(orjson.dumps(line).decode() + "\n")
+            sys.stdout.flush()
+            stopping = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stopping.set)
+            await stopping.wait()
+
+    asyncio.run(main())
 
 
 def main() -> None:

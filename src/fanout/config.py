@@ -69,9 +69,31 @@ class Settings(BaseSettings):
     delivery_max_attempts: int = Field(default=5, ge=1, le=50)
     retry_base_delay: int = Field(default=5, ge=0, le=900, description="Seconds; doubles.")
     provider: str = Field(
-        default="sink", pattern=r"^(sink)$", description="Which providers deliver pushes."
+        default="push",
+        pattern=r"^(push|sink)$",
+        description="push: APNs/FCM/Web Push as configured; sink: everything to FANOUT_SINK_URL.",
     )
     sink_url: str = "http://127.0.0.1:8765"
+
+    # --- Push providers (a provider left unconfigured is skipped with a warning) ---------
+    apns_key_file: str | None = Field(default=None, description="The .p8 key from Apple.")
+    apns_key: SecretStr | None = Field(default=None, description="The .p8 key's PEM text.")
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
+    apns_topic: str | None = Field(default=None, description="The app's bundle id.")
+    apns_endpoint: str = "https://api.push.apple.com"
+    fcm_credentials_file: str | None = Field(default=None, description="Service-account JSON.")
+    fcm_credentials: SecretStr | None = Field(default=None, description="The JSON's text.")
+    fcm_endpoint: str = "https://fcm.googleapis.com"
+    vapid_private_key: SecretStr | None = Field(
+        default=None, description="P-256 key: PEM, or the raw scalar in base64url."
+    )
+    vapid_subject: str | None = Field(default=None, pattern=r"^(mailto:|https://).+")
+    tls_ca_file: str | None = Field(
+        default=None, description="An extra trusted CA; the system trust store is always used."
+    )
+    provider_concurrency: int = Field(default=500, ge=1, description="Requests in flight.")
+    provider_rate_limit: float = Field(default=20_000, gt=0, description="Requests/s each.")
 
     # --- Worker -------------------------------------------------------------------------
     worker_concurrency: int = Field(default=8, ge=1, le=512, description="Messages in flight.")

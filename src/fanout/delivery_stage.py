@@ -64,7 +64,11 @@ async def deliver_batch(
         raise PoisonMessage(f"batch {batch.key}: invalid notification: {exc}") from None
 
     devices = list(batch.iter_devices())
-    outcomes = await _send_all(notification, str(batch.event_id), devices, providers)
+    lease = asyncio.create_task(_keep_lease(batch, pool, settings.visibility_timeout))
+    try:
+        outcomes = await _send_all(notification, str(batch.event_id), devices, providers)
+    finally:
+        lease.cancel()
 
     invalid_ids: list[int] = []
     to_retry: list[Device] = []
@@ -131,6 +135,18 @@ async def _record_outcome(
                 "batch %s sent, recording it failed (%r); again in %ss", batch.key, exc, delay
             )
             await asyncio.sleep(delay)
+
+
+async def _keep_lease(batch: DeliveryBatch, pool: asyncpg.Pool, lease: int) -> None:
+    """Renew the batch's lease while it sends, so a slow provider never lets a
+    redelivered copy of it start sending too."""
+    while True:
+        await asyncio.sleep(max(1.0, lease / 3))
+        try:
+            async with pool.acquire() as conn:
+                await conn.execute(queries.RENEW_BATCH_LEASE, batch.event_id, batch.key, lease)
+        except _CONNECTION_ERRORS as exc:
+            log.warning("could not renew the lease of batch %s: %r", batch.key, exc)
 
 
 async def _claim(batch: DeliveryBatch, pool: asyncpg.Pool, devices: int, lease: int) -> bool:

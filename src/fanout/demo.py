@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,9 +24,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fanout.config import Settings
+from fanout.emulators.stack import local_push_services
 from fanout.local import embedded_postgres, local_sqs_server
+from fanout.messages import PLATFORMS
 from fanout.notification import LocalizedText, Notification
 from fanout.pipeline import Pipeline
+from fanout.providers import Provider, build_providers
 from fanout.providers.sink import SinkProvider
 from fanout.publish import publish
 from fanout.sink_server import DeliveryLedger, EmbeddedSink, PushSink
@@ -54,6 +57,7 @@ class DemoSummary:
     notifications_per_second: float
     database: str
     sqs: str
+    provider: str = "sink"
 
     @property
     def ok(self) -> bool:
@@ -92,8 +96,24 @@ def _local_services(settings: Settings) -> Iterator[tuple[Settings, str, str]]:
         yield settings.model_copy(update=updates), database, sqs
 
 
-async def seed(conn: asyncpg.Connection, subscribers: int, devices_per_user: int) -> Seeded:
+@dataclass(frozen=True)
+class DeviceShape:
+    """Which platforms the demo's devices use, and what their Web Push subscriptions are."""
+
+    platforms: tuple[str, ...] = PLATFORMS
+    webpush_endpoint_base: str = "https://push.example.net/wp/"
+    p256dh: str = "B" + "A" * 86
+    auth: str = "A" * 22
+
+
+async def seed(
+    conn: asyncpg.Connection,
+    subscribers: int,
+    devices_per_user: int,
+    shape: DeviceShape | None = None,
+) -> Seeded:
     """A fresh topic with ``subscribers`` new users, each with ``devices_per_user`` devices."""
+    shape = shape or DeviceShape()
     run = secrets.token_hex(4)
     topic = f"demo:{run}"
     async with conn.transaction():
@@ -103,7 +123,15 @@ async def seed(conn: asyncpg.Connection, subscribers: int, devices_per_user: int
             queries.SEED_SUBSCRIPTIONS, topic_id, users["first_id"], users["last_id"]
         )
         devices = await conn.fetchrow(
-            queries.SEED_DEVICES, users["first_id"], users["last_id"], devices_per_user, run
+            queries.SEED_DEVICES,
+            users["first_id"],
+            users["last_id"],
+            devices_per_user,
+            run,
+            shape.webpush_endpoint_base,
+            shape.p256dh,
+            shape.auth,
+            list(shape.platforms),
         )
     await conn.execute("ANALYZE subscriptions, devices")
     return Seeded(
@@ -129,34 +157,68 @@ def demo_notification() -> Notification:
     )
 
 
+PROVIDERS = ("sink", "apns", "fcm", "webpush", "mixed")
+
+
 async def run_demo(
-    settings: Settings, *, subscribers: int, devices_per_user: int, console: Console
+    settings: Settings,
+    *,
+    subscribers: int,
+    devices_per_user: int,
+    console: Console,
+    provider: str = "sink",
 ) -> DemoSummary:
+    """``provider`` sink: one local sink for every platform; apns, fcm, webpush or mixed:
+    local APNs / FCM / push-service emulators over HTTP/2 and TLS, spoken to for real."""
     with _local_services(settings) as (settings, database, sqs):
         async with open_client(settings) as client:
             await create_queues(client, settings)
         conn = await connect(settings.database_dsn())
         try:
             await migrate(conn)
-            console.print(f"seeding {subscribers:,} subscribers …")
-            seeded = await seed(conn, subscribers, devices_per_user)
         finally:
             await conn.close()
-        ledger = DeliveryLedger(seeded.device_ids)
-        async with EmbeddedSink(PushSink(ledger)) as sink:
-            sink_provider = SinkProvider(sink.url)
-            providers = {platform: sink_provider for platform in sink_provider.platforms}
+        async with contextlib.AsyncExitStack() as stack:
+            if provider == "sink":
+                ledger = DeliveryLedger()
+                sink = await stack.enter_async_context(EmbeddedSink(PushSink(ledger)))
+                sink_provider = SinkProvider(sink.url)
+                stack.push_async_callback(sink_provider.aclose)
+                providers: Mapping[str, Provider] = dict.fromkeys(PLATFORMS, sink_provider)
+                shape = DeviceShape()
+
+                def delivered() -> tuple[int, int]:
+                    return ledger.unique, ledger.duplicates
+            else:
+                services = await stack.enter_async_context(local_push_services())
+                settings = settings.model_copy(update=services.settings)
+                providers = build_providers(settings)
+                for each in providers.values():
+                    stack.push_async_callback(each.aclose)
+                shape = DeviceShape(
+                    platforms=PLATFORMS if provider == "mixed" else (provider,),
+                    webpush_endpoint_base=services.webpush_endpoint_base,
+                    p256dh=services.p256dh,
+                    auth=services.auth,
+                )
+                delivered = services.delivered
+            conn = await connect(settings.database_dsn())
             try:
-                async with Pipeline.open(settings, providers=providers) as pipeline:
-                    summary = await _publish_and_watch(pipeline, seeded, ledger, console)
+                console.print(f"seeding {subscribers:,} subscribers …")
+                seeded = await seed(conn, subscribers, devices_per_user, shape)
             finally:
-                await sink_provider.aclose()
-    summary.database, summary.sqs = database, sqs
+                await conn.close()
+            async with Pipeline.open(settings, providers=providers) as pipeline:
+                summary = await _publish_and_watch(pipeline, seeded, delivered, console)
+    summary.database, summary.sqs, summary.provider = database, sqs, provider
     return summary
 
 
 async def _publish_and_watch(
-    pipeline: Pipeline, seeded: Seeded, ledger: DeliveryLedger, console: Console
+    pipeline: Pipeline,
+    seeded: Seeded,
+    delivered_so_far: Callable[[], tuple[int, int]],
+    console: Console,
 ) -> DemoSummary:
     stopping = asyncio.Event()
     workers = asyncio.create_task(run_worker(pipeline.settings, stopping, pipeline=pipeline))
@@ -184,9 +246,8 @@ async def _publish_and_watch(
                 done = progress["sent"] + progress["failed"] + progress["invalid"]
                 done += progress["skipped"]
                 bars.update(fanned, completed=progress["devices"])
-                bars.update(
-                    delivered, completed=ledger.unique, rate=f"{ledger.unique / elapsed:,.0f}/s"
-                )
+                unique, _ = delivered_so_far()
+                bars.update(delivered, completed=unique, rate=f"{unique / elapsed:,.0f}/s")
                 if progress["status"] == "fanned_out" and done >= progress["devices"]:
                     break
                 if workers.done() or elapsed > DEADLINE_SECONDS:
@@ -195,6 +256,7 @@ async def _publish_and_watch(
     finally:
         stopping.set()
         await workers
+    unique, duplicates = delivered_so_far()
     seconds = (
         (progress["last_finished_at"] - progress["created_at"]).total_seconds()
         if progress["last_finished_at"]
@@ -203,15 +265,15 @@ async def _publish_and_watch(
     return DemoSummary(
         subscribers=seeded.subscribers,
         devices=seeded.devices,
-        delivered=ledger.unique,
+        delivered=unique,
         failed=progress["failed"],
         invalid=progress["invalid"],
         skipped=progress["skipped"],
-        duplicates=ledger.duplicates,
+        duplicates=duplicates,
         shards=progress["shards"],
         seconds=round(seconds, 3),
         fanout_seconds=round(fanout_seconds, 3),
-        notifications_per_second=round(ledger.unique / seconds, 1) if seconds else 0.0,
+        notifications_per_second=round(unique / seconds, 1) if seconds else 0.0,
         database="",
         sqs="",
     )

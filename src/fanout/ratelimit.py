@@ -14,15 +14,24 @@ class TokenBucket:
     ) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be positive and burst at least 1")
-        self.rate = rate
+        self._rate = rate
         self.burst = burst
         self._clock = clock
         self._tokens = float(burst)
         self._updated = clock()
 
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        self._refill()  # tokens earned so far count at the old rate
+        self._rate = value
+
     def _refill(self) -> None:
         now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self._rate)
         self._updated = now
 
     def try_take(self, tokens: float = 1.0) -> float:
@@ -31,4 +40,4 @@ class TokenBucket:
         if self._tokens >= tokens:
             self._tokens -= tokens
             return 0.0
-        return (tokens - self._tokens) / self.rate
+        return (tokens - self._tokens) / self._rate

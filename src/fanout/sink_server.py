@@ -39,15 +39,15 @@ class DeliveryLedger:
     def __init__(self, expected_ids: range | None = None) -> None:
         self._range = expected_ids or range(0)
         self._dense = bytearray(len(self._range))
-        self._sparse: dict[int, int] = {}
+        self._sparse: dict[int | str, int] = {}
         self.received = 0
         self.duplicates = 0
         self.unique = 0
         self.duplicate_collapse_keys: set[str] = set()
 
-    def record(self, device_id: int, collapse_key: str) -> None:
+    def record(self, device_id: int | str, collapse_key: str) -> None:
         self.received += 1
-        if device_id in self._range:
+        if isinstance(device_id, int) and device_id in self._range:
             index = device_id - self._range.start
             seen = self._dense[index]
             self._dense[index] = min(seen + 1, 255)
@@ -60,8 +60,8 @@ class DeliveryLedger:
         else:
             self.unique += 1
 
-    def count(self, device_id: int) -> int:
-        if device_id in self._range:
+    def count(self, device_id: int | str) -> int:
+        if isinstance(device_id, int) and device_id in self._range:
             return self._dense[device_id - self._range.start]
         return self._sparse.get(device_id, 0)
 

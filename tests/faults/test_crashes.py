@@ -35,6 +35,7 @@ class WorkerProcess:
             "FANOUT_DATABASE_URL": settings.database_dsn(),
             "FANOUT_SQS_ENDPOINT_URL": settings.sqs_endpoint_url or "",
             "FANOUT_QUEUE_PREFIX": settings.queue_prefix,
+            "FANOUT_PROVIDER": "sink",
             "FANOUT_SINK_URL": sink_url,
             "FANOUT_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
             "FANOUT_POLL_WAIT_SECONDS": "1",

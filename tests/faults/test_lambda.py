@@ -69,6 +69,7 @@ def lambda_env(
     monkeypatch.setenv("FANOUT_DATABASE_URL", settings.database_dsn())
     monkeypatch.setenv("FANOUT_SQS_ENDPOINT_URL", settings.sqs_endpoint_url or "")
     monkeypatch.setenv("FANOUT_QUEUE_PREFIX", settings.queue_prefix)
+    monkeypatch.setenv("FANOUT_PROVIDER", "sink")
     monkeypatch.setenv("FANOUT_SINK_URL", sink_process)
     monkeypatch.setenv("FANOUT_MAX_RECEIVE_COUNT", str(settings.max_receive_count))
     yield settings

@@ -76,3 +76,18 @@ async def test_migrations_are_rerunnable(database_url: str) -> None:
         assert applied == len(available_migrations())
     finally:
         await conn.close()
+
+
+def test_demo_through_the_apns_fcm_and_web_push_emulators(database_url: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "fanout", "demo", "--provider", "mixed",
+         "--subscribers", "900", "--json"],
+        env={**clean, "FANOUT_DATABASE_URL": database_url},
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["provider"] == "mixed"
+    assert summary["delivered"] == summary["devices"] == 900
+    assert summary["duplicates"] == 0

@@ -6,6 +6,7 @@ provider module knows an HTTP status code.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from enum import StrEnum
 
 from fanout.messages import Device
 from fanout.notification import RenderedNotification
+
+_log = logging.getLogger("fanout.providers")
 
 
 class OutcomeKind(StrEnum):
@@ -46,3 +49,12 @@ class Provider(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 (optional hook)
         """Release connections."""
+
+
+def config_error(provider: str, reason: str) -> Outcome:
+    """fanout's own credentials or settings are wrong: alert, and never blame the token."""
+    from fanout.metrics import PROVIDER_CONFIG_ERRORS
+
+    PROVIDER_CONFIG_ERRORS.labels(provider).inc()
+    _log.error("%s refused fanout's credentials or settings: %s", provider, reason)
+    return Outcome(OutcomeKind.PERMANENT, reason=f"{provider} config: {reason}")

@@ -167,6 +167,12 @@ WHERE delivery_batches.status <> 'done' AND delivery_batches.lease_until < now()
 RETURNING 1
 """
 
+# Index: delivery_batches_pkey. While a batch is being sent: it is alive, keep it ours.
+RENEW_BATCH_LEASE = """
+UPDATE delivery_batches SET lease_until = now() + make_interval(secs => $3)
+WHERE event_id = $1 AND batch_key = $2 AND status <> 'done'
+"""
+
 # Index: delivery_batches_pkey.
 BATCH_STATUS = "SELECT status FROM delivery_batches WHERE event_id = $1 AND batch_key = $2"
 
@@ -232,7 +238,8 @@ SELECT $1, id FROM users WHERE id BETWEEN $2 AND $3
 """
 
 # Tokens shaped like the real ones: APNs 64 hex digits, FCM ~160 characters, Web Push an
-# endpoint URL with a 65-byte P-256 key and a 16-byte auth secret (base64url).
+# endpoint URL ($5 || a unique id) with the subscription's key and auth secret ($6, $7).
+# $8 lists the platforms to rotate through.
 SEED_DEVICES = """
 WITH inserted AS (
     INSERT INTO devices (user_id, platform, token, web_push_p256dh, web_push_auth, locale)
@@ -241,16 +248,15 @@ WITH inserted AS (
                WHEN 'apns' THEN encode(sha256(($4 || u.id || ':' || k)::bytea), 'hex')
                WHEN 'fcm' THEN 'f' || md5($4 || u.id || ':' || k) || ':APA91b'
                     || repeat(md5(u.id || ':' || k), 4)
-               ELSE 'https://push.example.net/wp/' || md5($4 || u.id || ':' || k)
+               ELSE $5 || md5($4 || u.id || ':' || k)
            END,
-           CASE WHEN p.platform = 'webpush' THEN 'B' || repeat(md5(u.id::text), 3)
-                || substr(md5(k::text), 1, 22) END,
-           CASE WHEN p.platform = 'webpush' THEN substr(md5(u.id || 'auth'), 1, 22) END,
+           CASE WHEN p.platform = 'webpush' THEN $6 END,
+           CASE WHEN p.platform = 'webpush' THEN $7 END,
            (ARRAY['en', 'en-GB', 'de', 'fr', 'pt-BR', 'ja'])[1 + (u.id + k) % 6]
     FROM users AS u
     CROSS JOIN generate_series(1, $3::integer) AS k
     CROSS JOIN LATERAL (
-        SELECT (ARRAY['apns', 'fcm', 'webpush'])[1 + (u.id + k) % 3] AS platform
+        SELECT ($8::text[])[1 + (u.id + k) % cardinality($8::text[])] AS platform
     ) AS p
     WHERE u.id BETWEEN $1 AND $2
     RETURNING id

@@ -1,0 +1,103 @@
+"""Notifications/second per provider, against the local push services in another process.
+
+    python bench/providers.py [--devices 6000] [--runs 3] [--json]
+
+Starts `fanout emulators` (APNs, FCM and a Web Push service over HTTP/2 + TLS, which
+verify JWTs and decrypt every Web Push payload) as a separate process, then sends from
+this one through each provider exactly as the delivery stage does: one rendered
+notification to a batch of devices. Prints the median of the runs per provider.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from fanout.config import Settings
+from fanout.messages import Device
+from fanout.notification import Notification, render
+from fanout.providers import OutcomeKind, build_providers
+
+BATCH = 2000  # devices per provider call, as in a delivery batch
+
+
+def devices_for(platform: str, count: int, info: dict[str, Any]) -> list[Device]:
+    if platform == "apns":
+        return [Device(i, "apns", secrets.token_hex(32)) for i in range(count)]
+    if platform == "fcm":
+        return [Device(i, "fcm", f"f{i}:APA91b{secrets.token_urlsafe(110)}") for i in range(count)]
+    base = info["webpush_endpoint_base"]
+    return [
+        Device(i, "webpush", f"{base}{secrets.token_hex(8)}", "en", info["p256dh"], info["auth"])
+        for i in range(count)
+    ]
+
+
+async def measure(info: dict[str, Any], devices: int, runs: int) -> dict[str, dict[str, float]]:
+    settings = Settings(
+        **{k.removeprefix("FANOUT_").lower(): v for k, v in info["settings"].items()}
+    )
+    providers = build_providers(settings)
+    notification = render(
+        Notification(title="New book", body="The Long Fan-Out is out today"), "en", collapse_key="1"
+    )
+    results = {}
+    for platform in ("apns", "fcm", "webpush"):
+        provider = providers[platform]
+        await provider.send(notification, devices_for(platform, 200, info))  # warm: connect, token
+        rates = []
+        failures = 0
+        for _ in range(runs):
+            targets = devices_for(platform, devices, info)
+            started = time.perf_counter()
+            for i in range(0, len(targets), BATCH):
+                outcomes = await provider.send(notification, targets[i : i + BATCH])
+                failures += sum(o.kind is not OutcomeKind.OK for o in outcomes)
+            rates.append(devices / (time.perf_counter() - started))
+        results[platform] = {
+            "median_per_second": round(statistics.median(rates)),
+            "runs": [round(r) for r in rates],
+            "failures": failures,
+        }
+        await provider.aclose()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=6000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fanout", "emulators"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        info = orjson.loads(server.stdout.readline())
+        results = asyncio.run(measure(info, args.devices, args.runs))
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+
+    print(f"{'provider':<10}{'median/s':>10}   runs/s")
+    for platform, r in results.items():
+        print(
+            f"{platform:<10}{r['median_per_second']:>10,}   {r['runs']}  failures={r['failures']}"
+        )
+    print(f"({args.devices} devices a run, {BATCH} per call; push services in a second process)")
+    if args.json:
+        print(orjson.dumps(results).decode())
+
+
+if __name__ == "__main__":
+    main()

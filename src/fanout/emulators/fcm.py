@@ -1,0 +1,97 @@
+"""An FCM HTTP v1 emulator, with the OAuth2 token endpoint a service account posts to."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+from urllib.parse import parse_qs
+
+import jwt
+import orjson
+
+from fanout.emulators.base import Emulator, Receive, Scope, Send, header, read_body, respond
+
+_SEND = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
+
+
+class FcmEmulator(Emulator):
+    def __init__(self, *, project_id: str, client_email: str, public_key: Any) -> None:
+        super().__init__()
+        self.project_id = project_id
+        self.client_email = client_email
+        self.public_key = public_key  # the service account's, to check its assertions
+        self.issued_tokens: set[str] = set()
+        self.token_requests = 0
+        self.base_url = ""  # set once served: the token endpoint's audience
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = await read_body(receive)
+        if scope["method"] == "POST" and scope["path"] == "/token":
+            await self._token(body, send)
+            return
+        match = _SEND.match(scope["path"])
+        if scope["method"] != "POST" or match is None:
+            await respond(send, 404, _error(404, "NOT_FOUND", "no such method"))
+            return
+        authorization = header(scope, "authorization") or ""
+        if authorization.removeprefix("Bearer ") not in self.issued_tokens:
+            await respond(send, 401, _error(401, "UNAUTHENTICATED", "bad access token"))
+            return
+        if match.group(1) != self.project_id:
+            await respond(send, 403, _error(403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH"))
+            return
+        try:
+            message = orjson.loads(body)["message"]
+            token = str(message["token"])
+            collapse_key = str(message.get("android", {}).get("collapse_key", ""))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            await respond(send, 400, _error(400, "INVALID_ARGUMENT", "bad message"))
+            return
+        if (forced := self.forced(token)) is not None:
+            status, answer, headers = forced
+            await respond(send, status, answer, headers)
+            return
+        self.ledger.record(token, collapse_key)
+        await respond(
+            send, 200, {"name": f"projects/{self.project_id}/messages/{secrets.token_hex(8)}"}
+        )
+
+    async def _token(self, body: bytes, send: Send) -> None:
+        """RFC 7523: a JWT signed by the service account, exchanged for an access token."""
+        self.token_requests += 1
+        form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        try:
+            claims = jwt.decode(
+                form["assertion"],
+                self.public_key,
+                algorithms=["RS256"],
+                # google-auth signs for Google's endpoint, whatever token_uri it posts to.
+                audience="https://oauth2.googleapis.com/token",
+            )
+            assert claims["iss"] == self.client_email
+            assert "firebase.messaging" in claims.get("scope", "")
+            assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+        except (KeyError, AssertionError, jwt.PyJWTError) as exc:
+            await respond(send, 400, {"error": "invalid_grant", "error_description": str(exc)})
+            return
+        token = f"ya29.{secrets.token_urlsafe(24)}"
+        self.issued_tokens.add(token)
+        await respond(
+            send, 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
+        )
+
+
+def _error(code: int, status: str, message: str, error_code: str | None = None) -> dict[str, Any]:
+    details = [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                "errorCode": error_code or status}]  # fmt: skip
+    return {"error": {"code": code, "message": message, "status": status, "details": details}}
+
+
+def fcm_error(
+    code: int, status: str, message: str, error_code: str | None = None
+) -> dict[str, Any]:
+    """An error body as FCM writes it, for ``answer_with``."""
+    return _error(code, status, message, error_code)

@@ -1,0 +1,121 @@
+"""All three push services on loopback, with fresh credentials, and the settings to use them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import SecretStr
+
+from fanout.emulators.apns import ApnsEmulator
+from fanout.emulators.fcm import FcmEmulator
+from fanout.emulators.serve import serve_tls
+from fanout.emulators.tls import TestCertificates, make_test_ca
+from fanout.emulators.webpush import WebPushEmulator
+from fanout.providers.webpush import b64url
+
+
+def _pem(key: Any) -> str:
+    return str(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+    )
+
+
+@dataclass
+class LocalPushServices:
+    apns: ApnsEmulator
+    fcm: FcmEmulator
+    webpush: WebPushEmulator
+    certificates: TestCertificates
+    settings: dict[str, Any] = field(default_factory=dict)  # Settings fields to point at them
+    webpush_endpoint_base: str = ""  # subscriptions are <base><id>
+    p256dh: str = ""  # the demo subscriptions' public key and auth secret (base64url)
+    auth: str = ""
+    apns_key_pem: str = ""
+    fcm_service_account: dict[str, Any] = field(default_factory=dict)
+
+    def delivered(self) -> tuple[int, int]:
+        """(unique devices, duplicate pushes) over the three services."""
+        ledgers = [self.apns.ledger, self.fcm.ledger, self.webpush.ledger]
+        return sum(x.unique for x in ledgers), sum(x.duplicates for x in ledgers)
+
+
+@contextlib.asynccontextmanager
+async def local_push_services(directory: Path | None = None) -> AsyncIterator[LocalPushServices]:
+    with contextlib.ExitStack() as files:
+        if directory is None:
+            directory = Path(files.enter_context(tempfile.TemporaryDirectory(prefix="fanout-tls-")))
+        certificates = make_test_ca(directory)
+
+        apns_key = ec.generate_private_key(ec.SECP256R1())
+        key_id, team_id, topic = secrets.token_hex(5).upper(), "TEAM123456", "com.example.books"
+        fcm_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        subscriber_key = ec.generate_private_key(ec.SECP256R1())
+        auth = os.urandom(16)
+        vapid_key = ec.generate_private_key(ec.SECP256R1())
+
+        apns = ApnsEmulator(
+            public_keys={key_id: apns_key.public_key()}, team_id=team_id, topic=topic
+        )
+        fcm = FcmEmulator(
+            project_id="fanout-demo",
+            client_email="fanout@fanout-demo.iam.gserviceaccount.com",
+            public_key=fcm_key.public_key(),
+        )
+        webpush = WebPushEmulator(private_key=subscriber_key, auth=auth)
+        async with contextlib.AsyncExitStack() as servers:
+            apns_url = await servers.enter_async_context(serve_tls(apns, certificates))
+            fcm.base_url = await servers.enter_async_context(serve_tls(fcm, certificates))
+            webpush.base_url = await servers.enter_async_context(serve_tls(webpush, certificates))
+            service_account = {
+                "type": "service_account",
+                "project_id": fcm.project_id,
+                "private_key_id": secrets.token_hex(8),
+                "private_key": _pem(fcm_key),
+                "client_email": fcm.client_email,
+                "client_id": "1",
+                "token_uri": f"{fcm.base_url}/token",
+            }
+            vapid_scalar = vapid_key.private_numbers().private_value.to_bytes(32, "big")
+            services = LocalPushServices(
+                apns=apns,
+                fcm=fcm,
+                webpush=webpush,
+                certificates=certificates,
+                webpush_endpoint_base=f"{webpush.base_url}/wp/",
+                p256dh=b64url(
+                    subscriber_key.public_key().public_bytes(
+                        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+                    )
+                ),
+                auth=b64url(auth),
+                apns_key_pem=_pem(apns_key),
+                fcm_service_account=service_account,
+            )
+            services.settings = {
+                "provider": "push",
+                "apns_key": SecretStr(services.apns_key_pem),
+                "apns_key_id": key_id,
+                "apns_team_id": team_id,
+                "apns_topic": topic,
+                "apns_endpoint": apns_url,
+                "fcm_credentials": SecretStr(orjson.dumps(service_account).decode()),
+                "fcm_endpoint": fcm.base_url,
+                "vapid_private_key": SecretStr(b64url(vapid_scalar)),
+                "vapid_subject": "mailto:push@example.com",
+                "tls_ca_file": certificates.ca_file,
+            }
+            yield services

@@ -1,0 +1,86 @@
+"""A push service emulator (RFC 8030): checks VAPID and decrypts every payload.
+
+Decryption uses http_ece, an implementation independent of fanout's own encryption.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import http_ece
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fanout.config import MAX_PAYLOAD_BYTES
+from fanout.emulators.base import Emulator, Receive, Scope, Send, header, read_body, respond
+from fanout.providers.webpush import b64url_decode
+
+_PATH = re.compile(r"^/wp/([A-Za-z0-9_-]+)$")
+
+
+class WebPushEmulator(Emulator):
+    """Every subscription uses ``private_key``/``auth`` unless ``subscriptions`` says otherwise."""
+
+    def __init__(self, *, private_key: ec.EllipticCurvePrivateKey, auth: bytes) -> None:
+        super().__init__()
+        self.private_key = private_key
+        self.auth = auth
+        self.subscriptions: dict[str, tuple[ec.EllipticCurvePrivateKey, bytes]] = {}
+        self.keep_payloads = False
+        self.payloads: list[bytes] = []
+        self.base_url = ""
+
+    def _check_vapid(self, authorization: str | None) -> str | None:
+        match = re.fullmatch(r"vapid t=([^,\s]+),\s*k=([A-Za-z0-9_-]+)", authorization or "")
+        if match is None:
+            return "missing or malformed VAPID authorization"
+        token, key = match.groups()
+        try:
+            public = ec.EllipticCurvePublicKey.from_encoded_point(
+                ec.SECP256R1(), b64url_decode(key)
+            )
+            claims = jwt.decode(token, public, algorithms=["ES256"], audience=self.base_url)
+        except (ValueError, jwt.PyJWTError) as exc:
+            return f"VAPID JWT refused: {exc}"
+        if claims.get("exp", 0) > time.time() + 24 * 3600 or not claims.get("sub"):
+            return "VAPID claims refused"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = await read_body(receive)
+        match = _PATH.match(scope["path"])
+        if scope["method"] != "POST" or match is None:
+            await respond(send, 404)
+            return
+        subscription = match.group(1)
+        if (problem := self._check_vapid(header(scope, "authorization"))) is not None:
+            await respond(send, 403, {"error": problem})
+            return
+        if header(scope, "ttl") is None:
+            await respond(send, 400, {"error": "TTL header required"})
+            return
+        if header(scope, "content-encoding") != "aes128gcm":
+            await respond(send, 415, {"error": "aes128gcm required"})
+            return
+        if len(body) > MAX_PAYLOAD_BYTES:
+            await respond(send, 413, {"error": "payload too large"})
+            return
+        private_key, auth = self.subscriptions.get(subscription, (self.private_key, self.auth))
+        try:
+            plaintext = http_ece.decrypt(
+                body, private_key=private_key, auth_secret=auth, version="aes128gcm"
+            )
+        except Exception as exc:
+            await respond(send, 400, {"error": f"cannot decrypt: {exc!r}"})
+            return
+        if (forced := self.forced(subscription)) is not None:
+            status, answer, headers = forced
+            await respond(send, status, answer or None, headers)
+            return
+        if self.keep_payloads:
+            self.payloads.append(plaintext)
+        self.ledger.record(subscription, header(scope, "topic") or "")
+        await respond(send, 201, None, {"location": f"{self.base_url}/msg/{subscription}"})

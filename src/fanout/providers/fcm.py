@@ -1,0 +1,161 @@
+"""FCM HTTP v1: one POST per device, an OAuth2 access token from a service account.
+
+https://firebase.google.com/docs/reference/fcm/rest/v1/projects.messages/send
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from typing import Any
+
+import orjson
+import requests
+from google.auth.transport.requests import Request
+from google.oauth2 import service_account
+from requests.adapters import HTTPAdapter
+
+from fanout.messages import Device
+from fanout.notification import RenderedNotification
+from fanout.providers.base import Outcome, OutcomeKind, config_error
+from fanout.providers.http2 import retry_after_seconds, tls_context
+from fanout.providers.http2_base import Http2Provider
+
+ENDPOINT = "https://fcm.googleapis.com"
+SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+
+Prepared = dict[str, Any]
+
+
+class _TlsAdapter(HTTPAdapter):
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+
+class FcmProvider(Http2Provider[Prepared]):
+    name = "fcm"
+    platforms = frozenset({"fcm"})
+
+    def __init__(
+        self,
+        *,
+        service_account_info: dict[str, Any],
+        endpoint: str,
+        ca_file: str | None,
+        **base: Any,
+    ) -> None:
+        super().__init__(**base)
+        self.project_id = str(service_account_info["project_id"])
+        self.endpoint = endpoint.rstrip("/")
+        # google-auth signs the assertion and posts it to the file's own token_uri.
+        self._credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            service_account_info, scopes=[SCOPE]
+        )
+        session = requests.Session()
+        # Our TLS context (system store + FANOUT_TLS_CA_FILE) on the adapter: requests
+        # lets REQUESTS_CA_BUNDLE override session.verify, but only adds to a context.
+        session.mount("https://", _TlsAdapter(tls_context(ca_file)))
+        self._session = session
+        self._token_request = Request(session)
+        self._token_lock = asyncio.Lock()
+        self.tokens_fetched = 0
+
+    async def access_token(self) -> str:
+        """Cached until google-auth considers it near expiry; fetched by one coroutine."""
+        if not self._credentials.valid:
+            async with self._token_lock:
+                if not self._credentials.valid:
+                    # Blocking HTTP in a thread: it happens about once an hour.
+                    await asyncio.to_thread(self._credentials.refresh, self._token_request)
+                    self.tokens_fetched += 1
+        return str(self._credentials.token)
+
+    def prepare(self, notification: RenderedNotification) -> Prepared:
+        return fcm_message(notification)
+
+    async def send_one(self, prepared: Prepared, device: Device) -> Outcome:
+        try:
+            token = await self.access_token()
+        except Exception as exc:  # the token endpoint refused the service account
+            return config_error("fcm", f"cannot get an access token: {type(exc).__name__}")
+        body = orjson.dumps({"message": {**prepared, "token": device.token}})
+        response = await self.client.post(
+            f"{self.endpoint}/v1/projects/{self.project_id}/messages:send",
+            content=body,
+            headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+        )
+        status = response.status_code
+        if status == 200:
+            return Outcome(OutcomeKind.OK)
+        error = _error(response.content)
+        code = error.get("errorCode") or error.get("status", "")
+        message = str(error.get("message", ""))
+        if status == 404 or code == "UNREGISTERED":
+            return Outcome(OutcomeKind.INVALID_TOKEN, reason="fcm: UNREGISTERED")
+        if code == "INVALID_ARGUMENT" and "registration token" in message.lower():
+            return Outcome(OutcomeKind.INVALID_TOKEN, reason="fcm: invalid registration token")
+        if status == 429 or status >= 500:
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            if status == 429:
+                self.limit.slow_down(retry_after)
+            return Outcome(OutcomeKind.RETRY, retry_after, f"fcm: {status} {code}")
+        if status in (401, 403) or code in ("SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"):
+            if status == 401:
+                self._credentials.token = None  # fetch a new token next time
+            return config_error("fcm", f"{status} {code}")
+        return Outcome(OutcomeKind.PERMANENT, reason=f"fcm: {status} {code}: {message[:200]}")
+
+    async def aclose(self) -> None:
+        self._session.close()
+        await super().aclose()
+
+
+def fcm_message(notification: RenderedNotification) -> dict[str, Any]:
+    """The message without its token, with the Android, APNs and Web Push overrides."""
+    high = notification.priority == "high"
+    body: dict[str, Any] = {"title": notification.title, "body": notification.body}
+    if notification.image:
+        body["image"] = notification.image
+    data = dict(notification.data)
+    if notification.url:
+        data["url"] = notification.url
+    webpush: dict[str, Any] = {
+        "headers": {"TTL": str(notification.ttl), "Urgency": "high" if high else "normal"}
+    }
+    if notification.url:
+        webpush["fcm_options"] = {"link": notification.url}
+    expiration = int(time.time()) + notification.ttl if notification.ttl else 0
+    return {
+        "notification": body,
+        "data": data,
+        "android": {
+            "collapse_key": notification.collapse_key,
+            "priority": "HIGH" if high else "NORMAL",
+            "ttl": f"{notification.ttl}s",
+        },
+        "apns": {
+            "headers": {
+                "apns-collapse-id": notification.collapse_key[:64],
+                "apns-priority": "10" if high else "5",
+                "apns-expiration": str(expiration),
+            }
+        },
+        "webpush": webpush,
+    }
+
+
+def _error(body: bytes) -> dict[str, Any]:
+    try:
+        error = orjson.loads(body).get("error", {})
+    except (orjson.JSONDecodeError, AttributeError):
+        return {}
+    for detail in error.get("details", []):
+        if isinstance(detail, dict) and "errorCode" in detail:
+            return {**error, "errorCode": detail["errorCode"]}
+    return dict(error)

@@ -1,0 +1,58 @@
+"""The send loop every HTTP/2 provider shares: one request per device, many at once."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+
+from fanout.messages import Device
+from fanout.metrics import PROVIDER_OUTCOMES
+from fanout.notification import RenderedNotification
+from fanout.providers.base import Outcome, OutcomeKind, Provider
+from fanout.providers.h2client import H2Client, H2Error
+from fanout.providers.http2 import AdaptiveLimit
+
+Prepared = TypeVar("Prepared")
+
+
+class Http2Provider(Provider, Generic[Prepared]):
+    """Subclasses turn a notification into what every request shares (``prepare``, once
+    per call) and send it to one device (``send_one``), mapping the answer to an Outcome."""
+
+    name: str
+
+    def __init__(self, client: H2Client, limit: AdaptiveLimit) -> None:
+        self.client = client
+        self.limit = limit
+
+    @abstractmethod
+    def prepare(self, notification: RenderedNotification) -> Prepared | Outcome:
+        """What every device's request shares; an Outcome if none can be sent at all."""
+
+    @abstractmethod
+    async def send_one(self, prepared: Prepared, device: Device) -> Outcome: ...
+
+    async def send(
+        self, notification: RenderedNotification, devices: Sequence[Device]
+    ) -> list[Outcome]:
+        prepared = self.prepare(notification)
+        if isinstance(prepared, Outcome):
+            return [self._count(prepared)] * len(devices)
+        return list(await asyncio.gather(*(self._send(prepared, d) for d in devices)))
+
+    async def _send(self, prepared: Prepared, device: Device) -> Outcome:
+        async with self.limit:
+            try:
+                outcome = await self.send_one(prepared, device)
+            except (H2Error, OSError, TimeoutError) as exc:  # connection lost, GOAWAY, timeout
+                outcome = Outcome(OutcomeKind.RETRY, reason=f"{self.name}: {exc}")
+        return self._count(outcome)
+
+    def _count(self, outcome: Outcome) -> Outcome:
+        PROVIDER_OUTCOMES.labels(self.name, outcome.kind.value).inc()
+        return outcome
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from fanout.config import Settings
+from fanout.emulators.stack import LocalPushServices, local_push_services
+from fanout.pipeline import Pipeline
+from fanout.providers import build_providers
+from fanout.sqs import create_queues, open_client
+from fanout.store import find_or_create, queries
+
+
+@pytest.fixture
+async def services() -> AsyncIterator[LocalPushServices]:
+    async with local_push_services() as services:
+        yield services
+
+
+@pytest.fixture
+def push_settings(settings: Settings, services: LocalPushServices) -> Settings:
+    return settings.model_copy(update=services.settings)
+
+
+@pytest.fixture
+async def push_pipeline(push_settings: Settings) -> AsyncIterator[Pipeline]:
+    async with open_client(push_settings) as client:
+        await create_queues(client, push_settings)
+    async with Pipeline.open(push_settings) as pipeline:
+        yield pipeline
+
+
+async def add_devices(
+    pool: asyncpg.Pool, services: LocalPushServices, platform: str, count: int
+) -> tuple[str, list[int], list[str]]:
+    """A topic with ``count`` users, one device each on ``platform``; returns its tokens."""
+    run = secrets.token_hex(4)
+    topic = f"prov:{run}"
+    ids, tokens = [], []
+    async with pool.acquire() as conn, conn.transaction():
+        topic_id = await find_or_create(conn, queries.UPSERT_TOPIC, topic)
+        for i in range(count):
+            user = await find_or_create(conn, queries.UPSERT_USER, f"{run}-{i}")
+            await conn.execute(queries.SUBSCRIBE, topic_id, user)
+            if platform == "apns":
+                token, keys = secrets.token_hex(32), (None, None)
+            elif platform == "fcm":
+                token, keys = f"fcm-{run}-{i}:APA91b{secrets.token_urlsafe(100)}", (None, None)
+            else:
+                token = f"{services.webpush_endpoint_base}{run}-{i}"
+                keys = (services.p256dh, services.auth)
+            row = await conn.fetchrow(queries.UPSERT_DEVICE, user, platform, token, *keys, "en")
+            ids.append(row["id"])
+            tokens.append(token if platform != "webpush" else f"{run}-{i}")
+    return topic, ids, tokens
+
+
+__all__ = ["add_devices", "build_providers"]

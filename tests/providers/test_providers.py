@@ -1,0 +1,238 @@
+"""APNs, FCM and Web Push against local servers that check what the real services check."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+import pytest
+
+from fanout.config import Settings
+from fanout.delivery_stage import deliver_batch
+from fanout.emulators.fcm import fcm_error
+from fanout.emulators.stack import LocalPushServices
+from fanout.fanout_stage import plan_event
+from fanout.messages import DeliveryBatch, Device
+from fanout.metrics import PROVIDER_CONFIG_ERRORS
+from fanout.notification import LocalizedText, Notification, render
+from fanout.pipeline import Pipeline
+from fanout.providers import OutcomeKind, build_providers
+from fanout.providers.apns import ApnsProvider
+from fanout.providers.fcm import FcmProvider
+from fanout.providers.http2 import AdaptiveLimit
+from fanout.providers.webpush import WebPushProvider
+from fanout.publish import record_event
+from fanout.store import queries
+from tests.helpers import batches_of, drain
+from tests.providers.conftest import add_devices
+
+NOTE = Notification(
+    title="New book",
+    body="Out today",
+    data={"book_id": "42"},
+    url="https://books.example.com/b/42",
+    localized={"de": LocalizedText(title="Neues Buch")},
+)
+
+
+async def fan_out(pipeline: Pipeline, topic: str) -> tuple[int, list[DeliveryBatch]]:
+    event = await record_event(pipeline.pool, NOTE, topic=topic)
+    await plan_event(event.event_id, pipeline.pool, pipeline.queues, pipeline.settings)
+    return event.event_id, batches_of(await drain(pipeline.queues.delivery))
+
+
+async def deliver_all(pipeline: Pipeline, batches: list[DeliveryBatch]) -> None:
+    for batch in batches:
+        await deliver_batch(
+            batch, pipeline.pool, pipeline.queues, pipeline.providers, pipeline.settings
+        )
+
+
+async def active(pipeline: Pipeline, ids: list[int]) -> set[int]:
+    async with pipeline.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT id FROM devices WHERE id = ANY($1) AND active", ids)
+    return {r["id"] for r in rows}
+
+
+# --- each protocol, spoken as the real service expects ---------------------------------
+
+
+async def test_apns_jwt_verifies_and_is_reused_across_requests(
+    push_pipeline: Pipeline, services: LocalPushServices
+) -> None:
+    topic, _ids, _tokens = await add_devices(push_pipeline.pool, services, "apns", 60)
+    _, batches = await fan_out(push_pipeline, topic)
+    await deliver_all(push_pipeline, batches)
+
+    apns = push_pipeline.providers["apns"]
+    assert isinstance(apns, ApnsProvider)
+    assert services.apns.ledger.unique == 60
+    assert len(services.apns.jwts_seen) == 1  # one JWT for every request: verified, reused
+    assert apns.jwts_signed == 1
+
+
+async def test_fcm_token_is_fetched_once_for_many_sends(
+    push_pipeline: Pipeline, services: LocalPushServices
+) -> None:
+    topic, _ids, _tokens = await add_devices(push_pipeline.pool, services, "fcm", 60)
+    _, batches = await fan_out(push_pipeline, topic)
+    await deliver_all(push_pipeline, batches)
+    await deliver_all(push_pipeline, (await fan_out(push_pipeline, topic))[1])
+
+    fcm = push_pipeline.providers["fcm"]
+    assert isinstance(fcm, FcmProvider)
+    assert services.fcm.ledger.unique == 60 and services.fcm.ledger.received == 120
+    assert services.fcm.token_requests == 1 and fcm.tokens_fetched == 1
+
+
+async def test_web_push_payload_decrypts_to_the_exact_notification_json(
+    push_pipeline: Pipeline, services: LocalPushServices
+) -> None:
+    services.webpush.keep_payloads = True
+    topic, _ids, _tokens = await add_devices(push_pipeline.pool, services, "webpush", 5)
+    event_id, batches = await fan_out(push_pipeline, topic)
+    await deliver_all(push_pipeline, batches)
+
+    expected = render(NOTE, "en", collapse_key=str(event_id)).payload()
+    assert len(services.webpush.payloads) == 5
+    for payload in services.webpush.payloads:  # decrypted by http_ece in the emulator
+        assert payload == orjson.dumps(expected)
+        assert orjson.loads(payload)["title"] == "New book"
+
+
+def test_apns_payload_carries_alert_data_and_link() -> None:
+    from fanout.providers.apns import apns_payload
+
+    payload = apns_payload(render(NOTE, "de", collapse_key="7"))
+    assert payload["aps"]["alert"] == {"title": "Neues Buch", "body": "Out today"}
+    assert payload["book_id"] == "42" and payload["url"] == "https://books.example.com/b/42"
+
+
+# --- every error class leads to the right outcome ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("platform", "status", "body"),
+    [
+        ("apns", 410, {"reason": "Unregistered"}),
+        ("apns", 400, {"reason": "BadDeviceToken"}),
+        ("fcm", 404, fcm_error(404, "NOT_FOUND", "Requested entity was not found.", "UNREGISTERED")),
+        ("fcm", 400, fcm_error(400, "INVALID_ARGUMENT", "The registration token is not a valid FCM registration token")),
+        ("webpush", 410, {}),
+        ("webpush", 404, {}),
+    ],
+)  # fmt: skip
+async def test_an_invalid_token_deactivates_only_that_device(
+    push_pipeline: Pipeline,
+    services: LocalPushServices,
+    platform: str,
+    status: int,
+    body: dict,  # type: ignore[type-arg]
+) -> None:
+    topic, ids, tokens = await add_devices(push_pipeline.pool, services, platform, 4)
+    getattr(services, platform).answer_with(tokens[0], status, body)
+    _, batches = await fan_out(push_pipeline, topic)
+    await deliver_all(push_pipeline, batches)
+    assert await active(push_pipeline, ids) == set(ids[1:])
+
+
+@pytest.mark.parametrize(
+    ("platform", "status", "body", "headers"),
+    [
+        ("apns", 503, {"reason": "ServiceUnavailable"}, {}),
+        ("apns", 429, {"reason": "TooManyRequests"}, {}),
+        ("fcm", 503, fcm_error(503, "UNAVAILABLE", "try later"), {}),
+        ("fcm", 429, fcm_error(429, "RESOURCE_EXHAUSTED", "quota", "QUOTA_EXCEEDED"), {"retry-after": "1"}),
+        ("webpush", 503, {}, {}),
+        ("webpush", 429, {}, {"retry-after": "1"}),
+    ],
+)  # fmt: skip
+async def test_a_retryable_answer_is_re_enqueued_and_then_delivered(
+    push_pipeline: Pipeline,
+    services: LocalPushServices,
+    platform: str,
+    status: int,
+    body: dict,  # type: ignore[type-arg]
+    headers: dict[str, str],
+) -> None:
+    topic, ids, tokens = await add_devices(push_pipeline.pool, services, platform, 4)
+    emulator = getattr(services, platform)
+    emulator.answer_with(tokens[0], status, body, times=1, headers=headers)
+    _event_id, batches = await fan_out(push_pipeline, topic)
+    await deliver_all(push_pipeline, batches)
+
+    await asyncio.sleep(1.1)  # the retry's delay
+    [retry] = batches_of(await drain(push_pipeline.queues.delivery))
+    assert [d.token for d in retry.iter_devices()] == [
+        t if platform != "webpush" else f"{services.webpush_endpoint_base}{t}" for t in tokens[:1]
+    ]
+    await deliver_all(push_pipeline, [retry])
+    assert emulator.ledger.unique == 4 and emulator.ledger.duplicates == 0
+    assert await active(push_pipeline, ids) == set(ids)
+
+
+async def test_a_config_error_deactivates_nothing_and_raises_an_alert(
+    push_settings: Settings, services: LocalPushServices, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A key id Apple does not know: every request is refused with 403 InvalidProviderToken.
+    broken = push_settings.model_copy(update={"apns_key_id": "WRONGKEY00"})
+    from fanout.sqs import create_queues, open_client
+
+    async with open_client(broken) as client:
+        await create_queues(client, broken)
+    before = PROVIDER_CONFIG_ERRORS.labels("apns")._value.get()
+    async with Pipeline.open(broken) as pipeline:
+        topic, ids, _tokens = await add_devices(pipeline.pool, services, "apns", 5)
+        event_id, batches = await fan_out(pipeline, topic)
+        with caplog.at_level(logging.ERROR):
+            await deliver_all(pipeline, batches)
+        assert await active(pipeline, ids) == set(ids)  # no token blamed
+        async with pipeline.pool.acquire() as conn:
+            progress = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
+    assert (progress["failed"], progress["invalid"]) == (5, 0)
+    assert PROVIDER_CONFIG_ERRORS.labels("apns")._value.get() - before == 5
+    assert "refused fanout's credentials" in caplog.text
+    assert services.apns.ledger.unique == 0
+
+
+async def test_an_unconfigured_provider_is_skipped_not_lost(
+    settings: Settings, services: LocalPushServices, caplog: pytest.LogCaptureFixture
+) -> None:
+    only_apns = {k: v for k, v in services.settings.items() if not k.startswith(("fcm", "vapid"))}
+    with caplog.at_level(logging.WARNING):
+        providers = build_providers(settings.model_copy(update=only_apns))
+    assert set(providers) == {"apns"}
+    assert "fcm is not configured" in caplog.text and "webpush is not configured" in caplog.text
+    for provider in providers.values():
+        await provider.aclose()
+
+
+def test_a_429_halves_the_rate_and_it_recovers() -> None:
+    limit = AdaptiveLimit(rate=1000, concurrency=10)
+    limit.slow_down(None)
+    limit.slow_down(None)
+    assert limit.rate == 250
+    limit._last_change -= 1.5
+    limit._recover()
+    assert limit.rate == 350
+
+
+async def test_a_payload_too_large_for_apns_is_permanent_without_a_request(
+    push_pipeline: Pipeline, services: LocalPushServices
+) -> None:
+    apns = push_pipeline.providers["apns"]
+    big = render(NOTE, None, collapse_key="1").model_copy(update={"body": "x" * 5000})
+    [outcome] = await apns.send(big, [Device(1, "apns", "ab" * 32)])
+    assert outcome.kind is OutcomeKind.PERMANENT
+    assert services.apns.ledger.received == 0
+
+
+async def test_web_push_subscription_with_a_broken_key_is_invalid(
+    push_pipeline: Pipeline, services: LocalPushServices
+) -> None:
+    webpush = push_pipeline.providers["webpush"]
+    assert isinstance(webpush, WebPushProvider)
+    device = Device(1, "webpush", f"{services.webpush_endpoint_base}x", "en", "AAAA", services.auth)
+    [outcome] = await webpush.send(render(NOTE, None, collapse_key="1"), [device])
+    assert outcome.kind is OutcomeKind.INVALID_TOKEN
