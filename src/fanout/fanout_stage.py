@@ -166,16 +166,7 @@ async def run_shard(
 
         async def checkpoint() -> None:
             """Record the cursor and renew the lease: this shard is alive."""
-            await conn.execute(
-                queries.CHECKPOINT_SHARD,
-                event_id,
-                shard,
-                progress.cursor,
-                progress.recipients,
-                progress.devices,
-                progress.batches,
-                lease,
-            )
+            await _checkpoint(conn, event_id, shard, progress, lease)
 
         while True:
             rows = await _fetch_page(conn, event, page_cursor, claim["hi_user_id"], settings)
@@ -244,10 +235,9 @@ async def _send(batches: list[DeliveryBatch], queues: Queues, progress: _Progres
     progress.batches += len(batches)
 
 
-async def _yield_shard(
-    conn: asyncpg.Connection, queues: Queues, event_id: int, shard: int, progress: _Progress
-) -> ShardReport:
-    """Out of time: hand the rest of the shard to a fresh message and free the lease."""
+async def _checkpoint(
+    conn: asyncpg.Connection, event_id: int, shard: int, progress: _Progress, lease: int
+) -> None:
     await conn.execute(
         queries.CHECKPOINT_SHARD,
         event_id,
@@ -256,8 +246,15 @@ async def _yield_shard(
         progress.recipients,
         progress.devices,
         progress.batches,
-        0,
+        lease,
     )
+
+
+async def _yield_shard(
+    conn: asyncpg.Connection, queues: Queues, event_id: int, shard: int, progress: _Progress
+) -> ShardReport:
+    """Out of time: hand the rest of the shard to a fresh message and free the lease."""
+    await _checkpoint(conn, event_id, shard, progress, lease=0)
     await queues.fanout.send(FanoutTask(event_id, shard).encode())
     log.info(
         "event %d shard %d: out of time at user %d, re-enqueued", event_id, shard, progress.cursor

@@ -18,15 +18,13 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import uvicorn
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+from fanout.asgi import Receive, Scope, Send, read_body, respond
 
 
 class DeliveryLedger:
@@ -98,14 +96,14 @@ class PushSink:
         self._throttled_until = time.monotonic() + seconds
         self._retry_after = retry_after
 
-    def _refusal(self) -> tuple[int, list[tuple[bytes, bytes]]] | None:
+    def _refusal(self) -> tuple[int, dict[str, str]] | None:
         now = time.monotonic()
         if now < self._unavailable_until:
             self.refusals.append((now, 503))
-            return 503, []
+            return 503, {}
         if now < self._throttled_until:
             self.refusals.append((now, 429))
-            return 429, [(b"retry-after", str(self._retry_after).encode())]
+            return 429, {"retry-after": str(self._retry_after)}
         return None
 
     def answer(self, device_id: int, token: str, collapse_key: str) -> str:
@@ -123,47 +121,24 @@ class PushSink:
         if scope["type"] != "http":
             return
         if scope["method"] == "POST" and scope["path"] == "/push":
-            body = await _read_body(receive)
+            body = await read_body(receive)
             if (refusal := self._refusal()) is not None:
-                await _respond(send, refusal[0], {"error": "try later"}, refusal[1])
+                await respond(send, refusal[0], {"error": "try later"}, refusal[1])
                 return
             try:
                 doc = orjson.loads(body)
                 collapse_key = str(doc["collapse_key"])
                 results = [self.answer(int(d), str(t), collapse_key) for d, t in doc["devices"]]
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                await _respond(send, 400, {"error": f"bad push request: {exc}"})
+                await respond(send, 400, {"error": f"bad push request: {exc}"})
                 return
             if self.delay:
                 await asyncio.sleep(self.delay)
-            await _respond(send, 200, {"results": results})
+            await respond(send, 200, {"results": results})
         elif scope["method"] == "GET" and scope["path"] == "/stats":
-            await _respond(send, 200, self.ledger.stats())
+            await respond(send, 200, self.ledger.stats())
         else:
-            await _respond(send, 404, {"error": "not found"})
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def _respond(
-    send: Send, status: int, doc: Any, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    body = orjson.dumps(doc)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), *(headers or [])],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+            await respond(send, 404, {"error": "not found"})
 
 
 class _EmbeddedServer(uvicorn.Server):

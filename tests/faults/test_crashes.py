@@ -79,6 +79,17 @@ async def largest_batch(pool: asyncpg.Pool, event_id: int) -> int:
         )
 
 
+async def assert_nothing_lost(
+    pool: asyncpg.Pool, sink: EmbeddedSink, event_id: int, devices: int
+) -> None:
+    """Every device got the push; duplicates within one batch, all with the event's key."""
+    ledger = sink.sink.ledger
+    report("killed", devices, ledger)
+    assert ledger.unique == devices, "a device was lost"
+    assert ledger.duplicates <= await largest_batch(pool, event_id)
+    assert ledger.duplicate_collapse_keys <= {str(event_id)}
+
+
 async def test_delivery_worker_killed_mid_batch(
     fault_settings: Settings,
     pool: asyncpg.Pool,
@@ -100,11 +111,7 @@ async def test_delivery_worker_killed_mid_batch(
 
     worker.start()
     await wait_until_delivered(pool, event.event_id, 3000)
-    ledger = sink.sink.ledger
-    report("killed", 3000, ledger)
-    assert ledger.unique == 3000, "a device was lost"
-    assert ledger.duplicates <= await largest_batch(pool, event.event_id)
-    assert ledger.duplicate_collapse_keys <= {str(event.event_id)}
+    await assert_nothing_lost(pool, sink, event.event_id, 3000)
 
 
 async def test_fanout_worker_killed_mid_shard(
@@ -147,11 +154,7 @@ async def test_fanout_worker_killed_mid_shard(
     restarted.start()
     async with worker_in_process(fault_settings, sink):
         progress = await wait_until_delivered(pool, event.event_id, 3000)
-    ledger = sink.sink.ledger
-    report("killed", 3000, ledger)
-    assert ledger.unique == 3000, "a device was lost"
-    assert ledger.duplicates <= await largest_batch(pool, event.event_id)
-    assert ledger.duplicate_collapse_keys <= {str(event.event_id)}
+    await assert_nothing_lost(pool, sink, event.event_id, 3000)
     async with pool.acquire() as conn:
         attempts = await conn.fetchval(
             "SELECT attempts FROM fanout_shards WHERE event_id = $1", event.event_id

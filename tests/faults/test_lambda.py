@@ -100,22 +100,7 @@ async def _sqs_event(settings: Settings, role: str, bodies: list[str]) -> dict[s
                 VisibilityTimeout=30,
             )
             messages += response.get("Messages", [])
-    return {
-        "Records": [
-            {
-                "messageId": m["MessageId"],
-                "receiptHandle": m["ReceiptHandle"],
-                "body": m["Body"],
-                "attributes": m["Attributes"],
-                "messageAttributes": {},
-                "md5OfBody": m["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": arn,
-                "awsRegion": "us-east-1",
-            }
-            for m in messages
-        ]
-    }
+    return _lambda_event(messages, arn)
 
 
 def _event_for(settings: Settings) -> int:
@@ -159,6 +144,11 @@ async def _receive_all(settings: Settings, role: str) -> dict[str, Any]:
         response = await client.receive_message(
             QueueUrl=queue.url, MaxNumberOfMessages=10, AttributeNames=["All"], WaitTimeSeconds=1
         )
+    return _lambda_event(response.get("Messages", []), arn)
+
+
+def _lambda_event(messages: list[Any], arn: str) -> dict[str, Any]:
+    """Received SQS messages, shaped as the event Lambda's SQS event source sends."""
     return {
         "Records": [
             {
@@ -172,7 +162,7 @@ async def _receive_all(settings: Settings, role: str) -> dict[str, Any]:
                 "eventSourceARN": arn,
                 "awsRegion": "us-east-1",
             }
-            for m in response.get("Messages", [])
+            for m in messages
         ]
     }
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import orjson
-
+from fanout.asgi import Receive, Scope, Send, header, read_body, respond
 from fanout.sink_server import DeliveryLedger
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+__all__ = ["Emulator", "Receive", "Scope", "Send", "header", "read_body", "respond"]
 
 
 class Emulator:
@@ -41,31 +37,3 @@ class Emulator:
         if not queue:
             del self.answers[token]
         return answer
-
-
-async def read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def respond(
-    send: Send, status: int, body: Any = None, headers: dict[str, str] | None = None
-) -> None:
-    content = b"" if body is None else orjson.dumps(body)
-    raw_headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    if body is not None:
-        raw_headers.append((b"content-type", b"application/json"))
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": content})
-
-
-def header(scope: Scope, name: str) -> str | None:
-    wanted = name.lower().encode()
-    for key, value in scope["headers"]:
-        if key == wanted:
-            return str(value.decode())
-    return None

@@ -15,7 +15,6 @@ from fanout.config import MAX_PAYLOAD_BYTES
 from fanout.messages import Device
 from fanout.notification import RenderedNotification
 from fanout.providers.base import Outcome, OutcomeKind, config_error
-from fanout.providers.http2 import retry_after_seconds
 from fanout.providers.http2_base import Http2Provider
 
 PRODUCTION = "https://api.push.apple.com"
@@ -94,10 +93,7 @@ class ApnsProvider(Http2Provider[Prepared]):
             self._jwt = ""  # sign a fresh one; this push may succeed with it
             return Outcome(OutcomeKind.RETRY, reason="apns: ExpiredProviderToken")
         if status == 429 or status >= 500:
-            retry_after = retry_after_seconds(response.headers.get("retry-after"))
-            if status == 429:
-                self.limit.slow_down(retry_after)
-            return Outcome(OutcomeKind.RETRY, retry_after, f"apns: {status} {reason}")
+            return self.retry_later(response, reason)
         if status == 403 or reason in _CONFIG_REASONS:
             return config_error("apns", f"{status} {reason}")
         return Outcome(OutcomeKind.PERMANENT, reason=f"apns: {status} {reason}")

@@ -19,7 +19,7 @@ from requests.adapters import HTTPAdapter
 from fanout.messages import Device
 from fanout.notification import RenderedNotification
 from fanout.providers.base import Outcome, OutcomeKind, config_error
-from fanout.providers.http2 import retry_after_seconds, tls_context
+from fanout.providers.http2 import tls_context
 from fanout.providers.http2_base import Http2Provider
 
 ENDPOINT = "https://fcm.googleapis.com"
@@ -101,10 +101,7 @@ class FcmProvider(Http2Provider[Prepared]):
         if code == "INVALID_ARGUMENT" and "registration token" in message.lower():
             return Outcome(OutcomeKind.INVALID_TOKEN, reason="fcm: invalid registration token")
         if status == 429 or status >= 500:
-            retry_after = retry_after_seconds(response.headers.get("retry-after"))
-            if status == 429:
-                self.limit.slow_down(retry_after)
-            return Outcome(OutcomeKind.RETRY, retry_after, f"fcm: {status} {code}")
+            return self.retry_later(response, code)
         if status in (401, 403) or code in ("SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"):
             if status == 401:
                 self._credentials.token = None  # fetch a new token next time

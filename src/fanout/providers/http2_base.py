@@ -11,8 +11,8 @@ from fanout.messages import Device
 from fanout.metrics import PROVIDER_OUTCOMES
 from fanout.notification import RenderedNotification
 from fanout.providers.base import Outcome, OutcomeKind, Provider
-from fanout.providers.h2client import H2Client, H2Error
-from fanout.providers.http2 import AdaptiveLimit
+from fanout.providers.h2client import H2Client, H2Error, H2Response
+from fanout.providers.http2 import AdaptiveLimit, retry_after_seconds
 
 Prepared = TypeVar("Prepared")
 
@@ -49,6 +49,15 @@ class Http2Provider(Provider, Generic[Prepared]):
             except (H2Error, OSError, TimeoutError) as exc:  # connection lost, GOAWAY, timeout
                 outcome = Outcome(OutcomeKind.RETRY, reason=f"{self.name}: {exc}")
         return self._count(outcome)
+
+    def retry_later(self, response: H2Response, detail: str = "") -> Outcome:
+        """429 or 5xx: try again later (after Retry-After if given); a 429 also slows
+        this provider down for every coroutine of the worker."""
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        if response.status_code == 429:
+            self.limit.slow_down(retry_after)
+        reason = f"{self.name}: {response.status_code} {detail}".rstrip()
+        return Outcome(OutcomeKind.RETRY, retry_after, reason)
 
     def _count(self, outcome: Outcome) -> Outcome:
         PROVIDER_OUTCOMES.labels(self.name, outcome.kind.value).inc()

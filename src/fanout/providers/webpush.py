@@ -27,7 +27,6 @@ from fanout.config import MAX_PAYLOAD_BYTES
 from fanout.messages import Device
 from fanout.notification import RenderedNotification
 from fanout.providers.base import Outcome, OutcomeKind, config_error
-from fanout.providers.http2 import retry_after_seconds
 from fanout.providers.http2_base import Http2Provider
 
 VAPID_LIFETIME_SECONDS = 12 * 3600  # RFC 8292 allows at most 24 h
@@ -144,10 +143,7 @@ class WebPushProvider(Http2Provider[Prepared]):
         if status in (404, 410):
             return Outcome(OutcomeKind.INVALID_TOKEN, reason=f"webpush: {status}")
         if status == 429 or status >= 500:
-            retry_after = retry_after_seconds(response.headers.get("retry-after"))
-            if status == 429:
-                self.limit.slow_down(retry_after)
-            return Outcome(OutcomeKind.RETRY, retry_after, f"webpush: {status}")
+            return self.retry_later(response)
         if status in (401, 403):
             return config_error("webpush", f"{status} from {urlsplit(device.token).netloc}")
         return Outcome(OutcomeKind.PERMANENT, reason=f"webpush: {status}")
