@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -180,21 +180,37 @@ async def _send_all(
     groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
     for index, device in enumerate(devices):
         groups[(device.platform, device.locale)].append(index)
-    rendered: dict[str | None, RenderedNotification] = {}
     outcomes: list[Outcome | None] = [None] * len(devices)
 
     async def send_group(platform: str, locale: str | None, indexes: list[int]) -> None:
         provider = providers.get(platform)
         if provider is None:
             return
-        if locale not in rendered:
-            rendered[locale] = render(notification, locale, collapse_key=collapse_key)
-        results = await provider.send(rendered[locale], [devices[i] for i in indexes])
+        rendered = _rendered(notification, locale, collapse_key)
+        results = await provider.send(rendered, [devices[i] for i in indexes])
         for index, outcome in zip(indexes, results, strict=True):
             outcomes[index] = outcome
 
     await asyncio.gather(*(send_group(p, loc, ix) for (p, loc), ix in groups.items()))
     return outcomes
+
+
+# Renderings by (event, locale), shared by every batch of an event in this process, so an
+# event is rendered once per locale, not once per batch. Bounded: a few recent events.
+_RENDERED: OrderedDict[tuple[str, str | None], RenderedNotification] = OrderedDict()
+_RENDERED_MAX = 1024
+
+
+def _rendered(
+    notification: Notification, locale: str | None, collapse_key: str
+) -> RenderedNotification:
+    key = (collapse_key, locale)
+    found = _RENDERED.get(key)
+    if found is None:
+        found = _RENDERED[key] = render(notification, locale, collapse_key=collapse_key)
+        if len(_RENDERED) > _RENDERED_MAX:
+            _RENDERED.popitem(last=False)
+    return found
 
 
 async def _enqueue_retry(

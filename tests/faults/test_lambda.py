@@ -124,6 +124,8 @@ def test_only_the_failed_records_come_back_as_batch_item_failures(
     garbage_id = next(r["messageId"] for r in event["Records"] if r["body"] == "garbage")
 
     response = lambdas.fanout_handler(event, Context())
+    assert lambdas._container is not None
+    pool = lambdas._container.pipeline.pool  # opened by the first invocation
 
     assert response == {"batchItemFailures": [{"itemIdentifier": garbage_id}]}
     assert len(ids) == 3
@@ -132,6 +134,8 @@ def test_only_the_failed_records_come_back_as_batch_item_failures(
     delivery_event = asyncio.run(_receive_all(lambda_env, "delivery"))
     assert lambdas.delivery_handler(delivery_event, Context()) == {"batchItemFailures": []}
     assert httpx.get(f"{sink_process}/stats").json()["unique"] == 80
+    # The second invocation reused the container's database pool and its connections.
+    assert lambdas._container.pipeline.pool is pool
 
 
 async def _receive_all(settings: Settings, role: str) -> dict[str, Any]:
