@@ -43,6 +43,13 @@ class DeliveryLedger:
         self.unique = 0
         self.duplicate_collapse_keys: set[str] = set()
 
+    def expect(self, expected_ids: range) -> None:
+        """Count these ids densely from now on (before anything was recorded)."""
+        if self.received:
+            raise RuntimeError("expect() must come before the first push")
+        self._range = expected_ids
+        self._dense = bytearray(len(expected_ids))
+
     def record(self, device_id: int | str, collapse_key: str) -> None:
         self.received += 1
         if isinstance(device_id, int) and device_id in self._range:
