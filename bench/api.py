@@ -14,52 +14,22 @@ import asyncio
 import contextlib
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import httpx
 import orjson
+from _services import database, free_port
 
 from fanout.apikeys import create_api_key
-from fanout.local import embedded_postgres, local_sqs_server
+from fanout.local import local_sqs_server
 from fanout.store import connect
 from fanout.store.migrate import migrate
-
-
-@contextlib.contextmanager
-def database() -> Iterator[str]:
-    if url := os.environ.get("FANOUT_DATABASE_URL"):
-        yield url
-        return
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
-            pass
-    except OSError:
-        with embedded_postgres() as url:
-            yield url
-        return
-    name = f"fanout_bench_{secrets.token_hex(3)}"
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-    asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        asyncio.run(_admin(admin, f'DROP DATABASE "{name}" WITH (FORCE)'))
-
-
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def prepare(database_url: str) -> str:
@@ -73,9 +43,7 @@ async def prepare(database_url: str) -> str:
 
 
 def start_server(database_url: str, sqs_url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {
         **os.environ,
         "FANOUT_DATABASE_URL": database_url,

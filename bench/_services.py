@@ -1,0 +1,51 @@
+"""What the benchmarks share: a PostgreSQL database and free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+
+import asyncpg
+
+from fanout.local import embedded_postgres
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    """FANOUT_DATABASE_URL, else a fresh database on 127.0.0.1:5432, else an embedded one."""
+    if url := os.environ.get("FANOUT_DATABASE_URL"):
+        yield url
+        return
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            pass
+    except OSError:
+        with embedded_postgres() as url:
+            yield url
+        return
+    name = f"fanout_bench_{secrets.token_hex(3)}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        asyncio.run(_admin(admin, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()

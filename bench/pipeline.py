@@ -1,0 +1,199 @@
+"""The whole pipeline, each part in its own process, measured from the database's clocks.
+
+    python bench/pipeline.py [--subscribers 100000] [--json]
+
+moto's SQS server, the APNs emulator (HTTP/2 + TLS, verifying every JWT), a fan-out worker
+and a delivery worker each run as a separate process; PostgreSQL as in bench/api.py. It
+seeds N subscribers with 1.2 APNs devices each, publishes one event and reports the fan-out
+stage's devices/second (database to queue), the delivery stage's notifications/second
+(queue to the APNs emulator), the time to the last notification, each worker's peak RSS
+and the SQS requests made per 1,000 notifications (counted in moto's request log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from _services import database, free_port
+
+from fanout.config import Settings
+from fanout.notification import Notification
+from fanout.publish import publish
+from fanout.sqs import create_queues, open_client, open_queues
+from fanout.store import connect, create_pool, find_or_create, queries
+from fanout.store.migrate import migrate
+
+
+async def seed(database_url: str, subscribers: int, webpush_base: str) -> tuple[str, int]:
+    conn = await connect(database_url)
+    try:
+        await migrate(conn)
+        run = os.urandom(3).hex()
+        topic = f"bench:{run}"
+        async with conn.transaction():
+            topic_id = await find_or_create(conn, queries.UPSERT_TOPIC, topic)
+            users = await conn.fetchrow(queries.SEED_USERS, f"bench-{run}-", subscribers)
+            first, last = users["first_id"], users["last_id"]
+            await conn.execute(queries.SEED_SUBSCRIPTIONS, topic_id, first, last)
+            args = (run, webpush_base, None, None, ["apns"])
+            one = await conn.fetchrow(queries.SEED_DEVICES, first, last, 1, *args)
+            # A second device for every fifth user: 1.2 devices a subscriber on average.
+            extra = await conn.fetchrow(
+                queries.SEED_DEVICES, first, first + subscribers // 5 - 1, 1, run + "b", *args[1:]
+            )
+        await conn.execute("ANALYZE")
+        return topic, one["devices"] + extra["devices"]
+    finally:
+        await conn.close()
+
+
+def peak_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def sqs_requests_so_far(moto_log: Path) -> int:
+    """moto's server logs one line per request it answers."""
+    return moto_log.read_text().count('"POST /')
+
+
+async def run(settings: Settings, topic: str, devices: int, moto_log: Path) -> dict[str, Any]:
+    pool = await create_pool(settings)
+    try:
+        async with open_client(settings) as client:
+            queues = await open_queues(client, settings)
+            requests_before = await asyncio.to_thread(sqs_requests_so_far, moto_log)
+            event = await publish(pool, queues, Notification(title="New book"), topic=topic)
+            deadline = time.monotonic() + 3600
+            while time.monotonic() < deadline:
+                async with pool.acquire() as conn:
+                    row = await conn.fetchrow(queries.EVENT_PROGRESS, event.event_id)
+                done = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]
+                if row["status"] == "fanned_out" and done >= devices:
+                    break
+                await asyncio.sleep(0.25)
+            async with pool.acquire() as conn:
+                first_batch = await conn.fetchval(
+                    "SELECT min(started_at) FROM delivery_batches WHERE event_id = $1",
+                    event.event_id,
+                )
+            requests = await asyncio.to_thread(sqs_requests_so_far, moto_log) - requests_before
+    finally:
+        await pool.close()
+    fanout = (row["fanned_out_at"] - row["created_at"]).total_seconds()
+    delivery = (row["last_finished_at"] - first_batch).total_seconds()
+    total = (row["last_finished_at"] - row["created_at"]).total_seconds()
+    return {
+        "devices": devices,
+        "sent": row["sent"],
+        "failed": row["failed"],
+        "fanout_devices_per_second": round(devices / fanout),
+        "delivery_notifications_per_second": round(row["sent"] / delivery),
+        "seconds_to_last_notification": round(total, 2),
+        "sqs_requests": requests,
+        "sqs_requests_per_1000": round(requests * 1000 / devices, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=100_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"fanout-bench-{os.getpid()}"
+    logs.mkdir(parents=True, exist_ok=True)
+    moto_port = free_port()
+    moto_log = logs / "moto.log"
+    processes: list[subprocess.Popen[Any]] = []
+    try:
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
+                stdout=moto_log.open("w"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+        emulators = subprocess.Popen(
+            [sys.executable, "-m", "fanout", "emulators"], stdout=subprocess.PIPE, text=True
+        )
+        processes.append(emulators)
+        assert emulators.stdout is not None
+        info = orjson.loads(emulators.stdout.readline())
+        with database() as database_url:
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
+                **info["settings"],
+                "FANOUT_DATABASE_URL": database_url,
+                "FANOUT_SQS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
+                "FANOUT_QUEUE_PREFIX": "bench",
+                "FANOUT_POLL_WAIT_SECONDS": "1",
+            }
+            settings = Settings(
+                **{
+                    k.removeprefix("FANOUT_").lower(): v
+                    for k, v in env.items()
+                    if k.startswith("FANOUT_")
+                }
+            )
+            time.sleep(1.0)  # moto's server binds its port
+
+            async def create() -> None:
+                async with open_client(settings) as client:
+                    await create_queues(client, settings)
+
+            asyncio.run(create())
+            topic, devices = asyncio.run(
+                seed(database_url, args.subscribers, info["webpush_endpoint_base"])
+            )
+            workers = {
+                role: subprocess.Popen(
+                    [sys.executable, "-m", "fanout", "worker", "--role", role],
+                    env=env,
+                    stdout=(logs / f"{role}.log").open("w"),
+                    stderr=subprocess.STDOUT,
+                )
+                for role in ("fanout", "delivery")
+            }
+            processes.extend(workers.values())
+            time.sleep(1.5)
+            result = asyncio.run(run(settings, topic, devices, moto_log))
+            result["peak_rss_kb"] = {role: peak_rss_kb(p.pid) for role, p in workers.items()}
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    where = "APNs emulator, HTTP/2 + TLS"
+    print(f"subscribers {args.subscribers:,}, devices {result['devices']:,} ({where})")
+    for key in (
+        "fanout_devices_per_second",
+        "delivery_notifications_per_second",
+        "seconds_to_last_notification",
+        "sqs_requests",
+        "sqs_requests_per_1000",
+        "peak_rss_kb",
+        "sent",
+        "failed",
+    ):
+        print(f"  {key:<36}{result[key]}")
+    if args.json:
+        print(orjson.dumps({"subscribers": args.subscribers, **result}).decode())
+
+
+if __name__ == "__main__":
+    main()
