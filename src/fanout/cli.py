@@ -27,7 +27,7 @@ app.add_typer(apikey_app, name="apikey")
 dlq_app = typer.Typer(help="Inspect and redrive the dead-letter queues.")
 app.add_typer(dlq_app, name="dlq")
 QueueRole = Annotated[str, typer.Option("--queue", help="fanout, delivery or both.")]
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per message, even in logs
 
 
 def _settings() -> Settings:
@@ -51,11 +51,23 @@ def _logging(verbose: bool) -> None:
 
 
 def _run(coroutine: Any) -> Any:
+    """Run a coroutine; failures of the outside world end in one clear line, not a traceback."""
+    import asyncpg
+    import botocore.exceptions
+
+    from fanout.sqs import QueueError
+
     try:
         return asyncio.run(coroutine)
-    except (OSError, RuntimeError) as exc:
+    except asyncpg.UndefinedTableError as exc:
+        err.print(f"[red]error:[/] {exc}: the schema is missing; run `fanout migrate`")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        err.print(f"[red]database error:[/] {type(exc).__name__}: {exc}")
+    except (botocore.exceptions.BotoCoreError, QueueError) as exc:
+        err.print(f"[red]queue error:[/] {exc}")
+    except (OSError, RuntimeError, ValueError) as exc:
         err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -101,8 +113,10 @@ def migrate() -> None:
     from fanout.store import connect
     from fanout.store.migrate import migrate as apply
 
+    dsn = _settings().database_dsn()
+
     async def main() -> list[str]:
-        conn = await connect(_settings().database_dsn())
+        conn = await connect(dsn)
         try:
             return await apply(conn)
         finally:
@@ -194,8 +208,10 @@ def status(event_id: int) -> None:
     """Show an event's progress as JSON."""
     from fanout.store import connect, queries
 
+    dsn = _settings().database_dsn()
+
     async def main() -> dict[str, Any] | None:
-        conn = await connect(_settings().database_dsn())
+        conn = await connect(dsn)
         try:
             row = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
         finally:
@@ -239,10 +255,16 @@ def serve(
     )
 
 
-async def _with_connection(work: Any) -> Any:
+def _with_connection(work: Any) -> Any:
+    """Run ``work(conn)`` on one connection (settings are read before the loop starts)."""
     from fanout.store import connect
 
-    conn = await connect(_settings().database_dsn())
+    dsn = _settings().database_dsn()
+    return _run(_connected(dsn, work, connect))
+
+
+async def _connected(dsn: str, work: Any, connect: Any) -> Any:
+    conn = await connect(dsn)
     try:
         return await work(conn)
     finally:
@@ -259,7 +281,7 @@ def apikey_create(
 
     if not scope or set(scope) - set(SCOPES):
         raise typer.BadParameter(f"each scope is one of {', '.join(SCOPES)}", param_hint="--scope")
-    key, token = _run(_with_connection(lambda conn: create_api_key(conn, scope, name)))
+    key, token = _with_connection(lambda conn: create_api_key(conn, scope, name))
     err.print(f"key {key.key_id} with scopes {', '.join(sorted(key.scopes))}; store it now:")
     typer.echo(token)
 
@@ -269,7 +291,7 @@ def apikey_revoke(key_id: Annotated[str, typer.Argument(help="The id shown by 'l
     """Revoke an API key at once."""
     from fanout.apikeys import revoke_api_key
 
-    if not _run(_with_connection(lambda conn: revoke_api_key(conn, key_id))):
+    if not _with_connection(lambda conn: revoke_api_key(conn, key_id)):
         err.print(f"[red]no live key {key_id}[/]")
         raise typer.Exit(1)
     err.print(f"revoked {key_id}")
@@ -280,7 +302,7 @@ def apikey_list() -> None:
     """List API keys (ids and scopes; secrets are never stored)."""
     from fanout.store import queries
 
-    rows = _run(_with_connection(lambda conn: conn.fetch(queries.LIST_API_KEYS)))
+    rows = _with_connection(lambda conn: conn.fetch(queries.LIST_API_KEYS))
     for row in rows:
         state = f"revoked {row['revoked_at']:%Y-%m-%d}" if row["revoked_at"] else "live"
         typer.echo(f"{row['key_id']}  {','.join(row['scopes']):<22} {state:<18} {row['name']}")
