@@ -236,3 +236,35 @@ async def test_web_push_subscription_with_a_broken_key_is_invalid(
     device = Device(1, "webpush", f"{services.webpush_endpoint_base}x", "en", "AAAA", services.auth)
     [outcome] = await webpush.send(render(NOTE, None, collapse_key="1"), [device])
     assert outcome.kind is OutcomeKind.INVALID_TOKEN
+
+
+async def test_goaway_and_a_new_connection_lose_nothing(
+    services: LocalPushServices, push_settings: Settings
+) -> None:
+    """The server says GOAWAY every 150 requests; all 1,000 pushes still arrive, once.
+
+    Streams GOAWAY excludes are re-sent on a new connection by the client itself. hypercorn
+    closes the connection as soon as its quota is served, dropping some answers to pushes it
+    did deliver: those come back as retry ("connection lost"). The client cannot know they
+    arrived; the delivery stage re-sends them with the same collapse id, which replaces.
+    """
+    from fanout.emulators.apns import ApnsEmulator
+    from fanout.emulators.serve import serve_tls
+
+    emulator = ApnsEmulator(
+        public_keys=services.apns.public_keys,
+        team_id=services.apns.team_id,
+        topic=services.apns.topic,
+    )
+    async with serve_tls(emulator, services.certificates, requests_per_connection=150) as url:
+        providers = build_providers(push_settings.model_copy(update={"apns_endpoint": url}))
+        devices = [Device(i, "apns", f"{i:064x}") for i in range(1000)]
+        outcomes = await providers["apns"].send(render(NOTE, None, collapse_key="1"), devices)
+        for provider in providers.values():
+            await provider.aclose()
+    assert (emulator.ledger.unique, emulator.ledger.duplicates) == (1000, 0)
+    not_ok = [o for o in outcomes if o.kind is not OutcomeKind.OK]
+    assert all(
+        o.kind is OutcomeKind.RETRY and "connection lost" in (o.reason or "") for o in not_ok
+    )
+    assert len(not_ok) < 100

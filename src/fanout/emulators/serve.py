@@ -15,8 +15,18 @@ from fanout.emulators.tls import TestCertificates
 
 
 @contextlib.asynccontextmanager
-async def serve_tls(app: Any, certificates: TestCertificates, port: int = 0) -> AsyncIterator[str]:
-    """Yields the base URL (https://127.0.0.1:PORT) while the server runs."""
+async def serve_tls(
+    app: Any,
+    certificates: TestCertificates,
+    port: int = 0,
+    *,
+    requests_per_connection: int = 2**31,
+) -> AsyncIterator[str]:
+    """Yields the base URL (https://127.0.0.1:PORT) while the server runs.
+
+    ``requests_per_connection``: after that many, the server sends GOAWAY and closes the
+    connection (push services keep one for hours; tests lower it to exercise GOAWAY).
+    """
     sock = socket.create_server(("127.0.0.1", port))
     sock.set_inheritable(True)
     config = Config()
@@ -27,7 +37,7 @@ async def serve_tls(app: Any, certificates: TestCertificates, port: int = 0) -> 
     config.accesslog = None
     config.errorlog = None
     config.h2_max_concurrent_streams = 1000  # what APNs allows per connection
-    config.keep_alive_max_requests = 2**31  # push services keep a connection for hours
+    config.keep_alive_max_requests = requests_per_connection
     url = f"https://127.0.0.1:{sock.getsockname()[1]}"
     stopping = asyncio.Event()
     task = asyncio.create_task(serve(app, config, shutdown_trigger=stopping.wait))
