@@ -105,10 +105,87 @@ async def run(settings: Settings, topic: str, devices: int, moto_log: Path) -> d
     }
 
 
+def run_baseline(
+    env: dict[str, str],
+    settings: Settings,
+    topic: str,
+    subscribers: int,
+    moto_log: Path,
+    logs: Path,
+) -> dict[str, Any]:
+    """bench/baseline.py on the same data: one delivery process, then the fan-out."""
+    here = Path(__file__).parent
+
+    async def prepare() -> tuple[int, int]:
+        from baseline import SETUP
+
+        conn = await connect(settings.database_dsn())
+        try:
+            await conn.execute(SETUP)
+            topic_id = await find_or_create(conn, queries.UPSERT_TOPIC, topic)
+            return topic_id, await conn.fetchval(
+                "SELECT coalesce(max(event_id), 0) + 1 FROM baseline_sent"
+            )
+        finally:
+            await conn.close()
+
+    topic_id, event_id = asyncio.run(prepare())
+    delivery = subprocess.Popen(
+        [sys.executable, str(here / "baseline.py"), "delivery"],
+        env=env,
+        stdout=(logs / "baseline-delivery.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        time.sleep(1.5)
+        requests_before = sqs_requests_so_far(moto_log)
+        started = time.time()
+        subprocess.run(
+            [sys.executable, str(here / "baseline.py"), "fanout", str(topic_id), str(event_id)],
+            env=env,
+            check=True,
+        )
+
+        async def wait_done() -> float:
+            conn = await connect(settings.database_dsn())
+            try:
+                while True:
+                    done = await conn.fetchval(
+                        "SELECT count(*) FROM baseline_sent WHERE event_id = $1", event_id
+                    )
+                    if done >= subscribers:
+                        last = await conn.fetchval(
+                            "SELECT extract(epoch FROM max(finished_at)) FROM baseline_sent"
+                            " WHERE event_id = $1",
+                            event_id,
+                        )
+                        return float(last)
+                    await asyncio.sleep(0.5)
+            finally:
+                await conn.close()
+
+        last = asyncio.run(wait_done())
+        requests = sqs_requests_so_far(moto_log) - requests_before
+        rss = peak_rss_kb(delivery.pid)
+    finally:
+        delivery.terminate()
+        delivery.wait(timeout=30)
+    return {
+        "seconds_to_last_notification": round(last - started, 2),
+        "sqs_requests": requests,
+        "peak_rss_kb_delivery": rss,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=100_000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--skip-baseline",
+        action="store_true",
+        help="Only fanout; no ratios (the baseline is slow).",
+    )
     args = parser.parse_args()
 
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"fanout-bench-{os.getpid()}"
@@ -169,6 +246,20 @@ def main() -> None:
             time.sleep(1.5)
             result = asyncio.run(run(settings, topic, devices, moto_log))
             result["peak_rss_kb"] = {role: peak_rss_kb(p.pid) for role, p in workers.items()}
+            for process in workers.values():  # the baseline gets the machine to itself
+                process.terminate()
+                process.wait(timeout=30)
+            if not args.skip_baseline:
+                baseline = run_baseline(env, settings, topic, args.subscribers, moto_log, logs)
+                result["baseline"] = baseline
+                result["ratio_end_to_end"] = round(
+                    baseline["seconds_to_last_notification"]
+                    / result["seconds_to_last_notification"],
+                    1,
+                )
+                result["ratio_sqs_requests"] = round(
+                    baseline["sqs_requests"] / result["sqs_requests"], 1
+                )
     finally:
         for process in reversed(processes):
             process.terminate()
@@ -191,6 +282,13 @@ def main() -> None:
         "failed",
     ):
         print(f"  {key:<36}{result[key]}")
+    if "baseline" in result:
+        baseline = result["baseline"]
+        print("baseline (one SQS message per subscriber, devices looked up per message):")
+        print(f"  {'seconds_to_last_notification':<40}{baseline['seconds_to_last_notification']}")
+        print(f"  {'sqs_requests':<40}{baseline['sqs_requests']}")
+        print(f"  {'ratio end to end (baseline/fanout)':<40}{result['ratio_end_to_end']}x")
+        print(f"  {'ratio SQS requests (baseline/fanout)':<40}{result['ratio_sqs_requests']}x")
     if args.json:
         print(orjson.dumps({"subscribers": args.subscribers, **result}).decode())
 
