@@ -22,7 +22,6 @@ from pydantic import SecretStr
 from fanout.config import Settings
 from fanout.local import embedded_postgres, local_sqs_server
 from fanout.pipeline import Pipeline
-from fanout.providers.sink import SinkProvider
 from fanout.sink_server import EmbeddedSink, PushSink
 from fanout.sqs import Queues, create_queues, open_client, open_queues
 from fanout.store import connect, create_pool
@@ -124,10 +123,7 @@ async def sink() -> AsyncIterator[EmbeddedSink]:
 @pytest.fixture
 async def pipeline(settings: Settings, sink: EmbeddedSink) -> AsyncIterator[Pipeline]:
     """Everything a stage needs, delivering to the test's sink."""
-    async with open_client(settings) as client:
-        await create_queues(client, settings)
-    provider = SinkProvider(sink.url)
-    providers = {platform: provider for platform in provider.platforms}
-    async with Pipeline.open(settings, providers=providers) as pipeline:
+    from tests.helpers import sink_pipeline
+
+    async with sink_pipeline(settings, sink.url) as pipeline:
         yield pipeline
-    await provider.aclose()

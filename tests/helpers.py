@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
+from fanout.config import Settings
 from fanout.messages import DeliveryBatch, decode
-from fanout.sqs import Queue
+from fanout.pipeline import Pipeline
+from fanout.providers.sink import SinkProvider
+from fanout.sqs import Queue, create_queues, open_client
 from fanout.store import queries
 
 
@@ -83,3 +87,17 @@ def batches_of(bodies: list[str]) -> list[DeliveryBatch]:
 
 def device_counts(batches: list[DeliveryBatch]) -> Counter[int]:
     return Counter(d.id for b in batches for d in b.iter_devices())
+
+
+@contextlib.asynccontextmanager
+async def sink_pipeline(settings: Settings, sink_url: str) -> AsyncIterator[Pipeline]:
+    """The queues created, and a pipeline whose every platform delivers to the sink."""
+    async with open_client(settings) as client:
+        await create_queues(client, settings)
+    provider = SinkProvider(sink_url)
+    try:
+        providers = dict.fromkeys(provider.platforms, provider)
+        async with Pipeline.open(settings, providers=providers) as pipeline:
+            yield pipeline
+    finally:
+        await provider.aclose()

@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fanout.apikeys import revoke_api_key, split_token
-from fanout.pipeline import Pipeline
-from fanout.providers.sink import SinkProvider
 from fanout.sink_server import EmbeddedSink, PushSink
 from fanout.store import connect
 from fanout.worker import run_worker
 from tests.api.conftest import ApiServer, start_server
+from tests.helpers import sink_pipeline
 
 HEX_TOKEN = "ab" * 32
 
@@ -266,16 +265,12 @@ async def test_publishing_too_fast_is_429_with_retry_after(api: ApiServer) -> No
 @pytest.fixture
 async def worker(api: ApiServer) -> AsyncIterator[EmbeddedSink]:
     """A worker on the API's queues, delivering to a sink."""
-    async with EmbeddedSink(PushSink()) as sink:
-        provider = SinkProvider(sink.url)
-        providers = {platform: provider for platform in provider.platforms}
-        async with Pipeline.open(api.settings, providers=providers) as pipeline:
-            stopping = asyncio.Event()
-            task = asyncio.create_task(run_worker(api.settings, stopping, pipeline=pipeline))
-            yield sink
-            stopping.set()
-            await task
-        await provider.aclose()
+    async with EmbeddedSink(PushSink()) as sink, sink_pipeline(api.settings, sink.url) as pipeline:
+        stopping = asyncio.Event()
+        task = asyncio.create_task(run_worker(api.settings, stopping, pipeline=pipeline))
+        yield sink
+        stopping.set()
+        await task
 
 
 async def wait_for_status(client, event_id: int, status: str = "delivered") -> dict:  # type: ignore[no-untyped-def, type-arg]

@@ -12,11 +12,10 @@ import pytest
 
 from fanout.config import Settings
 from fanout.pipeline import Pipeline
-from fanout.providers.sink import SinkProvider
 from fanout.sink_server import EmbeddedSink
-from fanout.sqs import create_queues, open_client
 from fanout.store import queries
 from fanout.worker import run_worker
+from tests.helpers import sink_pipeline
 
 
 @pytest.fixture
@@ -35,11 +34,7 @@ def fault_settings(settings: Settings) -> Settings:
 
 @contextlib.asynccontextmanager
 async def worker_in_process(settings: Settings, sink: EmbeddedSink) -> AsyncIterator[Pipeline]:
-    async with open_client(settings) as client:
-        await create_queues(client, settings)
-    provider = SinkProvider(sink.url)
-    providers = {platform: provider for platform in provider.platforms}
-    async with Pipeline.open(settings, providers=providers) as pipeline:
+    async with sink_pipeline(settings, sink.url) as pipeline:
         stopping = asyncio.Event()
         task = asyncio.create_task(run_worker(settings, stopping, pipeline=pipeline))
         try:
@@ -47,7 +42,6 @@ async def worker_in_process(settings: Settings, sink: EmbeddedSink) -> AsyncIter
         finally:
             stopping.set()
             await task
-    await provider.aclose()
 
 
 async def wait_until_delivered(
