@@ -14,6 +14,7 @@ import httpx
 from fanout.messages import PLATFORMS, Device
 from fanout.notification import RenderedNotification
 from fanout.providers.base import DELIVERED, Outcome, OutcomeKind, Provider
+from fanout.providers.http2 import retry_after_seconds
 
 # Devices per HTTP request to the sink: large enough that HTTP overhead is noise.
 CHUNK = 1000
@@ -53,7 +54,7 @@ class SinkProvider(Provider):
         except httpx.HTTPError as exc:
             return [Outcome(OutcomeKind.RETRY, reason=f"sink unreachable: {exc!r}")] * len(devices)
         if response.status_code == 429 or response.status_code >= 500:
-            retry_after = _seconds(response.headers.get("retry-after"))
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
             outcome = Outcome(OutcomeKind.RETRY, retry_after, f"sink: HTTP {response.status_code}")
             return [outcome] * len(devices)
         if response.status_code != 200:
@@ -65,10 +66,3 @@ class SinkProvider(Provider):
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
