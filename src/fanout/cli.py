@@ -377,7 +377,7 @@ def emulators() -> None:
     from fanout.emulators.stack import local_push_services
 
     async def main() -> None:
-        async with local_push_services() as services:
+        async with local_push_services(server="granian") as services:
             values = {
                 f"FANOUT_{k.upper()}": v.get_secret_value() if hasattr(v, "get_secret_value") else v
                 for k, v in services.settings.items()

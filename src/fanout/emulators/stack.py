@@ -54,7 +54,10 @@ class LocalPushServices:
 
 
 @contextlib.asynccontextmanager
-async def local_push_services(directory: Path | None = None) -> AsyncIterator[LocalPushServices]:
+async def local_push_services(
+    directory: Path | None = None, *, server: str = "hypercorn"
+) -> AsyncIterator[LocalPushServices]:
+    """``server``: "hypercorn" (tests) or "granian" (for load; see emulators.serve)."""
     with contextlib.ExitStack() as files:
         if directory is None:
             directory = Path(files.enter_context(tempfile.TemporaryDirectory(prefix="fanout-tls-")))
@@ -77,9 +80,15 @@ async def local_push_services(directory: Path | None = None) -> AsyncIterator[Lo
         )
         webpush = WebPushEmulator(private_key=subscriber_key, auth=auth)
         async with contextlib.AsyncExitStack() as servers:
-            apns_url = await servers.enter_async_context(serve_tls(apns, certificates))
-            fcm.base_url = await servers.enter_async_context(serve_tls(fcm, certificates))
-            webpush.base_url = await servers.enter_async_context(serve_tls(webpush, certificates))
+            apns_url = await servers.enter_async_context(
+                serve_tls(apns, certificates, server=server)
+            )
+            fcm.base_url = await servers.enter_async_context(
+                serve_tls(fcm, certificates, server=server)
+            )
+            webpush.base_url = await servers.enter_async_context(
+                serve_tls(webpush, certificates, server=server)
+            )
             service_account = {
                 "type": "service_account",
                 "project_id": fcm.project_id,

@@ -33,6 +33,7 @@ class AdaptiveLimit:
 
     def __init__(self, rate: float, concurrency: int) -> None:
         self.ceiling = rate
+        self.concurrency = concurrency
         self._bucket = TokenBucket(rate, max(1.0, rate / 10))
         self._slots = asyncio.Semaphore(concurrency)
         self._paused_until = 0.0
