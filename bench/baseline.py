@@ -80,7 +80,7 @@ async def deliver(settings: Settings) -> None:
 
         async def consume() -> None:
             while not stopping.is_set():
-                messages = await baseline.receive(10, wait_seconds=1)
+                messages = await baseline.receive(10, wait_seconds=settings.poll_wait_seconds)
                 for message in messages:
                     body = orjson.loads(message.body)
                     async with pool.acquire() as conn:

@@ -214,7 +214,6 @@ def main() -> None:
                 "FANOUT_DATABASE_URL": database_url,
                 "FANOUT_SQS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
                 "FANOUT_QUEUE_PREFIX": "bench",
-                "FANOUT_POLL_WAIT_SECONDS": "1",
             }
             settings = Settings(
                 **{

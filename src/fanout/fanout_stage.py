@@ -10,18 +10,16 @@ and a crashed shard resumes from its checkpoint.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import groupby
-from operator import itemgetter
-from typing import Any
 
 import asyncpg
 
-from fanout.batching import BatchPacker
+from fanout.batching import BatchPacker, PackedBatch
 from fanout.config import Settings
-from fanout.messages import DeliveryBatch, Device, FanoutTask, PoisonMessage
+from fanout.messages import FanoutTask, PoisonMessage
 from fanout.sqs import Queues
 from fanout.store import queries
 
@@ -162,35 +160,44 @@ async def run_shard(
             notification=event["notification"],
             max_bytes=min(settings.batch_max_bytes, int(queues.delivery.max_message_bytes * 0.9)),
         )
-        page_cursor = progress.cursor
 
         async def checkpoint() -> None:
             """Record the cursor and renew the lease: this shard is alive."""
             await _checkpoint(conn, event_id, shard, progress, lease)
 
-        while True:
-            rows = await _fetch_page(conn, event, page_cursor, claim["hi_user_id"], settings)
-            if not rows:
-                break
-            full = [b for b in _pack_page(packer, rows) if b is not None]
-            page_cursor = rows[-1]["user_id"]
-            subscribers_in_page = len({row["user_id"] for row in rows})
-            last_page = subscribers_in_page < settings.page_size
-            if last_page and (tail := packer.flush()) is not None:
-                full.append(tail)
+        async def read_page(after: int) -> list[asyncpg.Record]:
+            return await _fetch_page(conn, event, after, claim["hi_user_id"], settings)
+
+        rows = await read_page(progress.cursor)
+        while rows:
+            # The database reads the next page while this one is packed and sent, rather
+            # than the database, this process and the queue each waiting for the others.
+            # (Fewer rows than a page of subscribers: this is the last page.)
+            next_page = None
+            if len(rows) >= settings.page_size:
+                next_page = asyncio.create_task(read_page(rows[-1][0]))
+            try:
+                full, subscribers_in_page = packer.add_rows(rows)
+                if subscribers_in_page < settings.page_size:
+                    full += packer.flush()
+                if full:
+                    await _send(full, queues, progress)
+            except BaseException:
+                if next_page is not None:
+                    next_page.cancel()
+                    await asyncio.gather(next_page, return_exceptions=True)
+                raise
+            rows = await next_page if next_page is not None else []
             if full:
+                await checkpoint()
                 if settings.delivery_backlog_limit is not None:
                     await queues.delivery.wait_for_room(
                         settings.delivery_backlog_limit, keep_alive=checkpoint
                     )
-                await _send(full, queues, progress)
-                await checkpoint()
-            if last_page:
-                break
-            if time_left is not None and time_left() < 10.0:
+            if rows and time_left is not None and time_left() < 10.0:
                 return await _yield_shard(conn, queues, event_id, shard, progress)
-        if (tail := packer.flush()) is not None:
-            await _send([tail], queues, progress)
+        if tail := packer.flush():
+            await _send(tail, queues, progress)
         async with conn.transaction():
             await conn.execute(queries.LOCK_EVENT, event_id)
             await conn.execute(
@@ -219,19 +226,11 @@ async def _fetch_page(
     return rows
 
 
-def _pack_page(packer: BatchPacker, rows: Sequence[Any]) -> list[DeliveryBatch | None]:
-    closed = []
-    for user_id, user_rows in groupby(rows, key=itemgetter(0)):
-        devices = [Device(*row[1:]) for row in user_rows if row[1] is not None]
-        closed.append(packer.add_user(user_id, devices))
-    return closed
-
-
-async def _send(batches: list[DeliveryBatch], queues: Queues, progress: _Progress) -> None:
-    await queues.delivery.send_many([b.encode() for b in batches])
+async def _send(batches: list[PackedBatch], queues: Queues, progress: _Progress) -> None:
+    await queues.delivery.send_many([b.body for b in batches])
     progress.cursor = batches[-1].last_user
-    progress.recipients += sum(b.user_count for b in batches)
-    progress.devices += sum(b.device_count() for b in batches)
+    progress.recipients += sum(b.users for b in batches)
+    progress.devices += sum(b.devices for b in batches)
     progress.batches += len(batches)
 
 

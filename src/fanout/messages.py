@@ -2,19 +2,30 @@
 
 Two kinds travel through SQS, both JSON:
 
-``FanoutTask``    ``{"kind": "fanout", "v": 1, "event": 7, "shard": null}``
+``FanoutTask``    ``{"kind": "fanout", "v": 2, "event": 7, "shard": null}``
                   shard null plans the event; a number runs that shard.
-``DeliveryBatch`` ``{"kind": "delivery", "v": 1, "event": 7, "key": "s0:1-812", "attempt": 0,
+``DeliveryBatch`` ``{"kind": "delivery", "v": 2, "event": 7, "key": "s0:1-812", "attempt": 0,
                   "notification": {...}, "devices": {"apns": [[id, token, locale], ...],
                   "webpush": [[id, endpoint, locale, p256dh, auth], ...]}}``
+                  or, in place of ``devices``, ``"devices_z": "<base64 of zlib of that JSON>"``.
 
 Devices are grouped by platform because each group goes to one provider, and are
 written as short arrays rather than objects: an object per device would repeat its
 field names thousands of times in every message (SQS bills per 64 KB).
+
+``devices_z`` is used whenever it is smaller. APNs tokens are hex, which zlib packs to
+about half; even after base64 a batch of them is 0.67 of its JSON (82 -> 55 bytes a
+device, measured on 12,000 tokens), so a 1 MiB message carries ~17,000 devices rather
+than ~11,000: fewer SQS requests, fewer 64 KB chunks billed. zlib level 1 costs ~1.2 us
+a device; random tokens (FCM's, Web Push keys) barely compress and go as plain JSON.
+Version 1 (always plain ``devices``) is still read.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -22,10 +33,13 @@ from typing import Any, NamedTuple
 import orjson
 
 PLATFORMS = ("apns", "fcm", "webpush")
-WIRE_VERSION = 1
+WIRE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 # The fan-out stage never packs more: a full 1 MiB message of APNs tokens is ~12,000.
 MAX_DEVICES_PER_BATCH = 20_000
 MAX_MESSAGE_BYTES = 1024 * 1024  # SQS's limit
+# What ``devices_z`` may inflate to: a full batch is ~1.5 MB of JSON; more is a zip bomb.
+MAX_DEVICES_JSON_BYTES = 16 * 1024 * 1024
 
 
 class PoisonMessage(Exception):
@@ -87,17 +101,32 @@ class DeliveryBatch:
                 yield Device(entry[0], platform, *entry[1:])
 
     def encode(self) -> str:
-        return orjson.dumps(
-            {
-                "kind": "delivery",
-                "v": WIRE_VERSION,
-                "event": self.event_id,
-                "key": self.key,
-                "attempt": self.attempt,
-                "notification": self.notification,
-                "devices": self.devices,
-            }
-        ).decode()
+        return encode_delivery(
+            self.event_id, self.key, self.attempt, self.notification, orjson.dumps(self.devices)
+        )
+
+
+def encode_delivery(
+    event_id: int, key: str, attempt: int, notification: dict[str, Any], devices_json: bytes
+) -> str:
+    """A delivery batch's message body; ``devices_json`` is the devices object as JSON,
+    sent compressed (``devices_z``) when that is smaller."""
+    envelope: dict[str, Any] = {
+        "kind": "delivery",
+        "v": WIRE_VERSION,
+        "event": event_id,
+        "key": key,
+        "attempt": attempt,
+        "notification": notification,
+    }
+    packed = base64.b64encode(zlib.compress(devices_json, 1))
+    if len(packed) < len(devices_json):
+        envelope["devices_z"] = packed.decode()
+        return orjson.dumps(envelope).decode()
+    # Spliced in as it is: parsing it back into Python lists only to dump it again
+    # would cost the fan-out stage more than all its other work per device.
+    head = orjson.dumps(envelope)
+    return (head[:-1] + b',"devices":' + devices_json + b"}").decode()
 
 
 Message = FanoutTask | DeliveryBatch
@@ -113,7 +142,7 @@ def decode(body: str) -> Message:
         raise PoisonMessage(f"body is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise PoisonMessage("body is not a JSON object")
-    if doc.get("v") != WIRE_VERSION:
+    if doc.get("v") not in READABLE_VERSIONS:
         raise PoisonMessage(f"unknown message version {doc.get('v')!r}")
     kind = doc.get("kind")
     event_id = doc.get("event")
@@ -131,7 +160,8 @@ def decode(body: str) -> Message:
 
 def _decode_batch(doc: dict[str, Any], event_id: int) -> DeliveryBatch:
     key, attempt = doc.get("key"), doc.get("attempt")
-    notification, devices = doc.get("notification"), doc.get("devices")
+    notification = doc.get("notification")
+    devices = _inflate(doc["devices_z"]) if "devices_z" in doc else doc.get("devices")
     if not isinstance(key, str) or not key:
         raise PoisonMessage("field 'key' must be a non-empty string")
     if not isinstance(attempt, int) or attempt < 0:
@@ -151,3 +181,17 @@ def _decode_batch(doc: dict[str, Any], event_id: int) -> DeliveryBatch:
         ):
             raise PoisonMessage(f"'devices.{platform}' must be a list of {width}-item arrays")
     return DeliveryBatch(event_id, key, attempt, notification, devices)
+
+
+def _inflate(packed: Any) -> Any:
+    """``devices_z`` back to the devices object; anything malformed is poison."""
+    if not isinstance(packed, str):
+        raise PoisonMessage("field 'devices_z' must be a string")
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(base64.b64decode(packed, validate=True), MAX_DEVICES_JSON_BYTES)
+        if inflater.unconsumed_tail:
+            raise PoisonMessage(f"'devices_z' inflates past {MAX_DEVICES_JSON_BYTES} bytes")
+        return orjson.loads(raw)
+    except (binascii.Error, zlib.error, orjson.JSONDecodeError) as exc:
+        raise PoisonMessage(f"field 'devices_z' is not base64 zlib JSON: {exc}") from None

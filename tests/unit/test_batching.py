@@ -1,15 +1,27 @@
 from __future__ import annotations
 
+import os
+
 import orjson
 import pytest
 
-from fanout.batching import BatchPacker
+from fanout.batching import BatchPacker, PackedBatch, Row
 from fanout.messages import DeliveryBatch, Device, decode
 
 NOTIFICATION = {"title": "New book", "body": "Out today"}
 
 
-def users(count: int, devices_each: int = 1, token_len: int = 64) -> list[tuple[int, list[Device]]]:
+def wire(device: Device) -> str:
+    """What PostgreSQL writes for a device (store/queries.py, _DEVICE_WIRE)."""
+    return orjson.dumps(device.wire()).decode()
+
+
+def users(
+    count: int, devices_each: int = 1, token_len: int = 64, *, random_tokens: bool = False
+) -> list[tuple[int, list[Device]]]:
+    def token(length: int = token_len, filler: str = "t") -> str:
+        return os.urandom(length).hex()[:length] if random_tokens else filler * length
+
     return [
         (
             user,
@@ -17,9 +29,9 @@ def users(count: int, devices_each: int = 1, token_len: int = 64) -> list[tuple[
                 Device(
                     user * 10 + k,
                     ("apns", "fcm", "webpush")[k % 3],
-                    "t" * token_len,
+                    token(),
                     "en",
-                    *(("p" * 87, "a" * 22) if k % 3 == 2 else ()),
+                    *((token(87, "p"), token(22, "a")) if k % 3 == 2 else ()),
                 )
                 for k in range(devices_each)
             ],
@@ -28,62 +40,112 @@ def users(count: int, devices_each: int = 1, token_len: int = 64) -> list[tuple[
     ]
 
 
-def pack(stream: list[tuple[int, list[Device]]], max_bytes: int) -> list[DeliveryBatch]:
-    packer = BatchPacker(event_id=7, shard=0, notification=NOTIFICATION, max_bytes=max_bytes)
-    batches = [b for user, devices in stream if (b := packer.add_user(user, devices))]
-    if (tail := packer.flush()) is not None:
-        batches.append(tail)
-    return batches
+def rows(stream: list[tuple[int, list[Device]]]) -> list[Row]:
+    """What the page query returns: a row per device, one of NULLs for a user without."""
+    return [(user, d.platform, wire(d)) for user, devices in stream for d in devices] or [
+        (user, None, None) for user, _ in stream
+    ]
+
+
+def pack(
+    stream: list[tuple[int, list[Device]]], max_bytes: int, **options: int
+) -> list[PackedBatch]:
+    packer = BatchPacker(
+        event_id=7, shard=0, notification=NOTIFICATION, max_bytes=max_bytes, **options
+    )
+    every = rows(stream)
+    batches: list[PackedBatch] = []
+    for page in range(0, len(every), 777):  # pages of any length: a user may straddle two
+        closed, _ = packer.add_rows(every[page : page + 777])
+        batches += closed
+    return batches + packer.flush()
+
+
+def decoded(batch: PackedBatch) -> DeliveryBatch:
+    message = decode(batch.body)
+    assert isinstance(message, DeliveryBatch)
+    return message
 
 
 @pytest.mark.parametrize("max_bytes", [4096, 10_000, 262_144])
-def test_every_batch_fits_its_byte_limit(max_bytes: int) -> None:
-    batches = pack(users(3000, devices_each=3), max_bytes)
+@pytest.mark.parametrize("random_tokens", [False, True])
+def test_every_batch_fits_its_byte_limit(max_bytes: int, random_tokens: bool) -> None:
+    batches = pack(users(3000, devices_each=3, random_tokens=random_tokens), max_bytes)
     assert len(batches) > 1
     for batch in batches:
-        assert len(batch.encode().encode()) <= max_bytes
+        assert len(batch.body.encode()) <= max_bytes
 
 
 def test_batches_are_filled_not_just_bounded() -> None:
-    batches = pack(users(3000), 10_000)
+    batches = pack(users(3000, devices_each=3, random_tokens=True), 10_000)
     for batch in batches[:-1]:
-        assert len(batch.encode()) > 10_000 * 0.9
+        assert len(batch.body) > 10_000 * 0.85
+
+
+def test_hex_tokens_travel_compressed_and_more_fit_a_message() -> None:
+    stream = users(20_000, random_tokens=True)  # one APNs device each
+    batches = pack(stream, 100_000)
+    assert all('"devices_z"' in b.body for b in batches)
+    plain_per_device = sum(len(wire(d)) + 1 for _, devices in stream for d in devices) / 20_000
+    assert all(b.devices > 1.25 * 100_000 / plain_per_device for b in batches[:-1])
+
+
+def test_the_device_cap_closes_a_batch() -> None:
+    batches = pack(users(100, devices_each=2), 1_000_000, max_devices=30)
+    assert {b.devices for b in batches[:-1]} == {30}
 
 
 def test_every_device_lands_in_exactly_one_batch() -> None:
-    stream = users(2000, devices_each=2)
+    stream = users(2000, devices_each=2, random_tokens=True)
     batches = pack(stream, 8192)
-    packed = [d.id for b in batches for d in b.iter_devices()]
+    packed = [d.id for b in batches for d in decoded(b).iter_devices()]
     assert sorted(packed) == sorted(d.id for _, devs in stream for d in devs)
+    assert sum(b.devices for b in batches) == len(packed)
 
 
 def test_a_user_is_never_split_and_keys_name_user_ranges() -> None:
-    batches = pack(users(500, devices_each=3), 4096)
+    batches = pack(users(500, devices_each=3, random_tokens=True), 4096)
     previous_last = 0
     for batch in batches:
-        owners = {d.id // 10 for d in batch.iter_devices()}
+        owners = {d.id // 10 for d in decoded(batch).iter_devices()}
         first, last = (int(x) for x in batch.key.split(":")[1].split("-"))
         assert owners == set(range(first, last + 1))
         assert first == previous_last + 1
-        assert batch.last_user == last and batch.user_count == len(owners)
+        assert batch.last_user == last and batch.users == len(owners)
         previous_last = last
 
 
-def test_users_without_devices_are_skipped() -> None:
+def test_packing_resumed_at_a_batch_boundary_gives_the_same_batches() -> None:
+    """What makes a crashed shard's re-packed batches carry the keys already sent."""
+    stream = users(3000, devices_each=2, random_tokens=True)
+    batches = pack(stream, 20_000)
+    resume_after = batches[2].last_user
+    again = pack([(u, d) for u, d in stream if u > resume_after], 20_000)
+    assert [(b.key, b.body) for b in again] == [(b.key, b.body) for b in batches[3:]]
+
+
+def test_users_without_devices_are_counted_but_pack_nothing() -> None:
     packer = BatchPacker(event_id=7, shard=0, notification=NOTIFICATION, max_bytes=4096)
-    assert packer.add_user(1, []) is None
-    assert packer.flush() is None
+    assert packer.add_rows([(1, None, None), (2, None, None)]) == ([], 2)
+    assert packer.flush() == []
+
+
+def test_add_rows_counts_the_users_it_began() -> None:
+    packer = BatchPacker(event_id=7, shard=0, notification=NOTIFICATION, max_bytes=4096)
+    _, began = packer.add_rows(rows(users(50, devices_each=3)))
+    assert began == 50
 
 
 def test_a_user_too_large_for_any_batch_is_an_error() -> None:
     with pytest.raises(ValueError, match="user 1"):
-        pack(users(1, devices_each=40, token_len=200), 4096)
+        pack(users(1, devices_each=40, token_len=200, random_tokens=True), 4096)
 
 
 def test_packed_batches_decode_back_to_the_same_devices() -> None:
-    stream = users(100, devices_each=3)
+    stream = users(100, devices_each=3, random_tokens=True)
+    expected = {d.id: d for _, devices in stream for d in devices}
     for batch in pack(stream, 4096):
-        decoded = decode(batch.encode())
-        assert isinstance(decoded, DeliveryBatch)
-        assert list(decoded.iter_devices()) == list(batch.iter_devices())
-        assert orjson.loads(batch.encode())["notification"] == NOTIFICATION
+        message = decoded(batch)
+        assert all(expected[d.id] == d for d in message.iter_devices())
+        assert (message.key, message.attempt) == (batch.key, 0)
+        assert message.notification == NOTIFICATION

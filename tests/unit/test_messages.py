@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import base64
+import zlib
+
+import orjson
 import pytest
 
 from fanout.messages import DeliveryBatch, FanoutTask, PoisonMessage, decode
@@ -42,3 +46,40 @@ def test_delivery_batch_round_trips() -> None:
     decoded = decode(batch.encode())
     assert isinstance(decoded, DeliveryBatch)
     assert (decoded.key, decoded.devices) == (batch.key, batch.devices)
+
+
+def test_a_compressed_delivery_batch_round_trips() -> None:
+    tokens = [[i, bytes([i % 256]).hex() * 32, "en"] for i in range(1, 500)]
+    batch = DeliveryBatch(1, "s0:1-2", 0, {"title": "t"}, {"apns": tokens})
+    body = batch.encode()
+    assert '"devices_z"' in body and len(body) < len(orjson.dumps(tokens))
+    decoded = decode(body)
+    assert isinstance(decoded, DeliveryBatch)
+    assert decoded.devices == batch.devices
+
+
+def test_version_1_messages_still_decode() -> None:
+    body = (
+        '{"kind": "delivery", "v": 1, "event": 1, "key": "k", "attempt": 0,'
+        ' "notification": {}, "devices": {"apns": [[1, "tok", null]]}}'
+    )
+    decoded = decode(body)
+    assert isinstance(decoded, DeliveryBatch) and decoded.devices == {"apns": [[1, "tok", None]]}
+
+
+@pytest.mark.parametrize(
+    ("devices_z", "complaint"),
+    [
+        ('"not base64!"', "not base64 zlib JSON"),
+        ('"' + base64.b64encode(b"not zlib").decode() + '"', "not base64 zlib JSON"),
+        ('"' + base64.b64encode(zlib.compress(b"\0" * (17 << 20))).decode() + '"', "inflates"),
+        ("[1]", "must be a string"),
+    ],
+)
+def test_malformed_compressed_devices_are_poison(devices_z: str, complaint: str) -> None:
+    body = (
+        '{"kind": "delivery", "v": 2, "event": 1, "key": "k", "attempt": 0,'
+        f' "notification": {{}}, "devices_z": {devices_z}}}'
+    )
+    with pytest.raises(PoisonMessage, match=complaint):
+        decode(body)
