@@ -149,6 +149,7 @@ def worker(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
 ) -> None:
     """Consume the queues until SIGTERM or Ctrl-C."""
+    from fanout.sqs import sqs_usage
     from fanout.worker import run_worker
 
     roles = {"all": ("fanout", "delivery"), "fanout": ("fanout",), "delivery": ("delivery",)}
@@ -163,8 +164,11 @@ def worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         consumers = await run_worker(settings, stopping, roles=roles[role])
+        log = logging.getLogger("fanout.worker")
         for consumer in consumers:
-            logging.getLogger("fanout.worker").info("%s: %s", consumer.queue.name, consumer.stats)
+            log.info("%s: %s", consumer.queue.name, consumer.stats)
+        # One JSON line (operation: [requests, billed requests]); bench/pipeline.py reads it.
+        log.info("sqs usage %s", orjson.dumps(sqs_usage()).decode())
 
     _run(main())
 

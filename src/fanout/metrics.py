@@ -12,3 +12,9 @@ PROVIDER_CONFIG_ERRORS = Counter(
     "Answers that mean fanout's own credentials or settings are wrong (needs a human)",
     ["provider"],
 )
+SQS_REQUESTS = Counter("fanout_sqs_requests", "SQS API calls by operation", ["operation"])
+SQS_BILLED_REQUESTS = Counter(
+    "fanout_sqs_billed_requests",
+    "SQS API calls as SQS bills them: one per 64 KB of payload",
+    ["operation"],
+)

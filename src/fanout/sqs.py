@@ -20,6 +20,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from fanout.config import Settings
+from fanout.metrics import SQS_BILLED_REQUESTS, SQS_REQUESTS
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
@@ -71,7 +72,44 @@ async def open_client(settings: Settings) -> AsyncIterator[SQSClient]:
     if host in _LOCAL_HOSTS and await session.get_credentials() is None:
         options.update(aws_access_key_id="local", aws_secret_access_key="local")  # noqa: S106
     async with session.create_client("sqs", **options) as client:
+        client.meta.events.register("before-call.sqs", _note_request_size)
+        # aiobotocore awaits a coroutine handler; the stubs know only botocore's plain ones.
+        client.meta.events.register("after-call.sqs", _count_request)  # type: ignore[arg-type]
         yield client
+
+
+# SQS bills a request per 64 KB of payload it carries: a 256 KB send counts as four.
+BILLING_CHUNK_BYTES = 64 * 1024
+
+
+def _note_request_size(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    body = params.get("body") or b""
+    context["fanout_request_bytes"] = len(body)
+
+
+async def _count_request(http_response: Any, model: Any, context: dict[str, Any], **_: Any) -> None:
+    """Every SQS call, and what SQS bills for it (from the HTTP bodies both ways, which
+    overstate the payload by the protocol's few hundred bytes)."""
+    response_bytes = len(await http_response.content or b"")  # already read: no I/O
+    payload = max(context.get("fanout_request_bytes", 0), response_bytes)
+    SQS_REQUESTS.labels(model.name).inc()
+    SQS_BILLED_REQUESTS.labels(model.name).inc(max(1, -(-payload // BILLING_CHUNK_BYTES)))
+
+
+def sqs_usage() -> dict[str, tuple[int, int]]:
+    """This process's SQS calls so far: operation -> (requests, billed requests)."""
+    billed = {
+        s.labels["operation"]: int(s.value)
+        for metric in SQS_BILLED_REQUESTS.collect()
+        for s in metric.samples
+        if s.name.endswith("_total")
+    }
+    return {
+        s.labels["operation"]: (int(s.value), billed.get(s.labels["operation"], 0))
+        for metric in SQS_REQUESTS.collect()
+        for s in metric.samples
+        if s.name.endswith("_total")
+    }
 
 
 class Queue:

@@ -141,18 +141,25 @@ _DEVICE_WIRE = """
 """
 
 # Indexes: subscriptions_pkey (index-only range scan, the keyset page: user_id > cursor),
-# then devices_active_by_user once per subscriber. The LIMIT applies to subscribers, so a
-# page never splits one user's devices; users without an active device come back once
-# with NULLs so that the cursor still moves past them.
+# then an index probe of devices by user (devices_active_by_user) per subscriber. LATERAL
+# keeps it a nested loop of such probes: with a plain join the planner hash-joined a
+# sequential scan of every device (12 of the 14 ms a page took at 120,000 devices, and
+# growing with the table). The LIMIT applies to subscribers, so a page never splits one
+# user's devices; users without an active device come back once with NULLs so that the
+# cursor still moves past them.
 TOPIC_RECIPIENTS_PAGE = f"""
-SELECT s.user_id, d.platform, {_DEVICE_WIRE} AS wire
+SELECT s.user_id, d.platform, d.wire
 FROM (
     SELECT user_id FROM subscriptions
     WHERE topic_id = $1 AND user_id > $2 AND user_id < $3
     ORDER BY user_id
     LIMIT $4
 ) AS s
-LEFT JOIN devices AS d ON d.user_id = s.user_id AND d.active
+LEFT JOIN LATERAL (
+    SELECT d.platform, {_DEVICE_WIRE} AS wire
+    FROM devices AS d
+    WHERE d.user_id = s.user_id AND d.active
+) AS d ON true
 ORDER BY s.user_id
 """
 
