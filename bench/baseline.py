@@ -9,7 +9,9 @@ subscriber's devices in PostgreSQL and sends one APNs request per device through
 same provider code, then deletes what it handled. Same libraries as fanout (asyncpg,
 aiobotocore, the h2 client); settings come from the FANOUT_* environment, the queue is
 <prefix>-baseline. Outcomes are recorded one row per subscriber, so bench/pipeline.py can
-tell when the last notification went out.
+tell when the last notification went out. Each process ends by printing one line,
+``baseline usage {...}``: its SQS calls, and the invocations and handler time a Lambda
+deployment of it would be billed for (bench/cost.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 
 import orjson
 
@@ -24,7 +27,7 @@ from fanout.config import Settings
 from fanout.messages import Device
 from fanout.notification import Notification, render
 from fanout.providers import build_providers
-from fanout.sqs import Queue, open_client
+from fanout.sqs import Queue, open_client, sqs_usage
 from fanout.store import create_pool
 
 PAGE = 5000
@@ -52,7 +55,14 @@ async def queue(client: object, settings: Settings) -> Queue:
     return await Queue.open(client, url)  # type: ignore[arg-type]
 
 
+def report_usage(invocations: int, handler_seconds: float) -> None:
+    """One line for bench/pipeline.py: what a Lambda deployment of this would be billed."""
+    usage = {"sqs": sqs_usage(), "invocations": invocations, "handler_seconds": handler_seconds}
+    print("baseline usage", orjson.dumps(usage).decode(), flush=True)
+
+
 async def fan_out(settings: Settings, topic_id: int, event_id: int) -> None:
+    started = time.monotonic()
     pool = await create_pool(settings)
     async with open_client(settings) as client:
         baseline = await queue(client, settings)
@@ -66,6 +76,7 @@ async def fan_out(settings: Settings, topic_id: int, event_id: int) -> None:
                 await baseline.send_many(bodies)
                 cursor = rows[-1]["user_id"]
     await pool.close()
+    report_usage(1, time.monotonic() - started)
 
 
 async def deliver(settings: Settings) -> None:
@@ -78,9 +89,15 @@ async def deliver(settings: Settings) -> None:
     async with open_client(settings) as client:
         baseline = await queue(client, settings)
 
+        invocations, handler_seconds = 0, 0.0
+
         async def consume() -> None:
+            nonlocal invocations, handler_seconds
             while not stopping.is_set():
                 messages = await baseline.receive(10, wait_seconds=settings.poll_wait_seconds)
+                # On Lambda, each non-empty receive is an invocation (batch size 10),
+                # billed for the time its messages take.
+                started = time.monotonic()
                 for message in messages:
                     body = orjson.loads(message.body)
                     async with pool.acquire() as conn:
@@ -95,11 +112,18 @@ async def deliver(settings: Settings) -> None:
                             sent,
                         )
                 if messages:
+                    invocations += 1
+                    handler_seconds += time.monotonic() - started
                     await baseline.delete_many(messages)
 
-        await asyncio.gather(*(consume() for _ in range(CONCURRENCY)))
+        consumers = [asyncio.create_task(consume()) for _ in range(CONCURRENCY)]
+        await stopping.wait()  # bench/pipeline.py stops it once everything was sent
+        for consumer in consumers:
+            consumer.cancel()
+        await asyncio.gather(*consumers, return_exceptions=True)
     await apns.aclose()
     await pool.close()
+    report_usage(invocations, handler_seconds)
 
 
 def main() -> None:

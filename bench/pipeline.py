@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +88,27 @@ async def run(settings: Settings, topic: str, devices: int, moto_log: Path) -> d
                     "SELECT min(started_at) FROM delivery_batches WHERE event_id = $1",
                     event.event_id,
                 )
+                handled = await conn.fetchrow(
+                    "SELECT count(*) AS batches,"
+                    " sum(extract(epoch FROM finished_at - started_at)) AS seconds"
+                    " FROM delivery_batches WHERE event_id = $1",
+                    event.event_id,
+                )
+                shards = await conn.fetchval(
+                    "SELECT count(*) FROM fanout_shards WHERE event_id = $1", event.event_id
+                )
             requests = await asyncio.to_thread(sqs_requests_so_far, moto_log) - requests_before
     finally:
         await pool.close()
     fanout = (row["fanned_out_at"] - row["created_at"]).total_seconds()
     delivery = (row["last_finished_at"] - first_batch).total_seconds()
     total = (row["last_finished_at"] - row["created_at"]).total_seconds()
+    # What a Lambda deployment would be billed for: an invocation per fan-out shard (each
+    # counted as long as the whole fan-out, an upper bound) and per delivery batch.
+    lambda_seconds = float(handled["seconds"]) + shards * fanout
     return {
         "devices": devices,
+        "lambda": {"invocations": shards + handled["batches"], "seconds": round(lambda_seconds, 2)},
         "sent": row["sent"],
         "failed": row["failed"],
         "fanout_devices_per_second": round(devices / fanout),
@@ -140,10 +154,12 @@ def run_baseline(
         time.sleep(1.5)
         requests_before = sqs_requests_so_far(moto_log)
         started = time.time()
-        subprocess.run(
+        fanout = subprocess.run(
             [sys.executable, str(here / "baseline.py"), "fanout", str(topic_id), str(event_id)],
             env=env,
             check=True,
+            capture_output=True,
+            text=True,
         )
 
         async def wait_done() -> float:
@@ -170,11 +186,40 @@ def run_baseline(
     finally:
         delivery.terminate()
         delivery.wait(timeout=30)
+    usages = [
+        orjson.loads(line.split(" ", 2)[2])
+        for line in [*fanout.stdout.splitlines(), *(logs / "baseline-delivery.log").open()]
+        if line.startswith("baseline usage ")
+    ]
     return {
         "seconds_to_last_notification": round(last - started, 2),
         "sqs_requests": requests,
+        "sqs_usage": merge_usage(u["sqs"] for u in usages),
+        "lambda": {
+            "invocations": sum(u["invocations"] for u in usages),
+            "seconds": round(sum(u["handler_seconds"] for u in usages), 2),
+        },
         "peak_rss_kb_delivery": rss,
     }
+
+
+def merge_usage(usages: Iterable[dict[str, list[int]]]) -> dict[str, list[int]]:
+    """SQS calls of several processes: operation -> [requests, billed requests]."""
+    merged: dict[str, list[int]] = {}
+    for usage in usages:
+        for operation, (requests, billed) in usage.items():
+            total = merged.setdefault(operation, [0, 0])
+            total[0] += requests
+            total[1] += billed
+    return merged
+
+
+def worker_usage(log: Path) -> dict[str, list[int]]:
+    """The ``sqs usage {...}`` line a worker logs as it stops."""
+    for line in log.read_text().splitlines():
+        if " sqs usage " in line:
+            return dict(orjson.loads(line.split(" sqs usage ", 1)[1]))
+    return {}
 
 
 def main() -> None:
@@ -248,6 +293,7 @@ def main() -> None:
             for process in workers.values():  # the baseline gets the machine to itself
                 process.terminate()
                 process.wait(timeout=30)
+            result["sqs_usage"] = merge_usage(worker_usage(logs / f"{r}.log") for r in workers)
             if not args.skip_baseline:
                 baseline = run_baseline(env, settings, topic, args.subscribers, moto_log, logs)
                 result["baseline"] = baseline

@@ -1,0 +1,123 @@
+"""The AWS bill per million notifications, fanout against the baseline, from a measured run.
+
+    python bench/cost.py [--subscribers 100000] [--json]      (runs bench/pipeline.py)
+    python bench/cost.py --from results.json [--json]         (its --json line, saved)
+
+What is counted, from bench/pipeline.py's figures:
+- SQS: every call each process made, billed as SQS bills them: one request per 64 KB of
+  payload (fanout.sqs counts this per operation from the HTTP bodies both ways).
+- Lambda: an invocation per fan-out shard and per delivery batch for fanout; for the
+  baseline, one per non-empty receive of up to 10 messages (an SQS event source with
+  batch size 10) and one for its fan-out. GB-seconds are the handlers' measured times
+  at the functions' memory size, read from deploy/template.yaml.
+Not counted: RDS and RDS Proxy (the baseline would need far more of them: a query per
+subscriber), data transfer, CloudWatch, and the free tiers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+HERE = Path(__file__).parent
+TEMPLATE = HERE.parent / "deploy" / "template.yaml"
+
+# AWS list prices, us-east-1, standard queues and x86 functions, first pricing tier.
+PRICES = {
+    "sqs_per_million_requests": 0.40,
+    "lambda_per_million_requests": 0.20,
+    "lambda_per_gb_second": 0.0000166667,
+}
+
+
+def function_memory_mb() -> int:
+    """The functions' MemorySize in the SAM template (its Globals)."""
+    found = re.search(r"^\s*MemorySize:\s*(\d+)", TEMPLATE.read_text(), re.MULTILINE)
+    if found is None:
+        raise SystemExit(f"no MemorySize in {TEMPLATE}")
+    return int(found.group(1))
+
+
+def bill(sqs_usage: dict[str, list[int]], lam: dict[str, float], devices: int) -> dict[str, Any]:
+    """Per million notifications."""
+    scale = 1_000_000 / devices
+    gb = function_memory_mb() / 1024
+    billed = sum(billed for _, billed in sqs_usage.values()) * scale
+    invocations = lam["invocations"] * scale
+    gb_seconds = lam["seconds"] * gb * scale
+    sqs = billed * PRICES["sqs_per_million_requests"] / 1e6
+    requests = invocations * PRICES["lambda_per_million_requests"] / 1e6
+    duration = gb_seconds * PRICES["lambda_per_gb_second"]
+    return {
+        "sqs_requests": round(sum(r for r, _ in sqs_usage.values()) * scale),
+        "sqs_billed_requests": round(billed),
+        "sqs_usd": round(sqs, 4),
+        "lambda_invocations": round(invocations),
+        "lambda_requests_usd": round(requests, 4),
+        "lambda_gb_seconds": round(gb_seconds, 1),
+        "lambda_duration_usd": round(duration, 4),
+        "total_usd": round(sqs + requests + duration, 4),
+    }
+
+
+def measured(args: argparse.Namespace) -> dict[str, Any]:
+    if args.source:
+        text = sys.stdin.read() if args.source == "-" else Path(args.source).read_text()
+    else:
+        command = [sys.executable, str(HERE / "pipeline.py"), "--json"]
+        text = subprocess.run(
+            [*command, "--subscribers", str(args.subscribers)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    if not lines:
+        raise SystemExit("no JSON line from bench/pipeline.py --json")
+    result: dict[str, Any] = orjson.loads(lines[-1])
+    if "baseline" not in result:
+        raise SystemExit("the run has no baseline (was it run with --skip-baseline?)")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=100_000)
+    parser.add_argument("--from", dest="source", help="bench/pipeline.py --json output, or -")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    result = measured(args)
+    devices = result["devices"]
+    fanout = bill(result["sqs_usage"], result["lambda"], devices)
+    base = result["baseline"]
+    baseline = bill(base["sqs_usage"], base["lambda"], devices)
+
+    memory = function_memory_mb()
+    print("Prices assumed (AWS list prices, us-east-1, free tiers ignored):")
+    print(f"  SQS standard        ${PRICES['sqs_per_million_requests']:.2f} per million requests,")
+    print("                      each 64 KB of a request's payload billed as one request")
+    print(f"  Lambda requests     ${PRICES['lambda_per_million_requests']:.2f} per million")
+    print(
+        f"  Lambda duration     ${PRICES['lambda_per_gb_second']:.10f} per GB-second (x86),"
+        f" {memory} MB functions (deploy/template.yaml)"
+    )
+    print()
+    print(f"Per million notifications (measured on {devices:,} devices):")
+    print(f"  {'':<24}{'fanout':>14}{'baseline':>14}{'baseline/fanout':>18}")
+    for key in fanout:
+        ratio = baseline[key] / fanout[key] if fanout[key] else float("inf")
+        print(f"  {key:<24}{fanout[key]:>14,}{baseline[key]:>14,}{ratio:>17,.1f}x")
+    if args.json:
+        line = {"devices": devices, "prices": PRICES, "memory_mb": memory}
+        print(orjson.dumps({**line, "fanout": fanout, "baseline": baseline}).decode())
+
+
+if __name__ == "__main__":
+    main()
