@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from typing import Any
 
 import orjson
 import pytest
@@ -268,3 +270,39 @@ async def test_goaway_and_a_new_connection_lose_nothing(
         o.kind is OutcomeKind.RETRY and "connection lost" in (o.reason or "") for o in not_ok
     )
     assert len(not_ok) < 100
+
+
+async def silent_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A push service that takes requests and never answers them."""
+    if scope["type"] == "http":
+        await asyncio.sleep(3600)
+
+
+@pytest.mark.parametrize("silence", ["no answer", "no TLS handshake"])
+async def test_a_push_service_that_goes_silent_is_retried_after_the_timeout(
+    push_settings: Settings, services: LocalPushServices, silence: str
+) -> None:
+    """A silent service must not hold a batch, and with it the batch's lease and a
+    worker slot, for ever: its devices come back as retry after the request timeout."""
+    from fanout.emulators.serve import serve_tls
+
+    async with contextlib.AsyncExitStack() as stack:
+        if silence == "no answer":
+            url = await stack.enter_async_context(serve_tls(silent_app, services.certificates))
+        else:
+            server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+            stack.callback(server.close)
+            url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        settings = push_settings.model_copy(
+            update={"apns_endpoint": url, "provider_request_timeout": 0.5}
+        )
+        providers = build_providers(settings)
+        for provider in providers.values():
+            stack.push_async_callback(provider.aclose)
+        devices = [Device(i, "apns", f"{i:064x}") for i in range(3)]
+        outcomes = await asyncio.wait_for(
+            providers["apns"].send(render(NOTE, None, collapse_key="1"), devices), 10
+        )
+    assert [o.kind for o in outcomes] == [OutcomeKind.RETRY] * 3
+    expected = "no answer in 0.5s" if silence == "no answer" else "cannot connect"
+    assert all(expected in (o.reason or "") for o in outcomes), outcomes

@@ -37,7 +37,7 @@ def _shared(settings: Settings) -> dict[str, Any]:
     from fanout.providers.http2 import AdaptiveLimit, http2_client
 
     return {
-        "client": http2_client(settings.tls_ca_file),
+        "client": http2_client(settings.tls_ca_file, settings.provider_request_timeout),
         "limit": AdaptiveLimit(settings.provider_rate_limit, settings.provider_concurrency),
     }
 

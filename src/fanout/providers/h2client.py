@@ -41,7 +41,7 @@ PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 6, 7, 8, 9
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 SETTINGS_ENABLE_PUSH, SETTINGS_MAX_CONCURRENT_STREAMS = 0x2, 0x3
 SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
-REFUSED_STREAM = 0x7
+REFUSED_STREAM, CANCEL = 0x7, 0x8
 
 # What we accept: responses are small, so a generous window means we rarely update it.
 RECEIVE_WINDOW = 1 << 24
@@ -95,10 +95,11 @@ def encode_field(name: str, value: str) -> bytes:
 
 
 class _Stream:
-    __slots__ = ("body", "done", "headers", "pending", "status", "window")
+    __slots__ = ("body", "deadline", "done", "headers", "pending", "status", "window")
 
-    def __init__(self, done: asyncio.Future[H2Response], window: int) -> None:
+    def __init__(self, done: asyncio.Future[H2Response], window: int, deadline: float) -> None:
         self.done = done
+        self.deadline = deadline  # loop time by which the answer must have come
         self.status = 0
         self.headers: dict[str, str] = {}
         self.body = b""
@@ -107,8 +108,9 @@ class _Stream:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, timeout: float) -> None:
         self.host, self.port = host, port
+        self.timeout = timeout
         self.streams: dict[int, _Stream] = {}
         self.closed = False
         self.next_stream_id = 1
@@ -128,11 +130,13 @@ class _Connection(asyncio.Protocol):
         self._window_waiters: list[int] = []  # streams with a body waiting for window
         self._settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def open(self, context: ssl.SSLContext) -> None:
-        await self._loop.create_connection(
-            lambda: self, self.host, self.port, ssl=context, server_hostname=self.host
-        )
+        async with asyncio.timeout(self.timeout):
+            await self._loop.create_connection(
+                lambda: self, self.host, self.port, ssl=context, server_hostname=self.host
+            )
         assert self._transport is not None
         ssl_object = self._transport.get_extra_info("ssl_object")
         if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
@@ -146,7 +150,7 @@ class _Connection(asyncio.Protocol):
         self._frame(WINDOW_UPDATE, 0, 0, _U32.pack(RECEIVE_WINDOW - 65535))
         self._flush()
         # The server's first SETTINGS tell how many streams it takes; wait for them.
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(self.timeout):
             await self._settled
 
     @property
@@ -179,8 +183,12 @@ class _Connection(asyncio.Protocol):
             raise H2Error("connection closed", unsent=True)
         stream_id = self.next_stream_id
         self.next_stream_id += 2
-        stream = _Stream(self._loop.create_future(), self.stream_window)
+        stream = _Stream(
+            self._loop.create_future(), self.stream_window, self._loop.time() + self.timeout
+        )
         self.streams[stream_id] = stream
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(self.timeout / 4, self._expire_streams)
         block = self._prefix + encode_field(":path", path) + header_block
         if len(block) > self.max_frame_size:
             self.streams.pop(stream_id)
@@ -190,6 +198,20 @@ class _Connection(asyncio.Protocol):
             stream.pending = body
             self._send_body(stream_id, stream)
         return await stream.done
+
+    def _expire_streams(self) -> None:
+        """Fail the streams the server has not answered in time, and tell it so.
+
+        One timer a connection, every quarter of the timeout: a timer per request
+        (asyncio.timeout) cost 12% of the delivery worker's throughput.
+        """
+        now = self._loop.time()
+        for stream_id in [i for i, stream in self.streams.items() if stream.deadline <= now]:
+            self._frame(RST_STREAM, 0, stream_id, _U32.pack(CANCEL))
+            self._fail(stream_id, H2Error(f"no answer in {self.timeout:g}s"))
+        self._watchdog = None
+        if self.streams:
+            self._watchdog = self._loop.call_later(self.timeout / 4, self._expire_streams)
 
     def _send_body(self, stream_id: int, stream: _Stream) -> bool:
         """As much of the stream's body as the windows allow; True when all is sent."""
@@ -364,6 +386,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         reason = f"connection lost: {exc}" if exc else "connection lost"
         for stream in self.streams.values():
             if not stream.done.done():
@@ -386,9 +410,18 @@ class H2Client:
     """Per origin, up to ``connections_per_origin`` connections; requests go to the least
     busy open one, and a closed one is replaced on the next request."""
 
-    def __init__(self, context: ssl.SSLContext, *, connections_per_origin: int = 2) -> None:
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        *,
+        connections_per_origin: int = 2,
+        request_timeout: float = 30.0,
+    ) -> None:
         context.set_alpn_protocols(["h2"])
         self.context = context
+        # Connecting, or a request's answer, taking longer than this fails as H2Error: a
+        # push service that goes silent must not hold a batch (and its lease) for ever.
+        self.request_timeout = request_timeout
         self.per_origin = connections_per_origin
         self._pools: dict[str, list[_Connection]] = {}
         self._origins: dict[str, tuple[str, int]] = {}
@@ -443,7 +476,7 @@ class H2Client:
             pool = [c for c in self._pools.get(origin, []) if not c.closed]
             if len(pool) < self.per_origin:
                 host, port = self._origins[origin]
-                connection = _Connection(host, port)
+                connection = _Connection(host, port, self.request_timeout)
                 try:
                     await connection.open(self.context)
                 except (OSError, TimeoutError) as exc:

@@ -18,10 +18,10 @@ def tls_context(extra_ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
-def http2_client(extra_ca_file: str | None) -> H2Client:
+def http2_client(extra_ca_file: str | None, request_timeout: float = 30.0) -> H2Client:
     """One client per provider: every request multiplexed over a few long-lived
     connections per host, renewed after GOAWAY or a lost connection."""
-    return H2Client(tls_context(extra_ca_file))
+    return H2Client(tls_context(extra_ca_file), request_timeout=request_timeout)
 
 
 class AdaptiveLimit:
