@@ -6,10 +6,11 @@
 What is counted, from bench/pipeline.py's figures:
 - SQS: every call each process made, billed as SQS bills them: one request per 64 KB of
   payload (fanout.sqs counts this per operation from the HTTP bodies both ways).
-- Lambda: an invocation per fan-out shard and per delivery batch for fanout; for the
-  baseline, one per non-empty receive of up to 10 messages (an SQS event source with
-  batch size 10) and one for its fan-out. GB-seconds are the handlers' measured times
-  at the functions' memory size, read from deploy/template.yaml.
+- Lambda: an invocation per fan-out shard and per delivery batch for fanout (batch size 1
+  in deploy/template.yaml); for the baseline, one per non-empty receive of up to 10
+  messages (an SQS event source with batch size 10) and one for its fan-out. GB-seconds
+  are the handlers' measured times at the functions' memory size and price by their
+  architecture, both read from deploy/template.yaml.
 Not counted: RDS and RDS Proxy (the baseline would need far more of them: a query per
 subscriber), data transfer, CloudWatch, and the free tiers.
 """
@@ -28,20 +29,31 @@ import orjson
 HERE = Path(__file__).parent
 TEMPLATE = HERE.parent / "deploy" / "template.yaml"
 
-# AWS list prices, us-east-1, standard queues and x86 functions, first pricing tier.
+# AWS list prices, us-east-1, standard queues, first pricing tier; Lambda duration by the
+# functions' architecture.
 PRICES = {
     "sqs_per_million_requests": 0.40,
     "lambda_per_million_requests": 0.20,
-    "lambda_per_gb_second": 0.0000166667,
+    "lambda_per_gb_second_x86_64": 0.0000166667,
+    "lambda_per_gb_second_arm64": 0.0000133334,
 }
 
 
-def function_memory_mb() -> int:
-    """The functions' MemorySize in the SAM template (its Globals)."""
-    found = re.search(r"^\s*MemorySize:\s*(\d+)", TEMPLATE.read_text(), re.MULTILINE)
+def template_global(name: str) -> str:
+    """A setting of the functions in the SAM template (its Globals), e.g. MemorySize."""
+    found = re.search(rf"^\s*{name}:\s*\[?(\w+)", TEMPLATE.read_text(), re.MULTILINE)
     if found is None:
-        raise SystemExit(f"no MemorySize in {TEMPLATE}")
-    return int(found.group(1))
+        raise SystemExit(f"no {name} in {TEMPLATE}")
+    return found.group(1)
+
+
+def function_memory_mb() -> int:
+    return int(template_global("MemorySize"))
+
+
+def gb_second_price() -> tuple[str, float]:
+    architecture = template_global("Architectures")
+    return architecture, PRICES[f"lambda_per_gb_second_{architecture}"]
 
 
 def bill(sqs_usage: dict[str, list[int]], lam: dict[str, float], devices: int) -> dict[str, Any]:
@@ -53,7 +65,7 @@ def bill(sqs_usage: dict[str, list[int]], lam: dict[str, float], devices: int) -
     gb_seconds = lam["seconds"] * gb * scale
     sqs = billed * PRICES["sqs_per_million_requests"] / 1e6
     requests = invocations * PRICES["lambda_per_million_requests"] / 1e6
-    duration = gb_seconds * PRICES["lambda_per_gb_second"]
+    duration = gb_seconds * gb_second_price()[1]
     return {
         "sqs_requests": round(sum(r for r, _ in sqs_usage.values()) * scale),
         "sqs_billed_requests": round(billed),
@@ -104,8 +116,9 @@ def main() -> None:
     print(f"  SQS standard        ${PRICES['sqs_per_million_requests']:.2f} per million requests,")
     print("                      each 64 KB of a request's payload billed as one request")
     print(f"  Lambda requests     ${PRICES['lambda_per_million_requests']:.2f} per million")
+    architecture, price = gb_second_price()
     print(
-        f"  Lambda duration     ${PRICES['lambda_per_gb_second']:.10f} per GB-second (x86),"
+        f"  Lambda duration     ${price:.10f} per GB-second ({architecture}),"
         f" {memory} MB functions (deploy/template.yaml)"
     )
     print()
