@@ -10,7 +10,8 @@ What is counted, from bench/pipeline.py's figures:
   in deploy/template.yaml); for the baseline, one per non-empty receive of up to 10
   messages (an SQS event source with batch size 10) and one for its fan-out. GB-seconds
   are the handlers' measured times at the functions' memory size and price by their
-  architecture, both read from deploy/template.yaml.
+  architecture, both read from deploy/template.yaml. Both designs' handlers were timed
+  with eight messages in flight in one process, so both figures are upper bounds.
 Not counted: RDS and RDS Proxy (the baseline would need far more of them: a query per
 subscriber), data transfer, CloudWatch, and the free tiers.
 """
@@ -69,12 +70,12 @@ def bill(sqs_usage: dict[str, list[int]], lam: dict[str, float], devices: int) -
     return {
         "sqs_requests": round(sum(r for r, _ in sqs_usage.values()) * scale),
         "sqs_billed_requests": round(billed),
-        "sqs_usd": round(sqs, 4),
+        "sqs_usd": round(sqs, 6),
         "lambda_invocations": round(invocations),
-        "lambda_requests_usd": round(requests, 4),
+        "lambda_requests_usd": round(requests, 6),
         "lambda_gb_seconds": round(gb_seconds, 1),
-        "lambda_duration_usd": round(duration, 4),
-        "total_usd": round(sqs + requests + duration, 4),
+        "lambda_duration_usd": round(duration, 6),
+        "total_usd": round(sqs + requests + duration, 6),
     }
 
 
@@ -125,8 +126,9 @@ def main() -> None:
     print(f"Per million notifications (measured on {devices:,} devices):")
     print(f"  {'':<24}{'fanout':>14}{'baseline':>14}{'baseline/fanout':>18}")
     for key in fanout:
-        ratio = baseline[key] / fanout[key] if fanout[key] else float("inf")
-        print(f"  {key:<24}{fanout[key]:>14,}{baseline[key]:>14,}{ratio:>17,.1f}x")
+        ratio = f"{baseline[key] / fanout[key]:,.1f}x" if fanout[key] else "-"
+        shown = "{:>14,.6f}" if key.endswith("_usd") else "{:>14,}"
+        print(f"  {key:<24}{shown.format(fanout[key])}{shown.format(baseline[key])}{ratio:>18}")
     if args.json:
         line = {"devices": devices, "prices": PRICES, "memory_mb": memory}
         print(orjson.dumps({**line, "fanout": fanout, "baseline": baseline}).decode())
