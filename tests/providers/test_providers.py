@@ -306,3 +306,33 @@ async def test_a_push_service_that_goes_silent_is_retried_after_the_timeout(
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY] * 3
     expected = "no answer in 0.5s" if silence == "no answer" else "cannot connect"
     assert all(expected in (o.reason or "") for o in outcomes), outcomes
+
+
+async def test_the_emulators_on_granian_serve_every_provider(settings: Settings) -> None:
+    """`fanout emulators` and the benchmarks serve on granian: APNs and Web Push over
+    HTTP/2, and FCM's OAuth token endpoint over HTTP/1.1 (google-auth speaks no HTTP/2)."""
+    from fanout.emulators.stack import local_push_services
+
+    async with local_push_services(server="granian") as services:
+        providers = build_providers(settings.model_copy(update=services.settings))
+        devices = {
+            "apns": Device(1, "apns", "ab" * 32),
+            "fcm": Device(2, "fcm", "fcm-1:APA91b" + "x" * 100),
+            "webpush": Device(
+                3,
+                "webpush",
+                f"{services.webpush_endpoint_base}1",
+                "en",
+                services.p256dh,
+                services.auth,
+            ),
+        }
+        try:
+            for platform, device in devices.items():
+                [outcome] = await providers[platform].send(
+                    render(NOTE, None, collapse_key="1"), [device]
+                )
+                assert outcome.kind is OutcomeKind.OK, (platform, outcome)
+        finally:
+            for provider in providers.values():
+                await provider.aclose()

@@ -77,7 +77,7 @@ async def _serve_granian(app: Any, certificates: TestCertificates, port: int) ->
         address="127.0.0.1",
         port=port,
         interface=Interfaces.ASGINL,
-        http=HTTPModes.http2,
+        http=HTTPModes.auto,  # HTTP/2 by ALPN; HTTP/1.1 for the OAuth token endpoint (google-auth)
         http2_settings=HTTP2Settings(max_concurrent_streams=1000),
         ssl_cert=Path(certificates.cert_file),
         ssl_key=Path(certificates.key_file),
