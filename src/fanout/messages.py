@@ -15,7 +15,7 @@ field names thousands of times in every message (SQS bills per 64 KB).
 
 ``devices_z`` is used whenever it is smaller. APNs tokens are hex, which zlib packs to
 about half; even after base64 a batch of them is 0.67 of its JSON (82 -> 55 bytes a
-device, measured on 12,000 tokens), so a 1 MiB message carries ~17,000 devices rather
+device, measured on 12,000 tokens), so a 1 MiB message carries ~16,000 devices rather
 than ~11,000: fewer SQS requests, fewer 64 KB chunks billed. zlib level 1 costs ~1.2 us
 a device; random tokens (FCM's, Web Push keys) barely compress and go as plain JSON.
 Version 1 (always plain ``devices``) is still read.
@@ -35,10 +35,11 @@ import orjson
 PLATFORMS = ("apns", "fcm", "webpush")
 WIRE_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-# The fan-out stage never packs more: a full 1 MiB message of APNs tokens is ~12,000.
+# The fan-out stage never packs more (batching.py caps at it): a 1 MiB message holds
+# ~16,000 APNs tokens once compressed.
 MAX_DEVICES_PER_BATCH = 20_000
 MAX_MESSAGE_BYTES = 1024 * 1024  # SQS's limit
-# What ``devices_z`` may inflate to: a full batch is ~1.5 MB of JSON; more is a zip bomb.
+# What ``devices_z`` may inflate to: a full batch is ~1.2 MB of JSON; more is a zip bomb.
 MAX_DEVICES_JSON_BYTES = 16 * 1024 * 1024
 
 
