@@ -117,6 +117,7 @@ async def deliver(settings: Settings) -> None:
                     await baseline.delete_many(messages)
 
         consumers = [asyncio.create_task(consume()) for _ in range(CONCURRENCY)]
+        print("baseline delivery consuming", flush=True)  # bench/pipeline.py waits for this
         await stopping.wait()  # bench/pipeline.py stops it once everything was sent
         for consumer in consumers:
             consumer.cancel()

@@ -151,7 +151,7 @@ def run_baseline(
         stderr=subprocess.STDOUT,
     )
     try:
-        time.sleep(1.5)
+        wait_for_line(logs / "baseline-delivery.log", "baseline delivery consuming")
         requests_before = sqs_requests_so_far(moto_log)
         started = time.time()
         fanout = subprocess.run(
@@ -212,6 +212,16 @@ def merge_usage(usages: Iterable[dict[str, list[int]]]) -> dict[str, list[int]]:
             total[0] += requests
             total[1] += billed
     return merged
+
+
+def wait_for_line(log: Path, text: str, timeout: float = 120) -> None:
+    """Until a process's log says ``text``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text():
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"{log.name} did not say {text!r} within {timeout:g}s")
 
 
 def worker_usage(log: Path) -> dict[str, list[int]]:
@@ -287,7 +297,10 @@ def main() -> None:
                 for role in ("fanout", "delivery")
             }
             processes.extend(workers.values())
-            time.sleep(1.5)
+            # Publish only once both workers consume: on a fresh install their first start
+            # (compiling every module) takes seconds, which is not the stages' speed.
+            for role in workers:
+                wait_for_line(logs / f"{role}.log", "worker consuming")
             result = asyncio.run(run(settings, topic, devices, moto_log))
             result["peak_rss_kb"] = {role: peak_rss_kb(p.pid) for role, p in workers.items()}
             for process in workers.values():  # the baseline gets the machine to itself
