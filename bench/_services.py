@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import asyncpg
 
-from fanout.local import embedded_postgres
+from fanout.local.services import embedded_postgres
 
 
 def free_port() -> int:

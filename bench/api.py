@@ -26,8 +26,8 @@ import httpx
 import orjson
 from _services import database, free_port
 
-from fanout.apikeys import create_api_key
-from fanout.local import local_sqs_server
+from fanout.api.keys import create_api_key
+from fanout.local.services import local_sqs_server
 from fanout.store import connect
 from fanout.store.migrate import migrate
 

@@ -24,10 +24,10 @@ import time
 import orjson
 
 from fanout.config import Settings
-from fanout.messages import Device
 from fanout.notification import Notification, render
 from fanout.providers import build_providers
-from fanout.sqs import Queue, open_client, sqs_usage
+from fanout.queue.messages import Device
+from fanout.queue.sqs import Queue, open_client, sqs_usage
 from fanout.store import create_pool
 
 PAGE = 5000

@@ -5,7 +5,7 @@
 
 What is counted, from bench/pipeline.py's figures:
 - SQS: every call each process made, billed as SQS bills them: one request per 64 KB of
-  payload (fanout.sqs counts this per operation from the HTTP bodies both ways).
+  payload (fanout.queue.sqs counts this per operation from the HTTP bodies both ways).
 - Lambda: an invocation per fan-out shard and per delivery batch for fanout (batch size 1
   in deploy/template.yaml); for the baseline, one per non-empty receive of up to 10
   messages (an SQS event source with batch size 10) and one for its fan-out. GB-seconds

@@ -27,8 +27,9 @@ from _services import database, free_port
 
 from fanout.config import Settings
 from fanout.notification import Notification
-from fanout.publish import publish
-from fanout.sqs import create_queues, open_client, open_queues
+from fanout.queue.admin import create_queues
+from fanout.queue.sqs import open_client, open_queues
+from fanout.stages.publish import publish
 from fanout.store import connect, create_pool, find_or_create, queries
 from fanout.store.migrate import migrate
 

@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 
 from fanout.config import Settings
-from fanout.messages import Device
 from fanout.notification import Notification, render
 from fanout.providers import OutcomeKind, build_providers
+from fanout.queue.messages import Device
 
 BATCH = 2000  # devices per provider call, as in a delivery batch
 

@@ -20,10 +20,11 @@ import pytest
 from pydantic import SecretStr
 
 from fanout.config import Settings
-from fanout.local import embedded_postgres, local_sqs_server
-from fanout.pipeline import Pipeline
-from fanout.sink_server import EmbeddedSink, PushSink
-from fanout.sqs import Queues, create_queues, open_client, open_queues
+from fanout.local.services import embedded_postgres, local_sqs_server
+from fanout.local.sink import EmbeddedSink, PushSink
+from fanout.queue.admin import create_queues
+from fanout.queue.sqs import Queues, open_client, open_queues
+from fanout.runtime.pipeline import Pipeline
 from fanout.store import connect, create_pool
 from fanout.store.migrate import migrate
 

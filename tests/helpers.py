@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import asyncpg
 
 from fanout.config import Settings
-from fanout.messages import DeliveryBatch, decode
-from fanout.pipeline import Pipeline
 from fanout.providers.sink import SinkProvider
-from fanout.sqs import Queue, create_queues, open_client
+from fanout.queue.admin import create_queues
+from fanout.queue.messages import DeliveryBatch, decode
+from fanout.queue.sqs import Queue, open_client
+from fanout.runtime.pipeline import Pipeline
 from fanout.store import queries
 
 

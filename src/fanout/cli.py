@@ -55,7 +55,7 @@ def _run(coroutine: Any) -> Any:
     import asyncpg
     import botocore.exceptions
 
-    from fanout.sqs import QueueError
+    from fanout.queue.sqs import QueueError
 
     try:
         return asyncio.run(coroutine)
@@ -84,7 +84,7 @@ def demo(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the whole pipeline locally and check every device got the push exactly once."""
-    from fanout.demo import PROVIDERS, run_demo, summary_table
+    from fanout.local.demo import PROVIDERS, run_demo, summary_table
 
     if provider not in PROVIDERS:
         raise typer.BadParameter(f"one of {', '.join(PROVIDERS)}", param_hint="--provider")
@@ -129,7 +129,8 @@ def migrate() -> None:
 @queues_app.command("create")
 def queues_create() -> None:
     """Create both queues and their dead-letter queues (safe to run again)."""
-    from fanout.sqs import create_queues, open_client
+    from fanout.queue.admin import create_queues
+    from fanout.queue.sqs import open_client
 
     settings = _settings()
 
@@ -149,8 +150,8 @@ def worker(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
 ) -> None:
     """Consume the queues until SIGTERM or Ctrl-C."""
-    from fanout.sqs import sqs_usage
-    from fanout.worker import run_worker
+    from fanout.queue.sqs import sqs_usage
+    from fanout.runtime.worker import run_worker
 
     roles = {"all": ("fanout", "delivery"), "fanout": ("fanout",), "delivery": ("delivery",)}
     if role not in roles:
@@ -164,7 +165,7 @@ def worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         consumers = await run_worker(settings, stopping, roles=roles[role])
-        log = logging.getLogger("fanout.worker")
+        log = logging.getLogger("fanout.runtime.worker")
         for consumer in consumers:
             log.info("%s: %s", consumer.queue.name, consumer.stats)
         # One JSON line (operation: [requests, billed requests]); bench/pipeline.py reads it.
@@ -182,8 +183,8 @@ def publish(
 ) -> None:
     """Publish an event to a topic's subscribers; prints the event id."""
     from fanout.notification import Notification
-    from fanout.publish import publish as do_publish
-    from fanout.sqs import open_client, open_queues
+    from fanout.queue.sqs import open_client, open_queues
+    from fanout.stages.publish import publish as do_publish
     from fanout.store import create_pool
 
     settings = _settings()
@@ -235,7 +236,7 @@ def sink(
     port: int = 8765,
 ) -> None:
     """Serve a local push sink that counts what it receives (for tests and benchmarks)."""
-    from fanout.sink_server import serve
+    from fanout.local.sink import serve
 
     serve(host, port)
 
@@ -281,7 +282,7 @@ def apikey_create(
     name: Annotated[str, typer.Option(help="What the key is for.")] = "",
 ) -> None:
     """Create an API key. It is printed once and cannot be shown again."""
-    from fanout.apikeys import SCOPES, create_api_key
+    from fanout.api.keys import SCOPES, create_api_key
 
     if not scope or set(scope) - set(SCOPES):
         raise typer.BadParameter(f"each scope is one of {', '.join(SCOPES)}", param_hint="--scope")
@@ -293,7 +294,7 @@ def apikey_create(
 @apikey_app.command("revoke")
 def apikey_revoke(key_id: Annotated[str, typer.Argument(help="The id shown by 'list'.")]) -> None:
     """Revoke an API key at once."""
-    from fanout.apikeys import revoke_api_key
+    from fanout.api.keys import revoke_api_key
 
     if not _with_connection(lambda conn: revoke_api_key(conn, key_id)):
         err.print(f"[red]no live key {key_id}[/]")
@@ -313,7 +314,7 @@ def apikey_list() -> None:
 
 
 async def _with_queues(settings: Settings, role: str, work: Any) -> list[Any]:
-    from fanout.sqs import open_client, open_queues
+    from fanout.queue.sqs import open_client, open_queues
 
     if role not in ("fanout", "delivery", "both"):
         raise typer.BadParameter("must be fanout, delivery or both", param_hint="--queue")
@@ -327,7 +328,7 @@ async def _with_queues(settings: Settings, role: str, work: Any) -> list[Any]:
 @dlq_app.command("list")
 def dlq_list(queue: QueueRole = "both") -> None:
     """How many messages wait in each dead-letter queue."""
-    from fanout.sqs import Queue
+    from fanout.queue.sqs import Queue
 
     async def depth(q: Queue) -> int:
         dlq = Queue(
@@ -350,7 +351,7 @@ def dlq_show(
     body_chars: Annotated[int, typer.Option(help="How much of each body to print.")] = 200,
 ) -> None:
     """Dead letters with the reason each failed; they stay in the queue."""
-    from fanout.sqs import peek_dead_letters
+    from fanout.queue.admin import peek_dead_letters
 
     for q, letters in _run(_with_queues(_settings(), queue, lambda q: peek_dead_letters(q, limit))):
         typer.echo(f"== {q.name}-dlq: {len(letters)} shown")
@@ -365,7 +366,7 @@ def dlq_redrive(
     limit: Annotated[int | None, typer.Option(min=1, help="Default: all.")] = None,
 ) -> None:
     """Move dead letters back to their queue to be tried again."""
-    from fanout.sqs import redrive
+    from fanout.queue.admin import redrive
 
     for q, moved in _run(_with_queues(_settings(), queue, lambda q: redrive(q, limit))):
         typer.echo(f"{q.name}: {moved} message(s) moved back")
@@ -378,7 +379,7 @@ def emulators() -> None:
     Prints one JSON line: the FANOUT_* settings that point fanout at them, and the Web
     Push subscription to use. The keys in it are generated now and only good for these.
     """
-    from fanout.emulators.stack import local_push_services
+    from fanout.local.emulators.stack import local_push_services
 
     async def main() -> None:
         async with local_push_services(server="granian") as services:

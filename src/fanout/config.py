@@ -11,6 +11,8 @@ import orjson
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fanout.retry import Backoff
+
 # Apple's limit for a notification payload; also the bar for every other provider
 # here, so one event renders to a payload that every platform accepts.
 MAX_PAYLOAD_BYTES = 4096
@@ -118,6 +120,11 @@ class Settings(BaseSettings):
     )
     api_publish_burst: int = Field(default=100, ge=1, description="Publish requests in a burst.")
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+    def retry_backoff(self) -> Backoff:
+        """When a delivery retry batch is sent again: FANOUT_RETRY_BASE_DELAY, doubling,
+        at most SQS's longest message delay (15 minutes)."""
+        return Backoff(first=float(self.retry_base_delay), cap=900.0)
 
     def database_dsn(self) -> str:
         if self.database_url is None:

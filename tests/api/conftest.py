@@ -17,9 +17,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from fanout.apikeys import create_api_key
+from fanout.api.keys import create_api_key
 from fanout.config import Settings
-from fanout.sqs import create_queues, open_client
+from fanout.queue.admin import create_queues
+from fanout.queue.sqs import open_client
 from fanout.store import connect
 
 

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fanout.apikeys import revoke_api_key, split_token
-from fanout.sink_server import EmbeddedSink, PushSink
+from fanout.api.keys import revoke_api_key, split_token
+from fanout.local.sink import EmbeddedSink, PushSink
+from fanout.runtime.worker import run_worker
 from fanout.store import connect
-from fanout.worker import run_worker
 from tests.api.conftest import ApiServer, start_server
 from tests.helpers import sink_pipeline
 

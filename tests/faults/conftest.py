@@ -11,10 +11,10 @@ import asyncpg
 import pytest
 
 from fanout.config import Settings
-from fanout.pipeline import Pipeline
-from fanout.sink_server import EmbeddedSink
+from fanout.local.sink import EmbeddedSink
+from fanout.runtime.pipeline import Pipeline
+from fanout.runtime.worker import run_worker
 from fanout.store import queries
-from fanout.worker import run_worker
 from tests.helpers import sink_pipeline
 
 

@@ -16,11 +16,11 @@ import asyncpg
 import pytest
 
 from fanout.config import Settings
-from fanout.fanout_stage import plan_event
+from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
-from fanout.publish import publish, record_event
-from fanout.sink_server import EmbeddedSink
-from fanout.sqs import Queues
+from fanout.queue.sqs import Queues
+from fanout.stages.fanout import plan_event
+from fanout.stages.publish import publish, record_event
 from tests.faults.conftest import report, wait_until_delivered, worker_in_process
 from tests.helpers import make_topic
 

@@ -13,12 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from fanout import lambdas
+from fanout.runtime import lambdas
 from fanout.config import Settings
-from fanout.messages import FanoutTask
 from fanout.notification import Notification
-from fanout.publish import record_event
-from fanout.sqs import Queue, create_queues, open_client, open_queues
+from fanout.queue.admin import create_queues
+from fanout.queue.messages import FanoutTask
+from fanout.queue.sqs import Queue, open_client, open_queues
+from fanout.stages.publish import record_event
 from fanout.store import create_pool
 from tests.api.conftest import free_port
 from tests.helpers import make_topic
@@ -205,7 +206,7 @@ def test_poison_ends_in_the_dlq_with_its_reason_after_max_receive_count(
 
 
 async def _peek(settings: Settings, role: str) -> list[Any]:
-    from fanout.sqs import peek_dead_letters
+    from fanout.queue.admin import peek_dead_letters
 
     async with open_client(settings) as client:
         queues = await open_queues(client, settings)
@@ -219,7 +220,7 @@ def test_dlq_redrive_puts_letters_back(lambda_env: Settings) -> None:
     lambdas.fanout_handler(asyncio.run(_receive_all(lambda_env, "fanout")), Context())
 
     async def redrive_and_count() -> tuple[int, int]:
-        from fanout.sqs import redrive
+        from fanout.queue.admin import redrive
 
         async with open_client(lambda_env) as client:
             queues = await open_queues(client, lambda_env)

@@ -10,9 +10,9 @@ import asyncpg
 from pydantic import SecretStr
 
 from fanout.config import Settings
+from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
-from fanout.publish import publish
-from fanout.sink_server import EmbeddedSink
+from fanout.stages.publish import publish
 from tests.faults.conftest import report, wait_until_delivered, worker_in_process
 from tests.faults.proxy import FlakyProxy
 from tests.helpers import make_topic

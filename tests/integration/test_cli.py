@@ -58,7 +58,7 @@ def test_operator_commands_end_to_end(settings: Settings) -> None:
 
 def test_dlq_commands_show_and_redrive(settings: Settings) -> None:
     assert fanout(settings, "queues", "create").returncode == 0
-    from fanout.sqs import open_client, open_queues
+    from fanout.queue.sqs import open_client, open_queues
 
     async def poison() -> None:
         async with open_client(settings) as client:

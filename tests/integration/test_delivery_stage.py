@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from fanout.delivery_stage import deliver_batch
-from fanout.fanout_stage import plan_event
-from fanout.messages import DeliveryBatch, PoisonMessage
+from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
-from fanout.pipeline import Pipeline
-from fanout.publish import record_event
-from fanout.sink_server import EmbeddedSink
+from fanout.queue.messages import DeliveryBatch, PoisonMessage
+from fanout.runtime.pipeline import Pipeline
+from fanout.stages.delivery import deliver_batch
+from fanout.stages.fanout import plan_event
+from fanout.stages.publish import record_event
 from fanout.store import queries
 from tests.helpers import add_device, batches_of, drain, make_topic
 

@@ -9,11 +9,11 @@ import asyncpg
 import pytest
 
 from fanout.config import Settings
-from fanout.fanout_stage import ShardBusy, plan_event, run_shard
-from fanout.messages import FanoutTask, PoisonMessage, decode
 from fanout.notification import Notification
-from fanout.publish import record_event
-from fanout.sqs import Queues
+from fanout.queue.messages import FanoutTask, PoisonMessage, decode
+from fanout.queue.sqs import Queues
+from fanout.stages.fanout import ShardBusy, plan_event, run_shard
+from fanout.stages.publish import record_event
 from fanout.store import queries
 from tests.helpers import add_device, batches_of, device_counts, drain, make_topic
 

@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fanout.config import Settings
+from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
-from fanout.pipeline import Pipeline
-from fanout.publish import publish, record_event, sweep_outbox
-from fanout.sink_server import EmbeddedSink
-from fanout.sqs import create_queues, open_client
+from fanout.queue.admin import create_queues
+from fanout.queue.sqs import open_client
+from fanout.runtime.pipeline import Pipeline
+from fanout.runtime.worker import QueueConsumer, run_worker
+from fanout.stages.publish import publish, record_event, sweep_outbox
 from fanout.store import queries
-from fanout.worker import QueueConsumer, run_worker
 from tests.helpers import make_topic
 
 NOTE = Notification(title="New book")

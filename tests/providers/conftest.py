@@ -7,10 +7,11 @@ import asyncpg
 import pytest
 
 from fanout.config import Settings
-from fanout.emulators.stack import LocalPushServices, local_push_services
-from fanout.pipeline import Pipeline
+from fanout.local.emulators.stack import LocalPushServices, local_push_services
 from fanout.providers import build_providers
-from fanout.sqs import create_queues, open_client
+from fanout.queue.admin import create_queues
+from fanout.queue.sqs import open_client
+from fanout.runtime.pipeline import Pipeline
 from fanout.store import find_or_create, queries
 
 

@@ -11,20 +11,20 @@ import orjson
 import pytest
 
 from fanout.config import Settings
-from fanout.delivery_stage import deliver_batch
-from fanout.emulators.fcm import fcm_error
-from fanout.emulators.stack import LocalPushServices
-from fanout.fanout_stage import plan_event
-from fanout.messages import DeliveryBatch, Device
+from fanout.local.emulators.fcm import fcm_error
+from fanout.local.emulators.stack import LocalPushServices
 from fanout.metrics import PROVIDER_CONFIG_ERRORS
 from fanout.notification import LocalizedText, Notification, render
-from fanout.pipeline import Pipeline
 from fanout.providers import OutcomeKind, build_providers
 from fanout.providers.apns import ApnsProvider
 from fanout.providers.fcm import FcmProvider
-from fanout.providers.http2 import AdaptiveLimit
+from fanout.providers.transport import AdaptiveLimit
 from fanout.providers.webpush import WebPushProvider
-from fanout.publish import record_event
+from fanout.queue.messages import DeliveryBatch, Device
+from fanout.runtime.pipeline import Pipeline
+from fanout.stages.delivery import deliver_batch
+from fanout.stages.fanout import plan_event
+from fanout.stages.publish import record_event
 from fanout.store import queries
 from tests.helpers import batches_of, drain
 from tests.providers.conftest import add_devices
@@ -179,7 +179,8 @@ async def test_a_config_error_deactivates_nothing_and_raises_an_alert(
 ) -> None:
     # A key id Apple does not know: every request is refused with 403 InvalidProviderToken.
     broken = push_settings.model_copy(update={"apns_key_id": "WRONGKEY00"})
-    from fanout.sqs import create_queues, open_client
+    from fanout.queue.admin import create_queues
+    from fanout.queue.sqs import open_client
 
     async with open_client(broken) as client:
         await create_queues(client, broken)
@@ -250,8 +251,8 @@ async def test_goaway_and_a_new_connection_lose_nothing(
     did deliver: those come back as retry ("connection lost"). The client cannot know they
     arrived; the delivery stage re-sends them with the same collapse id, which replaces.
     """
-    from fanout.emulators.apns import ApnsEmulator
-    from fanout.emulators.serve import serve_tls
+    from fanout.local.emulators.apns import ApnsEmulator
+    from fanout.local.emulators.serve import serve_tls
 
     emulator = ApnsEmulator(
         public_keys=services.apns.public_keys,
@@ -284,7 +285,7 @@ async def test_a_push_service_that_goes_silent_is_retried_after_the_timeout(
 ) -> None:
     """A silent service must not hold a batch, and with it the batch's lease and a
     worker slot, for ever: its devices come back as retry after the request timeout."""
-    from fanout.emulators.serve import serve_tls
+    from fanout.local.emulators.serve import serve_tls
 
     async with contextlib.AsyncExitStack() as stack:
         if silence == "no answer":
@@ -311,7 +312,7 @@ async def test_a_push_service_that_goes_silent_is_retried_after_the_timeout(
 async def test_the_emulators_on_granian_serve_every_provider(settings: Settings) -> None:
     """`fanout emulators` and the benchmarks serve on granian: APNs and Web Push over
     HTTP/2, and FCM's OAuth token endpoint over HTTP/1.1 (google-auth speaks no HTTP/2)."""
-    from fanout.emulators.stack import local_push_services
+    from fanout.local.emulators.stack import local_push_services
 
     async with local_push_services(server="granian") as services:
         providers = build_providers(settings.model_copy(update=services.settings))

@@ -5,8 +5,8 @@ import os
 import orjson
 import pytest
 
-from fanout.batching import BatchPacker, PackedBatch, Row
-from fanout.messages import DeliveryBatch, Device, decode
+from fanout.queue.messages import DeliveryBatch, Device, decode
+from fanout.stages.batching import BatchPacker, PackedBatch, Row
 
 NOTIFICATION = {"title": "New book", "body": "Out today"}
 

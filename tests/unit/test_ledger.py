@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from fanout.sink_server import DeliveryLedger
+from fanout.local.sink import DeliveryLedger
 
 
 def test_counts_once_and_names_duplicates_by_collapse_key() -> None:

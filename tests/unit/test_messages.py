@@ -6,7 +6,7 @@ import zlib
 import orjson
 import pytest
 
-from fanout.messages import DeliveryBatch, FanoutTask, PoisonMessage, decode
+from fanout.queue.messages import DeliveryBatch, FanoutTask, PoisonMessage, decode
 
 
 def test_fanout_tasks_round_trip() -> None:

@@ -30,11 +30,11 @@ from prometheus_client import (
 )
 
 from fanout.api import schemas
-from fanout.apikeys import ApiKey, find_api_key
+from fanout.api.keys import ApiKey, find_api_key
 from fanout.config import Settings
-from fanout.publish import enqueue_event, record_event
+from fanout.queue.sqs import Queues, open_client, open_queues
 from fanout.ratelimit import TokenBucket
-from fanout.sqs import Queues, open_client, open_queues
+from fanout.stages.publish import enqueue_event, record_event
 from fanout.store import create_pool, find_or_create, queries
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
 
 def _shared(settings: Settings) -> dict[str, Any]:
     """Each provider gets its own HTTP/2 client and limit, shared by a worker's coroutines."""
-    from fanout.providers.http2 import AdaptiveLimit, http2_client
+    from fanout.providers.transport import AdaptiveLimit, http2_client
 
     return {
         "client": http2_client(settings.tls_ca_file, settings.provider_request_timeout),

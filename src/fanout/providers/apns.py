@@ -12,10 +12,10 @@ import jwt
 import orjson
 
 from fanout.config import MAX_PAYLOAD_BYTES
-from fanout.messages import Device
 from fanout.notification import RenderedNotification
 from fanout.providers.base import Outcome, OutcomeKind, config_error
-from fanout.providers.http2_base import Http2Provider
+from fanout.providers.http2 import Http2Provider
+from fanout.queue.messages import Device
 
 PRODUCTION = "https://api.push.apple.com"
 SANDBOX = "https://api.sandbox.push.apple.com"

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from fanout.messages import Device
 from fanout.notification import RenderedNotification
+from fanout.queue.messages import Device
 
 _log = logging.getLogger("fanout.providers")
 

@@ -16,11 +16,11 @@ from google.auth.transport.requests import Request
 from google.oauth2 import service_account
 from requests.adapters import HTTPAdapter
 
-from fanout.messages import Device
 from fanout.notification import RenderedNotification
 from fanout.providers.base import Outcome, OutcomeKind, config_error
-from fanout.providers.http2 import tls_context
-from fanout.providers.http2_base import Http2Provider
+from fanout.providers.http2 import Http2Provider
+from fanout.providers.transport import tls_context
+from fanout.queue.messages import Device
 
 ENDPOINT = "https://fcm.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"

@@ -1,78 +1,78 @@
-"""What the HTTP/2 providers share: the client, TLS trust, concurrency and rate limits."""
+"""The send loop every HTTP/2 provider shares: one request per device, many at once."""
 
 from __future__ import annotations
 
 import asyncio
-import ssl
-import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Generic, TypeVar
 
-from fanout.providers.h2client import H2Client
-from fanout.ratelimit import TokenBucket
+from fanout.metrics import PROVIDER_OUTCOMES
+from fanout.notification import RenderedNotification
+from fanout.providers.base import DELIVERED, Outcome, OutcomeKind, Provider
+from fanout.providers.h2.client import H2Client, H2Error, H2Response
+from fanout.providers.transport import AdaptiveLimit, retry_after_seconds
+from fanout.queue.messages import Device
 
-
-def tls_context(extra_ca_file: str | None) -> ssl.SSLContext:
-    """The system trust store, plus one extra CA (local test servers, corporate proxies)."""
-    context = ssl.create_default_context()
-    if extra_ca_file:
-        context.load_verify_locations(cafile=extra_ca_file)
-    return context
-
-
-def http2_client(extra_ca_file: str | None, request_timeout: float = 30.0) -> H2Client:
-    """One client per provider: every request multiplexed over a few long-lived
-    connections per host, renewed after GOAWAY or a lost connection."""
-    return H2Client(tls_context(extra_ca_file), request_timeout=request_timeout)
+Prepared = TypeVar("Prepared")
 
 
-class AdaptiveLimit:
-    """Concurrency plus a rate limit that halves when the service says 429 and recovers.
+class Http2Provider(Provider, Generic[Prepared]):
+    """Subclasses turn a notification into what every request shares (``prepare``, once
+    per call) and send it to one device (``send_one``), mapping the answer to an Outcome."""
 
-    Shared by every coroutine of a worker that sends through one provider. The rate
-    climbs back by a tenth of the ceiling every second without a 429.
-    """
+    name: str
 
-    def __init__(self, rate: float, concurrency: int) -> None:
-        self.ceiling = rate
-        self.concurrency = concurrency
-        self._bucket = TokenBucket(rate, max(1.0, rate / 10))
-        self._slots = asyncio.Semaphore(concurrency)
-        self._paused_until = 0.0
-        self._last_change = time.monotonic()
+    def __init__(self, client: H2Client, limit: AdaptiveLimit) -> None:
+        self.client = client
+        self.limit = limit
 
-    @property
-    def rate(self) -> float:
-        return self._bucket.rate
+    @abstractmethod
+    def prepare(self, notification: RenderedNotification) -> Prepared | Outcome:
+        """What every device's request shares; an Outcome if none can be sent at all."""
 
-    async def __aenter__(self) -> None:
-        await self._slots.acquire()
-        self._recover()
-        while True:
-            pause = self._paused_until - time.monotonic()
-            wait = max(pause, self._bucket.try_take())
-            if wait <= 0:
-                return
-            await asyncio.sleep(wait)
+    @abstractmethod
+    async def send_one(self, prepared: Prepared, device: Device) -> Outcome: ...
 
-    async def __aexit__(self, *exc: object) -> None:
-        self._slots.release()
+    async def send(
+        self, notification: RenderedNotification, devices: Sequence[Device]
+    ) -> list[Outcome]:
+        prepared = self.prepare(notification)
+        if isinstance(prepared, Outcome):
+            return [self._count(prepared)] * len(devices)
+        outcomes: list[Outcome] = [DELIVERED] * len(devices)
+        todo = iter(range(len(devices)))
 
-    def slow_down(self, retry_after: float | None) -> None:
-        """A 429: halve the rate, and wait out Retry-After before the next request."""
-        self._bucket.rate = max(1.0, self._bucket.rate / 2)
-        self._last_change = time.monotonic()
-        if retry_after:
-            self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
+        async def sender() -> None:
+            for i in todo:
+                outcomes[i] = await self._send(prepared, devices[i])
 
-    def _recover(self) -> None:
-        now = time.monotonic()
-        if self._bucket.rate < self.ceiling and now - self._last_change >= 1.0:
-            self._bucket.rate = min(self.ceiling, self._bucket.rate + self.ceiling / 10)
-            self._last_change = now
+        # A few hundred senders taking devices in turn, not a task per device: creating
+        # and scheduling 10,000 tasks cost more than the requests' own framing.
+        senders = min(len(devices), self.limit.concurrency)
+        await asyncio.gather(*(sender() for _ in range(senders)))
+        return outcomes
 
+    async def _send(self, prepared: Prepared, device: Device) -> Outcome:
+        async with self.limit:
+            try:
+                outcome = await self.send_one(prepared, device)
+            except (H2Error, OSError, TimeoutError) as exc:  # connection lost, GOAWAY, timeout
+                outcome = Outcome(OutcomeKind.RETRY, reason=f"{self.name}: {exc}")
+        return self._count(outcome)
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds (only the delta-seconds form is used by push services)."""
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+    def retry_later(self, response: H2Response, detail: str = "") -> Outcome:
+        """429 or 5xx: try again later (after Retry-After if given); a 429 also slows
+        this provider down for every coroutine of the worker."""
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        if response.status_code == 429:
+            self.limit.slow_down(retry_after)
+        reason = f"{self.name}: {response.status_code} {detail}".rstrip()
+        return Outcome(OutcomeKind.RETRY, retry_after, reason)
+
+    def _count(self, outcome: Outcome) -> Outcome:
+        PROVIDER_OUTCOMES.labels(self.name, outcome.kind.value).inc()
+        return outcome
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

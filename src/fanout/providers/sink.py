@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import httpx
 
-from fanout.messages import PLATFORMS, Device
 from fanout.notification import RenderedNotification
 from fanout.providers.base import DELIVERED, Outcome, OutcomeKind, Provider
-from fanout.providers.http2 import retry_after_seconds
+from fanout.providers.transport import retry_after_seconds
+from fanout.queue.messages import PLATFORMS, Device
 
 # Devices per HTTP request to the sink: large enough that HTTP overhead is noise.
 CHUNK = 1000

@@ -13,7 +13,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fanout.config import MAX_PAYLOAD_BYTES
-from fanout.emulators.base import Emulator, Receive, Scope, Send, header, read_body, respond
+from fanout.local.emulators.base import Emulator, Receive, Scope, Send, header, read_body, respond
 from fanout.providers.webpush import b64url_decode
 
 _PATH = re.compile(r"^/wp/([A-Za-z0-9_-]+)$")

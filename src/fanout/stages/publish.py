@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from fanout.messages import FanoutTask
 from fanout.notification import Notification
-from fanout.sqs import Queues
+from fanout.queue.messages import FanoutTask
+from fanout.queue.sqs import Queues
 from fanout.store import find_or_create, queries
 
 log = logging.getLogger(__name__)

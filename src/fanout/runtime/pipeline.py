@@ -14,17 +14,17 @@ from enum import Enum
 
 import asyncpg
 
+from fanout import retry
 from fanout.config import Settings
-from fanout.delivery_stage import BatchBusy, BatchReport, deliver_batch
-from fanout.fanout_stage import ShardBusy, ShardReport, run_fanout_task
-from fanout.messages import FanoutTask, PoisonMessage, decode
 from fanout.providers import Provider, build_providers
-from fanout.sqs import Queue, QueueMessage, Queues, open_client, open_queues
+from fanout.queue.messages import FanoutTask, PoisonMessage, decode
+from fanout.queue.sqs import Queue, QueueMessage, Queues, open_client, open_queues
+from fanout.stages.delivery import BatchBusy, BatchReport, deliver_batch
+from fanout.stages.fanout import ShardBusy, ShardReport, run_fanout_task
 from fanout.store import create_pool
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_SECONDS = 60
 # Failures that say what happened in one line; anything else is logged with its traceback.
 _EXPECTED_FAILURES = (BatchBusy, ShardBusy, PoisonMessage)
 
@@ -105,7 +105,7 @@ class Pipeline:
                     reason,
                 )
                 return Result.DEAD_LETTERED, reason
-            backoff = min(MAX_BACKOFF_SECONDS, 2 ** (message.receive_count - 1))
+            backoff = int(retry.MESSAGE.delay(message.receive_count))
             log.warning(
                 "message %s failed (try %d), again in %ds: %s",
                 message.message_id,

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 import jwt
 import orjson
 
-from fanout.emulators.base import Emulator, Receive, Scope, Send, header, read_body, respond
+from fanout.local.emulators.base import Emulator, Receive, Scope, Send, header, read_body, respond
 
 _SEND = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
 

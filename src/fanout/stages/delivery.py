@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 import asyncpg
 import pydantic
 
+from fanout import retry
 from fanout.config import Settings
-from fanout.messages import DeliveryBatch, Device, PoisonMessage
 from fanout.notification import Notification, RenderedNotification, render
 from fanout.providers import Outcome, OutcomeKind, Provider
-from fanout.sqs import MAX_DELAY_SECONDS, Queues
+from fanout.queue.messages import DeliveryBatch, Device, PoisonMessage
+from fanout.queue.sqs import MAX_DELAY_SECONDS, Queues
 from fanout.store import queries
 
 log = logging.getLogger(__name__)
@@ -102,39 +103,40 @@ async def deliver_batch(
     return report
 
 
-# The pushes are out by now: if recording fails, SQS would deliver the batch again and
-# every device would get it twice. A database blip is worth waiting out instead.
-_RECORD_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
 _CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
 
 async def _record_outcome(
     pool: asyncpg.Pool, batch: DeliveryBatch, report: BatchReport, invalid_ids: list[int]
 ) -> None:
-    """Deactivate dead tokens and mark the batch done, in one transaction."""
-    for delay in (*_RECORD_RETRY_DELAYS, None):
-        try:
-            async with pool.acquire() as conn, conn.transaction():
-                if invalid_ids:
-                    await conn.execute(queries.DEACTIVATE_DEVICES, invalid_ids, "invalid token")
-                await conn.execute(
-                    queries.FINISH_BATCH,
-                    batch.event_id,
-                    batch.key,
-                    report.sent,
-                    report.failed,
-                    report.invalid,
-                    report.skipped,
-                    report.retried,
-                )
-            return
-        except _CONNECTION_ERRORS as exc:
-            if delay is None:
-                raise
-            log.warning(
-                "batch %s sent, recording it failed (%r); again in %ss", batch.key, exc, delay
+    """Deactivate dead tokens and mark the batch done, in one transaction.
+
+    The pushes are out by now: if recording fails, SQS would deliver the batch again and
+    every device would get it twice. A database blip is worth waiting out instead.
+    """
+
+    async def record() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            if invalid_ids:
+                await conn.execute(queries.DEACTIVATE_DEVICES, invalid_ids, "invalid token")
+            await conn.execute(
+                queries.FINISH_BATCH,
+                batch.event_id,
+                batch.key,
+                report.sent,
+                report.failed,
+                report.invalid,
+                report.skipped,
+                report.retried,
             )
-            await asyncio.sleep(delay)
+
+    await retry.retrying(
+        record,
+        backoff=retry.RECORD_OUTCOME,
+        tries=retry.RECORD_OUTCOME_TRIES,
+        on=_CONNECTION_ERRORS,
+        what=f"recording sent batch {batch.key}",
+    )
 
 
 async def _keep_lease(batch: DeliveryBatch, pool: asyncpg.Pool, lease: int) -> None:
@@ -231,8 +233,8 @@ async def _enqueue_retry(
     )
     for device in devices:
         retry.devices.setdefault(device.platform, []).append(device.wire())
-    backoff = settings.retry_base_delay * 2 ** (attempt - 1)
-    delay = min(MAX_DELAY_SECONDS, max(backoff, int(retry_after + 0.999)))
+    backoff = settings.retry_backoff().delay(attempt)
+    delay = int(min(MAX_DELAY_SECONDS, max(backoff, retry_after + 0.999)))
     await queues.delivery.send(retry.encode(), delay_seconds=delay)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from fanout.emulators.tls import TestCertificates
+from fanout.local.emulators.tls import TestCertificates
 
 
 @contextlib.asynccontextmanager

@@ -31,8 +31,8 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from fanout.config import load_settings
-from fanout.pipeline import Pipeline, Result
-from fanout.sqs import QueueMessage
+from fanout.queue.sqs import QueueMessage
+from fanout.runtime.pipeline import Pipeline, Result
 
 logger = Logger(service="fanout")
 

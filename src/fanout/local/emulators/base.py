@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fanout.asgi import Receive, Scope, Send, header, read_body, respond
-from fanout.sink_server import DeliveryLedger
+from fanout.local.asgi import Receive, Scope, Send, header, read_body, respond
+from fanout.local.sink import DeliveryLedger
 
 __all__ = ["Emulator", "Receive", "Scope", "Send", "header", "read_body", "respond"]
 

@@ -16,15 +16,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from fanout import retry
 from fanout.config import Settings
-from fanout.pipeline import Pipeline, Result
-from fanout.publish import sweep_outbox
-from fanout.sqs import Queue, QueueMessage
+from fanout.queue.sqs import Queue, QueueMessage
+from fanout.runtime.pipeline import Pipeline, Result
+from fanout.stages.publish import sweep_outbox
 
 log = logging.getLogger(__name__)
 
 Runner = Callable[[Queue, QueueMessage], Awaitable[tuple[Result, str | None]]]
-MAX_BACKOFF_SECONDS = 60  # for reconnecting to SQS
 
 
 @dataclass
@@ -71,7 +71,7 @@ class QueueConsumer:
                     errors_in_a_row = 0
                 except Exception as exc:  # the endpoint is down or refusing: back off, go on
                     errors_in_a_row += 1
-                    pause = min(MAX_BACKOFF_SECONDS, 0.5 * 2**errors_in_a_row)
+                    pause = retry.RECONNECT.delay(errors_in_a_row)
                     log.warning(
                         "receive from %s failed (%r); retrying in %.1fs",
                         self.queue.name,

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from fanout.batching import BatchPacker, PackedBatch
 from fanout.config import Settings
-from fanout.messages import FanoutTask, PoisonMessage
-from fanout.sqs import Queues
+from fanout.queue.messages import FanoutTask, PoisonMessage
+from fanout.queue.sqs import Queues
+from fanout.stages.batching import BatchPacker, PackedBatch
 from fanout.store import queries
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import SecretStr
 
-from fanout.emulators.apns import ApnsEmulator
-from fanout.emulators.fcm import FcmEmulator
-from fanout.emulators.serve import serve_tls
-from fanout.emulators.tls import TestCertificates, make_test_ca
-from fanout.emulators.webpush import WebPushEmulator
+from fanout.local.emulators.apns import ApnsEmulator
+from fanout.local.emulators.fcm import FcmEmulator
+from fanout.local.emulators.serve import serve_tls
+from fanout.local.emulators.tls import TestCertificates, make_test_ca
+from fanout.local.emulators.webpush import WebPushEmulator
 from fanout.providers.webpush import b64url
 
 

@@ -24,19 +24,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fanout.config import Settings
-from fanout.emulators.stack import local_push_services
-from fanout.local import embedded_postgres, local_sqs_server
-from fanout.messages import PLATFORMS
+from fanout.local.emulators.stack import local_push_services
+from fanout.local.services import embedded_postgres, local_sqs_server
+from fanout.local.sink import DeliveryLedger, EmbeddedSink, PushSink
 from fanout.notification import LocalizedText, Notification
-from fanout.pipeline import Pipeline
 from fanout.providers import Provider, build_providers
 from fanout.providers.sink import SinkProvider
-from fanout.publish import publish
-from fanout.sink_server import DeliveryLedger, EmbeddedSink, PushSink
-from fanout.sqs import create_queues, open_client
+from fanout.queue.admin import create_queues
+from fanout.queue.messages import PLATFORMS
+from fanout.queue.sqs import open_client
+from fanout.runtime.pipeline import Pipeline
+from fanout.runtime.worker import run_worker
+from fanout.stages.publish import publish
 from fanout.store import connect, find_or_create, queries
 from fanout.store.migrate import migrate
-from fanout.worker import run_worker
 
 # How long the demo waits for the last notification before it calls the run failed.
 DEADLINE_SECONDS = 600

@@ -11,7 +11,7 @@ import jwt
 import orjson
 
 from fanout.config import MAX_PAYLOAD_BYTES
-from fanout.emulators.base import Emulator, Receive, Scope, Send, header, read_body, respond
+from fanout.local.emulators.base import Emulator, Receive, Scope, Send, header, read_body, respond
 
 _PATH = re.compile(r"^/3/device/([0-9A-Fa-f]+)$")
 

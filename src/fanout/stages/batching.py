@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from fanout.messages import MAX_DEVICES_PER_BATCH, encode_delivery
+from fanout.queue.messages import MAX_DEVICES_PER_BATCH, encode_delivery
 
 # Room for the envelope's punctuation, key and attempt beyond the notification JSON,
 # and for opening each platform's group (name, quotes, brackets).

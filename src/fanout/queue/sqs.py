@@ -19,6 +19,7 @@ import orjson
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
+from fanout import retry
 from fanout.config import Settings
 from fanout.metrics import SQS_BILLED_REQUESTS, SQS_REQUESTS
 
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 # SQS's limits for SendMessageBatch / DeleteMessageBatch / ReceiveMessage.
 MAX_BATCH_ENTRIES = 10
 MAX_DELAY_SECONDS = 900
-DLQ_RETENTION_SECONDS = 14 * 24 * 3600  # the longest SQS keeps a message
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -228,7 +228,7 @@ class Queue:
 
     async def _send_batch(self, bodies: list[str], delay: int) -> None:
         pending = {str(i): body for i, body in enumerate(bodies)}
-        for attempt in range(5):
+        for attempt in range(1, retry.QUEUE_SEND_TRIES + 1):
             response = await self.client.send_message_batch(
                 QueueUrl=self.url,
                 Entries=[
@@ -244,7 +244,7 @@ class Queue:
                 reasons = "; ".join(f"{f.get('Code')}: {f.get('Message')}" for f in failed)
                 raise QueueError(f"{self.name} refused messages: {reasons}")
             pending = {f["Id"]: pending[f["Id"]] for f in failed}
-            await asyncio.sleep(0.1 * 2**attempt)
+            await asyncio.sleep(retry.QUEUE_SEND.delay(attempt))
         raise QueueError(f"{self.name} kept failing {len(pending)} messages")
 
     async def receive(
@@ -314,82 +314,6 @@ class Queue:
         await self.delete_many([message])
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    message_id: str
-    body: str
-    reason: str
-    receive_count: str
-    source_queue: str
-
-
-def _require_dlq(queue: Queue) -> str:
-    if queue.dead_letter_url is None:
-        raise QueueError(f"{queue.name} has no dead-letter queue")
-    return queue.dead_letter_url
-
-
-async def peek_dead_letters(queue: Queue, limit: int = 10) -> list[DeadLetter]:
-    """Up to ``limit`` messages of the queue's DLQ, left where they are.
-
-    Received with a visibility timeout of 0, so they stay visible to everyone else;
-    SQS may return the same message twice, so results are told apart by id.
-    """
-    url = _require_dlq(queue)
-    seen: dict[str, DeadLetter] = {}
-    for _ in range(max(1, limit // MAX_BATCH_ENTRIES) * 3):
-        response = await queue.client.receive_message(
-            QueueUrl=url,
-            MaxNumberOfMessages=MAX_BATCH_ENTRIES,
-            VisibilityTimeout=0,
-            MessageAttributeNames=["All"],
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
-        )
-        fresh = [m for m in response.get("Messages", []) if m["MessageId"] not in seen]
-        if not fresh:
-            break
-        for m in fresh:
-            attrs: dict[str, Any] = dict(m.get("MessageAttributes", {}))
-
-            def attribute(name: str, default: str, attrs: dict[str, Any] = attrs) -> str:
-                return str(attrs.get(name, {}).get("StringValue", default))
-
-            seen[m["MessageId"]] = DeadLetter(
-                message_id=m["MessageId"],
-                body=m["Body"],
-                reason=attribute("fanout-reason", "(no reason recorded)"),
-                receive_count=attribute("fanout-receive-count", "?"),
-                source_queue=attribute("fanout-source-queue", queue.name),
-            )
-        if len(seen) >= limit:
-            break
-    return list(seen.values())[:limit]
-
-
-async def redrive(queue: Queue, limit: int | None = None) -> int:
-    """Move dead letters back to their queue (fixed code, or a dependency back up)."""
-    url = _require_dlq(queue)
-    moved = 0
-    while limit is None or moved < limit:
-        room = MAX_BATCH_ENTRIES if limit is None else min(MAX_BATCH_ENTRIES, limit - moved)
-        response = await queue.client.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=room, VisibilityTimeout=60, WaitTimeSeconds=0
-        )
-        messages = response.get("Messages", [])
-        if not messages:
-            break
-        # Sent before deleted: a crash in between duplicates a message, never loses one.
-        await queue.send_many([m["Body"] for m in messages])
-        await queue.client.delete_message_batch(
-            QueueUrl=url,
-            Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
-            ],
-        )
-        moved += len(messages)
-    return moved
-
-
 @dataclass(frozen=True)
 class Queues:
     fanout: Queue
@@ -418,36 +342,3 @@ async def open_queues(client: SQSClient, settings: Settings) -> Queues:
                 ) from None
         opened[role] = await Queue.open(client, url)
     return Queues(fanout=opened["fanout"], delivery=opened["delivery"])
-
-
-async def create_queues(client: SQSClient, settings: Settings) -> dict[str, str]:
-    """Create both queues and their DLQs with redrive policies; safe to run again."""
-    created = {}
-    for role, name in queue_names(settings).items():
-        dlq_url = await _create_or_update(
-            client, f"{name}-dlq", {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)}
-        )
-        dlq_arn = (
-            await client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
-        )["Attributes"]["QueueArn"]
-        redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": settings.max_receive_count}
-        url = await _create_or_update(
-            client,
-            name,
-            {
-                "VisibilityTimeout": str(settings.visibility_timeout),
-                "RedrivePolicy": orjson.dumps(redrive).decode(),
-            },
-        )
-        created[role] = url
-        created[f"{role}-dlq"] = dlq_url
-    return created
-
-
-async def _create_or_update(client: SQSClient, name: str, attributes: dict[str, str]) -> str:
-    try:
-        url = (await client.get_queue_url(QueueName=name))["QueueUrl"]
-    except client.exceptions.QueueDoesNotExist:
-        return (await client.create_queue(QueueName=name, Attributes=attributes))["QueueUrl"]  # type: ignore[arg-type]
-    await client.set_queue_attributes(QueueUrl=url, Attributes=attributes)  # type: ignore[arg-type]
-    return url

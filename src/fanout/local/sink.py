@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import uvicorn
 
-from fanout.asgi import Receive, Scope, Send, read_body, respond
+from fanout.local.asgi import Receive, Scope, Send, read_body, respond
 
 
 class DeliveryLedger:

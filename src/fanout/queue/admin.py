@@ -1,0 +1,131 @@
+"""Queue administration: creating the queues with their dead-letter queues, and the
+dead-letter tools behind ``fanout dlq`` (list, show, redrive).
+
+Kept apart from ``sqs``, which holds only what the stages and runtimes do per message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from fanout.config import Settings
+from fanout.queue.sqs import MAX_BATCH_ENTRIES, Queue, QueueError, queue_names
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
+else:
+    SQSClient = Any
+
+DLQ_RETENTION_SECONDS = 14 * 24 * 3600  # the longest SQS keeps a message
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    message_id: str
+    body: str
+    reason: str
+    receive_count: str
+    source_queue: str
+
+
+def _require_dlq(queue: Queue) -> str:
+    if queue.dead_letter_url is None:
+        raise QueueError(f"{queue.name} has no dead-letter queue")
+    return queue.dead_letter_url
+
+
+async def peek_dead_letters(queue: Queue, limit: int = 10) -> list[DeadLetter]:
+    """Up to ``limit`` messages of the queue's DLQ, left where they are.
+
+    Received with a visibility timeout of 0, so they stay visible to everyone else;
+    SQS may return the same message twice, so results are told apart by id.
+    """
+    url = _require_dlq(queue)
+    seen: dict[str, DeadLetter] = {}
+    for _ in range(max(1, limit // MAX_BATCH_ENTRIES) * 3):
+        response = await queue.client.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=MAX_BATCH_ENTRIES,
+            VisibilityTimeout=0,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        fresh = [m for m in response.get("Messages", []) if m["MessageId"] not in seen]
+        if not fresh:
+            break
+        for m in fresh:
+            attrs: dict[str, Any] = dict(m.get("MessageAttributes", {}))
+
+            def attribute(name: str, default: str, attrs: dict[str, Any] = attrs) -> str:
+                return str(attrs.get(name, {}).get("StringValue", default))
+
+            seen[m["MessageId"]] = DeadLetter(
+                message_id=m["MessageId"],
+                body=m["Body"],
+                reason=attribute("fanout-reason", "(no reason recorded)"),
+                receive_count=attribute("fanout-receive-count", "?"),
+                source_queue=attribute("fanout-source-queue", queue.name),
+            )
+        if len(seen) >= limit:
+            break
+    return list(seen.values())[:limit]
+
+
+async def redrive(queue: Queue, limit: int | None = None) -> int:
+    """Move dead letters back to their queue (fixed code, or a dependency back up)."""
+    url = _require_dlq(queue)
+    moved = 0
+    while limit is None or moved < limit:
+        room = MAX_BATCH_ENTRIES if limit is None else min(MAX_BATCH_ENTRIES, limit - moved)
+        response = await queue.client.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=room, VisibilityTimeout=60, WaitTimeSeconds=0
+        )
+        messages = response.get("Messages", [])
+        if not messages:
+            break
+        # Sent before deleted: a crash in between duplicates a message, never loses one.
+        await queue.send_many([m["Body"] for m in messages])
+        await queue.client.delete_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ],
+        )
+        moved += len(messages)
+    return moved
+
+
+async def create_queues(client: SQSClient, settings: Settings) -> dict[str, str]:
+    """Create both queues and their DLQs with redrive policies; safe to run again."""
+    created = {}
+    for role, name in queue_names(settings).items():
+        dlq_url = await _create_or_update(
+            client, f"{name}-dlq", {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)}
+        )
+        dlq_arn = (
+            await client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+        )["Attributes"]["QueueArn"]
+        redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": settings.max_receive_count}
+        url = await _create_or_update(
+            client,
+            name,
+            {
+                "VisibilityTimeout": str(settings.visibility_timeout),
+                "RedrivePolicy": orjson.dumps(redrive).decode(),
+            },
+        )
+        created[role] = url
+        created[f"{role}-dlq"] = dlq_url
+    return created
+
+
+async def _create_or_update(client: SQSClient, name: str, attributes: dict[str, str]) -> str:
+    try:
+        url = (await client.get_queue_url(QueueName=name))["QueueUrl"]
+    except client.exceptions.QueueDoesNotExist:
+        return (await client.create_queue(QueueName=name, Attributes=attributes))["QueueUrl"]  # type: ignore[arg-type]
+    await client.set_queue_attributes(QueueUrl=url, Attributes=attributes)  # type: ignore[arg-type]
+    return url
