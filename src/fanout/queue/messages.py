@@ -58,9 +58,20 @@ class Device(NamedTuple):
     auth: str | None = None  # Web Push only: the subscription's auth secret
 
     def wire(self) -> list[Any]:
-        if self.platform == "webpush":
-            return [self.id, self.token, self.locale, self.p256dh, self.auth]
-        return [self.id, self.token, self.locale]
+        return [getattr(self, name) for name in WIRE_FIELDS[self.platform]]
+
+
+# A device on the wire: a short array of these fields, in this order. This is the one
+# definition: ``Device.wire`` writes it, ``DeliveryBatch.iter_devices`` and ``decode``
+# read it, and the fan-out's SQL that writes it (store/queries.py) is generated from it.
+# The order is Device's own (less the platform, which is the group's key), so a wire
+# array is a Device's arguments as they stand.
+_WEB_PUSH_FIELDS = tuple(name for name in Device._fields if name != "platform")
+WIRE_FIELDS: dict[str, tuple[str, ...]] = {
+    "apns": _WEB_PUSH_FIELDS[:3],
+    "fcm": _WEB_PUSH_FIELDS[:3],
+    "webpush": _WEB_PUSH_FIELDS,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +100,6 @@ class DeliveryBatch:
     attempt: int
     notification: dict[str, Any]
     devices: dict[str, list[list[Any]]] = field(default_factory=dict)
-    # Bookkeeping of the fan-out stage that packed it; not part of the message.
-    user_count: int = 0
-    last_user: int = 0
 
     def device_count(self) -> int:
         return sum(len(entries) for entries in self.devices.values())
@@ -176,7 +184,7 @@ def _decode_batch(doc: dict[str, Any], event_id: int) -> DeliveryBatch:
     for platform, entries in devices.items():
         if platform not in PLATFORMS:
             raise PoisonMessage(f"unknown platform {platform!r} in 'devices'")
-        width = 5 if platform == "webpush" else 3
+        width = len(WIRE_FIELDS[platform])
         if not isinstance(entries, list) or not all(
             isinstance(e, list) and len(e) == width and isinstance(e[0], int) for e in entries
         ):

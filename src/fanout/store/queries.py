@@ -5,6 +5,8 @@ database contract in one sitting and check each statement against the schema in
 ``migrations/``.
 """
 
+from fanout.queue.messages import WIRE_FIELDS
+
 # ---------------------------------------------------------------------------------------
 # Publishing
 # ---------------------------------------------------------------------------------------
@@ -128,17 +130,29 @@ WHERE id = $1 AND status <> 'fanned_out'
   AND NOT EXISTS (SELECT 1 FROM fanout_shards WHERE event_id = $1 AND status <> 'done')
 """
 
-# A device as it travels in a delivery batch (messages.py): [id,"token","locale"], and for
-# Web Push [id,"endpoint","locale","p256dh","auth"]. PostgreSQL writes this JSON as it
-# reads the row: made in Python (a tuple, a list, orjson per device) it was 60% of the
-# fan-out worker's CPU (py-spy, bench/pipeline.py at 100,000 subscribers).
-_DEVICE_WIRE = """
-'[' || d.id || ',' || to_json(d.token) || ',' || coalesce(to_json(d.locale)::text, 'null')
-    || CASE WHEN d.platform = 'webpush'
-            THEN ',' || to_json(d.web_push_p256dh) || ',' || to_json(d.web_push_auth)
-            ELSE '' END
-    || ']'
+# A device as it travels in a delivery batch, written by PostgreSQL as it reads the row:
+# made in Python (a tuple, a list, orjson per device) it was 60% of the fan-out worker's
+# CPU (py-spy, bench/pipeline.py at 100,000 subscribers). The array's fields and their
+# order come from queue/messages.py's WIRE_FIELDS, the one definition of the wire form:
+# [id,"token","locale"], and for Web Push [id,"endpoint","locale","p256dh","auth"].
+_DEVICE_COLUMNS = {
+    "id": "d.id::text",
+    "token": "to_json(d.token)::text",
+    "locale": "coalesce(to_json(d.locale)::text, 'null')",
+    "p256dh": "to_json(d.web_push_p256dh)::text",
+    "auth": "to_json(d.web_push_auth)::text",
+}
+
+
+def _wire_array(fields: tuple[str, ...]) -> str:
+    return "'[' || " + " || ',' || ".join(_DEVICE_COLUMNS[f] for f in fields) + " || ']'"
+
+
+_DEVICE_WIRE = f"""
+CASE WHEN d.platform = 'webpush' THEN {_wire_array(WIRE_FIELDS["webpush"])}
+     ELSE {_wire_array(WIRE_FIELDS["apns"])} END
 """
+assert WIRE_FIELDS["apns"] == WIRE_FIELDS["fcm"]
 
 # Indexes: subscriptions_pkey (index-only range scan, the keyset page: user_id > cursor),
 # then an index probe of devices by user (devices_active_by_user) per subscriber. LATERAL
