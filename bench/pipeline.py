@@ -29,6 +29,7 @@ from fanout.config import Settings
 from fanout.notification import Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client, open_queues
+from fanout.stages.progress import TERMINAL_STATES
 from fanout.stages.publish import publish
 from fanout.store import connect, create_pool, find_or_create, queries
 from fanout.store.migrate import migrate
@@ -81,7 +82,7 @@ async def run(settings: Settings, topic: str, devices: int, moto_log: Path) -> d
                 async with pool.acquire() as conn:
                     row = await conn.fetchrow(queries.EVENT_PROGRESS, event.event_id)
                 done = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]
-                if row["status"] == "fanned_out" and done >= devices:
+                if row["status"] in TERMINAL_STATES and done >= devices:
                     break
                 await asyncio.sleep(0.25)
             async with pool.acquire() as conn:

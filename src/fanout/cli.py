@@ -210,24 +210,25 @@ def publish(
 
 @app.command()
 def status(event_id: int) -> None:
-    """Show an event's progress as JSON."""
-    from fanout.store import connect, queries
+    """Show an event's progress as JSON (the same fields as GET /v1/events/{id})."""
+    from fanout.stages.progress import load_event_status
+    from fanout.store import connect
 
     dsn = _settings().database_dsn()
 
-    async def main() -> dict[str, Any] | None:
+    async def main() -> str | None:
         conn = await connect(dsn)
         try:
-            row = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
+            found = await load_event_status(conn, event_id)
         finally:
             await conn.close()
-        return dict(row) if row else None
+        return None if found is None else found.model_dump_json(indent=2)
 
-    row = _run(main())
-    if row is None:
+    shown = _run(main())
+    if shown is None:
         err.print(f"[red]no event {event_id}[/]")
         raise typer.Exit(1)
-    typer.echo(orjson.dumps(row, default=str, option=orjson.OPT_INDENT_2).decode())
+    typer.echo(shown)
 
 
 @app.command()

@@ -108,8 +108,22 @@ class Settings(BaseSettings):
     fanout_concurrency: int = Field(default=2, ge=1, le=64, description="Shards in flight.")
     poll_wait_seconds: int = Field(default=20, ge=0, le=20)
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)
-    outbox_sweep_seconds: float = Field(
-        default=10.0, gt=0, description="How often the worker re-sends events left pending."
+
+    # --- Reconciler: PostgreSQL drives liveness, the queue is transport ------------------
+    reconcile_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often each worker looks for overdue work."
+    )
+    reconcile_after_seconds: float = Field(
+        default=120.0,
+        ge=1,
+        description="How long an event, shard or batch may be overdue (past its queue delay "
+        "or lease) before its message is sent again from PostgreSQL; doubles per resend.",
+    )
+    reconcile_max_resends: int = Field(
+        default=8,
+        ge=1,
+        le=30,
+        description="Resends before a unit of work is given up and its devices count failed.",
     )
 
     # --- HTTP API -----------------------------------------------------------------------

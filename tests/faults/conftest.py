@@ -14,6 +14,7 @@ from fanout.config import Settings
 from fanout.local.sink import EmbeddedSink
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.worker import run_worker
+from fanout.stages.progress import TERMINAL_STATES
 from fanout.store import queries
 from tests.helpers import sink_pipeline
 
@@ -55,7 +56,7 @@ async def wait_until_delivered(
             async with pool.acquire() as conn:
                 row = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
             done = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]
-            if row["status"] == "fanned_out" and done >= devices:
+            if row["status"] in TERMINAL_STATES and done >= devices:
                 return row
         await asyncio.sleep(0.2)
     raise AssertionError(f"event {event_id} not delivered within {timeout}s: {row and dict(row)}")

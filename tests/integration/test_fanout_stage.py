@@ -12,7 +12,7 @@ from fanout.config import Settings
 from fanout.notification import Notification
 from fanout.queue.messages import FanoutTask, PoisonMessage, decode
 from fanout.queue.sqs import Queues
-from fanout.stages.fanout import ShardBusy, plan_event, run_shard
+from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.publish import record_event
 from fanout.store import queries
 from tests.helpers import add_device, batches_of, device_counts, drain, make_topic
@@ -51,7 +51,7 @@ async def test_paging_across_shard_boundaries_misses_and_doubles_nobody(
     assert set(counts.values()) == {1}
     async with pool.acquire() as conn:
         progress = await conn.fetchrow(queries.EVENT_PROGRESS, event.event_id)
-    assert progress["status"] == "fanned_out"
+    assert progress["status"] == "fanned_out"  # its batches are still on the queue
     assert progress["shards"] == progress["shards_done"] == 11  # 1000 / 97, rounded up
     assert progress["devices"] == len(topic.device_ids)
     assert progress["recipients"] == 750  # users with at least one device
@@ -116,13 +116,9 @@ async def test_a_shard_being_fanned_out_is_not_started_twice(
     topic = await make_topic(pool, 400)
     event = await record_event(pool, NOTE, topic=topic.key)
     tuned = small(settings, shard_size=10_000)
-    results = await asyncio.gather(
+    await asyncio.gather(
         plan_event(event.event_id, pool, queues, tuned),
         plan_event(event.event_id, pool, queues, tuned),
-        return_exceptions=True,
-    )
-    assert any(isinstance(r, ShardBusy) for r in results) or all(
-        isinstance(r, list) for r in results
     )
     counts = device_counts(batches_of(await drain(queues.delivery)))
     assert sorted(counts) == sorted(topic.device_ids)

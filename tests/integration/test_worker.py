@@ -18,8 +18,10 @@ from fanout.notification import Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client
 from fanout.runtime.pipeline import Pipeline
+from fanout.runtime.reconciler import reconcile_once
 from fanout.runtime.worker import QueueConsumer, run_worker
-from fanout.stages.publish import publish, record_event, sweep_outbox
+from fanout.stages.progress import TERMINAL_STATES
+from fanout.stages.publish import publish, record_event
 from fanout.store import queries
 from tests.helpers import make_topic
 
@@ -42,7 +44,7 @@ async def wait_until_done(pipeline: Pipeline, event_id: int, timeout: float = 30
         async with pipeline.pool.acquire() as conn:
             row = dict(await conn.fetchrow(queries.EVENT_PROGRESS, event_id))
         finished = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]
-        if row["status"] == "fanned_out" and finished >= row["devices"]:
+        if row["status"] in TERMINAL_STATES and finished >= row["devices"]:
             return row
         await asyncio.sleep(0.1)
     raise AssertionError(f"event {event_id} not delivered in {timeout}s: {row}")
@@ -89,14 +91,16 @@ async def _wait_for_dead_letter(pipeline: Pipeline, dlq_url: str | None) -> dict
     raise AssertionError("nothing reached the dead-letter queue")
 
 
-async def test_event_left_pending_by_a_crash_is_sent_by_the_outbox_sweeper(
+async def test_event_left_pending_by_a_crash_is_sent_by_the_reconciler(
     pipeline: Pipeline, sink: EmbeddedSink, running_worker: list[QueueConsumer]
 ) -> None:
     topic = await make_topic(pipeline.pool, 12)
     # Committed, but the process "died" before sending the fan-out message.
     event = await record_event(pipeline.pool, NOTE, topic=topic.key)
-    swept = await sweep_outbox(pipeline.pool, pipeline.queues, older_than=0)
-    assert swept >= 1
+    report = await reconcile_once(
+        pipeline.pool, pipeline.queues, pipeline.settings, look_ahead=3600
+    )
+    assert report.events_resent >= 1
     assert (await wait_until_done(pipeline, event.event_id))["sent"] == 12
 
 

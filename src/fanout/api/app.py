@@ -34,6 +34,7 @@ from fanout.api.keys import ApiKey, find_api_key
 from fanout.config import Settings
 from fanout.queue.sqs import Queues, open_client, open_queues
 from fanout.ratelimit import TokenBucket
+from fanout.stages.progress import EventStatus, load_event_status
 from fanout.stages.publish import enqueue_event, record_event
 from fanout.store import create_pool, find_or_create, queries
 
@@ -299,12 +300,11 @@ def _routes() -> Any:
     @router.get("/v1/events/{event_id}", dependencies=read, responses=with_404)
     async def event_status(
         event_id: Annotated[int, Path(ge=1, le=2**63 - 1)], state: State
-    ) -> schemas.EventStatus:
-        async with state.pool.acquire() as conn:
-            row = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
-        if row is None:
+    ) -> EventStatus:
+        found = await load_event_status(state.pool, event_id)
+        if found is None:
             raise HTTPException(404, "no such event")
-        return _status_of(row)
+        return found
 
     @router.get("/healthz", responses={503: {"model": schemas.Health}})
     async def healthz(state: State, response: Response) -> schemas.Health:
@@ -353,26 +353,6 @@ async def _accept(
             state.metrics.enqueue_failures.inc()
             log.warning("event %d committed, enqueue deferred: %r", published.event_id, exc)
     return schemas.EventAccepted(event_id=published.event_id, created=published.created)
-
-
-def _status_of(row: asyncpg.Record) -> schemas.EventStatus:
-    done = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]
-    pending = max(0, row["devices"] - done)
-    delivered = row["status"] == "fanned_out" and pending == 0
-    return schemas.EventStatus(
-        event_id=row["id"],
-        status="delivered" if delivered else row["status"],
-        recipients=row["recipients"],
-        devices=row["devices"],
-        sent=row["sent"],
-        failed=row["failed"],
-        invalid=row["invalid"],
-        skipped=row["skipped"],
-        pending=pending,
-        started_at=row["created_at"],
-        fanned_out_at=row["fanned_out_at"],
-        finished_at=(row["last_finished_at"] or row["fanned_out_at"]) if delivered else None,
-    )
 
 
 class _Measure:

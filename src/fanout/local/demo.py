@@ -35,6 +35,7 @@ from fanout.queue.messages import PLATFORMS
 from fanout.queue.sqs import open_client
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.worker import run_worker
+from fanout.stages.progress import EventStatus, load_event_status
 from fanout.stages.publish import publish
 from fanout.store import connect, find_or_create, queries
 from fanout.store.migrate import migrate
@@ -245,14 +246,12 @@ async def _publish_and_watch(
             while True:
                 progress = await _event_progress(pipeline.pool, published.event_id)
                 elapsed = time.monotonic() - started
-                if progress["status"] == "fanned_out" and not fanout_seconds:
+                if progress.fanned_out_at is not None and not fanout_seconds:
                     fanout_seconds = elapsed
-                done = progress["sent"] + progress["failed"] + progress["invalid"]
-                done += progress["skipped"]
-                bars.update(fanned, completed=progress["devices"])
+                bars.update(fanned, completed=progress.devices)
                 unique, _ = delivered_so_far()
                 bars.update(delivered, completed=unique, rate=f"{unique / elapsed:,.0f}/s")
-                if progress["status"] == "fanned_out" and done >= progress["devices"]:
+                if progress.terminal:
                     break
                 if workers.done() or elapsed > DEADLINE_SECONDS:
                     break
@@ -262,19 +261,19 @@ async def _publish_and_watch(
         await workers
     unique, duplicates = delivered_so_far()
     seconds = (
-        (progress["last_finished_at"] - progress["created_at"]).total_seconds()
-        if progress["last_finished_at"]
+        (progress.finished_at - progress.started_at).total_seconds()
+        if progress.finished_at
         else time.monotonic() - started
     )
     return DemoSummary(
         subscribers=seeded.subscribers,
         devices=seeded.devices,
         delivered=unique,
-        failed=progress["failed"],
-        invalid=progress["invalid"],
-        skipped=progress["skipped"],
+        failed=progress.failed,
+        invalid=progress.invalid,
+        skipped=progress.skipped,
         duplicates=duplicates,
-        shards=progress["shards"],
+        shards=progress.shards,
         seconds=round(seconds, 3),
         fanout_seconds=round(fanout_seconds, 3),
         notifications_per_second=round(unique / seconds, 1) if seconds else 0.0,
@@ -283,10 +282,10 @@ async def _publish_and_watch(
     )
 
 
-async def _event_progress(pool: asyncpg.Pool, event_id: int) -> asyncpg.Record:
-    async with pool.acquire() as conn:
-        row: asyncpg.Record = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
-        return row
+async def _event_progress(pool: asyncpg.Pool, event_id: int) -> EventStatus:
+    found = await load_event_status(pool, event_id)
+    assert found is not None
+    return found
 
 
 def summary_table(summary: DemoSummary) -> Table:

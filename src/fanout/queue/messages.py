@@ -7,7 +7,11 @@ Two kinds travel through SQS, both JSON:
 ``DeliveryBatch`` ``{"kind": "delivery", "v": 2, "event": 7, "key": "s0:1-812", "attempt": 0,
                   "notification": {...}, "devices": {"apns": [[id, token, locale], ...],
                   "webpush": [[id, endpoint, locale, p256dh, auth], ...]}}``
-                  or, in place of ``devices``, ``"devices_z": "<base64 of zlib of that JSON>"``.
+                  or, in place of ``devices``, ``"devices_z": "<base64 of zlib of that JSON>"``;
+                  or, sent again by the reconciler, ``"devices": {}`` and ``"reread":
+                  {"users": [first, last]}`` (a fan-out batch's range of users) or
+                  ``{"device_ids": [...]}`` (a retry batch's devices): the delivery stage
+                  reads those devices from PostgreSQL.
 
 Devices are grouped by platform because each group goes to one provider, and are
 written as short arrays rather than objects: an object per device would repeat its
@@ -100,6 +104,14 @@ class DeliveryBatch:
     attempt: int
     notification: dict[str, Any]
     devices: dict[str, list[list[Any]]] = field(default_factory=dict)
+    # Sent again from what PostgreSQL recorded (the reconciler): the devices are to be
+    # read there, from a fan-out batch's closed range of users or a retry batch's ids.
+    users: tuple[int, int] | None = None
+    device_ids: list[int] | None = None
+
+    @property
+    def rereads(self) -> bool:
+        return self.users is not None or self.device_ids is not None
 
     def device_count(self) -> int:
         return sum(len(entries) for entries in self.devices.values())
@@ -110,6 +122,22 @@ class DeliveryBatch:
                 yield Device(entry[0], platform, *entry[1:])
 
     def encode(self) -> str:
+        if self.rereads:
+            reread: dict[str, Any] = (
+                {"users": list(self.users)} if self.users else {"device_ids": self.device_ids}
+            )
+            return orjson.dumps(
+                {
+                    "kind": "delivery",
+                    "v": WIRE_VERSION,
+                    "event": self.event_id,
+                    "key": self.key,
+                    "attempt": self.attempt,
+                    "notification": self.notification,
+                    "devices": {},
+                    "reread": reread,
+                }
+            ).decode()
         return encode_delivery(
             self.event_id, self.key, self.attempt, self.notification, orjson.dumps(self.devices)
         )
@@ -189,7 +217,33 @@ def _decode_batch(doc: dict[str, Any], event_id: int) -> DeliveryBatch:
             isinstance(e, list) and len(e) == width and isinstance(e[0], int) for e in entries
         ):
             raise PoisonMessage(f"'devices.{platform}' must be a list of {width}-item arrays")
-    return DeliveryBatch(event_id, key, attempt, notification, devices)
+    batch = DeliveryBatch(event_id, key, attempt, notification, devices)
+    if "reread" in doc:
+        _decode_reread(doc["reread"], batch)
+    return batch
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _decode_reread(reread: Any, batch: DeliveryBatch) -> None:
+    if not isinstance(reread, dict) or len(reread) != 1:
+        raise PoisonMessage("field 'reread' must be an object with 'users' or 'device_ids'")
+    if "users" in reread:
+        users = reread["users"]
+        if not (isinstance(users, list) and len(users) == 2 and all(map(_is_id, users))):
+            raise PoisonMessage("field 'reread.users' must be [first, last] user ids")
+        batch.users = (users[0], users[1])
+    else:
+        ids = reread.get("device_ids")
+        if (
+            not isinstance(ids, list)
+            or len(ids) > MAX_DEVICES_PER_BATCH
+            or not all(map(_is_id, ids))
+        ):
+            raise PoisonMessage("field 'reread.device_ids' must be a list of device ids")
+        batch.device_ids = ids
 
 
 def _inflate(packed: Any) -> Any:

@@ -19,14 +19,15 @@ from fanout.config import Settings
 from fanout.providers import Provider, build_providers
 from fanout.queue.messages import FanoutTask, PoisonMessage, decode
 from fanout.queue.sqs import Queue, QueueMessage, Queues, open_client, open_queues
-from fanout.stages.delivery import BatchBusy, BatchReport, deliver_batch
-from fanout.stages.fanout import ShardBusy, ShardReport, run_fanout_task
+from fanout.stages.delivery import BatchReport, deliver_batch
+from fanout.stages.fanout import ShardReport, run_fanout_task
+from fanout.stages.leases import LeaseKept, describe
 from fanout.store import create_pool
 
 log = logging.getLogger(__name__)
 
 # Failures that say what happened in one line; anything else is logged with its traceback.
-_EXPECTED_FAILURES = (BatchBusy, ShardBusy, PoisonMessage)
+_EXPECTED_FAILURES = (PoisonMessage, LeaseKept)
 
 
 class Result(Enum):
@@ -79,16 +80,18 @@ class Pipeline:
     ) -> tuple[Result, str | None]:
         """Handle one message and apply the failure policy; never raises for its failure.
 
-        A failure hides the message for a backoff (1, 2, 4 … s) so SQS delivers it again;
-        on the queue's last allowed receive it goes to the dead-letter queue with the
-        reason instead, so poison never blocks a queue. The worker and the Lambda handlers
-        both call this.
+        A failure hides the message for a backoff (1, 2, 4 … s, or until the lease the
+        failed try kept is over) so SQS delivers it again; on the queue's last allowed
+        receive it goes to the dead-letter queue with the reason instead, so poison never
+        blocks a queue. A unit of work whose message is dead-lettered is still known to
+        PostgreSQL: the reconciler sends it again when it is overdue. The worker and the
+        Lambda handlers both call this.
         """
         try:
             await self.handle(message.body, time_left=time_left)
             return Result.DONE, None
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = describe(exc)
             failure = exc
         last_try = (
             queue.max_receive_count is not None
@@ -106,6 +109,10 @@ class Pipeline:
                 )
                 return Result.DEAD_LETTERED, reason
             backoff = int(retry.MESSAGE.delay(message.receive_count))
+            if isinstance(failure, LeaseKept):
+                # The work is still leased to this failed try (the database could not be
+                # told otherwise): coming back sooner would only find it busy.
+                backoff = max(backoff, int(failure.seconds))
             log.warning(
                 "message %s failed (try %d), again in %ds: %s",
                 message.message_id,

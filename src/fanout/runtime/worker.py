@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from fanout import retry
 from fanout.config import Settings
 from fanout.queue.sqs import Queue, QueueMessage
 from fanout.runtime.pipeline import Pipeline, Result
-from fanout.stages.publish import sweep_outbox
+from fanout.runtime.reconciler import run_reconciler
 
 log = logging.getLogger(__name__)
 
@@ -154,28 +155,26 @@ class QueueConsumer:
             await self.queue.change_visibility_many(released, 0)
 
 
-async def run_outbox_sweeper(pipeline: Pipeline, stopping: asyncio.Event) -> None:
-    period = pipeline.settings.outbox_sweep_seconds
-    while not stopping.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), period)
-        if stopping.is_set():
-            return
-        try:
-            await sweep_outbox(pipeline.pool, pipeline.queues, older_than=period)
-        except Exception as exc:
-            log.warning("outbox sweep failed: %r", exc)
-
-
-def build_consumers(pipeline: Pipeline, roles: tuple[str, ...]) -> list[QueueConsumer]:
+def build_consumers(
+    pipeline: Pipeline, roles: tuple[str, ...], stopping: asyncio.Event
+) -> list[QueueConsumer]:
     settings = pipeline.settings
+
+    def time_left() -> float:
+        # A stopping worker has no time left: a shard stops at its next page, checkpoints,
+        # gives its lease up and sends itself again, so a new worker goes on at once.
+        return 0.0 if stopping.is_set() else math.inf
+
+    async def run(queue: Queue, message: QueueMessage) -> tuple[Result, str | None]:
+        return await pipeline.run_message(queue, message, time_left=time_left)
+
     queues = {"fanout": pipeline.queues.fanout, "delivery": pipeline.queues.delivery}
     # Fan-out shards are few and each one is a long database stream; batches are many.
     concurrency = {"fanout": settings.fanout_concurrency, "delivery": settings.worker_concurrency}
     return [
         QueueConsumer(
             queues[role],
-            pipeline.run_message,
+            run,
             concurrency=concurrency[role],
             wait_seconds=settings.poll_wait_seconds,
             visibility_timeout=settings.visibility_timeout,
@@ -196,10 +195,11 @@ async def run_worker(
     async with contextlib.AsyncExitStack() as stack:
         if pipeline is None:
             pipeline = await stack.enter_async_context(Pipeline.open(settings))
-        consumers = build_consumers(pipeline, roles)
+        consumers = build_consumers(pipeline, roles, stopping)
         log.info("worker consuming %s", ", ".join(c.queue.name for c in consumers))
         await asyncio.gather(
-            run_outbox_sweeper(pipeline, stopping), *(c.run(stopping) for c in consumers)
+            run_reconciler(pipeline.pool, pipeline.queues, pipeline.settings, stopping),
+            *(c.run(stopping) for c in consumers),
         )
         return consumers
     raise AssertionError("unreachable")

@@ -38,6 +38,25 @@ RAW_PER_MESSAGE_BYTE = 1.3
 
 Row = Sequence[Any]  # (user id, platform or None, wire JSON or None)
 
+# Room a notification must leave in a batch for devices: one ordinary device on the wire
+# (an APNs token ~80 bytes, an FCM token ~190, a Web Push endpoint with its keys ~400).
+# Less, and none of its batches could carry anyone.
+MIN_DEVICE_ROOM_BYTES = 512
+# Batches fill at most this share of the queue's MaximumMessageSize: the rest is margin
+# for SQS's own accounting of attributes.
+QUEUE_SHARE = 0.9
+
+
+def batch_max_bytes(configured: int, queue_limit: int) -> int:
+    """How large a delivery batch message may be (FANOUT_BATCH_MAX_BYTES, capped by the
+    queue's own limit)."""
+    return min(configured, int(queue_limit * QUEUE_SHARE))
+
+
+def room_for_devices(notification: dict[str, Any], max_bytes: int) -> int:
+    """Bytes left for devices in a batch of ``max_bytes`` carrying ``notification``."""
+    return max_bytes - len(orjson.dumps(notification)) - _ENVELOPE_SLACK
+
 
 @dataclass(frozen=True, slots=True)
 class PackedBatch:
@@ -47,6 +66,7 @@ class PackedBatch:
     body: str
     devices: int
     users: int
+    first_user: int
     last_user: int
 
 
@@ -67,7 +87,7 @@ class BatchPacker:
         self.notification = notification
         self.max_bytes = max_bytes
         self.max_devices = max_devices
-        room = max_bytes - len(orjson.dumps(notification)) - _ENVELOPE_SLACK
+        room = room_for_devices(notification, max_bytes)
         if room <= 0:
             raise ValueError(f"max_bytes={max_bytes} leaves no room for devices")
         self._raw_budget = int(room * RAW_PER_MESSAGE_BYTE)
@@ -155,7 +175,9 @@ class BatchPacker:
             self.event_id, key, 0, self.notification, b"{%b}" % devices_json.encode()
         )
         users = len({row[0] for row in rows})
-        return PackedBatch(key=key, body=body, devices=count, users=users, last_user=last)
+        return PackedBatch(
+            key=key, body=body, devices=count, users=users, first_user=first, last_user=last
+        )
 
 
 def _end_of_first_user(rows: Sequence[Row]) -> int:

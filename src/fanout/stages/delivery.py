@@ -1,10 +1,12 @@
 """The delivery stage: one batch in, a push to each of its devices out.
 
 It reads nothing per recipient from the database: everything it needs is in the
-batch. Per batch it runs three statements: claim the batch (a redelivered batch
-that is done is skipped), then, in one transaction, deactivate the dead tokens and
-record the outcome. Devices that may succeed later go back on the queue as a smaller
-batch with a delay; devices already sent never do.
+batch. Per batch it runs a few statements: claim the batch (a redelivered batch that
+is done, or held by a live invocation, is skipped), then, in one transaction,
+deactivate the dead tokens, record the retry batch and the outcome; then end the event
+if that was its last open batch. Devices that may succeed later go back on the queue
+as a smaller batch with a delay, recorded first so that the reconciler can send it
+again if its message is lost; devices already sent never do.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
+import orjson
 import pydantic
 
 from fanout import retry
@@ -24,13 +27,10 @@ from fanout.notification import Notification, RenderedNotification, render
 from fanout.providers import Outcome, OutcomeKind, Provider
 from fanout.queue.messages import DeliveryBatch, Device, PoisonMessage
 from fanout.queue.sqs import MAX_DELAY_SECONDS, Queues
+from fanout.stages import leases
 from fanout.store import queries
 
 log = logging.getLogger(__name__)
-
-
-class BatchBusy(Exception):
-    """Another invocation is delivering this batch right now; retried later."""
 
 
 @dataclass(slots=True)
@@ -44,6 +44,7 @@ class BatchReport:
     skipped: int = 0
     retried: int = 0
     already_done: bool = False
+    busy: bool = False  # another invocation holds it: this copy of the message is redundant
     failure_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -54,22 +55,27 @@ async def deliver_batch(
     providers: Mapping[str, Provider],
     settings: Settings,
 ) -> BatchReport:
-    """Send one batch, record its outcome; a batch already done is skipped."""
+    """Send one batch, record its outcome; a batch already done or held elsewhere is
+    skipped (PostgreSQL knows it, and the reconciler sees that it finishes)."""
     report = BatchReport(batch.event_id, batch.key, devices=batch.device_count())
-    if not await _claim(batch, pool, report.devices, settings.visibility_timeout):
-        report.already_done = True
+    lease = settings.visibility_timeout
+    claimed = await _claim(batch, pool, report.devices, lease, settings.reconcile_after_seconds)
+    if claimed != "claimed":
+        report.already_done, report.busy = claimed == "done", claimed == "busy"
         return report
     try:
-        notification = Notification.model_validate(batch.notification)
-    except pydantic.ValidationError as exc:
-        raise PoisonMessage(f"batch {batch.key}: invalid notification: {exc}") from None
-
-    devices = list(batch.iter_devices())
-    lease = asyncio.create_task(_keep_lease(batch, pool, settings.visibility_timeout))
+        notification = _notification(batch)
+        if batch.rereads:
+            await _reread_devices(batch, pool)
+            report.devices = batch.device_count()
+        devices = list(batch.iter_devices())
+    except BaseException as failure:  # nothing was sent: let the next try have it at once
+        await leases.give_up(_releaser(batch, pool, settings), failure, lease)
+    renewing = asyncio.create_task(_keep_lease(batch, pool, lease, settings))
     try:
         outcomes = await _send_all(notification, str(batch.event_id), devices, providers)
     finally:
-        lease.cancel()
+        renewing.cancel()
 
     invalid_ids: list[int] = []
     to_retry: list[Device] = []
@@ -89,15 +95,18 @@ async def deliver_batch(
             _count_reason(report, outcome)
     report.invalid = len(invalid_ids)
 
+    retry_batch: tuple[DeliveryBatch, int] | None = None
     if to_retry:
         if batch.attempt + 1 < settings.delivery_max_attempts:
-            await _enqueue_retry(batch, to_retry, retry_after, queues, settings)
+            retry_batch = _retry_batch(batch, to_retry, retry_after, settings)
             report.retried = len(to_retry)
         else:
             report.failed += len(to_retry)
             report.failure_reasons["retries exhausted"] = len(to_retry)
 
-    await _record_outcome(pool, batch, report, invalid_ids)
+    await _record_outcome(pool, batch, report, invalid_ids, retry_batch, settings)
+    if retry_batch is not None:
+        await _send_retry(queues, *retry_batch)
     if report.failure_reasons:
         log.warning("batch %s: failures %s", batch.key, report.failure_reasons)
     return report
@@ -107,28 +116,49 @@ _CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.Interfac
 
 
 async def _record_outcome(
-    pool: asyncpg.Pool, batch: DeliveryBatch, report: BatchReport, invalid_ids: list[int]
+    pool: asyncpg.Pool,
+    batch: DeliveryBatch,
+    report: BatchReport,
+    invalid_ids: list[int],
+    retry_batch: tuple[DeliveryBatch, int] | None,
+    settings: Settings,
 ) -> None:
-    """Deactivate dead tokens and mark the batch done, in one transaction.
+    """Deactivate dead tokens, record the retry batch and mark this one done, in one
+    transaction; then, if that was the event's last open batch, end the event.
 
     The pushes are out by now: if recording fails, SQS would deliver the batch again and
     every device would get it twice. A database blip is worth waiting out instead.
     """
 
     async def record() -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            if invalid_ids:
-                await conn.execute(queries.DEACTIVATE_DEVICES, invalid_ids, "invalid token")
-            await conn.execute(
-                queries.FINISH_BATCH,
-                batch.event_id,
-                batch.key,
-                report.sent,
-                report.failed,
-                report.invalid,
-                report.skipped,
-                report.retried,
-            )
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                if invalid_ids:
+                    await conn.execute(queries.DEACTIVATE_DEVICES, invalid_ids, "invalid token")
+                if retry_batch is not None:
+                    retry, delay = retry_batch
+                    await conn.execute(
+                        queries.RECORD_RETRY_BATCH,
+                        retry.event_id,
+                        retry.key,
+                        retry.attempt,
+                        [device.id for device in retry.iter_devices()],
+                        delay,
+                        settings.reconcile_after_seconds,
+                    )
+                await conn.execute(
+                    queries.FINISH_BATCH,
+                    batch.event_id,
+                    batch.key,
+                    report.sent,
+                    report.failed,
+                    report.invalid,
+                    report.skipped,
+                    report.retried,
+                    report.failure_reasons or None,
+                )
+            if retry_batch is None:
+                await conn.execute(queries.FINISH_EVENT, batch.event_id)
 
     await retry.retrying(
         record,
@@ -139,33 +169,99 @@ async def _record_outcome(
     )
 
 
-async def _keep_lease(batch: DeliveryBatch, pool: asyncpg.Pool, lease: int) -> None:
+def _releaser(
+    batch: DeliveryBatch, pool: asyncpg.Pool, settings: Settings
+) -> Callable[[str], Awaitable[object]]:
+    async def release(reason: str) -> None:
+        async with pool.acquire() as conn:
+            await conn.execute(
+                queries.RELEASE_BATCH,
+                batch.event_id,
+                batch.key,
+                settings.reconcile_after_seconds,
+                reason,
+            )
+
+    return release
+
+
+async def _keep_lease(
+    batch: DeliveryBatch, pool: asyncpg.Pool, lease: int, settings: Settings
+) -> None:
     """Renew the batch's lease while it sends, so a slow provider never lets a
     redelivered copy of it start sending too."""
     while True:
         await asyncio.sleep(max(1.0, lease / 3))
         try:
             async with pool.acquire() as conn:
-                await conn.execute(queries.RENEW_BATCH_LEASE, batch.event_id, batch.key, lease)
+                await conn.execute(
+                    queries.RENEW_BATCH_LEASE,
+                    batch.event_id,
+                    batch.key,
+                    lease,
+                    settings.reconcile_after_seconds,
+                )
         except _CONNECTION_ERRORS as exc:
             log.warning("could not renew the lease of batch %s: %r", batch.key, exc)
 
 
-async def _claim(batch: DeliveryBatch, pool: asyncpg.Pool, devices: int, lease: int) -> bool:
-    """True if this invocation should deliver the batch, False if it is already done."""
+async def _claim(
+    batch: DeliveryBatch, pool: asyncpg.Pool, devices: int, lease: int, overdue_after: float
+) -> str:
+    """ "claimed" if this invocation delivers the batch; "done" or "busy" if not."""
     async with pool.acquire() as conn:
         try:
             claimed = await conn.fetchval(
-                queries.CLAIM_BATCH, batch.event_id, batch.key, batch.attempt, devices, lease
+                queries.CLAIM_BATCH,
+                batch.event_id,
+                batch.key,
+                batch.attempt,
+                devices,
+                lease,
+                overdue_after,
             )
         except asyncpg.ForeignKeyViolationError:
             raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}") from None
         if claimed:
-            return True
+            return "claimed"
         status = await conn.fetchval(queries.BATCH_STATUS, batch.event_id, batch.key)
     if status == "done":
-        return False
-    raise BatchBusy(f"batch {batch.key} of event {batch.event_id} is being delivered elsewhere")
+        return "done"
+    # Held by a live invocation: this is a redundant copy (a redelivery, or a resend by the
+    # reconciler). Dropping it loses nothing: PostgreSQL knows the batch, and if its holder
+    # dies the reconciler sends it again once its lease is over.
+    log.info("batch %s of event %d is being delivered elsewhere", batch.key, batch.event_id)
+    return "busy"
+
+
+def _notification(batch: DeliveryBatch) -> Notification:
+    try:
+        return Notification.model_validate(batch.notification)
+    except pydantic.ValidationError as exc:
+        raise PoisonMessage(f"batch {batch.key}: invalid notification: {exc}") from None
+
+
+async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool) -> None:
+    """Fill a batch the reconciler sent again from PostgreSQL: its users' active devices,
+    or the devices of a retry batch, read as the fan-out reads them."""
+    async with pool.acquire() as conn:
+        if batch.device_ids is not None:
+            rows = await conn.fetch(queries.DEVICES_BY_ID, batch.device_ids)
+        else:
+            assert batch.users is not None
+            event = await conn.fetchrow(queries.LOAD_EVENT, batch.event_id)
+            if event is None:
+                raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}")
+            first, last = batch.users
+            if event["user_id"] is not None:
+                rows = await conn.fetch(queries.USER_RECIPIENTS, event["user_id"], first - 1)
+            else:
+                rows = await conn.fetch(queries.BATCH_RECIPIENTS, event["topic_id"], first, last)
+    batch.devices = {}
+    for row in rows:
+        if row["wire"] is not None:
+            batch.devices.setdefault(row["platform"], []).append(orjson.loads(row["wire"]))
+    batch.users = batch.device_ids = None
 
 
 async def _send_all(
@@ -215,27 +311,34 @@ def _rendered(
     return found
 
 
-async def _enqueue_retry(
-    batch: DeliveryBatch,
-    devices: list[Device],
-    retry_after: float,
-    queues: Queues,
-    settings: Settings,
-) -> None:
-    """Re-enqueue only the devices that may still succeed, later, as a smaller batch."""
+def _retry_batch(
+    batch: DeliveryBatch, devices: list[Device], retry_after: float, settings: Settings
+) -> tuple[DeliveryBatch, int]:
+    """Only the devices that may still succeed, as a smaller batch, and its delay."""
     attempt = batch.attempt + 1
     base_key = batch.key.split("/r", 1)[0]
-    retry = DeliveryBatch(
+    retry_batch = DeliveryBatch(
         event_id=batch.event_id,
         key=f"{base_key}/r{attempt}",
         attempt=attempt,
         notification=batch.notification,
     )
     for device in devices:
-        retry.devices.setdefault(device.platform, []).append(device.wire())
+        retry_batch.devices.setdefault(device.platform, []).append(device.wire())
     backoff = settings.retry_backoff().delay(attempt)
-    delay = int(min(MAX_DELAY_SECONDS, max(backoff, retry_after + 0.999)))
-    await queues.delivery.send(retry.encode(), delay_seconds=delay)
+    return retry_batch, int(min(MAX_DELAY_SECONDS, max(backoff, retry_after + 0.999)))
+
+
+async def _send_retry(queues: Queues, retry_batch: DeliveryBatch, delay: int) -> None:
+    """Send a recorded retry batch. If SQS refuses, the reconciler sends it once due."""
+    try:
+        await queues.delivery.send(retry_batch.encode(), delay_seconds=delay)
+    except Exception as exc:
+        log.warning(
+            "retry batch %s recorded but not sent (%r); the reconciler will send it",
+            retry_batch.key,
+            exc,
+        )
 
 
 def _count_reason(report: BatchReport, outcome: Outcome) -> None:

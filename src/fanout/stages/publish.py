@@ -1,8 +1,10 @@
 """Publishing an event: write it, then hand it to the fan-out queue (a transactional outbox).
 
 The event row is committed as 'pending' before its message is sent. If the process
-dies in between, the outbox sweeper (run by every worker) finds the pending event
-and sends its message; fan-out is idempotent, so sending twice is harmless.
+dies in between, or the message is lost, the reconciler (runtime/reconciler.py) finds
+the event overdue and sends its message again; fan-out is idempotent, so sending twice
+is harmless. A notification that no delivery batch could carry is refused here, before
+anything is written.
 """
 
 from __future__ import annotations
@@ -13,11 +15,36 @@ from dataclasses import dataclass
 import asyncpg
 
 from fanout.notification import Notification
-from fanout.queue.messages import FanoutTask
+from fanout.queue.messages import MAX_MESSAGE_BYTES, FanoutTask
 from fanout.queue.sqs import Queues
+from fanout.stages.batching import MIN_DEVICE_ROOM_BYTES, room_for_devices
+from fanout.stages.batching import batch_max_bytes as max_batch_bytes
 from fanout.store import find_or_create, queries
 
 log = logging.getLogger(__name__)
+
+
+# How long an enqueued event may wait for its fan-out to start before the reconciler
+# sends its message again (FANOUT_RECONCILE_AFTER's default; callers pass the setting).
+DEFAULT_OVERDUE_AFTER = 120.0
+
+
+class NotificationTooLarge(ValueError):
+    """The notification cannot travel in a delivery batch: refused at the door."""
+
+
+def check_fits_a_batch(notification: Notification, max_bytes: int) -> None:
+    """Raise ``NotificationTooLarge`` unless a batch of ``max_bytes`` carries the
+    notification (every locale: batches carry it whole) and at least one device."""
+    payload = notification.model_dump(mode="json", exclude_defaults=True)
+    room = room_for_devices(payload, max_bytes)
+    if room < MIN_DEVICE_ROOM_BYTES:
+        raise NotificationTooLarge(
+            f"the notification is {MIN_DEVICE_ROOM_BYTES - room:,} bytes too large: with "
+            f"its envelope and one device it must fit a delivery batch of "
+            f"{max_bytes:,} bytes (FANOUT_BATCH_MAX_BYTES, at most 90% of the queue's "
+            "MaximumMessageSize); send fewer locales or shorter text"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +77,17 @@ async def record_event(
         return Published(existing, created=False)
 
 
-async def enqueue_event(pool: asyncpg.Pool, queues: Queues, event_id: int) -> None:
-    """Send the event's fan-out message and mark it enqueued."""
+async def enqueue_event(
+    pool: asyncpg.Pool,
+    queues: Queues,
+    event_id: int,
+    *,
+    overdue_after: float = DEFAULT_OVERDUE_AFTER,
+) -> None:
+    """Send the event's fan-out message and mark it enqueued (due ``overdue_after`` on)."""
     await queues.fanout.send(FanoutTask(event_id).encode())
     async with pool.acquire() as conn:
-        await conn.execute(queries.MARK_EVENT_ENQUEUED, event_id)
+        await conn.execute(queries.MARK_EVENT_ENQUEUED, event_id, overdue_after)
 
 
 async def publish(
@@ -65,23 +98,19 @@ async def publish(
     topic: str | None = None,
     user: str | None = None,
     idempotency_key: str | None = None,
+    batch_max_bytes: int | None = None,
+    overdue_after: float = DEFAULT_OVERDUE_AFTER,
 ) -> Published:
-    """Record and enqueue an event; the same idempotency key publishes nothing twice."""
+    """Record and enqueue an event; the same idempotency key publishes nothing twice.
+
+    ``batch_max_bytes`` (FANOUT_BATCH_MAX_BYTES) is capped by the delivery queue's limit;
+    a notification that cannot fit a batch raises ``NotificationTooLarge``.
+    """
+    configured = batch_max_bytes if batch_max_bytes is not None else MAX_MESSAGE_BYTES
+    check_fits_a_batch(notification, max_batch_bytes(configured, queues.delivery.max_message_bytes))
     published = await record_event(
         pool, notification, topic=topic, user=user, idempotency_key=idempotency_key
     )
     if published.created:
-        await enqueue_event(pool, queues, published.event_id)
+        await enqueue_event(pool, queues, published.event_id, overdue_after=overdue_after)
     return published
-
-
-async def sweep_outbox(
-    pool: asyncpg.Pool, queues: Queues, *, older_than: float, limit: int = 100
-) -> int:
-    """Enqueue events left pending for longer than ``older_than`` seconds."""
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(queries.PENDING_EVENTS, older_than, limit)
-    for row in rows:
-        log.warning("event %d was left pending; enqueueing it now", row["id"])
-        await enqueue_event(pool, queues, row["id"])
-    return len(rows)

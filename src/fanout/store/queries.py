@@ -40,18 +40,12 @@ RETURNING id
 # Index: events_idempotency_key_key.
 EVENT_BY_IDEMPOTENCY_KEY = "SELECT id FROM events WHERE idempotency_key = $1"
 
-# Index: events_pkey.
+# Index: events_pkey. The fan-out message is on the queue: if the event has not started
+# fanning out by due_at ($2 seconds on), the reconciler sends it again.
 MARK_EVENT_ENQUEUED = """
-UPDATE events SET status = 'enqueued', enqueued_at = now()
+UPDATE events SET status = 'enqueued', enqueued_at = now(),
+                  due_at = now() + make_interval(secs => $2)
 WHERE id = $1 AND status = 'pending'
-"""
-
-# Index: events_pending (partial, status = 'pending'). The outbox sweeper's scan.
-PENDING_EVENTS = """
-SELECT id FROM events
-WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1)
-ORDER BY created_at
-LIMIT $2
 """
 
 # ---------------------------------------------------------------------------------------
@@ -61,9 +55,9 @@ LIMIT $2
 # Index: events_pkey.
 LOAD_EVENT = "SELECT id, topic_id, user_id, notification, status FROM events WHERE id = $1"
 
-# Index: events_pkey.
+# Index: events_pkey. From here the shards are the units with deadlines.
 MARK_EVENT_FANNING_OUT = """
-UPDATE events SET status = 'fanning_out'
+UPDATE events SET status = 'fanning_out', due_at = NULL
 WHERE id = $1 AND status IN ('pending', 'enqueued')
 """
 
@@ -76,10 +70,11 @@ ORDER BY user_id
 OFFSET $3 LIMIT 1
 """
 
-# Index: fanout_shards_pkey. Re-planning after a crash inserts nothing twice.
+# Index: fanout_shards_pkey. Re-planning after a crash inserts nothing twice. A shard not
+# claimed within $5 seconds (its message lost) is sent again by the reconciler.
 INSERT_SHARDS = """
-INSERT INTO fanout_shards (event_id, shard_no, lo_user_id, hi_user_id)
-SELECT $1, shard_no, lo, hi
+INSERT INTO fanout_shards (event_id, shard_no, lo_user_id, hi_user_id, due_at)
+SELECT $1, shard_no, lo, hi, now() + make_interval(secs => $5)
 FROM unnest($2::integer[], $3::bigint[], $4::bigint[]) AS s (shard_no, lo, hi)
 ON CONFLICT DO NOTHING
 """
@@ -91,31 +86,54 @@ WHERE event_id = $1 AND status <> 'done'
 ORDER BY shard_no
 """
 
-# Index: fanout_shards_pkey. Takes the shard if nobody holds a live lease on it.
+# Index: fanout_shards_pkey. Takes the shard if nobody holds a live lease on it. It is due
+# $4 seconds after its lease ends: if its holder died and its message is gone too.
 CLAIM_SHARD = """
 UPDATE fanout_shards
 SET status = 'running', lease_until = now() + make_interval(secs => $3),
-    attempts = attempts + 1
+    due_at = now() + make_interval(secs => $3::float8 + $4::float8), attempts = attempts + 1
 WHERE event_id = $1 AND shard_no = $2
   AND (status = 'pending' OR (status = 'running' AND lease_until < now()))
 RETURNING lo_user_id, hi_user_id, cursor_user_id, recipients, devices, batches
 """
 
+# Index: fanout_shards_pkey. A failed invocation gives its lease up, so the retry of its
+# message (or another copy) can take the shard at once rather than find it busy.
+RELEASE_SHARD = """
+UPDATE fanout_shards
+SET lease_until = now(), due_at = now() + make_interval(secs => $3), last_error = $4
+WHERE event_id = $1 AND shard_no = $2 AND status = 'running'
+"""
+
 # Index: fanout_shards_pkey.
 SHARD_STATUS = "SELECT status FROM fanout_shards WHERE event_id = $1 AND shard_no = $2"
 
-# Index: fanout_shards_pkey. Also renews the lease: a shard that checkpoints is alive.
+# Indexes: delivery_batches_pkey, fanout_shards_pkey. After each SendMessageBatch, in one
+# statement: the batches SQS accepted are recorded ('queued', with the range of users to
+# re-read should their message be lost: one row per batch, never per device), and the
+# shard checkpoints its cursor and renews its lease (a shard that checkpoints is alive).
+# A batch re-packed after a crash has the same key and is not recorded twice.
 CHECKPOINT_SHARD = """
+WITH recorded AS (
+    INSERT INTO delivery_batches (event_id, batch_key, attempt, status, devices, shard_no,
+                                  first_user_id, last_user_id, due_at)
+    SELECT $1, b.key, 0, 'queued', b.devices, $2, b.first_user, b.last_user,
+           now() + make_interval(secs => $9)
+    FROM unnest($10::text[], $11::integer[], $12::bigint[], $13::bigint[])
+         AS b (key, devices, first_user, last_user)
+    ON CONFLICT (event_id, batch_key) DO NOTHING
+)
 UPDATE fanout_shards
 SET cursor_user_id = $3, recipients = $4, devices = $5, batches = $6,
-    lease_until = now() + make_interval(secs => $7)
+    lease_until = now() + make_interval(secs => $7),
+    due_at = now() + make_interval(secs => $7::float8 + $8::float8)
 WHERE event_id = $1 AND shard_no = $2
 """
 
 # Index: fanout_shards_pkey.
 FINISH_SHARD = """
 UPDATE fanout_shards
-SET status = 'done', finished_at = now(), lease_until = NULL,
+SET status = 'done', finished_at = now(), lease_until = NULL, due_at = NULL,
     recipients = $3, devices = $4, batches = $5
 WHERE event_id = $1 AND shard_no = $2
 """
@@ -123,11 +141,51 @@ WHERE event_id = $1 AND shard_no = $2
 # Index: events_pkey. Serialises the "was this the last shard?" check between shards.
 LOCK_EVENT = "SELECT 1 FROM events WHERE id = $1 FOR UPDATE"
 
-# Index: events_pkey, fanout_shards_pkey.
+# Index: events_pkey, fanout_shards_pkey. Once every shard is done (or given up). The
+# event is then due $2 seconds on, when the reconciler checks it has ended, in case the
+# last batch and the last shard finished at once and neither saw the other's commit.
 MARK_EVENT_FANNED_OUT = """
-UPDATE events SET status = 'fanned_out', fanned_out_at = now()
-WHERE id = $1 AND status <> 'fanned_out'
-  AND NOT EXISTS (SELECT 1 FROM fanout_shards WHERE event_id = $1 AND status <> 'done')
+UPDATE events SET status = 'fanned_out', fanned_out_at = now(),
+                  due_at = now() + make_interval(secs => $2)
+WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
+  AND NOT EXISTS (
+      SELECT 1 FROM fanout_shards WHERE event_id = $1 AND status NOT IN ('done', 'failed'))
+"""
+
+# Indexes: events_pkey, delivery_batches_open, fanout_shards_pkey. The event ends once it
+# is fanned out and no batch is open; called when a batch or a shard finishes, and by the
+# reconciler. delivered: every device reached but dead tokens; partially_delivered: some
+# sent, some not (failed, skipped for want of a provider, or a shard given up);
+# failed: nothing sent; no_recipients: nobody to send to. Returns the status set, if any.
+FINISH_EVENT = """
+WITH batches AS (
+    SELECT coalesce(sum(sent), 0) AS sent, coalesce(sum(failed), 0) AS failed,
+           coalesce(sum(skipped), 0) AS skipped
+    FROM delivery_batches WHERE event_id = $1 AND status = 'done'
+), shards AS (
+    SELECT coalesce(sum(devices), 0) AS devices,
+           count(*) FILTER (WHERE status = 'failed') AS given_up
+    FROM fanout_shards WHERE event_id = $1
+)
+UPDATE events AS e
+SET status = CASE
+        WHEN s.given_up = 0 AND s.devices = 0 THEN 'no_recipients'
+        WHEN b.sent = 0 THEN 'failed'
+        WHEN s.given_up = 0 AND b.failed = 0 AND b.skipped = 0 THEN 'delivered'
+        ELSE 'partially_delivered'
+    END,
+    finished_at = now(), due_at = NULL
+FROM batches AS b, shards AS s
+WHERE e.id = $1 AND e.status = 'fanned_out'
+  AND NOT EXISTS (SELECT 1 FROM delivery_batches WHERE event_id = $1 AND status <> 'done')
+RETURNING e.status
+"""
+
+# Index: events_pkey. An event that can never be fanned out (its notification cannot fit a
+# batch, its fan-out message was given up): it ends failed, with the reason.
+FAIL_EVENT = """
+UPDATE events SET status = 'failed', finished_at = now(), due_at = NULL, last_error = $2
+WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
 """
 
 # A device as it travels in a delivery batch, written by PostgreSQL as it reads the row:
@@ -190,31 +248,137 @@ WHERE u.id = $1 AND u.id > $2
 # ---------------------------------------------------------------------------------------
 
 # Index: delivery_batches_pkey. Returns a row when this invocation owns the batch; nothing
-# when it is done or another invocation holds a live lease on it.
+# when it is done or another invocation holds a live lease on it. (A batch the fan-out
+# recorded is 'queued'; one sent before that bookkeeping existed is inserted here.) It is
+# due $6 seconds after its lease ends.
 CLAIM_BATCH = """
-INSERT INTO delivery_batches (event_id, batch_key, attempt, devices, lease_until)
-VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+INSERT INTO delivery_batches (event_id, batch_key, attempt, devices, status, lease_until, due_at)
+VALUES ($1, $2, $3, $4, 'running', now() + make_interval(secs => $5),
+        now() + make_interval(secs => $5::float8 + $6::float8))
 ON CONFLICT (event_id, batch_key) DO UPDATE
-SET lease_until = EXCLUDED.lease_until, started_at = now()
-WHERE delivery_batches.status <> 'done' AND delivery_batches.lease_until < now()
+SET status = 'running', lease_until = EXCLUDED.lease_until, due_at = EXCLUDED.due_at,
+    started_at = now(), devices = EXCLUDED.devices
+WHERE delivery_batches.status = 'queued'
+   OR (delivery_batches.status = 'running' AND delivery_batches.lease_until < now())
 RETURNING 1
 """
 
 # Index: delivery_batches_pkey. While a batch is being sent: it is alive, keep it ours.
 RENEW_BATCH_LEASE = """
-UPDATE delivery_batches SET lease_until = now() + make_interval(secs => $3)
-WHERE event_id = $1 AND batch_key = $2 AND status <> 'done'
+UPDATE delivery_batches SET lease_until = now() + make_interval(secs => $3),
+                            due_at = now() + make_interval(secs => $3::float8 + $4::float8)
+WHERE event_id = $1 AND batch_key = $2 AND status = 'running'
+"""
+
+# Index: delivery_batches_pkey. A failed invocation that sent nothing gives its lease up.
+RELEASE_BATCH = """
+UPDATE delivery_batches
+SET status = 'queued', lease_until = NULL, due_at = now() + make_interval(secs => $3),
+    last_error = $4
+WHERE event_id = $1 AND batch_key = $2 AND status = 'running'
+"""
+
+# Index: delivery_batches_pkey. A retry batch is recorded with its device ids (only the
+# devices that may still succeed: usually few) in the transaction that finishes its parent,
+# before its message is sent; due once its delay and $6 seconds have passed.
+RECORD_RETRY_BATCH = """
+INSERT INTO delivery_batches (event_id, batch_key, attempt, status, devices, device_ids, due_at)
+VALUES ($1, $2, $3, 'queued', cardinality($4::bigint[]), $4,
+        now() + make_interval(secs => $5::float8 + $6::float8))
+ON CONFLICT (event_id, batch_key) DO NOTHING
 """
 
 # Index: delivery_batches_pkey.
 BATCH_STATUS = "SELECT status FROM delivery_batches WHERE event_id = $1 AND batch_key = $2"
 
-# Index: delivery_batches_pkey.
+# Index: delivery_batches_pkey. Failure reasons ({reason: devices}) are summed on read.
 FINISH_BATCH = """
 UPDATE delivery_batches
-SET status = 'done', finished_at = now(), lease_until = NULL,
-    sent = $3, failed = $4, invalid = $5, skipped = $6, retried = $7
+SET status = 'done', finished_at = now(), lease_until = NULL, due_at = NULL,
+    sent = $3, failed = $4, invalid = $5, skipped = $6, retried = $7, failure_reasons = $8
 WHERE event_id = $1 AND batch_key = $2
+"""
+
+# Indexes: users_pkey/subscriptions_pkey and devices_active_by_user. A batch whose message
+# was lost, re-read from PostgreSQL: its closed range of users, as the fan-out read them.
+BATCH_RECIPIENTS = f"""
+SELECT s.user_id, d.platform, {_DEVICE_WIRE} AS wire
+FROM subscriptions AS s
+JOIN devices AS d ON d.user_id = s.user_id AND d.active
+WHERE s.topic_id = $1 AND s.user_id BETWEEN $2 AND $3
+ORDER BY s.user_id
+"""
+
+# Index: devices_pkey. A retry batch re-read from its recorded device ids.
+DEVICES_BY_ID = f"""
+SELECT d.user_id, d.platform, {_DEVICE_WIRE} AS wire
+FROM devices AS d
+WHERE d.id = ANY($1::bigint[]) AND d.active
+"""
+
+# ---------------------------------------------------------------------------------------
+# Reconciler: every unit of work past its due_at, taken by moving due_at on (doubling per
+# resend, so a unit that is only slow is not resent in a loop), and SKIP LOCKED so that
+# the reconcilers of many workers share the work rather than repeat it. $1: how many;
+# $2: the base delay (FANOUT_RECONCILE_AFTER); $3: seconds to look ahead (0; tests use
+# it to act "later" without waiting).
+# ---------------------------------------------------------------------------------------
+
+_NEXT_DUE = "now() + make_interval(secs => $2 * 2 ^ least(resends, 10))"
+
+# Index: events_due.
+CLAIM_DUE_EVENTS = f"""
+UPDATE events AS e SET due_at = {_NEXT_DUE}, resends = e.resends + 1
+FROM (
+    SELECT id FROM events
+    WHERE due_at < now() + make_interval(secs => $3)
+    ORDER BY due_at LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE e.id = due.id
+RETURNING e.id, e.status, e.resends
+"""
+
+# Index: fanout_shards_due.
+CLAIM_DUE_SHARDS = f"""
+UPDATE fanout_shards AS s SET due_at = {_NEXT_DUE}, resends = s.resends + 1
+FROM (
+    SELECT event_id, shard_no FROM fanout_shards
+    WHERE due_at < now() + make_interval(secs => $3)
+    ORDER BY due_at LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE s.event_id = due.event_id AND s.shard_no = due.shard_no
+RETURNING s.event_id, s.shard_no, s.resends, s.last_error
+"""
+
+# Index: delivery_batches_due.
+CLAIM_DUE_BATCHES = f"""
+UPDATE delivery_batches AS b SET due_at = {_NEXT_DUE}, resends = b.resends + 1
+FROM (
+    SELECT event_id, batch_key FROM delivery_batches
+    WHERE due_at < now() + make_interval(secs => $3)
+    ORDER BY due_at LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE b.event_id = due.event_id AND b.batch_key = due.batch_key
+RETURNING b.event_id, b.batch_key, b.attempt, b.devices, b.first_user_id, b.last_user_id,
+          b.device_ids, b.resends, b.last_error
+"""
+
+# Index: fanout_shards_pkey. A shard resent too often: given up, so its event can end.
+GIVE_UP_SHARD = """
+UPDATE fanout_shards SET status = 'failed', due_at = NULL, lease_until = NULL,
+                         finished_at = now(), last_error = $3
+WHERE event_id = $1 AND shard_no = $2 AND status <> 'done'
+"""
+
+# Index: delivery_batches_pkey. A batch resent too often: its devices count failed.
+GIVE_UP_BATCH = """
+UPDATE delivery_batches
+SET status = 'done', due_at = NULL, lease_until = NULL, finished_at = now(),
+    failed = devices, failure_reasons = jsonb_build_object($3::text, devices)
+WHERE event_id = $1 AND batch_key = $2 AND status <> 'done'
 """
 
 # Index: devices_pkey. One statement for all of a batch's dead tokens.
@@ -231,23 +395,39 @@ WHERE id = ANY($1::bigint[]) AND active
 # Indexes: events_pkey, fanout_shards_pkey, delivery_batches_pkey (a few hundred rows per
 # million devices: counters are summed on read, so no hot counter row is ever updated).
 EVENT_PROGRESS = """
-SELECT e.id, e.status, e.created_at, e.fanned_out_at,
+SELECT e.id, e.status, e.created_at, e.fanned_out_at, e.finished_at, e.last_error,
        coalesce(f.shards, 0) AS shards, coalesce(f.shards_done, 0) AS shards_done,
+       coalesce(f.shards_failed, 0) AS shards_failed,
        coalesce(f.recipients, 0) AS recipients, coalesce(f.devices, 0) AS devices,
+       coalesce(b.batches, 0) AS batches, coalesce(b.batches_done, 0) AS batches_done,
        coalesce(b.sent, 0) AS sent, coalesce(b.failed, 0) AS failed,
        coalesce(b.invalid, 0) AS invalid, coalesce(b.skipped, 0) AS skipped,
-       b.last_finished_at
+       b.last_finished_at, coalesce(r.reasons, '{}'::jsonb) AS failure_reasons
 FROM events AS e
 LEFT JOIN LATERAL (
     SELECT count(*) AS shards, count(*) FILTER (WHERE status = 'done') AS shards_done,
+           count(*) FILTER (WHERE status = 'failed') AS shards_failed,
            sum(recipients) AS recipients, sum(devices) AS devices
     FROM fanout_shards WHERE event_id = e.id
 ) AS f ON true
 LEFT JOIN LATERAL (
-    SELECT sum(sent) AS sent, sum(failed) AS failed, sum(invalid) AS invalid,
-           sum(skipped) AS skipped, max(finished_at) AS last_finished_at
-    FROM delivery_batches WHERE event_id = e.id AND status = 'done'
+    SELECT count(*) AS batches, count(*) FILTER (WHERE status = 'done') AS batches_done,
+           sum(sent) FILTER (WHERE status = 'done') AS sent,
+           sum(failed) FILTER (WHERE status = 'done') AS failed,
+           sum(invalid) FILTER (WHERE status = 'done') AS invalid,
+           sum(skipped) FILTER (WHERE status = 'done') AS skipped,
+           max(finished_at) AS last_finished_at
+    FROM delivery_batches WHERE event_id = e.id
 ) AS b ON true
+LEFT JOIN LATERAL (
+    SELECT jsonb_object_agg(reason, devices) AS reasons
+    FROM (
+        SELECT r.key AS reason, sum(r.value::bigint) AS devices
+        FROM delivery_batches AS d, jsonb_each_text(d.failure_reasons) AS r
+        WHERE d.event_id = e.id AND d.failure_reasons IS NOT NULL
+        GROUP BY r.key
+    ) AS by_reason
+) AS r ON true
 WHERE e.id = $1
 """
 

@@ -1,0 +1,204 @@
+"""The reconciler: PostgreSQL drives liveness, the queue is only transport.
+
+Every unit of work has a row from the moment it exists, and while it is unfinished a
+``due_at``: an event until its fan-out starts (and, once fanned out, until it ends), a
+shard until it is done, a delivery batch (and each retry batch) until its outcome is
+recorded. Working on a unit moves its ``due_at`` on (a claim, a checkpoint, a renewed
+lease). A unit past its ``due_at`` has lost its message, or its message was
+dead-lettered, or its holder died: the reconciler sends the message again from what
+PostgreSQL holds: the event's fan-out task, the shard's task (it resumes at its
+checkpoint), a fan-out batch by its range of users, a retry batch by its device ids.
+A message sent twice is harmless: every stage skips work that is done or held.
+
+A unit resent ``reconcile_max_resends`` times is given up, so that every event ends:
+its devices count failed, with the reason. Each pass costs a few indexed statements
+and a row per overdue unit, never a row per device.
+
+It runs in every ``fanout worker`` (``run_reconciler``) and, on AWS, as its own
+scheduled function (``runtime.lambdas.reconcile_handler``); many at once share the work
+(``FOR UPDATE SKIP LOCKED``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from fanout.config import Settings
+from fanout.queue.messages import DeliveryBatch, FanoutTask
+from fanout.queue.sqs import Queues
+from fanout.store import queries
+
+log = logging.getLogger(__name__)
+
+# Units taken per statement and pass: a pass stays short, and the next one takes more.
+_PER_PASS = 500
+
+
+@dataclass
+class ReconcileReport:
+    """What one pass did."""
+
+    events_resent: int = 0
+    events_finished: int = 0
+    shards_resent: int = 0
+    batches_resent: int = 0
+    given_up: list[str] = field(default_factory=list)
+
+    @property
+    def actions(self) -> int:
+        return (
+            self.events_resent
+            + self.events_finished
+            + self.shards_resent
+            + self.batches_resent
+            + len(self.given_up)
+        )
+
+
+async def reconcile_once(
+    pool: asyncpg.Pool, queues: Queues, settings: Settings, *, look_ahead: float = 0.0
+) -> ReconcileReport:
+    """One pass over every overdue unit. ``look_ahead`` (seconds) treats units due that
+    soon as due now: tests use it to act as a later pass would, without waiting."""
+    report = ReconcileReport()
+    await _events(pool, queues, settings, look_ahead, report)
+    await _shards(pool, queues, settings, look_ahead, report)
+    await _batches(pool, queues, settings, look_ahead, report)
+    if report.actions:
+        log.warning(
+            "reconciler: resent %d event(s), %d shard(s), %d batch(es); ended %d event(s)%s",
+            report.events_resent,
+            report.shards_resent,
+            report.batches_resent,
+            report.events_finished,
+            f"; gave up {', '.join(report.given_up)}" if report.given_up else "",
+        )
+    return report
+
+
+def _claim_args(settings: Settings, look_ahead: float) -> tuple[int, float, float]:
+    return _PER_PASS, settings.reconcile_after_seconds, look_ahead
+
+
+async def _events(
+    pool: asyncpg.Pool,
+    queues: Queues,
+    settings: Settings,
+    look_ahead: float,
+    report: ReconcileReport,
+) -> None:
+    async with pool.acquire() as conn:
+        due = await conn.fetch(queries.CLAIM_DUE_EVENTS, *_claim_args(settings, look_ahead))
+        to_send = []
+        for row in due:
+            if row["status"] == "fanned_out":  # waiting for its last batch: has it ended?
+                if await conn.fetchval(queries.FINISH_EVENT, row["id"]):
+                    report.events_finished += 1
+            elif row["status"] in ("pending", "enqueued"):
+                if row["resends"] > settings.reconcile_max_resends:
+                    reason = f"fan-out never started after {row['resends'] - 1} resends"
+                    await conn.execute(queries.FAIL_EVENT, row["id"], reason)
+                    report.given_up.append(f"event {row['id']}")
+                else:
+                    to_send.append(row["id"])
+    if to_send:
+        await queues.fanout.send_many([FanoutTask(event_id).encode() for event_id in to_send])
+        async with pool.acquire() as conn:
+            for event_id in to_send:
+                await conn.execute(
+                    queries.MARK_EVENT_ENQUEUED, event_id, settings.reconcile_after_seconds
+                )
+        report.events_resent += len(to_send)
+
+
+async def _shards(
+    pool: asyncpg.Pool,
+    queues: Queues,
+    settings: Settings,
+    look_ahead: float,
+    report: ReconcileReport,
+) -> None:
+    async with pool.acquire() as conn:
+        due = await conn.fetch(queries.CLAIM_DUE_SHARDS, *_claim_args(settings, look_ahead))
+        to_send = []
+        for row in due:
+            event_id, shard = row["event_id"], row["shard_no"]
+            if row["resends"] > settings.reconcile_max_resends:
+                reason = f"given up after {row['resends'] - 1} resends: {row['last_error']}"
+                await conn.execute(queries.GIVE_UP_SHARD, event_id, shard, reason)
+                await _maybe_end(conn, event_id, settings, report)
+                report.given_up.append(f"shard {shard} of event {event_id}")
+            else:
+                to_send.append(FanoutTask(event_id, shard).encode())
+    if to_send:
+        await queues.fanout.send_many(to_send)
+        report.shards_resent += len(to_send)
+
+
+async def _batches(
+    pool: asyncpg.Pool,
+    queues: Queues,
+    settings: Settings,
+    look_ahead: float,
+    report: ReconcileReport,
+) -> None:
+    async with pool.acquire() as conn:
+        due = await conn.fetch(queries.CLAIM_DUE_BATCHES, *_claim_args(settings, look_ahead))
+        notifications: dict[int, Any] = {}
+        to_send = []
+        for row in due:
+            event_id, key = row["event_id"], row["batch_key"]
+            rereadable = row["first_user_id"] is not None or row["device_ids"] is not None
+            if row["resends"] > settings.reconcile_max_resends or not rereadable:
+                # Not re-readable: a batch claimed before this bookkeeping existed.
+                reason = f"given up after {row['resends'] - 1} resends"
+                if row["last_error"]:
+                    reason += f": {row['last_error']}"
+                await conn.execute(queries.GIVE_UP_BATCH, event_id, key, reason[:200])
+                await conn.execute(queries.FINISH_EVENT, event_id)
+                report.given_up.append(f"batch {key} of event {event_id}")
+                continue
+            if event_id not in notifications:
+                event = await conn.fetchrow(queries.LOAD_EVENT, event_id)
+                notifications[event_id] = event["notification"]
+            batch = DeliveryBatch(event_id, key, row["attempt"], notifications[event_id])
+            if row["device_ids"] is not None:
+                batch.device_ids = list(row["device_ids"])
+            else:
+                batch.users = (row["first_user_id"], row["last_user_id"])
+            to_send.append(batch.encode())
+    if to_send:
+        await queues.delivery.send_many(to_send)
+        report.batches_resent += len(to_send)
+
+
+async def _maybe_end(
+    conn: asyncpg.Connection, event_id: int, settings: Settings, report: ReconcileReport
+) -> None:
+    """After a shard is given up: the event may now be fanned out, and may have ended."""
+    await conn.execute(queries.MARK_EVENT_FANNED_OUT, event_id, settings.reconcile_after_seconds)
+    if await conn.fetchval(queries.FINISH_EVENT, event_id):
+        report.events_finished += 1
+
+
+async def run_reconciler(
+    pool: asyncpg.Pool, queues: Queues, settings: Settings, stopping: asyncio.Event
+) -> None:
+    """Reconcile every ``reconcile_interval_seconds`` until ``stopping`` is set; a failed
+    pass (the database or the queue away) is logged and the next one tries again."""
+    period = settings.reconcile_interval_seconds
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), period)
+        if stopping.is_set():
+            return
+        try:
+            await reconcile_once(pool, queues, settings)
+        except Exception as exc:
+            log.warning("reconciler pass failed (tries again in %.0fs): %r", period, exc)

@@ -1,0 +1,49 @@
+"""Leases: how a shard or a batch is held by one invocation at a time, and given up.
+
+A lease is a time in PostgreSQL (``lease_until``) that the holder renews while it works.
+A failure gives it up at once, so the message's next try (or another copy of it) can
+take the work instead of finding it busy and burning a receive. When the database is
+what failed, the lease cannot be given up: ``LeaseKept`` then tells the runtime to bring
+the message back no sooner than the lease ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
+
+log = logging.getLogger(__name__)
+
+# Giving a lease up is one short statement; past this the database is not answering.
+_RELEASE_TIMEOUT_SECONDS = 5.0
+
+
+class LeaseKept(Exception):
+    """The work failed and its lease could not be given up; retry after ``seconds``."""
+
+    def __init__(self, cause: BaseException, seconds: float) -> None:
+        super().__init__(describe(cause))
+        self.cause = cause
+        self.seconds = seconds
+
+
+def describe(failure: BaseException) -> str:
+    """The reason a unit of work failed, as recorded and shown to operators."""
+    if isinstance(failure, LeaseKept):
+        return describe(failure.cause)
+    return f"{type(failure).__name__}: {failure}"[:1000]
+
+
+async def give_up(
+    release: Callable[[str], Awaitable[object]], failure: BaseException, lease_seconds: float
+) -> NoReturn:
+    """Release the lease after ``failure`` and raise it again (or ``LeaseKept``)."""
+    try:
+        await asyncio.wait_for(release(describe(failure)), _RELEASE_TIMEOUT_SECONDS)
+    except Exception as exc:
+        log.warning("could not give up a lease after %s: %r", describe(failure), exc)
+        if isinstance(failure, Exception):
+            raise LeaseKept(failure, lease_seconds) from failure
+    raise failure
