@@ -97,6 +97,9 @@ def settings(database_url: str, sqs_endpoint: str) -> Settings:
         poll_wait_seconds=1,
         max_receive_count=2,
         retry_base_delay=0,
+        # Nothing becomes overdue within a session: the database is shared by every test,
+        # and a reconciler must never send one test's work into another's queues.
+        reconcile_after_seconds=3600,
         shutdown_grace_seconds=5,
     )
 

@@ -91,7 +91,7 @@ def api(
         visibility_timeout=5,
         poll_wait_seconds=1,
         retry_base_delay=0,
-        outbox_sweep_seconds=0.5,
+        reconcile_interval_seconds=0.5,
     )
 
     async def prepare() -> dict[str, str]:

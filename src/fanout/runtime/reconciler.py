@@ -62,14 +62,21 @@ class ReconcileReport:
 
 
 async def reconcile_once(
-    pool: asyncpg.Pool, queues: Queues, settings: Settings, *, look_ahead: float = 0.0
+    pool: asyncpg.Pool,
+    queues: Queues,
+    settings: Settings,
+    *,
+    look_ahead: float = 0.0,
+    event_id: int | None = None,
 ) -> ReconcileReport:
-    """One pass over every overdue unit. ``look_ahead`` (seconds) treats units due that
-    soon as due now: tests use it to act as a later pass would, without waiting."""
+    """One pass over every overdue unit (of one event, with ``event_id``). ``look_ahead``
+    (seconds) treats units due that soon as due now: tests use it to act as a later pass
+    would, without waiting."""
     report = ReconcileReport()
-    await _events(pool, queues, settings, look_ahead, report)
-    await _shards(pool, queues, settings, look_ahead, report)
-    await _batches(pool, queues, settings, look_ahead, report)
+    due = _Due(settings.reconcile_after_seconds, look_ahead, event_id)
+    await _events(pool, queues, settings, due, report)
+    await _shards(pool, queues, settings, due, report)
+    await _batches(pool, queues, settings, due, report)
     if report.actions:
         log.warning(
             "reconciler: resent %d event(s), %d shard(s), %d batch(es); ended %d event(s)%s",
@@ -82,21 +89,29 @@ async def reconcile_once(
     return report
 
 
-def _claim_args(settings: Settings, look_ahead: float) -> tuple[int, float, float]:
-    return _PER_PASS, settings.reconcile_after_seconds, look_ahead
+@dataclass(frozen=True)
+class _Due:
+    """The arguments every CLAIM_DUE_* statement takes after how many."""
+
+    overdue_after: float
+    look_ahead: float
+    event_id: int | None
+
+    def args(self) -> tuple[int, float, float, int | None]:
+        return _PER_PASS, self.overdue_after, self.look_ahead, self.event_id
 
 
 async def _events(
     pool: asyncpg.Pool,
     queues: Queues,
     settings: Settings,
-    look_ahead: float,
+    due: _Due,
     report: ReconcileReport,
 ) -> None:
     async with pool.acquire() as conn:
-        due = await conn.fetch(queries.CLAIM_DUE_EVENTS, *_claim_args(settings, look_ahead))
+        rows = await conn.fetch(queries.CLAIM_DUE_EVENTS, *due.args())
         to_send = []
-        for row in due:
+        for row in rows:
             if row["status"] == "fanned_out":  # waiting for its last batch: has it ended?
                 if await conn.fetchval(queries.FINISH_EVENT, row["id"]):
                     report.events_finished += 1
@@ -121,13 +136,13 @@ async def _shards(
     pool: asyncpg.Pool,
     queues: Queues,
     settings: Settings,
-    look_ahead: float,
+    due: _Due,
     report: ReconcileReport,
 ) -> None:
     async with pool.acquire() as conn:
-        due = await conn.fetch(queries.CLAIM_DUE_SHARDS, *_claim_args(settings, look_ahead))
+        rows = await conn.fetch(queries.CLAIM_DUE_SHARDS, *due.args())
         to_send = []
-        for row in due:
+        for row in rows:
             event_id, shard = row["event_id"], row["shard_no"]
             if row["resends"] > settings.reconcile_max_resends:
                 reason = f"given up after {row['resends'] - 1} resends: {row['last_error']}"
@@ -145,14 +160,14 @@ async def _batches(
     pool: asyncpg.Pool,
     queues: Queues,
     settings: Settings,
-    look_ahead: float,
+    due: _Due,
     report: ReconcileReport,
 ) -> None:
     async with pool.acquire() as conn:
-        due = await conn.fetch(queries.CLAIM_DUE_BATCHES, *_claim_args(settings, look_ahead))
+        rows = await conn.fetch(queries.CLAIM_DUE_BATCHES, *due.args())
         notifications: dict[int, Any] = {}
         to_send = []
-        for row in due:
+        for row in rows:
             event_id, key = row["event_id"], row["batch_key"]
             rereadable = row["first_user_id"] is not None or row["device_ids"] is not None
             if row["resends"] > settings.reconcile_max_resends or not rereadable:

@@ -321,7 +321,7 @@ WHERE d.id = ANY($1::bigint[]) AND d.active
 # resend, so a unit that is only slow is not resent in a loop), and SKIP LOCKED so that
 # the reconcilers of many workers share the work rather than repeat it. $1: how many;
 # $2: the base delay (FANOUT_RECONCILE_AFTER); $3: seconds to look ahead (0; tests use
-# it to act "later" without waiting).
+# it to act "later" without waiting); $4: one event only, or NULL for all.
 # ---------------------------------------------------------------------------------------
 
 _NEXT_DUE = "now() + make_interval(secs => $2 * 2 ^ least(resends, 10))"
@@ -332,6 +332,7 @@ UPDATE events AS e SET due_at = {_NEXT_DUE}, resends = e.resends + 1
 FROM (
     SELECT id FROM events
     WHERE due_at < now() + make_interval(secs => $3)
+      AND ($4::bigint IS NULL OR id = $4)
     ORDER BY due_at LIMIT $1
     FOR UPDATE SKIP LOCKED
 ) AS due
@@ -345,6 +346,7 @@ UPDATE fanout_shards AS s SET due_at = {_NEXT_DUE}, resends = s.resends + 1
 FROM (
     SELECT event_id, shard_no FROM fanout_shards
     WHERE due_at < now() + make_interval(secs => $3)
+      AND ($4::bigint IS NULL OR event_id = $4)
     ORDER BY due_at LIMIT $1
     FOR UPDATE SKIP LOCKED
 ) AS due
@@ -358,6 +360,7 @@ UPDATE delivery_batches AS b SET due_at = {_NEXT_DUE}, resends = b.resends + 1
 FROM (
     SELECT event_id, batch_key FROM delivery_batches
     WHERE due_at < now() + make_interval(secs => $3)
+      AND ($4::bigint IS NULL OR event_id = $4)
     ORDER BY due_at LIMIT $1
     FOR UPDATE SKIP LOCKED
 ) AS due

@@ -1,0 +1,281 @@
+"""PostgreSQL drives liveness: whatever the queue loses, the reconciler sends again.
+
+Each test loses messages by draining a queue (what a queue server that dies does) and
+then runs reconciler passes with ``look_ahead`` (acting as a later pass would), so
+nothing here waits on the clock. Devices are counted at the sink.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fanout.local.sink import EmbeddedSink
+from fanout.notification import Notification
+from fanout.queue.messages import DeliveryBatch, FanoutTask, decode
+from fanout.queue.sqs import Queue
+from fanout.runtime.pipeline import Pipeline, Result
+from fanout.runtime.reconciler import reconcile_once
+from fanout.stages.delivery import deliver_batch
+from fanout.stages.fanout import plan_event, run_shard
+from fanout.stages.progress import EventStatus, load_event_status
+from fanout.stages.publish import NotificationTooLarge, publish, record_event
+from tests.helpers import add_device, batches_of, drain, make_topic
+
+NOTE = Notification(title="New book")
+LATER = 24 * 3600.0  # look-ahead: every deadline has passed
+
+
+def small(pipeline: Pipeline, **changes: object) -> None:
+    """Small shards and batches, so one event makes many of each."""
+    pipeline.settings = pipeline.settings.model_copy(
+        update={"batch_max_bytes": 4096, "shard_size": 97, "page_size": 13, **changes}
+    )
+
+
+async def status(pipeline: Pipeline, event_id: int) -> EventStatus:
+    found = await load_event_status(pipeline.pool, event_id)
+    assert found is not None
+    return found
+
+
+async def run_everything(pipeline: Pipeline) -> None:
+    """Run every message on both queues until both stay empty (one worker, in order)."""
+    while True:
+        bodies = await drain(pipeline.queues.fanout, idle_polls=1)
+        bodies += await drain(pipeline.queues.delivery, idle_polls=1)
+        if not bodies:
+            return
+        for body in bodies:
+            await pipeline.handle(body)
+
+
+def delivered_once(sink: EmbeddedSink, device_ids: list[int]) -> tuple[int, int, int]:
+    """(delivered, duplicates, lost) among ``device_ids``, counted by the sink."""
+    counts = [sink.sink.ledger.count(d) for d in device_ids]
+    return sum(c >= 1 for c in counts), sum(max(0, c - 1) for c in counts), counts.count(0)
+
+
+async def test_delivery_batches_lost_by_the_queue_are_reread_from_their_users(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    small(pipeline)
+    topic = await make_topic(pipeline.pool, 300, devices_per_user=(1, 0, 2))
+    event = await record_event(pipeline.pool, NOTE, topic=topic.key)
+    await plan_event(event.event_id, pipeline.pool, pipeline.queues, pipeline.settings)
+    await run_everything_but_delivery(pipeline)
+    lost = batches_of(await drain(pipeline.queues.delivery))  # the queue loses every batch
+    assert len(lost) >= 3
+
+    report = await reconcile_once(
+        pipeline.pool, pipeline.queues, pipeline.settings, look_ahead=LATER, event_id=event.event_id
+    )
+
+    assert report.batches_resent == len(lost)
+    resent = batches_of(await drain(pipeline.queues.delivery))
+    assert {b.key for b in resent} == {b.key for b in lost}
+    assert all(b.users is not None and not b.devices for b in resent)  # tiny: no devices
+    for batch in resent:
+        await deliver_batch(
+            batch, pipeline.pool, pipeline.queues, pipeline.providers, pipeline.settings
+        )
+    assert delivered_once(sink, topic.device_ids) == (len(topic.device_ids), 0, 0)
+    final = await status(pipeline, event.event_id)
+    assert (final.status, final.sent, final.pending) == ("delivered", len(topic.device_ids), 0)
+
+
+async def run_everything_but_delivery(pipeline: Pipeline) -> None:
+    for body in await drain(pipeline.queues.fanout):
+        await pipeline.handle(body)
+
+
+async def test_a_lost_retry_batch_is_reread_from_its_recorded_devices(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    topic = await make_topic(pipeline.pool, 20, token_prefix="flaky")  # refused once each
+    event = await record_event(pipeline.pool, NOTE, topic=topic.key)
+    await plan_event(event.event_id, pipeline.pool, pipeline.queues, pipeline.settings)
+    [batch] = batches_of(await drain(pipeline.queues.delivery))
+    first = await deliver_batch(
+        batch, pipeline.pool, pipeline.queues, pipeline.providers, pipeline.settings
+    )
+    assert first.retried == 20
+    assert len(await drain(pipeline.queues.delivery)) == 1  # the retry batch, lost
+
+    await reconcile_once(
+        pipeline.pool, pipeline.queues, pipeline.settings, look_ahead=LATER, event_id=event.event_id
+    )
+
+    [resent] = batches_of(await drain(pipeline.queues.delivery))
+    assert resent.key.endswith("/r1") and sorted(resent.device_ids or []) == topic.device_ids
+    await deliver_batch(
+        resent, pipeline.pool, pipeline.queues, pipeline.providers, pipeline.settings
+    )
+    assert delivered_once(sink, topic.device_ids) == (20, 0, 0)
+    assert (await status(pipeline, event.event_id)).status == "delivered"
+
+
+async def test_lost_fanout_messages_are_sent_again_and_resume_at_the_checkpoint(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    small(pipeline)
+    topic = await make_topic(pipeline.pool, 400)
+    published = await publish(pipeline.pool, pipeline.queues, NOTE, topic=topic.key)
+    assert len(await drain(pipeline.queues.fanout)) == 1  # the event's message, lost
+    await reconcile_once(
+        pipeline.pool,
+        pipeline.queues,
+        pipeline.settings,
+        look_ahead=LATER,
+        event_id=published.event_id,
+    )
+    [plan] = [decode(b) for b in await drain(pipeline.queues.fanout)]
+    assert plan == FanoutTask(published.event_id)
+    await pipeline.handle(plan.encode())  # plans 5 shards, runs the first, sends 4 messages
+    assert len(await drain(pipeline.queues.fanout)) == 4  # lost too
+
+    await reconcile_once(
+        pipeline.pool,
+        pipeline.queues,
+        pipeline.settings,
+        look_ahead=LATER,
+        event_id=published.event_id,
+    )
+    await run_everything(pipeline)
+
+    assert delivered_once(sink, topic.device_ids) == (400, 0, 0)
+    final = await status(pipeline, published.event_id)
+    assert (final.status, final.shards_done, final.devices) == ("delivered", 5, 400)
+
+
+async def test_a_redundant_copy_of_held_work_is_dropped_not_retried(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    topic = await make_topic(pipeline.pool, 10)
+    event = await record_event(pipeline.pool, NOTE, topic=topic.key)
+    await plan_event(event.event_id, pipeline.pool, pipeline.queues, pipeline.settings)
+    [body] = await drain(pipeline.queues.delivery)
+    batch = decode(body)
+    assert isinstance(batch, DeliveryBatch)
+    async with pipeline.pool.acquire() as conn:  # another invocation holds it, alive
+        await conn.execute(
+            "UPDATE delivery_batches SET status = 'running', lease_until = now() + '1 hour'"
+            " WHERE event_id = $1",
+            event.event_id,
+        )
+    await pipeline.queues.delivery.send(body)
+    [message] = await pipeline.queues.delivery.receive(1, wait_seconds=1)
+    result, reason = await pipeline.run_message(pipeline.queues.delivery, message)
+    assert (result, reason) == (Result.DONE, None)
+    assert sink.sink.ledger.unique == 0
+
+
+async def test_a_failed_shard_gives_its_lease_up_so_its_retry_goes_on_at_once(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    small(pipeline, shard_size=10_000)
+    topic = await make_topic(pipeline.pool, 100)
+    event = await record_event(pipeline.pool, NOTE, topic=topic.key)
+    real_queue = pipeline.queues.delivery
+    broken = Queue(
+        real_queue.client,
+        real_queue.url + "-gone",  # SQS answers: no such queue
+        max_message_bytes=real_queue.max_message_bytes,
+        dead_letter_url=None,
+        max_receive_count=None,
+    )
+    object.__setattr__(pipeline.queues, "delivery", broken)
+    with pytest.raises(Exception, match=r"NonExistentQueue|QueueDoesNotExist"):
+        await plan_event(event.event_id, pipeline.pool, pipeline.queues, pipeline.settings)
+    object.__setattr__(pipeline.queues, "delivery", real_queue)
+    async with pipeline.pool.acquire() as conn:
+        shard = await conn.fetchrow(
+            "SELECT status, lease_until <= now() AS free, last_error FROM fanout_shards"
+            " WHERE event_id = $1",
+            event.event_id,
+        )
+    assert shard["status"] == "running" and shard["free"]  # given up, not held
+    assert shard["last_error"]
+
+    report = await run_shard(event.event_id, 0, pipeline.pool, pipeline.queues, pipeline.settings)
+
+    assert not report.busy and report.devices == 100
+
+
+async def test_every_event_ends_in_a_terminal_state_with_counts_by_reason(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    good = await make_topic(pipeline.pool, 6)
+    mixed = await make_topic(pipeline.pool, 4)
+    async with pipeline.pool.acquire() as conn:
+        for user in mixed.user_ids[:2]:
+            await add_device(conn, user, f"reject-{user}")
+            await add_device(conn, user, f"invalid-{user}")
+    rejected = await make_topic(pipeline.pool, 3, token_prefix="reject")
+    nobody = await make_topic(pipeline.pool, 0)
+    events = {}
+    for name, topic in [
+        ("good", good),
+        ("mixed", mixed),
+        ("rejected", rejected),
+        ("nobody", nobody),
+    ]:
+        events[name] = (await record_event(pipeline.pool, NOTE, topic=topic.key)).event_id
+        await pipeline.handle(FanoutTask(events[name]).encode())
+    await run_everything(pipeline)
+
+    ended = {name: await status(pipeline, event_id) for name, event_id in events.items()}
+    assert {name: s.status for name, s in ended.items()} == {
+        "good": "delivered",
+        "mixed": "partially_delivered",
+        "rejected": "failed",
+        "nobody": "no_recipients",
+    }
+    assert all(s.terminal and s.finished_at is not None for s in ended.values())
+    mixed_status = ended["mixed"]
+    assert (mixed_status.sent, mixed_status.failed, mixed_status.invalid) == (4, 2, 2)
+    assert sum(mixed_status.failure_reasons.values()) == 2
+    assert ended["good"].pending == 0
+
+
+async def test_work_resent_too_often_is_given_up_so_the_event_still_ends(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    pipeline.settings = pipeline.settings.model_copy(update={"reconcile_max_resends": 2})
+    topic = await make_topic(pipeline.pool, 5)
+    event = await record_event(pipeline.pool, NOTE, topic=topic.key)
+    await plan_event(event.event_id, pipeline.pool, pipeline.queues, pipeline.settings)
+    for _ in range(4):  # every resend is lost as well
+        await drain(pipeline.queues.delivery)
+        await reconcile_once(
+            pipeline.pool,
+            pipeline.queues,
+            pipeline.settings,
+            look_ahead=LATER,
+            event_id=event.event_id,
+        )
+    final = await status(pipeline, event.event_id)
+    assert (final.status, final.failed) == ("failed", 5)
+    assert any("given up" in reason for reason in final.failure_reasons)
+
+
+async def test_a_notification_no_batch_can_carry_is_refused_at_publish(
+    pipeline: Pipeline,
+) -> None:
+    # 600 locales, each well under 4 KB rendered, 1.2 MB together: more than a message.
+    huge = Notification(
+        title="t",
+        localized={f"en-x{i:04d}": {"title": "T" * 1000, "body": "B" * 1000} for i in range(600)},
+    )
+    topic = await make_topic(pipeline.pool, 1)
+    with pytest.raises(NotificationTooLarge, match="FANOUT_BATCH_MAX_BYTES"):
+        await publish(pipeline.pool, pipeline.queues, huge, topic=topic.key)
+    async with pipeline.pool.acquire() as conn:
+        assert not await conn.fetchval("SELECT count(*) FROM events WHERE topic_id = $1", topic.id)
+
+
+async def test_status_is_the_same_model_for_every_reader(pipeline: Pipeline) -> None:
+    topic = await make_topic(pipeline.pool, 1)
+    event = await record_event(pipeline.pool, NOTE, topic=topic.key)
+    found = await status(pipeline, event.event_id)
+    assert found.status == "pending" and not found.terminal
+    assert set(found.model_dump()) >= {"sent", "failed", "invalid", "skipped", "failure_reasons"}
