@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -199,13 +200,47 @@ def publish(
             async with open_client(settings) as client:
                 queues = await open_queues(client, settings)
                 published = await do_publish(
-                    pool, queues, notification, topic=topic, idempotency_key=idempotency_key
+                    pool,
+                    queues,
+                    notification,
+                    topic=topic,
+                    idempotency_key=idempotency_key,
+                    batch_max_bytes=settings.batch_max_bytes,
+                    overdue_after=settings.reconcile_after_seconds,
                 )
                 return published.event_id
         finally:
             await pool.close()
 
     typer.echo(_run(main()))
+
+
+@app.command()
+def reconcile(
+    event: Annotated[int | None, typer.Option(help="Only this event's work.")] = None,
+) -> None:
+    """One reconciler pass: send again, from PostgreSQL, whatever work is overdue.
+
+    Every worker runs this every FANOUT_RECONCILE_INTERVAL_SECONDS; on AWS a scheduled
+    function does. Run it by hand after an outage to act at once; prints what it did.
+    """
+    from fanout.queue.sqs import open_client, open_queues
+    from fanout.runtime.reconciler import reconcile_once
+    from fanout.store import create_pool
+
+    settings = _settings()
+
+    async def main() -> dict[str, Any]:
+        pool = await create_pool(settings)
+        try:
+            async with open_client(settings) as client:
+                queues = await open_queues(client, settings)
+                report = await reconcile_once(pool, queues, settings, event_id=event)
+        finally:
+            await pool.close()
+        return dataclasses.asdict(report)
+
+    typer.echo(orjson.dumps(_run(main()), option=orjson.OPT_INDENT_2).decode())
 
 
 @app.command()

@@ -114,7 +114,7 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="How often each worker looks for overdue work."
     )
     reconcile_after_seconds: float = Field(
-        default=120.0,
+        default=60.0,
         ge=1,
         description="How long an event, shard or batch may be overdue (past its queue delay "
         "or lease) before its message is sent again from PostgreSQL; doubles per resend.",

@@ -56,6 +56,8 @@ def start_server(settings: Settings, log: Path, **env: str) -> tuple[subprocess.
         "FANOUT_API_PUBLISH_RATE": "10",
         "FANOUT_API_PUBLISH_BURST": "40",
         "FANOUT_API_MAX_BODY_BYTES": str(2 * 1024 * 1024),
+        # An event whose enqueue failed is sent by the reconciler 2 s on (not 60).
+        "FANOUT_RECONCILE_AFTER_SECONDS": str(settings.reconcile_after_seconds),
         **env,
     }
     process = subprocess.Popen(
@@ -92,6 +94,7 @@ def api(
         poll_wait_seconds=1,
         retry_base_delay=0,
         reconcile_interval_seconds=0.5,
+        reconcile_after_seconds=2,
     )
 
     async def prepare() -> dict[str, str]:

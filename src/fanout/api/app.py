@@ -35,7 +35,7 @@ from fanout.config import Settings
 from fanout.queue.sqs import Queues, open_client, open_queues
 from fanout.ratelimit import TokenBucket
 from fanout.stages.progress import EventStatus, load_event_status
-from fanout.stages.publish import enqueue_event, record_event
+from fanout.stages.publish import NotificationTooLarge, enqueue_event, record_event
 from fanout.store import create_pool, find_or_create, queries
 
 log = logging.getLogger(__name__)
@@ -341,14 +341,31 @@ async def _accept(
     user: str | None = None,
 ) -> schemas.EventAccepted:
     """Commit the event, then try to enqueue it; if SQS is down the outbox sweeper will."""
-    published = await record_event(
-        state.pool, notification, topic=topic, user=user, idempotency_key=idempotency_key
-    )
+    settings = state.settings
+    try:
+        published = await record_event(
+            state.pool,
+            notification,
+            topic=topic,
+            user=user,
+            idempotency_key=idempotency_key,
+            batch_max_bytes=settings.batch_max_bytes,
+            overdue_after=settings.reconcile_after_seconds,
+        )
+    except NotificationTooLarge as exc:
+        raise RequestValidationError(
+            [{"type": "too_large", "loc": ["body", "notification"], "msg": str(exc)}]
+        ) from None
     if published.created:
         state.metrics.published.labels("topic" if topic else "user").inc()
         try:
             async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
-                await enqueue_event(state.pool, await state.get_queues(), published.event_id)
+                await enqueue_event(
+                    state.pool,
+                    await state.get_queues(),
+                    published.event_id,
+                    overdue_after=settings.reconcile_after_seconds,
+                )
         except Exception as exc:
             state.metrics.enqueue_failures.inc()
             log.warning("event %d committed, enqueue deferred: %r", published.event_id, exc)

@@ -1,4 +1,5 @@
-"""AWS Lambda entry points: ``fanout_handler`` and ``delivery_handler`` for SQS event sources.
+"""AWS Lambda entry points: ``fanout_handler`` and ``delivery_handler`` for SQS event sources,
+and ``reconcile_handler`` on a schedule.
 
 Both are thin adapters over the code the worker runs (``Pipeline.run_message``): the same
 stage, the same failure policy (backoff, then the DLQ with the reason). They answer
@@ -33,6 +34,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from fanout.config import load_settings
 from fanout.queue.sqs import QueueMessage
 from fanout.runtime.pipeline import Pipeline, Result
+from fanout.runtime.reconciler import reconcile_once
 
 logger = Logger(service="fanout")
 
@@ -106,6 +108,22 @@ def fanout_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def delivery_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """SQS-triggered delivery: sends batches, records outcomes, re-enqueues retries."""
     return _handle_sqs_event(event, context)
+
+
+def reconcile_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Scheduled (EventBridge, every minute): one reconciler pass; see runtime/reconciler."""
+    container = _container_pipeline()
+    pipeline = container.pipeline
+    report = container.loop.run_until_complete(
+        reconcile_once(pipeline.pool, pipeline.queues, pipeline.settings)
+    )
+    return {
+        "events_resent": report.events_resent,
+        "events_finished": report.events_finished,
+        "shards_resent": report.shards_resent,
+        "batches_resent": report.batches_resent,
+        "given_up": report.given_up,
+    }
 
 
 def close_container() -> None:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # How long an enqueued event may wait for its fan-out to start before the reconciler
 # sends its message again (FANOUT_RECONCILE_AFTER's default; callers pass the setting).
-DEFAULT_OVERDUE_AFTER = 120.0
+DEFAULT_OVERDUE_AFTER = 60.0
 
 
 class NotificationTooLarge(ValueError):
@@ -60,16 +60,25 @@ async def record_event(
     topic: str | None = None,
     user: str | None = None,
     idempotency_key: str | None = None,
+    batch_max_bytes: int = MAX_MESSAGE_BYTES,
+    overdue_after: float = DEFAULT_OVERDUE_AFTER,
 ) -> Published:
-    """Commit the event as pending: to a topic's subscribers or to one user's devices."""
+    """Commit the event as pending: to a topic's subscribers or to one user's devices.
+
+    A notification that cannot fit a batch of ``batch_max_bytes`` (capped at 90% of the
+    queue's 1 MiB) raises ``NotificationTooLarge``; nothing is written. The event is due
+    ``overdue_after`` seconds on: if its fan-out message is not sent by then (the
+    publisher died, SQS was down), the reconciler sends it.
+    """
     if (topic is None) == (user is None):
         raise ValueError("an event goes to exactly one of: a topic, a user")
+    check_fits_a_batch(notification, max_batch_bytes(batch_max_bytes, MAX_MESSAGE_BYTES))
     payload = notification.model_dump(mode="json", exclude_defaults=True)
     async with pool.acquire() as conn, conn.transaction():
         topic_id = await find_or_create(conn, queries.UPSERT_TOPIC, topic) if topic else None
         user_id = await find_or_create(conn, queries.UPSERT_USER, user) if user else None
         event_id = await conn.fetchval(
-            queries.INSERT_EVENT, topic_id, user_id, idempotency_key, payload
+            queries.INSERT_EVENT, topic_id, user_id, idempotency_key, payload, overdue_after
         )
         if event_id is not None:
             return Published(event_id, created=True)
@@ -107,9 +116,15 @@ async def publish(
     a notification that cannot fit a batch raises ``NotificationTooLarge``.
     """
     configured = batch_max_bytes if batch_max_bytes is not None else MAX_MESSAGE_BYTES
-    check_fits_a_batch(notification, max_batch_bytes(configured, queues.delivery.max_message_bytes))
+    limit = max_batch_bytes(configured, queues.delivery.max_message_bytes)
     published = await record_event(
-        pool, notification, topic=topic, user=user, idempotency_key=idempotency_key
+        pool,
+        notification,
+        topic=topic,
+        user=user,
+        idempotency_key=idempotency_key,
+        batch_max_bytes=limit,
+        overdue_after=overdue_after,
     )
     if published.created:
         await enqueue_event(pool, queues, published.event_id, overdue_after=overdue_after)

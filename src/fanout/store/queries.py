@@ -30,9 +30,11 @@ SELECT id FROM inserted UNION ALL SELECT id FROM users WHERE external_id = $1 LI
 """
 
 # Index: events_idempotency_key_key (unique). Returns nothing when the key was used before.
+# Due $5 seconds on: if its fan-out message is not on the queue by then, the reconciler
+# sends it (the transactional outbox).
 INSERT_EVENT = """
-INSERT INTO events (topic_id, user_id, idempotency_key, notification)
-VALUES ($1, $2, $3, $4)
+INSERT INTO events (topic_id, user_id, idempotency_key, notification, due_at)
+VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id
 """

@@ -16,10 +16,9 @@ ALTER TABLE events
     ADD COLUMN resends     integer NOT NULL DEFAULT 0,
     ADD COLUMN finished_at timestamptz,
     ADD COLUMN last_error  text;
--- A new event is due 10 s after it is committed: the publisher sends its fan-out message
--- at once and marks it enqueued (which moves due_at on); if it died in between, the
--- reconciler sends it (the transactional outbox).
-ALTER TABLE events ALTER COLUMN due_at SET DEFAULT now() + interval '10 seconds';
+-- A new event is due FANOUT_RECONCILE_AFTER seconds after it is committed (INSERT_EVENT):
+-- the publisher sends its fan-out message at once and marks it enqueued (which moves
+-- due_at on); if it died in between, the reconciler sends it (the transactional outbox).
 UPDATE events SET due_at = created_at WHERE status IN ('pending', 'enqueued', 'fanned_out');
 -- The reconciler's scan of events (pending/enqueued: the fan-out message may be lost;
 -- fanned_out: waiting for its last batch to be recorded).
