@@ -1,7 +1,8 @@
 """Real services for the tests, started once per session.
 
 PostgreSQL: FANOUT_TEST_DATABASE_URL if set, else the server on 127.0.0.1:5432 if one
-answers, else an embedded one (pgserver). Each session works in a database of its own.
+answers, else an embedded one (pgserver). Each test works in a database of its own,
+copied from a migrated template made once per session.
 SQS: moto's server on a loopback port, spoken to over HTTP by the production client.
 """
 
@@ -51,31 +52,58 @@ def server_url() -> Iterator[str]:
             yield url
 
 
+async def _admin(server_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
-def database_url(server_url: str) -> Iterator[str]:
-    """A fresh, migrated database for this test session, dropped at the end."""
-    name = f"fanout_test_{secrets.token_hex(4)}"
+def database_template(server_url: str) -> Iterator[str]:
+    """A migrated database, made once per session, that each test's database copies."""
+    name = f"fanout_template_{secrets.token_hex(4)}"
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    async def create() -> str:
-        await admin(f'CREATE DATABASE "{name}"')
-        url = _with_database(server_url, name)
-        conn = await connect(url)
+    async def create() -> None:
+        await _admin(server_url, f'CREATE DATABASE "{name}"')
+        conn = await connect(_with_database(server_url, name))
         try:
             await migrate(conn)
         finally:
             await conn.close()
-        return url
 
-    url = asyncio.run(create())
-    yield url
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(create())
+    yield name
+    asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextlib.contextmanager
+def _copy_of(server_url: str, template: str) -> Iterator[str]:
+    name = f"fanout_test_{secrets.token_hex(6)}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    try:
+        yield _with_database(server_url, name)
+    finally:
+        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database_url(server_url: str, database_template: str) -> Iterator[str]:
+    """A fresh, migrated database for each test, dropped after it.
+
+    One per test, not per session: the reconciler of a worker in one test must never find
+    another test's unfinished work and send it into this test's queues.
+    """
+    with _copy_of(server_url, database_template) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def session_database_url(server_url: str, database_template: str) -> Iterator[str]:
+    """One database for fixtures that live the whole session (the API server)."""
+    with _copy_of(server_url, database_template) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -97,9 +125,6 @@ def settings(database_url: str, sqs_endpoint: str) -> Settings:
         poll_wait_seconds=1,
         max_receive_count=2,
         retry_base_delay=0,
-        # Nothing becomes overdue within a session: the database is shared by every test,
-        # and a reconciler must never send one test's work into another's queues.
-        reconcile_after_seconds=3600,
         shutdown_grace_seconds=5,
     )
 

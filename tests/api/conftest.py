@@ -82,10 +82,10 @@ def start_server(settings: Settings, log: Path, **env: str) -> tuple[subprocess.
 
 @pytest.fixture(scope="session")
 def api(
-    database_url: str, sqs_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+    session_database_url: str, sqs_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiServer]:
     settings = Settings(
-        database_url=SecretStr(database_url),
+        database_url=SecretStr(session_database_url),
         sqs_endpoint_url=sqs_endpoint,
         queue_prefix=f"api{secrets.token_hex(4)}",
         fanout_queue_url=None,
@@ -100,7 +100,7 @@ def api(
     async def prepare() -> dict[str, str]:
         async with open_client(settings) as client:
             await create_queues(client, settings)
-        conn = await connect(database_url)
+        conn = await connect(session_database_url)
         try:
             wanted = {
                 "publish": ["publish"],

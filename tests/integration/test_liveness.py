@@ -7,6 +7,8 @@ nothing here waits on the clock. Devices are counted at the sink.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from fanout.local.sink import EmbeddedSink
@@ -147,7 +149,7 @@ async def test_lost_fanout_messages_are_sent_again_and_resume_at_the_checkpoint(
     assert (final.status, final.shards_done, final.devices) == ("delivered", 5, 400)
 
 
-async def test_a_redundant_copy_of_held_work_is_dropped_not_retried(
+async def test_a_copy_of_held_work_comes_back_when_the_lease_ends_and_is_never_dead_lettered(
     pipeline: Pipeline, sink: EmbeddedSink
 ) -> None:
     topic = await make_topic(pipeline.pool, 10)
@@ -156,16 +158,22 @@ async def test_a_redundant_copy_of_held_work_is_dropped_not_retried(
     [body] = await drain(pipeline.queues.delivery)
     batch = decode(body)
     assert isinstance(batch, DeliveryBatch)
-    async with pipeline.pool.acquire() as conn:  # another invocation holds it, alive
+    async with pipeline.pool.acquire() as conn:  # another invocation holds it, 30 s more
         await conn.execute(
-            "UPDATE delivery_batches SET status = 'running', lease_until = now() + '1 hour'"
+            "UPDATE delivery_batches SET status = 'running', lease_until = now() + '30 s'"
             " WHERE event_id = $1",
             event.event_id,
         )
-    await pipeline.queues.delivery.send(body)
-    [message] = await pipeline.queues.delivery.receive(1, wait_seconds=1)
-    result, reason = await pipeline.run_message(pipeline.queues.delivery, message)
-    assert (result, reason) == (Result.DONE, None)
+    queue = pipeline.queues.delivery
+    await queue.send(body)
+    [message] = await queue.receive(1, wait_seconds=1)
+
+    queue.max_receive_count = 5
+    assert await pipeline.run_message(queue, message) == (Result.DEFERRED, None)
+    assert await queue.receive(1, wait_seconds=1) == []  # hidden until the lease ends
+    # On its last receive it is dropped, not dead-lettered: PostgreSQL knows the batch.
+    last = dataclasses.replace(message, receive_count=4)
+    assert await pipeline.run_message(queue, last) == (Result.DONE, None)
     assert sink.sink.ledger.unique == 0
 
 

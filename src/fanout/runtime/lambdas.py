@@ -89,6 +89,8 @@ def _handle_sqs_event(event: dict[str, Any], context: Any) -> dict[str, Any]:
         result, reason = await pipeline.run_message(queue, message, time_left=time_left)
         if result is Result.RETRY:
             raise RecordFailed(reason)
+        if result is Result.DEFERRED:  # left on the queue: back when the holder's lease ends
+            raise RecordFailed("held by another invocation")
 
     # Every record failing is reported as such, not raised: same outcome, no error alarm.
     processor = AsyncBatchProcessor(EventType.SQS, raise_on_entire_batch_failure=False)

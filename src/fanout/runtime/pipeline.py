@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -28,12 +29,14 @@ log = logging.getLogger(__name__)
 
 # Failures that say what happened in one line; anything else is logged with its traceback.
 _EXPECTED_FAILURES = (PoisonMessage, LeaseKept)
+MAX_VISIBILITY_SECONDS = 43_200  # SQS's limit: 12 hours
 
 
 class Result(Enum):
     DONE = "done"  # delete the message
     DEAD_LETTERED = "dead_lettered"  # already moved to the DLQ (and deleted from its queue)
     RETRY = "retry"  # leave it: SQS delivers it again after the backoff
+    DEFERRED = "deferred"  # another invocation holds the work: back when its lease ends
 
 
 @dataclass
@@ -71,6 +74,28 @@ class Pipeline:
             )
         return await deliver_batch(message, self.pool, self.queues, self.providers, self.settings)
 
+    async def _done_or_deferred(
+        self, queue: Queue, message: QueueMessage, outcome: list[ShardReport] | BatchReport
+    ) -> Result:
+        """A copy of work someone else holds comes back when the holder's lease ends (if the
+        holder died, it goes on then); a copy on its last receive is dropped instead of
+        dead-lettered: PostgreSQL knows the work, and the reconciler sees it finish."""
+        reports = outcome if isinstance(outcome, list) else [outcome]
+        busy = [r for r in reports if r.busy]
+        if not busy:
+            return Result.DONE
+        last_try = queue.max_receive_count is not None and (
+            message.receive_count >= queue.max_receive_count - 1
+        )
+        if last_try:
+            return Result.DONE
+        wait = min(MAX_VISIBILITY_SECONDS, math.ceil(max(r.lease_left for r in busy)) + 1)
+        try:
+            await queue.change_visibility_many([message], wait)
+        except Exception as exc:
+            log.warning("could not defer message %s: %r", message.message_id, exc)
+        return Result.DEFERRED
+
     async def run_message(
         self,
         queue: Queue,
@@ -88,8 +113,8 @@ class Pipeline:
         Lambda handlers both call this.
         """
         try:
-            await self.handle(message.body, time_left=time_left)
-            return Result.DONE, None
+            outcome = await self.handle(message.body, time_left=time_left)
+            return await self._done_or_deferred(queue, message, outcome), None
         except Exception as exc:
             reason = describe(exc)
             failure = exc

@@ -34,6 +34,7 @@ class ConsumerStats:
     succeeded: int = 0
     failed: int = 0
     dead_lettered: int = 0
+    deferred: int = 0  # copies of work another invocation held, back when its lease ends
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -114,6 +115,9 @@ class QueueConsumer:
 
     async def _process(self, message: QueueMessage) -> None:
         result, reason = await self.run_message(self.queue, message)
+        if result is Result.DEFERRED:
+            self.stats.deferred += 1
+            return
         if result is Result.RETRY or result is Result.DEAD_LETTERED:
             self.stats.failed += 1
             kind = (reason or "?").split(":", 1)[0]

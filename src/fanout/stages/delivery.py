@@ -45,6 +45,7 @@ class BatchReport:
     retried: int = 0
     already_done: bool = False
     busy: bool = False  # another invocation holds it: this copy of the message is redundant
+    lease_left: float = 0.0  # when busy: seconds until the holder's lease ends
     failure_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -59,9 +60,12 @@ async def deliver_batch(
     skipped (PostgreSQL knows it, and the reconciler sees that it finishes)."""
     report = BatchReport(batch.event_id, batch.key, devices=batch.device_count())
     lease = settings.visibility_timeout
-    claimed = await _claim(batch, pool, report.devices, lease, settings.reconcile_after_seconds)
+    claimed, lease_left = await _claim(
+        batch, pool, report.devices, lease, settings.reconcile_after_seconds
+    )
     if claimed != "claimed":
         report.already_done, report.busy = claimed == "done", claimed == "busy"
+        report.lease_left = lease_left
         return report
     try:
         notification = _notification(batch)
@@ -74,6 +78,11 @@ async def deliver_batch(
     renewing = asyncio.create_task(_keep_lease(batch, pool, lease, settings))
     try:
         outcomes = await _send_all(notification, str(batch.event_id), devices, providers)
+    except BaseException as failure:
+        # Stopped mid-send (a worker's grace ran out): the next copy may go on at once.
+        # Devices sent already get it again, with the same collapse key.
+        renewing.cancel()
+        await leases.give_up(_releaser(batch, pool, settings), failure, lease)
     finally:
         renewing.cancel()
 
@@ -207,8 +216,9 @@ async def _keep_lease(
 
 async def _claim(
     batch: DeliveryBatch, pool: asyncpg.Pool, devices: int, lease: int, overdue_after: float
-) -> str:
-    """ "claimed" if this invocation delivers the batch; "done" or "busy" if not."""
+) -> tuple[str, float]:
+    """("claimed", 0) if this invocation delivers the batch; else "done", or "busy" with
+    the seconds left on the holder's lease."""
     async with pool.acquire() as conn:
         try:
             claimed = await conn.fetchval(
@@ -223,15 +233,14 @@ async def _claim(
         except asyncpg.ForeignKeyViolationError:
             raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}") from None
         if claimed:
-            return "claimed"
-        status = await conn.fetchval(queries.BATCH_STATUS, batch.event_id, batch.key)
-    if status == "done":
-        return "done"
-    # Held by a live invocation: this is a redundant copy (a redelivery, or a resend by the
-    # reconciler). Dropping it loses nothing: PostgreSQL knows the batch, and if its holder
-    # dies the reconciler sends it again once its lease is over.
+            return "claimed", 0.0
+        held = await conn.fetchrow(queries.BATCH_STATUS, batch.event_id, batch.key)
+    if held["status"] == "done":
+        return "done", 0.0
+    # Held by another invocation: a redundant copy while the holder lives (a redelivery, a
+    # resend by the reconciler), and wanted once its lease is over if the holder died.
     log.info("batch %s of event %d is being delivered elsewhere", batch.key, batch.event_id)
-    return "busy"
+    return "busy", float(held["lease_left"])
 
 
 def _notification(batch: DeliveryBatch) -> Notification:

@@ -47,6 +47,7 @@ class ShardReport:
     batches: int = 0
     already_done: bool = False
     busy: bool = False  # another invocation holds it: this copy of the message is redundant
+    lease_left: float = 0.0  # when busy: seconds until the holder's lease ends
     finished: bool = True  # False: stopped early for time, re-enqueued from its checkpoint
 
 
@@ -159,15 +160,16 @@ async def run_shard(
     async with pool.acquire() as conn:
         claim = await conn.fetchrow(queries.CLAIM_SHARD, event_id, shard, lease, overdue_after)
         if claim is None:
-            status = await conn.fetchval(queries.SHARD_STATUS, event_id, shard)
-            if status is None:
+            held = await conn.fetchrow(queries.SHARD_STATUS, event_id, shard)
+            if held is None:
                 raise PoisonMessage(f"unknown shard {shard} of event {event_id}")
-            if status in ("done", "failed"):
+            if held["status"] in ("done", "failed"):
                 return ShardReport(event_id, shard, already_done=True)
-            # Held by a live invocation: this copy of the message is redundant. Dropping it
-            # loses nothing: if the holder dies, the reconciler sends the shard again.
+            # Held by another invocation: this copy is redundant while the holder lives, and
+            # is wanted once its lease is over if the holder died (the runtime brings it
+            # back then; PostgreSQL and the reconciler make sure it is not lost either way).
             log.info("shard %d of event %d is being fanned out elsewhere", shard, event_id)
-            return ShardReport(event_id, shard, busy=True)
+            return ShardReport(event_id, shard, busy=True, lease_left=held["lease_left"])
         try:
             return await _stream_shard(
                 conn, event_id, shard, claim, queues, settings, time_left=time_left

@@ -108,7 +108,11 @@ WHERE event_id = $1 AND shard_no = $2 AND status = 'running'
 """
 
 # Index: fanout_shards_pkey.
-SHARD_STATUS = "SELECT status FROM fanout_shards WHERE event_id = $1 AND shard_no = $2"
+# Index: fanout_shards_pkey. With the seconds left on its lease, when held.
+SHARD_STATUS = """
+SELECT status, greatest(0, extract(epoch FROM lease_until - now()))::float8 AS lease_left
+FROM fanout_shards WHERE event_id = $1 AND shard_no = $2
+"""
 
 # Indexes: delivery_batches_pkey, fanout_shards_pkey. After each SendMessageBatch, in one
 # statement: the batches SQS accepted are recorded ('queued', with the range of users to
@@ -291,7 +295,10 @@ ON CONFLICT (event_id, batch_key) DO NOTHING
 """
 
 # Index: delivery_batches_pkey.
-BATCH_STATUS = "SELECT status FROM delivery_batches WHERE event_id = $1 AND batch_key = $2"
+BATCH_STATUS = """
+SELECT status, greatest(0, extract(epoch FROM lease_until - now()))::float8 AS lease_left
+FROM delivery_batches WHERE event_id = $1 AND batch_key = $2
+"""
 
 # Index: delivery_batches_pkey. Failure reasons ({reason: devices}) are summed on read.
 FINISH_BATCH = """

@@ -1,0 +1,84 @@
+"""Stopping loses no time: SIGTERM hands the work back at once, not after a lease.
+
+The fault is driven by what the worker has done: the fan-out worker is held mid-shard by
+a full delivery queue (FANOUT_DELIVERY_BACKLOG_LIMIT, nothing consuming it), then told
+to stop. Its shard's lease (60 s) and its message's visibility (60 s) must both be given
+back as it exits, so the next worker goes on without waiting either out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+
+from fanout.config import Settings
+from fanout.local.sink import EmbeddedSink
+from fanout.notification import Notification
+from fanout.queue.messages import FanoutTask, decode
+from fanout.queue.sqs import Queues
+from fanout.stages.publish import publish
+from tests.faults.conftest import wait_until_delivered
+from tests.faults.test_crashes import WorkerProcess, assert_nothing_lost
+from tests.helpers import make_topic
+
+NOTE = Notification(title="New book")
+
+
+async def until(pool: asyncpg.Pool, query: str, *args: object, timeout: float = 60) -> None:
+    """Until ``query`` is true; the bound is only a guard against hanging for ever."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with pool.acquire() as conn:
+            if await conn.fetchval(query, *args):
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never true: {query}")
+
+
+async def test_sigterm_mid_shard_gives_the_shard_and_its_message_back_at_once(
+    fault_settings: Settings,
+    pool: asyncpg.Pool,
+    queues: Queues,
+    sink: EmbeddedSink,
+    workers: list[WorkerProcess],
+) -> None:
+    settings = fault_settings.model_copy(update={"visibility_timeout": 60})
+    topic = await make_topic(pool, 1500)
+    stuck = WorkerProcess(
+        settings,
+        "fanout",
+        sink.url,
+        FANOUT_PAGE_SIZE="50",
+        FANOUT_DELIVERY_BACKLOG_LIMIT="1",
+        FANOUT_SHUTDOWN_GRACE_SECONDS="1",
+    )
+    workers.append(stuck)
+    stuck.start()
+    event = await publish(pool, queues, NOTE, topic=topic.key)
+    # Mid-shard: it has sent a batch and now waits for room on the delivery queue.
+    await until(
+        pool,
+        "SELECT status = 'running' AND batches > 0 FROM fanout_shards WHERE event_id = $1",
+        event.event_id,
+    )
+
+    stuck.stop()  # SIGTERM
+
+    async with pool.acquire() as conn:
+        lease_left = await conn.fetchval(
+            "SELECT extract(epoch FROM lease_until - now()) FROM fanout_shards"
+            " WHERE event_id = $1",
+            event.event_id,
+        )
+    assert lease_left <= 0, "the shard's lease was kept"
+    # Its message is visible again now, not in 60 s (a 5 s poll finds it).
+    [message] = await queues.fanout.receive(1, wait_seconds=5)
+    assert decode(message.body) == FanoutTask(event.event_id, 0)
+    await queues.fanout.change_visibility_many([message], 0)
+
+    workers.append(WorkerProcess(settings, "all", sink.url))
+    workers[-1].start()
+    await wait_until_delivered(pool, event.event_id, 1500)
+    await assert_nothing_lost(pool, sink, event.event_id, 1500)
