@@ -68,8 +68,7 @@ async def test_sigterm_mid_shard_gives_the_shard_and_its_message_back_at_once(
 
     async with pool.acquire() as conn:
         lease_left = await conn.fetchval(
-            "SELECT extract(epoch FROM lease_until - now()) FROM fanout_shards"
-            " WHERE event_id = $1",
+            "SELECT extract(epoch FROM lease_until - now()) FROM fanout_shards WHERE event_id = $1",
             event.event_id,
         )
     assert lease_left <= 0, "the shard's lease was kept"
