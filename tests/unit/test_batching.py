@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from fanout.queue.messages import DeliveryBatch, Device, decode
-from fanout.stages.batching import BatchPacker, PackedBatch, Row
+from fanout.stages.batching import BatchPacker, PackedBatch, Row, batch_key, users_of_key
 
 NOTIFICATION = {"title": "New book", "body": "Out today"}
 
@@ -149,3 +149,9 @@ def test_packed_batches_decode_back_to_the_same_devices() -> None:
         assert all(expected[d.id] == d for d in message.iter_devices())
         assert (message.key, message.attempt) == (batch.key, 0)
         assert message.notification == NOTIFICATION
+
+
+def test_a_batch_key_names_its_users_and_a_retry_key_does_not() -> None:
+    assert users_of_key(batch_key(3, 17, 912)) == (17, 912)
+    assert users_of_key("s3:17-912/r2") is None
+    assert users_of_key("garbage") is None

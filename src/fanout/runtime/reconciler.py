@@ -32,6 +32,7 @@ import asyncpg
 from fanout.config import Settings
 from fanout.queue.messages import DeliveryBatch, FanoutTask
 from fanout.queue.sqs import Queues
+from fanout.stages.batching import users_of_key
 from fanout.store import queries
 
 log = logging.getLogger(__name__)
@@ -169,9 +170,14 @@ async def _batches(
         to_send = []
         for row in rows:
             event_id, key = row["event_id"], row["batch_key"]
-            rereadable = row["first_user_id"] is not None or row["device_ids"] is not None
+            users = (
+                (row["first_user_id"], row["last_user_id"])
+                if row["first_user_id"] is not None
+                else users_of_key(key)  # claimed before the fan-out recorded it
+            )
+            rereadable = users is not None or row["device_ids"] is not None
             if row["resends"] > settings.reconcile_max_resends or not rereadable:
-                # Not re-readable: a batch claimed before this bookkeeping existed.
+                # Not re-readable: a retry batch sent before this bookkeeping existed.
                 reason = f"given up after {row['resends'] - 1} resends"
                 if row["last_error"]:
                     reason += f": {row['last_error']}"
@@ -186,7 +192,7 @@ async def _batches(
             if row["device_ids"] is not None:
                 batch.device_ids = list(row["device_ids"])
             else:
-                batch.users = (row["first_user_id"], row["last_user_id"])
+                batch.users = users
             to_send.append(batch.encode())
     if to_send:
         await queues.delivery.send_many(to_send)

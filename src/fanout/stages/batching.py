@@ -20,6 +20,7 @@ users that fit at the ratio measured and the rest start the next batch.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,20 @@ MIN_DEVICE_ROOM_BYTES = 512
 # Batches fill at most this share of the queue's MaximumMessageSize: the rest is margin
 # for SQS's own accounting of attributes.
 QUEUE_SHARE = 0.9
+
+
+_KEY = re.compile(r"^s(\d+):(\d+)-(\d+)$")
+
+
+def batch_key(shard: int, first_user: int, last_user: int) -> str:
+    """A fan-out batch's key: its shard and the closed range of users it holds."""
+    return f"s{shard}:{first_user}-{last_user}"
+
+
+def users_of_key(key: str) -> tuple[int, int] | None:
+    """The range of users a fan-out batch's key names; None for a retry batch's key."""
+    found = _KEY.match(key)
+    return (int(found[2]), int(found[3])) if found else None
 
 
 def batch_max_bytes(configured: int, queue_limit: int) -> int:
@@ -170,7 +185,7 @@ class BatchPacker:
             group.append(row[2])
         devices_json = ",".join(f'"{platform}":[{",".join(w)}]' for platform, w in groups.items())
         first, last = rows[0][0], rows[-1][0]
-        key = f"s{self.shard}:{first}-{last}"
+        key = batch_key(self.shard, first, last)
         body = encode_delivery(
             self.event_id, key, 0, self.notification, b"{%b}" % devices_json.encode()
         )
