@@ -7,8 +7,10 @@ and sends its message; fan-out is idempotent, so sending twice is harmless.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 
 import asyncpg
 
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 class Published:
     event_id: int
     created: bool  # False: the idempotency key named an event published before
+    enqueued: bool = False  # False: not sent now (an earlier event, or left to the sweeper)
 
 
 async def record_event(
@@ -59,20 +62,37 @@ async def enqueue_event(pool: asyncpg.Pool, queues: Queues, event_id: int) -> No
 
 async def publish(
     pool: asyncpg.Pool,
-    queues: Queues,
+    queues: Queues | Callable[[], Awaitable[Queues]],
     notification: Notification,
     *,
     topic: str | None = None,
     user: str | None = None,
     idempotency_key: str | None = None,
+    enqueue_timeout: float | None = None,
 ) -> Published:
-    """Record and enqueue an event; the same idempotency key publishes nothing twice."""
+    """Record and enqueue an event; the same idempotency key publishes nothing twice.
+
+    ``queues`` may be a coroutine function that opens them: the API opens its queues on
+    first use, so that it starts, and commits events, while SQS is down. With
+    ``enqueue_timeout`` an enqueue that fails or takes longer is left to the outbox
+    sweeper (the event is committed, so it is fanned out either way) and the result says
+    ``enqueued=False``; without it, the failure is raised.
+    """
     published = await record_event(
         pool, notification, topic=topic, user=user, idempotency_key=idempotency_key
     )
-    if published.created:
-        await enqueue_event(pool, queues, published.event_id)
-    return published
+    if not published.created:
+        return published
+    try:
+        async with asyncio.timeout(enqueue_timeout):
+            opened = queues if isinstance(queues, Queues) else await queues()
+            await enqueue_event(pool, opened, published.event_id)
+    except Exception as exc:
+        if enqueue_timeout is None:
+            raise
+        log.warning("event %d committed, enqueue deferred: %r", published.event_id, exc)
+        return published
+    return replace(published, enqueued=True)
 
 
 async def sweep_outbox(
