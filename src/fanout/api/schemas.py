@@ -18,7 +18,14 @@ TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$"
 TopicKey = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
-IdempotencyKey = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,128}$")]
+IdempotencyKey = Annotated[
+    str,
+    StringConstraints(pattern=r"^[\x21-\x7e]{1,128}$"),
+    Field(
+        description="Publish at most once: this API key's own. The same key with the same "
+        "request returns the first event (created: false); with a different request, 409."
+    ),
+]
 Base64Url = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]+=*$", max_length=256)]
 
 MAX_BULK_SUBSCRIBERS = 50_000
@@ -139,6 +146,7 @@ _PROBLEMS = {
     401: "Missing or unknown API key",
     403: "The key lacks the scope",
     404: "Not found",
+    409: "The idempotency key was used for a different request",
     429: "Rate limited",
 }
 
