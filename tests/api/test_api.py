@@ -15,8 +15,6 @@ from fanout.store import connect
 from tests.api.conftest import ApiServer, start_server
 from tests.helpers import sink_pipeline
 
-HEX_TOKEN = "ab" * 32
-
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
