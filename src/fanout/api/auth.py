@@ -7,6 +7,7 @@ resource asked for exists.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from fanout.api.keys import ApiKey, find_api_key
 from fanout.api.state import state_of
+from fanout.ratelimit import TokenBucket
 
 bearer = HTTPBearer(auto_error=False, description="An API key: fo_<id>_<secret>")
 
@@ -44,7 +46,20 @@ def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
 async def _publisher(
     request: Request, key: Annotated[ApiKey, Depends(require("publish"))]
 ) -> ApiKey:
-    state_of(request).take_publish_token(key.key_id)  # the rate limit, after authentication
+    """The per-key publishing rate limit, after authentication: 429 with Retry-After."""
+    state = state_of(request)
+    bucket = state.publish_buckets.get(key.key_id)
+    if bucket is None:
+        bucket = state.publish_buckets[key.key_id] = TokenBucket(
+            state.settings.api_publish_rate, state.settings.api_publish_burst
+        )
+    wait = bucket.try_take()
+    if wait:
+        raise HTTPException(
+            429,
+            "publishing rate limit reached for this API key",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
     return key
 
 

@@ -6,12 +6,11 @@ in a thread pool, which cost 22% of the server's CPU under load.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from fanout.config import Settings
@@ -53,28 +52,13 @@ class ApiState:
     sqs: Any
     queues: Queues | None
     metrics: Metrics = field(default_factory=Metrics)
-    publish_buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    publish_buckets: dict[str, TokenBucket] = field(default_factory=dict)  # by key_id
 
     async def get_queues(self) -> Queues:
         """The queues, opened on first use if they were not reachable at start-up."""
         if self.queues is None:
             self.queues = await open_queues(self.sqs, self.settings)
         return self.queues
-
-    def take_publish_token(self, key_id: str) -> None:
-        """The per-key publishing rate limit: 429 with Retry-After when it is reached."""
-        bucket = self.publish_buckets.get(key_id)
-        if bucket is None:
-            bucket = self.publish_buckets[key_id] = TokenBucket(
-                self.settings.api_publish_rate, self.settings.api_publish_burst
-            )
-        wait = bucket.try_take()
-        if wait:
-            raise HTTPException(
-                429,
-                "publishing rate limit reached for this API key",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
 
 
 def state_of(request: Request) -> ApiState:
