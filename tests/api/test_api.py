@@ -15,8 +15,6 @@ from fanout.store import connect
 from tests.api.conftest import ApiServer, start_server
 from tests.helpers import sink_pipeline
 
-HEX_TOKEN = "ab" * 32
-
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
@@ -235,6 +233,95 @@ async def test_the_same_idempotency_key_returns_the_same_event(api: ApiServer) -
     assert (first.json()["created"], second.json()["created"]) == (True, False)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"topic": "another-topic"},
+        {"notification": {"title": "y"}},
+        {"notification": {"title": "x", "data": {"k": "v"}}},
+    ],
+    ids=["topic", "title", "data"],
+)
+async def test_an_idempotency_key_reused_for_a_different_request_is_409(
+    api: ApiServer,
+    change: dict,  # type: ignore[type-arg]
+) -> None:
+    key = unique("k")
+    body = {"topic": unique("t"), "notification": {"title": "x"}, "idempotency_key": key}
+    async with api.client("publish") as client:
+        first = await client.post("/v1/events", json=body)
+        refused = await client.post("/v1/events", json={**body, **change})
+        again = await client.post("/v1/events", json=body)
+    assert (first.status_code, refused.status_code) == (202, 409)
+    detail = refused.json()["detail"]
+    assert "idempotency_key" in detail and "different request" in detail
+    assert key not in refused.text
+    # The refusal changed nothing: the first request still names the first event.
+    assert (again.status_code, again.json()) == (202, {**first.json(), "created": False})
+
+
+async def test_the_same_request_written_differently_is_the_same_request(api: ApiServer) -> None:
+    """Compared once validated: field order, and a field sent with its default value,
+    make no difference."""
+    topic, key = unique("t"), unique("k")
+    async with api.client("publish") as client:
+        first = await client.post(
+            "/v1/events",
+            json={
+                "topic": topic,
+                "notification": {"title": "x", "priority": "high", "ttl": 60},
+                "idempotency_key": key,
+            },
+        )
+        second = await client.post(
+            "/v1/events",
+            json={
+                "idempotency_key": key,
+                "notification": {"ttl": 60, "title": "x"},
+                "topic": topic,
+            },
+        )
+    assert second.status_code == 202
+    assert second.json() == {**first.json(), "created": False}
+
+
+async def test_idempotency_keys_belong_to_the_api_key_that_sent_them(api: ApiServer) -> None:
+    body = {"topic": unique("t"), "notification": {"title": "x"}, "idempotency_key": unique("k")}
+    async with api.client("publish") as client:
+        mine = await client.post("/v1/events", json=body)
+    async with api.client("all") as client:
+        theirs = await client.post("/v1/events", json=body)
+        # Another API key's first use of the key binds nothing for this one.
+        different = await client.post(
+            "/v1/events",
+            json={**body, "notification": {"title": "y"}, "idempotency_key": unique("k")},
+        )
+    assert (mine.status_code, theirs.status_code, different.status_code) == (202, 202, 202)
+    assert mine.json()["event_id"] != theirs.json()["event_id"]
+    assert mine.json()["created"] and theirs.json()["created"]
+
+
+async def test_idempotency_keys_on_one_to_one_sends(api: ApiServer) -> None:
+    user, key = unique("reader"), unique("k")
+    body = {"notification": {"title": "Hi"}, "idempotency_key": key}
+    async with api.client("publish") as client:
+        first = await client.post(f"/v1/users/{user}/notifications", json=body)
+        again = await client.post(f"/v1/users/{user}/notifications", json=body)
+        other_user = await client.post(f"/v1/users/{unique('reader')}/notifications", json=body)
+        as_topic = await client.post("/v1/events", json={**body, "topic": user})
+        other_text = await client.post(
+            f"/v1/users/{user}/notifications", json={**body, "notification": {"title": "Bye"}}
+        )
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json() == {**first.json(), "created": False}
+    assert other_user.status_code == as_topic.status_code == other_text.status_code == 409
+    assert "idempotency_key" in other_user.json()["detail"]
+    async with api.client("all") as client:
+        theirs = await client.post(f"/v1/users/{user}/notifications", json=body)
+    assert theirs.status_code == 202 and theirs.json()["created"]
+    assert theirs.json()["event_id"] != first.json()["event_id"]
+
+
 async def test_a_notification_over_4kb_is_refused_naming_the_field(api: ApiServer) -> None:
     body = {
         "topic": "t",
@@ -323,7 +410,7 @@ async def test_one_to_one_send_reaches_all_of_the_users_devices(
 async def test_crash_between_commit_and_enqueue_still_delivers(
     api: ApiServer, worker: EmbeddedSink, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    """An API whose queue is unreachable commits the event; the outbox sweeper sends it."""
+    """An API whose queue is unreachable commits the event; the reconciler sends it."""
     broken, url = start_server(
         api.settings, tmp_path / "broken.log", FANOUT_SQS_ENDPOINT_URL="http://127.0.0.1:9"
     )

@@ -56,6 +56,17 @@ def test_operator_commands_end_to_end(settings: Settings) -> None:
     assert status.returncode == 0 and '"status"' in status.stdout
 
 
+def test_publish_with_an_idempotency_key_publishes_once(settings: Settings) -> None:
+    assert fanout(settings, "queues", "create").returncode == 0
+    args = ("publish", "author:cli-idem", "--title", "Hello", "--idempotency-key", "cli-1")
+    first, again = fanout(settings, *args), fanout(settings, *args)
+    assert first.returncode == again.returncode == 0, first.stderr
+    assert first.stdout == again.stdout
+    refused = fanout(settings, *args[:3], "Other", *args[4:])
+    assert refused.returncode == 1
+    assert "different request" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_dlq_commands_show_and_redrive(settings: Settings) -> None:
     assert fanout(settings, "queues", "create").returncode == 0
     from fanout.queue.sqs import open_client, open_queues

@@ -21,7 +21,7 @@ from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.reconciler import reconcile_once
 from fanout.runtime.worker import QueueConsumer, run_worker
 from fanout.stages.progress import TERMINAL_STATES
-from fanout.stages.publish import publish, record_event
+from fanout.stages.publish import IdempotencyConflict, publish, record_event
 from fanout.store import queries
 from tests.helpers import make_topic
 
@@ -115,6 +115,32 @@ async def test_same_idempotency_key_publishes_once(pipeline: Pipeline) -> None:
     )
     assert first.created and not second.created
     assert first.event_id == second.event_id
+
+
+async def test_the_internal_scope_and_each_api_key_have_their_own_idempotency_keys(
+    pipeline: Pipeline,
+) -> None:
+    topic = await make_topic(pipeline.pool, 1)
+    key = f"idem-{topic.key}"
+    events = [
+        await record_event(pipeline.pool, NOTE, topic=topic.key, idempotency_key=key, api_key_id=s)
+        for s in (None, 1, 2, None, 1)
+    ]
+    assert [e.created for e in events] == [True, True, True, False, False]
+    assert len({e.event_id for e in events[:3]}) == 3
+    assert (events[3].event_id, events[4].event_id) == (events[0].event_id, events[1].event_id)
+
+
+async def test_the_same_key_with_a_different_request_is_refused(pipeline: Pipeline) -> None:
+    topic = await make_topic(pipeline.pool, 1)
+    key = f"idem-{topic.key}"
+    await record_event(pipeline.pool, NOTE, topic=topic.key, idempotency_key=key)
+    with pytest.raises(IdempotencyConflict, match="different request"):
+        await record_event(pipeline.pool, NOTE, user="someone", idempotency_key=key)
+    with pytest.raises(IdempotencyConflict):
+        await record_event(
+            pipeline.pool, Notification(title="Other"), topic=topic.key, idempotency_key=key
+        )
 
 
 def test_worker_process_stops_cleanly_on_sigterm(settings: Settings) -> None:

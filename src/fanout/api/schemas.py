@@ -1,10 +1,14 @@
-"""Request and response bodies of the HTTP API. Unknown fields are refused everywhere."""
+"""Request and response bodies and path parameters of the HTTP API.
+
+Unknown fields are refused everywhere.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from fanout.notification import Locale, Notification
@@ -14,10 +18,21 @@ TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$"
 TopicKey = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
-IdempotencyKey = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,128}$")]
+IdempotencyKey = Annotated[
+    str,
+    StringConstraints(pattern=r"^[\x21-\x7e]{1,128}$"),
+    Field(
+        description="Publish at most once: this API key's own. The same key with the same "
+        "request returns the first event (created: false); with a different request, 409."
+    ),
+]
 Base64Url = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]+=*$", max_length=256)]
 
 MAX_BULK_SUBSCRIBERS = 50_000
+
+TopicPath = Annotated[str, Path(pattern=TOPIC_PATTERN, examples=["author:42"])]
+UserPath = Annotated[str, Path(pattern=USER_ID_PATTERN, examples=["reader-7"])]
+RowIdPath = Annotated[int, Path(ge=1, le=2**63 - 1)]  # a bigint identity column
 
 
 class Strict(BaseModel):
@@ -103,21 +118,6 @@ class EventAccepted(BaseModel):
     created: bool = Field(description="False when the idempotency key named an earlier event.")
 
 
-class EventStatus(BaseModel):
-    event_id: int
-    status: Literal["pending", "enqueued", "fanning_out", "fanned_out", "delivered"]
-    recipients: int
-    devices: int
-    sent: int
-    failed: int
-    invalid: int
-    skipped: int
-    pending: int
-    started_at: datetime
-    fanned_out_at: datetime | None
-    finished_at: datetime | None
-
-
 class Health(BaseModel):
     database: str
     queue: str
@@ -125,3 +125,17 @@ class Health(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+_PROBLEMS = {
+    401: "Missing or unknown API key",
+    403: "The key lacks the scope",
+    404: "Not found",
+    409: "The idempotency key was used for a different request",
+    429: "Rate limited",
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` entries for these error statuses: a Problem body each."""
+    return {status: {"model": Problem, "description": _PROBLEMS[status]} for status in statuses}

@@ -17,8 +17,6 @@ from fanout.providers.base import Outcome, OutcomeKind, config_error
 from fanout.providers.http2 import Http2Provider
 from fanout.queue.messages import Device
 
-PRODUCTION = "https://api.push.apple.com"
-SANDBOX = "https://api.sandbox.push.apple.com"
 # Apple refuses a token older than an hour and one refreshed more than every 20 minutes.
 JWT_LIFETIME_SECONDS = 40 * 60
 _INVALID_TOKEN_REASONS = {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"}

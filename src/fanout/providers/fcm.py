@@ -22,7 +22,6 @@ from fanout.providers.http2 import Http2Provider
 from fanout.providers.transport import tls_context
 from fanout.queue.messages import Device
 
-ENDPOINT = "https://fcm.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 
 Prepared = dict[str, Any]

@@ -5,14 +5,24 @@ dies in between, or the message is lost, the reconciler (runtime/reconciler.py) 
 the event overdue and sends its message again; fan-out is idempotent, so sending twice
 is harmless. A notification that no delivery batch could carry is refused here, before
 anything is written.
+
+Idempotency keys work as payment APIs' do. A key belongs to the API key that sent it
+(the CLI and other internal callers share one scope of their own), so two clients
+cannot collide. Sent again with the same request, it returns the first event; with a
+different request (another topic or user, another notification) it is refused.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 import asyncpg
+import orjson
 
 from fanout.notification import Notification
 from fanout.queue.messages import MAX_MESSAGE_BYTES, FanoutTask
@@ -23,7 +33,6 @@ from fanout.store import find_or_create, queries
 
 log = logging.getLogger(__name__)
 
-
 # How long an enqueued event may wait for its fan-out to start before the reconciler
 # sends its message again (FANOUT_RECONCILE_AFTER's default; callers pass the setting).
 DEFAULT_OVERDUE_AFTER = 60.0
@@ -31,6 +40,23 @@ DEFAULT_OVERDUE_AFTER = 60.0
 
 class NotificationTooLarge(ValueError):
     """The notification cannot travel in a delivery batch: refused at the door."""
+
+
+class IdempotencyConflict(ValueError):
+    """The idempotency key was used before, in the same scope, for a different request."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the idempotency key was already used for a different request (another topic, "
+            "user or notification); use a new key for a new request"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    event_id: int
+    created: bool  # False: the idempotency key named an event published before
+    enqueued: bool = False  # False: not sent now (an earlier event, or left to the reconciler)
 
 
 def check_fits_a_batch(notification: Notification, max_bytes: int) -> None:
@@ -47,10 +73,14 @@ def check_fits_a_batch(notification: Notification, max_bytes: int) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
-    event_id: int
-    created: bool  # False: the idempotency key named an event published before
+def request_fingerprint(payload: dict[str, Any], *, topic: str | None, user: str | None) -> bytes:
+    """SHA-256 of the request's canonical JSON: what an idempotency key binds.
+
+    ``payload`` is the validated notification without its defaults, so key order,
+    whitespace or a field sent with its default value do not make a request different.
+    """
+    request = {"topic": topic, "user": user, "notification": payload}
+    return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).digest()
 
 
 async def record_event(
@@ -60,6 +90,7 @@ async def record_event(
     topic: str | None = None,
     user: str | None = None,
     idempotency_key: str | None = None,
+    api_key_id: int | None = None,
     batch_max_bytes: int = MAX_MESSAGE_BYTES,
     overdue_after: float = DEFAULT_OVERDUE_AFTER,
 ) -> Published:
@@ -69,21 +100,38 @@ async def record_event(
     queue's 1 MiB) raises ``NotificationTooLarge``; nothing is written. The event is due
     ``overdue_after`` seconds on: if its fan-out message is not sent by then (the
     publisher died, SQS was down), the reconciler sends it.
+
+    ``api_key_id`` is the idempotency key's scope (None: the internal one). A key used
+    before returns that event with ``created=False``, or raises IdempotencyConflict if
+    the request differs.
     """
     if (topic is None) == (user is None):
         raise ValueError("an event goes to exactly one of: a topic, a user")
     check_fits_a_batch(notification, max_batch_bytes(batch_max_bytes, MAX_MESSAGE_BYTES))
     payload = notification.model_dump(mode="json", exclude_defaults=True)
+    fingerprint = request_fingerprint(payload, topic=topic, user=user) if idempotency_key else None
     async with pool.acquire() as conn, conn.transaction():
         topic_id = await find_or_create(conn, queries.UPSERT_TOPIC, topic) if topic else None
         user_id = await find_or_create(conn, queries.UPSERT_USER, user) if user else None
         event_id = await conn.fetchval(
-            queries.INSERT_EVENT, topic_id, user_id, idempotency_key, payload, overdue_after
+            queries.INSERT_EVENT,
+            topic_id,
+            user_id,
+            payload,
+            api_key_id,
+            idempotency_key,
+            fingerprint,
+            overdue_after,
         )
         if event_id is not None:
             return Published(event_id, created=True)
-        existing = await conn.fetchval(queries.EVENT_BY_IDEMPOTENCY_KEY, idempotency_key)
-        return Published(existing, created=False)
+        # The conflicting row is committed: a concurrent first use made this INSERT wait.
+        first = await conn.fetchrow(queries.EVENT_BY_IDEMPOTENCY_KEY, api_key_id, idempotency_key)
+    if first is None:  # deleted since (its topic or user was): nothing to return
+        raise RuntimeError("the event of this idempotency key was deleted meanwhile")
+    if first["request_fingerprint"] not in (None, fingerprint):
+        raise IdempotencyConflict()
+    return Published(first["id"], created=False)
 
 
 async def enqueue_event(
@@ -101,31 +149,48 @@ async def enqueue_event(
 
 async def publish(
     pool: asyncpg.Pool,
-    queues: Queues,
+    queues: Queues | Callable[[], Awaitable[Queues]],
     notification: Notification,
     *,
     topic: str | None = None,
     user: str | None = None,
     idempotency_key: str | None = None,
-    batch_max_bytes: int | None = None,
+    api_key_id: int | None = None,
+    enqueue_timeout: float | None = None,
+    batch_max_bytes: int = MAX_MESSAGE_BYTES,
     overdue_after: float = DEFAULT_OVERDUE_AFTER,
 ) -> Published:
     """Record and enqueue an event; the same idempotency key publishes nothing twice.
 
-    ``batch_max_bytes`` (FANOUT_BATCH_MAX_BYTES) is capped by the delivery queue's limit;
-    a notification that cannot fit a batch raises ``NotificationTooLarge``.
+    ``queues`` may be a coroutine function that opens them: the API opens its queues on
+    first use, so that it starts, and commits events, while SQS is down. With
+    ``enqueue_timeout`` an enqueue that fails or takes longer is left to the reconciler
+    (the event is committed and due, so it is fanned out either way) and the result says
+    ``enqueued=False``; without it, the failure is raised. ``batch_max_bytes``
+    (FANOUT_BATCH_MAX_BYTES) is capped by the delivery queue's limit when the queues are
+    open. Refusals: ``NotificationTooLarge``; idempotency: record_event.
     """
-    configured = batch_max_bytes if batch_max_bytes is not None else MAX_MESSAGE_BYTES
-    limit = max_batch_bytes(configured, queues.delivery.max_message_bytes)
+    if isinstance(queues, Queues):
+        batch_max_bytes = max_batch_bytes(batch_max_bytes, queues.delivery.max_message_bytes)
     published = await record_event(
         pool,
         notification,
         topic=topic,
         user=user,
         idempotency_key=idempotency_key,
-        batch_max_bytes=limit,
+        api_key_id=api_key_id,
+        batch_max_bytes=batch_max_bytes,
         overdue_after=overdue_after,
     )
-    if published.created:
-        await enqueue_event(pool, queues, published.event_id, overdue_after=overdue_after)
-    return published
+    if not published.created:
+        return published
+    try:
+        async with asyncio.timeout(enqueue_timeout):
+            opened = queues if isinstance(queues, Queues) else await queues()
+            await enqueue_event(pool, opened, published.event_id, overdue_after=overdue_after)
+    except Exception as exc:
+        if enqueue_timeout is None:
+            raise
+        log.warning("event %d committed, enqueue deferred: %r", published.event_id, exc)
+        return published
+    return replace(published, enqueued=True)

@@ -29,18 +29,23 @@ WITH inserted AS (
 SELECT id FROM inserted UNION ALL SELECT id FROM users WHERE external_id = $1 LIMIT 1
 """
 
-# Index: events_idempotency_key_key (unique). Returns nothing when the key was used before.
-# Due $5 seconds on: if its fan-out message is not on the queue by then, the reconciler
-# sends it (the transactional outbox).
+# Index: events_idempotency_key (unique, partial). Returns nothing when this scope (the API
+# key $4; NULL: the CLI and internal callers) used the idempotency key $5 before. Due $7
+# seconds on: if its fan-out message is not on the queue by then, the reconciler sends it
+# (the transactional outbox).
 INSERT_EVENT = """
-INSERT INTO events (topic_id, user_id, idempotency_key, notification, due_at)
-VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
-ON CONFLICT (idempotency_key) DO NOTHING
+INSERT INTO events
+    (topic_id, user_id, notification, api_key_id, idempotency_key, request_fingerprint, due_at)
+VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+ON CONFLICT (idempotency_key, api_key_id) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """
 
-# Index: events_idempotency_key_key.
-EVENT_BY_IDEMPOTENCY_KEY = "SELECT id FROM events WHERE idempotency_key = $1"
+# Index: events_idempotency_key (the key leads; the scopes sharing it are filtered).
+EVENT_BY_IDEMPOTENCY_KEY = """
+SELECT id, request_fingerprint FROM events
+WHERE idempotency_key = $2 AND api_key_id IS NOT DISTINCT FROM $1
+"""
 
 # Index: events_pkey. The fan-out message is on the queue: if the event has not started
 # fanning out by due_at ($2 seconds on), the reconciler sends it again.

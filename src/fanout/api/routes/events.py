@@ -1,0 +1,96 @@
+"""Events: publish to a topic, send 1:1 to a user, read an event's progress."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from fastapi.exceptions import RequestValidationError
+
+from fanout.api import schemas
+from fanout.api.auth import READ, Publisher
+from fanout.api.keys import ApiKey
+from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, ApiState, Pool, State
+from fanout.notification import Notification
+from fanout.stages.progress import EventStatus, load_event_status
+from fanout.stages.publish import IdempotencyConflict, NotificationTooLarge, publish
+
+router = APIRouter()
+
+PUBLISH_PROBLEMS = schemas.problems(401, 403, 409, 429)
+
+
+@router.post("/v1/events", status_code=202, responses=PUBLISH_PROBLEMS)
+async def publish_event(
+    body: schemas.EventIn, key: Publisher, state: State
+) -> schemas.EventAccepted:
+    """Publish to a topic's subscribers.
+
+    An idempotency key is this API key's own: the same key with the same request
+    returns the first event (202, ``created: false``); with a different request, 409.
+    """
+    return await _publish(state, key, body.notification, body.idempotency_key, topic=body.topic)
+
+
+@router.post(
+    "/v1/users/{user_id}/notifications",
+    status_code=202,
+    responses=PUBLISH_PROBLEMS,
+)
+async def notify_user(
+    user_id: schemas.UserPath, body: schemas.DirectNotificationIn, key: Publisher, state: State
+) -> schemas.EventAccepted:
+    """A 1:1 send to all of one user's devices, through the same delivery stage.
+
+    Idempotency keys work as for ``POST /v1/events``.
+    """
+    return await _publish(state, key, body.notification, body.idempotency_key, user=user_id)
+
+
+async def _publish(
+    state: ApiState,
+    key: ApiKey,
+    notification: Notification,
+    idempotency_key: str | None,
+    *,
+    topic: str | None = None,
+    user: str | None = None,
+) -> schemas.EventAccepted:
+    """Commit the event, then try to enqueue it; if SQS is down the reconciler will."""
+    try:
+        published = await publish(
+            state.pool,
+            state.get_queues,
+            notification,
+            topic=topic,
+            user=user,
+            idempotency_key=idempotency_key,
+            api_key_id=key.id,
+            enqueue_timeout=ENQUEUE_TIMEOUT_SECONDS,
+            batch_max_bytes=state.settings.batch_max_bytes,
+            overdue_after=state.settings.reconcile_after_seconds,
+        )
+    except NotificationTooLarge as exc:
+        raise RequestValidationError(
+            [{"type": "too_large", "loc": ["body", "notification"], "msg": str(exc)}]
+        ) from None
+    except IdempotencyConflict:
+        # Names the field, never its value nor the first request.
+        raise HTTPException(
+            409,
+            "idempotency_key: this key was already used for a different request (another "
+            "topic, user or notification); send a new key for a new request",
+        ) from None
+    if published.created:
+        state.metrics.published.labels("topic" if topic else "user").inc()
+        if not published.enqueued:
+            state.metrics.enqueue_failures.inc()
+    return schemas.EventAccepted(event_id=published.event_id, created=published.created)
+
+
+@router.get("/v1/events/{event_id}", dependencies=[READ], responses=schemas.problems(401, 403, 404))
+async def event_status(event_id: schemas.RowIdPath, pool: Pool) -> EventStatus:
+    """The event's state (terminal once it has ended) and its counts by outcome; the same
+    fields as ``fanout status``."""
+    found = await load_event_status(pool, event_id)
+    if found is None:
+        raise HTTPException(404, "no such event")
+    return found
