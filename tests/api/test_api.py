@@ -338,6 +338,21 @@ async def test_a_notification_over_4kb_is_refused_naming_the_field(api: ApiServe
     assert "4096" in response.text
 
 
+async def test_a_notification_no_batch_can_carry_is_refused_not_accepted_to_die_later(
+    api: ApiServer,
+) -> None:
+    """600 locales, each under 4 KB rendered, 1.2 MB together: more than an SQS message."""
+    locales = {f"en-x{i:04d}": {"title": "T" * 1000, "body": "B" * 1000} for i in range(600)}
+    body = {"topic": unique("author"), "notification": {"title": "x", "localized": locales}}
+    async with api.client("publish") as client:
+        response = await client.post("/v1/events", json=body)
+    assert response.status_code == 422
+    [problem] = response.json()["detail"]
+    assert problem["loc"] == ["body", "notification"]
+    assert "FANOUT_BATCH_MAX_BYTES" in problem["msg"]
+    assert "TTTT" not in response.text  # names the limit, does not echo the request
+
+
 async def test_publishing_too_fast_is_429_with_retry_after(api: ApiServer) -> None:
     async with api.client("limited") as client:
         statuses = [
