@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -402,6 +406,15 @@ async def test_publish_through_the_api_delivers_to_every_subscriber(
     assert (status["recipients"], status["devices"], status["sent"]) == (30, 30, 30)
     assert status["pending"] == 0 and status["finished_at"] is not None
     assert worker.sink.ledger.unique == 30
+    # `fanout status` prints the same fields with the same types and values.
+    shown = subprocess.run(
+        [sys.executable, "-m", "fanout", "status", str(status["event_id"])],
+        env={**os.environ, "FANOUT_DATABASE_URL": api.settings.database_dsn()},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(shown.stdout) == status
 
 
 async def test_one_to_one_send_reaches_all_of_the_users_devices(

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
@@ -70,3 +74,46 @@ def report(name: str, devices: int, ledger: object) -> None:
         f"\nFAULT {name}: devices={devices} delivered={unique} "
         f"duplicates={duplicates} lost={devices - unique}"
     )
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings, role: str, sink_url: str, **env: str) -> None:
+        self.args = [sys.executable, "-m", "fanout", "worker", "--role", role]
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
+            "FANOUT_DATABASE_URL": settings.database_dsn(),
+            "FANOUT_SQS_ENDPOINT_URL": settings.sqs_endpoint_url or "",
+            "FANOUT_QUEUE_PREFIX": settings.queue_prefix,
+            "FANOUT_PROVIDER": "sink",
+            "FANOUT_SINK_URL": sink_url,
+            "FANOUT_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
+            "FANOUT_POLL_WAIT_SECONDS": "1",
+            "FANOUT_MAX_RECEIVE_COUNT": "20",
+            "FANOUT_BATCH_MAX_BYTES": str(settings.batch_max_bytes),
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.args, env=self.env, stderr=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.stop()

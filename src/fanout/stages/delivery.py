@@ -304,7 +304,11 @@ async def _send_all(
 
 # Renderings by (event, locale), shared by every batch of an event in this process, so an
 # event is rendered once per locale, not once per batch. Bounded: a few recent events.
-_RENDERED: OrderedDict[tuple[str, str | None], RenderedNotification] = OrderedDict()
+# Each keeps the notification it rendered, compared on use: event ids repeat across
+# databases (one process in the tests meets several), and a stale rendering must never go.
+_RENDERED: OrderedDict[tuple[str, str | None], tuple[Notification, RenderedNotification]] = (
+    OrderedDict()
+)
 _RENDERED_MAX = 1024
 
 
@@ -313,11 +317,14 @@ def _rendered(
 ) -> RenderedNotification:
     key = (collapse_key, locale)
     found = _RENDERED.get(key)
-    if found is None:
-        found = _RENDERED[key] = render(notification, locale, collapse_key=collapse_key)
+    if found is None or found[0] != notification:
+        found = _RENDERED[key] = (
+            notification,
+            render(notification, locale, collapse_key=collapse_key),
+        )
         if len(_RENDERED) > _RENDERED_MAX:
             _RENDERED.popitem(last=False)
-    return found
+    return found[1]
 
 
 def _retry_batch(
