@@ -147,7 +147,14 @@ def worker(
     role: Annotated[
         str, typer.Option(help="Which queues to consume: all, fanout or delivery.")
     ] = "all",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose/--quiet",
+            "-v/-q",
+            help="Log start, stop and each event's shards (default), or warnings only.",
+        ),
+    ] = True,
 ) -> None:
     """Consume the queues until SIGTERM or Ctrl-C."""
     from fanout.queue.sqs import sqs_usage
