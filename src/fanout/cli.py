@@ -1,4 +1,10 @@
-"""The ``fanout`` command: demo, migrate, queues, worker, publish, status, sink."""
+"""The ``fanout`` command: demo, migrate, queues, worker, publish, status, sink.
+
+A mistake in the configuration ends any command with one line naming the setting and
+exit status 2 (as for a wrong option); a service that does not answer, with one line
+naming it, where it is and the setting, and exit status 1. Never a traceback, never a
+setting's value.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,14 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import orjson
 import pydantic
 import typer
 from rich.console import Console
 
-from fanout.config import Settings
+from fanout.config import ConfigError, Settings, Unreachable, invalid_settings
 
 # Tracebacks never show local variables: they may hold keys and database URLs.
 app = typer.Typer(
@@ -30,6 +36,23 @@ QueueRole = Annotated[str, typer.Option("--queue", help="fanout, delivery or bot
 err = Console(stderr=True, soft_wrap=True)  # one line per message, even in logs
 
 
+# SQS tries per request from a command a person waits on: a down endpoint is reported
+# after at most ~3 s of backoff, not the ~10-20 s of the services' five tries.
+CLI_SQS_ATTEMPTS = 3
+
+# Exit statuses: 2 as click gives a wrong option, for any mistake in the configuration
+# (fanout can tell from the settings alone); 1 when the outside world failed.
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def _fail(line: str, status: int = EXIT_FAILED) -> NoReturn:
+    # Plain text: a message may hold brackets that rich would take for markup.
+    sys.stderr.write(f"fanout: {line}\n")
+    sys.stderr.flush()
+    raise SystemExit(status)
+
+
 def _settings() -> Settings:
     from fanout.config import load_settings
 
@@ -37,10 +60,10 @@ def _settings() -> Settings:
         return asyncio.run(load_settings())
     except pydantic.ValidationError as exc:
         # Name the variable, never echo its value: it may be a secret.
-        for error in exc.errors():
-            field = "_".join(str(part) for part in error["loc"])
-            err.print(f"[red]FANOUT_{field.upper()}: {error['msg']}[/]")
-        raise typer.Exit(2) from None
+        *others, last = invalid_settings(exc)
+        for line in others:
+            sys.stderr.write(f"fanout: {line}\n")
+        _fail(last, EXIT_CONFIG)
 
 
 def _logging(verbose: bool) -> None:
@@ -50,24 +73,26 @@ def _logging(verbose: bool) -> None:
     )
 
 
-def _run(coroutine: Any) -> Any:
-    """Run a coroutine; failures of the outside world end in one clear line, not a traceback."""
+def _explain(exc: Exception) -> tuple[str, int] | None:
+    """One line and an exit status for a failure the user can act on; None for a bug."""
     import asyncpg
     import botocore.exceptions
 
     from fanout.queue.sqs import QueueError
 
-    try:
-        return asyncio.run(coroutine)
-    except asyncpg.UndefinedTableError as exc:
-        err.print(f"[red]error:[/] {exc}: the schema is missing; run `fanout migrate`")
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        err.print(f"[red]database error:[/] {type(exc).__name__}: {exc}")
-    except (botocore.exceptions.BotoCoreError, QueueError) as exc:
-        err.print(f"[red]queue error:[/] {exc}")
-    except (OSError, RuntimeError, ValueError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-    raise typer.Exit(1)
+    if isinstance(exc, ConfigError):
+        return str(exc), EXIT_CONFIG
+    if isinstance(exc, Unreachable):
+        return str(exc), EXIT_FAILED
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        return f"{exc}: the schema is missing; run `fanout migrate`", EXIT_FAILED
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return f"database error: {type(exc).__name__}: {exc}", EXIT_FAILED
+    if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError):
+        return f"queue error: {exc}", EXIT_FAILED
+    if isinstance(exc, QueueError | OSError | RuntimeError | ValueError):
+        return f"error: {exc}", EXIT_FAILED
+    return None
 
 
 @app.command()
@@ -90,7 +115,7 @@ def demo(
         raise typer.BadParameter(f"one of {', '.join(PROVIDERS)}", param_hint="--provider")
     _logging(verbose)
     settings = _settings()
-    summary = _run(
+    summary = asyncio.run(
         run_demo(
             settings,
             subscribers=subscribers,
@@ -122,7 +147,7 @@ def migrate() -> None:
         finally:
             await conn.close()
 
-    applied = _run(main())
+    applied = asyncio.run(main())
     err.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
@@ -135,10 +160,10 @@ def queues_create() -> None:
     settings = _settings()
 
     async def main() -> dict[str, str]:
-        async with open_client(settings) as client:
+        async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
             return await create_queues(client, settings)
 
-    for role, url in _run(main()).items():
+    for role, url in asyncio.run(main()).items():
         typer.echo(f"{role}: {url}")
 
 
@@ -156,7 +181,10 @@ def worker(
         ),
     ] = True,
 ) -> None:
-    """Consume the queues until SIGTERM or Ctrl-C."""
+    """Consume the queues until SIGTERM or Ctrl-C.
+
+    While the database or SQS does not answer, the worker says so and keeps trying.
+    """
     from fanout.queue.sqs import sqs_usage
     from fanout.runtime.worker import run_worker
 
@@ -165,6 +193,7 @@ def worker(
         raise typer.BadParameter("must be all, fanout or delivery", param_hint="--role")
     _logging(verbose)
     settings = _settings()
+    settings.database_dsn()  # unset is a mistake to report now, not to wait out
 
     async def main() -> None:
         stopping = asyncio.Event()
@@ -178,7 +207,7 @@ def worker(
         # One JSON line (operation: [requests, billed requests]); bench/pipeline.py reads it.
         log.info("sqs usage %s", orjson.dumps(sqs_usage()).decode())
 
-    _run(main())
+    asyncio.run(main())
 
 
 @app.command()
@@ -203,7 +232,7 @@ def publish(
     async def main() -> int:
         pool = await create_pool(settings)
         try:
-            async with open_client(settings) as client:
+            async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
                 queues = await open_queues(client, settings)
                 published = await do_publish(
                     pool, queues, notification, topic=topic, idempotency_key=idempotency_key
@@ -212,7 +241,7 @@ def publish(
         finally:
             await pool.close()
 
-    typer.echo(_run(main()))
+    typer.echo(asyncio.run(main()))
 
 
 @app.command()
@@ -230,7 +259,7 @@ def status(event_id: int) -> None:
             await conn.close()
         return dict(row) if row else None
 
-    row = _run(main())
+    row = asyncio.run(main())
     if row is None:
         err.print(f"[red]no event {event_id}[/]")
         raise typer.Exit(1)
@@ -259,6 +288,7 @@ def serve(
     from fanout.api import create_app
 
     settings = _settings()
+    asyncio.run(_check_before_serving(settings))
     uvicorn.run(
         create_app(settings),
         host=host or settings.api_host,
@@ -267,12 +297,24 @@ def serve(
     )
 
 
+async def _check_before_serving(settings: Settings) -> None:
+    """What would otherwise fail inside uvicorn's start-up, as a traceback: the database
+    must answer; SQS must be configured (it may be down: publishing goes on without it)."""
+    from fanout.queue.sqs import open_client
+    from fanout.store import connect
+
+    conn = await connect(settings.database_dsn(), connect_timeout=10)
+    await conn.close()
+    async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS):
+        pass
+
+
 def _with_connection(work: Any) -> Any:
     """Run ``work(conn)`` on one connection (settings are read before the loop starts)."""
     from fanout.store import connect
 
     dsn = _settings().database_dsn()
-    return _run(_connected(dsn, work, connect))
+    return asyncio.run(_connected(dsn, work, connect))
 
 
 async def _connected(dsn: str, work: Any, connect: Any) -> Any:
@@ -325,7 +367,7 @@ async def _with_queues(settings: Settings, role: str, work: Any) -> list[Any]:
 
     if role not in ("fanout", "delivery", "both"):
         raise typer.BadParameter("must be fanout, delivery or both", param_hint="--queue")
-    async with open_client(settings) as client:
+    async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
         queues = await open_queues(client, settings)
         chosen = [queues.fanout, queues.delivery]
         chosen = [q for q in chosen if role in ("both", q.name.rsplit("-", 1)[-1])]
@@ -347,7 +389,7 @@ def dlq_list(queue: QueueRole = "both") -> None:
         )
         return await dlq.depth()
 
-    for q, count in _run(_with_queues(_settings(), queue, depth)):
+    for q, count in asyncio.run(_with_queues(_settings(), queue, depth)):
         typer.echo(f"{q.name}-dlq: {count}")
 
 
@@ -360,7 +402,9 @@ def dlq_show(
     """Dead letters with the reason each failed; they stay in the queue."""
     from fanout.queue.admin import peek_dead_letters
 
-    for q, letters in _run(_with_queues(_settings(), queue, lambda q: peek_dead_letters(q, limit))):
+    for q, letters in asyncio.run(
+        _with_queues(_settings(), queue, lambda q: peek_dead_letters(q, limit))
+    ):
         typer.echo(f"== {q.name}-dlq: {len(letters)} shown")
         for letter in letters:
             typer.echo(f"{letter.message_id}  tries={letter.receive_count}  {letter.reason}")
@@ -375,7 +419,7 @@ def dlq_redrive(
     """Move dead letters back to their queue to be tried again."""
     from fanout.queue.admin import redrive
 
-    for q, moved in _run(_with_queues(_settings(), queue, lambda q: redrive(q, limit))):
+    for q, moved in asyncio.run(_with_queues(_settings(), queue, lambda q: redrive(q, limit))):
         typer.echo(f"{q.name}: {moved} message(s) moved back")
 
 
@@ -412,4 +456,10 @@ def emulators() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as exc:
+        explained = _explain(exc)
+        if explained is None:
+            raise
+        _fail(*explained)

@@ -31,7 +31,7 @@ from prometheus_client import (
 
 from fanout.api import schemas
 from fanout.api.keys import ApiKey, find_api_key
-from fanout.config import Settings
+from fanout.config import Settings, connection_failure
 from fanout.queue.sqs import Queues, open_client, open_queues
 from fanout.ratelimit import TokenBucket
 from fanout.stages.publish import enqueue_event, record_event
@@ -95,7 +95,12 @@ def create_app(settings: Settings) -> FastAPI:
                 async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
                     queues = await open_queues(sqs, settings)
             except Exception as exc:  # publish still commits; the sweeper enqueues later
-                log.warning("queues not reachable at start-up: %r", exc)
+                log.warning(
+                    "could not open the queues at %s (FANOUT_SQS_ENDPOINT_URL) at start-up: "
+                    "%s; events are still accepted, and a worker's outbox sweeper enqueues them",
+                    sqs.meta.endpoint_url,
+                    connection_failure(exc),
+                )
                 queues = None
             app.state.api = ApiState(settings, pool, sqs, queues)
             try:
