@@ -26,7 +26,7 @@ app = typer.Typer(
     help="Mass push notifications: one event in, a push on every device out.",
     pretty_exceptions_show_locals=False,
 )
-queues_app = typer.Typer(help="Create and inspect the SQS queues.")
+queues_app = typer.Typer(help="Create the SQS queues and see what they hold.")
 app.add_typer(queues_app, name="queues")
 apikey_app = typer.Typer(help="Create, list and revoke API keys.")
 app.add_typer(apikey_app, name="apikey")
@@ -165,6 +165,25 @@ def queues_create() -> None:
 
     for role, url in asyncio.run(main()).items():
         typer.echo(f"{role}: {url}")
+
+
+@queues_app.command("list")
+def queues_list() -> None:
+    """Messages in each queue and dead-letter queue: waiting, in flight, delayed."""
+    from fanout.queue.admin import QueueDepth, queue_depths
+    from fanout.queue.sqs import open_client, open_queues
+
+    settings = _settings()
+
+    async def main() -> list[QueueDepth]:
+        async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
+            return await queue_depths(await open_queues(client, settings))
+
+    depths = asyncio.run(main())
+    width = max(len(d.name) for d in depths)
+    typer.echo(f"{'queue':<{width}}  {'waiting':>9}  {'in flight':>9}  {'delayed':>9}")
+    for d in depths:
+        typer.echo(f"{d.name:<{width}}  {d.waiting:>9,}  {d.in_flight:>9,}  {d.delayed:>9,}")
 
 
 @app.command()

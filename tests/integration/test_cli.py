@@ -55,6 +55,24 @@ def test_operator_commands_end_to_end(settings: Settings) -> None:
     status = fanout(settings, "status", published.stdout.strip())
     assert status.returncode == 0 and '"status"' in status.stdout
 
+    # The event's fan-out message waits in its queue: one line per queue and DLQ.
+    listed = fanout(settings, "queues", "list")
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["queue", "waiting", "in", "flight", "delayed"]
+    prefix = settings.queue_prefix
+    assert {row.split()[0]: row.split()[1:] for row in rows} == {
+        f"{prefix}-fanout": ["1", "0", "0"],
+        f"{prefix}-fanout-dlq": ["0", "0", "0"],
+        f"{prefix}-delivery": ["0", "0", "0"],
+        f"{prefix}-delivery-dlq": ["0", "0", "0"],
+    }
+
+
+def test_queues_help_offers_what_it_says(settings: Settings) -> None:
+    shown = fanout(settings, "queues", "--help").stdout
+    assert "create" in shown and "list" in shown
+
 
 def test_dlq_commands_show_and_redrive(settings: Settings) -> None:
     assert fanout(settings, "queues", "create").returncode == 0

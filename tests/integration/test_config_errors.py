@@ -34,6 +34,7 @@ DATABASE_COMMANDS = [
 ]
 SQS_COMMANDS = [
     ["queues", "create"],
+    ["queues", "list"],
     ["dlq", "list"],
     ["dlq", "redrive"],
     ["publish", "author:1", "--title", "t"],
