@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import signal
 import sys
 from typing import Annotated, Any, NoReturn
@@ -443,11 +444,16 @@ def dlq_redrive(
 
 
 @app.command()
-def emulators() -> None:
+def emulators(
+    env: Annotated[
+        bool, typer.Option("--env", help="Print shell 'export' lines instead of JSON.")
+    ] = False,
+) -> None:
     """Serve local APNs, FCM and push-service emulators (HTTP/2, TLS) until interrupted.
 
-    Prints one JSON line: the FANOUT_* settings that point fanout at them, and the Web
-    Push subscription to use. The keys in it are generated now and only good for these.
+    Prints the FANOUT_* settings that point fanout at them, and the Web Push
+    subscription to use: one JSON line, or with --env 'export NAME=value' lines for a
+    shell to source. The keys in them are generated now and only good for these.
     """
     from fanout.local.emulators.stack import local_push_services
 
@@ -457,13 +463,16 @@ def emulators() -> None:
                 f"FANOUT_{k.upper()}": v.get_secret_value() if hasattr(v, "get_secret_value") else v
                 for k, v in services.settings.items()
             }
-            line = {
-                "settings": values,
+            subscription = {
                 "webpush_endpoint_base": services.webpush_endpoint_base,
                 "p256dh": services.p256dh,
                 "auth": services.auth,
             }
-            sys.stdout.write(orjson.dumps(line).decode() + "\n")
+            if env:
+                sys.stdout.write(_export_lines(values, subscription))
+            else:
+                line = {"settings": values, **subscription}
+                sys.stdout.write(orjson.dumps(line).decode() + "\n")
             sys.stdout.flush()
             stopping = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -472,6 +481,14 @@ def emulators() -> None:
             await stopping.wait()
 
     asyncio.run(main())
+
+
+def _export_lines(values: dict[str, Any], subscription: dict[str, str]) -> str:
+    """``export NAME=value`` lines, quoted for a POSIX shell (PEM keys span lines)."""
+    lines = [f"export {name}={shlex.quote(str(value))}" for name, value in values.items()]
+    # Not settings: what a Web Push device registered with these emulators must carry.
+    lines += [f"# {name}: {value}" for name, value in subscription.items()]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

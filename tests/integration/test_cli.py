@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -72,6 +74,41 @@ def test_operator_commands_end_to_end(settings: Settings) -> None:
 def test_queues_help_offers_what_it_says(settings: Settings) -> None:
     shown = fanout(settings, "queues", "--help").stdout
     assert "create" in shown and "list" in shown
+
+
+def test_emulators_env_prints_export_lines_a_shell_can_source(tmp_path: Path) -> None:
+    emulators = subprocess.Popen(
+        [sys.executable, "-m", "fanout", "emulators", "--env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert emulators.stdout is not None
+        lines = []
+        while not lines or not lines[-1].startswith("# auth: "):
+            line = emulators.stdout.readline()
+            assert line, "the emulators stopped before printing their settings"
+            lines.append(line)
+    finally:
+        emulators.terminate()
+        emulators.wait()
+    script = tmp_path / "emulators.env"
+    script.write_text("".join(lines))
+    words = shlex.split(script.read_text(), comments=True)  # a PEM key spans lines
+    assert words[::2] == ["export"] * (len(words) // 2)
+    assert all(word.startswith("FANOUT_") and "=" in word for word in words[1::2])
+    # What a shell makes of them, read back by the settings fanout loads.
+    read_back = subprocess.run(
+        ["sh", "-c", f'. "{script}" && exec "$0" -c "$1"', sys.executable,
+         "from fanout.config import Settings; s = Settings(); "
+         "print(s.apns_endpoint); print(s.apns_key.get_secret_value().splitlines()[0])"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    endpoint, first_pem_line = read_back.stdout.splitlines()
+    assert endpoint.startswith("https://127.0.0.1:")
+    assert first_pem_line == "-----BEGIN PRIVATE KEY-----"
 
 
 def test_dlq_commands_show_and_redrive(settings: Settings) -> None:
