@@ -289,12 +289,20 @@ def status(event_id: int) -> None:
 @app.command()
 def sink(
     host: str = "127.0.0.1",
-    port: int = 8765,
+    port: Annotated[int, typer.Option(help="0: any free port.")] = 8765,
 ) -> None:
-    """Serve a local push sink that counts what it receives (for tests and benchmarks)."""
+    """Serve a local push sink that counts what it receives, per event (tests, benchmarks).
+
+    Prints its URL. POST /push takes what FANOUT_PROVIDER=sink sends; GET /stats gives
+    the totals and each recent event's counts as JSON.
+    """
     from fanout.local.sink import serve
 
-    serve(host, port)
+    def listening(url: str) -> None:
+        typer.echo(url)
+        err.print(f"push sink on {url}: POST /push, GET /stats")
+
+    serve(host, port, listening=listening)
 
 
 @app.command()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from fanout.config import Settings
@@ -74,6 +75,36 @@ def test_operator_commands_end_to_end(settings: Settings) -> None:
 def test_queues_help_offers_what_it_says(settings: Settings) -> None:
     shown = fanout(settings, "queues", "--help").stdout
     assert "create" in shown and "list" in shown
+
+
+def test_sink_counts_each_event_apart() -> None:
+    """Four events to the same two devices are eight first deliveries, not six duplicates."""
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "fanout", "sink", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert sink.stdout is not None
+        url = sink.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        with httpx.Client(base_url=url) as client:
+            for event in ("1", "2", "3", "4", "4"):
+                body = {"collapse_key": event, "payload": {}, "devices": [[7, "t7"], [8, "t8"]]}
+                assert client.post("/push", json=body).json() == {"results": ["ok", "ok"]}
+            stats = client.get("/stats").json()
+    finally:
+        sink.terminate()
+        sink.wait()
+    assert (stats["received"], stats["unique"], stats["duplicates"]) == (10, 8, 2)
+    assert stats["duplicate_collapse_keys"] == ["4"]
+    assert stats["events"] == {
+        "1": {"received": 2, "unique": 2, "duplicates": 0},
+        "2": {"received": 2, "unique": 2, "duplicates": 0},
+        "3": {"received": 2, "unique": 2, "duplicates": 0},
+        "4": {"received": 4, "unique": 2, "duplicates": 2},
+    }
 
 
 def test_emulators_env_prints_export_lines_a_shell_can_source(tmp_path: Path) -> None:
