@@ -134,8 +134,12 @@ def test_the_demo_names_a_configured_database_that_does_not_answer(
         "FANOUT_DATABASE_URL": f"postgresql://fanout:{SECRET}@127.0.0.1:{closed_port}/fanout",
         "FANOUT_SQS_ENDPOINT_URL": sqs_endpoint,
     }
-    line = the_one_line(fanout(env, "demo", "--subscribers", "10", "--json"), status=1)
-    assert line == (
+    result = fanout(env, "demo", "--subscribers", "10", "--json")
+    assert result.returncode == 1 and result.stdout == ""
+    assert "Traceback" not in result.stderr and SECRET not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"using the PostgreSQL at 127.0.0.1:{closed_port} (FANOUT_DATABASE_URL)"
+    assert lines[-1] == (
         f"fanout: could not reach the database at 127.0.0.1:{closed_port} "
         "(FANOUT_DATABASE_URL): connection refused"
     )
