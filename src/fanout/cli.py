@@ -13,6 +13,7 @@ import logging
 import shlex
 import signal
 import sys
+from decimal import Decimal
 from typing import Annotated, Any, NoReturn
 
 import orjson
@@ -283,7 +284,14 @@ def status(event_id: int) -> None:
     if row is None:
         err.print(f"[red]no event {event_id}[/]")
         raise typer.Exit(1)
-    typer.echo(orjson.dumps(row, default=str, option=orjson.OPT_INDENT_2).decode())
+    typer.echo(orjson.dumps(row, default=_json_number, option=orjson.OPT_INDENT_2).decode())
+
+
+def _json_number(value: Any) -> Any:
+    # PostgreSQL's sum() of bigints is numeric: counts came out as strings ("3").
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return int(value)
+    return str(value)
 
 
 @app.command()

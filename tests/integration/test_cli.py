@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 from fanout.config import Settings
@@ -56,7 +57,9 @@ def test_operator_commands_end_to_end(settings: Settings) -> None:
     published = fanout(settings, "publish", "author:cli", "--title", "Hello")
     assert published.returncode == 0, published.stderr
     status = fanout(settings, "status", published.stdout.strip())
-    assert status.returncode == 0 and '"status"' in status.stdout
+    assert status.returncode == 0, status.stderr
+    progress = orjson.loads(status.stdout)
+    assert progress["status"] == "enqueued" and progress["recipients"] == 0
 
     # The event's fan-out message waits in its queue: one line per queue and DLQ.
     listed = fanout(settings, "queues", "list")
