@@ -1,27 +1,34 @@
-"""The ``fanout`` command: demo, migrate, queues, worker, publish, status, sink."""
+"""The ``fanout`` command: demo, migrate, queues, worker, publish, status, sink.
+
+A mistake in the configuration ends any command with one line naming the setting and
+exit status 2 (as for a wrong option); a service that does not answer, with one line
+naming it, where it is and the setting, and exit status 1. Never a traceback, never a
+setting's value.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
+import shlex
 import signal
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import orjson
 import pydantic
 import typer
 from rich.console import Console
 
-from fanout.config import Settings
+from fanout.config import ConfigError, Settings, Unreachable, invalid_settings
 
 # Tracebacks never show local variables: they may hold keys and database URLs.
 app = typer.Typer(
     help="Mass push notifications: one event in, a push on every device out.",
     pretty_exceptions_show_locals=False,
 )
-queues_app = typer.Typer(help="Create and inspect the SQS queues.")
+queues_app = typer.Typer(help="Create the SQS queues and see what they hold.")
 app.add_typer(queues_app, name="queues")
 apikey_app = typer.Typer(help="Create, list and revoke API keys.")
 app.add_typer(apikey_app, name="apikey")
@@ -31,6 +38,23 @@ QueueRole = Annotated[str, typer.Option("--queue", help="fanout, delivery or bot
 err = Console(stderr=True, soft_wrap=True)  # one line per message, even in logs
 
 
+# SQS tries per request from a command a person waits on: a down endpoint is reported
+# after at most ~3 s of backoff, not the ~10-20 s of the services' five tries.
+CLI_SQS_ATTEMPTS = 3
+
+# Exit statuses: 2 as click gives a wrong option, for any mistake in the configuration
+# (fanout can tell from the settings alone); 1 when the outside world failed.
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def _fail(line: str, status: int = EXIT_FAILED) -> NoReturn:
+    # Plain text: a message may hold brackets that rich would take for markup.
+    sys.stderr.write(f"fanout: {line}\n")
+    sys.stderr.flush()
+    raise SystemExit(status)
+
+
 def _settings() -> Settings:
     from fanout.config import load_settings
 
@@ -38,10 +62,10 @@ def _settings() -> Settings:
         return asyncio.run(load_settings())
     except pydantic.ValidationError as exc:
         # Name the variable, never echo its value: it may be a secret.
-        for error in exc.errors():
-            field = "_".join(str(part) for part in error["loc"])
-            err.print(f"[red]FANOUT_{field.upper()}: {error['msg']}[/]")
-        raise typer.Exit(2) from None
+        *others, last = invalid_settings(exc)
+        for line in others:
+            sys.stderr.write(f"fanout: {line}\n")
+        _fail(last, EXIT_CONFIG)
 
 
 def _logging(verbose: bool) -> None:
@@ -51,24 +75,26 @@ def _logging(verbose: bool) -> None:
     )
 
 
-def _run(coroutine: Any) -> Any:
-    """Run a coroutine; failures of the outside world end in one clear line, not a traceback."""
+def _explain(exc: Exception) -> tuple[str, int] | None:
+    """One line and an exit status for a failure the user can act on; None for a bug."""
     import asyncpg
     import botocore.exceptions
 
     from fanout.queue.sqs import QueueError
 
-    try:
-        return asyncio.run(coroutine)
-    except asyncpg.UndefinedTableError as exc:
-        err.print(f"[red]error:[/] {exc}: the schema is missing; run `fanout migrate`")
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        err.print(f"[red]database error:[/] {type(exc).__name__}: {exc}")
-    except (botocore.exceptions.BotoCoreError, QueueError) as exc:
-        err.print(f"[red]queue error:[/] {exc}")
-    except (OSError, RuntimeError, ValueError) as exc:
-        err.print(f"[red]error:[/] {exc}")
-    raise typer.Exit(1)
+    if isinstance(exc, ConfigError):
+        return str(exc), EXIT_CONFIG
+    if isinstance(exc, Unreachable):
+        return str(exc), EXIT_FAILED
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        return f"{exc}: the schema is missing; run `fanout migrate`", EXIT_FAILED
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return f"database error: {type(exc).__name__}: {exc}", EXIT_FAILED
+    if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError):
+        return f"queue error: {exc}", EXIT_FAILED
+    if isinstance(exc, QueueError | OSError | RuntimeError | ValueError):
+        return f"error: {exc}", EXIT_FAILED
+    return None
 
 
 @app.command()
@@ -91,7 +117,7 @@ def demo(
         raise typer.BadParameter(f"one of {', '.join(PROVIDERS)}", param_hint="--provider")
     _logging(verbose)
     settings = _settings()
-    summary = _run(
+    summary = asyncio.run(
         run_demo(
             settings,
             subscribers=subscribers,
@@ -123,7 +149,7 @@ def migrate() -> None:
         finally:
             await conn.close()
 
-    applied = _run(main())
+    applied = asyncio.run(main())
     err.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
@@ -136,11 +162,30 @@ def queues_create() -> None:
     settings = _settings()
 
     async def main() -> dict[str, str]:
-        async with open_client(settings) as client:
+        async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
             return await create_queues(client, settings)
 
-    for role, url in _run(main()).items():
+    for role, url in asyncio.run(main()).items():
         typer.echo(f"{role}: {url}")
+
+
+@queues_app.command("list")
+def queues_list() -> None:
+    """Messages in each queue and dead-letter queue: waiting, in flight, delayed."""
+    from fanout.queue.admin import QueueDepth, queue_depths
+    from fanout.queue.sqs import open_client, open_queues
+
+    settings = _settings()
+
+    async def main() -> list[QueueDepth]:
+        async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
+            return await queue_depths(await open_queues(client, settings))
+
+    depths = asyncio.run(main())
+    width = max(len(d.name) for d in depths)
+    typer.echo(f"{'queue':<{width}}  {'waiting':>9}  {'in flight':>9}  {'delayed':>9}")
+    for d in depths:
+        typer.echo(f"{d.name:<{width}}  {d.waiting:>9,}  {d.in_flight:>9,}  {d.delayed:>9,}")
 
 
 @app.command()
@@ -148,9 +193,19 @@ def worker(
     role: Annotated[
         str, typer.Option(help="Which queues to consume: all, fanout or delivery.")
     ] = "all",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose/--quiet",
+            "-v/-q",
+            help="Log start, stop and each event's shards (default), or warnings only.",
+        ),
+    ] = True,
 ) -> None:
-    """Consume the queues until SIGTERM or Ctrl-C."""
+    """Consume the queues until SIGTERM or Ctrl-C.
+
+    While the database or SQS does not answer, the worker says so and keeps trying.
+    """
     from fanout.queue.sqs import sqs_usage
     from fanout.runtime.worker import run_worker
 
@@ -159,6 +214,7 @@ def worker(
         raise typer.BadParameter("must be all, fanout or delivery", param_hint="--role")
     _logging(verbose)
     settings = _settings()
+    settings.database_dsn()  # unset is a mistake to report now, not to wait out
 
     async def main() -> None:
         stopping = asyncio.Event()
@@ -172,7 +228,7 @@ def worker(
         # One JSON line (operation: [requests, billed requests]); bench/pipeline.py reads it.
         log.info("sqs usage %s", orjson.dumps(sqs_usage()).decode())
 
-    _run(main())
+    asyncio.run(main())
 
 
 @app.command()
@@ -197,7 +253,7 @@ def publish(
     async def main() -> int:
         pool = await create_pool(settings)
         try:
-            async with open_client(settings) as client:
+            async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
                 queues = await open_queues(client, settings)
                 published = await do_publish(
                     pool,
@@ -212,7 +268,7 @@ def publish(
         finally:
             await pool.close()
 
-    typer.echo(_run(main()))
+    typer.echo(asyncio.run(main()))
 
 
 @app.command()
@@ -240,7 +296,7 @@ def reconcile(
             await pool.close()
         return dataclasses.asdict(report)
 
-    typer.echo(orjson.dumps(_run(main()), option=orjson.OPT_INDENT_2).decode())
+    typer.echo(orjson.dumps(asyncio.run(main()), option=orjson.OPT_INDENT_2).decode())
 
 
 @app.command()
@@ -259,7 +315,7 @@ def status(event_id: int) -> None:
             await conn.close()
         return None if found is None else found.model_dump_json(indent=2)
 
-    shown = _run(main())
+    shown = asyncio.run(main())
     if shown is None:
         err.print(f"[red]no event {event_id}[/]")
         raise typer.Exit(1)
@@ -269,12 +325,20 @@ def status(event_id: int) -> None:
 @app.command()
 def sink(
     host: str = "127.0.0.1",
-    port: int = 8765,
+    port: Annotated[int, typer.Option(help="0: any free port.")] = 8765,
 ) -> None:
-    """Serve a local push sink that counts what it receives (for tests and benchmarks)."""
+    """Serve a local push sink that counts what it receives, per event (tests, benchmarks).
+
+    Prints its URL. POST /push takes what FANOUT_PROVIDER=sink sends; GET /stats gives
+    the totals and each recent event's counts as JSON.
+    """
     from fanout.local.sink import serve
 
-    serve(host, port)
+    def listening(url: str) -> None:
+        typer.echo(url)
+        err.print(f"push sink on {url}: POST /push, GET /stats")
+
+    serve(host, port, listening=listening)
 
 
 @app.command()
@@ -288,6 +352,7 @@ def serve(
     from fanout.api import create_app
 
     settings = _settings()
+    asyncio.run(_check_before_serving(settings))
     uvicorn.run(
         create_app(settings),
         host=host or settings.api_host,
@@ -296,12 +361,24 @@ def serve(
     )
 
 
+async def _check_before_serving(settings: Settings) -> None:
+    """What would otherwise fail inside uvicorn's start-up, as a traceback: the database
+    must answer; SQS must be configured (it may be down: publishing goes on without it)."""
+    from fanout.queue.sqs import open_client
+    from fanout.store import connect
+
+    conn = await connect(settings.database_dsn(), connect_timeout=10)
+    await conn.close()
+    async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS):
+        pass
+
+
 def _with_connection(work: Any) -> Any:
     """Run ``work(conn)`` on one connection (settings are read before the loop starts)."""
     from fanout.store import connect
 
     dsn = _settings().database_dsn()
-    return _run(_connected(dsn, work, connect))
+    return asyncio.run(_connected(dsn, work, connect))
 
 
 async def _connected(dsn: str, work: Any, connect: Any) -> Any:
@@ -354,7 +431,7 @@ async def _with_queues(settings: Settings, role: str, work: Any) -> list[Any]:
 
     if role not in ("fanout", "delivery", "both"):
         raise typer.BadParameter("must be fanout, delivery or both", param_hint="--queue")
-    async with open_client(settings) as client:
+    async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
         queues = await open_queues(client, settings)
         chosen = [queues.fanout, queues.delivery]
         chosen = [q for q in chosen if role in ("both", q.name.rsplit("-", 1)[-1])]
@@ -376,7 +453,7 @@ def dlq_list(queue: QueueRole = "both") -> None:
         )
         return await dlq.depth()
 
-    for q, count in _run(_with_queues(_settings(), queue, depth)):
+    for q, count in asyncio.run(_with_queues(_settings(), queue, depth)):
         typer.echo(f"{q.name}-dlq: {count}")
 
 
@@ -389,7 +466,9 @@ def dlq_show(
     """Dead letters with the reason each failed; they stay in the queue."""
     from fanout.queue.admin import peek_dead_letters
 
-    for q, letters in _run(_with_queues(_settings(), queue, lambda q: peek_dead_letters(q, limit))):
+    for q, letters in asyncio.run(
+        _with_queues(_settings(), queue, lambda q: peek_dead_letters(q, limit))
+    ):
         typer.echo(f"== {q.name}-dlq: {len(letters)} shown")
         for letter in letters:
             typer.echo(f"{letter.message_id}  tries={letter.receive_count}  {letter.reason}")
@@ -404,16 +483,21 @@ def dlq_redrive(
     """Move dead letters back to their queue to be tried again."""
     from fanout.queue.admin import redrive
 
-    for q, moved in _run(_with_queues(_settings(), queue, lambda q: redrive(q, limit))):
+    for q, moved in asyncio.run(_with_queues(_settings(), queue, lambda q: redrive(q, limit))):
         typer.echo(f"{q.name}: {moved} message(s) moved back")
 
 
 @app.command()
-def emulators() -> None:
+def emulators(
+    env: Annotated[
+        bool, typer.Option("--env", help="Print shell 'export' lines instead of JSON.")
+    ] = False,
+) -> None:
     """Serve local APNs, FCM and push-service emulators (HTTP/2, TLS) until interrupted.
 
-    Prints one JSON line: the FANOUT_* settings that point fanout at them, and the Web
-    Push subscription to use. The keys in it are generated now and only good for these.
+    Prints the FANOUT_* settings that point fanout at them, and the Web Push
+    subscription to use: one JSON line, or with --env 'export NAME=value' lines for a
+    shell to source. The keys in them are generated now and only good for these.
     """
     from fanout.local.emulators.stack import local_push_services
 
@@ -423,13 +507,16 @@ def emulators() -> None:
                 f"FANOUT_{k.upper()}": v.get_secret_value() if hasattr(v, "get_secret_value") else v
                 for k, v in services.settings.items()
             }
-            line = {
-                "settings": values,
+            subscription = {
                 "webpush_endpoint_base": services.webpush_endpoint_base,
                 "p256dh": services.p256dh,
                 "auth": services.auth,
             }
-            sys.stdout.write(orjson.dumps(line).decode() + "\n")
+            if env:
+                sys.stdout.write(_export_lines(values, subscription))
+            else:
+                line = {"settings": values, **subscription}
+                sys.stdout.write(orjson.dumps(line).decode() + "\n")
             sys.stdout.flush()
             stopping = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -440,5 +527,19 @@ def emulators() -> None:
     asyncio.run(main())
 
 
+def _export_lines(values: dict[str, Any], subscription: dict[str, str]) -> str:
+    """``export NAME=value`` lines, quoted for a POSIX shell (PEM keys span lines)."""
+    lines = [f"export {name}={shlex.quote(str(value))}" for name, value in values.items()]
+    # Not settings: what a Web Push device registered with these emulators must carry.
+    lines += [f"# {name}: {value}" for name, value in subscription.items()]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as exc:
+        explained = _explain(exc)
+        if explained is None:
+            raise
+        _fail(*explained)

@@ -5,10 +5,13 @@ No other module reads ``os.environ``; everything that can be configured is a fie
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fanout.retry import Backoff
@@ -16,6 +19,67 @@ from fanout.retry import Backoff
 # Apple's limit for a notification payload; also the bar for every other provider
 # here, so one event renders to a payload that every platform accepts.
 MAX_PAYLOAD_BYTES = 4096
+_PG_SCHEMES = {"postgresql", "postgres"}
+
+DATABASE_URL_UNSET = (
+    "FANOUT_DATABASE_URL is not set: point it at your PostgreSQL "
+    "(postgresql://user@host/db), or run 'fanout demo' which needs none"
+)
+
+
+class ConfigError(Exception):
+    """A setting is missing or holds a value fanout cannot use: nothing was tried.
+
+    The message names the ``FANOUT_*`` variable and never repeats its value, which may
+    be a secret.
+    """
+
+
+class Unreachable(Exception):
+    """A service a setting points at did not answer, or refused fanout.
+
+    The message says which service, where (host and port, never credentials) and the
+    setting that points there: ``could not reach the database at db:5432
+    (FANOUT_DATABASE_URL): connection refused``.
+    """
+
+    def __init__(
+        self, service: str, where: str, setting: str, reason: str, *, refused: bool = False
+    ) -> None:
+        what = (
+            f"{service} at {where} refused fanout"
+            if refused
+            else f"could not reach {service} at {where}"
+        )
+        super().__init__(f"{what} ({setting}): {reason}")
+        self.service = service
+        self.where = where
+        self.setting = setting
+
+
+_CONNECTION_ERRORS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.ETIMEDOUT: "timed out",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+}
+
+
+def connection_failure(exc: BaseException) -> str:
+    """Why a connection failed, in a few words: from the OS error behind ``exc`` if there
+    is one (the drivers wrap it), else the innermost exception's own words."""
+    chain = [exc]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) and len(chain) < 10:
+        chain.append(cause)
+    for failure in chain:
+        if isinstance(failure, socket.gaierror):
+            return "unknown host"
+        if isinstance(failure, TimeoutError):
+            return "timed out"
+        if phrase := _CONNECTION_ERRORS.get(getattr(failure, "errno", None) or 0):
+            return phrase
+    return str(chain[-1]) or type(chain[-1]).__name__
 
 
 class Settings(BaseSettings):
@@ -29,6 +93,14 @@ class Settings(BaseSettings):
         description="postgresql:// URL. Unset: `fanout demo` starts an embedded PostgreSQL.",
     )
     database_pool_size: int = Field(default=10, ge=1, le=200)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, url: SecretStr | None) -> SecretStr | None:
+        # asyncpg would say this too, but only once a command tries to connect.
+        if url is not None and urlsplit(url.get_secret_value()).scheme not in _PG_SCHEMES:
+            raise ValueError("must be a postgresql:// URL")
+        return url
 
     # --- SQS --------------------------------------------------------------------------
     sqs_endpoint_url: str | None = Field(
@@ -141,9 +213,34 @@ class Settings(BaseSettings):
         return Backoff(first=float(self.retry_base_delay), cap=900.0)
 
     def database_dsn(self) -> str:
+        """The database URL, secret included; raises ``ConfigError`` when unset."""
         if self.database_url is None:
-            raise ValueError("FANOUT_DATABASE_URL is not set")
+            raise ConfigError(DATABASE_URL_UNSET)
         return self.database_url.get_secret_value()
+
+    def database_address(self) -> str:
+        """Where the database is, to name in messages: ``host:port``, never the password."""
+        return database_address(self.database_dsn())
+
+
+def database_address(dsn: str) -> str:
+    """``host:port`` of a postgresql:// URL (a ``?host=`` socket directory counts)."""
+    parts = urlsplit(dsn)
+    try:
+        port = parts.port or 5432
+    except ValueError:  # asyncpg accepts multi-host URLs; name them as written
+        return parts.netloc.rsplit("@", 1)[-1]
+    host = parts.hostname or parse_qs(parts.query).get("host", ["localhost"])[0]
+    return f"{host}:{port}"
+
+
+def invalid_settings(error: ValidationError) -> list[str]:
+    """One line per invalid variable, naming it; pydantic's message never holds the value."""
+    lines = []
+    for item in error.errors():
+        field = "_".join(str(part) for part in item["loc"])
+        lines.append(f"FANOUT_{field.upper()} is invalid: {item['msg']}")
+    return lines
 
 
 async def load_settings() -> Settings:
@@ -156,10 +253,18 @@ async def load_settings() -> Settings:
     arn = os.environ.get("FANOUT_SECRETS_ARN")
     if not arn:
         return Settings()
+    import botocore.exceptions
     from aiobotocore.session import get_session
 
-    async with get_session().create_client("secretsmanager") as client:
-        secret = (await client.get_secret_value(SecretId=arn))["SecretString"]
+    try:
+        async with get_session().create_client("secretsmanager") as client:
+            secret = (await client.get_secret_value(SecretId=arn))["SecretString"]
+    except botocore.exceptions.NoCredentialsError:
+        raise ConfigError(
+            "FANOUT_SECRETS_ARN is set, but no AWS credentials were found to read the secret"
+        ) from None
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise Unreachable("AWS Secrets Manager", arn, "FANOUT_SECRETS_ARN", str(exc)) from None
     from_secret = {
         name.removeprefix("FANOUT_").lower(): value
         for name, value in orjson.loads(secret).items()

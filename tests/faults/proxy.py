@@ -34,6 +34,10 @@ class FlakyProxy:
         self._down_until = time.monotonic() + seconds
         self._cut()
 
+    def restore(self) -> None:
+        """Accept and forward connections again from now on."""
+        self._down_until = 0.0
+
     def _cut(self) -> None:
         for writer in list(self._pipes):
             writer.transport.abort()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import asyncpg
+import httpx
+import orjson
 import pytest
 
 from fanout.config import Settings
@@ -53,7 +57,92 @@ def test_operator_commands_end_to_end(settings: Settings) -> None:
     published = fanout(settings, "publish", "author:cli", "--title", "Hello")
     assert published.returncode == 0, published.stderr
     status = fanout(settings, "status", published.stdout.strip())
-    assert status.returncode == 0 and '"status"' in status.stdout
+    assert status.returncode == 0, status.stderr
+    progress = orjson.loads(status.stdout)
+    assert progress["status"] == "enqueued" and progress["recipients"] == 0
+
+    # The event's fan-out message waits in its queue: one line per queue and DLQ.
+    listed = fanout(settings, "queues", "list")
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["queue", "waiting", "in", "flight", "delayed"]
+    prefix = settings.queue_prefix
+    assert {row.split()[0]: row.split()[1:] for row in rows} == {
+        f"{prefix}-fanout": ["1", "0", "0"],
+        f"{prefix}-fanout-dlq": ["0", "0", "0"],
+        f"{prefix}-delivery": ["0", "0", "0"],
+        f"{prefix}-delivery-dlq": ["0", "0", "0"],
+    }
+
+
+def test_queues_help_offers_what_it_says(settings: Settings) -> None:
+    shown = fanout(settings, "queues", "--help").stdout
+    assert "create" in shown and "list" in shown
+
+
+def test_sink_counts_each_event_apart() -> None:
+    """Four events to the same two devices are eight first deliveries, not six duplicates."""
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "fanout", "sink", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert sink.stdout is not None
+        url = sink.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        with httpx.Client(base_url=url) as client:
+            for event in ("1", "2", "3", "4", "4"):
+                body = {"collapse_key": event, "payload": {}, "devices": [[7, "t7"], [8, "t8"]]}
+                assert client.post("/push", json=body).json() == {"results": ["ok", "ok"]}
+            stats = client.get("/stats").json()
+    finally:
+        sink.terminate()
+        sink.wait()
+    assert (stats["received"], stats["unique"], stats["duplicates"]) == (10, 8, 2)
+    assert stats["duplicate_collapse_keys"] == ["4"]
+    assert stats["events"] == {
+        "1": {"received": 2, "unique": 2, "duplicates": 0},
+        "2": {"received": 2, "unique": 2, "duplicates": 0},
+        "3": {"received": 2, "unique": 2, "duplicates": 0},
+        "4": {"received": 4, "unique": 2, "duplicates": 2},
+    }
+
+
+def test_emulators_env_prints_export_lines_a_shell_can_source(tmp_path: Path) -> None:
+    emulators = subprocess.Popen(
+        [sys.executable, "-m", "fanout", "emulators", "--env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert emulators.stdout is not None
+        lines = []
+        while not lines or not lines[-1].startswith("# auth: "):
+            line = emulators.stdout.readline()
+            assert line, "the emulators stopped before printing their settings"
+            lines.append(line)
+    finally:
+        emulators.terminate()
+        emulators.wait()
+    script = tmp_path / "emulators.env"
+    script.write_text("".join(lines))
+    words = shlex.split(script.read_text(), comments=True)  # a PEM key spans lines
+    assert words[::2] == ["export"] * (len(words) // 2)
+    assert all(word.startswith("FANOUT_") and "=" in word for word in words[1::2])
+    # What a shell makes of them, read back by the settings fanout loads.
+    read_back = subprocess.run(
+        ["sh", "-c", f'. "{script}" && exec "$0" -c "$1"', sys.executable,
+         "from fanout.config import Settings; s = Settings(); "
+         "print(s.apns_endpoint); print(s.apns_key.get_secret_value().splitlines()[0])"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    endpoint, first_pem_line = read_back.stdout.splitlines()
+    assert endpoint.startswith("https://127.0.0.1:")
+    assert first_pem_line == "-----BEGIN PRIVATE KEY-----"
 
 
 def test_publish_with_an_idempotency_key_publishes_once(settings: Settings) -> None:

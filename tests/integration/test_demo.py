@@ -13,7 +13,8 @@ from fanout.store import connect
 from fanout.store.migrate import available_migrations, migrate
 
 
-def run_demo(env: dict[str, str], subscribers: int) -> dict:  # type: ignore[type-arg]
+def run_demo(env: dict[str, str], subscribers: int, *, says: tuple[str, ...] = ()) -> dict:  # type: ignore[type-arg]
+    """The demo's summary; ``says``: lines it must print on stderr, in this order."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
     result = subprocess.run(
         [sys.executable, "-m", "fanout", "demo", "--subscribers", str(subscribers), "--json"],
@@ -25,11 +26,24 @@ def run_demo(env: dict[str, str], subscribers: int) -> dict:  # type: ignore[typ
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary: dict = orjson.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[type-arg]
+    lines = result.stderr.splitlines()
+    said = [lines.index(line) for line in says]  # each one, whole, on a line of its own
+    assert said == sorted(said), result.stderr
     return summary
 
 
 def test_demo_with_nothing_configured_delivers_every_device_once() -> None:
-    summary = run_demo({}, 3000)
+    summary = run_demo(
+        {},
+        3000,
+        says=(
+            "starting an embedded PostgreSQL (FANOUT_DATABASE_URL is not set) …",
+            "starting moto's SQS server on loopback (FANOUT_SQS_ENDPOINT_URL is not set) …",
+            "applying the schema migrations …",
+            "starting the local push sink …",
+            "seeding 3,000 subscribers with 1 device each …",
+        ),
+    )
     assert summary["database"] == "embedded PostgreSQL"
     assert summary["delivered"] == summary["devices"] == 3000
     assert (summary["failed"], summary["duplicates"]) == (0, 0)

@@ -51,9 +51,11 @@ async def run_everything(pipeline: Pipeline) -> None:
             await pipeline.handle(body)
 
 
-def delivered_once(sink: EmbeddedSink, device_ids: list[int]) -> tuple[int, int, int]:
-    """(delivered, duplicates, lost) among ``device_ids``, counted by the sink."""
-    counts = [sink.sink.ledger.count(d) for d in device_ids]
+def delivered_once(
+    sink: EmbeddedSink, event_id: int, device_ids: list[int]
+) -> tuple[int, int, int]:
+    """(delivered, duplicates, lost) of one event among ``device_ids``, at the sink."""
+    counts = [sink.sink.ledger.count(d, str(event_id)) for d in device_ids]
     return sum(c >= 1 for c in counts), sum(max(0, c - 1) for c in counts), counts.count(0)
 
 
@@ -80,7 +82,7 @@ async def test_delivery_batches_lost_by_the_queue_are_reread_from_their_users(
         await deliver_batch(
             batch, pipeline.pool, pipeline.queues, pipeline.providers, pipeline.settings
         )
-    assert delivered_once(sink, topic.device_ids) == (len(topic.device_ids), 0, 0)
+    assert delivered_once(sink, event.event_id, topic.device_ids) == (len(topic.device_ids), 0, 0)
     final = await status(pipeline, event.event_id)
     assert (final.status, final.sent, final.pending) == ("delivered", len(topic.device_ids), 0)
 
@@ -112,7 +114,7 @@ async def test_a_lost_retry_batch_is_reread_from_its_recorded_devices(
     await deliver_batch(
         resent, pipeline.pool, pipeline.queues, pipeline.providers, pipeline.settings
     )
-    assert delivered_once(sink, topic.device_ids) == (20, 0, 0)
+    assert delivered_once(sink, event.event_id, topic.device_ids) == (20, 0, 0)
     assert (await status(pipeline, event.event_id)).status == "delivered"
 
 
@@ -144,7 +146,7 @@ async def test_lost_fanout_messages_are_sent_again_and_resume_at_the_checkpoint(
     )
     await run_everything(pipeline)
 
-    assert delivered_once(sink, topic.device_ids) == (400, 0, 0)
+    assert delivered_once(sink, published.event_id, topic.device_ids) == (400, 0, 0)
     final = await status(pipeline, published.event_id)
     assert (final.status, final.shards_done, final.devices) == ("delivered", 5, 400)
 

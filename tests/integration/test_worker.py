@@ -162,13 +162,19 @@ def test_worker_process_stops_cleanly_on_sigterm(settings: Settings) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert worker.stderr is not None
+    printed = []
     try:
-        time.sleep(3)  # started, and in the middle of a 20 s long poll
-        assert worker.poll() is None
+        # Started (its signal handlers are in place before it says so), and polling.
+        for line in worker.stderr:
+            printed.append(line)
+            if "worker consuming" in line:
+                break
+        assert worker.poll() is None, "".join(printed)
         started = time.monotonic()
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=15) == 0
         assert time.monotonic() - started < 10  # the long poll was abandoned, not waited out
     finally:
         worker.kill()
-    assert "Traceback" not in (worker.stderr.read() if worker.stderr else "")
+    assert "Traceback" not in "".join(printed) + worker.stderr.read()

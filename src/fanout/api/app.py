@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from fanout.api.middleware import BodyLimit, MeasureRequests
 from fanout.api.routes import ROUTERS
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, ApiState
-from fanout.config import Settings
+from fanout.config import Settings, connection_failure
 from fanout.queue.sqs import open_client, open_queues
 from fanout.store import create_pool
 
@@ -35,7 +35,12 @@ def create_app(settings: Settings) -> FastAPI:
                 async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
                     queues = await open_queues(sqs, settings)
             except Exception as exc:  # publish still commits; the reconciler enqueues later
-                log.warning("queues not reachable at start-up: %r", exc)
+                log.warning(
+                    "could not open the queues at %s (FANOUT_SQS_ENDPOINT_URL) at start-up: "
+                    "%s; events are still accepted, and the reconciler enqueues them",
+                    sqs.meta.endpoint_url,
+                    connection_failure(exc),
+                )
                 queues = None
             app.state.api = ApiState(settings, pool, sqs, queues)
             try:

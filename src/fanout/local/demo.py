@@ -75,7 +75,9 @@ class Seeded:
 
 
 @contextlib.contextmanager
-def _local_services(settings: Settings) -> Iterator[tuple[Settings, str, str]]:
+def _local_services(
+    settings: Settings, say: Callable[[str], None]
+) -> Iterator[tuple[Settings, str, str]]:
     """Fill in what the environment does not configure with local servers."""
     with contextlib.ExitStack() as stack:
         updates: dict[str, Any] = {
@@ -87,14 +89,20 @@ def _local_services(settings: Settings) -> Iterator[tuple[Settings, str, str]]:
         }
         database = sqs = "configured"
         if settings.database_url is None:
+            say("starting an embedded PostgreSQL (FANOUT_DATABASE_URL is not set) …")
             updates["database_url"] = SecretStr(stack.enter_context(embedded_postgres()))
             database = "embedded PostgreSQL"
+        else:
+            say(f"using the PostgreSQL at {settings.database_address()} (FANOUT_DATABASE_URL)")
         if settings.sqs_endpoint_url is None:
+            say("starting moto's SQS server on loopback (FANOUT_SQS_ENDPOINT_URL is not set) …")
             updates["sqs_endpoint_url"] = stack.enter_context(local_sqs_server())
             updates["fanout_queue_url"] = updates["delivery_queue_url"] = None
             # moto keeps the queue in this process's memory: keep its backlog short.
             updates["delivery_backlog_limit"] = 16
             sqs = "moto SQS on loopback"
+        else:
+            say(f"using the SQS at {settings.sqs_endpoint_url} (FANOUT_SQS_ENDPOINT_URL)")
         yield settings.model_copy(update=updates), database, sqs
 
 
@@ -172,9 +180,15 @@ async def run_demo(
 ) -> DemoSummary:
     """``provider`` sink: one local sink for every platform; apns, fcm, webpush or mixed:
     local APNs / FCM / push-service emulators over HTTP/2 and TLS, spoken to for real."""
-    with _local_services(settings) as (settings, database, sqs):
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False)
+
+    with _local_services(settings, say) as (settings, database, sqs):
+        say(f"creating the queues {settings.queue_prefix}-fanout and -delivery …")
         async with open_client(settings) as client:
             await create_queues(client, settings)
+        say("applying the schema migrations …")
         conn = await connect(settings.database_dsn())
         try:
             await migrate(conn)
@@ -182,6 +196,7 @@ async def run_demo(
             await conn.close()
         async with contextlib.AsyncExitStack() as stack:
             if provider == "sink":
+                say("starting the local push sink …")
                 ledger = DeliveryLedger()
                 sink = await stack.enter_async_context(EmbeddedSink(PushSink(ledger)))
                 sink_provider = SinkProvider(sink.url)
@@ -192,6 +207,7 @@ async def run_demo(
                 def delivered() -> tuple[int, int]:
                     return ledger.unique, ledger.duplicates
             else:
+                say("starting the local APNs, FCM and Web Push emulators (HTTP/2, TLS) …")
                 services = await stack.enter_async_context(local_push_services())
                 settings = settings.model_copy(update=services.settings)
                 providers = build_providers(settings)
@@ -206,7 +222,8 @@ async def run_demo(
                 delivered = services.delivered
             conn = await connect(settings.database_dsn())
             try:
-                console.print(f"seeding {subscribers:,} subscribers …")
+                per_user = f"{devices_per_user} device{'s' if devices_per_user > 1 else ''} each"
+                say(f"seeding {subscribers:,} subscribers with {per_user} …")
                 seeded = await seed(conn, subscribers, devices_per_user, shape)
             finally:
                 await conn.close()
@@ -214,6 +231,7 @@ async def run_demo(
                 # One byte per device instead of a dict entry: memory stays flat as N grows.
                 ledger.expect(seeded.device_ids)
             async with Pipeline.open(settings, providers=providers) as pipeline:
+                say(f"publishing one event to {seeded.topic}; fan-out and delivery running …")
                 summary = await _publish_and_watch(pipeline, seeded, delivered, console)
     summary.database, summary.sqs, summary.provider = database, sqs, provider
     return summary

@@ -9,7 +9,9 @@ produced on purpose:
 - a token starting ``reject`` is refused for good (like a payload the service refuses);
 - anything else is delivered.
 
-Endpoints: ``POST /push`` (what the sink provider sends), ``GET /stats``.
+Endpoints: ``POST /push`` (what the sink provider sends: ``{collapse_key, payload,
+devices: [[id, token], ...]}``, answered with one result per device) and ``GET /stats``
+(``DeliveryLedger.stats()``: totals, and counts per event, known by its collapse key).
 """
 
 from __future__ import annotations
@@ -18,65 +20,15 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import orjson
 import uvicorn
 
 from fanout.local.asgi import Receive, Scope, Send, read_body, respond
+from fanout.local.ledger import DeliveryLedger
 
-
-class DeliveryLedger:
-    """How many times each device received a push.
-
-    Given the range of device ids to expect, counts live in a bytearray (one byte
-    per device), so a million devices cost a megabyte, not a dict of a million ints.
-    """
-
-    def __init__(self, expected_ids: range | None = None) -> None:
-        self._range = expected_ids or range(0)
-        self._dense = bytearray(len(self._range))
-        self._sparse: dict[int | str, int] = {}
-        self.received = 0
-        self.duplicates = 0
-        self.unique = 0
-        self.duplicate_collapse_keys: set[str] = set()
-
-    def expect(self, expected_ids: range) -> None:
-        """Count these ids densely from now on (before anything was recorded)."""
-        if self.received:
-            raise RuntimeError("expect() must come before the first push")
-        self._range = expected_ids
-        self._dense = bytearray(len(expected_ids))
-
-    def record(self, device_id: int | str, collapse_key: str) -> None:
-        self.received += 1
-        if isinstance(device_id, int) and device_id in self._range:
-            index = device_id - self._range.start
-            seen = self._dense[index]
-            self._dense[index] = min(seen + 1, 255)
-        else:
-            seen = self._sparse.get(device_id, 0)
-            self._sparse[device_id] = seen + 1
-        if seen:
-            self.duplicates += 1
-            self.duplicate_collapse_keys.add(collapse_key)
-        else:
-            self.unique += 1
-
-    def count(self, device_id: int | str) -> int:
-        if isinstance(device_id, int) and device_id in self._range:
-            return self._dense[device_id - self._range.start]
-        return self._sparse.get(device_id, 0)
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "received": self.received,
-            "unique": self.unique,
-            "duplicates": self.duplicates,
-            "duplicate_collapse_keys": sorted(self.duplicate_collapse_keys)[:100],
-        }
+__all__ = ["DeliveryLedger", "EmbeddedSink", "PushSink", "serve"]
 
 
 class PushSink:
@@ -182,6 +134,11 @@ class EmbeddedSink:
         self._socket.close()
 
 
-def serve(host: str, port: int) -> None:
-    """Run a sink until interrupted (``fanout sink``)."""
-    uvicorn.run(PushSink(), host=host, port=port, lifespan="off", log_level="info")
+def serve(host: str, port: int, *, listening: Callable[[str], None]) -> None:
+    """Run a sink until interrupted (``fanout sink``); ``listening`` gets its URL, which
+    has the port chosen when ``port`` is 0."""
+    bound = socket.create_server((host, port))
+    listening("http://{}:{}".format(*bound.getsockname()[:2]))
+    # No access log: a pipeline sends thousands of pushes; /stats says what came.
+    config = uvicorn.Config(PushSink(), lifespan="off", log_level="info", access_log=False)
+    uvicorn.Server(config).run(sockets=[bound])

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from fanout.config import Settings
-from fanout.queue.sqs import MAX_BATCH_ENTRIES, Queue, QueueError, queue_names
+from fanout.queue.sqs import MAX_BATCH_ENTRIES, Queue, QueueError, Queues, queue_names
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
@@ -29,6 +29,44 @@ class DeadLetter:
     reason: str
     receive_count: str
     source_queue: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """What one queue holds, as SQS approximates it."""
+
+    name: str
+    waiting: int  # visible, ready to be received
+    in_flight: int  # received, neither deleted nor visible again yet
+    delayed: int  # sent with a delay (delivery retries) that has not passed
+
+
+async def queue_depths(queues: Queues) -> list[QueueDepth]:
+    """Both work queues and their dead-letter queues, in that order."""
+    urls = []
+    for queue in (queues.fanout, queues.delivery):
+        urls += [queue.url] + ([queue.dead_letter_url] if queue.dead_letter_url else [])
+    depths = []
+    for url in urls:
+        attrs = (
+            await queues.fanout.client.get_queue_attributes(
+                QueueUrl=url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                ],
+            )
+        )["Attributes"]
+        depths.append(
+            QueueDepth(
+                name=url.rstrip("/").rsplit("/", 1)[-1],
+                waiting=int(attrs.get("ApproximateNumberOfMessages", 0)),
+                in_flight=int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+                delayed=int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
+            )
+        )
+    return depths
 
 
 def _require_dlq(queue: Queue) -> str:

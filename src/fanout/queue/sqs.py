@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+import botocore.exceptions
 import orjson
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from fanout import retry
-from fanout.config import Settings
+from fanout.config import ConfigError, Settings, Unreachable, connection_failure
 from fanout.metrics import SQS_BILLED_REQUESTS, SQS_REQUESTS
 
 if TYPE_CHECKING:
@@ -49,11 +50,14 @@ class QueueMessage:
 
 
 @contextlib.asynccontextmanager
-async def open_client(settings: Settings) -> AsyncIterator[SQSClient]:
+async def open_client(settings: Settings, *, max_attempts: int = 5) -> AsyncIterator[SQSClient]:
     """An SQS client for the configured endpoint.
 
     A loopback endpoint (moto's server in the demo and tests) gets placeholder
-    credentials when none are configured, so nothing needs setting up locally.
+    credentials when none are configured, so nothing needs setting up locally. Without
+    credentials for any other endpoint this raises ``ConfigError`` at once, and a
+    failure to connect inside the ``async with`` comes out as ``Unreachable``, naming
+    the endpoint and FANOUT_SQS_ENDPOINT_URL.
     """
     session = get_session()
     options: dict[str, Any] = {
@@ -63,19 +67,49 @@ async def open_client(settings: Settings) -> AsyncIterator[SQSClient]:
         # Reads may wait out a 20 s long poll; connecting should never take long.
         "config": AioConfig(
             max_pool_connections=64,
-            retries={"mode": "standard", "max_attempts": 5},
+            retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=5,
             read_timeout=40,
         ),
     }
-    host = urlparse(settings.sqs_endpoint_url or "").hostname
-    if host in _LOCAL_HOSTS and await session.get_credentials() is None:
+    if await session.get_credentials() is None:
+        host = urlparse(settings.sqs_endpoint_url or "").hostname
+        if host not in _LOCAL_HOSTS:
+            raise ConfigError(_no_credentials(settings))
         options.update(aws_access_key_id="local", aws_secret_access_key="local")  # noqa: S106
     async with session.create_client("sqs", **options) as client:
         client.meta.events.register("before-call.sqs", _note_request_size)
         # aiobotocore awaits a coroutine handler; the stubs know only botocore's plain ones.
         client.meta.events.register("after-call.sqs", _count_request)  # type: ignore[arg-type]
-        yield client
+        try:
+            yield client
+        except botocore.exceptions.NoCredentialsError:
+            raise ConfigError(_no_credentials(settings)) from None
+        except Exception as exc:
+            if (unreachable := as_unreachable(exc, client.meta.endpoint_url)) is not None:
+                raise unreachable from exc
+            raise
+
+
+def _no_credentials(settings: Settings) -> str:
+    if settings.sqs_endpoint_url is None:
+        return (
+            f"FANOUT_SQS_ENDPOINT_URL is not set, so fanout uses AWS SQS ({settings.aws_region}), "
+            "and no AWS credentials were found: set FANOUT_SQS_ENDPOINT_URL to a local SQS "
+            "(e.g. http://127.0.0.1:5000 for 'python -m moto.server'), or configure AWS "
+            "credentials"
+        )
+    return (
+        "no AWS credentials were found for the SQS endpoint in FANOUT_SQS_ENDPOINT_URL: "
+        "configure AWS credentials (only a loopback endpoint does without)"
+    )
+
+
+def as_unreachable(exc: BaseException, endpoint: str) -> Unreachable | None:
+    """``exc`` as ``Unreachable`` if it says SQS could not be reached; else None."""
+    if isinstance(exc, botocore.exceptions.ConnectionError | botocore.exceptions.HTTPClientError):
+        return Unreachable("SQS", endpoint, "FANOUT_SQS_ENDPOINT_URL", connection_failure(exc))
+    return None
 
 
 # SQS bills a request per 64 KB of payload it carries: a 256 KB send counts as four.

@@ -5,6 +5,10 @@ policy (hidden for a backoff, or dead-lettered with its reason on the last allow
 try), so poison never blocks a queue nor kills the worker. Messages in flight have
 their visibility extended while they run. On SIGTERM the worker stops receiving, lets
 in-flight messages finish within a grace period and releases the rest at once.
+
+A worker that cannot reach the database or SQS says so at once, naming the setting
+that points there, and keeps trying: it is a service, and what it waits for may be
+starting too.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fanout import retry
-from fanout.config import Settings
-from fanout.queue.sqs import Queue, QueueMessage
+from fanout.config import Settings, Unreachable
+from fanout.queue.sqs import Queue, QueueMessage, as_unreachable, open_client, open_queues
 from fanout.runtime.pipeline import Pipeline, Result
 from fanout.runtime.reconciler import run_reconciler
+from fanout.store import connect
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +80,9 @@ class QueueConsumer:
                     errors_in_a_row += 1
                     pause = retry.RECONNECT.delay(errors_in_a_row)
                     log.warning(
-                        "receive from %s failed (%r); retrying in %.1fs",
+                        "receive from %s failed: %s; retrying in %.1fs",
                         self.queue.name,
-                        exc,
+                        as_unreachable(exc, self.queue.client.meta.endpoint_url) or repr(exc),
                         pause,
                     )
                     with contextlib.suppress(TimeoutError):
@@ -159,6 +164,32 @@ class QueueConsumer:
             await self.queue.change_visibility_many(released, 0)
 
 
+async def wait_until_reachable(settings: Settings, stopping: asyncio.Event) -> bool:
+    """Return True once the database and both queues answer, False if told to stop first.
+
+    Each try asks once, without the SQS client's own retries, so the first failure is
+    logged at once (not after ~10 s of retries), then again at every retry.
+    """
+    failures = 0
+    while not stopping.is_set():
+        try:
+            conn = await connect(settings.database_dsn(), connect_timeout=10)
+            await conn.close()
+            async with open_client(settings, max_attempts=1) as client:
+                await open_queues(client, settings)
+        except Unreachable as exc:
+            failures += 1
+            pause = retry.RECONNECT.delay(failures)
+            log.error("%s; trying again in %.0fs", exc, pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), pause)
+            continue
+        if failures:
+            log.warning("the database and SQS answer now, after %d failed tries", failures)
+        return True
+    return False
+
+
 def build_consumers(
     pipeline: Pipeline, roles: tuple[str, ...], stopping: asyncio.Event
 ) -> list[QueueConsumer]:
@@ -197,8 +228,13 @@ async def run_worker(
 ) -> list[QueueConsumer]:
     """Consume until ``stopping`` is set; returns the consumers (with their stats)."""
     async with contextlib.AsyncExitStack() as stack:
-        if pipeline is None:
-            pipeline = await stack.enter_async_context(Pipeline.open(settings))
+        while pipeline is None:
+            if not await wait_until_reachable(settings, stopping):
+                return []
+            try:
+                pipeline = await stack.enter_async_context(Pipeline.open(settings))
+            except Unreachable as exc:  # it answered a moment ago: look again
+                log.error("%s", exc)
         consumers = build_consumers(pipeline, roles, stopping)
         log.info("worker consuming %s", ", ".join(c.queue.name for c in consumers))
         await asyncio.gather(

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 import orjson
 
-from fanout.config import Settings
+from fanout.config import Settings, Unreachable, connection_failure, database_address
+
+# What asyncpg raises when the server cannot be reached, or answers but will not have us.
+_NOT_ANSWERING = (OSError, TimeoutError, asyncpg.CannotConnectNowError)
+_REFUSING = (
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.TooManyConnectionsError,
+)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -38,14 +49,35 @@ async def create_pool(settings: Settings, **overrides: Any) -> asyncpg.Pool:
         "reset": _no_reset,
     }
     options.update(overrides)
-    pool: asyncpg.Pool = await asyncpg.create_pool(settings.database_dsn(), **options)
+    dsn = settings.database_dsn()
+    with naming_the_database(dsn):
+        pool: asyncpg.Pool = await asyncpg.create_pool(dsn, **options)
     return pool
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
-    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+async def connect(dsn: str, *, connect_timeout: float = 60) -> asyncpg.Connection:
+    with naming_the_database(dsn):
+        conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=connect_timeout)
     await _init_connection(conn)
     return conn
+
+
+@contextlib.contextmanager
+def naming_the_database(dsn: str) -> Iterator[None]:
+    """Turn a failure to connect into ``Unreachable``: where the database is and which
+    setting says so, in one line, without the URL's password."""
+    try:
+        yield
+    except _NOT_ANSWERING as exc:
+        where = database_address(dsn)
+        raise Unreachable(
+            "the database", where, "FANOUT_DATABASE_URL", connection_failure(exc)
+        ) from exc
+    except _REFUSING as exc:
+        where = database_address(dsn)
+        raise Unreachable(
+            "the database", where, "FANOUT_DATABASE_URL", str(exc), refused=True
+        ) from exc
 
 
 async def find_or_create(conn: asyncpg.Connection, query: str, key: str) -> int:

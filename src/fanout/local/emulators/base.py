@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fanout.local.asgi import Receive, Scope, Send, header, read_body, respond
-from fanout.local.sink import DeliveryLedger
+from fanout.local.ledger import DeliveryLedger
 
 __all__ = ["Emulator", "Receive", "Scope", "Send", "header", "read_body", "respond"]
 

@@ -1,0 +1,278 @@
+"""A mistake in the configuration, or a service that does not answer, as a newcomer meets it:
+every command says so in one line naming the setting, with exit status 2 for a mistake
+in the settings and 1 for a service that failed; never a traceback, never a secret."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fanout.config import Settings
+from fanout.queue.admin import create_queues
+from fanout.queue.sqs import open_client
+from tests.faults.proxy import FlakyProxy
+
+SECRET = "pw-never-printed"
+# Every command that reads the database; each must name FANOUT_DATABASE_URL when unset.
+DATABASE_COMMANDS = [
+    ["migrate"],
+    ["status", "1"],
+    ["apikey", "list"],
+    ["apikey", "create", "--scope", "read"],
+    ["apikey", "revoke", "k1"],
+    ["publish", "author:1", "--title", "t"],
+    ["serve"],
+    ["worker"],
+]
+SQS_COMMANDS = [
+    ["queues", "create"],
+    ["queues", "list"],
+    ["dlq", "list"],
+    ["dlq", "redrive"],
+    ["publish", "author:1", "--title", "t"],
+]
+
+
+@pytest.fixture
+def environment(tmp_path: Path) -> dict[str, str]:
+    """The caller's environment without any FANOUT_ or AWS setting, and no AWS credentials
+    to be found anywhere (no ~/.aws, no instance metadata)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FANOUT_", "AWS_"))}
+    return {
+        **env,
+        "HOME": str(tmp_path),
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port bound but not listening: connecting is refused, and nobody else
+    can take the port while the test holds it."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+def fanout(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fanout", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def the_one_line(result: subprocess.CompletedProcess[str], status: int) -> str:
+    """The command printed nothing but one line on stderr and exited with ``status``."""
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert SECRET not in output
+    assert result.returncode == status, output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("fanout: ")
+    return line
+
+
+@pytest.mark.parametrize("command", DATABASE_COMMANDS, ids=" ".join)
+def test_an_unset_database_url_is_one_line_naming_it(
+    command: list[str], environment: dict[str, str], sqs_endpoint: str
+) -> None:
+    env = {**environment, "FANOUT_SQS_ENDPOINT_URL": sqs_endpoint}
+    line = the_one_line(fanout(env, *command), status=2)
+    assert line == (
+        "fanout: FANOUT_DATABASE_URL is not set: point it at your PostgreSQL "
+        "(postgresql://user@host/db), or run 'fanout demo' which needs none"
+    )
+
+
+@pytest.mark.parametrize("command", [c for c in DATABASE_COMMANDS if c != ["worker"]], ids=" ".join)
+def test_a_database_that_does_not_answer_is_named_with_its_address_and_setting(
+    command: list[str], environment: dict[str, str], sqs_endpoint: str, closed_port: int
+) -> None:
+    env = {
+        **environment,
+        "FANOUT_DATABASE_URL": f"postgresql://fanout:{SECRET}@127.0.0.1:{closed_port}/fanout",
+        "FANOUT_SQS_ENDPOINT_URL": sqs_endpoint,
+    }
+    line = the_one_line(fanout(env, *command), status=1)
+    assert line == (
+        f"fanout: could not reach the database at 127.0.0.1:{closed_port} "
+        "(FANOUT_DATABASE_URL): connection refused"
+    )
+
+
+def test_a_database_that_refuses_the_login_is_named_without_the_password(
+    environment: dict[str, str], server_url: str
+) -> None:
+    from urllib.parse import urlsplit
+
+    server = urlsplit(server_url)
+    url = f"postgresql://postgres:{SECRET}@{server.hostname}:{server.port or 5432}/no_such_db"
+    line = the_one_line(fanout({**environment, "FANOUT_DATABASE_URL": url}, "migrate"), 1)
+    assert f"the database at {server.hostname}:{server.port or 5432} refused fanout" in line
+    assert "(FANOUT_DATABASE_URL)" in line and "no_such_db" in line
+
+
+def test_the_demo_names_a_configured_database_that_does_not_answer(
+    environment: dict[str, str], sqs_endpoint: str, closed_port: int
+) -> None:
+    env = {
+        **environment,
+        "FANOUT_DATABASE_URL": f"postgresql://fanout:{SECRET}@127.0.0.1:{closed_port}/fanout",
+        "FANOUT_SQS_ENDPOINT_URL": sqs_endpoint,
+    }
+    result = fanout(env, "demo", "--subscribers", "10", "--json")
+    assert result.returncode == 1 and result.stdout == ""
+    assert "Traceback" not in result.stderr and SECRET not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"using the PostgreSQL at 127.0.0.1:{closed_port} (FANOUT_DATABASE_URL)"
+    assert lines[-1] == (
+        f"fanout: could not reach the database at 127.0.0.1:{closed_port} "
+        "(FANOUT_DATABASE_URL): connection refused"
+    )
+
+
+@pytest.mark.parametrize("command", [*SQS_COMMANDS, ["serve"], ["worker"]], ids=" ".join)
+def test_no_sqs_endpoint_and_no_aws_credentials_says_fanout_would_use_aws(
+    command: list[str], environment: dict[str, str], database_url: str
+) -> None:
+    env = {**environment, "FANOUT_DATABASE_URL": database_url}
+    line = the_one_line(fanout(env, *command), status=2)
+    assert line.startswith(
+        "fanout: FANOUT_SQS_ENDPOINT_URL is not set, so fanout uses AWS SQS (us-east-1), "
+        "and no AWS credentials were found"
+    )
+
+
+@pytest.mark.parametrize("command", SQS_COMMANDS, ids=" ".join)
+def test_an_sqs_endpoint_that_does_not_answer_is_named_with_its_setting(
+    command: list[str], environment: dict[str, str], database_url: str, closed_port: int
+) -> None:
+    env = {
+        **environment,
+        "FANOUT_DATABASE_URL": database_url,
+        "FANOUT_SQS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port}",
+    }
+    line = the_one_line(fanout(env, *command), status=1)
+    assert line == (
+        f"fanout: could not reach SQS at http://127.0.0.1:{closed_port} "
+        "(FANOUT_SQS_ENDPOINT_URL): connection refused"
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value", "message"),
+    [
+        pytest.param(command, variable, value, message, id=f"{command[0]} {variable}")
+        for command, variable, value, message in [
+            (["migrate"], "FANOUT_PAGE_SIZE", "abc", "Input should be a valid integer"),
+            (["worker"], "FANOUT_API_PORT", "70000", "less than or equal to 65535"),
+            (["serve"], "FANOUT_PROVIDER", "carrier-pigeon", "String should match pattern"),
+            (["demo"], "FANOUT_DATABASE_URL", f"mysql://u:{SECRET}@db/x", "a postgresql:// URL"),
+            (["queues", "create"], "FANOUT_QUEUE_PREFIX", "no spaces", "should match pattern"),
+        ]
+    ],
+)
+def test_an_invalid_value_is_one_line_naming_the_variable(
+    command: list[str], variable: str, value: str, message: str, environment: dict[str, str]
+) -> None:
+    line = the_one_line(fanout({**environment, variable: value}, *command), status=2)
+    assert line.startswith(f"fanout: {variable} is invalid: ")
+    assert message in line and value not in line
+
+
+def test_every_invalid_variable_gets_its_own_line(environment: dict[str, str]) -> None:
+    env = {**environment, "FANOUT_PAGE_SIZE": "abc", "FANOUT_SHARD_SIZE": "0"}
+    result = fanout(env, "migrate")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert sorted(line.split(" ")[1] for line in result.stderr.splitlines()) == [
+        "FANOUT_PAGE_SIZE",
+        "FANOUT_SHARD_SIZE",
+    ]
+
+
+async def read_until(stream: asyncio.StreamReader, needle: str, seen: list[str]) -> str:
+    """Lines of ``stream`` until one contains ``needle`` (the test's timeout bounds it)."""
+    while line := (await stream.readline()).decode():
+        seen.append(line)
+        if needle in line:
+            return line
+    raise AssertionError(f"the worker ended without printing {needle!r}: {''.join(seen)}")
+
+
+async def test_a_worker_without_its_database_says_so_at_once_and_keeps_trying(
+    environment: dict[str, str], sqs_endpoint: str, closed_port: int
+) -> None:
+    env = {
+        **environment,
+        "FANOUT_DATABASE_URL": f"postgresql://fanout:{SECRET}@127.0.0.1:{closed_port}/fanout",
+        "FANOUT_SQS_ENDPOINT_URL": sqs_endpoint,
+    }
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fanout", "worker", "--quiet", env=env, stderr=subprocess.PIPE
+    )
+    assert worker.stderr is not None
+    seen: list[str] = []
+    try:
+        problem = f"could not reach the database at 127.0.0.1:{closed_port} (FANOUT_DATABASE_URL)"
+        first = await read_until(worker.stderr, problem, seen)
+        assert "trying again in 1s" in first
+        assert "trying again in 2s" in await read_until(worker.stderr, problem, seen)
+        assert worker.returncode is None  # still running, still trying
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        seen += (await worker.stderr.read()).decode().splitlines(keepends=True)
+        status = await worker.wait()
+    output = "".join(seen)
+    assert status == 0, output
+    assert "Traceback" not in output and SECRET not in output and " INFO " not in output
+
+
+async def test_a_worker_without_sqs_says_so_at_once_and_starts_when_it_answers(
+    environment: dict[str, str], settings: Settings
+) -> None:
+    async with open_client(settings) as client:
+        await create_queues(client, settings)
+    sqs_port = int((settings.sqs_endpoint_url or "").rsplit(":", 1)[1])
+    async with FlakyProxy("127.0.0.1", sqs_port) as proxy:
+        proxy.outage(float("inf"))  # every connection cut until restored below
+        env = {
+            **environment,
+            "FANOUT_DATABASE_URL": settings.database_dsn(),
+            "FANOUT_SQS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}",
+            "FANOUT_QUEUE_PREFIX": settings.queue_prefix,
+            "FANOUT_POLL_WAIT_SECONDS": "1",
+        }
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fanout", "worker", env=env, stderr=subprocess.PIPE
+        )
+        assert worker.stderr is not None
+        seen: list[str] = []
+        try:
+            problem = (
+                f"could not reach SQS at http://127.0.0.1:{proxy.port} (FANOUT_SQS_ENDPOINT_URL)"
+            )
+            assert " ERROR " in await read_until(worker.stderr, problem, seen)
+            proxy.restore()
+            await read_until(worker.stderr, "worker consuming", seen)
+            assert worker.returncode is None
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            seen += (await worker.stderr.read()).decode().splitlines(keepends=True)
+            status = await worker.wait()
+    output = "".join(seen)
+    assert status == 0, output
+    assert "Traceback" not in output
