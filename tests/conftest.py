@@ -53,8 +53,10 @@ def server_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def database_url(server_url: str) -> Iterator[str]:
-    """A fresh, migrated database for this test session, dropped at the end."""
+    """A fresh, migrated database for this test session, dropped at the end (also when
+    the tests or the migration fail). Its name is random: runs side by side never meet."""
     name = f"fanout_test_{secrets.token_hex(4)}"
+    url = _with_database(server_url, name)
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(server_url)
@@ -63,19 +65,19 @@ def database_url(server_url: str) -> Iterator[str]:
         finally:
             await conn.close()
 
-    async def create() -> str:
-        await admin(f'CREATE DATABASE "{name}"')
-        url = _with_database(server_url, name)
+    async def migrated() -> None:
         conn = await connect(url)
         try:
             await migrate(conn)
         finally:
             await conn.close()
-        return url
 
-    url = asyncio.run(create())
-    yield url
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        asyncio.run(migrated())
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
