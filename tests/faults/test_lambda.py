@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from fanout.runtime import lambdas
 from fanout.config import Settings
 from fanout.notification import Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.messages import FanoutTask
 from fanout.queue.sqs import Queue, open_client, open_queues
+from fanout.runtime import lambdas
 from fanout.stages.publish import record_event
 from fanout.store import create_pool
-from tests.api.conftest import free_port
 from tests.helpers import make_topic
+from tests.processes import start_serving, stop
 
 NOTE = Notification(title="New book")
 
@@ -43,21 +42,12 @@ class Context:
 
 
 @pytest.fixture
-def sink_process() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fanout", "sink", "--port", str(port)], stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{url}/stats")
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait()
+def sink_process(tmp_path: Path) -> Iterator[str]:
+    process, url = start_serving(["sink"], tmp_path / "sink.log")
+    try:
+        yield url
+    finally:
+        stop(process)
 
 
 @pytest.fixture
