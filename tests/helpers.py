@@ -68,14 +68,24 @@ async def add_device(
     return device_id
 
 
-async def drain(queue: Queue, *, idle_polls: int = 2) -> list[str]:
-    """Receive and delete everything on a queue until it stays empty."""
+async def drain(
+    queue: Queue, *, idle_polls: int = 2, at_least: int = 0, timeout: float = 30
+) -> list[str]:
+    """Receive and delete everything on a queue until it stays empty; first wait for
+    ``at_least`` messages (a delayed retry shows up only when its delay is over).
+    ``timeout`` only ends a test that would wait for ever."""
     bodies: list[str] = []
     idle = 0
+    deadline = time.monotonic() + timeout
     while idle < idle_polls:
         messages = await queue.receive(10, wait_seconds=0)
         if not messages:
-            idle += 1
+            if len(bodies) >= at_least:
+                idle += 1
+            elif time.monotonic() > deadline:
+                raise AssertionError(f"{len(bodies)} of {at_least} messages in {timeout}s")
+            else:
+                await asyncio.sleep(0.1)
             continue
         idle = 0
         bodies.extend(m.body for m in messages)

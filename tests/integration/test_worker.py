@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,7 +23,8 @@ from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.worker import QueueConsumer, run_worker
 from fanout.stages.publish import publish, record_event, sweep_outbox
 from fanout.store import queries
-from tests.helpers import make_topic
+from tests.faults.proxy import FlakyProxy
+from tests.helpers import make_topic, wait_for
 
 NOTE = Notification(title="New book")
 
@@ -36,7 +39,7 @@ async def running_worker(pipeline: Pipeline) -> AsyncIterator[list[QueueConsumer
     consumers.extend(await task)
 
 
-async def wait_until_done(pipeline: Pipeline, event_id: int, timeout: float = 30) -> dict:  # type: ignore[type-arg]
+async def wait_until_done(pipeline: Pipeline, event_id: int, timeout: float = 60) -> dict:  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         async with pipeline.pool.acquire() as conn:
@@ -113,32 +116,36 @@ async def test_same_idempotency_key_publishes_once(pipeline: Pipeline) -> None:
     assert first.event_id == second.event_id
 
 
-def test_worker_process_stops_cleanly_on_sigterm(settings: Settings) -> None:
-    async def create() -> None:
-        async with open_client(settings) as client:
-            await create_queues(client, settings)
-
-    asyncio.run(create())
-    env = {
-        **os.environ,
-        "FANOUT_DATABASE_URL": settings.database_dsn(),
-        "FANOUT_SQS_ENDPOINT_URL": settings.sqs_endpoint_url or "",
-        "FANOUT_QUEUE_PREFIX": settings.queue_prefix,
-        "FANOUT_POLL_WAIT_SECONDS": "20",
-    }
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "fanout", "worker"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        time.sleep(3)  # started, and in the middle of a 20 s long poll
-        assert worker.poll() is None
-        started = time.monotonic()
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=15) == 0
-        assert time.monotonic() - started < 10  # the long poll was abandoned, not waited out
-    finally:
-        worker.kill()
-    assert "Traceback" not in (worker.stderr.read() if worker.stderr else "")
+async def test_worker_process_stops_cleanly_on_sigterm(settings: Settings, tmp_path: Path) -> None:
+    async with open_client(settings) as client:
+        await create_queues(client, settings)
+    endpoint = urlsplit(settings.sqs_endpoint_url or "")
+    # SQS behind a proxy that sees the worker's requests: the signal goes once both
+    # queues' 20 s long polls are out, not after a guess at how long starting takes.
+    async with FlakyProxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80) as proxy:
+        proxy.watch(b"AmazonSQS.ReceiveMessage")
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
+            "FANOUT_DATABASE_URL": settings.database_dsn(),
+            "FANOUT_SQS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}",
+            "FANOUT_QUEUE_PREFIX": settings.queue_prefix,
+            "FANOUT_POLL_WAIT_SECONDS": "20",
+        }
+        log = tmp_path / "worker.log"
+        with log.open("wb") as stderr:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "fanout", "worker"], env=env, stderr=stderr
+            )
+        try:
+            await wait_for(
+                lambda: proxy.sent[b"AmazonSQS.ReceiveMessage"] >= 2, "both queues long-polled"
+            )
+            assert worker.poll() is None
+            started = time.monotonic()
+            worker.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(worker.wait, 15) == 0
+            assert time.monotonic() - started < 10  # the long polls were abandoned, not waited out
+        finally:
+            worker.kill()
+            worker.wait()
+    assert "Traceback" not in log.read_text()
