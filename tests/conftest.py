@@ -62,20 +62,24 @@ async def _admin(server_url: str, sql: str) -> None:
 
 @pytest.fixture(scope="session")
 def database_template(server_url: str) -> Iterator[str]:
-    """A migrated database, made once per session, that each test's database copies."""
+    """A migrated database, made once per session, that each test's database copies.
+    Its name is random, so runs side by side never meet; it is dropped at the end, also
+    when the tests or the migration fail."""
     name = f"fanout_template_{secrets.token_hex(4)}"
 
-    async def create() -> None:
-        await _admin(server_url, f'CREATE DATABASE "{name}"')
+    async def migrated() -> None:
         conn = await connect(_with_database(server_url, name))
         try:
             await migrate(conn)
         finally:
             await conn.close()
 
-    asyncio.run(create())
-    yield name
-    asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    try:
+        asyncio.run(migrated())
+        yield name
+    finally:
+        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @contextlib.contextmanager

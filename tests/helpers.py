@@ -1,11 +1,13 @@
-"""Seeding and draining helpers shared by the integration tests."""
+"""Seeding, draining and waiting helpers shared by the tests."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -66,19 +68,45 @@ async def add_device(
     return device_id
 
 
-async def drain(queue: Queue, *, idle_polls: int = 2) -> list[str]:
-    """Receive and delete everything on a queue until it stays empty."""
+async def drain(
+    queue: Queue, *, idle_polls: int = 2, at_least: int = 0, timeout: float = 30
+) -> list[str]:
+    """Receive and delete everything on a queue until it stays empty; first wait for
+    ``at_least`` messages (a delayed retry shows up only when its delay is over).
+    ``timeout`` only ends a test that would wait for ever."""
     bodies: list[str] = []
     idle = 0
+    deadline = time.monotonic() + timeout
     while idle < idle_polls:
         messages = await queue.receive(10, wait_seconds=0)
         if not messages:
-            idle += 1
+            if len(bodies) >= at_least:
+                idle += 1
+            elif time.monotonic() > deadline:
+                raise AssertionError(f"{len(bodies)} of {at_least} messages in {timeout}s")
+            else:
+                await asyncio.sleep(0.1)
             continue
         idle = 0
         bodies.extend(m.body for m in messages)
         await queue.delete_many(messages)
     return bodies
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[object] | object], what: str, timeout: float = 60
+) -> None:
+    """Until ``condition()`` (sync or async) is true: tests act on what the system has
+    done, never on how long it has had. ``timeout`` only ends a test that would hang."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 def batches_of(bodies: list[str]) -> list[DeliveryBatch]:

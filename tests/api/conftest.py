@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +19,7 @@ from fanout.config import Settings
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client
 from fanout.store import connect
+from tests.processes import start_serving, stop
 
 
 @dataclass
@@ -39,15 +37,8 @@ class ApiServer:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def start_server(settings: Settings, log: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+    """`fanout serve` on the settings' database and queues; ``env`` overrides."""
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
         "FANOUT_DATABASE_URL": settings.database_dsn(),
@@ -60,24 +51,7 @@ def start_server(settings: Settings, log: Path, **env: str) -> tuple[subprocess.
         "FANOUT_RECONCILE_AFTER_SECONDS": str(settings.reconcile_after_seconds),
         **env,
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fanout", "serve", "--port", str(port)],
-        env=environment,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"fanout serve exited: {log.read_text()[-2000:]}")
-        try:
-            httpx.get(f"{url}/openapi.json", timeout=1)
-            return process, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("fanout serve did not start")
+    return start_serving(["serve"], log, environment)
 
 
 @pytest.fixture(scope="session")
@@ -124,5 +98,4 @@ def api(
     try:
         yield ApiServer(url, settings, keys, log)
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)

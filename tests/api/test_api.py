@@ -8,7 +8,9 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,7 @@ from fanout.runtime.worker import run_worker
 from fanout.store import connect
 from tests.api.conftest import ApiServer, start_server
 from tests.helpers import sink_pipeline
+from tests.processes import refusing_url, stop
 
 
 def unique(prefix: str) -> str:
@@ -357,15 +360,35 @@ async def test_a_notification_no_batch_can_carry_is_refused_not_accepted_to_die_
     assert "TTTT" not in response.text  # names the limit, does not echo the request
 
 
-async def test_publishing_too_fast_is_429_with_retry_after(api: ApiServer) -> None:
+@pytest.fixture
+def slow_bucket_api(api: ApiServer, tmp_path: Path) -> Iterator[str]:
+    """A second server on the same database whose publish bucket holds 3 requests and
+    earns the next one only after 1,000 s: what passes cannot depend on how fast the
+    requests come (60 requests against 10/s with a burst of 40 pass on a slow machine)."""
+    process, url = start_server(
+        api.settings,
+        tmp_path / "slow-bucket.log",
+        FANOUT_API_PUBLISH_RATE="0.001",
+        FANOUT_API_PUBLISH_BURST="3",
+    )
+    try:
+        yield url
+    finally:
+        stop(process)
+
+
+async def test_publishing_too_fast_is_429_with_retry_after(
+    api: ApiServer, slow_bucket_api: str
+) -> None:
     async with api.client("limited") as client:
-        statuses = [
-            (await client.post("/v1/events", json={"topic": "t", "notification": {"title": "x"}}))
-            for _ in range(60)
+        client.base_url = slow_bucket_api  # type: ignore[assignment]
+        responses = [
+            await client.post("/v1/events", json={"topic": "t", "notification": {"title": "x"}})
+            for _ in range(4)
         ]
-    limited = [r for r in statuses if r.status_code == 429]
-    assert limited, "60 requests at once should pass a burst of 40"
-    assert int(limited[0].headers["retry-after"]) >= 1
+    assert [r.status_code for r in responses] == [202, 202, 202, 429]
+    # The token missing comes in 1,000 s, less the little time the requests took.
+    assert 1 <= int(responses[-1].headers["retry-after"]) <= 1000
 
 
 @pytest.fixture
@@ -380,12 +403,15 @@ async def worker(api: ApiServer) -> AsyncIterator[EmbeddedSink]:
 
 
 async def wait_for_status(client, event_id: int, status: str = "delivered") -> dict:  # type: ignore[no-untyped-def, type-arg]
-    for _ in range(150):
+    """Until the event has ``status``; the deadline only ends a stuck test."""
+    deadline = time.monotonic() + 60
+    while True:
         body: dict = (await client.get(f"/v1/events/{event_id}")).json()  # type: ignore[type-arg]
         if body["status"] == status:
             return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"event {event_id} stuck: {body}")
         await asyncio.sleep(0.1)
-    raise AssertionError(f"event {event_id} stuck: {body}")
 
 
 async def test_publish_through_the_api_delivers_to_every_subscriber(
@@ -439,27 +465,27 @@ async def test_crash_between_commit_and_enqueue_still_delivers(
     api: ApiServer, worker: EmbeddedSink, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     """An API whose queue is unreachable commits the event; the reconciler sends it."""
-    broken, url = start_server(
-        api.settings, tmp_path / "broken.log", FANOUT_SQS_ENDPOINT_URL="http://127.0.0.1:9"
-    )
-    try:
-        topic, user = unique("author"), unique("reader")
-        async with api.client("all") as client:
-            await client.put(f"/v1/topics/{topic}/subscribers/{user}")
-            await client.post(
-                "/v1/devices", json={"user_id": user, "platform": "fcm", "token": unique("f")}
-            )
-            async with api.client("publish") as other:
-                other.base_url = url  # type: ignore[assignment]
-                accepted = await other.post(
-                    "/v1/events", json={"topic": topic, "notification": {"title": "x"}}
+    with refusing_url() as nowhere:
+        broken, url = start_server(
+            api.settings, tmp_path / "broken.log", FANOUT_SQS_ENDPOINT_URL=nowhere
+        )
+        try:
+            topic, user = unique("author"), unique("reader")
+            async with api.client("all") as client:
+                await client.put(f"/v1/topics/{topic}/subscribers/{user}")
+                await client.post(
+                    "/v1/devices", json={"user_id": user, "platform": "fcm", "token": unique("f")}
                 )
-            assert accepted.status_code == 202
-            status = await wait_for_status(client, accepted.json()["event_id"])
-        assert status["sent"] == 1
-    finally:
-        broken.terminate()
-        broken.wait(timeout=10)
+                async with api.client("publish") as other:
+                    other.base_url = url  # type: ignore[assignment]
+                    accepted = await other.post(
+                        "/v1/events", json={"topic": topic, "notification": {"title": "x"}}
+                    )
+                assert accepted.status_code == 202
+                status = await wait_for_status(client, accepted.json()["event_id"])
+            assert status["sent"] == 1
+        finally:
+            stop(broken)
 
 
 # --- operations ---------------------------------------------------------------------------

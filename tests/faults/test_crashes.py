@@ -5,8 +5,6 @@ The workers are real `fanout worker` processes; the sink counts in this process.
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 
 from fanout.config import Settings
@@ -21,7 +19,7 @@ from tests.faults.conftest import (
     wait_until_delivered,
     worker_in_process,
 )
-from tests.helpers import make_topic
+from tests.helpers import make_topic, wait_for
 
 NOTE = Notification(title="New book")
 
@@ -60,8 +58,7 @@ async def test_delivery_worker_killed_mid_batch(
     worker = WorkerProcess(fault_settings, "delivery", sink.url, FANOUT_WORKER_CONCURRENCY="1")
     workers.append(worker)
     worker.start()
-    while sink.sink.ledger.unique < 500:
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: sink.sink.ledger.unique >= 500, "500 devices delivered")
     worker.kill()
     sink.sink.delay = 0.0
 
@@ -89,15 +86,15 @@ async def test_fanout_worker_killed_mid_shard(
     workers.append(worker)
     worker.start()
     event = await publish(pool, queues, NOTE, topic=topic.key)
-    async with pool.acquire() as conn:
-        for _ in range(500):
+
+    async def checkpointed() -> bool:
+        async with pool.acquire() as conn:
             cursor = await conn.fetchval(
                 "SELECT cursor_user_id FROM fanout_shards WHERE event_id = $1", event.event_id
             )
-            if cursor is not None:
-                break
-            await asyncio.sleep(0.02)
-        assert cursor is not None
+        return cursor is not None
+
+    await wait_for(checkpointed, "the shard's first checkpoint")
     worker.kill()
     async with pool.acquire() as conn:
         shard = await conn.fetchrow(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,8 +20,8 @@ from fanout.queue.sqs import Queue, open_client, open_queues
 from fanout.runtime import lambdas
 from fanout.stages.publish import record_event
 from fanout.store import connect, create_pool, queries
-from tests.api.conftest import free_port
 from tests.helpers import make_topic
+from tests.processes import start_serving, stop
 
 NOTE = Notification(title="New book")
 
@@ -43,21 +42,12 @@ class Context:
 
 
 @pytest.fixture
-def sink_process() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fanout", "sink", "--port", str(port)], stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{url}/stats")
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait()
+def sink_process(tmp_path: Path) -> Iterator[str]:
+    process, url = start_serving(["sink"], tmp_path / "sink.log")
+    try:
+        yield url
+    finally:
+        stop(process)
 
 
 @pytest.fixture
@@ -82,25 +72,39 @@ async def _create_queues(settings: Settings) -> None:
         await create_queues(client, settings)
 
 
-async def _sqs_event(settings: Settings, role: str, bodies: list[str]) -> dict[str, Any]:
-    """Send the bodies, receive them back, and shape them as Lambda's SQS event."""
+async def _sqs_event(
+    settings: Settings, role: str, bodies: list[str] | None = None, count: int | None = None
+) -> dict[str, Any]:
+    """Send the bodies, then receive ``count`` messages as they become visible (a message
+    whose try failed is hidden for its backoff first), or with no count, all that are
+    there now; shaped as Lambda's SQS event. The deadline only ends a hung test."""
     async with open_client(settings) as client:
         queues = await open_queues(client, settings)
         queue: Queue = getattr(queues, role)
-        for body in bodies:
+        for body in bodies or []:
             await queue.send(body)
+        if bodies:
+            count = len(bodies)
         arn = (await client.get_queue_attributes(QueueUrl=queue.url, AttributeNames=["QueueArn"]))[
             "Attributes"
         ]["QueueArn"]
         messages: list[dict[str, Any]] = []
-        while len(messages) < len(bodies):
+        deadline = time.monotonic() + 60
+        while count is None or len(messages) < count:
+            assert time.monotonic() < deadline, f"{len(messages)} of {count} messages in 60s"
             response = await client.receive_message(
                 QueueUrl=queue.url,
                 MaxNumberOfMessages=10,
                 AttributeNames=["All"],
                 VisibilityTimeout=30,
             )
-            messages += response.get("Messages", [])
+            received = response.get("Messages", [])
+            if count is None and not received:
+                break
+            messages += received
+            if not received:
+                # moto's long poll is not woken by a message whose backoff ends: ask often.
+                await asyncio.sleep(0.1)
     return _lambda_event(messages, arn)
 
 
@@ -134,7 +138,7 @@ def test_only_the_failed_records_come_back_as_batch_item_failures(
     assert asyncio.run(_statuses(lambda_env, events)) == ["fanned_out", "fanned_out"]
 
     # The delivery function takes the batches the fan-out made: all 40 devices arrive.
-    delivery_event = asyncio.run(_receive_all(lambda_env, "delivery"))
+    delivery_event = asyncio.run(_sqs_event(lambda_env, "delivery"))
     assert lambdas.delivery_handler(delivery_event, Context()) == {"batchItemFailures": []}
     assert httpx.get(f"{sink_process}/stats").json()["unique"] == 80
     # The second invocation reused the container's database pool and its connections.
@@ -147,19 +151,6 @@ async def _statuses(settings: Settings, event_ids: list[int]) -> list[str]:
         return [(await conn.fetchrow(queries.LOAD_EVENT, e))["status"] for e in event_ids]
     finally:
         await conn.close()
-
-
-async def _receive_all(settings: Settings, role: str) -> dict[str, Any]:
-    async with open_client(settings) as client:
-        queues = await open_queues(client, settings)
-        queue: Queue = getattr(queues, role)
-        arn = (await client.get_queue_attributes(QueueUrl=queue.url, AttributeNames=["QueueArn"]))[
-            "Attributes"
-        ]["QueueArn"]
-        response = await client.receive_message(
-            QueueUrl=queue.url, MaxNumberOfMessages=10, AttributeNames=["All"], WaitTimeSeconds=1
-        )
-    return _lambda_event(response.get("Messages", []), arn)
 
 
 def _lambda_event(messages: list[Any], arn: str) -> dict[str, Any]:
@@ -204,8 +195,7 @@ def test_poison_ends_in_the_dlq_with_its_reason_after_max_receive_count(
     first = asyncio.run(_sqs_event(lambda_env, role, [body]))
     assert lambdas.delivery_handler(first, Context())["batchItemFailures"]  # try 1: retried
 
-    time.sleep(1.2)  # the backoff after try 1
-    second = asyncio.run(_receive_all(lambda_env, role))
+    second = asyncio.run(_sqs_event(lambda_env, role, count=1))  # back after try 1's backoff
     assert second["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
     # Try 2 is the last (maxReceiveCount=2): dead-lettered, so not a failure for Lambda.
     assert lambdas.delivery_handler(second, Context()) == {"batchItemFailures": []}
@@ -226,8 +216,7 @@ async def _peek(settings: Settings, role: str) -> list[Any]:
 def test_dlq_redrive_puts_letters_back(lambda_env: Settings) -> None:
     first = asyncio.run(_sqs_event(lambda_env, "fanout", ["garbage"]))
     lambdas.fanout_handler(first, Context())
-    time.sleep(1.2)
-    lambdas.fanout_handler(asyncio.run(_receive_all(lambda_env, "fanout")), Context())
+    lambdas.fanout_handler(asyncio.run(_sqs_event(lambda_env, "fanout", count=1)), Context())
 
     async def redrive_and_count() -> tuple[int, int]:
         from fanout.queue.admin import redrive

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -179,17 +181,22 @@ def test_dlq_commands_show_and_redrive(settings: Settings) -> None:
 
 
 @pytest.fixture
-def empty_database(server_url: str) -> str:
-    name = "fanout_cli_empty"
+def empty_database(server_url: str) -> Iterator[str]:
+    """A database without the schema, named for this test alone and dropped after it."""
+    name = f"fanout_cli_empty_{secrets.token_hex(4)}"
 
-    async def recreate() -> None:
+    async def admin(sql: str) -> None:
         conn = await asyncpg.connect(server_url)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        await conn.close()
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
 
-    asyncio.run(recreate())
-    return _with_database(server_url, name)
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield _with_database(server_url, name)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def test_a_missing_queue_is_one_clear_line(settings: Settings) -> None:

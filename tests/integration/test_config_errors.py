@@ -248,7 +248,7 @@ async def test_a_worker_without_sqs_says_so_at_once_and_starts_when_it_answers(
         await create_queues(client, settings)
     sqs_port = int((settings.sqs_endpoint_url or "").rsplit(":", 1)[1])
     async with FlakyProxy("127.0.0.1", sqs_port) as proxy:
-        proxy.outage(float("inf"))  # every connection cut until restored below
+        proxy.outage(refuse=10**9)  # every connection refused until restored below
         env = {
             **environment,
             "FANOUT_DATABASE_URL": settings.database_dsn(),

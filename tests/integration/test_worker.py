@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -23,7 +25,8 @@ from fanout.runtime.worker import QueueConsumer, run_worker
 from fanout.stages.progress import TERMINAL_STATES
 from fanout.stages.publish import IdempotencyConflict, publish, record_event
 from fanout.store import queries
-from tests.helpers import make_topic
+from tests.faults.proxy import FlakyProxy
+from tests.helpers import make_topic, wait_for
 
 NOTE = Notification(title="New book")
 
@@ -38,7 +41,7 @@ async def running_worker(pipeline: Pipeline) -> AsyncIterator[list[QueueConsumer
     consumers.extend(await task)
 
 
-async def wait_until_done(pipeline: Pipeline, event_id: int, timeout: float = 30) -> dict:  # type: ignore[type-arg]
+async def wait_until_done(pipeline: Pipeline, event_id: int, timeout: float = 60) -> dict:  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         async with pipeline.pool.acquire() as conn:
@@ -143,38 +146,36 @@ async def test_the_same_key_with_a_different_request_is_refused(pipeline: Pipeli
         )
 
 
-def test_worker_process_stops_cleanly_on_sigterm(settings: Settings) -> None:
-    async def create() -> None:
-        async with open_client(settings) as client:
-            await create_queues(client, settings)
-
-    asyncio.run(create())
-    env = {
-        **os.environ,
-        "FANOUT_DATABASE_URL": settings.database_dsn(),
-        "FANOUT_SQS_ENDPOINT_URL": settings.sqs_endpoint_url or "",
-        "FANOUT_QUEUE_PREFIX": settings.queue_prefix,
-        "FANOUT_POLL_WAIT_SECONDS": "20",
-    }
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "fanout", "worker"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert worker.stderr is not None
-    printed = []
-    try:
-        # Started (its signal handlers are in place before it says so), and polling.
-        for line in worker.stderr:
-            printed.append(line)
-            if "worker consuming" in line:
-                break
-        assert worker.poll() is None, "".join(printed)
-        started = time.monotonic()
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=15) == 0
-        assert time.monotonic() - started < 10  # the long poll was abandoned, not waited out
-    finally:
-        worker.kill()
-    assert "Traceback" not in "".join(printed) + worker.stderr.read()
+async def test_worker_process_stops_cleanly_on_sigterm(settings: Settings, tmp_path: Path) -> None:
+    async with open_client(settings) as client:
+        await create_queues(client, settings)
+    endpoint = urlsplit(settings.sqs_endpoint_url or "")
+    # SQS behind a proxy that sees the worker's requests: the signal goes once both
+    # queues' 20 s long polls are out, not after a guess at how long starting takes.
+    async with FlakyProxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80) as proxy:
+        proxy.watch(b"AmazonSQS.ReceiveMessage")
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
+            "FANOUT_DATABASE_URL": settings.database_dsn(),
+            "FANOUT_SQS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}",
+            "FANOUT_QUEUE_PREFIX": settings.queue_prefix,
+            "FANOUT_POLL_WAIT_SECONDS": "20",
+        }
+        log = tmp_path / "worker.log"
+        with log.open("wb") as stderr:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "fanout", "worker"], env=env, stderr=stderr
+            )
+        try:
+            await wait_for(
+                lambda: proxy.sent[b"AmazonSQS.ReceiveMessage"] >= 2, "both queues long-polled"
+            )
+            assert worker.poll() is None
+            started = time.monotonic()
+            worker.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(worker.wait, 15) == 0
+            assert time.monotonic() - started < 10  # the long polls were abandoned, not waited out
+        finally:
+            worker.kill()
+            worker.wait()
+    assert "Traceback" not in log.read_text()
