@@ -15,7 +15,7 @@ import pytest
 from fanout.config import Settings
 from fanout.notification import Notification
 from fanout.queue.admin import create_queues
-from fanout.queue.messages import FanoutTask
+from fanout.queue.messages import FanoutTask, decode
 from fanout.queue.sqs import Queue, open_client, open_queues
 from fanout.runtime import lambdas
 from fanout.stages.publish import record_event
@@ -228,3 +228,29 @@ def test_dlq_redrive_puts_letters_back(lambda_env: Settings) -> None:
 
     assert asyncio.run(redrive_and_count()) == (1, 1)
     os.environ.pop("LAMBDA_TASK_ROOT", None)
+
+
+def test_the_scheduled_reconciler_sends_an_event_whose_enqueue_never_happened(
+    lambda_env: Settings,
+) -> None:
+    """On AWS no worker runs: the scheduled function is what finds a stranded event."""
+    event_id = _event_for(lambda_env)  # committed as pending; its message never sent
+
+    async def overdue() -> None:
+        conn = await connect(lambda_env.database_dsn())
+        try:
+            await conn.execute("UPDATE events SET due_at = now() WHERE id = $1", event_id)
+        finally:
+            await conn.close()
+
+    asyncio.run(overdue())
+    report = lambdas.reconcile_handler({"source": "aws.scheduler"}, Context())
+    assert report["events_resent"] == 1
+
+    async def sent() -> list[object]:
+        async with open_client(lambda_env) as client:
+            queues = await open_queues(client, lambda_env)
+            messages = await queues.fanout.receive(10, wait_seconds=1)
+        return [decode(m.body) for m in messages]
+
+    assert asyncio.run(sent()) == [FanoutTask(event_id)]
