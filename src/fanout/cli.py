@@ -418,12 +418,11 @@ def apikey_revoke(key_id: Annotated[str, typer.Argument(help="The id shown by 'l
 @apikey_app.command("list")
 def apikey_list() -> None:
     """List API keys (ids and scopes; secrets are never stored)."""
-    from fanout.store import queries
+    from fanout.store import list_api_keys
 
-    rows = _with_connection(lambda conn: conn.fetch(queries.LIST_API_KEYS))
-    for row in rows:
-        state = f"revoked {row['revoked_at']:%Y-%m-%d}" if row["revoked_at"] else "live"
-        typer.echo(f"{row['key_id']}  {','.join(row['scopes']):<22} {state:<18} {row['name']}")
+    for key in _with_connection(list_api_keys):
+        state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "live"
+        typer.echo(f"{key.key_id}  {','.join(key.scopes):<22} {state:<18} {key.name}")
 
 
 async def _with_queues(settings: Settings, role: str, work: Any) -> list[Any]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from fanout.store import queries
+from fanout import store
 
 SCOPES = ("publish", "manage", "read")
 PREFIX = "fo"
@@ -49,10 +49,10 @@ async def create_api_key(
         raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {sorted(scopes)}")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32).replace("_", "-")  # '_' separates the parts
-    row = await conn.fetchrow(
-        queries.INSERT_API_KEY, key_id, _hash(secret), sorted(set(scopes)), name
+    api_key_id = await store.insert_api_key(
+        conn, key_id=key_id, secret_hash=_hash(secret), scopes=sorted(set(scopes)), name=name
     )
-    key = ApiKey(row["id"], key_id, frozenset(scopes), name)
+    key = ApiKey(api_key_id, key_id, frozenset(scopes), name)
     return key, f"{PREFIX}_{key_id}_{secret}"
 
 
@@ -62,12 +62,11 @@ async def find_api_key(conn: asyncpg.Connection, token: str) -> ApiKey | None:
     if parts is None:
         return None
     key_id, secret = parts
-    row = await conn.fetchrow(queries.API_KEY_BY_KEY_ID, key_id)
-    if row is None or not hmac.compare_digest(bytes(row["secret_hash"]), _hash(secret)):
+    stored = await store.live_api_key(conn, key_id=key_id)
+    if stored is None or not hmac.compare_digest(stored.secret_hash, _hash(secret)):
         return None
-    return ApiKey(row["id"], key_id, frozenset(row["scopes"]), row["name"])
+    return ApiKey(stored.id, key_id, frozenset(stored.scopes), stored.name)
 
 
 async def revoke_api_key(conn: asyncpg.Connection, key_id: str) -> bool:
-    status: str = await conn.execute(queries.REVOKE_API_KEY, key_id)
-    return status != "UPDATE 0"
+    return await store.revoke_api_key(conn, key_id=key_id)

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fanout import store
 from fanout.config import Settings
 from fanout.local.emulators.stack import local_push_services
 from fanout.local.services import embedded_postgres, local_sqs_server
@@ -37,7 +38,7 @@ from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.worker import run_worker
 from fanout.stages.progress import EventStatus, load_event_status
 from fanout.stages.publish import publish
-from fanout.store import connect, find_or_create, queries
+from fanout.store import connect
 from fanout.store.migrate import migrate
 
 # How long the demo waits for the last notification before it calls the run failed.
@@ -127,28 +128,28 @@ async def seed(
     run = secrets.token_hex(4)
     topic = f"demo:{run}"
     async with conn.transaction():
-        topic_id = await find_or_create(conn, queries.UPSERT_TOPIC, topic)
-        users = await conn.fetchrow(queries.SEED_USERS, f"demo-{run}-", subscribers)
-        await conn.execute(
-            queries.SEED_SUBSCRIPTIONS, topic_id, users["first_id"], users["last_id"]
+        topic_id = await store.find_or_create_topic(conn, topic=topic)
+        users = await store.seed_users(conn, prefix=f"demo-{run}-", count=subscribers)
+        await store.seed_subscriptions(
+            conn, topic_id=topic_id, first_user_id=users.first_id, last_user_id=users.last_id
         )
-        devices = await conn.fetchrow(
-            queries.SEED_DEVICES,
-            users["first_id"],
-            users["last_id"],
-            devices_per_user,
-            run,
-            shape.webpush_endpoint_base,
-            shape.p256dh,
-            shape.auth,
-            list(shape.platforms),
+        devices = await store.seed_devices(
+            conn,
+            first_user_id=users.first_id,
+            last_user_id=users.last_id,
+            per_user=devices_per_user,
+            token_seed=run,
+            webpush_endpoint_base=shape.webpush_endpoint_base,
+            web_push_p256dh=shape.p256dh,
+            web_push_auth=shape.auth,
+            platforms=shape.platforms,
         )
     await conn.execute("ANALYZE subscriptions, devices")
     return Seeded(
         topic=topic,
         subscribers=subscribers,
-        devices=devices["devices"],
-        device_ids=range(devices["first_id"], devices["last_id"] + 1),
+        devices=devices.count,
+        device_ids=range(devices.first_id, devices.last_id + 1),
     )
 
 

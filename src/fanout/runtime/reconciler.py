@@ -29,11 +29,11 @@ from typing import Any
 
 import asyncpg
 
+from fanout import store
 from fanout.config import Settings
 from fanout.queue.messages import DeliveryBatch, FanoutTask
 from fanout.queue.sqs import Queues
 from fanout.stages.batching import users_of_key
-from fanout.store import queries
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,11 @@ async def reconcile_once(
 
 @dataclass(frozen=True)
 class _Due:
-    """The arguments every CLAIM_DUE_* statement takes after how many."""
+    """What every ``store.claim_due_*`` is asked for, besides how many."""
 
     overdue_after: float
     look_ahead: float
     event_id: int | None
-
-    def args(self) -> tuple[int, float, float, int | None]:
-        return _PER_PASS, self.overdue_after, self.look_ahead, self.event_id
 
 
 async def _events(
@@ -110,25 +107,31 @@ async def _events(
     report: ReconcileReport,
 ) -> None:
     async with pool.acquire() as conn:
-        rows = await conn.fetch(queries.CLAIM_DUE_EVENTS, *due.args())
+        rows = await store.claim_due_events(
+            conn,
+            limit=_PER_PASS,
+            overdue_after=due.overdue_after,
+            look_ahead=due.look_ahead,
+            event_id=due.event_id,
+        )
         to_send = []
         for row in rows:
-            if row["status"] == "fanned_out":  # waiting for its last batch: has it ended?
-                if await conn.fetchval(queries.FINISH_EVENT, row["id"]):
+            if row.status == "fanned_out":  # waiting for its last batch: has it ended?
+                if await store.finish_event(conn, event_id=row.id):
                     report.events_finished += 1
-            elif row["status"] in ("pending", "enqueued"):
-                if row["resends"] > settings.reconcile_max_resends:
-                    reason = f"fan-out never started after {row['resends'] - 1} resends"
-                    await conn.execute(queries.FAIL_EVENT, row["id"], reason)
-                    report.given_up.append(f"event {row['id']}")
+            elif row.status in ("pending", "enqueued"):
+                if row.resends > settings.reconcile_max_resends:
+                    reason = f"fan-out never started after {row.resends - 1} resends"
+                    await store.fail_event(conn, event_id=row.id, reason=reason)
+                    report.given_up.append(f"event {row.id}")
                 else:
-                    to_send.append(row["id"])
+                    to_send.append(row.id)
     if to_send:
         await queues.fanout.send_many([FanoutTask(event_id).encode() for event_id in to_send])
         async with pool.acquire() as conn:
             for event_id in to_send:
-                await conn.execute(
-                    queries.MARK_EVENT_ENQUEUED, event_id, settings.reconcile_after_seconds
+                await store.mark_event_enqueued(
+                    conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
                 )
         report.events_resent += len(to_send)
 
@@ -141,13 +144,19 @@ async def _shards(
     report: ReconcileReport,
 ) -> None:
     async with pool.acquire() as conn:
-        rows = await conn.fetch(queries.CLAIM_DUE_SHARDS, *due.args())
+        rows = await store.claim_due_shards(
+            conn,
+            limit=_PER_PASS,
+            overdue_after=due.overdue_after,
+            look_ahead=due.look_ahead,
+            event_id=due.event_id,
+        )
         to_send = []
         for row in rows:
-            event_id, shard = row["event_id"], row["shard_no"]
-            if row["resends"] > settings.reconcile_max_resends:
-                reason = f"given up after {row['resends'] - 1} resends: {row['last_error']}"
-                await conn.execute(queries.GIVE_UP_SHARD, event_id, shard, reason)
+            event_id, shard = row.event_id, row.shard_no
+            if row.resends > settings.reconcile_max_resends:
+                reason = f"given up after {row.resends - 1} resends: {row.last_error}"
+                await store.give_up_shard(conn, event_id=event_id, shard=shard, reason=reason)
                 await _maybe_end(conn, event_id, settings, report)
                 report.given_up.append(f"shard {shard} of event {event_id}")
             else:
@@ -165,32 +174,41 @@ async def _batches(
     report: ReconcileReport,
 ) -> None:
     async with pool.acquire() as conn:
-        rows = await conn.fetch(queries.CLAIM_DUE_BATCHES, *due.args())
+        rows = await store.claim_due_batches(
+            conn,
+            limit=_PER_PASS,
+            overdue_after=due.overdue_after,
+            look_ahead=due.look_ahead,
+            event_id=due.event_id,
+        )
         notifications: dict[int, Any] = {}
         to_send = []
         for row in rows:
-            event_id, key = row["event_id"], row["batch_key"]
+            event_id, key = row.event_id, row.batch_key
             users = (
-                (row["first_user_id"], row["last_user_id"])
-                if row["first_user_id"] is not None
+                (row.first_user_id, row.last_user_id)
+                if row.first_user_id is not None and row.last_user_id is not None
                 else users_of_key(key)  # claimed before the fan-out recorded it
             )
-            rereadable = users is not None or row["device_ids"] is not None
-            if row["resends"] > settings.reconcile_max_resends or not rereadable:
+            rereadable = users is not None or row.device_ids is not None
+            if row.resends > settings.reconcile_max_resends or not rereadable:
                 # Not re-readable: a retry batch sent before this bookkeeping existed.
-                reason = f"given up after {row['resends'] - 1} resends"
-                if row["last_error"]:
-                    reason += f": {row['last_error']}"
-                await conn.execute(queries.GIVE_UP_BATCH, event_id, key, reason[:200])
-                await conn.execute(queries.FINISH_EVENT, event_id)
+                reason = f"given up after {row.resends - 1} resends"
+                if row.last_error:
+                    reason += f": {row.last_error}"
+                await store.give_up_batch(
+                    conn, event_id=event_id, batch_key=key, reason=reason[:200]
+                )
+                await store.finish_event(conn, event_id=event_id)
                 report.given_up.append(f"batch {key} of event {event_id}")
                 continue
             if event_id not in notifications:
-                event = await conn.fetchrow(queries.LOAD_EVENT, event_id)
-                notifications[event_id] = event["notification"]
-            batch = DeliveryBatch(event_id, key, row["attempt"], notifications[event_id])
-            if row["device_ids"] is not None:
-                batch.device_ids = list(row["device_ids"])
+                event = await store.load_event(conn, event_id=event_id)
+                assert event is not None  # the batch's row refers to it
+                notifications[event_id] = event.notification
+            batch = DeliveryBatch(event_id, key, row.attempt, notifications[event_id])
+            if row.device_ids is not None:
+                batch.device_ids = list(row.device_ids)
             else:
                 batch.users = users
             to_send.append(batch.encode())
@@ -203,8 +221,10 @@ async def _maybe_end(
     conn: asyncpg.Connection, event_id: int, settings: Settings, report: ReconcileReport
 ) -> None:
     """After a shard is given up: the event may now be fanned out, and may have ended."""
-    await conn.execute(queries.MARK_EVENT_FANNED_OUT, event_id, settings.reconcile_after_seconds)
-    if await conn.fetchval(queries.FINISH_EVENT, event_id):
+    await store.mark_event_fanned_out(
+        conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
+    )
+    if await store.finish_event(conn, event_id=event_id):
         report.events_finished += 1
 
 

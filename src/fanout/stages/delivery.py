@@ -21,14 +21,13 @@ import asyncpg
 import orjson
 import pydantic
 
-from fanout import retry
+from fanout import retry, store
 from fanout.config import Settings
 from fanout.notification import Notification, RenderedNotification, render
 from fanout.providers import Outcome, OutcomeKind, Provider
 from fanout.queue.messages import DeliveryBatch, Device, PoisonMessage
 from fanout.queue.sqs import MAX_DELAY_SECONDS, Queues
 from fanout.stages import leases
-from fanout.store import queries
 
 log = logging.getLogger(__name__)
 
@@ -143,31 +142,33 @@ async def _record_outcome(
         async with pool.acquire() as conn:
             async with conn.transaction():
                 if invalid_ids:
-                    await conn.execute(queries.DEACTIVATE_DEVICES, invalid_ids, "invalid token")
+                    await store.deactivate_devices(
+                        conn, device_ids=invalid_ids, reason="invalid token"
+                    )
                 if retry_batch is not None:
                     retry, delay = retry_batch
-                    await conn.execute(
-                        queries.RECORD_RETRY_BATCH,
-                        retry.event_id,
-                        retry.key,
-                        retry.attempt,
-                        [device.id for device in retry.iter_devices()],
-                        delay,
-                        settings.reconcile_after_seconds,
+                    await store.record_retry_batch(
+                        conn,
+                        event_id=retry.event_id,
+                        batch_key=retry.key,
+                        attempt=retry.attempt,
+                        device_ids=[device.id for device in retry.iter_devices()],
+                        delay_seconds=delay,
+                        overdue_after=settings.reconcile_after_seconds,
                     )
-                await conn.execute(
-                    queries.FINISH_BATCH,
-                    batch.event_id,
-                    batch.key,
-                    report.sent,
-                    report.failed,
-                    report.invalid,
-                    report.skipped,
-                    report.retried,
-                    report.failure_reasons or None,
+                await store.finish_batch(
+                    conn,
+                    event_id=batch.event_id,
+                    batch_key=batch.key,
+                    sent=report.sent,
+                    failed=report.failed,
+                    invalid=report.invalid,
+                    skipped=report.skipped,
+                    retried=report.retried,
+                    failure_reasons=report.failure_reasons or None,
                 )
             if retry_batch is None:
-                await conn.execute(queries.FINISH_EVENT, batch.event_id)
+                await store.finish_event(conn, event_id=batch.event_id)
 
     await retry.retrying(
         record,
@@ -183,12 +184,12 @@ def _releaser(
 ) -> Callable[[str], Awaitable[object]]:
     async def release(reason: str) -> None:
         async with pool.acquire() as conn:
-            await conn.execute(
-                queries.RELEASE_BATCH,
-                batch.event_id,
-                batch.key,
-                settings.reconcile_after_seconds,
-                reason,
+            await store.release_batch(
+                conn,
+                event_id=batch.event_id,
+                batch_key=batch.key,
+                overdue_after=settings.reconcile_after_seconds,
+                reason=reason,
             )
 
     return release
@@ -203,12 +204,12 @@ async def _keep_lease(
         await asyncio.sleep(max(1.0, lease / 3))
         try:
             async with pool.acquire() as conn:
-                await conn.execute(
-                    queries.RENEW_BATCH_LEASE,
-                    batch.event_id,
-                    batch.key,
-                    lease,
-                    settings.reconcile_after_seconds,
+                await store.renew_batch_lease(
+                    conn,
+                    event_id=batch.event_id,
+                    batch_key=batch.key,
+                    lease_seconds=lease,
+                    overdue_after=settings.reconcile_after_seconds,
                 )
         except _CONNECTION_ERRORS as exc:
             log.warning("could not renew the lease of batch %s: %r", batch.key, exc)
@@ -221,26 +222,27 @@ async def _claim(
     the seconds left on the holder's lease."""
     async with pool.acquire() as conn:
         try:
-            claimed = await conn.fetchval(
-                queries.CLAIM_BATCH,
-                batch.event_id,
-                batch.key,
-                batch.attempt,
-                devices,
-                lease,
-                overdue_after,
+            claimed = await store.claim_batch(
+                conn,
+                event_id=batch.event_id,
+                batch_key=batch.key,
+                attempt=batch.attempt,
+                devices=devices,
+                lease_seconds=lease,
+                overdue_after=overdue_after,
             )
         except asyncpg.ForeignKeyViolationError:
             raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}") from None
         if claimed:
             return "claimed", 0.0
-        held = await conn.fetchrow(queries.BATCH_STATUS, batch.event_id, batch.key)
-    if held["status"] == "done":
+        held = await store.batch_status(conn, event_id=batch.event_id, batch_key=batch.key)
+    assert held is not None  # the claim found the row, or would have inserted it
+    if held.status == "done":
         return "done", 0.0
     # Held by another invocation: a redundant copy while the holder lives (a redelivery, a
     # resend by the reconciler), and wanted once its lease is over if the holder died.
     log.info("batch %s of event %d is being delivered elsewhere", batch.key, batch.event_id)
-    return "busy", float(held["lease_left"])
+    return "busy", held.lease_left
 
 
 def _notification(batch: DeliveryBatch) -> Notification:
@@ -255,17 +257,22 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool) -> None:
     or the devices of a retry batch, read as the fan-out reads them."""
     async with pool.acquire() as conn:
         if batch.device_ids is not None:
-            rows = await conn.fetch(queries.DEVICES_BY_ID, batch.device_ids)
+            rows = await store.devices_by_id(conn, device_ids=batch.device_ids)
         else:
             assert batch.users is not None
-            event = await conn.fetchrow(queries.LOAD_EVENT, batch.event_id)
+            event = await store.load_event(conn, event_id=batch.event_id)
             if event is None:
                 raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}")
             first, last = batch.users
-            if event["user_id"] is not None:
-                rows = await conn.fetch(queries.USER_RECIPIENTS, event["user_id"], first - 1)
+            if event.user_id is not None:
+                rows = await store.user_recipients(
+                    conn, user_id=event.user_id, after_user_id=first - 1
+                )
             else:
-                rows = await conn.fetch(queries.BATCH_RECIPIENTS, event["topic_id"], first, last)
+                assert event.topic_id is not None
+                rows = await store.batch_recipients(
+                    conn, topic_id=event.topic_id, first_user_id=first, last_user_id=last
+                )
     batch.devices = {}
     for row in rows:
         if row["wire"] is not None:

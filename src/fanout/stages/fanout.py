@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from fanout import store
 from fanout.config import Settings
 from fanout.queue.messages import FanoutTask, PoisonMessage
 from fanout.queue.sqs import Queues
@@ -31,7 +32,6 @@ from fanout.stages.batching import (
     batch_max_bytes,
     room_for_devices,
 )
-from fanout.store import queries
 
 log = logging.getLogger(__name__)
 
@@ -87,28 +87,28 @@ async def plan_event(
     the shards not yet done, which are no-ops if those shards are running or finished.
     """
     async with pool.acquire() as conn:
-        event = await conn.fetchrow(queries.LOAD_EVENT, event_id)
+        event = await store.load_event(conn, event_id=event_id)
         if event is None:
             raise PoisonMessage(f"unknown event {event_id}")
-        if event["status"] not in ("pending", "enqueued", "fanning_out"):
+        if event.status not in ("pending", "enqueued", "fanning_out"):
             return []  # fanned out, or ended
         if not _fits_a_batch(event, queues, settings):
-            await conn.execute(queries.FAIL_EVENT, event_id, "notification too large for a batch")
+            await store.fail_event(
+                conn, event_id=event_id, reason="notification too large for a batch"
+            )
             log.error("event %d: its notification cannot fit a delivery batch", event_id)
             return []
-        unfinished = [r["shard_no"] for r in await conn.fetch(queries.UNFINISHED_SHARDS, event_id)]
-        if not unfinished and event["status"] != "fanning_out":
+        unfinished = await store.unfinished_shards(conn, event_id=event_id)
+        if not unfinished and event.status != "fanning_out":
             bounds = await _shard_bounds(conn, event, settings.shard_size)
             async with conn.transaction():
-                await conn.execute(
-                    queries.INSERT_SHARDS,
-                    event_id,
-                    list(range(len(bounds))),
-                    [lo for lo, _ in bounds],
-                    [hi for _, hi in bounds],
-                    settings.reconcile_after_seconds,
+                await store.insert_shards(
+                    conn,
+                    event_id=event_id,
+                    bounds=bounds,
+                    overdue_after=settings.reconcile_after_seconds,
                 )
-                await conn.execute(queries.MARK_EVENT_FANNING_OUT, event_id)
+                await store.mark_event_fanning_out(conn, event_id=event_id)
             unfinished = list(range(len(bounds)))
             log.info("event %d: planned %d shard(s)", event_id, len(bounds))
     if not unfinished:
@@ -118,22 +118,25 @@ async def plan_event(
     return [await run_shard(event_id, first, pool, queues, settings, time_left=time_left)]
 
 
-def _fits_a_batch(event: asyncpg.Record, queues: Queues, settings: Settings) -> bool:
+def _fits_a_batch(event: store.Event, queues: Queues, settings: Settings) -> bool:
     """False for a notification published before it was checked at the door."""
     max_bytes = batch_max_bytes(settings.batch_max_bytes, queues.delivery.max_message_bytes)
-    return room_for_devices(event["notification"], max_bytes) >= MIN_DEVICE_ROOM_BYTES
+    return room_for_devices(event.notification, max_bytes) >= MIN_DEVICE_ROOM_BYTES
 
 
 async def _shard_bounds(
-    conn: asyncpg.Connection, event: asyncpg.Record, shard_size: int
+    conn: asyncpg.Connection, event: store.Event, shard_size: int
 ) -> list[tuple[int, int]]:
     """[lo, hi) user-id ranges of about ``shard_size`` subscribers each."""
-    if event["user_id"] is not None:  # a 1:1 send: one user, one shard
-        return [(event["user_id"], event["user_id"] + 1)]
+    if event.user_id is not None:  # a 1:1 send: one user, one shard
+        return [(event.user_id, event.user_id + 1)]
+    assert event.topic_id is not None
     bounds = []
     lo = 0
     while True:
-        hi = await conn.fetchval(queries.NEXT_SHARD_BOUNDARY, event["topic_id"], lo, shard_size)
+        hi = await store.next_shard_boundary(
+            conn, topic_id=event.topic_id, from_user_id=lo, shard_size=shard_size
+        )
         if hi is None:
             bounds.append((lo, MAX_USER_ID))
             return bounds
@@ -158,18 +161,24 @@ async def run_shard(
     lease = settings.visibility_timeout
     overdue_after = settings.reconcile_after_seconds
     async with pool.acquire() as conn:
-        claim = await conn.fetchrow(queries.CLAIM_SHARD, event_id, shard, lease, overdue_after)
+        claim = await store.claim_shard(
+            conn,
+            event_id=event_id,
+            shard=shard,
+            lease_seconds=lease,
+            overdue_after=overdue_after,
+        )
         if claim is None:
-            held = await conn.fetchrow(queries.SHARD_STATUS, event_id, shard)
+            held = await store.shard_status(conn, event_id=event_id, shard=shard)
             if held is None:
                 raise PoisonMessage(f"unknown shard {shard} of event {event_id}")
-            if held["status"] in ("done", "failed"):
+            if held.status in ("done", "failed"):
                 return ShardReport(event_id, shard, already_done=True)
             # Held by another invocation: this copy is redundant while the holder lives, and
             # is wanted once its lease is over if the holder died (the runtime brings it
             # back then; PostgreSQL and the reconciler make sure it is not lost either way).
             log.info("shard %d of event %d is being fanned out elsewhere", shard, event_id)
-            return ShardReport(event_id, shard, busy=True, lease_left=held["lease_left"])
+            return ShardReport(event_id, shard, busy=True, lease_left=held.lease_left)
         try:
             return await _stream_shard(
                 conn, event_id, shard, claim, queues, settings, time_left=time_left
@@ -184,8 +193,12 @@ def _releaser(
     # On a connection of its own: the shard's may be broken, or busy with a cancelled page.
     async def release(reason: str) -> None:
         async with pool.acquire() as conn:
-            await conn.execute(
-                queries.RELEASE_SHARD, event_id, shard, settings.reconcile_after_seconds, reason
+            await store.release_shard(
+                conn,
+                event_id=event_id,
+                shard=shard,
+                overdue_after=settings.reconcile_after_seconds,
+                reason=reason,
             )
 
     return release
@@ -195,7 +208,7 @@ async def _stream_shard(
     conn: asyncpg.Connection,
     event_id: int,
     shard: int,
-    claim: asyncpg.Record,
+    claim: store.ShardClaim,
     queues: Queues,
     settings: Settings,
     *,
@@ -203,18 +216,19 @@ async def _stream_shard(
 ) -> ShardReport:
     """Page through the shard's users from its checkpoint, pack, send, checkpoint."""
     lease = settings.visibility_timeout
-    event = await conn.fetchrow(queries.LOAD_EVENT, event_id)
-    cursor = claim["cursor_user_id"]
+    event = await store.load_event(conn, event_id=event_id)
+    assert event is not None  # the shard's row refers to it
+    cursor = claim.cursor_user_id
     progress = _Progress(
-        cursor=claim["lo_user_id"] - 1 if cursor is None else cursor,
-        recipients=claim["recipients"],
-        devices=claim["devices"],
-        batches=claim["batches"],
+        cursor=claim.lo_user_id - 1 if cursor is None else cursor,
+        recipients=claim.recipients,
+        devices=claim.devices,
+        batches=claim.batches,
     )
     packer = BatchPacker(
         event_id=event_id,
         shard=shard,
-        notification=event["notification"],
+        notification=event.notification,
         max_bytes=batch_max_bytes(settings.batch_max_bytes, queues.delivery.max_message_bytes),
     )
     sent: list[PackedBatch] = []  # sent to SQS, not yet recorded
@@ -225,7 +239,7 @@ async def _stream_shard(
         sent.clear()
 
     async def read_page(after: int) -> list[asyncpg.Record]:
-        return await _fetch_page(conn, event, after, claim["hi_user_id"], settings)
+        return await _fetch_page(conn, event, after, claim.hi_user_id, settings)
 
     rows = await read_page(progress.cursor)
     while rows:
@@ -261,35 +275,36 @@ async def _stream_shard(
         sent += tail
     async with conn.transaction():
         await checkpoint()
-        await conn.execute(queries.LOCK_EVENT, event_id)
-        await conn.execute(
-            queries.FINISH_SHARD,
-            event_id,
-            shard,
-            progress.recipients,
-            progress.devices,
-            progress.batches,
+        await store.lock_event(conn, event_id=event_id)
+        await store.finish_shard(
+            conn,
+            event_id=event_id,
+            shard=shard,
+            recipients=progress.recipients,
+            devices=progress.devices,
+            batches=progress.batches,
         )
-        fanned_out = await conn.execute(
-            queries.MARK_EVENT_FANNED_OUT, event_id, settings.reconcile_after_seconds
+        fanned_out = await store.mark_event_fanned_out(
+            conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
         )
-    if fanned_out.endswith(" 1"):  # the last shard: the event may have nothing left open
-        await conn.execute(queries.FINISH_EVENT, event_id)
+    if fanned_out:  # the last shard: the event may have nothing left open
+        await store.finish_event(conn, event_id=event_id)
     return ShardReport(event_id, shard, progress.recipients, progress.devices, progress.batches)
 
 
 async def _fetch_page(
-    conn: asyncpg.Connection, event: asyncpg.Record, cursor: int, hi: int, settings: Settings
+    conn: asyncpg.Connection, event: store.Event, cursor: int, hi: int, settings: Settings
 ) -> list[asyncpg.Record]:
-    if event["user_id"] is not None:
-        rows: list[asyncpg.Record] = await conn.fetch(
-            queries.USER_RECIPIENTS, event["user_id"], cursor
-        )
-    else:
-        rows = await conn.fetch(
-            queries.TOPIC_RECIPIENTS_PAGE, event["topic_id"], cursor, hi, settings.page_size
-        )
-    return rows
+    if event.user_id is not None:
+        return await store.user_recipients(conn, user_id=event.user_id, after_user_id=cursor)
+    assert event.topic_id is not None
+    return await store.topic_recipients_page(
+        conn,
+        topic_id=event.topic_id,
+        after_user_id=cursor,
+        before_user_id=hi,
+        limit=settings.page_size,
+    )
 
 
 async def _send(batches: list[PackedBatch], queues: Queues, progress: _Progress) -> None:
@@ -309,21 +324,17 @@ async def _checkpoint(
     lease: int,
     settings: Settings,
 ) -> None:
-    await conn.execute(
-        queries.CHECKPOINT_SHARD,
-        event_id,
-        shard,
-        progress.cursor,
-        progress.recipients,
-        progress.devices,
-        progress.batches,
-        lease,
-        settings.reconcile_after_seconds,
-        settings.reconcile_after_seconds,
-        [b.key for b in sent],
-        [b.devices for b in sent],
-        [b.first_user for b in sent],
-        [b.last_user for b in sent],
+    await store.checkpoint_shard(
+        conn,
+        event_id=event_id,
+        shard=shard,
+        cursor=progress.cursor,
+        recipients=progress.recipients,
+        devices=progress.devices,
+        batches=progress.batches,
+        accepted=sent,
+        lease_seconds=lease,
+        overdue_after=settings.reconcile_after_seconds,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 import asyncpg
 from pydantic import BaseModel, Field
 
-from fanout.store import queries
+from fanout import store
 
 EventState = Literal[
     "pending",  # committed; its fan-out message not yet sent
@@ -53,7 +53,7 @@ class EventStatus(BaseModel):
 async def load_event_status(
     conn: asyncpg.Connection | asyncpg.Pool, event_id: int
 ) -> EventStatus | None:
-    row = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
+    row = await store.event_progress(conn, event_id=event_id)
     if row is None:
         return None
     accounted = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]

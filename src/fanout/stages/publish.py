@@ -24,12 +24,12 @@ from typing import Any
 import asyncpg
 import orjson
 
+from fanout import store
 from fanout.notification import Notification
 from fanout.queue.messages import MAX_MESSAGE_BYTES, FanoutTask
 from fanout.queue.sqs import Queues
 from fanout.stages.batching import MIN_DEVICE_ROOM_BYTES, room_for_devices
 from fanout.stages.batching import batch_max_bytes as max_batch_bytes
-from fanout.store import find_or_create, queries
 
 log = logging.getLogger(__name__)
 
@@ -111,27 +111,30 @@ async def record_event(
     payload = notification.model_dump(mode="json", exclude_defaults=True)
     fingerprint = request_fingerprint(payload, topic=topic, user=user) if idempotency_key else None
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await find_or_create(conn, queries.UPSERT_TOPIC, topic) if topic else None
-        user_id = await find_or_create(conn, queries.UPSERT_USER, user) if user else None
-        event_id = await conn.fetchval(
-            queries.INSERT_EVENT,
-            topic_id,
-            user_id,
-            payload,
-            api_key_id,
-            idempotency_key,
-            fingerprint,
-            overdue_after,
+        topic_id = await store.find_or_create_topic(conn, topic=topic) if topic else None
+        user_id = await store.find_or_create_user(conn, user=user) if user else None
+        event_id = await store.insert_event(
+            conn,
+            topic_id=topic_id,
+            user_id=user_id,
+            notification=payload,
+            api_key_id=api_key_id,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+            overdue_after=overdue_after,
         )
         if event_id is not None:
             return Published(event_id, created=True)
         # The conflicting row is committed: a concurrent first use made this INSERT wait.
-        first = await conn.fetchrow(queries.EVENT_BY_IDEMPOTENCY_KEY, api_key_id, idempotency_key)
+        assert idempotency_key is not None  # only a reused key inserts nothing
+        first = await store.event_by_idempotency_key(
+            conn, api_key_id=api_key_id, idempotency_key=idempotency_key
+        )
     if first is None:  # deleted since (its topic or user was): nothing to return
         raise RuntimeError("the event of this idempotency key was deleted meanwhile")
-    if first["request_fingerprint"] not in (None, fingerprint):
+    if first.request_fingerprint not in (None, fingerprint):
         raise IdempotencyConflict()
-    return Published(first["id"], created=False)
+    return Published(first.id, created=False)
 
 
 async def enqueue_event(
@@ -144,7 +147,7 @@ async def enqueue_event(
     """Send the event's fan-out message and mark it enqueued (due ``overdue_after`` on)."""
     await queues.fanout.send(FanoutTask(event_id).encode())
     async with pool.acquire() as conn:
-        await conn.execute(queries.MARK_EVENT_ENQUEUED, event_id, overdue_after)
+        await store.mark_event_enqueued(conn, event_id=event_id, overdue_after=overdue_after)
 
 
 async def publish(

@@ -1,93 +1,164 @@
-"""PostgreSQL: connections, migrations and the named queries the stages run."""
+"""PostgreSQL: connections, migrations, and every statement fanout runs behind a named
+function with keyword arguments.
 
-from __future__ import annotations
+The SQL is in ``queries.py``, each statement named once with the index it relies on.
+The modules here run them, one per concern, and are the only code that does: a call
+site says what it does (``store.claim_shard(conn, event_id=…, shard=…, lease_seconds=…,
+overdue_after=…)``) and never where a parameter sits in the statement. Results are
+small dataclasses, except where rows go on as they come (the recipients the batch
+packer reads, the event's progress).
 
-import contextlib
-from collections.abc import Iterator
-from typing import Any
+- ``events``: publishing, the event's states, its progress.
+- ``shards``, ``batches``: the fan-out's and the delivery's units of work, each with a
+  lease and a due time, and the reconciler's claims of those overdue.
+- ``recipients``: devices as batches carry them (the fan-out's hot path).
+- ``subscriptions``, ``devices``, ``api_keys``: what the HTTP API and the CLI manage.
+- ``seeding``: the demo's and the benchmarks' subscribers.
+"""
 
-import asyncpg
-import orjson
-
-from fanout.config import Settings, Unreachable, connection_failure, database_address
-
-# What asyncpg raises when the server cannot be reached, or answers but will not have us.
-_NOT_ANSWERING = (OSError, TimeoutError, asyncpg.CannotConnectNowError)
-_REFUSING = (
-    asyncpg.InvalidPasswordError,
-    asyncpg.InvalidAuthorizationSpecificationError,
-    asyncpg.InvalidCatalogNameError,
-    asyncpg.TooManyConnectionsError,
+from fanout.store.api_keys import (
+    ApiKeyListing,
+    StoredApiKey,
+    insert_api_key,
+    list_api_keys,
+    live_api_key,
+    revoke_api_key,
+)
+from fanout.store.batches import (
+    DueBatch,
+    batch_status,
+    claim_batch,
+    claim_due_batches,
+    finish_batch,
+    give_up_batch,
+    record_retry_batch,
+    release_batch,
+    renew_batch_lease,
+)
+from fanout.store.connection import connect, create_pool, naming_the_database
+from fanout.store.devices import (
+    RegisteredDevice,
+    deactivate_devices,
+    delete_device,
+    upsert_device,
+)
+from fanout.store.events import (
+    DueEvent,
+    Event,
+    FirstUse,
+    claim_due_events,
+    event_by_idempotency_key,
+    event_progress,
+    fail_event,
+    finish_event,
+    insert_event,
+    load_event,
+    lock_event,
+    mark_event_enqueued,
+    mark_event_fanned_out,
+    mark_event_fanning_out,
+)
+from fanout.store.recipients import (
+    batch_recipients,
+    devices_by_id,
+    topic_recipients_page,
+    user_recipients,
+)
+from fanout.store.seeding import SeededIds, seed_devices, seed_subscriptions, seed_users
+from fanout.store.shards import (
+    AcceptedBatch,
+    DueShard,
+    LeaseStatus,
+    ShardClaim,
+    checkpoint_shard,
+    claim_due_shards,
+    claim_shard,
+    finish_shard,
+    give_up_shard,
+    insert_shards,
+    next_shard_boundary,
+    release_shard,
+    shard_status,
+    unfinished_shards,
+)
+from fanout.store.subscriptions import (
+    Subscription,
+    find_or_create,
+    find_or_create_topic,
+    find_or_create_user,
+    insert_users,
+    subscribe,
+    subscribe_users,
+    unsubscribe,
+    user_subscriptions_page,
 )
 
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # jsonb in and out as Python objects, through orjson (asyncpg's default is str).
-    await conn.set_type_codec(
-        "jsonb",
-        encoder=lambda value: orjson.dumps(value).decode(),
-        decoder=orjson.loads,
-        schema="pg_catalog",
-    )
-
-
-async def _no_reset(conn: asyncpg.Connection) -> None:
-    return None
-
-
-async def create_pool(settings: Settings, **overrides: Any) -> asyncpg.Pool:
-    """A pool for one process. Statement caching is off when behind a transaction-mode
-    pooler (RDS Proxy, PgBouncer) is the caller's choice through ``overrides``."""
-    options: dict[str, Any] = {
-        "min_size": 1,
-        "max_size": settings.database_pool_size,
-        "init": _init_connection,
-        "command_timeout": 60,
-        # fanout sets no session state, so the reset query asyncpg runs on every release (a
-        # round trip of UNLISTEN/RESET ALL, 5% of the API's CPU under load) has nothing to
-        # undo. asyncpg still rolls back a transaction left open before calling this.
-        "reset": _no_reset,
-    }
-    options.update(overrides)
-    dsn = settings.database_dsn()
-    with naming_the_database(dsn):
-        pool: asyncpg.Pool = await asyncpg.create_pool(dsn, **options)
-    return pool
-
-
-async def connect(dsn: str, *, connect_timeout: float = 60) -> asyncpg.Connection:
-    with naming_the_database(dsn):
-        conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=connect_timeout)
-    await _init_connection(conn)
-    return conn
-
-
-@contextlib.contextmanager
-def naming_the_database(dsn: str) -> Iterator[None]:
-    """Turn a failure to connect into ``Unreachable``: where the database is and which
-    setting says so, in one line, without the URL's password."""
-    try:
-        yield
-    except _NOT_ANSWERING as exc:
-        where = database_address(dsn)
-        raise Unreachable(
-            "the database", where, "FANOUT_DATABASE_URL", connection_failure(exc)
-        ) from exc
-    except _REFUSING as exc:
-        where = database_address(dsn)
-        raise Unreachable(
-            "the database", where, "FANOUT_DATABASE_URL", str(exc), refused=True
-        ) from exc
-
-
-async def find_or_create(conn: asyncpg.Connection, query: str, key: str) -> int:
-    """Run an insert-or-find query (``UPSERT_USER``, ``UPSERT_TOPIC``) until it has an id.
-
-    It comes back empty only when another transaction inserted the same key between
-    our INSERT and SELECT; the next statement sees that row.
-    """
-    for _ in range(5):
-        found: int | None = await conn.fetchval(query, key)
-        if found is not None:
-            return found
-    raise RuntimeError(f"could not insert or find {key!r}")
+__all__ = [
+    "AcceptedBatch",
+    "ApiKeyListing",
+    "DueBatch",
+    "DueEvent",
+    "DueShard",
+    "Event",
+    "FirstUse",
+    "LeaseStatus",
+    "RegisteredDevice",
+    "SeededIds",
+    "ShardClaim",
+    "StoredApiKey",
+    "Subscription",
+    "batch_recipients",
+    "batch_status",
+    "checkpoint_shard",
+    "claim_batch",
+    "claim_due_batches",
+    "claim_due_events",
+    "claim_due_shards",
+    "claim_shard",
+    "connect",
+    "create_pool",
+    "deactivate_devices",
+    "delete_device",
+    "devices_by_id",
+    "event_by_idempotency_key",
+    "event_progress",
+    "fail_event",
+    "find_or_create",
+    "find_or_create_topic",
+    "find_or_create_user",
+    "finish_batch",
+    "finish_event",
+    "finish_shard",
+    "give_up_batch",
+    "give_up_shard",
+    "insert_api_key",
+    "insert_event",
+    "insert_shards",
+    "insert_users",
+    "list_api_keys",
+    "live_api_key",
+    "load_event",
+    "lock_event",
+    "mark_event_enqueued",
+    "mark_event_fanned_out",
+    "mark_event_fanning_out",
+    "naming_the_database",
+    "next_shard_boundary",
+    "record_retry_batch",
+    "release_batch",
+    "release_shard",
+    "renew_batch_lease",
+    "revoke_api_key",
+    "seed_devices",
+    "seed_subscriptions",
+    "seed_users",
+    "shard_status",
+    "subscribe",
+    "subscribe_users",
+    "topic_recipients_page",
+    "unfinished_shards",
+    "unsubscribe",
+    "upsert_device",
+    "user_recipients",
+    "user_subscriptions_page",
+]

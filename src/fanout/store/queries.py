@@ -2,7 +2,10 @@
 
 Keeping them here (not scattered through the stages) lets one read the whole
 database contract in one sitting and check each statement against the schema in
-``migrations/``.
+``migrations/``. Each is run by one function of the store's modules (``events``,
+``shards``, ``batches``, ``recipients``, ``subscriptions``, ``devices``, ``api_keys``,
+``seeding``), which names its ``$N`` parameters as keyword arguments: the rest of
+fanout calls those functions and never sees a statement or a parameter's position.
 """
 
 from fanout.queue.messages import WIRE_FIELDS
@@ -112,7 +115,6 @@ SET lease_until = now(), due_at = now() + make_interval(secs => $3), last_error 
 WHERE event_id = $1 AND shard_no = $2 AND status = 'running'
 """
 
-# Index: fanout_shards_pkey.
 # Index: fanout_shards_pkey. With the seconds left on its lease, when held.
 SHARD_STATUS = """
 SELECT status, greatest(0, extract(epoch FROM lease_until - now()))::float8 AS lease_left

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Response
 
+from fanout import store
 from fanout.api import schemas
 from fanout.api.auth import MANAGE
 from fanout.api.state import Pool
-from fanout.store import find_or_create, queries
 
 router = APIRouter()
 
@@ -29,20 +29,24 @@ async def register_device(
     """Register a device, or refresh it: the same token again updates the same row."""
     if isinstance(body, schemas.WebPushDeviceIn):
         token = body.subscription.endpoint
-        keys: tuple[str | None, str | None] = (
-            body.subscription.keys.p256dh,
-            body.subscription.keys.auth,
-        )
+        p256dh: str | None = body.subscription.keys.p256dh
+        auth: str | None = body.subscription.keys.auth
     else:
-        token, keys = body.token, (None, None)
+        token, p256dh, auth = body.token, None, None
     async with pool.acquire() as conn, conn.transaction():
-        user_id = await find_or_create(conn, queries.UPSERT_USER, body.user_id)
-        row = await conn.fetchrow(
-            queries.UPSERT_DEVICE, user_id, body.platform, token, *keys, body.locale
+        user_id = await store.find_or_create_user(conn, user=body.user_id)
+        device = await store.upsert_device(
+            conn,
+            user_id=user_id,
+            platform=body.platform,
+            token=token,
+            web_push_p256dh=p256dh,
+            web_push_auth=auth,
+            locale=body.locale,
         )
-    if not row["created"]:
+    if not device.created:
         response.status_code = 200
-    return schemas.DeviceOut(id=row["id"])
+    return schemas.DeviceOut(id=device.id)
 
 
 @router.delete(
@@ -53,7 +57,7 @@ async def register_device(
 )
 async def delete_device(device_id: schemas.RowIdPath, pool: Pool) -> Response:
     async with pool.acquire() as conn:
-        deleted = await conn.execute(queries.DELETE_DEVICE, device_id)
-    if deleted == "DELETE 0":
+        deleted = await store.delete_device(conn, device_id=device_id)
+    if not deleted:
         raise HTTPException(404, "no such device")
     return Response(status_code=204)

@@ -1,0 +1,81 @@
+"""Connections to PostgreSQL: a pool per process, a single connection for the CLI, and
+one line saying why when the database cannot be reached."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import orjson
+
+from fanout.config import Settings, Unreachable, connection_failure, database_address
+
+# What asyncpg raises when the server cannot be reached, or answers but will not have us.
+_NOT_ANSWERING = (OSError, TimeoutError, asyncpg.CannotConnectNowError)
+_REFUSING = (
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb in and out as Python objects, through orjson (asyncpg's default is str).
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: orjson.dumps(value).decode(),
+        decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    return None
+
+
+async def create_pool(settings: Settings, **overrides: Any) -> asyncpg.Pool:
+    """A pool for one process. Statement caching is off when behind a transaction-mode
+    pooler (RDS Proxy, PgBouncer) is the caller's choice through ``overrides``."""
+    options: dict[str, Any] = {
+        "min_size": 1,
+        "max_size": settings.database_pool_size,
+        "init": _init_connection,
+        "command_timeout": 60,
+        # fanout sets no session state, so the reset query asyncpg runs on every release (a
+        # round trip of UNLISTEN/RESET ALL, 5% of the API's CPU under load) has nothing to
+        # undo. asyncpg still rolls back a transaction left open before calling this.
+        "reset": _no_reset,
+    }
+    options.update(overrides)
+    dsn = settings.database_dsn()
+    with naming_the_database(dsn):
+        pool: asyncpg.Pool = await asyncpg.create_pool(dsn, **options)
+    return pool
+
+
+async def connect(dsn: str, *, connect_timeout: float = 60) -> asyncpg.Connection:
+    with naming_the_database(dsn):
+        conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=connect_timeout)
+    await _init_connection(conn)
+    return conn
+
+
+@contextlib.contextmanager
+def naming_the_database(dsn: str) -> Iterator[None]:
+    """Turn a failure to connect into ``Unreachable``: where the database is and which
+    setting says so, in one line, without the URL's password."""
+    try:
+        yield
+    except _NOT_ANSWERING as exc:
+        where = database_address(dsn)
+        raise Unreachable(
+            "the database", where, "FANOUT_DATABASE_URL", connection_failure(exc)
+        ) from exc
+    except _REFUSING as exc:
+        where = database_address(dsn)
+        raise Unreachable(
+            "the database", where, "FANOUT_DATABASE_URL", str(exc), refused=True
+        ) from exc

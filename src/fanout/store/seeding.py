@@ -1,0 +1,68 @@
+"""Seeding for the demo and the benchmarks: users, subscriptions and devices made by
+PostgreSQL (generate_series), so a million subscribers stream nothing through Python.
+
+Every function runs one statement of ``queries.py`` (named in its docstring) and takes
+its parameters by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from fanout.store import queries
+
+
+@dataclass(frozen=True, slots=True)
+class SeededIds:
+    """The ids of the rows a seeding statement inserted: ``first_id`` to ``last_id``."""
+
+    first_id: int
+    last_id: int
+    count: int
+
+
+async def seed_users(conn: asyncpg.Connection, *, prefix: str, count: int) -> SeededIds:
+    """Insert ``count`` users, external ids ``prefix`` followed by 1 to ``count``
+    (``SEED_USERS``)."""
+    row = await conn.fetchrow(queries.SEED_USERS, prefix, count)
+    return SeededIds(row["first_id"], row["last_id"], count)
+
+
+async def seed_subscriptions(
+    conn: asyncpg.Connection, *, topic_id: int, first_user_id: int, last_user_id: int
+) -> None:
+    """Subscribe the users of ids ``first_user_id`` to ``last_user_id`` to the topic
+    (``SEED_SUBSCRIPTIONS``)."""
+    await conn.execute(queries.SEED_SUBSCRIPTIONS, topic_id, first_user_id, last_user_id)
+
+
+async def seed_devices(
+    conn: asyncpg.Connection,
+    *,
+    first_user_id: int,
+    last_user_id: int,
+    per_user: int,
+    token_seed: str,
+    webpush_endpoint_base: str,
+    web_push_p256dh: str,
+    web_push_auth: str,
+    platforms: Sequence[str],
+) -> SeededIds:
+    """Give each user of ids ``first_user_id`` to ``last_user_id`` ``per_user`` devices,
+    on ``platforms`` in turn, with tokens shaped like real ones made unique by
+    ``token_seed`` (``SEED_DEVICES``)."""
+    row = await conn.fetchrow(
+        queries.SEED_DEVICES,
+        first_user_id,
+        last_user_id,
+        per_user,
+        token_seed,
+        webpush_endpoint_base,
+        web_push_p256dh,
+        web_push_auth,
+        list(platforms),
+    )
+    return SeededIds(row["first_id"], row["last_id"], row["devices"])
