@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from fanout.runtime import lambdas
 from fanout.config import Settings
 from fanout.notification import Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.messages import FanoutTask
 from fanout.queue.sqs import Queue, open_client, open_queues
+from fanout.runtime import lambdas
 from fanout.stages.publish import record_event
 from fanout.store import create_pool
 from tests.api.conftest import free_port
