@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import asyncpg
+import httpx
 import pytest
 
 from fanout.config import Settings
 from fanout.local.postgres_server import PrivatePostgres
+from fanout.local.sink import EmbeddedSink, PushSink
 from fanout.local.sqs_server import MotoServer
+from fanout.local.stalling_proxy import StallingProxy
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client, open_queues
 
@@ -76,3 +80,26 @@ async def test_killed_moto_loses_its_queues_and_comes_back_on_the_same_port() ->
             again = await open_queues(client, settings)
             assert again.delivery.url == queues.delivery.url  # same URL: workers reconnect
             assert await again.delivery.depth() == 0  # the message went with the server
+
+
+async def test_stalling_proxy_passes_pushes_on_and_delays_or_holds_the_answers() -> None:
+    push = {"collapse_key": "7", "payload": {}, "devices": [[1, "tok-1"]]}
+    async with (
+        EmbeddedSink(PushSink()) as sink,
+        StallingProxy("127.0.0.1", int(sink.url.rsplit(":", 1)[1])) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=5) as client,
+    ):
+        answer = await client.post("/push", json=push)
+        assert answer.json() == {"results": ["ok"]}
+
+        proxy.answer_after(0.3, for_seconds=0.2)
+        started = time.monotonic()
+        assert (await client.post("/push", json=push)).status_code == 200
+        assert time.monotonic() - started >= 0.3
+
+        proxy.hang(for_seconds=30)
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/push", json=push, timeout=0.5)
+        # The push got through; only its answer was held back.
+        assert (sink.sink.ledger.unique, sink.sink.ledger.duplicates) == (1, 2)
+        assert (proxy.forwarded, proxy.delayed, proxy.held) == (3, 1, 1)
