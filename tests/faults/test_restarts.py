@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from fanout.config import Settings
 from fanout.local.demo import DeviceShape, seed
-from fanout.local.faults import EventState, EventWatch
+from fanout.local.faults import EventSnapshot, EventWatch
 from fanout.local.postgres_server import PrivatePostgres
 from fanout.local.sink import EmbeddedSink
 from fanout.local.sqs_server import MotoServer
@@ -85,7 +85,9 @@ class Rig:
                 "FANOUT_RETRY_BASE_DELAY": "1",
                 "FANOUT_MAX_RECEIVE_COUNT": "20",  # enough tries to outlast the outage
                 "FANOUT_WORKER_CONCURRENCY": "2",
-                "FANOUT_OUTBOX_SWEEP_SECONDS": "2",
+                # The reconciler (issue #10) resends work overdue by a second, not 2 min.
+                "FANOUT_RECONCILE_AFTER_SECONDS": "1",
+                "FANOUT_RECONCILE_INTERVAL_SECONDS": "0.5",
                 "FANOUT_SHUTDOWN_GRACE_SECONDS": "2",
                 **({"FANOUT_DELIVERY_BACKLOG_LIMIT": "3"} if paced else {}),
             }
@@ -157,7 +159,7 @@ async def mid_fan_out(rig: Rig, event_id: int) -> None:
     watch = EventWatch(rig.settings.database_dsn(), event_id)
 
     async def reached() -> bool:
-        state = await watch.state()
+        state = await watch.snapshot()
         return state is not None and state.mid_fan_out
 
     try:
@@ -179,11 +181,11 @@ async def mid_delivery(rig: Rig) -> None:
 async def assert_every_device_reached(rig: Rig, event_id: int) -> None:
     """The event ends in a terminal state within the bound, and nothing was lost."""
     watch = EventWatch(rig.settings.database_dsn(), event_id)
-    state: EventState | None = None
+    state: EventSnapshot | None = None
 
     async def terminal() -> bool:
         nonlocal state
-        state = await watch.state() or state
+        state = await watch.snapshot() or state
         return state is not None and state.terminal
 
     try:

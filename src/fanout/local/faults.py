@@ -2,7 +2,7 @@
 
 A fault is inflicted when the system has reached a point, not at a time: "during
 fan-out" is an event whose shards have handed batches to SQS but are not all done;
-"during delivery" is judged at the sink. ``EventState`` reads the first from the
+"during delivery" is judged at the sink. ``EventSnapshot`` reads the first from the
 database in one statement; ``bench/chaos.py`` and ``tests/faults/`` poll it.
 """
 
@@ -46,7 +46,7 @@ WHERE e.id = $1
 
 
 @dataclass(frozen=True, slots=True)
-class EventState:
+class EventSnapshot:
     status: str
     shards: int
     shards_done: int
@@ -87,9 +87,19 @@ class EventState:
         )
 
 
-async def read_event_state(conn: asyncpg.Connection, event_id: int) -> EventState | None:
+async def read_event_snapshot(conn: asyncpg.Connection, event_id: int) -> EventSnapshot | None:
     row = await conn.fetchrow(EVENT_STATE, event_id)
-    return None if row is None else EventState(**dict(row))
+    return None if row is None else EventSnapshot(**dict(row))
+
+
+async def schema_has_terminal_states(conn: asyncpg.Connection) -> bool:
+    """Whether events can end (issue #10's schema); before it, 'fanned_out' was the last
+    state, and a run could only be judged settled."""
+    check = await conn.fetchval(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = $1",
+        "events_status_check",
+    )
+    return check is not None and "'delivered'" in check
 
 
 class EventWatch:
@@ -101,11 +111,11 @@ class EventWatch:
         self.event_id = event_id
         self._conn: asyncpg.Connection | None = None
 
-    async def state(self) -> EventState | None:
+    async def snapshot(self) -> EventSnapshot | None:
         try:
             if self._conn is None or self._conn.is_closed():
                 self._conn = await asyncpg.connect(self.dsn, timeout=2)
-            return await read_event_state(self._conn, self.event_id)
+            return await read_event_snapshot(self._conn, self.event_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             self.close()
             return None
