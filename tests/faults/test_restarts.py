@@ -168,13 +168,21 @@ async def mid_fan_out(rig: Rig, event_id: int) -> None:
         watch.close()
 
 
-async def mid_delivery(rig: Rig) -> None:
+async def mid_delivery(rig: Rig, event_id: int) -> None:
+    """Until the fan-out is over and the sink has 20% of the devices (not yet 80%)."""
     ledger = rig.sink.sink.ledger
+    watch = EventWatch(rig.settings.database_dsn(), event_id)
 
     async def reached() -> bool:
-        return ledger.unique >= DEVICES * 0.2
+        if ledger.unique < DEVICES * 0.2:
+            return False
+        snapshot = await watch.snapshot()
+        return snapshot is not None and snapshot.fanned_out
 
-    await until("20% delivered", reached, 30)
+    try:
+        await until("fanned out and 20% delivered", reached, 30)
+    finally:
+        watch.close()
     assert ledger.unique < DEVICES * 0.8, f"the sink was past 80% ({ledger.unique}) already"
 
 
@@ -229,7 +237,7 @@ async def test_postgres_restarted_during_delivery_loses_no_device(rig: Rig, mode
     rig.sink.sink.delay = 0.2
     await rig.start_workers(paced=False)
     event_id = await rig.publish()
-    await mid_delivery(rig)
+    await mid_delivery(rig, event_id)
     await restart_postgres(rig, mode)
     await assert_every_device_reached(rig, event_id)
 
@@ -247,6 +255,6 @@ async def test_sqs_losing_every_message_during_delivery_loses_no_device(rig: Rig
     rig.sink.sink.delay = 0.2
     await rig.start_workers(paced=False)
     event_id = await rig.publish()
-    await mid_delivery(rig)
+    await mid_delivery(rig, event_id)
     await lose_every_message(rig)
     await assert_every_device_reached(rig, event_id)

@@ -69,6 +69,11 @@ class EventSnapshot:
         )
 
     @property
+    def fanned_out(self) -> bool:
+        """Every batch handed to SQS: the fan-out stage is over, whatever came after."""
+        return self.status not in {"pending", "enqueued", "fanning_out"}
+
+    @property
     def settled(self) -> bool:
         """Fanned out and every batch that has a row is done with no retry pending: all
         that today's code will do, though the event is not terminal and batches lost on
