@@ -1,0 +1,611 @@
+"""Faults under a running pipeline: does every device still get its push, and once?
+
+    python bench/chaos.py [--devices 100000] [--scenarios pg-fast-fanout,poison] [--json]
+                          [--timeout 180] [--stall 120] [--seed 1]
+
+Every part runs in its own process: a private PostgreSQL (restarted at will), moto's
+SQS server (killed at will), a counting sink behind a proxy that can stall, one fan-out
+and two delivery workers. Each scenario gets a database cloned from a seeded template,
+fresh queues, a fresh sink and fresh workers; it publishes one event to N devices and
+inflicts its fault once the system has reached the point the scenario names (read from
+the database or the sink, never from the clock), then waits until the event is terminal,
+or has settled without being terminal, stalls, or times out. "lost" is the devices the
+sink never saw; "duplicates" the pushes it saw again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+from pydantic import SecretStr
+
+from fanout.config import Settings
+from fanout.local.demo import DeviceShape, seed
+from fanout.local.faults import (
+    EventSnapshot,
+    EventWatch,
+    poison_bodies,
+    schema_has_terminal_states,
+)
+from fanout.local.postgres_server import PrivatePostgres, ShutdownMode, free_port
+from fanout.local.sqs_server import MotoServer
+from fanout.local.stalling_proxy import StallingProxy
+from fanout.local.workers import WorkerProcess, worker_environment
+from fanout.notification import Notification
+from fanout.queue.admin import create_queues
+from fanout.queue.sqs import Queues, open_client, open_queues
+from fanout.stages.publish import publish
+from fanout.store import connect, create_pool
+from fanout.store.migrate import migrate
+
+# The workers' settings. Batches of 64 KB (~1,200 devices) rather than 1 MiB, so that
+# 100,000 devices make ~85 batches for a fault to land among. Leases (the visibility
+# timeout, 60 s), tries (FANOUT_MAX_RECEIVE_COUNT, 5) and retry delays stay at their
+# defaults: they decide what a fault costs. With 15 s leases a shard left leased by a
+# dead connection was free again before its message's 5 tries (1+2+4+8 s of backoff)
+# were used up; with 60 s leases the message is dead-lettered first and the shard never
+# finishes: a shorter lease hid the loss.
+#
+# The reconciler (issue #10) resends work 10 s overdue rather than 120 s: recovery then
+# fits the wait below; this decides how long recovery takes, not whether it happens.
+WORKER_SETTINGS = {
+    "FANOUT_PROVIDER": "sink",
+    "FANOUT_BATCH_MAX_BYTES": "65536",
+    "FANOUT_RECONCILE_AFTER_SECONDS": "10",
+    "FANOUT_POLL_WAIT_SECONDS": "2",  # stops sooner at the end of a scenario
+    "FANOUT_SHUTDOWN_GRACE_SECONDS": "5",
+}
+# Scenarios that strike during fan-out pace it: it pauses while the delivery queue holds
+# this many batches, so it lasts as long as delivery (as on a self-hosted queue) rather
+# than the fraction of a second 100,000 devices take, and the fault lands mid-shard.
+PACED_FANOUT = {"FANOUT_DELIVERY_BACKLOG_LIMIT": "10"}
+DELIVERY_WORKERS = 2
+# "During delivery": the fan-out has finished and the sink has counted at least this
+# share of the devices, and less than DELIVERY_WINDOW[1] (else the window was missed and
+# the fault is not inflicted). At 100,000 devices the sink passes 20% while the fan-out
+# still runs; waiting for its end keeps the fault on the delivery stage alone.
+DELIVERY_WINDOW = (0.2, 0.8)
+# The push service stalls: answers come SLOW_ANSWER_SECONDS late for SLOW_FOR_SECONDS,
+# then none at all for HANG_SECONDS (the sink provider gives up on a request after 30 s).
+SLOW_ANSWER_SECONDS, SLOW_FOR_SECONDS, HANG_SECONDS = 5.0, 10.0, 45.0
+WORKER_KILLS = 5
+# How long the sink must stay still before an event that is fanned out with every batch
+# done counts as settled: the end of a run on a schema without terminal states (before
+# issue #10). With them, only a terminal state (or a stall, or the timeout) ends a run.
+SETTLE_SECONDS = 3.0
+# How long the poison scenario waits, once the event has ended, for every poison message
+# to reach a dead-letter queue (5 tries are 1+2+4+8 s of backoff apart).
+DEAD_LETTER_WAIT_SECONDS = 60.0
+NOTE = Notification(title="New book", body="by an author you follow")
+
+
+@dataclass
+class Seen:
+    """One look at the system: the event in the database, the pushes at the sink."""
+
+    state: EventSnapshot | None
+    unique: int
+    received: int
+
+
+@dataclass
+class Run:
+    """One scenario's processes and what they have been through."""
+
+    name: str
+    devices: int
+    pg: PrivatePostgres
+    moto: MotoServer
+    settings: Settings
+    workers: list[WorkerProcess]
+    proxy: StallingProxy
+    rng: random.Random
+    event_id: int = 0
+    can_end: bool = False  # the schema has terminal states (issue #10)
+    notes: list[str] = field(default_factory=list)
+
+    def share(self, seen: Seen) -> str:
+        return f"{seen.unique / self.devices:.0%}"
+
+
+# --- faults -----------------------------------------------------------------------------
+
+
+class Fault:
+    """Waits for its point (``due``), then is inflicted ``times`` times (``inflict``).
+
+    ``phase`` is where it strikes: "fanout" (mid-shard, with the fan-out paced so that
+    there is a middle to strike in), "delivery" (the sink between DELIVERY_WINDOW) or ""
+    (never: the clean run).
+    """
+
+    phase = ""
+    times = 1
+
+    def __init__(self) -> None:
+        self.inflicted = 0
+        self.missed = ""
+
+    @property
+    def paced(self) -> bool:
+        return self.phase == "fanout"
+
+    @property
+    def pending(self) -> bool:
+        return self.inflicted < self.times and not self.missed
+
+    def due(self, run: Run, seen: Seen) -> bool:
+        if self.phase == "fanout":
+            return seen.state is not None and seen.state.mid_fan_out
+        if self.phase == "delivery":
+            low, high = (share * run.devices for share in DELIVERY_WINDOW)
+            if seen.unique >= high:
+                self.missed = f"missed the delivery window (sink at {run.share(seen)})"
+                return False
+            fanned_out = seen.state is not None and seen.state.fanned_out
+            return fanned_out and seen.unique >= low
+        return False
+
+    async def inflict(self, run: Run, seen: Seen) -> None:
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        """What was done, once the run is over ("" if each inflict said it)."""
+        return ""
+
+    def where(self, run: Run, seen: Seen) -> str:
+        if self.phase == "fanout" and seen.state is not None:
+            state = seen.state
+            return f"{state.batches_sent} batches out, {state.shards_done}/{state.shards} shards"
+        return f"sink at {run.share(seen)}"
+
+
+class NoFault(Fault):
+    pass
+
+
+class RestartPostgres(Fault):
+    def __init__(self, mode: ShutdownMode, phase: str) -> None:
+        super().__init__()
+        self.mode, self.phase = mode, phase
+
+    async def inflict(self, run: Run, seen: Seen) -> None:
+        started = time.monotonic()
+        await asyncio.to_thread(run.pg.restart, self.mode)
+        took = time.monotonic() - started
+        run.notes.append(f"pg_ctl restart -m {self.mode} at {self.where(run, seen)}, {took:.1f}s")
+
+
+class LoseQueues(Fault):
+    """moto killed (every queue and message gone), started again, queues re-created."""
+
+    def __init__(self, phase: str) -> None:
+        super().__init__()
+        self.phase = phase
+
+    async def inflict(self, run: Run, seen: Seen) -> None:
+        started = time.monotonic()
+        await asyncio.to_thread(run.moto.kill)
+        await asyncio.to_thread(run.moto.start)
+        async with open_client(run.settings) as client:
+            await create_queues(client, run.settings)
+        took = time.monotonic() - started
+        run.notes.append(
+            f"SQS killed at {self.where(run, seen)}, back with empty queues in {took:.1f}s"
+        )
+
+
+class KillWorkers(Fault):
+    """SIGKILL a random worker at random points of delivery, restarting it at once."""
+
+    phase = "fanout"  # paced: the fan-out worker is busy until late, so killing it hurts
+
+    def __init__(self, kills: int) -> None:
+        super().__init__()
+        self.times = kills
+        self.points: list[float] = []
+        self.victims: list[str] = []
+
+    def due(self, run: Run, seen: Seen) -> bool:
+        if not self.points:  # drawn once, as shares of the devices the sink has seen
+            self.points = sorted(run.rng.uniform(0.05, 0.85) for _ in range(self.times))
+        return seen.unique >= self.points[self.inflicted] * run.devices
+
+    async def inflict(self, run: Run, seen: Seen) -> None:
+        worker = run.rng.choice(run.workers)
+        await asyncio.to_thread(worker.kill)
+        worker.start()
+        label = worker.log_file.stem.removeprefix(f"{run.name}-")
+        self.victims.append(f"{label}@{run.share(seen)}")
+
+    def summary(self) -> str:
+        return f"SIGKILL and restart: {', '.join(self.victims)}" if self.victims else ""
+
+
+class StallPushService(Fault):
+    phase = "delivery"
+
+    async def inflict(self, run: Run, seen: Seen) -> None:
+        run.proxy.answer_after(SLOW_ANSWER_SECONDS, for_seconds=SLOW_FOR_SECONDS)
+        run.proxy.hang(for_seconds=HANG_SECONDS, starting_in=SLOW_FOR_SECONDS)
+        run.notes.append(
+            f"push service answers {SLOW_ANSWER_SECONDS:g}s late for {SLOW_FOR_SECONDS:g}s, "
+            f"then hangs {HANG_SECONDS:g}s, from {self.where(run, seen)}"
+        )
+
+
+class Poison(Fault):
+    phase = "fanout"
+    sent = 0
+
+    async def inflict(self, run: Run, seen: Seen) -> None:
+        bodies = poison_bodies(run.event_id)
+        async with open_client(run.settings) as client:
+            queues = await open_queues(client, run.settings)
+            for queue in (queues.fanout, queues.delivery):
+                for body in bodies:  # one by one: SQS refuses a batch with one bad entry
+                    await queue.send(body)
+                    self.sent += 1
+        run.notes.append(f"{self.sent} poison messages at {self.where(run, seen)}")
+
+    async def dead_lettered(self, run: Run) -> None:
+        """Until every poison message is in a dead-letter queue (or the wait is over)."""
+        started = time.monotonic()
+        while True:
+            counts = await _dead_letters(run.settings)
+            elapsed = time.monotonic() - started
+            if sum(counts.values()) >= self.sent or elapsed > DEAD_LETTER_WAIT_SECONDS:
+                break
+            await asyncio.sleep(1.0)
+        run.notes.append(
+            f"dead-lettered {sum(counts.values())} of {self.sent} {elapsed:.0f}s after the end"
+        )
+
+
+SCENARIOS: dict[str, Callable[[], Fault]] = {
+    "clean": NoFault,
+    "pg-fast-fanout": lambda: RestartPostgres("fast", "fanout"),
+    "pg-fast-delivery": lambda: RestartPostgres("fast", "delivery"),
+    "pg-immediate-fanout": lambda: RestartPostgres("immediate", "fanout"),
+    "pg-immediate-delivery": lambda: RestartPostgres("immediate", "delivery"),
+    "sqs-lost-fanout": lambda: LoseQueues("fanout"),
+    "sqs-lost-delivery": lambda: LoseQueues("delivery"),
+    "worker-kills": lambda: KillWorkers(WORKER_KILLS),
+    "push-hang": StallPushService,
+    "poison": Poison,
+}
+
+
+# --- one scenario -----------------------------------------------------------------------
+
+
+class Watcher:
+    """The event's state and the sink's counts; either one away reads as unknown."""
+
+    def __init__(self, dsn: str, sink_url: str, event_id: int) -> None:
+        self.event = EventWatch(dsn, event_id)
+        self._http = httpx.AsyncClient(base_url=sink_url, timeout=5)
+        self.last_unique = self.last_received = 0
+
+    async def look(self) -> Seen:
+        state = await self.event.snapshot()
+        with contextlib.suppress(httpx.HTTPError):
+            stats = (await self._http.get("/stats")).json()
+            self.last_unique, self.last_received = stats["unique"], stats["received"]
+        return Seen(state, self.last_unique, self.last_received)
+
+    async def sink_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = (await self._http.get("/stats")).json()
+        return stats
+
+    async def close(self) -> None:
+        self.event.close()
+        await self._http.aclose()
+
+
+async def run_scenario(
+    name: str,
+    pg: PrivatePostgres,
+    moto: MotoServer,
+    topic: str,
+    devices: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    fault = SCENARIOS[name]()
+    logs: Path = args.logs
+    database = f"chaos_{name.replace('-', '_')}_{secrets.token_hex(2)}"
+    await _admin(pg.dsn, f'CREATE DATABASE "{database}" TEMPLATE chaos_template')
+    fanout_env = {
+        **WORKER_SETTINGS,
+        **(PACED_FANOUT if fault.paced else {}),
+        "FANOUT_DATABASE_URL": pg.url(database),
+        "FANOUT_SQS_ENDPOINT_URL": moto.url,
+        "FANOUT_QUEUE_PREFIX": f"chaos-{secrets.token_hex(3)}",
+        "FANOUT_SHARD_SIZE": str(max(1000, devices // 4)),
+    }
+    settings = Settings(
+        **{k.removeprefix("FANOUT_").lower(): v for k, v in fanout_env.items()},
+    )
+    settings = settings.model_copy(update={"database_url": SecretStr(pg.url(database))})
+    async with contextlib.AsyncExitStack() as stack:
+        async with open_client(settings) as client:
+            await create_queues(client, settings)
+        sink_port = free_port()
+        sink = await asyncio.to_thread(_start_sink, sink_port, logs / f"{name}-sink.log")
+        stack.callback(_stop, sink)
+        proxy = await stack.enter_async_context(StallingProxy("127.0.0.1", sink_port))
+        env = worker_environment({**fanout_env, "FANOUT_SINK_URL": proxy.url})
+        roles = ["fanout"] + ["delivery"] * DELIVERY_WORKERS
+        workers = [
+            WorkerProcess(role, env, logs / f"{name}-{role}-{i}.log")
+            for i, role in enumerate(roles)
+        ]
+        stack.push_async_callback(_stop_workers, workers)
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            await asyncio.to_thread(worker.wait_until_consuming)
+        run = Run(name, devices, pg, moto, settings, workers, proxy, random.Random(args.seed))
+        conn = await connect(pg.url(database))
+        try:
+            run.can_end = await schema_has_terminal_states(conn)
+        finally:
+            await conn.close()
+        async with open_client(settings) as client:
+            queues = await open_queues(client, settings)
+            run.event_id = await _publish(settings, queues, topic)
+        started = time.monotonic()
+        watcher = Watcher(pg.url(database), f"http://127.0.0.1:{sink_port}", run.event_id)
+        stack.push_async_callback(watcher.close)
+        ended, seconds, seen = await _watch(run, fault, watcher, started, args)
+        if ended == "terminal":
+            await asyncio.sleep(2.0)  # a late duplicate still counts against it
+        if isinstance(fault, Poison) and fault.sent:
+            await fault.dead_lettered(run)
+        stats = await watcher.sink_stats()
+        dead_letters = await _dead_letters(settings)
+    await _admin(pg.dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    run.notes.append(fault.summary())
+    if fault.missed and not isinstance(fault, NoFault):
+        run.notes.append(f"{fault.inflicted} of {fault.times} inflicted: {fault.missed}")
+    if proxy.delayed or proxy.held:
+        run.notes.append(f"answers delayed {proxy.delayed}, held {proxy.held}")
+    if any(dead_letters.values()) and not isinstance(fault, Poison):
+        run.notes.append(f"dead letters {dead_letters}")
+    status = seen.state.status if seen.state else "unknown"
+    if ended != "terminal":
+        status += {
+            "settled": " (not terminal)",
+            "stalled": f" (stalled {args.stall:g}s)",
+            "timeout": " (timeout)",
+        }[ended]
+    return {
+        "scenario": name,
+        "devices": devices,
+        "delivered": stats["unique"],
+        "duplicates": stats["duplicates"],
+        "lost": devices - stats["unique"],
+        "seconds": None if seconds is None else round(seconds, 1),
+        "status": status,
+        "ended": ended,
+        "fault": "; ".join(note for note in run.notes if note) or "none",
+        "dead_letters": dead_letters,
+        "event_id": run.event_id,
+        "env": {k: v for k, v in fanout_env.items() if k in {*PACED_FANOUT, "FANOUT_SHARD_SIZE"}},
+    }
+
+
+async def _watch(
+    run: Run, fault: Fault, watcher: Watcher, started: float, args: argparse.Namespace
+) -> tuple[str, float | None, Seen]:
+    """Poll until the event is terminal, settled, stalled or out of time; inflict the
+    fault when it is due. Returns how it ended, the seconds to its end, the last look."""
+    inflicting: asyncio.Task[None] | None = None
+    last_progress = last_change = started
+    progress: tuple[object, ...] = ()
+    received = -1
+    settled_since: float | None = None
+    seen = Seen(None, 0, 0)
+    while True:
+        looked = await watcher.look()
+        now = time.monotonic()
+        if looked.state is not None:
+            seen = looked
+        if looked.received != received:
+            received, last_change = looked.received, now
+        if looked.state is not None and looked.state.progress() != progress:
+            progress, last_progress = looked.state.progress(), now
+        if inflicting is not None and inflicting.done():
+            inflicting.result()
+            inflicting = None
+        busy = inflicting is not None
+        if not busy and fault.pending and fault.due(run, looked):
+            inflicting = asyncio.create_task(fault.inflict(run, looked))
+            fault.inflicted += 1
+            continue
+        state = looked.state
+        if state is not None and (state.terminal or state.settled) and fault.pending:
+            fault.missed = "the event ended before the fault's point"
+        if state is not None and not busy:
+            if state.terminal:
+                return "terminal", now - started, seen
+            if state.settled and not fault.pending and not run.can_end:
+                settled_since = settled_since or now
+                if now - max(last_change, settled_since) >= SETTLE_SECONDS:
+                    return "settled", settled_since - started, seen
+            else:
+                settled_since = None
+        if args.stall and now - max(last_progress, last_change) > args.stall and not busy:
+            return "stalled", None, seen
+        if now - started > args.timeout:
+            return "timeout", None, seen
+        await asyncio.sleep(0.05 if fault.pending else 0.2)
+
+
+# --- processes and plumbing -------------------------------------------------------------
+
+
+def _start_sink(port: int, log: Path) -> Any:
+    import subprocess
+
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fanout", "sink", "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/stats", timeout=1).status_code == 200:
+                return process
+        if process.poll() is not None:
+            raise SystemExit(f"the sink exited: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    process.kill()
+    raise SystemExit("the sink did not answer within 30s")
+
+
+def _stop(process: Any) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except Exception:
+        process.kill()
+
+
+async def _stop_workers(workers: list[WorkerProcess]) -> None:
+    await asyncio.gather(*(asyncio.to_thread(w.stop, 10.0) for w in workers))
+
+
+async def _publish(settings: Settings, queues: Queues, topic: str) -> int:
+    pool = await create_pool(settings, min_size=1, max_size=1)
+    try:
+        published = await publish(pool, queues, NOTE, topic=topic)
+        return int(published.event_id)
+    finally:
+        await pool.close()
+
+
+async def _dead_letters(settings: Settings) -> dict[str, int]:
+    """Messages in each dead-letter queue at the end (visible ones, as SQS counts)."""
+    counts = {}
+    with contextlib.suppress(Exception):
+        async with open_client(settings) as client:
+            queues = await open_queues(client, settings)
+            for role, queue in (("fanout", queues.fanout), ("delivery", queues.delivery)):
+                if queue.dead_letter_url is not None:
+                    attrs = await client.get_queue_attributes(
+                        QueueUrl=queue.dead_letter_url,
+                        AttributeNames=["ApproximateNumberOfMessages"],
+                    )
+                    counts[role] = int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+    return counts
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def prepare_template(pg: PrivatePostgres, devices: int) -> tuple[str, int]:
+    """A migrated database with a topic of ``devices`` subscribers, one APNs device each,
+    for every scenario to clone; returns the topic and the number of devices."""
+    await _admin(pg.dsn, "CREATE DATABASE chaos_template")
+    conn = await connect(pg.url("chaos_template"))
+    try:
+        await migrate(conn)
+        seeded = await seed(conn, devices, 1, DeviceShape(platforms=("apns",)))
+    finally:
+        await conn.close()
+    return seeded.topic, seeded.devices
+
+
+# --- output -----------------------------------------------------------------------------
+
+COLUMNS = ("scenario", "devices", "delivered", "duplicates", "lost", "seconds", "status")
+
+
+def print_row(result: dict[str, Any] | None) -> None:
+    if result is None:
+        print(f"{COLUMNS[0]:<22}{''.join(f'{c:>11}' for c in COLUMNS[1:6])}  {COLUMNS[6]}")
+        return
+    seconds = result["seconds"] if result["seconds"] is not None else result["ended"]
+    numbers = [result[c] for c in COLUMNS[1:5]]
+    print(
+        f"{result['scenario']:<22}{''.join(f'{n:>11,}' for n in numbers)}{seconds:>11}"
+        f"  {result['status']}",
+        flush=True,
+    )
+    print(f"{'':<22}  fault: {result['fault']}", flush=True)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    names = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+    args.logs = Path(tempfile.mkdtemp(prefix="fanout-chaos-"))
+    with PrivatePostgres() as pg, MotoServer(log_file=args.logs / "moto.log") as moto:
+        topic, devices = await prepare_template(pg, args.devices)
+        shown = {
+            **WORKER_SETTINGS,
+            "FANOUT_DATABASE_URL": f"<private PostgreSQL, 127.0.0.1:{pg.port}, a database each>",
+            "FANOUT_SQS_ENDPOINT_URL": moto.url,
+            "FANOUT_SINK_URL": "<stalling proxy> -> fanout sink (fresh each scenario)",
+            "FANOUT_SHARD_SIZE": str(max(1000, devices // 4)),
+        }
+        print(f"chaos: {devices:,} devices, 1 fan-out + {DELIVERY_WORKERS} delivery workers")
+        for key, value in shown.items():
+            print(f"  {key}={value}")
+        print(f"  + {PACED_FANOUT} where the fault strikes during fan-out; logs in {args.logs}")
+        print_row(None)
+        results = []
+        for name in names:
+            result = await run_scenario(name, pg, moto, topic, devices, args)
+            results.append(result)
+            print_row(result)
+    if args.json:
+        for result in results:
+            print(orjson.dumps(result).decode())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=100_000)
+    parser.add_argument("--scenarios", help=f"comma-separated, of: {', '.join(SCENARIOS)}")
+    parser.add_argument(
+        "--timeout", type=float, default=180, help="seconds to wait for an event's end"
+    )
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=120,
+        help="give up on an event after this many seconds without progress (0: never); "
+        "longer than a lease (60 s), which is what recovery may wait for",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="for the worker kills")
+    parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
