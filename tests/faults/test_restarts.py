@@ -35,8 +35,6 @@ from fanout.stages.publish import publish
 from fanout.store import connect, create_pool
 from fanout.store.migrate import migrate
 
-pytestmark = pytest.mark.xfail(reason="issue #10: reconciler", strict=False)
-
 DEVICES = 2500
 # After the fault, how long the event has to reach a terminal state. Leases and the
 # visibility timeout are 5 s here, so anything that waits for one to lapse has room.
