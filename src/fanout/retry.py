@@ -7,7 +7,8 @@ call under it. The sites differ only in their numbers, each named below beside w
 - a delivery retry batch waits ``settings.retry_backoff()`` (FANOUT_RETRY_BASE_DELAY);
 - a worker whose receive failed pauses ``RECONNECT`` before polling again;
 - entries SQS failed in a SendMessageBatch are resent after ``QUEUE_SEND``;
-- a batch whose pushes are out waits a database blip out with ``RECORD_OUTCOME``.
+- a batch whose pushes are out waits a database blip out with ``RECORD_OUTCOME``;
+- a failed shard or batch tries to give its lease up with ``RELEASE_LEASE``.
 
 Why not tenacity or stamina: most sites need the delay itself, not a retry loop (it
 becomes an SQS visibility timeout or DelaySeconds, computed from the receive count SQS
@@ -56,6 +57,11 @@ QUEUE_SEND_TRIES = 5
 # 7.75 s in all: long enough for a PostgreSQL restart or failover's reconnect.
 RECORD_OUTCOME = Backoff(first=0.25, cap=4.0)
 RECORD_OUTCOME_TRIES = 6
+# Giving a lease up after a failure: the failure is often the database itself, back within
+# a second or two after a restart. Released, the work goes on at the next try (1 s later);
+# kept, it waits out the whole lease (60 s at the defaults; bench/chaos.py measured it).
+RELEASE_LEASE = Backoff(first=0.25, cap=2.0)
+RELEASE_LEASE_TRIES = 6
 
 
 async def retrying(

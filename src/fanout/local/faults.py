@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import asyncpg
 import orjson
 
-# An event in one of these states will change no more (issue #10). Before they existed
-# an event ended at 'fanned_out', which says only that its batches were handed to SQS.
-TERMINAL_STATUSES = frozenset({"delivered", "partially_delivered", "failed", "no_recipients"})
+from fanout.stages.progress import TERMINAL_STATES
+
+# An event in one of these states will change no more. (Before they existed an event
+# ended at 'fanned_out', which says only that its batches were handed to SQS.)
+TERMINAL_STATUSES = TERMINAL_STATES
 
 # Indexes: events_pkey, fanout_shards_pkey, delivery_batches_pkey. A batch is unsettled
 # while it is not done, or when it handed devices to a retry batch that has no row yet

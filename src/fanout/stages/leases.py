@@ -3,8 +3,9 @@
 A lease is a time in PostgreSQL (``lease_until``) that the holder renews while it works.
 A failure gives it up at once, so the message's next try (or another copy of it) can
 take the work instead of finding it busy and burning a receive. When the database is
-what failed, the lease cannot be given up: ``LeaseKept`` then tells the runtime to bring
-the message back no sooner than the lease ends.
+what failed, giving up is tried for a few seconds (a restarted PostgreSQL is usually back
+by then); if it still cannot be told, ``LeaseKept`` tells the runtime to bring the message
+back no sooner than the lease ends.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
+
+from fanout import retry
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,19 @@ async def give_up(
     release: Callable[[str], Awaitable[object]], failure: BaseException, lease_seconds: float
 ) -> NoReturn:
     """Release the lease after ``failure`` and raise it again (or ``LeaseKept``)."""
+    reason = describe(failure)
+
+    async def release_once() -> object:
+        return await asyncio.wait_for(release(reason), _RELEASE_TIMEOUT_SECONDS)
+
     try:
-        await asyncio.wait_for(release(describe(failure)), _RELEASE_TIMEOUT_SECONDS)
+        await retry.retrying(
+            release_once,
+            backoff=retry.RELEASE_LEASE,
+            tries=retry.RELEASE_LEASE_TRIES,
+            on=(Exception,),
+            what="giving a lease up",
+        )
     except Exception as exc:
         log.warning("could not give up a lease after %s: %r", describe(failure), exc)
         if isinstance(failure, Exception):
