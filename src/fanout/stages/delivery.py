@@ -120,7 +120,7 @@ async def deliver_batch(
     return report
 
 
-_CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+_CONNECTION_ERRORS = store.UNTRUSTWORTHY
 
 
 async def _record_outcome(
@@ -139,7 +139,7 @@ async def _record_outcome(
     """
 
     async def record() -> None:
-        async with pool.acquire() as conn:
+        async with store.acquire(pool) as conn:
             async with conn.transaction():
                 if invalid_ids:
                     await store.deactivate_devices(
@@ -183,7 +183,7 @@ def _releaser(
     batch: DeliveryBatch, pool: asyncpg.Pool, settings: Settings
 ) -> Callable[[str], Awaitable[object]]:
     async def release(reason: str) -> None:
-        async with pool.acquire() as conn:
+        async with store.acquire(pool) as conn:
             await store.release_batch(
                 conn,
                 event_id=batch.event_id,
@@ -203,7 +203,7 @@ async def _keep_lease(
     while True:
         await asyncio.sleep(max(1.0, lease / 3))
         try:
-            async with pool.acquire() as conn:
+            async with store.acquire(pool) as conn:
                 await store.renew_batch_lease(
                     conn,
                     event_id=batch.event_id,
@@ -220,7 +220,7 @@ async def _claim(
 ) -> tuple[str, float]:
     """("claimed", 0) if this invocation delivers the batch; else "done", or "busy" with
     the seconds left on the holder's lease."""
-    async with pool.acquire() as conn:
+    async with store.acquire(pool) as conn:
         try:
             claimed = await store.claim_batch(
                 conn,
@@ -255,7 +255,7 @@ def _notification(batch: DeliveryBatch) -> Notification:
 async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool) -> None:
     """Fill a batch the reconciler sent again from PostgreSQL: its users' active devices,
     or the devices of a retry batch, read as the fan-out reads them."""
-    async with pool.acquire() as conn:
+    async with store.acquire(pool) as conn:
         if batch.device_ids is not None:
             rows = await store.devices_by_id(conn, device_ids=batch.device_ids)
         else:

@@ -86,7 +86,7 @@ async def plan_event(
     Re-running it (a redelivered message) plans nothing twice: it re-sends messages for
     the shards not yet done, which are no-ops if those shards are running or finished.
     """
-    async with pool.acquire() as conn:
+    async with store.acquire(pool) as conn:
         event = await store.load_event(conn, event_id=event_id)
         if event is None:
             raise PoisonMessage(f"unknown event {event_id}")
@@ -160,7 +160,7 @@ async def run_shard(
     """
     lease = settings.visibility_timeout
     overdue_after = settings.reconcile_after_seconds
-    async with pool.acquire() as conn:
+    async with store.acquire(pool) as conn:
         claim = await store.claim_shard(
             conn,
             event_id=event_id,
@@ -192,7 +192,7 @@ def _releaser(
 ) -> Callable[[str], Awaitable[object]]:
     # On a connection of its own: the shard's may be broken, or busy with a cancelled page.
     async def release(reason: str) -> None:
-        async with pool.acquire() as conn:
+        async with store.acquire(pool) as conn:
             await store.release_shard(
                 conn,
                 event_id=event_id,

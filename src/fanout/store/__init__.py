@@ -35,7 +35,13 @@ from fanout.store.batches import (
     release_batch,
     renew_batch_lease,
 )
-from fanout.store.connection import connect, create_pool, naming_the_database
+from fanout.store.connection import (
+    UNTRUSTWORTHY,
+    acquire,
+    connect,
+    create_pool,
+    naming_the_database,
+)
 from fanout.store.devices import (
     RegisteredDevice,
     deactivate_devices,
@@ -94,6 +100,7 @@ from fanout.store.subscriptions import (
 )
 
 __all__ = [
+    "UNTRUSTWORTHY",
     "AcceptedBatch",
     "ApiKeyListing",
     "DueBatch",
@@ -107,6 +114,7 @@ __all__ = [
     "ShardClaim",
     "StoredApiKey",
     "Subscription",
+    "acquire",
     "batch_recipients",
     "batch_status",
     "checkpoint_shard",

@@ -4,7 +4,7 @@ one line saying why when the database cannot be reached."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
@@ -54,6 +54,29 @@ async def create_pool(settings: Settings, **overrides: Any) -> asyncpg.Pool:
     with naming_the_database(dsn):
         pool: asyncpg.Pool = await asyncpg.create_pool(dsn, **options)
     return pool
+
+
+# A connection that failed in one of these ways is not to be trusted with the next
+# statement: after PostgreSQL restarts, asyncpg can hand back a pooled connection that
+# answers "another operation is in progress" (InternalClientError) to every use.
+UNTRUSTWORTHY = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
+@contextlib.asynccontextmanager
+async def acquire(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """``pool.acquire()``, except that a connection that fails as in ``UNTRUSTWORTHY`` is
+    closed rather than given back, so the next try gets a fresh one."""
+    async with pool.acquire() as conn:
+        try:
+            yield conn
+        except UNTRUSTWORTHY:
+            conn.terminate()
+            raise
 
 
 async def connect(dsn: str, *, connect_timeout: float = 60) -> asyncpg.Connection:
