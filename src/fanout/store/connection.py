@@ -59,9 +59,12 @@ async def create_pool(settings: Settings, **overrides: Any) -> asyncpg.Pool:
 # A connection that failed in one of these ways is not to be trusted with the next
 # statement: after PostgreSQL restarts, asyncpg can hand back a pooled connection that
 # answers "another operation is in progress" (InternalClientError) to every use.
+# OperatorInterventionError: the server is shutting down, or starting up and "not yet
+# accepting connections" (seen for ~1 s after `pg_ctl restart -m immediate`).
 UNTRUSTWORTHY = (
     OSError,
     asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
 )
