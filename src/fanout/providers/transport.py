@@ -1,13 +1,41 @@
-"""What the HTTP/2 providers share: the client, TLS trust, concurrency and rate limits."""
+"""What the push providers share: the transport (HTTP/2), TLS trust, concurrency and
+rate limits.
+
+A provider sees a ``Response`` (status, headers, body) or a ``TransportError``, never the
+HTTP clients' own types.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
 import time
+from collections.abc import Mapping
+from typing import Protocol
 
-from fanout.providers.h2.client import H2Client
+from fanout.config import Settings
+from fanout.providers.h2 import H2Client, H2Error, InvalidRequest
 from fanout.ratelimit import TokenBucket
+
+
+class Response(Protocol):
+    """What a provider reads of an answer."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content(self) -> bytes: ...
+
+
+class TransportError(Exception):
+    """No answer. ``permanent``: the same request will fail the same way (HTTP/2 cannot
+    carry it); otherwise try again later."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 def tls_context(extra_ca_file: str | None) -> ssl.SSLContext:
@@ -18,10 +46,56 @@ def tls_context(extra_ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
-def http2_client(extra_ca_file: str | None, request_timeout: float = 30.0) -> H2Client:
-    """One client per provider: every request multiplexed over a few long-lived
-    connections per host, renewed after GOAWAY or a lost connection."""
-    return H2Client(tls_context(extra_ca_file), request_timeout=request_timeout)
+class PushTransport:
+    """POSTs to push services over HTTP/2 (``H2Client``)."""
+
+    def __init__(
+        self,
+        extra_ca_file: str | None = None,
+        *,
+        name: str = "",
+        connections: int = 2,
+        request_timeout: float = 30.0,
+        ping_seconds: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.request_timeout = request_timeout
+        self.http2 = H2Client(
+            tls_context(extra_ca_file),
+            connections=connections,
+            request_timeout=request_timeout,
+            ping_seconds=ping_seconds,
+            label=name,
+        )
+
+    async def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> Response:
+        """POST ``content`` to ``url``; raises TransportError."""
+        try:
+            origin, path = self.http2.split(url)
+            block = self.http2.header_block(headers, len(content))
+        except InvalidRequest as exc:
+            raise TransportError(f"{self.name}: {exc}", permanent=True) from exc
+        try:
+            return await self.http2.send(origin, path, block, content)
+        except InvalidRequest as exc:
+            raise TransportError(str(exc), permanent=True) from exc
+        except H2Error as exc:
+            raise TransportError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        await self.http2.aclose()
+
+
+def push_transport(settings: Settings, name: str) -> PushTransport:
+    """One transport per provider: every request multiplexed over a few long-lived
+    connections per push service, renewed after GOAWAY or a lost connection."""
+    return PushTransport(
+        settings.tls_ca_file,
+        name=name,
+        connections=settings.provider_connections,
+        request_timeout=settings.provider_request_timeout,
+        ping_seconds=settings.provider_ping_seconds,
+    )
 
 
 class AdaptiveLimit:
