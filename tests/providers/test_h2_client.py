@@ -1,7 +1,9 @@
-"""The push transport over real sockets: liveness, GOAWAY, several connections.
+"""The push transport over real sockets: liveness, GOAWAY, several connections, HTTP/1.1
+where a service speaks nothing else, and services that cannot be spoken to at all.
 
 Servers: ``serve_h2`` (the ``h2`` library, steerable: SETTINGS on a live connection,
-graceful GOAWAY, silence, APNs' manners) and bare asyncio servers.
+graceful GOAWAY, silence, APNs' manners), hypercorn (``serve_tls``) for HTTP/1.1, and
+bare asyncio servers for what is not HTTP at all.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,6 +22,7 @@ import pytest
 from fanout.config import Settings
 from fanout.local.asgi import read_body, respond
 from fanout.local.emulators.h2server import H2Server, serve_h2
+from fanout.local.emulators.serve import serve_tls
 from fanout.local.emulators.stack import LocalPushServices, local_push_services
 from fanout.local.emulators.tls import TestCertificates as Certificates
 from fanout.local.emulators.tls import make_test_ca
@@ -228,7 +232,94 @@ async def test_max_concurrent_streams_lowered_on_a_live_connection_is_respected(
     assert len(server.connections) == 1
 
 
-# --- requests that cannot be sent, services that cannot be reached ----------------------------
+# --- HTTP/1.1, and services that cannot be spoken to ------------------------------------------
+
+
+async def test_a_service_speaking_only_http1_is_remembered_per_origin(
+    certificates: Certificates,
+    transports: Callable[..., PushTransport],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transport = transports()
+    with caplog.at_level(logging.INFO, "fanout.providers"):
+        async with serve_tls(answering(201), certificates, protocols=("http/1.1",)) as url:
+            first = await post_all(transport, url, 30)
+            second = await post_all(transport, url, 30)
+            assert not transport.http2._pools[url].connections
+            await transport.aclose()  # hypercorn waits for kept-alive connections to close
+    assert [r.status_code for r in first + second] == [201] * 60
+    assert [r.getMessage() for r in caplog.records if "HTTP/1.1 to it" in r.getMessage()] == [
+        f"{url} chose http/1.1 by ALPN: HTTP/1.1 to it from now on"
+    ]
+
+
+async def _not_http(certificates: Certificates, accepted: list[int]) -> asyncio.Server:
+    """A TLS server that answers whatever it is sent with a banner, as SSH would."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates.cert_file, certificates.key_file)
+
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        try:
+            await reader.read(1000)
+            writer.write(b"SSH-2.0-OpenSSH_9.6\r\nInvalid SSH identification string.\r\n\r\n")
+            await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        writer.close()
+
+    return await asyncio.start_server(talk, "127.0.0.1", 0, ssl=context)
+
+
+async def test_a_service_speaking_neither_protocol_fails_permanently_with_the_reason(
+    certificates: Certificates, transports: Callable[..., PushTransport]
+) -> None:
+    accepted: list[int] = []
+    server = await _not_http(certificates, accepted)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    transport = transports()
+    try:
+        first = await post_all(transport, url, 10)
+        connections = len(accepted)
+        second = await post_all(transport, url, 10)
+    finally:
+        server.close()
+    assert all(isinstance(r, TransportError) and r.permanent for r in first + second)
+    assert "speaks neither HTTP/2 nor HTTP/1.1" in str(first[0])
+    assert len(accepted) == connections  # remembered: no new handshake for the next ten
+
+
+@pytest.mark.parametrize("problem", ["certificate not trusted", "not TLS"])
+async def test_a_service_that_cannot_be_spoken_to_is_permanent_and_tried_once(
+    tmp_path: Path, transports: Callable[..., PushTransport], problem: str
+) -> None:
+    accepted: list[int] = []
+
+    async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+        writer.close()
+
+    context = None
+    if problem == "certificate not trusted":
+        (tmp_path / "other").mkdir()
+        other = make_test_ca(tmp_path / "other")  # a CA the transport does not trust
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(other.cert_file, other.key_file)
+        context.sni_callback = lambda *_: accepted.append(1)  # a handshake begins
+    server = await asyncio.start_server(count, "127.0.0.1", 0, ssl=context)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    transport = transports()
+    try:
+        results = await post_all(transport, url, 10)
+        results += await post_all(transport, url, 10)
+    finally:
+        server.close()
+    assert all(isinstance(r, TransportError) and r.permanent for r in results), results
+    expected = "certificate" if problem == "certificate not trusted" else "WRONG_VERSION_NUMBER"
+    assert expected in str(results[0])
+    assert len(accepted) == 1
 
 
 async def test_a_refused_connection_is_retried_later_not_permanent(
