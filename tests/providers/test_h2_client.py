@@ -151,6 +151,23 @@ async def test_an_idle_connection_is_pinged(
     assert ok.status_code == 200 and len(server.connections) == 1
 
 
+def test_the_client_runs_under_uvloop(certificates: Certificates) -> None:
+    """uvloop's TLS transport is no asyncio.Transport: the client asserted it was, and
+    every connection closed at once under uvloop ('connection lost' on every stream)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> list[Any]:
+        transport = PushTransport(certificates.ca_file, name="test")
+        try:
+            async with serve_h2(answering(), certificates) as server:
+                return await post_all(transport, server.url, 50)
+        finally:
+            await transport.aclose()
+
+    results = uvloop.run(main())
+    assert [getattr(r, "status_code", r) for r in results] == [200] * 50
+
+
 # --- GOAWAY ------------------------------------------------------------------------------
 
 

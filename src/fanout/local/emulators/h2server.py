@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -85,8 +85,7 @@ class _Connection(asyncio.Protocol):
         self.tasks: dict[int, asyncio.Task[None]] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport
         self.server.connections.append(self)
         self.h2.local_settings = h2.settings.Settings(
             client=False, initial_values={MAX_STREAMS: self.server.max_concurrent_streams}

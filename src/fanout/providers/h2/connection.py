@@ -15,6 +15,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 from fanout.metrics import PROVIDER_DEAD_CONNECTIONS, PROVIDER_GOAWAYS
 from fanout.providers.h2.codec import (
@@ -196,8 +197,9 @@ class H2Connection(asyncio.Protocol):
     # --- what the server sends -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Not isinstance(asyncio.Transport): uvloop's TLS transport derives from object
+        # alone, and that assertion failing here closed every connection under uvloop.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._last_heard = self._loop.time()
