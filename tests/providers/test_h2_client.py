@@ -211,6 +211,19 @@ async def test_requests_goaway_left_unprocessed_go_to_a_new_connection(
     assert len(server.connections) == 3 and len(server.goaways_sent) == 2
 
 
+async def test_when_stream_ids_run_out_the_next_request_takes_a_new_connection(
+    certificates: Certificates, transports: Callable[..., PushTransport]
+) -> None:
+    transport = transports(connections=1)
+    async with serve_h2(answering(), certificates) as server:
+        await post_all(transport, server.url, 1)
+        [connection] = transport.http2._pools[server.url].connections
+        connection.codec.next_stream_id = 2**31 - 3  # as after a billion requests
+        results = await post_all(transport, server.url, 4)
+    assert [r.status_code for r in results] == [200] * 4
+    assert [c.requests for c in server.connections] == [3, 2]  # ids 2^31-3 and 2^31-1 last
+
+
 # --- several connections per service ----------------------------------------------------
 
 

@@ -22,12 +22,10 @@ from hyperframe.frame import (
     PushPromiseFrame,
 )
 
-from fanout.providers.h2.codec import (
-    MAX_BODY,
-    ClientCodec,
+from fanout.providers.h2.codec import MAX_BODY, ClientCodec, NoStreamAvailable
+from fanout.providers.h2.events import (
     ConnectionTerminated,
     GoAway,
-    NoStreamAvailable,
     PingAcknowledged,
     Response,
     SettingsChanged,

@@ -15,7 +15,8 @@ import hpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fanout.providers.h2.codec import ClientCodec, ConnectionTerminated, Response
+from fanout.providers.h2.codec import ClientCodec
+from fanout.providers.h2.events import ConnectionTerminated, Response
 from fanout.providers.h2.frames import (
     ERROR_NAMES,
     FRAME_HEADER,

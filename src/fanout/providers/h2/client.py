@@ -10,7 +10,8 @@ Why not a library. Measured here against the local APNs emulator:
   header validation) and most of the rest in h2's per-frame event machinery and one TLS
   write per request.
 This one is three layers: ``frames`` (the wire vocabulary, HPACK literals), ``codec``
-(one connection's protocol state, sans I/O, tested against ``h2`` as the server) and
+(one connection's protocol state, sans I/O, tested against ``h2`` as the server; what it
+reports is in ``events``) and
 ``connection`` (the asyncio shell: socket, futures, timers). Here, per origin, a pool of
 up to ``connections`` of them: requests go to the least busy connection with a free
 stream under its server's MAX_CONCURRENT_STREAMS; a connection closed by GOAWAY or lost
@@ -25,8 +26,9 @@ import contextlib
 import logging
 import ssl
 
-from fanout.providers.h2.codec import NoStreamAvailable, Response
+from fanout.providers.h2.codec import NoStreamAvailable
 from fanout.providers.h2.connection import H2Connection, H2Error, InvalidRequest, NotHttp2
+from fanout.providers.h2.events import Response
 from fanout.providers.h2.frames import InvalidHeader, encode_headers
 
 log = logging.getLogger("fanout.providers.h2")

@@ -1,8 +1,9 @@
 """The client side of one HTTP/2 connection as a sans-I/O codec (RFC 9113).
 
 Requests go in (``send_request``) and bytes come out (``data_to_send``); the server's
-bytes go in (``receive``) and events come out: a whole ``Response``, a ``StreamReset``,
-``GoAway``, ``SettingsChanged``, ``PingAcknowledged`` or ``ConnectionTerminated``. No
+bytes go in (``receive``) and events come out (``events.py``): a whole ``Response``, a
+``StreamReset``, ``GoAway``, ``SettingsChanged``, ``PingAcknowledged`` or
+``ConnectionTerminated``. No
 sockets, clocks or asyncio here: ``connection.py`` is the asyncio shell around it, and
 tests/providers/test_h2_codec.py plays it against the ``h2`` library as the server.
 
@@ -17,10 +18,17 @@ WINDOW_UPDATE is rare, and a body past ``MAX_BODY`` resets its stream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import hpack
 
+from fanout.providers.h2.events import (
+    ConnectionTerminated,
+    Event,
+    GoAway,
+    PingAcknowledged,
+    Response,
+    SettingsChanged,
+    StreamReset,
+)
 from fanout.providers.h2.frames import (
     ACK,
     CANCEL,
@@ -75,63 +83,6 @@ MAX_HEADER_BLOCK = 1 << 17  # HPACK bytes of one header block: a CONTINUATION fl
 MAX_BODY = 1 << 20  # a response body past this resets its stream (a Web Push endpoint is
 # any URL a browser gave us: it must not be able to fill our memory)
 UNLIMITED = 2**32 - 1
-
-
-@dataclass(slots=True)
-class Response:
-    """A whole answer: the stream ended with it."""
-
-    stream_id: int
-    status_code: int
-    headers: dict[str, str]
-    content: bytes
-
-
-@dataclass(slots=True)
-class StreamReset:
-    """The stream ended without an answer: reset by the server, or by us for a malformed
-    answer. ``unsent``: the server says it did not process the request (REFUSED_STREAM),
-    so it can be sent again without being delivered twice."""
-
-    stream_id: int
-    error_code: int
-    reason: str
-    unsent: bool = False
-
-
-@dataclass(slots=True)
-class GoAway:
-    """The server takes no new streams; those above ``last_stream_id`` were not processed
-    (``unprocessed``: they are closed here and may be sent again elsewhere)."""
-
-    last_stream_id: int
-    error_code: int
-    debug_data: bytes
-    unprocessed: list[int]
-
-
-@dataclass(slots=True)
-class SettingsChanged:
-    changed: dict[int, int]
-    first: bool  # the server's connection preface: the connection can take requests now
-
-
-@dataclass(slots=True)
-class PingAcknowledged:
-    payload: bytes
-
-
-@dataclass(slots=True)
-class ConnectionTerminated:
-    """The server broke the protocol: GOAWAY with ``error_code`` is queued, and the open
-    streams (``stream_ids``) have failed; the server may have processed them."""
-
-    error_code: int
-    reason: str
-    stream_ids: list[int]
-
-
-Event = Response | StreamReset | GoAway | SettingsChanged | PingAcknowledged | ConnectionTerminated
 
 
 class ProtocolError(Exception):

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import cast
 
 from fanout.metrics import PROVIDER_DEAD_CONNECTIONS, PROVIDER_GOAWAYS
-from fanout.providers.h2.codec import (
-    ClientCodec,
+from fanout.providers.h2.codec import ClientCodec
+from fanout.providers.h2.events import (
     ConnectionTerminated,
     GoAway,
     Response,
