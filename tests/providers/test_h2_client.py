@@ -240,6 +240,24 @@ async def test_streams_spread_across_connections_each_under_its_own_limit(
     assert all(c.requests > 0 for c in server.connections)
 
 
+async def test_another_connection_that_fails_to_open_is_not_tried_on_every_request(
+    certificates: Certificates, transports: Callable[..., PushTransport]
+) -> None:
+    transport = transports(connections=2)
+    async with serve_h2(answering(delay=0.01), certificates) as server:
+        first = await post_all(transport, server.url, 5)  # busy: a second connection opens
+        pool = transport.http2._pools[server.url]
+        await until(lambda: pool.opening is None and len(pool.connections) == 2)
+        assert server.listener is not None
+        server.listener.close()  # new connections are refused from now on
+        await pool.connections[1].close()  # and the second one goes
+        for _ in range(20):  # 20 rounds of requests within the first reopening delay
+            results = await post_all(transport, server.url, 10)
+            assert [r.status_code for r in results] == [200] * 10
+    assert [r.status_code for r in first] == [200] * 5
+    assert pool.failures == 1  # one attempt, then it waits (1 s, doubling)
+
+
 async def test_max_concurrent_streams_lowered_on_a_live_connection_is_respected(
     certificates: Certificates, transports: Callable[..., PushTransport]
 ) -> None:

@@ -50,6 +50,7 @@ class H2Server:
         self.requests_per_connection = requests_per_connection
         self.apple_like = apple_like
         self.url = ""
+        self.listener: asyncio.Server | None = None  # close it and new connections fail
         self.connections: list[_Connection] = []  # every connection ever accepted
         self.pings = 0  # PINGs received (not acknowledgements)
         self.most_streams = 0  # the most requests in progress at once on one connection
@@ -243,6 +244,7 @@ async def serve_h2(
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(lambda: _Connection(server), "127.0.0.1", 0, ssl=context)
     server.url = f"https://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    server.listener = listener
     try:
         yield server
     finally:

@@ -30,10 +30,17 @@ from fanout.providers.h2.codec import NoStreamAvailable
 from fanout.providers.h2.connection import H2Connection, H2Error, InvalidRequest, NotHttp2
 from fanout.providers.h2.events import Response
 from fanout.providers.h2.frames import InvalidHeader, encode_headers
+from fanout.retry import Backoff
 
 log = logging.getLogger("fanout.providers.h2")
 
-ATTEMPTS = 5  # connections a request the servers never processed is offered to
+# Connections a request the service never processed (GOAWAY, REFUSED_STREAM) is offered
+# to. A service whose GOAWAY quota is below the requests in flight excludes some of them
+# again and again: with a quota of 150 and 500 in flight, 3 left 100 of 1,000 unsent.
+ATTEMPTS = 5
+# Another connection that failed to open is tried again after 1, 2, 4 … s (while the open
+# ones carry on), not on every request.
+REOPEN = Backoff(first=1.0, cap=30.0)
 
 
 class _Pool:
@@ -46,6 +53,8 @@ class _Pool:
         self.live: set[H2Connection] = set()  # every connection not yet lost
         self.opening: asyncio.Task[H2Connection] | None = None
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.failures = 0  # openings failed in a row
+        self.reopen_at = 0.0  # loop time before which no other connection is opened
 
     def pick(self) -> H2Connection | None:
         """The least busy connection with a free stream; opens another while the pool
@@ -59,6 +68,7 @@ class _Pool:
             self.opening is None
             and len(self.connections) < self.client.connections
             and (best is None or best_load)
+            and (not self.connections or asyncio.get_running_loop().time() >= self.reopen_at)
         ):
             self._open()
         return best
@@ -102,11 +112,19 @@ class _Pool:
         self.opening = None
         error = None if task.cancelled() else task.exception()
         if error is None and not task.cancelled():
+            self.failures = 0
             connection = task.result()
             if not connection.closed:
                 self.connections.append(connection)
-        elif self.connections:  # the others carry on; requests waiting on them still wait
-            log.info("another connection to %s:%d failed: %s", self.host, self.port, error)
+        else:
+            self.failures += 1
+            delay = REOPEN.delay(self.failures)
+            self.reopen_at = asyncio.get_running_loop().time() + delay
+            if self.connections:  # the others carry on; requests waiting on them still wait
+                where = f"{self.host}:{self.port}"
+                log.info(
+                    "another connection to %s failed (%s); next try in %gs", where, error, delay
+                )
         self._wake(len(self.waiters))
 
     def changed(self, connection: H2Connection) -> None:
