@@ -174,6 +174,19 @@ class Settings(BaseSettings):
     provider_request_timeout: float = Field(
         default=30.0, gt=0, description="Seconds to wait for a push service's answer; then retry."
     )
+    provider_connections: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="HTTP/2 connections per push service and worker; requests are spread "
+        "across them, each kept under its server's MAX_CONCURRENT_STREAMS.",
+    )
+    provider_ping_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="The longest a dead connection goes unnoticed while requests wait on it: "
+        "a PING after half of it in silence, given up if still silent at the end.",
+    )
 
     # --- Worker -------------------------------------------------------------------------
     worker_concurrency: int = Field(default=8, ge=1, le=512, description="Messages in flight.")

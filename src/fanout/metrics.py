@@ -12,6 +12,16 @@ PROVIDER_CONFIG_ERRORS = Counter(
     "Answers that mean fanout's own credentials or settings are wrong (needs a human)",
     ["provider"],
 )
+PROVIDER_GOAWAYS = Counter(
+    "fanout_provider_goaways",
+    "GOAWAY frames from push services, one per connection, by provider and error code",
+    ["provider", "code"],
+)
+PROVIDER_DEAD_CONNECTIONS = Counter(
+    "fanout_provider_dead_connections",
+    "Connections to push services given up because a PING went unanswered",
+    ["provider"],
+)
 SQS_REQUESTS = Counter("fanout_sqs_requests", "SQS API calls by operation", ["operation"])
 SQS_BILLED_REQUESTS = Counter(
     "fanout_sqs_billed_requests",

@@ -15,6 +15,16 @@ from fanout.runtime.pipeline import Pipeline
 from fanout.store import find_or_create, queries
 
 
+@pytest.fixture(autouse=True)
+def fresh_renderings() -> None:
+    """The delivery stage keeps renderings per (event id, locale) for the process; every
+    test's database numbers its events from 1, so an earlier test's event 1 (tests/faults
+    publish 'New book' without a body) was sent here in place of this test's."""
+    from fanout.stages import delivery
+
+    delivery._RENDERED.clear()
+
+
 @pytest.fixture
 async def services() -> AsyncIterator[LocalPushServices]:
     async with local_push_services() as services:

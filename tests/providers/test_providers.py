@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import Any
 
@@ -102,6 +103,67 @@ async def test_web_push_payload_decrypts_to_the_exact_notification_json(
     for payload in services.webpush.payloads:  # decrypted by http_ece in the emulator
         assert payload == orjson.dumps(expected)
         assert orjson.loads(payload)["title"] == "New book"
+
+
+async def test_web_push_to_a_service_that_speaks_only_http1_over_tls(
+    push_pipeline: Pipeline, services: LocalPushServices
+) -> None:
+    """Some push services still speak only HTTP/1.1: ALPN says so, the provider sends over
+    a keep-alive pool for that origin, and every push arrives once, decrypted."""
+    from fanout.local.emulators.serve import serve_tls
+    from fanout.local.emulators.webpush import WebPushEmulator
+
+    emulator = WebPushEmulator(private_key=services.webpush.private_key, auth=services.webpush.auth)
+    emulator.keep_payloads = True
+    webpush = push_pipeline.providers["webpush"]
+    assert isinstance(webpush, WebPushProvider)
+    async with serve_tls(emulator, services.certificates, protocols=("http/1.1",)) as url:
+        emulator.base_url = url
+        http1_only = dataclasses.replace(services, webpush_endpoint_base=f"{url}/wp/")
+        topic, ids, _tokens = await add_devices(push_pipeline.pool, http1_only, "webpush", 30)
+        event_id, batches = await fan_out(push_pipeline, topic)
+        await deliver_all(push_pipeline, batches)
+        assert url in webpush.client._http1  # remembered for this origin
+        await webpush.client.aclose()  # hypercorn waits for kept-alive connections to close
+
+    assert (emulator.ledger.unique, emulator.ledger.duplicates) == (30, 0)
+    expected = orjson.dumps(render(NOTE, "en", collapse_key=str(event_id)).payload())
+    assert emulator.payloads == [expected] * 30
+    async with push_pipeline.pool.acquire() as conn:
+        progress = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
+    assert (progress["sent"], progress["failed"]) == (30, 0)
+    assert await active(push_pipeline, ids) == set(ids)
+
+
+async def test_a_push_service_that_cannot_be_spoken_to_fails_its_devices_at_once(
+    push_pipeline: Pipeline, services: LocalPushServices, tmp_path: Any
+) -> None:
+    """A Web Push endpoint whose certificate no CA we trust vouches for: its devices fail
+    permanently with the reason, at the first try, and no retry batch is queued (retrying
+    cannot change it); the devices are not deactivated."""
+    import ssl
+
+    from fanout.local.emulators.tls import make_test_ca
+
+    stranger = make_test_ca(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(stranger.cert_file, stranger.key_file)
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0, ssl=context)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        elsewhere = dataclasses.replace(services, webpush_endpoint_base=f"{url}/wp/")
+        topic, ids, _tokens = await add_devices(push_pipeline.pool, elsewhere, "webpush", 4)
+        event_id, batches = await fan_out(push_pipeline, topic)
+        await deliver_all(push_pipeline, batches)
+    finally:
+        server.close()
+    assert await drain(push_pipeline.queues.delivery) == []  # nothing to retry
+    async with push_pipeline.pool.acquire() as conn:
+        progress = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
+    assert (progress["sent"], progress["failed"], progress["invalid"]) == (0, 4, 0)
+    [(reason, count)] = progress["failure_reasons"].items()
+    assert "certificate refused" in reason and count == 4
+    assert await active(push_pipeline, ids) == set(ids)
 
 
 def test_apns_payload_carries_alert_data_and_link() -> None:
@@ -241,17 +303,21 @@ async def test_web_push_subscription_with_a_broken_key_is_invalid(
     assert outcome.kind is OutcomeKind.INVALID_TOKEN
 
 
+@pytest.mark.parametrize("server", ["h2", "hypercorn"])
 async def test_goaway_and_a_new_connection_lose_nothing(
-    services: LocalPushServices, push_settings: Settings
+    services: LocalPushServices, push_settings: Settings, server: str
 ) -> None:
     """The server says GOAWAY every 150 requests; all 1,000 pushes still arrive, once.
 
-    Streams GOAWAY excludes are re-sent on a new connection by the client itself. hypercorn
-    closes the connection as soon as its quota is served, dropping some answers to pushes it
-    did deliver: those come back as retry ("connection lost"). The client cannot know they
-    arrived; the delivery stage re-sends them with the same collapse id, which replaces.
+    Streams GOAWAY excludes are re-sent on a new connection by the client itself. The
+    ``h2`` server answers every stream it accepted before closing, as APNs does: nothing
+    fails. hypercorn closes the connection as soon as its quota is served, dropping the
+    answers to pushes it did deliver (up to the ~500 in flight on that connection): those
+    come back as retry ("connection lost"). The client cannot know they arrived; the
+    delivery stage re-sends them with the same collapse id, which replaces.
     """
     from fanout.local.emulators.apns import ApnsEmulator
+    from fanout.local.emulators.h2server import serve_h2
     from fanout.local.emulators.serve import serve_tls
 
     emulator = ApnsEmulator(
@@ -259,7 +325,13 @@ async def test_goaway_and_a_new_connection_lose_nothing(
         team_id=services.apns.team_id,
         topic=services.apns.topic,
     )
-    async with serve_tls(emulator, services.certificates, requests_per_connection=150) as url:
+    async with contextlib.AsyncExitStack() as stack:
+        if server == "h2":
+            served = serve_h2(emulator, services.certificates, requests_per_connection=150)
+            url = (await stack.enter_async_context(served)).url
+        else:
+            served_tls = serve_tls(emulator, services.certificates, requests_per_connection=150)
+            url = await stack.enter_async_context(served_tls)
         providers = build_providers(push_settings.model_copy(update={"apns_endpoint": url}))
         devices = [Device(i, "apns", f"{i:064x}") for i in range(1000)]
         outcomes = await providers["apns"].send(render(NOTE, None, collapse_key="1"), devices)
@@ -267,10 +339,11 @@ async def test_goaway_and_a_new_connection_lose_nothing(
             await provider.aclose()
     assert (emulator.ledger.unique, emulator.ledger.duplicates) == (1000, 0)
     not_ok = [o for o in outcomes if o.kind is not OutcomeKind.OK]
+    if server == "h2":
+        assert not_ok == []
     assert all(
         o.kind is OutcomeKind.RETRY and "connection lost" in (o.reason or "") for o in not_ok
     )
-    assert len(not_ok) < 100
 
 
 async def silent_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

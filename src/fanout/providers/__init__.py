@@ -32,12 +32,12 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     return providers
 
 
-def _shared(settings: Settings) -> dict[str, Any]:
-    """Each provider gets its own HTTP/2 client and limit, shared by a worker's coroutines."""
-    from fanout.providers.transport import AdaptiveLimit, http2_client
+def _shared(settings: Settings, name: str) -> dict[str, Any]:
+    """Each provider gets its own transport and limit, shared by a worker's coroutines."""
+    from fanout.providers.transport import AdaptiveLimit, push_transport
 
     return {
-        "client": http2_client(settings.tls_ca_file, settings.provider_request_timeout),
+        "client": push_transport(settings, name),
         "limit": AdaptiveLimit(settings.provider_rate_limit, settings.provider_concurrency),
     }
 
@@ -56,7 +56,7 @@ def _apns(settings: Settings) -> Provider | None:
         team_id=settings.apns_team_id,
         topic=settings.apns_topic,
         endpoint=settings.apns_endpoint,
-        **_shared(settings),
+        **_shared(settings, "apns"),
     )
 
 
@@ -72,7 +72,7 @@ def _fcm(settings: Settings) -> Provider | None:
         service_account_info=orjson.loads(text),
         endpoint=settings.fcm_endpoint,
         ca_file=settings.tls_ca_file,
-        **_shared(settings),
+        **_shared(settings, "fcm"),
     )
 
 
@@ -84,7 +84,7 @@ def _webpush(settings: Settings) -> Provider | None:
     return WebPushProvider(
         vapid_private_key=settings.vapid_private_key.get_secret_value(),
         subject=settings.vapid_subject,
-        **_shared(settings),
+        **_shared(settings, "webpush"),
     )
 
 

@@ -1,4 +1,5 @@
-"""The send loop every HTTP/2 provider shares: one request per device, many at once."""
+"""The send loop every push provider shares: one request per device, many at once, over
+``transport.PushTransport`` (HTTP/2, or HTTP/1.1 where a service speaks nothing else)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ from typing import Generic, TypeVar
 from fanout.metrics import PROVIDER_OUTCOMES
 from fanout.notification import RenderedNotification
 from fanout.providers.base import DELIVERED, Outcome, OutcomeKind, Provider
-from fanout.providers.h2.client import H2Client, H2Error, H2Response
-from fanout.providers.transport import AdaptiveLimit, retry_after_seconds
+from fanout.providers.transport import (
+    AdaptiveLimit,
+    PushTransport,
+    Response,
+    TransportError,
+    retry_after_seconds,
+)
 from fanout.queue.messages import Device
 
 Prepared = TypeVar("Prepared")
@@ -23,7 +29,7 @@ class Http2Provider(Provider, Generic[Prepared]):
 
     name: str
 
-    def __init__(self, client: H2Client, limit: AdaptiveLimit) -> None:
+    def __init__(self, client: PushTransport, limit: AdaptiveLimit) -> None:
         self.client = client
         self.limit = limit
 
@@ -57,11 +63,12 @@ class Http2Provider(Provider, Generic[Prepared]):
         async with self.limit:
             try:
                 outcome = await self.send_one(prepared, device)
-            except (H2Error, OSError, TimeoutError) as exc:  # connection lost, GOAWAY, timeout
-                outcome = Outcome(OutcomeKind.RETRY, reason=f"{self.name}: {exc}")
+            except TransportError as exc:  # connection lost, GOAWAY, timeout, unreachable
+                kind = OutcomeKind.PERMANENT if exc.permanent else OutcomeKind.RETRY
+                outcome = Outcome(kind, reason=f"{self.name}: {exc}")
         return self._count(outcome)
 
-    def retry_later(self, response: H2Response, detail: str = "") -> Outcome:
+    def retry_later(self, response: Response, detail: str = "") -> Outcome:
         """429 or 5xx: try again later (after Retry-After if given); a 429 also slows
         this provider down for every coroutine of the worker."""
         retry_after = retry_after_seconds(response.headers.get("retry-after"))

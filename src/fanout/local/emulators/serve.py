@@ -29,11 +29,15 @@ async def serve_tls(
     *,
     requests_per_connection: int = 2**31,
     server: str = "hypercorn",
+    protocols: tuple[str, ...] = ("h2", "http/1.1"),
 ) -> AsyncIterator[str]:
     """Yields the base URL (https://127.0.0.1:PORT) while the server runs.
 
     ``requests_per_connection``: after that many, the server sends GOAWAY and closes the
     connection (push services keep one for hours; tests lower it to exercise GOAWAY).
+    hypercorn closes at once, dropping the answers to streams it had accepted.
+    ``protocols``: what ALPN may choose (hypercorn); ``("http/1.1",)`` is a push service
+    that speaks only HTTP/1.1.
     """
     if server == "granian":
         async with _serve_granian(app, certificates, port) as url:
@@ -45,10 +49,13 @@ async def serve_tls(
     config.bind = [f"fd://{sock.fileno()}"]
     config.certfile = certificates.cert_file
     config.keyfile = certificates.key_file
-    config.alpn_protocols = ["h2", "http/1.1"]
+    config.alpn_protocols = list(protocols)
     config.accesslog = None
     config.errorlog = None
-    config.h2_max_concurrent_streams = 1000  # what APNs allows per connection
+    # APNs allows 1,000 streams a connection; hypercorn's priority tree (the `priority`
+    # package) holds at most 1,000 streams counting its root, and the 1,000th stream's
+    # TooManyStreamsError stalls the whole connection: no answer, no PING ACK, ever.
+    config.h2_max_concurrent_streams = 999
     config.keep_alive_max_requests = requests_per_connection
     url = f"https://127.0.0.1:{sock.getsockname()[1]}"
     stopping = asyncio.Event()
