@@ -73,6 +73,12 @@ def room_for_devices(notification: dict[str, Any], max_bytes: int) -> int:
     return max_bytes - len(orjson.dumps(notification)) - _ENVELOPE_SLACK
 
 
+def bytes_short(notification: dict[str, Any], max_bytes: int) -> int:
+    """How many bytes too large ``notification`` is for a batch of ``max_bytes`` that must
+    also carry one ordinary device; 0 when it fits."""
+    return max(0, MIN_DEVICE_ROOM_BYTES - room_for_devices(notification, max_bytes))
+
+
 @dataclass(frozen=True, slots=True)
 class PackedBatch:
     """A delivery batch ready to send: its message body and what it covers."""

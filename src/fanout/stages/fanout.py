@@ -26,11 +26,10 @@ from fanout.queue.messages import FanoutTask, PoisonMessage
 from fanout.queue.sqs import Queues
 from fanout.stages import leases
 from fanout.stages.batching import (
-    MIN_DEVICE_ROOM_BYTES,
     BatchPacker,
     PackedBatch,
     batch_max_bytes,
-    room_for_devices,
+    bytes_short,
 )
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ async def plan_event(
 def _fits_a_batch(event: store.Event, queues: Queues, settings: Settings) -> bool:
     """False for a notification published before it was checked at the door."""
     max_bytes = batch_max_bytes(settings.batch_max_bytes, queues.delivery.max_message_bytes)
-    return room_for_devices(event.notification, max_bytes) >= MIN_DEVICE_ROOM_BYTES
+    return not bytes_short(event.notification, max_bytes)
 
 
 async def _shard_bounds(

@@ -28,8 +28,8 @@ from fanout import store
 from fanout.notification import Notification
 from fanout.queue.messages import MAX_MESSAGE_BYTES, FanoutTask
 from fanout.queue.sqs import Queues
-from fanout.stages.batching import MIN_DEVICE_ROOM_BYTES, room_for_devices
 from fanout.stages.batching import batch_max_bytes as max_batch_bytes
+from fanout.stages.batching import bytes_short
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,9 @@ def check_fits_a_batch(notification: Notification, max_bytes: int) -> None:
     """Raise ``NotificationTooLarge`` unless a batch of ``max_bytes`` carries the
     notification (every locale: batches carry it whole) and at least one device."""
     payload = notification.model_dump(mode="json", exclude_defaults=True)
-    room = room_for_devices(payload, max_bytes)
-    if room < MIN_DEVICE_ROOM_BYTES:
+    if short := bytes_short(payload, max_bytes):
         raise NotificationTooLarge(
-            f"the notification is {MIN_DEVICE_ROOM_BYTES - room:,} bytes too large: with "
+            f"the notification is {short:,} bytes too large: with "
             f"its envelope and one device it must fit a delivery batch of "
             f"{max_bytes:,} bytes (FANOUT_BATCH_MAX_BYTES, at most 90% of the queue's "
             "MaximumMessageSize); send fewer locales or shorter text"
