@@ -98,6 +98,15 @@ class _Due:
     look_ahead: float
     event_id: int | None
 
+    def claim(self) -> dict[str, Any]:
+        """The keyword arguments of a ``store.claim_due_*`` call."""
+        return {
+            "limit": _PER_PASS,
+            "overdue_after": self.overdue_after,
+            "look_ahead": self.look_ahead,
+            "event_id": self.event_id,
+        }
+
 
 async def _events(
     pool: asyncpg.Pool,
@@ -107,13 +116,7 @@ async def _events(
     report: ReconcileReport,
 ) -> None:
     async with pool.acquire() as conn:
-        rows = await store.claim_due_events(
-            conn,
-            limit=_PER_PASS,
-            overdue_after=due.overdue_after,
-            look_ahead=due.look_ahead,
-            event_id=due.event_id,
-        )
+        rows = await store.claim_due_events(conn, **due.claim())
         to_send = []
         for row in rows:
             if row.status == "fanned_out":  # waiting for its last batch: has it ended?
@@ -144,13 +147,7 @@ async def _shards(
     report: ReconcileReport,
 ) -> None:
     async with pool.acquire() as conn:
-        rows = await store.claim_due_shards(
-            conn,
-            limit=_PER_PASS,
-            overdue_after=due.overdue_after,
-            look_ahead=due.look_ahead,
-            event_id=due.event_id,
-        )
+        rows = await store.claim_due_shards(conn, **due.claim())
         to_send = []
         for row in rows:
             event_id, shard = row.event_id, row.shard_no
@@ -174,13 +171,7 @@ async def _batches(
     report: ReconcileReport,
 ) -> None:
     async with pool.acquire() as conn:
-        rows = await store.claim_due_batches(
-            conn,
-            limit=_PER_PASS,
-            overdue_after=due.overdue_after,
-            look_ahead=due.look_ahead,
-            event_id=due.event_id,
-        )
+        rows = await store.claim_due_batches(conn, **due.claim())
         notifications: dict[int, Any] = {}
         to_send = []
         for row in rows:
