@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from fanout.config import Settings
 from fanout.local.sink import EmbeddedSink
+from fanout.local.workers import WorkerProcess, worker_environment
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.worker import run_worker
 from fanout.stages.progress import TERMINAL_STATES
@@ -76,39 +75,25 @@ def report(name: str, devices: int, ledger: object) -> None:
     )
 
 
-class WorkerProcess:
-    def __init__(self, settings: Settings, role: str, sink_url: str, **env: str) -> None:
-        self.args = [sys.executable, "-m", "fanout", "worker", "--role", role]
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
-            "FANOUT_DATABASE_URL": settings.database_dsn(),
-            "FANOUT_SQS_ENDPOINT_URL": settings.sqs_endpoint_url or "",
-            "FANOUT_QUEUE_PREFIX": settings.queue_prefix,
-            "FANOUT_PROVIDER": "sink",
-            "FANOUT_SINK_URL": sink_url,
-            "FANOUT_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
-            "FANOUT_POLL_WAIT_SECONDS": "1",
-            "FANOUT_MAX_RECEIVE_COUNT": "20",
-            "FANOUT_BATCH_MAX_BYTES": str(settings.batch_max_bytes),
-            **env,
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.args, env=self.env, stderr=subprocess.DEVNULL)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+def sink_worker(
+    settings: Settings, role: str, sink_url: str, log_dir: Path, **env: str
+) -> WorkerProcess:
+    """A `fanout worker --role ROLE` process (not started) on the test's database and
+    queues, delivering to the sink, logging to ``log_dir``."""
+    fanout_env = {
+        "FANOUT_DATABASE_URL": settings.database_dsn(),
+        "FANOUT_SQS_ENDPOINT_URL": settings.sqs_endpoint_url or "",
+        "FANOUT_QUEUE_PREFIX": settings.queue_prefix,
+        "FANOUT_PROVIDER": "sink",
+        "FANOUT_SINK_URL": sink_url,
+        "FANOUT_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
+        "FANOUT_POLL_WAIT_SECONDS": "1",
+        "FANOUT_MAX_RECEIVE_COUNT": "20",
+        "FANOUT_BATCH_MAX_BYTES": str(settings.batch_max_bytes),
+        **env,
+    }
+    log = log_dir / f"{role}-{secrets.token_hex(3)}.log"
+    return WorkerProcess(role, worker_environment(fanout_env), log)
 
 
 @pytest.fixture

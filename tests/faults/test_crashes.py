@@ -5,6 +5,8 @@ The workers are real `fanout worker` processes; the sink counts in this process.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncpg
 
 from fanout.config import Settings
@@ -16,6 +18,7 @@ from fanout.stages.publish import publish, record_event
 from tests.faults.conftest import (
     WorkerProcess,
     report,
+    sink_worker,
     wait_until_delivered,
     worker_in_process,
 )
@@ -50,12 +53,15 @@ async def test_delivery_worker_killed_mid_batch(
     queues: Queues,
     sink: EmbeddedSink,
     workers: list[WorkerProcess],
+    tmp_path: Path,
 ) -> None:
     topic = await make_topic(pool, 3000)
     event = await record_event(pool, NOTE, topic=topic.key)
     await plan_event(event.event_id, pool, queues, fault_settings)  # batches wait on SQS
     sink.sink.delay = 0.3  # each batch takes a while, so the kill lands inside one
-    worker = WorkerProcess(fault_settings, "delivery", sink.url, FANOUT_WORKER_CONCURRENCY="1")
+    worker = sink_worker(
+        fault_settings, "delivery", sink.url, tmp_path, FANOUT_WORKER_CONCURRENCY="1"
+    )
     workers.append(worker)
     worker.start()
     await wait_for(lambda: sink.sink.ledger.unique >= 500, "500 devices delivered")
@@ -73,13 +79,15 @@ async def test_fanout_worker_killed_mid_shard(
     queues: Queues,
     sink: EmbeddedSink,
     workers: list[WorkerProcess],
+    tmp_path: Path,
 ) -> None:
     topic = await make_topic(pool, 3000)
     # With nobody delivering, the fan-out stalls at a backlog of 3 batches: mid-shard.
-    worker = WorkerProcess(
+    worker = sink_worker(
         fault_settings,
         "fanout",
         sink.url,
+        tmp_path,
         FANOUT_DELIVERY_BACKLOG_LIMIT="3",
         FANOUT_PAGE_SIZE="20",
     )
@@ -102,7 +110,7 @@ async def test_fanout_worker_killed_mid_shard(
         )
     assert shard["status"] == "running"
 
-    restarted = WorkerProcess(fault_settings, "fanout", sink.url, FANOUT_PAGE_SIZE="20")
+    restarted = sink_worker(fault_settings, "fanout", sink.url, tmp_path, FANOUT_PAGE_SIZE="20")
     workers.append(restarted)
     restarted.start()
     async with worker_in_process(fault_settings, sink):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import asyncpg
 
@@ -20,7 +21,7 @@ from fanout.queue.admin import create_queues
 from fanout.queue.messages import FanoutTask, decode
 from fanout.queue.sqs import Queues, open_client
 from fanout.stages.publish import publish
-from tests.faults.conftest import WorkerProcess, wait_until_delivered
+from tests.faults.conftest import WorkerProcess, sink_worker, wait_until_delivered
 from tests.faults.test_crashes import assert_nothing_lost
 from tests.helpers import make_topic
 
@@ -44,16 +45,18 @@ async def test_sigterm_mid_shard_gives_the_shard_and_its_message_back_at_once(
     queues: Queues,
     sink: EmbeddedSink,
     workers: list[WorkerProcess],
+    tmp_path: Path,
 ) -> None:
     # Receives to spare: this test looks at the message once itself.
     settings = fault_settings.model_copy(update={"visibility_timeout": 60, "max_receive_count": 10})
     async with open_client(settings) as client:
         await create_queues(client, settings)
     topic = await make_topic(pool, 1500)
-    stuck = WorkerProcess(
+    stuck = sink_worker(
         settings,
         "fanout",
         sink.url,
+        tmp_path,
         FANOUT_PAGE_SIZE="50",
         FANOUT_DELIVERY_BACKLOG_LIMIT="1",
         FANOUT_SHUTDOWN_GRACE_SECONDS="1",
@@ -82,7 +85,7 @@ async def test_sigterm_mid_shard_gives_the_shard_and_its_message_back_at_once(
     assert decode(message.body) == FanoutTask(event.event_id)
     await queues.fanout.change_visibility_many([message], 0)
 
-    workers.append(WorkerProcess(settings, "all", sink.url))
+    workers.append(sink_worker(settings, "all", sink.url, tmp_path))
     workers[-1].start()
     await wait_until_delivered(pool, event.event_id, 1500)
     await assert_nothing_lost(pool, sink, event.event_id, 1500)
