@@ -39,6 +39,11 @@ class EventStatus(BaseModel):
     skipped: int = Field(description="No push provider configured for the platform.")
     pending: int = Field(description="Devices without an outcome yet.")
     failure_reasons: dict[str, int]
+    held_back: dict[str, int] = Field(
+        description="Not sent on purpose, by reason: recipients the fan-out filtered out "
+        "(e.g. opted_out, muted, capped, deferred) and devices held back at delivery "
+        "(e.g. expired, cancelled)."
+    )
     shards: int
     shards_done: int
     shards_failed: int = Field(description="Shards given up by the reconciler.")
@@ -69,6 +74,7 @@ async def load_event_status(
         skipped=row["skipped"],
         pending=max(0, row["devices"] - accounted),
         failure_reasons=row["failure_reasons"],
+        held_back=row["held_back"],
         shards=row["shards"],
         shards_done=row["shards_done"],
         shards_failed=row["shards_failed"],

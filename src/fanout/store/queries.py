@@ -421,7 +421,8 @@ SELECT e.id, e.status, e.created_at, e.fanned_out_at, e.finished_at, e.last_erro
        coalesce(b.batches, 0) AS batches, coalesce(b.batches_done, 0) AS batches_done,
        coalesce(b.sent, 0) AS sent, coalesce(b.failed, 0) AS failed,
        coalesce(b.invalid, 0) AS invalid, coalesce(b.skipped, 0) AS skipped,
-       b.last_finished_at, coalesce(r.reasons, '{}'::jsonb) AS failure_reasons
+       b.last_finished_at, coalesce(r.reasons, '{}'::jsonb) AS failure_reasons,
+       coalesce(h.held_back, '{}'::jsonb) AS held_back
 FROM events AS e
 LEFT JOIN LATERAL (
     SELECT count(*) AS shards, count(*) FILTER (WHERE status = 'done') AS shards_done,
@@ -447,6 +448,18 @@ LEFT JOIN LATERAL (
         GROUP BY r.key
     ) AS by_reason
 ) AS r ON true
+LEFT JOIN LATERAL (
+    SELECT jsonb_object_agg(reason, n) AS held_back
+    FROM (
+        SELECT h.key AS reason, sum(h.value::bigint) AS n
+        FROM (
+            SELECT held_back FROM fanout_shards WHERE event_id = e.id
+            UNION ALL
+            SELECT held_back FROM delivery_batches WHERE event_id = e.id
+        ) AS u, jsonb_each_text(u.held_back) AS h
+        GROUP BY h.key
+    ) AS by_reason
+) AS h ON true
 WHERE e.id = $1
 """
 
