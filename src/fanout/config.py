@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import zoneinfo
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -210,6 +211,22 @@ class Settings(BaseSettings):
         le=30,
         description="Resends before a unit of work is given up and its devices count failed.",
     )
+
+    # --- Scheduled and local-time delivery -------------------------------------------------
+    default_time_zone: str = Field(
+        default="UTC",
+        description="The IANA time zone of recipients without one, for deliver_at_local "
+        "(quiet hours never apply to them).",
+    )
+
+    @field_validator("default_time_zone")
+    @classmethod
+    def _known_time_zone(cls, name: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {name!r} (e.g. UTC, Europe/Berlin)") from None
+        return name
 
     # --- HTTP API -----------------------------------------------------------------------
     api_host: str = "127.0.0.1"

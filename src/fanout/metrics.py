@@ -28,3 +28,10 @@ SQS_BILLED_REQUESTS = Counter(
     "SQS API calls as SQS bills them: one per 64 KB of payload",
     ["operation"],
 )
+AUDIENCE_HELD_BACK = Counter(
+    "fanout_audience_held_back",
+    "Recipients the fan-out held back (deferred, quiet_hours, and those a stopped shard did "
+    "not read: cancelled, expired) and devices a batch held back (cancelled, expired), by "
+    "reason",
+    ["reason"],
+)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -39,6 +40,11 @@ SHAPED: dict[str, Any] = {
     "platforms": ["apns"],
     "device_ids": [1, 2],
     "users": ["u1"],
+    "page_filter": store.PageFilter(),
+    "waves": [store.PlannedWave(datetime(2026, 3, 29, 7, tzinfo=UTC), ("Europe/Berlin",), True)],
+    "now": datetime(2026, 3, 29, 7, tzinfo=UTC),
+    "at": datetime(2026, 3, 29, 7, tzinfo=UTC),
+    "held_back": {"deferred": 1},
 }
 
 
@@ -108,7 +114,7 @@ async def test_checkpoint_passes_the_accepted_batches_as_columns() -> None:
             overdue_after=60,
         )
     assert conn.calls == [
-        (queries.CHECKPOINT_SHARD, (1, 2, 3, 4, 5, 6, 30, 60, 60, ["1/0/0"], [3], [1], [2]))
+        (queries.CHECKPOINT_SHARD, (1, 2, 3, 4, 5, 6, 30, 60, 60, ["1/0/0"], [3], [1], [2], {}))
     ]
 
 

@@ -10,6 +10,11 @@ PostgreSQL holds: the event's fan-out task, the shard's task (it resumes at its
 checkpoint), a fan-out batch by its range of users, a retry batch by its device ids.
 A message sent twice is harmless: every stage skips work that is done or held.
 
+Events held in PostgreSQL (stages/publish.py, stages/fanout.py) are released by the same
+scan: a 'scheduled' event is due at its ``send_at`` (or first wave) and is enqueued then;
+an event fanning out with a wave or deferred recipients still held is due at the first of
+them and is sent to be planned again, which fans that release out.
+
 A unit resent ``reconcile_max_resends`` times is given up, so that every event ends:
 its devices count failed, with the reason. Each pass costs a few indexed statements
 and a row per overdue unit, never a row per device.
@@ -46,6 +51,7 @@ class ReconcileReport:
     """What one pass did."""
 
     events_resent: int = 0
+    events_released: int = 0  # scheduled events enqueued, holds sent to be planned
     events_finished: int = 0
     shards_resent: int = 0
     batches_resent: int = 0
@@ -55,6 +61,7 @@ class ReconcileReport:
     def actions(self) -> int:
         return (
             self.events_resent
+            + self.events_released
             + self.events_finished
             + self.shards_resent
             + self.batches_resent
@@ -80,7 +87,9 @@ async def reconcile_once(
     await _batches(pool, queues, settings, due, report)
     if report.actions:
         log.warning(
-            "reconciler: resent %d event(s), %d shard(s), %d batch(es); ended %d event(s)%s",
+            "reconciler: released %d event(s); resent %d event(s), %d shard(s), %d batch(es); "
+            "ended %d event(s)%s",
+            report.events_released,
             report.events_resent,
             report.shards_resent,
             report.batches_resent,
@@ -118,10 +127,18 @@ async def _events(
     async with pool.acquire() as conn:
         rows = await store.claim_due_events(conn, **due.claim())
         to_send = []
+        to_release = []
         for row in rows:
             if row.status == "fanned_out":  # waiting for its last batch: has it ended?
                 if await store.finish_event(conn, event_id=row.id):
                     report.events_finished += 1
+            elif row.status == "scheduled":  # its time has come: enqueued from here
+                await store.mark_event_enqueued(
+                    conn, event_id=row.id, overdue_after=settings.reconcile_after_seconds
+                )
+                to_release.append(row.id)
+            elif row.status == "fanning_out":  # a wave or deferred recipients are due
+                to_release.append(row.id)
             elif row.status in ("pending", "enqueued"):
                 if row.resends > settings.reconcile_max_resends:
                     reason = f"fan-out never started after {row.resends - 1} resends"
@@ -129,6 +146,9 @@ async def _events(
                     report.given_up.append(f"event {row.id}")
                 else:
                     to_send.append(row.id)
+    if to_release:
+        await queues.fanout.send_many([FanoutTask(event_id).encode() for event_id in to_release])
+        report.events_released += len(to_release)
     if to_send:
         await queues.fanout.send_many([FanoutTask(event_id).encode() for event_id in to_send])
         async with pool.acquire() as conn:

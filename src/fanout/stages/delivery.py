@@ -23,6 +23,7 @@ import pydantic
 
 from fanout import retry, store
 from fanout.config import Settings
+from fanout.metrics import AUDIENCE_HELD_BACK
 from fanout.notification import Notification, RenderedNotification, render
 from fanout.providers import Outcome, OutcomeKind, Provider
 from fanout.queue.messages import DeliveryBatch, Device, PoisonMessage
@@ -46,6 +47,7 @@ class BatchReport:
     busy: bool = False  # another invocation holds it: this copy of the message is redundant
     lease_left: float = 0.0  # when busy: seconds until the holder's lease ends
     failure_reasons: dict[str, int] = field(default_factory=dict)
+    held_back: dict[str, int] = field(default_factory=dict)  # not sent: cancelled, expired
 
 
 async def deliver_batch(
@@ -62,6 +64,9 @@ async def deliver_batch(
     claimed, lease_left = await _claim(
         batch, pool, report.devices, lease, settings.reconcile_after_seconds
     )
+    if claimed in ("cancelled", "expired"):
+        await _hold_back(batch, pool, claimed, report)
+        return report
     if claimed != "claimed":
         report.already_done, report.busy = claimed == "done", claimed == "busy"
         report.lease_left = lease_left
@@ -179,6 +184,21 @@ async def _record_outcome(
     )
 
 
+async def _hold_back(
+    batch: DeliveryBatch, pool: asyncpg.Pool, reason: str, report: BatchReport
+) -> None:
+    """The event was cancelled or expired while the batch waited: it is done, nothing
+    sent, its devices counted held back for ``reason``; the event may have ended."""
+    async with store.acquire(pool) as conn:
+        devices = await store.finish_batch_held(
+            conn, event_id=batch.event_id, batch_key=batch.key, reason=reason
+        )
+        await store.finish_event(conn, event_id=batch.event_id)
+    report.held_back[reason] = devices
+    AUDIENCE_HELD_BACK.labels(reason).inc(devices)
+    log.info("batch %s: not sent, its event is %s (%d devices)", batch.key, reason, devices)
+
+
 def _releaser(
     batch: DeliveryBatch, pool: asyncpg.Pool, settings: Settings
 ) -> Callable[[str], Awaitable[object]]:
@@ -218,8 +238,9 @@ async def _keep_lease(
 async def _claim(
     batch: DeliveryBatch, pool: asyncpg.Pool, devices: int, lease: int, overdue_after: float
 ) -> tuple[str, float]:
-    """("claimed", 0) if this invocation delivers the batch; else "done", or "busy" with
-    the seconds left on the holder's lease."""
+    """("claimed", 0) if this invocation delivers the batch, ("cancelled"|"expired", 0) if
+    it holds it but its event stopped; else "done", or "busy" with the seconds left on the
+    holder's lease."""
     async with store.acquire(pool) as conn:
         try:
             claimed = await store.claim_batch(
@@ -233,8 +254,8 @@ async def _claim(
             )
         except asyncpg.ForeignKeyViolationError:
             raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}") from None
-        if claimed:
-            return "claimed", 0.0
+        if claimed is not None:
+            return claimed.stopped or "claimed", 0.0
         held = await store.batch_status(conn, event_id=batch.event_id, batch_key=batch.key)
     assert held is not None  # the claim found the row, or would have inserted it
     if held.status == "done":

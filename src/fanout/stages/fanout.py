@@ -9,19 +9,29 @@ lease, so a duplicate message is dropped instead of fanning out twice; a failed 
 gives its lease up; a crashed one resumes from its checkpoint. PostgreSQL knows every
 shard and batch with a deadline, so whatever happens to their messages the reconciler
 sends them again.
+
+An event may be released in parts (stages/schedule.py): a ``deliver_at_local`` event's
+waves as each comes due, and the recipients its pages deferred (inside their quiet hours)
+once their windows end. Each release is planned like an event, into shards of its own that
+carry its wave's number, whenever the event is planned again (the reconciler sends it
+when its next release is due). A cancel or the event's expiry is seen at every checkpoint
+(the statement that records a page's batches returns it): the shard stops there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import asyncpg
 
 from fanout import store
 from fanout.config import Settings
+from fanout.metrics import AUDIENCE_HELD_BACK
 from fanout.queue.messages import FanoutTask, PoisonMessage
 from fanout.queue.sqs import Queues
 from fanout.stages import leases
@@ -56,6 +66,11 @@ class _Progress:
     recipients: int
     devices: int
     batches: int
+    held_back: Counter[str] = field(default_factory=Counter)
+
+
+# Rows the page query returns for users outside this wave: never counted as held back.
+_NOT_HELD = None
 
 
 async def run_fanout_task(
@@ -90,31 +105,74 @@ async def plan_event(
         if event is None:
             raise PoisonMessage(f"unknown event {event_id}")
         if event.status not in ("pending", "enqueued", "fanning_out"):
-            return []  # fanned out, or ended
+            return []  # scheduled (released by the reconciler), fanned out, or ended
         if not _fits_a_batch(event, queues, settings):
             await store.fail_event(
                 conn, event_id=event_id, reason="notification too large for a batch"
             )
             log.error("event %d: its notification cannot fit a delivery batch", event_id)
             return []
+        async with conn.transaction():
+            await store.lock_event(conn, event_id=event_id)
+            event = await store.load_event(conn, event_id=event_id)
+            assert event is not None
+            if event.status in ("pending", "enqueued", "fanning_out"):
+                await _plan_releases(conn, event, settings)
         unfinished = await store.unfinished_shards(conn, event_id=event_id)
-        if not unfinished and event.status != "fanning_out":
-            bounds = await _shard_bounds(conn, event, settings.shard_size)
-            async with conn.transaction():
-                await store.insert_shards(
-                    conn,
-                    event_id=event_id,
-                    bounds=bounds,
-                    overdue_after=settings.reconcile_after_seconds,
-                )
-                await store.mark_event_fanning_out(conn, event_id=event_id)
-            unfinished = list(range(len(bounds)))
-            log.info("event %d: planned %d shard(s)", event_id, len(bounds))
-    if not unfinished:
-        return []
+        if not unfinished:  # everything is held for later, or nothing is left to send
+            if await _end_if_nothing_open(conn, event_id, settings):
+                await store.finish_event(conn, event_id=event_id)
+            return []
     first, rest = unfinished[0], unfinished[1:]
     await queues.fanout.send_many([FanoutTask(event_id, shard).encode() for shard in rest])
     return [await run_shard(event_id, first, pool, queues, settings, time_left=time_left)]
+
+
+async def _plan_releases(conn: asyncpg.Connection, event: store.Event, settings: Settings) -> None:
+    """Under the event's lock: write shards for what is due (the whole audience once, or
+    each wave whose time has come, and the recipients whose quiet hours have ended), or,
+    for a cancelled or expired event, drop what is held. Then the event is due again at
+    its next release, if any."""
+    event_id = event.id
+    if event.stopped:
+        await store.drop_holds(conn, event_id=event_id)
+        await store.mark_event_fanning_out(conn, event_id=event_id)
+        await store.hold_event_until_next_release(conn, event_id=event_id)
+        return
+    now = datetime.now(UTC)
+    first = await store.next_shard_no(conn, event_id=event_id)
+    releases: list[tuple[int | None, list[tuple[int, int]]]] = []
+    if not event.in_waves:
+        if first == 0:  # not planned before
+            releases.append((None, await _shard_bounds(conn, event, settings.shard_size)))
+    else:
+        for due_wave in await store.plan_due_waves(conn, event_id=event_id, now=now):
+            releases.append((due_wave, await _shard_bounds(conn, event, settings.shard_size)))
+    deferred = await store.release_deferred(conn, event_id=event_id, now=now)
+    if deferred is not None:  # usually few users: one shard over the whole range
+        releases.append((deferred, [(0, MAX_USER_ID)]))
+    for wave, bounds in releases:
+        await store.insert_shards(
+            conn,
+            event_id=event_id,
+            bounds=bounds,
+            overdue_after=settings.reconcile_after_seconds,
+            first_shard=first,
+            wave_no=wave,
+        )
+        first += len(bounds)
+        log.info("event %d: planned %d shard(s) of wave %s", event_id, len(bounds), wave)
+    await store.mark_event_fanning_out(conn, event_id=event_id)
+    await store.hold_event_until_next_release(conn, event_id=event_id)
+
+
+async def _end_if_nothing_open(conn: asyncpg.Connection, event_id: int, settings: Settings) -> bool:
+    """Mark the event fanned out if no shard is open and nothing is held; True if so."""
+    async with conn.transaction():
+        await store.lock_event(conn, event_id=event_id)
+        return await store.mark_event_fanned_out(
+            conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
+        )
 
 
 def _fits_a_batch(event: store.Event, queues: Queues, settings: Settings) -> bool:
@@ -213,7 +271,8 @@ async def _stream_shard(
     *,
     time_left: Callable[[], float] | None,
 ) -> ShardReport:
-    """Page through the shard's users from its checkpoint, pack, send, checkpoint."""
+    """Page through the shard's users from its checkpoint, pack, send, checkpoint; stop
+    at a checkpoint that finds the event cancelled or expired."""
     lease = settings.visibility_timeout
     event = await store.load_event(conn, event_id=event_id)
     assert event is not None  # the shard's row refers to it
@@ -223,7 +282,9 @@ async def _stream_shard(
         recipients=claim.recipients,
         devices=claim.devices,
         batches=claim.batches,
+        held_back=Counter(claim.held_back),
     )
+    page_filter = await _page_filter(conn, event, claim.wave_no, settings)
     packer = BatchPacker(
         event_id=event_id,
         shard=shard,
@@ -232,15 +293,21 @@ async def _stream_shard(
     )
     sent: list[PackedBatch] = []  # sent to SQS, not yet recorded
 
-    async def checkpoint() -> None:
-        """Record the batches sent and the cursor, renew the lease: this shard is alive."""
-        await _checkpoint(conn, event_id, shard, progress, sent, lease, settings)
+    async def checkpoint() -> str | None:
+        """Record the batches sent and the cursor, renew the lease: this shard is alive.
+        Returns why the shard must stop, if it must."""
+        stopped = await _checkpoint(conn, event_id, shard, progress, sent, lease, settings)
         sent.clear()
+        return stopped
+
+    async def keep_alive() -> None:
+        await checkpoint()  # a stop it finds is seen again at the next page's checkpoint
 
     async def read_page(after: int) -> list[asyncpg.Record]:
-        return await _fetch_page(conn, event, after, claim.hi_user_id, settings)
+        return await _fetch_page(conn, event, after, claim.hi_user_id, settings, page_filter)
 
-    rows = await read_page(progress.cursor)
+    stopped = event.stopped
+    rows = [] if stopped else await read_page(progress.cursor)
     while rows:
         # The database reads the next page while this one is packed and sent, rather
         # than the database, this process and the queue each waiting for the others.
@@ -249,6 +316,7 @@ async def _stream_shard(
         if len(rows) >= settings.page_size:
             next_page = asyncio.create_task(read_page(rows[-1][0]))
         try:
+            _count_held_back(rows, progress)
             full, subscribers_in_page = packer.add_rows(rows)
             if subscribers_in_page < settings.page_size:
                 full += packer.flush()
@@ -262,14 +330,20 @@ async def _stream_shard(
             raise
         rows = await next_page if next_page is not None else []
         if full:
-            await checkpoint()
+            if stopped := await checkpoint():
+                break
             if settings.delivery_backlog_limit is not None:
                 await queues.delivery.wait_for_room(
-                    settings.delivery_backlog_limit, keep_alive=checkpoint
+                    settings.delivery_backlog_limit, keep_alive=keep_alive
                 )
         if rows and time_left is not None and time_left() < 10.0:
             return await _yield_shard(conn, queues, event_id, shard, progress, sent, settings)
-    if tail := packer.flush():
+    if stopped:
+        await _count_unread(conn, event, progress, claim.hi_user_id, stopped)
+        log.info(
+            "event %d shard %d: stopped (%s) at user %d", event_id, shard, stopped, progress.cursor
+        )
+    elif tail := packer.flush():
         await _send(tail, queues, progress)
         sent += tail
     async with conn.transaction():
@@ -282,17 +356,70 @@ async def _stream_shard(
             recipients=progress.recipients,
             devices=progress.devices,
             batches=progress.batches,
+            held_back=dict(progress.held_back),
         )
         fanned_out = await store.mark_event_fanned_out(
             conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
         )
+        if not fanned_out:  # recipients this shard deferred may be the next release
+            await store.hold_event_until_next_release(conn, event_id=event_id)
     if fanned_out:  # the last shard: the event may have nothing left open
         await store.finish_event(conn, event_id=event_id)
     return ShardReport(event_id, shard, progress.recipients, progress.devices, progress.batches)
 
 
+async def _page_filter(
+    conn: asyncpg.Connection, event: store.Event, wave_no: int | None, settings: Settings
+) -> store.PageFilter:
+    """Whom this shard's pages let through: its wave's recipients, quiet hours applied as
+    the event asks (a deferred wave's recipients are past their window: not again)."""
+    if wave_no is None:
+        return store.PageFilter(
+            quiet_hours=event.quiet_hours, default_zone=settings.default_time_zone
+        )
+    wave = await store.wave_filter(conn, event_id=event.id, wave_no=wave_no)
+    if wave.kind == "deferred":
+        return store.PageFilter(deferred_wave=wave_no, quiet_hours="ignore")
+    return store.PageFilter(
+        zones_in=wave.zones_in,
+        zones_not_in=wave.zones_not_in,
+        quiet_hours=event.quiet_hours,
+        default_zone=settings.default_time_zone,
+    )
+
+
+def _count_held_back(rows: list[asyncpg.Record], progress: _Progress) -> None:
+    """Count the page's held-back users by reason (one row each, the fourth column)."""
+    held = Counter(row[3] for row in rows if row[3] is not _NOT_HELD)
+    if held:
+        progress.held_back.update(held)
+        for reason, count in held.items():
+            AUDIENCE_HELD_BACK.labels(reason).inc(count)
+
+
+async def _count_unread(
+    conn: asyncpg.Connection, event: store.Event, progress: _Progress, hi: int, reason: str
+) -> None:
+    """A stopped shard counts the subscribers it did not send to, past its checkpoint, as
+    held back for ``reason``: subscribers, not their devices (which were never read)."""
+    if event.topic_id is None:  # a 1:1 send: its one user, if not sent to yet
+        left = int(event.user_id is not None and progress.cursor < event.user_id)
+    else:
+        left = await store.subscribers_left(
+            conn, topic_id=event.topic_id, after_user_id=progress.cursor, before_user_id=hi
+        )
+    if left:
+        progress.held_back[reason] += left
+        AUDIENCE_HELD_BACK.labels(reason).inc(left)
+
+
 async def _fetch_page(
-    conn: asyncpg.Connection, event: store.Event, cursor: int, hi: int, settings: Settings
+    conn: asyncpg.Connection,
+    event: store.Event,
+    cursor: int,
+    hi: int,
+    settings: Settings,
+    page_filter: store.PageFilter,
 ) -> list[asyncpg.Record]:
     if event.user_id is not None:
         return await store.user_recipients(conn, user_id=event.user_id, after_user_id=cursor)
@@ -303,6 +430,8 @@ async def _fetch_page(
         after_user_id=cursor,
         before_user_id=hi,
         limit=settings.page_size,
+        event_id=event.id,
+        page_filter=page_filter,
     )
 
 
@@ -322,8 +451,8 @@ async def _checkpoint(
     sent: list[PackedBatch],
     lease: int,
     settings: Settings,
-) -> None:
-    await store.checkpoint_shard(
+) -> str | None:
+    return await store.checkpoint_shard(
         conn,
         event_id=event_id,
         shard=shard,
@@ -334,6 +463,7 @@ async def _checkpoint(
         accepted=sent,
         lease_seconds=lease,
         overdue_after=settings.reconcile_after_seconds,
+        held_back=dict(progress.held_back),
     )
 
 

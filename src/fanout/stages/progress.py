@@ -6,15 +6,17 @@ they print the same fields with the same types.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import datetime, time
+from typing import Any, Literal
 
 import asyncpg
+import orjson
 from pydantic import BaseModel, Field
 
 from fanout import store
 
 EventState = Literal[
+    "scheduled",  # held in PostgreSQL until send_at (or its first local-time wave)
     "pending",  # committed; its fan-out message not yet sent
     "enqueued",  # its fan-out message is on the queue
     "fanning_out",  # shards are reading subscribers and sending batches
@@ -23,8 +25,44 @@ EventState = Literal[
     "partially_delivered",  # some devices were sent to, some failed or were skipped
     "failed",  # no device was sent to (see failure_reasons and last_error)
     "no_recipients",  # nobody subscribed with an active device
+    "cancelled",  # cancelled; what was sent before is in sent, the rest in held_back
+    "expired",  # expires_at passed before anything was sent
 ]
-TERMINAL_STATES = frozenset({"delivered", "partially_delivered", "failed", "no_recipients"})
+TERMINAL_STATES = frozenset(
+    {"delivered", "partially_delivered", "failed", "no_recipients", "cancelled", "expired"}
+)
+
+
+class Wave(BaseModel):
+    wave: int
+    kind: Literal["local", "deferred"] = Field(
+        description="local: the subscribers of these zones at deliver_at_local; deferred: "
+        "recipients whose quiet hours ended by release_at."
+    )
+    release_at: datetime
+    zones: list[str]
+    catch_all: bool = Field(description="Also every subscriber whose zone is in no other wave.")
+    status: Literal["held", "planned", "dropped"]
+
+
+class Deferred(BaseModel):
+    """Recipients held by their quiet hours (quiet_hours: defer), and when."""
+
+    waiting: int = Field(description="Not yet released: their window has not ended.")
+    released: int = Field(description="Fanned out in a deferred wave once their window ended.")
+    dropped: int = Field(description="Never released: the event was cancelled or expired.")
+    next_release_at: datetime | None = Field(description="When the first waiting one is due.")
+    last_release_at: datetime | None = Field(description="When the last of them is due.")
+
+
+class Schedule(BaseModel):
+    """The publish options that hold or stop the event."""
+
+    send_at: datetime | None
+    deliver_at_local: time | None
+    quiet_hours: Literal["defer", "drop", "ignore"]
+    expires_at: datetime | None
+    cancelled_at: datetime | None
 
 
 class EventStatus(BaseModel):
@@ -41,9 +79,15 @@ class EventStatus(BaseModel):
     failure_reasons: dict[str, int]
     held_back: dict[str, int] = Field(
         description="Not sent on purpose, by reason: recipients the fan-out filtered out "
-        "(e.g. opted_out, muted, capped, deferred) and devices held back at delivery "
-        "(e.g. expired, cancelled)."
+        "(e.g. opted_out, muted, capped; deferred: inside their quiet hours, sent later "
+        "(see deferred); quiet_hours: inside them, dropped), subscribers a cancelled or "
+        "expired fan-out did not read (cancelled, expired), and devices of batches not "
+        "sent because the event was cancelled or expired while they waited (cancelled, "
+        "expired)."
     )
+    schedule: Schedule
+    waves: list[Wave] = Field(description="deliver_at_local waves and deferred releases.")
+    deferred: Deferred
     shards: int
     shards_done: int
     shards_failed: int = Field(description="Shards given up by the reconciler.")
@@ -61,7 +105,10 @@ async def load_event_status(
     row = await store.event_progress(conn, event_id=event_id)
     if row is None:
         return None
-    accounted = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]
+    # Devices of batches held back at delivery (cancelled, expired) have their outcome.
+    accounted = (
+        row["sent"] + row["failed"] + row["invalid"] + row["skipped"] + row["held_back_devices"]
+    )
     return EventStatus(
         event_id=row["id"],
         status=row["status"],
@@ -75,6 +122,21 @@ async def load_event_status(
         pending=max(0, row["devices"] - accounted),
         failure_reasons=row["failure_reasons"],
         held_back=row["held_back"],
+        schedule=Schedule(
+            send_at=row["send_at"],
+            deliver_at_local=row["deliver_at_local"],
+            quiet_hours=row["quiet_hours"],
+            expires_at=row["expires_at"],
+            cancelled_at=row["cancelled_at"],
+        ),
+        waves=[Wave.model_validate(wave) for wave in _json(row["waves"])],
+        deferred=Deferred(
+            waiting=row["deferred_waiting"],
+            released=row["deferred_released"],
+            dropped=row["deferred_dropped"],
+            next_release_at=row["deferred_next_release_at"],
+            last_release_at=row["deferred_last_release_at"],
+        ),
         shards=row["shards"],
         shards_done=row["shards_done"],
         shards_failed=row["shards_failed"],
@@ -85,3 +147,7 @@ async def load_event_status(
         fanned_out_at=row["fanned_out_at"],
         finished_at=row["finished_at"],
     )
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str | bytes) else value

@@ -6,6 +6,12 @@ the event overdue and sends its message again; fan-out is idempotent, so sending
 is harmless. A notification that no delivery batch could carry is refused here, before
 anything is written.
 
+Publish options (``PublishOptions``) hold an event in PostgreSQL until its time: a
+``send_at`` in the future, or ``deliver_at_local`` waves (one per UTC instant at which a
+subscriber's time zone reaches the local time, planned here from the audience's zones).
+Such an event is committed 'scheduled', due then, and released by the reconciler's due
+scan; nothing waits on a queue's delay or a sleeping process.
+
 Idempotency keys work as payment APIs' do. A key belongs to the API key that sent it
 (the CLI and other internal callers share one scope of their own), so two clients
 cannot collide. Sent again with the same request, it returns the first event; with a
@@ -19,7 +25,8 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from datetime import UTC, datetime, time
+from typing import Any, Literal
 
 import asyncpg
 import orjson
@@ -30,6 +37,7 @@ from fanout.queue.messages import MAX_MESSAGE_BYTES, FanoutTask
 from fanout.queue.sqs import Queues
 from fanout.stages.batching import batch_max_bytes as max_batch_bytes
 from fanout.stages.batching import bytes_short
+from fanout.stages.schedule import plan_waves
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +60,65 @@ class IdempotencyConflict(ValueError):
         )
 
 
+class InvalidPublishOption(ValueError):
+    """A publish option that cannot be honoured; ``field`` names it (the API's 422)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+QuietHours = Literal["defer", "drop", "ignore"]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOptions:
+    """When and how an event goes out. ``send_at``: not before (UTC); ``deliver_at_local``:
+    at this time on each recipient's own clock, in waves; ``quiet_hours``: for recipients
+    inside their quiet window at fan-out, defer (send when it ends), drop, or ignore it;
+    ``expires_at``: nothing is sent after it."""
+
+    send_at: datetime | None = None
+    deliver_at_local: time | None = None
+    quiet_hours: QuietHours = "defer"
+    expires_at: datetime | None = None
+
+    def fingerprinted(self) -> dict[str, Any]:
+        """What an idempotency key binds besides the notification: the options set (none
+        set: nothing, so requests without options keep their fingerprints)."""
+        chosen = {
+            "send_at": self.send_at.astimezone(UTC).isoformat() if self.send_at else None,
+            "deliver_at_local": self.deliver_at_local.isoformat()
+            if self.deliver_at_local
+            else None,
+            "quiet_hours": None if self.quiet_hours == "defer" else self.quiet_hours,
+            "expires_at": self.expires_at.astimezone(UTC).isoformat() if self.expires_at else None,
+        }
+        return {name: value for name, value in chosen.items() if value is not None}
+
+    def check(self, now: datetime) -> None:
+        """Raise ``InvalidPublishOption`` naming the field for options that contradict."""
+        for name in ("send_at", "expires_at"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise InvalidPublishOption(name, "needs a time zone offset (e.g. Z for UTC)")
+        if self.expires_at is not None:
+            if self.expires_at <= now:
+                raise InvalidPublishOption("expires_at", "is in the past: nothing would be sent")
+            if self.send_at is not None and self.expires_at <= self.send_at:
+                raise InvalidPublishOption("expires_at", "must be after send_at")
+
+
+DEFAULT_OPTIONS = PublishOptions()
+
+
 @dataclass(frozen=True, slots=True)
 class Published:
     event_id: int
     created: bool  # False: the idempotency key named an event published before
     enqueued: bool = False  # False: not sent now (an earlier event, or left to the reconciler)
+    held_until: datetime | None = None  # scheduled: released by the reconciler then
 
 
 def check_fits_a_batch(notification: Notification, max_bytes: int) -> None:
@@ -72,13 +134,21 @@ def check_fits_a_batch(notification: Notification, max_bytes: int) -> None:
         )
 
 
-def request_fingerprint(payload: dict[str, Any], *, topic: str | None, user: str | None) -> bytes:
+def request_fingerprint(
+    payload: dict[str, Any],
+    *,
+    topic: str | None,
+    user: str | None,
+    options: PublishOptions = DEFAULT_OPTIONS,
+) -> bytes:
     """SHA-256 of the request's canonical JSON: what an idempotency key binds.
 
     ``payload`` is the validated notification without its defaults, so key order,
     whitespace or a field sent with its default value do not make a request different.
     """
-    request = {"topic": topic, "user": user, "notification": payload}
+    request: dict[str, Any] = {"topic": topic, "user": user, "notification": payload}
+    if chosen := options.fingerprinted():
+        request["options"] = chosen
     return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).digest()
 
 
@@ -92,8 +162,12 @@ async def record_event(
     api_key_id: int | None = None,
     batch_max_bytes: int = MAX_MESSAGE_BYTES,
     overdue_after: float = DEFAULT_OVERDUE_AFTER,
+    options: PublishOptions = DEFAULT_OPTIONS,
+    default_time_zone: str = "UTC",
 ) -> Published:
     """Commit the event as pending: to a topic's subscribers or to one user's devices.
+    With ``options`` holding it (a future ``send_at``, ``deliver_at_local`` waves) it is
+    committed 'scheduled', due at its first release (``held_until``).
 
     A notification that cannot fit a batch of ``batch_max_bytes`` (capped at 90% of the
     queue's 1 MiB) raises ``NotificationTooLarge``; nothing is written. The event is due
@@ -107,11 +181,23 @@ async def record_event(
     if (topic is None) == (user is None):
         raise ValueError("an event goes to exactly one of: a topic, a user")
     check_fits_a_batch(notification, max_batch_bytes(batch_max_bytes, MAX_MESSAGE_BYTES))
+    now = datetime.now(UTC)
+    options.check(now)
     payload = notification.model_dump(mode="json", exclude_defaults=True)
-    fingerprint = request_fingerprint(payload, topic=topic, user=user) if idempotency_key else None
+    fingerprint = (
+        request_fingerprint(payload, topic=topic, user=user, options=options)
+        if idempotency_key
+        else None
+    )
     async with pool.acquire() as conn, conn.transaction():
         topic_id = await store.find_or_create_topic(conn, topic=topic) if topic else None
         user_id = await store.find_or_create_user(conn, user=user) if user else None
+        waves: list[store.PlannedWave] = []
+        if options.deliver_at_local is not None:
+            zones = await store.audience_time_zones(conn, topic_id=topic_id, user_id=user_id)
+            waves = _waves(options, zones, default_time_zone, now)
+        first_release = waves[0].release_at if waves else options.send_at
+        held_until = first_release if first_release and first_release > now else None
         event_id = await store.insert_event(
             conn,
             topic_id=topic_id,
@@ -121,9 +207,16 @@ async def record_event(
             idempotency_key=idempotency_key,
             request_fingerprint=fingerprint,
             overdue_after=overdue_after,
+            send_at=options.send_at,
+            deliver_at_local=options.deliver_at_local,
+            quiet_hours=options.quiet_hours,
+            expires_at=options.expires_at,
+            held_until=held_until,
         )
         if event_id is not None:
-            return Published(event_id, created=True)
+            if waves:
+                await store.insert_waves(conn, event_id=event_id, waves=waves)
+            return Published(event_id, created=True, held_until=held_until)
         # The conflicting row is committed: a concurrent first use made this INSERT wait.
         assert idempotency_key is not None  # only a reused key inserts nothing
         first = await store.event_by_idempotency_key(
@@ -134,6 +227,18 @@ async def record_event(
     if first.request_fingerprint not in (None, fingerprint):
         raise IdempotencyConflict()
     return Published(first.id, created=False)
+
+
+def _waves(
+    options: PublishOptions, zones: list[str], default_zone: str, now: datetime
+) -> list[store.PlannedWave]:
+    """The waves of a deliver_at_local event, from send_at (or now) on."""
+    assert options.deliver_at_local is not None
+    after = max(now, options.send_at) if options.send_at else now
+    return [
+        store.PlannedWave(w.release_at, w.zones, w.catch_all)
+        for w in plan_waves(zones, options.deliver_at_local, default_zone=default_zone, after=after)
+    ]
 
 
 async def enqueue_event(
@@ -161,8 +266,11 @@ async def publish(
     enqueue_timeout: float | None = None,
     batch_max_bytes: int = MAX_MESSAGE_BYTES,
     overdue_after: float = DEFAULT_OVERDUE_AFTER,
+    options: PublishOptions = DEFAULT_OPTIONS,
+    default_time_zone: str = "UTC",
 ) -> Published:
-    """Record and enqueue an event; the same idempotency key publishes nothing twice.
+    """Record and enqueue an event; the same idempotency key publishes nothing twice. An
+    event ``options`` hold is not enqueued: the reconciler releases it on time.
 
     ``queues`` may be a coroutine function that opens them: the API opens its queues on
     first use, so that it starts, and commits events, while SQS is down. With
@@ -183,8 +291,10 @@ async def publish(
         api_key_id=api_key_id,
         batch_max_bytes=batch_max_bytes,
         overdue_after=overdue_after,
+        options=options,
+        default_time_zone=default_time_zone,
     )
-    if not published.created:
+    if not published.created or published.held_until is not None:
         return published
     try:
         async with asyncio.timeout(enqueue_timeout):
@@ -196,3 +306,22 @@ async def publish(
         log.warning("event %d committed, enqueue deferred: %r", published.event_id, exc)
         return published
     return replace(published, enqueued=True)
+
+
+class TooLateToCancel(ValueError):
+    """The event has already ended (delivered, failed ...): there is nothing to stop."""
+
+
+async def cancel(pool: asyncpg.Pool, event_id: int) -> str | None:
+    """Cancel an event; its status after ('cancelled' when it had not started fanning out,
+    else its current state: it stops at the fan-out's next page and each batch's claim);
+    None for an unknown event. Cancelling again is a no-op; ``TooLateToCancel`` once it has
+    ended otherwise."""
+    async with store.acquire(pool) as conn:
+        status = await store.cancel_event(conn, event_id=event_id)
+        if status is not None:
+            return status
+        event = await store.load_event(conn, event_id=event_id)
+    if event is None:
+        return None
+    raise TooLateToCancel(f"event {event_id} has already ended ({event.status})")

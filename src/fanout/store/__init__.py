@@ -12,6 +12,7 @@ packer reads, the event's progress).
 - ``shards``, ``batches``: the fan-out's and the delivery's units of work, each with a
   lease and a due time, and the reconciler's claims of those overdue.
 - ``recipients``: devices as batches carry them (the fan-out's hot path).
+- ``waves``: an event's held releases (local-time waves, recipients deferred by quiet hours).
 - ``subscriptions``, ``devices``, ``api_keys``: what the HTTP API and the CLI manage.
 - ``seeding``: the demo's and the benchmarks' subscribers.
 """
@@ -25,11 +26,13 @@ from fanout.store.api_keys import (
     revoke_api_key,
 )
 from fanout.store.batches import (
+    BatchClaim,
     DueBatch,
     batch_status,
     claim_batch,
     claim_due_batches,
     finish_batch,
+    finish_batch_held,
     give_up_batch,
     record_retry_batch,
     release_batch,
@@ -52,11 +55,13 @@ from fanout.store.events import (
     DueEvent,
     Event,
     FirstUse,
+    cancel_event,
     claim_due_events,
     event_by_idempotency_key,
     event_progress,
     fail_event,
     finish_event,
+    hold_event_until_next_release,
     insert_event,
     load_event,
     lock_event,
@@ -65,6 +70,7 @@ from fanout.store.events import (
     mark_event_fanning_out,
 )
 from fanout.store.recipients import (
+    PageFilter,
     batch_recipients,
     devices_by_id,
     topic_recipients_page,
@@ -83,8 +89,10 @@ from fanout.store.shards import (
     give_up_shard,
     insert_shards,
     next_shard_boundary,
+    next_shard_no,
     release_shard,
     shard_status,
+    subscribers_left,
     unfinished_shards,
 )
 from fanout.store.subscriptions import (
@@ -98,25 +106,41 @@ from fanout.store.subscriptions import (
     unsubscribe,
     user_subscriptions_page,
 )
+from fanout.store.waves import (
+    PlannedWave,
+    WaveFilter,
+    audience_time_zones,
+    drop_holds,
+    insert_waves,
+    plan_due_waves,
+    release_deferred,
+    wave_filter,
+)
 
 __all__ = [
     "UNTRUSTWORTHY",
     "AcceptedBatch",
     "ApiKeyListing",
+    "BatchClaim",
     "DueBatch",
     "DueEvent",
     "DueShard",
     "Event",
     "FirstUse",
     "LeaseStatus",
+    "PageFilter",
+    "PlannedWave",
     "RegisteredDevice",
     "SeededIds",
     "ShardClaim",
     "StoredApiKey",
     "Subscription",
+    "WaveFilter",
     "acquire",
+    "audience_time_zones",
     "batch_recipients",
     "batch_status",
+    "cancel_event",
     "checkpoint_shard",
     "claim_batch",
     "claim_due_batches",
@@ -128,6 +152,7 @@ __all__ = [
     "deactivate_devices",
     "delete_device",
     "devices_by_id",
+    "drop_holds",
     "event_by_idempotency_key",
     "event_progress",
     "fail_event",
@@ -135,14 +160,17 @@ __all__ = [
     "find_or_create_topic",
     "find_or_create_user",
     "finish_batch",
+    "finish_batch_held",
     "finish_event",
     "finish_shard",
     "give_up_batch",
     "give_up_shard",
+    "hold_event_until_next_release",
     "insert_api_key",
     "insert_event",
     "insert_shards",
     "insert_users",
+    "insert_waves",
     "list_api_keys",
     "live_api_key",
     "load_event",
@@ -152,8 +180,11 @@ __all__ = [
     "mark_event_fanning_out",
     "naming_the_database",
     "next_shard_boundary",
+    "next_shard_no",
+    "plan_due_waves",
     "record_retry_batch",
     "release_batch",
+    "release_deferred",
     "release_shard",
     "renew_batch_lease",
     "revoke_api_key",
@@ -163,10 +194,12 @@ __all__ = [
     "shard_status",
     "subscribe",
     "subscribe_users",
+    "subscribers_left",
     "topic_recipients_page",
     "unfinished_shards",
     "unsubscribe",
     "upsert_device",
     "user_recipients",
     "user_subscriptions_page",
+    "wave_filter",
 ]

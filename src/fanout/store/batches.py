@@ -17,6 +17,14 @@ from fanout.store.shards import LeaseStatus
 
 
 @dataclass(frozen=True, slots=True)
+class BatchClaim:
+    """A batch this invocation now holds; ``stopped`` says its event was cancelled or has
+    expired ('cancelled', 'expired'): then nothing is to be sent."""
+
+    stopped: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class DueBatch:
     """A batch past its due_at, claimed by the reconciler (its due_at moved on), with what
     re-reads its devices: a fan-out batch's range of users, or a retry batch's device ids."""
@@ -41,15 +49,24 @@ async def claim_batch(
     devices: int,
     lease_seconds: float,
     overdue_after: float,
-) -> bool:
+) -> BatchClaim | None:
     """Take the batch for ``lease_seconds`` (due ``overdue_after`` seconds after the lease
-    ends); False when it is done or someone holds a live lease on it. A batch not
+    ends); None when it is done or someone holds a live lease on it. A batch not
     recorded yet is inserted. Raises ``asyncpg.ForeignKeyViolationError`` for an unknown
     event (``CLAIM_BATCH``)."""
-    claimed = await conn.fetchval(
+    row = await conn.fetchrow(
         queries.CLAIM_BATCH, event_id, batch_key, attempt, devices, lease_seconds, overdue_after
     )
-    return bool(claimed)
+    return None if row is None else BatchClaim(**row)
+
+
+async def finish_batch_held(
+    conn: asyncpg.Connection, *, event_id: int, batch_key: str, reason: str
+) -> int:
+    """Mark a claimed batch done without sending it, its devices held back for ``reason``
+    (the event was cancelled or expired); how many devices (``FINISH_BATCH_HELD``)."""
+    devices: int = await conn.fetchval(queries.FINISH_BATCH_HELD, event_id, batch_key, reason)
+    return devices
 
 
 async def batch_status(

@@ -7,6 +7,7 @@ index it relies on is written) and takes its parameters by name.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, time
 from typing import Any
 
 import asyncpg
@@ -23,6 +24,15 @@ class Event:
     user_id: int | None
     notification: dict[str, Any]
     status: str
+    quiet_hours: str  # defer | drop | ignore
+    in_waves: bool  # deliver_at_local: fanned out wave by wave (event_waves)
+    cancelled: bool
+    expired: bool  # expires_at has passed
+
+    @property
+    def stopped(self) -> str | None:
+        """Why nothing more is to be sent ('cancelled', 'expired'), or None."""
+        return "cancelled" if self.cancelled else "expired" if self.expired else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +62,15 @@ async def insert_event(
     idempotency_key: str | None,
     request_fingerprint: bytes | None,
     overdue_after: float,
+    send_at: datetime | None = None,
+    deliver_at_local: time | None = None,
+    quiet_hours: str = "defer",
+    expires_at: datetime | None = None,
+    held_until: datetime | None = None,
 ) -> int | None:
-    """Commit a pending event, due ``overdue_after`` seconds on; its id, or None when this
-    scope (``api_key_id``) used the idempotency key before (``INSERT_EVENT``)."""
+    """Commit a pending event, due ``overdue_after`` seconds on, or with ``held_until`` a
+    scheduled one, due then; its id, or None when this scope (``api_key_id``) used the
+    idempotency key before (``INSERT_EVENT``)."""
     event_id: int | None = await conn.fetchval(
         queries.INSERT_EVENT,
         topic_id,
@@ -64,8 +80,27 @@ async def insert_event(
         idempotency_key,
         request_fingerprint,
         overdue_after,
+        send_at,
+        deliver_at_local,
+        quiet_hours,
+        expires_at,
+        held_until,
     )
     return event_id
+
+
+async def cancel_event(conn: asyncpg.Connection, *, event_id: int) -> str | None:
+    """Cancel the event: one not yet fanning out ends 'cancelled' at once; one under way is
+    marked, and stops at its next page and batch. Its status after; None for an unknown
+    event or one that has already ended otherwise (``CANCEL_EVENT``)."""
+    status: str | None = await conn.fetchval(queries.CANCEL_EVENT, event_id)
+    return status
+
+
+async def hold_event_until_next_release(conn: asyncpg.Connection, *, event_id: int) -> None:
+    """A fanning-out event with waves or deferred recipients held is due when the first is
+    (``HOLD_EVENT_UNTIL_NEXT_RELEASE``)."""
+    await conn.execute(queries.HOLD_EVENT_UNTIL_NEXT_RELEASE, event_id)
 
 
 async def event_by_idempotency_key(

@@ -12,20 +12,56 @@ index it relies on is written) and takes its parameters by name.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
 from fanout.store import queries
 
 
+@dataclass(frozen=True, slots=True)
+class PageFilter:
+    """What an event's page holds back or leaves out besides its range: the wave being fanned
+    out (its zones, or the zones it is not in, or a deferred wave's number), the quiet-hours
+    policy, and the instant quiet windows are judged at. The default: everyone, now."""
+
+    zones_in: Sequence[str] | None = None
+    zones_not_in: Sequence[str] | None = None
+    deferred_wave: int | None = None
+    quiet_hours: str = "ignore"
+    default_zone: str = "UTC"
+
+
 async def topic_recipients_page(
-    conn: asyncpg.Connection, *, topic_id: int, after_user_id: int, before_user_id: int, limit: int
+    conn: asyncpg.Connection,
+    *,
+    topic_id: int,
+    after_user_id: int,
+    before_user_id: int,
+    limit: int,
+    event_id: int = 0,
+    page_filter: PageFilter = PageFilter(),  # frozen: one default shared safely
+    at: datetime | None = None,
 ) -> list[asyncpg.Record]:
     """The next page of the topic's subscribers between ``after_user_id`` and
-    ``before_user_id`` (both excluded): up to ``limit`` users, each with their devices,
-    in user order (``TOPIC_RECIPIENTS_PAGE``)."""
+    ``before_user_id`` (both excluded) that ``page_filter`` lets in: up to ``limit`` users,
+    each with their devices, in user order, and a fourth column: why a user is held back
+    (NULL: sent to). Those deferred by their quiet hours at ``at`` (default now) are
+    recorded for ``event_id`` (``TOPIC_RECIPIENTS_PAGE``)."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        queries.TOPIC_RECIPIENTS_PAGE, topic_id, after_user_id, before_user_id, limit
+        queries.TOPIC_RECIPIENTS_PAGE,
+        topic_id,
+        after_user_id,
+        before_user_id,
+        limit,
+        event_id,
+        page_filter.zones_in,
+        page_filter.zones_not_in,
+        page_filter.default_zone,
+        page_filter.deferred_wave,
+        page_filter.quiet_hours,
+        at or datetime.now(UTC),
     )
     return rows
 

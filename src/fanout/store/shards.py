@@ -27,6 +27,8 @@ class ShardClaim:
     recipients: int
     devices: int
     batches: int
+    held_back: dict[str, int]  # recipients filtered out so far, by reason
+    wave_no: int | None  # the wave it fans out; None: the whole audience
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,17 +79,38 @@ async def insert_shards(
     event_id: int,
     bounds: Sequence[tuple[int, int]],
     overdue_after: float,
+    first_shard: int = 0,
+    wave_no: int | None = None,
 ) -> None:
-    """Write the event's shards, numbered from 0, one per [lo, hi) range of user ids, each
-    due ``overdue_after`` seconds on unless claimed; none twice (``INSERT_SHARDS``)."""
+    """Write the event's shards (of one wave, with ``wave_no``), numbered from
+    ``first_shard``, one per [lo, hi) range of user ids, each due ``overdue_after`` seconds
+    on unless claimed; none twice (``INSERT_SHARDS``)."""
     await conn.execute(
         queries.INSERT_SHARDS,
         event_id,
-        list(range(len(bounds))),
+        list(range(first_shard, first_shard + len(bounds))),
         [lo for lo, _ in bounds],
         [hi for _, hi in bounds],
         overdue_after,
+        wave_no,
     )
+
+
+async def next_shard_no(conn: asyncpg.Connection, *, event_id: int) -> int:
+    """The number the event's next shard takes: they go on across waves (``NEXT_SHARD_NO``)."""
+    number: int = await conn.fetchval(queries.NEXT_SHARD_NO, event_id)
+    return number
+
+
+async def subscribers_left(
+    conn: asyncpg.Connection, *, topic_id: int, after_user_id: int, before_user_id: int
+) -> int:
+    """How many of the topic's subscribers lie between the two user ids, both excluded: what
+    a stopped shard did not read (``SUBSCRIBERS_LEFT``)."""
+    count: int = await conn.fetchval(
+        queries.SUBSCRIBERS_LEFT, topic_id, after_user_id, before_user_id
+    )
+    return count
 
 
 async def unfinished_shards(conn: asyncpg.Connection, *, event_id: int) -> list[int]:
@@ -138,12 +161,14 @@ async def checkpoint_shard(
     accepted: Sequence[AcceptedBatch],
     lease_seconds: float,
     overdue_after: float,
-) -> None:
+    held_back: dict[str, int] | None = None,
+) -> str | None:
     """In one statement, record the batches SQS ``accepted`` since the last checkpoint
-    (each due ``overdue_after`` seconds on), and move the shard's cursor and totals on
-    and renew its lease for ``lease_seconds`` (due ``overdue_after`` after it ends)
-    (``CHECKPOINT_SHARD``)."""
-    await conn.execute(
+    (each due ``overdue_after`` seconds on), and move the shard's cursor and totals
+    (``held_back``: recipients filtered out, by reason) on and renew its lease for
+    ``lease_seconds`` (due ``overdue_after`` after it ends). Returns why the shard must
+    stop, 'cancelled' or 'expired', or None (``CHECKPOINT_SHARD``)."""
+    stopped: str | None = await conn.fetchval(
         queries.CHECKPOINT_SHARD,
         event_id,
         shard,
@@ -158,7 +183,9 @@ async def checkpoint_shard(
         [b.devices for b in accepted],
         [b.first_user for b in accepted],
         [b.last_user for b in accepted],
+        held_back or {},
     )
+    return stopped
 
 
 async def finish_shard(
@@ -169,9 +196,12 @@ async def finish_shard(
     recipients: int,
     devices: int,
     batches: int,
+    held_back: dict[str, int] | None = None,
 ) -> None:
     """Mark the shard done with its final totals (``FINISH_SHARD``)."""
-    await conn.execute(queries.FINISH_SHARD, event_id, shard, recipients, devices, batches)
+    await conn.execute(
+        queries.FINISH_SHARD, event_id, shard, recipients, devices, batches, held_back or {}
+    )
 
 
 async def give_up_shard(
