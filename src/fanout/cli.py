@@ -1,4 +1,4 @@
-"""The ``fanout`` command: demo, migrate, queues, worker, publish, status, sink.
+"""The ``fanout`` command: demo, migrate, queues, worker, publish, cancel, status, sink.
 
 A mistake in the configuration ends any command with one line naming the setting and
 exit status 2 (as for a wrong option); a service that does not answer, with one line
@@ -237,10 +237,23 @@ def publish(
     title: Annotated[str, typer.Option()],
     body: Annotated[str, typer.Option()] = "",
     idempotency_key: Annotated[str | None, typer.Option()] = None,
+    send_at: Annotated[
+        str | None, typer.Option(help="Not before: ISO 8601 with an offset (2026-03-29T07:00Z).")
+    ] = None,
+    deliver_at_local: Annotated[
+        str | None, typer.Option(help="HH:MM on each recipient's clock, in waves by time zone.")
+    ] = None,
+    quiet_hours: Annotated[
+        str, typer.Option(help="Recipients in their quiet hours: defer, drop or ignore.")
+    ] = "defer",
+    expires_at: Annotated[
+        str | None, typer.Option(help="Nothing is sent after: ISO 8601 with an offset.")
+    ] = None,
 ) -> None:
     """Publish an event to a topic's subscribers; prints the event id."""
     from fanout.notification import Notification
     from fanout.queue.sqs import open_client, open_queues
+    from fanout.stages.publish import InvalidPublishOption
     from fanout.stages.publish import publish as do_publish
     from fanout.store import create_pool
 
@@ -249,6 +262,7 @@ def publish(
         notification = Notification(title=title, body=body)
     except pydantic.ValidationError as exc:
         raise typer.BadParameter(str(exc)) from None
+    options = _publish_options(send_at, deliver_at_local, quiet_hours, expires_at)
 
     async def main() -> int:
         pool = await create_pool(settings)
@@ -263,12 +277,70 @@ def publish(
                     idempotency_key=idempotency_key,
                     batch_max_bytes=settings.batch_max_bytes,
                     overdue_after=settings.reconcile_after_seconds,
+                    options=options,
+                    default_time_zone=settings.default_time_zone,
                 )
                 return published.event_id
         finally:
             await pool.close()
 
-    typer.echo(asyncio.run(main()))
+    try:
+        typer.echo(asyncio.run(main()))
+    except InvalidPublishOption as exc:
+        hint = f"--{exc.field.replace('_', '-')}"
+        raise typer.BadParameter(exc.message, param_hint=hint) from None
+
+
+def _publish_options(
+    send_at: str | None, deliver_at_local: str | None, quiet_hours: str, expires_at: str | None
+) -> Any:
+    """The publish options, checked as the API checks them; a bad one names its option."""
+    from fanout.api.schemas import PublishOptionsIn
+
+    try:
+        return PublishOptionsIn.model_validate(
+            {
+                "send_at": send_at,
+                "deliver_at_local": deliver_at_local,
+                "quiet_hours": quiet_hours,
+                "expires_at": expires_at,
+            }
+        ).options()
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]).replace("_", "-")
+        raise typer.BadParameter(error["msg"], param_hint=f"--{field}") from None
+
+
+@app.command()
+def cancel(event_id: int) -> None:
+    """Cancel an event: its fan-out stops at the next page, batches not yet sent are not
+    sent. Prints its status as JSON (what was sent before, held_back.cancelled)."""
+    from fanout.stages.progress import load_event_status
+    from fanout.stages.publish import TooLateToCancel
+    from fanout.stages.publish import cancel as do_cancel
+    from fanout.store import create_pool
+
+    settings = _settings()
+
+    async def main() -> str | None:
+        pool = await create_pool(settings)
+        try:
+            if await do_cancel(pool, event_id) is None:
+                return None
+            found = await load_event_status(pool, event_id)
+        finally:
+            await pool.close()
+        return None if found is None else found.model_dump_json(indent=2)
+
+    try:
+        shown = asyncio.run(main())
+    except TooLateToCancel as exc:
+        _fail(str(exc))
+    if shown is None:
+        err.print(f"[red]no event {event_id}[/]")
+        raise typer.Exit(1)
+    typer.echo(shown)
 
 
 @app.command()

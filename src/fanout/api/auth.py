@@ -64,6 +64,7 @@ async def _publisher(
 
 
 MANAGE = Depends(require("manage"))
+PUBLISH = Depends(require("publish"))  # without the publishing rate limit (cancel)
 READ = Depends(require("read"))
 # A key with the publish scope, within its publishing rate limit (else 429).
 Publisher = Annotated[ApiKey, Depends(_publisher)]

@@ -9,9 +9,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from fanout.notification import Locale, Notification
+from fanout.stages.publish import PublishOptions
+from fanout.stages.schedule import parse_local_time
 
 # Documented character sets: what may appear in a URL path segment without escaping.
 TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
@@ -25,6 +27,9 @@ IdempotencyKey = Annotated[
         description="Publish at most once: this API key's own. The same key with the same "
         "request returns the first event (created: false); with a different request, 409."
     ),
+]
+LocalTime = Annotated[
+    str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$"), Field(examples=["09:00"])
 ]
 Base64Url = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]+=*$", max_length=256)]
 
@@ -102,13 +107,48 @@ class SubscriptionPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
 
 
-class EventIn(Strict):
+class PublishOptionsIn(Strict):
+    """When and how the event goes out (all optional)."""
+
+    send_at: AwareDatetime | None = Field(
+        default=None,
+        description="Not before this time (with an offset; Z for UTC). Held in PostgreSQL "
+        "and released by the reconciler, however far ahead.",
+    )
+    deliver_at_local: LocalTime | None = Field(
+        default=None,
+        description="HH:MM on each recipient's own clock (their time zone, else "
+        "FANOUT_DEFAULT_TIME_ZONE): sent in waves as each zone reaches it, the next "
+        "occurrence at or after send_at (or now).",
+    )
+    quiet_hours: Literal["defer", "drop", "ignore"] = Field(
+        default="defer",
+        description="Recipients inside their quiet hours at fan-out: defer (sent when their "
+        "window ends), drop (not sent, counted quiet_hours) or ignore (sent).",
+    )
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="Nothing is sent after this time; what was not sent counts expired.",
+    )
+
+    def options(self) -> PublishOptions:
+        return PublishOptions(
+            send_at=self.send_at,
+            deliver_at_local=parse_local_time(self.deliver_at_local)
+            if self.deliver_at_local
+            else None,
+            quiet_hours=self.quiet_hours,
+            expires_at=self.expires_at,
+        )
+
+
+class EventIn(PublishOptionsIn):
     topic: TopicKey
     notification: Notification
     idempotency_key: IdempotencyKey | None = None
 
 
-class DirectNotificationIn(Strict):
+class DirectNotificationIn(PublishOptionsIn):
     notification: Notification
     idempotency_key: IdempotencyKey | None = None
 
@@ -127,11 +167,12 @@ class Problem(BaseModel):
     detail: str
 
 
-_PROBLEMS = {
+_PROBLEMS: dict[int | str, str] = {
     401: "Missing or unknown API key",
     403: "The key lacks the scope",
     404: "Not found",
     409: "The idempotency key was used for a different request",
+    "409-cancel": "The event has already ended (delivered, failed ...): too late to cancel",
     429: "Rate limited",
 }
 
@@ -139,3 +180,10 @@ _PROBLEMS = {
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI ``responses`` entries for these error statuses: a Problem body each."""
     return {status: {"model": Problem, "description": _PROBLEMS[status]} for status in statuses}
+
+
+def cancel_problems() -> dict[int | str, dict[str, Any]]:
+    """Cancel's error statuses: its 409 means something else than publish's."""
+    found = problems(401, 403, 404)
+    found[409] = {"model": Problem, "description": _PROBLEMS["409-cancel"]}
+    return found

@@ -1,4 +1,4 @@
-"""Events: publish to a topic, send 1:1 to a user, read an event's progress."""
+"""Events: publish to a topic, send 1:1 to a user, read an event's progress, cancel it."""
 
 from __future__ import annotations
 
@@ -6,12 +6,20 @@ from fastapi import APIRouter, HTTPException
 from fastapi.exceptions import RequestValidationError
 
 from fanout.api import schemas
-from fanout.api.auth import READ, Publisher
+from fanout.api.auth import PUBLISH, READ, Publisher
 from fanout.api.keys import ApiKey
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, ApiState, Pool, State
 from fanout.notification import Notification
 from fanout.stages.progress import EventStatus, load_event_status
-from fanout.stages.publish import IdempotencyConflict, NotificationTooLarge, publish
+from fanout.stages.publish import (
+    IdempotencyConflict,
+    InvalidPublishOption,
+    NotificationTooLarge,
+    PublishOptions,
+    TooLateToCancel,
+    cancel,
+    publish,
+)
 
 router = APIRouter()
 
@@ -27,7 +35,9 @@ async def publish_event(
     An idempotency key is this API key's own: the same key with the same request
     returns the first event (202, ``created: false``); with a different request, 409.
     """
-    return await _publish(state, key, body.notification, body.idempotency_key, topic=body.topic)
+    return await _publish(
+        state, key, body.notification, body.idempotency_key, body.options(), topic=body.topic
+    )
 
 
 @router.post(
@@ -42,7 +52,9 @@ async def notify_user(
 
     Idempotency keys work as for ``POST /v1/events``.
     """
-    return await _publish(state, key, body.notification, body.idempotency_key, user=user_id)
+    return await _publish(
+        state, key, body.notification, body.idempotency_key, body.options(), user=user_id
+    )
 
 
 async def _publish(
@@ -50,6 +62,7 @@ async def _publish(
     key: ApiKey,
     notification: Notification,
     idempotency_key: str | None,
+    options: PublishOptions,
     *,
     topic: str | None = None,
     user: str | None = None,
@@ -67,10 +80,16 @@ async def _publish(
             enqueue_timeout=ENQUEUE_TIMEOUT_SECONDS,
             batch_max_bytes=state.settings.batch_max_bytes,
             overdue_after=state.settings.reconcile_after_seconds,
+            options=options,
+            default_time_zone=state.settings.default_time_zone,
         )
     except NotificationTooLarge as exc:
         raise RequestValidationError(
             [{"type": "too_large", "loc": ["body", "notification"], "msg": str(exc)}]
+        ) from None
+    except InvalidPublishOption as exc:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ["body", exc.field], "msg": exc.message}]
         ) from None
     except IdempotencyConflict:
         # Names the field, never its value nor the first request.
@@ -94,3 +113,22 @@ async def event_status(event_id: schemas.RowIdPath, pool: Pool) -> EventStatus:
     if found is None:
         raise HTTPException(404, "no such event")
     return found
+
+
+@router.post(
+    "/v1/events/{event_id}/cancel", dependencies=[PUBLISH], responses=schemas.cancel_problems()
+)
+async def cancel_event(event_id: schemas.RowIdPath, pool: Pool) -> EventStatus:
+    """Stop the event: nothing more is fanned out (a fan-out under way stops at its next
+    page) and no batch not yet sent is sent (each is checked as it is claimed). Answers
+    with its status: ``cancelled`` at once if it had not started, else once the work in
+    flight has stopped (``held_back.cancelled`` counts what was not sent). Cancelling
+    again does nothing; an event that has already ended otherwise is a 409."""
+    try:
+        found = await cancel(pool, event_id)
+    except TooLateToCancel as exc:
+        raise HTTPException(409, str(exc)) from None
+    status = None if found is None else await load_event_status(pool, event_id)
+    if status is None:
+        raise HTTPException(404, "no such event")
+    return status
