@@ -130,15 +130,12 @@ async def plan_event(
 
 async def _plan_releases(conn: asyncpg.Connection, event: store.Event, settings: Settings) -> None:
     """Under the event's lock: write shards for what is due (the whole audience once, or
-    each wave whose time has come, and the recipients whose quiet hours have ended), or,
-    for a cancelled or expired event, drop what is held. Then the event is due again at
+    each wave whose time has come, and the recipients whose quiet hours have ended); a
+    cancelled or expired event's holds are dropped first. Then the event is due again at
     its next release, if any."""
     event_id = event.id
-    if event.stopped:
-        await store.drop_holds(conn, event_id=event_id)
-        await store.mark_event_fanning_out(conn, event_id=event_id)
-        await store.hold_event_until_next_release(conn, event_id=event_id)
-        return
+    if event.stopped:  # what is held is dropped; a first plan still runs, and its shards
+        await store.drop_holds(conn, event_id=event_id)  # stop at once, counting the rest
     now = datetime.now(UTC)
     first = await store.next_shard_no(conn, event_id=event_id)
     releases: list[tuple[int | None, list[tuple[int, int]]]] = []

@@ -385,7 +385,8 @@ _LOCAL_NOW = "($11::timestamptz AT TIME ZONE p.time_zone)"
 _IN_QUIET_WINDOW = f"""(CASE WHEN p.quiet_start <= p.quiet_end
       THEN {_LOCAL_NOW}::time >= p.quiet_start AND {_LOCAL_NOW}::time < p.quiet_end
       ELSE {_LOCAL_NOW}::time >= p.quiet_start OR {_LOCAL_NOW}::time < p.quiet_end END)"""
-# When that window ends, as an instant: the next quiet_end on the user's clock.
+# When that window ends, as an instant: the next quiet_end on the user's clock (computed
+# for deferred users only).
 _QUIET_WINDOW_END = f"""(({_LOCAL_NOW}::date
       + CASE WHEN {_LOCAL_NOW}::time < p.quiet_end THEN 0 ELSE 1 END
       + p.quiet_end) AT TIME ZONE p.time_zone)"""
@@ -409,9 +410,7 @@ _SCHEDULE_HOLDS = f"""
 # never a round trip per recipient; a page read again after a crash inserts nothing twice).
 TOPIC_RECIPIENTS_PAGE = f"""
 WITH page AS (
-    SELECT s.user_id,
-           CASE {_SCHEDULE_HOLDS} END AS held,
-           {_QUIET_WINDOW_END} AS release_at
+    SELECT s.user_id, p.time_zone, p.quiet_end, CASE {_SCHEDULE_HOLDS} END AS held
     FROM (
         SELECT sub.user_id FROM subscriptions AS sub
         WHERE sub.topic_id = $1 AND sub.user_id > $2 AND sub.user_id < $3
@@ -422,7 +421,7 @@ WITH page AS (
     LEFT JOIN user_preferences AS p ON p.user_id = s.user_id
 ), deferred AS (
     INSERT INTO deferred_recipients (event_id, user_id, release_at)
-    SELECT $5, user_id, release_at FROM page WHERE held = 'deferred'
+    SELECT $5, p.user_id, {_QUIET_WINDOW_END} FROM page AS p WHERE p.held = 'deferred'
     ON CONFLICT DO NOTHING
 )
 SELECT page.user_id, d.platform, d.wire, page.held
