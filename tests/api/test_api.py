@@ -41,6 +41,7 @@ def unique(prefix: str) -> str:
         ("POST", "/v1/events"),
         ("POST", "/v1/users/u/notifications"),
         ("GET", "/v1/events/1"),
+        ("POST", "/v1/events/1/cancel"),
     ],
 )
 async def test_every_v1_path_needs_a_key(api: ApiServer, method: str, path: str) -> None:
@@ -246,8 +247,10 @@ async def test_the_same_idempotency_key_returns_the_same_event(api: ApiServer) -
         {"topic": "another-topic"},
         {"notification": {"title": "y"}},
         {"notification": {"title": "x", "data": {"k": "v"}}},
+        {"send_at": "2030-01-01T09:00:00Z"},
+        {"quiet_hours": "ignore"},
     ],
-    ids=["topic", "title", "data"],
+    ids=["topic", "title", "data", "send_at", "quiet_hours"],
 )
 async def test_an_idempotency_key_reused_for_a_different_request_is_409(
     api: ApiServer,

@@ -212,3 +212,32 @@ def test_a_missing_schema_is_one_clear_line(settings: Settings, empty_database: 
     assert result.returncode == 1
     assert "run `fanout migrate`" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_publish_later_then_cancel(settings: Settings) -> None:
+    assert fanout(settings, "queues", "create").returncode == 0
+    published = fanout(
+        settings,
+        "publish",
+        "author:later",
+        "--title",
+        "Soon",
+        "--send-at",
+        "2099-01-01T09:00:00Z",
+        "--quiet-hours",
+        "drop",
+    )
+    assert published.returncode == 0, published.stderr
+    event_id = published.stdout.strip()
+    assert orjson.loads(fanout(settings, "status", event_id).stdout)["status"] == "scheduled"
+    cancelled = fanout(settings, "cancel", event_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert orjson.loads(cancelled.stdout)["status"] == "cancelled"
+    assert fanout(settings, "cancel", "999999").returncode == 1
+
+
+def test_a_bad_publish_option_names_it(settings: Settings) -> None:
+    refused = fanout(settings, "publish", "author:x", "--title", "t", "--deliver-at-local", "9am")
+    assert refused.returncode == 2
+    assert "--deliver-at-local" in refused.stderr
+    assert "Traceback" not in refused.stderr
