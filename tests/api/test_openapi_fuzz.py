@@ -7,12 +7,22 @@ does not run under pytest 9).
 
 from __future__ import annotations
 
+from typing import Any
+
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import positive_data_acceptance
 
 from tests.api.conftest import ApiServer
 
 EXAMPLES_PER_OPERATION = 40
+# Publish options are checked against the clock and against each other (expires_at in the
+# future and after send_at), which an OpenAPI schema cannot say: a schema-valid publish may
+# rightly be a 422 naming the field (tests/api/test_schedule_api.py holds those).
+CHECKED_BEYOND_THE_SCHEMA = {
+    ("POST", "/v1/events"),
+    ("POST", "/v1/users/{user_id}/notifications"),
+}
 
 
 def test_api_meets_its_own_schema(api: ApiServer) -> None:
@@ -20,16 +30,20 @@ def test_api_meets_its_own_schema(api: ApiServer) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 11
     for operation in operations:
+        beyond = (operation.method.upper(), operation.path) in CHECKED_BEYOND_THE_SCHEMA
+        _fuzz(api, operation, [positive_data_acceptance] if beyond else [])
 
-        @given(case=operation.as_strategy())
-        @settings(
-            max_examples=EXAMPLES_PER_OPERATION,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-            derandomize=True,
-            database=None,
-        )
-        def call(case):  # type: ignore[no-untyped-def]
-            case.call_and_validate(headers=api.headers("fuzz"))
 
-        call()
+def _fuzz(api: ApiServer, operation: Any, excluded: list[Any]) -> None:
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    def call(case):  # type: ignore[no-untyped-def]
+        case.call_and_validate(headers=api.headers("fuzz"), excluded_checks=excluded)
+
+    call()
