@@ -529,3 +529,67 @@ async def test_cancel_drops_recipients_still_deferred(
     done = await status(pipeline, published.event_id)
     assert (done.status, done.sent, done.deferred.dropped) == ("cancelled", 3, 2)
     assert received(sink, published.event_id, topic.device_ids) == set(topic.device_ids[2:])
+
+
+# --- a lost batch re-read ------------------------------------------------------------------
+
+
+async def test_a_lost_batch_is_reread_without_the_recipients_it_held_back(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    topic = await make_topic(pipeline.pool, 30)
+    quiet = topic.user_ids[10:15]  # in the middle of the batch's range of users
+    await set_preferences(pipeline.pool, quiet, "Asia/Tokyo", _window_around_now("Asia/Tokyo"))
+    published = await publish(pipeline.pool, pipeline.queues, NOTE, topic=topic.key)
+    await _fan_out_only(pipeline)
+    lost = await drain(pipeline.queues.delivery)  # the queue loses every batch
+    assert lost
+
+    report = await reconcile_once(
+        pipeline.pool, pipeline.queues, pipeline.settings, look_ahead=24 * HOUR
+    )
+    assert report.batches_resent == len(lost)
+    await run_everything(pipeline)
+    awake = set(topic.device_ids) - set(devices_of(topic, quiet))
+    assert received(sink, published.event_id, topic.device_ids) == awake
+
+    async with pipeline.pool.acquire() as conn:  # their windows end
+        await conn.execute("UPDATE deferred_recipients SET release_at = now()")
+        await conn.execute("UPDATE events SET due_at = now() WHERE id = $1", published.event_id)
+    await reconcile_once(pipeline.pool, pipeline.queues, pipeline.settings)
+    await run_everything(pipeline)
+    done = await status(pipeline, published.event_id)
+    assert (done.status, done.sent) == ("delivered", 30)
+    assert total_received(sink, published.event_id, topic.device_ids) == 30  # each once
+
+
+async def test_an_event_that_expires_while_recipients_wait_ends_without_them(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    topic = await make_topic(pipeline.pool, 6)
+    window = _window_around_now("Asia/Tokyo")
+    await set_preferences(pipeline.pool, topic.user_ids[:2], "Asia/Tokyo", window)
+    expires_at = datetime.now(UTC) + timedelta(minutes=30)
+    published = await publish(
+        pipeline.pool,
+        pipeline.queues,
+        NOTE,
+        topic=topic.key,
+        options=PublishOptions(expires_at=expires_at),
+    )
+    await run_everything(pipeline)
+    waiting = await status(pipeline, published.event_id)
+    assert waiting.deferred.waiting == 2 and not waiting.terminal
+    async with pipeline.pool.acquire() as conn:  # due at its expiry, before their windows end
+        due_at = await conn.fetchval("SELECT due_at FROM events WHERE id = $1", published.event_id)
+        assert due_at == expires_at
+        await conn.execute(
+            "UPDATE events SET expires_at = now() - interval '1 second', due_at = now() "
+            "WHERE id = $1",
+            published.event_id,
+        )
+    await reconcile_once(pipeline.pool, pipeline.queues, pipeline.settings)
+    await run_everything(pipeline)
+    done = await status(pipeline, published.event_id)
+    assert (done.status, done.sent, done.deferred.dropped) == ("partially_delivered", 4, 2)
+    assert received(sink, published.event_id, topic.device_ids) == set(topic.device_ids[2:])

@@ -62,6 +62,12 @@ def users_of_key(key: str) -> tuple[int, int] | None:
     return (int(found[2]), int(found[3])) if found else None
 
 
+def shard_of_key(key: str) -> int | None:
+    """The shard a fan-out batch's key names (a retry batch's too); None for other keys."""
+    found = _KEY.match(key.split("/r", 1)[0])
+    return int(found[1]) if found else None
+
+
 def batch_max_bytes(configured: int, queue_limit: int) -> int:
     """How large a delivery batch message may be (FANOUT_BATCH_MAX_BYTES, capped by the
     queue's own limit)."""

@@ -29,6 +29,8 @@ from fanout.providers import Outcome, OutcomeKind, Provider
 from fanout.queue.messages import DeliveryBatch, Device, PoisonMessage
 from fanout.queue.sqs import MAX_DELAY_SECONDS, Queues
 from fanout.stages import leases
+from fanout.stages.batching import shard_of_key
+from fanout.stages.fanout import shard_page_filter
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ async def deliver_batch(
     try:
         notification = _notification(batch)
         if batch.rereads:
-            await _reread_devices(batch, pool)
+            await _reread_devices(batch, pool, settings)
             report.devices = batch.device_count()
         devices = list(batch.iter_devices())
     except BaseException as failure:  # nothing was sent: let the next try have it at once
@@ -273,9 +275,10 @@ def _notification(batch: DeliveryBatch) -> Notification:
         raise PoisonMessage(f"batch {batch.key}: invalid notification: {exc}") from None
 
 
-async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool) -> None:
+async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Settings) -> None:
     """Fill a batch the reconciler sent again from PostgreSQL: its users' active devices,
-    or the devices of a retry batch, read as the fan-out reads them."""
+    or the devices of a retry batch, read as the fan-out reads them (with its shard's
+    filter: its wave's users only, those deferred or in their quiet hours held back)."""
     async with store.acquire(pool) as conn:
         if batch.device_ids is not None:
             rows = await store.devices_by_id(conn, device_ids=batch.device_ids)
@@ -291,8 +294,18 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool) -> None:
                 )
             else:
                 assert event.topic_id is not None
-                rows = await store.batch_recipients(
-                    conn, topic_id=event.topic_id, first_user_id=first, last_user_id=last
+                shard = shard_of_key(batch.key)
+                wave = None
+                if shard is not None:
+                    wave = await store.shard_wave(conn, event_id=event.id, shard=shard)
+                rows = await store.topic_recipients_page(
+                    conn,
+                    topic_id=event.topic_id,
+                    after_user_id=first - 1,
+                    before_user_id=last + 1,
+                    limit=last - first + 1,
+                    event_id=event.id,
+                    page_filter=await shard_page_filter(conn, event, wave, settings),
                 )
     batch.devices = {}
     for row in rows:

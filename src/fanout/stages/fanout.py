@@ -281,7 +281,7 @@ async def _stream_shard(
         batches=claim.batches,
         held_back=Counter(claim.held_back),
     )
-    page_filter = await _page_filter(conn, event, claim.wave_no, settings)
+    page_filter = await shard_page_filter(conn, event, claim.wave_no, settings)
     packer = BatchPacker(
         event_id=event_id,
         shard=shard,
@@ -365,7 +365,7 @@ async def _stream_shard(
     return ShardReport(event_id, shard, progress.recipients, progress.devices, progress.batches)
 
 
-async def _page_filter(
+async def shard_page_filter(
     conn: asyncpg.Connection, event: store.Event, wave_no: int | None, settings: Settings
 ) -> store.PageFilter:
     """Whom this shard's pages let through: its wave's recipients, quiet hours applied as

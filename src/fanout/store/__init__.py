@@ -71,7 +71,6 @@ from fanout.store.events import (
 )
 from fanout.store.recipients import (
     PageFilter,
-    batch_recipients,
     devices_by_id,
     topic_recipients_page,
     user_recipients,
@@ -92,6 +91,7 @@ from fanout.store.shards import (
     next_shard_no,
     release_shard,
     shard_status,
+    shard_wave,
     subscribers_left,
     unfinished_shards,
 )
@@ -138,7 +138,6 @@ __all__ = [
     "WaveFilter",
     "acquire",
     "audience_time_zones",
-    "batch_recipients",
     "batch_status",
     "cancel_event",
     "checkpoint_shard",
@@ -192,6 +191,7 @@ __all__ = [
     "seed_subscriptions",
     "seed_users",
     "shard_status",
+    "shard_wave",
     "subscribe",
     "subscribe_users",
     "subscribers_left",

@@ -82,12 +82,18 @@ UNION
 SELECT time_zone FROM user_preferences WHERE user_id = $2 AND time_zone IS NOT NULL
 """
 
-# Index: events_pkey. Cancel: an event not yet fanning out ends here; one under way is
-# marked, and its shards (at their next page) and batches (when claimed) stop. Its holds
-# are dropped by the next plan (DROP_HOLDS), which the event, due now, gets from the
-# reconciler. Returns the status after; nothing for an unknown event or one that has
-# ended otherwise (delivered, failed ...: too late to cancel).
+# Indexes: events_pkey, event_waves_held, deferred_recipients_waiting. Cancel: an event not
+# yet fanning out ends here; one under way is marked, and its shards (at their next page)
+# and batches (when claimed) stop; it is due now, so the reconciler plans it once more and
+# it ends once nothing is open. Held waves and waiting recipients are dropped. Returns the
+# status after; nothing for an unknown event or one that has ended otherwise (delivered,
+# failed ...: too late to cancel).
 CANCEL_EVENT = """
+WITH waves AS (
+    UPDATE event_waves SET status = 'dropped' WHERE event_id = $1 AND status = 'held'
+), deferred AS (
+    UPDATE deferred_recipients SET wave_no = -1 WHERE event_id = $1 AND wave_no IS NULL
+)
 UPDATE events
 SET cancelled_at = coalesce(cancelled_at, now()),
     status = CASE WHEN status IN ('scheduled', 'pending', 'enqueued') THEN 'cancelled'
@@ -230,10 +236,12 @@ WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
 
 # Indexes: event_waves_held, deferred_recipients_waiting. An event fanning out with a wave
 # or deferred recipients still held is due when the first of them is: the reconciler then
-# sends it to be planned again (PLAN_DUE_WAVES, RELEASE_DEFERRED). With nothing held it is
-# not due (its shards carry the deadlines).
+# sends it to be planned again (PLAN_DUE_WAVES, RELEASE_DEFERRED), or at its expiry if that
+# comes first (its holds are then dropped). With nothing held it is not due (its shards
+# carry the deadlines).
 HOLD_EVENT_UNTIL_NEXT_RELEASE = """
-UPDATE events AS e SET due_at = h.next, resends = 0
+UPDATE events AS e
+SET due_at = CASE WHEN h.next IS NOT NULL THEN least(h.next, e.expires_at) END, resends = 0
 FROM (
     SELECT least(
         (SELECT min(release_at) FROM event_waves WHERE event_id = $1 AND status = 'held'),
@@ -291,6 +299,10 @@ SELECT w.kind,
 FROM event_waves AS w WHERE w.event_id = $1 AND w.wave_no = $2
 """
 
+# Index: fanout_shards_pkey. The wave a shard fans out (NULL: the whole audience); a batch
+# re-read from PostgreSQL is read with its shard's filter.
+SHARD_WAVE = "SELECT wave_no FROM fanout_shards WHERE event_id = $1 AND shard_no = $2"
+
 # Index: fanout_shards_pkey. Shard numbers go on across waves.
 NEXT_SHARD_NO = """
 SELECT coalesce(max(shard_no), -1) + 1 FROM fanout_shards WHERE event_id = $1
@@ -312,7 +324,10 @@ WITH batches AS (
 ), shards AS (
     SELECT coalesce(sum(devices), 0) AS devices,
            count(*) FILTER (WHERE status = 'failed') AS given_up,
-           coalesce(sum((held_back ->> 'expired')::bigint), 0) AS expired
+           coalesce(sum((held_back ->> 'expired')::bigint), 0) AS expired,
+           (SELECT count(*) FROM event_waves WHERE event_id = $1 AND status = 'dropped')
+           + (SELECT count(*) FROM deferred_recipients WHERE event_id = $1 AND wave_no = -1)
+           AS dropped
     FROM fanout_shards WHERE event_id = $1
 )
 UPDATE events AS e
@@ -322,7 +337,7 @@ SET status = CASE
         WHEN s.given_up = 0 AND s.devices = 0 THEN 'no_recipients'
         WHEN b.sent = 0 THEN 'failed'
         WHEN s.given_up = 0 AND b.failed = 0 AND b.skipped = 0
-             AND b.expired + s.expired = 0 THEN 'delivered'
+             AND b.expired + s.expired + s.dropped = 0 THEN 'delivered'
         ELSE 'partially_delivered'
     END,
     finished_at = now(), due_at = NULL
@@ -392,8 +407,14 @@ _QUIET_WINDOW_END = f"""(({_LOCAL_NOW}::date
       + p.quiet_end) AT TIME ZONE p.time_zone)"""
 # _SCHEDULE_HOLDS: the WHEN arms of the held-back reason (NULL: send) for a subscriber of
 # the page: inside their quiet hours, with the event's policy $10 (defer: recorded in
-# deferred_recipients and sent when the window ends; drop: not sent; ignore: sent).
+# deferred_recipients and sent when the window ends; drop: not sent; ignore: sent). One
+# deferred already (a page or a lost batch read again) stays deferred whatever the time:
+# their deferred wave sends to them, nothing else does (deferred_recipients_pkey probe).
 _SCHEDULE_HOLDS = f"""
+        WHEN $10 = 'defer' AND EXISTS (
+            SELECT 1 FROM deferred_recipients AS r
+            WHERE r.event_id = $5 AND r.user_id = s.user_id)
+        THEN 'deferred'
         WHEN $10 <> 'ignore' AND p.time_zone IS NOT NULL AND p.quiet_start IS NOT NULL
              AND {_IN_QUIET_WINDOW}
         THEN CASE $10 WHEN 'defer' THEN 'deferred' ELSE 'quiet_hours' END
@@ -515,16 +536,6 @@ UPDATE delivery_batches
 SET status = 'done', finished_at = now(), lease_until = NULL, due_at = NULL,
     sent = $3, failed = $4, invalid = $5, skipped = $6, retried = $7, failure_reasons = $8
 WHERE event_id = $1 AND batch_key = $2
-"""
-
-# Indexes: users_pkey/subscriptions_pkey and devices_active_by_user. A batch whose message
-# was lost, re-read from PostgreSQL: its closed range of users, as the fan-out read them.
-BATCH_RECIPIENTS = f"""
-SELECT s.user_id, d.platform, {_DEVICE_WIRE} AS wire
-FROM subscriptions AS s
-JOIN devices AS d ON d.user_id = s.user_id AND d.active
-WHERE s.topic_id = $1 AND s.user_id BETWEEN $2 AND $3
-ORDER BY s.user_id
 """
 
 # Index: devices_pkey. A retry batch re-read from its recorded device ids.

@@ -75,17 +75,6 @@ async def user_recipients(
     return rows
 
 
-async def batch_recipients(
-    conn: asyncpg.Connection, *, topic_id: int, first_user_id: int, last_user_id: int
-) -> list[asyncpg.Record]:
-    """A lost batch re-read: the topic's subscribers from ``first_user_id`` to
-    ``last_user_id`` (both included) with their devices (``BATCH_RECIPIENTS``)."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        queries.BATCH_RECIPIENTS, topic_id, first_user_id, last_user_id
-    )
-    return rows
-
-
 async def devices_by_id(
     conn: asyncpg.Connection, *, device_ids: Sequence[int]
 ) -> list[asyncpg.Record]:

@@ -102,6 +102,13 @@ async def next_shard_no(conn: asyncpg.Connection, *, event_id: int) -> int:
     return number
 
 
+async def shard_wave(conn: asyncpg.Connection, *, event_id: int, shard: int) -> int | None:
+    """The wave the shard fans out; None: the whole audience, or no such shard
+    (``SHARD_WAVE``)."""
+    wave: int | None = await conn.fetchval(queries.SHARD_WAVE, event_id, shard)
+    return wave
+
+
 async def subscribers_left(
     conn: asyncpg.Connection, *, topic_id: int, after_user_id: int, before_user_id: int
 ) -> int:
