@@ -305,7 +305,9 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
                     before_user_id=last + 1,
                     limit=last - first + 1,
                     event_id=event.id,
-                    page_filter=await shard_page_filter(conn, event, wave, settings),
+                    page_filter=await shard_page_filter(
+                        conn, event, wave, settings, read_before=True
+                    ),
                 )
     batch.devices = {}
     for row in rows:

@@ -281,7 +281,9 @@ async def _stream_shard(
         batches=claim.batches,
         held_back=Counter(claim.held_back),
     )
-    page_filter = await shard_page_filter(conn, event, claim.wave_no, settings)
+    page_filter = await shard_page_filter(
+        conn, event, claim.wave_no, settings, read_before=cursor is not None
+    )
     packer = BatchPacker(
         event_id=event_id,
         shard=shard,
@@ -366,13 +368,21 @@ async def _stream_shard(
 
 
 async def shard_page_filter(
-    conn: asyncpg.Connection, event: store.Event, wave_no: int | None, settings: Settings
+    conn: asyncpg.Connection,
+    event: store.Event,
+    wave_no: int | None,
+    settings: Settings,
+    *,
+    read_before: bool,
 ) -> store.PageFilter:
     """Whom this shard's pages let through: its wave's recipients, quiet hours applied as
-    the event asks (a deferred wave's recipients are past their window: not again)."""
+    the event asks (a deferred wave's recipients are past their window: not again).
+    ``read_before``: some of its users may have been read (and deferred) already."""
     if wave_no is None:
         return store.PageFilter(
-            quiet_hours=event.quiet_hours, default_zone=settings.default_time_zone
+            quiet_hours=event.quiet_hours,
+            default_zone=settings.default_time_zone,
+            recheck_deferred=read_before,
         )
     wave = await store.wave_filter(conn, event_id=event.id, wave_no=wave_no)
     if wave.kind == "deferred":
@@ -382,6 +392,7 @@ async def shard_page_filter(
         zones_not_in=wave.zones_not_in,
         quiet_hours=event.quiet_hours,
         default_zone=settings.default_time_zone,
+        recheck_deferred=read_before,
     )
 
 

@@ -407,11 +407,12 @@ _QUIET_WINDOW_END = f"""(({_LOCAL_NOW}::date
       + p.quiet_end) AT TIME ZONE p.time_zone)"""
 # _SCHEDULE_HOLDS: the WHEN arms of the held-back reason (NULL: send) for a subscriber of
 # the page: inside their quiet hours, with the event's policy $10 (defer: recorded in
-# deferred_recipients and sent when the window ends; drop: not sent; ignore: sent). One
-# deferred already (a page or a lost batch read again) stays deferred whatever the time:
-# their deferred wave sends to them, nothing else does (deferred_recipients_pkey probe).
+# deferred_recipients and sent when the window ends; drop: not sent; ignore: sent). When
+# $12 (a lost batch re-read, a shard resumed from its checkpoint), one deferred already
+# stays deferred whatever the time: their deferred wave sends to them, nothing else does
+# (a deferred_recipients_pkey probe per subscriber, skipped on a first read).
 _SCHEDULE_HOLDS = f"""
-        WHEN $10 = 'defer' AND EXISTS (
+        WHEN $12 AND $10 = 'defer' AND EXISTS (
             SELECT 1 FROM deferred_recipients AS r
             WHERE r.event_id = $5 AND r.user_id = s.user_id)
         THEN 'deferred'

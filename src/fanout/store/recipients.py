@@ -31,6 +31,8 @@ class PageFilter:
     deferred_wave: int | None = None
     quiet_hours: str = "ignore"
     default_zone: str = "UTC"
+    # Read again (a lost batch, a resumed shard): users deferred before stay deferred.
+    recheck_deferred: bool = False
 
 
 async def topic_recipients_page(
@@ -62,6 +64,7 @@ async def topic_recipients_page(
         page_filter.deferred_wave,
         page_filter.quiet_hours,
         at or datetime.now(UTC),
+        page_filter.recheck_deferred,
     )
     return rows
 
