@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import asyncpg
 import orjson
@@ -298,6 +298,10 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
                 wave = None
                 if shard is not None:
                     wave = await store.shard_wave(conn, event_id=event.id, shard=shard)
+                page_filter = await shard_page_filter(conn, event, wave, settings, read_before=True)
+                # Those the fan-out deferred stay deferred (read_before); the others it
+                # chose to send: quiet hours are not judged again, unless they drop.
+                quiet = "drop" if page_filter.quiet_hours == "drop" else "ignore"
                 rows = await store.topic_recipients_page(
                     conn,
                     topic_id=event.topic_id,
@@ -305,9 +309,7 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
                     before_user_id=last + 1,
                     limit=last - first + 1,
                     event_id=event.id,
-                    page_filter=await shard_page_filter(
-                        conn, event, wave, settings, read_before=True
-                    ),
+                    page_filter=replace(page_filter, quiet_hours=quiet),
                 )
     batch.devices = {}
     for row in rows:

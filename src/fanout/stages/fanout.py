@@ -67,6 +67,8 @@ class _Progress:
     devices: int
     batches: int
     held_back: Counter[str] = field(default_factory=Counter)
+    # Users deferred by their quiet hours in the pages read, not yet recorded: (user, when).
+    deferred: list[tuple[int, datetime]] = field(default_factory=list)
 
 
 # Rows the page query returns for users outside this wave: never counted as held back.
@@ -328,6 +330,7 @@ async def _stream_shard(
                 await asyncio.gather(next_page, return_exceptions=True)
             raise
         rows = await next_page if next_page is not None else []
+        await _record_deferred(conn, event_id, progress)  # before a checkpoint passes them
         if full:
             if stopped := await checkpoint():
                 break
@@ -397,12 +400,26 @@ async def shard_page_filter(
 
 
 def _count_held_back(rows: list[asyncpg.Record], progress: _Progress) -> None:
-    """Count the page's held-back users by reason (one row each, the fourth column)."""
+    """Count the page's held-back users by reason (one row each, the fourth column), and
+    keep the deferred ones with the time their window ends (the fifth) to record."""
     held = Counter(row[3] for row in rows if row[3] is not _NOT_HELD)
     if held:
         progress.held_back.update(held)
         for reason, count in held.items():
             AUDIENCE_HELD_BACK.labels(reason).inc(count)
+        if held["deferred"]:
+            progress.deferred += [(row[0], row[4]) for row in rows if row[3] == "deferred"]
+
+
+async def _record_deferred(conn: asyncpg.Connection, event_id: int, progress: _Progress) -> None:
+    """One statement for the deferred users of the pages read since the last call. Called
+    while no page is being read: the connection runs one statement at a time."""
+    if progress.deferred:
+        users, release_at = zip(*progress.deferred, strict=True)
+        await store.defer_recipients(
+            conn, event_id=event_id, user_ids=list(users), release_at=list(release_at)
+        )
+        progress.deferred.clear()
 
 
 async def _count_unread(

@@ -71,6 +71,7 @@ from fanout.store.events import (
 )
 from fanout.store.recipients import (
     PageFilter,
+    defer_recipients,
     devices_by_id,
     topic_recipients_page,
     user_recipients,
@@ -149,6 +150,7 @@ __all__ = [
     "connect",
     "create_pool",
     "deactivate_devices",
+    "defer_recipients",
     "delete_device",
     "devices_by_id",
     "drop_holds",

@@ -48,9 +48,9 @@ async def topic_recipients_page(
 ) -> list[asyncpg.Record]:
     """The next page of the topic's subscribers between ``after_user_id`` and
     ``before_user_id`` (both excluded) that ``page_filter`` lets in: up to ``limit`` users,
-    each with their devices, in user order, and a fourth column: why a user is held back
-    (NULL: sent to). Those deferred by their quiet hours at ``at`` (default now) are
-    recorded for ``event_id`` (``TOPIC_RECIPIENTS_PAGE``)."""
+    each with their devices, in user order, a fourth column: why a user is held back
+    (NULL: sent to), and a fifth: for those deferred by their quiet hours at ``at``
+    (default now), when their window ends (``TOPIC_RECIPIENTS_PAGE``)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         queries.TOPIC_RECIPIENTS_PAGE,
         topic_id,
@@ -67,6 +67,18 @@ async def topic_recipients_page(
         page_filter.recheck_deferred,
     )
     return rows
+
+
+async def defer_recipients(
+    conn: asyncpg.Connection,
+    *,
+    event_id: int,
+    user_ids: Sequence[int],
+    release_at: Sequence[datetime],
+) -> None:
+    """Record users of a page held by their quiet hours, each with the instant their window
+    ends; none twice (``DEFER_RECIPIENTS``)."""
+    await conn.execute(queries.DEFER_RECIPIENTS, event_id, user_ids, release_at)
 
 
 async def user_recipients(
