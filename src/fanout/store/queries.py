@@ -424,10 +424,11 @@ _SCHEDULE_HOLDS = f"""
 """
 
 # Indexes: subscriptions_pkey (index-only range scan, the keyset page: user_id > cursor),
-# user_preferences_pkey, then an index probe of devices by user (devices_active_by_user)
-# per subscriber. LATERAL keeps it a nested loop of such probes: with a plain join the
-# planner hash-joined a sequential scan of every device (12 of the 14 ms a page took at
-# 120,000 devices, and growing with the table). The LIMIT applies to subscribers, so a
+# then per subscriber an index probe of their preferences (user_preferences_pkey) and of
+# their devices (devices_active_by_user). LATERAL keeps each a nested loop of such probes:
+# with a plain join the planner hash-joined a sequential scan of every device (12 of the
+# 14 ms a page took at 120,000 devices, and growing with the table), and of every user's
+# preferences. The LIMIT applies to subscribers, so a
 # page never splits one user's devices; users without an active device, and users held
 # back (the fourth column says why), come back once with NULLs so that the cursor still
 # moves past them. A deferred user's fifth column is when their window ends; the stage
@@ -443,7 +444,11 @@ FROM (
     ORDER BY sub.user_id
     LIMIT $4
 ) AS s
-LEFT JOIN user_preferences AS p ON p.user_id = s.user_id
+LEFT JOIN LATERAL (
+    SELECT p.time_zone, p.quiet_start, p.quiet_end
+    FROM user_preferences AS p WHERE p.user_id = s.user_id
+    OFFSET 0  -- not pulled up: a merge join read the index from its start on every page
+) AS p ON true
 CROSS JOIN LATERAL (SELECT CASE {_SCHEDULE_HOLDS} END AS held) AS h
 LEFT JOIN LATERAL (
     SELECT d.platform, {_DEVICE_WIRE} AS wire
