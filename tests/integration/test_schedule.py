@@ -8,6 +8,7 @@ database; a cancel happens when the fan-out or the delivery has reached a point.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -20,6 +21,7 @@ from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.reconciler import reconcile_once
+from fanout.runtime.worker import run_worker
 from fanout.stages.fanout import plan_event
 from fanout.stages.progress import EventStatus, load_event_status
 from fanout.stages.publish import (
@@ -29,7 +31,7 @@ from fanout.stages.publish import (
     publish,
     record_event,
 )
-from tests.helpers import Topic, drain, make_topic
+from tests.helpers import Topic, drain, make_topic, wait_for
 
 NOTE = Notification(title="New chapter")
 HOUR = 3600.0
@@ -596,3 +598,34 @@ async def test_an_event_that_expires_while_recipients_wait_ends_without_them(
     done = await status(pipeline, published.event_id)
     assert (done.status, done.sent, done.deferred.dropped) == ("partially_delivered", 4, 2)
     assert received(sink, published.event_id, topic.device_ids) == set(topic.device_ids[2:])
+
+
+# --- the worker's own reconciler -----------------------------------------------------------
+
+
+async def test_a_running_worker_releases_a_held_event_when_it_comes_due(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    pipeline.settings = pipeline.settings.model_copy(update={"reconcile_interval_seconds": 0.2})
+    topic = await make_topic(pipeline.pool, 25)
+    published = await publish(
+        pipeline.pool,
+        pipeline.queues,
+        NOTE,
+        topic=topic.key,
+        options=PublishOptions(send_at=datetime.now(UTC) + timedelta(days=1)),
+    )
+    stopping = asyncio.Event()
+    worker = asyncio.create_task(run_worker(pipeline.settings, stopping, pipeline=pipeline))
+    try:
+        async with pipeline.pool.acquire() as conn:  # the day passes
+            await conn.execute("UPDATE events SET due_at = now() WHERE id = $1", published.event_id)
+
+        async def delivered() -> bool:
+            return (await status(pipeline, published.event_id)).status == "delivered"
+
+        await wait_for(delivered, "the worker's reconciler released the event")
+    finally:
+        stopping.set()
+        await worker
+    assert total_received(sink, published.event_id, topic.device_ids) == 25
