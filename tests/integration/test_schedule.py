@@ -629,3 +629,28 @@ async def test_a_running_worker_releases_a_held_event_when_it_comes_due(
         stopping.set()
         await worker
     assert total_received(sink, published.event_id, topic.device_ids) == 25
+
+
+async def test_a_one_to_one_send_at_local_time_is_one_wave_in_the_users_zone(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    topic = await make_topic(pipeline.pool, 1)
+    await set_preferences(pipeline.pool, topic.user_ids, "Asia/Tokyo")
+    async with pipeline.pool.acquire() as conn:
+        external_id = await conn.fetchval(
+            "SELECT external_id FROM users WHERE id = $1", topic.user_ids[0]
+        )
+    published = await publish(
+        pipeline.pool,
+        pipeline.queues,
+        NOTE,
+        user=external_id,
+        options=PublishOptions(deliver_at_local=time(9, 0)),
+    )
+    held = await status(pipeline, published.event_id)
+    assert [w.zones for w in held.waves] == [["Asia/Tokyo"]]
+    await _make_due(pipeline.pool, published.event_id, held.waves[0].wave)
+    await reconcile_once(pipeline.pool, pipeline.queues, pipeline.settings)
+    await run_everything(pipeline)
+    assert (await status(pipeline, published.event_id)).status == "delivered"
+    assert total_received(sink, published.event_id, topic.device_ids) == 1

@@ -37,7 +37,7 @@ from fanout.queue.messages import MAX_MESSAGE_BYTES, FanoutTask
 from fanout.queue.sqs import Queues
 from fanout.stages.batching import batch_max_bytes as max_batch_bytes
 from fanout.stages.batching import bytes_short
-from fanout.stages.schedule import plan_waves
+from fanout.stages.schedule import known_zone, plan_waves
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,10 @@ async def record_event(
         waves: list[store.PlannedWave] = []
         if options.deliver_at_local is not None:
             zones = await store.audience_time_zones(conn, topic_id=topic_id, user_id=user_id)
-            waves = _waves(options, zones, default_time_zone, now)
+            if user_id is not None:  # one user: their own zone's wave only, if it is known
+                zones = [zone for zone in zones if known_zone(zone)]
+            default = None if user_id is not None and zones else default_time_zone
+            waves = _waves(options, zones, default, now)
         first_release = waves[0].release_at if waves else options.send_at
         held_until = first_release if first_release and first_release > now else None
         event_id = await store.insert_event(
@@ -231,7 +234,7 @@ async def record_event(
 
 
 def _waves(
-    options: PublishOptions, zones: list[str], default_zone: str, now: datetime
+    options: PublishOptions, zones: list[str], default_zone: str | None, now: datetime
 ) -> list[store.PlannedWave]:
     """The waves of a deliver_at_local event, from send_at (or now) on."""
     assert options.deliver_at_local is not None

@@ -73,13 +73,16 @@ class Wave:
     catch_all: bool
 
 
-def plan_waves(zones: Iterable[str], at: time, *, default_zone: str, after: datetime) -> list[Wave]:
+def plan_waves(
+    zones: Iterable[str], at: time, *, default_zone: str | None, after: datetime
+) -> list[Wave]:
     """The waves of a ``deliver_at_local`` event: one per distinct UTC instant, in order.
 
     Zones zoneinfo does not know are left to the default zone's wave (the catch-all).
+    Without a default zone (a 1:1 send to a user whose zone is known) there is none.
     """
     by_instant: dict[datetime, set[str]] = {}
-    for name in {*zones, default_zone}:
+    for name in {*zones} | ({default_zone} if default_zone else set()):
         zone = known_zone(name)
         if zone is not None:
             by_instant.setdefault(next_local_instant(zone, at, after), set()).add(name)
