@@ -654,3 +654,32 @@ async def test_a_one_to_one_send_at_local_time_is_one_wave_in_the_users_zone(
     await run_everything(pipeline)
     assert (await status(pipeline, published.event_id)).status == "delivered"
     assert total_received(sink, published.event_id, topic.device_ids) == 1
+
+
+async def test_a_one_to_one_send_to_a_user_in_their_quiet_hours_waits_for_its_end(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    topic = await make_topic(pipeline.pool, 1)
+    window = _window_around_now("Europe/Berlin")
+    await set_preferences(pipeline.pool, topic.user_ids, "Europe/Berlin", window)
+    async with pipeline.pool.acquire() as conn:
+        external_id = await conn.fetchval(
+            "SELECT external_id FROM users WHERE id = $1", topic.user_ids[0]
+        )
+    published = await publish(pipeline.pool, pipeline.queues, NOTE, user=external_id)
+    await run_everything(pipeline)
+    waiting = await status(pipeline, published.event_id)
+    assert (waiting.held_back, waiting.deferred.waiting, waiting.terminal) == (
+        {"deferred": 1},
+        1,
+        False,
+    )
+    assert total_received(sink, published.event_id, topic.device_ids) == 0
+
+    async with pipeline.pool.acquire() as conn:
+        await conn.execute("UPDATE deferred_recipients SET release_at = now()")
+        await conn.execute("UPDATE events SET due_at = now() WHERE id = $1", published.event_id)
+    await reconcile_once(pipeline.pool, pipeline.queues, pipeline.settings)
+    await run_everything(pipeline)
+    assert (await status(pipeline, published.event_id)).status == "delivered"
+    assert total_received(sink, published.event_id, topic.device_ids) == 1

@@ -288,20 +288,25 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
             if event is None:
                 raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}")
             first, last = batch.users
+            shard = shard_of_key(batch.key)
+            wave = None
+            if shard is not None:
+                wave = await store.shard_wave(conn, event_id=event.id, shard=shard)
+            page_filter = await shard_page_filter(conn, event, wave, settings, read_before=True)
+            # Those the fan-out deferred stay deferred (read_before); the others it chose
+            # to send: quiet hours are not judged again, unless they drop.
+            quiet = "drop" if page_filter.quiet_hours == "drop" else "ignore"
+            page_filter = replace(page_filter, quiet_hours=quiet)
             if event.user_id is not None:
                 rows = await store.user_recipients(
-                    conn, user_id=event.user_id, after_user_id=first - 1
+                    conn,
+                    user_id=event.user_id,
+                    after_user_id=first - 1,
+                    event_id=event.id,
+                    page_filter=page_filter,
                 )
             else:
                 assert event.topic_id is not None
-                shard = shard_of_key(batch.key)
-                wave = None
-                if shard is not None:
-                    wave = await store.shard_wave(conn, event_id=event.id, shard=shard)
-                page_filter = await shard_page_filter(conn, event, wave, settings, read_before=True)
-                # Those the fan-out deferred stay deferred (read_before); the others it
-                # chose to send: quiet hours are not judged again, unless they drop.
-                quiet = "drop" if page_filter.quiet_hours == "drop" else "ignore"
                 rows = await store.topic_recipients_page(
                     conn,
                     topic_id=event.topic_id,
@@ -309,7 +314,7 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
                     before_user_id=last + 1,
                     limit=last - first + 1,
                     event_id=event.id,
-                    page_filter=replace(page_filter, quiet_hours=quiet),
+                    page_filter=page_filter,
                 )
     batch.devices = {}
     for row in rows:

@@ -447,7 +447,13 @@ async def _fetch_page(
     page_filter: store.PageFilter,
 ) -> list[asyncpg.Record]:
     if event.user_id is not None:
-        return await store.user_recipients(conn, user_id=event.user_id, after_user_id=cursor)
+        return await store.user_recipients(
+            conn,
+            user_id=event.user_id,
+            after_user_id=cursor,
+            event_id=event.id,
+            page_filter=page_filter,
+        )
     assert event.topic_id is not None
     return await store.topic_recipients_page(
         conn,

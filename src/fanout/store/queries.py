@@ -423,23 +423,14 @@ _SCHEDULE_HOLDS = f"""
         THEN CASE $10 WHEN 'defer' THEN 'deferred' ELSE 'quiet_hours' END
 """
 
-# Indexes: subscriptions_pkey (index-only range scan, the keyset page: user_id > cursor),
-# then per subscriber an index probe of their preferences (user_preferences_pkey) and of
-# their devices (devices_active_by_user). LATERAL keeps each a nested loop of such probes:
-# with a plain join the planner hash-joined a sequential scan of every device (12 of the
-# 14 ms a page took at 120,000 devices, and growing with the table), and of every user's
-# preferences. The LIMIT applies to subscribers, so a
-# page never splits one user's devices; users without an active device, and users held
-# back (the fourth column says why), come back once with NULLs so that the cursor still
-# moves past them. A deferred user's fifth column is when their window ends; the stage
-# records them with one DEFER_RECIPIENTS per page. (Recording them in this statement, as a
-# data-modifying CTE, made PostgreSQL materialise the page: 1.5-2x the time of a page.)
-TOPIC_RECIPIENTS_PAGE = f"""
+
+def _recipients_page(audience: str) -> str:
+    """The page statement over ``audience``: a subquery of user ids aliased ``sub``, in user
+    order, taking $1-$4 (whom, after, before, how many)."""
+    return f"""
 SELECT s.user_id, d.platform, d.wire, h.held,
        CASE WHEN h.held = 'deferred' THEN {_QUIET_WINDOW_END} END AS release_at
-FROM (
-    SELECT sub.user_id FROM subscriptions AS sub
-    WHERE sub.topic_id = $1 AND sub.user_id > $2 AND sub.user_id < $3
+FROM ({audience}
     {_WAVE_MEMBERS}
     ORDER BY sub.user_id
     LIMIT $4
@@ -458,6 +449,29 @@ LEFT JOIN LATERAL (
 ORDER BY s.user_id
 """
 
+
+# Indexes: subscriptions_pkey (index-only range scan, the keyset page: user_id > cursor),
+# then per subscriber an index probe of their preferences (user_preferences_pkey) and of
+# their devices (devices_active_by_user). LATERAL keeps each a nested loop of such probes:
+# with a plain join the planner hash-joined a sequential scan of every device (12 of the
+# 14 ms a page took at 120,000 devices, and growing with the table), and of every user's
+# preferences. The LIMIT applies to subscribers, so a page never splits one user's
+# devices; users without an active device, and users held back (the fourth column says
+# why), come back once with NULLs so that the cursor still moves past them. A deferred
+# user's fifth column is when their window ends; the stage records them with one
+# DEFER_RECIPIENTS per page. (Recording them in this statement, as a data-modifying CTE,
+# made PostgreSQL materialise the page: 1.5-2x the time of a page.)
+TOPIC_RECIPIENTS_PAGE = _recipients_page("""
+    SELECT sub.user_id FROM subscriptions AS sub
+    WHERE sub.topic_id = $1 AND sub.user_id > $2 AND sub.user_id < $3""")
+
+# Indexes: users_pkey, then as above. The 1:1 send: one user ($1), the same page (their
+# preferences, quiet hours and wave apply as to a topic's subscriber); nothing once
+# $2 is past them.
+USER_RECIPIENTS = _recipients_page("""
+    SELECT sub.user_id FROM (SELECT u.id AS user_id FROM users AS u WHERE u.id = $1) AS sub
+    WHERE sub.user_id > $2 AND sub.user_id < $3""")
+
 # Index: deferred_recipients_pkey. A page's deferred users and when each window ends, one
 # statement per page, never a round trip per recipient; a page read again after a crash
 # records nobody twice.
@@ -466,15 +480,6 @@ INSERT INTO deferred_recipients (event_id, user_id, release_at)
 SELECT $1, d.user_id, d.release_at
 FROM unnest($2::bigint[], $3::timestamptz[]) AS d (user_id, release_at)
 ON CONFLICT DO NOTHING
-"""
-
-# Index: devices_active_by_user. The 1:1 send: one user's devices, same columns as above.
-USER_RECIPIENTS = f"""
-SELECT u.id AS user_id, d.platform, {_DEVICE_WIRE} AS wire, NULL::text AS held,
-       NULL::timestamptz AS release_at
-FROM users AS u
-LEFT JOIN devices AS d ON d.user_id = u.id AND d.active
-WHERE u.id = $1 AND u.id > $2
 """
 
 # ---------------------------------------------------------------------------------------

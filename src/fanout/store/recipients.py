@@ -82,12 +82,36 @@ async def defer_recipients(
 
 
 async def user_recipients(
-    conn: asyncpg.Connection, *, user_id: int, after_user_id: int
+    conn: asyncpg.Connection,
+    *,
+    user_id: int,
+    after_user_id: int,
+    event_id: int = 0,
+    page_filter: PageFilter = PageFilter(),  # frozen: one default shared safely
+    at: datetime | None = None,
 ) -> list[asyncpg.Record]:
-    """One user's devices, for a 1:1 send; nothing once ``after_user_id`` is past them
+    """One user's devices, for a 1:1 send, as ``topic_recipients_page`` reads a topic's
+    subscribers (the same columns and filter); nothing once ``after_user_id`` is past them
     (``USER_RECIPIENTS``)."""
-    rows: list[asyncpg.Record] = await conn.fetch(queries.USER_RECIPIENTS, user_id, after_user_id)
+    rows: list[asyncpg.Record] = await conn.fetch(
+        queries.USER_RECIPIENTS,
+        user_id,
+        after_user_id,
+        _NO_USER_AFTER,
+        1,
+        event_id,
+        page_filter.zones_in,
+        page_filter.zones_not_in,
+        page_filter.default_zone,
+        page_filter.deferred_wave,
+        page_filter.quiet_hours,
+        at or datetime.now(UTC),
+        page_filter.recheck_deferred,
+    )
     return rows
+
+
+_NO_USER_AFTER = 2**63 - 1
 
 
 async def devices_by_id(
