@@ -31,6 +31,7 @@ from fanout.stages.publish import (
     publish,
     record_event,
 )
+from fanout.stages.schedule import in_quiet_window, quiet_window_end
 from tests.helpers import Topic, drain, make_topic, wait_for
 
 NOTE = Notification(title="New chapter")
@@ -683,3 +684,45 @@ async def test_a_one_to_one_send_to_a_user_in_their_quiet_hours_waits_for_its_en
     await run_everything(pipeline)
     assert (await status(pipeline, published.event_id)).status == "delivered"
     assert total_received(sink, published.event_id, topic.device_ids) == 1
+
+
+WINDOWS = [(time(22), time(8)), (time(1), time(3)), (time(2, 30), time(4)), (time(9), time(17))]
+NIGHTS = [  # the evenings before the clocks change, UTC
+    ("Europe/Berlin", datetime(2026, 3, 28, 18, tzinfo=UTC)),
+    ("Europe/Berlin", datetime(2026, 10, 24, 18, tzinfo=UTC)),
+    ("America/New_York", datetime(2026, 3, 7, 23, tzinfo=UTC)),
+    ("America/New_York", datetime(2026, 10, 31, 23, tzinfo=UTC)),
+]
+
+
+@pytest.mark.parametrize(("zone", "evening"), NIGHTS, ids=lambda v: str(v))
+async def test_sql_and_python_agree_on_quiet_windows_through_the_nights_the_clocks_change(
+    pool: asyncpg.Pool, zone: str, evening: datetime
+) -> None:
+    """Every 20 minutes for 18 hours, windows that cross midnight, that begin or end in
+    the skipped or repeated hour: the page statement holds exactly the users the pure
+    rule says, deferred until the instant quiet_window_end says."""
+    topic = await make_topic(pool, len(WINDOWS))
+    for user_id, window in zip(topic.user_ids, WINDOWS, strict=True):
+        await set_preferences(pool, [user_id], zone, window)
+    event = await record_event(pool, NOTE, topic=topic.key)
+    tz = ZoneInfo(zone)
+    for step in range(0, 18 * 60, 20):
+        at = evening + timedelta(minutes=step)
+        async with pool.acquire() as conn:
+            rows = await store.topic_recipients_page(
+                conn,
+                topic_id=topic.id,
+                after_user_id=0,
+                before_user_id=2**63 - 1,
+                limit=100,
+                event_id=event.event_id,
+                page_filter=store.PageFilter(quiet_hours="defer"),
+                at=at,
+            )
+        for row, (start, end) in zip(rows, WINDOWS, strict=True):
+            local = at.astimezone(tz).replace(tzinfo=None)
+            inside = in_quiet_window(local.time(), start, end)
+            assert (row["held"] == "deferred") is inside, (at, start, end)
+            if inside:
+                assert row["release_at"] == quiet_window_end(local, end, tz), (at, start, end)

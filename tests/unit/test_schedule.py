@@ -56,11 +56,18 @@ def test_a_local_time_already_past_today_is_tomorrows() -> None:
     assert next_local_instant(BERLIN, NINE, after) == datetime(2026, 3, 30, 7, 0, tzinfo=UTC)
 
 
-def test_a_wall_time_skipped_by_the_spring_gap_is_the_end_of_the_gap() -> None:
-    after = datetime(2026, 3, 28, 22, 0, tzinfo=UTC)
-    # 02:30 does not exist in Berlin that night; 03:00 CEST (01:00 UTC) is the first
-    # instant at or past it.
-    assert next_local_instant(BERLIN, time(2, 30), after) == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+def test_a_wall_time_skipped_or_repeated_is_read_with_the_offset_before_the_change() -> None:
+    # 02:30 does not exist in Berlin on the spring night: read at +01:00 (PostgreSQL does
+    # the same), it is 01:30 UTC, i.e. 03:30 CEST.
+    spring = datetime(2026, 3, 28, 22, 0, tzinfo=UTC)
+    assert next_local_instant(BERLIN, time(2, 30), spring) == datetime(
+        2026, 3, 29, 1, 30, tzinfo=UTC
+    )
+    # 02:30 happens twice on the autumn night: the first time, still at +02:00.
+    autumn = datetime(2026, 10, 24, 22, 0, tzinfo=UTC)
+    assert next_local_instant(BERLIN, time(2, 30), autumn) == datetime(
+        2026, 10, 25, 0, 30, tzinfo=UTC
+    )
 
 
 def test_zones_sharing_an_instant_are_one_wave_and_the_default_zone_is_the_catch_all() -> None:

@@ -40,8 +40,9 @@ def known_zone(name: str) -> zoneinfo.ZoneInfo | None:
 def next_local_instant(zone: zoneinfo.ZoneInfo, at: time, after: datetime) -> datetime:
     """The first UTC instant at or after ``after`` when ``zone``'s clocks read ``at``.
 
-    A wall time skipped by a spring-forward gap (02:30 on that night) is the instant just
-    after the gap; a repeated one (autumn) is its first occurrence (fold 0).
+    A wall time the clocks skip or repeat is read with the offset in force before the change,
+    as PostgreSQL reads one: 02:30 on the spring night in Berlin is 01:30 UTC (03:30 CEST),
+    and a repeated one (autumn) is its first occurrence (fold 0).
     """
     local_day = after.astimezone(zone).date()
     for day in (local_day, local_day + timedelta(days=1), local_day + timedelta(days=2)):
@@ -52,14 +53,9 @@ def next_local_instant(zone: zoneinfo.ZoneInfo, at: time, after: datetime) -> da
 
 
 def _wall_to_utc(wall: datetime) -> datetime:
-    instant = wall.astimezone(UTC)
-    if instant.astimezone(wall.tzinfo).replace(tzinfo=None) != wall.replace(tzinfo=None):
-        # In a gap: zoneinfo read it with the offset before the change, which lands after
-        # the gap's end once normalised; the gap's end itself is the first instant that is
-        # at or past the wall time asked for.
-        after_gap = instant.astimezone(wall.tzinfo)
-        instant = after_gap.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
-    return instant
+    # fold 0: the offset before a change, for a skipped or a repeated wall time alike (PEP
+    # 495), which is PostgreSQL's rule for `timestamp AT TIME ZONE` too.
+    return wall.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
