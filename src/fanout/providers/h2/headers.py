@@ -13,7 +13,7 @@ preface, and since a server sends HEADERS only in answer to our requests, which 
 that SETTINGS frame, every response is encoded with the table off. A reference to a
 dynamic entry, or a table size update above 0, is then the server's COMPRESSION_ERROR.
 
-The integer and Huffman decoders are the ``hpack`` package's own; tests/providers/
+The Huffman decoder is the ``hpack`` package's own; tests/providers/
 test_h2_headers.py checks this decoder against ``hpack.Encoder`` and ``hpack.Decoder``.
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from hpack import HPACKDecodingError
-from hpack.hpack import decode_integer
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
@@ -114,16 +113,23 @@ def decode_block(block: bytes) -> list[tuple[bytes, RawValue]]:
 
 
 def _integer(block: bytes, at: int, mask: int) -> tuple[int, int]:
-    """The integer at ``at`` and where the next thing starts. Nearly every integer in a
-    response fits its prefix (one byte): that path skips ``hpack``'s general decoder."""
+    """The integer at ``at`` (RFC 7541, 5.1) and where the next thing starts. Inline
+    rather than ``hpack``'s decode_integer, which cost 3 µs a response on static names
+    past the 4-bit prefix (``server``, ``date``)."""
     value = block[at] & mask
+    at += 1
     if value < mask:
-        return value, at + 1
-    try:
-        value, used = decode_integer(memoryview(block)[at:], mask.bit_length())
-    except HPACKDecodingError as exc:
-        raise CompressionError(str(exc)) from exc
-    return value, at + used
+        return value, at
+    shift = 0
+    while True:
+        if at >= len(block) or shift > 28:
+            raise CompressionError("an integer cut short or too large")
+        byte = block[at]
+        at += 1
+        value += (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
 
 
 # Literal names as sent -> decoded. With the table off a server sends a name it does not
