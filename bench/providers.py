@@ -41,7 +41,9 @@ def devices_for(platform: str, count: int, info: dict[str, Any]) -> list[Device]
     ]
 
 
-async def measure(info: dict[str, Any], devices: int, runs: int) -> dict[str, dict[str, float]]:
+async def measure(
+    info: dict[str, Any], devices: int, runs: int, platforms: list[str]
+) -> dict[str, dict[str, float]]:
     settings = Settings(
         **{k.removeprefix("FANOUT_").lower(): v for k, v in info["settings"].items()}
     )
@@ -50,7 +52,7 @@ async def measure(info: dict[str, Any], devices: int, runs: int) -> dict[str, di
         Notification(title="New book", body="The Long Fan-Out is out today"), "en", collapse_key="1"
     )
     results = {}
-    for platform in ("apns", "fcm", "webpush"):
+    for platform in platforms:
         provider = providers[platform]
         await provider.send(notification, devices_for(platform, 200, info))  # warm: connect, token
         rates = []
@@ -85,6 +87,7 @@ def main() -> None:
         "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="this process's loop"
     )
     parser.add_argument("--connections", type=int, default=None, help="per push service")
+    parser.add_argument("--only", default="apns,fcm,webpush", help="providers, comma-separated")
     args = parser.parse_args()
 
     server = subprocess.Popen(
@@ -95,7 +98,9 @@ def main() -> None:
         info = orjson.loads(server.stdout.readline())
         if args.connections:
             info["settings"]["FANOUT_PROVIDER_CONNECTIONS"] = args.connections
-        results = eventloop.run(measure(info, args.devices, args.runs), args.loop)
+        results = eventloop.run(
+            measure(info, args.devices, args.runs, args.only.split(",")), args.loop
+        )
     finally:
         server.terminate()
         server.wait(timeout=15)
