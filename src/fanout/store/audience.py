@@ -15,7 +15,6 @@ from datetime import datetime, time
 from typing import Any
 
 import asyncpg
-import orjson
 
 from fanout.store import queries
 
@@ -68,8 +67,7 @@ async def upsert_preferences(
 ) -> int:
     """Replace the settings of these (existing) users, each named once; how many rows were
     written (``UPSERT_PREFERENCES``)."""
-    payload = orjson.dumps([p.as_json() for p in preferences]).decode()
-    status: str = await conn.execute(queries.UPSERT_PREFERENCES, payload)
+    status: str = await conn.execute(queries.UPSERT_PREFERENCES, [p.as_json() for p in preferences])
     return int(status.split()[-1])
 
 
