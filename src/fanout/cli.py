@@ -107,10 +107,19 @@ def demo(
         str,
         typer.Option(help="sink, or local apns / fcm / webpush / mixed push service emulators."),
     ] = "sink",
+    preferences: Annotated[
+        bool,
+        typer.Option(
+            "--preferences",
+            help="Give the subscribers a mix of audience settings (time zones, opt-outs, "
+            "quiet hours, mutes, a frequency cap) and count who is held back.",
+        ),
+    ] = False,
     json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the whole pipeline locally and check every device got the push exactly once."""
+    """Run the whole pipeline locally and check every device got the push exactly once
+    (every device not held back on purpose)."""
     from fanout.local.demo import PROVIDERS, run_demo, summary_table
 
     if provider not in PROVIDERS:
@@ -124,6 +133,7 @@ def demo(
             devices_per_user=devices_per_user,
             console=err,
             provider=provider,
+            preferences=preferences,
         )
     )
     if json:

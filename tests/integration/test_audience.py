@@ -13,6 +13,7 @@ import pytest
 
 from fanout import store
 from fanout.config import Settings
+from fanout.local.demo import TIME_ZONES, AudienceMix, seed_audience
 from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
 from fanout.queue.messages import FanoutTask, decode
@@ -305,3 +306,35 @@ async def test_the_sink_receives_exactly_the_users_not_held_back(
     assert status.sent == status.devices == expected
     assert status.recipients == len(expected_users)
     assert status.held_back == {"opted_out": opted_out, "muted": 5, "capped": 5}
+
+
+async def test_the_demo_mix_seeds_time_zones_and_quiet_hours_covering_now(
+    pool: asyncpg.Pool,
+) -> None:
+    topic = await make_topic(pool, 200)
+    async with pool.acquire() as conn:
+        await seed_audience(
+            conn,
+            topic=topic.key,
+            first_user_id=topic.user_ids[0],
+            last_user_id=topic.user_ids[-1],
+            mix=AudienceMix(),
+        )
+    # A window may cross midnight (22:00-01:00): then "now" is after its start or before
+    # its end. The hour can turn between seeding and this query: the window runs from an
+    # hour before the seeded hour to two after, so it still covers now.
+    counts = await pool.fetchrow(
+        """SELECT count(DISTINCT time_zone) AS zones,
+                  count(*) FILTER (WHERE quiet_start IS NOT NULL) AS quiet,
+                  count(*) FILTER (WHERE CASE
+                      WHEN quiet_start < quiet_end
+                      THEN (now() AT TIME ZONE time_zone)::time >= quiet_start
+                           AND (now() AT TIME ZONE time_zone)::time < quiet_end
+                      ELSE (now() AT TIME ZONE time_zone)::time >= quiet_start
+                           OR (now() AT TIME ZONE time_zone)::time < quiet_end
+                      END) AS quiet_now
+           FROM user_preferences"""
+    )
+    assert counts["zones"] == len(TIME_ZONES)
+    assert counts["quiet"] == counts["quiet_now"] == 40  # 20% of 200
+    assert await pool.fetchval("SELECT count(*) FROM topic_mutes") == 10

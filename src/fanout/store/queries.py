@@ -766,20 +766,24 @@ WHERE ctid = ANY(ARRAY(
 ))
 """
 
-# Seeding the demo's and the benchmark's preferences (server-side, as SEED_USERS): for
-# users $1..$2, by the user id modulo 100: [0, $3) opted out, [$3, $3 + $4) with quiet
-# hours covering the hour now in their zone, and everyone with a time zone from $5.
+# Seeding the demo's and the benchmark's preferences (server-side, as SEED_USERS): users
+# $1..$2 get a time zone from $5, and by their id modulo 100: [0, $3) opted out of
+# everything, [$3, $3 + $4) quiet hours around the present hour in their zone (from an
+# hour ago to two hours on, crossing midnight where it falls), [$6, $6 + $7) opted out of
+# category $8.
 SEED_PREFERENCES = """
-INSERT INTO user_preferences (user_id, time_zone, quiet_start, quiet_end, opted_out)
+INSERT INTO user_preferences (user_id, time_zone, quiet_start, quiet_end, opted_out,
+                              opted_out_categories)
 SELECT u.id, z.zone,
-       CASE WHEN q.quiet THEN date_trunc('hour', (now() AT TIME ZONE z.zone)::time)
-                              - interval '1 hour' END,
-       CASE WHEN q.quiet THEN date_trunc('hour', (now() AT TIME ZONE z.zone)::time)
-                              + interval '2 hours' END,
-       u.id % 100 < $3
+       CASE WHEN q.quiet THEN z.hour - interval '1 hour' END,
+       CASE WHEN q.quiet THEN z.hour + interval '2 hours' END,
+       u.id % 100 < $3,
+       CASE WHEN u.id % 100 >= $6 AND u.id % 100 < $6 + $7 THEN ARRAY[$8::text]
+            ELSE '{}' END
 FROM users AS u
 CROSS JOIN LATERAL (
-    SELECT ($5::text[])[1 + u.id % cardinality($5::text[])] AS zone
+    SELECT zone, date_trunc('hour', (now() AT TIME ZONE zone)::time)::time AS hour
+    FROM (SELECT ($5::text[])[1 + u.id % cardinality($5::text[])] AS zone) AS picked
 ) AS z
 CROSS JOIN LATERAL (SELECT u.id % 100 >= $3 AND u.id % 100 < $3 + $4 AS quiet) AS q
 WHERE u.id BETWEEN $1 AND $2

@@ -76,10 +76,14 @@ async def seed_preferences(
     opted_out_percent: int,
     quiet_now_percent: int,
     time_zones: Sequence[str],
+    category_from_percent: int,
+    category_percent: int,
+    category: str,
 ) -> None:
     """Give users ``first_user_id`` to ``last_user_id`` a time zone from ``time_zones``; by
-    user id modulo 100, ``opted_out_percent`` of them opted out, and the next
-    ``quiet_now_percent`` with quiet hours covering the present hour in their zone
+    user id modulo 100, the first ``opted_out_percent`` opted out, the next
+    ``quiet_now_percent`` with quiet hours around the present hour in their zone, and
+    ``category_percent`` from ``category_from_percent`` opted out of ``category``
     (``SEED_PREFERENCES``)."""
     await conn.execute(
         queries.SEED_PREFERENCES,
@@ -88,6 +92,9 @@ async def seed_preferences(
         opted_out_percent,
         quiet_now_percent,
         list(time_zones),
+        category_from_percent,
+        category_percent,
+        category,
     )
 
 
