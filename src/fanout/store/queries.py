@@ -248,13 +248,15 @@ AUDIENCE_RULES: tuple[tuple[str, str], ...] = (
     # No index of its own: ``p`` is the row the page already probed (user_preferences_pkey).
     ("opted_out", "p.opted_out OR {category}::text = ANY(p.opted_out_categories)"),
     # Index: topic_mutes_pkey (user_id, topic_id), one probe per subscriber. A mute whose
-    # until has passed no longer holds anyone back.
+    # until has passed no longer holds anyone back. OFFSET 0 keeps it a probe: without it
+    # PostgreSQL may hash every mute of the topic for each page instead.
     (
         "muted",
         """EXISTS (
             SELECT 1 FROM topic_mutes AS m
             WHERE m.user_id = sub.user_id AND m.topic_id = {topic}::bigint
-              AND (m.until IS NULL OR m.until > now()))""",
+              AND (m.until IS NULL OR m.until > now())
+            OFFSET 0)""",
     ),
     # Index: user_sends_by_user (user_id, sent_at) INCLUDE (category, event_id): per cap
     # that applies (the ``caps`` CTE, frequency_caps_pkey), an index-only range scan of the
@@ -300,25 +302,32 @@ def _recipients(subscribers: str, **parameters: str) -> str:
     reason, when they have an active device (else NULL: nobody was kept from anything).
 
     Index: user_preferences_pkey, probed per subscriber. LATERAL with OFFSET 0 keeps it a
-    probe: a plain join may be planned as a merge or hash join over the whole table.
+    probe: a plain join may be planned as a merge or hash join over the whole table. The
+    OFFSET 0 of ``s`` has the rules evaluated once per subscriber: without it PostgreSQL
+    inlined the reason into each place it is used and ran the rules three times. Whether a
+    held-back user has a device is a probe of devices_active_by_user with LIMIT 1, inside
+    the same LATERAL (an EXISTS there was planned as a hash of every active device).
     """
     return f"""
 WITH {_CAPS.format(**parameters)}
-SELECT s.user_id, d.platform, d.wire,
-       CASE WHEN s.held_back IS NULL THEN NULL
-            WHEN EXISTS (SELECT 1 FROM devices AS h WHERE h.user_id = s.user_id AND h.active)
-            THEN s.held_back END AS held_back
+SELECT s.user_id, d.platform, d.wire, d.held_back
 FROM (
     SELECT sub.user_id, {_held_back_reason(**parameters)} AS held_back
     FROM ({subscribers}) AS sub
     LEFT JOIN LATERAL (
         SELECT * FROM user_preferences AS up WHERE up.user_id = sub.user_id OFFSET 0
     ) AS p ON true
+    OFFSET 0
 ) AS s
 LEFT JOIN LATERAL (
-    SELECT d.platform, {_DEVICE_WIRE} AS wire
+    SELECT d.platform, {_DEVICE_WIRE} AS wire, NULL::text AS held_back
     FROM devices AS d
-    WHERE d.user_id = s.user_id AND d.active AND s.held_back IS NULL
+    WHERE s.held_back IS NULL AND d.user_id = s.user_id AND d.active
+    UNION ALL
+    (SELECT NULL, NULL, s.held_back
+     FROM devices AS h
+     WHERE s.held_back IS NOT NULL AND h.user_id = s.user_id AND h.active
+     LIMIT 1)
 ) AS d ON true
 ORDER BY s.user_id
 """
