@@ -9,6 +9,12 @@ lease, so a duplicate message is dropped instead of fanning out twice; a failed 
 gives its lease up; a crashed one resumes from its checkpoint. PostgreSQL knows every
 shard and batch with a deadline, so whatever happens to their messages the reconciler
 sends them again.
+
+The page query applies the audience rules (opt-outs, topic mutes, frequency caps:
+``store.queries.AUDIENCE_RULES``): a subscriber held back comes as one row naming the
+reason, is counted when the cursor passes them (the checkpoint stores the totals, so a
+resumed shard counts nobody twice), and the users of each batch sent are recorded for
+the caps in the checkpoint's own statement.
 """
 
 from __future__ import annotations
