@@ -1,4 +1,4 @@
-"""The ``fanout`` command: demo, migrate, queues, worker, publish, status, sink.
+"""The ``fanout`` command: demo, migrate, queues, worker, publish, status, sink, caps.
 
 A mistake in the configuration ends any command with one line naming the setting and
 exit status 2 (as for a wrong option); a service that does not answer, with one line
@@ -34,6 +34,8 @@ apikey_app = typer.Typer(help="Create, list and revoke API keys.")
 app.add_typer(apikey_app, name="apikey")
 dlq_app = typer.Typer(help="Inspect and redrive the dead-letter queues.")
 app.add_typer(dlq_app, name="dlq")
+caps_app = typer.Typer(help="Frequency caps: at most N pushes per user in a rolling window.")
+app.add_typer(caps_app, name="caps")
 QueueRole = Annotated[str, typer.Option("--queue", help="fanout, delivery or both.")]
 err = Console(stderr=True, soft_wrap=True)  # one line per message, even in logs
 
@@ -107,10 +109,19 @@ def demo(
         str,
         typer.Option(help="sink, or local apns / fcm / webpush / mixed push service emulators."),
     ] = "sink",
+    preferences: Annotated[
+        bool,
+        typer.Option(
+            "--preferences",
+            help="Give the subscribers a mix of audience settings (time zones, opt-outs, "
+            "quiet hours, mutes, a frequency cap) and count who is held back.",
+        ),
+    ] = False,
     json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the whole pipeline locally and check every device got the push exactly once."""
+    """Run the whole pipeline locally and check every device got the push exactly once
+    (every device not held back on purpose)."""
     from fanout.local.demo import PROVIDERS, run_demo, summary_table
 
     if provider not in PROVIDERS:
@@ -124,6 +135,7 @@ def demo(
             devices_per_user=devices_per_user,
             console=err,
             provider=provider,
+            preferences=preferences,
         )
     )
     if json:
@@ -424,6 +436,54 @@ def apikey_list() -> None:
     for key in _with_connection(list_api_keys):
         state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "live"
         typer.echo(f"{key.key_id}  {','.join(key.scopes):<22} {state:<18} {key.name}")
+
+
+@caps_app.command("set")
+def caps_set(
+    category: Annotated[
+        str, typer.Argument(help="A notification category, or '*' for every push.")
+    ],
+    max_sends: Annotated[
+        int, typer.Option("--max", min=1, max=1_000_000, help="Pushes allowed per user.")
+    ],
+    window: Annotated[
+        int, typer.Option(min=1, max=90 * 24 * 3600, help="The rolling window, in seconds.")
+    ],
+) -> None:
+    """Set (or change) the cap of a category, as PUT /v1/frequency-caps/{category} does."""
+    import re
+
+    from fanout.api.schemas import CAP_CATEGORY_PATTERN
+    from fanout.store import put_frequency_cap
+
+    if not re.match(CAP_CATEGORY_PATTERN, category):
+        raise typer.BadParameter(f"must match {CAP_CATEGORY_PATTERN}", param_hint="CATEGORY")
+    created = _with_connection(
+        lambda conn: put_frequency_cap(
+            conn, category=category, max_sends=max_sends, window_seconds=window
+        )
+    )
+    err.print(f"{'set' if created else 'changed'} the cap of {category}: {max_sends} per {window}s")
+
+
+@caps_app.command("list")
+def caps_list() -> None:
+    """List the frequency caps."""
+    from fanout.store import list_frequency_caps
+
+    for cap in _with_connection(list_frequency_caps):
+        typer.echo(f"{cap.category:<24} {cap.max_sends:>8} per {cap.window_seconds}s")
+
+
+@caps_app.command("delete")
+def caps_delete(category: Annotated[str, typer.Argument(help="The category, or '*'.")]) -> None:
+    """Remove a frequency cap."""
+    from fanout.store import delete_frequency_cap
+
+    if not _with_connection(lambda conn: delete_frequency_cap(conn, category=category)):
+        err.print(f"[red]no cap for {category}[/]")
+        raise typer.Exit(1)
+    err.print(f"removed the cap of {category}")
 
 
 async def _with_queues(settings: Settings, role: str, work: Any) -> list[Any]:

@@ -28,3 +28,8 @@ SQS_BILLED_REQUESTS = Counter(
     "SQS API calls as SQS bills them: one per 64 KB of payload",
     ["operation"],
 )
+AUDIENCE_HELD_BACK = Counter(
+    "fanout_audience_held_back",
+    "Recipients the fan-out filtered out on purpose, by reason (opted_out, muted, capped, ...)",
+    ["reason"],
+)

@@ -266,12 +266,21 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool) -> None:
             first, last = batch.users
             if event.user_id is not None:
                 rows = await store.user_recipients(
-                    conn, user_id=event.user_id, after_user_id=first - 1
+                    conn,
+                    user_id=event.user_id,
+                    after_user_id=first - 1,
+                    event_id=event.id,
+                    category=event.notification.get("category"),
                 )
             else:
                 assert event.topic_id is not None
                 rows = await store.batch_recipients(
-                    conn, topic_id=event.topic_id, first_user_id=first, last_user_id=last
+                    conn,
+                    topic_id=event.topic_id,
+                    first_user_id=first,
+                    last_user_id=last,
+                    event_id=event.id,
+                    category=event.notification.get("category"),
                 )
     batch.devices = {}
     for row in rows:

@@ -9,19 +9,27 @@ lease, so a duplicate message is dropped instead of fanning out twice; a failed 
 gives its lease up; a crashed one resumes from its checkpoint. PostgreSQL knows every
 shard and batch with a deadline, so whatever happens to their messages the reconciler
 sends them again.
+
+The page query applies the audience rules (opt-outs, topic mutes, frequency caps:
+``store.queries.AUDIENCE_RULES``): a subscriber held back comes as one row naming the
+reason, is counted when the cursor passes them (the checkpoint stores the totals, so a
+resumed shard counts nobody twice), and the users of each batch sent are recorded for
+the caps in the checkpoint's own statement.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 import asyncpg
 
 from fanout import store
 from fanout.config import Settings
+from fanout.metrics import AUDIENCE_HELD_BACK
 from fanout.queue.messages import FanoutTask, PoisonMessage
 from fanout.queue.sqs import Queues
 from fanout.stages import leases
@@ -44,6 +52,7 @@ class ShardReport:
     recipients: int = 0
     devices: int = 0
     batches: int = 0
+    held_back: dict[str, int] = field(default_factory=dict)  # filtered out, by reason
     already_done: bool = False
     busy: bool = False  # another invocation holds it: this copy of the message is redundant
     lease_left: float = 0.0  # when busy: seconds until the holder's lease ends
@@ -56,6 +65,22 @@ class _Progress:
     recipients: int
     devices: int
     batches: int
+    held_back: Counter[str]
+
+    def hold_back(self, counts: dict[str, int]) -> None:
+        """Count recipients the audience rules filtered out, now behind the cursor."""
+        for reason, count in counts.items():
+            self.held_back[reason] += count
+            AUDIENCE_HELD_BACK.labels(reason).inc(count)
+
+
+@dataclass(frozen=True, slots=True)
+class _Audience:
+    """What the shard's page query needs to apply the audience rules, and whether the
+    pushes must be recorded for the frequency caps (only while some cap counts them)."""
+
+    category: str | None
+    record_sends: bool
 
 
 async def run_fanout_task(
@@ -223,7 +248,10 @@ async def _stream_shard(
         recipients=claim.recipients,
         devices=claim.devices,
         batches=claim.batches,
+        held_back=Counter(claim.held_back),
     )
+    category = event.notification.get("category")
+    audience = _Audience(category, await store.caps_apply(conn, category=category))
     packer = BatchPacker(
         event_id=event_id,
         shard=shard,
@@ -234,11 +262,11 @@ async def _stream_shard(
 
     async def checkpoint() -> None:
         """Record the batches sent and the cursor, renew the lease: this shard is alive."""
-        await _checkpoint(conn, event_id, shard, progress, sent, lease, settings)
+        await _checkpoint(conn, event_id, shard, progress, sent, audience, lease, settings)
         sent.clear()
 
     async def read_page(after: int) -> list[asyncpg.Record]:
-        return await _fetch_page(conn, event, after, claim.hi_user_id, settings)
+        return await _fetch_page(conn, event, after, claim.hi_user_id, audience, settings)
 
     rows = await read_page(progress.cursor)
     while rows:
@@ -268,10 +296,13 @@ async def _stream_shard(
                     settings.delivery_backlog_limit, keep_alive=checkpoint
                 )
         if rows and time_left is not None and time_left() < 10.0:
-            return await _yield_shard(conn, queues, event_id, shard, progress, sent, settings)
+            return await _yield_shard(
+                conn, queues, event_id, shard, progress, sent, audience, settings
+            )
     if tail := packer.flush():
         await _send(tail, queues, progress)
         sent += tail
+    progress.hold_back(packer.take_held_back())  # those after the last batch
     async with conn.transaction():
         await checkpoint()
         await store.lock_event(conn, event_id=event_id)
@@ -282,20 +313,39 @@ async def _stream_shard(
             recipients=progress.recipients,
             devices=progress.devices,
             batches=progress.batches,
+            held_back=dict(progress.held_back),
         )
         fanned_out = await store.mark_event_fanned_out(
             conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
         )
     if fanned_out:  # the last shard: the event may have nothing left open
         await store.finish_event(conn, event_id=event_id)
-    return ShardReport(event_id, shard, progress.recipients, progress.devices, progress.batches)
+    return ShardReport(
+        event_id,
+        shard,
+        progress.recipients,
+        progress.devices,
+        progress.batches,
+        dict(progress.held_back),
+    )
 
 
 async def _fetch_page(
-    conn: asyncpg.Connection, event: store.Event, cursor: int, hi: int, settings: Settings
+    conn: asyncpg.Connection,
+    event: store.Event,
+    cursor: int,
+    hi: int,
+    audience: _Audience,
+    settings: Settings,
 ) -> list[asyncpg.Record]:
     if event.user_id is not None:
-        return await store.user_recipients(conn, user_id=event.user_id, after_user_id=cursor)
+        return await store.user_recipients(
+            conn,
+            user_id=event.user_id,
+            after_user_id=cursor,
+            event_id=event.id,
+            category=audience.category,
+        )
     assert event.topic_id is not None
     return await store.topic_recipients_page(
         conn,
@@ -303,6 +353,8 @@ async def _fetch_page(
         after_user_id=cursor,
         before_user_id=hi,
         limit=settings.page_size,
+        event_id=event.id,
+        category=audience.category,
     )
 
 
@@ -312,6 +364,9 @@ async def _send(batches: list[PackedBatch], queues: Queues, progress: _Progress)
     progress.recipients += sum(b.users for b in batches)
     progress.devices += sum(b.devices for b in batches)
     progress.batches += len(batches)
+    for batch in batches:
+        if batch.held_back:
+            progress.hold_back(batch.held_back)
 
 
 async def _checkpoint(
@@ -319,10 +374,14 @@ async def _checkpoint(
     event_id: int,
     shard: int,
     progress: _Progress,
-    sent: list[PackedBatch],
+    sent: Sequence[PackedBatch],
+    audience: _Audience,
     lease: int,
     settings: Settings,
 ) -> None:
+    # A push counts toward the caps once its batch is on the delivery queue (recorded
+    # here, with the batch): bounded, once per user and event, whatever delivery does.
+    counted = [user for b in sent for user in b.user_ids] if audience.record_sends else []
     await store.checkpoint_shard(
         conn,
         event_id=event_id,
@@ -331,7 +390,10 @@ async def _checkpoint(
         recipients=progress.recipients,
         devices=progress.devices,
         batches=progress.batches,
+        held_back=dict(progress.held_back),
         accepted=sent,
+        category=audience.category,
+        counted_users=counted,
         lease_seconds=lease,
         overdue_after=settings.reconcile_after_seconds,
     )
@@ -344,15 +406,22 @@ async def _yield_shard(
     shard: int,
     progress: _Progress,
     sent: list[PackedBatch],
+    audience: _Audience,
     settings: Settings,
 ) -> ShardReport:
     """Out of time (or the worker is stopping): hand the rest of the shard to a fresh
     message and free the lease, so whoever receives it goes on at once."""
-    await _checkpoint(conn, event_id, shard, progress, sent, 0, settings)
+    await _checkpoint(conn, event_id, shard, progress, sent, audience, 0, settings)
     await queues.fanout.send(FanoutTask(event_id, shard).encode())
     log.info(
         "event %d shard %d: out of time at user %d, re-enqueued", event_id, shard, progress.cursor
     )
     return ShardReport(
-        event_id, shard, progress.recipients, progress.devices, progress.batches, finished=False
+        event_id,
+        shard,
+        progress.recipients,
+        progress.devices,
+        progress.batches,
+        dict(progress.held_back),
+        finished=False,
     )

@@ -13,6 +13,7 @@ packer reads, the event's progress).
   lease and a due time, and the reconciler's claims of those overdue.
 - ``recipients``: devices as batches carry them (the fan-out's hot path).
 - ``subscriptions``, ``devices``, ``api_keys``: what the HTTP API and the CLI manage.
+- ``audience``: users' preferences, topic mutes, frequency caps and the sends they count.
 - ``seeding``: the demo's and the benchmarks' subscribers.
 """
 
@@ -23,6 +24,20 @@ from fanout.store.api_keys import (
     list_api_keys,
     live_api_key,
     revoke_api_key,
+)
+from fanout.store.audience import (
+    FrequencyCap,
+    Preferences,
+    StoredPreferences,
+    caps_apply,
+    delete_frequency_cap,
+    list_frequency_caps,
+    mute_topic,
+    prune_user_sends,
+    put_frequency_cap,
+    unmute_topic,
+    upsert_preferences,
+    user_preferences,
 )
 from fanout.store.batches import (
     DueBatch,
@@ -70,7 +85,15 @@ from fanout.store.recipients import (
     topic_recipients_page,
     user_recipients,
 )
-from fanout.store.seeding import SeededIds, seed_devices, seed_subscriptions, seed_users
+from fanout.store.seeding import (
+    SeededIds,
+    seed_devices,
+    seed_mutes,
+    seed_preferences,
+    seed_subscriptions,
+    seed_user_sends,
+    seed_users,
+)
 from fanout.store.shards import (
     AcceptedBatch,
     DueShard,
@@ -108,15 +131,19 @@ __all__ = [
     "DueShard",
     "Event",
     "FirstUse",
+    "FrequencyCap",
     "LeaseStatus",
+    "Preferences",
     "RegisteredDevice",
     "SeededIds",
     "ShardClaim",
     "StoredApiKey",
+    "StoredPreferences",
     "Subscription",
     "acquire",
     "batch_recipients",
     "batch_status",
+    "caps_apply",
     "checkpoint_shard",
     "claim_batch",
     "claim_due_batches",
@@ -127,6 +154,7 @@ __all__ = [
     "create_pool",
     "deactivate_devices",
     "delete_device",
+    "delete_frequency_cap",
     "devices_by_id",
     "event_by_idempotency_key",
     "event_progress",
@@ -144,29 +172,39 @@ __all__ = [
     "insert_shards",
     "insert_users",
     "list_api_keys",
+    "list_frequency_caps",
     "live_api_key",
     "load_event",
     "lock_event",
     "mark_event_enqueued",
     "mark_event_fanned_out",
     "mark_event_fanning_out",
+    "mute_topic",
     "naming_the_database",
     "next_shard_boundary",
+    "prune_user_sends",
+    "put_frequency_cap",
     "record_retry_batch",
     "release_batch",
     "release_shard",
     "renew_batch_lease",
     "revoke_api_key",
     "seed_devices",
+    "seed_mutes",
+    "seed_preferences",
     "seed_subscriptions",
+    "seed_user_sends",
     "seed_users",
     "shard_status",
     "subscribe",
     "subscribe_users",
     "topic_recipients_page",
     "unfinished_shards",
+    "unmute_topic",
     "unsubscribe",
     "upsert_device",
+    "upsert_preferences",
+    "user_preferences",
     "user_recipients",
     "user_subscriptions_page",
 ]

@@ -104,7 +104,7 @@ SET status = 'running', lease_until = now() + make_interval(secs => $3),
     due_at = now() + make_interval(secs => $3::float8 + $4::float8), attempts = attempts + 1
 WHERE event_id = $1 AND shard_no = $2
   AND (status = 'pending' OR (status = 'running' AND lease_until < now()))
-RETURNING lo_user_id, hi_user_id, cursor_user_id, recipients, devices, batches
+RETURNING lo_user_id, hi_user_id, cursor_user_id, recipients, devices, batches, held_back
 """
 
 # Index: fanout_shards_pkey. A failed invocation gives its lease up, so the retry of its
@@ -126,6 +126,11 @@ FROM fanout_shards WHERE event_id = $1 AND shard_no = $2
 # re-read should their message be lost: one row per batch, never per device), and the
 # shard checkpoints its cursor and renews its lease (a shard that checkpoints is alive).
 # A batch re-packed after a crash has the same key and is not recorded twice.
+# The recipients held back so far ($14, {reason: count}) are totals, like the others, so
+# a shard resumed from this checkpoint counts nobody twice. The users of the batches
+# ($16; empty unless a frequency cap applies to the event's category $15) are appended
+# to user_sends: these pushes count toward the caps from now on (no index but the
+# table's own: user_sends_by_user and user_sends_by_time are maintained).
 CHECKPOINT_SHARD = """
 WITH recorded AS (
     INSERT INTO delivery_batches (event_id, batch_key, attempt, status, devices, shard_no,
@@ -135,9 +140,12 @@ WITH recorded AS (
     FROM unnest($10::text[], $11::integer[], $12::bigint[], $13::bigint[])
          AS b (key, devices, first_user, last_user)
     ON CONFLICT (event_id, batch_key) DO NOTHING
+), counted AS (
+    INSERT INTO user_sends (user_id, event_id, category)
+    SELECT u, $1, $15::text FROM unnest($16::bigint[]) AS u
 )
 UPDATE fanout_shards
-SET cursor_user_id = $3, recipients = $4, devices = $5, batches = $6,
+SET cursor_user_id = $3, recipients = $4, devices = $5, batches = $6, held_back = $14,
     lease_until = now() + make_interval(secs => $7),
     due_at = now() + make_interval(secs => $7::float8 + $8::float8)
 WHERE event_id = $1 AND shard_no = $2
@@ -147,7 +155,7 @@ WHERE event_id = $1 AND shard_no = $2
 FINISH_SHARD = """
 UPDATE fanout_shards
 SET status = 'done', finished_at = now(), lease_until = NULL, due_at = NULL,
-    recipients = $3, devices = $4, batches = $5
+    recipients = $3, devices = $4, batches = $5, held_back = $6
 WHERE event_id = $1 AND shard_no = $2
 """
 
@@ -225,36 +233,132 @@ CASE WHEN d.platform = 'webpush' THEN {_wire_array(WIRE_FIELDS["webpush"])}
 """
 assert WIRE_FIELDS["apns"] == WIRE_FIELDS["fcm"]
 
-# Indexes: subscriptions_pkey (index-only range scan, the keyset page: user_id > cursor),
-# then an index probe of devices by user (devices_active_by_user) per subscriber. LATERAL
-# keeps it a nested loop of such probes: with a plain join the planner hash-joined a
-# sequential scan of every device (12 of the 14 ms a page took at 120,000 devices, and
-# growing with the table). The LIMIT applies to subscribers, so a page never splits one
-# user's devices; users without an active device come back once with NULLs so that the
-# cursor still moves past them.
-TOPIC_RECIPIENTS_PAGE = f"""
-SELECT s.user_id, d.platform, d.wire
+# ---------------------------------------------------------------------------------------
+# Audience rules (issue #13): who of the subscribers read is held back on purpose, and
+# why. The first rule that holds names the reason, so a user both opted out and capped is
+# counted once, as opted_out. Each rule is a condition on the subscriber ``sub.user_id``
+# and their preferences ``p`` (a user_preferences row, all NULL when they have none), with
+# the statement's parameters for the event's topic, id and category written {topic},
+# {event}, {category}. Another rule (quiet hours) goes beside these, in the order its
+# reason should win. A held-back user comes back as one row with NULL device columns and
+# its reason, so the cursor moves past them and the shard counts them at its checkpoint.
+# ---------------------------------------------------------------------------------------
+
+AUDIENCE_RULES: tuple[tuple[str, str], ...] = (
+    # No index of its own: ``p`` is the row the page already probed (user_preferences_pkey).
+    ("opted_out", "p.opted_out OR {category}::text = ANY(p.opted_out_categories)"),
+    # Index: topic_mutes_pkey (user_id, topic_id), one probe per subscriber. A mute whose
+    # until has passed no longer holds anyone back. OFFSET 0 keeps it a probe: without it
+    # PostgreSQL may hash every mute of the topic for each page instead.
+    (
+        "muted",
+        """EXISTS (
+            SELECT 1 FROM topic_mutes AS m
+            WHERE m.user_id = sub.user_id AND m.topic_id = {topic}::bigint
+              AND (m.until IS NULL OR m.until > now())
+            OFFSET 0)""",
+    ),
+    # Index: user_sends_by_user (user_id, sent_at) INCLUDE (category, event_id): per cap
+    # that applies (the ``caps`` CTE, frequency_caps_pkey), an index-only range scan of the
+    # user's sends in the window, stopped at max_sends rows. The window is rolling: a send
+    # exactly window_seconds old no longer counts. The event's own sends never count
+    # against it, so a lost batch re-read later sees what the fan-out saw.
+    (
+        "capped",
+        """EXISTS (
+            SELECT 1 FROM caps AS c
+            WHERE c.max_sends <= (
+                SELECT count(*) FROM (
+                    SELECT 1 FROM user_sends AS r
+                    WHERE r.user_id = sub.user_id
+                      AND r.sent_at > now() - make_interval(secs => c.window_seconds)
+                      AND (c.category = '*' OR r.category = c.category)
+                      AND r.event_id <> {event}::bigint
+                    LIMIT c.max_sends
+                ) AS recent))""",
+    ),
+)
+
+# The frequency caps that apply to the event's category: '*' and its own (a few rows,
+# read once per statement).
+_CAPS = """caps AS MATERIALIZED (
+    SELECT category, max_sends, window_seconds FROM frequency_caps
+    WHERE category = '*' OR category = {category}::text
+)"""
+
+
+def _held_back_reason(**parameters: str) -> str:
+    whens = "\n".join(
+        f"        WHEN {rule.format(**parameters)} THEN '{reason}'"
+        for reason, rule in AUDIENCE_RULES
+    )
+    return f"CASE\n{whens}\n    END"
+
+
+def _recipients(subscribers: str, **parameters: str) -> str:
+    """Rows (user_id, platform, wire, held_back) for ``subscribers`` (a query of
+    ``user_id`` in order): a user sent to comes with one row per active device (or one of
+    NULLs without any); a user held back, with one row of NULL device columns and the
+    reason, when they have an active device (else NULL: nobody was kept from anything).
+
+    Index: user_preferences_pkey, probed per subscriber. LATERAL with OFFSET 0 keeps it a
+    probe: a plain join may be planned as a merge or hash join over the whole table. The
+    OFFSET 0 of ``s`` has the rules evaluated once per subscriber: without it PostgreSQL
+    inlined the reason into each place it is used and ran the rules three times. Whether a
+    held-back user has a device is a probe of devices_active_by_user with LIMIT 1, inside
+    the same LATERAL (an EXISTS there was planned as a hash of every active device).
+    """
+    return f"""
+WITH {_CAPS.format(**parameters)}
+SELECT s.user_id, d.platform, d.wire, d.held_back
 FROM (
-    SELECT user_id FROM subscriptions
-    WHERE topic_id = $1 AND user_id > $2 AND user_id < $3
-    ORDER BY user_id
-    LIMIT $4
+    SELECT sub.user_id, {_held_back_reason(**parameters)} AS held_back
+    FROM ({subscribers}) AS sub
+    LEFT JOIN LATERAL (
+        SELECT * FROM user_preferences AS up WHERE up.user_id = sub.user_id OFFSET 0
+    ) AS p ON true
+    OFFSET 0
 ) AS s
 LEFT JOIN LATERAL (
-    SELECT d.platform, {_DEVICE_WIRE} AS wire
+    SELECT d.platform, {_DEVICE_WIRE} AS wire, NULL::text AS held_back
     FROM devices AS d
-    WHERE d.user_id = s.user_id AND d.active
+    WHERE s.held_back IS NULL AND d.user_id = s.user_id AND d.active
+    UNION ALL
+    (SELECT NULL, NULL, s.held_back
+     FROM devices AS h
+     WHERE s.held_back IS NOT NULL AND h.user_id = s.user_id AND h.active
+     LIMIT 1)
 ) AS d ON true
 ORDER BY s.user_id
 """
 
-# Index: devices_active_by_user. The 1:1 send: one user's devices, same columns as above.
-USER_RECIPIENTS = f"""
-SELECT u.id AS user_id, d.platform, {_DEVICE_WIRE} AS wire
-FROM users AS u
-LEFT JOIN devices AS d ON d.user_id = u.id AND d.active
-WHERE u.id = $1 AND u.id > $2
-"""
+
+# Indexes: subscriptions_pkey (index-only range scan, the keyset page: user_id > cursor),
+# then per subscriber the audience rules' probes (above) and an index probe of devices by
+# user (devices_active_by_user). LATERAL keeps it a nested loop of such probes: with a
+# plain join the planner hash-joined a sequential scan of every device (12 of the 14 ms a
+# page took at 120,000 devices, and growing with the table). The LIMIT applies to
+# subscribers, so a page never splits one user's devices; users without an active device
+# come back once with NULLs so that the cursor still moves past them. $5: the event, $6:
+# its category.
+TOPIC_RECIPIENTS_PAGE = _recipients(
+    """SELECT user_id FROM subscriptions
+    WHERE topic_id = $1 AND user_id > $2 AND user_id < $3
+    ORDER BY user_id
+    LIMIT $4""",
+    topic="$1",
+    event="$5",
+    category="$6",
+)
+
+# Indexes: users_pkey, then as above. The 1:1 send: one user's devices, same columns; no
+# topic, so no mute applies. $3: the event, $4: its category.
+USER_RECIPIENTS = _recipients(
+    "SELECT id AS user_id FROM users WHERE id = $1 AND id > $2",
+    topic="NULL",
+    event="$3",
+    category="$4",
+)
 
 # ---------------------------------------------------------------------------------------
 # Delivery stage (one statement per batch, never per recipient)
@@ -315,15 +419,17 @@ SET status = 'done', finished_at = now(), lease_until = NULL, due_at = NULL,
 WHERE event_id = $1 AND batch_key = $2
 """
 
-# Indexes: users_pkey/subscriptions_pkey and devices_active_by_user. A batch whose message
-# was lost, re-read from PostgreSQL: its closed range of users, as the fan-out read them.
-BATCH_RECIPIENTS = f"""
-SELECT s.user_id, d.platform, {_DEVICE_WIRE} AS wire
-FROM subscriptions AS s
-JOIN devices AS d ON d.user_id = s.user_id AND d.active
-WHERE s.topic_id = $1 AND s.user_id BETWEEN $2 AND $3
-ORDER BY s.user_id
-"""
+# Indexes: subscriptions_pkey, the audience rules' and devices_active_by_user. A batch
+# whose message was lost, re-read from PostgreSQL: its closed range of users, as the
+# fan-out read them, the same users held back (the event's own sends do not count toward
+# its caps). $4: the event, $5: its category.
+BATCH_RECIPIENTS = _recipients(
+    """SELECT user_id FROM subscriptions
+    WHERE topic_id = $1 AND user_id BETWEEN $2 AND $3""",
+    topic="$1",
+    event="$4",
+    category="$5",
+)
 
 # Index: devices_pkey. A retry batch re-read from its recorded device ids.
 DEVICES_BY_ID = f"""
@@ -580,4 +686,135 @@ JOIN topics AS t ON t.id = s.topic_id
 WHERE u.external_id = $1 AND s.topic_id > $2
 ORDER BY s.topic_id
 LIMIT $3
+"""
+
+# ---------------------------------------------------------------------------------------
+# Audience controls (issue #13): preferences, mutes, frequency caps
+# ---------------------------------------------------------------------------------------
+
+# Indexes: users_external_id_key, user_preferences_pkey. Bulk and single alike, one
+# statement: $1 is a JSON array of {user_id (external), time_zone, quiet_start, quiet_end,
+# opted_out, opted_out_categories}, each user once (the caller dedupes: ON CONFLICT cannot
+# touch a row twice), the users already created. A user's settings are replaced whole.
+UPSERT_PREFERENCES = """
+INSERT INTO user_preferences (user_id, time_zone, quiet_start, quiet_end, opted_out,
+                              opted_out_categories, updated_at)
+SELECT u.id, x.time_zone, x.quiet_start, x.quiet_end, coalesce(x.opted_out, false),
+       coalesce(x.opted_out_categories, '{}'), now()
+FROM jsonb_to_recordset($1::jsonb) AS x (user_id text, time_zone text, quiet_start time,
+                                         quiet_end time, opted_out boolean,
+                                         opted_out_categories text[])
+JOIN users AS u ON u.external_id = x.user_id
+ON CONFLICT (user_id) DO UPDATE
+SET time_zone = EXCLUDED.time_zone, quiet_start = EXCLUDED.quiet_start,
+    quiet_end = EXCLUDED.quiet_end, opted_out = EXCLUDED.opted_out,
+    opted_out_categories = EXCLUDED.opted_out_categories, updated_at = now()
+"""
+
+# Indexes: users_external_id_key, user_preferences_pkey, topic_mutes_pkey (its user_id
+# leads). A user's settings (NULL columns when none are set: the defaults) and their mutes
+# still in force; no row for an unknown user.
+USER_PREFERENCES = """
+SELECT p.time_zone, p.quiet_start, p.quiet_end, coalesce(p.opted_out, false) AS opted_out,
+       coalesce(p.opted_out_categories, '{}') AS opted_out_categories,
+       coalesce((
+           SELECT jsonb_agg(jsonb_build_object('topic', t.key, 'until', m.until)
+                            ORDER BY t.key)
+           FROM topic_mutes AS m JOIN topics AS t ON t.id = m.topic_id
+           WHERE m.user_id = u.id AND (m.until IS NULL OR m.until > now())
+       ), '[]'::jsonb) AS mutes
+FROM users AS u
+LEFT JOIN user_preferences AS p ON p.user_id = u.id
+WHERE u.external_id = $1
+"""
+
+# Index: topic_mutes_pkey. Muting again moves until (NULL: until unmuted).
+MUTE_TOPIC = """
+INSERT INTO topic_mutes (user_id, topic_id, until) VALUES ($1, $2, $3)
+ON CONFLICT (user_id, topic_id) DO UPDATE SET until = EXCLUDED.until, created_at = now()
+"""
+
+# Indexes: topics_key_key, users_external_id_key, topic_mutes_pkey.
+UNMUTE_TOPIC = """
+DELETE FROM topic_mutes AS m
+USING topics AS t, users AS u
+WHERE t.key = $1 AND u.external_id = $2 AND m.topic_id = t.id AND m.user_id = u.id
+"""
+
+# Index: frequency_caps_pkey.
+PUT_FREQUENCY_CAP = """
+INSERT INTO frequency_caps (category, max_sends, window_seconds) VALUES ($1, $2, $3)
+ON CONFLICT (category) DO UPDATE
+SET max_sends = EXCLUDED.max_sends, window_seconds = EXCLUDED.window_seconds,
+    updated_at = now()
+RETURNING (xmax = 0) AS created
+"""
+
+# Index: frequency_caps_pkey.
+DELETE_FREQUENCY_CAP = "DELETE FROM frequency_caps WHERE category = $1"
+
+LIST_FREQUENCY_CAPS = """
+SELECT category, max_sends, window_seconds, updated_at FROM frequency_caps ORDER BY category
+"""
+
+# Index: frequency_caps_pkey. Whether the fan-out of an event of this category must record
+# its sends in user_sends (read once per shard).
+CAPS_APPLY = """
+SELECT EXISTS (SELECT 1 FROM frequency_caps WHERE category = '*' OR category = $1::text)
+"""
+
+# Index: user_sends_by_time (BRIN). Up to $1 sends older than the longest cap's window (all
+# of them when no cap is set): they can no longer count. Run by the reconciler.
+PRUNE_USER_SENDS = """
+DELETE FROM user_sends
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM user_sends
+    WHERE sent_at < now() - make_interval(
+        secs => (SELECT coalesce(max(window_seconds), 0) FROM frequency_caps))
+    LIMIT $1
+))
+"""
+
+# Seeding the demo's and the benchmark's preferences (server-side, as SEED_USERS): users
+# $1..$2 get a time zone from $5, and by their id modulo 100: [0, $3) opted out of
+# everything, [$3, $3 + $4) quiet hours around the present hour in their zone (from an
+# hour ago to two hours on, crossing midnight where it falls), [$6, $6 + $7) opted out of
+# category $8.
+SEED_PREFERENCES = """
+INSERT INTO user_preferences (user_id, time_zone, quiet_start, quiet_end, opted_out,
+                              opted_out_categories)
+SELECT u.id, z.zone,
+       CASE WHEN q.quiet THEN z.hour - interval '1 hour' END,
+       CASE WHEN q.quiet THEN z.hour + interval '2 hours' END,
+       u.id % 100 < $3,
+       CASE WHEN u.id % 100 >= $6 AND u.id % 100 < $6 + $7 THEN ARRAY[$8::text]
+            ELSE '{}' END
+FROM users AS u
+CROSS JOIN LATERAL (
+    SELECT zone, date_trunc('hour', (now() AT TIME ZONE zone)::time)::time AS hour
+    FROM (SELECT ($5::text[])[1 + u.id % cardinality($5::text[])] AS zone) AS picked
+) AS z
+CROSS JOIN LATERAL (SELECT u.id % 100 >= $3 AND u.id % 100 < $3 + $4 AS quiet) AS q
+WHERE u.id BETWEEN $1 AND $2
+ON CONFLICT (user_id) DO NOTHING
+"""
+
+# Seeding mutes: of users $1..$2, those whose id modulo 100 falls in [$3, $3 + $5) mute
+# topic $4, half of them until an hour from now (still in force).
+SEED_MUTES = """
+INSERT INTO topic_mutes (user_id, topic_id, until)
+SELECT u.id, $4, CASE WHEN u.id % 2 = 0 THEN now() + interval '1 hour' END
+FROM users AS u
+WHERE u.id BETWEEN $1 AND $2 AND u.id % 100 >= $3 AND u.id % 100 < $3 + $5
+ON CONFLICT DO NOTHING
+"""
+
+# Seeding pushes already sent: users $1..$2 whose id modulo 100 falls in [$3, $3 + $4)
+# got $5 pushes of category $6 (NULL: none) an hour ago, as an earlier event $7 would
+# have recorded them.
+SEED_USER_SENDS = """
+INSERT INTO user_sends (user_id, event_id, category, sent_at)
+SELECT u.id, $7, $6::text, now() - interval '1 hour'
+FROM users AS u CROSS JOIN generate_series(1, $5::integer)
+WHERE u.id BETWEEN $1 AND $2 AND u.id % 100 >= $3 AND u.id % 100 < $3 + $4
 """

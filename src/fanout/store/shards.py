@@ -27,6 +27,7 @@ class ShardClaim:
     recipients: int
     devices: int
     batches: int
+    held_back: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +136,18 @@ async def checkpoint_shard(
     recipients: int,
     devices: int,
     batches: int,
+    held_back: dict[str, int],
     accepted: Sequence[AcceptedBatch],
+    category: str | None,
+    counted_users: Sequence[int],
     lease_seconds: float,
     overdue_after: float,
 ) -> None:
     """In one statement, record the batches SQS ``accepted`` since the last checkpoint
-    (each due ``overdue_after`` seconds on), and move the shard's cursor and totals on
-    and renew its lease for ``lease_seconds`` (due ``overdue_after`` after it ends)
-    (``CHECKPOINT_SHARD``)."""
+    (each due ``overdue_after`` seconds on) and the pushes of ``category`` to
+    ``counted_users`` that the frequency caps count, and move the shard's cursor and
+    totals (``held_back``: recipients filtered out, by reason) on and renew its lease for
+    ``lease_seconds`` (due ``overdue_after`` after it ends) (``CHECKPOINT_SHARD``)."""
     await conn.execute(
         queries.CHECKPOINT_SHARD,
         event_id,
@@ -158,6 +163,9 @@ async def checkpoint_shard(
         [b.devices for b in accepted],
         [b.first_user for b in accepted],
         [b.last_user for b in accepted],
+        held_back,
+        category,
+        counted_users,
     )
 
 
@@ -169,9 +177,12 @@ async def finish_shard(
     recipients: int,
     devices: int,
     batches: int,
+    held_back: dict[str, int],
 ) -> None:
     """Mark the shard done with its final totals (``FINISH_SHARD``)."""
-    await conn.execute(queries.FINISH_SHARD, event_id, shard, recipients, devices, batches)
+    await conn.execute(
+        queries.FINISH_SHARD, event_id, shard, recipients, devices, batches, held_back
+    )
 
 
 async def give_up_shard(
