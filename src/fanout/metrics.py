@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 PROVIDER_OUTCOMES = Counter(
     "fanout_provider_outcomes", "Per-device outcomes by provider", ["provider", "outcome"]
@@ -27,4 +27,9 @@ SQS_BILLED_REQUESTS = Counter(
     "fanout_sqs_billed_requests",
     "SQS API calls as SQS bills them: one per 64 KB of payload",
     ["operation"],
+)
+PROVIDER_QUOTA_WAIT_SECONDS = Histogram(
+    "fanout_provider_quota_wait_seconds",
+    "Time a push waited for its credential's shared rate budget (a lease, or a 429 pause)",
+    ["provider"],
 )

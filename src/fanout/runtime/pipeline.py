@@ -18,6 +18,7 @@ import asyncpg
 from fanout import retry
 from fanout.config import Settings
 from fanout.providers import Provider, build_providers
+from fanout.providers.quota_stores import open_quota_store
 from fanout.queue.messages import FanoutTask, PoisonMessage, decode
 from fanout.queue.sqs import Queue, QueueMessage, Queues, open_client, open_queues
 from fanout.stages.delivery import BatchReport, deliver_batch
@@ -58,7 +59,8 @@ class Pipeline:
             pool = await create_pool(settings)
             stack.push_async_callback(pool.close)
             if providers is None:
-                providers = build_providers(settings)
+                quotas = await stack.enter_async_context(open_quota_store(settings, pool))
+                providers = build_providers(settings, quotas)
                 for provider in set(providers.values()):
                     stack.push_async_callback(provider.aclose)
             yield cls(settings, pool, queues, providers)

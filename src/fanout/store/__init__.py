@@ -13,6 +13,7 @@ packer reads, the event's progress).
   lease and a due time, and the reconciler's claims of those overdue.
 - ``recipients``: devices as batches carry them (the fan-out's hot path).
 - ``subscriptions``, ``devices``, ``api_keys``: what the HTTP API and the CLI manage.
+- ``quotas``: the provider rate budgets every worker leases from.
 - ``seeding``: the demo's and the benchmarks' subscribers.
 """
 
@@ -64,6 +65,7 @@ from fanout.store.events import (
     mark_event_fanned_out,
     mark_event_fanning_out,
 )
+from fanout.store.quotas import lease_quota, pause_quota
 from fanout.store.recipients import (
     batch_recipients,
     devices_by_id,
@@ -143,6 +145,7 @@ __all__ = [
     "insert_event",
     "insert_shards",
     "insert_users",
+    "lease_quota",
     "list_api_keys",
     "live_api_key",
     "load_event",
@@ -152,6 +155,7 @@ __all__ = [
     "mark_event_fanning_out",
     "naming_the_database",
     "next_shard_boundary",
+    "pause_quota",
     "record_retry_batch",
     "release_batch",
     "release_shard",
