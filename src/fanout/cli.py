@@ -140,7 +140,9 @@ def migrate() -> None:
     from fanout.store import connect
     from fanout.store.migrate import migrate as apply
 
-    dsn = _settings().database_dsn()
+    # Directly to PostgreSQL when a pooler is in front: a migration holds an advisory lock
+    # for its session, which a transaction-mode pooler cannot keep.
+    dsn = _settings().migration_dsn()
 
     async def main() -> list[str]:
         conn = await connect(dsn)
@@ -305,10 +307,10 @@ def status(event_id: int) -> None:
     from fanout.stages.progress import load_event_status
     from fanout.store import connect
 
-    dsn = _settings().database_dsn()
+    settings = _settings()
 
     async def main() -> str | None:
-        conn = await connect(dsn)
+        conn = await connect(settings.database_dsn(), pooler=settings.database_pooler)
         try:
             found = await load_event_status(conn, event_id)
         finally:
@@ -367,7 +369,9 @@ async def _check_before_serving(settings: Settings) -> None:
     from fanout.queue.sqs import open_client
     from fanout.store import connect
 
-    conn = await connect(settings.database_dsn(), connect_timeout=10)
+    conn = await connect(
+        settings.database_dsn(), connect_timeout=10, pooler=settings.database_pooler
+    )
     await conn.close()
     async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS):
         pass
@@ -377,12 +381,12 @@ def _with_connection(work: Any) -> Any:
     """Run ``work(conn)`` on one connection (settings are read before the loop starts)."""
     from fanout.store import connect
 
-    dsn = _settings().database_dsn()
-    return asyncio.run(_connected(dsn, work, connect))
+    settings = _settings()
+    return asyncio.run(_connected(settings, work, connect))
 
 
-async def _connected(dsn: str, work: Any, connect: Any) -> Any:
-    conn = await connect(dsn)
+async def _connected(settings: Settings, work: Any, connect: Any) -> Any:
+    conn = await connect(settings.database_dsn(), pooler=settings.database_pooler)
     try:
         return await work(conn)
     finally:

@@ -65,11 +65,19 @@ async def run_fanout_task(
     settings: Settings,
     *,
     time_left: Callable[[], float] | None = None,
+    reader: asyncpg.Pool | None = None,
 ) -> list[ShardReport]:
-    """Plan an event (and run its first shard), or run one shard."""
+    """Plan an event (and run its first shard), or run one shard. ``reader``: the pool the
+    recipient pages are read from (a replica: FANOUT_DATABASE_READ_URL); else ``pool``."""
     if task.shard is None:
-        return await plan_event(task.event_id, pool, queues, settings, time_left=time_left)
-    return [await run_shard(task.event_id, task.shard, pool, queues, settings, time_left=time_left)]
+        return await plan_event(
+            task.event_id, pool, queues, settings, time_left=time_left, reader=reader
+        )
+    return [
+        await run_shard(
+            task.event_id, task.shard, pool, queues, settings, time_left=time_left, reader=reader
+        )
+    ]
 
 
 async def plan_event(
@@ -79,6 +87,7 @@ async def plan_event(
     settings: Settings,
     *,
     time_left: Callable[[], float] | None = None,
+    reader: asyncpg.Pool | None = None,
 ) -> list[ShardReport]:
     """Split the event into shards, send a message for each but the first, run the first.
 
@@ -114,7 +123,9 @@ async def plan_event(
         return []
     first, rest = unfinished[0], unfinished[1:]
     await queues.fanout.send_many([FanoutTask(event_id, shard).encode() for shard in rest])
-    return [await run_shard(event_id, first, pool, queues, settings, time_left=time_left)]
+    return [
+        await run_shard(event_id, first, pool, queues, settings, time_left=time_left, reader=reader)
+    ]
 
 
 def _fits_a_batch(event: store.Event, queues: Queues, settings: Settings) -> bool:
@@ -151,6 +162,7 @@ async def run_shard(
     settings: Settings,
     *,
     time_left: Callable[[], float] | None = None,
+    reader: asyncpg.Pool | None = None,
 ) -> ShardReport:
     """Stream one shard's devices into delivery batches on the delivery queue.
 
@@ -180,7 +192,7 @@ async def run_shard(
             return ShardReport(event_id, shard, busy=True, lease_left=held.lease_left)
         try:
             return await _stream_shard(
-                conn, event_id, shard, claim, queues, settings, time_left=time_left
+                conn, event_id, shard, claim, queues, settings, time_left=time_left, reader=reader
             )
         except BaseException as failure:
             await leases.give_up(_releaser(pool, event_id, shard, settings), failure, lease)
@@ -212,6 +224,7 @@ async def _stream_shard(
     settings: Settings,
     *,
     time_left: Callable[[], float] | None,
+    reader: asyncpg.Pool | None = None,
 ) -> ShardReport:
     """Page through the shard's users from its checkpoint, pack, send, checkpoint."""
     lease = settings.visibility_timeout
@@ -238,7 +251,11 @@ async def _stream_shard(
         sent.clear()
 
     async def read_page(after: int) -> list[asyncpg.Record]:
-        return await _fetch_page(conn, event, after, claim.hi_user_id, settings)
+        if reader is None:
+            return await _fetch_page(conn, event, after, claim.hi_user_id, settings)
+        # The replica's: a connection per page, so none is held while a page is packed.
+        async with store.acquire(reader) as replica:
+            return await _fetch_page(replica, event, after, claim.hi_user_id, settings)
 
     rows = await read_page(progress.cursor)
     while rows:

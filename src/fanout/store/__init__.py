@@ -41,6 +41,8 @@ from fanout.store.connection import (
     acquire,
     connect,
     create_pool,
+    create_read_pool,
+    driver_options,
     naming_the_database,
 )
 from fanout.store.devices import (
@@ -127,9 +129,11 @@ __all__ = [
     "claim_shard",
     "connect",
     "create_pool",
+    "create_read_pool",
     "deactivate_devices",
     "delete_device",
     "devices_by_id",
+    "driver_options",
     "event_by_idempotency_key",
     "event_progress",
     "fail_event",
