@@ -108,7 +108,11 @@ async def plan_event(
             return []
         unfinished = await store.unfinished_shards(conn, event_id=event_id)
         if not unfinished and event.status != "fanning_out":
-            bounds = await _shard_bounds(conn, event, settings.shard_size)
+            if reader is None:
+                bounds = await _shard_bounds(conn, event, settings.shard_size)
+            else:  # a read of the topic's whole index: the replica's work too
+                async with store.acquire(reader) as replica:
+                    bounds = await _shard_bounds(replica, event, settings.shard_size)
             async with conn.transaction():
                 await store.insert_shards(
                     conn,
