@@ -495,6 +495,12 @@ def emulators(
     env: Annotated[
         bool, typer.Option("--env", help="Print shell 'export' lines instead of JSON.")
     ] = False,
+    fcm_rate: Annotated[
+        float,
+        typer.Option(
+            min=0, help="FCM answers 429 (Retry-After: 1) above this many sends/s; 0: never."
+        ),
+    ] = 0.0,
 ) -> None:
     """Serve local APNs, FCM and push-service emulators (HTTP/2, TLS) until interrupted.
 
@@ -506,6 +512,8 @@ def emulators(
 
     async def main() -> None:
         async with local_push_services(server="granian") as services:
+            if fcm_rate:
+                services.fcm.limit_rate(fcm_rate)
             values = {
                 f"FANOUT_{k.upper()}": v.get_secret_value() if hasattr(v, "get_secret_value") else v
                 for k, v in services.settings.items()
