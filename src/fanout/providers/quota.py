@@ -197,8 +197,8 @@ class SharedQuota:
         now = self._clock()
         if now < self.paused_until:
             return self.paused_until - now
-        if now < self._store_failed_until:  # fail open at the last slice's size
-            return self._fill(self._last_want, now)
+        if now < self._store_failed_until:
+            return self._fail_open(now)
         want = self.next_want(now)
         try:
             result = await self.store.lease(self.credential, want=want, budget=self.budget, now=now)
@@ -209,7 +209,7 @@ class SharedQuota:
                 exc,
             )
             self._store_failed_until = now + STORE_RETRY_SECONDS
-            return self._fill(self._last_want, now)
+            return self._fail_open(now)
         self.leases += 1
         self.paused_until = max(self.paused_until, result.paused_until)
         if now < self.paused_until:
@@ -222,6 +222,14 @@ class SharedQuota:
         # period on (others' leases may leave it short again; the slice then shrinks).
         refill = (want - result.tokens_left) / self.budget.rate
         return min(LEASE_SECONDS, max(0.001, refill))
+
+    def _fail_open(self, now: float) -> float:
+        """Without the shared state, go on at the last slice every ``LEASE_SECONDS``: the
+        pace this worker had, rather than stopping every push on a database blip."""
+        next_slice = self._leased_at + LEASE_SECONDS
+        if now < next_slice:
+            return next_slice - now
+        return self._fill(self._last_want, now)
 
     def _fill(self, tokens: int, now: float) -> float:
         self._allowance = tokens
