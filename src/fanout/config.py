@@ -281,9 +281,19 @@ class Settings(BaseSettings):
         return self.database_url.get_secret_value()
 
     def migration_dsn(self) -> str:
-        """Where migrations connect: FANOUT_DATABASE_DIRECT_URL, else FANOUT_DATABASE_URL."""
+        """Where migrations connect: FANOUT_DATABASE_DIRECT_URL, else FANOUT_DATABASE_URL.
+
+        Not through PgBouncer in transaction mode: a migration's advisory lock belongs to a
+        session, and its unlock could reach another server connection. (RDS Proxy pins the
+        session instead, which is harmless for one short command.)"""
         if self.database_direct_url is not None:
             return self.database_direct_url.get_secret_value()
+        if self.database_pooler == "pgbouncer":
+            raise ConfigError(
+                "FANOUT_DATABASE_DIRECT_URL is not set: migrations hold a session's advisory "
+                "lock, which PgBouncer in transaction mode (FANOUT_DATABASE_POOLER) cannot "
+                "keep; point it at PostgreSQL itself"
+            )
         return self.database_dsn()
 
     def database_address(self) -> str:

@@ -213,3 +213,20 @@ async def _prepared_statements(pool: asyncpg.Pool) -> int:
         count: int = await conn.fetchval("SELECT count(*) FROM pg_prepared_statements")
         await asyncio.sleep(0.05)  # hold it, so the others land on other connections
         return count
+
+
+def test_migrating_through_pgbouncer_without_a_direct_url_is_one_line_naming_it(
+    settings: Settings,
+) -> None:
+    env = {k: v for k, v in _env(settings).items() if k != "FANOUT_DATABASE_DIRECT_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fanout", "migrate"],
+        env=worker_environment(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "FANOUT_DATABASE_DIRECT_URL is not set" in lines[0]

@@ -14,13 +14,14 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from fanout.config import Settings
+from fanout.config import Settings, Unreachable
+from fanout.local.postgres_server import free_port
 from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.worker import QueueConsumer
 from fanout.stages.publish import publish
-from fanout.store import queries
+from fanout.store import create_read_pool, queries
 from tests.conftest import _copy_of
 from tests.helpers import make_topic
 from tests.integration.test_worker import running_worker, wait_until_done  # noqa: F401
@@ -68,3 +69,14 @@ async def test_fanout_pages_are_read_from_the_read_url_and_every_write_goes_to_t
     async with replica.acquire() as conn:  # nothing the pipeline writes went there
         assert await conn.fetchval("SELECT count(*) FROM events") == 0
         assert await conn.fetchval("SELECT count(*) FROM delivery_batches") == 0
+
+
+async def test_a_read_url_that_does_not_answer_is_named_with_its_setting(
+    settings: Settings,
+) -> None:
+    nowhere = f"postgresql://fanout:secret@127.0.0.1:{free_port()}/fanout"
+    broken = settings.model_copy(update={"database_read_url": SecretStr(nowhere)})
+    with pytest.raises(Unreachable) as caught:
+        await create_read_pool(broken)
+    assert "(FANOUT_DATABASE_READ_URL)" in str(caught.value)
+    assert "secret" not in str(caught.value)
