@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fanout.retry import Backoff
 
+# runtime/eventloop.py: uvloop when installed, or the one named.
+EventLoopChoice = Literal["auto", "asyncio", "uvloop"]
+
 # Apple's limit for a notification payload; also the bar for every other provider
 # here, so one event renders to a payload that every platform accepts.
 MAX_PAYLOAD_BYTES = 4096
@@ -230,6 +233,11 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// or rediss:// URL")
         return url
 
+    event_loop: EventLoopChoice = Field(
+        default="auto",
+        description="`fanout worker`'s event loop: uvloop when installed (auto), or "
+        "asyncio / uvloop explicitly.",
+    )
     provider_ping_seconds: float = Field(
         default=5.0,
         gt=0,
