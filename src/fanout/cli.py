@@ -152,7 +152,9 @@ def migrate() -> None:
     from fanout.store import connect
     from fanout.store.migrate import migrate as apply
 
-    dsn = _settings().database_dsn()
+    # Directly to PostgreSQL when a pooler is in front: a migration holds an advisory lock
+    # for its session, which a transaction-mode pooler cannot keep.
+    dsn = _settings().migration_dsn()
 
     async def main() -> list[str]:
         conn = await connect(dsn)
@@ -318,10 +320,10 @@ def status(event_id: int) -> None:
     from fanout.stages.progress import load_event_status
     from fanout.store import connect
 
-    dsn = _settings().database_dsn()
+    settings = _settings()
 
     async def main() -> str | None:
-        conn = await connect(dsn)
+        conn = await connect(settings.database_dsn(), pooler=settings.database_pooler)
         try:
             found = await load_event_status(conn, event_id)
         finally:
@@ -380,7 +382,9 @@ async def _check_before_serving(settings: Settings) -> None:
     from fanout.queue.sqs import open_client
     from fanout.store import connect
 
-    conn = await connect(settings.database_dsn(), connect_timeout=10)
+    conn = await connect(
+        settings.database_dsn(), connect_timeout=10, pooler=settings.database_pooler
+    )
     await conn.close()
     async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS):
         pass
@@ -390,12 +394,12 @@ def _with_connection(work: Any) -> Any:
     """Run ``work(conn)`` on one connection (settings are read before the loop starts)."""
     from fanout.store import connect
 
-    dsn = _settings().database_dsn()
-    return asyncio.run(_connected(dsn, work, connect))
+    settings = _settings()
+    return asyncio.run(_connected(settings, work, connect))
 
 
-async def _connected(dsn: str, work: Any, connect: Any) -> Any:
-    conn = await connect(dsn)
+async def _connected(settings: Settings, work: Any, connect: Any) -> Any:
+    conn = await connect(settings.database_dsn(), pooler=settings.database_pooler)
     try:
         return await work(conn)
     finally:
@@ -552,6 +556,12 @@ def emulators(
     env: Annotated[
         bool, typer.Option("--env", help="Print shell 'export' lines instead of JSON.")
     ] = False,
+    fcm_rate: Annotated[
+        float,
+        typer.Option(
+            min=0, help="FCM answers 429 (Retry-After: 1) above this many sends/s; 0: never."
+        ),
+    ] = 0.0,
 ) -> None:
     """Serve local APNs, FCM and push-service emulators (HTTP/2, TLS) until interrupted.
 
@@ -563,6 +573,8 @@ def emulators(
 
     async def main() -> None:
         async with local_push_services(server="granian") as services:
+            if fcm_rate:
+                services.fcm.limit_rate(fcm_rate)
             values = {
                 f"FANOUT_{k.upper()}": v.get_secret_value() if hasattr(v, "get_secret_value") else v
                 for k, v in services.settings.items()

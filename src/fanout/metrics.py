@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 PROVIDER_OUTCOMES = Counter(
     "fanout_provider_outcomes", "Per-device outcomes by provider", ["provider", "outcome"]
@@ -32,4 +32,9 @@ AUDIENCE_HELD_BACK = Counter(
     "fanout_audience_held_back",
     "Recipients the fan-out filtered out on purpose, by reason (opted_out, muted, capped, ...)",
     ["reason"],
+)
+PROVIDER_QUOTA_WAIT_SECONDS = Histogram(
+    "fanout_provider_quota_wait_seconds",
+    "Time a push waited for its credential's shared rate budget (a lease, or a 429 pause)",
+    ["provider"],
 )

@@ -282,7 +282,7 @@ async def run_demo(
         async with open_client(settings) as client:
             await create_queues(client, settings)
         say("applying the schema migrations …")
-        conn = await connect(settings.database_dsn())
+        conn = await connect(settings.migration_dsn())
         try:
             await migrate(conn)
         finally:
@@ -313,7 +313,7 @@ async def run_demo(
                     auth=services.auth,
                 )
                 delivered = services.delivered
-            conn = await connect(settings.database_dsn())
+            conn = await connect(settings.database_dsn(), pooler=settings.database_pooler)
             try:
                 per_user = f"{devices_per_user} device{'s' if devices_per_user > 1 else ''} each"
                 say(f"seeding {subscribers:,} subscribers with {per_user} …")

@@ -90,11 +90,19 @@ async def run_fanout_task(
     settings: Settings,
     *,
     time_left: Callable[[], float] | None = None,
+    reader: asyncpg.Pool | None = None,
 ) -> list[ShardReport]:
-    """Plan an event (and run its first shard), or run one shard."""
+    """Plan an event (and run its first shard), or run one shard. ``reader``: the pool the
+    recipient pages are read from (a replica: FANOUT_DATABASE_READ_URL); else ``pool``."""
     if task.shard is None:
-        return await plan_event(task.event_id, pool, queues, settings, time_left=time_left)
-    return [await run_shard(task.event_id, task.shard, pool, queues, settings, time_left=time_left)]
+        return await plan_event(
+            task.event_id, pool, queues, settings, time_left=time_left, reader=reader
+        )
+    return [
+        await run_shard(
+            task.event_id, task.shard, pool, queues, settings, time_left=time_left, reader=reader
+        )
+    ]
 
 
 async def plan_event(
@@ -104,6 +112,7 @@ async def plan_event(
     settings: Settings,
     *,
     time_left: Callable[[], float] | None = None,
+    reader: asyncpg.Pool | None = None,
 ) -> list[ShardReport]:
     """Split the event into shards, send a message for each but the first, run the first.
 
@@ -124,7 +133,11 @@ async def plan_event(
             return []
         unfinished = await store.unfinished_shards(conn, event_id=event_id)
         if not unfinished and event.status != "fanning_out":
-            bounds = await _shard_bounds(conn, event, settings.shard_size)
+            if reader is None:
+                bounds = await _shard_bounds(conn, event, settings.shard_size)
+            else:  # a read of the topic's whole index: the replica's work too
+                async with store.acquire(reader) as replica:
+                    bounds = await _shard_bounds(replica, event, settings.shard_size)
             async with conn.transaction():
                 await store.insert_shards(
                     conn,
@@ -139,7 +152,9 @@ async def plan_event(
         return []
     first, rest = unfinished[0], unfinished[1:]
     await queues.fanout.send_many([FanoutTask(event_id, shard).encode() for shard in rest])
-    return [await run_shard(event_id, first, pool, queues, settings, time_left=time_left)]
+    return [
+        await run_shard(event_id, first, pool, queues, settings, time_left=time_left, reader=reader)
+    ]
 
 
 def _fits_a_batch(event: store.Event, queues: Queues, settings: Settings) -> bool:
@@ -176,6 +191,7 @@ async def run_shard(
     settings: Settings,
     *,
     time_left: Callable[[], float] | None = None,
+    reader: asyncpg.Pool | None = None,
 ) -> ShardReport:
     """Stream one shard's devices into delivery batches on the delivery queue.
 
@@ -205,7 +221,7 @@ async def run_shard(
             return ShardReport(event_id, shard, busy=True, lease_left=held.lease_left)
         try:
             return await _stream_shard(
-                conn, event_id, shard, claim, queues, settings, time_left=time_left
+                conn, event_id, shard, claim, queues, settings, time_left=time_left, reader=reader
             )
         except BaseException as failure:
             await leases.give_up(_releaser(pool, event_id, shard, settings), failure, lease)
@@ -237,6 +253,7 @@ async def _stream_shard(
     settings: Settings,
     *,
     time_left: Callable[[], float] | None,
+    reader: asyncpg.Pool | None = None,
 ) -> ShardReport:
     """Page through the shard's users from its checkpoint, pack, send, checkpoint."""
     lease = settings.visibility_timeout
@@ -266,7 +283,11 @@ async def _stream_shard(
         sent.clear()
 
     async def read_page(after: int) -> list[asyncpg.Record]:
-        return await _fetch_page(conn, event, after, claim.hi_user_id, audience, settings)
+        if reader is None:
+            return await _fetch_page(conn, event, after, claim.hi_user_id, audience, settings)
+        # The replica's: a connection per page, so none is held while a page is packed.
+        async with store.acquire(reader) as replica:
+            return await _fetch_page(replica, event, after, claim.hi_user_id, audience, settings)
 
     rows = await read_page(progress.cursor)
     while rows:

@@ -14,6 +14,7 @@ packer reads, the event's progress).
 - ``recipients``: devices as batches carry them (the fan-out's hot path).
 - ``subscriptions``, ``devices``, ``api_keys``: what the HTTP API and the CLI manage.
 - ``audience``: users' preferences, topic mutes, frequency caps and the sends they count.
+- ``quotas``: the provider rate budgets every worker leases from.
 - ``seeding``: the demo's and the benchmarks' subscribers.
 """
 
@@ -55,6 +56,8 @@ from fanout.store.connection import (
     acquire,
     connect,
     create_pool,
+    create_read_pool,
+    driver_options,
     naming_the_database,
 )
 from fanout.store.devices import (
@@ -79,6 +82,7 @@ from fanout.store.events import (
     mark_event_fanned_out,
     mark_event_fanning_out,
 )
+from fanout.store.quotas import lease_quota, pause_quota
 from fanout.store.recipients import (
     batch_recipients,
     devices_by_id,
@@ -152,10 +156,12 @@ __all__ = [
     "claim_shard",
     "connect",
     "create_pool",
+    "create_read_pool",
     "deactivate_devices",
     "delete_device",
     "delete_frequency_cap",
     "devices_by_id",
+    "driver_options",
     "event_by_idempotency_key",
     "event_progress",
     "fail_event",
@@ -171,6 +177,7 @@ __all__ = [
     "insert_event",
     "insert_shards",
     "insert_users",
+    "lease_quota",
     "list_api_keys",
     "list_frequency_caps",
     "live_api_key",
@@ -182,6 +189,7 @@ __all__ = [
     "mute_topic",
     "naming_the_database",
     "next_shard_boundary",
+    "pause_quota",
     "prune_user_sends",
     "put_frequency_cap",
     "record_retry_batch",

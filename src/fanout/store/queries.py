@@ -818,3 +818,31 @@ SELECT u.id, $7, $6::text, now() - interval '1 hour'
 FROM users AS u CROSS JOIN generate_series(1, $5::integer)
 WHERE u.id BETWEEN $1 AND $2 AND u.id % 100 >= $3 AND u.id % 100 < $3 + $4
 """
+
+# ---------------------------------------------------------------------------------------
+# Provider quotas (providers/quota.py): a token bucket per credential, leased in slices
+# ---------------------------------------------------------------------------------------
+
+# Index: provider_quotas_pkey. quota.grant() in one atomic statement: refill the bucket
+# ($3 tokens/s, at most $4) from updated_at to now ($5, the caller's clock), then take up
+# to $2 whole tokens, none while paused. A new credential starts full. SET's expressions
+# all read the row as it was, so the refilled amount is written out in each.
+LEASE_QUOTA = """
+INSERT INTO provider_quotas AS q (credential, tokens, updated_at, last_grant)
+VALUES ($1, $4 - LEAST($2, floor($4)), $5, LEAST($2, floor($4)))
+ON CONFLICT (credential) DO UPDATE SET
+    last_grant = CASE WHEN q.paused_until > $5 THEN 0 ELSE
+        LEAST($2, floor(LEAST($4, q.tokens + GREATEST(0, $5 - q.updated_at) * $3))) END,
+    tokens = LEAST($4, q.tokens + GREATEST(0, $5 - q.updated_at) * $3)
+        - CASE WHEN q.paused_until > $5 THEN 0 ELSE
+            LEAST($2, floor(LEAST($4, q.tokens + GREATEST(0, $5 - q.updated_at) * $3))) END,
+    updated_at = GREATEST(q.updated_at, $5)
+RETURNING last_grant AS granted, tokens AS tokens_left, paused_until
+"""
+
+# Index: provider_quotas_pkey. A 429's Retry-After: no lease grants anything before $2.
+PAUSE_QUOTA = """
+INSERT INTO provider_quotas AS q (credential, tokens, updated_at, paused_until)
+VALUES ($1, 0, $2, $2)
+ON CONFLICT (credential) DO UPDATE SET paused_until = GREATEST(q.paused_until, $2)
+"""
