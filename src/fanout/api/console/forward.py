@@ -12,32 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import FastAPI
+from starlette.routing import Match
 
 from fanout.api.auth import CONSOLE_KEY
 from fanout.api.keys import ApiKey
 
 
-def has_route(app: FastAPI, method: str, template: str) -> bool:
-    """Whether the app serves ``method template`` (e.g. a feature another build adds)."""
-    return any(
-        getattr(route, "path", None) == template and method in getattr(route, "methods", ())
-        for route in app.routes
-    )
-
-
-def route_template(app: FastAPI, method: str, prefix: str, suffix: str) -> str | None:
-    """The path template of the route ``prefix{param}suffix``, whatever its parameter's name."""
-    for route in app.routes:
-        path = getattr(route, "path", "")
-        if (
-            method in getattr(route, "methods", ())
-            and path.startswith(prefix + "{")
-            and path.endswith("}" + suffix)
-            and "/" not in path[len(prefix) : -len(suffix) or None]
-        ):
-            return str(path)
-    return None
+def serves(app: Any, method: str, path: str) -> bool:
+    """Whether the app has a route for ``method path`` (a feature another build may add),
+    asked through the routes' own matching, as a request would be routed."""
+    scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+    return any(route.matches(scope)[0] is Match.FULL for route in app.router.routes)
 
 
 async def call_as(app: Any, key: ApiKey, method: str, path: str) -> tuple[int, Any]:

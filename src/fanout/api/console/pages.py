@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 
 from fanout.api.console import views
-from fanout.api.console.forward import call_as, route_template
+from fanout.api.console.forward import call_as, serves
 from fanout.api.console.session import (
     ConsoleRefusal,
     Session,
@@ -55,15 +55,21 @@ templates.env.filters["seconds"] = _seconds
 templates.env.filters["time"] = _time
 
 
-def _page(request: Request, name: str, session: Session | None, **context: Any) -> HTMLResponse:
+def _page(
+    request: Request, name: str, session: Session | None, http_status: int = 200, **context: Any
+) -> HTMLResponse:
     return templates.TemplateResponse(
-        request, name, {"session": session, **context}, status_code=context.get("status", 200)
+        request, name, {"session": session, "http_status": http_status, **context}, http_status
     )
 
 
-def _cancel_template(request: Request) -> str | None:
-    """POST /v1/events/{id}/cancel, when this build has it."""
-    return route_template(request.app, "POST", "/v1/events/", "/cancel")
+def _cancel_path(event_id: int) -> str:
+    return f"/v1/events/{event_id}/cancel"
+
+
+def _can_cancel(request: Request, event_id: int) -> bool:
+    """Whether this build has the API's cancel route (POST /v1/events/{id}/cancel)."""
+    return serves(request.app, "POST", _cancel_path(event_id))
 
 
 # --- signing in -------------------------------------------------------------------------
@@ -76,9 +82,7 @@ async def login_page(request: Request, next: str = "/console") -> HTMLResponse:
 
 def _login_form(request: Request, target: str, error: str | None, status: int) -> HTMLResponse:
     token = login_csrf(request)
-    page = _page(
-        request, "login.html", None, next=target, error=error, login_csrf=token, status=status
-    )
+    page = _page(request, "login.html", None, status, next=target, error=error, login_csrf=token)
     set_login_csrf(request, page, token)
     return page
 
@@ -170,7 +174,7 @@ async def event_page(request: Request, session: SignedIn, event_id: int) -> HTML
         d=detail,
         dead_letters=dead_letters,
         dlq_error=dlq_error,
-        can_cancel=_cancel_template(request) is not None,
+        can_cancel=_can_cancel(request, event_id),
     )
 
 
@@ -183,7 +187,7 @@ async def event_live(request: Request, session: SignedIn, event_id: int) -> HTML
         "_event_live.html",
         session,
         d=detail,
-        can_cancel=_cancel_template(request) is not None,
+        can_cancel=_can_cancel(request, event_id),
     )
 
 
@@ -198,11 +202,9 @@ async def event_throughput(request: Request, session: SignedIn, event_id: int) -
 async def cancel_event(request: Request, session: SignedIn, event_id: int) -> Response:
     """Through the API's own cancel route, as the signed-in key (it checks ``publish``)."""
     await checked_form(request, session)
-    template = _cancel_template(request)
-    if template is None:
+    if not _can_cancel(request, event_id):
         raise ConsoleRefusal(404, "this build cannot cancel events")
-    path = template[: template.index("{")] + str(event_id) + template[template.index("}") + 1 :]
-    status, body = await call_as(request.app, session.key, "POST", path)
+    status, body = await call_as(request.app, session.key, "POST", _cancel_path(event_id))
     if status >= 400:
         detail = body.get("detail") if isinstance(body, dict) else body
         raise ConsoleRefusal(status, f"cancel refused: {detail}")
