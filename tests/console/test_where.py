@@ -118,3 +118,27 @@ async def test_event_detail_counts_by_provider_match_the_event(
 
     minute = await views.providers_last_minute(pipeline.pool)
     assert {p.platform: p.counts for p in minute} == detail.by_platform
+
+
+async def test_a_batch_claimed_before_the_fanout_recorded_its_range_is_found_by_its_key(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    topic = await make_topic(pipeline.pool, 5)
+    event_id = await _deliver_everything(pipeline, topic.key)
+    async with pipeline.pool.acquire() as conn:
+        # What CLAIM_BATCH leaves when the delivery wins the race with CHECKPOINT_SHARD.
+        await conn.execute(
+            "UPDATE delivery_batches SET first_user_id = NULL, last_user_id = NULL "
+            "WHERE event_id = $1",
+            event_id,
+        )
+        external_id = await conn.fetchval(
+            "SELECT external_id FROM users WHERE id = $1", topic.user_ids[2]
+        )
+    event = await views.one_event(pipeline.pool, event_id)
+    assert event is not None
+    answer = await views.where_is_my_push(
+        pipeline.pool, event, user_external_id=external_id, device_id=None
+    )
+    assert isinstance(answer, views.WhereAnswer)
+    assert [a.outcome for a in answer.devices] == ["sent"]

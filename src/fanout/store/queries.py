@@ -733,14 +733,17 @@ ORDER BY id
 
 # Index: delivery_batches_pkey (the event's few batches per million devices): the fan-out
 # batches whose closed range of users holds user $2, and the retry batches naming any of
-# the devices $3.
-BATCHES_CARRYING = """
+# the devices $3. A batch the delivery claimed before the fan-out's checkpoint recorded it
+# has no range in its row; its key names it (s<shard>:<first>-<last>, batching.users_of_key).
+BATCHES_CARRYING = r"""
 SELECT batch_key, attempt, status, devices, sent, failed, invalid, skipped, retried,
        started_at, finished_at, (outcomes IS NOT NULL) AS detailed, device_ids,
        failure_reasons
 FROM delivery_batches
 WHERE event_id = $1
-  AND ((first_user_id <= $2 AND last_user_id >= $2) OR device_ids && $3::bigint[])
+  AND ((coalesce(first_user_id, substring(batch_key FROM '^s\d+:(\d+)-\d+$')::bigint) <= $2
+        AND coalesce(last_user_id, substring(batch_key FROM '^s\d+:\d+-(\d+)$')::bigint) >= $2)
+       OR device_ids && $3::bigint[])
 ORDER BY attempt, batch_key
 """
 
