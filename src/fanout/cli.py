@@ -119,6 +119,17 @@ def demo(
     ] = False,
     json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    console: Annotated[
+        bool,
+        typer.Option(
+            "--console",
+            help="Afterwards keep the API, its operator console and a worker running; "
+            "prints the console's URL and an API key to sign in with.",
+        ),
+    ] = False,
+    port: Annotated[
+        int | None, typer.Option(help="The console's port (default: FANOUT_API_PORT).")
+    ] = None,
 ) -> None:
     """Run the whole pipeline locally and check every device got the push exactly once
     (every device not held back on purpose)."""
@@ -136,12 +147,13 @@ def demo(
             console=err,
             provider=provider,
             preferences=preferences,
+            serve_console=(settings.api_host, port or settings.api_port) if console else None,
         )
     )
     if json:
         out = {**summary.__dict__, "ok": summary.ok}
         sys.stdout.write(orjson.dumps(out).decode() + "\n")
-    else:
+    elif not console:  # with --console the table came before the console's URL
         Console().print(summary_table(summary))
     raise typer.Exit(0 if summary.ok else 1)
 

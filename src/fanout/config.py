@@ -276,6 +276,9 @@ class Settings(BaseSettings):
     )
     api_publish_burst: int = Field(default=100, ge=1, description="Publish requests in a burst.")
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    console_session_hours: int = Field(
+        default=12, ge=1, le=24 * 30, description="How long a console sign-in lasts."
+    )
 
     def retry_backoff(self) -> Backoff:
         """When a delivery retry batch is sent again: FANOUT_RETRY_BASE_DELAY, doubling,

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from fanout import store
 from fanout.config import Settings
+from fanout.local.demo_console import bind_console, keep_serving
 from fanout.local.emulators.stack import local_push_services
 from fanout.local.services import embedded_postgres, local_sqs_server
 from fanout.local.sink import DeliveryLedger, EmbeddedSink, PushSink
@@ -268,15 +269,19 @@ async def run_demo(
     console: Console,
     provider: str = "sink",
     preferences: bool = False,
+    serve_console: tuple[str, int] | None = None,
 ) -> DemoSummary:
     """``provider`` sink: one local sink for every platform; apns, fcm, webpush or mixed:
     local APNs / FCM / push-service emulators over HTTP/2 and TLS, spoken to for real.
     ``preferences``: the subscribers get a realistic mix of audience settings
-    (``AudienceMix``), and the summary counts who was held back and why."""
+    (``AudienceMix``), and the summary counts who was held back and why.
+    ``serve_console`` (host, port): afterwards, keep the API, its console and a worker
+    running there until Ctrl-C."""
 
     def say(line: str) -> None:
         console.print(line, markup=False, highlight=False)
 
+    listener = bind_console(*serve_console) if serve_console else None
     with _local_services(settings, say) as (settings, database, sqs):
         say(f"creating the queues {settings.queue_prefix}-fanout and -delivery …")
         async with open_client(settings) as client:
@@ -336,7 +341,10 @@ async def run_demo(
                 summary = await _publish_and_watch(
                     pipeline, seeded, devices_per_user, delivered, console
                 )
-    summary.database, summary.sqs, summary.provider = database, sqs, provider
+                summary.database, summary.sqs, summary.provider = database, sqs, provider
+                if listener is not None:
+                    console.print(summary_table(summary))
+                    await keep_serving(pipeline, listener, say)
     return summary
 
 

@@ -28,6 +28,7 @@ from fanout.providers import Outcome, OutcomeKind, Provider
 from fanout.queue.messages import DeliveryBatch, Device, PoisonMessage
 from fanout.queue.sqs import MAX_DELAY_SECONDS, Queues
 from fanout.stages import leases
+from fanout.stages.device_outcomes import BatchDetail, batch_detail
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,9 @@ async def deliver_batch(
             report.failed += len(to_retry)
             report.failure_reasons["retries exhausted"] = len(to_retry)
 
-    await _record_outcome(pool, batch, report, invalid_ids, retry_batch, settings)
+    # Per device, only what went wrong (for the console's "Where is my push?").
+    detail = batch_detail(devices, outcomes, retrying=retry_batch is not None)
+    await _record_outcome(pool, batch, report, invalid_ids, retry_batch, detail, settings)
     if retry_batch is not None:
         await _send_retry(queues, *retry_batch)
     if report.failure_reasons:
@@ -129,10 +132,11 @@ async def _record_outcome(
     report: BatchReport,
     invalid_ids: list[int],
     retry_batch: tuple[DeliveryBatch, int] | None,
+    detail: BatchDetail,
     settings: Settings,
 ) -> None:
-    """Deactivate dead tokens, record the retry batch and mark this one done, in one
-    transaction; then, if that was the event's last open batch, end the event.
+    """Deactivate dead tokens, record the retry batch, the devices not sent to and mark
+    this one done, in one transaction; then, if that was the event's last open batch, end the event.
 
     The pushes are out by now: if recording fails, SQS would deliver the batch again and
     every device would get it twice. A database blip is worth waiting out instead.
@@ -156,6 +160,16 @@ async def _record_outcome(
                         delay_seconds=delay,
                         overdue_after=settings.reconcile_after_seconds,
                     )
+                await store.record_batch_detail(
+                    conn,
+                    event_id=batch.event_id,
+                    batch_key=batch.key,
+                    by_platform=detail.by_platform,
+                    device_ids=detail.device_ids,
+                    platforms=detail.platforms,
+                    kinds=detail.kinds,
+                    reasons=detail.reasons,
+                )
                 await store.finish_batch(
                     conn,
                     event_id=batch.event_id,

@@ -6,8 +6,9 @@ they print the same fields with the same types.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 from pydantic import BaseModel, Field
@@ -59,8 +60,11 @@ async def load_event_status(
     conn: asyncpg.Connection | asyncpg.Pool, event_id: int
 ) -> EventStatus | None:
     row = await store.event_progress(conn, event_id=event_id)
-    if row is None:
-        return None
+    return None if row is None else event_status_from_row(row)
+
+
+def event_status_from_row(row: Mapping[str, Any]) -> EventStatus:
+    """The status from a row of EVENT_PROGRESS's columns (the console's list has them too)."""
     accounted = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]
     return EventStatus(
         event_id=row["id"],
