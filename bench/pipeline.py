@@ -1,6 +1,6 @@
 """The whole pipeline, each part in its own process, measured from the database's clocks.
 
-    python bench/pipeline.py [--subscribers 100000] [--json]
+    python bench/pipeline.py [--subscribers 100000] [--preferences] [--json]
 
 moto's SQS server, the APNs emulator (HTTP/2 + TLS, verifying every JWT), a fan-out worker
 and a delivery worker each run as a separate process; PostgreSQL as in bench/api.py. It
@@ -8,6 +8,9 @@ seeds N subscribers with 1.2 APNs devices each, publishes one event and reports 
 stage's devices/second (database to queue), the delivery stage's notifications/second
 (queue to the APNs emulator), the time to the last notification, each worker's peak RSS
 and the SQS requests made per 1,000 notifications (counted in moto's request log).
+With --preferences, 30% of the subscribers are filtered out by the fan-out's audience
+rules (BENCH_AUDIENCE: opted out, opted out of the category, muting the topic, at its
+frequency cap); the fan-out's devices/second still counts every device of the topic.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import orjson
 from _services import database, free_port
 
 from fanout.config import Settings
+from fanout.local.demo import DEMO_CATEGORY, AudienceMix, seed_audience
 from fanout.notification import Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client, open_queues
@@ -34,8 +38,15 @@ from fanout.stages.publish import publish
 from fanout.store import connect, create_pool, find_or_create, queries
 from fanout.store.migrate import migrate
 
+# 30% filtered out by the rules the fan-out applies today. No quiet hours: that rule
+# belongs to the publish options (it may defer rather than drop).
+BENCH_AUDIENCE = AudienceMix(opted_out=10, quiet_now=0, muted=10, capped=5, category_opt_out=5)
+assert BENCH_AUDIENCE.held_back == 30
 
-async def seed(database_url: str, subscribers: int, webpush_base: str) -> tuple[str, int]:
+
+async def seed(
+    database_url: str, subscribers: int, webpush_base: str, audience: AudienceMix | None
+) -> tuple[str, int]:
     conn = await connect(database_url)
     try:
         await migrate(conn)
@@ -51,6 +62,10 @@ async def seed(database_url: str, subscribers: int, webpush_base: str) -> tuple[
             # A second device for every fifth user: 1.2 devices a subscriber on average.
             extra = await conn.fetchrow(
                 queries.SEED_DEVICES, first, first + subscribers // 5 - 1, 1, run + "b", *args[1:]
+            )
+        if audience is not None:
+            await seed_audience(
+                conn, topic=topic, first_user_id=first, last_user_id=last, mix=audience
             )
         await conn.execute("ANALYZE")
         return topic, one["devices"] + extra["devices"]
@@ -70,19 +85,23 @@ def sqs_requests_so_far(moto_log: Path) -> int:
     return moto_log.read_text().count('"POST /')
 
 
-async def run(settings: Settings, topic: str, devices: int, moto_log: Path) -> dict[str, Any]:
+async def run(
+    settings: Settings, topic: str, devices: int, moto_log: Path, category: str | None
+) -> dict[str, Any]:
     pool = await create_pool(settings)
     try:
         async with open_client(settings) as client:
             queues = await open_queues(client, settings)
             requests_before = await asyncio.to_thread(sqs_requests_so_far, moto_log)
-            event = await publish(pool, queues, Notification(title="New book"), topic=topic)
+            note = Notification(title="New book", category=category)
+            event = await publish(pool, queues, note, topic=topic)
             deadline = time.monotonic() + 3600
             while time.monotonic() < deadline:
                 async with pool.acquire() as conn:
                     row = await conn.fetchrow(queries.EVENT_PROGRESS, event.event_id)
                 done = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]
-                if row["status"] in TERMINAL_STATES and done >= devices:
+                # row["devices"]: those fanned out (the topic's, less any filtered out).
+                if row["status"] in TERMINAL_STATES and done >= row["devices"]:
                     break
                 await asyncio.sleep(0.25)
             async with pool.acquire() as conn:
@@ -113,8 +132,9 @@ async def run(settings: Settings, topic: str, devices: int, moto_log: Path) -> d
         "lambda": {"invocations": shards + handled["batches"], "seconds": round(lambda_seconds, 2)},
         "sent": row["sent"],
         "failed": row["failed"],
+        "held_back": row["held_back"],
         "fanout_devices_per_second": round(devices / fanout),
-        "delivery_notifications_per_second": round(row["sent"] / delivery),
+        "delivery_notifications_per_second": round(row["sent"] / delivery) if delivery else 0,
         "seconds_to_last_notification": round(total, 2),
         "sqs_requests": requests,
         "sqs_requests_per_1000": round(requests * 1000 / devices, 2),
@@ -239,6 +259,11 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=100_000)
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
+        "--preferences",
+        action="store_true",
+        help="Filter 30%% of the subscribers out by their audience settings.",
+    )
+    parser.add_argument(
         "--skip-baseline",
         action="store_true",
         help="Only fanout; no ratios (the baseline is slow).",
@@ -287,7 +312,12 @@ def main() -> None:
 
             asyncio.run(create())
             topic, devices = asyncio.run(
-                seed(database_url, args.subscribers, info["webpush_endpoint_base"])
+                seed(
+                    database_url,
+                    args.subscribers,
+                    info["webpush_endpoint_base"],
+                    BENCH_AUDIENCE if args.preferences else None,
+                )
             )
             workers = {
                 role: subprocess.Popen(
@@ -303,7 +333,8 @@ def main() -> None:
             # (compiling every module) takes seconds, which is not the stages' speed.
             for role in workers:
                 wait_for_line(logs / f"{role}.log", "worker consuming")
-            result = asyncio.run(run(settings, topic, devices, moto_log))
+            category = DEMO_CATEGORY if args.preferences else None
+            result = asyncio.run(run(settings, topic, devices, moto_log, category))
             result["peak_rss_kb"] = {role: peak_rss_kb(p.pid) for role, p in workers.items()}
             for process in workers.values():  # the baseline gets the machine to itself
                 process.terminate()
@@ -340,6 +371,7 @@ def main() -> None:
         "peak_rss_kb",
         "sent",
         "failed",
+        "held_back",
     ):
         print(f"  {key:<36}{result[key]}")
     if "baseline" in result:

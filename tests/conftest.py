@@ -160,3 +160,20 @@ async def pipeline(settings: Settings, sink: EmbeddedSink) -> AsyncIterator[Pipe
 
     async with sink_pipeline(settings, sink.url) as pipeline:
         yield pipeline
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from tests.shared_services import redis_server
+
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_server_url(server_url: str) -> Iterator[str]:
+    """The test PostgreSQL behind a real PgBouncer in transaction pooling mode."""
+    from tests.shared_services import pgbouncer
+
+    with pgbouncer(server_url) as url:
+        yield url

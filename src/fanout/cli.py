@@ -1,4 +1,4 @@
-"""The ``fanout`` command: demo, migrate, queues, worker, publish, cancel, status, sink.
+"""The ``fanout`` command: demo, migrate, queues, worker, publish, cancel, status, sink, caps.
 
 A mistake in the configuration ends any command with one line naming the setting and
 exit status 2 (as for a wrong option); a service that does not answer, with one line
@@ -34,6 +34,8 @@ apikey_app = typer.Typer(help="Create, list and revoke API keys.")
 app.add_typer(apikey_app, name="apikey")
 dlq_app = typer.Typer(help="Inspect and redrive the dead-letter queues.")
 app.add_typer(dlq_app, name="dlq")
+caps_app = typer.Typer(help="Frequency caps: at most N pushes per user in a rolling window.")
+app.add_typer(caps_app, name="caps")
 QueueRole = Annotated[str, typer.Option("--queue", help="fanout, delivery or both.")]
 err = Console(stderr=True, soft_wrap=True)  # one line per message, even in logs
 
@@ -107,10 +109,30 @@ def demo(
         str,
         typer.Option(help="sink, or local apns / fcm / webpush / mixed push service emulators."),
     ] = "sink",
+    preferences: Annotated[
+        bool,
+        typer.Option(
+            "--preferences",
+            help="Give the subscribers a mix of audience settings (time zones, opt-outs, "
+            "quiet hours, mutes, a frequency cap) and count who is held back.",
+        ),
+    ] = False,
     json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    console: Annotated[
+        bool,
+        typer.Option(
+            "--console",
+            help="Afterwards keep the API, its operator console and a worker running; "
+            "prints the console's URL and an API key to sign in with.",
+        ),
+    ] = False,
+    port: Annotated[
+        int | None, typer.Option(help="The console's port (default: FANOUT_API_PORT).")
+    ] = None,
 ) -> None:
-    """Run the whole pipeline locally and check every device got the push exactly once."""
+    """Run the whole pipeline locally and check every device got the push exactly once
+    (every device not held back on purpose)."""
     from fanout.local.demo import PROVIDERS, run_demo, summary_table
 
     if provider not in PROVIDERS:
@@ -124,12 +146,14 @@ def demo(
             devices_per_user=devices_per_user,
             console=err,
             provider=provider,
+            preferences=preferences,
+            serve_console=(settings.api_host, port or settings.api_port) if console else None,
         )
     )
     if json:
         out = {**summary.__dict__, "ok": summary.ok}
         sys.stdout.write(orjson.dumps(out).decode() + "\n")
-    else:
+    elif not console:  # with --console the table came before the console's URL
         Console().print(summary_table(summary))
     raise typer.Exit(0 if summary.ok else 1)
 
@@ -140,7 +164,9 @@ def migrate() -> None:
     from fanout.store import connect
     from fanout.store.migrate import migrate as apply
 
-    dsn = _settings().database_dsn()
+    # Directly to PostgreSQL when a pooler is in front: a migration holds an advisory lock
+    # for its session, which a transaction-mode pooler cannot keep.
+    dsn = _settings().migration_dsn()
 
     async def main() -> list[str]:
         conn = await connect(dsn)
@@ -207,6 +233,7 @@ def worker(
     While the database or SQS does not answer, the worker says so and keeps trying.
     """
     from fanout.queue.sqs import sqs_usage
+    from fanout.runtime import eventloop
     from fanout.runtime.worker import run_worker
 
     roles = {"all": ("fanout", "delivery"), "fanout": ("fanout",), "delivery": ("delivery",)}
@@ -228,7 +255,7 @@ def worker(
         # One JSON line (operation: [requests, billed requests]); bench/pipeline.py reads it.
         log.info("sqs usage %s", orjson.dumps(sqs_usage()).decode())
 
-    asyncio.run(main())
+    eventloop.run(main(), settings.event_loop)
 
 
 @app.command()
@@ -377,10 +404,10 @@ def status(event_id: int) -> None:
     from fanout.stages.progress import load_event_status
     from fanout.store import connect
 
-    dsn = _settings().database_dsn()
+    settings = _settings()
 
     async def main() -> str | None:
-        conn = await connect(dsn)
+        conn = await connect(settings.database_dsn(), pooler=settings.database_pooler)
         try:
             found = await load_event_status(conn, event_id)
         finally:
@@ -439,7 +466,9 @@ async def _check_before_serving(settings: Settings) -> None:
     from fanout.queue.sqs import open_client
     from fanout.store import connect
 
-    conn = await connect(settings.database_dsn(), connect_timeout=10)
+    conn = await connect(
+        settings.database_dsn(), connect_timeout=10, pooler=settings.database_pooler
+    )
     await conn.close()
     async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS):
         pass
@@ -449,12 +478,12 @@ def _with_connection(work: Any) -> Any:
     """Run ``work(conn)`` on one connection (settings are read before the loop starts)."""
     from fanout.store import connect
 
-    dsn = _settings().database_dsn()
-    return asyncio.run(_connected(dsn, work, connect))
+    settings = _settings()
+    return asyncio.run(_connected(settings, work, connect))
 
 
-async def _connected(dsn: str, work: Any, connect: Any) -> Any:
-    conn = await connect(dsn)
+async def _connected(settings: Settings, work: Any, connect: Any) -> Any:
+    conn = await connect(settings.database_dsn(), pooler=settings.database_pooler)
     try:
         return await work(conn)
     finally:
@@ -495,6 +524,54 @@ def apikey_list() -> None:
     for key in _with_connection(list_api_keys):
         state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "live"
         typer.echo(f"{key.key_id}  {','.join(key.scopes):<22} {state:<18} {key.name}")
+
+
+@caps_app.command("set")
+def caps_set(
+    category: Annotated[
+        str, typer.Argument(help="A notification category, or '*' for every push.")
+    ],
+    max_sends: Annotated[
+        int, typer.Option("--max", min=1, max=1_000_000, help="Pushes allowed per user.")
+    ],
+    window: Annotated[
+        int, typer.Option(min=1, max=90 * 24 * 3600, help="The rolling window, in seconds.")
+    ],
+) -> None:
+    """Set (or change) the cap of a category, as PUT /v1/frequency-caps/{category} does."""
+    import re
+
+    from fanout.api.schemas import CAP_CATEGORY_PATTERN
+    from fanout.store import put_frequency_cap
+
+    if not re.match(CAP_CATEGORY_PATTERN, category):
+        raise typer.BadParameter(f"must match {CAP_CATEGORY_PATTERN}", param_hint="CATEGORY")
+    created = _with_connection(
+        lambda conn: put_frequency_cap(
+            conn, category=category, max_sends=max_sends, window_seconds=window
+        )
+    )
+    err.print(f"{'set' if created else 'changed'} the cap of {category}: {max_sends} per {window}s")
+
+
+@caps_app.command("list")
+def caps_list() -> None:
+    """List the frequency caps."""
+    from fanout.store import list_frequency_caps
+
+    for cap in _with_connection(list_frequency_caps):
+        typer.echo(f"{cap.category:<24} {cap.max_sends:>8} per {cap.window_seconds}s")
+
+
+@caps_app.command("delete")
+def caps_delete(category: Annotated[str, typer.Argument(help="The category, or '*'.")]) -> None:
+    """Remove a frequency cap."""
+    from fanout.store import delete_frequency_cap
+
+    if not _with_connection(lambda conn: delete_frequency_cap(conn, category=category)):
+        err.print(f"[red]no cap for {category}[/]")
+        raise typer.Exit(1)
+    err.print(f"removed the cap of {category}")
 
 
 async def _with_queues(settings: Settings, role: str, work: Any) -> list[Any]:
@@ -563,6 +640,12 @@ def emulators(
     env: Annotated[
         bool, typer.Option("--env", help="Print shell 'export' lines instead of JSON.")
     ] = False,
+    fcm_rate: Annotated[
+        float,
+        typer.Option(
+            min=0, help="FCM answers 429 (Retry-After: 1) above this many sends/s; 0: never."
+        ),
+    ] = 0.0,
 ) -> None:
     """Serve local APNs, FCM and push-service emulators (HTTP/2, TLS) until interrupted.
 
@@ -574,6 +657,8 @@ def emulators(
 
     async def main() -> None:
         async with local_push_services(server="granian") as services:
+            if fcm_rate:
+                services.fcm.limit_rate(fcm_rate)
             values = {
                 f"FANOUT_{k.upper()}": v.get_secret_value() if hasattr(v, "get_secret_value") else v
                 for k, v in services.settings.items()

@@ -9,6 +9,7 @@ import errno
 import os
 import socket
 import zoneinfo
+from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -17,10 +18,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fanout.retry import Backoff
 
+# runtime/eventloop.py: uvloop when installed, or the one named.
+EventLoopChoice = Literal["auto", "asyncio", "uvloop"]
+
 # Apple's limit for a notification payload; also the bar for every other provider
 # here, so one event renders to a payload that every platform accepts.
 MAX_PAYLOAD_BYTES = 4096
 _PG_SCHEMES = {"postgresql", "postgres"}
+_REDIS_SCHEMES = {"redis", "rediss", "unix"}
 
 DATABASE_URL_UNSET = (
     "FANOUT_DATABASE_URL is not set: point it at your PostgreSQL "
@@ -94,8 +99,24 @@ class Settings(BaseSettings):
         description="postgresql:// URL. Unset: `fanout demo` starts an embedded PostgreSQL.",
     )
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_pooler: Literal["none", "pgbouncer", "rds_proxy"] = Field(
+        default="none",
+        description="What FANOUT_DATABASE_URL points at: PostgreSQL itself, or PgBouncer "
+        "(transaction pooling) or RDS Proxy in front of it; a pooler turns asyncpg's "
+        "statement cache off.",
+    )
+    database_direct_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL itself, for migrations (they hold a session's advisory "
+        "lock, which a pooler cannot keep); unset: FANOUT_DATABASE_URL.",
+    )
+    database_read_url: SecretStr | None = Field(
+        default=None,
+        description="A read replica for the fan-out's page queries; every write stays on "
+        "FANOUT_DATABASE_URL. Unset: the fan-out reads from FANOUT_DATABASE_URL too.",
+    )
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_direct_url", "database_read_url")
     @classmethod
     def _postgresql_url(cls, url: SecretStr | None) -> SecretStr | None:
         # asyncpg would say this too, but only once a command tries to connect.
@@ -182,6 +203,42 @@ class Settings(BaseSettings):
         description="HTTP/2 connections per push service and worker; requests are spread "
         "across them, each kept under its server's MAX_CONCURRENT_STREAMS.",
     )
+    # Shared by every worker and Lambda (providers/quota.py): 0 is no shared budget.
+    fcm_quota_per_minute: int = Field(
+        # FCM's default per project: firebase.google.com/docs/cloud-messaging/throttling-and-quotas
+        default=600_000,
+        ge=0,
+        description="Messages a minute per FCM project, across all workers; 0: unlimited.",
+    )
+    apns_quota_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Requests a minute per APNs team and topic, across all workers; 0: "
+        "unlimited (Apple publishes no rate).",
+    )
+    webpush_quota_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Requests a minute per VAPID key, across all workers; 0: unlimited "
+        "(each browser's push service has its own, unpublished).",
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="redis:// URL for the shared provider quotas; unset: they live in PostgreSQL.",
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and urlsplit(url.get_secret_value()).scheme not in _REDIS_SCHEMES:
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return url
+
+    event_loop: EventLoopChoice = Field(
+        default="auto",
+        description="`fanout worker`'s event loop: uvloop when installed (auto), or "
+        "asyncio / uvloop explicitly.",
+    )
     provider_ping_seconds: float = Field(
         default=5.0,
         gt=0,
@@ -236,6 +293,9 @@ class Settings(BaseSettings):
     )
     api_publish_burst: int = Field(default=100, ge=1, description="Publish requests in a burst.")
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    console_session_hours: int = Field(
+        default=12, ge=1, le=24 * 30, description="How long a console sign-in lasts."
+    )
 
     def retry_backoff(self) -> Backoff:
         """When a delivery retry batch is sent again: FANOUT_RETRY_BASE_DELAY, doubling,
@@ -247,6 +307,22 @@ class Settings(BaseSettings):
         if self.database_url is None:
             raise ConfigError(DATABASE_URL_UNSET)
         return self.database_url.get_secret_value()
+
+    def migration_dsn(self) -> str:
+        """Where migrations connect: FANOUT_DATABASE_DIRECT_URL, else FANOUT_DATABASE_URL.
+
+        Not through PgBouncer in transaction mode: a migration's advisory lock belongs to a
+        session, and its unlock could reach another server connection. (RDS Proxy pins the
+        session instead, which is harmless for one short command.)"""
+        if self.database_direct_url is not None:
+            return self.database_direct_url.get_secret_value()
+        if self.database_pooler == "pgbouncer":
+            raise ConfigError(
+                "FANOUT_DATABASE_DIRECT_URL is not set: migrations hold a session's advisory "
+                "lock, which PgBouncer in transaction mode (FANOUT_DATABASE_POOLER) cannot "
+                "keep; point it at PostgreSQL itself"
+            )
+        return self.database_dsn()
 
     def database_address(self) -> str:
         """Where the database is, to name in messages: ``host:port``, never the password."""

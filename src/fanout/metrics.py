@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 PROVIDER_OUTCOMES = Counter(
     "fanout_provider_outcomes", "Per-device outcomes by provider", ["provider", "outcome"]
@@ -30,8 +30,13 @@ SQS_BILLED_REQUESTS = Counter(
 )
 AUDIENCE_HELD_BACK = Counter(
     "fanout_audience_held_back",
-    "Recipients the fan-out held back (deferred, quiet_hours, and those a stopped shard did "
-    "not read: cancelled, expired) and devices a batch held back (cancelled, expired), by "
-    "reason",
+    "Recipients the fan-out held back on purpose (opted_out, muted, capped, deferred, "
+    "quiet_hours, and those a stopped shard did not read: cancelled, expired) and devices a "
+    "batch held back (cancelled, expired), by reason",
     ["reason"],
+)
+PROVIDER_QUOTA_WAIT_SECONDS = Histogram(
+    "fanout_provider_quota_wait_seconds",
+    "Time a push waited for its credential's shared rate budget (a lease, or a 429 pause)",
+    ["provider"],
 )

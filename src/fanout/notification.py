@@ -45,6 +45,10 @@ UrlText = Annotated[str, _text(2048), Encodable]
 SoundName = Annotated[str, _text(256), Encodable]
 CollapseKey = Annotated[str, _text(64), Encodable]
 _TEXT_CONFIG = ConfigDict(extra="forbid", frozen=True)
+# A notification's kind, as users opt out of it and frequency caps count it: lower case,
+# so that 'News' and 'news' are not two categories; '*' (every category) is not one.
+CATEGORY_PATTERN = r"^[a-z0-9][a-z0-9_.\-]{0,63}$"
+Category = Annotated[str, StringConstraints(pattern=CATEGORY_PATTERN)]
 
 
 class LocalizedText(BaseModel):
@@ -74,6 +78,11 @@ class Notification(BaseModel):
     priority: Literal["high", "normal"] = "high"
     collapse_key: CollapseKey | None = Field(
         default=None, description="Defaults to the event id, so a redelivered push replaces."
+    )
+    category: Category | None = Field(
+        default=None,
+        description="What kind of notification this is ('breaking-news'): users may opt out "
+        "of a category, and a frequency cap may count it.",
     )
     localized: dict[Locale, LocalizedText] = Field(
         default_factory=dict,

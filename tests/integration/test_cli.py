@@ -241,3 +241,21 @@ def test_a_bad_publish_option_names_it(settings: Settings) -> None:
     assert refused.returncode == 2
     assert "--deliver-at-local" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_frequency_caps_from_the_command_line(settings: Settings) -> None:
+    set_ = fanout(settings, "caps", "set", "digest", "--max", "3", "--window", "86400")
+    assert set_.returncode == 0 and "set the cap of digest" in set_.stderr
+    changed = fanout(settings, "caps", "set", "*", "--max", "10", "--window", "3600")
+    assert changed.returncode == 0, changed.stderr
+    listed = fanout(settings, "caps", "list").stdout.splitlines()
+    assert [line.split() for line in listed] == [
+        ["*", "10", "per", "3600s"],
+        ["digest", "3", "per", "86400s"],
+    ]
+    bad = fanout(settings, "caps", "set", "Digest!", "--max", "3", "--window", "60")
+    assert bad.returncode == 2 and "CATEGORY" in bad.stderr
+    zero = fanout(settings, "caps", "set", "digest", "--max", "0", "--window", "60")
+    assert zero.returncode == 2 and "--max" in zero.stderr
+    assert fanout(settings, "caps", "delete", "digest").returncode == 0
+    assert fanout(settings, "caps", "delete", "digest").returncode == 1

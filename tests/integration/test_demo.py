@@ -13,11 +13,26 @@ from fanout.store import connect
 from fanout.store.migrate import available_migrations, migrate
 
 
-def run_demo(env: dict[str, str], subscribers: int, *, says: tuple[str, ...] = ()) -> dict:  # type: ignore[type-arg]
+def run_demo(
+    env: dict[str, str],
+    subscribers: int,
+    *,
+    says: tuple[str, ...] = (),
+    options: tuple[str, ...] = (),
+) -> dict:  # type: ignore[type-arg]
     """The demo's summary; ``says``: lines it must print on stderr, in this order."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
     result = subprocess.run(
-        [sys.executable, "-m", "fanout", "demo", "--subscribers", str(subscribers), "--json"],
+        [
+            sys.executable,
+            "-m",
+            "fanout",
+            "demo",
+            "--subscribers",
+            str(subscribers),
+            "--json",
+            *options,
+        ],
         env={**clean, **env},
         capture_output=True,
         text=True,
@@ -49,6 +64,17 @@ def test_demo_with_nothing_configured_delivers_every_device_once() -> None:
     assert (summary["failed"], summary["duplicates"]) == (0, 0)
     for key in ("subscribers", "seconds", "notifications_per_second"):
         assert key in summary
+
+
+def test_demo_with_preferences_holds_back_its_shares_and_the_sink_agrees(
+    database_url: str,
+) -> None:
+    summary = run_demo({"FANOUT_DATABASE_URL": database_url}, 2000, options=("--preferences",))
+    # Consecutive user ids: each band of the mix (by id modulo 100) is exactly its share.
+    # Opted out: 10% of everything and 5% of the demo's category; muted 5%; capped 5%.
+    assert summary["held_back"] == {"opted_out": 300, "muted": 100, "capped": 100}
+    assert summary["delivered"] == summary["expected"] == 1500
+    assert (summary["failed"], summary["duplicates"], summary["ok"]) == (0, 0, True)
 
 
 def test_demo_against_a_configured_database(database_url: str) -> None:

@@ -262,11 +262,12 @@ async def test_the_page_query_applies_quiet_windows_in_each_users_zone(pool: asy
                 before_user_id=2**63 - 1,
                 limit=100,
                 event_id=event.event_id,
+                category=None,
                 page_filter=store.PageFilter(quiet_hours=policy),
                 at=at,
             )
         release_at.update({r["user_id"]: r["release_at"] for r in rows if r["release_at"]})
-        return {row["user_id"]: row["held"] for row in rows}
+        return {row["user_id"]: row["held_back"] for row in rows}
 
     assert await held("ignore") == dict.fromkeys(topic.user_ids)
     assert await held("drop") == {**dict.fromkeys(topic.user_ids), berlin_night: "quiet_hours"}
@@ -717,12 +718,13 @@ async def test_sql_and_python_agree_on_quiet_windows_through_the_nights_the_cloc
                 before_user_id=2**63 - 1,
                 limit=100,
                 event_id=event.event_id,
+                category=None,
                 page_filter=store.PageFilter(quiet_hours="defer"),
                 at=at,
             )
         for row, (start, end) in zip(rows, WINDOWS, strict=True):
             local = at.astimezone(tz).replace(tzinfo=None)
             inside = in_quiet_window(local.time(), start, end)
-            assert (row["held"] == "deferred") is inside, (at, start, end)
+            assert (row["held_back"] == "deferred") is inside, (at, start, end)
             if inside:
                 assert row["release_at"] == quiet_window_end(local, end, tz), (at, start, end)

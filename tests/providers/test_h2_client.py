@@ -473,3 +473,21 @@ async def test_an_apple_like_goaway_for_a_bad_token_is_logged_with_its_reason(
     goaways = [r.getMessage() for r in caplog.records if "GOAWAY" in r.getMessage()]
     assert goaways and all('{"reason":"InvalidProviderToken"}' in g for g in goaways)
     assert len(goaways) == len(server.goaways_sent) <= len(server.connections)
+
+
+async def test_a_burst_on_a_new_client_waits_for_its_first_connection(
+    services: LocalPushServices,
+) -> None:
+    """Every sender of a burst waits on the first connection's opening; once it opened,
+    a sender could spin through its attempts before the pool took the connection in
+    (awaiting a finished task does not yield) and fail one request on every new client."""
+    from fanout.notification import Notification, render
+
+    providers = build_providers(Settings(**services.settings))
+    try:
+        note = render(Notification(title="t", body="b"), "en", collapse_key="1")
+        outcomes = await providers["fcm"].send(note, [Device(i, "fcm", f"t{i}") for i in range(60)])
+    finally:
+        for provider in providers.values():
+            await provider.aclose()
+    assert [o.reason for o in outcomes if o.kind is not OutcomeKind.OK] == []

@@ -155,3 +155,30 @@ def test_a_batch_key_names_its_users_and_a_retry_key_does_not() -> None:
     assert users_of_key(batch_key(3, 17, 912)) == (17, 912)
     assert users_of_key("s3:17-912/r2") is None
     assert users_of_key("garbage") is None
+
+
+def test_held_back_users_are_counted_with_the_batch_that_passes_them_and_once() -> None:
+    # Users 1..60 with one device each; every third held back (a row of NULLs and a reason).
+    stream: list[Row] = []
+    for user, devices in users(60):
+        if user % 3 == 0:
+            stream.append((user, None, None, "muted" if user % 2 else "opted_out"))
+        else:
+            stream += [(user, d.platform, wire(d), None) for d in devices]
+    packer = BatchPacker(event_id=1, shard=0, notification=NOTIFICATION, max_bytes=1024)
+    batches, _ = packer.add_rows(stream)
+    batches += packer.flush()
+    tail = packer.take_held_back()
+
+    assert len(batches) > 1
+    for batch in batches:
+        assert all(user % 3 for user in batch.user_ids)
+        held_in_range = [u for u in range(1, batch.last_user + 1) if u % 3 == 0]
+        counted = sum(sum(b.held_back.values()) for b in batches if b.last_user <= batch.last_user)
+        assert counted == len(held_in_range)  # exactly those up to its last user
+    counted_total: dict[str, int] = {}
+    for part in [*(b.held_back for b in batches), tail]:
+        for reason, count in part.items():
+            counted_total[reason] = counted_total.get(reason, 0) + count
+    assert counted_total == {"muted": 10, "opted_out": 10}
+    assert packer.take_held_back() == {}

@@ -45,6 +45,9 @@ SHAPED: dict[str, Any] = {
     "now": datetime(2026, 3, 29, 7, tzinfo=UTC),
     "at": datetime(2026, 3, 29, 7, tzinfo=UTC),
     "held_back": {"deferred": 1},
+    "preferences": [store.Preferences(user="u1", opted_out=True)],
+    "time_zones": ["Europe/Berlin"],
+    "counted_users": [1, 2],
 }
 
 
@@ -109,12 +112,18 @@ async def test_checkpoint_passes_the_accepted_batches_as_columns() -> None:
             recipients=4,
             devices=5,
             batches=6,
+            held_back={"muted": 2},
             accepted=SHAPED["accepted"],
+            category="news",
+            counted_users=[1, 2],
             lease_seconds=30,
             overdue_after=60,
         )
     assert conn.calls == [
-        (queries.CHECKPOINT_SHARD, (1, 2, 3, 4, 5, 6, 30, 60, 60, ["1/0/0"], [3], [1], [2], {}))
+        (
+            queries.CHECKPOINT_SHARD,
+            (1, 2, 3, 4, 5, 6, 30, 60, 60, ["1/0/0"], [3], [1], [2], {"muted": 2}, "news", [1, 2]),
+        )
     ]
 
 

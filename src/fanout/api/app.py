@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from fanout.api import console
 from fanout.api.middleware import BodyLimit, MeasureRequests
 from fanout.api.routes import ROUTERS
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, ApiState
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected_error)
     for router in ROUTERS:
         app.include_router(router)
+    console.install(app)  # the operator console at /console
     return app
 
 

@@ -19,6 +19,9 @@ from fanout.api.state import state_of
 from fanout.ratelimit import TokenBucket
 
 bearer = HTTPBearer(auto_error=False, description="An API key: fo_<id>_<secret>")
+# The operator console calls API routes in-process for its signed-in key (it never holds
+# the key's secret) with the key under this ASGI scope entry, which no HTTP client can set.
+CONSOLE_KEY = "fanout.console.key"
 
 
 def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
@@ -28,8 +31,8 @@ def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> ApiKey:
-        key = None
-        if credentials is not None and credentials.scheme.lower() == "bearer":
+        key: ApiKey | None = request.scope.get(CONSOLE_KEY)
+        if key is None and credentials is not None and credentials.scheme.lower() == "bearer":
             async with state_of(request).pool.acquire() as conn:
                 key = await find_api_key(conn, credentials.credentials)
         if key is None:

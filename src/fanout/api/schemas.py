@@ -5,13 +5,15 @@ Unknown fields are refused everywhere.
 
 from __future__ import annotations
 
-from datetime import datetime
+import functools
+import zoneinfo
+from datetime import datetime, time
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from fanout.notification import Locale, Notification
+from fanout.notification import CATEGORY_PATTERN, Category, Locale, Notification
 from fanout.stages.publish import PublishOptions
 from fanout.stages.schedule import parse_local_time
 
@@ -105,6 +107,114 @@ class SubscriptionOut(BaseModel):
 class SubscriptionPage(BaseModel):
     items: list[SubscriptionOut]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
+
+
+# ---- Audience controls: preferences, mutes, frequency caps -------------------------------
+
+MAX_BULK_PREFERENCES = 10_000
+QUIET_HOURS_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$"
+CAP_CATEGORY_PATTERN = r"^(\*|" + CATEGORY_PATTERN[1:-1] + r")$"
+CapCategoryPath = Annotated[
+    str, Path(pattern=CAP_CATEGORY_PATTERN, description="A category, or * for every push.")
+]
+
+
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def _known_time_zone(name: str) -> str:
+    # The IANA database's own list, not ZoneInfo(name): that also opens file paths.
+    if name not in _time_zones():
+        raise ValueError("not an IANA time zone name (e.g. 'Europe/Berlin')")
+    return name
+
+
+TimeZone = Annotated[
+    str,
+    StringConstraints(max_length=64),
+    AfterValidator(_known_time_zone),
+    # The schema lists the names (so that clients and the fuzz tests know them); the
+    # check above gives the short error, rather than an enum's list of 600 names.
+    Field(examples=["Europe/Berlin"], json_schema_extra={"enum": sorted(_time_zones())}),
+]
+QuietHours = Annotated[
+    str,
+    StringConstraints(pattern=QUIET_HOURS_PATTERN),
+    Field(
+        description="A local window, HH:MM-HH:MM (start included, end excluded), which may "
+        "cross midnight (22:00-08:00); it applies only to a user with a time_zone. The same "
+        "start and end is an empty window.",
+        examples=["22:00-08:00"],
+    ),
+]
+
+
+def quiet_window(quiet_hours: str | None) -> tuple[time | None, time | None]:
+    """A QuietHours string as (start, end) times; (None, None) for none."""
+    if quiet_hours is None:
+        return None, None
+    start, end = quiet_hours.split("-")
+    return time.fromisoformat(start), time.fromisoformat(end)
+
+
+class PreferencesIn(Strict):
+    """A user's settings, replaced whole; what is left out is the default."""
+
+    time_zone: TimeZone | None = None
+    quiet_hours: QuietHours | None = None
+    opted_out: bool = Field(default=False, description="No push at all.")
+    opted_out_categories: list[Category] = Field(
+        default_factory=list, max_length=100, description="No push of these categories."
+    )
+
+
+class BulkPreferencesItem(PreferencesIn):
+    user_id: UserId
+
+
+class BulkPreferencesIn(Strict):
+    items: list[BulkPreferencesItem] = Field(min_length=1, max_length=MAX_BULK_PREFERENCES)
+
+
+class BulkPreferencesOut(BaseModel):
+    requested: int
+    updated: int = Field(description="Users whose settings were written (each user once).")
+
+
+class MuteIn(Strict):
+    until: AwareDatetime | None = Field(
+        default=None, description="When the mute ends (with its UTC offset); none: never."
+    )
+
+
+class MuteOut(BaseModel):
+    topic: str
+    until: datetime | None
+
+
+class PreferencesOut(BaseModel):
+    user_id: str
+    time_zone: str | None
+    quiet_hours: str | None
+    opted_out: bool
+    opted_out_categories: list[str]
+    mutes: list[MuteOut] = Field(description="Topics muted now.")
+
+
+class FrequencyCapIn(Strict):
+    max: int = Field(ge=1, le=1_000_000, description="Pushes allowed per user in the window.")
+    window_seconds: int = Field(
+        ge=1, le=90 * 24 * 3600, description="The rolling window, in seconds (at most 90 days)."
+    )
+
+
+class FrequencyCapOut(BaseModel):
+    category: str = Field(description="A category, or * for every push.")
+    max: int
+    window_seconds: int
+    updated_at: datetime
 
 
 class PublishOptionsIn(Strict):

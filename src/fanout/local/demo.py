@@ -25,6 +25,7 @@ from rich.table import Table
 
 from fanout import store
 from fanout.config import Settings
+from fanout.local.demo_console import bind_console, keep_serving
 from fanout.local.emulators.stack import local_push_services
 from fanout.local.services import embedded_postgres, local_sqs_server
 from fanout.local.sink import DeliveryLedger, EmbeddedSink, PushSink
@@ -49,6 +50,8 @@ DEADLINE_SECONDS = 600
 class DemoSummary:
     subscribers: int
     devices: int
+    held_back: dict[str, int]  # subscribers not sent to on purpose, by reason
+    expected: int  # the devices of the subscribers not held back
     delivered: int
     failed: int
     invalid: int
@@ -64,7 +67,7 @@ class DemoSummary:
 
     @property
     def ok(self) -> bool:
-        return self.delivered == self.devices and self.duplicates == 0 and self.failed == 0
+        return self.delivered == self.expected and self.duplicates == 0 and self.failed == 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,82 @@ class Seeded:
     subscribers: int
     devices: int
     device_ids: range
+
+
+# The demo's notifications are of this category: the one its opt-outs and cap are about.
+DEMO_CATEGORY = "new-book"
+# Where readers live: every continent, both sides of the date line.
+TIME_ZONES = (
+    "America/Los_Angeles",
+    "America/Mexico_City",
+    "America/New_York",
+    "America/Sao_Paulo",
+    "Europe/London",
+    "Europe/Berlin",
+    "Africa/Lagos",
+    "Asia/Kolkata",
+    "Asia/Shanghai",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+    "Pacific/Auckland",
+)
+
+
+@dataclass(frozen=True)
+class AudienceMix:
+    """Shares of the subscribers (percent, by user id modulo 100, in disjoint bands) with
+    each audience setting; everyone gets a time zone."""
+
+    opted_out: int = 10  # of everything
+    quiet_now: int = 20  # quiet hours cover the present hour in their zone
+    muted: int = 5  # the topic (half for an hour, half until unmuted)
+    capped: int = 5  # already had the cap's pushes of the category
+    category_opt_out: int = 5  # of the category
+    cap: int = 3  # the category's cap: pushes per day
+
+    @property
+    def held_back(self) -> int:
+        """Percent the fan-out filters out today (quiet hours: not until they are applied)."""
+        return self.opted_out + self.muted + self.capped + self.category_opt_out
+
+
+async def seed_audience(
+    conn: asyncpg.Connection, *, topic: str, first_user_id: int, last_user_id: int, mix: AudienceMix
+) -> None:
+    """Preferences, mutes, a cap of DEMO_CATEGORY and the pushes that reach it, for users
+    ``first_user_id`` to ``last_user_id`` (subscribers of ``topic``), server-side."""
+    users = {"first_user_id": first_user_id, "last_user_id": last_user_id}
+    muted_from = mix.opted_out + mix.quiet_now
+    capped_from = muted_from + mix.muted
+    category_from = capped_from + mix.capped
+    async with conn.transaction():
+        topic_id = await store.find_or_create_topic(conn, topic=topic)
+        await store.seed_preferences(
+            conn,
+            **users,
+            opted_out_percent=mix.opted_out,
+            quiet_now_percent=mix.quiet_now,
+            time_zones=TIME_ZONES,
+            category_from_percent=category_from,
+            category_percent=mix.category_opt_out,
+            category=DEMO_CATEGORY,
+        )
+        await store.seed_mutes(
+            conn, **users, from_percent=muted_from, topic_id=topic_id, percent=mix.muted
+        )
+        await store.put_frequency_cap(
+            conn, category=DEMO_CATEGORY, max_sends=mix.cap, window_seconds=24 * 3600
+        )
+        await store.seed_user_sends(
+            conn,
+            **users,
+            from_percent=capped_from,
+            percent=mix.capped,
+            sends=mix.cap,
+            category=DEMO_CATEGORY,
+            event_id=0,
+        )
+    await conn.execute("ANALYZE user_preferences, topic_mutes, user_sends")
 
 
 @contextlib.contextmanager
@@ -122,8 +201,10 @@ async def seed(
     subscribers: int,
     devices_per_user: int,
     shape: DeviceShape | None = None,
+    audience: AudienceMix | None = None,
 ) -> Seeded:
-    """A fresh topic with ``subscribers`` new users, each with ``devices_per_user`` devices."""
+    """A fresh topic with ``subscribers`` new users, each with ``devices_per_user`` devices,
+    and with ``audience``, their preferences."""
     shape = shape or DeviceShape()
     run = secrets.token_hex(4)
     topic = f"demo:{run}"
@@ -145,6 +226,14 @@ async def seed(
             platforms=shape.platforms,
         )
     await conn.execute("ANALYZE subscriptions, devices")
+    if audience is not None:
+        await seed_audience(
+            conn,
+            topic=topic,
+            first_user_id=users.first_id,
+            last_user_id=users.last_id,
+            mix=audience,
+        )
     return Seeded(
         topic=topic,
         subscribers=subscribers,
@@ -159,6 +248,7 @@ def demo_notification() -> Notification:
         body="“The Long Fan-Out” is out today.",
         url="https://books.example.com/b/42",
         data={"book_id": "42"},
+        category=DEMO_CATEGORY,
         localized={
             "de": LocalizedText(title="Ein neues Buch Ihres Lieblingsautors"),
             "fr": LocalizedText(title="Un nouveau livre de votre auteur préféré"),
@@ -178,19 +268,26 @@ async def run_demo(
     devices_per_user: int,
     console: Console,
     provider: str = "sink",
+    preferences: bool = False,
+    serve_console: tuple[str, int] | None = None,
 ) -> DemoSummary:
     """``provider`` sink: one local sink for every platform; apns, fcm, webpush or mixed:
-    local APNs / FCM / push-service emulators over HTTP/2 and TLS, spoken to for real."""
+    local APNs / FCM / push-service emulators over HTTP/2 and TLS, spoken to for real.
+    ``preferences``: the subscribers get a realistic mix of audience settings
+    (``AudienceMix``), and the summary counts who was held back and why.
+    ``serve_console`` (host, port): afterwards, keep the API, its console and a worker
+    running there until Ctrl-C."""
 
     def say(line: str) -> None:
         console.print(line, markup=False, highlight=False)
 
+    listener = bind_console(*serve_console) if serve_console else None
     with _local_services(settings, say) as (settings, database, sqs):
         say(f"creating the queues {settings.queue_prefix}-fanout and -delivery …")
         async with open_client(settings) as client:
             await create_queues(client, settings)
         say("applying the schema migrations …")
-        conn = await connect(settings.database_dsn())
+        conn = await connect(settings.migration_dsn())
         try:
             await migrate(conn)
         finally:
@@ -221,11 +318,19 @@ async def run_demo(
                     auth=services.auth,
                 )
                 delivered = services.delivered
-            conn = await connect(settings.database_dsn())
+            conn = await connect(settings.database_dsn(), pooler=settings.database_pooler)
             try:
                 per_user = f"{devices_per_user} device{'s' if devices_per_user > 1 else ''} each"
                 say(f"seeding {subscribers:,} subscribers with {per_user} …")
-                seeded = await seed(conn, subscribers, devices_per_user, shape)
+                mix = None
+                if preferences:
+                    mix = AudienceMix()
+                    say(
+                        f"with preferences: {mix.opted_out}% opted out, {mix.quiet_now}% in "
+                        f"quiet hours, {mix.muted}% muting the topic, {mix.capped}% at the "
+                        f"'{DEMO_CATEGORY}' cap, {mix.category_opt_out}% opted out of it …"
+                    )
+                seeded = await seed(conn, subscribers, devices_per_user, shape, mix)
             finally:
                 await conn.close()
             if provider == "sink":
@@ -233,14 +338,20 @@ async def run_demo(
                 ledger.expect(seeded.device_ids)
             async with Pipeline.open(settings, providers=providers) as pipeline:
                 say(f"publishing one event to {seeded.topic}; fan-out and delivery running …")
-                summary = await _publish_and_watch(pipeline, seeded, delivered, console)
-    summary.database, summary.sqs, summary.provider = database, sqs, provider
+                summary = await _publish_and_watch(
+                    pipeline, seeded, devices_per_user, delivered, console
+                )
+                summary.database, summary.sqs, summary.provider = database, sqs, provider
+                if listener is not None:
+                    console.print(summary_table(summary))
+                    await keep_serving(pipeline, listener, say)
     return summary
 
 
 async def _publish_and_watch(
     pipeline: Pipeline,
     seeded: Seeded,
+    devices_per_user: int,
     delivered_so_far: Callable[[], tuple[int, int]],
     console: Console,
 ) -> DemoSummary:
@@ -284,9 +395,14 @@ async def _publish_and_watch(
         if progress.finished_at
         else time.monotonic() - started
     )
+    # Every seeded subscriber has devices_per_user devices: those of the subscribers not
+    # held back are what the push service should have seen, each once.
+    held_back = sum(progress.held_back.values())
     return DemoSummary(
         subscribers=seeded.subscribers,
         devices=seeded.devices,
+        held_back=progress.held_back,
+        expected=seeded.devices - held_back * devices_per_user,
         delivered=unique,
         failed=progress.failed,
         invalid=progress.invalid,
@@ -310,6 +426,10 @@ async def _event_progress(pool: asyncpg.Pool, event_id: int) -> EventStatus:
 def summary_table(summary: DemoSummary) -> Table:
     table = Table(title="fanout demo", show_header=False)
     for key, value in asdict(summary).items():
+        if isinstance(value, dict):
+            for reason, count in sorted(value.items()):
+                table.add_row(f"held back: {reason.replace('_', ' ')}", f"{count:,}")
+            continue
         table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
     table.add_row(
         "result", "[green]every device exactly once[/]" if summary.ok else "[red]FAILED[/]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,16 @@ import orjson
 
 from fanout.config import Settings
 from fanout.providers.base import DELIVERED, Outcome, OutcomeKind, Provider
+from fanout.providers.quota import QuotaStore
 
 log = logging.getLogger(__name__)
 
 
-def build_providers(settings: Settings) -> dict[str, Provider]:
+def build_providers(settings: Settings, quotas: QuotaStore | None = None) -> dict[str, Provider]:
     """Providers by platform, as configured; an unconfigured one is skipped with a warning
-    (its devices are counted as skipped, not lost). The sink stands in for all three."""
+    (its devices are counted as skipped, not lost). The sink stands in for all three.
+    With ``quotas``, each provider whose quota is set (``FANOUT_*_QUOTA_PER_MINUTE``)
+    shares its credential's budget with every other worker through it."""
     if settings.provider == "sink":
         from fanout.providers.sink import SinkProvider
 
@@ -28,8 +32,41 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
         if provider is None:
             log.warning("%s is not configured: its devices will be counted as skipped", platform)
         else:
+            if quotas is not None:
+                _share_quota(provider, settings, quotas)
             providers[platform] = provider
     return providers
+
+
+def _share_quota(provider: Provider, settings: Settings, quotas: QuotaStore) -> None:
+    """Give the provider its credential's shared budget, if it has a quota."""
+    from fanout.providers.http2 import Http2Provider
+    from fanout.providers.quota import Budget, SharedQuota
+
+    if not isinstance(provider, Http2Provider):
+        return
+    per_minute = {
+        "apns": settings.apns_quota_per_minute,
+        "fcm": settings.fcm_quota_per_minute,
+        "webpush": settings.webpush_quota_per_minute,
+    }.get(provider.name, 0)
+    if per_minute:
+        provider.limit.quota = SharedQuota(
+            quotas, quota_credential(provider), Budget.per_minute(per_minute),
+            provider=provider.name,
+        )  # fmt: skip
+
+
+def quota_credential(provider: Provider) -> str:
+    """What a push service meters: the FCM project, the APNs team and topic, the VAPID key
+    (its public half, hashed: short, and no key material in the shared state)."""
+    if project := getattr(provider, "project_id", None):
+        return f"fcm:{project}"
+    if team := getattr(provider, "team_id", None):
+        return f"apns:{team}:{getattr(provider, 'topic', '')}"
+    if public_key := getattr(provider, "public_key", None):
+        return f"webpush:{hashlib.sha256(str(public_key).encode()).hexdigest()[:16]}"
+    return str(getattr(provider, "name", "provider"))
 
 
 def _shared(settings: Settings, name: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import httpx
 from fanout.config import Settings
 from fanout.providers.h2 import H2Client, H2Error, InvalidRequest, NotHttp2
 from fanout.providers.h2.frames import check_path
+from fanout.providers.quota import SharedQuota
 from fanout.ratelimit import TokenBucket
 
 log = logging.getLogger("fanout.providers")
@@ -206,6 +207,9 @@ class AdaptiveLimit:
     """
 
     def __init__(self, rate: float, concurrency: int) -> None:
+        # The credential's budget shared with every other worker (build_providers sets it
+        # when the provider has a quota): taken after this worker's own limit.
+        self.quota: SharedQuota | None = None
         self.ceiling = rate
         self.concurrency = concurrency
         self._bucket = TokenBucket(rate, max(1.0, rate / 10))
@@ -224,8 +228,14 @@ class AdaptiveLimit:
             pause = self._paused_until - time.monotonic()
             wait = max(pause, self._bucket.try_take())
             if wait <= 0:
-                return
+                break
             await asyncio.sleep(wait)
+        if self.quota is not None:
+            try:
+                await self.quota.take()
+            except BaseException:
+                self._slots.release()
+                raise
 
     async def __aexit__(self, *exc: object) -> None:
         self._slots.release()
@@ -236,6 +246,8 @@ class AdaptiveLimit:
         self._last_change = time.monotonic()
         if retry_after:
             self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
+            if self.quota is not None:
+                self.quota.pause(retry_after)  # every worker on this credential waits too
 
     def _recover(self) -> None:
         now = time.monotonic()

@@ -18,12 +18,13 @@ import asyncpg
 from fanout import retry
 from fanout.config import Settings
 from fanout.providers import Provider, build_providers
+from fanout.providers.quota_stores import open_quota_store
 from fanout.queue.messages import FanoutTask, PoisonMessage, decode
 from fanout.queue.sqs import Queue, QueueMessage, Queues, open_client, open_queues
 from fanout.stages.delivery import BatchReport, deliver_batch
 from fanout.stages.fanout import ShardReport, run_fanout_task
 from fanout.stages.leases import LeaseKept, describe
-from fanout.store import create_pool
+from fanout.store import create_pool, create_read_pool
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class Pipeline:
     pool: asyncpg.Pool
     queues: Queues
     providers: Mapping[str, Provider]
+    # Where the fan-out reads recipient pages (FANOUT_DATABASE_READ_URL); None: ``pool``.
+    read_pool: asyncpg.Pool | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -57,11 +60,15 @@ class Pipeline:
             queues = await open_queues(client, settings)
             pool = await create_pool(settings)
             stack.push_async_callback(pool.close)
+            read_pool = await create_read_pool(settings)
+            if read_pool is not None:
+                stack.push_async_callback(read_pool.close)
             if providers is None:
-                providers = build_providers(settings)
+                quotas = await stack.enter_async_context(open_quota_store(settings, pool))
+                providers = build_providers(settings, quotas)
                 for provider in set(providers.values()):
                     stack.push_async_callback(provider.aclose)
-            yield cls(settings, pool, queues, providers)
+            yield cls(settings, pool, queues, providers, read_pool)
 
     async def handle(
         self, body: str, *, time_left: Callable[[], float] | None = None
@@ -70,7 +77,12 @@ class Pipeline:
         message = decode(body)
         if isinstance(message, FanoutTask):
             return await run_fanout_task(
-                message, self.pool, self.queues, self.settings, time_left=time_left
+                message,
+                self.pool,
+                self.queues,
+                self.settings,
+                time_left=time_left,
+                reader=self.read_pool,
             )
         return await deliver_batch(message, self.pool, self.queues, self.providers, self.settings)
 

@@ -85,6 +85,8 @@ async def reconcile_once(
     await _events(pool, queues, settings, due, report)
     await _shards(pool, queues, settings, due, report)
     await _batches(pool, queues, settings, due, report)
+    if event_id is None:
+        await _prune_user_sends(pool)
     if report.actions:
         log.warning(
             "reconciler: released %d event(s); resent %d event(s), %d shard(s), %d batch(es); "
@@ -97,6 +99,11 @@ async def reconcile_once(
             f"; gave up {', '.join(report.given_up)}" if report.given_up else "",
         )
     return report
+
+
+# Recorded pushes (user_sends) deleted per pass at most: a bounded statement, never a
+# long lock, however much has aged out at once.
+_PRUNE_PER_PASS = 10_000
 
 
 @dataclass(frozen=True)
@@ -254,3 +261,9 @@ async def run_reconciler(
             await reconcile_once(pool, queues, settings)
         except Exception as exc:
             log.warning("reconciler pass failed (tries again in %.0fs): %r", period, exc)
+
+
+async def _prune_user_sends(pool: asyncpg.Pool) -> None:
+    """Forget pushes too old for any frequency cap's window, a bounded chunk per pass."""
+    async with store.acquire(pool) as conn:
+        await store.prune_user_sends(conn, limit=_PRUNE_PER_PASS)

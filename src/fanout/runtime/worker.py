@@ -173,7 +173,9 @@ async def wait_until_reachable(settings: Settings, stopping: asyncio.Event) -> b
     failures = 0
     while not stopping.is_set():
         try:
-            conn = await connect(settings.database_dsn(), connect_timeout=10)
+            conn = await connect(
+                settings.database_dsn(), connect_timeout=10, pooler=settings.database_pooler
+            )
             await conn.close()
             async with open_client(settings, max_attempts=1) as client:
                 await open_queues(client, settings)

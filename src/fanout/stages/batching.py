@@ -1,8 +1,12 @@
 """Packing a stream of subscribers' devices into delivery batches sized by bytes.
 
-Pure logic: no I/O. The fan-out stage feeds rows ``(user id, platform, wire)`` in
-user-id order, one per device, ``wire`` being the device's JSON as PostgreSQL wrote it
-(``[id,"token","locale"]``; a user without devices comes as one row with NULLs). The
+Pure logic: no I/O. The fan-out stage feeds rows ``(user id, platform, wire[, held
+back])`` in user-id order, one per device, ``wire`` being the device's JSON as PostgreSQL
+wrote it (``[id,"token","locale"]``; a user without devices comes as one row with NULLs,
+and a user the audience rules held back as one row with NULLs and the reason). Each
+held-back user is counted with the first batch that closes after them (or, at the end of
+a shard, by ``take_held_back``), so that the shard's checkpoint, which moves its cursor
+to that batch's last user, counts them exactly once. The
 packer never splits one user's devices across two batches, so every batch covers a
 closed range of users and its key (``s<shard>:<first user>-<last user>``) names exactly
 what it holds.
@@ -21,8 +25,9 @@ users that fit at the ratio measured and the rest start the next batch.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -37,7 +42,7 @@ _ENVELOPE_SLACK = 160 + 16 * 3
 # do not compress, and those batches are cut back once to what fits (one more encoding).
 RAW_PER_MESSAGE_BYTE = 1.3
 
-Row = Sequence[Any]  # (user id, platform or None, wire JSON or None)
+Row = Sequence[Any]  # (user id, platform or None, wire JSON or None[, held-back reason])
 
 # Room a notification must leave in a batch for devices: one ordinary device on the wire
 # (an APNs token ~80 bytes, an FCM token ~190, a Web Push endpoint with its keys ~400).
@@ -95,6 +100,9 @@ class PackedBatch:
     users: int
     first_user: int
     last_user: int
+    user_ids: tuple[int, ...] = ()  # the users it carries, in order
+    # Users held back since the previous batch, up to this one's last user: {reason: n}.
+    held_back: dict[str, int] = field(default_factory=dict)
 
 
 class BatchPacker:
@@ -121,6 +129,7 @@ class BatchPacker:
         self._rows: list[Row] = []  # the open batch's device rows
         self._raw = 0  # their JSON, with a comma each
         self._user: Any = None  # the user whose rows came last
+        self._held: list[tuple[int, str]] = []  # held-back users no batch has counted yet
 
     def add_rows(self, rows: Iterable[Row]) -> tuple[list[PackedBatch], int]:
         """Add rows; returns the batches this closed and how many users the rows began.
@@ -129,7 +138,7 @@ class BatchPacker:
         """
         closed: list[PackedBatch] = []
         pending, raw, user, users = self._rows, self._raw, self._user, 0
-        raw_budget, device_budget = self._raw_budget, self.max_devices
+        raw_budget, device_budget, held = self._raw_budget, self.max_devices, self._held
         for row in rows:
             if row[0] != user:
                 users += 1
@@ -142,12 +151,33 @@ class BatchPacker:
             if wire is not None:
                 raw += len(wire) + 1
                 pending.append(row)
+            elif len(row) > 3 and row[3] is not None:
+                held.append((row[0], row[3]))
         self._raw, self._user = raw, user
         return closed, users
 
     def flush(self) -> list[PackedBatch]:
         """Close whatever is open (at the end of a shard)."""
         return self._close(everything=True)
+
+    def take_held_back(self) -> dict[str, int]:
+        """The held-back users no batch has counted, by reason (at the end of a shard,
+        after ``flush``: those after its last batch)."""
+        counts = dict(Counter(reason for _, reason in self._held))
+        self._held.clear()
+        return counts
+
+    def _held_through(self, last_user: int) -> dict[str, int]:
+        """Take the held-back users up to ``last_user``, by reason."""
+        held = self._held
+        taken = 0
+        while taken < len(held) and held[taken][0] <= last_user:
+            taken += 1
+        if not taken:
+            return {}
+        counts = dict(Counter(reason for _, reason in held[:taken]))
+        del held[:taken]
+        return counts
 
     def _close(self, *, everything: bool) -> list[PackedBatch]:
         """Encode the open rows as batches: one, or more where the first came out too
@@ -161,6 +191,8 @@ class BatchPacker:
                 if size <= self.max_bytes and batch.devices <= self.max_devices:
                     break
                 count = self._rows_that_fit(count, size)
+            if self._held:
+                batch = replace(batch, held_back=self._held_through(batch.last_user))
             closed.append(batch)
             del self._rows[:count]
             if not everything:
@@ -201,9 +233,15 @@ class BatchPacker:
         body = encode_delivery(
             self.event_id, key, 0, self.notification, b"{%b}" % devices_json.encode()
         )
-        users = len({row[0] for row in rows})
+        user_ids = tuple(dict.fromkeys(row[0] for row in rows))
         return PackedBatch(
-            key=key, body=body, devices=count, users=users, first_user=first, last_user=last
+            key=key,
+            body=body,
+            devices=count,
+            users=len(user_ids),
+            first_user=first,
+            last_user=last,
+            user_ids=user_ids,
         )
 
 

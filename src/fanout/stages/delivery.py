@@ -30,6 +30,7 @@ from fanout.queue.messages import DeliveryBatch, Device, PoisonMessage
 from fanout.queue.sqs import MAX_DELAY_SECONDS, Queues
 from fanout.stages import leases
 from fanout.stages.batching import shard_of_key
+from fanout.stages.device_outcomes import BatchDetail, batch_detail
 from fanout.stages.fanout import shard_page_filter
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,9 @@ async def deliver_batch(
             report.failed += len(to_retry)
             report.failure_reasons["retries exhausted"] = len(to_retry)
 
-    await _record_outcome(pool, batch, report, invalid_ids, retry_batch, settings)
+    # Per device, only what went wrong (for the console's "Where is my push?").
+    detail = batch_detail(devices, outcomes, retrying=retry_batch is not None)
+    await _record_outcome(pool, batch, report, invalid_ids, retry_batch, detail, settings)
     if retry_batch is not None:
         await _send_retry(queues, *retry_batch)
     if report.failure_reasons:
@@ -136,10 +139,11 @@ async def _record_outcome(
     report: BatchReport,
     invalid_ids: list[int],
     retry_batch: tuple[DeliveryBatch, int] | None,
+    detail: BatchDetail,
     settings: Settings,
 ) -> None:
-    """Deactivate dead tokens, record the retry batch and mark this one done, in one
-    transaction; then, if that was the event's last open batch, end the event.
+    """Deactivate dead tokens, record the retry batch, the devices not sent to and mark
+    this one done, in one transaction; then, if that was the event's last open batch, end the event.
 
     The pushes are out by now: if recording fails, SQS would deliver the batch again and
     every device would get it twice. A database blip is worth waiting out instead.
@@ -163,6 +167,16 @@ async def _record_outcome(
                         delay_seconds=delay,
                         overdue_after=settings.reconcile_after_seconds,
                     )
+                await store.record_batch_detail(
+                    conn,
+                    event_id=batch.event_id,
+                    batch_key=batch.key,
+                    by_platform=detail.by_platform,
+                    device_ids=detail.device_ids,
+                    platforms=detail.platforms,
+                    kinds=detail.kinds,
+                    reasons=detail.reasons,
+                )
                 await store.finish_batch(
                     conn,
                     event_id=batch.event_id,
@@ -303,17 +317,18 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
                     user_id=event.user_id,
                     after_user_id=first - 1,
                     event_id=event.id,
+                    category=event.notification.get("category"),
                     page_filter=page_filter,
                 )
             else:
                 assert event.topic_id is not None
-                rows = await store.topic_recipients_page(
+                rows = await store.batch_recipients(
                     conn,
                     topic_id=event.topic_id,
-                    after_user_id=first - 1,
-                    before_user_id=last + 1,
-                    limit=last - first + 1,
+                    first_user_id=first,
+                    last_user_id=last,
                     event_id=event.id,
+                    category=event.notification.get("category"),
                     page_filter=page_filter,
                 )
     batch.devices = {}

@@ -10,6 +10,12 @@ gives its lease up; a crashed one resumes from its checkpoint. PostgreSQL knows 
 shard and batch with a deadline, so whatever happens to their messages the reconciler
 sends them again.
 
+The page query applies the audience rules (opt-outs, topic mutes, frequency caps:
+``store.queries.AUDIENCE_RULES``): a subscriber held back comes as one row naming the
+reason, is counted when the cursor passes them (the checkpoint stores the totals, so a
+resumed shard counts nobody twice), and the users of each batch sent are recorded for
+the caps in the checkpoint's own statement.
+
 An event may be released in parts (stages/schedule.py): a ``deliver_at_local`` event's
 waves as each comes due, and the recipients its pages deferred (inside their quiet hours)
 once their windows end. Each release is planned like an event, into shards of its own that
@@ -23,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -54,6 +60,7 @@ class ShardReport:
     recipients: int = 0
     devices: int = 0
     batches: int = 0
+    held_back: dict[str, int] = field(default_factory=dict)  # filtered out, by reason
     already_done: bool = False
     busy: bool = False  # another invocation holds it: this copy of the message is redundant
     lease_left: float = 0.0  # when busy: seconds until the holder's lease ends
@@ -66,13 +73,24 @@ class _Progress:
     recipients: int
     devices: int
     batches: int
-    held_back: Counter[str] = field(default_factory=Counter)
+    held_back: Counter[str]
     # Users deferred by their quiet hours in the pages read, not yet recorded: (user, when).
     deferred: list[tuple[int, datetime]] = field(default_factory=list)
 
+    def hold_back(self, counts: dict[str, int]) -> None:
+        """Count recipients the audience rules filtered out, now behind the cursor."""
+        for reason, count in counts.items():
+            self.held_back[reason] += count
+            AUDIENCE_HELD_BACK.labels(reason).inc(count)
 
-# Rows the page query returns for users outside this wave: never counted as held back.
-_NOT_HELD = None
+
+@dataclass(frozen=True, slots=True)
+class _Audience:
+    """What the shard's page query needs to apply the audience rules, and whether the
+    pushes must be recorded for the frequency caps (only while some cap counts them)."""
+
+    category: str | None
+    record_sends: bool
 
 
 async def run_fanout_task(
@@ -82,11 +100,19 @@ async def run_fanout_task(
     settings: Settings,
     *,
     time_left: Callable[[], float] | None = None,
+    reader: asyncpg.Pool | None = None,
 ) -> list[ShardReport]:
-    """Plan an event (and run its first shard), or run one shard."""
+    """Plan an event (and run its first shard), or run one shard. ``reader``: the pool the
+    recipient pages are read from (a replica: FANOUT_DATABASE_READ_URL); else ``pool``."""
     if task.shard is None:
-        return await plan_event(task.event_id, pool, queues, settings, time_left=time_left)
-    return [await run_shard(task.event_id, task.shard, pool, queues, settings, time_left=time_left)]
+        return await plan_event(
+            task.event_id, pool, queues, settings, time_left=time_left, reader=reader
+        )
+    return [
+        await run_shard(
+            task.event_id, task.shard, pool, queues, settings, time_left=time_left, reader=reader
+        )
+    ]
 
 
 async def plan_event(
@@ -96,6 +122,7 @@ async def plan_event(
     settings: Settings,
     *,
     time_left: Callable[[], float] | None = None,
+    reader: asyncpg.Pool | None = None,
 ) -> list[ShardReport]:
     """Split the event into shards, send a message for each but the first, run the first.
 
@@ -107,7 +134,7 @@ async def plan_event(
         if event is None:
             raise PoisonMessage(f"unknown event {event_id}")
         if event.status not in ("pending", "enqueued", "fanning_out"):
-            return []  # scheduled (released by the reconciler), fanned out, or ended
+            return []  # fanned out, or ended
         if not _fits_a_batch(event, queues, settings):
             await store.fail_event(
                 conn, event_id=event_id, reason="notification too large for a batch"
@@ -119,7 +146,7 @@ async def plan_event(
             event = await store.load_event(conn, event_id=event_id)
             assert event is not None
             if event.status in ("pending", "enqueued", "fanning_out"):
-                await _plan_releases(conn, event, settings)
+                await _plan_releases(conn, event, settings, reader)
         unfinished = await store.unfinished_shards(conn, event_id=event_id)
         if not unfinished:  # everything is held for later, or nothing is left to send
             if await _end_if_nothing_open(conn, event_id, settings):
@@ -127,10 +154,17 @@ async def plan_event(
             return []
     first, rest = unfinished[0], unfinished[1:]
     await queues.fanout.send_many([FanoutTask(event_id, shard).encode() for shard in rest])
-    return [await run_shard(event_id, first, pool, queues, settings, time_left=time_left)]
+    return [
+        await run_shard(event_id, first, pool, queues, settings, time_left=time_left, reader=reader)
+    ]
 
 
-async def _plan_releases(conn: asyncpg.Connection, event: store.Event, settings: Settings) -> None:
+async def _plan_releases(
+    conn: asyncpg.Connection,
+    event: store.Event,
+    settings: Settings,
+    reader: asyncpg.Pool | None,
+) -> None:
     """Under the event's lock: write shards for what is due (the whole audience once, or
     each wave whose time has come, and the recipients whose quiet hours have ended); a
     cancelled or expired event's holds are dropped first. Then the event is due again at
@@ -143,10 +177,10 @@ async def _plan_releases(conn: asyncpg.Connection, event: store.Event, settings:
     releases: list[tuple[int | None, list[tuple[int, int]]]] = []
     if not event.in_waves:
         if first == 0:  # not planned before
-            releases.append((None, await _shard_bounds(conn, event, settings.shard_size)))
+            releases.append((None, await _bounds(conn, reader, event, settings.shard_size)))
     else:
         for due_wave in await store.plan_due_waves(conn, event_id=event_id, now=now):
-            releases.append((due_wave, await _shard_bounds(conn, event, settings.shard_size)))
+            releases.append((due_wave, await _bounds(conn, reader, event, settings.shard_size)))
     deferred = await store.release_deferred(conn, event_id=event_id, now=now)
     if deferred is not None:  # usually few users: one shard over the whole range
         releases.append((deferred, [(0, MAX_USER_ID)]))
@@ -172,6 +206,15 @@ async def _end_if_nothing_open(conn: asyncpg.Connection, event_id: int, settings
         return await store.mark_event_fanned_out(
             conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
         )
+
+
+async def _bounds(
+    conn: asyncpg.Connection, reader: asyncpg.Pool | None, event: store.Event, shard_size: int
+) -> list[tuple[int, int]]:
+    if reader is None:
+        return await _shard_bounds(conn, event, shard_size)
+    async with store.acquire(reader) as replica:  # a read of the topic's whole index
+        return await _shard_bounds(replica, event, shard_size)
 
 
 def _fits_a_batch(event: store.Event, queues: Queues, settings: Settings) -> bool:
@@ -208,6 +251,7 @@ async def run_shard(
     settings: Settings,
     *,
     time_left: Callable[[], float] | None = None,
+    reader: asyncpg.Pool | None = None,
 ) -> ShardReport:
     """Stream one shard's devices into delivery batches on the delivery queue.
 
@@ -237,7 +281,7 @@ async def run_shard(
             return ShardReport(event_id, shard, busy=True, lease_left=held.lease_left)
         try:
             return await _stream_shard(
-                conn, event_id, shard, claim, queues, settings, time_left=time_left
+                conn, event_id, shard, claim, queues, settings, time_left=time_left, reader=reader
             )
         except BaseException as failure:
             await leases.give_up(_releaser(pool, event_id, shard, settings), failure, lease)
@@ -269,6 +313,7 @@ async def _stream_shard(
     settings: Settings,
     *,
     time_left: Callable[[], float] | None,
+    reader: asyncpg.Pool | None = None,
 ) -> ShardReport:
     """Page through the shard's users from its checkpoint, pack, send, checkpoint; stop
     at a checkpoint that finds the event cancelled or expired."""
@@ -283,6 +328,8 @@ async def _stream_shard(
         batches=claim.batches,
         held_back=Counter(claim.held_back),
     )
+    category = event.notification.get("category")
+    audience = _Audience(category, await store.caps_apply(conn, category=category))
     page_filter = await shard_page_filter(
         conn, event, claim.wave_no, settings, read_before=cursor is not None
     )
@@ -297,7 +344,9 @@ async def _stream_shard(
     async def checkpoint() -> str | None:
         """Record the batches sent and the cursor, renew the lease: this shard is alive.
         Returns why the shard must stop, if it must."""
-        stopped = await _checkpoint(conn, event_id, shard, progress, sent, lease, settings)
+        stopped = await _checkpoint(
+            conn, event_id, shard, progress, sent, audience, lease, settings
+        )
         sent.clear()
         return stopped
 
@@ -305,7 +354,12 @@ async def _stream_shard(
         await checkpoint()  # a stop it finds is seen again at the next page's checkpoint
 
     async def read_page(after: int) -> list[asyncpg.Record]:
-        return await _fetch_page(conn, event, after, claim.hi_user_id, settings, page_filter)
+        hi = claim.hi_user_id
+        if reader is None:
+            return await _fetch_page(conn, event, after, hi, audience, page_filter, settings)
+        # The replica's: a connection per page, so none is held while a page is packed.
+        async with store.acquire(reader) as replica:
+            return await _fetch_page(replica, event, after, hi, audience, page_filter, settings)
 
     stopped = event.stopped
     rows = [] if stopped else await read_page(progress.cursor)
@@ -317,7 +371,7 @@ async def _stream_shard(
         if len(rows) >= settings.page_size:
             next_page = asyncio.create_task(read_page(rows[-1][0]))
         try:
-            _count_held_back(rows, progress)
+            _keep_deferred(rows, progress)
             full, subscribers_in_page = packer.add_rows(rows)
             if subscribers_in_page < settings.page_size:
                 full += packer.flush()
@@ -339,15 +393,19 @@ async def _stream_shard(
                     settings.delivery_backlog_limit, keep_alive=keep_alive
                 )
         if rows and time_left is not None and time_left() < 10.0:
-            return await _yield_shard(conn, queues, event_id, shard, progress, sent, settings)
+            return await _yield_shard(
+                conn, queues, event_id, shard, progress, sent, audience, settings
+            )
     if stopped:
         await _count_unread(conn, event, progress, claim.hi_user_id, stopped)
         log.info(
             "event %d shard %d: stopped (%s) at user %d", event_id, shard, stopped, progress.cursor
         )
-    elif tail := packer.flush():
-        await _send(tail, queues, progress)
-        sent += tail
+    else:
+        if tail := packer.flush():
+            await _send(tail, queues, progress)
+            sent += tail
+        progress.hold_back(packer.take_held_back())  # those after the last batch
     async with conn.transaction():
         await checkpoint()
         await store.lock_event(conn, event_id=event_id)
@@ -367,7 +425,14 @@ async def _stream_shard(
             await store.hold_event_until_next_release(conn, event_id=event_id)
     if fanned_out:  # the last shard: the event may have nothing left open
         await store.finish_event(conn, event_id=event_id)
-    return ShardReport(event_id, shard, progress.recipients, progress.devices, progress.batches)
+    return ShardReport(
+        event_id,
+        shard,
+        progress.recipients,
+        progress.devices,
+        progress.batches,
+        dict(progress.held_back),
+    )
 
 
 async def shard_page_filter(
@@ -399,16 +464,12 @@ async def shard_page_filter(
     )
 
 
-def _count_held_back(rows: list[asyncpg.Record], progress: _Progress) -> None:
-    """Count the page's held-back users by reason (one row each, the fourth column), and
-    keep the deferred ones with the time their window ends (the fifth) to record."""
-    held = Counter(row[3] for row in rows if row[3] is not _NOT_HELD)
-    if held:
-        progress.held_back.update(held)
-        for reason, count in held.items():
-            AUDIENCE_HELD_BACK.labels(reason).inc(count)
-        if held["deferred"]:
-            progress.deferred += [(row[0], row[4]) for row in rows if row[3] == "deferred"]
+def _keep_deferred(rows: list[asyncpg.Record], progress: _Progress) -> None:
+    """Keep the page's users deferred by their quiet hours, with the time their window ends
+    (the fifth column), to record (the packer counts them with the other held back)."""
+    progress.deferred += [
+        (row[0], row[4]) for row in rows if row[3] == "deferred" and row[4] is not None
+    ]
 
 
 async def _record_deferred(conn: asyncpg.Connection, event_id: int, progress: _Progress) -> None:
@@ -434,8 +495,7 @@ async def _count_unread(
             conn, topic_id=event.topic_id, after_user_id=progress.cursor, before_user_id=hi
         )
     if left:
-        progress.held_back[reason] += left
-        AUDIENCE_HELD_BACK.labels(reason).inc(left)
+        progress.hold_back({reason: left})
 
 
 async def _fetch_page(
@@ -443,8 +503,9 @@ async def _fetch_page(
     event: store.Event,
     cursor: int,
     hi: int,
-    settings: Settings,
+    audience: _Audience,
     page_filter: store.PageFilter,
+    settings: Settings,
 ) -> list[asyncpg.Record]:
     if event.user_id is not None:
         return await store.user_recipients(
@@ -452,6 +513,7 @@ async def _fetch_page(
             user_id=event.user_id,
             after_user_id=cursor,
             event_id=event.id,
+            category=audience.category,
             page_filter=page_filter,
         )
     assert event.topic_id is not None
@@ -462,6 +524,7 @@ async def _fetch_page(
         before_user_id=hi,
         limit=settings.page_size,
         event_id=event.id,
+        category=audience.category,
         page_filter=page_filter,
     )
 
@@ -472,6 +535,9 @@ async def _send(batches: list[PackedBatch], queues: Queues, progress: _Progress)
     progress.recipients += sum(b.users for b in batches)
     progress.devices += sum(b.devices for b in batches)
     progress.batches += len(batches)
+    for batch in batches:
+        if batch.held_back:
+            progress.hold_back(batch.held_back)
 
 
 async def _checkpoint(
@@ -479,10 +545,14 @@ async def _checkpoint(
     event_id: int,
     shard: int,
     progress: _Progress,
-    sent: list[PackedBatch],
+    sent: Sequence[PackedBatch],
+    audience: _Audience,
     lease: int,
     settings: Settings,
 ) -> str | None:
+    # A push counts toward the caps once its batch is on the delivery queue (recorded
+    # here, with the batch): bounded, once per user and event, whatever delivery does.
+    counted = [user for b in sent for user in b.user_ids] if audience.record_sends else []
     return await store.checkpoint_shard(
         conn,
         event_id=event_id,
@@ -491,10 +561,12 @@ async def _checkpoint(
         recipients=progress.recipients,
         devices=progress.devices,
         batches=progress.batches,
+        held_back=dict(progress.held_back),
         accepted=sent,
+        category=audience.category,
+        counted_users=counted,
         lease_seconds=lease,
         overdue_after=settings.reconcile_after_seconds,
-        held_back=dict(progress.held_back),
     )
 
 
@@ -505,15 +577,22 @@ async def _yield_shard(
     shard: int,
     progress: _Progress,
     sent: list[PackedBatch],
+    audience: _Audience,
     settings: Settings,
 ) -> ShardReport:
     """Out of time (or the worker is stopping): hand the rest of the shard to a fresh
     message and free the lease, so whoever receives it goes on at once."""
-    await _checkpoint(conn, event_id, shard, progress, sent, 0, settings)
+    await _checkpoint(conn, event_id, shard, progress, sent, audience, 0, settings)
     await queues.fanout.send(FanoutTask(event_id, shard).encode())
     log.info(
         "event %d shard %d: out of time at user %d, re-enqueued", event_id, shard, progress.cursor
     )
     return ShardReport(
-        event_id, shard, progress.recipients, progress.devices, progress.batches, finished=False
+        event_id,
+        shard,
+        progress.recipients,
+        progress.devices,
+        progress.batches,
+        dict(progress.held_back),
+        finished=False,
     )

@@ -6,6 +6,7 @@ they print the same fields with the same types.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, time
 from typing import Any, Literal
 
@@ -103,8 +104,11 @@ async def load_event_status(
     conn: asyncpg.Connection | asyncpg.Pool, event_id: int
 ) -> EventStatus | None:
     row = await store.event_progress(conn, event_id=event_id)
-    if row is None:
-        return None
+    return None if row is None else event_status_from_row(row)
+
+
+def event_status_from_row(row: Mapping[str, Any]) -> EventStatus:
+    """The status from a row of EVENT_PROGRESS's columns (the console's list has them too)."""
     # Devices of batches held back at delivery (cancelled, expired) have their outcome.
     accounted = (
         row["sent"] + row["failed"] + row["invalid"] + row["skipped"] + row["held_back_devices"]

@@ -182,8 +182,13 @@ FROM fanout_shards WHERE event_id = $1 AND shard_no = $2
 # statement: the batches SQS accepted are recorded ('queued', with the range of users to
 # re-read should their message be lost: one row per batch, never per device), and the
 # shard checkpoints its cursor and renews its lease (a shard that checkpoints is alive).
-# A batch re-packed after a crash has the same key and is not recorded twice. Returns why
-# the shard must stop ('cancelled', 'expired') or NULL: the per-page check costs nothing.
+# A batch re-packed after a crash has the same key and is not recorded twice.
+# The recipients held back so far ($14, {reason: count}) are totals, like the others, so
+# a shard resumed from this checkpoint counts nobody twice. The users of the batches
+# ($16; empty unless a frequency cap applies to the event's category $15) are appended
+# to user_sends: these pushes count toward the caps from now on (no index but the
+# table's own: user_sends_by_user and user_sends_by_time are maintained). Returns why the
+# shard must stop ('cancelled', 'expired') or NULL: the per-page check costs nothing.
 CHECKPOINT_SHARD = """
 WITH recorded AS (
     INSERT INTO delivery_batches (event_id, batch_key, attempt, status, devices, shard_no,
@@ -193,11 +198,14 @@ WITH recorded AS (
     FROM unnest($10::text[], $11::integer[], $12::bigint[], $13::bigint[])
          AS b (key, devices, first_user, last_user)
     ON CONFLICT (event_id, batch_key) DO NOTHING
+), counted AS (
+    INSERT INTO user_sends (user_id, event_id, category)
+    SELECT u, $1, $15::text FROM unnest($16::bigint[]) AS u
 )
 UPDATE fanout_shards
-SET cursor_user_id = $3, recipients = $4, devices = $5, batches = $6,
+SET cursor_user_id = $3, recipients = $4, devices = $5, batches = $6, held_back = $14,
     lease_until = now() + make_interval(secs => $7),
-    due_at = now() + make_interval(secs => $7::float8 + $8::float8), held_back = $14
+    due_at = now() + make_interval(secs => $7::float8 + $8::float8)
 WHERE event_id = $1 AND shard_no = $2
 RETURNING (SELECT CASE WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
                        WHEN e.expires_at <= now() THEN 'expired' END
@@ -378,103 +386,217 @@ CASE WHEN d.platform = 'webpush' THEN {_wire_array(WIRE_FIELDS["webpush"])}
 """
 assert WIRE_FIELDS["apns"] == WIRE_FIELDS["fcm"]
 
-# The schedule's part of the page (issue #13), in two named pieces the audience filters
-# sit beside. _WAVE_MEMBERS: which subscribers this shard's wave fans out, inside the
-# subscribers' subquery, so its LIMIT counts only them and nobody else comes back: a local
-# wave's zones ($6, or for the catch-all none of $7; a user's zone is their own or the
-# default $8), a deferred wave's recipients ($9). Both NULL for a whole-audience shard.
-# Index: user_preferences_pkey, deferred_recipients_by_wave (one probe per subscriber).
+# The schedule's part of the page (issue #13), beside the audience rules. Its parameters
+# are named as theirs are: {event}; {zones_in}, {zones_not_in}, {default_zone},
+# {deferred_wave} (the wave a shard fans out); {quiet} (the event's quiet-hours policy),
+# {now} (the instant quiet windows are judged at), {recheck} (read before: a lost batch
+# re-read, a shard resumed).
+#
+# _WAVE_MEMBERS: which subscribers this shard's wave fans out, inside the subscribers'
+# subquery, so its LIMIT counts only them and nobody else comes back: a local wave's
+# zones ({zones_in}, or for the catch-all none of {zones_not_in}; a user's zone is their
+# own or {default_zone}), a deferred wave's recipients ({deferred_wave}). All NULL for a
+# whole-audience shard. Index: user_preferences_pkey, deferred_recipients_by_wave (one
+# probe per subscriber, only for a wave's shard).
 _USER_ZONE = """coalesce(
-    (SELECT p.time_zone FROM user_preferences AS p WHERE p.user_id = sub.user_id), $8)"""
+    (SELECT z.time_zone FROM user_preferences AS z WHERE z.user_id = sub.user_id),
+    {default_zone}::text)"""
 _WAVE_MEMBERS = f"""
-      AND ($6::text[] IS NULL OR {_USER_ZONE} = ANY($6::text[]))
-      AND ($7::text[] IS NULL OR {_USER_ZONE} <> ALL($7::text[]))
-      AND ($9::integer IS NULL OR EXISTS (
+      AND ({{zones_in}}::text[] IS NULL OR {_USER_ZONE} = ANY({{zones_in}}::text[]))
+      AND ({{zones_not_in}}::text[] IS NULL OR {_USER_ZONE} <> ALL({{zones_not_in}}::text[]))
+      AND ({{deferred_wave}}::integer IS NULL OR EXISTS (
           SELECT 1 FROM deferred_recipients AS r
-          WHERE r.event_id = $5 AND r.wave_no = $9 AND r.user_id = sub.user_id))
-"""
-# A user's quiet window at $11 (now) in their own zone (no zone: quiet hours never apply).
-# The window [quiet_start, quiet_end) crosses midnight when it ends before it starts; the
-# same rule as stages/schedule.in_quiet_window, which the tests hold it to.
-_LOCAL_NOW = "($11::timestamptz AT TIME ZONE p.time_zone)"
-_IN_QUIET_WINDOW = f"""(CASE WHEN p.quiet_start <= p.quiet_end
-      THEN {_LOCAL_NOW}::time >= p.quiet_start AND {_LOCAL_NOW}::time < p.quiet_end
-      ELSE {_LOCAL_NOW}::time >= p.quiet_start OR {_LOCAL_NOW}::time < p.quiet_end END)"""
-# When that window ends, as an instant: the next quiet_end on the user's clock (computed
-# for deferred users only).
+          WHERE r.event_id = {{event}}::bigint AND r.wave_no = {{deferred_wave}}::integer
+            AND r.user_id = sub.user_id))"""
+# A user's quiet window at {now} in their own zone (no zone: quiet hours never apply), for
+# preferences aliased {prefs}. The window [quiet_start, quiet_end) crosses midnight when it
+# ends before it starts; the same rule as stages/schedule.in_quiet_window, which the tests
+# hold it to through the nights the clocks change.
+_LOCAL_NOW = "({now}::timestamptz AT TIME ZONE {prefs}.time_zone)"
+_IN_QUIET_WINDOW = f"""(CASE WHEN {{prefs}}.quiet_start <= {{prefs}}.quiet_end
+      THEN {_LOCAL_NOW}::time >= {{prefs}}.quiet_start AND {_LOCAL_NOW}::time < {{prefs}}.quiet_end
+      ELSE {_LOCAL_NOW}::time >= {{prefs}}.quiet_start OR {_LOCAL_NOW}::time < {{prefs}}.quiet_end
+      END)"""
+# When that window ends, as an instant: the next quiet_end on the user's clock.
 _QUIET_WINDOW_END = f"""(({_LOCAL_NOW}::date
-      + CASE WHEN {_LOCAL_NOW}::time < p.quiet_end THEN 0 ELSE 1 END
-      + p.quiet_end) AT TIME ZONE p.time_zone)"""
-# _SCHEDULE_HOLDS: the WHEN arms of the held-back reason (NULL: send) for a subscriber of
-# the page: inside their quiet hours, with the event's policy $10 (defer: recorded in
-# deferred_recipients and sent when the window ends; drop: not sent; ignore: sent). When
-# $12 (a lost batch re-read, a shard resumed from its checkpoint), one deferred already
-# stays deferred whatever the time and the policy: their deferred wave sends to them,
-# nothing else does (a deferred_recipients_pkey probe per subscriber, skipped on a first
-# read).
-_SCHEDULE_HOLDS = f"""
-        WHEN $12 AND EXISTS (
+      + CASE WHEN {_LOCAL_NOW}::time < {{prefs}}.quiet_end THEN 0 ELSE 1 END
+      + {{prefs}}.quiet_end) AT TIME ZONE {{prefs}}.time_zone)"""
+# The schedule's held-back reasons, after the audience rules (an opted-out user is
+# opted_out, not deferred). deferred: inside their quiet hours with the policy 'defer'
+# (recorded in deferred_recipients, sent when the window ends), or, when {recheck}, one
+# deferred already, whatever the time and policy: their deferred wave sends to them,
+# nothing else does (a deferred_recipients_pkey probe, skipped on a first read).
+# quiet_hours: inside them with the policy 'drop'.
+SCHEDULE_RULES: tuple[tuple[str, str], ...] = (
+    (
+        "deferred",
+        """({recheck}::boolean AND EXISTS (
             SELECT 1 FROM deferred_recipients AS r
-            WHERE r.event_id = $5 AND r.user_id = s.user_id
-              AND ($9::integer IS NULL OR r.wave_no IS DISTINCT FROM $9))
-        THEN 'deferred'
-        WHEN $10 <> 'ignore' AND p.time_zone IS NOT NULL AND p.quiet_start IS NOT NULL
-             AND {_IN_QUIET_WINDOW}
-        THEN CASE $10 WHEN 'defer' THEN 'deferred' ELSE 'quiet_hours' END
-"""
+            WHERE r.event_id = {event}::bigint AND r.user_id = sub.user_id
+              AND ({deferred_wave}::integer IS NULL
+                   OR r.wave_no IS DISTINCT FROM {deferred_wave}::integer)))
+        OR ({quiet}::text = 'defer' AND p.time_zone IS NOT NULL AND p.quiet_start IS NOT NULL
+            AND """
+        + _IN_QUIET_WINDOW.replace("{prefs}", "p")
+        + ")",
+    ),
+    (
+        "quiet_hours",
+        """{quiet}::text = 'drop' AND p.time_zone IS NOT NULL AND p.quiet_start IS NOT NULL
+            AND """
+        + _IN_QUIET_WINDOW.replace("{prefs}", "p"),
+    ),
+)
 
 
-def _recipients_page(audience: str) -> str:
-    """The page statement over ``audience``: a subquery of user ids aliased ``sub``, in user
-    order, taking $1-$4 (whom, after, before, how many)."""
+def _schedule_parameters(first: int) -> dict[str, str]:
+    """The schedule's parameters, numbered from ``first``."""
+    names = ("zones_in", "zones_not_in", "default_zone", "deferred_wave", "quiet", "now")
+    numbered = {name: f"${first + i}" for i, name in enumerate(names)}
+    return {**numbered, "recheck": f"${first + len(names)}"}
+
+
+# ---------------------------------------------------------------------------------------
+# Audience rules (issue #13): who of the subscribers read is held back on purpose, and
+# why. The first rule that holds names the reason, so a user both opted out and capped is
+# counted once, as opted_out. Each rule is a condition on the subscriber ``sub.user_id``
+# and their preferences ``p`` (a user_preferences row, all NULL when they have none), with
+# the statement's parameters for the event's topic, id and category written {topic},
+# {event}, {category}. Another rule (quiet hours) goes beside these, in the order its
+# reason should win. A held-back user comes back as one row with NULL device columns and
+# its reason, so the cursor moves past them and the shard counts them at its checkpoint.
+# ---------------------------------------------------------------------------------------
+
+AUDIENCE_RULES: tuple[tuple[str, str], ...] = (
+    # No index of its own: ``p`` is the row the page already probed (user_preferences_pkey).
+    ("opted_out", "p.opted_out OR {category}::text = ANY(p.opted_out_categories)"),
+    # Index: topic_mutes_pkey (user_id, topic_id), one probe per subscriber. A mute whose
+    # until has passed no longer holds anyone back. OFFSET 0 keeps it a probe: without it
+    # PostgreSQL may hash every mute of the topic for each page instead.
+    (
+        "muted",
+        """EXISTS (
+            SELECT 1 FROM topic_mutes AS m
+            WHERE m.user_id = sub.user_id AND m.topic_id = {topic}::bigint
+              AND (m.until IS NULL OR m.until > now())
+            OFFSET 0)""",
+    ),
+    # Index: user_sends_by_user (user_id, sent_at) INCLUDE (category, event_id): per cap
+    # that applies (the ``caps`` CTE, frequency_caps_pkey), an index-only range scan of the
+    # user's sends in the window, stopped at max_sends rows. The window is rolling: a send
+    # exactly window_seconds old no longer counts. The event's own sends never count
+    # against it, so a lost batch re-read later sees what the fan-out saw.
+    (
+        "capped",
+        """EXISTS (
+            SELECT 1 FROM caps AS c
+            WHERE c.max_sends <= (
+                SELECT count(*) FROM (
+                    SELECT 1 FROM user_sends AS r
+                    WHERE r.user_id = sub.user_id
+                      AND r.sent_at > now() - make_interval(secs => c.window_seconds)
+                      AND (c.category = '*' OR r.category = c.category)
+                      AND r.event_id <> {event}::bigint
+                    LIMIT c.max_sends
+                ) AS recent))""",
+    ),
+)
+
+# The frequency caps that apply to the event's category: '*' and its own (a few rows,
+# read once per statement).
+_CAPS = """caps AS MATERIALIZED (
+    SELECT category, max_sends, window_seconds FROM frequency_caps
+    WHERE category = '*' OR category = {category}::text
+)"""
+
+
+def _held_back_reason(**parameters: str) -> str:
+    whens = "\n".join(
+        f"        WHEN {rule.format(**parameters)} THEN '{reason}'"
+        for reason, rule in (*AUDIENCE_RULES, *SCHEDULE_RULES)
+    )
+    return f"CASE\n{whens}\n    END"
+
+
+def _recipients(subscribers: str, **parameters: str) -> str:
+    """Rows (user_id, platform, wire, held_back, release_at) for ``subscribers`` (a query
+    of ``sub.user_id`` in order, with ``{wave_members}`` where a wave's filter goes): a
+    user sent to comes with one row per active device (or one of NULLs without any); a
+    user held back, with one row of NULL device columns and the reason, when they have an
+    active device (else NULL: nobody was kept from anything); a deferred one, with when
+    their quiet window ends (the stage records them with DEFER_RECIPIENTS).
+
+    Index: user_preferences_pkey, probed per subscriber. LATERAL with OFFSET 0 keeps it a
+    probe: a plain join may be planned as a merge or hash join over the whole table. The
+    OFFSET 0 of ``s`` has the rules evaluated once per subscriber: without it PostgreSQL
+    inlined the reason into each place it is used and ran the rules three times. Whether a
+    held-back user has a device is a probe of devices_active_by_user with LIMIT 1, inside
+    the same LATERAL (an EXISTS there was planned as a hash of every active device).
+    """
+    audience = subscribers.format(wave_members=_WAVE_MEMBERS.format(**parameters))
+    release_at = _QUIET_WINDOW_END.replace("{prefs}", "s").format(**parameters)
     return f"""
-SELECT s.user_id, d.platform, d.wire, h.held,
-       CASE WHEN h.held = 'deferred' THEN {_QUIET_WINDOW_END} END AS release_at
-FROM ({audience}
-    {_WAVE_MEMBERS}
-    ORDER BY sub.user_id
-    LIMIT $4
+WITH {_CAPS.format(**parameters)}
+SELECT s.user_id, d.platform, d.wire, d.held_back,
+       CASE WHEN d.held_back = 'deferred' THEN {release_at} END AS release_at
+FROM (
+    SELECT sub.user_id, {_held_back_reason(**parameters)} AS held_back,
+           p.time_zone, p.quiet_end
+    FROM ({audience}) AS sub
+    LEFT JOIN LATERAL (
+        SELECT * FROM user_preferences AS up WHERE up.user_id = sub.user_id OFFSET 0
+    ) AS p ON true
+    OFFSET 0
 ) AS s
 LEFT JOIN LATERAL (
-    SELECT p.time_zone, p.quiet_start, p.quiet_end
-    FROM user_preferences AS p WHERE p.user_id = s.user_id
-    OFFSET 0  -- not pulled up: a merge join read the index from its start on every page
-) AS p ON true
-CROSS JOIN LATERAL (SELECT CASE {_SCHEDULE_HOLDS} END AS held) AS h
-LEFT JOIN LATERAL (
-    SELECT d.platform, {_DEVICE_WIRE} AS wire
+    SELECT d.platform, {_DEVICE_WIRE} AS wire, NULL::text AS held_back
     FROM devices AS d
-    WHERE d.user_id = s.user_id AND d.active AND h.held IS NULL
+    WHERE s.held_back IS NULL AND d.user_id = s.user_id AND d.active
+    UNION ALL
+    (SELECT NULL, NULL, s.held_back
+     FROM devices AS h
+     WHERE s.held_back IS NOT NULL AND h.user_id = s.user_id AND h.active
+     LIMIT 1)
 ) AS d ON true
 ORDER BY s.user_id
 """
 
 
 # Indexes: subscriptions_pkey (index-only range scan, the keyset page: user_id > cursor),
-# then per subscriber an index probe of their preferences (user_preferences_pkey) and of
-# their devices (devices_active_by_user). LATERAL keeps each a nested loop of such probes:
-# with a plain join the planner hash-joined a sequential scan of every device (12 of the
-# 14 ms a page took at 120,000 devices, and growing with the table), and of every user's
-# preferences. The LIMIT applies to subscribers, so a page never splits one user's
-# devices; users without an active device, and users held back (the fourth column says
-# why), come back once with NULLs so that the cursor still moves past them. A deferred
-# user's fifth column is when their window ends; the stage records them with one
-# DEFER_RECIPIENTS per page. (Recording them in this statement, as a data-modifying CTE,
-# made PostgreSQL materialise the page: 1.5-2x the time of a page.)
-TOPIC_RECIPIENTS_PAGE = _recipients_page("""
-    SELECT sub.user_id FROM subscriptions AS sub
-    WHERE sub.topic_id = $1 AND sub.user_id > $2 AND sub.user_id < $3""")
+# then per subscriber the audience rules' probes (above) and an index probe of devices by
+# user (devices_active_by_user). LATERAL keeps it a nested loop of such probes: with a
+# plain join the planner hash-joined a sequential scan of every device (12 of the 14 ms a
+# page took at 120,000 devices, and growing with the table). The LIMIT applies to
+# subscribers, so a page never splits one user's devices; users without an active device
+# come back once with NULLs so that the cursor still moves past them. $5: the event, $6:
+# its category.
+TOPIC_RECIPIENTS_PAGE = _recipients(
+    """SELECT sub.user_id FROM subscriptions AS sub
+    WHERE sub.topic_id = $1 AND sub.user_id > $2 AND sub.user_id < $3 {wave_members}
+    ORDER BY sub.user_id
+    LIMIT $4""",
+    topic="$1",
+    event="$5",
+    category="$6",
+    **_schedule_parameters(7),
+)
 
-# Indexes: users_pkey, then as above. The 1:1 send: one user ($1), the same page (their
-# preferences, quiet hours and wave apply as to a topic's subscriber); nothing once
-# $2 is past them.
-USER_RECIPIENTS = _recipients_page("""
-    SELECT sub.user_id FROM (SELECT u.id AS user_id FROM users AS u WHERE u.id = $1) AS sub
-    WHERE sub.user_id > $2 AND sub.user_id < $3""")
+# Indexes: users_pkey, then as above. The 1:1 send: one user's devices, same columns; no
+# topic, so no mute applies. $3: the event, $4: its category.
+USER_RECIPIENTS = _recipients(
+    """SELECT sub.user_id
+    FROM (SELECT id AS user_id FROM users WHERE id = $1 AND id > $2) AS sub
+    WHERE true {wave_members}""",
+    topic="NULL",
+    event="$3",
+    category="$4",
+    **_schedule_parameters(5),
+)
 
 # Index: deferred_recipients_pkey. A page's deferred users and when each window ends, one
 # statement per page, never a round trip per recipient; a page read again after a crash
-# records nobody twice.
+# records nobody twice. (Recorded in the page statement itself, as a data-modifying CTE,
+# PostgreSQL materialised the page: 1.5-2x the time of a page.)
 DEFER_RECIPIENTS = """
 INSERT INTO deferred_recipients (event_id, user_id, release_at)
 SELECT $1, d.user_id, d.release_at
@@ -556,6 +678,19 @@ SET status = 'done', finished_at = now(), lease_until = NULL, due_at = NULL,
     sent = $3, failed = $4, invalid = $5, skipped = $6, retried = $7, failure_reasons = $8
 WHERE event_id = $1 AND batch_key = $2
 """
+
+# Indexes: subscriptions_pkey, the audience rules' and devices_active_by_user. A batch
+# whose message was lost, re-read from PostgreSQL: its closed range of users, as the
+# fan-out read them, the same users held back (the event's own sends do not count toward
+# its caps). $4: the event, $5: its category.
+BATCH_RECIPIENTS = _recipients(
+    """SELECT sub.user_id FROM subscriptions AS sub
+    WHERE sub.topic_id = $1 AND sub.user_id BETWEEN $2 AND $3 {wave_members}""",
+    topic="$1",
+    event="$4",
+    category="$5",
+    **_schedule_parameters(6),
+)
 
 # Index: devices_pkey. A retry batch re-read from its recorded device ids.
 DEVICES_BY_ID = f"""
@@ -840,3 +975,391 @@ WHERE u.external_id = $1 AND s.topic_id > $2
 ORDER BY s.topic_id
 LIMIT $3
 """
+
+# ---------------------------------------------------------------------------------------
+# Audience controls (issue #13): preferences, mutes, frequency caps
+# ---------------------------------------------------------------------------------------
+
+# Indexes: users_external_id_key, user_preferences_pkey. Bulk and single alike, one
+# statement: $1 is a JSON array of {user_id (external), time_zone, quiet_start, quiet_end,
+# opted_out, opted_out_categories}, each user once (the caller dedupes: ON CONFLICT cannot
+# touch a row twice), the users already created. A user's settings are replaced whole.
+UPSERT_PREFERENCES = """
+INSERT INTO user_preferences (user_id, time_zone, quiet_start, quiet_end, opted_out,
+                              opted_out_categories, updated_at)
+SELECT u.id, x.time_zone, x.quiet_start, x.quiet_end, coalesce(x.opted_out, false),
+       coalesce(x.opted_out_categories, '{}'), now()
+FROM jsonb_to_recordset($1::jsonb) AS x (user_id text, time_zone text, quiet_start time,
+                                         quiet_end time, opted_out boolean,
+                                         opted_out_categories text[])
+JOIN users AS u ON u.external_id = x.user_id
+ON CONFLICT (user_id) DO UPDATE
+SET time_zone = EXCLUDED.time_zone, quiet_start = EXCLUDED.quiet_start,
+    quiet_end = EXCLUDED.quiet_end, opted_out = EXCLUDED.opted_out,
+    opted_out_categories = EXCLUDED.opted_out_categories, updated_at = now()
+"""
+
+# Indexes: users_external_id_key, user_preferences_pkey, topic_mutes_pkey (its user_id
+# leads). A user's settings (NULL columns when none are set: the defaults) and their mutes
+# still in force; no row for an unknown user.
+USER_PREFERENCES = """
+SELECT p.time_zone, p.quiet_start, p.quiet_end, coalesce(p.opted_out, false) AS opted_out,
+       coalesce(p.opted_out_categories, '{}') AS opted_out_categories,
+       coalesce((
+           SELECT jsonb_agg(jsonb_build_object('topic', t.key, 'until', m.until)
+                            ORDER BY t.key)
+           FROM topic_mutes AS m JOIN topics AS t ON t.id = m.topic_id
+           WHERE m.user_id = u.id AND (m.until IS NULL OR m.until > now())
+       ), '[]'::jsonb) AS mutes
+FROM users AS u
+LEFT JOIN user_preferences AS p ON p.user_id = u.id
+WHERE u.external_id = $1
+"""
+
+# Index: topic_mutes_pkey. Muting again moves until (NULL: until unmuted).
+MUTE_TOPIC = """
+INSERT INTO topic_mutes (user_id, topic_id, until) VALUES ($1, $2, $3)
+ON CONFLICT (user_id, topic_id) DO UPDATE SET until = EXCLUDED.until, created_at = now()
+"""
+
+# Indexes: topics_key_key, users_external_id_key, topic_mutes_pkey.
+UNMUTE_TOPIC = """
+DELETE FROM topic_mutes AS m
+USING topics AS t, users AS u
+WHERE t.key = $1 AND u.external_id = $2 AND m.topic_id = t.id AND m.user_id = u.id
+"""
+
+# Index: frequency_caps_pkey.
+PUT_FREQUENCY_CAP = """
+INSERT INTO frequency_caps (category, max_sends, window_seconds) VALUES ($1, $2, $3)
+ON CONFLICT (category) DO UPDATE
+SET max_sends = EXCLUDED.max_sends, window_seconds = EXCLUDED.window_seconds,
+    updated_at = now()
+RETURNING (xmax = 0) AS created
+"""
+
+# Index: frequency_caps_pkey.
+DELETE_FREQUENCY_CAP = "DELETE FROM frequency_caps WHERE category = $1"
+
+LIST_FREQUENCY_CAPS = """
+SELECT category, max_sends, window_seconds, updated_at FROM frequency_caps ORDER BY category
+"""
+
+# Index: frequency_caps_pkey. Whether the fan-out of an event of this category must record
+# its sends in user_sends (read once per shard).
+CAPS_APPLY = """
+SELECT EXISTS (SELECT 1 FROM frequency_caps WHERE category = '*' OR category = $1::text)
+"""
+
+# Index: user_sends_by_time (BRIN). Up to $1 sends older than the longest cap's window (all
+# of them when no cap is set): they can no longer count. Run by the reconciler.
+PRUNE_USER_SENDS = """
+DELETE FROM user_sends
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM user_sends
+    WHERE sent_at < now() - make_interval(
+        secs => (SELECT coalesce(max(window_seconds), 0) FROM frequency_caps))
+    LIMIT $1
+))
+"""
+
+# Seeding the demo's and the benchmark's preferences (server-side, as SEED_USERS): users
+# $1..$2 get a time zone from $5, and by their id modulo 100: [0, $3) opted out of
+# everything, [$3, $3 + $4) quiet hours around the present hour in their zone (from an
+# hour ago to two hours on, crossing midnight where it falls), [$6, $6 + $7) opted out of
+# category $8.
+SEED_PREFERENCES = """
+INSERT INTO user_preferences (user_id, time_zone, quiet_start, quiet_end, opted_out,
+                              opted_out_categories)
+SELECT u.id, z.zone,
+       CASE WHEN q.quiet THEN z.hour - interval '1 hour' END,
+       CASE WHEN q.quiet THEN z.hour + interval '2 hours' END,
+       u.id % 100 < $3,
+       CASE WHEN u.id % 100 >= $6 AND u.id % 100 < $6 + $7 THEN ARRAY[$8::text]
+            ELSE '{}' END
+FROM users AS u
+CROSS JOIN LATERAL (
+    SELECT zone, date_trunc('hour', (now() AT TIME ZONE zone)::time)::time AS hour
+    FROM (SELECT ($5::text[])[1 + u.id % cardinality($5::text[])] AS zone) AS picked
+) AS z
+CROSS JOIN LATERAL (SELECT u.id % 100 >= $3 AND u.id % 100 < $3 + $4 AS quiet) AS q
+WHERE u.id BETWEEN $1 AND $2
+ON CONFLICT (user_id) DO NOTHING
+"""
+
+# Seeding mutes: of users $1..$2, those whose id modulo 100 falls in [$3, $3 + $5) mute
+# topic $4, half of them until an hour from now (still in force).
+SEED_MUTES = """
+INSERT INTO topic_mutes (user_id, topic_id, until)
+SELECT u.id, $4, CASE WHEN u.id % 2 = 0 THEN now() + interval '1 hour' END
+FROM users AS u
+WHERE u.id BETWEEN $1 AND $2 AND u.id % 100 >= $3 AND u.id % 100 < $3 + $5
+ON CONFLICT DO NOTHING
+"""
+
+# Seeding pushes already sent: users $1..$2 whose id modulo 100 falls in [$3, $3 + $4)
+# got $5 pushes of category $6 (NULL: none) an hour ago, as an earlier event $7 would
+# have recorded them.
+SEED_USER_SENDS = """
+INSERT INTO user_sends (user_id, event_id, category, sent_at)
+SELECT u.id, $7, $6::text, now() - interval '1 hour'
+FROM users AS u CROSS JOIN generate_series(1, $5::integer)
+WHERE u.id BETWEEN $1 AND $2 AND u.id % 100 >= $3 AND u.id % 100 < $3 + $4
+"""
+
+# ---------------------------------------------------------------------------------------
+# Provider quotas (providers/quota.py): a token bucket per credential, leased in slices
+# ---------------------------------------------------------------------------------------
+
+# Index: provider_quotas_pkey. quota.grant() in one atomic statement: refill the bucket
+# ($3 tokens/s, at most $4) from updated_at to now ($5, the caller's clock), then take up
+# to $2 whole tokens, none while paused. A new credential starts full. SET's expressions
+# all read the row as it was, so the refilled amount is written out in each.
+LEASE_QUOTA = """
+INSERT INTO provider_quotas AS q (credential, tokens, updated_at, last_grant)
+VALUES ($1, $4 - LEAST($2, floor($4)), $5, LEAST($2, floor($4)))
+ON CONFLICT (credential) DO UPDATE SET
+    last_grant = CASE WHEN q.paused_until > $5 THEN 0 ELSE
+        LEAST($2, floor(LEAST($4, q.tokens + GREATEST(0, $5 - q.updated_at) * $3))) END,
+    tokens = LEAST($4, q.tokens + GREATEST(0, $5 - q.updated_at) * $3)
+        - CASE WHEN q.paused_until > $5 THEN 0 ELSE
+            LEAST($2, floor(LEAST($4, q.tokens + GREATEST(0, $5 - q.updated_at) * $3))) END,
+    updated_at = GREATEST(q.updated_at, $5)
+RETURNING last_grant AS granted, tokens AS tokens_left, paused_until
+"""
+
+# Index: provider_quotas_pkey. A 429's Retry-After: no lease grants anything before $2.
+PAUSE_QUOTA = """
+INSERT INTO provider_quotas AS q (credential, tokens, updated_at, paused_until)
+VALUES ($1, 0, $2, $2)
+ON CONFLICT (credential) DO UPDATE SET paused_until = GREATEST(q.paused_until, $2)
+"""
+
+# ---------------------------------------------------------------------------------------
+# Per-device failures and the operator console (api/console/). The delivery stage adds one
+# statement per batch (RECORD_BATCH_DETAIL, in the transaction that finishes it); the rest
+# are the console's reads, a few per page, none per device sent to.
+# ---------------------------------------------------------------------------------------
+
+# Indexes: delivery_batches_pkey; delivery_failures_by_device, delivery_failures_at. A row per
+# device the batch did not send to, as columns ($4..$7), and its outcomes per platform ($3).
+RECORD_BATCH_DETAIL = """
+WITH failures AS (
+    INSERT INTO delivery_failures (event_id, batch_key, device_id, platform, outcome, reason)
+    SELECT $1, $2, f.device_id, f.platform, f.outcome, f.reason
+    FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[])
+         AS f (device_id, platform, outcome, reason)
+)
+UPDATE delivery_batches SET outcomes = $3 WHERE event_id = $1 AND batch_key = $2
+"""
+
+# EVENT_LIST reads each event's counts with EVENT_PROGRESS itself, so the console shows the
+# very numbers `GET /v1/events/{id}` does.
+assert EVENT_PROGRESS.count("$1") == 1
+
+# Indexes: events_pkey (newest first), events_by_topic with a topic ($1), then
+# EVENT_PROGRESS's per event. $2: one status; $3: one event; $4: how many.
+EVENT_LIST = f"""
+SELECT p.*, t.key AS topic, u.external_id AS user_external_id,
+       picked.notification ->> 'title' AS title
+FROM (
+    SELECT id, topic_id, user_id, notification FROM events
+    WHERE ($1::text IS NULL OR topic_id = (SELECT id FROM topics WHERE key = $1))
+      AND ($2::text IS NULL OR status = $2)
+      AND ($3::bigint IS NULL OR id = $3)
+    ORDER BY id DESC
+    LIMIT $4
+) AS picked
+CROSS JOIN LATERAL ({EVENT_PROGRESS.replace("$1", "picked.id")}) AS p
+LEFT JOIN topics AS t ON t.id = picked.topic_id
+LEFT JOIN users AS u ON u.id = picked.user_id
+ORDER BY picked.id DESC
+"""
+
+# Index: delivery_batches_pkey. Devices sent (and not sent) per interval of $2 seconds after
+# the event was published, by when their batch's outcome was recorded.
+EVENT_THROUGHPUT = """
+SELECT extract(epoch FROM date_bin(make_interval(secs => $2), b.finished_at, e.created_at)
+                          - e.created_at)::float8 AS offset_seconds,
+       sum(b.sent)::bigint AS sent, sum(b.failed + b.invalid + b.skipped)::bigint AS not_sent
+FROM delivery_batches AS b
+JOIN events AS e ON e.id = b.event_id
+WHERE b.event_id = $1 AND b.status = 'done' AND b.finished_at IS NOT NULL
+GROUP BY 1
+ORDER BY 1
+"""
+
+# Index: delivery_batches_pkey. Seconds from publication to a batch's recorded outcome, at
+# each fraction in $2, weighted by the devices each batch sent: the latency of a push to
+# its provider's acceptance, to within the time a batch takes to record.
+EVENT_LATENCY_PERCENTILES = """
+WITH batches AS (
+    SELECT extract(epoch FROM b.finished_at - e.created_at)::float8 AS seconds, b.sent
+    FROM delivery_batches AS b
+    JOIN events AS e ON e.id = b.event_id
+    WHERE b.event_id = $1 AND b.status = 'done' AND b.sent > 0
+), running AS (
+    SELECT seconds, sum(sent) OVER (ORDER BY seconds ROWS UNBOUNDED PRECEDING) AS upto,
+           sum(sent) OVER () AS total
+    FROM batches
+)
+SELECT q.fraction, (SELECT min(seconds) FROM running WHERE upto >= q.fraction * total) AS seconds
+FROM unnest($2::float8[]) AS q (fraction)
+"""
+
+# Index: delivery_batches_pkey. Devices per (platform, outcome), from each batch's outcomes.
+EVENT_OUTCOMES_BY_PLATFORM = """
+SELECT p.key AS platform, o.key AS outcome, sum(o.value::bigint)::bigint AS devices
+FROM delivery_batches AS b, jsonb_each(b.outcomes) AS p, jsonb_each_text(p.value) AS o
+WHERE b.event_id = $1 AND b.outcomes IS NOT NULL
+GROUP BY 1, 2
+ORDER BY 1, 2
+"""
+
+# Index: delivery_failures_by_device (the event leads). The most common answers, $2 of them.
+EVENT_FAILURES_BY_REASON = """
+SELECT platform, outcome, reason, count(*) AS devices
+FROM delivery_failures
+WHERE event_id = $1
+GROUP BY 1, 2, 3
+ORDER BY devices DESC, platform, outcome
+LIMIT $2
+"""
+
+# Index: delivery_failures_by_device (the event leads). Devices of one outcome ($2), $3 of them.
+EVENT_DEVICE_FAILURES = """
+SELECT device_id, batch_key, platform, outcome, reason, at
+FROM delivery_failures
+WHERE event_id = $1 AND outcome = $2
+ORDER BY at, device_id
+LIMIT $3
+"""
+
+# Index: fanout_shards_pkey.
+EVENT_SHARDS = """
+SELECT shard_no, lo_user_id, hi_user_id, status, cursor_user_id, attempts, resends,
+       recipients, devices, batches, finished_at, last_error
+FROM fanout_shards
+WHERE event_id = $1
+ORDER BY shard_no
+LIMIT $2
+"""
+
+# Index: delivery_batches_pkey.
+EVENT_BATCH_SUMMARY = """
+SELECT count(*) FILTER (WHERE status = 'done') AS done,
+       count(*) FILTER (WHERE status = 'running') AS running,
+       count(*) FILTER (WHERE status = 'queued') AS queued,
+       count(*) FILTER (WHERE attempt > 0) AS retry_batches,
+       coalesce(sum(retried), 0)::bigint AS retried_devices,
+       count(*) FILTER (WHERE resends > 0) AS resent,
+       count(*) FILTER (WHERE status = 'done' AND outcomes IS NULL) AS without_detail
+FROM delivery_batches
+WHERE event_id = $1
+"""
+
+# Index: delivery_batches_pkey. Open batches first, then the latest finished; $2 of them.
+EVENT_BATCHES = """
+SELECT batch_key, attempt, status, devices, sent, failed, invalid, skipped, retried,
+       started_at, finished_at, resends, last_error
+FROM delivery_batches
+WHERE event_id = $1
+ORDER BY status = 'done', finished_at DESC NULLS FIRST, batch_key
+LIMIT $2
+"""
+
+# Index: users_external_id_key.
+USER_BY_EXTERNAL_ID = "SELECT id, external_id FROM users WHERE external_id = $1"
+
+# Index: devices_pkey.
+DEVICE_OWNER = """
+SELECT u.id, u.external_id FROM devices AS d JOIN users AS u ON u.id = d.user_id WHERE d.id = $1
+"""
+
+# Index: devices_by_user. Every device of the user, active or not (never the token).
+USER_DEVICE_HISTORY = """
+SELECT id, platform, locale, active, created_at, deactivated_at, deactivated_reason
+FROM devices
+WHERE user_id = $1
+ORDER BY id
+"""
+
+# Index: delivery_batches_pkey (the event's few batches per million devices): the fan-out
+# batches whose closed range of users holds user $2, and the retry batches naming any of
+# the devices $3. A batch the delivery claimed before the fan-out's checkpoint recorded it
+# has no range in its row; its key names it (s<shard>:<first>-<last>, batching.users_of_key).
+BATCHES_CARRYING = r"""
+SELECT batch_key, attempt, status, devices, sent, failed, invalid, skipped, retried,
+       started_at, finished_at, (outcomes IS NOT NULL) AS detailed, device_ids,
+       failure_reasons
+FROM delivery_batches
+WHERE event_id = $1
+  AND ((coalesce(first_user_id, substring(batch_key FROM '^s\d+:(\d+)-\d+$')::bigint) <= $2
+        AND coalesce(last_user_id, substring(batch_key FROM '^s\d+:\d+-(\d+)$')::bigint) >= $2)
+       OR device_ids && $3::bigint[])
+ORDER BY attempt, batch_key
+"""
+
+# Index: fanout_shards_pkey (the event leads; its few shards are checked).
+SHARD_OF_USER = """
+SELECT shard_no, status, cursor_user_id
+FROM fanout_shards
+WHERE event_id = $1 AND lo_user_id <= $2 AND hi_user_id > $2
+"""
+
+# Index: delivery_failures_by_device.
+DEVICES_FAILURES = """
+SELECT device_id, batch_key, platform, outcome, reason, at
+FROM delivery_failures
+WHERE event_id = $1 AND device_id = ANY($2::bigint[])
+ORDER BY at, batch_key
+"""
+
+# Index: delivery_batches_finished. Devices per (platform, outcome) in batches recorded in
+# the last $1 seconds, across events.
+RECENT_OUTCOMES_BY_PLATFORM = """
+SELECT p.key AS platform, o.key AS outcome, sum(o.value::bigint)::bigint AS devices
+FROM delivery_batches AS b, jsonb_each(b.outcomes) AS p, jsonb_each_text(p.value) AS o
+WHERE b.finished_at > now() - make_interval(secs => $1) AND b.outcomes IS NOT NULL
+GROUP BY 1, 2
+"""
+
+# Index: delivery_failures_at (BRIN). The last $1 seconds' answers other than ok, $2 of them.
+RECENT_FAILURES_BY_REASON = """
+SELECT platform, outcome, reason, count(*) AS devices
+FROM delivery_failures
+WHERE at > now() - make_interval(secs => $1)
+GROUP BY 1, 2, 3
+ORDER BY devices DESC
+LIMIT $2
+"""
+
+# Indexes: events_due, delivery_batches_open. How long the oldest work has waited for a
+# worker: events not yet fanning out, batches recorded queued and not yet claimed.
+OLDEST_WAITING = """
+SELECT (SELECT min(created_at) FROM events
+        WHERE due_at IS NOT NULL AND status IN ('pending', 'enqueued')) AS oldest_event,
+       (SELECT min(started_at) FROM delivery_batches
+        WHERE status <> 'done' AND status = 'queued') AS oldest_batch,
+       now() AS now
+"""
+
+# Index: console_sessions_pkey. $3 hours.
+INSERT_CONSOLE_SESSION = """
+INSERT INTO console_sessions (token_hash, api_key_id, expires_at)
+VALUES ($1, $2, now() + make_interval(hours => $3::integer))
+"""
+
+# Indexes: console_sessions_pkey, api_keys_pkey. A live session of a live key.
+CONSOLE_SESSION_KEY = """
+SELECT k.id, k.key_id, k.scopes, k.name
+FROM console_sessions AS s
+JOIN api_keys AS k ON k.id = s.api_key_id
+WHERE s.token_hash = $1 AND s.expires_at > now() AND k.revoked_at IS NULL
+"""
+
+# Index: console_sessions_pkey.
+DELETE_CONSOLE_SESSION = "DELETE FROM console_sessions WHERE token_hash = $1"
+
+# Index: console_sessions_expiry. Run at each sign-in.
+DELETE_EXPIRED_CONSOLE_SESSIONS = "DELETE FROM console_sessions WHERE expires_at < now()"

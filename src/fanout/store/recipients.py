@@ -1,7 +1,9 @@
 """Recipients: users and their active devices, as delivery batches carry them.
 
-Every read returns rows of ``(user_id, platform, wire)``, ``wire`` being the device's
-JSON array already written by PostgreSQL (NULL for a user without an active device).
+Every read returns rows of ``(user_id, platform, wire, held_back)``, ``wire`` being the
+device's JSON array already written by PostgreSQL (NULL for a user without an active
+device, and for one the audience rules hold back: then ``held_back`` names the reason).
+Each read applies the rules for the event ``event_id`` of category ``category``.
 The rows are the asyncpg Records themselves, handed to the batch packer as they come:
 this is the fan-out's hot path, and nothing is done per row in Python on the way.
 
@@ -34,6 +36,18 @@ class PageFilter:
     # Read again (a lost batch, a resumed shard): users deferred before stay deferred.
     recheck_deferred: bool = False
 
+    def parameters(self, at: datetime | None) -> tuple[object, ...]:
+        """The statement's schedule parameters, in queries._schedule_parameters' order."""
+        return (
+            None if self.zones_in is None else list(self.zones_in),
+            None if self.zones_not_in is None else list(self.zones_not_in),
+            self.default_zone,
+            self.deferred_wave,
+            self.quiet_hours,
+            at or datetime.now(UTC),
+            self.recheck_deferred,
+        )
+
 
 async def topic_recipients_page(
     conn: asyncpg.Connection,
@@ -42,7 +56,8 @@ async def topic_recipients_page(
     after_user_id: int,
     before_user_id: int,
     limit: int,
-    event_id: int = 0,
+    event_id: int,
+    category: str | None,
     page_filter: PageFilter = PageFilter(),  # frozen: one default shared safely
     at: datetime | None = None,
 ) -> list[asyncpg.Record]:
@@ -58,13 +73,8 @@ async def topic_recipients_page(
         before_user_id,
         limit,
         event_id,
-        page_filter.zones_in,
-        page_filter.zones_not_in,
-        page_filter.default_zone,
-        page_filter.deferred_wave,
-        page_filter.quiet_hours,
-        at or datetime.now(UTC),
-        page_filter.recheck_deferred,
+        category,
+        *page_filter.parameters(at),
     )
     return rows
 
@@ -86,7 +96,8 @@ async def user_recipients(
     *,
     user_id: int,
     after_user_id: int,
-    event_id: int = 0,
+    event_id: int,
+    category: str | None,
     page_filter: PageFilter = PageFilter(),  # frozen: one default shared safely
     at: datetime | None = None,
 ) -> list[asyncpg.Record]:
@@ -97,21 +108,36 @@ async def user_recipients(
         queries.USER_RECIPIENTS,
         user_id,
         after_user_id,
-        _NO_USER_AFTER,
-        1,
         event_id,
-        page_filter.zones_in,
-        page_filter.zones_not_in,
-        page_filter.default_zone,
-        page_filter.deferred_wave,
-        page_filter.quiet_hours,
-        at or datetime.now(UTC),
-        page_filter.recheck_deferred,
+        category,
+        *page_filter.parameters(at),
     )
     return rows
 
 
-_NO_USER_AFTER = 2**63 - 1
+async def batch_recipients(
+    conn: asyncpg.Connection,
+    *,
+    topic_id: int,
+    first_user_id: int,
+    last_user_id: int,
+    event_id: int,
+    category: str | None,
+    page_filter: PageFilter = PageFilter(),  # frozen: one default shared safely
+) -> list[asyncpg.Record]:
+    """A lost batch re-read: the topic's subscribers from ``first_user_id`` to
+    ``last_user_id`` (both included) with their devices, filtered as the fan-out's page
+    (``BATCH_RECIPIENTS``)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        queries.BATCH_RECIPIENTS,
+        topic_id,
+        first_user_id,
+        last_user_id,
+        event_id,
+        category,
+        *page_filter.parameters(None),
+    )
+    return rows
 
 
 async def devices_by_id(

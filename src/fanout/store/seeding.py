@@ -66,3 +66,75 @@ async def seed_devices(
         list(platforms),
     )
     return SeededIds(row["first_id"], row["last_id"], row["devices"])
+
+
+async def seed_preferences(
+    conn: asyncpg.Connection,
+    *,
+    first_user_id: int,
+    last_user_id: int,
+    opted_out_percent: int,
+    quiet_now_percent: int,
+    time_zones: Sequence[str],
+    category_from_percent: int,
+    category_percent: int,
+    category: str,
+) -> None:
+    """Give users ``first_user_id`` to ``last_user_id`` a time zone from ``time_zones``; by
+    user id modulo 100, the first ``opted_out_percent`` opted out, the next
+    ``quiet_now_percent`` with quiet hours around the present hour in their zone, and
+    ``category_percent`` from ``category_from_percent`` opted out of ``category``
+    (``SEED_PREFERENCES``)."""
+    await conn.execute(
+        queries.SEED_PREFERENCES,
+        first_user_id,
+        last_user_id,
+        opted_out_percent,
+        quiet_now_percent,
+        list(time_zones),
+        category_from_percent,
+        category_percent,
+        category,
+    )
+
+
+async def seed_mutes(
+    conn: asyncpg.Connection,
+    *,
+    first_user_id: int,
+    last_user_id: int,
+    from_percent: int,
+    topic_id: int,
+    percent: int,
+) -> None:
+    """Of users ``first_user_id`` to ``last_user_id``, ``percent`` of them (by id modulo
+    100, from ``from_percent``) mute the topic, half for an hour (``SEED_MUTES``)."""
+    await conn.execute(
+        queries.SEED_MUTES, first_user_id, last_user_id, from_percent, topic_id, percent
+    )
+
+
+async def seed_user_sends(
+    conn: asyncpg.Connection,
+    *,
+    first_user_id: int,
+    last_user_id: int,
+    from_percent: int,
+    percent: int,
+    sends: int,
+    category: str | None,
+    event_id: int,
+) -> None:
+    """Record ``sends`` pushes of ``category`` an hour ago, as by event ``event_id``, for
+    ``percent`` of users ``first_user_id`` to ``last_user_id`` (by id modulo 100, from
+    ``from_percent``) (``SEED_USER_SENDS``)."""
+    await conn.execute(
+        queries.SEED_USER_SENDS,
+        first_user_id,
+        last_user_id,
+        from_percent,
+        percent,
+        sends,
+        category,
+        event_id,
+    )

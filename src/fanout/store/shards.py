@@ -165,14 +165,17 @@ async def checkpoint_shard(
     recipients: int,
     devices: int,
     batches: int,
+    held_back: dict[str, int],
     accepted: Sequence[AcceptedBatch],
+    category: str | None,
+    counted_users: Sequence[int],
     lease_seconds: float,
     overdue_after: float,
-    held_back: dict[str, int] | None = None,
 ) -> str | None:
     """In one statement, record the batches SQS ``accepted`` since the last checkpoint
-    (each due ``overdue_after`` seconds on), and move the shard's cursor and totals
-    (``held_back``: recipients filtered out, by reason) on and renew its lease for
+    (each due ``overdue_after`` seconds on) and the pushes of ``category`` to
+    ``counted_users`` that the frequency caps count, and move the shard's cursor and
+    totals (``held_back``: recipients filtered out, by reason) on and renew its lease for
     ``lease_seconds`` (due ``overdue_after`` after it ends). Returns why the shard must
     stop, 'cancelled' or 'expired', or None (``CHECKPOINT_SHARD``)."""
     stopped: str | None = await conn.fetchval(
@@ -190,7 +193,9 @@ async def checkpoint_shard(
         [b.devices for b in accepted],
         [b.first_user for b in accepted],
         [b.last_user for b in accepted],
-        held_back or {},
+        held_back,
+        category,
+        counted_users,
     )
     return stopped
 
@@ -203,11 +208,11 @@ async def finish_shard(
     recipients: int,
     devices: int,
     batches: int,
-    held_back: dict[str, int] | None = None,
+    held_back: dict[str, int],
 ) -> None:
     """Mark the shard done with its final totals (``FINISH_SHARD``)."""
     await conn.execute(
-        queries.FINISH_SHARD, event_id, shard, recipients, devices, batches, held_back or {}
+        queries.FINISH_SHARD, event_id, shard, recipients, devices, batches, held_back
     )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import re
 import secrets
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -15,6 +17,35 @@ from fanout.local.emulators.base import Emulator, Receive, Scope, Send, header, 
 _SEND = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
 
 
+class RequestRate:
+    """FCM's quota as the emulator keeps it: 429 above ``rate`` sends a second.
+
+    A bucket of one second's sends, refilled continuously; deliberately its own code, not
+    fanout's ``ratelimit``/``quota``, so a bench measures fanout against an independent
+    meter. Counts what it accepted and refused, per wall-clock second.
+    """
+
+    def __init__(self, rate: float, *, retry_after: float = 1.0) -> None:
+        self.rate = rate
+        self.retry_after = retry_after
+        self._tokens = rate
+        self._updated = time.monotonic()
+        self.accepted: collections.Counter[int] = collections.Counter()
+        self.refused: collections.Counter[int] = collections.Counter()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.rate, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        second = int(time.time())
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self.accepted[second] += 1
+            return True
+        self.refused[second] += 1
+        return False
+
+
 class FcmEmulator(Emulator):
     def __init__(self, *, project_id: str, client_email: str, public_key: Any) -> None:
         super().__init__()
@@ -24,6 +55,12 @@ class FcmEmulator(Emulator):
         self.issued_tokens: set[str] = set()
         self.token_requests = 0
         self.base_url = ""  # set once served: the token endpoint's audience
+        self.quota: RequestRate | None = None  # limit_rate(): 429 above a rate
+
+    def limit_rate(self, per_second: float, *, retry_after: float = 1.0) -> RequestRate:
+        """Answer 429 (QUOTA_EXCEEDED, Retry-After) to sends above ``per_second``."""
+        self.quota = RequestRate(per_second, retry_after=retry_after)
+        return self.quota
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,6 +86,14 @@ class FcmEmulator(Emulator):
             collapse_key = str(message.get("android", {}).get("collapse_key", ""))
         except (orjson.JSONDecodeError, KeyError, TypeError):
             await respond(send, 400, _error(400, "INVALID_ARGUMENT", "bad message"))
+            return
+        if self.quota is not None and not self.quota.allow():
+            await respond(
+                send,
+                429,
+                _error(429, "RESOURCE_EXHAUSTED", "quota exceeded", "QUOTA_EXCEEDED"),
+                {"retry-after": f"{self.quota.retry_after:g}"},
+            )
             return
         if (forced := self.forced(token)) is not None:
             status, answer, headers = forced

@@ -77,12 +77,20 @@ class _Pool:
         """A connection with a free stream, once there is one."""
         openings = 0
         while True:
-            if self.opening is not None and not self.connections:
-                openings += 1
-                if openings > ATTEMPTS:  # each one closed (GOAWAY) as soon as it opened
-                    where = f"{self.host}:{self.port}"
-                    raise H2Error(f"no connection to {where} stayed open", unsent=True)
-                await asyncio.shield(self.opening)  # raises what stopped it opening
+            opening = self.opening
+            if opening is not None and not self.connections:
+                if opening.done():
+                    # Opened, but its done-callback (_opened) has not run yet: awaiting a
+                    # done task does not yield, so without this a burst of senders spun
+                    # through ATTEMPTS here and failed one request on every new client.
+                    await asyncio.sleep(0)
+                    opening.result()  # raises what stopped it opening
+                else:
+                    openings += 1
+                    if openings > ATTEMPTS:  # each one closed (GOAWAY) as soon as it opened
+                        where = f"{self.host}:{self.port}"
+                        raise H2Error(f"no connection to {where} stayed open", unsent=True)
+                    await asyncio.shield(opening)  # raises what stopped it opening
             else:
                 waiter = asyncio.get_running_loop().create_future()
                 self.waiters.append(waiter)

@@ -1,0 +1,374 @@
+"""What each console page shows, read from PostgreSQL (and SQS for the queues page).
+
+The routes (pages.py) only check access and render; the reading and the reasoning
+(a device's outcome from its batches and failure rows) are here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from prometheus_client import REGISTRY
+
+from fanout import store
+from fanout.queue.admin import DeadLetter, QueueDepth, peek_dead_letters, queue_depths
+from fanout.queue.messages import DeliveryBatch, FanoutTask, PoisonMessage, decode
+from fanout.queue.sqs import Queues
+from fanout.stages.progress import EventStatus, event_status_from_row
+
+LIST_LIMIT = 50
+TABLE_LIMIT = 100
+# Fractions of the devices sent, for the latency percentiles.
+PERCENTILES = (0.5, 0.9, 0.99, 1.0)
+# Points on the throughput chart, at most: the bucket widens with the event's duration.
+CHART_POINTS = 120
+OUTCOMES = ("sent", "invalid", "failed", "retried", "skipped")
+_RATE_LIMITED = re.compile(r": 429\b")
+
+
+@dataclass(frozen=True)
+class EventRow:
+    status: EventStatus
+    topic: str | None
+    user: str | None
+    title: str | None
+    last_push_at: datetime | None
+
+    @property
+    def audience(self) -> str:
+        return f"topic {self.topic}" if self.topic else f"user {self.user}"
+
+    @property
+    def done(self) -> int:
+        s = self.status
+        return s.sent + s.failed + s.invalid + s.skipped
+
+    @property
+    def publish_to_last_push(self) -> float | None:
+        """Seconds from publication to the last batch's recorded outcome."""
+        if self.last_push_at is None:
+            return None
+        return (self.last_push_at - self.status.started_at).total_seconds()
+
+
+def _event_row(row: asyncpg.Record) -> EventRow:
+    return EventRow(
+        status=event_status_from_row(row),
+        topic=row["topic"],
+        user=row["user_external_id"],
+        title=row["title"],
+        last_push_at=row["last_finished_at"],
+    )
+
+
+async def event_rows(
+    pool: asyncpg.Pool, *, topic: str | None, status: str | None, event_id: int | None = None
+) -> list[EventRow]:
+    rows = await store.list_events(
+        pool, topic=topic, status=status, event_id=event_id, limit=LIST_LIMIT
+    )
+    return [_event_row(row) for row in rows]
+
+
+async def one_event(pool: asyncpg.Pool, event_id: int) -> EventRow | None:
+    rows = await event_rows(pool, topic=None, status=None, event_id=event_id)
+    return rows[0] if rows else None
+
+
+@dataclass
+class EventDetail:
+    """Everything of one event that changes while it runs (the page's live part)."""
+
+    event: EventRow
+    latency: dict[float, float | None]
+    by_platform: dict[str, dict[str, int]]
+    reasons: list[asyncpg.Record]
+    shards: list[asyncpg.Record]
+    batches: store.BatchSummary
+    batch_rows: list[asyncpg.Record]
+    retired: list[asyncpg.Record]
+
+
+async def event_detail(pool: asyncpg.Pool, event: EventRow) -> EventDetail:
+    event_id = event.status.event_id
+    by_platform: dict[str, dict[str, int]] = {}
+    for row in await store.event_outcomes_by_platform(pool, event_id=event_id):
+        by_platform.setdefault(row["platform"], {})[row["outcome"]] = row["devices"]
+    return EventDetail(
+        event=event,
+        latency=await store.event_latency_percentiles(
+            pool, event_id=event_id, fractions=PERCENTILES
+        ),
+        by_platform=by_platform,
+        reasons=await store.event_failures_by_reason(pool, event_id=event_id, limit=TABLE_LIMIT),
+        shards=await store.event_shards(pool, event_id=event_id, limit=TABLE_LIMIT),
+        batches=await store.event_batch_summary(pool, event_id=event_id),
+        batch_rows=await store.event_batches(pool, event_id=event_id, limit=TABLE_LIMIT),
+        retired=await store.event_device_failures(
+            pool, event_id=event_id, outcome="invalid", limit=TABLE_LIMIT
+        ),
+    )
+
+
+def bucket_seconds(event: EventRow, now: datetime) -> int:
+    """The chart's interval: one second, widened so that at most CHART_POINTS fit."""
+    end = event.status.finished_at or now
+    duration = max(0.0, (end - event.status.started_at).total_seconds())
+    return max(1, math.ceil(duration / CHART_POINTS))
+
+
+async def throughput(pool: asyncpg.Pool, event: EventRow, now: datetime) -> dict[str, Any]:
+    """Devices/s per interval since publication, for uPlot: x in seconds, gaps as zero."""
+    width = bucket_seconds(event, now)
+    rows = await store.event_throughput(pool, event_id=event.status.event_id, bucket_seconds=width)
+    found = {round(row["offset_seconds"] / width): row for row in rows}
+    last = max(found, default=-1)
+    xs, sent, not_sent = [], [], []
+    for index in range(last + 1):
+        row = found.get(index)
+        xs.append(index * width)
+        sent.append(round(row["sent"] / width, 1) if row else 0)
+        not_sent.append(round(row["not_sent"] / width, 1) if row else 0)
+    return {"bucket_seconds": width, "x": xs, "sent": sent, "not_sent": not_sent}
+
+
+# ---------------------------------------------------------------------------------------
+# "Where is my push?"
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceAnswer:
+    device: store.DeviceHistory
+    outcome: str  # sent, invalid, failed, skipped, pending, not sent, unknown
+    explanation: str
+    batch_key: str | None = None
+    at: datetime | None = None
+    failures: list[asyncpg.Record] = field(default_factory=list)
+
+
+@dataclass
+class WhereAnswer:
+    user: store.UserRef
+    event: EventRow
+    batches: list[asyncpg.Record]
+    devices: list[DeviceAnswer]
+    no_batch_reason: str | None
+
+
+async def where_is_my_push(
+    pool: asyncpg.Pool, event: EventRow, *, user_external_id: str | None, device_id: int | None
+) -> WhereAnswer | str:
+    """The answer for a user (all their devices) or one device, or why there is none."""
+    event_id = event.status.event_id
+    if device_id is not None:
+        user = await store.device_owner(pool, device_id=device_id)
+        if user is None:
+            return f"no device {device_id}"
+    else:
+        user = await store.user_by_external_id(pool, external_id=user_external_id or "")
+        if user is None:
+            return f"no user with the external id {user_external_id!r}"
+    devices = await store.user_device_history(pool, user_id=user.id)
+    if device_id is not None:
+        devices = [d for d in devices if d.id == device_id]
+    ids = [d.id for d in devices]
+    batches = await store.batches_carrying(pool, event_id=event_id, user_id=user.id, device_ids=ids)
+    failures = await store.devices_failures(pool, event_id=event_id, device_ids=ids)
+    no_batch = None if batches else await _why_no_batch(pool, event, user.id)
+    answers = [
+        device_answer(device, event, batches, [f for f in failures if f["device_id"] == device.id])
+        for device in devices
+    ]
+    return WhereAnswer(user, event, batches, answers, no_batch)
+
+
+async def _why_no_batch(pool: asyncpg.Pool, event: EventRow, user_id: int) -> str:
+    shard = await store.shard_of_user(pool, event_id=event.status.event_id, user_id=user_id)
+    if shard is None:
+        if event.status.shards == 0:
+            return "the event has not been planned into shards yet"
+        return "no shard of this event holds the user: not subscribed when it was planned"
+    if shard["status"] in ("pending", "running") and (
+        shard["cursor_user_id"] is None or shard["cursor_user_id"] < user_id
+    ):
+        return f"shard {shard['shard_no']} has not reached this user yet ({shard['status']})"
+    if shard["status"] == "failed":
+        return f"shard {shard['shard_no']} was given up (see the event's shards)"
+    return (
+        f"shard {shard['shard_no']} read past this user without a batch: not subscribed "
+        "then, no active device then, or held back (see the event's held-back counts)"
+    )
+
+
+def device_answer(
+    device: store.DeviceHistory,
+    event: EventRow,
+    batches: list[asyncpg.Record],
+    failures: list[asyncpg.Record],
+) -> DeviceAnswer:
+    """One device's outcome in the event, from the batches that carried its user and the
+    failure rows recorded for it: a device in a done batch without a row was sent to."""
+    if failures and failures[-1]["outcome"] != "retried":
+        last = failures[-1]
+        return DeviceAnswer(
+            device,
+            last["outcome"],
+            last["reason"] or "",
+            last["batch_key"],
+            last["at"],
+            failures,
+        )
+    if failures:  # retried: the retry batch that names it tells the rest
+        retries = [b for b in batches if b["device_ids"] and device.id in b["device_ids"]]
+        carrier = retries[-1] if retries else None
+        how = f"retried {len(failures)} time(s); "
+    else:
+        fanned = [b for b in batches if b["device_ids"] is None]
+        carrier = next((b for b in fanned if b["status"] == "done"), fanned[0] if fanned else None)
+        how = ""
+        if carrier is not None:
+            outside = _outside_batch(device, event, carrier)
+            if outside:
+                return DeviceAnswer(device, "not sent", outside, carrier["batch_key"])
+    if carrier is None:
+        return DeviceAnswer(device, "not sent", "no batch of this event carried it", None)
+    key = carrier["batch_key"]
+    if carrier["status"] != "done":
+        return DeviceAnswer(device, "pending", how + f"its batch is {carrier['status']}", key)
+    if not carrier["detailed"]:
+        reasons = carrier["failure_reasons"] or {}
+        return DeviceAnswer(
+            device,
+            "unknown",
+            how + "its batch was recorded without per-device detail (given up by the "
+            f"reconciler, or from before schema 10): {reasons}",
+            key,
+            carrier["finished_at"],
+            failures,
+        )
+    return DeviceAnswer(
+        device,
+        "sent",
+        how + "its batch is done and recorded no failure for it: the provider accepted it "
+        "by the time the batch's outcome was recorded",
+        key,
+        carrier["finished_at"],
+        failures,
+    )
+
+
+def _outside_batch(device: store.DeviceHistory, event: EventRow, batch: asyncpg.Record) -> str:
+    """Why a device of the user was not in the batch that carried the user, if it was not."""
+    if device.created_at > batch["started_at"]:
+        return "registered after its user's batch was read"
+    if device.deactivated_at is not None and device.deactivated_at < event.status.started_at:
+        return f"inactive before the event was published ({device.deactivated_reason})"
+    return ""
+
+
+# ---------------------------------------------------------------------------------------
+# Providers and queues
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProviderMinute:
+    platform: str
+    counts: dict[str, int] = field(default_factory=dict)
+    rate_limited: int = 0  # retried after a 429
+    config_errors: int = 0  # failed because fanout's credentials or settings are wrong
+
+
+async def providers_last_minute(pool: asyncpg.Pool) -> list[ProviderMinute]:
+    """Per platform, the last 60 s from PostgreSQL: devices per outcome of the batches
+    recorded, and the 429s and config errors among the failure rows."""
+    found: dict[str, ProviderMinute] = {}
+    for row in await store.recent_outcomes_by_platform(pool, seconds=60):
+        minute = found.setdefault(row["platform"], ProviderMinute(row["platform"]))
+        minute.counts[row["outcome"]] = row["devices"]
+    for row in await store.recent_failures_by_reason(pool, seconds=60, limit=1000):
+        minute = found.setdefault(row["platform"], ProviderMinute(row["platform"]))
+        reason = row["reason"] or ""
+        if row["outcome"] == "retried" and _RATE_LIMITED.search(reason):
+            minute.rate_limited += row["devices"]
+        if " config: " in reason:
+            minute.config_errors += row["devices"]
+    return [found[name] for name in sorted(found)]
+
+
+def process_counters() -> list[tuple[str, dict[str, str], float]]:
+    """This process's provider counters, and any circuit-breaker or quota metric a build
+    registers, as (name, labels, value)."""
+    samples = []
+    for family in REGISTRY.collect():
+        name = family.name
+        if not (name.startswith("fanout_provider") or "breaker" in name or "quota" in name):
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            samples.append((sample.name, dict(sample.labels), sample.value))
+    return samples
+
+
+@dataclass(frozen=True)
+class DeadLetterView:
+    queue: str
+    letter: DeadLetter
+    summary: str  # what the message was for, never its devices' tokens
+
+
+def summarise(body: str) -> str:
+    try:
+        message = decode(body)
+    except PoisonMessage as exc:
+        return f"undecodable ({len(body)} bytes): {exc}"
+    if isinstance(message, FanoutTask):
+        part = "plan" if message.shard is None else f"shard {message.shard}"
+        return f"fan-out of event {message.event_id} ({part})"
+    assert isinstance(message, DeliveryBatch)
+    return (
+        f"delivery batch {message.key} of event {message.event_id} "
+        f"({message.device_count()} devices)"
+    )
+
+
+@dataclass
+class QueuesView:
+    depths: list[QueueDepth]
+    oldest: store.OldestWaiting
+    dead_letters: list[DeadLetterView]
+    error: str | None = None
+
+    def age(self, since: datetime | None) -> float | None:
+        return None if since is None else (self.oldest.now - since).total_seconds()
+
+
+async def queues_view(pool: asyncpg.Pool, queues: Queues, limit: int = 20) -> QueuesView:
+    oldest = await store.oldest_waiting(pool)
+    depths = await queue_depths(queues)
+    letters = []
+    for queue in (queues.fanout, queues.delivery):
+        for letter in await peek_dead_letters(queue, limit):
+            letters.append(DeadLetterView(queue.name, letter, summarise(letter.body)))
+    return QueuesView(depths, oldest, letters)
+
+
+async def dead_letters_of(queues: Queues, event_id: int, limit: int = 50) -> list[DeadLetterView]:
+    """Dead letters of one event among the first ``limit`` of each DLQ."""
+    found = []
+    for queue in (queues.fanout, queues.delivery):
+        for letter in await peek_dead_letters(queue, limit):
+            try:
+                message = decode(letter.body)
+            except PoisonMessage:
+                continue
+            if message.event_id == event_id:
+                found.append(DeadLetterView(queue.name, letter, summarise(letter.body)))
+    return found

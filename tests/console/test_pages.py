@@ -1,0 +1,51 @@
+"""The console's pages against the ASGI app: filters, the polled fragments, the chart data."""
+
+from __future__ import annotations
+
+from fanout.notification import Notification
+from fanout.stages.publish import record_event
+from tests.console.conftest import Console
+from tests.helpers import make_topic
+
+
+async def test_the_events_list_filters_by_topic_and_status(console: Console) -> None:
+    pool = console.app.state.api.pool
+    first, second = await make_topic(pool, 2), await make_topic(pool, 2)
+    one = await record_event(pool, Notification(title="one"), topic=first.key)
+    two = await record_event(pool, Notification(title="two"), topic=second.key)
+    async with console.signed_in("read") as client:
+        everything = await client.get("/console")
+        by_topic = await client.get("/console", params={"topic": first.key})
+        by_status = await client.get("/console", params={"status": "delivered"})
+        pending = await client.get(
+            "/console/events/rows", params={"topic": second.key, "status": "pending"}
+        )
+    for event in (one, two):
+        assert f'data-event="{event.event_id}"' in everything.text
+    assert f'data-event="{one.event_id}"' in by_topic.text
+    assert f'data-event="{two.event_id}"' not in by_topic.text
+    # The list polls its fragment with the same filters.
+    assert f"/console/events/rows?topic={first.key.replace(':', '%3A')}" in by_topic.text
+    assert "data-event=" not in by_status.text
+    assert f'data-event="{two.event_id}"' in pending.text
+    assert f'data-event="{one.event_id}"' not in pending.text
+
+
+async def test_an_event_page_polls_until_the_event_ends(console: Console) -> None:
+    pool = console.app.state.api.pool
+    topic = await make_topic(pool, 1)
+    event = await record_event(pool, Notification(title="t"), topic=topic.key)
+    async with console.signed_in("read") as client:
+        running = await client.get(f"/console/events/{event.event_id}/live")
+        assert 'hx-trigger="every 1s"' in running.text
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE events SET status = 'no_recipients', finished_at = now() WHERE id = $1",
+                event.event_id,
+            )
+        ended = await client.get(f"/console/events/{event.event_id}/live")
+        chart = await client.get(f"/console/events/{event.event_id}/throughput.json")
+        missing = await client.get("/console/events/999999")
+    assert 'data-status="no_recipients"' in ended.text and "hx-trigger" not in ended.text
+    assert chart.json() == {"bucket_seconds": 1, "x": [], "sent": [], "not_sent": []}
+    assert missing.status_code == 404
