@@ -71,9 +71,15 @@ def test_demo_with_preferences_holds_back_its_shares_and_the_sink_agrees(
 ) -> None:
     summary = run_demo({"FANOUT_DATABASE_URL": database_url}, 2000, options=("--preferences",))
     # Consecutive user ids: each band of the mix (by id modulo 100) is exactly its share.
-    # Opted out: 10% of everything and 5% of the demo's category; muted 5%; capped 5%.
-    assert summary["held_back"] == {"opted_out": 300, "muted": 100, "capped": 100}
-    assert summary["delivered"] == summary["expected"] == 1500
+    # Opted out: 10% of everything and 5% of the demo's category; in their quiet hours
+    # (dropped) 20%; muted 5%; capped 5%.
+    assert summary["held_back"] == {
+        "opted_out": 300,
+        "quiet_hours": 400,
+        "muted": 100,
+        "capped": 100,
+    }
+    assert summary["delivered"] == summary["expected"] == 1100
     assert (summary["failed"], summary["duplicates"], summary["ok"]) == (0, 0, True)
 
 

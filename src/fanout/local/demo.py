@@ -38,7 +38,7 @@ from fanout.queue.sqs import open_client
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.worker import run_worker
 from fanout.stages.progress import EventStatus, load_event_status
-from fanout.stages.publish import publish
+from fanout.stages.publish import PublishOptions, publish
 from fanout.store import connect
 from fanout.store.migrate import migrate
 
@@ -111,8 +111,9 @@ class AudienceMix:
 
     @property
     def held_back(self) -> int:
-        """Percent the fan-out filters out today (quiet hours: not until they are applied)."""
-        return self.opted_out + self.muted + self.capped + self.category_opt_out
+        """Percent the fan-out filters out (those in their quiet hours dropped: see
+        ``_publish_and_watch``)."""
+        return self.opted_out + self.quiet_now + self.muted + self.capped + self.category_opt_out
 
 
 async def seed_audience(
@@ -358,8 +359,14 @@ async def _publish_and_watch(
     stopping = asyncio.Event()
     workers = asyncio.create_task(run_worker(pipeline.settings, stopping, pipeline=pipeline))
     started = time.monotonic()
+    # Those in their quiet hours are dropped, not deferred (the default): deferred, the
+    # event would wait for their windows to end, hours away, before it could end.
     published = await publish(
-        pipeline.pool, pipeline.queues, demo_notification(), topic=seeded.topic
+        pipeline.pool,
+        pipeline.queues,
+        demo_notification(),
+        topic=seeded.topic,
+        options=PublishOptions(quiet_hours="drop"),
     )
     fanout_seconds = 0.0
     columns = (
