@@ -45,6 +45,10 @@ class ApnsProvider(Http2Provider[Prepared]):
         self._jwt_issued = 0.0
         self.jwts_signed = 0
 
+    def credential(self, device: Device) -> str:
+        # The signing key and the topic: BadTopic/TopicDisallowed are about the topic.
+        return f"{self.team_id}/{self.key_id}/{self.topic}"
+
     def provider_token(self) -> str:
         """The ES256 JWT, signed once and reused until well inside Apple's hour."""
         now = time.time()

@@ -172,7 +172,7 @@ async def _batches(
 ) -> None:
     async with pool.acquire() as conn:
         rows = await store.claim_due_batches(conn, **due.claim())
-        notifications: dict[int, Any] = {}
+        events: dict[int, Any] = {}
         to_send = []
         for row in rows:
             event_id, key = row.event_id, row.batch_key
@@ -193,11 +193,12 @@ async def _batches(
                 await store.finish_event(conn, event_id=event_id)
                 report.given_up.append(f"batch {key} of event {event_id}")
                 continue
-            if event_id not in notifications:
-                event = await store.load_event(conn, event_id=event_id)
-                assert event is not None  # the batch's row refers to it
-                notifications[event_id] = event.notification
-            batch = DeliveryBatch(event_id, key, row.attempt, notifications[event_id])
+            if event_id not in events:
+                events[event_id] = await store.load_event(conn, event_id=event_id)
+            event = events[event_id]
+            assert event is not None  # the batch's row refers to it
+            batch = DeliveryBatch(event_id, key, row.attempt, event.notification)
+            batch.published_at = event.created_at.timestamp()
             if row.device_ids is not None:
                 batch.device_ids = list(row.device_ids)
             else:

@@ -229,6 +229,7 @@ async def _stream_shard(
         shard=shard,
         notification=event.notification,
         max_bytes=batch_max_bytes(settings.batch_max_bytes, queues.delivery.max_message_bytes),
+        published_at=event.created_at.timestamp(),
     )
     sent: list[PackedBatch] = []  # sent to SQS, not yet recorded
 

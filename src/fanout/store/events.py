@@ -7,6 +7,7 @@ index it relies on is written) and takes its parameters by name.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -23,6 +24,7 @@ class Event:
     user_id: int | None
     notification: dict[str, Any]
     status: str
+    created_at: datetime  # its commit: what the publish-to-push latency is measured from
 
 
 @dataclass(frozen=True, slots=True)
