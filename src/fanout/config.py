@@ -211,9 +211,10 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)
     metrics_port: int | None = Field(
         default=None,
-        ge=1,
+        ge=0,
         le=65535,
-        description="`fanout worker` serves Prometheus /metrics on this port; unset: not served.",
+        description="`fanout worker` serves Prometheus /metrics on this port (0: any free "
+        "port, logged); unset: not served.",
     )
     metrics_host: str = Field(
         default="127.0.0.1", description="Where the worker's /metrics listens (0.0.0.0: all)."

@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 if TYPE_CHECKING:
     from fanout.providers.base import Outcome
+    from fanout.store import OpenEvents
 
 # --- Providers ------------------------------------------------------------------------
 PROVIDER_OUTCOMES = Counter(
@@ -75,6 +77,27 @@ EVENTS_FINISHED = Counter(
     "Events that ended, by terminal status (delivered, partially_delivered, failed, ...)",
     ["status"],
 )
+
+# Read from PostgreSQL at each scrape of the API's /metrics (whichever process ends an
+# event, the database knows them all): unfinished events by state, the oldest one's age.
+EVENTS_OPEN = "fanout_events_open"
+EVENTS_OLDEST_OPEN_AGE = "fanout_events_oldest_open_age_seconds"
+
+
+def open_event_gauges(rows: Sequence[OpenEvents]) -> list[GaugeMetricFamily]:
+    """The ``fanout_events_open`` and ``..._oldest_open_age_seconds`` families of ``rows``."""
+    events = GaugeMetricFamily(EVENTS_OPEN, "Unfinished events by state", labels=["status"])
+    oldest = GaugeMetricFamily(
+        EVENTS_OLDEST_OPEN_AGE,
+        "Seconds since the oldest unfinished event in each state was published",
+        labels=["status"],
+    )
+    for state in ("pending", "enqueued", "fanning_out", "fanned_out"):
+        row = next((r for r in rows if r.status == state), None)
+        events.add_metric([state], row.events if row else 0)
+        oldest.add_metric([state], row.oldest_seconds if row else 0)
+    return [events, oldest]
+
 
 # --- SQS ------------------------------------------------------------------------------
 SQS_REQUESTS = Counter("fanout_sqs_requests", "SQS API calls by operation", ["operation"])

@@ -31,6 +31,8 @@ import asyncpg
 
 from fanout import store
 from fanout.config import Settings
+from fanout.metrics import EVENTS_FINISHED, RECONCILER_ACTIONS
+from fanout.queue.admin import observe_queue_depths
 from fanout.queue.messages import DeliveryBatch, FanoutTask
 from fanout.queue.sqs import Queues
 from fanout.stages.batching import users_of_key
@@ -78,6 +80,7 @@ async def reconcile_once(
     await _events(pool, queues, settings, due, report)
     await _shards(pool, queues, settings, due, report)
     await _batches(pool, queues, settings, due, report)
+    _count_actions(report)
     if report.actions:
         log.warning(
             "reconciler: resent %d event(s), %d shard(s), %d batch(es); ended %d event(s)%s",
@@ -88,6 +91,18 @@ async def reconcile_once(
             f"; gave up {', '.join(report.given_up)}" if report.given_up else "",
         )
     return report
+
+
+def _count_actions(report: ReconcileReport) -> None:
+    for kind, count in (
+        ("event_resent", report.events_resent),
+        ("event_finished", report.events_finished),
+        ("shard_resent", report.shards_resent),
+        ("batch_resent", report.batches_resent),
+        ("given_up", len(report.given_up)),
+    ):
+        # Every kind every pass (0 too): a series that exists from the first pass on.
+        RECONCILER_ACTIONS.labels(kind).inc(count)
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,8 @@ async def _events(
         to_send = []
         for row in rows:
             if row.status == "fanned_out":  # waiting for its last batch: has it ended?
-                if await store.finish_event(conn, event_id=row.id):
+                if ended := await store.finish_event(conn, event_id=row.id):
+                    EVENTS_FINISHED.labels(ended).inc()
                     report.events_finished += 1
             elif row.status in ("pending", "enqueued"):
                 if row.resends > settings.reconcile_max_resends:
@@ -190,7 +206,8 @@ async def _batches(
                 await store.give_up_batch(
                     conn, event_id=event_id, batch_key=key, reason=reason[:200]
                 )
-                await store.finish_event(conn, event_id=event_id)
+                if ended := await store.finish_event(conn, event_id=event_id):
+                    EVENTS_FINISHED.labels(ended).inc()
                 report.given_up.append(f"batch {key} of event {event_id}")
                 continue
             if event_id not in events:
@@ -216,7 +233,8 @@ async def _maybe_end(
     await store.mark_event_fanned_out(
         conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
     )
-    if await store.finish_event(conn, event_id=event_id):
+    if ended := await store.finish_event(conn, event_id=event_id):
+        EVENTS_FINISHED.labels(ended).inc()
         report.events_finished += 1
 
 
@@ -235,3 +253,7 @@ async def run_reconciler(
             await reconcile_once(pool, queues, settings)
         except Exception as exc:
             log.warning("reconciler pass failed (tries again in %.0fs): %r", period, exc)
+        try:
+            await observe_queue_depths(queues)
+        except Exception as exc:  # only the gauges go stale
+            log.debug("could not read the queues' depths: %r", exc)

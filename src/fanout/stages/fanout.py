@@ -22,6 +22,7 @@ import asyncpg
 
 from fanout import store
 from fanout.config import Settings
+from fanout.metrics import EVENTS_FINISHED
 from fanout.queue.messages import FanoutTask, PoisonMessage
 from fanout.queue.sqs import Queues
 from fanout.stages import leases
@@ -287,8 +288,9 @@ async def _stream_shard(
         fanned_out = await store.mark_event_fanned_out(
             conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
         )
-    if fanned_out:  # the last shard: the event may have nothing left open
-        await store.finish_event(conn, event_id=event_id)
+    # The last shard: the event may have nothing left open.
+    if fanned_out and (ended := await store.finish_event(conn, event_id=event_id)):
+        EVENTS_FINISHED.labels(ended).inc()
     return ShardReport(event_id, shard, progress.recipients, progress.devices, progress.batches)
 
 

@@ -53,6 +53,7 @@ from fanout.store.events import (
     DueEvent,
     Event,
     FirstUse,
+    OpenEvents,
     claim_due_events,
     event_by_idempotency_key,
     event_progress,
@@ -64,6 +65,7 @@ from fanout.store.events import (
     mark_event_enqueued,
     mark_event_fanned_out,
     mark_event_fanning_out,
+    open_events,
 )
 from fanout.store.recipients import (
     batch_recipients,
@@ -110,6 +112,7 @@ __all__ = [
     "Event",
     "FirstUse",
     "LeaseStatus",
+    "OpenEvents",
     "RegisteredDevice",
     "SeededIds",
     "ShardClaim",
@@ -153,6 +156,7 @@ __all__ = [
     "mark_event_fanning_out",
     "naming_the_database",
     "next_shard_boundary",
+    "open_events",
     "record_held_batch",
     "record_retry_batch",
     "release_batch",

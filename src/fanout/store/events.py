@@ -124,6 +124,20 @@ async def fail_event(conn: asyncpg.Connection, *, event_id: int, reason: str) ->
     await conn.execute(queries.FAIL_EVENT, event_id, reason)
 
 
+@dataclass(frozen=True, slots=True)
+class OpenEvents:
+    """The events in one unfinished state: how many, and how long the oldest has been."""
+
+    status: str
+    events: int
+    oldest_seconds: float
+
+
+async def open_events(conn: asyncpg.Connection | asyncpg.Pool) -> list[OpenEvents]:
+    """The unfinished events by state (``EVENTS_OPEN``)."""
+    return [OpenEvents(**row) for row in await conn.fetch(queries.EVENTS_OPEN)]
+
+
 async def event_progress(
     conn: asyncpg.Connection | asyncpg.Pool, *, event_id: int
 ) -> asyncpg.Record | None:

@@ -485,6 +485,16 @@ LEFT JOIN LATERAL (
 WHERE e.id = $1
 """
 
+# Index: events_open (partial: only the open events). The event-level gauges of the API's
+# /metrics: how many events are in each unfinished state, and the oldest one's age.
+EVENTS_OPEN = """
+SELECT status, count(*) AS events,
+       extract(epoch FROM now() - min(created_at))::float8 AS oldest_seconds
+FROM events
+WHERE status IN ('pending', 'enqueued', 'fanning_out', 'fanned_out')
+GROUP BY status
+"""
+
 # ---------------------------------------------------------------------------------------
 # Demo and benchmark seeding: server-side generate_series, so seeding a million
 # subscribers streams nothing through Python.
