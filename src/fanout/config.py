@@ -219,6 +219,11 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         default="127.0.0.1", description="Where the worker's /metrics listens (0.0.0.0: all)."
     )
+    metrics_namespace: str = Field(
+        default="fanout",
+        pattern=r"^[A-Za-z0-9_./#:-]{1,255}$",
+        description="The CloudWatch namespace the Lambda handlers publish metrics to (EMF).",
+    )
 
     # --- Reconciler: PostgreSQL drives liveness, the queue is transport ------------------
     reconcile_interval_seconds: float = Field(
