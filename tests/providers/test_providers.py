@@ -317,6 +317,34 @@ async def test_devices_held_too_often_end_failed_with_the_config_error(
     assert services.apns.refused == 2
 
 
+async def test_a_held_batch_whose_message_is_lost_is_sent_again_by_the_reconciler(
+    push_settings: Settings, services: LocalPushServices
+) -> None:
+    """Held devices are recorded in PostgreSQL before their message is sent: a worker that
+    dies, or a queue that loses the message, costs time, not devices."""
+    from fanout.runtime.reconciler import reconcile_once
+
+    services.apns.refuse_credential = "InvalidProviderToken"
+    async with breaker_pipeline(push_settings) as pipeline:
+        topic, _ids, _tokens = await add_devices(pipeline.pool, services, "apns", 6)
+        event_id, batches = await fan_out(pipeline, topic)
+        await deliver_all(pipeline, batches)
+        assert len(await drain(pipeline.queues.delivery, at_least=1)) == 1  # lost
+        services.apns.refuse_credential = None
+
+        report = await reconcile_once(
+            pipeline.pool, pipeline.queues, pipeline.settings, look_ahead=3600, event_id=event_id
+        )
+        assert report.batches_resent == 1
+        [resent] = batches_of(await drain(pipeline.queues.delivery, at_least=1))
+        assert resent.key.endswith("/h1") and resent.device_ids is not None
+        assert resent.published_at is not None  # the latency is still measured from publish
+        await deliver_all(pipeline, [resent])
+        status = await load_event_status(pipeline.pool, event_id)
+    assert status is not None and (status.status, status.sent) == ("delivered", 6)
+    assert services.apns.ledger.unique == 6 and services.apns.ledger.duplicates == 0
+
+
 async def test_an_unconfigured_provider_is_skipped_not_lost(
     settings: Settings, services: LocalPushServices, caplog: pytest.LogCaptureFixture
 ) -> None:
