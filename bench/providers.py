@@ -11,7 +11,6 @@ notification to a batch of devices. Prints the median of the runs per provider.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import secrets
 import statistics
 import subprocess
@@ -25,6 +24,7 @@ from fanout.config import Settings
 from fanout.notification import Notification, render
 from fanout.providers import OutcomeKind, build_providers
 from fanout.queue.messages import Device
+from fanout.runtime import eventloop
 
 BATCH = 2000  # devices per provider call, as in a delivery batch
 
@@ -41,7 +41,9 @@ def devices_for(platform: str, count: int, info: dict[str, Any]) -> list[Device]
     ]
 
 
-async def measure(info: dict[str, Any], devices: int, runs: int) -> dict[str, dict[str, float]]:
+async def measure(
+    info: dict[str, Any], devices: int, runs: int, platforms: list[str]
+) -> dict[str, dict[str, float]]:
     settings = Settings(
         **{k.removeprefix("FANOUT_").lower(): v for k, v in info["settings"].items()}
     )
@@ -50,21 +52,26 @@ async def measure(info: dict[str, Any], devices: int, runs: int) -> dict[str, di
         Notification(title="New book", body="The Long Fan-Out is out today"), "en", collapse_key="1"
     )
     results = {}
-    for platform in ("apns", "fcm", "webpush"):
+    for platform in platforms:
         provider = providers[platform]
         await provider.send(notification, devices_for(platform, 200, info))  # warm: connect, token
         rates = []
+        cpu_costs = []
         failures = 0
         for _ in range(runs):
             targets = devices_for(platform, devices, info)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             for i in range(0, len(targets), BATCH):
                 outcomes = await provider.send(notification, targets[i : i + BATCH])
                 failures += sum(o.kind is not OutcomeKind.OK for o in outcomes)
             rates.append(devices / (time.perf_counter() - started))
+            cpu_costs.append((time.process_time() - cpu_started) / devices * 1e6)
         results[platform] = {
             "median_per_second": round(statistics.median(rates)),
             "runs": [round(r) for r in rates],
+            # CPU this process spent per notification: what bounds one worker, and far
+            # steadier than the rate on a machine with other work on it.
+            "cpu_us_per_notification": round(statistics.median(cpu_costs), 1),
             "failures": failures,
         }
         await provider.aclose()
@@ -76,6 +83,11 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=6000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="this process's loop"
+    )
+    parser.add_argument("--connections", type=int, default=None, help="per push service")
+    parser.add_argument("--only", default="apns,fcm,webpush", help="providers, comma-separated")
     args = parser.parse_args()
 
     server = subprocess.Popen(
@@ -84,17 +96,25 @@ def main() -> None:
     try:
         assert server.stdout is not None
         info = orjson.loads(server.stdout.readline())
-        results = asyncio.run(measure(info, args.devices, args.runs))
+        if args.connections:
+            info["settings"]["FANOUT_PROVIDER_CONNECTIONS"] = args.connections
+        results = eventloop.run(
+            measure(info, args.devices, args.runs, args.only.split(",")), args.loop
+        )
     finally:
         server.terminate()
         server.wait(timeout=15)
 
-    print(f"{'provider':<10}{'median/s':>10}   runs/s")
+    print(f"{'provider':<10}{'median/s':>10}{'CPU µs/push':>13}   runs/s")
     for platform, r in results.items():
         print(
-            f"{platform:<10}{r['median_per_second']:>10,}   {r['runs']}  failures={r['failures']}"
+            f"{platform:<10}{r['median_per_second']:>10,}{r['cpu_us_per_notification']:>13}"
+            f"   {r['runs']}  failures={r['failures']}"
         )
-    print(f"({args.devices} devices a run, {BATCH} per call; push services in a second process)")
+    print(
+        f"({args.devices} devices a run, {BATCH} per call, {args.loop} loop; "
+        "push services in a second process)"
+    )
     if args.json:
         print(orjson.dumps(results).decode())
 

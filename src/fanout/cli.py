@@ -207,6 +207,7 @@ def worker(
     While the database or SQS does not answer, the worker says so and keeps trying.
     """
     from fanout.queue.sqs import sqs_usage
+    from fanout.runtime import eventloop
     from fanout.runtime.worker import run_worker, serve_metrics
 
     roles = {"all": ("fanout", "delivery"), "fanout": ("fanout",), "delivery": ("delivery",)}
@@ -230,7 +231,7 @@ def worker(
         # One JSON line (operation: [requests, billed requests]); bench/pipeline.py reads it.
         log.info("sqs usage %s", orjson.dumps(sqs_usage()).decode())
 
-    asyncio.run(main())
+    eventloop.run(main(), settings.event_loop)
 
 
 @app.command()

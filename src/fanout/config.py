@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -15,6 +16,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fanout.retry import Backoff
+
+# runtime/eventloop.py: uvloop when installed, or the one named.
+EventLoopChoice = Literal["auto", "asyncio", "uvloop"]
 
 # Apple's limit for a notification payload; also the bar for every other provider
 # here, so one event renders to a payload that every platform accepts.
@@ -180,6 +184,11 @@ class Settings(BaseSettings):
         le=64,
         description="HTTP/2 connections per push service and worker; requests are spread "
         "across them, each kept under its server's MAX_CONCURRENT_STREAMS.",
+    )
+    event_loop: EventLoopChoice = Field(
+        default="auto",
+        description="`fanout worker`'s event loop: uvloop when installed (auto), or "
+        "asyncio / uvloop explicitly.",
     )
     provider_ping_seconds: float = Field(
         default=5.0,

@@ -104,6 +104,8 @@ class Http2Provider(Provider, Generic[Prepared]):
         return Outcome(OutcomeKind.RETRY, retry_after, reason)
 
     def _count(self, outcome: Outcome) -> Outcome:
+        # The labelled counters are looked up once per (kind, reason), not per push:
+        # labels() on every push cost ~1.5 µs (metrics.count_outcome keeps them).
         count_outcome(self.name, outcome)
         return outcome
 

@@ -18,8 +18,6 @@ WINDOW_UPDATE is rare, and a body past ``MAX_BODY`` resets its stream.
 
 from __future__ import annotations
 
-import hpack
-
 from fanout.providers.h2.events import (
     ConnectionTerminated,
     Event,
@@ -47,6 +45,7 @@ from fanout.providers.h2.frames import (
     FRAME_SIZE_ERROR,
     GOAWAY,
     GOAWAY_HEAD,
+    HEADER_TABLE_SIZE,
     HEADERS,
     INITIAL_WINDOW_SIZE,
     LARGEST_FRAME,
@@ -74,6 +73,7 @@ from fanout.providers.h2.frames import (
     error_name,
     frame,
 )
+from fanout.providers.h2.headers import CompressionError, Headers, RawValue, decode_block
 
 # What the server may send before we top the connection window up, and each stream's
 # window: responses are small, so a generous window means we rarely send WINDOW_UPDATE.
@@ -103,7 +103,7 @@ class _Stream:
 
     def __init__(self, send_window: int, receive_window: int) -> None:
         self.status = 0  # until the final (non-1xx) response headers
-        self.headers: dict[str, str] = {}
+        self.headers = Headers()
         self.body = b""
         self.send_window = send_window  # what we may still send on this stream
         self.receive_window = receive_window  # what the server may still send on it
@@ -129,8 +129,6 @@ class ClientCodec:
         self.send_window = DEFAULT_WINDOW  # connection window for our DATA
         self.receive_window = DEFAULT_WINDOW  # connection window for the server's DATA
         self._unacknowledged = 0  # DATA received since our last connection WINDOW_UPDATE
-        self._decoder = hpack.Decoder()
-        self._decoder.max_header_list_size = MAX_HEADER_LIST
         self._prefix = b"\x83\x87" + encode_field(":authority", authority)  # POST, https
         self._out = bytearray()
         self._inbox = bytearray()
@@ -140,13 +138,15 @@ class ClientCodec:
     # --- sending -------------------------------------------------------------------
 
     def initiate(self) -> None:
-        """The client's connection preface: no push, large receive windows."""
+        """The client's connection preface: no push, no HPACK dynamic table (headers.py
+        says why), large receive windows."""
         self._out += PREFACE
         self._out += frame(
             SETTINGS,
             0,
             0,
-            SETTING.pack(ENABLE_PUSH, 0)
+            SETTING.pack(HEADER_TABLE_SIZE, 0)
+            + SETTING.pack(ENABLE_PUSH, 0)
             + SETTING.pack(INITIAL_WINDOW_SIZE, self.window_size)
             + SETTING.pack(MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST),
         )
@@ -342,18 +342,32 @@ class ClientCodec:
     def _on_header_block(
         self, stream_id: int, flags: int, block: bytes, events: list[Event]
     ) -> None:
-        try:  # every block is decoded, even a dropped stream's: HPACK state is shared
-            fields = self._decoder.decode(block, raw=True)
-        except hpack.HPACKError as exc:
-            raise ProtocolError(COMPRESSION_ERROR, f"HPACK: {exc}") from exc
         stream = self.streams.get(stream_id)
-        if stream is None:
-            return  # a stream we reset or that ended: late frames are dropped
+        try:  # a dropped stream's block is still read through: it may break HPACK
+            fields = decode_block(block)
+            if stream is not None:
+                self._on_fields(stream_id, stream, flags, fields, events)
+        except CompressionError as exc:
+            raise ProtocolError(COMPRESSION_ERROR, f"HPACK: {exc}") from exc
+
+    def _on_fields(
+        self,
+        stream_id: int,
+        stream: _Stream,
+        flags: int,
+        fields: list[tuple[bytes, RawValue]],
+        events: list[Event],
+    ) -> None:
         if stream.status:  # trailers: only end the stream; their fields are not used
             if not flags & END_STREAM:
                 self._stream_error(stream_id, PROTOCOL_ERROR, "trailers without END_STREAM", events)
             else:
                 self._finish(stream_id, stream, events)
+            return
+        # As HPACK counts a header list, but with values as sent (a Huffman-coded value
+        # decodes to at most 8/5 of it): what we would hold if we read them all.
+        if sum(len(name) + len(value.data) + 32 for name, value in fields) > MAX_HEADER_LIST:
+            self._stream_error(stream_id, PROTOCOL_ERROR, "a header list over our limit", events)
             return
         status, headers = 0, stream.headers
         for name, value in fields:
@@ -362,16 +376,17 @@ class ClientCodec:
                     problem = f"pseudo-header {name[:20]!r} out of place"
                     self._stream_error(stream_id, PROTOCOL_ERROR, problem, events)
                     return
-                if len(value) != 3 or not value.isdigit():
+                code = value.decode()
+                if len(code) != 3 or not code.isdigit():
                     self._stream_error(stream_id, PROTOCOL_ERROR, "a malformed :status", events)
                     return
-                status = int(value)
+                status = int(code)
             elif name.lower() != name:
                 problem = f"upper-case header name {name[:40]!r}"
                 self._stream_error(stream_id, PROTOCOL_ERROR, problem, events)
                 return
             else:
-                headers[name.decode("latin-1")] = value.decode(errors="replace")
+                headers.add(name.decode("latin-1"), value)
         if not status:
             self._stream_error(stream_id, PROTOCOL_ERROR, "a response without :status", events)
         elif status < 200:  # informational: the real answer follows

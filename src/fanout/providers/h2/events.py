@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -11,7 +12,7 @@ class Response:
 
     stream_id: int
     status_code: int
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # values are decoded when read (headers.py)
     content: bytes
 
 
