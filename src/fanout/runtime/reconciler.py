@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 
 # Units taken per statement and pass: a pass stays short, and the next one takes more.
 _PER_PASS = 500
+# Four GetQueueAttributes calls (both queues, both DLQs) per worker every 15 s, rather than
+# every pass (5 s): a scrape interval's worth, and a third of the SQS requests.
+QUEUE_DEPTHS_EVERY = 15.0
 
 
 @dataclass
@@ -242,8 +247,11 @@ async def run_reconciler(
     pool: asyncpg.Pool, queues: Queues, settings: Settings, stopping: asyncio.Event
 ) -> None:
     """Reconcile every ``reconcile_interval_seconds`` until ``stopping`` is set; a failed
-    pass (the database or the queue away) is logged and the next one tries again."""
+    pass (the database or the queue away) is logged and the next one tries again. The
+    queues' depths (the SQS gauges) are read after a pass, at most every
+    ``QUEUE_DEPTHS_EVERY`` seconds."""
     period = settings.reconcile_interval_seconds
+    depths_read = -math.inf
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), period)
@@ -253,7 +261,9 @@ async def run_reconciler(
             await reconcile_once(pool, queues, settings)
         except Exception as exc:
             log.warning("reconciler pass failed (tries again in %.0fs): %r", period, exc)
-        try:
-            await observe_queue_depths(queues)
-        except Exception as exc:  # only the gauges go stale
-            log.debug("could not read the queues' depths: %r", exc)
+        if time.monotonic() - depths_read >= QUEUE_DEPTHS_EVERY:
+            depths_read = time.monotonic()
+            try:
+                await observe_queue_depths(queues)
+            except Exception as exc:  # only the gauges go stale
+                log.debug("could not read the queues' depths: %r", exc)
