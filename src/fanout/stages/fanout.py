@@ -29,7 +29,7 @@ import asyncpg
 
 from fanout import store
 from fanout.config import Settings
-from fanout.metrics import AUDIENCE_HELD_BACK
+from fanout.metrics import AUDIENCE_HELD_BACK, EVENTS_FINISHED
 from fanout.queue.messages import FanoutTask, PoisonMessage
 from fanout.queue.sqs import Queues
 from fanout.stages import leases
@@ -274,6 +274,7 @@ async def _stream_shard(
         shard=shard,
         notification=event.notification,
         max_bytes=batch_max_bytes(settings.batch_max_bytes, queues.delivery.max_message_bytes),
+        published_at=event.created_at.timestamp(),
     )
     sent: list[PackedBatch] = []  # sent to SQS, not yet recorded
 
@@ -339,8 +340,9 @@ async def _stream_shard(
         fanned_out = await store.mark_event_fanned_out(
             conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
         )
-    if fanned_out:  # the last shard: the event may have nothing left open
-        await store.finish_event(conn, event_id=event_id)
+    # The last shard: the event may have nothing left open.
+    if fanned_out and (ended := await store.finish_event(conn, event_id=event_id)):
+        EVENTS_FINISHED.labels(ended).inc()
     return ShardReport(
         event_id,
         shard,

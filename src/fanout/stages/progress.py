@@ -45,6 +45,12 @@ class EventStatus(BaseModel):
         "(e.g. opted_out, muted, capped, deferred) and devices held back at delivery "
         "(e.g. expired, cancelled)."
     )
+    held_by_breaker: dict[str, int] = Field(
+        default_factory=dict,
+        description="Devices not sent yet because their provider credential was refused (a "
+        "config error opened its breaker), by that error; they are still pending and are "
+        "sent once a probe finds the credential working again.",
+    )
     shards: int
     shards_done: int
     shards_failed: int = Field(description="Shards given up by the reconciler.")
@@ -79,6 +85,7 @@ def event_status_from_row(row: Mapping[str, Any]) -> EventStatus:
         pending=max(0, row["devices"] - accounted),
         failure_reasons=row["failure_reasons"],
         held_back=row["held_back"],
+        held_by_breaker=row["held_by_breaker"],
         shards=row["shards"],
         shards_done=row["shards_done"],
         shards_failed=row["shards_failed"],

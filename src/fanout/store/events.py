@@ -7,6 +7,7 @@ index it relies on is written) and takes its parameters by name.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -23,6 +24,7 @@ class Event:
     user_id: int | None
     notification: dict[str, Any]
     status: str
+    created_at: datetime  # its commit: what the publish-to-push latency is measured from
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,20 @@ async def finish_event(conn: asyncpg.Connection, *, event_id: int) -> str | None
 async def fail_event(conn: asyncpg.Connection, *, event_id: int, reason: str) -> None:
     """End an event that can never be fanned out as failed, with the reason (``FAIL_EVENT``)."""
     await conn.execute(queries.FAIL_EVENT, event_id, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenEvents:
+    """The events in one unfinished state: how many, and how long the oldest has been."""
+
+    status: str
+    events: int
+    oldest_seconds: float
+
+
+async def open_events(conn: asyncpg.Connection | asyncpg.Pool) -> list[OpenEvents]:
+    """The unfinished events by state (``EVENTS_OPEN``)."""
+    return [OpenEvents(**row) for row in await conn.fetch(queries.EVENTS_OPEN)]
 
 
 async def event_progress(
