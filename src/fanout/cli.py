@@ -234,7 +234,7 @@ def worker(
     """
     from fanout.queue.sqs import sqs_usage
     from fanout.runtime import eventloop
-    from fanout.runtime.worker import run_worker
+    from fanout.runtime.worker import run_worker, serve_metrics
 
     roles = {"all": ("fanout", "delivery"), "fanout": ("fanout",), "delivery": ("delivery",)}
     if role not in roles:
@@ -242,6 +242,8 @@ def worker(
     _logging(verbose)
     settings = _settings()
     settings.database_dsn()  # unset is a mistake to report now, not to wait out
+    if settings.metrics_port is not None:
+        serve_metrics(settings)
 
     async def main() -> None:
         stopping = asyncio.Event()

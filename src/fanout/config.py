@@ -246,11 +246,42 @@ class Settings(BaseSettings):
         "a PING after half of it in silence, given up if still silent at the end.",
     )
 
+    breaker_cooldown_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=900,
+        description="After a config error (a credential refused), how long that credential's "
+        "devices are held back before one probe request tries it again.",
+    )
+    breaker_max_holds: int = Field(
+        default=60,
+        ge=1,
+        le=10_000,
+        description="Times a device may be held back by an open breaker before it is counted "
+        "failed with the config error (about an hour at the default cool-down), so an event "
+        "whose credential is never fixed still ends.",
+    )
+
     # --- Worker -------------------------------------------------------------------------
     worker_concurrency: int = Field(default=8, ge=1, le=512, description="Messages in flight.")
     fanout_concurrency: int = Field(default=2, ge=1, le=64, description="Shards in flight.")
     poll_wait_seconds: int = Field(default=20, ge=0, le=20)
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="`fanout worker` serves Prometheus /metrics on this port (0: any free "
+        "port, logged); unset: not served.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Where the worker's /metrics listens (0.0.0.0: all)."
+    )
+    metrics_namespace: str = Field(
+        default="fanout",
+        pattern=r"^[A-Za-z0-9_./#:-]{1,255}$",
+        description="The CloudWatch namespace the Lambda handlers publish metrics to (EMF).",
+    )
 
     # --- Reconciler: PostgreSQL drives liveness, the queue is transport ------------------
     reconcile_interval_seconds: float = Field(

@@ -500,6 +500,11 @@ async def test_healthz_and_metrics(api: ApiServer) -> None:
         metrics = await client.get("/metrics")
     assert health.status_code == 200 and health.json() == {"database": "ok", "queue": "ok"}
     assert "fanout_http_requests_total" in metrics.text
+    # The pipeline's own (fanout.metrics) and the event-level gauges, read from PostgreSQL.
+    assert "# TYPE fanout_provider_outcomes_total counter" in metrics.text
+    assert "# TYPE fanout_provider_accept_latency_seconds histogram" in metrics.text
+    assert 'fanout_events_open{status="pending"}' in metrics.text
+    assert 'fanout_events_oldest_open_age_seconds{status="fanned_out"}' in metrics.text
 
 
 async def test_secrets_never_appear_in_logs_or_error_bodies(api: ApiServer) -> None:

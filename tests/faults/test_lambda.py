@@ -254,3 +254,64 @@ def test_the_scheduled_reconciler_sends_an_event_whose_enqueue_never_happened(
         return [decode(m.body) for m in messages]
 
     assert asyncio.run(sent()) == [FanoutTask(event_id)]
+
+
+def test_each_invocation_prints_the_metrics_as_emf_with_the_prometheus_names(
+    lambda_env: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CloudWatch gets the same series as a worker's /metrics, by the same names: what the
+    handlers print (EMF) is read from fanout.metrics, not a list of its own."""
+    from prometheus_client import REGISTRY
+
+    from fanout.runtime.emf import documents
+
+    event_id = _event_for(lambda_env)
+    lambdas.fanout_handler(
+        asyncio.run(_sqs_event(lambda_env, "fanout", [FanoutTask(event_id).encode()])), Context()
+    )
+    lambdas.delivery_handler(asyncio.run(_sqs_event(lambda_env, "delivery")), Context())
+    lambdas.reconcile_handler({"source": "aws.scheduler"}, Context())
+    printed = documents(capsys.readouterr().out)
+
+    names: dict[str, list[dict[str, Any]]] = {}
+    for document in printed:
+        [directive] = document["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == "fanout"
+        for metric in directive["Metrics"]:
+            names.setdefault(metric["Name"], []).append(document)
+    prometheus = {s.name for family in REGISTRY.collect() for s in family.samples}
+    assert set(names) <= prometheus  # one set of names
+    for name in (
+        "fanout_sqs_requests_total",
+        "fanout_provider_outcomes_total",
+        "fanout_provider_accept_latency_seconds_sum",
+        "fanout_provider_accept_latency_seconds_count",
+        "fanout_reconciler_actions_total",
+        "fanout_sqs_messages",
+        "fanout_events_finished_total",
+    ):
+        assert name in names, f"{name} not published: {sorted(names)}"
+    # (The first flush of a container publishes what this test process counted before too.)
+    outcomes = names["fanout_provider_outcomes_total"]
+    accepted = [d for d in outcomes if d["outcome"] == "ok" and d["provider"] == "sink"]
+    assert sum(_emf_value(d["fanout_provider_outcomes_total"]) for d in accepted) >= 40
+    assert {d["reason"] for d in accepted} == {"none"}
+    latencies = [
+        d for d in names["fanout_provider_accept_latency_seconds_count"] if d["provider"] == "sink"
+    ]
+    assert (
+        sum(_emf_value(d["fanout_provider_accept_latency_seconds_count"]) for d in latencies) >= 40
+    )
+    delivered = [d for d in names["fanout_events_finished_total"] if d["status"] == "delivered"]
+    assert delivered
+
+    # A counter publishes what it gained since the last invocation: nothing, here.
+    lambdas.reconcile_handler({"source": "aws.scheduler"}, Context())
+    again = documents(capsys.readouterr().out)
+    assert not [d for d in again if "fanout_provider_outcomes_total" in d]
+    assert [d for d in again if "fanout_sqs_messages" in d]  # a gauge: its value every time
+
+
+def _emf_value(value: float | list[float]) -> float:
+    """A metric's value in an EMF document: a number, or a list of them (powertools)."""
+    return sum(value) if isinstance(value, list) else value

@@ -276,3 +276,17 @@ async def test_a_worker_without_sqs_says_so_at_once_and_starts_when_it_answers(
     output = "".join(seen)
     assert status == 0, output
     assert "Traceback" not in output
+
+
+def test_a_metrics_port_already_taken_is_one_line_naming_it(
+    environment: dict[str, str], database_url: str, closed_port: int
+) -> None:
+    env = {
+        **environment,
+        "FANOUT_DATABASE_URL": database_url,
+        "FANOUT_METRICS_PORT": str(closed_port),  # bound by the test: taken
+    }
+    line = the_one_line(fanout(env, "worker"), status=2)
+    assert line.startswith(
+        f"fanout: FANOUT_METRICS_PORT: cannot serve metrics on 127.0.0.1:{closed_port}: "
+    )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from fanout.queue.messages import DeliveryBatch, Device
 from fanout.runtime.pipeline import Pipeline
 from fanout.stages.delivery import deliver_batch
 from fanout.stages.fanout import plan_event
+from fanout.stages.progress import load_event_status
 from fanout.stages.publish import record_event
 from fanout.store import queries
 from tests.helpers import batches_of, drain
@@ -236,29 +238,111 @@ async def test_a_retryable_answer_is_re_enqueued_and_then_delivered(
     assert await active(push_pipeline, ids) == set(ids)
 
 
-async def test_a_config_error_deactivates_nothing_and_raises_an_alert(
-    push_settings: Settings, services: LocalPushServices, caplog: pytest.LogCaptureFixture
-) -> None:
-    # A key id Apple does not know: every request is refused with 403 InvalidProviderToken.
-    broken = push_settings.model_copy(update={"apns_key_id": "WRONGKEY00"})
+@contextlib.asynccontextmanager
+async def breaker_pipeline(push_settings: Settings, **update: Any) -> AsyncIterator[Pipeline]:
+    """A pipeline whose breakers cool down in half a second (held batches come back after
+    SQS's shortest delay, 1 s, so the cool-down is always over when they do)."""
     from fanout.queue.admin import create_queues
     from fanout.queue.sqs import open_client
 
-    async with open_client(broken) as client:
-        await create_queues(client, broken)
+    settings = push_settings.model_copy(update={"breaker_cooldown_seconds": 0.5, **update})
+    async with open_client(settings) as client:
+        await create_queues(client, settings)
+    async with Pipeline.open(settings) as pipeline:
+        yield pipeline
+
+
+async def test_a_refused_credential_costs_one_request_then_every_device_is_delivered_once(
+    push_settings: Settings, services: LocalPushServices, caplog: pytest.LogCaptureFixture
+) -> None:
+    """APNs refusing fanout's signing key (403 InvalidProviderToken) gets one request per
+    cool-down, not one per device; nothing is deactivated or failed, the event shows the
+    devices held back, and once the key works every device gets its push exactly once."""
+    services.apns.refuse_credential = "InvalidProviderToken"
     before = PROVIDER_CONFIG_ERRORS.labels("apns")._value.get()
-    async with Pipeline.open(broken) as pipeline:
+    async with breaker_pipeline(push_settings) as pipeline:
+        devices = 40
+        topic, ids, _tokens = await add_devices(pipeline.pool, services, "apns", devices)
+        event_id, batches = await fan_out(pipeline, topic)
+        assert len(batches) == 1
+        with caplog.at_level(logging.INFO):
+            await deliver_all(pipeline, batches)
+        assert services.apns.refused == 1  # not 40
+        status = await load_event_status(pipeline.pool, event_id)
+        assert status is not None
+        assert status.held_by_breaker == {"apns config: 403 InvalidProviderToken": devices}
+        assert (status.pending, status.failed, status.invalid) == (devices, 0, 0)
+        assert not status.terminal
+        assert await active(pipeline, ids) == set(ids)  # no token blamed
+        held_lines = [r for r in caplog.records if "held back" in r.getMessage()]
+        assert len(held_lines) == 2  # the breaker opening, and the batch: not one per device
+
+        # Still refused after the cool-down: the held batch's probe is the one request.
+        [held] = batches_of(await drain(pipeline.queues.delivery, at_least=1))
+        assert held.key.endswith("/h1") and held.attempt == 0  # no delivery attempt spent
+        await deliver_all(pipeline, [held])
+        assert services.apns.refused == 2
+
+        # The key works again: the next probe goes through and closes the breaker.
+        services.apns.refuse_credential = None
+        [held_again] = batches_of(await drain(pipeline.queues.delivery, at_least=1))
+        assert held_again.key.endswith("/h2")
+        await deliver_all(pipeline, [held_again])
+        status = await load_event_status(pipeline.pool, event_id)
+    assert status is not None
+    assert (status.status, status.sent, status.failed) == ("delivered", devices, 0)
+    assert status.held_by_breaker == {}
+    assert services.apns.ledger.unique == devices and services.apns.ledger.duplicates == 0
+    assert services.apns.refused == 2
+    assert PROVIDER_CONFIG_ERRORS.labels("apns")._value.get() - before == 2
+
+
+async def test_devices_held_too_often_end_failed_with_the_config_error(
+    push_settings: Settings, services: LocalPushServices
+) -> None:
+    """A credential never fixed: after FANOUT_BREAKER_MAX_HOLDS holds the devices count
+    failed with the reason, and the event ends."""
+    services.apns.refuse_credential = "InvalidProviderToken"
+    async with breaker_pipeline(push_settings, breaker_max_holds=1) as pipeline:
         topic, ids, _tokens = await add_devices(pipeline.pool, services, "apns", 5)
         event_id, batches = await fan_out(pipeline, topic)
-        with caplog.at_level(logging.ERROR):
-            await deliver_all(pipeline, batches)
-        assert await active(pipeline, ids) == set(ids)  # no token blamed
-        async with pipeline.pool.acquire() as conn:
-            progress = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
-    assert (progress["failed"], progress["invalid"]) == (5, 0)
-    assert PROVIDER_CONFIG_ERRORS.labels("apns")._value.get() - before == 5
-    assert "refused fanout's credentials" in caplog.text
-    assert services.apns.ledger.unique == 0
+        await deliver_all(pipeline, batches)
+        [held] = batches_of(await drain(pipeline.queues.delivery, at_least=1))
+        await deliver_all(pipeline, [held])
+        status = await load_event_status(pipeline.pool, event_id)
+        assert await active(pipeline, ids) == set(ids)
+    assert status is not None
+    assert (status.status, status.failed, status.sent) == ("failed", 5, 0)
+    assert status.failure_reasons == {"apns config: 403 InvalidProviderToken": 5}
+    assert services.apns.refused == 2
+
+
+async def test_a_held_batch_whose_message_is_lost_is_sent_again_by_the_reconciler(
+    push_settings: Settings, services: LocalPushServices
+) -> None:
+    """Held devices are recorded in PostgreSQL before their message is sent: a worker that
+    dies, or a queue that loses the message, costs time, not devices."""
+    from fanout.runtime.reconciler import reconcile_once
+
+    services.apns.refuse_credential = "InvalidProviderToken"
+    async with breaker_pipeline(push_settings) as pipeline:
+        topic, _ids, _tokens = await add_devices(pipeline.pool, services, "apns", 6)
+        event_id, batches = await fan_out(pipeline, topic)
+        await deliver_all(pipeline, batches)
+        assert len(await drain(pipeline.queues.delivery, at_least=1)) == 1  # lost
+        services.apns.refuse_credential = None
+
+        report = await reconcile_once(
+            pipeline.pool, pipeline.queues, pipeline.settings, look_ahead=3600, event_id=event_id
+        )
+        assert report.batches_resent == 1
+        [resent] = batches_of(await drain(pipeline.queues.delivery, at_least=1))
+        assert resent.key.endswith("/h1") and resent.device_ids is not None
+        assert resent.published_at is not None  # the latency is still measured from publish
+        await deliver_all(pipeline, [resent])
+        status = await load_event_status(pipeline.pool, event_id)
+    assert status is not None and (status.status, status.sent) == ("delivered", 6)
+    assert services.apns.ledger.unique == 6 and services.apns.ledger.duplicates == 0
 
 
 async def test_an_unconfigured_provider_is_skipped_not_lost(

@@ -83,3 +83,19 @@ def test_malformed_compressed_devices_are_poison(devices_z: str, complaint: str)
     )
     with pytest.raises(PoisonMessage, match=complaint):
         decode(body)
+
+
+def test_the_publish_time_travels_with_a_batch_and_its_rereads() -> None:
+    batch = DeliveryBatch(7, "s0:1-2", 0, {"title": "t"}, {"apns": [[1, "ab", None]]})
+    batch.published_at = 1764201600.25
+    assert decode(batch.encode()) == batch
+    reread = DeliveryBatch(7, "s0:1-2/r1", 1, {"title": "t"}, device_ids=[1])
+    reread.published_at = 1764201600.25
+    assert decode(reread.encode()) == reread
+    assert decode(DeliveryBatch(7, "k", 0, {"title": "t"}).encode()).published_at is None
+
+
+def test_a_publish_time_that_is_not_a_number_is_poison() -> None:
+    body = '{"kind":"delivery","v":2,"event":1,"key":"k","attempt":0,"published":"x","notification":{},"devices":{}}'
+    with pytest.raises(PoisonMessage, match="'published' must be a number"):
+        decode(body)

@@ -71,11 +71,13 @@ def quota_credential(provider: Provider) -> str:
 
 def _shared(settings: Settings, name: str) -> dict[str, Any]:
     """Each provider gets its own transport and limit, shared by a worker's coroutines."""
+    from fanout.providers.breaker import Breakers
     from fanout.providers.transport import AdaptiveLimit, push_transport
 
     return {
         "client": push_transport(settings, name),
         "limit": AdaptiveLimit(settings.provider_rate_limit, settings.provider_concurrency),
+        "breakers": Breakers(name, cooldown=settings.breaker_cooldown_seconds),
     }
 
 

@@ -40,10 +40,15 @@ class ApnsProvider(Http2Provider[Prepared]):
         self.key_id = key_id
         self.team_id = team_id
         self.topic = topic
+        self._credential = f"{team_id}/{key_id}/{topic}"
         self.endpoint = endpoint.rstrip("/")
         self._jwt = ""
         self._jwt_issued = 0.0
         self.jwts_signed = 0
+
+    def credential(self, device: Device) -> str:
+        # The signing key and the topic: BadTopic/TopicDisallowed are about the topic.
+        return self._credential
 
     def provider_token(self) -> str:
         """The ES256 JWT, signed once and reused until well inside Apple's hour."""

@@ -23,6 +23,9 @@ class OutcomeKind(StrEnum):
     INVALID_TOKEN = "invalid_token"  # noqa: S105 (a name, not a secret): deactivate the device
     RETRY = "retry"  # may succeed later: re-enqueue this device, after retry_after if given
     PERMANENT = "permanent"  # will never succeed as sent; the token may still be good
+    # Not sent: the credential's breaker is open after a config error (providers/breaker.py).
+    # Sent again after retry_after; never counted failed, never deactivated.
+    HELD = "held"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,7 @@ class Outcome:
     kind: OutcomeKind
     retry_after: float | None = None
     reason: str | None = None
+    config: bool = False  # a config error: fanout's credential or settings, not the device
 
 
 DELIVERED = Outcome(OutcomeKind.OK)
@@ -52,9 +56,12 @@ class Provider(ABC):
 
 
 def config_error(provider: str, reason: str) -> Outcome:
-    """fanout's own credentials or settings are wrong: alert, and never blame the token."""
+    """fanout's own credentials or settings are wrong: alert, and never blame the token.
+
+    Logged once per breaker opening (providers/breaker.py) and once per batch (the
+    delivery stage), not per device: a batch of 16,000 made 16,000 identical lines."""
     from fanout.metrics import PROVIDER_CONFIG_ERRORS
 
     PROVIDER_CONFIG_ERRORS.labels(provider).inc()
-    _log.error("%s refused fanout's credentials or settings: %s", provider, reason)
-    return Outcome(OutcomeKind.PERMANENT, reason=f"{provider} config: {reason}")
+    _log.debug("%s refused fanout's credentials or settings: %s", provider, reason)
+    return Outcome(OutcomeKind.PERMANENT, reason=f"{provider} config: {reason}", config=True)

@@ -65,6 +65,9 @@ class FcmProvider(Http2Provider[Prepared]):
         self._token_lock = asyncio.Lock()
         self.tokens_fetched = 0
 
+    def credential(self, device: Device) -> str:
+        return self.project_id  # one service account per project
+
     async def access_token(self) -> str:
         """Cached until google-auth considers it near expiry; fetched by one coroutine."""
         if not self._credentials.valid:

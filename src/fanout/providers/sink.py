@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import httpx
 
+from fanout.metrics import count_outcomes
 from fanout.notification import RenderedNotification
 from fanout.providers.base import DELIVERED, Outcome, OutcomeKind, Provider
 from fanout.providers.transport import retry_after_seconds
@@ -39,7 +40,9 @@ class SinkProvider(Provider):
     ) -> list[Outcome]:
         chunks = [devices[i : i + CHUNK] for i in range(0, len(devices), CHUNK)]
         answers = await asyncio.gather(*(self._send_chunk(notification, c) for c in chunks))
-        return [outcome for chunk in answers for outcome in chunk]
+        outcomes = [outcome for chunk in answers for outcome in chunk]
+        count_outcomes("sink", outcomes)
+        return outcomes
 
     async def _send_chunk(
         self, notification: RenderedNotification, devices: Sequence[Device]

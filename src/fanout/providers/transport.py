@@ -110,8 +110,11 @@ class PushTransport:
                 raise TransportError(str(exc), permanent=True) from exc
             except H2Error as exc:
                 if exc.permanent:
-                    self._give_up(origin, f"{origin} cannot be spoken to: {exc}")
-                raise TransportError(str(exc), permanent=exc.permanent) from exc
+                    # The same words for this request as for those refused after it.
+                    reason = f"{origin} cannot be spoken to: {exc}"
+                    self._give_up(origin, reason)
+                    raise TransportError(reason, permanent=True) from exc
+                raise TransportError(str(exc)) from exc
         return await self._post_http1(http1, origin, url, path, content, headers)
 
     def _speak_http1(self, origin: str, protocol: str | None) -> httpx.AsyncClient:

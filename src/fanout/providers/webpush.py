@@ -97,6 +97,11 @@ class WebPushProvider(Http2Provider[Prepared]):
         self.subject = subject
         self._vapid: dict[str, tuple[str, float]] = {}
 
+    def credential(self, device: Device) -> str:
+        # The VAPID key as each push service sees it: one service refusing it (a key
+        # registered with the app's server key there) says nothing of the others.
+        return f"{self.public_key[:12]}@{urlsplit(device.token).netloc}"
+
     def vapid_header(self, endpoint: str) -> str:
         """``vapid t=<JWT>, k=<key>``, one JWT per push service origin, reused for hours."""
         parts = urlsplit(endpoint)

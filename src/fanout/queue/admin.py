@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from fanout.config import Settings
+from fanout.metrics import SQS_MESSAGES, SQS_OLDEST_MESSAGE_AGE
 from fanout.queue.sqs import MAX_BATCH_ENTRIES, Queue, QueueError, Queues, queue_names
 
 if TYPE_CHECKING:
@@ -39,34 +40,49 @@ class QueueDepth:
     waiting: int  # visible, ready to be received
     in_flight: int  # received, neither deleted nor visible again yet
     delayed: int  # sent with a delay (delivery retries) that has not passed
+    role: str = ""  # fanout, delivery, fanout_dlq, delivery_dlq: the metrics' queue label
+    # Seconds, where the endpoint reports it among the queue's attributes; AWS reports it
+    # only to CloudWatch (AWS/SQS ApproximateAgeOfOldestMessage), moto not at all.
+    oldest_age: float | None = None
 
 
 async def queue_depths(queues: Queues) -> list[QueueDepth]:
     """Both work queues and their dead-letter queues, in that order."""
     urls = []
-    for queue in (queues.fanout, queues.delivery):
-        urls += [queue.url] + ([queue.dead_letter_url] if queue.dead_letter_url else [])
+    for role, queue in (("fanout", queues.fanout), ("delivery", queues.delivery)):
+        urls.append((role, queue.url))
+        if queue.dead_letter_url:
+            urls.append((f"{role}_dlq", queue.dead_letter_url))
     depths = []
-    for url in urls:
-        attrs = (
-            await queues.fanout.client.get_queue_attributes(
-                QueueUrl=url,
-                AttributeNames=[
-                    "ApproximateNumberOfMessages",
-                    "ApproximateNumberOfMessagesNotVisible",
-                    "ApproximateNumberOfMessagesDelayed",
-                ],
-            )
-        )["Attributes"]
+    for role, url in urls:
+        # "All": asking for ApproximateAgeOfOldestMessage by name is refused where the
+        # endpoint does not know it; among all attributes it is there or it is not.
+        answer = await queues.fanout.client.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["All"]
+        )
+        attrs: dict[str, str] = {str(k): v for k, v in answer["Attributes"].items()}
+        oldest = attrs.get("ApproximateAgeOfOldestMessage")
         depths.append(
             QueueDepth(
                 name=url.rstrip("/").rsplit("/", 1)[-1],
                 waiting=int(attrs.get("ApproximateNumberOfMessages", 0)),
                 in_flight=int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
                 delayed=int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
+                role=role,
+                oldest_age=None if oldest is None else float(oldest),
             )
         )
     return depths
+
+
+async def observe_queue_depths(queues: Queues) -> None:
+    """Set the SQS gauges (``fanout_sqs_messages``, ``..._oldest_message_age_seconds``)."""
+    for depth in await queue_depths(queues):
+        SQS_MESSAGES.labels(depth.role, "visible").set(depth.waiting)
+        SQS_MESSAGES.labels(depth.role, "in_flight").set(depth.in_flight)
+        SQS_MESSAGES.labels(depth.role, "delayed").set(depth.delayed)
+        if depth.oldest_age is not None:
+            SQS_OLDEST_MESSAGE_AGE.labels(depth.role).set(depth.oldest_age)
 
 
 def _require_dlq(queue: Queue) -> str:

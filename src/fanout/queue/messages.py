@@ -5,7 +5,8 @@ Two kinds travel through SQS, both JSON:
 ``FanoutTask``    ``{"kind": "fanout", "v": 2, "event": 7, "shard": null}``
                   shard null plans the event; a number runs that shard.
 ``DeliveryBatch`` ``{"kind": "delivery", "v": 2, "event": 7, "key": "s0:1-812", "attempt": 0,
-                  "notification": {...}, "devices": {"apns": [[id, token, locale], ...],
+                  "published": 1764201600.25, "notification": {...},
+                  "devices": {"apns": [[id, token, locale], ...],
                   "webpush": [[id, endpoint, locale, p256dh, auth], ...]}}``
                   or, in place of ``devices``, ``"devices_z": "<base64 of zlib of that JSON>"``;
                   or, sent again by the reconciler, ``"devices": {}`` and ``"reread":
@@ -22,7 +23,8 @@ about half; even after base64 a batch of them is 0.67 of its JSON (82 -> 55 byte
 device, measured on 12,000 tokens), so a 1 MiB message carries ~16,000 devices rather
 than ~11,000: fewer SQS requests, fewer 64 KB chunks billed. zlib level 1 costs ~1.2 us
 a device; random tokens (FCM's, Web Push keys) barely compress and go as plain JSON.
-Version 1 (always plain ``devices``) is still read.
+Version 1 (always plain ``devices``) is still read. ``published`` (the event's commit,
+epoch seconds) is optional: it is what the publish-to-accepted latency is measured from.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class DeliveryBatch:
     # read there, from a fan-out batch's closed range of users or a retry batch's ids.
     users: tuple[int, int] | None = None
     device_ids: list[int] | None = None
+    published_at: float | None = None  # the event's commit, epoch seconds (for metrics)
 
     @property
     def rereads(self) -> bool:
@@ -136,15 +139,31 @@ class DeliveryBatch:
                     "notification": self.notification,
                     "devices": {},
                     "reread": reread,
+                    **_published(self.published_at),
                 }
             ).decode()
         return encode_delivery(
-            self.event_id, self.key, self.attempt, self.notification, orjson.dumps(self.devices)
+            self.event_id,
+            self.key,
+            self.attempt,
+            self.notification,
+            orjson.dumps(self.devices),
+            published_at=self.published_at,
         )
 
 
+def _published(published_at: float | None) -> dict[str, float]:
+    return {} if published_at is None else {"published": round(published_at, 3)}
+
+
 def encode_delivery(
-    event_id: int, key: str, attempt: int, notification: dict[str, Any], devices_json: bytes
+    event_id: int,
+    key: str,
+    attempt: int,
+    notification: dict[str, Any],
+    devices_json: bytes,
+    *,
+    published_at: float | None = None,
 ) -> str:
     """A delivery batch's message body; ``devices_json`` is the devices object as JSON,
     sent compressed (``devices_z``) when that is smaller."""
@@ -154,6 +173,7 @@ def encode_delivery(
         "event": event_id,
         "key": key,
         "attempt": attempt,
+        **_published(published_at),
         "notification": notification,
     }
     packed = base64.b64encode(zlib.compress(devices_json, 1))
@@ -217,7 +237,13 @@ def _decode_batch(doc: dict[str, Any], event_id: int) -> DeliveryBatch:
             isinstance(e, list) and len(e) == width and isinstance(e[0], int) for e in entries
         ):
             raise PoisonMessage(f"'devices.{platform}' must be a list of {width}-item arrays")
+    published = doc.get("published")
+    if published is not None and (
+        not isinstance(published, int | float) or isinstance(published, bool)
+    ):
+        raise PoisonMessage("field 'published' must be a number (epoch seconds)")
     batch = DeliveryBatch(event_id, key, attempt, notification, devices)
+    batch.published_at = None if published is None else float(published)
     if "reread" in doc:
         _decode_reread(doc["reread"], batch)
     return batch

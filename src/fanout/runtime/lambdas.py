@@ -11,6 +11,10 @@ what keeps database connections open across invocations (and what RDS Proxy expe
 powertools runs the records on that loop: in the Lambda runtime (``LAMBDA_TASK_ROOT`` is
 set) it uses ``asyncio.get_event_loop()``, which is the loop set here.
 
+At the end of every invocation the process's metrics (``fanout.metrics``) are printed as
+CloudWatch Embedded Metric Format: the same names as the worker's ``/metrics``
+(``runtime/emf.py``), in the namespace ``FANOUT_METRICS_NAMESPACE``.
+
 Settings come from the environment; ``FANOUT_SECRETS_ARN`` names a Secrets Manager
 secret (a JSON object of ``FANOUT_*`` names to values) read once at cold start, so the
 database URL and provider keys never sit in the function's configuration in clear.
@@ -20,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import (
@@ -32,7 +38,9 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from fanout.config import load_settings
+from fanout.queue.admin import observe_queue_depths
 from fanout.queue.sqs import QueueMessage
+from fanout.runtime.emf import EmfPublisher
 from fanout.runtime.pipeline import Pipeline, Result
 from fanout.runtime.reconciler import reconcile_once
 
@@ -48,6 +56,7 @@ class _Container:
     loop: asyncio.AbstractEventLoop
     stack: contextlib.AsyncExitStack
     pipeline: Pipeline
+    metrics: EmfPublisher
 
 
 _container: _Container | None = None
@@ -61,7 +70,8 @@ def _container_pipeline() -> _Container:
         settings = loop.run_until_complete(load_settings())
         stack = contextlib.AsyncExitStack()
         pipeline = loop.run_until_complete(stack.enter_async_context(Pipeline.open(settings)))
-        _container = _Container(loop, stack, pipeline)
+        metrics = EmfPublisher(settings.metrics_namespace)
+        _container = _Container(loop, stack, pipeline, metrics)
     asyncio.set_event_loop(_container.loop)
     return _container
 
@@ -100,25 +110,48 @@ def _handle_sqs_event(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return dict(response)
 
 
+Handler = TypeVar("Handler", bound=Callable[..., dict[str, Any]])
+
+
+def publishes_metrics(handler: Handler) -> Handler:
+    """Print the invocation's metrics as EMF when it ends, whether it succeeded or not."""
+
+    @functools.wraps(handler)
+    def publishing(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        try:
+            return handler(event, context)
+        finally:
+            if _container is not None:
+                _container.metrics.flush()
+
+    return publishing  # type: ignore[return-value]
+
+
 @logger.inject_lambda_context
+@publishes_metrics
 def fanout_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """SQS-triggered fan-out: plans events and runs shards, within the time budget."""
     return _handle_sqs_event(event, context)
 
 
 @logger.inject_lambda_context
+@publishes_metrics
 def delivery_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """SQS-triggered delivery: sends batches, records outcomes, re-enqueues retries."""
     return _handle_sqs_event(event, context)
 
 
+@publishes_metrics
 def reconcile_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Scheduled (EventBridge, every minute): one reconciler pass; see runtime/reconciler."""
+    """Scheduled (EventBridge, every minute): one reconciler pass, and the queues' depths
+    for the SQS gauges, as the worker's reconciler loop does; see runtime/reconciler."""
     container = _container_pipeline()
     pipeline = container.pipeline
     report = container.loop.run_until_complete(
         reconcile_once(pipeline.pool, pipeline.queues, pipeline.settings)
     )
+    with contextlib.suppress(Exception):  # only the gauges go stale
+        container.loop.run_until_complete(observe_queue_depths(pipeline.queues))
     return {
         "events_resent": report.events_resent,
         "events_finished": report.events_finished,

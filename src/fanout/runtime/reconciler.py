@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,8 @@ import asyncpg
 
 from fanout import store
 from fanout.config import Settings
+from fanout.metrics import EVENTS_FINISHED, RECONCILER_ACTIONS
+from fanout.queue.admin import observe_queue_depths
 from fanout.queue.messages import DeliveryBatch, FanoutTask
 from fanout.queue.sqs import Queues
 from fanout.stages.batching import users_of_key
@@ -44,6 +48,9 @@ log = logging.getLogger(__name__)
 
 # Units taken per statement and pass: a pass stays short, and the next one takes more.
 _PER_PASS = 500
+# Four GetQueueAttributes calls (both queues, both DLQs) per worker every 15 s, rather than
+# every pass (5 s): a scrape interval's worth, and a third of the SQS requests.
+QUEUE_DEPTHS_EVERY = 15.0
 
 
 @dataclass
@@ -87,6 +94,7 @@ async def reconcile_once(
     await _batches(pool, queues, settings, due, report)
     if event_id is None:
         await _prune_user_sends(pool)
+    _count_actions(report)
     if report.actions:
         log.warning(
             "reconciler: released %d event(s); resent %d event(s), %d shard(s), %d batch(es); "
@@ -104,6 +112,18 @@ async def reconcile_once(
 # Recorded pushes (user_sends) deleted per pass at most: a bounded statement, never a
 # long lock, however much has aged out at once.
 _PRUNE_PER_PASS = 10_000
+
+
+def _count_actions(report: ReconcileReport) -> None:
+    for kind, count in (
+        ("event_resent", report.events_resent),
+        ("event_finished", report.events_finished),
+        ("shard_resent", report.shards_resent),
+        ("batch_resent", report.batches_resent),
+        ("given_up", len(report.given_up)),
+    ):
+        # Every kind every pass (0 too): a series that exists from the first pass on.
+        RECONCILER_ACTIONS.labels(kind).inc(count)
 
 
 @dataclass(frozen=True)
@@ -137,7 +157,8 @@ async def _events(
         to_release = []
         for row in rows:
             if row.status == "fanned_out":  # waiting for its last batch: has it ended?
-                if await store.finish_event(conn, event_id=row.id):
+                if ended := await store.finish_event(conn, event_id=row.id):
+                    EVENTS_FINISHED.labels(ended).inc()
                     report.events_finished += 1
             elif row.status == "scheduled":  # its time has come: enqueued from here
                 await store.mark_event_enqueued(
@@ -199,7 +220,7 @@ async def _batches(
 ) -> None:
     async with pool.acquire() as conn:
         rows = await store.claim_due_batches(conn, **due.claim())
-        notifications: dict[int, Any] = {}
+        events: dict[int, Any] = {}
         to_send = []
         for row in rows:
             event_id, key = row.event_id, row.batch_key
@@ -217,14 +238,16 @@ async def _batches(
                 await store.give_up_batch(
                     conn, event_id=event_id, batch_key=key, reason=reason[:200]
                 )
-                await store.finish_event(conn, event_id=event_id)
+                if ended := await store.finish_event(conn, event_id=event_id):
+                    EVENTS_FINISHED.labels(ended).inc()
                 report.given_up.append(f"batch {key} of event {event_id}")
                 continue
-            if event_id not in notifications:
-                event = await store.load_event(conn, event_id=event_id)
-                assert event is not None  # the batch's row refers to it
-                notifications[event_id] = event.notification
-            batch = DeliveryBatch(event_id, key, row.attempt, notifications[event_id])
+            if event_id not in events:
+                events[event_id] = await store.load_event(conn, event_id=event_id)
+            event = events[event_id]
+            assert event is not None  # the batch's row refers to it
+            batch = DeliveryBatch(event_id, key, row.attempt, event.notification)
+            batch.published_at = event.created_at.timestamp()
             if row.device_ids is not None:
                 batch.device_ids = list(row.device_ids)
             else:
@@ -242,7 +265,8 @@ async def _maybe_end(
     await store.mark_event_fanned_out(
         conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
     )
-    if await store.finish_event(conn, event_id=event_id):
+    if ended := await store.finish_event(conn, event_id=event_id):
+        EVENTS_FINISHED.labels(ended).inc()
         report.events_finished += 1
 
 
@@ -250,8 +274,11 @@ async def run_reconciler(
     pool: asyncpg.Pool, queues: Queues, settings: Settings, stopping: asyncio.Event
 ) -> None:
     """Reconcile every ``reconcile_interval_seconds`` until ``stopping`` is set; a failed
-    pass (the database or the queue away) is logged and the next one tries again."""
+    pass (the database or the queue away) is logged and the next one tries again. The
+    queues' depths (the SQS gauges) are read after a pass, at most every
+    ``QUEUE_DEPTHS_EVERY`` seconds."""
     period = settings.reconcile_interval_seconds
+    depths_read = -math.inf
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), period)
@@ -261,6 +288,12 @@ async def run_reconciler(
             await reconcile_once(pool, queues, settings)
         except Exception as exc:
             log.warning("reconciler pass failed (tries again in %.0fs): %r", period, exc)
+        if time.monotonic() - depths_read >= QUEUE_DEPTHS_EVERY:
+            depths_read = time.monotonic()
+            try:
+                await observe_queue_depths(queues)
+            except Exception as exc:  # only the gauges go stale
+                log.debug("could not read the queues' depths: %r", exc)
 
 
 async def _prune_user_sends(pool: asyncpg.Pool) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fanout import retry
-from fanout.config import Settings, Unreachable
+from fanout.config import ConfigError, Settings, Unreachable
 from fanout.queue.sqs import Queue, QueueMessage, as_unreachable, open_client, open_queues
 from fanout.runtime.pipeline import Pipeline, Result
 from fanout.runtime.reconciler import run_reconciler
@@ -162,6 +162,29 @@ class QueueConsumer:
         log.warning("releasing %d unfinished message(s) on %s", len(released), self.queue.name)
         with contextlib.suppress(Exception):
             await self.queue.change_visibility_many(released, 0)
+
+
+def serve_metrics(settings: Settings) -> str:
+    """Serve this process's metrics (``fanout.metrics``) for Prometheus at
+    ``FANOUT_METRICS_HOST:FANOUT_METRICS_PORT``; returns the URL (also logged).
+
+    prometheus_client's own server, in a thread of its own: a scrape never waits for the
+    event loop, nor the loop for a scrape.
+    """
+    from prometheus_client import start_http_server
+
+    assert settings.metrics_port is not None
+    try:
+        server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    except OSError as exc:
+        raise ConfigError(
+            f"FANOUT_METRICS_PORT: cannot serve metrics on {settings.metrics_host}:"
+            f"{settings.metrics_port}: {exc.strerror or exc}"
+        ) from None
+    host, port = str(server.server_address[0]), server.server_address[1]
+    url = f"http://{host}:{port}/metrics"
+    log.info("serving metrics on %s", url)
+    return url
 
 
 async def wait_until_reachable(settings: Settings, stopping: asyncio.Event) -> bool:

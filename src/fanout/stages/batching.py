@@ -36,7 +36,7 @@ from fanout.queue.messages import MAX_DEVICES_PER_BATCH, encode_delivery
 
 # Room for the envelope's punctuation, key and attempt beyond the notification JSON,
 # and for opening each platform's group (name, quotes, brackets).
-_ENVELOPE_SLACK = 160 + 16 * 3
+_ENVELOPE_SLACK = 192 + 16 * 3  # 32 of it for "published" (epoch seconds)
 # Device JSON gathered per byte of message: APNs batches with locales encode to ~0.72
 # of their JSON, so 1.3 fills a message to ~94% in one go; FCM tokens and Web Push keys
 # do not compress, and those batches are cut back once to what fits (one more encoding).
@@ -116,8 +116,10 @@ class BatchPacker:
         notification: dict[str, Any],
         max_bytes: int,
         max_devices: int = MAX_DEVICES_PER_BATCH,
+        published_at: float | None = None,
     ) -> None:
         self.event_id = event_id
+        self.published_at = published_at
         self.shard = shard
         self.notification = notification
         self.max_bytes = max_bytes
@@ -231,7 +233,12 @@ class BatchPacker:
         first, last = rows[0][0], rows[-1][0]
         key = batch_key(self.shard, first, last)
         body = encode_delivery(
-            self.event_id, key, 0, self.notification, b"{%b}" % devices_json.encode()
+            self.event_id,
+            key,
+            0,
+            self.notification,
+            b"{%b}" % devices_json.encode(),
+            published_at=self.published_at,
         )
         user_ids = tuple(dict.fromkeys(row[0] for row in rows))
         return PackedBatch(

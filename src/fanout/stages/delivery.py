@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,7 @@ import asyncpg
 import orjson
 import pydantic
 
-from fanout import retry, store
+from fanout import metrics, retry, store
 from fanout.config import Settings
 from fanout.metrics import AUDIENCE_HELD_BACK
 from fanout.notification import Notification, RenderedNotification, render
@@ -32,6 +33,7 @@ from fanout.stages import leases
 from fanout.stages.batching import shard_of_key
 from fanout.stages.device_outcomes import BatchDetail, batch_detail
 from fanout.stages.fanout import shard_page_filter
+from fanout.stages.holding import HeldBatch, Hold, held_batch, record_held
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class BatchReport:
     invalid: int = 0
     skipped: int = 0
     retried: int = 0
+    held: int = 0  # not sent: their credential's breaker is open; sent again after a cool-down
     already_done: bool = False
     busy: bool = False  # another invocation holds it: this copy of the message is redundant
     lease_left: float = 0.0  # when busy: seconds until the holder's lease ends
@@ -68,7 +71,7 @@ async def deliver_batch(
         batch, pool, report.devices, lease, settings.reconcile_after_seconds
     )
     if claimed in ("cancelled", "expired"):
-        await _hold_back(batch, pool, claimed, report)
+        await _finish_unsent(batch, pool, claimed, report)
         return report
     if claimed != "claimed":
         report.already_done, report.busy = claimed == "done", claimed == "busy"
@@ -84,7 +87,9 @@ async def deliver_batch(
         await leases.give_up(_releaser(batch, pool, settings), failure, lease)
     renewing = asyncio.create_task(_keep_lease(batch, pool, lease, settings))
     try:
-        outcomes = await _send_all(notification, str(batch.event_id), devices, providers)
+        outcomes = await _send_all(
+            notification, str(batch.event_id), devices, providers, batch.published_at
+        )
     except BaseException as failure:
         # Stopped mid-send (a worker's grace ran out): the next copy may go on at once.
         # Devices sent already get it again, with the same collapse key.
@@ -96,8 +101,11 @@ async def deliver_batch(
     invalid_ids: list[int] = []
     to_retry: list[Device] = []
     retry_after = 0.0
+    hold = Hold()
     for device, outcome in zip(devices, outcomes, strict=True):
-        if outcome is None:
+        if outcome is not None and outcome.kind is OutcomeKind.HELD:
+            hold.add(device, outcome)
+        elif outcome is None:
             report.skipped += 1
         elif outcome.kind is OutcomeKind.OK:
             report.sent += 1
@@ -119,18 +127,38 @@ async def deliver_batch(
         else:
             report.failed += len(to_retry)
             report.failure_reasons["retries exhausted"] = len(to_retry)
+    held = _hold_back(batch, hold, report, settings)
 
     # Per device, only what went wrong (for the console's "Where is my push?").
     detail = batch_detail(devices, outcomes, retrying=retry_batch is not None)
-    await _record_outcome(pool, batch, report, invalid_ids, retry_batch, detail, settings)
+    await _record_outcome(pool, batch, report, invalid_ids, retry_batch, detail, settings, held)
     if retry_batch is not None:
         await _send_retry(queues, *retry_batch)
+    if held is not None:
+        await _send_retry(queues, held.batch, held.delay)
     if report.failure_reasons:
         log.warning("batch %s: failures %s", batch.key, report.failure_reasons)
     return report
 
 
 _CONNECTION_ERRORS = store.UNTRUSTWORTHY
+_RETRY_SUFFIX = re.compile(r"/r\d+$")
+
+
+def _hold_back(
+    batch: DeliveryBatch, hold: Hold, report: BatchReport, settings: Settings
+) -> HeldBatch | None:
+    """The batch sending the devices an open breaker held back again after its cool-down
+    (they stay pending, never failed); once held too often, they count failed."""
+    if not hold.devices:
+        return None
+    held, given_up = held_batch(batch, hold, settings)
+    if held is not None:
+        report.held = len(hold.devices)
+    for reason, devices in given_up.items():
+        report.failed += devices
+        report.failure_reasons[reason] = report.failure_reasons.get(reason, 0) + devices
+    return held
 
 
 async def _record_outcome(
@@ -141,9 +169,11 @@ async def _record_outcome(
     retry_batch: tuple[DeliveryBatch, int] | None,
     detail: BatchDetail,
     settings: Settings,
+    held_batch: HeldBatch | None = None,
 ) -> None:
-    """Deactivate dead tokens, record the retry batch, the devices not sent to and mark
-    this one done, in one transaction; then, if that was the event's last open batch, end the event.
+    """Deactivate dead tokens, record the retry batch (and the batch of devices held back
+    by a breaker), the devices not sent to, and mark this one done, in one transaction;
+    then, if that was the event's last open batch, end the event.
 
     The pushes are out by now: if recording fails, SQS would deliver the batch again and
     every device would get it twice. A database blip is worth waiting out instead.
@@ -177,6 +207,8 @@ async def _record_outcome(
                     kinds=detail.kinds,
                     reasons=detail.reasons,
                 )
+                if held_batch is not None:
+                    await record_held(conn, held_batch, settings)
                 await store.finish_batch(
                     conn,
                     event_id=batch.event_id,
@@ -188,8 +220,10 @@ async def _record_outcome(
                     retried=report.retried,
                     failure_reasons=report.failure_reasons or None,
                 )
-            if retry_batch is None:
-                await store.finish_event(conn, event_id=batch.event_id)
+            if retry_batch is None and held_batch is None:
+                ended = await store.finish_event(conn, event_id=batch.event_id)
+                if ended is not None:
+                    metrics.EVENTS_FINISHED.labels(ended).inc()
 
     await retry.retrying(
         record,
@@ -200,7 +234,7 @@ async def _record_outcome(
     )
 
 
-async def _hold_back(
+async def _finish_unsent(
     batch: DeliveryBatch, pool: asyncpg.Pool, reason: str, report: BatchReport
 ) -> None:
     """The event was cancelled or expired while the batch waited: it is done, nothing
@@ -209,7 +243,8 @@ async def _hold_back(
         devices = await store.finish_batch_held(
             conn, event_id=batch.event_id, batch_key=batch.key, reason=reason
         )
-        await store.finish_event(conn, event_id=batch.event_id)
+        if ended := await store.finish_event(conn, event_id=batch.event_id):
+            metrics.EVENTS_FINISHED.labels(ended).inc()
     report.held_back[reason] = devices
     AUDIENCE_HELD_BACK.labels(reason).inc(devices)
     log.info("batch %s: not sent, its event is %s (%d devices)", batch.key, reason, devices)
@@ -343,6 +378,7 @@ async def _send_all(
     collapse_key: str,
     devices: Sequence[Device],
     providers: Mapping[str, Provider],
+    published_at: float | None = None,
 ) -> list[Outcome | None]:
     """Each device's outcome, in order; None where no provider serves its platform.
 
@@ -358,6 +394,7 @@ async def _send_all(
         provider = providers.get(platform)
         if provider is None:
             return
+        metrics.published_at.set(published_at)  # this group's task only (a copied context)
         rendered = _rendered(notification, locale, collapse_key)
         results = await provider.send(rendered, [devices[i] for i in indexes])
         for index, outcome in zip(indexes, results, strict=True):
@@ -397,12 +434,15 @@ def _retry_batch(
 ) -> tuple[DeliveryBatch, int]:
     """Only the devices that may still succeed, as a smaller batch, and its delay."""
     attempt = batch.attempt + 1
-    base_key = batch.key.split("/r", 1)[0]
+    # Only a trailing /r<n>: a batch held back by a breaker (.../r2/h1) keeps its attempt,
+    # so its retries are named after it (.../r2/h1/r3), never after its parent's (.../r3).
+    base_key = _RETRY_SUFFIX.sub("", batch.key)
     retry_batch = DeliveryBatch(
         event_id=batch.event_id,
         key=f"{base_key}/r{attempt}",
         attempt=attempt,
         notification=batch.notification,
+        published_at=batch.published_at,
     )
     for device in devices:
         retry_batch.devices.setdefault(device.platform, []).append(device.wire())

@@ -52,6 +52,8 @@ def batch_detail(
             detail.note(device, "retried", outcome.reason)
         elif outcome.kind is OutcomeKind.RETRY:
             detail.note(device, "failed", f"retries exhausted; last: {outcome.reason}")
+        elif outcome.kind is OutcomeKind.HELD:  # by a config-error breaker, sent later
+            detail.note(device, "held", outcome.reason)
         else:
             detail.note(device, "failed", outcome.reason or outcome.kind.value)
     return detail

@@ -37,7 +37,7 @@ import asyncpg
 
 from fanout import store
 from fanout.config import Settings
-from fanout.metrics import AUDIENCE_HELD_BACK
+from fanout.metrics import AUDIENCE_HELD_BACK, EVENTS_FINISHED
 from fanout.queue.messages import FanoutTask, PoisonMessage
 from fanout.queue.sqs import Queues
 from fanout.stages import leases
@@ -149,8 +149,10 @@ async def plan_event(
                 await _plan_releases(conn, event, settings, reader)
         unfinished = await store.unfinished_shards(conn, event_id=event_id)
         if not unfinished:  # everything is held for later, or nothing is left to send
-            if await _end_if_nothing_open(conn, event_id, settings):
-                await store.finish_event(conn, event_id=event_id)
+            if await _end_if_nothing_open(conn, event_id, settings) and (
+                ended := await store.finish_event(conn, event_id=event_id)
+            ):
+                EVENTS_FINISHED.labels(ended).inc()
             return []
     first, rest = unfinished[0], unfinished[1:]
     await queues.fanout.send_many([FanoutTask(event_id, shard).encode() for shard in rest])
@@ -338,6 +340,7 @@ async def _stream_shard(
         shard=shard,
         notification=event.notification,
         max_bytes=batch_max_bytes(settings.batch_max_bytes, queues.delivery.max_message_bytes),
+        published_at=event.created_at.timestamp(),
     )
     sent: list[PackedBatch] = []  # sent to SQS, not yet recorded
 
@@ -423,8 +426,9 @@ async def _stream_shard(
         )
         if not fanned_out:  # recipients this shard deferred may be the next release
             await store.hold_event_until_next_release(conn, event_id=event_id)
-    if fanned_out:  # the last shard: the event may have nothing left open
-        await store.finish_event(conn, event_id=event_id)
+    # The last shard: the event may have nothing left open.
+    if fanned_out and (ended := await store.finish_event(conn, event_id=event_id)):
+        EVENTS_FINISHED.labels(ended).inc()
     return ShardReport(
         event_id,
         shard,

@@ -89,6 +89,12 @@ class EventStatus(BaseModel):
     schedule: Schedule
     waves: list[Wave] = Field(description="deliver_at_local waves and deferred releases.")
     deferred: Deferred
+    held_by_breaker: dict[str, int] = Field(
+        default_factory=dict,
+        description="Devices not sent yet because their provider credential was refused (a "
+        "config error opened its breaker), by that error; they are still pending and are "
+        "sent once a probe finds the credential working again.",
+    )
     shards: int
     shards_done: int
     shards_failed: int = Field(description="Shards given up by the reconciler.")
@@ -141,6 +147,7 @@ def event_status_from_row(row: Mapping[str, Any]) -> EventStatus:
             next_release_at=row["deferred_next_release_at"],
             last_release_at=row["deferred_last_release_at"],
         ),
+        held_by_breaker=row["held_by_breaker"],
         shards=row["shards"],
         shards_done=row["shards_done"],
         shards_failed=row["shards_failed"],

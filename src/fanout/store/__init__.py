@@ -52,6 +52,7 @@ from fanout.store.batches import (
     finish_batch,
     finish_batch_held,
     give_up_batch,
+    record_held_batch,
     record_retry_batch,
     release_batch,
     renew_batch_lease,
@@ -105,6 +106,7 @@ from fanout.store.events import (
     DueEvent,
     Event,
     FirstUse,
+    OpenEvents,
     cancel_event,
     claim_due_events,
     event_by_idempotency_key,
@@ -118,6 +120,7 @@ from fanout.store.events import (
     mark_event_enqueued,
     mark_event_fanned_out,
     mark_event_fanning_out,
+    open_events,
 )
 from fanout.store.quotas import lease_quota, pause_quota
 from fanout.store.recipients import (
@@ -193,6 +196,7 @@ __all__ = [
     "FrequencyCap",
     "LeaseStatus",
     "OldestWaiting",
+    "OpenEvents",
     "PageFilter",
     "PlannedWave",
     "Preferences",
@@ -275,6 +279,7 @@ __all__ = [
     "next_shard_boundary",
     "next_shard_no",
     "oldest_waiting",
+    "open_events",
     "pause_quota",
     "plan_due_waves",
     "prune_user_sends",
@@ -282,6 +287,7 @@ __all__ = [
     "recent_failures_by_reason",
     "recent_outcomes_by_platform",
     "record_batch_detail",
+    "record_held_batch",
     "record_retry_batch",
     "release_batch",
     "release_deferred",

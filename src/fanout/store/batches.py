@@ -121,6 +121,32 @@ async def record_retry_batch(
     )
 
 
+async def record_held_batch(
+    conn: asyncpg.Connection,
+    *,
+    event_id: int,
+    batch_key: str,
+    attempt: int,
+    device_ids: Sequence[int],
+    delay_seconds: float,
+    overdue_after: float,
+    reason: str,
+) -> None:
+    """Record a batch of devices an open breaker held back, by their ids and the config
+    error that held them; due once ``delay_seconds`` and ``overdue_after`` seconds have
+    passed (``RECORD_HELD_BATCH``)."""
+    await conn.execute(
+        queries.RECORD_HELD_BATCH,
+        event_id,
+        batch_key,
+        attempt,
+        device_ids,
+        delay_seconds,
+        overdue_after,
+        reason,
+    )
+
+
 async def finish_batch(
     conn: asyncpg.Connection,
     *,

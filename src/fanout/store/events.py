@@ -24,6 +24,7 @@ class Event:
     user_id: int | None
     notification: dict[str, Any]
     status: str
+    created_at: datetime  # its commit: what the publish-to-push latency is measured from
     quiet_hours: str  # defer | drop | ignore
     in_waves: bool  # deliver_at_local: fanned out wave by wave (event_waves)
     cancelled: bool
@@ -155,6 +156,20 @@ async def finish_event(conn: asyncpg.Connection, *, event_id: int) -> str | None
 async def fail_event(conn: asyncpg.Connection, *, event_id: int, reason: str) -> None:
     """End an event that can never be fanned out as failed, with the reason (``FAIL_EVENT``)."""
     await conn.execute(queries.FAIL_EVENT, event_id, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenEvents:
+    """The events in one unfinished state: how many, and how long the oldest has been."""
+
+    status: str
+    events: int
+    oldest_seconds: float
+
+
+async def open_events(conn: asyncpg.Connection | asyncpg.Pool) -> list[OpenEvents]:
+    """The unfinished events by state (``EVENTS_OPEN``)."""
+    return [OpenEvents(**row) for row in await conn.fetch(queries.EVENTS_OPEN)]
 
 
 async def event_progress(

@@ -114,7 +114,7 @@ RETURNING status
 
 # Index: events_pkey.
 LOAD_EVENT = """
-SELECT id, topic_id, user_id, notification, status, quiet_hours,
+SELECT id, topic_id, user_id, notification, status, created_at, quiet_hours,
        deliver_at_local IS NOT NULL AS in_waves,
        cancelled_at IS NOT NULL AS cancelled, expires_at <= now() AS expired
 FROM events WHERE id = $1
@@ -665,6 +665,16 @@ VALUES ($1, $2, $3, 'queued', cardinality($4::bigint[]), $4,
 ON CONFLICT (event_id, batch_key) DO NOTHING
 """
 
+# Index: delivery_batches_pkey. Devices an open breaker held back: recorded like a retry
+# batch (they keep their attempt), with the config error that held them ($7).
+RECORD_HELD_BATCH = """
+INSERT INTO delivery_batches (event_id, batch_key, attempt, status, devices, device_ids, due_at,
+                              held_reason)
+VALUES ($1, $2, $3, 'queued', cardinality($4::bigint[]), $4,
+        now() + make_interval(secs => $5::float8 + $6::float8), $7)
+ON CONFLICT (event_id, batch_key) DO NOTHING
+"""
+
 # Index: delivery_batches_pkey.
 BATCH_STATUS = """
 SELECT status, greatest(0, extract(epoch FROM lease_until - now()))::float8 AS lease_left
@@ -797,7 +807,8 @@ SELECT e.id, e.status, e.created_at, e.fanned_out_at, e.finished_at, e.last_erro
        coalesce(dr.waiting, 0) AS deferred_waiting, coalesce(dr.released, 0) AS deferred_released,
        coalesce(dr.dropped, 0) AS deferred_dropped,
        dr.next_release_at AS deferred_next_release_at,
-       dr.last_release_at AS deferred_last_release_at
+       dr.last_release_at AS deferred_last_release_at,
+       coalesce(k.held_by_breaker, '{}'::jsonb) AS held_by_breaker
 FROM events AS e
 LEFT JOIN LATERAL (
     SELECT count(*) AS shards, count(*) FILTER (WHERE status = 'done') AS shards_done,
@@ -854,7 +865,26 @@ LEFT JOIN LATERAL (
            max(release_at) AS last_release_at
     FROM deferred_recipients WHERE event_id = e.id
 ) AS dr ON true
+LEFT JOIN LATERAL (
+    SELECT jsonb_object_agg(held_reason, devices) AS held_by_breaker
+    FROM (
+        SELECT held_reason, sum(devices) AS devices
+        FROM delivery_batches
+        WHERE event_id = e.id AND status <> 'done' AND held_reason IS NOT NULL
+        GROUP BY held_reason
+    ) AS by_reason
+) AS k ON true
 WHERE e.id = $1
+"""
+
+# Index: events_open (partial: only the open events). The event-level gauges of the API's
+# /metrics: how many events are in each unfinished state, and the oldest one's age.
+EVENTS_OPEN = """
+SELECT status, count(*) AS events,
+       extract(epoch FROM now() - min(created_at))::float8 AS oldest_seconds
+FROM events
+WHERE status IN ('pending', 'enqueued', 'fanning_out', 'fanned_out')
+GROUP BY status
 """
 
 # ---------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ TABLE_LIMIT = 100
 PERCENTILES = (0.5, 0.9, 0.99, 1.0)
 # Points on the throughput chart, at most: the bucket widens with the event's duration.
 CHART_POINTS = 120
-OUTCOMES = ("sent", "invalid", "failed", "retried", "skipped")
+OUTCOMES = ("sent", "invalid", "failed", "retried", "held", "skipped")
 _RATE_LIMITED = re.compile(r": 429\b")
 
 
@@ -214,7 +214,7 @@ def device_answer(
 ) -> DeviceAnswer:
     """One device's outcome in the event, from the batches that carried its user and the
     failure rows recorded for it: a device in a done batch without a row was sent to."""
-    if failures and failures[-1]["outcome"] != "retried":
+    if failures and failures[-1]["outcome"] not in ("retried", "held"):  # sent again later
         last = failures[-1]
         return DeviceAnswer(
             device,

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
+from fanout import store
 from fanout.api import schemas
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, State
+from fanout.metrics import open_event_gauges
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -35,5 +40,23 @@ async def healthz(state: State, response: Response) -> schemas.Health:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(state: State) -> Response:
-    """Prometheus text format."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text format: the API's own (requests, publishes), this process's share
+    of ``fanout.metrics``, and the unfinished events by state, read from PostgreSQL."""
+    text = generate_latest(state.metrics.registry) + generate_latest(REGISTRY)
+    try:
+        rows = await store.open_events(state.pool)
+    except Exception as exc:  # the rest is still worth serving
+        log.warning("metrics: could not read the open events: %r", exc)
+    else:
+        text += generate_latest(_Families(open_event_gauges(rows)))
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
+class _Families:
+    """Metric families computed for one scrape, in the shape ``generate_latest`` reads."""
+
+    def __init__(self, families: list[GaugeMetricFamily]) -> None:
+        self.families = families
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        return self.families

@@ -24,6 +24,10 @@ class ApnsEmulator(Emulator):
         self.topic = topic
         self.jwts_seen: set[str] = set()
         self._verified: dict[str, float] = {}
+        # As Apple answers a revoked signing key: every request refused with this reason
+        # (e.g. "InvalidProviderToken") while set; ``refused`` counts those requests.
+        self.refuse_credential: str | None = None
+        self.refused = 0
 
     def _check_provider_token(self, authorization: str | None) -> str | None:
         """None if the JWT is good, else the reason Apple would give."""
@@ -31,6 +35,9 @@ class ApnsEmulator(Emulator):
             return "MissingProviderToken"
         token = authorization[7:]
         self.jwts_seen.add(token)
+        if self.refuse_credential is not None:
+            self.refused += 1
+            return self.refuse_credential
         issued = self._verified.get(token)
         if issued is None:
             try:

@@ -12,7 +12,7 @@ CREATE TABLE delivery_failures (
     batch_key text NOT NULL,
     device_id bigint NOT NULL,
     platform  text NOT NULL,
-    outcome   text NOT NULL CHECK (outcome IN ('invalid', 'failed', 'retried', 'skipped')),
+    outcome   text NOT NULL CHECK (outcome IN ('invalid', 'failed', 'retried', 'held', 'skipped')),
     reason    text,
     at        timestamptz NOT NULL DEFAULT now()
 );
