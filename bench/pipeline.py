@@ -80,6 +80,12 @@ def peak_rss_kb(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used (/proc/PID/stat), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def sqs_requests_so_far(moto_log: Path) -> int:
     """moto's server logs one line per request it answers."""
     return moto_log.read_text().count('"POST /')
@@ -334,7 +340,14 @@ def main() -> None:
             for role in workers:
                 wait_for_line(logs / f"{role}.log", "worker consuming")
             category = DEMO_CATEGORY if args.preferences else None
+            cpu_before = {role: cpu_seconds(p.pid) for role, p in workers.items()}
             result = asyncio.run(run(settings, topic, devices, moto_log, category))
+            # CPU per device: what bounds a worker process, and steadier than a rate when
+            # the push service's emulator shares the machine's cores with it.
+            result["cpu_us_per_device"] = {
+                role: round((cpu_seconds(p.pid) - cpu_before[role]) / devices * 1e6, 1)
+                for role, p in workers.items()
+            }
             result["peak_rss_kb"] = {role: peak_rss_kb(p.pid) for role, p in workers.items()}
             for process in workers.values():  # the baseline gets the machine to itself
                 process.terminate()
@@ -369,6 +382,7 @@ def main() -> None:
         "sqs_requests",
         "sqs_requests_per_1000",
         "peak_rss_kb",
+        "cpu_us_per_device",
         "sent",
         "failed",
         "held_back",

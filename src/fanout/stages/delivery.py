@@ -98,40 +98,22 @@ async def deliver_batch(
     finally:
         renewing.cancel()
 
-    invalid_ids: list[int] = []
-    to_retry: list[Device] = []
-    retry_after = 0.0
-    hold = Hold()
-    for device, outcome in zip(devices, outcomes, strict=True):
-        if outcome is not None and outcome.kind is OutcomeKind.HELD:
-            hold.add(device, outcome)
-        elif outcome is None:
-            report.skipped += 1
-        elif outcome.kind is OutcomeKind.OK:
-            report.sent += 1
-        elif outcome.kind is OutcomeKind.INVALID_TOKEN:
-            invalid_ids.append(device.id)
-        elif outcome.kind is OutcomeKind.RETRY:
-            to_retry.append(device)
-            retry_after = max(retry_after, outcome.retry_after or 0.0)
-        else:
-            report.failed += 1
-            _count_reason(report, outcome)
-    report.invalid = len(invalid_ids)
-
+    what_next = _sort_outcomes(devices, outcomes, report)
     retry_batch: tuple[DeliveryBatch, int] | None = None
-    if to_retry:
+    if what_next.to_retry:
         if batch.attempt + 1 < settings.delivery_max_attempts:
-            retry_batch = _retry_batch(batch, to_retry, retry_after, settings)
-            report.retried = len(to_retry)
+            retry_batch = _retry_batch(batch, what_next.to_retry, what_next.retry_after, settings)
+            report.retried = len(what_next.to_retry)
         else:
-            report.failed += len(to_retry)
-            report.failure_reasons["retries exhausted"] = len(to_retry)
-    held = _hold_back(batch, hold, report, settings)
+            report.failed += len(what_next.to_retry)
+            report.failure_reasons["retries exhausted"] = len(what_next.to_retry)
+    held = _hold_back(batch, what_next.hold, report, settings)
 
     # Per device, only what went wrong (for the console's "Where is my push?").
     detail = batch_detail(devices, outcomes, retrying=retry_batch is not None)
-    await _record_outcome(pool, batch, report, invalid_ids, retry_batch, detail, settings, held)
+    await _record_outcome(
+        pool, batch, report, what_next.invalid_ids, retry_batch, detail, settings, held
+    )
     if retry_batch is not None:
         await _send_retry(queues, *retry_batch)
     if held is not None:
@@ -142,6 +124,42 @@ async def deliver_batch(
 
 
 _CONNECTION_ERRORS = store.UNTRUSTWORTHY
+
+
+@dataclass(slots=True)
+class _WhatNext:
+    """A sent batch's devices by what happens to them next (those sent or skipped are
+    only counted in the report)."""
+
+    invalid_ids: list[int] = field(default_factory=list)  # dead tokens: deactivate
+    to_retry: list[Device] = field(default_factory=list)  # may succeed later
+    retry_after: float = 0.0  # the longest Retry-After among them
+    hold: Hold = field(default_factory=Hold)  # held by an open breaker
+
+
+def _sort_outcomes(
+    devices: Sequence[Device], outcomes: Sequence[Outcome | None], report: BatchReport
+) -> _WhatNext:
+    what_next = _WhatNext()
+    for device, outcome in zip(devices, outcomes, strict=True):
+        if outcome is None:
+            report.skipped += 1
+        elif outcome.kind is OutcomeKind.OK:
+            report.sent += 1
+        elif outcome.kind is OutcomeKind.HELD:
+            what_next.hold.add(device, outcome)
+        elif outcome.kind is OutcomeKind.INVALID_TOKEN:
+            what_next.invalid_ids.append(device.id)
+        elif outcome.kind is OutcomeKind.RETRY:
+            what_next.to_retry.append(device)
+            what_next.retry_after = max(what_next.retry_after, outcome.retry_after or 0.0)
+        else:
+            report.failed += 1
+            _count_reason(report, outcome)
+    report.invalid = len(what_next.invalid_ids)
+    return what_next
+
+
 _RETRY_SUFFIX = re.compile(r"/r\d+$")
 
 

@@ -409,6 +409,20 @@ async def _stream_shard(
             await _send(tail, queues, progress)
             sent += tail
         progress.hold_back(packer.take_held_back())  # those after the last batch
+    return await _end_shard(conn, event_id, shard, progress, checkpoint, settings)
+
+
+async def _end_shard(
+    conn: asyncpg.Connection,
+    event_id: int,
+    shard: int,
+    progress: _Progress,
+    checkpoint: Callable[[], Awaitable[str | None]],
+    settings: Settings,
+) -> ShardReport:
+    """The last checkpoint and the shard done in one transaction, the event fanned out if
+    this was its last shard (or held for its next release); then the event ended if
+    nothing of it is left open."""
     async with conn.transaction():
         await checkpoint()
         await store.lock_event(conn, event_id=event_id)
