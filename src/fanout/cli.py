@@ -232,6 +232,7 @@ def worker(
 
     While the database or SQS does not answer, the worker says so and keeps trying.
     """
+    from fanout.providers import check_credentials
     from fanout.queue.sqs import sqs_usage
     from fanout.runtime import eventloop
     from fanout.runtime.worker import run_worker, serve_metrics
@@ -242,6 +243,7 @@ def worker(
     _logging(verbose)
     settings = _settings()
     settings.database_dsn()  # unset is a mistake to report now, not to wait out
+    check_credentials(settings)  # so is a push credential fanout cannot use
     if settings.metrics_port is not None:
         serve_metrics(settings)
 
@@ -280,18 +282,23 @@ def publish(
     ] = None,
 ) -> None:
     """Publish an event to a topic's subscribers; prints the event id."""
-    from fanout.notification import Notification
     from fanout.queue.sqs import open_client, open_queues
     from fanout.stages.publish import InvalidPublishOption
     from fanout.stages.publish import publish as do_publish
     from fanout.store import create_pool
 
     settings = _settings()
-    try:
-        notification = Notification(title=title, body=body)
-    except pydantic.ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    options = _publish_options(send_at, deliver_at_local, quiet_hours, expires_at)
+    request = _publish_request(
+        {
+            "topic": topic,
+            "notification": {"title": title, "body": body},
+            "idempotency_key": idempotency_key,
+            "send_at": send_at,
+            "deliver_at_local": deliver_at_local,
+            "quiet_hours": quiet_hours,
+            "expires_at": expires_at,
+        }
+    )
 
     async def main() -> int:
         pool = await create_pool(settings)
@@ -301,12 +308,12 @@ def publish(
                 published = await do_publish(
                     pool,
                     queues,
-                    notification,
-                    topic=topic,
-                    idempotency_key=idempotency_key,
+                    request.notification,
+                    topic=request.topic,
+                    idempotency_key=request.idempotency_key,
                     batch_max_bytes=settings.batch_max_bytes,
                     overdue_after=settings.reconcile_after_seconds,
-                    options=options,
+                    options=request.options(),
                     default_time_zone=settings.default_time_zone,
                 )
                 return published.event_id
@@ -320,25 +327,19 @@ def publish(
         raise typer.BadParameter(exc.message, param_hint=hint) from None
 
 
-def _publish_options(
-    send_at: str | None, deliver_at_local: str | None, quiet_hours: str, expires_at: str | None
-) -> Any:
-    """The publish options, checked as the API checks them; a bad one names its option."""
-    from fanout.api.schemas import PublishOptionsIn
+def _publish_request(fields: dict[str, Any]) -> Any:
+    """The publish, checked by the API's own model (``EventIn``), so the CLI accepts what
+    the API accepts and nothing else; a mistake names its option in one line."""
+    from fanout.api.schemas import EventIn
 
     try:
-        return PublishOptionsIn.model_validate(
-            {
-                "send_at": send_at,
-                "deliver_at_local": deliver_at_local,
-                "quiet_hours": quiet_hours,
-                "expires_at": expires_at,
-            }
-        ).options()
+        return EventIn.model_validate(fields)
     except pydantic.ValidationError as exc:
         error = exc.errors()[0]
-        field = str(error["loc"][0]).replace("_", "-")
-        raise typer.BadParameter(error["msg"], param_hint=f"--{field}") from None
+        where = [str(part) for part in error["loc"]]
+        name = where[-1] if where[0] == "notification" else where[0]
+        hint = "TOPIC" if name == "topic" else f"--{name.replace('_', '-')}"
+        raise typer.BadParameter(error["msg"], param_hint=hint) from None
 
 
 @app.command()

@@ -290,3 +290,46 @@ def test_a_metrics_port_already_taken_is_one_line_naming_it(
     assert line.startswith(
         f"fanout: FANOUT_METRICS_PORT: cannot serve metrics on 127.0.0.1:{closed_port}: "
     )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        pytest.param(
+            {"FANOUT_APNS_KEY": SECRET, "FANOUT_APNS_KEY_ID": "K", "FANOUT_APNS_TEAM_ID": "T",
+             "FANOUT_APNS_TOPIC": "x"},
+            "FANOUT_APNS_KEY (or _FILE) is not a PEM private key", id="apns key",
+        ),
+        pytest.param(
+            {"FANOUT_APNS_KEY_ID": "K"},
+            "APNs is configured in part: set FANOUT_APNS_KEY (or _FILE), FANOUT_APNS_TEAM_ID",
+            id="apns in part",
+        ),
+        pytest.param(
+            {"FANOUT_FCM_CREDENTIALS_FILE": "/nonexistent/fcm.json"},
+            "FANOUT_FCM_CREDENTIALS_FILE: cannot read /nonexistent/fcm.json", id="fcm file",
+        ),
+        pytest.param(
+            {"FANOUT_FCM_CREDENTIALS": "{" + SECRET}, "FANOUT_FCM_CREDENTIALS (or _FILE) is not",
+            id="fcm json",
+        ),
+        pytest.param(
+            {"FANOUT_VAPID_PRIVATE_KEY": SECRET, "FANOUT_VAPID_SUBJECT": "mailto:a@b.c"},
+            "FANOUT_VAPID_PRIVATE_KEY is not a P-256 private key", id="vapid key",
+        ),
+    ],
+)  # fmt: skip
+def test_a_push_credential_fanout_cannot_use_stops_the_worker_at_start(
+    settings: dict[str, str], message: str, environment: dict[str, str], closed_port: int
+) -> None:
+    """Found before the worker waits for anything (here SQS does not even answer), not as
+    a traceback at the first push of every batch."""
+    env = {
+        **environment,
+        **settings,
+        "FANOUT_PROVIDER": "push",
+        "FANOUT_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+        "FANOUT_SQS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port}",
+    }
+    line = the_one_line(fanout(env, "worker"), status=2)
+    assert line.startswith(f"fanout: {message}")

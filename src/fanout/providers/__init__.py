@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import SecretStr
 
-from fanout.config import Settings
+from fanout.config import ConfigError, Settings
 from fanout.providers.base import DELIVERED, Outcome, OutcomeKind, Provider
 from fanout.providers.quota import QuotaStore
 
 log = logging.getLogger(__name__)
 
 
-def build_providers(settings: Settings, quotas: QuotaStore | None = None) -> dict[str, Provider]:
+def build_providers(
+    settings: Settings, quotas: QuotaStore | None = None, *, warn: bool = True
+) -> dict[str, Provider]:
     """Providers by platform, as configured; an unconfigured one is skipped with a warning
     (its devices are counted as skipped, not lost). The sink stands in for all three.
     With ``quotas``, each provider whose quota is set (``FANOUT_*_QUOTA_PER_MINUTE``)
@@ -30,12 +34,27 @@ def build_providers(settings: Settings, quotas: QuotaStore | None = None) -> dic
     for platform, build in (("apns", _apns), ("fcm", _fcm), ("webpush", _webpush)):
         provider = build(settings)
         if provider is None:
-            log.warning("%s is not configured: its devices will be counted as skipped", platform)
+            if warn:
+                log.warning(
+                    "%s is not configured: its devices will be counted as skipped", platform
+                )
         else:
             if quotas is not None:
                 _share_quota(provider, settings, quotas)
             providers[platform] = provider
     return providers
+
+
+def check_credentials(settings: Settings) -> None:
+    """Build every configured provider once and close it: a credential fanout cannot use
+    is a ConfigError naming its setting at start-up, not a traceback at the first push.
+    (Building connects to nothing.)"""
+
+    async def build_and_close() -> None:
+        for provider in {id(p): p for p in build_providers(settings, warn=False).values()}.values():
+            await provider.aclose()
+
+    asyncio.run(build_and_close())
 
 
 def _share_quota(provider: Provider, settings: Settings, quotas: QuotaStore) -> None:
@@ -82,11 +101,20 @@ def _shared(settings: Settings, name: str) -> dict[str, Any]:
 
 
 def _apns(settings: Settings) -> Provider | None:
-    key = settings.apns_key.get_secret_value() if settings.apns_key else None
-    if key is None and settings.apns_key_file:
-        key = Path(settings.apns_key_file).read_text()
-    if not (key and settings.apns_key_id and settings.apns_team_id and settings.apns_topic):
+    key = _secret(settings.apns_key, settings.apns_key_file, "FANOUT_APNS_KEY")
+    parts = {
+        "FANOUT_APNS_KEY (or _FILE)": key,
+        "FANOUT_APNS_KEY_ID": settings.apns_key_id,
+        "FANOUT_APNS_TEAM_ID": settings.apns_team_id,
+        "FANOUT_APNS_TOPIC": settings.apns_topic,
+    }
+    if not any(parts.values()):
         return None
+    if missing := [name for name, value in parts.items() if not value]:
+        raise ConfigError(f"APNs is configured in part: set {', '.join(missing)} too")
+    assert key is not None and settings.apns_key_id and settings.apns_team_id
+    assert settings.apns_topic
+    _check_private_key(key, "FANOUT_APNS_KEY (or _FILE)", "the .p8 key file Apple gives")
     from fanout.providers.apns import ApnsProvider
 
     return ApnsProvider(
@@ -99,16 +127,48 @@ def _apns(settings: Settings) -> Provider | None:
     )
 
 
+def _secret(value: SecretStr | None, file: str | None, setting: str) -> str | None:
+    """A secret given in the environment, or read from the file ``setting``_FILE names;
+    a file that cannot be read is a config error naming it (its path is no secret)."""
+    if value is not None:
+        return value.get_secret_value()
+    if not file:
+        return None
+    try:
+        return Path(file).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{setting}_FILE: cannot read {file}: {exc.strerror}") from None
+
+
+def _check_private_key(pem: str, setting: str, what: str) -> None:
+    """Found at start-up, not at the first push of every batch."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{setting} is not a PEM private key ({what})") from None
+
+
 def _fcm(settings: Settings) -> Provider | None:
-    text = settings.fcm_credentials.get_secret_value() if settings.fcm_credentials else None
-    if text is None and settings.fcm_credentials_file:
-        text = Path(settings.fcm_credentials_file).read_text()
+    text = _secret(
+        settings.fcm_credentials, settings.fcm_credentials_file, "FANOUT_FCM_CREDENTIALS"
+    )
     if not text:
         return None
+    try:
+        info = orjson.loads(text)
+        if not isinstance(info, dict) or not {"client_email", "private_key"} <= info.keys():
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            "FANOUT_FCM_CREDENTIALS (or _FILE) is not a service account's JSON key "
+            "(with client_email and private_key)"
+        ) from None
     from fanout.providers.fcm import FcmProvider
 
     return FcmProvider(
-        service_account_info=orjson.loads(text),
+        service_account_info=info,
         endpoint=settings.fcm_endpoint,
         ca_file=settings.tls_ca_file,
         **_shared(settings, "fcm"),
@@ -118,8 +178,15 @@ def _fcm(settings: Settings) -> Provider | None:
 def _webpush(settings: Settings) -> Provider | None:
     if settings.vapid_private_key is None or not settings.vapid_subject:
         return None
-    from fanout.providers.webpush import WebPushProvider
+    from fanout.providers.webpush import WebPushProvider, load_vapid_key
 
+    try:
+        load_vapid_key(settings.vapid_private_key.get_secret_value())
+    except ValueError:
+        raise ConfigError(
+            "FANOUT_VAPID_PRIVATE_KEY is not a P-256 private key (PEM, or the 32-byte key "
+            "in base64url that web-push tools print)"
+        ) from None
     return WebPushProvider(
         vapid_private_key=settings.vapid_private_key.get_secret_value(),
         subject=settings.vapid_subject,
@@ -127,4 +194,11 @@ def _webpush(settings: Settings) -> Provider | None:
     )
 
 
-__all__ = ["DELIVERED", "Outcome", "OutcomeKind", "Provider", "build_providers"]
+__all__ = [
+    "DELIVERED",
+    "Outcome",
+    "OutcomeKind",
+    "Provider",
+    "build_providers",
+    "check_credentials",
+]

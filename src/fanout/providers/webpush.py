@@ -72,7 +72,10 @@ def load_vapid_key(value: str) -> ec.EllipticCurvePrivateKey:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValueError("the VAPID key must be a P-256 EC key")
         return key
-    return ec.derive_private_key(int.from_bytes(b64url_decode(value), "big"), ec.SECP256R1())
+    raw = b64url_decode(value)
+    if len(raw) != 32:  # any other length would decode to some other key, refused by all
+        raise ValueError("the VAPID key must be 32 bytes in base64url")
+    return ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
 
 
 def topic_for(collapse_key: str) -> str:
