@@ -128,6 +128,15 @@ class Settings(BaseSettings):
     sqs_endpoint_url: str | None = Field(
         default=None, description="SQS endpoint; unset means AWS's regional endpoint."
     )
+
+    @field_validator("sqs_endpoint_url")
+    @classmethod
+    def _sqs_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in {"http", "https"} or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL (http://127.0.0.1:5000)")
+        return url
     aws_region: str = "us-east-1"
     queue_prefix: str = Field(
         default="fanout",

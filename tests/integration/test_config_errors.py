@@ -183,6 +183,7 @@ def test_an_sqs_endpoint_that_does_not_answer_is_named_with_its_setting(
             (["serve"], "FANOUT_PROVIDER", "carrier-pigeon", "String should match pattern"),
             (["demo"], "FANOUT_DATABASE_URL", f"mysql://u:{SECRET}@db/x", "a postgresql:// URL"),
             (["queues", "create"], "FANOUT_QUEUE_PREFIX", "no spaces", "should match pattern"),
+            (["worker"], "FANOUT_SQS_ENDPOINT_URL", "garbage", "must be an http:// or https://"),
         ]
     ],
 )
