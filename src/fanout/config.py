@@ -137,6 +137,7 @@ class Settings(BaseSettings):
             if parts.scheme not in {"http", "https"} or not parts.hostname:
                 raise ValueError("must be an http:// or https:// URL (http://127.0.0.1:5000)")
         return url
+
     aws_region: str = "us-east-1"
     queue_prefix: str = Field(
         default="fanout",
