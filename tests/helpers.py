@@ -18,6 +18,7 @@ from fanout.queue.admin import create_queues
 from fanout.queue.messages import DeliveryBatch, decode
 from fanout.queue.sqs import Queue, open_client
 from fanout.runtime.pipeline import Pipeline
+from fanout.stages.progress import EventStatus, load_event_status
 from fanout.store import queries
 
 
@@ -130,3 +131,20 @@ async def sink_pipeline(settings: Settings, sink_url: str) -> AsyncIterator[Pipe
             yield pipeline
     finally:
         await provider.aclose()
+
+
+async def status(pipeline: Pipeline, event_id: int) -> EventStatus:
+    found = await load_event_status(pipeline.pool, event_id)
+    assert found is not None
+    return found
+
+
+async def run_everything(pipeline: Pipeline) -> None:
+    """Run every message on both queues until both stay empty (one worker, in order)."""
+    while True:
+        bodies = await drain(pipeline.queues.fanout, idle_polls=1)
+        bodies += await drain(pipeline.queues.delivery, idle_polls=1)
+        if not bodies:
+            return
+        for body in bodies:
+            await pipeline.handle(body)

@@ -19,9 +19,8 @@ from fanout.runtime.pipeline import Pipeline, Result
 from fanout.runtime.reconciler import reconcile_once
 from fanout.stages.delivery import deliver_batch
 from fanout.stages.fanout import plan_event, run_shard
-from fanout.stages.progress import EventStatus, load_event_status
 from fanout.stages.publish import NotificationTooLarge, publish, record_event
-from tests.helpers import add_device, batches_of, drain, make_topic
+from tests.helpers import add_device, batches_of, drain, make_topic, run_everything, status
 
 NOTE = Notification(title="New book")
 LATER = 24 * 3600.0  # look-ahead: every deadline has passed
@@ -32,23 +31,6 @@ def small(pipeline: Pipeline, **changes: object) -> None:
     pipeline.settings = pipeline.settings.model_copy(
         update={"batch_max_bytes": 4096, "shard_size": 97, "page_size": 13, **changes}
     )
-
-
-async def status(pipeline: Pipeline, event_id: int) -> EventStatus:
-    found = await load_event_status(pipeline.pool, event_id)
-    assert found is not None
-    return found
-
-
-async def run_everything(pipeline: Pipeline) -> None:
-    """Run every message on both queues until both stay empty (one worker, in order)."""
-    while True:
-        bodies = await drain(pipeline.queues.fanout, idle_polls=1)
-        bodies += await drain(pipeline.queues.delivery, idle_polls=1)
-        if not bodies:
-            return
-        for body in bodies:
-            await pipeline.handle(body)
 
 
 def delivered_once(

@@ -12,7 +12,6 @@ turns asyncpg's statement cache off, and migrations connect directly
 from __future__ import annotations
 
 import asyncio
-import secrets
 import subprocess
 import sys
 import time
@@ -64,21 +63,14 @@ def _through(pooler_url: str, database_url: str) -> str:
 
 
 @pytest.fixture
-def settings(database_url: str, pgbouncer_server_url: str, sqs_endpoint: str) -> Settings:
+def settings(settings: Settings, database_url: str, pgbouncer_server_url: str) -> Settings:
     """The conftest's settings, with the database behind PgBouncer."""
-    return Settings(
-        database_url=SecretStr(_through(pgbouncer_server_url, database_url)),
-        database_pooler="pgbouncer",
-        database_direct_url=SecretStr(database_url),
-        sqs_endpoint_url=sqs_endpoint,
-        queue_prefix=f"t{secrets.token_hex(5)}",
-        fanout_queue_url=None,
-        delivery_queue_url=None,
-        visibility_timeout=5,
-        poll_wait_seconds=1,
-        max_receive_count=2,
-        retry_base_delay=0,
-        shutdown_grace_seconds=5,
+    return settings.model_copy(
+        update={
+            "database_url": SecretStr(_through(pgbouncer_server_url, database_url)),
+            "database_pooler": "pgbouncer",
+            "database_direct_url": SecretStr(database_url),
+        }
     )
 
 

@@ -23,7 +23,7 @@ from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.reconciler import reconcile_once
 from fanout.runtime.worker import run_worker
 from fanout.stages.fanout import plan_event
-from fanout.stages.progress import EventStatus, load_event_status
+from fanout.stages.progress import load_event_status
 from fanout.stages.publish import (
     PublishOptions,
     TooLateToCancel,
@@ -32,27 +32,10 @@ from fanout.stages.publish import (
     record_event,
 )
 from fanout.stages.schedule import in_quiet_window, quiet_window_end
-from tests.helpers import Topic, drain, make_topic, wait_for
+from tests.helpers import Topic, drain, make_topic, run_everything, status, wait_for
 
 NOTE = Notification(title="New chapter")
 HOUR = 3600.0
-
-
-async def status(pipeline: Pipeline, event_id: int) -> EventStatus:
-    found = await load_event_status(pipeline.pool, event_id)
-    assert found is not None
-    return found
-
-
-async def run_everything(pipeline: Pipeline) -> None:
-    """Run every message on both queues until both stay empty (one worker, in order)."""
-    while True:
-        bodies = await drain(pipeline.queues.fanout, idle_polls=1)
-        bodies += await drain(pipeline.queues.delivery, idle_polls=1)
-        if not bodies:
-            return
-        for body in bodies:
-            await pipeline.handle(body)
 
 
 def received(sink: EmbeddedSink, event_id: int, device_ids: list[int]) -> set[int]:
