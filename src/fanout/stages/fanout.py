@@ -83,6 +83,17 @@ class _Progress:
             self.held_back[reason] += count
             AUDIENCE_HELD_BACK.labels(reason).inc(count)
 
+    def report(self, event_id: int, shard: int, *, finished: bool = True) -> ShardReport:
+        return ShardReport(
+            event_id,
+            shard,
+            self.recipients,
+            self.devices,
+            self.batches,
+            dict(self.held_back),
+            finished=finished,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class _Audience:
@@ -443,14 +454,7 @@ async def _end_shard(
     # The last shard: the event may have nothing left open.
     if fanned_out and (ended := await store.finish_event(conn, event_id=event_id)):
         EVENTS_FINISHED.labels(ended).inc()
-    return ShardReport(
-        event_id,
-        shard,
-        progress.recipients,
-        progress.devices,
-        progress.batches,
-        dict(progress.held_back),
-    )
+    return progress.report(event_id, shard)
 
 
 async def shard_page_filter(
@@ -605,12 +609,4 @@ async def _yield_shard(
     log.info(
         "event %d shard %d: out of time at user %d, re-enqueued", event_id, shard, progress.cursor
     )
-    return ShardReport(
-        event_id,
-        shard,
-        progress.recipients,
-        progress.devices,
-        progress.batches,
-        dict(progress.held_back),
-        finished=False,
-    )
+    return progress.report(event_id, shard, finished=False)
