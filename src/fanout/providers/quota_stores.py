@@ -36,7 +36,10 @@ class PostgresQuotaStore:
 
 
 # quota.grant() in Lua, run atomically by Redis. Floats go back as strings: Redis turns a
-# Lua number into an integer reply. The hash expires an hour after its last use.
+# Lua number into an integer reply. They are written with %.17g, exactly: Lua's tostring
+# keeps 14 digits, which rounded a clock of ~2e9 s to 0.1 ms, and each lease then refilled
+# up to 0.2 tokens too many at 2,000/s (one token over the budget in 5 s of leases).
+# The hash expires an hour after its last use.
 LEASE_SCRIPT = """
 local want, rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
     tonumber(ARGV[4])
@@ -48,10 +51,10 @@ local available = math.min(burst, tokens + math.max(0, now - updated) * rate)
 local granted = 0
 if paused <= now then granted = math.min(want, math.floor(available)) end
 local left = available - granted
-redis.call('HSET', KEYS[1], 'tokens', tostring(left), 'updated_at',
-    tostring(math.max(updated, now)))
+local function exact(x) return string.format('%.17g', x) end
+redis.call('HSET', KEYS[1], 'tokens', exact(left), 'updated_at', exact(math.max(updated, now)))
 redis.call('EXPIRE', KEYS[1], 3600)
-return {granted, tostring(left), tostring(paused)}
+return {granted, exact(left), exact(paused)}
 """
 
 PAUSE_SCRIPT = """
