@@ -35,8 +35,9 @@ from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client, open_queues
 from fanout.stages.progress import TERMINAL_STATES
 from fanout.stages.publish import publish
-from fanout.store import connect, create_pool, find_or_create, queries
+from fanout.store import connect, create_pool, events, seeding, subscriptions
 from fanout.store.migrate import migrate
+from fanout.store.subscriptions import find_or_create
 
 # 30% filtered out by the rules the fan-out applies today. No quiet hours: that rule
 # belongs to the publish options (it may defer rather than drop).
@@ -53,15 +54,15 @@ async def seed(
         run = os.urandom(3).hex()
         topic = f"bench:{run}"
         async with conn.transaction():
-            topic_id = await find_or_create(conn, queries.UPSERT_TOPIC, topic)
-            users = await conn.fetchrow(queries.SEED_USERS, f"bench-{run}-", subscribers)
+            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic)
+            users = await conn.fetchrow(seeding.SEED_USERS, f"bench-{run}-", subscribers)
             first, last = users["first_id"], users["last_id"]
-            await conn.execute(queries.SEED_SUBSCRIPTIONS, topic_id, first, last)
+            await conn.execute(seeding.SEED_SUBSCRIPTIONS, topic_id, first, last)
             args = (run, webpush_base, None, None, ["apns"])
-            one = await conn.fetchrow(queries.SEED_DEVICES, first, last, 1, *args)
+            one = await conn.fetchrow(seeding.SEED_DEVICES, first, last, 1, *args)
             # A second device for every fifth user: 1.2 devices a subscriber on average.
             extra = await conn.fetchrow(
-                queries.SEED_DEVICES, first, first + subscribers // 5 - 1, 1, run + "b", *args[1:]
+                seeding.SEED_DEVICES, first, first + subscribers // 5 - 1, 1, run + "b", *args[1:]
             )
         if audience is not None:
             await seed_audience(
@@ -104,7 +105,7 @@ async def run(
             deadline = time.monotonic() + 3600
             while time.monotonic() < deadline:
                 async with pool.acquire() as conn:
-                    row = await conn.fetchrow(queries.EVENT_PROGRESS, event.event_id)
+                    row = await conn.fetchrow(events.EVENT_PROGRESS, event.event_id)
                 done = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]
                 # row["devices"]: those fanned out (the topic's, less any filtered out).
                 if row["status"] in TERMINAL_STATES and done >= row["devices"]:
@@ -164,7 +165,7 @@ def run_baseline(
         conn = await connect(settings.database_dsn())
         try:
             await conn.execute(SETUP)
-            topic_id = await find_or_create(conn, queries.UPSERT_TOPIC, topic)
+            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic)
             return topic_id, await conn.fetchval(
                 "SELECT coalesce(max(event_id), 0) + 1 FROM baseline_sent"
             )

@@ -19,7 +19,7 @@ from fanout.queue.messages import DeliveryBatch, decode
 from fanout.queue.sqs import Queue, open_client
 from fanout.runtime.pipeline import Pipeline
 from fanout.stages.progress import EventStatus, load_event_status
-from fanout.store import queries
+from fanout.store import subscriptions
 
 
 @dataclass
@@ -41,8 +41,10 @@ async def make_topic(
     run = secrets.token_hex(4)
     key = f"test:{run}"
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await conn.fetchval(queries.UPSERT_TOPIC, key)
-        user_ids = [await conn.fetchval(queries.UPSERT_USER, f"{run}-{i}") for i in range(users)]
+        topic_id = await conn.fetchval(subscriptions.UPSERT_TOPIC, key)
+        user_ids = [
+            await conn.fetchval(subscriptions.UPSERT_USER, f"{run}-{i}") for i in range(users)
+        ]
         await conn.executemany(
             "INSERT INTO subscriptions (topic_id, user_id) VALUES ($1, $2)",
             [(topic_id, u) for u in user_ids],

@@ -522,7 +522,7 @@ def apikey_revoke(key_id: Annotated[str, typer.Argument(help="The id shown by 'l
 @apikey_app.command("list")
 def apikey_list() -> None:
     """List API keys (ids and scopes; secrets are never stored)."""
-    from fanout.store import list_api_keys
+    from fanout.store.api_keys import list_api_keys
 
     for key in _with_connection(list_api_keys):
         state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "live"
@@ -545,7 +545,7 @@ def caps_set(
     import re
 
     from fanout.api.schemas import CAP_CATEGORY_PATTERN
-    from fanout.store import put_frequency_cap
+    from fanout.store.audience import put_frequency_cap
 
     if not re.match(CAP_CATEGORY_PATTERN, category):
         raise typer.BadParameter(f"must match {CAP_CATEGORY_PATTERN}", param_hint="CATEGORY")
@@ -560,7 +560,7 @@ def caps_set(
 @caps_app.command("list")
 def caps_list() -> None:
     """List the frequency caps."""
-    from fanout.store import list_frequency_caps
+    from fanout.store.audience import list_frequency_caps
 
     for cap in _with_connection(list_frequency_caps):
         typer.echo(f"{cap.category:<24} {cap.max_sends:>8} per {cap.window_seconds}s")
@@ -569,7 +569,7 @@ def caps_list() -> None:
 @caps_app.command("delete")
 def caps_delete(category: Annotated[str, typer.Argument(help="The category, or '*'.")]) -> None:
     """Remove a frequency cap."""
-    from fanout.store import delete_frequency_cap
+    from fanout.store.audience import delete_frequency_cap
 
     if not _with_connection(lambda conn: delete_frequency_cap(conn, category=category)):
         err.print(f"[red]no cap for {category}[/]")

@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 if TYPE_CHECKING:
     from fanout.providers.base import Outcome
-    from fanout.store import OpenEvents
+    from fanout.store.events import OpenEvents
 
 # --- Providers ------------------------------------------------------------------------
 PROVIDER_OUTCOMES = Counter(

@@ -18,7 +18,7 @@ from fanout.local.workers import WorkerProcess, worker_environment
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.worker import run_worker
 from fanout.stages.progress import TERMINAL_STATES
-from fanout.store import queries
+from fanout.store import events
 from tests.helpers import sink_pipeline
 
 
@@ -57,7 +57,7 @@ async def wait_until_delivered(
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError, asyncpg.PostgresError):
             async with pool.acquire() as conn:
-                row = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
+                row = await conn.fetchrow(events.EVENT_PROGRESS, event_id)
             done = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]
             if row["status"] in TERMINAL_STATES and done >= devices:
                 return row

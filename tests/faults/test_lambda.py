@@ -19,7 +19,7 @@ from fanout.queue.messages import FanoutTask, decode
 from fanout.queue.sqs import Queue, open_client, open_queues
 from fanout.runtime import lambdas
 from fanout.stages.publish import record_event
-from fanout.store import connect, create_pool, queries
+from fanout.store import connect, create_pool, events
 from tests.helpers import make_topic
 from tests.processes import start_serving, stop
 
@@ -148,7 +148,7 @@ def test_only_the_failed_records_come_back_as_batch_item_failures(
 async def _statuses(settings: Settings, event_ids: list[int]) -> list[str]:
     conn = await connect(settings.database_dsn())
     try:
-        return [(await conn.fetchrow(queries.LOAD_EVENT, e))["status"] for e in event_ids]
+        return [(await conn.fetchrow(events.LOAD_EVENT, e))["status"] for e in event_ids]
     finally:
         await conn.close()
 

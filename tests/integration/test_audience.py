@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from fanout import store
 from fanout.config import Settings
 from fanout.local.demo import TIME_ZONES, AudienceMix, seed_audience
 from fanout.local.sink import EmbeddedSink
@@ -23,6 +22,7 @@ from fanout.stages.delivery import deliver_batch
 from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.progress import load_event_status
 from fanout.stages.publish import record_event
+from fanout.store import audience, recipients
 from tests.helpers import Topic, batches_of, device_counts, drain, make_topic
 
 NEWS = Notification(title="Breaking", category="news")
@@ -65,9 +65,9 @@ async def externals(pool: asyncpg.Pool, user_ids: Sequence[int]) -> list[str]:
     return [r["external_id"] for r in rows]
 
 
-async def set_preferences(pool: asyncpg.Pool, *preferences: store.Preferences) -> None:
+async def set_preferences(pool: asyncpg.Pool, *preferences: audience.Preferences) -> None:
     async with pool.acquire() as conn:
-        await store.upsert_preferences(conn, preferences=preferences)
+        await audience.upsert_preferences(conn, preferences=preferences)
 
 
 def devices_of(topic: Topic, users: Sequence[int]) -> set[int]:
@@ -83,10 +83,10 @@ async def test_global_and_category_opt_outs_are_held_back_and_counted(
     users = await externals(pool, topic.user_ids)
     await set_preferences(
         pool,
-        *(store.Preferences(user=u, opted_out=True) for u in users[:5]),
-        *(store.Preferences(user=u, opted_out_categories=("news",)) for u in users[5:12]),
-        *(store.Preferences(user=u, opted_out_categories=("sports",)) for u in users[12:15]),
-        *(store.Preferences(user=u, time_zone="Asia/Tokyo") for u in users[15:20]),
+        *(audience.Preferences(user=u, opted_out=True) for u in users[:5]),
+        *(audience.Preferences(user=u, opted_out_categories=("news",)) for u in users[5:12]),
+        *(audience.Preferences(user=u, opted_out_categories=("sports",)) for u in users[12:15]),
+        *(audience.Preferences(user=u, time_zone="Asia/Tokyo") for u in users[15:20]),
     )
 
     news, news_devices = await fan_out(topic, NEWS, pool, queues, small(settings))
@@ -115,7 +115,7 @@ async def test_a_muted_topic_is_held_back_until_the_mute_ends(
     }
     async with pool.acquire() as conn:
         for user_id, (topic_id, until) in mutes.items():
-            await store.mute_topic(conn, user_id=user_id, topic_id=topic_id, until=until)
+            await audience.mute_topic(conn, user_id=user_id, topic_id=topic_id, until=until)
 
     event, devices = await fan_out(topic, PLAIN, pool, queues, small(settings))
 
@@ -128,7 +128,7 @@ async def test_a_cap_of_n_lets_exactly_n_pushes_through_then_holds_back(
 ) -> None:
     topic = await make_topic(pool, 9)
     async with pool.acquire() as conn:
-        await store.put_frequency_cap(conn, category="*", max_sends=2, window_seconds=HOUR)
+        await audience.put_frequency_cap(conn, category="*", max_sends=2, window_seconds=HOUR)
 
     reached = [await fan_out(topic, PLAIN, pool, queues, small(settings)) for _ in range(3)]
 
@@ -145,7 +145,7 @@ async def test_a_category_cap_counts_only_its_category(
 ) -> None:
     topic = await make_topic(pool, 6)
     async with pool.acquire() as conn:
-        await store.put_frequency_cap(conn, category="news", max_sends=1, window_seconds=HOUR)
+        await audience.put_frequency_cap(conn, category="news", max_sends=1, window_seconds=HOUR)
 
     _, first_news = await fan_out(topic, NEWS, pool, queues, small(settings))
     _, plain = await fan_out(topic, PLAIN, pool, queues, small(settings))
@@ -164,7 +164,7 @@ async def test_the_cap_window_rolls_a_send_older_than_the_window_no_longer_count
     topic = await make_topic(pool, 3)
     inside, edge, outside = topic.user_ids
     async with pool.acquire() as conn:
-        await store.put_frequency_cap(conn, category="*", max_sends=1, window_seconds=HOUR)
+        await audience.put_frequency_cap(conn, category="*", max_sends=1, window_seconds=HOUR)
     # The clock runs on between these inserts and the page query, which only moves sends
     # out of the window: 'inside' keeps five minutes of margin, the others are out already.
     await pool.executemany(
@@ -184,10 +184,10 @@ async def test_the_first_rule_names_the_reason_and_a_user_counts_once(
 ) -> None:
     topic = await make_topic(pool, 4, devices_per_user=(1, 0))  # users 1 and 3: no device
     users = await externals(pool, topic.user_ids)
-    await set_preferences(pool, *(store.Preferences(user=u, opted_out=True) for u in users))
+    await set_preferences(pool, *(audience.Preferences(user=u, opted_out=True) for u in users))
     async with pool.acquire() as conn:
         for user_id in topic.user_ids:
-            await store.mute_topic(conn, user_id=user_id, topic_id=topic.id, until=None)
+            await audience.mute_topic(conn, user_id=user_id, topic_id=topic.id, until=None)
 
     event, devices = await fan_out(topic, PLAIN, pool, queues, small(settings))
 
@@ -204,9 +204,9 @@ async def test_a_resumed_shard_counts_its_held_back_users_once(
 ) -> None:
     topic = await make_topic(pool, 120)
     users = await externals(pool, topic.user_ids)
-    await set_preferences(pool, *(store.Preferences(user=u, opted_out=True) for u in users[::3]))
+    await set_preferences(pool, *(audience.Preferences(user=u, opted_out=True) for u in users[::3]))
     async with pool.acquire() as conn:
-        await store.put_frequency_cap(conn, category="*", max_sends=5, window_seconds=HOUR)
+        await audience.put_frequency_cap(conn, category="*", max_sends=5, window_seconds=HOUR)
     event = await record_event(pool, PLAIN, topic=topic.key)
     tuned = small(settings, shard_size=10_000, batch_max_bytes=1024)  # ~25 devices a batch
     budget = itertools.chain([60.0] * 11, itertools.repeat(1.0))  # runs short on page 12
@@ -234,7 +234,7 @@ async def test_a_one_to_one_send_respects_the_opt_out(
 ) -> None:
     topic = await make_topic(pool, 1)
     [user] = await externals(pool, topic.user_ids)
-    await set_preferences(pool, store.Preferences(user=user, opted_out_categories=("news",)))
+    await set_preferences(pool, audience.Preferences(user=user, opted_out_categories=("news",)))
 
     event = await record_event(pool, NEWS, user=user)
     await plan_event(event.event_id, pool, queues, settings)
@@ -248,13 +248,13 @@ async def test_a_lost_batch_re_read_holds_back_the_same_users(
 ) -> None:
     topic = await make_topic(pool, 10)
     users = await externals(pool, topic.user_ids)
-    await set_preferences(pool, store.Preferences(user=users[4], opted_out=True))
+    await set_preferences(pool, audience.Preferences(user=users[4], opted_out=True))
     async with pool.acquire() as conn:
-        await store.put_frequency_cap(conn, category="*", max_sends=1, window_seconds=HOUR)
+        await audience.put_frequency_cap(conn, category="*", max_sends=1, window_seconds=HOUR)
     event, devices = await fan_out(topic, PLAIN, pool, queues, settings)
 
     async with pool.acquire() as conn:
-        rows = await store.batch_recipients(
+        rows = await recipients.batch_recipients(
             conn,
             topic_id=topic.id,
             first_user_id=topic.user_ids[0],
@@ -276,13 +276,13 @@ async def test_the_sink_receives_exactly_the_users_not_held_back(
     users = await externals(pool, topic.user_ids)
     await set_preferences(
         pool,
-        *(store.Preferences(user=u, opted_out=True) for u in users[0:5]),
-        *(store.Preferences(user=u, opted_out_categories=("news",)) for u in users[5:10]),
+        *(audience.Preferences(user=u, opted_out=True) for u in users[0:5]),
+        *(audience.Preferences(user=u, opted_out_categories=("news",)) for u in users[5:10]),
     )
     async with pool.acquire() as conn:
         for user_id in topic.user_ids[10:15]:
-            await store.mute_topic(conn, user_id=user_id, topic_id=topic.id, until=None)
-        await store.put_frequency_cap(conn, category="*", max_sends=1, window_seconds=HOUR)
+            await audience.mute_topic(conn, user_id=user_id, topic_id=topic.id, until=None)
+        await audience.put_frequency_cap(conn, category="*", max_sends=1, window_seconds=HOUR)
     await pool.executemany(
         "INSERT INTO user_sends (user_id, event_id, category) VALUES ($1, 0, NULL)",
         [(u,) for u in topic.user_ids[15:20]],

@@ -12,7 +12,7 @@ from fanout.runtime.pipeline import Pipeline
 from fanout.stages.delivery import deliver_batch
 from fanout.stages.fanout import plan_event
 from fanout.stages.publish import record_event
-from fanout.store import queries
+from fanout.store import events
 from tests.helpers import add_device, batches_of, drain, make_topic
 
 NOTE = Notification(title="New book")
@@ -105,7 +105,7 @@ async def test_outcome_is_recorded_per_batch(pipeline: Pipeline, sink: EmbeddedS
     [batch] = await fanned_out_batches(pipeline, topic.key)
     await deliver(pipeline, batch)
     async with pipeline.pool.acquire() as conn:
-        progress = await conn.fetchrow(queries.EVENT_PROGRESS, batch.event_id)
+        progress = await conn.fetchrow(events.EVENT_PROGRESS, batch.event_id)
     assert (progress["sent"], progress["failed"], progress["invalid"]) == (9, 1, 0)
 
 

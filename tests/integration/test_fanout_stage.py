@@ -14,7 +14,7 @@ from fanout.queue.messages import FanoutTask, PoisonMessage, decode
 from fanout.queue.sqs import Queues
 from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.publish import record_event
-from fanout.store import queries
+from fanout.store import events, subscriptions
 from tests.helpers import add_device, batches_of, device_counts, drain, make_topic
 
 NOTE = Notification(title="New book")
@@ -50,7 +50,7 @@ async def test_paging_across_shard_boundaries_misses_and_doubles_nobody(
     assert sorted(counts) == sorted(topic.device_ids)
     assert set(counts.values()) == {1}
     async with pool.acquire() as conn:
-        progress = await conn.fetchrow(queries.EVENT_PROGRESS, event.event_id)
+        progress = await conn.fetchrow(events.EVENT_PROGRESS, event.event_id)
     assert progress["status"] == "fanned_out"  # its batches are still on the queue
     assert progress["shards"] == progress["shards_done"] == 11  # 1000 / 97, rounded up
     assert progress["devices"] == len(topic.device_ids)
@@ -74,7 +74,7 @@ async def test_concurrent_subscribe_and_unsubscribe_never_doubles_or_skips_the_s
                     topic.id,
                     user_id,
                 )
-                newcomer = await conn.fetchval(queries.UPSERT_USER, f"{topic.key}-new-{i}")
+                newcomer = await conn.fetchval(subscriptions.UPSERT_USER, f"{topic.key}-new-{i}")
                 await conn.execute(
                     "INSERT INTO subscriptions (topic_id, user_id) VALUES ($1, $2)",
                     topic.id,

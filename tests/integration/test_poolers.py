@@ -30,7 +30,7 @@ from fanout.local.sink import EmbeddedSink
 from fanout.local.workers import WorkerProcess, worker_environment
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client
-from fanout.store import queries
+from fanout.store import events, subscriptions
 from tests.api.conftest import start_server
 from tests.helpers import make_topic
 
@@ -192,8 +192,8 @@ async def test_nothing_is_left_prepared_on_pgbouncers_server_connections(
     topic = await make_topic(pool, 5)
     for _ in range(10):
         async with pool.acquire() as conn:
-            await conn.fetch(queries.EVENT_PROGRESS, 0)
-            await conn.fetchval(queries.UPSERT_TOPIC, topic.key)
+            await conn.fetch(events.EVENT_PROGRESS, 0)
+            await conn.fetchval(subscriptions.UPSERT_TOPIC, topic.key)
     held = await asyncio.gather(
         *(_prepared_statements(pool) for _ in range(settings.database_pool_size))
     )

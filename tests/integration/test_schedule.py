@@ -16,7 +16,6 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from fanout import store
 from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
 from fanout.runtime.pipeline import Pipeline
@@ -32,6 +31,7 @@ from fanout.stages.publish import (
     record_event,
 )
 from fanout.stages.schedule import in_quiet_window, quiet_window_end
+from fanout.store import recipients
 from tests.helpers import Topic, drain, make_topic, run_everything, status, wait_for
 
 NOTE = Notification(title="New chapter")
@@ -238,7 +238,7 @@ async def test_the_page_query_applies_quiet_windows_in_each_users_zone(pool: asy
 
     async def held(policy: str) -> dict[int, str | None]:
         async with pool.acquire() as conn:
-            rows = await store.topic_recipients_page(
+            rows = await recipients.topic_recipients_page(
                 conn,
                 topic_id=topic.id,
                 after_user_id=0,
@@ -246,7 +246,7 @@ async def test_the_page_query_applies_quiet_windows_in_each_users_zone(pool: asy
                 limit=100,
                 event_id=event.event_id,
                 category=None,
-                page_filter=store.PageFilter(quiet_hours=policy),
+                page_filter=recipients.PageFilter(quiet_hours=policy),
                 at=at,
             )
         release_at.update({r["user_id"]: r["release_at"] for r in rows if r["release_at"]})
@@ -259,7 +259,7 @@ async def test_the_page_query_applies_quiet_windows_in_each_users_zone(pool: asy
     # Recorded by the stage, one statement per page; a page read again records nobody twice.
     for _ in range(2):
         async with pool.acquire() as conn:
-            await store.defer_recipients(
+            await recipients.defer_recipients(
                 conn,
                 event_id=event.event_id,
                 user_ids=list(release_at),
@@ -694,7 +694,7 @@ async def test_sql_and_python_agree_on_quiet_windows_through_the_nights_the_cloc
     for step in range(0, 18 * 60, 20):
         at = evening + timedelta(minutes=step)
         async with pool.acquire() as conn:
-            rows = await store.topic_recipients_page(
+            rows = await recipients.topic_recipients_page(
                 conn,
                 topic_id=topic.id,
                 after_user_id=0,
@@ -702,7 +702,7 @@ async def test_sql_and_python_agree_on_quiet_windows_through_the_nights_the_cloc
                 limit=100,
                 event_id=event.event_id,
                 category=None,
-                page_filter=store.PageFilter(quiet_hours="defer"),
+                page_filter=recipients.PageFilter(quiet_hours="defer"),
                 at=at,
             )
         for row, (start, end) in zip(rows, WINDOWS, strict=True):

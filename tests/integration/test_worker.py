@@ -24,7 +24,7 @@ from fanout.runtime.reconciler import reconcile_once
 from fanout.runtime.worker import QueueConsumer, run_worker
 from fanout.stages.progress import TERMINAL_STATES
 from fanout.stages.publish import IdempotencyConflict, publish, record_event
-from fanout.store import queries
+from fanout.store import events
 from tests.faults.proxy import FlakyProxy
 from tests.helpers import make_topic, wait_for
 
@@ -45,7 +45,7 @@ async def wait_until_done(pipeline: Pipeline, event_id: int, timeout: float = 60
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         async with pipeline.pool.acquire() as conn:
-            row = dict(await conn.fetchrow(queries.EVENT_PROGRESS, event_id))
+            row = dict(await conn.fetchrow(events.EVENT_PROGRESS, event_id))
         finished = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]
         if row["status"] in TERMINAL_STATES and finished >= row["devices"]:
             return row

@@ -12,7 +12,8 @@ from fanout.providers import build_providers
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client
 from fanout.runtime.pipeline import Pipeline
-from fanout.store import find_or_create, queries
+from fanout.store import devices, subscriptions
+from fanout.store.subscriptions import find_or_create
 
 
 @pytest.fixture(autouse=True)
@@ -52,10 +53,10 @@ async def add_devices(
     topic = f"prov:{run}"
     ids, tokens = [], []
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await find_or_create(conn, queries.UPSERT_TOPIC, topic)
+        topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic)
         for i in range(count):
-            user = await find_or_create(conn, queries.UPSERT_USER, f"{run}-{i}")
-            await conn.execute(queries.SUBSCRIBE, topic_id, user)
+            user = await find_or_create(conn, subscriptions.UPSERT_USER, f"{run}-{i}")
+            await conn.execute(subscriptions.SUBSCRIBE, topic_id, user)
             if platform == "apns":
                 token, keys = secrets.token_hex(32), (None, None)
             elif platform == "fcm":
@@ -63,7 +64,7 @@ async def add_devices(
             else:
                 token = f"{services.webpush_endpoint_base}{run}-{i}"
                 keys = (services.p256dh, services.auth)
-            row = await conn.fetchrow(queries.UPSERT_DEVICE, user, platform, token, *keys, "en")
+            row = await conn.fetchrow(devices.UPSERT_DEVICE, user, platform, token, *keys, "en")
             ids.append(row["id"])
             tokens.append(token if platform != "webpush" else f"{run}-{i}")
     return topic, ids, tokens

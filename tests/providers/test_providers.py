@@ -28,7 +28,7 @@ from fanout.stages.delivery import deliver_batch
 from fanout.stages.fanout import plan_event
 from fanout.stages.progress import load_event_status
 from fanout.stages.publish import record_event
-from fanout.store import queries
+from fanout.store import events
 from tests.helpers import batches_of, drain
 from tests.providers.conftest import add_devices
 
@@ -132,7 +132,7 @@ async def test_web_push_to_a_service_that_speaks_only_http1_over_tls(
     expected = orjson.dumps(render(NOTE, "en", collapse_key=str(event_id)).payload())
     assert emulator.payloads == [expected] * 30
     async with push_pipeline.pool.acquire() as conn:
-        progress = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
+        progress = await conn.fetchrow(events.EVENT_PROGRESS, event_id)
     assert (progress["sent"], progress["failed"]) == (30, 0)
     assert await active(push_pipeline, ids) == set(ids)
 
@@ -161,7 +161,7 @@ async def test_a_push_service_that_cannot_be_spoken_to_fails_its_devices_at_once
         server.close()
     assert await drain(push_pipeline.queues.delivery) == []  # nothing to retry
     async with push_pipeline.pool.acquire() as conn:
-        progress = await conn.fetchrow(queries.EVENT_PROGRESS, event_id)
+        progress = await conn.fetchrow(events.EVENT_PROGRESS, event_id)
     assert (progress["sent"], progress["failed"], progress["invalid"]) == (0, 4, 0)
     [(reason, count)] = progress["failure_reasons"].items()
     assert "certificate refused" in reason and count == 4

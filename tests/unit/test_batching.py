@@ -12,7 +12,7 @@ NOTIFICATION = {"title": "New book", "body": "Out today"}
 
 
 def wire(device: Device) -> str:
-    """What PostgreSQL writes for a device (store/queries.py, _DEVICE_WIRE)."""
+    """What PostgreSQL writes for a device (store/fragments.py, DEVICE_WIRE)."""
     return orjson.dumps(device.wire()).decode()
 
 

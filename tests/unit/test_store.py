@@ -1,36 +1,64 @@
-"""The store's promise: every statement runs behind one named function, whose parameters
-are keyword-only and reach the statement whole (as many as it has ``$N``), and nothing
-outside the store runs SQL of its own."""
+"""The store's promise: every statement is written in the module of its table beside the one
+function that runs it, whose parameters are keyword-only and reach the statement whole (as
+many as it has ``$N``), and nothing outside the store runs SQL of its own."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import inspect
+import pkgutil
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
 
 import fanout
-from fanout import store
-from fanout.store import queries
+import fanout.store
+from fanout.store import audience, recipients, shards, waves
 
+# Modules that hold no statement of their own: pools, the migration runner, shared SQL.
+NOT_TABLES = {"connection", "migrate", "fragments"}
+MODULES: dict[str, ModuleType] = {
+    info.name: importlib.import_module(f"fanout.store.{info.name}")
+    for info in pkgutil.iter_modules(fanout.store.__path__)
+    if info.name not in NOT_TABLES and not info.ispkg
+}
+
+
+def _defined_here(module: ModuleType) -> set[str]:
+    """The upper-case names a module assigns itself (not those it imports)."""
+    tree = ast.parse(Path(module.__file__ or "").read_text())
+    return {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name) and target.id.isupper()
+    }
+
+
+# (module, name) -> the statement, for every statement a store module writes.
 STATEMENTS = {
-    name: sql
-    for name, sql in vars(queries).items()
-    if name.isupper() and not name.startswith("_") and isinstance(sql, str)
+    (module_name, name): sql
+    for module_name, module in MODULES.items()
+    for name in _defined_here(module)
+    if isinstance(sql := getattr(module, name), str)
 }
 # Functions that run a statement handed to them rather than one of their own.
 GENERIC = {"find_or_create"}
 FUNCTIONS = {
-    name: value
-    for name, value in vars(store).items()
+    (module_name, name): value
+    for module_name, module in MODULES.items()
+    for name, value in vars(module).items()
     if inspect.iscoroutinefunction(value)
     and name not in GENERIC
-    and value.__module__ != "fanout.store.connection"
+    and not name.startswith("_")
+    and value.__module__ == module.__name__
 }
 
 # Arguments that must have a shape; every other parameter gets a plain number.
@@ -40,12 +68,12 @@ SHAPED: dict[str, Any] = {
     "platforms": ["apns"],
     "device_ids": [1, 2],
     "users": ["u1"],
-    "page_filter": store.PageFilter(),
-    "waves": [store.PlannedWave(datetime(2026, 3, 29, 7, tzinfo=UTC), ("Europe/Berlin",), True)],
+    "page_filter": recipients.PageFilter(),
+    "waves": [waves.PlannedWave(datetime(2026, 3, 29, 7, tzinfo=UTC), ("Europe/Berlin",), True)],
     "now": datetime(2026, 3, 29, 7, tzinfo=UTC),
     "at": datetime(2026, 3, 29, 7, tzinfo=UTC),
     "held_back": {"deferred": 1},
-    "preferences": [store.Preferences(user="u1", opted_out=True)],
+    "preferences": [audience.Preferences(user="u1", opted_out=True)],
     "time_zones": ["Europe/Berlin"],
     "counted_users": [1, 2],
 }
@@ -79,18 +107,19 @@ async def _run_one(function: Callable[..., Any]) -> tuple[str, tuple[Any, ...]]:
 
 
 def test_every_store_function_takes_the_connection_then_keywords_only() -> None:
-    for name, function in FUNCTIONS.items():
+    for (_, name), function in FUNCTIONS.items():
         conn, *rest = inspect.signature(function).parameters.values()
         assert conn.name == "conn", name
         assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in rest), name
         assert function.__doc__, f"{name} says what it does"
 
 
-async def test_every_statement_runs_behind_one_function_with_all_its_parameters() -> None:
-    run_by: dict[str, list[str]] = {}
-    for name, function in FUNCTIONS.items():
+async def test_every_statement_runs_behind_one_function_of_its_own_module() -> None:
+    run_by: dict[tuple[str, str], list[str]] = {}
+    for (module_name, name), function in FUNCTIONS.items():
         query, args = await _run_one(function)
         statement = next(s for s, sql in STATEMENTS.items() if sql is query)
+        assert statement[0] == module_name, f"{name} runs {statement}, written elsewhere"
         run_by.setdefault(statement, []).append(name)
         placeholders = {int(n) for n in re.findall(r"\$(\d+)", query)}
         assert placeholders == set(range(1, len(args) + 1)), (
@@ -104,7 +133,7 @@ async def test_every_statement_runs_behind_one_function_with_all_its_parameters(
 async def test_checkpoint_passes_the_accepted_batches_as_columns() -> None:
     conn = RecordingConnection()
     with pytest.raises(_Ran):
-        await store.checkpoint_shard(
+        await shards.checkpoint_shard(
             conn,
             event_id=1,
             shard=2,
@@ -121,7 +150,7 @@ async def test_checkpoint_passes_the_accepted_batches_as_columns() -> None:
         )
     assert conn.calls == [
         (
-            queries.CHECKPOINT_SHARD,
+            shards.CHECKPOINT_SHARD,
             (1, 2, 3, 4, 5, 6, 30, 60, 60, ["1/0/0"], [3], [1], [2], {"muted": 2}, "news", [1, 2]),
         )
     ]
@@ -130,5 +159,11 @@ async def test_checkpoint_passes_the_accepted_batches_as_columns() -> None:
 def test_nothing_outside_the_store_holds_a_statement() -> None:
     src = Path(fanout.__file__).parent
     outside = [p for p in src.rglob("*.py") if "store" not in p.relative_to(src).parts]
-    offenders = [str(p) for p in outside if "store import queries" in p.read_text()]
+    statement_names = {name for _, name in STATEMENTS}
+    offenders = [
+        f"{p}: {name}"
+        for p in outside
+        for name in re.findall(r"\b[a-z_]+\.([A-Z][A-Z_]+)\b", p.read_text())
+        if name in statement_names
+    ]
     assert not offenders

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from fanout import store
+from fanout.store import api_keys
 
 SCOPES = ("publish", "manage", "read")
 PREFIX = "fo"
@@ -49,7 +49,7 @@ async def create_api_key(
         raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {sorted(scopes)}")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32).replace("_", "-")  # '_' separates the parts
-    api_key_id = await store.insert_api_key(
+    api_key_id = await api_keys.insert_api_key(
         conn, key_id=key_id, secret_hash=_hash(secret), scopes=sorted(set(scopes)), name=name
     )
     key = ApiKey(api_key_id, key_id, frozenset(scopes), name)
@@ -62,11 +62,11 @@ async def find_api_key(conn: asyncpg.Connection, token: str) -> ApiKey | None:
     if parts is None:
         return None
     key_id, secret = parts
-    stored = await store.live_api_key(conn, key_id=key_id)
+    stored = await api_keys.live_api_key(conn, key_id=key_id)
     if stored is None or not hmac.compare_digest(stored.secret_hash, _hash(secret)):
         return None
     return ApiKey(stored.id, key_id, frozenset(stored.scopes), stored.name)
 
 
 async def revoke_api_key(conn: asyncpg.Connection, key_id: str) -> bool:
-    return await store.revoke_api_key(conn, key_id=key_id)
+    return await api_keys.revoke_api_key(conn, key_id=key_id)

@@ -23,7 +23,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fanout import store
 from fanout.config import Settings
 from fanout.local.demo_console import bind_console, keep_serving
 from fanout.local.emulators.stack import local_push_services
@@ -39,7 +38,8 @@ from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.worker import run_worker
 from fanout.stages.progress import EventStatus, load_event_status
 from fanout.stages.publish import PublishOptions, publish
-from fanout.store import connect
+from fanout.store import connect, seeding, subscriptions
+from fanout.store.audience import put_frequency_cap
 from fanout.store.migrate import migrate
 
 # How long the demo waits for the last notification before it calls the run failed.
@@ -126,8 +126,8 @@ async def seed_audience(
     capped_from = muted_from + mix.muted
     category_from = capped_from + mix.capped
     async with conn.transaction():
-        topic_id = await store.find_or_create_topic(conn, topic=topic)
-        await store.seed_preferences(
+        topic_id = await subscriptions.find_or_create_topic(conn, topic=topic)
+        await seeding.seed_preferences(
             conn,
             **users,
             opted_out_percent=mix.opted_out,
@@ -137,13 +137,13 @@ async def seed_audience(
             category_percent=mix.category_opt_out,
             category=DEMO_CATEGORY,
         )
-        await store.seed_mutes(
+        await seeding.seed_mutes(
             conn, **users, from_percent=muted_from, topic_id=topic_id, percent=mix.muted
         )
-        await store.put_frequency_cap(
+        await put_frequency_cap(
             conn, category=DEMO_CATEGORY, max_sends=mix.cap, window_seconds=24 * 3600
         )
-        await store.seed_user_sends(
+        await seeding.seed_user_sends(
             conn,
             **users,
             from_percent=capped_from,
@@ -210,12 +210,12 @@ async def seed(
     run = secrets.token_hex(4)
     topic = f"demo:{run}"
     async with conn.transaction():
-        topic_id = await store.find_or_create_topic(conn, topic=topic)
-        users = await store.seed_users(conn, prefix=f"demo-{run}-", count=subscribers)
-        await store.seed_subscriptions(
+        topic_id = await subscriptions.find_or_create_topic(conn, topic=topic)
+        users = await seeding.seed_users(conn, prefix=f"demo-{run}-", count=subscribers)
+        await seeding.seed_subscriptions(
             conn, topic_id=topic_id, first_user_id=users.first_id, last_user_id=users.last_id
         )
-        devices = await store.seed_devices(
+        devices = await seeding.seed_devices(
             conn,
             first_user_id=users.first_id,
             last_user_id=users.last_id,

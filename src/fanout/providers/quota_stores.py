@@ -13,9 +13,9 @@ from typing import Any
 
 import asyncpg
 
-from fanout import store
 from fanout.config import Settings
 from fanout.providers.quota import Budget, Grant, QuotaStore
+from fanout.store import acquire, quotas
 
 
 class PostgresQuotaStore:
@@ -23,16 +23,16 @@ class PostgresQuotaStore:
         self.pool = pool
 
     async def lease(self, credential: str, *, want: int, budget: Budget, now: float) -> Grant:
-        async with store.acquire(self.pool) as conn:
-            granted, left, paused = await store.lease_quota(
+        async with acquire(self.pool) as conn:
+            granted, left, paused = await quotas.lease_quota(
                 conn, credential=credential, want=want, rate=budget.rate, burst=budget.burst,
                 now=now,
             )  # fmt: skip
         return Grant(granted, left, paused)
 
     async def pause(self, credential: str, *, until: float) -> None:
-        async with store.acquire(self.pool) as conn:
-            await store.pause_quota(conn, credential=credential, until=until)
+        async with acquire(self.pool) as conn:
+            await quotas.pause_quota(conn, credential=credential, until=until)
 
 
 # quota.grant() in Lua, run atomically by Redis. Floats go back as strings: Redis turns a

@@ -69,7 +69,7 @@ class Device(NamedTuple):
 
 # A device on the wire: a short array of these fields, in this order. This is the one
 # definition: ``Device.wire`` writes it, ``DeliveryBatch.iter_devices`` and ``decode``
-# read it, and the fan-out's SQL that writes it (store/queries.py) is generated from it.
+# read it, and the fan-out's SQL that writes it (store/fragments.py) is generated from it.
 # The order is Device's own (less the platform, which is the group's key), so a wire
 # array is a Device's arguments as they stand.
 _WEB_PUSH_FIELDS = tuple(name for name in Device._fields if name != "platform")

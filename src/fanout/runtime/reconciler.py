@@ -36,13 +36,21 @@ from typing import Any
 
 import asyncpg
 
-from fanout import store
 from fanout.config import Settings
 from fanout.metrics import EVENTS_FINISHED, RECONCILER_ACTIONS
 from fanout.queue.admin import observe_queue_depths
 from fanout.queue.messages import DeliveryBatch, FanoutTask
 from fanout.queue.sqs import Queues
 from fanout.stages.batching import users_of_key
+from fanout.store import acquire, audience, batches, shards
+from fanout.store.events import (
+    claim_due_events,
+    fail_event,
+    finish_event,
+    load_event,
+    mark_event_enqueued,
+    mark_event_fanned_out,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,16 +160,16 @@ async def _events(
     report: ReconcileReport,
 ) -> None:
     async with pool.acquire() as conn:
-        rows = await store.claim_due_events(conn, **due.claim())
+        rows = await claim_due_events(conn, **due.claim())
         to_send = []
         to_release = []
         for row in rows:
             if row.status == "fanned_out":  # waiting for its last batch: has it ended?
-                if ended := await store.finish_event(conn, event_id=row.id):
+                if ended := await finish_event(conn, event_id=row.id):
                     EVENTS_FINISHED.labels(ended).inc()
                     report.events_finished += 1
             elif row.status == "scheduled":  # its time has come: enqueued from here
-                await store.mark_event_enqueued(
+                await mark_event_enqueued(
                     conn, event_id=row.id, overdue_after=settings.reconcile_after_seconds
                 )
                 to_release.append(row.id)
@@ -170,7 +178,7 @@ async def _events(
             elif row.status in ("pending", "enqueued"):
                 if row.resends > settings.reconcile_max_resends:
                     reason = f"fan-out never started after {row.resends - 1} resends"
-                    await store.fail_event(conn, event_id=row.id, reason=reason)
+                    await fail_event(conn, event_id=row.id, reason=reason)
                     report.given_up.append(f"event {row.id}")
                 else:
                     to_send.append(row.id)
@@ -181,7 +189,7 @@ async def _events(
         await queues.fanout.send_many([FanoutTask(event_id).encode() for event_id in to_send])
         async with pool.acquire() as conn:
             for event_id in to_send:
-                await store.mark_event_enqueued(
+                await mark_event_enqueued(
                     conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
                 )
         report.events_resent += len(to_send)
@@ -195,13 +203,13 @@ async def _shards(
     report: ReconcileReport,
 ) -> None:
     async with pool.acquire() as conn:
-        rows = await store.claim_due_shards(conn, **due.claim())
+        rows = await shards.claim_due_shards(conn, **due.claim())
         to_send = []
         for row in rows:
             event_id, shard = row.event_id, row.shard_no
             if row.resends > settings.reconcile_max_resends:
                 reason = f"given up after {row.resends - 1} resends: {row.last_error}"
-                await store.give_up_shard(conn, event_id=event_id, shard=shard, reason=reason)
+                await shards.give_up_shard(conn, event_id=event_id, shard=shard, reason=reason)
                 await _maybe_end(conn, event_id, settings, report)
                 report.given_up.append(f"shard {shard} of event {event_id}")
             else:
@@ -219,7 +227,7 @@ async def _batches(
     report: ReconcileReport,
 ) -> None:
     async with pool.acquire() as conn:
-        rows = await store.claim_due_batches(conn, **due.claim())
+        rows = await batches.claim_due_batches(conn, **due.claim())
         events: dict[int, Any] = {}
         to_send = []
         for row in rows:
@@ -235,15 +243,15 @@ async def _batches(
                 reason = f"given up after {row.resends - 1} resends"
                 if row.last_error:
                     reason += f": {row.last_error}"
-                await store.give_up_batch(
+                await batches.give_up_batch(
                     conn, event_id=event_id, batch_key=key, reason=reason[:200]
                 )
-                if ended := await store.finish_event(conn, event_id=event_id):
+                if ended := await finish_event(conn, event_id=event_id):
                     EVENTS_FINISHED.labels(ended).inc()
                 report.given_up.append(f"batch {key} of event {event_id}")
                 continue
             if event_id not in events:
-                events[event_id] = await store.load_event(conn, event_id=event_id)
+                events[event_id] = await load_event(conn, event_id=event_id)
             event = events[event_id]
             assert event is not None  # the batch's row refers to it
             batch = DeliveryBatch(event_id, key, row.attempt, event.notification)
@@ -262,10 +270,10 @@ async def _maybe_end(
     conn: asyncpg.Connection, event_id: int, settings: Settings, report: ReconcileReport
 ) -> None:
     """After a shard is given up: the event may now be fanned out, and may have ended."""
-    await store.mark_event_fanned_out(
+    await mark_event_fanned_out(
         conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
     )
-    if ended := await store.finish_event(conn, event_id=event_id):
+    if ended := await finish_event(conn, event_id=event_id):
         EVENTS_FINISHED.labels(ended).inc()
         report.events_finished += 1
 
@@ -298,5 +306,5 @@ async def run_reconciler(
 
 async def _prune_user_sends(pool: asyncpg.Pool) -> None:
     """Forget pushes too old for any frequency cap's window, a bounded chunk per pass."""
-    async with store.acquire(pool) as conn:
-        await store.prune_user_sends(conn, limit=_PRUNE_PER_PASS)
+    async with acquire(pool) as conn:
+        await audience.prune_user_sends(conn, limit=_PRUNE_PER_PASS)

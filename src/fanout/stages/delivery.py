@@ -22,7 +22,7 @@ import asyncpg
 import orjson
 import pydantic
 
-from fanout import metrics, retry, store
+from fanout import metrics, retry
 from fanout.config import Settings
 from fanout.metrics import AUDIENCE_HELD_BACK
 from fanout.notification import Notification, RenderedNotification, render
@@ -34,6 +34,8 @@ from fanout.stages.batching import shard_of_key
 from fanout.stages.device_outcomes import BatchDetail, batch_detail
 from fanout.stages.fanout import shard_page_filter
 from fanout.stages.holding import HeldBatch, Hold, held_batch, record_held
+from fanout.store import UNTRUSTWORTHY, acquire, batches, console, events, recipients, shards
+from fanout.store.devices import deactivate_devices
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,7 @@ async def deliver_batch(
     return report
 
 
-_CONNECTION_ERRORS = store.UNTRUSTWORTHY
+_CONNECTION_ERRORS = UNTRUSTWORTHY
 
 
 @dataclass(slots=True)
@@ -198,15 +200,13 @@ async def _record_outcome(
     """
 
     async def record() -> None:
-        async with store.acquire(pool) as conn:
+        async with acquire(pool) as conn:
             async with conn.transaction():
                 if invalid_ids:
-                    await store.deactivate_devices(
-                        conn, device_ids=invalid_ids, reason="invalid token"
-                    )
+                    await deactivate_devices(conn, device_ids=invalid_ids, reason="invalid token")
                 if retry_batch is not None:
                     retry, delay = retry_batch
-                    await store.record_retry_batch(
+                    await batches.record_retry_batch(
                         conn,
                         event_id=retry.event_id,
                         batch_key=retry.key,
@@ -215,7 +215,7 @@ async def _record_outcome(
                         delay_seconds=delay,
                         overdue_after=settings.reconcile_after_seconds,
                     )
-                await store.record_batch_detail(
+                await console.record_batch_detail(
                     conn,
                     event_id=batch.event_id,
                     batch_key=batch.key,
@@ -227,7 +227,7 @@ async def _record_outcome(
                 )
                 if held_batch is not None:
                     await record_held(conn, held_batch, settings)
-                await store.finish_batch(
+                await batches.finish_batch(
                     conn,
                     event_id=batch.event_id,
                     batch_key=batch.key,
@@ -239,7 +239,7 @@ async def _record_outcome(
                     failure_reasons=report.failure_reasons or None,
                 )
             if retry_batch is None and held_batch is None:
-                ended = await store.finish_event(conn, event_id=batch.event_id)
+                ended = await events.finish_event(conn, event_id=batch.event_id)
                 if ended is not None:
                     metrics.EVENTS_FINISHED.labels(ended).inc()
 
@@ -257,11 +257,11 @@ async def _finish_unsent(
 ) -> None:
     """The event was cancelled or expired while the batch waited: it is done, nothing
     sent, its devices counted held back for ``reason``; the event may have ended."""
-    async with store.acquire(pool) as conn:
-        devices = await store.finish_batch_held(
+    async with acquire(pool) as conn:
+        devices = await batches.finish_batch_held(
             conn, event_id=batch.event_id, batch_key=batch.key, reason=reason
         )
-        if ended := await store.finish_event(conn, event_id=batch.event_id):
+        if ended := await events.finish_event(conn, event_id=batch.event_id):
             metrics.EVENTS_FINISHED.labels(ended).inc()
     report.held_back[reason] = devices
     AUDIENCE_HELD_BACK.labels(reason).inc(devices)
@@ -272,8 +272,8 @@ def _releaser(
     batch: DeliveryBatch, pool: asyncpg.Pool, settings: Settings
 ) -> Callable[[str], Awaitable[object]]:
     async def release(reason: str) -> None:
-        async with store.acquire(pool) as conn:
-            await store.release_batch(
+        async with acquire(pool) as conn:
+            await batches.release_batch(
                 conn,
                 event_id=batch.event_id,
                 batch_key=batch.key,
@@ -292,8 +292,8 @@ async def _keep_lease(
     while True:
         await asyncio.sleep(max(1.0, lease / 3))
         try:
-            async with store.acquire(pool) as conn:
-                await store.renew_batch_lease(
+            async with acquire(pool) as conn:
+                await batches.renew_batch_lease(
                     conn,
                     event_id=batch.event_id,
                     batch_key=batch.key,
@@ -310,9 +310,9 @@ async def _claim(
     """("claimed", 0) if this invocation delivers the batch, ("cancelled"|"expired", 0) if
     it holds it but its event stopped; else "done", or "busy" with the seconds left on the
     holder's lease."""
-    async with store.acquire(pool) as conn:
+    async with acquire(pool) as conn:
         try:
-            claimed = await store.claim_batch(
+            claimed = await batches.claim_batch(
                 conn,
                 event_id=batch.event_id,
                 batch_key=batch.key,
@@ -325,7 +325,7 @@ async def _claim(
             raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}") from None
         if claimed is not None:
             return claimed.stopped or "claimed", 0.0
-        held = await store.batch_status(conn, event_id=batch.event_id, batch_key=batch.key)
+        held = await batches.batch_status(conn, event_id=batch.event_id, batch_key=batch.key)
     assert held is not None  # the claim found the row, or would have inserted it
     if held.status == "done":
         return "done", 0.0
@@ -346,26 +346,26 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
     """Fill a batch the reconciler sent again from PostgreSQL: its users' active devices,
     or the devices of a retry batch, read as the fan-out reads them (with its shard's
     filter: its wave's users only, those deferred or in their quiet hours held back)."""
-    async with store.acquire(pool) as conn:
+    async with acquire(pool) as conn:
         if batch.device_ids is not None:
-            rows = await store.devices_by_id(conn, device_ids=batch.device_ids)
+            rows = await recipients.devices_by_id(conn, device_ids=batch.device_ids)
         else:
             assert batch.users is not None
-            event = await store.load_event(conn, event_id=batch.event_id)
+            event = await events.load_event(conn, event_id=batch.event_id)
             if event is None:
                 raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}")
             first, last = batch.users
             shard = shard_of_key(batch.key)
             wave = None
             if shard is not None:
-                wave = await store.shard_wave(conn, event_id=event.id, shard=shard)
+                wave = await shards.shard_wave(conn, event_id=event.id, shard=shard)
             page_filter = await shard_page_filter(conn, event, wave, settings, read_before=True)
             # Those the fan-out deferred stay deferred (read_before); the others it chose
             # to send: quiet hours are not judged again, unless they drop.
             quiet = "drop" if page_filter.quiet_hours == "drop" else "ignore"
             page_filter = replace(page_filter, quiet_hours=quiet)
             if event.user_id is not None:
-                rows = await store.user_recipients(
+                rows = await recipients.user_recipients(
                     conn,
                     user_id=event.user_id,
                     after_user_id=first - 1,
@@ -375,7 +375,7 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
                 )
             else:
                 assert event.topic_id is not None
-                rows = await store.batch_recipients(
+                rows = await recipients.batch_recipients(
                     conn,
                     topic_id=event.topic_id,
                     first_user_id=first,

@@ -11,7 +11,7 @@ shard and batch with a deadline, so whatever happens to their messages the recon
 sends them again.
 
 The page query applies the audience rules (opt-outs, topic mutes, frequency caps:
-``store.queries.AUDIENCE_RULES``): a subscriber held back comes as one row naming the
+``store.fragments.AUDIENCE_RULES``): a subscriber held back comes as one row naming the
 reason, is counted when the cursor passes them (the checkpoint stores the totals, so a
 resumed shard counts nobody twice), and the users of each batch sent are recorded for
 the caps in the checkpoint's own statement.
@@ -35,7 +35,6 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from fanout import store
 from fanout.config import Settings
 from fanout.metrics import AUDIENCE_HELD_BACK, EVENTS_FINISHED
 from fanout.queue.messages import FanoutTask, PoisonMessage
@@ -46,6 +45,14 @@ from fanout.stages.batching import (
     PackedBatch,
     batch_max_bytes,
     bytes_short,
+)
+from fanout.store import acquire, events, shards, waves
+from fanout.store.audience import caps_apply
+from fanout.store.recipients import (
+    PageFilter,
+    defer_recipients,
+    topic_recipients_page,
+    user_recipients,
 )
 
 log = logging.getLogger(__name__)
@@ -140,28 +147,28 @@ async def plan_event(
     Re-running it (a redelivered message) plans nothing twice: it re-sends messages for
     the shards not yet done, which are no-ops if those shards are running or finished.
     """
-    async with store.acquire(pool) as conn:
-        event = await store.load_event(conn, event_id=event_id)
+    async with acquire(pool) as conn:
+        event = await events.load_event(conn, event_id=event_id)
         if event is None:
             raise PoisonMessage(f"unknown event {event_id}")
         if event.status not in ("pending", "enqueued", "fanning_out"):
             return []  # fanned out, or ended
         if not _fits_a_batch(event, queues, settings):
-            await store.fail_event(
+            await events.fail_event(
                 conn, event_id=event_id, reason="notification too large for a batch"
             )
             log.error("event %d: its notification cannot fit a delivery batch", event_id)
             return []
         async with conn.transaction():
-            await store.lock_event(conn, event_id=event_id)
-            event = await store.load_event(conn, event_id=event_id)
+            await events.lock_event(conn, event_id=event_id)
+            event = await events.load_event(conn, event_id=event_id)
             assert event is not None
             if event.status in ("pending", "enqueued", "fanning_out"):
                 await _plan_releases(conn, event, settings, reader)
-        unfinished = await store.unfinished_shards(conn, event_id=event_id)
+        unfinished = await shards.unfinished_shards(conn, event_id=event_id)
         if not unfinished:  # everything is held for later, or nothing is left to send
             if await _end_if_nothing_open(conn, event_id, settings) and (
-                ended := await store.finish_event(conn, event_id=event_id)
+                ended := await events.finish_event(conn, event_id=event_id)
             ):
                 EVENTS_FINISHED.labels(ended).inc()
             return []
@@ -174,7 +181,7 @@ async def plan_event(
 
 async def _plan_releases(
     conn: asyncpg.Connection,
-    event: store.Event,
+    event: events.Event,
     settings: Settings,
     reader: asyncpg.Pool | None,
 ) -> None:
@@ -184,21 +191,21 @@ async def _plan_releases(
     its next release, if any."""
     event_id = event.id
     if event.stopped:  # what is held is dropped; a first plan still runs, and its shards
-        await store.drop_holds(conn, event_id=event_id)  # stop at once, counting the rest
+        await waves.drop_holds(conn, event_id=event_id)  # stop at once, counting the rest
     now = datetime.now(UTC)
-    first = await store.next_shard_no(conn, event_id=event_id)
+    first = await shards.next_shard_no(conn, event_id=event_id)
     releases: list[tuple[int | None, list[tuple[int, int]]]] = []
     if not event.in_waves:
         if first == 0:  # not planned before
             releases.append((None, await _bounds(conn, reader, event, settings.shard_size)))
     else:
-        for due_wave in await store.plan_due_waves(conn, event_id=event_id, now=now):
+        for due_wave in await waves.plan_due_waves(conn, event_id=event_id, now=now):
             releases.append((due_wave, await _bounds(conn, reader, event, settings.shard_size)))
-    deferred = await store.release_deferred(conn, event_id=event_id, now=now)
+    deferred = await waves.release_deferred(conn, event_id=event_id, now=now)
     if deferred is not None:  # usually few users: one shard over the whole range
         releases.append((deferred, [(0, MAX_USER_ID)]))
     for wave, bounds in releases:
-        await store.insert_shards(
+        await shards.insert_shards(
             conn,
             event_id=event_id,
             bounds=bounds,
@@ -208,36 +215,36 @@ async def _plan_releases(
         )
         first += len(bounds)
         log.info("event %d: planned %d shard(s) of wave %s", event_id, len(bounds), wave)
-    await store.mark_event_fanning_out(conn, event_id=event_id)
-    await store.hold_event_until_next_release(conn, event_id=event_id)
+    await events.mark_event_fanning_out(conn, event_id=event_id)
+    await events.hold_event_until_next_release(conn, event_id=event_id)
 
 
 async def _end_if_nothing_open(conn: asyncpg.Connection, event_id: int, settings: Settings) -> bool:
     """Mark the event fanned out if no shard is open and nothing is held; True if so."""
     async with conn.transaction():
-        await store.lock_event(conn, event_id=event_id)
-        return await store.mark_event_fanned_out(
+        await events.lock_event(conn, event_id=event_id)
+        return await events.mark_event_fanned_out(
             conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
         )
 
 
 async def _bounds(
-    conn: asyncpg.Connection, reader: asyncpg.Pool | None, event: store.Event, shard_size: int
+    conn: asyncpg.Connection, reader: asyncpg.Pool | None, event: events.Event, shard_size: int
 ) -> list[tuple[int, int]]:
     if reader is None:
         return await _shard_bounds(conn, event, shard_size)
-    async with store.acquire(reader) as replica:  # a read of the topic's whole index
+    async with acquire(reader) as replica:  # a read of the topic's whole index
         return await _shard_bounds(replica, event, shard_size)
 
 
-def _fits_a_batch(event: store.Event, queues: Queues, settings: Settings) -> bool:
+def _fits_a_batch(event: events.Event, queues: Queues, settings: Settings) -> bool:
     """False for a notification published before it was checked at the door."""
     max_bytes = batch_max_bytes(settings.batch_max_bytes, queues.delivery.max_message_bytes)
     return not bytes_short(event.notification, max_bytes)
 
 
 async def _shard_bounds(
-    conn: asyncpg.Connection, event: store.Event, shard_size: int
+    conn: asyncpg.Connection, event: events.Event, shard_size: int
 ) -> list[tuple[int, int]]:
     """[lo, hi) user-id ranges of about ``shard_size`` subscribers each."""
     if event.user_id is not None:  # a 1:1 send: one user, one shard
@@ -246,7 +253,7 @@ async def _shard_bounds(
     bounds = []
     lo = 0
     while True:
-        hi = await store.next_shard_boundary(
+        hi = await shards.next_shard_boundary(
             conn, topic_id=event.topic_id, from_user_id=lo, shard_size=shard_size
         )
         if hi is None:
@@ -273,8 +280,8 @@ async def run_shard(
     """
     lease = settings.visibility_timeout
     overdue_after = settings.reconcile_after_seconds
-    async with store.acquire(pool) as conn:
-        claim = await store.claim_shard(
+    async with acquire(pool) as conn:
+        claim = await shards.claim_shard(
             conn,
             event_id=event_id,
             shard=shard,
@@ -282,7 +289,7 @@ async def run_shard(
             overdue_after=overdue_after,
         )
         if claim is None:
-            held = await store.shard_status(conn, event_id=event_id, shard=shard)
+            held = await shards.shard_status(conn, event_id=event_id, shard=shard)
             if held is None:
                 raise PoisonMessage(f"unknown shard {shard} of event {event_id}")
             if held.status in ("done", "failed"):
@@ -305,8 +312,8 @@ def _releaser(
 ) -> Callable[[str], Awaitable[object]]:
     # On a connection of its own: the shard's may be broken, or busy with a cancelled page.
     async def release(reason: str) -> None:
-        async with store.acquire(pool) as conn:
-            await store.release_shard(
+        async with acquire(pool) as conn:
+            await shards.release_shard(
                 conn,
                 event_id=event_id,
                 shard=shard,
@@ -321,7 +328,7 @@ async def _stream_shard(
     conn: asyncpg.Connection,
     event_id: int,
     shard: int,
-    claim: store.ShardClaim,
+    claim: shards.ShardClaim,
     queues: Queues,
     settings: Settings,
     *,
@@ -331,7 +338,7 @@ async def _stream_shard(
     """Page through the shard's users from its checkpoint, pack, send, checkpoint; stop
     at a checkpoint that finds the event cancelled or expired."""
     lease = settings.visibility_timeout
-    event = await store.load_event(conn, event_id=event_id)
+    event = await events.load_event(conn, event_id=event_id)
     assert event is not None  # the shard's row refers to it
     cursor = claim.cursor_user_id
     progress = _Progress(
@@ -342,7 +349,7 @@ async def _stream_shard(
         held_back=Counter(claim.held_back),
     )
     category = event.notification.get("category")
-    audience = _Audience(category, await store.caps_apply(conn, category=category))
+    audience = _Audience(category, await caps_apply(conn, category=category))
     page_filter = await shard_page_filter(
         conn, event, claim.wave_no, settings, read_before=cursor is not None
     )
@@ -372,7 +379,7 @@ async def _stream_shard(
         if reader is None:
             return await _fetch_page(conn, event, after, hi, audience, page_filter, settings)
         # The replica's: a connection per page, so none is held while a page is packed.
-        async with store.acquire(reader) as replica:
+        async with acquire(reader) as replica:
             return await _fetch_page(replica, event, after, hi, audience, page_filter, settings)
 
     stopped = event.stopped
@@ -436,8 +443,8 @@ async def _end_shard(
     nothing of it is left open."""
     async with conn.transaction():
         await checkpoint()
-        await store.lock_event(conn, event_id=event_id)
-        await store.finish_shard(
+        await events.lock_event(conn, event_id=event_id)
+        await shards.finish_shard(
             conn,
             event_id=event_id,
             shard=shard,
@@ -446,38 +453,38 @@ async def _end_shard(
             batches=progress.batches,
             held_back=dict(progress.held_back),
         )
-        fanned_out = await store.mark_event_fanned_out(
+        fanned_out = await events.mark_event_fanned_out(
             conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
         )
         if not fanned_out:  # recipients this shard deferred may be the next release
-            await store.hold_event_until_next_release(conn, event_id=event_id)
+            await events.hold_event_until_next_release(conn, event_id=event_id)
     # The last shard: the event may have nothing left open.
-    if fanned_out and (ended := await store.finish_event(conn, event_id=event_id)):
+    if fanned_out and (ended := await events.finish_event(conn, event_id=event_id)):
         EVENTS_FINISHED.labels(ended).inc()
     return progress.report(event_id, shard)
 
 
 async def shard_page_filter(
     conn: asyncpg.Connection,
-    event: store.Event,
+    event: events.Event,
     wave_no: int | None,
     settings: Settings,
     *,
     read_before: bool,
-) -> store.PageFilter:
+) -> PageFilter:
     """Whom this shard's pages let through: its wave's recipients, quiet hours applied as
     the event asks (a deferred wave's recipients are past their window: not again).
     ``read_before``: some of its users may have been read (and deferred) already."""
     if wave_no is None:
-        return store.PageFilter(
+        return PageFilter(
             quiet_hours=event.quiet_hours,
             default_zone=settings.default_time_zone,
             recheck_deferred=read_before,
         )
-    wave = await store.wave_filter(conn, event_id=event.id, wave_no=wave_no)
+    wave = await waves.wave_filter(conn, event_id=event.id, wave_no=wave_no)
     if wave.kind == "deferred":
-        return store.PageFilter(deferred_wave=wave_no, quiet_hours="ignore")
-    return store.PageFilter(
+        return PageFilter(deferred_wave=wave_no, quiet_hours="ignore")
+    return PageFilter(
         zones_in=wave.zones_in,
         zones_not_in=wave.zones_not_in,
         quiet_hours=event.quiet_hours,
@@ -499,21 +506,21 @@ async def _record_deferred(conn: asyncpg.Connection, event_id: int, progress: _P
     while no page is being read: the connection runs one statement at a time."""
     if progress.deferred:
         users, release_at = zip(*progress.deferred, strict=True)
-        await store.defer_recipients(
+        await defer_recipients(
             conn, event_id=event_id, user_ids=list(users), release_at=list(release_at)
         )
         progress.deferred.clear()
 
 
 async def _count_unread(
-    conn: asyncpg.Connection, event: store.Event, progress: _Progress, hi: int, reason: str
+    conn: asyncpg.Connection, event: events.Event, progress: _Progress, hi: int, reason: str
 ) -> None:
     """A stopped shard counts the subscribers it did not send to, past its checkpoint, as
     held back for ``reason``: subscribers, not their devices (which were never read)."""
     if event.topic_id is None:  # a 1:1 send: its one user, if not sent to yet
         left = int(event.user_id is not None and progress.cursor < event.user_id)
     else:
-        left = await store.subscribers_left(
+        left = await shards.subscribers_left(
             conn, topic_id=event.topic_id, after_user_id=progress.cursor, before_user_id=hi
         )
     if left:
@@ -522,15 +529,15 @@ async def _count_unread(
 
 async def _fetch_page(
     conn: asyncpg.Connection,
-    event: store.Event,
+    event: events.Event,
     cursor: int,
     hi: int,
     audience: _Audience,
-    page_filter: store.PageFilter,
+    page_filter: PageFilter,
     settings: Settings,
 ) -> list[asyncpg.Record]:
     if event.user_id is not None:
-        return await store.user_recipients(
+        return await user_recipients(
             conn,
             user_id=event.user_id,
             after_user_id=cursor,
@@ -539,7 +546,7 @@ async def _fetch_page(
             page_filter=page_filter,
         )
     assert event.topic_id is not None
-    return await store.topic_recipients_page(
+    return await topic_recipients_page(
         conn,
         topic_id=event.topic_id,
         after_user_id=cursor,
@@ -575,7 +582,7 @@ async def _checkpoint(
     # A push counts toward the caps once its batch is on the delivery queue (recorded
     # here, with the batch): bounded, once per user and event, whatever delivery does.
     counted = [user for b in sent for user in b.user_ids] if audience.record_sends else []
-    return await store.checkpoint_shard(
+    return await shards.checkpoint_shard(
         conn,
         event_id=event_id,
         shard=shard,

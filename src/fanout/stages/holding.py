@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from fanout import store
 from fanout.config import Settings
 from fanout.providers import Outcome
 from fanout.queue.messages import DeliveryBatch, Device
 from fanout.queue.sqs import MAX_DELAY_SECONDS
+from fanout.store import batches
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def held_batch(
 
 async def record_held(conn: asyncpg.Connection, held: HeldBatch, settings: Settings) -> None:
     """Record the held batch by its device ids, with the reason the event status shows."""
-    await store.record_held_batch(
+    await batches.record_held_batch(
         conn,
         event_id=held.batch.event_id,
         batch_key=held.batch.key,

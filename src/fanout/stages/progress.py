@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 from pydantic import BaseModel, Field
 
-from fanout import store
+from fanout.store import events
 
 EventState = Literal[
     "scheduled",  # held in PostgreSQL until send_at (or its first local-time wave)
@@ -109,7 +109,7 @@ class EventStatus(BaseModel):
 async def load_event_status(
     conn: asyncpg.Connection | asyncpg.Pool, event_id: int
 ) -> EventStatus | None:
-    row = await store.event_progress(conn, event_id=event_id)
+    row = await events.event_progress(conn, event_id=event_id)
     return None if row is None else event_status_from_row(row)
 
 

@@ -31,13 +31,14 @@ from typing import Any, Literal
 import asyncpg
 import orjson
 
-from fanout import store
 from fanout.notification import Notification
 from fanout.queue.messages import MAX_MESSAGE_BYTES, FanoutTask
 from fanout.queue.sqs import Queues
 from fanout.stages.batching import batch_max_bytes as max_batch_bytes
 from fanout.stages.batching import bytes_short
 from fanout.stages.schedule import known_zone, plan_waves
+from fanout.store import acquire, events, subscriptions
+from fanout.store.waves import PlannedWave, audience_time_zones, insert_waves
 
 log = logging.getLogger(__name__)
 
@@ -191,18 +192,18 @@ async def record_event(
         else None
     )
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await store.find_or_create_topic(conn, topic=topic) if topic else None
-        user_id = await store.find_or_create_user(conn, user=user) if user else None
-        waves: list[store.PlannedWave] = []
+        topic_id = await subscriptions.find_or_create_topic(conn, topic=topic) if topic else None
+        user_id = await subscriptions.find_or_create_user(conn, user=user) if user else None
+        waves: list[PlannedWave] = []
         if options.deliver_at_local is not None:
-            zones = await store.audience_time_zones(conn, topic_id=topic_id, user_id=user_id)
+            zones = await audience_time_zones(conn, topic_id=topic_id, user_id=user_id)
             if user_id is not None:  # one user: their own zone's wave only, if it is known
                 zones = [zone for zone in zones if known_zone(zone)]
             default = None if user_id is not None and zones else default_time_zone
             waves = _waves(options, zones, default, now)
         first_release = waves[0].release_at if waves else options.send_at
         held_until = first_release if first_release and first_release > now else None
-        event_id = await store.insert_event(
+        event_id = await events.insert_event(
             conn,
             topic_id=topic_id,
             user_id=user_id,
@@ -219,11 +220,11 @@ async def record_event(
         )
         if event_id is not None:
             if waves:
-                await store.insert_waves(conn, event_id=event_id, waves=waves)
+                await insert_waves(conn, event_id=event_id, waves=waves)
             return Published(event_id, created=True, held_until=held_until)
         # The conflicting row is committed: a concurrent first use made this INSERT wait.
         assert idempotency_key is not None  # only a reused key inserts nothing
-        first = await store.event_by_idempotency_key(
+        first = await events.event_by_idempotency_key(
             conn, api_key_id=api_key_id, idempotency_key=idempotency_key
         )
     if first is None:  # deleted since (its topic or user was): nothing to return
@@ -235,12 +236,12 @@ async def record_event(
 
 def _waves(
     options: PublishOptions, zones: list[str], default_zone: str | None, now: datetime
-) -> list[store.PlannedWave]:
+) -> list[PlannedWave]:
     """The waves of a deliver_at_local event, from send_at (or now) on."""
     assert options.deliver_at_local is not None
     after = max(now, options.send_at) if options.send_at else now
     return [
-        store.PlannedWave(w.release_at, w.zones, w.catch_all)
+        PlannedWave(w.release_at, w.zones, w.catch_all)
         for w in plan_waves(zones, options.deliver_at_local, default_zone=default_zone, after=after)
     ]
 
@@ -255,7 +256,7 @@ async def enqueue_event(
     """Send the event's fan-out message and mark it enqueued (due ``overdue_after`` on)."""
     await queues.fanout.send(FanoutTask(event_id).encode())
     async with pool.acquire() as conn:
-        await store.mark_event_enqueued(conn, event_id=event_id, overdue_after=overdue_after)
+        await events.mark_event_enqueued(conn, event_id=event_id, overdue_after=overdue_after)
 
 
 async def publish(
@@ -321,11 +322,11 @@ async def cancel(pool: asyncpg.Pool, event_id: int) -> str | None:
     else its current state: it stops at the fan-out's next page and each batch's claim);
     None for an unknown event. Cancelling again is a no-op; ``TooLateToCancel`` once it has
     ended otherwise."""
-    async with store.acquire(pool) as conn:
-        status = await store.cancel_event(conn, event_id=event_id)
+    async with acquire(pool) as conn:
+        status = await events.cancel_event(conn, event_id=event_id)
         if status is not None:
             return status
-        event = await store.load_event(conn, event_id=event_id)
+        event = await events.load_event(conn, event_id=event_id)
     if event is None:
         return None
     raise TooLateToCancel(f"event {event_id} has already ended ({event.status})")

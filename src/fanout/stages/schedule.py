@@ -4,7 +4,7 @@
 next shows that time, zones sharing an instant in one wave. Quiet hours are a local
 window that may cross midnight (22:00-08:00). Both are computed with ``zoneinfo``, so a
 wave on the night the clocks change lands on the right UTC instant; the fan-out's page
-query applies the same window rule in SQL (``queries._QUIET_WINDOW``), and the tests hold
+query applies the same window rule in SQL (``store.fragments``), and the tests hold
 the two to each other.
 """
 

@@ -1,8 +1,8 @@
 """API keys as stored: a key id, the hash of its secret, its scopes; revoked, never deleted.
 
 Making, checking and showing keys is ``fanout.api.keys``; this is only their rows. Every
-function runs one statement of ``queries.py`` (named in its docstring, where the index it
-relies on is written) and takes its parameters by name.
+function runs one statement, written in this module with the index it relies on and
+named in its docstring, and takes its parameters by name.
 """
 
 from __future__ import annotations
@@ -13,7 +13,23 @@ from datetime import datetime
 
 import asyncpg
 
-from fanout.store import queries
+# Index: api_keys_key_id_key (unique).
+INSERT_API_KEY = """
+INSERT INTO api_keys (key_id, secret_hash, scopes, name) VALUES ($1, $2, $3, $4)
+RETURNING id
+"""
+
+# Index: api_keys_key_id_key.
+API_KEY_BY_KEY_ID = """
+SELECT id, secret_hash, scopes, name FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL
+"""
+
+# Index: api_keys_key_id_key.
+REVOKE_API_KEY = "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL"
+
+LIST_API_KEYS = """
+SELECT key_id, scopes, name, created_at, revoked_at FROM api_keys ORDER BY id
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,22 +57,22 @@ async def insert_api_key(
     conn: asyncpg.Connection, *, key_id: str, secret_hash: bytes, scopes: Sequence[str], name: str
 ) -> int:
     """Store a new key; its row id (``INSERT_API_KEY``)."""
-    api_key_id: int = await conn.fetchval(queries.INSERT_API_KEY, key_id, secret_hash, scopes, name)
+    api_key_id: int = await conn.fetchval(INSERT_API_KEY, key_id, secret_hash, scopes, name)
     return api_key_id
 
 
 async def live_api_key(conn: asyncpg.Connection, *, key_id: str) -> StoredApiKey | None:
     """The key with this id unless it is unknown or revoked (``API_KEY_BY_KEY_ID``)."""
-    row = await conn.fetchrow(queries.API_KEY_BY_KEY_ID, key_id)
+    row = await conn.fetchrow(API_KEY_BY_KEY_ID, key_id)
     return None if row is None else StoredApiKey(**row)
 
 
 async def revoke_api_key(conn: asyncpg.Connection, *, key_id: str) -> bool:
     """Revoke the key at once; False if there was no live key of this id (``REVOKE_API_KEY``)."""
-    status: str = await conn.execute(queries.REVOKE_API_KEY, key_id)
+    status: str = await conn.execute(REVOKE_API_KEY, key_id)
     return status != "UPDATE 0"
 
 
 async def list_api_keys(conn: asyncpg.Connection) -> list[ApiKeyListing]:
     """Every key, live or revoked, oldest first (``LIST_API_KEYS``)."""
-    return [ApiKeyListing(**row) for row in await conn.fetch(queries.LIST_API_KEYS)]
+    return [ApiKeyListing(**row) for row in await conn.fetch(LIST_API_KEYS)]

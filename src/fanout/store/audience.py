@@ -2,9 +2,9 @@
 bookkeeping of the pushes the caps count.
 
 The rules themselves are applied by the recipient reads (``recipients``), in the
-fan-out's page query (``queries.AUDIENCE_RULES``). Every function runs one statement of
-``queries.py`` (named in its docstring, where the index it relies on is written) and
-takes its parameters by name.
+fan-out's page query (``AUDIENCE_RULES``). Every function runs one statement, written in
+this module with the index it relies on and named in its docstring, and takes its
+parameters by name.
 """
 
 from __future__ import annotations
@@ -16,7 +16,88 @@ from typing import Any
 
 import asyncpg
 
-from fanout.store import queries
+# Indexes: users_external_id_key, user_preferences_pkey. Bulk and single alike, one
+# statement: $1 is a JSON array of {user_id (external), time_zone, quiet_start, quiet_end,
+# opted_out, opted_out_categories}, each user once (the caller dedupes: ON CONFLICT cannot
+# touch a row twice), the users already created. A user's settings are replaced whole.
+UPSERT_PREFERENCES = """
+INSERT INTO user_preferences (user_id, time_zone, quiet_start, quiet_end, opted_out,
+                              opted_out_categories, updated_at)
+SELECT u.id, x.time_zone, x.quiet_start, x.quiet_end, coalesce(x.opted_out, false),
+       coalesce(x.opted_out_categories, '{}'), now()
+FROM jsonb_to_recordset($1::jsonb) AS x (user_id text, time_zone text, quiet_start time,
+                                         quiet_end time, opted_out boolean,
+                                         opted_out_categories text[])
+JOIN users AS u ON u.external_id = x.user_id
+ON CONFLICT (user_id) DO UPDATE
+SET time_zone = EXCLUDED.time_zone, quiet_start = EXCLUDED.quiet_start,
+    quiet_end = EXCLUDED.quiet_end, opted_out = EXCLUDED.opted_out,
+    opted_out_categories = EXCLUDED.opted_out_categories, updated_at = now()
+"""
+
+# Indexes: users_external_id_key, user_preferences_pkey, topic_mutes_pkey (its user_id
+# leads). A user's settings (NULL columns when none are set: the defaults) and their mutes
+# still in force; no row for an unknown user.
+USER_PREFERENCES = """
+SELECT p.time_zone, p.quiet_start, p.quiet_end, coalesce(p.opted_out, false) AS opted_out,
+       coalesce(p.opted_out_categories, '{}') AS opted_out_categories,
+       coalesce((
+           SELECT jsonb_agg(jsonb_build_object('topic', t.key, 'until', m.until)
+                            ORDER BY t.key)
+           FROM topic_mutes AS m JOIN topics AS t ON t.id = m.topic_id
+           WHERE m.user_id = u.id AND (m.until IS NULL OR m.until > now())
+       ), '[]'::jsonb) AS mutes
+FROM users AS u
+LEFT JOIN user_preferences AS p ON p.user_id = u.id
+WHERE u.external_id = $1
+"""
+
+# Index: topic_mutes_pkey. Muting again moves until (NULL: until unmuted).
+MUTE_TOPIC = """
+INSERT INTO topic_mutes (user_id, topic_id, until) VALUES ($1, $2, $3)
+ON CONFLICT (user_id, topic_id) DO UPDATE SET until = EXCLUDED.until, created_at = now()
+"""
+
+# Indexes: topics_key_key, users_external_id_key, topic_mutes_pkey.
+UNMUTE_TOPIC = """
+DELETE FROM topic_mutes AS m
+USING topics AS t, users AS u
+WHERE t.key = $1 AND u.external_id = $2 AND m.topic_id = t.id AND m.user_id = u.id
+"""
+
+# Index: frequency_caps_pkey.
+PUT_FREQUENCY_CAP = """
+INSERT INTO frequency_caps (category, max_sends, window_seconds) VALUES ($1, $2, $3)
+ON CONFLICT (category) DO UPDATE
+SET max_sends = EXCLUDED.max_sends, window_seconds = EXCLUDED.window_seconds,
+    updated_at = now()
+RETURNING (xmax = 0) AS created
+"""
+
+# Index: frequency_caps_pkey.
+DELETE_FREQUENCY_CAP = "DELETE FROM frequency_caps WHERE category = $1"
+
+LIST_FREQUENCY_CAPS = """
+SELECT category, max_sends, window_seconds, updated_at FROM frequency_caps ORDER BY category
+"""
+
+# Index: frequency_caps_pkey. Whether the fan-out of an event of this category must record
+# its sends in user_sends (read once per shard).
+CAPS_APPLY = """
+SELECT EXISTS (SELECT 1 FROM frequency_caps WHERE category = '*' OR category = $1::text)
+"""
+
+# Index: user_sends_by_time (BRIN). Up to $1 sends older than the longest cap's window (all
+# of them when no cap is set): they can no longer count. Run by the reconciler.
+PRUNE_USER_SENDS = """
+DELETE FROM user_sends
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM user_sends
+    WHERE sent_at < now() - make_interval(
+        secs => (SELECT coalesce(max(window_seconds), 0) FROM frequency_caps))
+    LIMIT $1
+))
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +148,14 @@ async def upsert_preferences(
 ) -> int:
     """Replace the settings of these (existing) users, each named once; how many rows were
     written (``UPSERT_PREFERENCES``)."""
-    status: str = await conn.execute(queries.UPSERT_PREFERENCES, [p.as_json() for p in preferences])
+    status: str = await conn.execute(UPSERT_PREFERENCES, [p.as_json() for p in preferences])
     return int(status.split()[-1])
 
 
 async def user_preferences(conn: asyncpg.Connection, *, user: str) -> StoredPreferences | None:
     """The settings and live mutes of the user with this external id; None for an unknown
     user (``USER_PREFERENCES``)."""
-    row = await conn.fetchrow(queries.USER_PREFERENCES, user)
+    row = await conn.fetchrow(USER_PREFERENCES, user)
     if row is None:
         return None
     return StoredPreferences(
@@ -92,12 +173,12 @@ async def mute_topic(
 ) -> None:
     """Mute the topic for the user until ``until`` (None: until unmuted); again moves
     ``until`` (``MUTE_TOPIC``)."""
-    await conn.execute(queries.MUTE_TOPIC, user_id, topic_id, until)
+    await conn.execute(MUTE_TOPIC, user_id, topic_id, until)
 
 
 async def unmute_topic(conn: asyncpg.Connection, *, topic: str, user: str) -> None:
     """Unmute, by the keys; not muted (or unknown) is no error (``UNMUTE_TOPIC``)."""
-    await conn.execute(queries.UNMUTE_TOPIC, topic, user)
+    await conn.execute(UNMUTE_TOPIC, topic, user)
 
 
 async def put_frequency_cap(
@@ -105,32 +186,30 @@ async def put_frequency_cap(
 ) -> bool:
     """Set the cap of ``category`` ('*': every push); True when it is new
     (``PUT_FREQUENCY_CAP``)."""
-    created: bool = await conn.fetchval(
-        queries.PUT_FREQUENCY_CAP, category, max_sends, window_seconds
-    )
+    created: bool = await conn.fetchval(PUT_FREQUENCY_CAP, category, max_sends, window_seconds)
     return created
 
 
 async def delete_frequency_cap(conn: asyncpg.Connection, *, category: str) -> bool:
     """Remove the cap of ``category``; whether there was one (``DELETE_FREQUENCY_CAP``)."""
-    status: str = await conn.execute(queries.DELETE_FREQUENCY_CAP, category)
+    status: str = await conn.execute(DELETE_FREQUENCY_CAP, category)
     return status.split()[-1] != "0"
 
 
 async def list_frequency_caps(conn: asyncpg.Connection) -> list[FrequencyCap]:
     """Every cap, by category (``LIST_FREQUENCY_CAPS``)."""
-    return [FrequencyCap(**row) for row in await conn.fetch(queries.LIST_FREQUENCY_CAPS)]
+    return [FrequencyCap(**row) for row in await conn.fetch(LIST_FREQUENCY_CAPS)]
 
 
 async def caps_apply(conn: asyncpg.Connection, *, category: str | None) -> bool:
     """Whether a frequency cap counts the pushes of this category (None: uncategorised),
     so that the fan-out records them (``CAPS_APPLY``)."""
-    applies: bool = await conn.fetchval(queries.CAPS_APPLY, category)
+    applies: bool = await conn.fetchval(CAPS_APPLY, category)
     return applies
 
 
 async def prune_user_sends(conn: asyncpg.Connection, *, limit: int) -> int:
     """Delete up to ``limit`` recorded pushes too old for any cap's window; how many
     (``PRUNE_USER_SENDS``)."""
-    status: str = await conn.execute(queries.PRUNE_USER_SENDS, limit)
+    status: str = await conn.execute(PRUNE_USER_SENDS, limit)
     return int(status.split()[-1])

@@ -1,8 +1,8 @@
 """Delivery batches: recorded by the fan-out as SQS accepts them, claimed with a lease by
 the delivery, finished with their outcome (or given up), one statement per batch.
 
-Every function runs one statement of ``queries.py`` (named in its docstring, where the
-index it relies on is written) and takes its parameters by name.
+Every function runs one statement, written in this module with the index it relies on
+and named in its docstring, and takes its parameters by name.
 """
 
 from __future__ import annotations
@@ -12,8 +12,115 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from fanout.store import queries
+from fanout.store.fragments import claim_due
 from fanout.store.shards import LeaseStatus
+
+# Index: delivery_batches_pkey. Returns a row when this invocation owns the batch; nothing
+# when it is done or another invocation holds a live lease on it. (A batch the fan-out
+# recorded is 'queued'; one sent before that bookkeeping existed is inserted here.) It is
+# due $6 seconds after its lease ends. The row says whether the event was cancelled or
+# has expired: the check costs no round trip of its own. A message re-read from
+# PostgreSQL carries no devices ($4 = 0): the count recorded stays.
+CLAIM_BATCH = """
+INSERT INTO delivery_batches (event_id, batch_key, attempt, devices, status, lease_until, due_at)
+VALUES ($1, $2, $3, $4, 'running', now() + make_interval(secs => $5),
+        now() + make_interval(secs => $5::float8 + $6::float8))
+ON CONFLICT (event_id, batch_key) DO UPDATE
+SET status = 'running', lease_until = EXCLUDED.lease_until, due_at = EXCLUDED.due_at,
+    started_at = now(),
+    devices = CASE WHEN EXCLUDED.devices > 0 THEN EXCLUDED.devices
+                   ELSE delivery_batches.devices END
+WHERE delivery_batches.status = 'queued'
+   OR (delivery_batches.status = 'running' AND delivery_batches.lease_until < now())
+RETURNING (SELECT CASE WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
+                       WHEN e.expires_at <= now() THEN 'expired' END
+           FROM events AS e WHERE e.id = $1) AS stopped
+"""
+
+# Index: delivery_batches_pkey. A claimed batch whose event was cancelled or expired while
+# it waited: done, sending nothing, its devices held back for that reason ($3).
+FINISH_BATCH_HELD = """
+UPDATE delivery_batches
+SET status = 'done', finished_at = now(), lease_until = NULL, due_at = NULL,
+    held_back = jsonb_build_object($3::text, devices)
+WHERE event_id = $1 AND batch_key = $2
+RETURNING devices
+"""
+
+# Index: delivery_batches_pkey. While a batch is being sent: it is alive, keep it ours.
+RENEW_BATCH_LEASE = """
+UPDATE delivery_batches SET lease_until = now() + make_interval(secs => $3),
+                            due_at = now() + make_interval(secs => $3::float8 + $4::float8)
+WHERE event_id = $1 AND batch_key = $2 AND status = 'running'
+"""
+
+# Index: delivery_batches_pkey. A failed invocation that sent nothing gives its lease up.
+RELEASE_BATCH = """
+UPDATE delivery_batches
+SET status = 'queued', lease_until = NULL, due_at = now() + make_interval(secs => $3),
+    last_error = $4
+WHERE event_id = $1 AND batch_key = $2 AND status = 'running'
+"""
+
+# Index: delivery_batches_pkey. A retry batch is recorded with its device ids (only the
+# devices that may still succeed: usually few) in the transaction that finishes its parent,
+# before its message is sent; due once its delay and $6 seconds have passed.
+RECORD_RETRY_BATCH = """
+INSERT INTO delivery_batches (event_id, batch_key, attempt, status, devices, device_ids, due_at)
+VALUES ($1, $2, $3, 'queued', cardinality($4::bigint[]), $4,
+        now() + make_interval(secs => $5::float8 + $6::float8))
+ON CONFLICT (event_id, batch_key) DO NOTHING
+"""
+
+# Index: delivery_batches_pkey. Devices an open breaker held back: recorded like a retry
+# batch (they keep their attempt), with the config error that held them ($7).
+RECORD_HELD_BATCH = """
+INSERT INTO delivery_batches (event_id, batch_key, attempt, status, devices, device_ids, due_at,
+                              held_reason)
+VALUES ($1, $2, $3, 'queued', cardinality($4::bigint[]), $4,
+        now() + make_interval(secs => $5::float8 + $6::float8), $7)
+ON CONFLICT (event_id, batch_key) DO NOTHING
+"""
+
+# Index: delivery_batches_pkey.
+BATCH_STATUS = """
+SELECT status, greatest(0, extract(epoch FROM lease_until - now()))::float8 AS lease_left
+FROM delivery_batches WHERE event_id = $1 AND batch_key = $2
+"""
+
+# Index: delivery_batches_pkey. Failure reasons ({reason: devices}) are summed on read.
+FINISH_BATCH = """
+UPDATE delivery_batches
+SET status = 'done', finished_at = now(), lease_until = NULL, due_at = NULL,
+    sent = $3, failed = $4, invalid = $5, skipped = $6, retried = $7, failure_reasons = $8
+WHERE event_id = $1 AND batch_key = $2
+"""
+
+# Overdue work, claimed by the reconciler (fragments.claim_due). Index: delivery_batches_due.
+CLAIM_DUE_BATCHES = claim_due(
+    table="delivery_batches",
+    key=("event_id", "batch_key"),
+    event="event_id",
+    returning=(
+        "event_id",
+        "batch_key",
+        "attempt",
+        "devices",
+        "first_user_id",
+        "last_user_id",
+        "device_ids",
+        "resends",
+        "last_error",
+    ),
+)
+
+# Index: delivery_batches_pkey. A batch resent too often: its devices count failed.
+GIVE_UP_BATCH = """
+UPDATE delivery_batches
+SET status = 'done', due_at = NULL, lease_until = NULL, finished_at = now(),
+    failed = devices, failure_reasons = jsonb_build_object($3::text, devices)
+WHERE event_id = $1 AND batch_key = $2 AND status <> 'done'
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +162,7 @@ async def claim_batch(
     recorded yet is inserted. Raises ``asyncpg.ForeignKeyViolationError`` for an unknown
     event (``CLAIM_BATCH``)."""
     row = await conn.fetchrow(
-        queries.CLAIM_BATCH, event_id, batch_key, attempt, devices, lease_seconds, overdue_after
+        CLAIM_BATCH, event_id, batch_key, attempt, devices, lease_seconds, overdue_after
     )
     return None if row is None else BatchClaim(**row)
 
@@ -65,7 +172,7 @@ async def finish_batch_held(
 ) -> int:
     """Mark a claimed batch done without sending it, its devices held back for ``reason``
     (the event was cancelled or expired); how many devices (``FINISH_BATCH_HELD``)."""
-    devices: int = await conn.fetchval(queries.FINISH_BATCH_HELD, event_id, batch_key, reason)
+    devices: int = await conn.fetchval(FINISH_BATCH_HELD, event_id, batch_key, reason)
     return devices
 
 
@@ -73,7 +180,7 @@ async def batch_status(
     conn: asyncpg.Connection, *, event_id: int, batch_key: str
 ) -> LeaseStatus | None:
     """The batch's status and lease, or None if there is no such batch (``BATCH_STATUS``)."""
-    row = await conn.fetchrow(queries.BATCH_STATUS, event_id, batch_key)
+    row = await conn.fetchrow(BATCH_STATUS, event_id, batch_key)
     return None if row is None else LeaseStatus(**row)
 
 
@@ -87,7 +194,7 @@ async def renew_batch_lease(
 ) -> None:
     """Extend a running batch's lease by ``lease_seconds`` from now, due ``overdue_after``
     seconds after it ends (``RENEW_BATCH_LEASE``)."""
-    await conn.execute(queries.RENEW_BATCH_LEASE, event_id, batch_key, lease_seconds, overdue_after)
+    await conn.execute(RENEW_BATCH_LEASE, event_id, batch_key, lease_seconds, overdue_after)
 
 
 async def release_batch(
@@ -95,7 +202,7 @@ async def release_batch(
 ) -> None:
     """Give a running batch back (queued, with the reason) after a failure that sent
     nothing; due ``overdue_after`` seconds on (``RELEASE_BATCH``)."""
-    await conn.execute(queries.RELEASE_BATCH, event_id, batch_key, overdue_after, reason)
+    await conn.execute(RELEASE_BATCH, event_id, batch_key, overdue_after, reason)
 
 
 async def record_retry_batch(
@@ -111,7 +218,7 @@ async def record_retry_batch(
     """Record a retry batch by its device ids before its message is sent; it is due once
     ``delay_seconds`` and ``overdue_after`` seconds have passed (``RECORD_RETRY_BATCH``)."""
     await conn.execute(
-        queries.RECORD_RETRY_BATCH,
+        RECORD_RETRY_BATCH,
         event_id,
         batch_key,
         attempt,
@@ -136,7 +243,7 @@ async def record_held_batch(
     error that held them; due once ``delay_seconds`` and ``overdue_after`` seconds have
     passed (``RECORD_HELD_BATCH``)."""
     await conn.execute(
-        queries.RECORD_HELD_BATCH,
+        RECORD_HELD_BATCH,
         event_id,
         batch_key,
         attempt,
@@ -162,7 +269,7 @@ async def finish_batch(
     """Mark the batch done with its outcome: devices per kind, and the failed ones by
     reason (``FINISH_BATCH``)."""
     await conn.execute(
-        queries.FINISH_BATCH,
+        FINISH_BATCH,
         event_id,
         batch_key,
         sent,
@@ -179,7 +286,7 @@ async def give_up_batch(
 ) -> None:
     """Mark a batch resent too often done, all its devices failed for ``reason``
     (``GIVE_UP_BATCH``)."""
-    await conn.execute(queries.GIVE_UP_BATCH, event_id, batch_key, reason)
+    await conn.execute(GIVE_UP_BATCH, event_id, batch_key, reason)
 
 
 async def claim_due_batches(
@@ -193,5 +300,5 @@ async def claim_due_batches(
     """Up to ``limit`` overdue batches (of one event, with ``event_id``), each due again
     after ``overdue_after`` seconds doubled per resend; ``look_ahead`` seconds count as
     passed (``CLAIM_DUE_BATCHES``)."""
-    rows = await conn.fetch(queries.CLAIM_DUE_BATCHES, limit, overdue_after, look_ahead, event_id)
+    rows = await conn.fetch(CLAIM_DUE_BATCHES, limit, overdue_after, look_ahead, event_id)
     return [DueBatch(**row) for row in rows]

@@ -1,8 +1,8 @@
 """Devices: registered (or refreshed) by their token, deleted, deactivated when a push
 service says the token is dead.
 
-Every function runs one statement of ``queries.py`` (named in its docstring, where the
-index it relies on is written) and takes its parameters by name.
+Every function runs one statement, written in this module with the index it relies on
+and named in its docstring, and takes its parameters by name.
 """
 
 from __future__ import annotations
@@ -12,7 +12,28 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from fanout.store import queries
+# Index: devices_pkey. One statement for all of a batch's dead tokens.
+DEACTIVATE_DEVICES = """
+UPDATE devices
+SET active = false, deactivated_at = now(), updated_at = now(), deactivated_reason = $2
+WHERE id = ANY($1::bigint[]) AND active
+"""
+
+# Index: devices_platform_token_key (unique). The same token again updates the row (it may
+# have moved to another user, changed locale or come back after being deactivated).
+# xmax = 0 only on a freshly inserted row: that is how the caller tells 201 from 200.
+UPSERT_DEVICE = """
+INSERT INTO devices (user_id, platform, token, web_push_p256dh, web_push_auth, locale)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (platform, token) DO UPDATE
+SET user_id = EXCLUDED.user_id, web_push_p256dh = EXCLUDED.web_push_p256dh,
+    web_push_auth = EXCLUDED.web_push_auth, locale = EXCLUDED.locale, active = true,
+    updated_at = now(), deactivated_at = NULL, deactivated_reason = NULL
+RETURNING id, (xmax = 0) AS created
+"""
+
+# Index: devices_pkey.
+DELETE_DEVICE = "DELETE FROM devices WHERE id = $1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +55,14 @@ async def upsert_device(
     """Register a device, or refresh the one with this (platform, token): its user, keys
     and locale are set and it is active again (``UPSERT_DEVICE``)."""
     row = await conn.fetchrow(
-        queries.UPSERT_DEVICE, user_id, platform, token, web_push_p256dh, web_push_auth, locale
+        UPSERT_DEVICE, user_id, platform, token, web_push_p256dh, web_push_auth, locale
     )
     return RegisteredDevice(**row)
 
 
 async def delete_device(conn: asyncpg.Connection, *, device_id: int) -> bool:
     """Delete the device; False if there was none (``DELETE_DEVICE``)."""
-    status: str = await conn.execute(queries.DELETE_DEVICE, device_id)
+    status: str = await conn.execute(DELETE_DEVICE, device_id)
     return status != "DELETE 0"
 
 
@@ -50,4 +71,4 @@ async def deactivate_devices(
 ) -> None:
     """Deactivate these devices (dead tokens), with the reason, in one statement
     (``DEACTIVATE_DEVICES``)."""
-    await conn.execute(queries.DEACTIVATE_DEVICES, device_ids, reason)
+    await conn.execute(DEACTIVATE_DEVICES, device_ids, reason)

@@ -1,8 +1,8 @@
 """Seeding for the demo and the benchmarks: users, subscriptions and devices made by
 PostgreSQL (generate_series), so a million subscribers stream nothing through Python.
 
-Every function runs one statement of ``queries.py`` (named in its docstring) and takes
-its parameters by name.
+Every function runs one statement, written in this module with the index it relies on
+and named in its docstring, and takes its parameters by name.
 """
 
 from __future__ import annotations
@@ -12,7 +12,93 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from fanout.store import queries
+# Demo and benchmark seeding: server-side generate_series, so seeding a million
+# subscribers streams nothing through Python.
+
+SEED_USERS = """
+WITH inserted AS (
+    INSERT INTO users (external_id)
+    SELECT $1 || g FROM generate_series(1, $2::integer) AS g
+    RETURNING id
+)
+SELECT min(id) AS first_id, max(id) AS last_id FROM inserted
+"""
+
+SEED_SUBSCRIPTIONS = """
+INSERT INTO subscriptions (topic_id, user_id)
+SELECT $1, id FROM users WHERE id BETWEEN $2 AND $3
+"""
+
+# Tokens shaped like the real ones: APNs 64 hex digits, FCM ~160 characters, Web Push an
+# endpoint URL ($5 || a unique id) with the subscription's key and auth secret ($6, $7).
+# $8 lists the platforms to rotate through.
+SEED_DEVICES = """
+WITH inserted AS (
+    INSERT INTO devices (user_id, platform, token, web_push_p256dh, web_push_auth, locale)
+    SELECT u.id, p.platform,
+           CASE p.platform
+               WHEN 'apns' THEN encode(sha256(($4 || u.id || ':' || k)::bytea), 'hex')
+               WHEN 'fcm' THEN 'f' || md5($4 || u.id || ':' || k) || ':APA91b'
+                    || repeat(md5(u.id || ':' || k), 4)
+               ELSE $5 || md5($4 || u.id || ':' || k)
+           END,
+           CASE WHEN p.platform = 'webpush' THEN $6 END,
+           CASE WHEN p.platform = 'webpush' THEN $7 END,
+           (ARRAY['en', 'en-GB', 'de', 'fr', 'pt-BR', 'ja'])[1 + (u.id + k) % 6]
+    FROM users AS u
+    CROSS JOIN generate_series(1, $3::integer) AS k
+    CROSS JOIN LATERAL (
+        SELECT ($8::text[])[1 + (u.id + k) % cardinality($8::text[])] AS platform
+    ) AS p
+    WHERE u.id BETWEEN $1 AND $2
+    RETURNING id
+)
+SELECT min(id) AS first_id, max(id) AS last_id, count(*) AS devices FROM inserted
+"""
+
+# Seeding the demo's and the benchmark's preferences (server-side, as SEED_USERS): users
+# $1..$2 get a time zone from $5, and by their id modulo 100: [0, $3) opted out of
+# everything, [$3, $3 + $4) quiet hours around the present hour in their zone (from an
+# hour ago to two hours on, crossing midnight where it falls), [$6, $6 + $7) opted out of
+# category $8.
+SEED_PREFERENCES = """
+INSERT INTO user_preferences (user_id, time_zone, quiet_start, quiet_end, opted_out,
+                              opted_out_categories)
+SELECT u.id, z.zone,
+       CASE WHEN q.quiet THEN z.hour - interval '1 hour' END,
+       CASE WHEN q.quiet THEN z.hour + interval '2 hours' END,
+       u.id % 100 < $3,
+       CASE WHEN u.id % 100 >= $6 AND u.id % 100 < $6 + $7 THEN ARRAY[$8::text]
+            ELSE '{}' END
+FROM users AS u
+CROSS JOIN LATERAL (
+    SELECT zone, date_trunc('hour', (now() AT TIME ZONE zone)::time)::time AS hour
+    FROM (SELECT ($5::text[])[1 + u.id % cardinality($5::text[])] AS zone) AS picked
+) AS z
+CROSS JOIN LATERAL (SELECT u.id % 100 >= $3 AND u.id % 100 < $3 + $4 AS quiet) AS q
+WHERE u.id BETWEEN $1 AND $2
+ON CONFLICT (user_id) DO NOTHING
+"""
+
+# Seeding mutes: of users $1..$2, those whose id modulo 100 falls in [$3, $3 + $5) mute
+# topic $4, half of them until an hour from now (still in force).
+SEED_MUTES = """
+INSERT INTO topic_mutes (user_id, topic_id, until)
+SELECT u.id, $4, CASE WHEN u.id % 2 = 0 THEN now() + interval '1 hour' END
+FROM users AS u
+WHERE u.id BETWEEN $1 AND $2 AND u.id % 100 >= $3 AND u.id % 100 < $3 + $5
+ON CONFLICT DO NOTHING
+"""
+
+# Seeding pushes already sent: users $1..$2 whose id modulo 100 falls in [$3, $3 + $4)
+# got $5 pushes of category $6 (NULL: none) an hour ago, as an earlier event $7 would
+# have recorded them.
+SEED_USER_SENDS = """
+INSERT INTO user_sends (user_id, event_id, category, sent_at)
+SELECT u.id, $7, $6::text, now() - interval '1 hour'
+FROM users AS u CROSS JOIN generate_series(1, $5::integer)
+WHERE u.id BETWEEN $1 AND $2 AND u.id % 100 >= $3 AND u.id % 100 < $3 + $4
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +113,7 @@ class SeededIds:
 async def seed_users(conn: asyncpg.Connection, *, prefix: str, count: int) -> SeededIds:
     """Insert ``count`` users, external ids ``prefix`` followed by 1 to ``count``
     (``SEED_USERS``)."""
-    row = await conn.fetchrow(queries.SEED_USERS, prefix, count)
+    row = await conn.fetchrow(SEED_USERS, prefix, count)
     return SeededIds(row["first_id"], row["last_id"], count)
 
 
@@ -36,7 +122,7 @@ async def seed_subscriptions(
 ) -> None:
     """Subscribe the users of ids ``first_user_id`` to ``last_user_id`` to the topic
     (``SEED_SUBSCRIPTIONS``)."""
-    await conn.execute(queries.SEED_SUBSCRIPTIONS, topic_id, first_user_id, last_user_id)
+    await conn.execute(SEED_SUBSCRIPTIONS, topic_id, first_user_id, last_user_id)
 
 
 async def seed_devices(
@@ -55,7 +141,7 @@ async def seed_devices(
     on ``platforms`` in turn, with tokens shaped like real ones made unique by
     ``token_seed`` (``SEED_DEVICES``)."""
     row = await conn.fetchrow(
-        queries.SEED_DEVICES,
+        SEED_DEVICES,
         first_user_id,
         last_user_id,
         per_user,
@@ -86,7 +172,7 @@ async def seed_preferences(
     ``category_percent`` from ``category_from_percent`` opted out of ``category``
     (``SEED_PREFERENCES``)."""
     await conn.execute(
-        queries.SEED_PREFERENCES,
+        SEED_PREFERENCES,
         first_user_id,
         last_user_id,
         opted_out_percent,
@@ -109,9 +195,7 @@ async def seed_mutes(
 ) -> None:
     """Of users ``first_user_id`` to ``last_user_id``, ``percent`` of them (by id modulo
     100, from ``from_percent``) mute the topic, half for an hour (``SEED_MUTES``)."""
-    await conn.execute(
-        queries.SEED_MUTES, first_user_id, last_user_id, from_percent, topic_id, percent
-    )
+    await conn.execute(SEED_MUTES, first_user_id, last_user_id, from_percent, topic_id, percent)
 
 
 async def seed_user_sends(
@@ -129,7 +213,7 @@ async def seed_user_sends(
     ``percent`` of users ``first_user_id`` to ``last_user_id`` (by id modulo 100, from
     ``from_percent``) (``SEED_USER_SENDS``)."""
     await conn.execute(
-        queries.SEED_USER_SENDS,
+        SEED_USER_SENDS,
         first_user_id,
         last_user_id,
         from_percent,

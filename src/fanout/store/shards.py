@@ -1,8 +1,8 @@
 """Fan-out shards: ranges of an event's subscribers, planned once, each claimed with a
 lease, checkpointed after every send, finished or given up.
 
-Every function runs one statement of ``queries.py`` (named in its docstring, where the
-index it relies on is written) and takes its parameters by name.
+Every function runs one statement, written in this module with the index it relies on
+and named in its docstring, and takes its parameters by name.
 """
 
 from __future__ import annotations
@@ -13,7 +13,131 @@ from typing import Protocol
 
 import asyncpg
 
-from fanout.store import queries
+from fanout.store.fragments import claim_due
+
+# Index: subscriptions_pkey, index-only scan. Skips `shard_size` subscribers from `lo`
+# to find where the next shard starts; planning a topic reads its index once.
+NEXT_SHARD_BOUNDARY = """
+SELECT user_id FROM subscriptions
+WHERE topic_id = $1 AND user_id >= $2
+ORDER BY user_id
+OFFSET $3 LIMIT 1
+"""
+
+# Index: fanout_shards_pkey. Re-planning after a crash inserts nothing twice. A shard not
+# claimed within $5 seconds (its message lost) is sent again by the reconciler. $6: the wave
+# it fans out (NULL: the whole audience).
+INSERT_SHARDS = """
+INSERT INTO fanout_shards (event_id, shard_no, lo_user_id, hi_user_id, due_at, wave_no)
+SELECT $1, shard_no, lo, hi, now() + make_interval(secs => $5), $6
+FROM unnest($2::integer[], $3::bigint[], $4::bigint[]) AS s (shard_no, lo, hi)
+ON CONFLICT DO NOTHING
+"""
+
+# Index: fanout_shards_pkey.
+UNFINISHED_SHARDS = """
+SELECT shard_no FROM fanout_shards
+WHERE event_id = $1 AND status <> 'done'
+ORDER BY shard_no
+"""
+
+# Index: fanout_shards_pkey. Takes the shard if nobody holds a live lease on it. It is due
+# $4 seconds after its lease ends: if its holder died and its message is gone too.
+CLAIM_SHARD = """
+UPDATE fanout_shards
+SET status = 'running', lease_until = now() + make_interval(secs => $3),
+    due_at = now() + make_interval(secs => $3::float8 + $4::float8), attempts = attempts + 1
+WHERE event_id = $1 AND shard_no = $2
+  AND (status = 'pending' OR (status = 'running' AND lease_until < now()))
+RETURNING lo_user_id, hi_user_id, cursor_user_id, recipients, devices, batches, held_back,
+          wave_no
+"""
+
+# Index: fanout_shards_pkey. A failed invocation gives its lease up, so the retry of its
+# message (or another copy) can take the shard at once rather than find it busy.
+RELEASE_SHARD = """
+UPDATE fanout_shards
+SET lease_until = now(), due_at = now() + make_interval(secs => $3), last_error = $4
+WHERE event_id = $1 AND shard_no = $2 AND status = 'running'
+"""
+
+# Index: fanout_shards_pkey. With the seconds left on its lease, when held.
+SHARD_STATUS = """
+SELECT status, greatest(0, extract(epoch FROM lease_until - now()))::float8 AS lease_left
+FROM fanout_shards WHERE event_id = $1 AND shard_no = $2
+"""
+
+# Indexes: delivery_batches_pkey, fanout_shards_pkey. After each SendMessageBatch, in one
+# statement: the batches SQS accepted are recorded ('queued', with the range of users to
+# re-read should their message be lost: one row per batch, never per device), and the
+# shard checkpoints its cursor and renews its lease (a shard that checkpoints is alive).
+# A batch re-packed after a crash has the same key and is not recorded twice.
+# The recipients held back so far ($14, {reason: count}) are totals, like the others, so
+# a shard resumed from this checkpoint counts nobody twice. The users of the batches
+# ($16; empty unless a frequency cap applies to the event's category $15) are appended
+# to user_sends: these pushes count toward the caps from now on (no index but the
+# table's own: user_sends_by_user and user_sends_by_time are maintained). Returns why the
+# shard must stop ('cancelled', 'expired') or NULL: the per-page check costs nothing.
+CHECKPOINT_SHARD = """
+WITH recorded AS (
+    INSERT INTO delivery_batches (event_id, batch_key, attempt, status, devices, shard_no,
+                                  first_user_id, last_user_id, due_at)
+    SELECT $1, b.key, 0, 'queued', b.devices, $2, b.first_user, b.last_user,
+           now() + make_interval(secs => $9)
+    FROM unnest($10::text[], $11::integer[], $12::bigint[], $13::bigint[])
+         AS b (key, devices, first_user, last_user)
+    ON CONFLICT (event_id, batch_key) DO NOTHING
+), counted AS (
+    INSERT INTO user_sends (user_id, event_id, category)
+    SELECT u, $1, $15::text FROM unnest($16::bigint[]) AS u
+)
+UPDATE fanout_shards
+SET cursor_user_id = $3, recipients = $4, devices = $5, batches = $6, held_back = $14,
+    lease_until = now() + make_interval(secs => $7),
+    due_at = now() + make_interval(secs => $7::float8 + $8::float8)
+WHERE event_id = $1 AND shard_no = $2
+RETURNING (SELECT CASE WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
+                       WHEN e.expires_at <= now() THEN 'expired' END
+           FROM events AS e WHERE e.id = $1) AS stopped
+"""
+
+# Index: fanout_shards_pkey.
+FINISH_SHARD = """
+UPDATE fanout_shards
+SET status = 'done', finished_at = now(), lease_until = NULL, due_at = NULL,
+    recipients = $3, devices = $4, batches = $5, held_back = $6
+WHERE event_id = $1 AND shard_no = $2
+"""
+
+# Indexes: subscriptions_pkey (index-only). A shard stopped by a cancel or the event's
+# expiry: the subscribers it did not read, counted (not their devices) as held back.
+SUBSCRIBERS_LEFT = """
+SELECT count(*) FROM subscriptions WHERE topic_id = $1 AND user_id > $2 AND user_id < $3
+"""
+
+# Index: fanout_shards_pkey. The wave a shard fans out (NULL: the whole audience); a batch
+# re-read from PostgreSQL is read with its shard's filter.
+SHARD_WAVE = "SELECT wave_no FROM fanout_shards WHERE event_id = $1 AND shard_no = $2"
+
+# Index: fanout_shards_pkey. Shard numbers go on across waves.
+NEXT_SHARD_NO = """
+SELECT coalesce(max(shard_no), -1) + 1 FROM fanout_shards WHERE event_id = $1
+"""
+
+# Overdue work, claimed by the reconciler (fragments.claim_due). Index: fanout_shards_due.
+CLAIM_DUE_SHARDS = claim_due(
+    table="fanout_shards",
+    key=("event_id", "shard_no"),
+    event="event_id",
+    returning=("event_id", "shard_no", "resends", "last_error"),
+)
+
+# Index: fanout_shards_pkey. A shard resent too often: given up, so its event can end.
+GIVE_UP_SHARD = """
+UPDATE fanout_shards SET status = 'failed', due_at = NULL, lease_until = NULL,
+                         finished_at = now(), last_error = $3
+WHERE event_id = $1 AND shard_no = $2 AND status <> 'done'
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +192,7 @@ async def next_shard_boundary(
     """The user id ``shard_size`` subscribers of the topic on from ``from_user_id``: where
     the next shard starts; None when fewer are left (``NEXT_SHARD_BOUNDARY``)."""
     boundary: int | None = await conn.fetchval(
-        queries.NEXT_SHARD_BOUNDARY, topic_id, from_user_id, shard_size
+        NEXT_SHARD_BOUNDARY, topic_id, from_user_id, shard_size
     )
     return boundary
 
@@ -86,7 +210,7 @@ async def insert_shards(
     ``first_shard``, one per [lo, hi) range of user ids, each due ``overdue_after`` seconds
     on unless claimed; none twice (``INSERT_SHARDS``)."""
     await conn.execute(
-        queries.INSERT_SHARDS,
+        INSERT_SHARDS,
         event_id,
         list(range(first_shard, first_shard + len(bounds))),
         [lo for lo, _ in bounds],
@@ -98,14 +222,14 @@ async def insert_shards(
 
 async def next_shard_no(conn: asyncpg.Connection, *, event_id: int) -> int:
     """The number the event's next shard takes: they go on across waves (``NEXT_SHARD_NO``)."""
-    number: int = await conn.fetchval(queries.NEXT_SHARD_NO, event_id)
+    number: int = await conn.fetchval(NEXT_SHARD_NO, event_id)
     return number
 
 
 async def shard_wave(conn: asyncpg.Connection, *, event_id: int, shard: int) -> int | None:
     """The wave the shard fans out; None: the whole audience, or no such shard
     (``SHARD_WAVE``)."""
-    wave: int | None = await conn.fetchval(queries.SHARD_WAVE, event_id, shard)
+    wave: int | None = await conn.fetchval(SHARD_WAVE, event_id, shard)
     return wave
 
 
@@ -114,15 +238,13 @@ async def subscribers_left(
 ) -> int:
     """How many of the topic's subscribers lie between the two user ids, both excluded: what
     a stopped shard did not read (``SUBSCRIBERS_LEFT``)."""
-    count: int = await conn.fetchval(
-        queries.SUBSCRIBERS_LEFT, topic_id, after_user_id, before_user_id
-    )
+    count: int = await conn.fetchval(SUBSCRIBERS_LEFT, topic_id, after_user_id, before_user_id)
     return count
 
 
 async def unfinished_shards(conn: asyncpg.Connection, *, event_id: int) -> list[int]:
     """The numbers of the event's shards not done, in order (``UNFINISHED_SHARDS``)."""
-    return [row["shard_no"] for row in await conn.fetch(queries.UNFINISHED_SHARDS, event_id)]
+    return [row["shard_no"] for row in await conn.fetch(UNFINISHED_SHARDS, event_id)]
 
 
 async def claim_shard(
@@ -136,7 +258,7 @@ async def claim_shard(
     """Take the shard for ``lease_seconds`` unless it is done or someone holds a live
     lease on it (then None); it is due ``overdue_after`` seconds after the lease ends
     (``CLAIM_SHARD``)."""
-    row = await conn.fetchrow(queries.CLAIM_SHARD, event_id, shard, lease_seconds, overdue_after)
+    row = await conn.fetchrow(CLAIM_SHARD, event_id, shard, lease_seconds, overdue_after)
     return None if row is None else ShardClaim(**row)
 
 
@@ -144,7 +266,7 @@ async def shard_status(
     conn: asyncpg.Connection, *, event_id: int, shard: int
 ) -> LeaseStatus | None:
     """The shard's status and lease, or None if there is no such shard (``SHARD_STATUS``)."""
-    row = await conn.fetchrow(queries.SHARD_STATUS, event_id, shard)
+    row = await conn.fetchrow(SHARD_STATUS, event_id, shard)
     return None if row is None else LeaseStatus(**row)
 
 
@@ -153,7 +275,7 @@ async def release_shard(
 ) -> None:
     """Give a running shard's lease up after a failure, with the reason, so another copy of
     its message can take it at once; due ``overdue_after`` seconds on (``RELEASE_SHARD``)."""
-    await conn.execute(queries.RELEASE_SHARD, event_id, shard, overdue_after, reason)
+    await conn.execute(RELEASE_SHARD, event_id, shard, overdue_after, reason)
 
 
 async def checkpoint_shard(
@@ -179,7 +301,7 @@ async def checkpoint_shard(
     ``lease_seconds`` (due ``overdue_after`` after it ends). Returns why the shard must
     stop, 'cancelled' or 'expired', or None (``CHECKPOINT_SHARD``)."""
     stopped: str | None = await conn.fetchval(
-        queries.CHECKPOINT_SHARD,
+        CHECKPOINT_SHARD,
         event_id,
         shard,
         cursor,
@@ -211,9 +333,7 @@ async def finish_shard(
     held_back: dict[str, int],
 ) -> None:
     """Mark the shard done with its final totals (``FINISH_SHARD``)."""
-    await conn.execute(
-        queries.FINISH_SHARD, event_id, shard, recipients, devices, batches, held_back
-    )
+    await conn.execute(FINISH_SHARD, event_id, shard, recipients, devices, batches, held_back)
 
 
 async def give_up_shard(
@@ -221,7 +341,7 @@ async def give_up_shard(
 ) -> None:
     """Mark a shard resent too often failed, with the reason, so its event can end
     (``GIVE_UP_SHARD``)."""
-    await conn.execute(queries.GIVE_UP_SHARD, event_id, shard, reason)
+    await conn.execute(GIVE_UP_SHARD, event_id, shard, reason)
 
 
 async def claim_due_shards(
@@ -235,5 +355,5 @@ async def claim_due_shards(
     """Up to ``limit`` overdue shards (of one event, with ``event_id``), each due again
     after ``overdue_after`` seconds doubled per resend; ``look_ahead`` seconds count as
     passed (``CLAIM_DUE_SHARDS``)."""
-    rows = await conn.fetch(queries.CLAIM_DUE_SHARDS, limit, overdue_after, look_ahead, event_id)
+    rows = await conn.fetch(CLAIM_DUE_SHARDS, limit, overdue_after, look_ahead, event_id)
     return [DueShard(**row) for row in rows]

@@ -3,8 +3,8 @@ request even for a bulk import.
 
 Topics and users are named by their keys here (``topic``: topics.key, ``user``:
 users.external_id) and by their row ids as ``topic_id`` and ``user_id``. Every function
-runs one statement of ``queries.py`` (named in its docstring, where the index it relies
-on is written) and takes its parameters by name.
+runs one statement, written in this module with the index it relies on and named in its
+docstring, and takes its parameters by name.
 """
 
 from __future__ import annotations
@@ -15,7 +15,58 @@ from datetime import datetime
 
 import asyncpg
 
-from fanout.store import queries
+# Index: topics_key_key (unique). Insert-or-find; an existing row is not rewritten. Returns
+# NULL only if a concurrent transaction inserted the same key a moment ago: call again.
+UPSERT_TOPIC = """
+WITH inserted AS (
+    INSERT INTO topics (key) VALUES ($1) ON CONFLICT (key) DO NOTHING RETURNING id
+)
+SELECT id FROM inserted UNION ALL SELECT id FROM topics WHERE key = $1 LIMIT 1
+"""
+
+# Index: users_external_id_key (unique). Same contract as UPSERT_TOPIC.
+UPSERT_USER = """
+WITH inserted AS (
+    INSERT INTO users (external_id) VALUES ($1) ON CONFLICT (external_id) DO NOTHING
+    RETURNING id
+)
+SELECT id FROM inserted UNION ALL SELECT id FROM users WHERE external_id = $1 LIMIT 1
+"""
+
+# Index: subscriptions_pkey.
+SUBSCRIBE = """
+INSERT INTO subscriptions (topic_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING
+"""
+
+# Indexes: topics_key_key, users_external_id_key, subscriptions_pkey.
+UNSUBSCRIBE = """
+DELETE FROM subscriptions AS s
+USING topics AS t, users AS u
+WHERE t.key = $1 AND u.external_id = $2 AND s.topic_id = t.id AND s.user_id = u.id
+"""
+
+# Index: users_external_id_key. Bulk import, one statement for the whole list.
+BULK_INSERT_USERS = """
+INSERT INTO users (external_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING
+"""
+
+# Indexes: users_external_id_key, subscriptions_pkey.
+BULK_SUBSCRIBE = """
+INSERT INTO subscriptions (topic_id, user_id)
+SELECT $1, id FROM users WHERE external_id = ANY($2::text[])
+ON CONFLICT DO NOTHING
+"""
+
+# Indexes: users_external_id_key, subscriptions_by_user (user_id, topic_id): a keyset page.
+USER_SUBSCRIPTIONS_PAGE = """
+SELECT s.topic_id, t.key, s.created_at
+FROM users AS u
+JOIN subscriptions AS s ON s.user_id = u.id
+JOIN topics AS t ON t.id = s.topic_id
+WHERE u.external_id = $1 AND s.topic_id > $2
+ORDER BY s.topic_id
+LIMIT $3
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,34 +93,34 @@ async def find_or_create(conn: asyncpg.Connection, query: str, key: str) -> int:
 
 async def find_or_create_topic(conn: asyncpg.Connection, *, topic: str) -> int:
     """The id of the topic with this key, created if new (``UPSERT_TOPIC``)."""
-    return await find_or_create(conn, queries.UPSERT_TOPIC, topic)
+    return await find_or_create(conn, UPSERT_TOPIC, topic)
 
 
 async def find_or_create_user(conn: asyncpg.Connection, *, user: str) -> int:
     """The id of the user with this external id, created if new (``UPSERT_USER``)."""
-    return await find_or_create(conn, queries.UPSERT_USER, user)
+    return await find_or_create(conn, UPSERT_USER, user)
 
 
 async def subscribe(conn: asyncpg.Connection, *, topic_id: int, user_id: int) -> None:
     """Subscribe the user to the topic; already subscribed is no error (``SUBSCRIBE``)."""
-    await conn.execute(queries.SUBSCRIBE, topic_id, user_id)
+    await conn.execute(SUBSCRIBE, topic_id, user_id)
 
 
 async def unsubscribe(conn: asyncpg.Connection, *, topic: str, user: str) -> None:
     """Unsubscribe the user from the topic, by their keys; not subscribed (or unknown) is
     no error (``UNSUBSCRIBE``)."""
-    await conn.execute(queries.UNSUBSCRIBE, topic, user)
+    await conn.execute(UNSUBSCRIBE, topic, user)
 
 
 async def insert_users(conn: asyncpg.Connection, *, users: Sequence[str]) -> None:
     """Create the users of these external ids that do not exist yet (``BULK_INSERT_USERS``)."""
-    await conn.execute(queries.BULK_INSERT_USERS, users)
+    await conn.execute(BULK_INSERT_USERS, users)
 
 
 async def subscribe_users(conn: asyncpg.Connection, *, topic_id: int, users: Sequence[str]) -> int:
     """Subscribe the (existing) users of these external ids to the topic; how many were
     not subscribed before (``BULK_SUBSCRIBE``)."""
-    status: str = await conn.execute(queries.BULK_SUBSCRIBE, topic_id, users)
+    status: str = await conn.execute(BULK_SUBSCRIBE, topic_id, users)
     return int(status.split()[-1])
 
 
@@ -78,5 +129,5 @@ async def user_subscriptions_page(
 ) -> list[Subscription]:
     """Up to ``limit`` of the user's subscriptions, in topic id order from after
     ``after_topic_id`` (``USER_SUBSCRIPTIONS_PAGE``)."""
-    rows = await conn.fetch(queries.USER_SUBSCRIPTIONS_PAGE, user, after_topic_id, limit)
+    rows = await conn.fetch(USER_SUBSCRIPTIONS_PAGE, user, after_topic_id, limit)
     return [Subscription(r["topic_id"], r["key"], r["created_at"]) for r in rows]

@@ -20,9 +20,9 @@ from urllib.parse import parse_qs
 from fastapi import Request
 from starlette.responses import Response
 
-from fanout import store
 from fanout.api.keys import ApiKey, find_api_key
 from fanout.api.state import state_of
+from fanout.store import console
 
 COOKIE = "fanout_console"
 LOGIN_COOKIE = "fanout_console_login"  # the sign-in form's double-submit CSRF token
@@ -72,8 +72,8 @@ async def sign_in(request: Request, response: Response, token: str) -> ApiKey:
         if "read" not in key.scopes:
             raise ConsoleRefusal(403, "this API key lacks the 'read' scope")
         session = secrets.token_urlsafe(32)
-        await store.delete_expired_console_sessions(conn)
-        await store.insert_console_session(
+        await console.delete_expired_console_sessions(conn)
+        await console.insert_console_session(
             conn,
             token_hash=_hash(session),
             api_key_id=key.id,
@@ -96,7 +96,7 @@ async def sign_out(request: Request, response: Response) -> None:
     token = request.cookies.get(COOKIE)
     if token:
         async with state_of(request).pool.acquire() as conn:
-            await store.delete_console_session(conn, token_hash=_hash(token))
+            await console.delete_console_session(conn, token_hash=_hash(token))
     response.delete_cookie(COOKIE, path=PATH)
 
 
@@ -145,7 +145,7 @@ async def current_session(request: Request) -> Session:
     found = None
     if token:
         async with state_of(request).pool.acquire() as conn:
-            found = await store.console_session_key(conn, token_hash=_hash(token))
+            found = await console.console_session_key(conn, token_hash=_hash(token))
     if token is None or found is None:
         raise ConsoleRefusal(401, "not signed in, or the session has ended: sign in again")
     key = ApiKey(found.id, found.key_id, frozenset(found.scopes), found.name)

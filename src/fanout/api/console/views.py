@@ -15,11 +15,11 @@ from typing import Any
 import asyncpg
 from prometheus_client import REGISTRY
 
-from fanout import store
 from fanout.queue.admin import DeadLetter, QueueDepth, peek_dead_letters, queue_depths
 from fanout.queue.messages import DeliveryBatch, FanoutTask, PoisonMessage, decode
 from fanout.queue.sqs import Queues
 from fanout.stages.progress import EventStatus, event_status_from_row
+from fanout.store import console
 
 LIST_LIMIT = 50
 TABLE_LIMIT = 100
@@ -69,7 +69,7 @@ def _event_row(row: asyncpg.Record) -> EventRow:
 async def event_rows(
     pool: asyncpg.Pool, *, topic: str | None, status: str | None, event_id: int | None = None
 ) -> list[EventRow]:
-    rows = await store.list_events(
+    rows = await console.list_events(
         pool, topic=topic, status=status, event_id=event_id, limit=LIST_LIMIT
     )
     return [_event_row(row) for row in rows]
@@ -89,7 +89,7 @@ class EventDetail:
     by_platform: dict[str, dict[str, int]]
     reasons: list[asyncpg.Record]
     shards: list[asyncpg.Record]
-    batches: store.BatchSummary
+    batches: console.BatchSummary
     batch_rows: list[asyncpg.Record]
     retired: list[asyncpg.Record]
 
@@ -97,19 +97,19 @@ class EventDetail:
 async def event_detail(pool: asyncpg.Pool, event: EventRow) -> EventDetail:
     event_id = event.status.event_id
     by_platform: dict[str, dict[str, int]] = {}
-    for row in await store.event_outcomes_by_platform(pool, event_id=event_id):
+    for row in await console.event_outcomes_by_platform(pool, event_id=event_id):
         by_platform.setdefault(row["platform"], {})[row["outcome"]] = row["devices"]
     return EventDetail(
         event=event,
-        latency=await store.event_latency_percentiles(
+        latency=await console.event_latency_percentiles(
             pool, event_id=event_id, fractions=PERCENTILES
         ),
         by_platform=by_platform,
-        reasons=await store.event_failures_by_reason(pool, event_id=event_id, limit=TABLE_LIMIT),
-        shards=await store.event_shards(pool, event_id=event_id, limit=TABLE_LIMIT),
-        batches=await store.event_batch_summary(pool, event_id=event_id),
-        batch_rows=await store.event_batches(pool, event_id=event_id, limit=TABLE_LIMIT),
-        retired=await store.event_device_failures(
+        reasons=await console.event_failures_by_reason(pool, event_id=event_id, limit=TABLE_LIMIT),
+        shards=await console.event_shards(pool, event_id=event_id, limit=TABLE_LIMIT),
+        batches=await console.event_batch_summary(pool, event_id=event_id),
+        batch_rows=await console.event_batches(pool, event_id=event_id, limit=TABLE_LIMIT),
+        retired=await console.event_device_failures(
             pool, event_id=event_id, outcome="invalid", limit=TABLE_LIMIT
         ),
     )
@@ -125,7 +125,9 @@ def bucket_seconds(event: EventRow, now: datetime) -> int:
 async def throughput(pool: asyncpg.Pool, event: EventRow, now: datetime) -> dict[str, Any]:
     """Devices/s per interval since publication, for uPlot: x in seconds, gaps as zero."""
     width = bucket_seconds(event, now)
-    rows = await store.event_throughput(pool, event_id=event.status.event_id, bucket_seconds=width)
+    rows = await console.event_throughput(
+        pool, event_id=event.status.event_id, bucket_seconds=width
+    )
     found = {round(row["offset_seconds"] / width): row for row in rows}
     last = max(found, default=-1)
     xs, sent, not_sent = [], [], []
@@ -144,7 +146,7 @@ async def throughput(pool: asyncpg.Pool, event: EventRow, now: datetime) -> dict
 
 @dataclass
 class DeviceAnswer:
-    device: store.DeviceHistory
+    device: console.DeviceHistory
     outcome: str  # sent, invalid, failed, skipped, pending, not sent, unknown
     explanation: str
     batch_key: str | None = None
@@ -154,7 +156,7 @@ class DeviceAnswer:
 
 @dataclass
 class WhereAnswer:
-    user: store.UserRef
+    user: console.UserRef
     event: EventRow
     batches: list[asyncpg.Record]
     devices: list[DeviceAnswer]
@@ -167,19 +169,21 @@ async def where_is_my_push(
     """The answer for a user (all their devices) or one device, or why there is none."""
     event_id = event.status.event_id
     if device_id is not None:
-        user = await store.device_owner(pool, device_id=device_id)
+        user = await console.device_owner(pool, device_id=device_id)
         if user is None:
             return f"no device {device_id}"
     else:
-        user = await store.user_by_external_id(pool, external_id=user_external_id or "")
+        user = await console.user_by_external_id(pool, external_id=user_external_id or "")
         if user is None:
             return f"no user with the external id {user_external_id!r}"
-    devices = await store.user_device_history(pool, user_id=user.id)
+    devices = await console.user_device_history(pool, user_id=user.id)
     if device_id is not None:
         devices = [d for d in devices if d.id == device_id]
     ids = [d.id for d in devices]
-    batches = await store.batches_carrying(pool, event_id=event_id, user_id=user.id, device_ids=ids)
-    failures = await store.devices_failures(pool, event_id=event_id, device_ids=ids)
+    batches = await console.batches_carrying(
+        pool, event_id=event_id, user_id=user.id, device_ids=ids
+    )
+    failures = await console.devices_failures(pool, event_id=event_id, device_ids=ids)
     no_batch = None if batches else await _why_no_batch(pool, event, user.id)
     answers = [
         device_answer(device, event, batches, [f for f in failures if f["device_id"] == device.id])
@@ -189,7 +193,7 @@ async def where_is_my_push(
 
 
 async def _why_no_batch(pool: asyncpg.Pool, event: EventRow, user_id: int) -> str:
-    shard = await store.shard_of_user(pool, event_id=event.status.event_id, user_id=user_id)
+    shard = await console.shard_of_user(pool, event_id=event.status.event_id, user_id=user_id)
     if shard is None:
         if event.status.shards == 0:
             return "the event has not been planned into shards yet"
@@ -207,7 +211,7 @@ async def _why_no_batch(pool: asyncpg.Pool, event: EventRow, user_id: int) -> st
 
 
 def device_answer(
-    device: store.DeviceHistory,
+    device: console.DeviceHistory,
     event: EventRow,
     batches: list[asyncpg.Record],
     failures: list[asyncpg.Record],
@@ -263,7 +267,7 @@ def device_answer(
     )
 
 
-def _outside_batch(device: store.DeviceHistory, event: EventRow, batch: asyncpg.Record) -> str:
+def _outside_batch(device: console.DeviceHistory, event: EventRow, batch: asyncpg.Record) -> str:
     """Why a device of the user was not in the batch that carried the user, if it was not."""
     if device.created_at > batch["started_at"]:
         return "registered after its user's batch was read"
@@ -289,10 +293,10 @@ async def providers_last_minute(pool: asyncpg.Pool) -> list[ProviderMinute]:
     """Per platform, the last 60 s from PostgreSQL: devices per outcome of the batches
     recorded, and the 429s and config errors among the failure rows."""
     found: dict[str, ProviderMinute] = {}
-    for row in await store.recent_outcomes_by_platform(pool, seconds=60):
+    for row in await console.recent_outcomes_by_platform(pool, seconds=60):
         minute = found.setdefault(row["platform"], ProviderMinute(row["platform"]))
         minute.counts[row["outcome"]] = row["devices"]
-    for row in await store.recent_failures_by_reason(pool, seconds=60, limit=1000):
+    for row in await console.recent_failures_by_reason(pool, seconds=60, limit=1000):
         minute = found.setdefault(row["platform"], ProviderMinute(row["platform"]))
         reason = row["reason"] or ""
         if row["outcome"] == "retried" and _RATE_LIMITED.search(reason):
@@ -342,7 +346,7 @@ def summarise(body: str) -> str:
 @dataclass
 class QueuesView:
     depths: list[QueueDepth]
-    oldest: store.OldestWaiting
+    oldest: console.OldestWaiting
     dead_letters: list[DeadLetterView]
     error: str | None = None
 
@@ -351,7 +355,7 @@ class QueuesView:
 
 
 async def queues_view(pool: asyncpg.Pool, queues: Queues, limit: int = 20) -> QueuesView:
-    oldest = await store.oldest_waiting(pool)
+    oldest = await console.oldest_waiting(pool)
     depths = await queue_depths(queues)
     letters = []
     for queue in (queues.fanout, queues.delivery):

@@ -1,5 +1,5 @@
 """Audience controls: a user's preferences (time zone, quiet hours, opt-outs), in bulk
-too; topic mutes; frequency caps. The fan-out applies them (store/queries.AUDIENCE_RULES).
+too; topic mutes; frequency caps. The fan-out applies them (store/fragments.AUDIENCE_RULES).
 """
 
 from __future__ import annotations
@@ -8,17 +8,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Response
 
-from fanout import store
 from fanout.api import schemas
 from fanout.api.auth import MANAGE, READ
 from fanout.api.state import Pool
+from fanout.store import audience, subscriptions
 
 router = APIRouter()
 
 
-def _preferences(user: str, body: schemas.PreferencesIn) -> store.Preferences:
+def _preferences(user: str, body: schemas.PreferencesIn) -> audience.Preferences:
     quiet_start, quiet_end = schemas.quiet_window(body.quiet_hours)
-    return store.Preferences(
+    return audience.Preferences(
         user=user,
         time_zone=body.time_zone,
         quiet_start=quiet_start,
@@ -39,8 +39,8 @@ async def put_preferences(
 ) -> Response:
     """Replace a user's settings (the user is created if new)."""
     async with pool.acquire() as conn, conn.transaction():
-        await store.insert_users(conn, users=[user_id])
-        await store.upsert_preferences(conn, preferences=[_preferences(user_id, body)])
+        await subscriptions.insert_users(conn, users=[user_id])
+        await audience.upsert_preferences(conn, preferences=[_preferences(user_id, body)])
     return Response(status_code=204)
 
 
@@ -52,7 +52,7 @@ async def put_preferences(
 async def get_preferences(user_id: schemas.UserPath, pool: Pool) -> schemas.PreferencesOut:
     """A user's settings (the defaults where none are set) and the topics muted now."""
     async with pool.acquire() as conn:
-        found = await store.user_preferences(conn, user=user_id)
+        found = await audience.user_preferences(conn, user=user_id)
     if found is None:
         raise HTTPException(404, "no such user")
     quiet = None
@@ -81,8 +81,8 @@ async def bulk_preferences(
     by_user = {item.user_id: item for item in body.items}
     users = sorted(by_user)  # one lock order for concurrent imports: no deadlock
     async with pool.acquire() as conn, conn.transaction():
-        await store.insert_users(conn, users=users)
-        updated = await store.upsert_preferences(
+        await subscriptions.insert_users(conn, users=users)
+        updated = await audience.upsert_preferences(
             conn, preferences=[_preferences(user, by_user[user]) for user in users]
         )
     return schemas.BulkPreferencesOut(requested=len(body.items), updated=updated)
@@ -102,10 +102,10 @@ async def mute_topic(
 ) -> Response:
     """Mute a topic for a user, until a time or until unmuted; muting again moves it."""
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await store.find_or_create_topic(conn, topic=topic)
-        user = await store.find_or_create_user(conn, user=user_id)
+        topic_id = await subscriptions.find_or_create_topic(conn, topic=topic)
+        user = await subscriptions.find_or_create_user(conn, user=user_id)
         until = body.until if body is not None else None
-        await store.mute_topic(conn, user_id=user, topic_id=topic_id, until=until)
+        await audience.mute_topic(conn, user_id=user, topic_id=topic_id, until=until)
     return Response(status_code=204)
 
 
@@ -118,11 +118,11 @@ async def mute_topic(
 async def unmute_topic(user_id: schemas.UserPath, topic: schemas.TopicPath, pool: Pool) -> Response:
     """Unmute (idempotent)."""
     async with pool.acquire() as conn:
-        await store.unmute_topic(conn, topic=topic, user=user_id)
+        await audience.unmute_topic(conn, topic=topic, user=user_id)
     return Response(status_code=204)
 
 
-def _cap_out(cap: store.FrequencyCap) -> schemas.FrequencyCapOut:
+def _cap_out(cap: audience.FrequencyCap) -> schemas.FrequencyCapOut:
     return schemas.FrequencyCapOut(
         category=cap.category,
         max=cap.max_sends,
@@ -135,7 +135,7 @@ def _cap_out(cap: store.FrequencyCap) -> schemas.FrequencyCapOut:
 async def list_frequency_caps(pool: Pool) -> list[schemas.FrequencyCapOut]:
     """Every frequency cap."""
     async with pool.acquire() as conn:
-        return [_cap_out(cap) for cap in await store.list_frequency_caps(conn)]
+        return [_cap_out(cap) for cap in await audience.list_frequency_caps(conn)]
 
 
 @router.put(
@@ -156,10 +156,10 @@ async def put_frequency_cap(
     """At most ``max`` pushes of this category (``*``: of any) per user in any
     ``window_seconds``; a user at the cap is skipped for the event and counted capped."""
     async with pool.acquire() as conn:
-        created = await store.put_frequency_cap(
+        created = await audience.put_frequency_cap(
             conn, category=category, max_sends=body.max, window_seconds=body.window_seconds
         )
-        caps = await store.list_frequency_caps(conn)
+        caps = await audience.list_frequency_caps(conn)
     if not created:
         response.status_code = 200
     return _cap_out(next(cap for cap in caps if cap.category == category))
@@ -173,7 +173,7 @@ async def put_frequency_cap(
 )
 async def delete_frequency_cap(category: schemas.CapCategoryPath, pool: Pool) -> Response:
     async with pool.acquire() as conn:
-        deleted = await store.delete_frequency_cap(conn, category=category)
+        deleted = await audience.delete_frequency_cap(conn, category=category)
     if not deleted:
         raise HTTPException(404, "no such frequency cap")
     return Response(status_code=204)

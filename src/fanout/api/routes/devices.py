@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Response
 
-from fanout import store
 from fanout.api import schemas
 from fanout.api.auth import MANAGE
 from fanout.api.state import Pool
+from fanout.store import devices, subscriptions
 
 router = APIRouter()
 
@@ -34,8 +34,8 @@ async def register_device(
     else:
         token, p256dh, auth = body.token, None, None
     async with pool.acquire() as conn, conn.transaction():
-        user_id = await store.find_or_create_user(conn, user=body.user_id)
-        device = await store.upsert_device(
+        user_id = await subscriptions.find_or_create_user(conn, user=body.user_id)
+        device = await devices.upsert_device(
             conn,
             user_id=user_id,
             platform=body.platform,
@@ -57,7 +57,7 @@ async def register_device(
 )
 async def delete_device(device_id: schemas.RowIdPath, pool: Pool) -> Response:
     async with pool.acquire() as conn:
-        deleted = await store.delete_device(conn, device_id=device_id)
+        deleted = await devices.delete_device(conn, device_id=device_id)
     if not deleted:
         raise HTTPException(404, "no such device")
     return Response(status_code=204)

@@ -10,10 +10,10 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from fanout import store
 from fanout.api import schemas
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, State
 from fanout.metrics import open_event_gauges
+from fanout.store import events
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -44,7 +44,7 @@ async def metrics(state: State) -> Response:
     of ``fanout.metrics``, and the unfinished events by state, read from PostgreSQL."""
     text = generate_latest(state.metrics.registry) + generate_latest(REGISTRY)
     try:
-        rows = await store.open_events(state.pool)
+        rows = await events.open_events(state.pool)
     except Exception as exc:  # the rest is still worth serving
         log.warning("metrics: could not read the open events: %r", exc)
     else:

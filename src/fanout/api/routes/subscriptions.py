@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from fanout import store
 from fanout.api import schemas
 from fanout.api.auth import MANAGE, READ
 from fanout.api.state import Pool
+from fanout.store import subscriptions
 
 router = APIRouter()
 
@@ -23,9 +23,9 @@ router = APIRouter()
 async def subscribe(topic: schemas.TopicPath, user_id: schemas.UserPath, pool: Pool) -> Response:
     """Subscribe a user to a topic (idempotent; both are created if new)."""
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await store.find_or_create_topic(conn, topic=topic)
-        user = await store.find_or_create_user(conn, user=user_id)
-        await store.subscribe(conn, topic_id=topic_id, user_id=user)
+        topic_id = await subscriptions.find_or_create_topic(conn, topic=topic)
+        user = await subscriptions.find_or_create_user(conn, user=user_id)
+        await subscriptions.subscribe(conn, topic_id=topic_id, user_id=user)
     return Response(status_code=204)
 
 
@@ -38,7 +38,7 @@ async def subscribe(topic: schemas.TopicPath, user_id: schemas.UserPath, pool: P
 async def unsubscribe(topic: schemas.TopicPath, user_id: schemas.UserPath, pool: Pool) -> Response:
     """Unsubscribe (idempotent: unsubscribing twice is not an error)."""
     async with pool.acquire() as conn:
-        await store.unsubscribe(conn, topic=topic, user=user_id)
+        await subscriptions.unsubscribe(conn, topic=topic, user=user_id)
     return Response(status_code=204)
 
 
@@ -54,9 +54,9 @@ async def bulk_subscribe(
     # Sorted, so concurrent imports lock rows in the same order and never deadlock.
     user_ids = sorted(set(body.user_ids))
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await store.find_or_create_topic(conn, topic=topic)
-        await store.insert_users(conn, users=user_ids)
-        added = await store.subscribe_users(conn, topic_id=topic_id, users=user_ids)
+        topic_id = await subscriptions.find_or_create_topic(conn, topic=topic)
+        await subscriptions.insert_users(conn, users=user_ids)
+        added = await subscriptions.subscribe_users(conn, topic_id=topic_id, users=user_ids)
     return schemas.BulkSubscribeOut(requested=len(body.user_ids), added=added)
 
 
@@ -74,7 +74,7 @@ async def list_subscriptions(
     """A user's subscriptions, a page at a time (keyset: pass ``next_cursor`` back)."""
     after = min(int(cursor), 2**63 - 1) if cursor else 0
     async with pool.acquire() as conn:
-        page = await store.user_subscriptions_page(
+        page = await subscriptions.user_subscriptions_page(
             conn, user=user_id, after_topic_id=after, limit=limit
         )
     items = [schemas.SubscriptionOut(topic=s.topic, subscribed_at=s.subscribed_at) for s in page]

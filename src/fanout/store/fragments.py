@@ -1,0 +1,236 @@
+"""SQL that several statements share: the device's wire form, the audience and schedule
+rules and the recipients' read they make up (the fan-out's page, a 1:1 send, a lost batch
+re-read), and the reconciler's claim of overdue work.
+
+Every statement is written beside the one function that runs it, in the module of its
+table; only what several of them really share is here."""
+
+from fanout.queue.messages import WIRE_FIELDS
+
+# A device as it travels in a delivery batch, written by PostgreSQL as it reads the row:
+# made in Python (a tuple, a list, orjson per device) it was 60% of the fan-out worker's
+# CPU (py-spy, bench/pipeline.py at 100,000 subscribers). The array's fields and their
+# order come from queue/messages.py's WIRE_FIELDS, the one definition of the wire form:
+# [id,"token","locale"], and for Web Push [id,"endpoint","locale","p256dh","auth"].
+_DEVICE_COLUMNS = {
+    "id": "d.id::text",
+    "token": "to_json(d.token)::text",
+    "locale": "coalesce(to_json(d.locale)::text, 'null')",
+    "p256dh": "to_json(d.web_push_p256dh)::text",
+    "auth": "to_json(d.web_push_auth)::text",
+}
+
+
+def _wire_array(fields: tuple[str, ...]) -> str:
+    return "'[' || " + " || ',' || ".join(_DEVICE_COLUMNS[f] for f in fields) + " || ']'"
+
+
+DEVICE_WIRE = f"""
+CASE WHEN d.platform = 'webpush' THEN {_wire_array(WIRE_FIELDS["webpush"])}
+     ELSE {_wire_array(WIRE_FIELDS["apns"])} END
+"""
+
+assert WIRE_FIELDS["apns"] == WIRE_FIELDS["fcm"]
+
+# The schedule's part of the page (issue #13), beside the audience rules. Its parameters
+# are named as theirs are: {event}; {zones_in}, {zones_not_in}, {default_zone},
+# {deferred_wave} (the wave a shard fans out); {quiet} (the event's quiet-hours policy),
+# {now} (the instant quiet windows are judged at), {recheck} (read before: a lost batch
+# re-read, a shard resumed).
+#
+# _WAVE_MEMBERS: which subscribers this shard's wave fans out, inside the subscribers'
+# subquery, so its LIMIT counts only them and nobody else comes back: a local wave's
+# zones ({zones_in}, or for the catch-all none of {zones_not_in}; a user's zone is their
+# own or {default_zone}), a deferred wave's recipients ({deferred_wave}). All NULL for a
+# whole-audience shard. Index: user_preferences_pkey, deferred_recipients_by_wave (one
+# probe per subscriber, only for a wave's shard).
+_USER_ZONE = """coalesce(
+    (SELECT z.time_zone FROM user_preferences AS z WHERE z.user_id = sub.user_id),
+    {default_zone}::text)"""
+
+_WAVE_MEMBERS = f"""
+      AND ({{zones_in}}::text[] IS NULL OR {_USER_ZONE} = ANY({{zones_in}}::text[]))
+      AND ({{zones_not_in}}::text[] IS NULL OR {_USER_ZONE} <> ALL({{zones_not_in}}::text[]))
+      AND ({{deferred_wave}}::integer IS NULL OR EXISTS (
+          SELECT 1 FROM deferred_recipients AS r
+          WHERE r.event_id = {{event}}::bigint AND r.wave_no = {{deferred_wave}}::integer
+            AND r.user_id = sub.user_id))"""
+
+# A user's quiet window at {now} in their own zone (no zone: quiet hours never apply), for
+# preferences aliased {prefs}. The window [quiet_start, quiet_end) crosses midnight when it
+# ends before it starts; the same rule as stages/schedule.in_quiet_window, which the tests
+# hold it to through the nights the clocks change.
+_LOCAL_NOW = "({now}::timestamptz AT TIME ZONE {prefs}.time_zone)"
+
+_IN_QUIET_WINDOW = f"""(CASE WHEN {{prefs}}.quiet_start <= {{prefs}}.quiet_end
+      THEN {_LOCAL_NOW}::time >= {{prefs}}.quiet_start AND {_LOCAL_NOW}::time < {{prefs}}.quiet_end
+      ELSE {_LOCAL_NOW}::time >= {{prefs}}.quiet_start OR {_LOCAL_NOW}::time < {{prefs}}.quiet_end
+      END)"""
+
+# When that window ends, as an instant: the next quiet_end on the user's clock.
+_QUIET_WINDOW_END = f"""(({_LOCAL_NOW}::date
+      + CASE WHEN {_LOCAL_NOW}::time < {{prefs}}.quiet_end THEN 0 ELSE 1 END
+      + {{prefs}}.quiet_end) AT TIME ZONE {{prefs}}.time_zone)"""
+
+# The schedule's held-back reasons, after the audience rules (an opted-out user is
+# opted_out, not deferred). deferred: inside their quiet hours with the policy 'defer'
+# (recorded in deferred_recipients, sent when the window ends), or, when {recheck}, one
+# deferred already, whatever the time and policy: their deferred wave sends to them,
+# nothing else does (a deferred_recipients_pkey probe, skipped on a first read).
+# quiet_hours: inside them with the policy 'drop'.
+SCHEDULE_RULES: tuple[tuple[str, str], ...] = (
+    (
+        "deferred",
+        """({recheck}::boolean AND EXISTS (
+            SELECT 1 FROM deferred_recipients AS r
+            WHERE r.event_id = {event}::bigint AND r.user_id = sub.user_id
+              AND ({deferred_wave}::integer IS NULL
+                   OR r.wave_no IS DISTINCT FROM {deferred_wave}::integer)))
+        OR ({quiet}::text = 'defer' AND p.time_zone IS NOT NULL AND p.quiet_start IS NOT NULL
+            AND """
+        + _IN_QUIET_WINDOW.replace("{prefs}", "p")
+        + ")",
+    ),
+    (
+        "quiet_hours",
+        """{quiet}::text = 'drop' AND p.time_zone IS NOT NULL AND p.quiet_start IS NOT NULL
+            AND """
+        + _IN_QUIET_WINDOW.replace("{prefs}", "p"),
+    ),
+)
+
+
+def schedule_parameters(first: int) -> dict[str, str]:
+    """The schedule's parameters, numbered from ``first``."""
+    names = ("zones_in", "zones_not_in", "default_zone", "deferred_wave", "quiet", "now")
+    numbered = {name: f"${first + i}" for i, name in enumerate(names)}
+    return {**numbered, "recheck": f"${first + len(names)}"}
+
+
+# Audience rules (issue #13): who of the subscribers read is held back on purpose, and
+# why. The first rule that holds names the reason, so a user both opted out and capped is
+# counted once, as opted_out. Each rule is a condition on the subscriber ``sub.user_id``
+# and their preferences ``p`` (a user_preferences row, all NULL when they have none), with
+# the statement's parameters for the event's topic, id and category written {topic},
+# {event}, {category}. Another rule (quiet hours) goes beside these, in the order its
+# reason should win. A held-back user comes back as one row with NULL device columns and
+# its reason, so the cursor moves past them and the shard counts them at its checkpoint.
+
+AUDIENCE_RULES: tuple[tuple[str, str], ...] = (
+    # No index of its own: ``p`` is the row the page already probed (user_preferences_pkey).
+    ("opted_out", "p.opted_out OR {category}::text = ANY(p.opted_out_categories)"),
+    # Index: topic_mutes_pkey (user_id, topic_id), one probe per subscriber. A mute whose
+    # until has passed no longer holds anyone back. OFFSET 0 keeps it a probe: without it
+    # PostgreSQL may hash every mute of the topic for each page instead.
+    (
+        "muted",
+        """EXISTS (
+            SELECT 1 FROM topic_mutes AS m
+            WHERE m.user_id = sub.user_id AND m.topic_id = {topic}::bigint
+              AND (m.until IS NULL OR m.until > now())
+            OFFSET 0)""",
+    ),
+    # Index: user_sends_by_user (user_id, sent_at) INCLUDE (category, event_id): per cap
+    # that applies (the ``caps`` CTE, frequency_caps_pkey), an index-only range scan of the
+    # user's sends in the window, stopped at max_sends rows. The window is rolling: a send
+    # exactly window_seconds old no longer counts. The event's own sends never count
+    # against it, so a lost batch re-read later sees what the fan-out saw.
+    (
+        "capped",
+        """EXISTS (
+            SELECT 1 FROM caps AS c
+            WHERE c.max_sends <= (
+                SELECT count(*) FROM (
+                    SELECT 1 FROM user_sends AS r
+                    WHERE r.user_id = sub.user_id
+                      AND r.sent_at > now() - make_interval(secs => c.window_seconds)
+                      AND (c.category = '*' OR r.category = c.category)
+                      AND r.event_id <> {event}::bigint
+                    LIMIT c.max_sends
+                ) AS recent))""",
+    ),
+)
+
+# The frequency caps that apply to the event's category: '*' and its own (a few rows,
+# read once per statement).
+_CAPS = """caps AS MATERIALIZED (
+    SELECT category, max_sends, window_seconds FROM frequency_caps
+    WHERE category = '*' OR category = {category}::text
+)"""
+
+
+def _held_back_reason(**parameters: str) -> str:
+    whens = "\n".join(
+        f"        WHEN {rule.format(**parameters)} THEN '{reason}'"
+        for reason, rule in (*AUDIENCE_RULES, *SCHEDULE_RULES)
+    )
+    return f"CASE\n{whens}\n    END"
+
+
+def recipients_query(subscribers: str, **parameters: str) -> str:
+    """Rows (user_id, platform, wire, held_back, release_at) for ``subscribers`` (a query
+    of ``sub.user_id`` in order, with ``{wave_members}`` where a wave's filter goes): a
+    user sent to comes with one row per active device (or one of NULLs without any); a
+    user held back, with one row of NULL device columns and the reason, when they have an
+    active device (else NULL: nobody was kept from anything); a deferred one, with when
+    their quiet window ends (the stage records them with DEFER_RECIPIENTS).
+
+    Index: user_preferences_pkey, probed per subscriber. LATERAL with OFFSET 0 keeps it a
+    probe: a plain join may be planned as a merge or hash join over the whole table. The
+    OFFSET 0 of ``s`` has the rules evaluated once per subscriber: without it PostgreSQL
+    inlined the reason into each place it is used and ran the rules three times. Whether a
+    held-back user has a device is a probe of devices_active_by_user with LIMIT 1, inside
+    the same LATERAL (an EXISTS there was planned as a hash of every active device).
+    """
+    audience = subscribers.format(wave_members=_WAVE_MEMBERS.format(**parameters))
+    release_at = _QUIET_WINDOW_END.replace("{prefs}", "s").format(**parameters)
+    return f"""
+WITH {_CAPS.format(**parameters)}
+SELECT s.user_id, d.platform, d.wire, d.held_back,
+       CASE WHEN d.held_back = 'deferred' THEN {release_at} END AS release_at
+FROM (
+    SELECT sub.user_id, {_held_back_reason(**parameters)} AS held_back,
+           p.time_zone, p.quiet_end
+    FROM ({audience}) AS sub
+    LEFT JOIN LATERAL (
+        SELECT * FROM user_preferences AS up WHERE up.user_id = sub.user_id OFFSET 0
+    ) AS p ON true
+    OFFSET 0
+) AS s
+LEFT JOIN LATERAL (
+    SELECT d.platform, {DEVICE_WIRE} AS wire, NULL::text AS held_back
+    FROM devices AS d
+    WHERE s.held_back IS NULL AND d.user_id = s.user_id AND d.active
+    UNION ALL
+    (SELECT NULL, NULL, s.held_back
+     FROM devices AS h
+     WHERE s.held_back IS NOT NULL AND h.user_id = s.user_id AND h.active
+     LIMIT 1)
+) AS d ON true
+ORDER BY s.user_id
+"""
+
+
+# The reconciler's claim of overdue work, one shape for its three tables (events, shards,
+# batches): every row past its due_at, taken by moving due_at on (doubling per resend, so
+# a unit that is only slow is not resent in a loop), and SKIP LOCKED so that the
+# reconcilers of many workers share the work rather than repeat it. $1: how many; $2: the
+# base delay (FANOUT_RECONCILE_AFTER); $3: seconds to look ahead (0; tests use it to act
+# "later" without waiting); $4: one event only, or NULL for all. Each table's index on
+# due_at (events_due, fanout_shards_due, delivery_batches_due) serves it.
+def claim_due(*, table: str, key: tuple[str, ...], event: str, returning: tuple[str, ...]) -> str:
+    """The claim of ``table``'s overdue rows (primary key ``key``, the event's id in column
+    ``event``), returning the columns ``returning``."""
+    return f"""
+UPDATE {table} AS u
+SET due_at = now() + make_interval(secs => $2 * 2 ^ least(resends, 10)), resends = u.resends + 1
+FROM (
+    SELECT {", ".join(key)} FROM {table}
+    WHERE due_at < now() + make_interval(secs => $3)
+      AND ($4::bigint IS NULL OR {event} = $4)
+    ORDER BY due_at LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE {" AND ".join(f"u.{k} = due.{k}" for k in key)}
+RETURNING {", ".join(f"u.{c}" for c in returning)}
+"""
