@@ -33,9 +33,9 @@ from fanout.local.demo import DEMO_CATEGORY, AudienceMix, seed_audience
 from fanout.notification import Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client, open_queues
-from fanout.stages.progress import TERMINAL_STATES
 from fanout.stages.publish import publish
 from fanout.store import connect, create_pool, events, seeding, subscriptions
+from fanout.store.lifecycle import TERMINAL_STATES
 from fanout.store.migrate import migrate
 from fanout.store.subscriptions import find_or_create
 

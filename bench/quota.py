@@ -44,9 +44,10 @@ from fanout.local.workers import WorkerProcess, worker_environment
 from fanout.notification import Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client, open_queues
-from fanout.stages.progress import TERMINAL_STATES, load_event_status
+from fanout.stages.progress import load_event_status
 from fanout.stages.publish import publish
 from fanout.store import connect, create_pool
+from fanout.store.lifecycle import TERMINAL_STATES
 from fanout.store.migrate import migrate
 
 # Small batches, so the event's work spreads over every delivery worker at once.

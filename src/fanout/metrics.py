@@ -92,10 +92,12 @@ def open_event_gauges(rows: Sequence[OpenEvents]) -> list[GaugeMetricFamily]:
         "Seconds since the oldest unfinished event in each state was published",
         labels=["status"],
     )
-    for state in ("pending", "enqueued", "fanning_out", "fanned_out"):
+    from fanout.store.lifecycle import OPEN_STATES  # not at the top: lifecycle imports this
+
+    for state in OPEN_STATES:
         row = next((r for r in rows if r.status == state), None)
-        events.add_metric([state], row.events if row else 0)
-        oldest.add_metric([state], row.oldest_seconds if row else 0)
+        events.add_metric([state.value], row.events if row else 0)
+        oldest.add_metric([state.value], row.oldest_seconds if row else 0)
     return [events, oldest]
 
 

@@ -17,8 +17,8 @@ from fanout.local.sink import EmbeddedSink
 from fanout.local.workers import WorkerProcess, worker_environment
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.worker import run_worker
-from fanout.stages.progress import TERMINAL_STATES
 from fanout.store import events
+from fanout.store.lifecycle import TERMINAL_STATES
 from tests.helpers import sink_pipeline
 
 

@@ -22,9 +22,9 @@ from fanout.queue.sqs import open_client
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.reconciler import reconcile_once
 from fanout.runtime.worker import QueueConsumer, run_worker
-from fanout.stages.progress import TERMINAL_STATES
 from fanout.stages.publish import IdempotencyConflict, publish, record_event
 from fanout.store import events
+from fanout.store.lifecycle import TERMINAL_STATES
 from tests.faults.proxy import FlakyProxy
 from tests.helpers import make_topic, wait_for
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 import orjson
 
-from fanout.stages.progress import TERMINAL_STATES
+from fanout.store.lifecycle import FANNING, TERMINAL_STATES, EventState
 
 # An event in one of these states will change no more. (Before they existed an event
 # ended at 'fanned_out', which says only that its batches were handed to SQS.)
@@ -65,7 +65,7 @@ class EventSnapshot:
     def mid_fan_out(self) -> bool:
         """Fanning out, some batches on the queue, some shards not finished."""
         return (
-            self.status == "fanning_out"
+            self.status == EventState.FANNING_OUT
             and self.batches_sent > 0
             and self.shards_done < self.shards
         )
@@ -73,14 +73,14 @@ class EventSnapshot:
     @property
     def fanned_out(self) -> bool:
         """Every batch handed to SQS: the fan-out stage is over, whatever came after."""
-        return self.status not in {"pending", "enqueued", "fanning_out"}
+        return self.status not in FANNING
 
     @property
     def settled(self) -> bool:
         """Fanned out and every batch that has a row is done with no retry pending: all
         that today's code will do, though the event is not terminal and batches lost on
         the way have no row."""
-        return self.status == "fanned_out" and self.unsettled_batches == 0
+        return self.status == EventState.FANNED_OUT and self.unsettled_batches == 0
 
     def progress(self) -> tuple[object, ...]:
         """Changes whenever the pipeline does something for the event."""

@@ -28,31 +28,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
 from fanout.config import Settings
-from fanout.metrics import EVENTS_FINISHED, RECONCILER_ACTIONS
+from fanout.metrics import RECONCILER_ACTIONS
 from fanout.queue.admin import observe_queue_depths
 from fanout.queue.messages import DeliveryBatch, FanoutTask
-from fanout.queue.sqs import Queues
+from fanout.queue.sqs import Queue, Queues
 from fanout.stages.batching import users_of_key
-from fanout.store import acquire, audience, batches, shards
-from fanout.store.events import (
-    claim_due_events,
-    fail_event,
-    finish_event,
-    load_event,
-    mark_event_enqueued,
-    mark_event_fanned_out,
-)
+from fanout.store import acquire, audience, batches, events, lifecycle, shards
+from fanout.store.batches import DueBatch
+from fanout.store.events import DueEvent, Event
+from fanout.store.lifecycle import EventState
+from fanout.store.shards import DueShard
 
 log = logging.getLogger(__name__)
+
+Row = TypeVar("Row")
 
 # Units taken per statement and pass: a pass stays short, and the next one takes more.
 _PER_PASS = 500
@@ -96,10 +96,10 @@ async def reconcile_once(
     (seconds) treats units due that soon as due now: tests use it to act as a later pass
     would, without waiting."""
     report = ReconcileReport()
-    due = _Due(settings.reconcile_after_seconds, look_ahead, event_id)
-    await _events(pool, queues, settings, due, report)
-    await _shards(pool, queues, settings, due, report)
-    await _batches(pool, queues, settings, due, report)
+    run = _Pass(settings, report, look_ahead, event_id)
+    await _reconcile(pool, queues, run, _EVENTS)
+    await _reconcile(pool, queues, run, _SHARDS)
+    await _reconcile(pool, queues, run, _BATCHES)
     if event_id is None:
         await _prune_user_sends(pool)
     _count_actions(report)
@@ -134,148 +134,147 @@ def _count_actions(report: ReconcileReport) -> None:
         RECONCILER_ACTIONS.labels(kind).inc(count)
 
 
-@dataclass(frozen=True)
-class _Due:
-    """What every ``store.claim_due_*`` is asked for, besides how many."""
+@dataclass
+class _Pass:
+    """One pass: what every table's claim is asked for besides how many, what the pass has
+    done so far, and the events it has read (a batch's message carries its notification)."""
 
-    overdue_after: float
+    settings: Settings
+    report: ReconcileReport
     look_ahead: float
     event_id: int | None
+    loaded: dict[int, Event] = field(default_factory=dict)
 
     def claim(self) -> dict[str, Any]:
-        """The keyword arguments of a ``store.claim_due_*`` call."""
+        """The keyword arguments of a ``claim_due_*`` call."""
         return {
             "limit": _PER_PASS,
-            "overdue_after": self.overdue_after,
+            "overdue_after": self.settings.reconcile_after_seconds,
             "look_ahead": self.look_ahead,
             "event_id": self.event_id,
         }
 
+    def too_often(self, resends: int) -> bool:
+        return resends > self.settings.reconcile_max_resends
 
-async def _events(
-    pool: asyncpg.Pool,
-    queues: Queues,
-    settings: Settings,
-    due: _Due,
-    report: ReconcileReport,
-) -> None:
+
+@dataclass(frozen=True)
+class _Resend:
+    """A unit to send again: its message, the report's count it adds to, and what is
+    recorded once the message is on the queue."""
+
+    message: str
+    counted_as: str
+    then: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+
+
+@dataclass(frozen=True)
+class _Table(Generic[Row]):
+    """A table of units the reconciler scans: how its overdue rows are claimed, what each
+    becomes (a resend, or None when it was given up or settled in PostgreSQL), and the
+    queue its messages go to."""
+
+    claim: Callable[..., Awaitable[Sequence[Row]]]
+    visit: Callable[[asyncpg.Connection, Row, _Pass], Awaitable[_Resend | None]]
+    queue: Callable[[Queues], Queue]
+
+
+async def _reconcile(pool: asyncpg.Pool, queues: Queues, run: _Pass, table: _Table[Row]) -> None:
+    """Claim the table's overdue units, visit each, send the resends in one go."""
     async with pool.acquire() as conn:
-        rows = await claim_due_events(conn, **due.claim())
-        to_send = []
-        to_release = []
-        for row in rows:
-            if row.status == "fanned_out":  # waiting for its last batch: has it ended?
-                if ended := await finish_event(conn, event_id=row.id):
-                    EVENTS_FINISHED.labels(ended).inc()
-                    report.events_finished += 1
-            elif row.status == "scheduled":  # its time has come: enqueued from here
-                await mark_event_enqueued(
-                    conn, event_id=row.id, overdue_after=settings.reconcile_after_seconds
-                )
-                to_release.append(row.id)
-            elif row.status == "fanning_out":  # a wave or deferred recipients are due
-                to_release.append(row.id)
-            elif row.status in ("pending", "enqueued"):
-                if row.resends > settings.reconcile_max_resends:
-                    reason = f"fan-out never started after {row.resends - 1} resends"
-                    await fail_event(conn, event_id=row.id, reason=reason)
-                    report.given_up.append(f"event {row.id}")
-                else:
-                    to_send.append(row.id)
-    if to_release:
-        await queues.fanout.send_many([FanoutTask(event_id).encode() for event_id in to_release])
-        report.events_released += len(to_release)
-    if to_send:
-        await queues.fanout.send_many([FanoutTask(event_id).encode() for event_id in to_send])
+        resends = []
+        for row in await table.claim(conn, **run.claim()):
+            if (resend := await table.visit(conn, row, run)) is not None:
+                resends.append(resend)
+    if not resends:
+        return
+    await table.queue(queues).send_many([resend.message for resend in resends])
+    if then := [resend.then for resend in resends if resend.then is not None]:
         async with pool.acquire() as conn:
-            for event_id in to_send:
-                await mark_event_enqueued(
-                    conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
-                )
-        report.events_resent += len(to_send)
+            for record in then:
+                await record(conn)
+    for resend in resends:
+        setattr(run.report, resend.counted_as, getattr(run.report, resend.counted_as) + 1)
 
 
-async def _shards(
-    pool: asyncpg.Pool,
-    queues: Queues,
-    settings: Settings,
-    due: _Due,
-    report: ReconcileReport,
-) -> None:
-    async with pool.acquire() as conn:
-        rows = await shards.claim_due_shards(conn, **due.claim())
-        to_send = []
-        for row in rows:
-            event_id, shard = row.event_id, row.shard_no
-            if row.resends > settings.reconcile_max_resends:
-                reason = f"given up after {row.resends - 1} resends: {row.last_error}"
-                await shards.give_up_shard(conn, event_id=event_id, shard=shard, reason=reason)
-                await _maybe_end(conn, event_id, settings, report)
-                report.given_up.append(f"shard {shard} of event {event_id}")
-            else:
-                to_send.append(FanoutTask(event_id, shard).encode())
-    if to_send:
-        await queues.fanout.send_many(to_send)
-        report.shards_resent += len(to_send)
-
-
-async def _batches(
-    pool: asyncpg.Pool,
-    queues: Queues,
-    settings: Settings,
-    due: _Due,
-    report: ReconcileReport,
-) -> None:
-    async with pool.acquire() as conn:
-        rows = await batches.claim_due_batches(conn, **due.claim())
-        events: dict[int, Any] = {}
-        to_send = []
-        for row in rows:
-            event_id, key = row.event_id, row.batch_key
-            users = (
-                (row.first_user_id, row.last_user_id)
-                if row.first_user_id is not None and row.last_user_id is not None
-                else users_of_key(key)  # claimed before the fan-out recorded it
+async def _event(conn: asyncpg.Connection, row: DueEvent, run: _Pass) -> _Resend | None:
+    message = FanoutTask(row.id).encode()
+    overdue_after = run.settings.reconcile_after_seconds
+    match row.status:
+        case EventState.FANNED_OUT:  # waiting for its last batch: has it ended?
+            if await lifecycle.finish(conn, event_id=row.id):
+                run.report.events_finished += 1
+        case EventState.SCHEDULED:  # its time has come: enqueued from here
+            await lifecycle.mark_enqueued(conn, event_id=row.id, overdue_after=overdue_after)
+            return _Resend(message, "events_released")
+        case EventState.FANNING_OUT:  # a wave or deferred recipients are due
+            return _Resend(message, "events_released")
+        case EventState.PENDING | EventState.ENQUEUED if run.too_often(row.resends):
+            reason = f"fan-out never started after {row.resends - 1} resends"
+            await lifecycle.fail(conn, event_id=row.id, reason=reason)
+            run.report.given_up.append(f"event {row.id}")
+        case EventState.PENDING | EventState.ENQUEUED:
+            return _Resend(
+                message,
+                "events_resent",
+                then=functools.partial(
+                    lifecycle.mark_enqueued, event_id=row.id, overdue_after=overdue_after
+                ),
             )
-            rereadable = users is not None or row.device_ids is not None
-            if row.resends > settings.reconcile_max_resends or not rereadable:
-                # Not re-readable: a retry batch sent before this bookkeeping existed.
-                reason = f"given up after {row.resends - 1} resends"
-                if row.last_error:
-                    reason += f": {row.last_error}"
-                await batches.give_up_batch(
-                    conn, event_id=event_id, batch_key=key, reason=reason[:200]
-                )
-                if ended := await finish_event(conn, event_id=event_id):
-                    EVENTS_FINISHED.labels(ended).inc()
-                report.given_up.append(f"batch {key} of event {event_id}")
-                continue
-            if event_id not in events:
-                events[event_id] = await load_event(conn, event_id=event_id)
-            event = events[event_id]
-            assert event is not None  # the batch's row refers to it
-            batch = DeliveryBatch(event_id, key, row.attempt, event.notification)
-            batch.published_at = event.created_at.timestamp()
-            if row.device_ids is not None:
-                batch.device_ids = list(row.device_ids)
-            else:
-                batch.users = users
-            to_send.append(batch.encode())
-    if to_send:
-        await queues.delivery.send_many(to_send)
-        report.batches_resent += len(to_send)
+    return None
 
 
-async def _maybe_end(
-    conn: asyncpg.Connection, event_id: int, settings: Settings, report: ReconcileReport
-) -> None:
-    """After a shard is given up: the event may now be fanned out, and may have ended."""
-    await mark_event_fanned_out(
-        conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
+async def _shard(conn: asyncpg.Connection, row: DueShard, run: _Pass) -> _Resend | None:
+    event_id, shard = row.event_id, row.shard_no
+    if not run.too_often(row.resends):
+        return _Resend(FanoutTask(event_id, shard).encode(), "shards_resent")
+    reason = f"given up after {row.resends - 1} resends: {row.last_error}"
+    await shards.give_up_shard(conn, event_id=event_id, shard=shard, reason=reason)
+    # The event may now be fanned out, and may have ended.
+    overdue_after = run.settings.reconcile_after_seconds
+    await lifecycle.mark_fanned_out(conn, event_id=event_id, overdue_after=overdue_after)
+    if await lifecycle.finish(conn, event_id=event_id):
+        run.report.events_finished += 1
+    run.report.given_up.append(f"shard {shard} of event {event_id}")
+    return None
+
+
+async def _batch(conn: asyncpg.Connection, row: DueBatch, run: _Pass) -> _Resend | None:
+    event_id, key = row.event_id, row.batch_key
+    users = (
+        (row.first_user_id, row.last_user_id)
+        if row.first_user_id is not None and row.last_user_id is not None
+        else users_of_key(key)  # claimed before the fan-out recorded it
     )
-    if ended := await finish_event(conn, event_id=event_id):
-        EVENTS_FINISHED.labels(ended).inc()
-        report.events_finished += 1
+    rereadable = users is not None or row.device_ids is not None
+    if run.too_often(row.resends) or not rereadable:
+        # Not re-readable: a retry batch sent before this bookkeeping existed.
+        reason = f"given up after {row.resends - 1} resends"
+        if row.last_error:
+            reason += f": {row.last_error}"
+        await batches.give_up_batch(conn, event_id=event_id, batch_key=key, reason=reason[:200])
+        await lifecycle.finish(conn, event_id=event_id)
+        run.report.given_up.append(f"batch {key} of event {event_id}")
+        return None
+    if event_id not in run.loaded:
+        loaded = await events.load_event(conn, event_id=event_id)
+        assert loaded is not None  # the batch's row refers to it
+        run.loaded[event_id] = loaded
+    event = run.loaded[event_id]
+    batch = DeliveryBatch(event_id, key, row.attempt, event.notification)
+    batch.published_at = event.created_at.timestamp()
+    if row.device_ids is not None:
+        batch.device_ids = list(row.device_ids)
+    else:
+        batch.users = users
+    return _Resend(batch.encode(), "batches_resent")
+
+
+# The three tables, in the order a pass scans them: an event before its shards, a shard
+# before its batches.
+_EVENTS = _Table(events.claim_due_events, _event, lambda queues: queues.fanout)
+_SHARDS = _Table(shards.claim_due_shards, _shard, lambda queues: queues.fanout)
+_BATCHES = _Table(batches.claim_due_batches, _batch, lambda queues: queues.delivery)
 
 
 async def run_reconciler(

@@ -34,7 +34,16 @@ from fanout.stages.batching import shard_of_key
 from fanout.stages.device_outcomes import BatchDetail, batch_detail
 from fanout.stages.fanout import shard_page_filter
 from fanout.stages.holding import HeldBatch, Hold, held_batch, record_held
-from fanout.store import UNTRUSTWORTHY, acquire, batches, console, events, recipients, shards
+from fanout.store import (
+    UNTRUSTWORTHY,
+    acquire,
+    batches,
+    console,
+    events,
+    lifecycle,
+    recipients,
+    shards,
+)
 from fanout.store.devices import deactivate_devices
 
 log = logging.getLogger(__name__)
@@ -72,7 +81,7 @@ async def deliver_batch(
     claimed, lease_left = await _claim(
         batch, pool, report.devices, lease, settings.reconcile_after_seconds
     )
-    if claimed in ("cancelled", "expired"):
+    if claimed in (lifecycle.EventState.CANCELLED, lifecycle.EventState.EXPIRED):
         await _finish_unsent(batch, pool, claimed, report)
         return report
     if claimed != "claimed":
@@ -239,9 +248,7 @@ async def _record_outcome(
                     failure_reasons=report.failure_reasons or None,
                 )
             if retry_batch is None and held_batch is None:
-                ended = await events.finish_event(conn, event_id=batch.event_id)
-                if ended is not None:
-                    metrics.EVENTS_FINISHED.labels(ended).inc()
+                await lifecycle.finish(conn, event_id=batch.event_id)
 
     await retry.retrying(
         record,
@@ -261,8 +268,7 @@ async def _finish_unsent(
         devices = await batches.finish_batch_held(
             conn, event_id=batch.event_id, batch_key=batch.key, reason=reason
         )
-        if ended := await events.finish_event(conn, event_id=batch.event_id):
-            metrics.EVENTS_FINISHED.labels(ended).inc()
+        await lifecycle.finish(conn, event_id=batch.event_id)
     report.held_back[reason] = devices
     AUDIENCE_HELD_BACK.labels(reason).inc(devices)
     log.info("batch %s: not sent, its event is %s (%d devices)", batch.key, reason, devices)

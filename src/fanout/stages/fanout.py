@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from fanout.config import Settings
-from fanout.metrics import AUDIENCE_HELD_BACK, EVENTS_FINISHED
+from fanout.metrics import AUDIENCE_HELD_BACK
 from fanout.queue.messages import FanoutTask, PoisonMessage
 from fanout.queue.sqs import Queues
 from fanout.stages import leases
@@ -46,7 +46,7 @@ from fanout.stages.batching import (
     batch_max_bytes,
     bytes_short,
 )
-from fanout.store import acquire, events, shards, waves
+from fanout.store import acquire, events, lifecycle, shards, waves
 from fanout.store.audience import caps_apply
 from fanout.store.recipients import (
     PageFilter,
@@ -151,10 +151,10 @@ async def plan_event(
         event = await events.load_event(conn, event_id=event_id)
         if event is None:
             raise PoisonMessage(f"unknown event {event_id}")
-        if event.status not in ("pending", "enqueued", "fanning_out"):
+        if event.status not in lifecycle.FANNING:
             return []  # fanned out, or ended
         if not _fits_a_batch(event, queues, settings):
-            await events.fail_event(
+            await lifecycle.fail(
                 conn, event_id=event_id, reason="notification too large for a batch"
             )
             log.error("event %d: its notification cannot fit a delivery batch", event_id)
@@ -163,14 +163,12 @@ async def plan_event(
             await events.lock_event(conn, event_id=event_id)
             event = await events.load_event(conn, event_id=event_id)
             assert event is not None
-            if event.status in ("pending", "enqueued", "fanning_out"):
+            if event.status in lifecycle.FANNING:
                 await _plan_releases(conn, event, settings, reader)
         unfinished = await shards.unfinished_shards(conn, event_id=event_id)
         if not unfinished:  # everything is held for later, or nothing is left to send
-            if await _end_if_nothing_open(conn, event_id, settings) and (
-                ended := await events.finish_event(conn, event_id=event_id)
-            ):
-                EVENTS_FINISHED.labels(ended).inc()
+            if await _end_if_nothing_open(conn, event_id, settings):
+                await lifecycle.finish(conn, event_id=event_id)
             return []
     first, rest = unfinished[0], unfinished[1:]
     await queues.fanout.send_many([FanoutTask(event_id, shard).encode() for shard in rest])
@@ -215,7 +213,7 @@ async def _plan_releases(
         )
         first += len(bounds)
         log.info("event %d: planned %d shard(s) of wave %s", event_id, len(bounds), wave)
-    await events.mark_event_fanning_out(conn, event_id=event_id)
+    await lifecycle.mark_fanning_out(conn, event_id=event_id)
     await events.hold_event_until_next_release(conn, event_id=event_id)
 
 
@@ -223,7 +221,7 @@ async def _end_if_nothing_open(conn: asyncpg.Connection, event_id: int, settings
     """Mark the event fanned out if no shard is open and nothing is held; True if so."""
     async with conn.transaction():
         await events.lock_event(conn, event_id=event_id)
-        return await events.mark_event_fanned_out(
+        return await lifecycle.mark_fanned_out(
             conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
         )
 
@@ -453,14 +451,14 @@ async def _end_shard(
             batches=progress.batches,
             held_back=dict(progress.held_back),
         )
-        fanned_out = await events.mark_event_fanned_out(
+        fanned_out = await lifecycle.mark_fanned_out(
             conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
         )
         if not fanned_out:  # recipients this shard deferred may be the next release
             await events.hold_event_until_next_release(conn, event_id=event_id)
     # The last shard: the event may have nothing left open.
-    if fanned_out and (ended := await events.finish_event(conn, event_id=event_id)):
-        EVENTS_FINISHED.labels(ended).inc()
+    if fanned_out:
+        await lifecycle.finish(conn, event_id=event_id)
     return progress.report(event_id, shard)
 
 

@@ -15,23 +15,7 @@ import orjson
 from pydantic import BaseModel, Field
 
 from fanout.store import events
-
-EventState = Literal[
-    "scheduled",  # held in PostgreSQL until send_at (or its first local-time wave)
-    "pending",  # committed; its fan-out message not yet sent
-    "enqueued",  # its fan-out message is on the queue
-    "fanning_out",  # shards are reading subscribers and sending batches
-    "fanned_out",  # every batch is on the queue; some are not yet delivered
-    "delivered",  # every device was sent to (dead tokens aside)
-    "partially_delivered",  # some devices were sent to, some failed or were skipped
-    "failed",  # no device was sent to (see failure_reasons and last_error)
-    "no_recipients",  # nobody subscribed with an active device
-    "cancelled",  # cancelled; what was sent before is in sent, the rest in held_back
-    "expired",  # expires_at passed before anything was sent
-]
-TERMINAL_STATES = frozenset(
-    {"delivered", "partially_delivered", "failed", "no_recipients", "cancelled", "expired"}
-)
+from fanout.store.lifecycle import TERMINAL_STATES, EventState
 
 
 class Wave(BaseModel):

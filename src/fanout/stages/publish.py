@@ -37,7 +37,7 @@ from fanout.queue.sqs import Queues
 from fanout.stages.batching import batch_max_bytes as max_batch_bytes
 from fanout.stages.batching import bytes_short
 from fanout.stages.schedule import known_zone, plan_waves
-from fanout.store import acquire, events, subscriptions
+from fanout.store import acquire, events, lifecycle, subscriptions
 from fanout.store.waves import PlannedWave, audience_time_zones, insert_waves
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ async def record_event(
             waves = _waves(options, zones, default, now)
         first_release = waves[0].release_at if waves else options.send_at
         held_until = first_release if first_release and first_release > now else None
-        event_id = await events.insert_event(
+        event_id = await lifecycle.create(
             conn,
             topic_id=topic_id,
             user_id=user_id,
@@ -256,7 +256,7 @@ async def enqueue_event(
     """Send the event's fan-out message and mark it enqueued (due ``overdue_after`` on)."""
     await queues.fanout.send(FanoutTask(event_id).encode())
     async with pool.acquire() as conn:
-        await events.mark_event_enqueued(conn, event_id=event_id, overdue_after=overdue_after)
+        await lifecycle.mark_enqueued(conn, event_id=event_id, overdue_after=overdue_after)
 
 
 async def publish(
@@ -317,13 +317,13 @@ class TooLateToCancel(ValueError):
     """The event has already ended (delivered, failed ...): there is nothing to stop."""
 
 
-async def cancel(pool: asyncpg.Pool, event_id: int) -> str | None:
+async def cancel(pool: asyncpg.Pool, event_id: int) -> lifecycle.EventState | None:
     """Cancel an event; its status after ('cancelled' when it had not started fanning out,
     else its current state: it stops at the fan-out's next page and each batch's claim);
     None for an unknown event. Cancelling again is a no-op; ``TooLateToCancel`` once it has
     ended otherwise."""
     async with acquire(pool) as conn:
-        status = await events.cancel_event(conn, event_id=event_id)
+        status = await lifecycle.cancel(conn, event_id=event_id)
         if status is not None:
             return status
         event = await events.load_event(conn, event_id=event_id)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from fanout.store.fragments import claim_due
+from fanout.store.fragments import EVENT_STOPPED, claim_due
 from fanout.store.shards import LeaseStatus
 
 # Index: delivery_batches_pkey. Returns a row when this invocation owns the batch; nothing
@@ -21,7 +21,7 @@ from fanout.store.shards import LeaseStatus
 # due $6 seconds after its lease ends. The row says whether the event was cancelled or
 # has expired: the check costs no round trip of its own. A message re-read from
 # PostgreSQL carries no devices ($4 = 0): the count recorded stays.
-CLAIM_BATCH = """
+CLAIM_BATCH = f"""
 INSERT INTO delivery_batches (event_id, batch_key, attempt, devices, status, lease_until, due_at)
 VALUES ($1, $2, $3, $4, 'running', now() + make_interval(secs => $5),
         now() + make_interval(secs => $5::float8 + $6::float8))
@@ -32,9 +32,7 @@ SET status = 'running', lease_until = EXCLUDED.lease_until, due_at = EXCLUDED.du
                    ELSE delivery_batches.devices END
 WHERE delivery_batches.status = 'queued'
    OR (delivery_batches.status = 'running' AND delivery_batches.lease_until < now())
-RETURNING (SELECT CASE WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
-                       WHEN e.expires_at <= now() THEN 'expired' END
-           FROM events AS e WHERE e.id = $1) AS stopped
+RETURNING {EVENT_STOPPED}
 """
 
 # Index: delivery_batches_pkey. A claimed batch whose event was cancelled or expired while

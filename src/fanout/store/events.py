@@ -1,4 +1,5 @@
-"""Events: written by the publisher, moved on by the stages, ended once nothing is open.
+"""Events: read by the stages, locked while a shard ends, claimed by the reconciler when
+overdue, their progress summed; their states are moved by ``lifecycle`` alone.
 
 Every function runs one statement, written in this module with the index it relies on
 and named in its docstring, and takes its parameters by name.
@@ -7,68 +8,18 @@ and named in its docstring, and takes its parameters by name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from fanout.store.fragments import claim_due
-
-# Index: events_idempotency_key (unique, partial). Returns nothing when this scope (the API
-# key $4; NULL: the CLI and internal callers) used the idempotency key $5 before. Due $7
-# seconds on: if its fan-out message is not on the queue by then, the reconciler sends it
-# (the transactional outbox). Held ($12, its first release: send_at or its first wave): it
-# is 'scheduled', due then; the reconciler's due scan releases it.
-INSERT_EVENT = """
-INSERT INTO events
-    (topic_id, user_id, notification, api_key_id, idempotency_key, request_fingerprint, due_at,
-     status, send_at, deliver_at_local, quiet_hours, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6,
-        coalesce($12, now() + make_interval(secs => $7)),
-        CASE WHEN $12::timestamptz IS NULL THEN 'pending' ELSE 'scheduled' END,
-        $8, $9, $10, $11)
-ON CONFLICT (idempotency_key, api_key_id) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id
-"""
+from fanout.store.lifecycle import EventState
 
 # Index: events_idempotency_key (the key leads; the scopes sharing it are filtered).
 EVENT_BY_IDEMPOTENCY_KEY = """
 SELECT id, request_fingerprint FROM events
 WHERE idempotency_key = $2 AND api_key_id IS NOT DISTINCT FROM $1
-"""
-
-# Index: events_pkey. The fan-out message is on the queue: if the event has not started
-# fanning out by due_at ($2 seconds on), the reconciler sends it again.
-MARK_EVENT_ENQUEUED = """
-UPDATE events SET status = 'enqueued', enqueued_at = now(),
-                  due_at = now() + make_interval(secs => $2)
-WHERE id = $1 AND status IN ('pending', 'scheduled')
-"""
-
-# Indexes: events_pkey, event_waves_held, deferred_recipients_waiting. Cancel: an event not
-# yet fanning out ends here; one under way is marked, and its shards (at their next page)
-# and batches (when claimed) stop; it is due now, so the reconciler plans it once more and
-# it ends once nothing is open. Held waves and waiting recipients are dropped. Returns the
-# status after; nothing for an unknown event or one that has ended otherwise (delivered,
-# failed ...: too late to cancel).
-CANCEL_EVENT = """
-WITH waves AS (
-    UPDATE event_waves SET status = 'dropped' WHERE event_id = $1 AND status = 'held'
-), deferred AS (
-    UPDATE deferred_recipients SET wave_no = -1 WHERE event_id = $1 AND wave_no IS NULL
-)
-UPDATE events
-SET cancelled_at = coalesce(cancelled_at, now()),
-    status = CASE WHEN status IN ('scheduled', 'pending', 'enqueued') THEN 'cancelled'
-                  ELSE status END,
-    finished_at = CASE WHEN status IN ('scheduled', 'pending', 'enqueued') THEN now()
-                       ELSE finished_at END,
-    due_at = CASE WHEN status IN ('scheduled', 'pending', 'enqueued') THEN NULL
-                  WHEN status IN ('fanning_out', 'fanned_out') THEN now()
-                  ELSE due_at END
-WHERE id = $1
-  AND status IN ('scheduled', 'pending', 'enqueued', 'fanning_out', 'fanned_out', 'cancelled')
-RETURNING status
 """
 
 # Index: events_pkey.
@@ -79,27 +30,8 @@ SELECT id, topic_id, user_id, notification, status, created_at, quiet_hours,
 FROM events WHERE id = $1
 """
 
-# Index: events_pkey. From here the shards are the units with deadlines.
-MARK_EVENT_FANNING_OUT = """
-UPDATE events SET status = 'fanning_out', due_at = NULL
-WHERE id = $1 AND status IN ('pending', 'enqueued')
-"""
-
 # Index: events_pkey. Serialises the "was this the last shard?" check between shards.
 LOCK_EVENT = "SELECT 1 FROM events WHERE id = $1 FOR UPDATE"
-
-# Index: events_pkey, fanout_shards_pkey. Once every shard is done (or given up). The
-# event is then due $2 seconds on, when the reconciler checks it has ended, in case the
-# last batch and the last shard finished at once and neither saw the other's commit.
-MARK_EVENT_FANNED_OUT = """
-UPDATE events SET status = 'fanned_out', fanned_out_at = now(),
-                  due_at = now() + make_interval(secs => $2)
-WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
-  AND NOT EXISTS (
-      SELECT 1 FROM fanout_shards WHERE event_id = $1 AND status NOT IN ('done', 'failed'))
-  AND NOT EXISTS (SELECT 1 FROM event_waves WHERE event_id = $1 AND status = 'held')
-  AND NOT EXISTS (SELECT 1 FROM deferred_recipients WHERE event_id = $1 AND wave_no IS NULL)
-"""
 
 # Indexes: event_waves_held, deferred_recipients_waiting. An event fanning out with a wave
 # or deferred recipients still held is due when the first of them is: the reconciler then
@@ -116,52 +48,6 @@ FROM (
          WHERE event_id = $1 AND wave_no IS NULL)) AS next
 ) AS h
 WHERE e.id = $1 AND e.status = 'fanning_out'
-"""
-
-# Indexes: events_pkey, delivery_batches_open, fanout_shards_pkey. The event ends once it
-# is fanned out and no batch is open; called when a batch or a shard finishes, and by the
-# reconciler. cancelled: cancelled (whatever was sent before is in its counts); expired:
-# expires_at passed with nothing sent; delivered: every device reached but dead tokens;
-# partially_delivered: some sent, some not (failed, skipped for want of a provider, a shard
-# given up, or expired); failed: nothing sent; no_recipients: nobody to send to. Returns
-# the status set, if any.
-FINISH_EVENT = """
-WITH batches AS (
-    SELECT coalesce(sum(sent), 0) AS sent, coalesce(sum(failed), 0) AS failed,
-           coalesce(sum(skipped), 0) AS skipped,
-           coalesce(sum((held_back ->> 'expired')::bigint), 0) AS expired
-    FROM delivery_batches WHERE event_id = $1 AND status = 'done'
-), shards AS (
-    SELECT coalesce(sum(devices), 0) AS devices,
-           count(*) FILTER (WHERE status = 'failed') AS given_up,
-           coalesce(sum((held_back ->> 'expired')::bigint), 0) AS expired,
-           (SELECT count(*) FROM event_waves WHERE event_id = $1 AND status = 'dropped')
-           + (SELECT count(*) FROM deferred_recipients WHERE event_id = $1 AND wave_no = -1)
-           AS dropped
-    FROM fanout_shards WHERE event_id = $1
-)
-UPDATE events AS e
-SET status = CASE
-        WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
-        WHEN e.expires_at <= now() AND b.sent = 0 THEN 'expired'
-        WHEN s.given_up = 0 AND s.devices = 0 THEN 'no_recipients'
-        WHEN b.sent = 0 THEN 'failed'
-        WHEN s.given_up = 0 AND b.failed = 0 AND b.skipped = 0
-             AND b.expired + s.expired + s.dropped = 0 THEN 'delivered'
-        ELSE 'partially_delivered'
-    END,
-    finished_at = now(), due_at = NULL
-FROM batches AS b, shards AS s
-WHERE e.id = $1 AND e.status = 'fanned_out'
-  AND NOT EXISTS (SELECT 1 FROM delivery_batches WHERE event_id = $1 AND status <> 'done')
-RETURNING e.status
-"""
-
-# Index: events_pkey. An event that can never be fanned out (its notification cannot fit a
-# batch, its fan-out message was given up): it ends failed, with the reason.
-FAIL_EVENT = """
-UPDATE events SET status = 'failed', finished_at = now(), due_at = NULL, last_error = $2
-WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
 """
 
 # Overdue work, claimed by the reconciler (fragments.claim_due). Index: events_due.
@@ -277,7 +163,7 @@ class Event:
     topic_id: int | None
     user_id: int | None
     notification: dict[str, Any]
-    status: str
+    status: EventState
     created_at: datetime  # its commit: what the publish-to-push latency is measured from
     quiet_hours: str  # defer | drop | ignore
     in_waves: bool  # deliver_at_local: fanned out wave by wave (event_waves)
@@ -286,8 +172,11 @@ class Event:
 
     @property
     def stopped(self) -> str | None:
-        """Why nothing more is to be sent ('cancelled', 'expired'), or None."""
-        return "cancelled" if self.cancelled else "expired" if self.expired else None
+        """Why nothing more is to be sent, as the held-back reason its devices are counted
+        under (the state the event will end in: cancelled, expired), or None."""
+        if self.cancelled:
+            return EventState.CANCELLED.value
+        return EventState.EXPIRED.value if self.expired else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,53 +192,8 @@ class DueEvent:
     """An event past its due_at, claimed by the reconciler (its due_at moved on)."""
 
     id: int
-    status: str
+    status: EventState
     resends: int
-
-
-async def insert_event(
-    conn: asyncpg.Connection,
-    *,
-    topic_id: int | None,
-    user_id: int | None,
-    notification: dict[str, Any],
-    api_key_id: int | None,
-    idempotency_key: str | None,
-    request_fingerprint: bytes | None,
-    overdue_after: float,
-    send_at: datetime | None = None,
-    deliver_at_local: time | None = None,
-    quiet_hours: str = "defer",
-    expires_at: datetime | None = None,
-    held_until: datetime | None = None,
-) -> int | None:
-    """Commit a pending event, due ``overdue_after`` seconds on, or with ``held_until`` a
-    scheduled one, due then; its id, or None when this scope (``api_key_id``) used the
-    idempotency key before (``INSERT_EVENT``)."""
-    event_id: int | None = await conn.fetchval(
-        INSERT_EVENT,
-        topic_id,
-        user_id,
-        notification,
-        api_key_id,
-        idempotency_key,
-        request_fingerprint,
-        overdue_after,
-        send_at,
-        deliver_at_local,
-        quiet_hours,
-        expires_at,
-        held_until,
-    )
-    return event_id
-
-
-async def cancel_event(conn: asyncpg.Connection, *, event_id: int) -> str | None:
-    """Cancel the event: one not yet fanning out ends 'cancelled' at once; one under way is
-    marked, and stops at its next page and batch. Its status after; None for an unknown
-    event or one that has already ended otherwise (``CANCEL_EVENT``)."""
-    status: str | None = await conn.fetchval(CANCEL_EVENT, event_id)
-    return status
 
 
 async def hold_event_until_next_release(conn: asyncpg.Connection, *, event_id: int) -> None:
@@ -366,50 +210,16 @@ async def event_by_idempotency_key(
     return None if row is None else FirstUse(**row)
 
 
-async def mark_event_enqueued(
-    conn: asyncpg.Connection, *, event_id: int, overdue_after: float
-) -> None:
-    """Its fan-out message is on the queue: a pending event becomes enqueued, due again
-    ``overdue_after`` seconds on should its fan-out not start (``MARK_EVENT_ENQUEUED``)."""
-    await conn.execute(MARK_EVENT_ENQUEUED, event_id, overdue_after)
-
-
 async def load_event(conn: asyncpg.Connection, *, event_id: int) -> Event | None:
     """The event, or None if there is no such event (``LOAD_EVENT``)."""
     row = await conn.fetchrow(LOAD_EVENT, event_id)
-    return None if row is None else Event(**row)
+    return None if row is None else Event(**{**row, "status": EventState(row["status"])})
 
 
 async def lock_event(conn: asyncpg.Connection, *, event_id: int) -> None:
     """Lock the event's row until the transaction ends: serialises the shards' "was this
     the last one?" check (``LOCK_EVENT``)."""
     await conn.execute(LOCK_EVENT, event_id)
-
-
-async def mark_event_fanning_out(conn: asyncpg.Connection, *, event_id: int) -> None:
-    """Its shards are written: from here they carry the deadlines (``MARK_EVENT_FANNING_OUT``)."""
-    await conn.execute(MARK_EVENT_FANNING_OUT, event_id)
-
-
-async def mark_event_fanned_out(
-    conn: asyncpg.Connection, *, event_id: int, overdue_after: float
-) -> bool:
-    """Mark the event fanned out if every shard is done or given up, due ``overdue_after``
-    seconds on (to check it has ended); True if this call did (``MARK_EVENT_FANNED_OUT``)."""
-    status: str = await conn.execute(MARK_EVENT_FANNED_OUT, event_id, overdue_after)
-    return status.endswith(" 1")
-
-
-async def finish_event(conn: asyncpg.Connection, *, event_id: int) -> str | None:
-    """End a fanned-out event with no batch left open; the status it ended with, or None
-    if it has not ended (``FINISH_EVENT``)."""
-    status: str | None = await conn.fetchval(FINISH_EVENT, event_id)
-    return status
-
-
-async def fail_event(conn: asyncpg.Connection, *, event_id: int, reason: str) -> None:
-    """End an event that can never be fanned out as failed, with the reason (``FAIL_EVENT``)."""
-    await conn.execute(FAIL_EVENT, event_id, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,4 +257,4 @@ async def claim_due_events(
     ``overdue_after`` seconds doubled per resend; ``look_ahead`` seconds count as passed
     (``CLAIM_DUE_EVENTS``)."""
     rows = await conn.fetch(CLAIM_DUE_EVENTS, limit, overdue_after, look_ahead, event_id)
-    return [DueEvent(**row) for row in rows]
+    return [DueEvent(row["id"], EventState(row["status"]), row["resends"]) for row in rows]

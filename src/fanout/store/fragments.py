@@ -211,6 +211,14 @@ ORDER BY s.user_id
 """
 
 
+# Why an event's work stops, read by the statement that claims or checkpoints a unit of it
+# (events_pkey, one probe): 'cancelled', 'expired' (the held-back reason its devices are
+# counted under, and the state it will end in), or NULL. $1 is the event.
+EVENT_STOPPED = """(SELECT CASE WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
+                       WHEN e.expires_at <= now() THEN 'expired' END
+           FROM events AS e WHERE e.id = $1) AS stopped"""
+
+
 # The reconciler's claim of overdue work, one shape for its three tables (events, shards,
 # batches): every row past its due_at, taken by moving due_at on (doubling per resend, so
 # a unit that is only slow is not resent in a loop), and SKIP LOCKED so that the

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import asyncpg
 
-from fanout.store.fragments import claim_due
+from fanout.store.fragments import EVENT_STOPPED, claim_due
 
 # Index: subscriptions_pkey, index-only scan. Skips `shard_size` subscribers from `lo`
 # to find where the next shard starts; planning a topic reads its index once.
@@ -78,7 +78,7 @@ FROM fanout_shards WHERE event_id = $1 AND shard_no = $2
 # to user_sends: these pushes count toward the caps from now on (no index but the
 # table's own: user_sends_by_user and user_sends_by_time are maintained). Returns why the
 # shard must stop ('cancelled', 'expired') or NULL: the per-page check costs nothing.
-CHECKPOINT_SHARD = """
+CHECKPOINT_SHARD = f"""
 WITH recorded AS (
     INSERT INTO delivery_batches (event_id, batch_key, attempt, status, devices, shard_no,
                                   first_user_id, last_user_id, due_at)
@@ -96,9 +96,7 @@ SET cursor_user_id = $3, recipients = $4, devices = $5, batches = $6, held_back 
     lease_until = now() + make_interval(secs => $7),
     due_at = now() + make_interval(secs => $7::float8 + $8::float8)
 WHERE event_id = $1 AND shard_no = $2
-RETURNING (SELECT CASE WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
-                       WHEN e.expires_at <= now() THEN 'expired' END
-           FROM events AS e WHERE e.id = $1) AS stopped
+RETURNING {EVENT_STOPPED}
 """
 
 # Index: fanout_shards_pkey.

@@ -33,12 +33,12 @@ from fanout.api.console.session import (
 )
 from fanout.api.state import state_of
 from fanout.queue.admin import redrive
-from fanout.stages.progress import EventState
+from fanout.store.lifecycle import EventState
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 SignedIn = Annotated[Session, Depends(current_session)]
-STATES = list(EventState.__args__)  # type: ignore[attr-defined]
+STATES = [state.value for state in EventState]
 
 
 def _seconds(value: float | None) -> str:

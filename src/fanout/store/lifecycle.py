@@ -1,0 +1,270 @@
+"""An event's life: its states, and every transition between them.
+
+This module is the only code that writes ``events.status``: each transition is one
+function running one statement, and where a transition ends an event it is counted in
+``fanout_events_finished`` here, whichever stage or the reconciler made it. The stages say
+what happened (``lifecycle.finish(conn, event_id=…)``), never which state comes next.
+
+    scheduled ─┐
+               ├─► enqueued ─► fanning_out ─► fanned_out ─► delivered | partially_delivered
+    pending ───┘                                            | failed | no_recipients
+                                                            | cancelled | expired
+    scheduled, pending, enqueued ─► cancelled (cancel)
+    pending, enqueued, fanning_out ─► failed (fail)
+
+Every function runs one statement, written in this module with the index it relies on
+and named in its docstring, and takes its parameters by name.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+
+from fanout.metrics import EVENTS_FINISHED
+
+
+class EventState(StrEnum):
+    """An event's ``status``; the values are those stored and shown by the API."""
+
+    SCHEDULED = "scheduled"  # held in PostgreSQL until send_at (or its first local-time wave)
+    PENDING = "pending"  # committed; its fan-out message not yet sent
+    ENQUEUED = "enqueued"  # its fan-out message is on the queue
+    FANNING_OUT = "fanning_out"  # shards are reading subscribers and sending batches
+    FANNED_OUT = "fanned_out"  # every batch is on the queue; some are not yet delivered
+    DELIVERED = "delivered"  # every device was sent to (dead tokens aside)
+    PARTIALLY_DELIVERED = "partially_delivered"  # some devices sent to, some failed or skipped
+    FAILED = "failed"  # no device was sent to (see failure_reasons and last_error)
+    NO_RECIPIENTS = "no_recipients"  # nobody subscribed with an active device
+    CANCELLED = "cancelled"  # cancelled; what was sent before is in sent, the rest in held_back
+    EXPIRED = "expired"  # expires_at passed before anything was sent
+
+
+# The fan-out may still run: planning, or shards at work.
+FANNING = frozenset({EventState.PENDING, EventState.ENQUEUED, EventState.FANNING_OUT})
+# Unfinished, as the /metrics gauges count them (a scheduled event is not yet under way).
+OPEN_STATES = (
+    EventState.PENDING,
+    EventState.ENQUEUED,
+    EventState.FANNING_OUT,
+    EventState.FANNED_OUT,
+)
+TERMINAL_STATES = frozenset(
+    {
+        EventState.DELIVERED,
+        EventState.PARTIALLY_DELIVERED,
+        EventState.FAILED,
+        EventState.NO_RECIPIENTS,
+        EventState.CANCELLED,
+        EventState.EXPIRED,
+    }
+)
+
+
+def _ended(state: EventState) -> EventState:
+    EVENTS_FINISHED.labels(state.value).inc()
+    return state
+
+
+# Index: events_idempotency_key (unique, partial). Returns nothing when this scope (the API
+# key $4; NULL: the CLI and internal callers) used the idempotency key $5 before. Due $7
+# seconds on: if its fan-out message is not on the queue by then, the reconciler sends it
+# (the transactional outbox). Held ($12, its first release: send_at or its first wave): it
+# is 'scheduled', due then; the reconciler's due scan releases it.
+INSERT_EVENT = """
+INSERT INTO events
+    (topic_id, user_id, notification, api_key_id, idempotency_key, request_fingerprint, due_at,
+     status, send_at, deliver_at_local, quiet_hours, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6,
+        coalesce($12, now() + make_interval(secs => $7)),
+        CASE WHEN $12::timestamptz IS NULL THEN 'pending' ELSE 'scheduled' END,
+        $8, $9, $10, $11)
+ON CONFLICT (idempotency_key, api_key_id) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id
+"""
+
+# Index: events_pkey. The fan-out message is on the queue: if the event has not started
+# fanning out by due_at ($2 seconds on), the reconciler sends it again.
+MARK_EVENT_ENQUEUED = """
+UPDATE events SET status = 'enqueued', enqueued_at = now(),
+                  due_at = now() + make_interval(secs => $2)
+WHERE id = $1 AND status IN ('pending', 'scheduled')
+"""
+
+# Indexes: events_pkey, event_waves_held, deferred_recipients_waiting. Cancel: an event not
+# yet fanning out ends here; one under way is marked, and its shards (at their next page)
+# and batches (when claimed) stop; it is due now, so the reconciler plans it once more and
+# it ends once nothing is open. Held waves and waiting recipients are dropped. Returns the
+# status after; nothing for an unknown event or one that has ended otherwise (delivered,
+# failed ...: too late to cancel), and whether this statement ended it.
+CANCEL_EVENT = """
+WITH waves AS (
+    UPDATE event_waves SET status = 'dropped' WHERE event_id = $1 AND status = 'held'
+), deferred AS (
+    UPDATE deferred_recipients SET wave_no = -1 WHERE event_id = $1 AND wave_no IS NULL
+)
+UPDATE events
+SET cancelled_at = coalesce(cancelled_at, now()),
+    status = CASE WHEN status IN ('scheduled', 'pending', 'enqueued') THEN 'cancelled'
+                  ELSE status END,
+    finished_at = CASE WHEN status IN ('scheduled', 'pending', 'enqueued') THEN now()
+                       ELSE finished_at END,
+    due_at = CASE WHEN status IN ('scheduled', 'pending', 'enqueued') THEN NULL
+                  WHEN status IN ('fanning_out', 'fanned_out') THEN now()
+                  ELSE due_at END
+WHERE id = $1
+  AND status IN ('scheduled', 'pending', 'enqueued', 'fanning_out', 'fanned_out', 'cancelled')
+RETURNING status, finished_at = now() AS ended
+"""
+
+# Index: events_pkey. From here the shards are the units with deadlines.
+MARK_EVENT_FANNING_OUT = """
+UPDATE events SET status = 'fanning_out', due_at = NULL
+WHERE id = $1 AND status IN ('pending', 'enqueued')
+"""
+
+# Index: events_pkey, fanout_shards_pkey. Once every shard is done (or given up). The
+# event is then due $2 seconds on, when the reconciler checks it has ended, in case the
+# last batch and the last shard finished at once and neither saw the other's commit.
+MARK_EVENT_FANNED_OUT = """
+UPDATE events SET status = 'fanned_out', fanned_out_at = now(),
+                  due_at = now() + make_interval(secs => $2)
+WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
+  AND NOT EXISTS (
+      SELECT 1 FROM fanout_shards WHERE event_id = $1 AND status NOT IN ('done', 'failed'))
+  AND NOT EXISTS (SELECT 1 FROM event_waves WHERE event_id = $1 AND status = 'held')
+  AND NOT EXISTS (SELECT 1 FROM deferred_recipients WHERE event_id = $1 AND wave_no IS NULL)
+"""
+
+# Indexes: events_pkey, delivery_batches_open, fanout_shards_pkey. The event ends once it
+# is fanned out and no batch is open; called when a batch or a shard finishes, and by the
+# reconciler. cancelled: cancelled (whatever was sent before is in its counts); expired:
+# expires_at passed with nothing sent; delivered: every device reached but dead tokens;
+# partially_delivered: some sent, some not (failed, skipped for want of a provider, a shard
+# given up, or expired); failed: nothing sent; no_recipients: nobody to send to. Returns
+# the status set, if any.
+FINISH_EVENT = """
+WITH batches AS (
+    SELECT coalesce(sum(sent), 0) AS sent, coalesce(sum(failed), 0) AS failed,
+           coalesce(sum(skipped), 0) AS skipped,
+           coalesce(sum((held_back ->> 'expired')::bigint), 0) AS expired
+    FROM delivery_batches WHERE event_id = $1 AND status = 'done'
+), shards AS (
+    SELECT coalesce(sum(devices), 0) AS devices,
+           count(*) FILTER (WHERE status = 'failed') AS given_up,
+           coalesce(sum((held_back ->> 'expired')::bigint), 0) AS expired,
+           (SELECT count(*) FROM event_waves WHERE event_id = $1 AND status = 'dropped')
+           + (SELECT count(*) FROM deferred_recipients WHERE event_id = $1 AND wave_no = -1)
+           AS dropped
+    FROM fanout_shards WHERE event_id = $1
+)
+UPDATE events AS e
+SET status = CASE
+        WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
+        WHEN e.expires_at <= now() AND b.sent = 0 THEN 'expired'
+        WHEN s.given_up = 0 AND s.devices = 0 THEN 'no_recipients'
+        WHEN b.sent = 0 THEN 'failed'
+        WHEN s.given_up = 0 AND b.failed = 0 AND b.skipped = 0
+             AND b.expired + s.expired + s.dropped = 0 THEN 'delivered'
+        ELSE 'partially_delivered'
+    END,
+    finished_at = now(), due_at = NULL
+FROM batches AS b, shards AS s
+WHERE e.id = $1 AND e.status = 'fanned_out'
+  AND NOT EXISTS (SELECT 1 FROM delivery_batches WHERE event_id = $1 AND status <> 'done')
+RETURNING e.status
+"""
+
+# Index: events_pkey. An event that can never be fanned out (its notification cannot fit a
+# batch, its fan-out message was given up): it ends failed, with the reason.
+FAIL_EVENT = """
+UPDATE events SET status = 'failed', finished_at = now(), due_at = NULL, last_error = $2
+WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
+"""
+
+
+async def create(
+    conn: asyncpg.Connection,
+    *,
+    topic_id: int | None,
+    user_id: int | None,
+    notification: dict[str, Any],
+    api_key_id: int | None,
+    idempotency_key: str | None,
+    request_fingerprint: bytes | None,
+    overdue_after: float,
+    send_at: datetime | None = None,
+    deliver_at_local: time | None = None,
+    quiet_hours: str = "defer",
+    expires_at: datetime | None = None,
+    held_until: datetime | None = None,
+) -> int | None:
+    """Commit a pending event, due ``overdue_after`` seconds on, or with ``held_until`` a
+    scheduled one, due then; its id, or None when this scope (``api_key_id``) used the
+    idempotency key before (``INSERT_EVENT``)."""
+    event_id: int | None = await conn.fetchval(
+        INSERT_EVENT,
+        topic_id,
+        user_id,
+        notification,
+        api_key_id,
+        idempotency_key,
+        request_fingerprint,
+        overdue_after,
+        send_at,
+        deliver_at_local,
+        quiet_hours,
+        expires_at,
+        held_until,
+    )
+    return event_id
+
+
+async def mark_enqueued(conn: asyncpg.Connection, *, event_id: int, overdue_after: float) -> None:
+    """Its fan-out message is on the queue: a pending (or scheduled, now due) event becomes
+    enqueued, due again ``overdue_after`` seconds on should its fan-out not start
+    (``MARK_EVENT_ENQUEUED``)."""
+    await conn.execute(MARK_EVENT_ENQUEUED, event_id, overdue_after)
+
+
+async def cancel(conn: asyncpg.Connection, *, event_id: int) -> EventState | None:
+    """Cancel the event: one not yet fanning out ends cancelled at once (and is counted);
+    one under way is marked, and stops at its next page and batch. Its state after; None
+    for an unknown event or one that has already ended otherwise (``CANCEL_EVENT``)."""
+    row = await conn.fetchrow(CANCEL_EVENT, event_id)
+    if row is None:
+        return None
+    state = EventState(row["status"])
+    return _ended(state) if row["ended"] else state
+
+
+async def mark_fanning_out(conn: asyncpg.Connection, *, event_id: int) -> None:
+    """Its shards are written: from here they carry the deadlines (``MARK_EVENT_FANNING_OUT``)."""
+    await conn.execute(MARK_EVENT_FANNING_OUT, event_id)
+
+
+async def mark_fanned_out(conn: asyncpg.Connection, *, event_id: int, overdue_after: float) -> bool:
+    """Mark the event fanned out if every shard is done or given up, due ``overdue_after``
+    seconds on (to check it has ended); True if this call did (``MARK_EVENT_FANNED_OUT``)."""
+    status: str = await conn.execute(MARK_EVENT_FANNED_OUT, event_id, overdue_after)
+    return status.endswith(" 1")
+
+
+async def finish(conn: asyncpg.Connection, *, event_id: int) -> EventState | None:
+    """End a fanned-out event with no batch left open, counted in ``fanout_events_finished``;
+    the state it ended in, or None if it has not ended (``FINISH_EVENT``)."""
+    status: str | None = await conn.fetchval(FINISH_EVENT, event_id)
+    return None if status is None else _ended(EventState(status))
+
+
+async def fail(conn: asyncpg.Connection, *, event_id: int, reason: str) -> bool:
+    """End an event that can never be fanned out as failed, with the reason, counted in
+    ``fanout_events_finished``; True if this call ended it (``FAIL_EVENT``)."""
+    status: str = await conn.execute(FAIL_EVENT, event_id, reason)
+    if status.endswith(" 1"):
+        _ended(EventState.FAILED)
+        return True
+    return False
