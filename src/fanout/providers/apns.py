@@ -13,9 +13,8 @@ import orjson
 
 from fanout.config import MAX_PAYLOAD_BYTES
 from fanout.notification import RenderedNotification
-from fanout.providers.base import Outcome, OutcomeKind, config_error
+from fanout.providers.base import Device, Outcome, OutcomeKind, config_error
 from fanout.providers.http2 import Http2Provider
-from fanout.queue.messages import Device
 
 # Apple refuses a token older than an hour and one refreshed more than every 20 minutes.
 JWT_LIFETIME_SECONDS = 40 * 60

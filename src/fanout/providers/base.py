@@ -11,11 +11,31 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from fanout.notification import RenderedNotification
-from fanout.queue.messages import Device
 
 _log = logging.getLogger("fanout.providers")
+
+
+class Device(Protocol):
+    """A device as a provider sees it: where to push and in which language, never how it
+    travelled. The queue's wire record (``queue.messages.Device``, a NamedTuple) has these
+    fields, so a batch's devices reach a provider as they were decoded: no copy per device
+    on the delivery's hot path."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def platform(self) -> str: ...
+    @property
+    def token(self) -> str: ...  # APNs and FCM: the token; Web Push: the endpoint
+    @property
+    def locale(self) -> str | None: ...
+    @property
+    def p256dh(self) -> str | None: ...  # Web Push only: the subscription's public key
+    @property
+    def auth(self) -> str | None: ...  # Web Push only: the subscription's auth secret
 
 
 class OutcomeKind(StrEnum):

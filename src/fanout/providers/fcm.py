@@ -17,10 +17,9 @@ from google.oauth2 import service_account
 from requests.adapters import HTTPAdapter
 
 from fanout.notification import RenderedNotification
-from fanout.providers.base import Outcome, OutcomeKind, config_error
+from fanout.providers.base import Device, Outcome, OutcomeKind, config_error
 from fanout.providers.http2 import Http2Provider
 from fanout.providers.transport import tls_context
-from fanout.queue.messages import Device
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 

@@ -10,7 +10,7 @@ from typing import Generic, TypeVar
 
 from fanout.metrics import count_outcome
 from fanout.notification import RenderedNotification
-from fanout.providers.base import DELIVERED, Outcome, OutcomeKind, Provider
+from fanout.providers.base import DELIVERED, Device, Outcome, OutcomeKind, Provider
 from fanout.providers.breaker import Admission, Breakers, CircuitBreaker
 from fanout.providers.transport import (
     AdaptiveLimit,
@@ -19,7 +19,6 @@ from fanout.providers.transport import (
     TransportError,
     retry_after_seconds,
 )
-from fanout.queue.messages import Device
 
 Prepared = TypeVar("Prepared")
 

@@ -13,9 +13,9 @@ import httpx
 
 from fanout.metrics import count_outcomes
 from fanout.notification import RenderedNotification
-from fanout.providers.base import DELIVERED, Outcome, OutcomeKind, Provider
+from fanout.providers.base import DELIVERED, Device, Outcome, OutcomeKind, Provider
 from fanout.providers.transport import retry_after_seconds
-from fanout.queue.messages import PLATFORMS, Device
+from fanout.queue.messages import PLATFORMS
 
 # Devices per HTTP request to the sink: large enough that HTTP overhead is noise.
 CHUNK = 1000

@@ -25,9 +25,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fanout.config import MAX_PAYLOAD_BYTES
 from fanout.notification import RenderedNotification
-from fanout.providers.base import Outcome, OutcomeKind, config_error
+from fanout.providers.base import Device, Outcome, OutcomeKind, config_error
 from fanout.providers.http2 import Http2Provider
-from fanout.queue.messages import Device
 
 VAPID_LIFETIME_SECONDS = 12 * 3600  # RFC 8292 allows at most 24 h
 RECORD_SIZE = 4096

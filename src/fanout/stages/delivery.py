@@ -32,8 +32,8 @@ from fanout.queue.sqs import MAX_DELAY_SECONDS, Queues
 from fanout.stages import leases
 from fanout.stages.batching import shard_of_key
 from fanout.stages.device_outcomes import BatchDetail, batch_detail
-from fanout.stages.fanout import shard_page_filter
 from fanout.stages.holding import HeldBatch, Hold, held_batch, record_held
+from fanout.stages.shard_filter import page_filter_of
 from fanout.store import (
     UNTRUSTWORTHY,
     acquire,
@@ -365,7 +365,7 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
             wave = None
             if shard is not None:
                 wave = await shards.shard_wave(conn, event_id=event.id, shard=shard)
-            page_filter = await shard_page_filter(conn, event, wave, settings, read_before=True)
+            page_filter = await page_filter_of(conn, event, wave, settings, read_before=True)
             # Those the fan-out deferred stay deferred (read_before); the others it chose
             # to send: quiet hours are not judged again, unless they drop.
             quiet = "drop" if page_filter.quiet_hours == "drop" else "ignore"

@@ -46,6 +46,7 @@ from fanout.stages.batching import (
     batch_max_bytes,
     bytes_short,
 )
+from fanout.stages.shard_filter import page_filter_of
 from fanout.store import acquire, events, lifecycle, shards, waves
 from fanout.store.audience import caps_apply
 from fanout.store.recipients import (
@@ -348,7 +349,7 @@ async def _stream_shard(
     )
     category = event.notification.get("category")
     audience = _Audience(category, await caps_apply(conn, category=category))
-    page_filter = await shard_page_filter(
+    page_filter = await page_filter_of(
         conn, event, claim.wave_no, settings, read_before=cursor is not None
     )
     packer = BatchPacker(
@@ -460,35 +461,6 @@ async def _end_shard(
     if fanned_out:
         await lifecycle.finish(conn, event_id=event_id)
     return progress.report(event_id, shard)
-
-
-async def shard_page_filter(
-    conn: asyncpg.Connection,
-    event: events.Event,
-    wave_no: int | None,
-    settings: Settings,
-    *,
-    read_before: bool,
-) -> PageFilter:
-    """Whom this shard's pages let through: its wave's recipients, quiet hours applied as
-    the event asks (a deferred wave's recipients are past their window: not again).
-    ``read_before``: some of its users may have been read (and deferred) already."""
-    if wave_no is None:
-        return PageFilter(
-            quiet_hours=event.quiet_hours,
-            default_zone=settings.default_time_zone,
-            recheck_deferred=read_before,
-        )
-    wave = await waves.wave_filter(conn, event_id=event.id, wave_no=wave_no)
-    if wave.kind == "deferred":
-        return PageFilter(deferred_wave=wave_no, quiet_hours="ignore")
-    return PageFilter(
-        zones_in=wave.zones_in,
-        zones_not_in=wave.zones_not_in,
-        quiet_hours=event.quiet_hours,
-        default_zone=settings.default_time_zone,
-        recheck_deferred=read_before,
-    )
 
 
 def _keep_deferred(rows: list[asyncpg.Record], progress: _Progress) -> None:
