@@ -16,6 +16,7 @@ import orjson
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fanout.errors import FanoutError
 from fanout.retry import Backoff
 
 # runtime/eventloop.py: uvloop when installed, or the one named.
@@ -33,7 +34,7 @@ DATABASE_URL_UNSET = (
 )
 
 
-class ConfigError(Exception):
+class ConfigError(FanoutError):
     """A setting is missing or holds a value fanout cannot use: nothing was tried.
 
     The message names the ``FANOUT_*`` variable and never repeats its value, which may
@@ -41,7 +42,7 @@ class ConfigError(Exception):
     """
 
 
-class Unreachable(Exception):
+class Unreachable(FanoutError):
     """A service a setting points at did not answer, or refused fanout.
 
     The message says which service, where (host and port, never credentials) and the

@@ -17,6 +17,7 @@ from typing import Protocol
 import httpx
 
 from fanout.config import Settings
+from fanout.errors import FanoutError
 from fanout.providers.h2 import H2Client, H2Error, InvalidRequest, NotHttp2
 from fanout.providers.h2.frames import check_path
 from fanout.providers.quota import SharedQuota
@@ -43,7 +44,7 @@ class Response(Protocol):
     def content(self) -> bytes: ...
 
 
-class TransportError(Exception):
+class TransportError(FanoutError):
     """No answer. ``permanent``: the same request will fail the same way (the endpoint
     cannot be spoken to, or the request cannot be sent); otherwise try again later."""
 

@@ -38,6 +38,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from fanout.errors import FanoutError
+
 PLATFORMS = ("apns", "fcm", "webpush")
 WIRE_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -49,7 +51,7 @@ MAX_MESSAGE_BYTES = 1024 * 1024  # SQS's limit
 MAX_DEVICES_JSON_BYTES = 16 * 1024 * 1024
 
 
-class PoisonMessage(Exception):
+class PoisonMessage(FanoutError):
     """A message that can never be processed: it ends in the dead-letter queue."""
 
 

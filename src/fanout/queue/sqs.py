@@ -22,6 +22,7 @@ from aiobotocore.session import get_session
 
 from fanout import retry
 from fanout.config import ConfigError, Settings, Unreachable, connection_failure
+from fanout.errors import FanoutError
 from fanout.metrics import SQS_BILLED_REQUESTS, SQS_REQUESTS
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ MAX_DELAY_SECONDS = 900
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
-class QueueError(Exception):
+class QueueError(FanoutError):
     """SQS refused or lost part of a request after retries."""
 
 

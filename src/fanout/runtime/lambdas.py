@@ -38,6 +38,7 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from fanout.config import load_settings
+from fanout.errors import FanoutError
 from fanout.queue.admin import observe_queue_depths
 from fanout.queue.sqs import QueueMessage
 from fanout.runtime.emf import EmfPublisher
@@ -47,7 +48,7 @@ from fanout.runtime.reconciler import reconcile_once
 logger = Logger(service="fanout")
 
 
-class RecordFailed(Exception):
+class RecordFailed(FanoutError):
     """Reported to Lambda as a batch item failure; SQS delivers the record again."""
 
 

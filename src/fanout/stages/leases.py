@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 from fanout import retry
+from fanout.errors import FanoutError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 _RELEASE_TIMEOUT_SECONDS = 5.0
 
 
-class LeaseKept(Exception):
+class LeaseKept(FanoutError):
     """The work failed and its lease could not be given up; retry after ``seconds``."""
 
     def __init__(self, cause: BaseException, seconds: float) -> None:

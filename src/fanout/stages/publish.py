@@ -31,6 +31,7 @@ from typing import Any, Literal
 import asyncpg
 import orjson
 
+from fanout.errors import FanoutError
 from fanout.notification import Notification
 from fanout.queue.messages import MAX_MESSAGE_BYTES, FanoutTask
 from fanout.queue.sqs import Queues
@@ -47,11 +48,11 @@ log = logging.getLogger(__name__)
 DEFAULT_OVERDUE_AFTER = 60.0
 
 
-class NotificationTooLarge(ValueError):
+class NotificationTooLarge(FanoutError, ValueError):
     """The notification cannot travel in a delivery batch: refused at the door."""
 
 
-class IdempotencyConflict(ValueError):
+class IdempotencyConflict(FanoutError, ValueError):
     """The idempotency key was used before, in the same scope, for a different request."""
 
     def __init__(self) -> None:
@@ -61,7 +62,7 @@ class IdempotencyConflict(ValueError):
         )
 
 
-class InvalidPublishOption(ValueError):
+class InvalidPublishOption(FanoutError, ValueError):
     """A publish option that cannot be honoured; ``field`` names it (the API's 422)."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -313,7 +314,7 @@ async def publish(
     return replace(published, enqueued=True)
 
 
-class TooLateToCancel(ValueError):
+class TooLateToCancel(FanoutError, ValueError):
     """The event has already ended (delivered, failed ...): there is nothing to stop."""
 
 

@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from fanout.api.keys import ApiKey, find_api_key
 from fanout.api.state import state_of
+from fanout.errors import FanoutError
 from fanout.store import console
 
 COOKIE = "fanout_console"
@@ -31,7 +32,7 @@ CSRF_HEADER = "x-csrf-token"
 PATH = "/console"
 
 
-class ConsoleRefusal(Exception):
+class ConsoleRefusal(FanoutError):
     """A console request refused: 401 (no live session) or 403 (scope, CSRF), as in the API."""
 
     def __init__(self, status: int, detail: str) -> None:

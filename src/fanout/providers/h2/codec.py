@@ -18,6 +18,7 @@ WINDOW_UPDATE is rare, and a body past ``MAX_BODY`` resets its stream.
 
 from __future__ import annotations
 
+from fanout.errors import FanoutError
 from fanout.providers.h2.events import (
     ConnectionTerminated,
     Event,
@@ -85,7 +86,7 @@ MAX_BODY = 1 << 20  # a response body past this resets its stream (a Web Push en
 UNLIMITED = 2**32 - 1
 
 
-class ProtocolError(Exception):
+class ProtocolError(FanoutError):
     """A connection error found in what the server sent (raised and caught in here)."""
 
     def __init__(self, code: int, reason: str) -> None:
@@ -94,7 +95,7 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
-class NoStreamAvailable(Exception):
+class NoStreamAvailable(FanoutError):
     """``send_request`` while ``available_streams`` is 0."""
 
 

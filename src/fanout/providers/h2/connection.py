@@ -17,6 +17,7 @@ import ssl
 from collections.abc import Callable
 from typing import cast
 
+from fanout.errors import FanoutError
 from fanout.metrics import PROVIDER_DEAD_CONNECTIONS, PROVIDER_GOAWAYS
 from fanout.providers.h2.codec import ClientCodec
 from fanout.providers.h2.events import (
@@ -40,7 +41,7 @@ _TLS_FOR_GOOD = frozenset(
 )
 
 
-class H2Error(Exception):
+class H2Error(FanoutError):
     """A request failed in transport. ``unsent``: the service never processed it (not
     sent, or GOAWAY or REFUSED_STREAM excluded it), so sending it again cannot deliver it
     twice. ``permanent``: trying again will fail the same way (certificate refused, not a

@@ -14,6 +14,8 @@ import re
 import struct
 from collections.abc import Iterable
 
+from fanout.errors import FanoutError
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME_HEADER = struct.Struct(">IBI")  # (length << 8 | type), flags, stream id
 SETTING = struct.Struct(">HI")
@@ -60,7 +62,7 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return FRAME_HEADER.pack(len(payload) << 8 | kind, flags, stream_id) + payload
 
 
-class InvalidHeader(ValueError):
+class InvalidHeader(FanoutError, ValueError):
     """A header fanout was asked to send that HTTP/2 forbids; nothing was sent."""
 
 

@@ -25,10 +25,12 @@ from hpack import HPACKDecodingError
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
+from fanout.errors import FanoutError
+
 STATIC_TABLE: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE
 
 
-class CompressionError(Exception):
+class CompressionError(FanoutError):
     """The header block breaks HPACK, or uses the dynamic table we turned off."""
 
 
