@@ -5,7 +5,7 @@ bytes go in (``receive``) and events come out (``events.py``): a whole ``Respons
 ``StreamReset``, ``GoAway``, ``SettingsChanged``, ``PingAcknowledged`` or
 ``ConnectionTerminated``. No
 sockets, clocks or asyncio here: ``connection.py`` is the asyncio shell around it, and
-tests/providers/test_h2_codec.py plays it against the ``h2`` library as the server.
+tests/unit/test_codec.py plays it against the ``h2`` library as the server.
 
 What a client must check, it checks: frame sizes, padding, the order of a header block
 (HEADERS then only its CONTINUATIONs), SETTINGS values, WINDOW_UPDATE increments, both

@@ -14,7 +14,7 @@ that SETTINGS frame, every response is encoded with the table off. A reference t
 dynamic entry, or a table size update above 0, is then the server's COMPRESSION_ERROR.
 
 The Huffman decoder is the ``hpack`` package's own; tests/providers/
-test_h2_headers.py checks this decoder against ``hpack.Encoder`` and ``hpack.Decoder``.
+tests/unit/test_headers.py checks this decoder against ``hpack.Encoder`` and ``hpack.Decoder``.
 """
 
 from __future__ import annotations
