@@ -41,7 +41,7 @@ APNS_HEADERS: dict[str, tuple[Callable[[str], bool], str]] = {
 }
 # RFC 8030's request headers, by their canonical spelling (what the provider sends).
 WEBPUSH_HEADERS: dict[str, tuple[Callable[[str], bool], str]] = {
-    "TTL": (lambda v: v.isascii() and v.isdigit() and int(v) <= 28 * 24 * 3600,
+    "TTL": (lambda v: re.fullmatch(r"[0-9]{1,7}", v) is not None and int(v) <= 28 * 24 * 3600,
             "seconds, at most 2419200 (28 days)"),
     "Urgency": (_matching(r"very-low|low|normal|high"), "very-low, low, normal or high"),
     "Topic": (_matching(r"[A-Za-z0-9_-]{1,32}"), "1 to 32 characters of base64url (RFC 8030)"),
@@ -157,8 +157,8 @@ class ApnsOverride(_Checked):
     )
     payload: JsonObject = Field(
         default_factory=dict,
-        description='Merged into the payload (RFC 7396), e.g. {"aps": {"sound": '
-        '{"critical": 1, "name": "siren.caf", "volume": 0.8}}}.',
+        description='Merged into the payload (RFC 7396), e.g. {"aps": {"target-content-id": '
+        '"book-1001"}, "campaign": "spring"}.',
     )
 
     @model_validator(mode="after")
