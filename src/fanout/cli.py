@@ -265,8 +265,17 @@ def worker(
 @app.command()
 def publish(
     topic: Annotated[str, typer.Argument(help="Topic key, e.g. author:42")],
-    title: Annotated[str, typer.Option()],
+    title: Annotated[str | None, typer.Option(help="Required for an alert.")] = None,
     body: Annotated[str, typer.Option()] = "",
+    kind: Annotated[
+        str, typer.Option(help="alert (shows title and body) or background (wakes the app).")
+    ] = "alert",
+    thread_id: Annotated[
+        str | None, typer.Option(help="Groups notifications (APNs thread-id, tag elsewhere).")
+    ] = None,
+    interruption_level: Annotated[
+        str | None, typer.Option(help="APNs: passive, active, time-sensitive or critical.")
+    ] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
     send_at: Annotated[
         str | None, typer.Option(help="Not before: ISO 8601 with an offset (2026-03-29T07:00Z).")
@@ -282,16 +291,21 @@ def publish(
     ] = None,
 ) -> None:
     """Publish an event to a topic's subscribers; prints the event id."""
+    from fanout.notification import CRITICAL_NOT_ALLOWED, critical_asked
     from fanout.queue.sqs import open_client, open_queues
     from fanout.stages.publish import InvalidPublishOption
     from fanout.stages.publish import publish as do_publish
     from fanout.store import create_pool
 
     settings = _settings()
+    asked = {"title": title, "thread_id": thread_id, "interruption_level": interruption_level}
+    notification = {"kind": kind, **{k: v for k, v in asked.items() if v is not None}}
+    if body:  # a background push has none; an alert's defaults to empty
+        notification["body"] = body
     request = _publish_request(
         {
             "topic": topic,
-            "notification": {"title": title, "body": body},
+            "notification": notification,
             "idempotency_key": idempotency_key,
             "send_at": send_at,
             "deliver_at_local": deliver_at_local,
@@ -299,6 +313,8 @@ def publish(
             "expires_at": expires_at,
         }
     )
+    if critical_asked(request.notification) and not settings.apns_allow_critical:
+        raise typer.BadParameter(CRITICAL_NOT_ALLOWED, param_hint="--interruption-level")
 
     async def main() -> int:
         pool = await create_pool(settings)

@@ -22,9 +22,6 @@ from fanout.retry import Backoff
 # runtime/eventloop.py: uvloop when installed, or the one named.
 EventLoopChoice = Literal["auto", "asyncio", "uvloop"]
 
-# Apple's limit for a notification payload; also the bar for every other provider
-# here, so one event renders to a payload that every platform accepts.
-MAX_PAYLOAD_BYTES = 4096
 _PG_SCHEMES = {"postgresql", "postgres"}
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
 
@@ -192,6 +189,11 @@ class Settings(BaseSettings):
     apns_team_id: str | None = None
     apns_topic: str | None = Field(default=None, description="The app's bundle id.")
     apns_endpoint: str = "https://api.push.apple.com"
+    apns_allow_critical: bool = Field(
+        default=False,
+        description="Publishing critical alerts (interruption_level critical): only once "
+        "Apple has granted the app the critical-alerts entitlement.",
+    )
     fcm_credentials_file: str | None = Field(default=None, description="Service-account JSON.")
     fcm_credentials: SecretStr | None = Field(default=None, description="The JSON's text.")
     fcm_endpoint: str = "https://fcm.googleapis.com"

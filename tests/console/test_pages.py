@@ -31,6 +31,24 @@ async def test_the_events_list_filters_by_topic_and_status(console: Console) -> 
     assert f'data-event="{one.event_id}"' not in pending.text
 
 
+async def test_the_console_shows_each_events_kind(console: Console) -> None:
+    pool = console.app.state.api.pool
+    topic = await make_topic(pool, 1)
+    alert = await record_event(pool, Notification(title="Chapter 12"), topic=topic.key)
+    background = await record_event(
+        pool, Notification(kind="background", data={"sync": "1"}), topic=topic.key
+    )
+    async with console.signed_in("read") as client:
+        rows = (await client.get("/console/events/rows", params={"topic": topic.key})).text
+        page = (await client.get(f"/console/events/{background.event_id}")).text
+    # Stored without a kind (an alert's default is not stored): shown as an alert.
+    assert f'#{alert.event_id}</a> <span class="kind kind-alert">alert</span> Chapter 12' in rows
+    assert (
+        f'#{background.event_id}</a> <span class="kind kind-background">background</span>' in rows
+    )
+    assert '<span class="kind kind-background">background</span>' in page
+
+
 async def test_an_event_page_polls_until_the_event_ends(console: Console) -> None:
     pool = console.app.state.api.pool
     topic = await make_topic(pool, 1)

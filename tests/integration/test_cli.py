@@ -243,6 +243,49 @@ def test_a_bad_publish_option_names_it(settings: Settings) -> None:
     assert "Traceback" not in refused.stderr
 
 
+def test_publish_each_kind_from_the_command_line(settings: Settings) -> None:
+    assert fanout(settings, "queues", "create").returncode == 0
+    background = fanout(settings, "publish", "author:k", "--kind", "background")
+    alert = fanout(
+        settings, "publish", "author:k", "--title", "Chapter 12", "--thread-id", "book-1",
+        "--interruption-level", "time-sensitive",
+    )  # fmt: skip
+    assert background.returncode == alert.returncode == 0, background.stderr + alert.stderr
+
+    async def stored(event_id: str) -> object:
+        conn = await asyncpg.connect(settings.database_dsn())
+        try:
+            return orjson.loads(
+                await conn.fetchval("SELECT notification FROM events WHERE id = $1", int(event_id))
+            )
+        finally:
+            await conn.close()
+
+    assert asyncio.run(stored(background.stdout.strip())) == {"kind": "background"}
+    assert asyncio.run(stored(alert.stdout.strip())) == {
+        "title": "Chapter 12", "thread_id": "book-1", "interruption_level": "time-sensitive",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "says"),
+    [
+        (("--kind", "background", "--title", "t"), "--title", "background push shows nothing"),
+        (("--body", "no title"), "--title", "required for an alert"),
+        (("--kind", "silent"), "--kind", "'alert' or 'background'"),
+        (("--title", "t", "--interruption-level", "critical"), "--interruption-level",
+         "FANOUT_APNS_ALLOW_CRITICAL"),
+    ],
+)  # fmt: skip
+def test_a_publish_its_kind_refuses_names_the_option(
+    settings: Settings, args: tuple[str, ...], option: str, says: str
+) -> None:
+    refused = fanout(settings, "publish", "author:k", *args)
+    assert refused.returncode == 2
+    assert option in refused.stderr and says in " ".join(refused.stderr.split())
+    assert "Traceback" not in refused.stderr
+
+
 def test_frequency_caps_from_the_command_line(settings: Settings) -> None:
     set_ = fanout(settings, "caps", "set", "digest", "--max", "3", "--window", "86400")
     assert set_.returncode == 0 and "set the cap of digest" in set_.stderr

@@ -21,7 +21,7 @@ from fanout.providers import OutcomeKind, build_providers
 from fanout.providers.apns import ApnsProvider
 from fanout.providers.fcm import FcmProvider
 from fanout.providers.transport import AdaptiveLimit
-from fanout.providers.webpush import WebPushProvider
+from fanout.providers.webpush import WebPushProvider, webpush_payload
 from fanout.queue.messages import DeliveryBatch, Device
 from fanout.runtime.pipeline import Pipeline
 from fanout.stages.delivery import deliver_batch
@@ -100,7 +100,7 @@ async def test_web_push_payload_decrypts_to_the_exact_notification_json(
     event_id, batches = await fan_out(push_pipeline, topic)
     await deliver_all(push_pipeline, batches)
 
-    expected = render(NOTE, "en", collapse_key=str(event_id)).payload()
+    expected = webpush_payload(render(NOTE, "en", collapse_key=str(event_id)))
     assert len(services.webpush.payloads) == 5
     for payload in services.webpush.payloads:  # decrypted by http_ece in the emulator
         assert payload == orjson.dumps(expected)
@@ -129,7 +129,7 @@ async def test_web_push_to_a_service_that_speaks_only_http1_over_tls(
         await webpush.client.aclose()  # hypercorn waits for kept-alive connections to close
 
     assert (emulator.ledger.unique, emulator.ledger.duplicates) == (30, 0)
-    expected = orjson.dumps(render(NOTE, "en", collapse_key=str(event_id)).payload())
+    expected = orjson.dumps(webpush_payload(render(NOTE, "en", collapse_key=str(event_id))))
     assert emulator.payloads == [expected] * 30
     async with push_pipeline.pool.acquire() as conn:
         progress = await conn.fetchrow(events.EVENT_PROGRESS, event_id)

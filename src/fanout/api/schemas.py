@@ -14,6 +14,8 @@ from fastapi import Path
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from fanout.notification import CATEGORY_PATTERN, Category, Locale, Notification
+from fanout.overrides import problem, raise_problems
+from fanout.providers.limits import oversized_payloads
 from fanout.stages.publish import PublishOptions
 from fanout.stages.schedule import parse_local_time
 
@@ -252,14 +254,31 @@ class PublishOptionsIn(Strict):
         )
 
 
+def _fits_every_platform(notification: Notification) -> Notification:
+    # Each provider's payload as it will be sent, against that provider's limit: the
+    # answer's loc names the platform (notification.apns, .fcm, .webpush).
+    raise_problems(
+        "Notification",
+        [
+            problem((platform,), message, "too_large")
+            for platform, message in oversized_payloads(notification).items()
+        ],
+    )
+    return notification
+
+
+# A notification as publishing takes it: also held to each platform's payload limit.
+PublishedNotification = Annotated[Notification, AfterValidator(_fits_every_platform)]
+
+
 class EventIn(PublishOptionsIn):
     topic: TopicKey
-    notification: Notification
+    notification: PublishedNotification
     idempotency_key: IdempotencyKey | None = None
 
 
 class DirectNotificationIn(PublishOptionsIn):
-    notification: Notification
+    notification: PublishedNotification
     idempotency_key: IdempotencyKey | None = None
 
 

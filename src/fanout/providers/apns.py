@@ -6,18 +6,20 @@ https://developer.apple.com/documentation/usernotifications/sending-notification
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, assert_never
 
 import jwt
 import orjson
 
-from fanout.config import MAX_PAYLOAD_BYTES
-from fanout.notification import RenderedNotification
+from fanout.notification import Kind, RenderedNotification
+from fanout.overrides import merged
 from fanout.providers.base import Device, Outcome, OutcomeKind, config_error
 from fanout.providers.http2 import Http2Provider
 
 # Apple refuses a token older than an hour and one refreshed more than every 20 minutes.
 JWT_LIFETIME_SECONDS = 40 * 60
+# Apple's limit for a payload of every push type but VoIP (5 KB, which fanout does not send).
+MAX_PAYLOAD_BYTES = 4096
 _INVALID_TOKEN_REASONS = {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"}
 _CONFIG_REASONS = {
     "InvalidProviderToken", "MissingProviderToken", "BadCertificate", "BadCertificateEnvironment",
@@ -65,18 +67,9 @@ class ApnsProvider(Http2Provider[Prepared]):
 
     def prepare(self, notification: RenderedNotification) -> Prepared | Outcome:
         payload = orjson.dumps(apns_payload(notification))
-        if len(payload) > MAX_PAYLOAD_BYTES:
+        if len(payload) > MAX_PAYLOAD_BYTES:  # the API refuses these at publish
             return Outcome(OutcomeKind.PERMANENT, reason="apns: payload over 4096 bytes")
-        expiration = int(time.time()) + notification.ttl if notification.ttl else 0
-        headers = {
-            "apns-topic": self.topic,
-            "apns-push-type": "alert",
-            "apns-priority": "10" if notification.priority == "high" else "5",
-            "apns-expiration": str(expiration),
-            # A later push with the same collapse id replaces this one on the device.
-            "apns-collapse-id": notification.collapse_key.encode()[:64].decode(errors="ignore"),
-        }
-        return payload, headers
+        return payload, apns_headers(notification, self.topic, now=time.time())
 
     async def send_one(self, prepared: Prepared, device: Device) -> Outcome:
         payload, headers = prepared
@@ -101,21 +94,87 @@ class ApnsProvider(Http2Provider[Prepared]):
         return Outcome(OutcomeKind.PERMANENT, reason=f"apns: {status} {reason}")
 
 
+def apns_kind(kind: Kind) -> tuple[str, str]:
+    """A kind's ``apns-push-type`` and the suffix its ``apns-topic`` carries after the
+    bundle id (Apple routes some push types by topic: ".push-type.liveactivity")."""
+    match kind:
+        case "alert":
+            return "alert", ""
+        case "background":
+            return "background", ""
+        case _:
+            assert_never(kind)
+
+
+def apns_headers(notification: RenderedNotification, topic: str, *, now: float) -> dict[str, str]:
+    """The request headers every device of this rendering shares (no authorization)."""
+    push_type, topic_suffix = apns_kind(notification.kind)
+    match notification.kind:
+        case "alert":
+            priority = "10" if notification.priority == "high" else "5"
+        case "background":
+            priority = "5"  # Apple: "It is an error to use priority 10" for content-available only
+        case _:
+            assert_never(notification.kind)
+    headers = {
+        "apns-topic": topic + topic_suffix,
+        "apns-push-type": push_type,
+        "apns-priority": priority,
+        "apns-expiration": str(int(now) + notification.ttl if notification.ttl else 0),
+        # A later push with the same collapse id replaces this one on the device.
+        "apns-collapse-id": notification.collapse_key.encode()[:64].decode(errors="ignore"),
+    }
+    if notification.apns is not None:
+        headers.update(notification.apns.headers)
+    return headers
+
+
 def apns_payload(notification: RenderedNotification) -> dict[str, Any]:
-    alert = {"title": notification.title, "body": notification.body}
+    """The JSON Apple delivers: ``aps`` as the kind has it, the data beside it, then the
+    publisher's ``apns.payload`` merged in."""
+    extra: dict[str, Any] = dict(notification.data)
+    match notification.kind:
+        case "alert":
+            aps = _alert_aps(notification)
+            if notification.url:
+                extra["url"] = notification.url
+            if notification.image:
+                extra["image"] = notification.image
+        case "background":
+            # Nothing shown: no alert, sound or badge; the app is woken with the data.
+            aps = {"content-available": 1}
+        case _:
+            assert_never(notification.kind)
+    payload = {"aps": aps, **extra}
+    if notification.apns is not None:
+        payload = merged(payload, notification.apns.payload)
+    return payload
+
+
+def _alert_aps(notification: RenderedNotification) -> dict[str, Any]:
+    alert = {"title": notification.title}
+    if notification.subtitle:
+        alert["subtitle"] = notification.subtitle
+    alert["body"] = notification.body
     aps: dict[str, Any] = {"alert": alert}
     if notification.badge is not None:
         aps["badge"] = notification.badge
     if notification.sound:
-        aps["sound"] = notification.sound
-    if notification.image:
+        # Apple: "For critical alerts, use the sound dictionary instead"; full volume.
+        critical = notification.interruption_level == "critical"
+        sound = {"critical": 1, "name": notification.sound, "volume": 1.0}
+        aps["sound"] = sound if critical else notification.sound
+    if notification.thread_id:
+        aps["thread-id"] = notification.thread_id
+    if notification.action_category:
+        aps["category"] = notification.action_category  # the buttons the app registered
+    if notification.interruption_level:
+        aps["interruption-level"] = notification.interruption_level
+    if notification.relevance_score is not None:
+        aps["relevance-score"] = notification.relevance_score
+    if notification.image or notification.mutable_content:
         aps["mutable-content"] = 1  # lets a notification service extension fetch the image
-    extra: dict[str, Any] = dict(notification.data)
-    if notification.url:
-        extra["url"] = notification.url
-    if notification.image:
-        extra["image"] = notification.image
-    return {"aps": aps, **extra}
+    return aps
 
 
 def _reason(body: bytes) -> str:

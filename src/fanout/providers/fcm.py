@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from typing import Any
+from typing import Any, assert_never
 
 import orjson
 import requests
@@ -17,11 +17,15 @@ from google.oauth2 import service_account
 from requests.adapters import HTTPAdapter
 
 from fanout.notification import RenderedNotification
+from fanout.overrides import merged
 from fanout.providers.base import Device, Outcome, OutcomeKind, config_error
 from fanout.providers.http2 import Http2Provider
 from fanout.providers.transport import tls_context
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+# FCM: "Maximum payload for both message types is 4096 bytes"; fanout counts the message's
+# notification and data as compact JSON (what reaches the app).
+MAX_PAYLOAD_BYTES = 4096
 
 Prepared = dict[str, Any]
 
@@ -77,8 +81,11 @@ class FcmProvider(Http2Provider[Prepared]):
                     self.tokens_fetched += 1
         return str(self._credentials.token)
 
-    def prepare(self, notification: RenderedNotification) -> Prepared:
-        return fcm_message(notification)
+    def prepare(self, notification: RenderedNotification) -> Prepared | Outcome:
+        message = fcm_message(notification, now=time.time())
+        if fcm_payload_bytes(message) > MAX_PAYLOAD_BYTES:  # the API refuses these at publish
+            return Outcome(OutcomeKind.PERMANENT, reason="fcm: payload over 4096 bytes")
+        return message
 
     async def send_one(self, prepared: Prepared, device: Device) -> Outcome:
         try:
@@ -114,38 +121,91 @@ class FcmProvider(Http2Provider[Prepared]):
         await super().aclose()
 
 
-def fcm_message(notification: RenderedNotification) -> dict[str, Any]:
-    """The message without its token, with the Android, APNs and Web Push overrides."""
+def fcm_message(notification: RenderedNotification, *, now: float) -> dict[str, Any]:
+    """The message without its token: a notification message for an alert, a data message
+    (no ``notification``) for a background push; with its Android, APNs and Web Push
+    blocks, then the publisher's ``fcm`` block merged in."""
     high = notification.priority == "high"
-    body: dict[str, Any] = {"title": notification.title, "body": notification.body}
-    if notification.image:
-        body["image"] = notification.image
-    data = dict(notification.data)
-    if notification.url:
-        data["url"] = notification.url
-    webpush: dict[str, Any] = {
-        "headers": {"TTL": str(notification.ttl), "Urgency": "high" if high else "normal"}
-    }
-    if notification.url:
-        webpush["fcm_options"] = {"link": notification.url}
-    expiration = int(time.time()) + notification.ttl if notification.ttl else 0
-    return {
-        "notification": body,
-        "data": data,
+    expiration = int(now) + notification.ttl if notification.ttl else 0
+    message: dict[str, Any] = {
+        "data": dict(notification.data),
         "android": {
             "collapse_key": notification.collapse_key,
-            "priority": "HIGH" if high else "NORMAL",
+            "priority": "HIGH" if high else "NORMAL",  # a data message's, as asked
             "ttl": f"{notification.ttl}s",
         },
         "apns": {
             "headers": {
                 "apns-collapse-id": notification.collapse_key[:64],
-                "apns-priority": "10" if high else "5",
                 "apns-expiration": str(expiration),
             }
         },
-        "webpush": webpush,
+        "webpush": {
+            "headers": {"TTL": str(notification.ttl), "Urgency": "high" if high else "normal"}
+        },
     }
+    match notification.kind:
+        case "alert":
+            _alert(message, notification)
+        case "background":
+            # FCM: data-only to iOS is allowed at apns-priority 5 only, as a background push.
+            message["apns"]["headers"].update(
+                {"apns-priority": "5", "apns-push-type": "background"}
+            )
+            message["apns"]["payload"] = {"aps": {"content-available": 1}}
+        case _:
+            assert_never(notification.kind)
+    if notification.fcm is not None:
+        message = merged(message, notification.fcm.patch())
+    return message
+
+
+def _alert(message: dict[str, Any], notification: RenderedNotification) -> None:
+    body: dict[str, Any] = {"title": notification.title, "body": notification.body}
+    if notification.image:
+        body["image"] = notification.image
+    message["notification"] = body
+    if notification.url:
+        message["data"]["url"] = notification.url
+        message["webpush"]["fcm_options"] = {"link": notification.url}
+    high = notification.priority == "high"
+    message["apns"]["headers"].update(
+        {"apns-priority": "10" if high else "5", "apns-push-type": "alert"}
+    )
+    if notification.thread_id:
+        message["android"]["notification"] = {"tag": notification.thread_id}
+    aps: dict[str, Any] = {}  # what FCM's notification does not say to an iPhone
+    if notification.subtitle:
+        aps["alert"] = {
+            "title": notification.title,
+            "subtitle": notification.subtitle,
+            "body": notification.body,
+        }
+    for key, value in (
+        ("thread-id", notification.thread_id),
+        ("category", notification.action_category),
+        ("interruption-level", notification.interruption_level),
+        ("relevance-score", notification.relevance_score),
+    ):
+        if value is not None:
+            aps[key] = value
+    if notification.image or notification.mutable_content:
+        aps["mutable-content"] = 1
+    if aps:
+        message["apns"]["payload"] = {"aps": aps}
+    shown: dict[str, Any] = {}  # for a browser through FCM: the Notification API's options
+    if notification.thread_id:
+        shown["tag"] = notification.thread_id
+    if notification.actions:
+        shown["actions"] = [action.shown() for action in notification.actions]
+    if shown:
+        message["webpush"]["notification"] = shown
+
+
+def fcm_payload_bytes(message: dict[str, Any]) -> int:
+    """The size FCM's 4,096-byte limit is held to: the notification and data as JSON."""
+    shown = {key: message[key] for key in ("notification", "data") if key in message}
+    return len(orjson.dumps(shown))
 
 
 def _error(body: bytes) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import os
 import re
 import struct
 import time
-from typing import Any
+from typing import Any, assert_never
 from urllib.parse import urlsplit
 
 import jwt
@@ -23,13 +23,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from fanout.config import MAX_PAYLOAD_BYTES
 from fanout.notification import RenderedNotification
+from fanout.overrides import merged
 from fanout.providers.base import Device, Outcome, OutcomeKind, config_error
 from fanout.providers.http2 import Http2Provider
 
 VAPID_LIFETIME_SECONDS = 12 * 3600  # RFC 8292 allows at most 24 h
 RECORD_SIZE = 4096
+# Push services take 4,096 bytes of encrypted body (RFC 8030 asks them to take at least
+# that; larger is a 413). RFC 8291 adds 103: salt 16, record size 4, key id length 1,
+# the sender's key 65, the padding delimiter 1, the AES-GCM tag 16.
+MAX_ENCRYPTED_BYTES = 4096
+ENCRYPTION_OVERHEAD = 103
+MAX_PLAINTEXT_BYTES = MAX_ENCRYPTED_BYTES - ENCRYPTION_OVERHEAD
 
 Prepared = tuple[bytes, dict[str, str]]
 
@@ -117,17 +123,10 @@ class WebPushProvider(Http2Provider[Prepared]):
         return f"vapid t={token}, k={self.public_key}"
 
     def prepare(self, notification: RenderedNotification) -> Prepared | Outcome:
-        payload = orjson.dumps(notification.payload())
-        if len(payload) > MAX_PAYLOAD_BYTES - 103:  # room for the RFC 8291 header and tag
+        payload = orjson.dumps(webpush_payload(notification))
+        if len(payload) > MAX_PLAINTEXT_BYTES:  # the API refuses these at publish
             return Outcome(OutcomeKind.PERMANENT, reason="webpush: payload too large")
-        headers = {
-            "TTL": str(notification.ttl),
-            "Urgency": "high" if notification.priority == "high" else "normal",
-            "Topic": topic_for(notification.collapse_key),
-            "Content-Encoding": "aes128gcm",
-            "Content-Type": "application/octet-stream",
-        }
-        return payload, headers
+        return payload, webpush_headers(notification)
 
     async def send_one(self, prepared: Prepared, device: Device) -> Outcome:
         payload, headers = prepared
@@ -154,3 +153,52 @@ class WebPushProvider(Http2Provider[Prepared]):
         if status in (401, 403):
             return config_error("webpush", f"{status} from {urlsplit(device.token).netloc}")
         return Outcome(OutcomeKind.PERMANENT, reason=f"webpush: {status}")
+
+
+def webpush_payload(notification: RenderedNotification) -> dict[str, Any]:
+    """The JSON the service worker reads (encrypted on the wire), then the publisher's
+    ``webpush.payload`` merged in. An alert's fields keep fanout's names; ``tag`` and
+    ``actions`` are already the Notification API's, for ``showNotification``."""
+    payload: dict[str, Any] = {"kind": notification.kind}
+    match notification.kind:
+        case "alert":
+            payload.update(title=notification.title, body=notification.body)
+            for key, value in (
+                ("subtitle", notification.subtitle),
+                ("url", notification.url),
+                ("image", notification.image),
+                ("badge", notification.badge),
+                ("sound", notification.sound),
+                ("tag", notification.thread_id),
+            ):
+                if value is not None:
+                    payload[key] = value
+            if notification.actions:
+                payload["actions"] = [action.shown() for action in notification.actions]
+        case "background":
+            pass  # nothing to show: the service worker handles the data
+        case _:
+            assert_never(notification.kind)
+    payload.update(
+        data=notification.data,
+        ttl=notification.ttl,
+        priority=notification.priority,
+        collapse_key=notification.collapse_key,
+    )
+    if notification.webpush is not None:
+        payload = merged(payload, notification.webpush.payload)
+    return payload
+
+
+def webpush_headers(notification: RenderedNotification) -> dict[str, str]:
+    """The request headers every subscription of this rendering shares (no authorization)."""
+    headers = {
+        "TTL": str(notification.ttl),
+        "Urgency": "high" if notification.priority == "high" else "normal",
+        "Topic": topic_for(notification.collapse_key),
+        "Content-Encoding": "aes128gcm",
+        "Content-Type": "application/octet-stream",
+    }
+    if notification.webpush is not None:
+        headers.update(notification.webpush.headers)
+    return headers

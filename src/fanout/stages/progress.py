@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from fanout.store import events
 from fanout.store.lifecycle import TERMINAL_STATES, EventState
@@ -44,7 +44,10 @@ class Schedule(BaseModel):
     """The publish options that hold or stop the event."""
 
     send_at: datetime | None
-    deliver_at_local: time | None
+    # Written "09:00:00", which JSON Schema's "time" format (RFC 3339: with an offset) is not.
+    deliver_at_local: (
+        Annotated[time, WithJsonSchema({"type": "string", "pattern": r"^\d\d:\d\d:\d\d$"})] | None
+    )
     quiet_hours: Literal["defer", "drop", "ignore"]
     expires_at: datetime | None
     cancelled_at: datetime | None

@@ -40,7 +40,8 @@ assert EVENT_PROGRESS.count("$1") == 1
 # EVENT_PROGRESS's per event. $2: one status; $3: one event; $4: how many.
 EVENT_LIST = f"""
 SELECT p.*, t.key AS topic, u.external_id AS user_external_id,
-       picked.notification ->> 'title' AS title
+       picked.notification ->> 'title' AS title,
+       coalesce(picked.notification ->> 'kind', 'alert') AS kind
 FROM (
     SELECT id, topic_id, user_id, notification FROM events
     WHERE ($1::text IS NULL OR topic_id = (SELECT id FROM topics WHERE key = $1))

@@ -38,6 +38,7 @@ class EventRow:
     user: str | None
     title: str | None
     last_push_at: datetime | None
+    kind: str  # "alert" for events stored before kinds existed
 
     @property
     def audience(self) -> str:
@@ -63,6 +64,7 @@ def _event_row(row: asyncpg.Record) -> EventRow:
         user=row["user_external_id"],
         title=row["title"],
         last_push_at=row["last_finished_at"],
+        kind=row["kind"],
     )
 
 

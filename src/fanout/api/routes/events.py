@@ -9,7 +9,7 @@ from fanout.api import schemas
 from fanout.api.auth import PUBLISH, READ, Publisher
 from fanout.api.keys import ApiKey
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, ApiState, Pool, State
-from fanout.notification import Notification
+from fanout.notification import CRITICAL_NOT_ALLOWED, Notification, critical_asked
 from fanout.stages.progress import EventStatus, load_event_status
 from fanout.stages.publish import (
     IdempotencyConflict,
@@ -68,6 +68,17 @@ async def _publish(
     user: str | None = None,
 ) -> schemas.EventAccepted:
     """Commit the event, then try to enqueue it; if SQS is down the reconciler will."""
+    where = critical_asked(notification)
+    if where is not None and not state.settings.apns_allow_critical:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ["body", "notification", *where],
+                    "msg": CRITICAL_NOT_ALLOWED,
+                }
+            ]
+        )
     try:
         published = await publish(
             state.pool,

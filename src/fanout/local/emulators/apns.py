@@ -1,19 +1,33 @@
-"""An APNs emulator: checks the provider JWT, headers and payload as Apple does."""
+"""An APNs emulator: checks the provider JWT, headers and payload as Apple does.
+
+The reasons are Apple's (developer.apple.com, "Handling error responses from APNs"), and
+so are the rules of each push type: a background push has ``content-available`` and no
+alert, sound or badge, at priority 5 ("It is an error to use priority 10"); a Live
+Activity's topic is the bundle id with ``.push-type.liveactivity``, its aps an ``event``,
+a ``timestamp`` and (but to end it) a ``content-state``. Where Apple documents the rule
+but not the reason it answers, the push type's mismatch is ``InvalidPushType`` and a
+malformed payload ``BadPayload``.
+"""
 
 from __future__ import annotations
 
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
 import orjson
 
-from fanout.config import MAX_PAYLOAD_BYTES
 from fanout.local.emulators.base import Emulator, Receive, Scope, Send, header, read_body, respond
 
 _PATH = re.compile(r"^/3/device/([0-9A-Fa-f]+)$")
+MAX_PAYLOAD_BYTES = 4096  # Apple's, for every push type but VoIP
+# The push types this emulator takes, with the suffix Apple wants on their topic.
+TOPIC_SUFFIXES = {"alert": "", "background": "", "liveactivity": ".push-type.liveactivity"}
+_SHOWN = ("alert", "sound", "badge")
+_LIVE_ACTIVITY_EVENTS = ("start", "update", "end")
 
 
 class ApnsEmulator(Emulator):
@@ -64,24 +78,66 @@ class ApnsEmulator(Emulator):
         if (problem := self._check_provider_token(header(scope, "authorization"))) is not None:
             await respond(send, 403, {"reason": problem})
             return
-        if header(scope, "apns-topic") != self.topic:
-            await respond(send, 400, {"reason": "BadTopic"})
-            return
-        if header(scope, "apns-push-type") not in ("alert", "background"):
-            await respond(send, 400, {"reason": "InvalidPushType"})
-            return
-        if len(body) > MAX_PAYLOAD_BYTES:
-            await respond(send, 413, {"reason": "PayloadTooLarge"})
-            return
-        try:
-            payload = orjson.loads(body)
-            assert isinstance(payload.get("aps"), dict)
-        except (orjson.JSONDecodeError, AttributeError, AssertionError):
-            await respond(send, 400, {"reason": "BadPayload"})
+        payload = self._check_request(scope, body)
+        if isinstance(payload, Refusal):
+            await respond(send, payload.status, {"reason": payload.reason})
             return
         if (forced := self.forced(token)) is not None:
             status, answer, headers = forced
             await respond(send, status, answer or None, headers)
             return
-        self.ledger.record(token, header(scope, "apns-collapse-id") or "")
+        self.accept(scope, token, header(scope, "apns-collapse-id") or "", payload)
         await respond(send, 200, None, {"apns-id": secrets.token_hex(16)})
+
+    def _check_request(self, scope: Scope, body: bytes) -> dict[str, Any] | Refusal:
+        """The payload, or how Apple would refuse the request."""
+        push_type = header(scope, "apns-push-type") or "alert"
+        if push_type not in TOPIC_SUFFIXES:
+            return Refusal(400, "InvalidPushType")
+        if header(scope, "apns-topic") != self.topic + TOPIC_SUFFIXES[push_type]:
+            return Refusal(400, "BadTopic")
+        priority = header(scope, "apns-priority") or "10"
+        if priority not in ("1", "5", "10"):
+            return Refusal(400, "BadPriority")
+        if not re.fullmatch(r"[0-9]+", header(scope, "apns-expiration") or "0"):
+            return Refusal(400, "BadExpirationDate")
+        if len((header(scope, "apns-collapse-id") or "").encode()) > 64:
+            return Refusal(400, "BadCollapseId")
+        if not body:
+            return Refusal(400, "PayloadEmpty")
+        if len(body) > MAX_PAYLOAD_BYTES:
+            return Refusal(413, "PayloadTooLarge")
+        try:
+            payload = orjson.loads(body)
+            aps = payload["aps"]
+            assert isinstance(aps, dict)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
+            return Refusal(400, "BadPayload")
+        return _check_push_type(push_type, priority, aps) or payload
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    reason: str
+
+
+def _check_push_type(push_type: str, priority: str, aps: dict[str, Any]) -> Refusal | None:
+    """The payload's shape against its push type."""
+    shown = [key for key in _SHOWN if key in aps]
+    if push_type == "alert" and not shown:
+        return Refusal(400, "InvalidPushType")  # an alert push must alert, sound or badge
+    if push_type == "background":
+        if priority == "10":
+            return Refusal(400, "BadPriority")
+        if shown or aps.get("content-available") != 1:
+            return Refusal(400, "InvalidPushType")
+    if push_type == "liveactivity":
+        event = aps.get("event")
+        if event not in _LIVE_ACTIVITY_EVENTS or not isinstance(aps.get("timestamp"), int):
+            return Refusal(400, "BadPayload")
+        if event != "end" and not isinstance(aps.get("content-state"), dict):
+            return Refusal(400, "BadPayload")
+        if event == "start" and not ("attributes-type" in aps and "attributes" in aps):
+            return Refusal(400, "BadPayload")
+    return None

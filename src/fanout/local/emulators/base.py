@@ -2,21 +2,53 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fanout.local.asgi import Receive, Scope, Send, header, read_body, respond
 from fanout.local.ledger import DeliveryLedger
 
-__all__ = ["Emulator", "Receive", "Scope", "Send", "header", "read_body", "respond"]
+__all__ = [
+    "AcceptedPush", "Emulator", "Receive", "Scope", "Send", "header", "read_body", "respond",
+]  # fmt: skip
+
+
+_NOT_KEPT = {b"authorization", b"host"}
+
+
+@dataclass(frozen=True)
+class AcceptedPush:
+    """One request a service accepted, as it came: what a test asserts the wire form on."""
+
+    token: str  # the device token, FCM registration token or Web Push subscription id
+    # Lower-case names, without authorization (the emulator checks it) and host (the
+    # server's rendering of HTTP/2's :authority, the same for every request).
+    headers: dict[str, str]
+    payload: Any  # the JSON body as the device gets it (Web Push: decrypted)
 
 
 class Emulator:
-    """Counts accepted pushes per token; ``answers`` overrides the answer for a token."""
+    """Counts accepted pushes per token; ``answers`` overrides the answer for a token.
+    With ``keep_accepted`` set, every accepted request is kept in ``accepted`` (tests
+    only: a benchmark's millions would not fit)."""
 
     def __init__(self) -> None:
         self.ledger = DeliveryLedger()
         # token -> answers to give, one per request, before answering normally again
         self.answers: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = {}
+        self.keep_accepted = False
+        self.accepted: list[AcceptedPush] = []
+
+    def accept(self, scope: Scope, token: str, collapse_key: str, payload: Any) -> None:
+        """Count the push for its token (and keep it whole if asked)."""
+        self.ledger.record(token, collapse_key)
+        if self.keep_accepted:
+            headers = {
+                key.decode(): value.decode()
+                for key, value in scope["headers"]
+                if key not in _NOT_KEPT
+            }
+            self.accepted.append(AcceptedPush(token, headers, payload))
 
     def answer_with(
         self,

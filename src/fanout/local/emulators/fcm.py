@@ -1,4 +1,11 @@
-"""An FCM HTTP v1 emulator, with the OAuth2 token endpoint a service account posts to."""
+"""An FCM HTTP v1 emulator, with the OAuth2 token endpoint a service account posts to.
+
+It refuses what FCM's reference refuses (projects.messages): fields a Message does not
+have, a data value that is not a string (every data map), a reserved data key, an
+Android priority other than NORMAL or HIGH, a data-only message to iOS at apns-priority
+10, and a message whose notification and data pass 4,096 bytes: 400 INVALID_ARGUMENT,
+its message naming the field as FCM's does.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,13 @@ import orjson
 from fanout.local.emulators.base import Emulator, Receive, Scope, Send, header, read_body, respond
 
 _SEND = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
+_MESSAGE_FIELDS = {
+    "name", "data", "notification", "android", "webpush", "apns", "fcm_options", "token",
+    "topic", "condition",
+}  # fmt: skip
+_RESERVED_KEYS = ("from", "message_type")
+_RESERVED_PREFIXES = ("google.", "gcm.notification.")
+MAX_PAYLOAD_BYTES = 4096  # "Maximum payload for both message types is 4096 bytes"
 
 
 class RequestRate:
@@ -84,8 +98,11 @@ class FcmEmulator(Emulator):
             message = orjson.loads(body)["message"]
             token = str(message["token"])
             collapse_key = str(message.get("android", {}).get("collapse_key", ""))
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             await respond(send, 400, _error(400, "INVALID_ARGUMENT", "bad message"))
+            return
+        if (problem := check_message(message)) is not None:
+            await respond(send, 400, _error(400, "INVALID_ARGUMENT", problem))
             return
         if self.quota is not None and not self.quota.allow():
             await respond(
@@ -99,7 +116,7 @@ class FcmEmulator(Emulator):
             status, answer, headers = forced
             await respond(send, status, answer, headers)
             return
-        self.ledger.record(token, collapse_key)
+        self.accept(scope, token, collapse_key, message)
         await respond(
             send, 200, {"name": f"projects/{self.project_id}/messages/{secrets.token_hex(8)}"}
         )
@@ -127,6 +144,39 @@ class FcmEmulator(Emulator):
         await respond(
             send, 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
         )
+
+
+def check_message(message: dict[str, Any]) -> str | None:
+    """What FCM would say refusing the message, or None."""
+    for name in message:
+        if name not in _MESSAGE_FIELDS:
+            return f"Invalid JSON payload received. Unknown name \"{name}\" at 'message'"
+    for where, data in (
+        ("message.data", message.get("data")),
+        ("message.android.data", (message.get("android") or {}).get("data")),
+        ("message.webpush.data", (message.get("webpush") or {}).get("data")),
+    ):
+        for i, (key, value) in enumerate((data or {}).items()):
+            if not isinstance(value, str):
+                return f"Invalid value at '{where}[{i}].value' (TYPE_STRING), {value}"
+            if key in _RESERVED_KEYS or key.startswith(_RESERVED_PREFIXES):
+                return f"Invalid data key '{key}' at '{where}': a reserved word"
+    android = message.get("android") or {}
+    if android.get("priority", "NORMAL") not in ("NORMAL", "HIGH"):
+        return "Invalid value at 'message.android.priority' (TYPE_ENUM)"
+    if not re.fullmatch(r"[0-9]+(\.[0-9]{1,9})?s", android.get("ttl", "0s")):
+        return (
+            "Invalid value at 'message.android.ttl' (type.googleapis.com/google.protobuf.Duration)"
+        )
+    apns_priority = ((message.get("apns") or {}).get("headers") or {}).get("apns-priority")
+    if "notification" not in message and apns_priority == "10":
+        # "When sending payloads containing only data fields to iOS devices, only normal
+        # priority ("apns-priority": "5") is allowed in ApnsConfig."
+        return "A data message to iOS may only have apns-priority 5"
+    shown = {key: message[key] for key in ("notification", "data") if key in message}
+    if len(orjson.dumps(shown)) > MAX_PAYLOAD_BYTES:
+        return "Message is too big"
+    return None
 
 
 def _error(code: int, status: str, message: str, error_code: str | None = None) -> dict[str, Any]:

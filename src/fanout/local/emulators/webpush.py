@@ -1,22 +1,27 @@
 """A push service emulator (RFC 8030): checks VAPID and decrypts every payload.
 
-Decryption uses http_ece, an implementation independent of fanout's own encryption.
+Decryption uses http_ece, an implementation independent of fanout's own encryption. As
+push services do, it takes at most 4,096 bytes of encrypted body (413 above), a TTL in
+seconds, an Urgency of RFC 8030's four and a Topic of at most 32 base64url characters.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 import http_ece
 import jwt
+import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fanout.config import MAX_PAYLOAD_BYTES
 from fanout.local.emulators.base import Emulator, Receive, Scope, Send, header, read_body, respond
 from fanout.providers.webpush import b64url_decode
 
 _PATH = re.compile(r"^/wp/([A-Za-z0-9_-]+)$")
+MAX_BODY_BYTES = 4096  # RFC 8030 asks push services to take at least this; they take no more
+_URGENCIES = ("very-low", "low", "normal", "high")
 
 
 class WebPushEmulator(Emulator):
@@ -59,13 +64,19 @@ class WebPushEmulator(Emulator):
         if (problem := self._check_vapid(header(scope, "authorization"))) is not None:
             await respond(send, 403, {"error": problem})
             return
-        if header(scope, "ttl") is None:
-            await respond(send, 400, {"error": "TTL header required"})
+        if not re.fullmatch(r"[0-9]+", header(scope, "ttl") or ""):
+            await respond(send, 400, {"error": "TTL header required, in seconds"})
+            return
+        if (header(scope, "urgency") or "normal") not in _URGENCIES:
+            await respond(send, 400, {"error": "Urgency must be very-low, low, normal or high"})
+            return
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", header(scope, "topic") or "t"):
+            await respond(send, 400, {"error": "Topic: at most 32 base64url characters"})
             return
         if header(scope, "content-encoding") != "aes128gcm":
             await respond(send, 415, {"error": "aes128gcm required"})
             return
-        if len(body) > MAX_PAYLOAD_BYTES:
+        if len(body) > MAX_BODY_BYTES:
             await respond(send, 413, {"error": "payload too large"})
             return
         private_key, auth = self.subscriptions.get(subscription, (self.private_key, self.auth))
@@ -82,5 +93,14 @@ class WebPushEmulator(Emulator):
             return
         if self.keep_payloads:
             self.payloads.append(plaintext)
-        self.ledger.record(subscription, header(scope, "topic") or "")
+        read = _json_or_bytes(plaintext) if self.keep_accepted else None  # not parsed under load
+        self.accept(scope, subscription, header(scope, "topic") or "", read)
         await respond(send, 201, None, {"location": f"{self.base_url}/msg/{subscription}"})
+
+
+def _json_or_bytes(plaintext: bytes) -> Any:
+    """What the service worker would read: JSON as parsed, anything else as sent."""
+    try:
+        return orjson.loads(plaintext)
+    except orjson.JSONDecodeError:
+        return plaintext

@@ -1,0 +1,97 @@
+"""Publishing each kind through the API: what is accepted, and every refusal a 422
+naming the field (the wire form is in tests/providers/test_kinds.py)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import ApiServer
+
+BIG = "x" * 4000
+
+
+@pytest.mark.parametrize(
+    "notification",
+    [
+        {"title": "t"},
+        {"kind": "alert", "title": "t", "subtitle": "s", "thread_id": "th",
+         "interruption_level": "time-sensitive", "relevance_score": 0.5,
+         "action_category": "C", "actions": [{"id": "a", "title": "A"}], "mutable_content": True},
+        {"kind": "background"},
+        {"kind": "background", "data": {"sync": "1"}, "priority": "normal",
+         "apns": {"headers": {"apns-priority": "5"}, "payload": {"extra": {"n": 1}}},
+         "fcm": {"android": {"direct_boot_ok": True}}, "webpush": {"headers": {"Urgency": "low"}}},
+    ],
+)  # fmt: skip
+async def test_each_kind_is_accepted(api: ApiServer, notification: dict[str, Any]) -> None:
+    body = {"topic": f"kinds-{secrets.token_hex(4)}", "notification": notification}
+    async with api.client("publish") as client:
+        response = await client.post("/v1/events", json=body)
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.parametrize(
+    ("notification", "loc", "says"),
+    [
+        ({"body": "b"}, ["title"], "required for an alert"),
+        ({"kind": "liveactivity", "title": "t"}, ["kind"], "'alert' or 'background'"),
+        ({"kind": "background", "title": "t"}, ["title"], "background push shows nothing"),
+        ({"kind": "background", "badge": 1}, ["badge"], "background push shows nothing"),
+        ({"title": "t", "data": {"count": 3}}, ["data", "count"], "must be strings"),
+        ({"title": "t", "data": {"from": "x"}}, ["data", "from"], "FCM reserves"),
+        ({"title": "t", "interruption_level": "loud"}, ["interruption_level"], "'passive'"),
+        ({"title": "t", "relevance_score": 2}, ["relevance_score"], "less than or equal to 1"),
+        ({"title": "t", "actions": [{"id": "a", "title": "A"}] * 3}, ["actions"], "at most 2"),
+        ({"title": "t", "apns": {"headers": {"authorization": "bearer x"}}},
+         ["apns", "headers", "authorization"], "authorization cannot be set"),
+        ({"title": "t", "apns": {"headers": {"apns-topic": "com.other"}}},
+         ["apns", "headers", "apns-topic"], "FANOUT_APNS_TOPIC"),
+        ({"title": "t", "webpush": {"headers": {"Content-Encoding": "aesgcm"}}},
+         ["webpush", "headers", "content-encoding"], "aes128gcm"),
+        ({"title": "t", "fcm": {"token": "someone-else"}}, ["fcm", "token"], "Extra inputs"),
+        ({"title": "t", "fcm": {"android": {"data": {"n": 1}}}},
+         ["fcm", "android", "data", "n"], "must be strings"),
+        ({"title": "t", "apns": {"payload": []}}, ["apns", "payload"], "dictionary"),
+        ({"kind": "background", "apns": {"headers": {"apns-priority": "10"}}},
+         ["apns", "headers", "apns-priority"], "priority 10"),
+        ({"kind": "background", "apns": {"payload": {"aps": {"alert": "hi"}}}},
+         ["apns", "payload", "aps", "alert"], "no alert, sound or badge"),
+        ({"kind": "background", "fcm": {"android": {"notification": {"title": "t"}}}},
+         ["fcm", "android", "notification"], "data message"),
+        # Each platform's final payload, overrides merged, against its own limit.
+        ({"title": "t", "apns": {"payload": {"blob": BIG, "more": BIG[:200]}}}, ["apns"],
+         "the APNs payload renders to 4261 bytes (locale default); the limit is 4096 bytes"),
+        ({"title": "t", "webpush": {"payload": {"blob": BIG}}}, ["webpush"],
+         "the Web Push payload, encrypted, renders to 4228 bytes"),
+        ({"title": "t", "data": {"a": BIG + "x" * 96}}, ["fcm"],
+         "the FCM notification and data renders to 4152 bytes"),
+        # Apple grants critical alerts per app; this server has not been told it may.
+        ({"title": "t", "interruption_level": "critical"}, ["interruption_level"],
+         "FANOUT_APNS_ALLOW_CRITICAL"),
+    ],
+)  # fmt: skip
+async def test_a_refused_notification_is_a_422_naming_the_field(
+    api: ApiServer, notification: dict[str, Any], loc: list[str], says: str
+) -> None:
+    body = {"topic": f"kinds-{secrets.token_hex(4)}", "notification": notification}
+    async with api.client("publish") as client:
+        response = await client.post("/v1/events", json=body)
+    assert response.status_code == 422
+    found = {tuple(p["loc"]): p["msg"] for p in response.json()["detail"]}
+    assert ("body", "notification", *loc) in found, found
+    assert says in found[("body", "notification", *loc)]
+    assert "xxxx" not in response.text and "someone-else" not in response.text
+
+
+async def test_a_one_to_one_send_is_held_to_the_same_rules(api: ApiServer) -> None:
+    async with api.client("publish") as client:
+        response = await client.post(
+            f"/v1/users/reader-{secrets.token_hex(4)}/notifications",
+            json={"notification": {"kind": "background", "data": {"n": 1}}},
+        )
+    assert response.status_code == 422
+    [problem] = response.json()["detail"]
+    assert problem["loc"] == ["body", "notification", "data", "n"]
