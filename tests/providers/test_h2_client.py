@@ -137,6 +137,32 @@ async def test_a_slow_service_that_answers_pings_is_waited_for(
     assert server.pings >= 2  # silence was checked, and the service answered
 
 
+@pytest.mark.parametrize(("ping_seconds", "answer_after"), [(30.0, 5.0), (5.0, 2.0)])
+async def test_a_request_fails_at_its_own_timeout_whatever_the_ping_interval(
+    certificates: Certificates,
+    transports: Callable[..., PushTransport],
+    ping_seconds: float,
+    answer_after: float,
+) -> None:
+    """The connection's one timer first fired after half the PING interval: with a 1 s
+    timeout and pings every 30 s, an answer 5 s late was taken (issue 27)."""
+    transport = transports(request_timeout=1.0, ping_seconds=ping_seconds, connections=1)
+    slow, quick = answering(delay=answer_after), answering()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await (slow if scope.get("path", "").startswith("/slow") else quick)(scope, receive, send)
+
+    async with serve_tls(app, certificates) as url:  # hypercorn: a server fanout did not write
+        [warm] = await post_all(transport, url, 1)  # connected: only the answer is late
+        started = time.monotonic()
+        [late] = await post_all(transport, f"{url}/slow", 1)
+        elapsed = time.monotonic() - started
+    assert warm.status_code == 200
+    assert isinstance(late, TransportError) and not late.permanent, late
+    assert "no answer in 1s" in str(late)
+    assert elapsed < 1.0 + (answer_after - 1.0) * 0.75  # well before the answer would come
+
+
 async def test_an_idle_connection_is_pinged(
     certificates: Certificates,
     transports: Callable[..., PushTransport],
