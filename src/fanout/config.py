@@ -204,7 +204,10 @@ class Settings(BaseSettings):
     provider_concurrency: int = Field(default=500, ge=1, description="Requests in flight.")
     provider_rate_limit: float = Field(default=20_000, gt=0, description="Requests/s each.")
     provider_request_timeout: float = Field(
-        default=30.0, gt=0, description="Seconds to wait for a push service's answer; then retry."
+        default=30.0,
+        gt=0,
+        description="Seconds to wait for a push service's answer, or for a connection to it "
+        "while it is down; then retry.",
     )
     provider_connections: int = Field(
         default=2,

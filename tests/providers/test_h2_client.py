@@ -108,7 +108,9 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 async def test_a_dead_connection_is_found_within_ping_seconds_and_replaced(
-    certificates: Certificates, transports: Callable[..., PushTransport]
+    certificates: Certificates,
+    transports: Callable[..., PushTransport],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     transport = transports(ping_seconds=0.6, connections=1)
     async with serve_h2(answering(), certificates) as server:
@@ -117,9 +119,17 @@ async def test_a_dead_connection_is_found_within_ping_seconds_and_replaced(
         server.blackhole()  # the socket stays open; nothing comes back, not even PING ACKs
         dead_before = PROVIDER_DEAD_CONNECTIONS.labels("test")._value.get()
         started = time.monotonic()
-        results = await post_all(transport, server.url, 3)
+        with caplog.at_level(logging.WARNING, "fanout.providers.h2"):
+            results = await post_all(transport, server.url, 3)
         elapsed = time.monotonic() - started
         assert all(isinstance(r, TransportError) and not r.permanent for r in results), results
+        # What happens to them, said as it is: failed to the caller, not resent (it said
+        # "3 requests retried"; the delivery stage's retry batch is what sends them again).
+        [dead] = [r.getMessage() for r in caplog.records if "connection dead" in r.getMessage()]
+        assert dead.endswith(
+            "connection dead; its 3 requests waiting for an answer fail "
+            "(not sent again here: the service may have received them)"
+        ), dead
         assert all("connection dead" in str(r) for r in results)
         assert 0.3 <= elapsed <= 0.6 + 0.4  # found within FANOUT_PROVIDER_PING_SECONDS
         assert PROVIDER_DEAD_CONNECTIONS.labels("test")._value.get() - dead_before == 1
@@ -396,16 +406,91 @@ async def test_a_service_that_cannot_be_spoken_to_is_permanent_and_tried_once(
     assert len(accepted) == 1
 
 
-async def test_a_refused_connection_is_retried_later_not_permanent(
+async def test_a_refused_connection_fails_at_the_request_timeout_to_be_retried_later(
     transports: Callable[..., PushTransport],
 ) -> None:
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    results = await post_all(transports(), f"https://127.0.0.1:{port}", 3)
+    started = time.monotonic()
+    results = await post_all(transports(request_timeout=1.0), f"https://127.0.0.1:{port}", 3)
+    assert time.monotonic() - started >= 0.9  # waited for the service, up to the timeout
     assert all(isinstance(r, TransportError) and not r.permanent for r in results)
-    assert "cannot connect" in str(results[0])
+    assert "cannot connect" in str(results[0]) and "tries in a row" in str(results[0])
+
+
+class _Gate:
+    """A TCP proxy in front of a server, shut at first: each connection it takes is closed
+    at once (a service down behind its load balancer); open, it forwards both ways. It
+    counts the connections it took."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream_port = int(upstream.rpartition(":")[2])
+        self.accepted = 0
+        self.open = False
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> _Gate:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"https://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        if not self.open:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except ConnectionError:
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_a_service_that_is_down_is_tried_on_one_schedule_and_its_senders_wait_for_it(
+    certificates: Certificates,
+    transports: Callable[..., PushTransport],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each request tried a connection of its own and failed at once while a service was
+    down (3,746 in 73 ms, each a try of its device spent). Now the senders of an origin
+    share one try at a time, 1, 2, 4 … s apart, and wait for it up to their timeout."""
+    transport = transports(request_timeout=15.0, connections=1)
+    failures: list[TransportError] = []
+
+    async def sender(gate: _Gate, i: int) -> Any:
+        while True:  # as a batch's sender would: a failed device, then the next one
+            try:
+                return await transport.post(f"{gate.url}/3/device/{i}", content=b"{}", headers={})
+            except TransportError as exc:
+                failures.append(exc)
+
+    async with serve_tls(answering(), certificates) as upstream, _Gate(upstream) as gate:
+        with caplog.at_level(logging.WARNING, "fanout.providers.h2"):
+            senders = [asyncio.create_task(sender(gate, i)) for i in range(20)]
+            await asyncio.sleep(2.5)  # tries at 0 s and 1 s; the next not before 3 s
+            tried_while_down = gate.accepted
+            gate.open = True
+            results = await asyncio.wait_for(asyncio.gather(*senders), 30)
+    assert 1 <= tried_while_down <= 3, tried_while_down  # not one per request
+    assert failures == []  # 2.5 s down, within the requests' 15 s: none failed
+    assert [r.status_code for r in results] == [200] * 20  # back: the waiting ones are sent
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("next try in 1s, requests wait for it" in w for w in warnings), warnings
 
 
 @pytest.mark.parametrize(

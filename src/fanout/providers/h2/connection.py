@@ -327,7 +327,17 @@ class H2Connection(asyncio.Protocol):
             self._changed()
 
     def _dead(self, reason: str) -> None:
-        log.warning("%s:%d: %s; %d requests retried", self.host, self.port, reason, self.load)
+        # Not sent again here (the service may have received them): each fails to its
+        # caller, as a transport failure that may succeed later (the delivery stage's
+        # retry batch), unlike GOAWAY's unprocessed streams, which are unsent.
+        log.warning(
+            "%s:%d: %s; its %d requests waiting for an answer fail (not sent again here: "
+            "the service may have received them)",
+            self.host,
+            self.port,
+            reason,
+            self.load,
+        )
         PROVIDER_DEAD_CONNECTIONS.labels(self.label).inc()
         self._abort(reason)
 
