@@ -32,6 +32,7 @@ from fanout.providers import OutcomeKind, build_providers
 from fanout.providers.h2 import connection as h2_connection
 from fanout.providers.transport import PushTransport, TransportError
 from fanout.queue.messages import Device
+from tests.faults.proxy import FlakyProxy
 
 NOTE = render(Notification(title="New book", body="Out today"), None, collapse_key="7")
 App = Callable[[Any, Any, Any], Awaitable[None]]
@@ -420,47 +421,6 @@ async def test_a_refused_connection_fails_at_the_request_timeout_to_be_retried_l
     assert "cannot connect" in str(results[0]) and "tries in a row" in str(results[0])
 
 
-class _Gate:
-    """A TCP proxy in front of a server, shut at first: each connection it takes is closed
-    at once (a service down behind its load balancer); open, it forwards both ways. It
-    counts the connections it took."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream_port = int(upstream.rpartition(":")[2])
-        self.accepted = 0
-        self.open = False
-        self._server: asyncio.Server | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> _Gate:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"https://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        if not self.open:
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            try:
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            except ConnectionError:
-                pass
-            finally:
-                sink.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
 async def test_a_service_that_is_down_is_tried_on_one_schedule_and_its_senders_wait_for_it(
     certificates: Certificates,
     transports: Callable[..., PushTransport],
@@ -472,25 +432,35 @@ async def test_a_service_that_is_down_is_tried_on_one_schedule_and_its_senders_w
     transport = transports(request_timeout=15.0, connections=1)
     failures: list[TransportError] = []
 
-    async def sender(gate: _Gate, i: int) -> Any:
+    async def sender(url: str, i: int) -> Any:
         while True:  # as a batch's sender would: a failed device, then the next one
             try:
-                return await transport.post(f"{gate.url}/3/device/{i}", content=b"{}", headers={})
+                return await transport.post(f"{url}/3/device/{i}", content=b"{}", headers={})
             except TransportError as exc:
                 failures.append(exc)
 
-    async with serve_tls(answering(), certificates) as upstream, _Gate(upstream) as gate:
-        with caplog.at_level(logging.WARNING, "fanout.providers.h2"):
-            senders = [asyncio.create_task(sender(gate, i)) for i in range(20)]
-            await asyncio.sleep(2.5)  # tries at 0 s and 1 s; the next not before 3 s
-            tried_while_down = gate.accepted
-            gate.open = True
-            results = await asyncio.wait_for(asyncio.gather(*senders), 30)
-    assert 1 <= tried_while_down <= 3, tried_while_down  # not one per request
-    assert failures == []  # 2.5 s down, within the requests' 15 s: none failed
-    assert [r.status_code for r in results] == [200] * 20  # back: the waiting ones are sent
-    warnings = [r.getMessage() for r in caplog.records]
-    assert any("next try in 1s, requests wait for it" in w for w in warnings), warnings
+    async with (
+        serve_tls(answering(), certificates) as upstream,
+        FlakyProxy("127.0.0.1", int(upstream.rpartition(":")[2])) as proxy,
+    ):
+        proxy.outage(refuse=2)  # down until two connections were refused, then back
+        url = f"https://127.0.0.1:{proxy.port}"
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, "fanout.providers.h2"):
+            results = await asyncio.wait_for(
+                asyncio.gather(*(sender(url, i) for i in range(20))), 60
+            )
+        elapsed = time.monotonic() - started
+    assert failures == []  # every request waited for the service, within its 15 s
+    assert [r.status_code for r in results] == [200] * 20
+    assert proxy.refused == 2  # one try at a time for all 20 senders…
+    assert elapsed >= 2.9  # …1 s, then 2 s apart (they were a few ms apart)
+    said = [r.getMessage() for r in caplog.records]
+    assert [m.split("; ", 1)[1] for m in said if "next try" in m] == [
+        "next try in 1s, requests wait for it up to their 15s timeout",
+        "next try in 2s, requests wait for it up to their 15s timeout",
+    ], said
+    assert f"connected to 127.0.0.1:{proxy.port} again after 2 failed tries" in said
 
 
 @pytest.mark.parametrize(
