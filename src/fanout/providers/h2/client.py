@@ -124,10 +124,8 @@ class _Pool:
             timeout = self.client.request_timeout
             return H2Error(f"cannot connect to {where} in {timeout:g}s", unsent=True)
         again = max(0.0, self.reopen_at - asyncio.get_running_loop().time())
-        return H2Error(
-            f"{self.failure} ({self.failures} tries in a row; the next in {again:.1f}s)",
-            unsent=True,
-        )
+        next_try = "another under way" if self.opening else f"the next in {again:.1f}s"
+        return H2Error(f"{self.failure} ({self.failures} tries in a row; {next_try})", unsent=True)
 
     def _open(self) -> None:
         connection = H2Connection(
