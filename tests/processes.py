@@ -9,6 +9,7 @@ port: a test never talks to another run's server.
 from __future__ import annotations
 
 import contextlib
+import resource
 import socket
 import subprocess
 import sys
@@ -27,13 +28,23 @@ def free_port() -> int:
 
 
 def start_serving(
-    args: list[str], log: Path, env: dict[str, str] | None = None, timeout: float = 60
+    args: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    *,
+    open_files: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Run ``python -m fanout *args --port N`` until it serves; returns it and its URL.
 
     ``timeout`` only ends a process that never comes up (a cold start on a loaded
-    machine takes seconds).
+    machine takes seconds). ``open_files``: the process's limit of file descriptors.
     """
+
+    def limit_files() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     for _ in range(ATTEMPTS):
         port = free_port()
         start = log.stat().st_size if log.exists() else 0
@@ -43,6 +54,7 @@ def start_serving(
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                preexec_fn=limit_files if open_files is not None else None,
             )
         url = f"http://127.0.0.1:{port}"
         # `fanout serve` logs uvicorn's "Uvicorn running on URL", `fanout sink` prints its

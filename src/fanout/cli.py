@@ -468,6 +468,7 @@ def serve(
     import uvicorn
 
     from fanout.api import create_app
+    from fanout.api.connection_limits import limited_http_protocol
 
     settings = _settings()
     asyncio.run(_check_before_serving(settings))
@@ -476,6 +477,7 @@ def serve(
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="info",
+        http=limited_http_protocol(settings),  # bounds what one slow client may hold
     )
 
 

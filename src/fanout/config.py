@@ -207,7 +207,10 @@ class Settings(BaseSettings):
     provider_concurrency: int = Field(default=500, ge=1, description="Requests in flight.")
     provider_rate_limit: float = Field(default=20_000, gt=0, description="Requests/s each.")
     provider_request_timeout: float = Field(
-        default=30.0, gt=0, description="Seconds to wait for a push service's answer; then retry."
+        default=30.0,
+        gt=0,
+        description="Seconds to wait for a push service's answer, or for a connection to it "
+        "while it is down; then retry.",
     )
     provider_connections: int = Field(
         default=2,
@@ -337,6 +340,30 @@ class Settings(BaseSettings):
     )
     api_publish_burst: int = Field(default=100, ge=1, description="Publish requests in a burst.")
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # A client that never finishes a request holds a file descriptor for as long as it
+    # likes otherwise: 800 half-sent requests from one address were all kept 20 s
+    # (api/connection_limits.py). nginx waits 60 s for headers; fanout's clients are
+    # backends on a network, not phones on a bad one.
+    api_header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds a client has to send a request's headers (from its connection, "
+        "or from the request's first byte on a kept-alive one); then the connection is closed.",
+    )
+    api_body_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's body once its headers are in; "
+        "then the connection is closed.",
+    )
+    api_max_connections_per_address: int = Field(
+        default=100,
+        ge=0,
+        description="Connections one client address may hold open; the next get 429 and are "
+        "closed. 0: no limit (behind a reverse proxy every connection comes from its address).",
+    )
     console_session_hours: int = Field(
         default=12, ge=1, le=24 * 30, description="How long a console sign-in lasts."
     )

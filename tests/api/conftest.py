@@ -37,8 +37,11 @@ class ApiServer:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30)
 
 
-def start_server(settings: Settings, log: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`fanout serve` on the settings' database and queues; ``env`` overrides."""
+def start_server(
+    settings: Settings, log: Path, *, open_files: int | None = None, **env: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`fanout serve` on the settings' database and queues; ``env`` overrides;
+    ``open_files``: the process's limit of file descriptors."""
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
         "FANOUT_DATABASE_URL": settings.database_dsn(),
@@ -51,7 +54,7 @@ def start_server(settings: Settings, log: Path, **env: str) -> tuple[subprocess.
         "FANOUT_RECONCILE_AFTER_SECONDS": str(settings.reconcile_after_seconds),
         **env,
     }
-    return start_serving(["serve"], log, environment)
+    return start_serving(["serve"], log, environment, open_files=open_files)
 
 
 @pytest.fixture(scope="session")

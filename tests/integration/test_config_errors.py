@@ -181,6 +181,7 @@ def test_an_sqs_endpoint_that_does_not_answer_is_named_with_its_setting(
             (["migrate"], "FANOUT_PAGE_SIZE", "abc", "Input should be a valid integer"),
             (["worker"], "FANOUT_API_PORT", "70000", "less than or equal to 65535"),
             (["serve"], "FANOUT_PROVIDER", "carrier-pigeon", "String should match pattern"),
+            (["serve"], "FANOUT_API_HEADER_TIMEOUT_SECONDS", "-1", "greater than 0"),
             (["demo"], "FANOUT_DATABASE_URL", f"mysql://u:{SECRET}@db/x", "a postgresql:// URL"),
             (["queues", "create"], "FANOUT_QUEUE_PREFIX", "no spaces", "should match pattern"),
             (["worker"], "FANOUT_SQS_ENDPOINT_URL", "garbage", "must be an http:// or https://"),

@@ -32,6 +32,7 @@ from fanout.providers import OutcomeKind, build_providers
 from fanout.providers.h2 import connection as h2_connection
 from fanout.providers.transport import PushTransport, TransportError
 from fanout.queue.messages import Device
+from tests.faults.proxy import FlakyProxy
 
 NOTE = render(Notification(title="New book", body="Out today"), None, collapse_key="7")
 App = Callable[[Any, Any, Any], Awaitable[None]]
@@ -108,7 +109,9 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 async def test_a_dead_connection_is_found_within_ping_seconds_and_replaced(
-    certificates: Certificates, transports: Callable[..., PushTransport]
+    certificates: Certificates,
+    transports: Callable[..., PushTransport],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     transport = transports(ping_seconds=0.6, connections=1)
     async with serve_h2(answering(), certificates) as server:
@@ -117,9 +120,17 @@ async def test_a_dead_connection_is_found_within_ping_seconds_and_replaced(
         server.blackhole()  # the socket stays open; nothing comes back, not even PING ACKs
         dead_before = PROVIDER_DEAD_CONNECTIONS.labels("test")._value.get()
         started = time.monotonic()
-        results = await post_all(transport, server.url, 3)
+        with caplog.at_level(logging.WARNING, "fanout.providers.h2"):
+            results = await post_all(transport, server.url, 3)
         elapsed = time.monotonic() - started
         assert all(isinstance(r, TransportError) and not r.permanent for r in results), results
+        # What happens to them, said as it is: failed to the caller, not resent (it said
+        # "3 requests retried"; the delivery stage's retry batch is what sends them again).
+        [dead] = [r.getMessage() for r in caplog.records if "connection dead" in r.getMessage()]
+        assert dead.endswith(
+            "connection dead; its 3 requests waiting for an answer fail "
+            "(not sent again here: the service may have received them)"
+        ), dead
         assert all("connection dead" in str(r) for r in results)
         assert 0.3 <= elapsed <= 0.6 + 0.4  # found within FANOUT_PROVIDER_PING_SECONDS
         assert PROVIDER_DEAD_CONNECTIONS.labels("test")._value.get() - dead_before == 1
@@ -135,6 +146,32 @@ async def test_a_slow_service_that_answers_pings_is_waited_for(
         results = await post_all(transport, server.url, 5)
     assert [r.status_code for r in results] == [200] * 5
     assert server.pings >= 2  # silence was checked, and the service answered
+
+
+@pytest.mark.parametrize(("ping_seconds", "answer_after"), [(30.0, 5.0), (5.0, 2.0)])
+async def test_a_request_fails_at_its_own_timeout_whatever_the_ping_interval(
+    certificates: Certificates,
+    transports: Callable[..., PushTransport],
+    ping_seconds: float,
+    answer_after: float,
+) -> None:
+    """The connection's one timer first fired after half the PING interval: with a 1 s
+    timeout and pings every 30 s, an answer 5 s late was taken (issue 27)."""
+    transport = transports(request_timeout=1.0, ping_seconds=ping_seconds, connections=1)
+    slow, quick = answering(delay=answer_after), answering()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await (slow if scope.get("path", "").startswith("/slow") else quick)(scope, receive, send)
+
+    async with serve_tls(app, certificates) as url:  # hypercorn: a server fanout did not write
+        [warm] = await post_all(transport, url, 1)  # connected: only the answer is late
+        started = time.monotonic()
+        [late] = await post_all(transport, f"{url}/slow", 1)
+        elapsed = time.monotonic() - started
+    assert warm.status_code == 200
+    assert isinstance(late, TransportError) and not late.permanent, late
+    assert "no answer in 1s" in str(late)
+    assert elapsed < 1.0 + (answer_after - 1.0) * 0.75  # well before the answer would come
 
 
 async def test_an_idle_connection_is_pinged(
@@ -370,16 +407,60 @@ async def test_a_service_that_cannot_be_spoken_to_is_permanent_and_tried_once(
     assert len(accepted) == 1
 
 
-async def test_a_refused_connection_is_retried_later_not_permanent(
+async def test_a_refused_connection_fails_at_the_request_timeout_to_be_retried_later(
     transports: Callable[..., PushTransport],
 ) -> None:
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    results = await post_all(transports(), f"https://127.0.0.1:{port}", 3)
+    started = time.monotonic()
+    results = await post_all(transports(request_timeout=1.0), f"https://127.0.0.1:{port}", 3)
+    assert time.monotonic() - started >= 0.9  # waited for the service, up to the timeout
     assert all(isinstance(r, TransportError) and not r.permanent for r in results)
-    assert "cannot connect" in str(results[0])
+    assert "cannot connect" in str(results[0]) and "tries in a row" in str(results[0])
+
+
+async def test_a_service_that_is_down_is_tried_on_one_schedule_and_its_senders_wait_for_it(
+    certificates: Certificates,
+    transports: Callable[..., PushTransport],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each request tried a connection of its own and failed at once while a service was
+    down (3,746 in 73 ms, each a try of its device spent). Now the senders of an origin
+    share one try at a time, 1, 2, 4 … s apart, and wait for it up to their timeout."""
+    transport = transports(request_timeout=15.0, connections=1)
+    failures: list[TransportError] = []
+
+    async def sender(url: str, i: int) -> Any:
+        while True:  # as a batch's sender would: a failed device, then the next one
+            try:
+                return await transport.post(f"{url}/3/device/{i}", content=b"{}", headers={})
+            except TransportError as exc:
+                failures.append(exc)
+
+    async with (
+        serve_tls(answering(), certificates) as upstream,
+        FlakyProxy("127.0.0.1", int(upstream.rpartition(":")[2])) as proxy,
+    ):
+        proxy.outage(refuse=2)  # down until two connections were refused, then back
+        url = f"https://127.0.0.1:{proxy.port}"
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, "fanout.providers.h2"):
+            results = await asyncio.wait_for(
+                asyncio.gather(*(sender(url, i) for i in range(20))), 60
+            )
+        elapsed = time.monotonic() - started
+    assert failures == []  # every request waited for the service, within its 15 s
+    assert [r.status_code for r in results] == [200] * 20
+    assert proxy.refused == 2  # one try at a time for all 20 senders…
+    assert elapsed >= 2.9  # …1 s, then 2 s apart (they were a few ms apart)
+    said = [r.getMessage() for r in caplog.records]
+    assert [m.split("; ", 1)[1] for m in said if "next try" in m] == [
+        "next try in 1s, requests wait for it up to their 15s timeout",
+        "next try in 2s, requests wait for it up to their 15s timeout",
+    ], said
+    assert f"connected to 127.0.0.1:{proxy.port} again after 2 failed tries" in said
 
 
 @pytest.mark.parametrize(

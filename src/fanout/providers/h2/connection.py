@@ -6,7 +6,10 @@ connection watches both deadlines: a request unanswered past the request timeout
 and a connection silent while requests wait is sent a PING after half of
 ``ping_seconds`` and given up as dead if still silent at the end (an idle one is pinged
 after ``IDLE_PING_SECONDS``). A timer per request (``asyncio.timeout``) cost 12% of a
-delivery worker's throughput.
+delivery worker's throughput. Every request has the same timeout, so the requests
+waiting, kept in the order they were sent, are also in the order of their deadlines: the
+timer is set for the first one's (or the PING schedule, whichever comes first), and a
+tick looks at no more than the requests it fails.
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class H2Connection(asyncio.Protocol):
         self._on_change = on_change
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
+        # stream id -> (its answer, its deadline); in the order sent, so of deadlines
         self._pending: dict[int, tuple[asyncio.Future[Response], float]] = {}
         self._flush_scheduled = False
         self._settled: asyncio.Future[None] = self._loop.create_future()
@@ -100,7 +104,6 @@ class H2Connection(asyncio.Protocol):
         self._ping_sent: float | None = None
         self._pings = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._next_expiry = 0.0
 
     def __repr__(self) -> str:
         return f"<H2Connection {self.host}:{self.port} load={self.load} closed={self.closed}>"
@@ -167,9 +170,11 @@ class H2Connection(asyncio.Protocol):
         stream_id = self.codec.send_request(path, header_block, body)
         future: asyncio.Future[Response] = self._loop.create_future()
         now = self._loop.time()
-        if not self._pending:  # busy from now: watch for silence at the busy pace
-            self._arm(max(now, self._last_heard + self.ping_seconds / 2))
-        self._pending[stream_id] = (future, now + self.timeout)
+        deadline = now + self.timeout
+        if not self._pending:  # busy from now: silence is watched at the busy pace, and
+            # this request's deadline, which may come first (a timeout below ping_seconds/2)
+            self._arm(min(max(now, self._last_heard + self.ping_seconds / 2), deadline))
+        self._pending[stream_id] = (future, deadline)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -295,9 +300,8 @@ class H2Connection(asyncio.Protocol):
             elif now - self._ping_sent >= half:
                 self._dead(f"no answer to PING in {half:g}s: connection dead")
                 return
-        if self._pending and now >= self._next_expiry:
+        if self._pending:
             self._expire(now)
-            self._next_expiry = now + self.timeout / 4
         silence = half if self._pending else IDLE_PING_SECONDS
         if self._ping_sent is None and now - self._last_heard >= silence:
             self._ping_sent = now
@@ -305,13 +309,17 @@ class H2Connection(asyncio.Protocol):
             self.codec.ping(self._pings.to_bytes(8, "big"))
             self._schedule_flush()
         when = self._last_heard + silence if self._ping_sent is None else self._ping_sent + half
-        if self._pending:
-            when = min(when, self._next_expiry)
+        if self._pending:  # the first is the oldest: its deadline is the next one
+            when = min(when, next(iter(self._pending.values()))[1])
         self._timer = self._loop.call_at(max(when, now + 0.01), self._tick)
 
     def _expire(self, now: float) -> None:
         """Fail the requests the server has not answered in time, and tell it so."""
-        late = [i for i, (_, deadline) in self._pending.items() if deadline <= now]
+        late = []
+        for stream_id, (_, deadline) in self._pending.items():
+            if deadline > now:
+                break  # and so are all those sent after it
+            late.append(stream_id)
         for stream_id in late:
             self.codec.reset_stream(stream_id, CANCEL)
             self._fail(stream_id, H2Error(f"no answer in {self.timeout:g}s"))
@@ -320,7 +328,17 @@ class H2Connection(asyncio.Protocol):
             self._changed()
 
     def _dead(self, reason: str) -> None:
-        log.warning("%s:%d: %s; %d requests retried", self.host, self.port, reason, self.load)
+        # Not sent again here (the service may have received them): each fails to its
+        # caller, as a transport failure that may succeed later (the delivery stage's
+        # retry batch), unlike GOAWAY's unprocessed streams, which are unsent.
+        log.warning(
+            "%s:%d: %s; its %d requests waiting for an answer fail (not sent again here: "
+            "the service may have received them)",
+            self.host,
+            self.port,
+            reason,
+            self.load,
+        )
         PROVIDER_DEAD_CONNECTIONS.labels(self.label).inc()
         self._abort(reason)
 
