@@ -494,3 +494,41 @@ async def test_the_emulators_on_granian_serve_every_provider(settings: Settings)
         finally:
             for provider in providers.values():
                 await provider.aclose()
+
+
+async def test_a_batch_to_a_service_that_cannot_be_reached_comes_back_after_one_wait(
+    push_settings: Settings,
+) -> None:
+    """Each request waits up to its timeout for a connection; once one has waited in vain,
+    the rest of the call is not tried (else 2,000 devices over 10 senders would wait 200
+    timeouts): every device comes back to be retried, and the service was tried at most
+    once per sender."""
+    attempts = 0
+
+    def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        writer.close()  # accepted, then closed before TLS: the service is not there
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    down = push_settings.model_copy(
+        update={
+            "apns_endpoint": f"https://127.0.0.1:{port}",
+            "provider_request_timeout": 1.0,
+            "provider_concurrency": 10,
+        }
+    )
+    providers = build_providers(down)
+    try:
+        devices = [Device(i, "apns", f"{i:064x}") for i in range(2000)]
+        outcomes = await asyncio.wait_for(
+            providers["apns"].send(render(NOTE, None, collapse_key="1"), devices), 60
+        )
+    finally:
+        for provider in providers.values():
+            await provider.aclose()
+        server.close()
+        await server.wait_closed()
+    assert {o.kind for o in outcomes} == {OutcomeKind.RETRY}
+    assert attempts <= 10  # one try at a time, shared, each a second or more apart

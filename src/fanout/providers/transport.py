@@ -46,11 +46,13 @@ class Response(Protocol):
 
 class TransportError(FanoutError):
     """No answer. ``permanent``: the same request will fail the same way (the endpoint
-    cannot be spoken to, or the request cannot be sent); otherwise try again later."""
+    cannot be spoken to, or the request cannot be sent); otherwise try again later.
+    ``unsent``: no connection to the service could be had, so the request never left."""
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, unsent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.unsent = unsent
 
 
 def tls_context(extra_ca_file: str | None) -> ssl.SSLContext:
@@ -115,7 +117,7 @@ class PushTransport:
                     reason = f"{origin} cannot be spoken to: {exc}"
                     self._give_up(origin, reason)
                     raise TransportError(reason, permanent=True) from exc
-                raise TransportError(str(exc)) from exc
+                raise TransportError(str(exc), unsent=exc.unsent) from exc
         return await self._post_http1(http1, origin, url, path, content, headers)
 
     def _speak_http1(self, origin: str, protocol: str | None) -> httpx.AsyncClient:
