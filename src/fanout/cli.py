@@ -36,6 +36,16 @@ dlq_app = typer.Typer(help="Inspect and redrive the dead-letter queues.")
 app.add_typer(dlq_app, name="dlq")
 caps_app = typer.Typer(help="Frequency caps: at most N pushes per user in a rolling window.")
 app.add_typer(caps_app, name="caps")
+apps_app = typer.Typer(
+    help="Apps, each with its own push credentials (stored now; delivery per app comes next)."
+)
+app.add_typer(apps_app, name="apps")
+credentials_app = typer.Typer(help="An app's push credentials: checked when set, stored sealed.")
+apps_app.add_typer(credentials_app, name="credentials")
+vapid_app = typer.Typer(help="Web Push (VAPID) key pairs.")
+apps_app.add_typer(vapid_app, name="vapid")
+secrets_app = typer.Typer(help="The key app credentials are sealed with (FANOUT_SECRET_KEY).")
+app.add_typer(secrets_app, name="secrets")
 QueueRole = Annotated[str, typer.Option("--queue", help="fanout, delivery or both.")]
 err = Console(stderr=True, soft_wrap=True)  # one line per message, even in logs
 
@@ -244,6 +254,7 @@ def worker(
     settings = _settings()
     settings.database_dsn()  # unset is a mistake to report now, not to wait out
     check_credentials(settings)  # so is a push credential fanout cannot use
+    _check_secret_key(settings)  # and no key to open the stored ones
     if settings.metrics_port is not None:
         serve_metrics(settings)
 
@@ -481,16 +492,43 @@ def serve(
     )
 
 
+def _check_secret_key(settings: Settings) -> None:
+    """FANOUT_SECRET_KEY must be set, and be the key, if app credentials are stored sealed
+    (``ConfigError``). A database that does not answer yet is not this check's to report:
+    the worker says so itself and waits for it."""
+    from fanout.credentials.stored import check_secret_key
+    from fanout.store import connect
+
+    async def check() -> None:
+        try:
+            conn = await connect(
+                settings.database_dsn(), connect_timeout=10, pooler=settings.database_pooler
+            )
+        except Unreachable:
+            return
+        try:
+            await check_secret_key(conn, settings=settings)
+        finally:
+            await conn.close()
+
+    asyncio.run(check())
+
+
 async def _check_before_serving(settings: Settings) -> None:
     """What would otherwise fail inside uvicorn's start-up, as a traceback: the database
-    must answer; SQS must be configured (it may be down: publishing goes on without it)."""
+    must answer (and FANOUT_SECRET_KEY open the credentials stored in it); SQS must be
+    configured (it may be down: publishing goes on without it)."""
+    from fanout.credentials.stored import check_secret_key
     from fanout.queue.sqs import open_client
     from fanout.store import connect
 
     conn = await connect(
         settings.database_dsn(), connect_timeout=10, pooler=settings.database_pooler
     )
-    await conn.close()
+    try:
+        await check_secret_key(conn, settings=settings)
+    finally:
+        await conn.close()
     async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS):
         pass
 
@@ -593,6 +631,414 @@ def caps_delete(category: Annotated[str, typer.Argument(help="The category, or '
         err.print(f"[red]no cap for {category}[/]")
         raise typer.Exit(1)
     err.print(f"removed the cap of {category}")
+
+
+# --- Apps and their credentials -----------------------------------------------------------
+
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead.")]
+# Each credential field (credentials.validation's names) as `apps credentials set` takes it.
+_CREDENTIAL_OPTIONS = {
+    "key": "--key-file",
+    "key_id": "--key-id",
+    "team_id": "--team-id",
+    "bundle_id": "--bundle-id",
+    "service_account": "--service-account",
+    "vapid_private_key": "--vapid-private-key-file",
+    "subject": "--subject",
+}
+_APNS, _FCM, _WEBPUSH = "APNs (apns)", "FCM (fcm)", "Web Push (webpush)"
+
+
+async def _app_named(conn: Any, key: str) -> Any:
+    """The app with this key, or one line saying there is none and exit 1."""
+    from fanout.store import apps
+
+    found = await apps.app_by_key(conn, key=key)
+    if found is None:
+        _fail(f"no app {key} (`fanout apps list` shows them)")
+    return found
+
+
+def _read_option_file(path: str, option: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise typer.BadParameter(f"cannot read {path}: {why}", param_hint=option) from None
+
+
+def _checked(make: Any, **fields: Any) -> Any:
+    """A credential made by ``make``, or the field at fault named as its option, exit 2."""
+    from fanout.credentials.validation import InvalidCredential
+
+    try:
+        return make(**fields)
+    except InvalidCredential as exc:
+        hint = _CREDENTIAL_OPTIONS.get(exc.field, exc.field)
+        raise typer.BadParameter(exc.problem, param_hint=hint) from None
+
+
+# The order a credential's identity is shown in (jsonb keeps its keys in its own order).
+_IDENTITY_ORDER = ("key_id", "team_id", "bundle_id", "project_id", "client_email",
+                   "private_key_id", "public_key", "subject", "fingerprint")  # fmt: skip
+
+
+def _identity_line(identity: dict[str, Any]) -> str:
+    names = sorted(identity, key=lambda n: (*_IDENTITY_ORDER, n).index(n))
+    return ", ".join(f"{name.replace('_', ' ')} {identity[name]}" for name in names)
+
+
+@apps_app.command("create")
+def apps_create(
+    key: Annotated[str, typer.Argument(help="Short and unique, e.g. books-ios (a-z, 0-9, -).")],
+    name: Annotated[str | None, typer.Option(help="What it is; default: the key.")] = None,
+) -> None:
+    """Create an app."""
+    import re
+
+    from fanout.store import apps
+
+    if not re.match(apps.APP_KEY_PATTERN, key):
+        raise typer.BadParameter(f"must match {apps.APP_KEY_PATTERN}", param_hint="KEY")
+    created = _with_connection(
+        lambda conn: apps.insert_app(conn, key=key, name=name or key, settings={})
+    )
+    if created is None:
+        _fail(f"an app {key} exists already")
+    err.print(f"created app {key}", markup=False)
+
+
+@apps_app.command("list")
+def apps_list(json: JsonOutput = False) -> None:
+    """List the apps and the providers each has credentials for."""
+    from fanout.store import apps
+
+    found = _with_connection(apps.list_apps)
+    if json:
+        rows = [{**dataclasses.asdict(a), "created_at": a.created_at.isoformat()} for a in found]
+        typer.echo(orjson.dumps(rows).decode())
+        return
+    for listed in found:
+        providers = ",".join(listed.providers) or "-"
+        typer.echo(f"{listed.key:<24} {providers:<18} {listed.name}")
+
+
+@apps_app.command("show")
+def apps_show(key: str, json: JsonOutput = False) -> None:
+    """An app and what identifies each of its credentials (key ids, team, project, public
+    key, fingerprints); never a private key."""
+    from fanout.store import apps
+
+    async def load(conn: Any) -> tuple[apps.App, list[apps.CredentialListing]]:
+        found = await _app_named(conn, key)
+        return found, await apps.app_credentials(conn, app_id=found.id)
+
+    found, credentials = _with_connection(load)
+    if json:
+        shown = {
+            "key": found.key,
+            "name": found.name,
+            "created_at": found.created_at.isoformat(),
+            "settings": found.settings,
+            "credentials": {
+                c.provider: {
+                    **c.identity,
+                    "kek_id": c.kek_id,
+                    "updated_at": c.updated_at.isoformat(),
+                }
+                for c in credentials
+            },
+        }
+        typer.echo(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+        return
+    typer.echo(f"{found.key}  {found.name}  (created {found.created_at:%Y-%m-%d %H:%M} UTC)")
+    if not credentials:
+        typer.echo("  no credentials: `fanout apps credentials set` stores them")
+    for c in credentials:
+        typer.echo(f"  {c.provider:<8} {_identity_line(c.identity)}")
+        typer.echo(f"  {'':<8} set {c.updated_at:%Y-%m-%d %H:%M} UTC, sealed under key {c.kek_id}")
+
+
+@apps_app.command("delete")
+def apps_delete(key: str) -> None:
+    """Delete an app and its credentials. The app `default` is never deleted: every row from
+    before apps is its, and the FANOUT_APNS_*, _FCM_*, _VAPID_* settings are its."""
+    from fanout.store import apps
+
+    if key == apps.DEFAULT_APP:
+        _fail(f"the app {apps.DEFAULT_APP} cannot be deleted: it owns what predates apps")
+    if not _with_connection(lambda conn: apps.delete_app(conn, key=key)):
+        _fail(f"no app {key}")
+    err.print(f"deleted app {key} and its credentials", markup=False)
+
+
+@credentials_app.command("set")
+def credentials_set(
+    key: Annotated[str, typer.Argument(help="The app.")],
+    provider: Annotated[str, typer.Argument(help="apns, fcm or webpush.")],
+    key_file: Annotated[
+        str | None, typer.Option(help="The .p8 key file from Apple.", rich_help_panel=_APNS)
+    ] = None,
+    key_id: Annotated[
+        str | None, typer.Option(help="The key's 10-character id.", rich_help_panel=_APNS)
+    ] = None,
+    team_id: Annotated[
+        str | None, typer.Option(help="The 10-character team id.", rich_help_panel=_APNS)
+    ] = None,
+    bundle_id: Annotated[
+        str | None, typer.Option(help="The app's bundle id (the topic).", rich_help_panel=_APNS)
+    ] = None,
+    service_account: Annotated[
+        str | None,
+        typer.Option(help="The service account's JSON key file.", rich_help_panel=_FCM),
+    ] = None,
+    vapid_private_key_file: Annotated[
+        str | None,
+        typer.Option(
+            help="A P-256 private key: PEM, or the base64url scalar web-push tools print.",
+            rich_help_panel=_WEBPUSH,
+        ),
+    ] = None,
+    subject: Annotated[
+        str | None,
+        typer.Option(
+            help="mailto: or https:// contact for push services.", rich_help_panel=_WEBPUSH
+        ),
+    ] = None,
+) -> None:
+    """Check a credential and store it, sealed, as the app's credential for the provider
+    (replacing any). A field that is wrong is named; nothing is stored then."""
+    from fanout.credentials import validation
+    from fanout.credentials.stored import required_keyring, store_credential
+
+    given = {
+        "--key-file": key_file, "--key-id": key_id, "--team-id": team_id,
+        "--bundle-id": bundle_id, "--service-account": service_account,
+        "--vapid-private-key-file": vapid_private_key_file, "--subject": subject,
+    }  # fmt: skip
+    wanted = {
+        "apns": ("--key-file", "--key-id", "--team-id", "--bundle-id"),
+        "fcm": ("--service-account",),
+        "webpush": ("--vapid-private-key-file", "--subject"),
+    }
+    if provider not in wanted:
+        raise typer.BadParameter("must be apns, fcm or webpush", param_hint="PROVIDER")
+    for option, value in given.items():
+        if value is not None and option not in wanted[provider]:
+            raise typer.BadParameter(f"is not for {provider}", param_hint=option)
+    for option in wanted[provider]:
+        if given[option] is None:
+            raise typer.BadParameter(f"is needed for {provider}", param_hint=option)
+    if provider == "apns":
+        credential = _checked(
+            validation.apns_credential,
+            key_pem=_read_option_file(str(key_file), "--key-file"),
+            key_id=key_id,
+            team_id=team_id,
+            bundle_id=bundle_id,
+        )
+    elif provider == "fcm":
+        credential = _checked(
+            validation.fcm_credential,
+            service_account_json=_read_option_file(str(service_account), "--service-account"),
+        )
+    else:
+        credential = _checked(
+            validation.webpush_credential,
+            vapid_private_key=_read_option_file(
+                str(vapid_private_key_file), "--vapid-private-key-file"
+            ),
+            subject=subject,
+        )
+    keyring = required_keyring(_settings())
+
+    async def store(conn: Any) -> bool:
+        found = await _app_named(conn, key)
+        return await store_credential(conn, app=found, credential=credential, keyring=keyring)
+
+    created = _with_connection(store)
+    err.print(
+        f"{'stored' if created else 'replaced'} the {provider} credential of {key}: "
+        f"{_identity_line(credential.identity)}",
+        markup=False,
+    )
+    if provider == "webpush":  # what the app's pages pass to pushManager.subscribe()
+        typer.echo(credential.identity["public_key"])
+
+
+@credentials_app.command("remove")
+def credentials_remove(
+    key: Annotated[str, typer.Argument(help="The app.")],
+    provider: Annotated[str, typer.Argument(help="apns, fcm or webpush.")],
+) -> None:
+    """Remove the app's credential for a provider."""
+    from fanout.store import apps
+
+    if provider not in apps.PROVIDERS:
+        raise typer.BadParameter("must be apns, fcm or webpush", param_hint="PROVIDER")
+
+    async def remove(conn: Any) -> bool:
+        found = await _app_named(conn, key)
+        return await apps.delete_credential(conn, app_id=found.id, provider=provider)
+
+    if not _with_connection(remove):
+        _fail(f"the app {key} has no {provider} credential")
+    err.print(f"removed the {provider} credential of {key}", markup=False)
+
+
+@apps_app.command("import-env")
+def apps_import_env(
+    key: Annotated[str, typer.Argument(help="The app: default, as a rule.")],
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace a credential the app has already.")
+    ] = False,
+) -> None:
+    """Store the FANOUT_APNS_*, FANOUT_FCM_* and FANOUT_VAPID_* settings as the app's
+    credentials, checked as `credentials set` checks them (a mistake names the setting)."""
+    from fanout.credentials.stored import import_settings_credentials, required_keyring
+
+    settings = _settings()
+    keyring = required_keyring(settings)
+
+    async def store(conn: Any) -> dict[str, str]:
+        found = await _app_named(conn, key)
+        return await import_settings_credentials(
+            conn, app=found, settings=settings, keyring=keyring, replace=replace
+        )
+
+    done = _with_connection(store)
+    if not done:
+        _fail("no FANOUT_APNS_*, FANOUT_FCM_* or FANOUT_VAPID_* setting is set: nothing to import")
+    for provider, what in done.items():
+        kept = " (it had one; --replace replaces it)" if what == "kept" else ""
+        err.print(f"{provider}: {what}{kept}", markup=False)
+
+
+@vapid_app.command("generate")
+def vapid_generate(
+    key: Annotated[
+        str | None, typer.Argument(help="Store the pair as this app's Web Push credential.")
+    ] = None,
+    subject: Annotated[
+        str | None, typer.Option(help="mailto: or https:// contact (with an app KEY).")
+    ] = None,
+    private_key_file: Annotated[
+        str | None, typer.Option(help="Also write the private key (PEM) to this new file.")
+    ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Replace the app's VAPID key: every browser subscribed under the old "
+            "one must subscribe again.",
+        ),
+    ] = False,
+) -> None:
+    """Make a VAPID key pair and print its public key as a browser's applicationServerKey
+    takes it (base64url of the uncompressed point). The private key is never printed: it is
+    stored sealed as the app's credential, or written to a file only you can read."""
+    import os
+
+    from fanout.credentials import validation
+    from fanout.credentials.stored import required_keyring, store_credential
+    from fanout.store import apps
+
+    if key is None and private_key_file is None:
+        raise typer.BadParameter(
+            "give an app KEY to store the pair, or --private-key-file to write it",
+            param_hint="KEY",
+        )
+    if key is not None and subject is None:
+        raise typer.BadParameter("is needed to store the pair for an app", param_hint="--subject")
+    pem = validation.generate_vapid_key()
+    credential = None
+    if key is not None:
+        credential = _checked(validation.webpush_credential, vapid_private_key=pem, subject=subject)
+    keyring = required_keyring(_settings()) if key is not None else None
+    if private_key_file is not None:
+        try:  # a new file, readable by its owner only: never over another key
+            fd = os.open(private_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            hint = "--private-key-file"
+            raise typer.BadParameter(f"cannot create it: {exc.strerror}", param_hint=hint) from None
+        with os.fdopen(fd, "w") as file:
+            file.write(pem)
+    if key is not None and credential is not None and keyring is not None:
+
+        async def store(conn: Any) -> None:
+            found = await _app_named(conn, key)
+            held = {c.provider for c in await apps.app_credentials(conn, app_id=found.id)}
+            if "webpush" in held and not replace:
+                _fail(
+                    f"the app {key} has a VAPID key already: replacing it unsubscribes every "
+                    "browser subscribed under it; --replace does"
+                )
+            await store_credential(conn, app=found, credential=credential, keyring=keyring)
+
+        try:
+            _with_connection(store)
+        except BaseException:  # not stored: no file of a key nothing uses
+            if private_key_file is not None:
+                os.unlink(private_key_file)
+            raise
+        err.print(f"stored a new VAPID key as the webpush credential of {key}", markup=False)
+    typer.echo(validation.application_server_key(validation.load_vapid_private_key(pem)))
+
+
+@secrets_app.command("generate-key")
+def secrets_generate_key() -> None:
+    """Make a key-encryption key for FANOUT_SECRET_KEY (32 random bytes, base64)."""
+    from fanout.credentials.sealing import decode_key, generate_key, kek_id
+
+    key = generate_key()
+    err.print(
+        f"key {kek_id(decode_key(key))}: set it as FANOUT_SECRET_KEY and keep it as you keep "
+        "the database's password (without it the stored credentials cannot be opened)",
+        markup=False,
+    )
+    typer.echo(key)
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(
+    new_key: Annotated[
+        str,
+        typer.Option(
+            envvar="FANOUT_NEW_SECRET_KEY",
+            show_envvar=True,
+            help="The key to seal under from now on (base64, 32 bytes). Better given in "
+            "FANOUT_NEW_SECRET_KEY than on a command line others can read.",
+        ),
+    ],
+) -> None:
+    """Reseal every stored credential under a new key, opening each with FANOUT_SECRET_KEY.
+
+    One credential at a time, each in its own transaction: the API and workers go on
+    meanwhile, and a rotation cut short is finished by running it again. Then set
+    FANOUT_SECRET_KEY to the new key everywhere.
+    """
+    from fanout.credentials.sealing import Keyring, decode_key, kek_id
+    from fanout.credentials.stored import KEK_UNSET, rotate
+
+    settings = _settings()
+    if settings.secret_key is None:
+        _fail(KEK_UNSET, EXIT_CONFIG)
+    try:
+        new = decode_key(new_key)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--new-key") from None
+    keyring = Keyring(new, decode_key(settings.secret_key.get_secret_value()))
+    done = _with_connection(lambda conn: rotate(conn, keyring=keyring))
+    for failure in done.failed:
+        sys.stderr.write(f"fanout: {failure}\n")
+    err.print(
+        f"resealed {done.resealed} credential(s) under key {kek_id(new)}; "
+        f"{done.already} were under it already; {len(done.failed)} could not be opened",
+        markup=False,
+    )
+    if done.failed:
+        raise typer.Exit(EXIT_FAILED)
 
 
 async def _with_queues(settings: Settings, role: str, work: Any) -> list[Any]:

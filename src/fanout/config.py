@@ -250,6 +250,23 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// or rediss:// URL")
         return url
 
+    # --- Apps' credentials at rest (credentials/sealing.py) -------------------------------
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="The key-encryption key the apps' stored credentials are sealed with: "
+        "32 bytes in base64 (`fanout secrets generate-key`). On AWS it can come from the "
+        "secret FANOUT_SECRETS_ARN names.",
+    )
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, key: SecretStr | None) -> SecretStr | None:
+        from fanout.credentials.sealing import decode_key
+
+        if key is not None:
+            decode_key(key.get_secret_value())  # its ValueError never holds the key
+        return key
+
     event_loop: EventLoopChoice = Field(
         default="auto",
         description="`fanout worker`'s event loop: uvloop when installed (auto), or "

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from pydantic import SecretStr
 
-from fanout.config import ConfigError, Settings
+from fanout.config import Settings
 from fanout.providers.base import DELIVERED, Outcome, OutcomeKind, Provider
 from fanout.providers.quota import QuotaStore
+
+if TYPE_CHECKING:
+    from fanout.credentials.validation import Credential
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +31,18 @@ def build_providers(
 
         sink = SinkProvider(settings.sink_url)
         return {platform: sink for platform in sink.platforms}
+    from fanout.credentials.validation import settings_credentials
+
     providers: dict[str, Provider] = {}
+    credentials = settings_credentials(settings)  # checked: a ConfigError names the setting
     for platform, build in (("apns", _apns), ("fcm", _fcm), ("webpush", _webpush)):
-        provider = build(settings)
-        if provider is None:
+        if (credential := credentials.get(platform)) is None:
             if warn:
                 log.warning(
                     "%s is not configured: its devices will be counted as skipped", platform
                 )
         else:
+            provider = build(settings, credential)
             if quotas is not None:
                 _share_quota(provider, settings, quotas)
             providers[platform] = provider
@@ -100,96 +104,36 @@ def _shared(settings: Settings, name: str) -> dict[str, Any]:
     }
 
 
-def _apns(settings: Settings) -> Provider | None:
-    key = _secret(settings.apns_key, settings.apns_key_file, "FANOUT_APNS_KEY")
-    parts = {
-        "FANOUT_APNS_KEY (or _FILE)": key,
-        "FANOUT_APNS_KEY_ID": settings.apns_key_id,
-        "FANOUT_APNS_TEAM_ID": settings.apns_team_id,
-        "FANOUT_APNS_TOPIC": settings.apns_topic,
-    }
-    if not any(parts.values()):
-        return None
-    if missing := [name for name, value in parts.items() if not value]:
-        raise ConfigError(f"APNs is configured in part: set {', '.join(missing)} too")
-    assert key is not None and settings.apns_key_id and settings.apns_team_id
-    assert settings.apns_topic
-    _check_private_key(key, "FANOUT_APNS_KEY (or _FILE)", "the .p8 key file Apple gives")
+def _apns(settings: Settings, credential: Credential) -> Provider:
     from fanout.providers.apns import ApnsProvider
 
     return ApnsProvider(
-        key_pem=key,
-        key_id=settings.apns_key_id,
-        team_id=settings.apns_team_id,
-        topic=settings.apns_topic,
+        key_pem=credential.secret.decode(),
+        key_id=credential.identity["key_id"],
+        team_id=credential.identity["team_id"],
+        topic=credential.identity["bundle_id"],
         endpoint=settings.apns_endpoint,
         **_shared(settings, "apns"),
     )
 
 
-def _secret(value: SecretStr | None, file: str | None, setting: str) -> str | None:
-    """A secret given in the environment, or read from the file ``setting``_FILE names;
-    a file that cannot be read is a config error naming it (its path is no secret)."""
-    if value is not None:
-        return value.get_secret_value()
-    if not file:
-        return None
-    try:
-        return Path(file).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{setting}_FILE: cannot read {file}: {exc.strerror}") from None
-
-
-def _check_private_key(pem: str, setting: str, what: str) -> None:
-    """Found at start-up, not at the first push of every batch."""
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        serialization.load_pem_private_key(pem.encode(), password=None)
-    except (ValueError, TypeError):
-        raise ConfigError(f"{setting} is not a PEM private key ({what})") from None
-
-
-def _fcm(settings: Settings) -> Provider | None:
-    text = _secret(
-        settings.fcm_credentials, settings.fcm_credentials_file, "FANOUT_FCM_CREDENTIALS"
-    )
-    if not text:
-        return None
-    try:
-        info = orjson.loads(text)
-        if not isinstance(info, dict) or not {"client_email", "private_key"} <= info.keys():
-            raise ValueError
-    except ValueError:
-        raise ConfigError(
-            "FANOUT_FCM_CREDENTIALS (or _FILE) is not a service account's JSON key "
-            "(with client_email and private_key)"
-        ) from None
+def _fcm(settings: Settings, credential: Credential) -> Provider:
     from fanout.providers.fcm import FcmProvider
 
     return FcmProvider(
-        service_account_info=info,
+        service_account_info=orjson.loads(credential.secret),
         endpoint=settings.fcm_endpoint,
         ca_file=settings.tls_ca_file,
         **_shared(settings, "fcm"),
     )
 
 
-def _webpush(settings: Settings) -> Provider | None:
-    if settings.vapid_private_key is None or not settings.vapid_subject:
-        return None
-    from fanout.providers.webpush import WebPushProvider, load_vapid_key
+def _webpush(settings: Settings, credential: Credential) -> Provider:
+    from fanout.providers.webpush import WebPushProvider
 
-    try:
-        load_vapid_key(settings.vapid_private_key.get_secret_value())
-    except ValueError:
-        raise ConfigError(
-            "FANOUT_VAPID_PRIVATE_KEY is not a P-256 private key (PEM, or the 32-byte key "
-            "in base64url that web-push tools print)"
-        ) from None
     return WebPushProvider(
-        vapid_private_key=settings.vapid_private_key.get_secret_value(),
-        subject=settings.vapid_subject,
+        vapid_private_key=credential.secret.decode(),
+        subject=credential.identity["subject"],
         **_shared(settings, "webpush"),
     )
 
