@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from fanout.errors import FanoutError
+
 KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12
 _FORMAT = b"\x01"  # the layout above; a later one gets another first byte
 _INVALID_KEY = "must be 32 bytes in base64 (`fanout secrets generate-key` makes one)"
 
 
-class CannotOpen(Exception):
+class CannotOpen(FanoutError):
     """A sealed credential that none of the keys given opens: sealed under another key,
     altered, or moved from another app's row. The message names the credential and the
     key ids, never a key."""

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from pydantic import SecretStr
 
 from fanout.config import ConfigError, Settings
+from fanout.errors import FanoutError
 
 # Apple shows both as 10 characters of A-Z and 0-9 (Certificates, Identifiers & Profiles >
 # Keys, and Membership); a JWT whose kid or iss differs in case is refused.
@@ -35,7 +36,7 @@ PROJECT_ID_PATTERN = r"^([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$"
 VAPID_SUBJECT_PATTERN = r"^(mailto:\S+@\S+|https://\S+)$"
 
 
-class InvalidCredential(ValueError):
+class InvalidCredential(FanoutError, ValueError):
     """A credential refused. ``field`` names the input at fault (``key``, ``key_id``,
     ``service_account``, ``vapid_private_key``, …), ``problem`` says what is wrong with it;
     neither holds the value."""
