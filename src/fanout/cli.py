@@ -45,7 +45,8 @@ err = Console(stderr=True, soft_wrap=True)  # one line per message, even in logs
 CLI_SQS_ATTEMPTS = 3
 
 # Exit statuses: 2 as click gives a wrong option, for any mistake in the configuration
-# (fanout can tell from the settings alone); 1 when the outside world failed.
+# (fanout can tell from the settings alone) or a database not migrated (waiting will not
+# mend it); 1 when the outside world failed.
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
@@ -88,8 +89,8 @@ def _explain(exc: Exception) -> tuple[str, int] | None:
         return str(exc), EXIT_CONFIG
     if isinstance(exc, Unreachable):
         return str(exc), EXIT_FAILED
-    if isinstance(exc, asyncpg.UndefinedTableError):
-        return f"{exc}: the schema is missing; run `fanout migrate`", EXIT_FAILED
+    if isinstance(exc, asyncpg.UndefinedTableError):  # a step of the set-up left out
+        return f"{exc}: the schema is missing; run `fanout migrate`", EXIT_CONFIG
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
         return f"database error: {type(exc).__name__}: {exc}", EXIT_FAILED
     if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError):
@@ -464,15 +465,20 @@ def serve(
 
 
 async def _check_before_serving(settings: Settings) -> None:
-    """What would otherwise fail inside uvicorn's start-up, as a traceback: the database
-    must answer; SQS must be configured (it may be down: publishing goes on without it)."""
+    """What would otherwise fail inside uvicorn's start-up, as a traceback, or every
+    request, as a 500: the database must answer, migrated; SQS must be configured (it may
+    be down: publishing goes on without it)."""
     from fanout.queue.sqs import open_client
+    from fanout.runtime.schema import check_schema
     from fanout.store import connect
 
     conn = await connect(
         settings.database_dsn(), connect_timeout=10, pooler=settings.database_pooler
     )
-    await conn.close()
+    try:
+        await check_schema(conn, settings.database_dsn())
+    finally:
+        await conn.close()
     async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS):
         pass
 
