@@ -14,6 +14,7 @@ import logging
 import shlex
 import signal
 import sys
+import time
 from typing import Annotated, Any, NoReturn
 
 import orjson
@@ -402,27 +403,57 @@ def reconcile(
     typer.echo(orjson.dumps(asyncio.run(main()), option=orjson.OPT_INDENT_2).decode())
 
 
+# How often `status --wait` reads the event again: a person waits on it, PostgreSQL
+# barely notices one indexed read every half second.
+STATUS_POLL_SECONDS = 0.5
+
+
 @app.command()
-def status(event_id: int) -> None:
+def status(
+    event_id: int,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait until the event has ended (delivered, failed, no_recipients, …), "
+            "then show it.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=0, help="With --wait: the longest to wait, in seconds; then exit status 1."
+        ),
+    ] = 120,
+) -> None:
     """Show an event's progress as JSON (the same fields as GET /v1/events/{id})."""
-    from fanout.stages.progress import load_event_status
+    from fanout.stages.progress import EventStatus, load_event_status
     from fanout.store import connect
 
     settings = _settings()
 
-    async def main() -> str | None:
+    async def main() -> tuple[EventStatus | None, bool]:
+        """The event's status, and whether the wait ran out before it ended."""
         conn = await connect(settings.database_dsn(), pooler=settings.database_pooler)
         try:
-            found = await load_event_status(conn, event_id)
+            deadline = time.monotonic() + timeout
+            while True:
+                found = await load_event_status(conn, event_id)
+                if found is None or found.terminal or not wait:
+                    return found, False
+                if (left := deadline - time.monotonic()) <= 0:
+                    return found, True
+                await asyncio.sleep(min(STATUS_POLL_SECONDS, left))
         finally:
             await conn.close()
-        return None if found is None else found.model_dump_json(indent=2)
 
-    shown = asyncio.run(main())
-    if shown is None:
+    found, still_running = asyncio.run(main())
+    if found is None:
         err.print(f"[red]no event {event_id}[/]")
         raise typer.Exit(1)
-    typer.echo(shown)
+    typer.echo(found.model_dump_json(indent=2))
+    if still_running:
+        _fail(f"event {event_id} is still {found.status} after {timeout:g}s: is a worker running?")
 
 
 @app.command()

@@ -17,7 +17,10 @@ import orjson
 import pytest
 
 from fanout.config import Settings, database_address
+from fanout.local.demo import DeviceShape, seed
+from fanout.local.sink import EmbeddedSink
 from tests.conftest import _with_database
+from tests.faults.conftest import sink_worker
 
 
 def fanout(
@@ -255,6 +258,45 @@ def test_a_worker_on_a_schema_older_than_its_code_stops_saying_run_migrate(
         f"fanout: the database at {database_address(settings.database_dsn())} "
         f"(FANOUT_DATABASE_URL) lacks 1 of fanout's migrations ({missing}): run `fanout migrate`"
     )
+
+
+async def test_status_wait_shows_the_event_once_it_has_ended(
+    settings: Settings, sink: EmbeddedSink, tmp_path: Path
+) -> None:
+    """The README's first session pastes `fanout status ID --wait`: it prints the event
+    delivered, not the `enqueued` with 0 recipients of the moment after publishing; with
+    no worker to deliver it, it says so when the wait runs out."""
+    assert (await asyncio.to_thread(fanout, settings, "queues", "create")).returncode == 0
+    conn = await asyncpg.connect(settings.database_dsn())
+    try:
+        topic = (await seed(conn, 3, 1, DeviceShape(platforms=("apns",)))).topic
+    finally:
+        await conn.close()
+    published = await asyncio.to_thread(fanout, settings, "publish", topic, "--title", "Hi")
+    event_id = published.stdout.strip()
+
+    alone = await asyncio.to_thread(
+        fanout, settings, "status", event_id, "--wait", "--timeout", "1"
+    )
+    assert alone.returncode == 1
+    assert orjson.loads(alone.stdout)["status"] == "enqueued"
+    assert alone.stderr == (
+        f"fanout: event {event_id} is still enqueued after 1s: is a worker running?\n"
+    )
+
+    worker = sink_worker(settings, "all", sink.url, tmp_path)
+    worker.start()
+    try:
+        # The timeout only ends a test whose worker never delivers.
+        waited = await asyncio.to_thread(
+            fanout, settings, "status", event_id, "--wait", "--timeout", "100", timeout=120
+        )
+    finally:
+        worker.stop()
+    assert waited.returncode == 0, waited.stderr
+    shown = orjson.loads(waited.stdout)
+    assert (shown["status"], shown["recipients"], shown["sent"]) == ("delivered", 3, 3)
+    assert sink.sink.ledger.unique == 3
 
 
 def test_publish_later_then_cancel(settings: Settings) -> None:
