@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import shlex
 import signal
+import socket
 import sys
 import time
 from typing import Annotated, Any, NoReturn
@@ -472,7 +474,7 @@ def sink(
         typer.echo(url)
         err.print(f"push sink on {url}: POST /push, GET /stats")
 
-    serve(host, port, listening=listening)
+    serve(_listen(host, port, "the push sink", ("--host", "--port")), listening=listening)
 
 
 @app.command()
@@ -486,6 +488,9 @@ def serve(
     from fanout.api import create_app
 
     settings = _settings()
+    # Bound here, once, to say which setting is wrong: uvicorn's failure is a log and exit 3.
+    where = ("--host" if host else "FANOUT_API_HOST", "--port" if port else "FANOUT_API_PORT")
+    _listen(host or settings.api_host, port or settings.api_port, "the API", where).close()
     asyncio.run(_check_before_serving(settings))
     uvicorn.run(
         create_app(settings),
@@ -493,6 +498,22 @@ def serve(
         port=port or settings.api_port,
         log_level="info",
     )
+
+
+def _listen(host: str, port: int, what: str, settings: tuple[str, str]) -> socket.socket:
+    """A socket listening on ``host:port`` (SO_REUSEADDR, as uvicorn binds), or one line
+    naming the setting, ``settings``' first (the host) or second (the port), and exit
+    status 2, as for any setting fanout cannot use."""
+    try:
+        return socket.create_server((host, port))
+    except OSError as exc:
+        # Not an address of this machine, or no such name (getaddrinfo's codes are < 0):
+        # the host; else the port, taken by another server, or below 1024 without the right.
+        code = exc.errno or 0
+        setting = settings[0] if code < 0 or code == errno.EADDRNOTAVAIL else settings[1]
+        # create_server appends the address to the reason: it is already in the line.
+        reason = (exc.strerror or str(exc)).split(" (while attempting to bind")[0]
+        _fail(f"{setting}: cannot serve {what} on {host}:{port}: {reason}", EXIT_CONFIG)
 
 
 async def _check_before_serving(settings: Settings) -> None:
