@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import shlex
 import signal
+import socket
 import sys
+import time
 from typing import Annotated, Any, NoReturn
 
 import orjson
@@ -55,7 +58,8 @@ err = Console(stderr=True, soft_wrap=True)  # one line per message, even in logs
 CLI_SQS_ATTEMPTS = 3
 
 # Exit statuses: 2 as click gives a wrong option, for any mistake in the configuration
-# (fanout can tell from the settings alone); 1 when the outside world failed.
+# (fanout can tell from the settings alone) or a database not migrated (waiting will not
+# mend it); 1 when the outside world failed.
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
@@ -98,8 +102,8 @@ def _explain(exc: Exception) -> tuple[str, int] | None:
         return str(exc), EXIT_CONFIG
     if isinstance(exc, Unreachable):
         return str(exc), EXIT_FAILED
-    if isinstance(exc, asyncpg.UndefinedTableError):
-        return f"{exc}: the schema is missing; run `fanout migrate`", EXIT_FAILED
+    if isinstance(exc, asyncpg.UndefinedTableError):  # a step of the set-up left out
+        return f"{exc}: the schema is missing; run `fanout migrate`", EXIT_CONFIG
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
         return f"database error: {type(exc).__name__}: {exc}", EXIT_FAILED
     if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError):
@@ -428,27 +432,57 @@ def reconcile(
     typer.echo(orjson.dumps(asyncio.run(main()), option=orjson.OPT_INDENT_2).decode())
 
 
+# How often `status --wait` reads the event again: a person waits on it, PostgreSQL
+# barely notices one indexed read every half second.
+STATUS_POLL_SECONDS = 0.5
+
+
 @app.command()
-def status(event_id: int) -> None:
+def status(
+    event_id: int,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait until the event has ended (delivered, failed, no_recipients, …), "
+            "then show it.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=0, help="With --wait: the longest to wait, in seconds; then exit status 1."
+        ),
+    ] = 120,
+) -> None:
     """Show an event's progress as JSON (the same fields as GET /v1/events/{id})."""
-    from fanout.stages.progress import load_event_status
+    from fanout.stages.progress import EventStatus, load_event_status
     from fanout.store import connect
 
     settings = _settings()
 
-    async def main() -> str | None:
+    async def main() -> tuple[EventStatus | None, bool]:
+        """The event's status, and whether the wait ran out before it ended."""
         conn = await connect(settings.database_dsn(), pooler=settings.database_pooler)
         try:
-            found = await load_event_status(conn, event_id)
+            deadline = time.monotonic() + timeout
+            while True:
+                found = await load_event_status(conn, event_id)
+                if found is None or found.terminal or not wait:
+                    return found, False
+                if (left := deadline - time.monotonic()) <= 0:
+                    return found, True
+                await asyncio.sleep(min(STATUS_POLL_SECONDS, left))
         finally:
             await conn.close()
-        return None if found is None else found.model_dump_json(indent=2)
 
-    shown = asyncio.run(main())
-    if shown is None:
+    found, still_running = asyncio.run(main())
+    if found is None:
         err.print(f"[red]no event {event_id}[/]")
         raise typer.Exit(1)
-    typer.echo(shown)
+    typer.echo(found.model_dump_json(indent=2))
+    if still_running:
+        _fail(f"event {event_id} is still {found.status} after {timeout:g}s: is a worker running?")
 
 
 @app.command()
@@ -467,7 +501,7 @@ def sink(
         typer.echo(url)
         err.print(f"push sink on {url}: POST /push, GET /stats")
 
-    serve(host, port, listening=listening)
+    serve(_listen(host, port, "the push sink", ("--host", "--port")), listening=listening)
 
 
 @app.command()
@@ -482,6 +516,9 @@ def serve(
     from fanout.api.connection_limits import limited_http_protocol
 
     settings = _settings()
+    # Bound here, once, to say which setting is wrong: uvicorn's failure is a log and exit 3.
+    where = ("--host" if host else "FANOUT_API_HOST", "--port" if port else "FANOUT_API_PORT")
+    _listen(host or settings.api_host, port or settings.api_port, "the API", where).close()
     asyncio.run(_check_before_serving(settings))
     uvicorn.run(
         create_app(settings),
@@ -514,18 +551,37 @@ def _check_secret_key(settings: Settings) -> None:
     asyncio.run(check())
 
 
+def _listen(host: str, port: int, what: str, settings: tuple[str, str]) -> socket.socket:
+    """A socket listening on ``host:port`` (SO_REUSEADDR, as uvicorn binds), or one line
+    naming the setting, ``settings``' first (the host) or second (the port), and exit
+    status 2, as for any setting fanout cannot use."""
+    try:
+        return socket.create_server((host, port))
+    except OSError as exc:
+        # Not an address of this machine, or no such name (getaddrinfo's codes are < 0):
+        # the host; else the port, taken by another server, or below 1024 without the right.
+        code = exc.errno or 0
+        setting = settings[0] if code < 0 or code == errno.EADDRNOTAVAIL else settings[1]
+        # create_server appends the address to the reason: it is already in the line.
+        reason = (exc.strerror or str(exc)).split(" (while attempting to bind")[0]
+        _fail(f"{setting}: cannot serve {what} on {host}:{port}: {reason}", EXIT_CONFIG)
+
+
 async def _check_before_serving(settings: Settings) -> None:
-    """What would otherwise fail inside uvicorn's start-up, as a traceback: the database
-    must answer (and FANOUT_SECRET_KEY open the credentials stored in it); SQS must be
-    configured (it may be down: publishing goes on without it)."""
+    """What would otherwise fail inside uvicorn's start-up, as a traceback, or every
+    request, as a 500: the database must answer, migrated (and FANOUT_SECRET_KEY open the
+    credentials stored in it); SQS must be configured (it may be down: publishing goes on
+    without it)."""
     from fanout.credentials.stored import check_secret_key
     from fanout.queue.sqs import open_client
+    from fanout.runtime.schema import check_schema
     from fanout.store import connect
 
     conn = await connect(
         settings.database_dsn(), connect_timeout=10, pooler=settings.database_pooler
     )
     try:
+        await check_schema(conn, settings.database_dsn())
         await check_secret_key(conn, settings=settings)
     finally:
         await conn.close()

@@ -174,6 +174,29 @@ async def test_malformed_json_is_a_422_not_a_500(api: ApiServer) -> None:
     assert "json" in response.text.lower()
 
 
+@pytest.mark.parametrize(
+    ("content_type", "named"),
+    [
+        ("application/x-www-form-urlencoded", "application/x-www-form-urlencoded"),  # curl -d
+        ("text/plain; charset=utf-8", "text/plain"),
+        (None, "none"),
+    ],
+)
+async def test_a_json_body_without_the_json_content_type_is_415_naming_the_header(
+    api: ApiServer, content_type: str | None, named: str
+) -> None:
+    """What `curl -d '{…}'` without `-H "Content-Type: application/json"` sends: refused
+    with the header named, not with "Input should be a valid dictionary"."""
+    headers = {"content-type": content_type} if content_type else {}
+    body = b'{"user_id": "u", "platform": "fcm", "token": "x"}'
+    async with api.client("manage") as client:
+        response = await client.post("/v1/devices", content=body, headers=headers)
+    assert response.status_code == 415
+    assert response.json() == {
+        "detail": f"Content-Type must be application/json (this request's: {named})"
+    }
+
+
 async def test_a_body_over_the_limit_is_413(api: ApiServer) -> None:
     async with api.client("manage") as client:
         response = await client.post(

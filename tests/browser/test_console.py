@@ -37,6 +37,35 @@ def csp_violations(page: Page) -> list[str]:
     return seen
 
 
+# Per table on the page: its id or position, and each row whose width (cells, counting
+# colspans) differs from the header row's, as "row n: m cells".
+_MISALIGNED_ROWS_JS = """
+() => Array.from(document.querySelectorAll("table")).map((table, i) => {
+  const width = row => Array.from(row.cells).reduce((n, cell) => n + cell.colSpan, 0);
+  const header = table.tHead ? table.tHead.rows[table.tHead.rows.length - 1] : table.rows[0];
+  const body = Array.from(table.tBodies).flatMap(tbody => Array.from(tbody.rows));
+  return {
+    table: table.id || `table ${i + 1}`,
+    header: width(header),
+    rows: body.flatMap((row, n) => width(row) === width(header) ? [] : [`row ${n + 1}: ${width(row)} cells`]),
+  };
+}).filter(t => t.rows.length > 0)
+"""
+
+
+async def assert_tables_aligned(page: Page, name: str) -> None:
+    """Every table's rows have as many cells as its header: a column added to the rows or
+    to the header alone puts numbers under the wrong heading."""
+    misaligned = await page.evaluate(_MISALIGNED_ROWS_JS)
+    assert misaligned == [], f"{name}: rows wider or narrower than their header: {misaligned}"
+
+
+async def look_at(page: Page, name: str) -> None:
+    """A page the operator sees: its tables checked, then a screenshot of it."""
+    await assert_tables_aligned(page, name)
+    await screenshot(page, name)
+
+
 async def publish(console: LiveConsole) -> int:
     async with httpx.AsyncClient(base_url=console.url, timeout=30) as client:
         response = await client.post(
@@ -59,9 +88,10 @@ async def test_operator_watches_an_event_finds_a_push_and_redrives_a_dead_letter
     page: Page = await browser.new_page(viewport={"width": 1360, "height": 900})
     blocked = csp_violations(page)
     await page.goto(f"{console.url}/console")
-    await screenshot(page, "1-sign-in")
+    await look_at(page, "1-sign-in")
     await sign_in(page, console, "operator")
     await expect(page.locator("h1")).to_have_text("Events")
+    await assert_tables_aligned(page, "events, before the event")
 
     event_id = await publish(console)
     await page.goto(f"{console.url}/console/events/{event_id}")
@@ -76,12 +106,12 @@ async def test_operator_watches_an_event_finds_a_push_and_redrives_a_dead_letter
     await expect(page.locator("#count-pending")).to_have_text("0")
     await page.reload()  # the chart once more, over the whole event
     await expect(page.locator("#chart canvas").first).to_be_visible()
-    await screenshot(page, "2-event")
+    await look_at(page, "2-event")
 
     await page.goto(f"{console.url}/console")
     row = page.locator(f"tr[data-event='{event_id}']")
     await expect(row).to_have_attribute("data-status", "delivered")
-    await screenshot(page, "3-events")
+    await look_at(page, "3-events")
 
     # Where is my push? A user with one good device and one dead token.
     await page.click("text=Where is my push?")
@@ -90,12 +120,12 @@ async def test_operator_watches_an_event_finds_a_push_and_redrives_a_dead_letter
     await page.click("button:has-text('Find')")
     devices = page.locator("#where-devices tbody tr")
     await expect(devices).to_have_count(2)
-    await screenshot(page, "4-where")
+    await look_at(page, "4-where")
     await expect(page.locator("#where-devices tr[data-outcome='sent']")).to_have_count(1)
     dead = page.locator("#where-devices tr[data-outcome='invalid']")
     await expect(dead).to_contain_text("sink: unregistered")
     await expect(page.locator("#where-batches tbody tr")).to_have_count(1)
-    await screenshot(page, "4-where")
+    await look_at(page, "4-where")
 
     # A message no worker can read: tried twice, then dead-lettered with the reason.
     async with open_client(console.settings) as client:
@@ -111,12 +141,12 @@ async def test_operator_watches_an_event_finds_a_push_and_redrives_a_dead_letter
     letters = page.locator("#dead-letters")
     await expect(letters).to_contain_text("body is not JSON")
     await expect(page.locator("#providers")).to_contain_text("apns")
-    await screenshot(page, "5-queues")
+    await look_at(page, "5-queues")
     await page.click("#redrive-delivery")
     await expect(page.locator("#moved")).to_have_text(
         "1 message(s) moved back to the delivery queue"
     )
-    await screenshot(page, "6-redriven")
+    await look_at(page, "6-redriven")
     assert blocked == []
 
 
@@ -135,14 +165,15 @@ async def test_console_refuses_without_a_key_or_the_scope(
     await page.fill("input[name=api_key]", console.keys["publish_only"])
     await page.click("button[type=submit]")
     await expect(page.locator("#login-error")).to_contain_text("lacks the 'read' scope")
-    await screenshot(page, "7-refused-sign-in")
+    await look_at(page, "7-refused-sign-in")
 
     await page.fill("input[name=api_key]", console.keys["read"])
     await page.click("button[type=submit]")
     await expect(page).to_have_url(re.compile(r"/console/queues$"))
+    await assert_tables_aligned(page, "queues, signed in with the read scope")
     await page.click("#redrive-delivery")
     await expect(page.locator("#refusal")).to_contain_text("lacks the 'manage' scope")
-    await screenshot(page, "8-refused-redrive")
+    await look_at(page, "8-refused-redrive")
 
     # The same session without its CSRF token: refused before anything else is looked at.
     response = await page.request.post(f"{console.url}/console/queues/delivery/redrive")

@@ -16,12 +16,15 @@ import httpx
 import orjson
 import pytest
 
-from fanout.config import Settings
+from fanout.config import Settings, database_address
+from fanout.local.demo import DeviceShape, seed
+from fanout.local.sink import EmbeddedSink
 from tests.conftest import _with_database
+from tests.faults.conftest import sink_worker
 
 
 def fanout(
-    settings: Settings, *args: str, database_url: str | None = None
+    settings: Settings, *args: str, database_url: str | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
@@ -36,7 +39,7 @@ def fanout(
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
 
@@ -209,9 +212,91 @@ def test_a_missing_queue_is_one_clear_line(settings: Settings) -> None:
 def test_a_missing_schema_is_one_clear_line(settings: Settings, empty_database: str) -> None:
     assert fanout(settings, "queues", "create").returncode == 0
     result = fanout(settings, "publish", "author:x", "--title", "t", database_url=empty_database)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "run `fanout migrate`" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "0"]], ids=" ".join)
+def test_a_service_on_a_database_never_migrated_stops_saying_run_migrate(
+    settings: Settings, empty_database: str, command: list[str]
+) -> None:
+    """Not a worker logging UndefinedTableError every 5 s for ever, nor an API answering
+    500 to every request: one line, exit 2, before anything is served."""
+    assert fanout(settings, "queues", "create").returncode == 0
+    # The timeout only ends a command that would run for ever (what this test catches).
+    result = fanout(settings, *command, database_url=empty_database, timeout=60)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"fanout: the database at {database_address(empty_database)} (FANOUT_DATABASE_URL) "
+        "has no fanout schema: run `fanout migrate`"
+    )
+
+
+def test_a_worker_on_a_schema_older_than_its_code_stops_saying_run_migrate(
+    settings: Settings,
+) -> None:
+    assert fanout(settings, "queues", "create").returncode == 0
+
+    async def forget_the_last_migration() -> str:
+        conn = await asyncpg.connect(settings.database_dsn())
+        try:
+            return str(
+                await conn.fetchval(
+                    "DELETE FROM schema_migrations WHERE version = "
+                    "(SELECT max(version) FROM schema_migrations) RETURNING name"
+                )
+            )
+        finally:
+            await conn.close()
+
+    missing = asyncio.run(forget_the_last_migration())
+    result = fanout(settings, "worker", timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"fanout: the database at {database_address(settings.database_dsn())} "
+        f"(FANOUT_DATABASE_URL) lacks 1 of fanout's migrations ({missing}): run `fanout migrate`"
+    )
+
+
+async def test_status_wait_shows_the_event_once_it_has_ended(
+    settings: Settings, sink: EmbeddedSink, tmp_path: Path
+) -> None:
+    """The README's first session pastes `fanout status ID --wait`: it prints the event
+    delivered, not the `enqueued` with 0 recipients of the moment after publishing; with
+    no worker to deliver it, it says so when the wait runs out."""
+    assert (await asyncio.to_thread(fanout, settings, "queues", "create")).returncode == 0
+    conn = await asyncpg.connect(settings.database_dsn())
+    try:
+        topic = (await seed(conn, 3, 1, DeviceShape(platforms=("apns",)))).topic
+    finally:
+        await conn.close()
+    published = await asyncio.to_thread(fanout, settings, "publish", topic, "--title", "Hi")
+    event_id = published.stdout.strip()
+
+    alone = await asyncio.to_thread(
+        fanout, settings, "status", event_id, "--wait", "--timeout", "1"
+    )
+    assert alone.returncode == 1
+    assert orjson.loads(alone.stdout)["status"] == "enqueued"
+    assert alone.stderr == (
+        f"fanout: event {event_id} is still enqueued after 1s: is a worker running?\n"
+    )
+
+    worker = sink_worker(settings, "all", sink.url, tmp_path)
+    worker.start()
+    try:
+        # The timeout only ends a test whose worker never delivers.
+        waited = await asyncio.to_thread(
+            fanout, settings, "status", event_id, "--wait", "--timeout", "100", timeout=120
+        )
+    finally:
+        worker.stop()
+    assert waited.returncode == 0, waited.stderr
+    shown = orjson.loads(waited.stdout)
+    assert (shown["status"], shown["recipients"], shown["sent"]) == ("delivered", 3, 3)
+    assert sink.sink.ledger.unique == 3
 
 
 def test_publish_later_then_cancel(settings: Settings) -> None:

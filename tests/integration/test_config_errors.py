@@ -64,6 +64,13 @@ def closed_port() -> Iterator[int]:
         yield held.getsockname()[1]
 
 
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port another server listens on."""
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        yield other.getsockname()[1]
+
+
 def fanout(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fanout", *args],
@@ -291,6 +298,36 @@ def test_a_metrics_port_already_taken_is_one_line_naming_it(
     line = the_one_line(fanout(env, "worker"), status=2)
     assert line.startswith(
         f"fanout: FANOUT_METRICS_PORT: cannot serve metrics on 127.0.0.1:{closed_port}: "
+    )
+
+
+@pytest.mark.parametrize("option", [False, True], ids=["FANOUT_API_PORT", "--port"])
+def test_an_api_port_already_taken_is_one_line_naming_it(
+    environment: dict[str, str], database_url: str, sqs_endpoint: str, taken_port: int, option: bool
+) -> None:
+    """Not uvicorn's log of a failed start and exit status 3."""
+    env = {
+        **environment,
+        "FANOUT_DATABASE_URL": database_url,
+        "FANOUT_SQS_ENDPOINT_URL": sqs_endpoint,
+    }
+    if option:
+        line = the_one_line(fanout(env, "serve", "--port", str(taken_port)), status=2)
+    else:
+        line = the_one_line(fanout({**env, "FANOUT_API_PORT": str(taken_port)}, "serve"), status=2)
+    setting = "--port" if option else "FANOUT_API_PORT"
+    assert line == (
+        f"fanout: {setting}: cannot serve the API on 127.0.0.1:{taken_port}: Address already in use"
+    )
+
+
+def test_a_sink_port_already_taken_is_one_line_naming_it(
+    environment: dict[str, str], taken_port: int
+) -> None:
+    line = the_one_line(fanout(environment, "sink", "--port", str(taken_port)), status=2)
+    assert line == (
+        f"fanout: --port: cannot serve the push sink on 127.0.0.1:{taken_port}: "
+        "Address already in use"
     )
 
 

@@ -87,6 +87,7 @@ def test_demo_against_a_configured_database(database_url: str) -> None:
     summary = run_demo({"FANOUT_DATABASE_URL": database_url}, 2000)
     assert summary["database"] == "configured"
     assert summary["delivered"] == summary["devices"] == 2000
+    assert 0 < summary["fanout_seconds"] <= summary["seconds"]  # the fan-out is part of it
 
 
 @pytest.mark.parametrize("devices_per_user", [2])

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -252,25 +253,101 @@ async def breaker_pipeline(push_settings: Settings, **update: Any) -> AsyncItera
         yield pipeline
 
 
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """A push service refusing fanout's own credential, as each one does."""
+
+    platform: str
+    refuse: Callable[[LocalPushServices], None]
+    accept: Callable[[LocalPushServices], None]
+    refused: Callable[[LocalPushServices], int]  # the requests it refused so far
+    reason: str  # the config error the held devices show (with the service's address)
+
+
+def _set(service: str, attribute: str, value: object) -> Callable[[LocalPushServices], None]:
+    return lambda services: setattr(getattr(services, service), attribute, value)
+
+
+def _count(service: str, attribute: str) -> Callable[[LocalPushServices], int]:
+    return lambda services: int(getattr(getattr(services, service), attribute))
+
+
+REFUSALS = {
+    # Apple refusing the signing key (a revoked .p8 key).
+    "apns signing key revoked": Refusal(
+        "apns",
+        _set("apns", "refuse_credential", "InvalidProviderToken"),
+        _set("apns", "refuse_credential", None),
+        _count("apns", "refused"),
+        "apns config: 403 InvalidProviderToken",
+    ),
+    # FCM refusing the OAuth access token the service account was given.
+    "fcm access token refused (401)": Refusal(
+        "fcm",
+        _set("fcm", "refuse_credential", 401),
+        _set("fcm", "refuse_credential", None),
+        _count("fcm", "refused"),
+        "fcm config: 401 UNAUTHENTICATED",
+    ),
+    # The service account lacks the permission to send for the project.
+    "fcm permission denied (403)": Refusal(
+        "fcm",
+        _set("fcm", "refuse_credential", 403),
+        _set("fcm", "refuse_credential", None),
+        _count("fcm", "refused"),
+        "fcm config: 403 PERMISSION_DENIED",
+    ),
+    # Google's token endpoint refusing the service account's key (deleted): no access token.
+    "fcm service account refused by the token endpoint": Refusal(
+        "fcm",
+        _set("fcm", "refuse_service_account", True),
+        _set("fcm", "refuse_service_account", False),
+        _count("fcm", "refused_assertions"),
+        "fcm config: cannot get an access token: RefreshError",
+    ),
+    # A push service refusing the VAPID key.
+    "webpush vapid key refused (401)": Refusal(
+        "webpush",
+        _set("webpush", "refuse_vapid", 401),
+        _set("webpush", "refuse_vapid", None),
+        _count("webpush", "refused"),
+        "webpush config: 401 from {webpush}",
+    ),
+    "webpush vapid key refused (403)": Refusal(
+        "webpush",
+        _set("webpush", "refuse_vapid", 403),
+        _set("webpush", "refuse_vapid", None),
+        _count("webpush", "refused"),
+        "webpush config: 403 from {webpush}",
+    ),
+}
+
+
+@pytest.mark.parametrize("refusal", REFUSALS.values(), ids=REFUSALS.keys())
 async def test_a_refused_credential_costs_one_request_then_every_device_is_delivered_once(
-    push_settings: Settings, services: LocalPushServices, caplog: pytest.LogCaptureFixture
+    push_settings: Settings,
+    services: LocalPushServices,
+    caplog: pytest.LogCaptureFixture,
+    refusal: Refusal,
 ) -> None:
-    """APNs refusing fanout's signing key (403 InvalidProviderToken) gets one request per
-    cool-down, not one per device; nothing is deactivated or failed, the event shows the
-    devices held back, and once the key works every device gets its push exactly once."""
-    services.apns.refuse_credential = "InvalidProviderToken"
-    before = PROVIDER_CONFIG_ERRORS.labels("apns")._value.get()
+    """A push service refusing fanout's credential gets one request per cool-down, not one
+    per device; nothing is deactivated or failed, the event shows the devices held back,
+    and once the credential is accepted every device gets its push exactly once."""
+    platform, emulator = refusal.platform, getattr(services, refusal.platform)
+    reason = refusal.reason.format(webpush=urlsplit(services.webpush.base_url).netloc)
+    refusal.refuse(services)
+    before = PROVIDER_CONFIG_ERRORS.labels(platform)._value.get()
     async with breaker_pipeline(push_settings) as pipeline:
         devices = 40
-        topic, ids, _tokens = await add_devices(pipeline.pool, services, "apns", devices)
+        topic, ids, _tokens = await add_devices(pipeline.pool, services, platform, devices)
         event_id, batches = await fan_out(pipeline, topic)
         assert len(batches) == 1
         with caplog.at_level(logging.INFO):
             await deliver_all(pipeline, batches)
-        assert services.apns.refused == 1  # not 40
+        assert refusal.refused(services) == 1  # not 40
         status = await load_event_status(pipeline.pool, event_id)
         assert status is not None
-        assert status.held_by_breaker == {"apns config: 403 InvalidProviderToken": devices}
+        assert status.held_by_breaker == {reason: devices}
         assert (status.pending, status.failed, status.invalid) == (devices, 0, 0)
         assert not status.terminal
         assert await active(pipeline, ids) == set(ids)  # no token blamed
@@ -281,10 +358,10 @@ async def test_a_refused_credential_costs_one_request_then_every_device_is_deliv
         [held] = batches_of(await drain(pipeline.queues.delivery, at_least=1))
         assert held.key.endswith("/h1") and held.attempt == 0  # no delivery attempt spent
         await deliver_all(pipeline, [held])
-        assert services.apns.refused == 2
+        assert refusal.refused(services) == 2
 
-        # The key works again: the next probe goes through and closes the breaker.
-        services.apns.refuse_credential = None
+        # The credential is accepted again: the next probe goes through, closing the breaker.
+        refusal.accept(services)
         [held_again] = batches_of(await drain(pipeline.queues.delivery, at_least=1))
         assert held_again.key.endswith("/h2")
         await deliver_all(pipeline, [held_again])
@@ -292,9 +369,78 @@ async def test_a_refused_credential_costs_one_request_then_every_device_is_deliv
     assert status is not None
     assert (status.status, status.sent, status.failed) == ("delivered", devices, 0)
     assert status.held_by_breaker == {}
-    assert services.apns.ledger.unique == devices and services.apns.ledger.duplicates == 0
-    assert services.apns.refused == 2
-    assert PROVIDER_CONFIG_ERRORS.labels("apns")._value.get() - before == 2
+    assert emulator.ledger.unique == devices and emulator.ledger.duplicates == 0
+    assert refusal.refused(services) == 2
+    assert PROVIDER_CONFIG_ERRORS.labels(platform)._value.get() - before == 2
+
+
+async def test_an_fcm_access_token_refused_after_working_is_replaced_not_held(
+    push_settings: Settings, services: LocalPushServices
+) -> None:
+    """An access token FCM accepted and now refuses (401: it expired early or was revoked)
+    says nothing against the service account: a fresh token is fetched once and each
+    request sent again with it; no device is held back for a cool-down."""
+    async with breaker_pipeline(push_settings) as pipeline:
+        topic, _ids, _tokens = await add_devices(pipeline.pool, services, "fcm", 40)
+        first, batches = await fan_out(pipeline, topic)
+        await deliver_all(pipeline, batches)
+        services.fcm.revoke_access_tokens()
+        second, batches = await fan_out(pipeline, topic)
+        await deliver_all(pipeline, batches)
+        statuses = [await load_event_status(pipeline.pool, e) for e in (first, second)]
+    for status in statuses:
+        assert status is not None
+        assert (status.status, status.sent, status.held_by_breaker) == ("delivered", 40, {})
+    assert (services.fcm.ledger.unique, services.fcm.ledger.duplicates) == (80, 0)
+    assert services.fcm.token_requests == 2  # one fresh token, not one per request
+
+
+async def test_a_service_account_refused_while_its_token_is_renewed_costs_one_token_request(
+    push_settings: Settings, services: LocalPushServices
+) -> None:
+    """The access token refused and the key behind it deleted, with 40 requests in flight:
+    the senders waiting for the one renewal take its refusal as theirs instead of each
+    asking the token endpoint again; the devices are held, then all delivered once."""
+    # A cool-down far longer than 40 answers take to arrive, even on a loaded machine.
+    async with breaker_pipeline(push_settings, breaker_cooldown_seconds=3) as pipeline:
+        topic, _ids, _tokens = await add_devices(pipeline.pool, services, "fcm", 40)
+        await deliver_all(pipeline, (await fan_out(pipeline, topic))[1])  # the breaker closes
+        services.fcm.revoke_access_tokens()
+        services.fcm.refuse_service_account = True
+        event_id, batches = await fan_out(pipeline, topic)
+        await deliver_all(pipeline, batches)
+        assert services.fcm.refused_assertions == 1  # not one per request in flight
+        status = await load_event_status(pipeline.pool, event_id)
+        assert status is not None and status.held_by_breaker == {
+            "fcm config: cannot get an access token: RefreshError": 40
+        }
+
+        services.fcm.refuse_service_account = False
+        [held] = batches_of(await drain(pipeline.queues.delivery, at_least=1))
+        await deliver_all(pipeline, [held])
+        status = await load_event_status(pipeline.pool, event_id)
+    assert status is not None and (status.status, status.sent) == ("delivered", 40)
+    assert (services.fcm.ledger.unique, services.fcm.ledger.duplicates) == (80, 0)
+
+
+async def test_fcm_sender_id_mismatch_retires_the_token_not_the_credential(
+    push_pipeline: Pipeline, services: LocalPushServices
+) -> None:
+    """SENDER_ID_MISMATCH (403) says the token was registered for another sender, a
+    Firebase project fanout does not send for (Google's ErrorCode reference: "the
+    existing registration tokens won't work"): that device is retired, and the credential,
+    which every other device accepts, is not held back."""
+    topic, ids, tokens = await add_devices(push_pipeline.pool, services, "fcm", 6)
+    services.fcm.other_sender_tokens.update(tokens[:2])
+    event_id, batches = await fan_out(push_pipeline, topic)
+    await deliver_all(push_pipeline, batches)
+
+    status = await load_event_status(push_pipeline.pool, event_id)
+    assert status is not None
+    assert (status.status, status.sent, status.invalid, status.pending) == ("delivered", 4, 2, 0)
+    assert status.held_by_breaker == {}
+    assert services.fcm.ledger.unique == 4
+    assert await active(push_pipeline, ids) == set(ids[2:])
 
 
 async def test_devices_held_too_often_end_failed_with_the_config_error(

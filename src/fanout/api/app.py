@@ -66,7 +66,16 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 naming each bad field and what is wrong, without echoing what was sent."""
+    """422 naming each bad field and what is wrong, without echoing what was sent; 415 for
+    a body not sent as JSON."""
+    if any(tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), bytes)
+           for e in exc.errors()):  # fmt: skip
+        # FastAPI parses a body as JSON only if its Content-Type says so, and otherwise
+        # validates the raw bytes: "Input should be a valid dictionary or object to extract
+        # fields from" said nothing of the header that `curl -d` without -H leaves out.
+        media_type = request.headers.get("content-type", "").split(";")[0].strip()[:100]
+        detail = f"Content-Type must be application/json (this request's: {media_type or 'none'})"
+        return JSONResponse({"detail": detail}, status_code=415)
     errors = [
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
         for e in exc.errors()

@@ -134,10 +134,9 @@ class EmbeddedSink:
         self._socket.close()
 
 
-def serve(host: str, port: int, *, listening: Callable[[str], None]) -> None:
-    """Run a sink until interrupted (``fanout sink``); ``listening`` gets its URL, which
-    has the port chosen when ``port`` is 0."""
-    bound = socket.create_server((host, port))
+def serve(bound: socket.socket, *, listening: Callable[[str], None]) -> None:
+    """Run a sink on the listening socket ``bound`` until interrupted (``fanout sink``);
+    ``listening`` gets its URL (with the port chosen if it was bound to port 0)."""
     listening("http://{}:{}".format(*bound.getsockname()[:2]))
     # No access log: a pipeline sends thousands of pushes; /stats says what came.
     config = uvicorn.Config(PushSink(), lifespan="off", log_level="info", access_log=False)

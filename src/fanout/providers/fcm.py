@@ -67,17 +67,30 @@ class FcmProvider(Http2Provider[Prepared]):
         self._token_request = Request(session)
         self._token_lock = asyncio.Lock()
         self.tokens_fetched = 0
+        self._fetch_failed: tuple[float, Exception] | None = None  # when, and how
+        self._accepted_token: str | None = None  # the last access token FCM accepted
 
     def credential(self, device: Device) -> str:
         return self.project_id  # one service account per project
 
     async def access_token(self) -> str:
-        """Cached until google-auth considers it near expiry; fetched by one coroutine."""
+        """Cached until google-auth considers it near expiry; fetched by one coroutine.
+        A fetch that failed is not tried again before the breaker's cool-down is over (its
+        probe tries): the senders in flight meanwhile take the failure as theirs. Each asking
+        again, one after another, cost 40 refused assertions for 40 requests in flight."""
         if not self._credentials.valid:
             async with self._token_lock:
                 if not self._credentials.valid:
-                    # Blocking HTTP in a thread: it happens about once an hour.
-                    await asyncio.to_thread(self._credentials.refresh, self._token_request)
+                    failed = self._fetch_failed
+                    if failed and self.breakers.clock() - failed[0] < self.breakers.cooldown:
+                        raise failed[1]
+                    try:
+                        # Blocking HTTP in a thread: it happens about once an hour.
+                        await asyncio.to_thread(self._credentials.refresh, self._token_request)
+                    except Exception as exc:
+                        self._fetch_failed = (self.breakers.clock(), exc)
+                        raise
+                    self._fetch_failed = None
                     self.tokens_fetched += 1
         return str(self._credentials.token)
 
@@ -87,19 +100,32 @@ class FcmProvider(Http2Provider[Prepared]):
             return Outcome(OutcomeKind.PERMANENT, reason="fcm: payload over 4096 bytes")
         return message
 
+    def _refused(self, token: str) -> bool:
+        """FCM answered 401 to ``token``: forget it (the next request fetches another), and
+        say whether to try once more: only if FCM had accepted it (it expired or was revoked
+        early; a fresh one may work). A token refused from the start is the service
+        account's fault: a config error."""
+        if self._credentials.token == token:  # not already replaced by another sender
+            self._credentials.token = None
+        return token == self._accepted_token
+
     async def send_one(self, prepared: Prepared, device: Device) -> Outcome:
-        try:
-            token = await self.access_token()
-        except Exception as exc:  # the token endpoint refused the service account
-            return config_error("fcm", f"cannot get an access token: {type(exc).__name__}")
         body = orjson.dumps({"message": {**prepared, "token": device.token}})
-        response = await self.client.post(
-            f"{self.endpoint}/v1/projects/{self.project_id}/messages:send",
-            content=body,
-            headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
-        )
+        for tries_left in (1, 0):
+            try:
+                token = await self.access_token()
+            except Exception as exc:  # the token endpoint refused the service account
+                return config_error("fcm", f"cannot get an access token: {type(exc).__name__}")
+            response = await self.client.post(
+                f"{self.endpoint}/v1/projects/{self.project_id}/messages:send",
+                content=body,
+                headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+            )
+            if response.status_code != 401 or not self._refused(token) or not tries_left:
+                break
         status = response.status_code
         if status == 200:
+            self._accepted_token = token
             return Outcome(OutcomeKind.OK)
         error = _error(response.content)
         code = error.get("errorCode") or error.get("status", "")
@@ -108,11 +134,14 @@ class FcmProvider(Http2Provider[Prepared]):
             return Outcome(OutcomeKind.INVALID_TOKEN, reason="fcm: UNREGISTERED")
         if code == "INVALID_ARGUMENT" and "registration token" in message.lower():
             return Outcome(OutcomeKind.INVALID_TOKEN, reason="fcm: invalid registration token")
+        # 403 SENDER_ID_MISMATCH: the token was registered for another sender (project);
+        # Google: "the existing registration tokens won't work". The token's fault: every
+        # other device still accepts the credential, so it must not open the breaker.
+        if code == "SENDER_ID_MISMATCH":
+            return Outcome(OutcomeKind.INVALID_TOKEN, reason="fcm: SENDER_ID_MISMATCH")
         if status == 429 or status >= 500:
             return self.retry_later(response, code)
-        if status in (401, 403) or code in ("SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"):
-            if status == 401:
-                self._credentials.token = None  # fetch a new token next time
+        if status in (401, 403) or code == "THIRD_PARTY_AUTH_ERROR":
             return config_error("fcm", f"{status} {code}")
         return Outcome(OutcomeKind.PERMANENT, reason=f"fcm: {status} {code}: {message[:200]}")
 

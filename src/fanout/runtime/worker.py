@@ -26,6 +26,7 @@ from fanout.config import ConfigError, Settings, Unreachable
 from fanout.queue.sqs import Queue, QueueMessage, as_unreachable, open_client, open_queues
 from fanout.runtime.pipeline import Pipeline, Result
 from fanout.runtime.reconciler import run_reconciler
+from fanout.runtime.schema import check_schema
 from fanout.store import connect
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,8 @@ def serve_metrics(settings: Settings) -> str:
 
 
 async def wait_until_reachable(settings: Settings, stopping: asyncio.Event) -> bool:
-    """Return True once the database and both queues answer, False if told to stop first.
+    """Return True once the database and both queues answer, False if told to stop first;
+    raise ``SchemaNotMigrated`` if the database answers without fanout's schema.
 
     Each try asks once, without the SQS client's own retries, so the first failure is
     logged at once (not after ~10 s of retries), then again at every retry.
@@ -199,7 +201,10 @@ async def wait_until_reachable(settings: Settings, stopping: asyncio.Event) -> b
             conn = await connect(
                 settings.database_dsn(), connect_timeout=10, pooler=settings.database_pooler
             )
-            await conn.close()
+            try:
+                await check_schema(conn, settings.database_dsn())  # no use waiting for that
+            finally:
+                await conn.close()
             async with open_client(settings, max_attempts=1) as client:
                 await open_queues(client, settings)
         except Unreachable as exc:

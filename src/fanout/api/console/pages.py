@@ -53,6 +53,7 @@ def _time(value: datetime | None) -> str:
 
 templates.env.filters["seconds"] = _seconds
 templates.env.filters["time"] = _time
+templates.env.globals["outcome_columns"] = views.OUTCOME_COLUMNS
 
 
 def _page(

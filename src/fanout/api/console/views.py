@@ -27,7 +27,16 @@ TABLE_LIMIT = 100
 PERCENTILES = (0.5, 0.9, 0.99, 1.0)
 # Points on the throughput chart, at most: the bucket widens with the event's duration.
 CHART_POINTS = 120
-OUTCOMES = ("sent", "invalid", "failed", "retried", "held", "skipped")
+# The per-provider tables' outcome columns (a batch's `outcomes` keys), with their headers:
+# one list for the header row and the cells, so neither can gain a column alone.
+OUTCOME_COLUMNS = {
+    "sent": "Sent",
+    "invalid": "Invalid",
+    "failed": "Failed",
+    "retried": "Retried",
+    "held": "Held",
+    "skipped": "Skipped",
+}
 _RATE_LIMITED = re.compile(r": 429\b")
 
 

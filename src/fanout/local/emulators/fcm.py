@@ -70,11 +70,29 @@ class FcmEmulator(Emulator):
         self.token_requests = 0
         self.base_url = ""  # set once served: the token endpoint's audience
         self.quota: RequestRate | None = None  # limit_rate(): 429 above a rate
+        # As FCM answers while it refuses fanout's credential, every send is refused with
+        # this status while set: 401 UNAUTHENTICATED (an access token it no longer honours)
+        # or 403 PERMISSION_DENIED (a service account without the messaging permission).
+        # ``refused`` counts those requests.
+        self.refuse_credential: int | None = None
+        self.refused = 0
+        # As Google's token endpoint answers an assertion signed with a deleted key: every
+        # one refused (400 invalid_grant) while set; ``refused_assertions`` counts them.
+        self.refuse_service_account = False
+        self.refused_assertions = 0
+        # Tokens an app registered for another sender (another Firebase project): a send to
+        # one is refused 403 SENDER_ID_MISMATCH, the token's fault, not the credential's.
+        self.other_sender_tokens: set[str] = set()
 
     def limit_rate(self, per_second: float, *, retry_after: float = 1.0) -> RequestRate:
         """Answer 429 (QUOTA_EXCEEDED, Retry-After) to sends above ``per_second``."""
         self.quota = RequestRate(per_second, retry_after=retry_after)
         return self.quota
+
+    def revoke_access_tokens(self) -> None:
+        """Refuse (401) every access token issued so far, as FCM refuses one that expired
+        early or was revoked; the token endpoint grants new ones."""
+        self.issued_tokens.clear()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,11 +106,15 @@ class FcmEmulator(Emulator):
             await respond(send, 404, _error(404, "NOT_FOUND", "no such method"))
             return
         authorization = header(scope, "authorization") or ""
+        if self.refuse_credential is not None:
+            self.refused += 1
+            await respond(send, self.refuse_credential, _CREDENTIAL_REFUSED[self.refuse_credential])
+            return
         if authorization.removeprefix("Bearer ") not in self.issued_tokens:
-            await respond(send, 401, _error(401, "UNAUTHENTICATED", "bad access token"))
+            await respond(send, 401, _CREDENTIAL_REFUSED[401])
             return
         if match.group(1) != self.project_id:
-            await respond(send, 403, _error(403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH"))
+            await respond(send, 403, _CREDENTIAL_REFUSED[403])
             return
         try:
             message = orjson.loads(body)["message"]
@@ -103,6 +125,10 @@ class FcmEmulator(Emulator):
             return
         if (problem := check_message(message)) is not None:
             await respond(send, 400, _error(400, "INVALID_ARGUMENT", problem))
+            return
+        if token in self.other_sender_tokens:
+            mismatch = _error(403, "PERMISSION_DENIED", "SenderId mismatch", "SENDER_ID_MISMATCH")
+            await respond(send, 403, mismatch)
             return
         if self.quota is not None and not self.quota.allow():
             await respond(
@@ -124,6 +150,12 @@ class FcmEmulator(Emulator):
     async def _token(self, body: bytes, send: Send) -> None:
         """RFC 7523: a JWT signed by the service account, exchanged for an access token."""
         self.token_requests += 1
+        if self.refuse_service_account:
+            self.refused_assertions += 1
+            await respond(
+                send, 400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
+            )
+            return
         form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
         try:
             claims = jwt.decode(
@@ -183,6 +215,15 @@ def _error(code: int, status: str, message: str, error_code: str | None = None) 
     details = [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
                 "errorCode": error_code or status}]  # fmt: skip
     return {"error": {"code": code, "message": message, "status": status, "details": details}}
+
+
+# FCM's answers to a credential it refuses (they carry no FcmError detail).
+_CREDENTIAL_REFUSED = {
+    401: {"error": {"code": 401, "status": "UNAUTHENTICATED",
+                    "message": "Request had invalid authentication credentials."}},
+    403: {"error": {"code": 403, "status": "PERMISSION_DENIED",
+                    "message": "Permission 'cloudmessaging.messages.create' denied on resource"}},
+}  # fmt: skip
 
 
 def fcm_error(

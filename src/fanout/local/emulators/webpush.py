@@ -35,6 +35,11 @@ class WebPushEmulator(Emulator):
         self.keep_payloads = False
         self.payloads: list[bytes] = []
         self.base_url = ""
+        # As a push service answers a VAPID key it does not accept (not the one the
+        # subscriptions were made with, or a key it has blocked): every push refused with
+        # this status (401 or 403) while set; ``refused`` counts those requests.
+        self.refuse_vapid: int | None = None
+        self.refused = 0
 
     def _check_vapid(self, authorization: str | None) -> str | None:
         match = re.fullmatch(r"vapid t=([^,\s]+),\s*k=([A-Za-z0-9_-]+)", authorization or "")
@@ -63,6 +68,10 @@ class WebPushEmulator(Emulator):
         subscription = match.group(1)
         if (problem := self._check_vapid(header(scope, "authorization"))) is not None:
             await respond(send, 403, {"error": problem})
+            return
+        if self.refuse_vapid is not None:
+            self.refused += 1
+            await respond(send, self.refuse_vapid, {"error": "VAPID key not accepted"})
             return
         if not re.fullmatch(r"[0-9]+", header(scope, "ttl") or ""):
             await respond(send, 400, {"error": "TTL header required, in seconds"})
