@@ -1,6 +1,7 @@
 """The whole pipeline, each part in its own process, measured from the database's clocks.
 
-    python bench/pipeline.py [--subscribers 100000] [--preferences] [--json]
+    python bench/pipeline.py [--subscribers 100000] [--preferences] [--kind background]
+                             [--json] [--skip-baseline]
 
 moto's SQS server, the APNs emulator (HTTP/2 + TLS, verifying every JWT), a fan-out worker
 and a delivery worker each run as a separate process; PostgreSQL as in bench/api.py. It
@@ -11,6 +12,8 @@ and the SQS requests made per 1,000 notifications (counted in moto's request log
 With --preferences, 30% of the subscribers are filtered out by the fan-out's audience
 rules (BENCH_AUDIENCE: opted out, opted out of the category, muting the topic, at its
 frequency cap); the fan-out's devices/second still counts every device of the topic.
+With --kind background, a silent push to the same topic follows the alert through the same
+workers, and its rates are given as ratios to the alert's.
 """
 
 from __future__ import annotations
@@ -43,6 +46,16 @@ from fanout.store.subscriptions import find_or_create
 # belongs to the publish options (it may defer rather than drop).
 BENCH_AUDIENCE = AudienceMix(opted_out=10, quiet_now=0, muted=10, capped=5, category_opt_out=5)
 assert BENCH_AUDIENCE.held_back == 30
+
+# What --kind publishes after the alert, to the same topic.
+KIND_NOTES = {"background": Notification(kind="background", data={"sync": "library"})}
+KIND_FIGURES = (
+    "fanout_devices_per_second",
+    "delivery_notifications_per_second",
+    "seconds_to_last_notification",
+    "cpu_us_per_device",
+    "sent",
+)
 
 
 async def seed(
@@ -93,14 +106,13 @@ def sqs_requests_so_far(moto_log: Path) -> int:
 
 
 async def run(
-    settings: Settings, topic: str, devices: int, moto_log: Path, category: str | None
+    settings: Settings, topic: str, devices: int, moto_log: Path, note: Notification
 ) -> dict[str, Any]:
     pool = await create_pool(settings)
     try:
         async with open_client(settings) as client:
             queues = await open_queues(client, settings)
             requests_before = await asyncio.to_thread(sqs_requests_so_far, moto_log)
-            note = Notification(title="New book", category=category)
             event = await publish(pool, queues, note, topic=topic)
             deadline = time.monotonic() + 3600
             while time.monotonic() < deadline:
@@ -271,6 +283,12 @@ def main() -> None:
         help="Filter 30%% of the subscribers out by their audience settings.",
     )
     parser.add_argument(
+        "--kind",
+        choices=["alert", *KIND_NOTES],
+        default="alert",
+        help="Also publish a push of this kind to the same topic and compare it to the alert.",
+    )
+    parser.add_argument(
         "--skip-baseline",
         action="store_true",
         help="Only fanout; no ratios (the baseline is slow).",
@@ -341,14 +359,39 @@ def main() -> None:
             for role in workers:
                 wait_for_line(logs / f"{role}.log", "worker consuming")
             category = DEMO_CATEGORY if args.preferences else None
-            cpu_before = {role: cpu_seconds(p.pid) for role, p in workers.items()}
-            result = asyncio.run(run(settings, topic, devices, moto_log, category))
-            # CPU per device: what bounds a worker process, and steadier than a rate when
-            # the push service's emulator shares the machine's cores with it.
-            result["cpu_us_per_device"] = {
-                role: round((cpu_seconds(p.pid) - cpu_before[role]) / devices * 1e6, 1)
-                for role, p in workers.items()
-            }
+
+            def measured(note: Notification) -> dict[str, Any]:
+                cpu_before = {role: cpu_seconds(p.pid) for role, p in workers.items()}
+                result = asyncio.run(run(settings, topic, devices, moto_log, note))
+                # CPU per device: what bounds a worker process, and steadier than a rate
+                # when the push service's emulator shares the machine's cores with it.
+                result["cpu_us_per_device"] = {
+                    role: round((cpu_seconds(p.pid) - cpu_before[role]) / devices * 1e6, 1)
+                    for role, p in workers.items()
+                }
+                return result
+
+            result = measured(Notification(title="New book", category=category))
+            if args.kind != "alert":
+                # The same topic, workers and connections, right after: what the kind costs.
+                other = measured(KIND_NOTES[args.kind].model_copy(update={"category": category}))
+                result["kind"] = {
+                    "kind": args.kind,
+                    **{key: other[key] for key in KIND_FIGURES},
+                    "ratio_to_alert": {
+                        key: round(other[key] / result[key], 3)
+                        for key in (
+                            "fanout_devices_per_second",
+                            "delivery_notifications_per_second",
+                        )
+                    }
+                    | {
+                        f"cpu_us_per_device.{role}": round(
+                            result["cpu_us_per_device"][role] / other["cpu_us_per_device"][role], 3
+                        )
+                        for role in workers
+                    },
+                }
             result["peak_rss_kb"] = {role: peak_rss_kb(p.pid) for role, p in workers.items()}
             for process in workers.values():  # the baseline gets the machine to itself
                 process.terminate()
@@ -389,6 +432,14 @@ def main() -> None:
         "held_back",
     ):
         print(f"  {key:<36}{result[key]}")
+    if "kind" in result:
+        other = result["kind"]
+        print(f"{other['kind']} push, same topic and workers (ratio to the alert: its / alert's,")
+        print("  and for CPU alert's / its, so above 1 is faster in each):")
+        for key in KIND_FIGURES:
+            print(f"  {key:<36}{other[key]}")
+        for key, ratio in other["ratio_to_alert"].items():
+            print(f"  ratio {key:<30}{ratio}")
     if "baseline" in result:
         baseline = result["baseline"]
         print("baseline (one SQS message per subscriber, devices looked up per message):")
