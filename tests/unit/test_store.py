@@ -9,6 +9,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,7 +78,9 @@ SHAPED: dict[str, Any] = {
     "preferences": [audience.Preferences(user="u1", opted_out=True)],
     "time_zones": ["Europe/Berlin"],
     "counted_users": [1, 2],
+    "owner": uuid.UUID(int=7),
 }
+OWNER = uuid.UUID(int=7)
 
 
 class RecordingConnection:
@@ -146,13 +149,17 @@ async def test_checkpoint_passes_the_accepted_batches_as_columns() -> None:
             accepted=SHAPED["accepted"],
             category="news",
             counted_users=[1, 2],
+            owner=OWNER,
             lease_seconds=30,
             overdue_after=60,
         )
     assert conn.calls == [
         (
             shards.CHECKPOINT_SHARD,
-            (1, 2, 3, 4, 5, 6, 30, 60, 60, ["1/0/0"], [3], [1], [2], {"muted": 2}, "news", [1, 2]),
+            (
+                *(1, 2, 3, 4, 5, 6, 30, 60, 60, ["1/0/0"], [3], [1], [2], {"muted": 2}),
+                *("news", [1, 2], OWNER),
+            ),
         )
     ]
 
