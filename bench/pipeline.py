@@ -439,7 +439,7 @@ def main() -> None:
         for key in KIND_FIGURES:
             print(f"  {key:<36}{other[key]}")
         for key, ratio in other["ratio_to_alert"].items():
-            print(f"  ratio {key:<30}{ratio}")
+            print(f"  ratio {key:<38}{ratio}")
     if "baseline" in result:
         baseline = result["baseline"]
         print("baseline (one SQS message per subscriber, devices looked up per message):")
