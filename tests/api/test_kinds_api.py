@@ -37,7 +37,9 @@ async def test_each_kind_is_accepted(api: ApiServer, notification: dict[str, Any
     ("notification", "loc", "says"),
     [
         ({"body": "b"}, ["title"], "required for an alert"),
-        ({"kind": "liveactivity", "title": "t"}, ["kind"], "'alert' or 'background'"),
+        ({"kind": "voip", "title": "t"}, ["kind"], "'alert', 'background' or 'liveactivity'"),
+        ({"kind": "liveactivity", "live_activity": {"event": "end"}}, ["kind"],
+         "POST /v1/live-activities/{activity_id}/updates"),
         ({"kind": "background", "title": "t"}, ["title"], "background push shows nothing"),
         ({"kind": "background", "badge": 1}, ["badge"], "background push shows nothing"),
         ({"title": "t", "data": {"count": 3}}, ["data", "count"], "must be strings"),

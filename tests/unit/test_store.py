@@ -19,7 +19,7 @@ import pytest
 
 import fanout
 import fanout.store
-from fanout.store import audience, recipients, shards, waves
+from fanout.store import audience, live_activities, recipients, shards, waves
 
 # Modules that hold no statement of their own: pools, the migration runner, shared SQL.
 NOT_TABLES = {"connection", "migrate", "fragments"}
@@ -77,6 +77,9 @@ SHAPED: dict[str, Any] = {
     "preferences": [audience.Preferences(user="u1", opted_out=True)],
     "time_zones": ["Europe/Berlin"],
     "counted_users": [1, 2],
+    "audience": live_activities.Audience(1, "activity", datetime(2026, 3, 29, 7, tzinfo=UTC)),
+    "token_ids": [1, 2],
+    "ends_at": datetime(2026, 3, 29, 7, tzinfo=UTC),
 }
 
 

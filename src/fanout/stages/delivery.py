@@ -41,6 +41,7 @@ from fanout.store import (
     console,
     events,
     lifecycle,
+    live_activities,
     recipients,
     shards,
 )
@@ -81,7 +82,11 @@ async def deliver_batch(
     claimed, lease_left = await _claim(
         batch, pool, report.devices, lease, settings.reconcile_after_seconds
     )
-    if claimed in (lifecycle.EventState.CANCELLED, lifecycle.EventState.EXPIRED):
+    if claimed in (
+        lifecycle.EventState.CANCELLED,
+        lifecycle.EventState.EXPIRED,
+        events.SUPERSEDED_REASON,
+    ):
         await _finish_unsent(batch, pool, claimed, report)
         return report
     if claimed != "claimed":
@@ -211,7 +216,11 @@ async def _record_outcome(
     async def record() -> None:
         async with acquire(pool) as conn:
             async with conn.transaction():
-                if invalid_ids:
+                if invalid_ids and _is_live_activity(batch):  # its devices are tokens
+                    await live_activities.retire_tokens(
+                        conn, token_ids=invalid_ids, reason="invalid token"
+                    )
+                elif invalid_ids:
                     await deactivate_devices(conn, device_ids=invalid_ids, reason="invalid token")
                 if retry_batch is not None:
                     retry, delay = retry_batch
@@ -341,6 +350,11 @@ async def _claim(
     return "busy", held.lease_left
 
 
+def _is_live_activity(batch: DeliveryBatch) -> bool:
+    """A Live Activity update's batch: its devices are live_activity_tokens, not devices."""
+    return batch.notification.get("kind") == "liveactivity"
+
+
 def _notification(batch: DeliveryBatch) -> Notification:
     try:
         return Notification.model_validate(batch.notification)
@@ -353,7 +367,9 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
     or the devices of a retry batch, read as the fan-out reads them (with its shard's
     filter: its wave's users only, those deferred or in their quiet hours held back)."""
     async with acquire(pool) as conn:
-        if batch.device_ids is not None:
+        if batch.device_ids is not None and _is_live_activity(batch):
+            rows = await live_activities.tokens_by_id(conn, token_ids=batch.device_ids)
+        elif batch.device_ids is not None:
             rows = await recipients.devices_by_id(conn, device_ids=batch.device_ids)
         else:
             assert batch.users is not None
@@ -361,6 +377,7 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
             if event is None:
                 raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}")
             first, last = batch.users
+            tokens = live_activities.audience_of(event)
             shard = shard_of_key(batch.key)
             wave = None
             if shard is not None:
@@ -370,7 +387,11 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
             # to send: quiet hours are not judged again, unless they drop.
             quiet = "drop" if page_filter.quiet_hours == "drop" else "ignore"
             page_filter = replace(page_filter, quiet_hours=quiet)
-            if event.user_id is not None:
+            if tokens is not None:
+                rows = await live_activities.activity_batch_tokens(
+                    conn, audience=tokens, first_token_id=first, last_token_id=last
+                )
+            elif event.user_id is not None:
                 rows = await recipients.user_recipients(
                     conn,
                     user_id=event.user_id,
