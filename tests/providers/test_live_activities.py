@@ -22,9 +22,8 @@ from fanout.local.emulators.stack import LocalPushServices
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client
 from fanout.runtime.pipeline import Pipeline
-from fanout.store import live_activities
 from fanout.store.lifecycle import TERMINAL_STATES
-from tests.helpers import drain, run_everything, status
+from tests.helpers import add_live_activity_tokens, drain, run_everything, status
 from tests.providers.test_kinds import TOPIC, api_client, audience
 
 LIVE_TOPIC = TOPIC + ".push-type.liveactivity"
@@ -205,33 +204,12 @@ async def small_batches(push_settings: Settings) -> AsyncIterator[Pipeline]:
         yield pipeline
 
 
-async def add_tokens(pipeline: Pipeline, activity: str, count: int) -> list[str]:
-    """``count`` users, each with the activity's push token (one statement each)."""
-    run = secrets.token_hex(4)
-    tokens = [secrets.token_hex(32) for _ in range(count)]
-    async with pipeline.pool.acquire() as conn, conn.transaction():
-        activity_id = await live_activities.find_or_create_activity(conn, activity_key=activity)
-        await conn.execute(
-            """WITH u AS (
-                   INSERT INTO users (external_id)
-                   SELECT $1 || '-' || i FROM generate_series(1, $2) AS i RETURNING id
-               ), numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM u)
-               INSERT INTO live_activity_tokens (activity_id, user_id, kind, token)
-               SELECT $3, numbered.id, 'activity', ($4::text[])[numbered.n] FROM numbered""",
-            run,
-            count,
-            activity_id,
-            tokens,
-        )
-    return tokens
-
-
 async def test_twenty_updates_to_2000_tokens_end_on_the_end_for_every_token(
     small_batches: Pipeline, recording: LocalPushServices
 ) -> None:
     pipeline = small_batches
     activity = f"match-{secrets.token_hex(4)}"
-    tokens = await add_tokens(pipeline, activity, TOKENS)
+    tokens = await add_live_activity_tokens(pipeline.pool, activity, TOKENS)
     async with api_client(pipeline.settings) as api:
         await register(api, activity, "starter", secrets.token_hex(32), "push_to_start")
         # Messages held back are handled only after later updates are published: each
