@@ -65,7 +65,8 @@ class BatchReport:
     busy: bool = False  # another invocation holds it: this copy of the message is redundant
     lease_left: float = 0.0  # when busy: seconds until the holder's lease ends
     failure_reasons: dict[str, int] = field(default_factory=dict)
-    held_back: dict[str, int] = field(default_factory=dict)  # not sent: cancelled, expired
+    # Not sent: cancelled, expired; superseded (a newer update of its Live Activity is out).
+    held_back: dict[str, int] = field(default_factory=dict)
 
 
 async def deliver_batch(
@@ -271,7 +272,8 @@ async def _record_outcome(
 async def _finish_unsent(
     batch: DeliveryBatch, pool: asyncpg.Pool, reason: str, report: BatchReport
 ) -> None:
-    """The event was cancelled or expired while the batch waited: it is done, nothing
+    """The event was cancelled or expired while the batch waited (or, a Live Activity
+    update, a newer one of its activity was published: superseded): it is done, nothing
     sent, its devices counted held back for ``reason``; the event may have ended."""
     async with acquire(pool) as conn:
         devices = await batches.finish_batch_held(
@@ -322,9 +324,9 @@ async def _keep_lease(
 async def _claim(
     batch: DeliveryBatch, pool: asyncpg.Pool, devices: int, lease: int, overdue_after: float
 ) -> tuple[str, float]:
-    """("claimed", 0) if this invocation delivers the batch, ("cancelled"|"expired", 0) if
-    it holds it but its event stopped; else "done", or "busy" with the seconds left on the
-    holder's lease."""
+    """("claimed", 0) if this invocation delivers the batch, ("cancelled"|"expired"|
+    "superseded", 0) if it holds it but its event stopped; else "done", or "busy" with the
+    seconds left on the holder's lease."""
     async with acquire(pool) as conn:
         try:
             claimed = await batches.claim_batch(
