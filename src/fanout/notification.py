@@ -27,8 +27,10 @@ from pydantic_core import InitErrorDetails
 from fanout.overrides import (
     ApnsOverride,
     FcmOverride,
+    JsonObject,
     StringValue,
     WebPushOverride,
+    json_problems,
     problem,
     raise_problems,
 )
@@ -138,7 +140,7 @@ class LiveActivity(BaseModel):
     model_config = _TEXT_CONFIG
 
     event: LiveActivityEvent
-    content_state: dict[str, Any] | None = Field(
+    content_state: JsonObject | None = Field(
         default=None, description="The activity's ContentState, as the app decodes it."
     )
     stale_date: Annotated[int, Field(ge=0)] | None = None
@@ -146,9 +148,38 @@ class LiveActivity(BaseModel):
     attributes_type: Identifier | None = Field(
         default=None, description="start: the ActivityAttributes type the app declares."
     )
-    attributes: dict[str, Any] | None = None
+    attributes: JsonObject | None = None
     # Set at publish, strictly increasing per activity: the device keeps the newest.
     timestamp: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _storable(self) -> LiveActivity:
+        problems = []
+        for name in ("content_state", "attributes"):
+            value = getattr(self, name)
+            problems += json_problems(value, (name,)) + _text_problems(value, (name,))
+        raise_problems("LiveActivity", problems)
+        return self
+
+
+def _text_problems(value: Any, loc: tuple[str | int, ...]) -> list[InitErrorDetails]:
+    """Strings of a JSON value (keys too) PostgreSQL can store and UTF-8 encode: no NUL,
+    no lone UTF-16 surrogate."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return [problem(loc, "text contains an unpaired UTF-16 surrogate")]
+        return [problem(loc, "text contains a NUL character")] if "\x00" in value else []
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _text_problems(item, (*loc, i))]
+    if isinstance(value, dict):
+        return [
+            p
+            for key, item in value.items()
+            for p in _text_problems(key, (*loc, key)) + _text_problems(item, (*loc, key))
+        ]
+    return []
 
 
 class Notification(BaseModel):

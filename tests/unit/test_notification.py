@@ -148,6 +148,13 @@ def test_a_live_activity_update_takes_its_block_an_alert_and_a_relevance_score()
         ({"live_activity": {"event": "end"}, "body": "b"}, ("title",), "Field required"),
         ({"live_activity": {"event": "end"}, "data": {"a": "b"}}, ("data",), "does not carry"),
         ({"live_activity": {"event": "end"}, "badge": 1}, ("badge",), "does not carry"),
+        # What PostgreSQL could not store or orjson encode, refused at the door.
+        ({"live_activity": {"event": "update", "content_state": {"s": "a\x00b"}}},
+         ("live_activity", "content_state", "s"), "NUL"),
+        ({"live_activity": {"event": "update", "content_state": {"s": "\ud800"}}},
+         ("live_activity", "content_state", "s"), "surrogate"),
+        ({"live_activity": {"event": "update", "content_state": {"n": 2**64}}},
+         ("live_activity", "content_state", "n"), "64 bits"),
     ],
 )  # fmt: skip
 def test_a_live_activity_push_is_held_to_apples_rules(
