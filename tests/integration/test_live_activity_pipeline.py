@@ -117,3 +117,21 @@ async def test_a_lost_batch_is_re_read_from_the_activitys_tokens(
     found = await status(sharded, event_id)
     assert (found.status, found.sent) == ("delivered", 120)
     assert sink.sink.ledger.unique == 120
+
+
+async def test_an_end_dismissed_in_the_past_still_reaches_every_token(
+    sharded: Pipeline, sink: EmbeddedSink
+) -> None:
+    await add_live_activity_tokens(sharded.pool, ACTIVITY, 40)
+    gone = Notification(
+        kind="liveactivity",
+        live_activity=LiveActivity(event="end", dismissal_date=int(time.time()) - 60),
+    )
+    end = await publish(sharded, gone)  # Apple: dismissed at once
+    later = await publish(sharded, update(99))
+    await run_everything(sharded)
+    assert ((await status(sharded, end)).status, (await status(sharded, end)).sent) == (
+        "delivered",
+        40,
+    )
+    assert (await status(sharded, later)).status == "no_recipients"

@@ -22,6 +22,7 @@ from fanout.local.emulators.stack import LocalPushServices
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client
 from fanout.runtime.pipeline import Pipeline
+from fanout.runtime.reconciler import reconcile_once
 from fanout.store.lifecycle import TERMINAL_STATES
 from tests.helpers import add_live_activity_tokens, drain, run_everything, status
 from tests.providers.test_kinds import TOPIC, api_client, audience
@@ -184,6 +185,29 @@ async def test_a_token_apple_reports_invalid_is_retired(
     found = await status(push_pipeline, second["event_id"])
     assert (found.devices, found.sent, found.invalid) == (1, 1, 0)
     assert [p.token for p in recording.apns.accepted] == [alive, alive]
+
+
+async def test_a_token_to_retry_whose_message_is_lost_is_re_read_by_its_id(
+    api: httpx.AsyncClient, push_pipeline: Pipeline, recording: LocalPushServices
+) -> None:
+    activity = f"match-{secrets.token_hex(4)}"
+    busy, fine = secrets.token_hex(32), secrets.token_hex(32)
+    await register(api, activity, "reader-1", busy)
+    await register(api, activity, "reader-2", fine)
+    recording.apns.answer_with(busy, 503, {"reason": "ServiceUnavailable"}, times=1)
+    sent = await update(api, activity, {"event": "update", "content_state": {"n": 1}})
+    for queue in (push_pipeline.queues.fanout, push_pipeline.queues.delivery):
+        for body in await drain(queue, idle_polls=1):
+            await push_pipeline.handle(body)
+    # The retry batch's message is lost: the reconciler reads its token back by id.
+    assert await drain(push_pipeline.queues.delivery, at_least=1, idle_polls=1)
+    await reconcile_once(
+        push_pipeline.pool, push_pipeline.queues, push_pipeline.settings, look_ahead=3600
+    )
+    await run_everything(push_pipeline)
+    found = await status(push_pipeline, sent["event_id"])
+    assert (found.status, found.sent) == ("delivered", 2)
+    assert sorted(p.token for p in recording.apns.accepted) == sorted([busy, fine])
 
 
 # --- many tokens, many updates --------------------------------------------------------

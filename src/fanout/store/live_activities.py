@@ -76,10 +76,12 @@ WHERE live_activity_id = $1 AND created_at > now() - interval '1 hour'
 """
 
 # Index: live_activity_tokens_audience. An end: the activity's tokens get nothing published
-# after $2 (its dismissal date, else now); an earlier end keeps its earlier time.
+# after $2 (its dismissal date), or after the end itself when it has none or its date has
+# passed (Apple then dismisses at once; the end must still reach them: greatest() skips a
+# NULL); an earlier end keeps its earlier time.
 END_ACTIVITY = """
 UPDATE live_activity_tokens
-SET ends_at = least(coalesce(ends_at, 'infinity'), coalesce($2, now()))
+SET ends_at = least(coalesce(ends_at, 'infinity'), greatest($2::timestamptz, now()))
 WHERE activity_id = $1 AND kind = 'activity' AND active
 """
 
