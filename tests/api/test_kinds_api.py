@@ -150,3 +150,18 @@ async def test_a_refused_live_activity_token_is_a_422_naming_the_field(
         answer = await client.post("/v1/live-activities/match-1/tokens", json=body)
     assert answer.status_code == 422, answer.text
     assert ["body", *loc] in [p["loc"] for p in answer.json()["detail"]]
+
+
+async def test_a_live_activity_update_is_published_at_most_once_per_idempotency_key(
+    api: ApiServer,
+) -> None:
+    activity = f"/v1/live-activities/match-{secrets.token_hex(4)}/updates"
+    body = {"event": "update", "content_state": {"n": 1}, "idempotency_key": "goal-1"}
+    async with api.client("publish") as client:
+        first = await client.post(activity, json=body)
+        again = await client.post(activity, json=body)
+        other = await client.post(activity, json={**body, "content_state": {"n": 2}})
+    assert first.status_code == again.status_code == 202, first.text
+    assert first.json()["created"] and not again.json()["created"]
+    assert again.json()["event_id"] == first.json()["event_id"]
+    assert other.status_code == 409 and "idempotency_key" in other.text
