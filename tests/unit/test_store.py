@@ -20,7 +20,7 @@ import pytest
 
 import fanout
 import fanout.store
-from fanout.store import audience, recipients, shards, waves
+from fanout.store import audience, live_activities, recipients, shards, waves
 
 # Modules that hold no statement of their own: pools, the migration runner, shared SQL.
 NOT_TABLES = {"connection", "migrate", "fragments"}
@@ -79,6 +79,9 @@ SHAPED: dict[str, Any] = {
     "time_zones": ["Europe/Berlin"],
     "counted_users": [1, 2],
     "owner": uuid.UUID(int=7),
+    "audience": live_activities.Audience(1, "activity", datetime(2026, 3, 29, 7, tzinfo=UTC)),
+    "token_ids": [1, 2],
+    "ends_at": datetime(2026, 3, 29, 7, tzinfo=UTC),
 }
 OWNER = uuid.UUID(int=7)
 

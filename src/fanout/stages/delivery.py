@@ -43,6 +43,7 @@ from fanout.store import (
     console,
     events,
     lifecycle,
+    live_activities,
     recipients,
     shards,
 )
@@ -66,7 +67,8 @@ class BatchReport:
     busy: bool = False  # another invocation holds it: this copy of the message is redundant
     lease_left: float = 0.0  # when busy: seconds until the holder's lease ends
     failure_reasons: dict[str, int] = field(default_factory=dict)
-    held_back: dict[str, int] = field(default_factory=dict)  # not sent: cancelled, expired
+    # Not sent: cancelled, expired; superseded (a newer update of its Live Activity is out).
+    held_back: dict[str, int] = field(default_factory=dict)
 
 
 async def deliver_batch(
@@ -91,7 +93,11 @@ async def deliver_batch(
         # The claim may have committed unanswered: what this owner may hold is given up.
         # Whether it did is not known, so nothing says to wait the lease out (0 s).
         await leases.give_up(releaser, failure, 0)
-    if claimed in (lifecycle.EventState.CANCELLED, lifecycle.EventState.EXPIRED):
+    if claimed in (
+        lifecycle.EventState.CANCELLED,
+        lifecycle.EventState.EXPIRED,
+        events.SUPERSEDED_REASON,
+    ):
         try:
             await _finish_unsent(batch, pool, owner, claimed, report)
         except leases.LeaseLost as refused:
@@ -240,7 +246,11 @@ async def _record_outcome(
     async def record() -> None:
         async with acquire(pool) as conn:
             async with conn.transaction():
-                if invalid_ids:
+                if invalid_ids and _is_live_activity(batch):  # its devices are tokens
+                    await live_activities.retire_tokens(
+                        conn, token_ids=invalid_ids, reason="invalid token"
+                    )
+                elif invalid_ids:
                     await deactivate_devices(conn, device_ids=invalid_ids, reason="invalid token")
                 if retry_batch is not None:
                     retry, delay = retry_batch
@@ -294,7 +304,8 @@ async def _record_outcome(
 async def _finish_unsent(
     batch: DeliveryBatch, pool: asyncpg.Pool, owner: UUID, reason: str, report: BatchReport
 ) -> None:
-    """The event was cancelled or expired while the batch waited: it is done, nothing
+    """The event was cancelled or expired while the batch waited (or, a Live Activity
+    update, a newer one of its activity was published: superseded): it is done, nothing
     sent, its devices counted held back for ``reason``; the event may have ended."""
     async with acquire(pool) as conn:
         devices = await batches.finish_batch_held(
@@ -383,8 +394,8 @@ async def _claim(
     settings: Settings,
 ) -> tuple[str, float]:
     """("claimed", 0) if this invocation (``owner``) delivers the batch, ("cancelled" |
-    "expired", 0) if it holds it but its event stopped; else "done", or "busy" with the
-    seconds left on the holder's lease."""
+    "expired" | "superseded", 0) if it holds it but its event stopped; else "done", or
+    "busy" with the seconds left on the holder's lease."""
     async with acquire(pool) as conn:
         try:
             claimed = await batches.claim_batch(
@@ -411,6 +422,11 @@ async def _claim(
     return "busy", held.lease_left
 
 
+def _is_live_activity(batch: DeliveryBatch) -> bool:
+    """A Live Activity update's batch: its devices are live_activity_tokens, not devices."""
+    return batch.notification.get("kind") == "liveactivity"
+
+
 def _notification(batch: DeliveryBatch) -> Notification:
     try:
         return Notification.model_validate(batch.notification)
@@ -423,7 +439,9 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
     or the devices of a retry batch, read as the fan-out reads them (with its shard's
     filter: its wave's users only, those deferred or in their quiet hours held back)."""
     async with acquire(pool) as conn:
-        if batch.device_ids is not None:
+        if batch.device_ids is not None and _is_live_activity(batch):
+            rows = await live_activities.tokens_by_id(conn, token_ids=batch.device_ids)
+        elif batch.device_ids is not None:
             rows = await recipients.devices_by_id(conn, device_ids=batch.device_ids)
         else:
             assert batch.users is not None
@@ -431,6 +449,7 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
             if event is None:
                 raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}")
             first, last = batch.users
+            tokens = live_activities.audience_of(event)
             shard = shard_of_key(batch.key)
             wave = None
             if shard is not None:
@@ -440,7 +459,11 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
             # to send: quiet hours are not judged again, unless they drop.
             quiet = "drop" if page_filter.quiet_hours == "drop" else "ignore"
             page_filter = replace(page_filter, quiet_hours=quiet)
-            if event.user_id is not None:
+            if tokens is not None:
+                rows = await live_activities.activity_batch_tokens(
+                    conn, audience=tokens, first_token_id=first, last_token_id=last
+                )
+            elif event.user_id is not None:
                 rows = await recipients.user_recipients(
                     conn,
                     user_id=event.user_id,

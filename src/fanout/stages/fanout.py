@@ -49,7 +49,7 @@ from fanout.stages.batching import (
     bytes_short,
 )
 from fanout.stages.shard_filter import page_filter_of
-from fanout.store import acquire, events, lifecycle, shards, waves
+from fanout.store import acquire, events, lifecycle, live_activities, shards, waves
 from fanout.store.audience import caps_apply
 from fanout.store.recipients import (
     PageFilter,
@@ -247,16 +247,24 @@ def _fits_a_batch(event: events.Event, queues: Queues, settings: Settings) -> bo
 async def _shard_bounds(
     conn: asyncpg.Connection, event: events.Event, shard_size: int
 ) -> list[tuple[int, int]]:
-    """[lo, hi) user-id ranges of about ``shard_size`` subscribers each."""
+    """[lo, hi) user-id ranges of about ``shard_size`` subscribers each (for a Live
+    Activity, token-id ranges of about ``shard_size`` tokens)."""
     if event.user_id is not None:  # a 1:1 send: one user, one shard
         return [(event.user_id, event.user_id + 1)]
-    assert event.topic_id is not None
+    tokens = live_activities.audience_of(event)
+    assert event.topic_id is not None or tokens is not None
     bounds = []
     lo = 0
     while True:
-        hi = await shards.next_shard_boundary(
-            conn, topic_id=event.topic_id, from_user_id=lo, shard_size=shard_size
-        )
+        if tokens is not None:
+            hi = await live_activities.next_token_boundary(
+                conn, audience=tokens, from_token_id=lo, shard_size=shard_size
+            )
+        else:
+            assert event.topic_id is not None
+            hi = await shards.next_shard_boundary(
+                conn, topic_id=event.topic_id, from_user_id=lo, shard_size=shard_size
+            )
         if hi is None:
             bounds.append((lo, MAX_USER_ID))
             return bounds
@@ -388,7 +396,9 @@ async def _stream_shard(
         held_back=Counter(claim.held_back),
     )
     category = event.notification.get("category")
-    audience = _Audience(category, await caps_apply(conn, category=category))
+    # A Live Activity's tokens are no topic's subscribers: no cap counts them.
+    counted = event.live_activity_id is None and await caps_apply(conn, category=category)
+    audience = _Audience(category, counted)
     page_filter = await page_filter_of(
         conn, event, claim.wave_no, settings, read_before=cursor is not None
     )
@@ -531,7 +541,12 @@ async def _count_unread(
 ) -> None:
     """A stopped shard counts the subscribers it did not send to, past its checkpoint, as
     held back for ``reason``: subscribers, not their devices (which were never read)."""
-    if event.topic_id is None:  # a 1:1 send: its one user, if not sent to yet
+    tokens = live_activities.audience_of(event)
+    if tokens is not None:
+        left = await live_activities.tokens_left(
+            conn, audience=tokens, after_token_id=progress.cursor, before_token_id=hi
+        )
+    elif event.topic_id is None:  # a 1:1 send: its one user, if not sent to yet
         left = int(event.user_id is not None and progress.cursor < event.user_id)
     else:
         left = await shards.subscribers_left(
@@ -550,6 +565,15 @@ async def _fetch_page(
     page_filter: PageFilter,
     settings: Settings,
 ) -> list[asyncpg.Record]:
+    tokens = live_activities.audience_of(event)
+    if tokens is not None:
+        return await live_activities.activity_tokens_page(
+            conn,
+            audience=tokens,
+            after_token_id=cursor,
+            before_token_id=hi,
+            limit=settings.page_size,
+        )
     if event.user_id is not None:
         return await user_recipients(
             conn,

@@ -137,8 +137,9 @@ WHERE event_id = $1 AND batch_key = $2 AND status <> 'done'
 
 @dataclass(frozen=True, slots=True)
 class BatchClaim:
-    """A batch this invocation now holds; ``stopped`` says its event was cancelled or has
-    expired ('cancelled', 'expired'): then nothing is to be sent."""
+    """A batch this invocation now holds; ``stopped`` says its event was cancelled, has
+    expired, or (a Live Activity update) was superseded ('cancelled', 'expired',
+    'superseded'): then nothing is to be sent."""
 
     stopped: str | None
 
