@@ -172,12 +172,22 @@ def test_only_a_live_activity_push_has_a_live_activity_block() -> None:
 # --- data ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [3, 1.5, True, None, ["a"], {"a": "b"}])
-def test_data_values_must_be_strings_as_fcm_wants(value: Any) -> None:
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (3, '"3", not 3'),
+        (1.5, '"1.5", not 1.5'),
+        (True, '"true", not true'),
+        (None, "not null: encode it as a string"),
+        (["a"], "not a list: encode it as a string"),
+        ({"a": "b"}, "not an object: encode it as a string"),
+    ],
+)
+def test_data_values_must_be_strings_as_fcm_wants(value: Any, says: str) -> None:
     found = problems({"title": "t", "data": {"count": value}})
-    assert found == {
-        ("data", "count"): 'data values must be strings (FCM takes no other): "3", not 3'
-    }
+    assert list(found) == [("data", "count")]
+    assert found["data", "count"].startswith("data values must be strings (FCM takes no other)")
+    assert says in found["data", "count"]
 
 
 @pytest.mark.parametrize(
