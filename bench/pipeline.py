@@ -54,8 +54,8 @@ async def seed(
         run = os.urandom(3).hex()
         topic = f"bench:{run}"
         async with conn.transaction():
-            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic)
-            users = await conn.fetchrow(seeding.SEED_USERS, f"bench-{run}-", subscribers)
+            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic, 1)
+            users = await conn.fetchrow(seeding.SEED_USERS, f"bench-{run}-", subscribers, 1)
             first, last = users["first_id"], users["last_id"]
             await conn.execute(seeding.SEED_SUBSCRIPTIONS, topic_id, first, last)
             args = (run, webpush_base, None, None, ["apns"])
@@ -165,7 +165,7 @@ def run_baseline(
         conn = await connect(settings.database_dsn())
         try:
             await conn.execute(SETUP)
-            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic)
+            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic, 1)
             return topic_id, await conn.fetchval(
                 "SELECT coalesce(max(event_id), 0) + 1 FROM baseline_sent"
             )

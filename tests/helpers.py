@@ -20,6 +20,7 @@ from fanout.queue.sqs import Queue, open_client
 from fanout.runtime.pipeline import Pipeline
 from fanout.stages.progress import EventStatus, load_event_status
 from fanout.store import subscriptions
+from fanout.store.apps import DEFAULT_APP_ID
 
 
 @dataclass
@@ -36,14 +37,17 @@ async def make_topic(
     *,
     devices_per_user: Sequence[int] = (1,),
     token_prefix: str = "tok",
+    app_id: int = DEFAULT_APP_ID,
 ) -> Topic:
-    """A new topic with ``users`` subscribers; user i gets devices_per_user[i % len] devices."""
+    """A new topic of the app with ``users`` subscribers; user i gets
+    devices_per_user[i % len] devices."""
     run = secrets.token_hex(4)
     key = f"test:{run}"
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await conn.fetchval(subscriptions.UPSERT_TOPIC, key)
+        topic_id = await subscriptions.find_or_create_topic(conn, app_id=app_id, topic=key)
         user_ids = [
-            await conn.fetchval(subscriptions.UPSERT_USER, f"{run}-{i}") for i in range(users)
+            await subscriptions.find_or_create_user(conn, app_id=app_id, user=f"{run}-{i}")
+            for i in range(users)
         ]
         await conn.executemany(
             "INSERT INTO subscriptions (topic_id, user_id) VALUES ($1, $2)",
@@ -61,8 +65,9 @@ async def add_device(
 ) -> int:
     keys = ("BPUBLICKEY", "AUTH") if platform == "webpush" else (None, None)
     device_id: int = await conn.fetchval(
-        """INSERT INTO devices (user_id, platform, token, web_push_p256dh, web_push_auth, locale)
-           VALUES ($1, $2, $3, $4, $5, 'en') RETURNING id""",
+        """INSERT INTO devices
+               (app_id, user_id, platform, token, web_push_p256dh, web_push_auth, locale)
+           SELECT app_id, $1, $2, $3, $4, $5, 'en' FROM users WHERE id = $1 RETURNING id""",
         user_id,
         platform,
         token,

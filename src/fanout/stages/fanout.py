@@ -348,7 +348,7 @@ async def _stream_shard(
         held_back=Counter(claim.held_back),
     )
     category = event.notification.get("category")
-    audience = _Audience(category, await caps_apply(conn, category=category))
+    audience = _Audience(category, await caps_apply(conn, event_id=event.id, category=category))
     page_filter = await page_filter_of(
         conn, event, claim.wave_no, settings, read_before=cursor is not None
     )

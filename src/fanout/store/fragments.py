@@ -151,11 +151,13 @@ AUDIENCE_RULES: tuple[tuple[str, str], ...] = (
     ),
 )
 
-# The frequency caps that apply to the event's category: '*' and its own (a few rows,
-# read once per statement).
+# The frequency caps of the event's app that apply to its category: '*' and its own (a
+# few rows, read once per statement; the app is one probe of events_pkey, so the page
+# gains no join).
 _CAPS = """caps AS MATERIALIZED (
     SELECT category, max_sends, window_seconds FROM frequency_caps
-    WHERE category = '*' OR category = {category}::text
+    WHERE app_id = (SELECT e.app_id FROM events AS e WHERE e.id = {event}::bigint)
+      AND (category = '*' OR category = {category}::text)
 )"""
 
 
