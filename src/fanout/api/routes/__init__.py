@@ -1,6 +1,6 @@
 """The API's routes, one module per resource; ``create_app`` includes them in this order."""
 
-from fanout.api.routes import audience, devices, events, operations, subscriptions
+from fanout.api.routes import apps, audience, devices, events, operations, subscriptions
 
 ROUTERS = (
     devices.router,
@@ -8,6 +8,7 @@ ROUTERS = (
     audience.router,
     events.router,
     operations.router,
+    apps.router,
 )
 
 __all__ = ["ROUTERS"]
