@@ -49,6 +49,18 @@ def build_providers(
     return providers
 
 
+def build_provider(
+    settings: Settings, credential: Credential, quotas: QuotaStore | None = None
+) -> Provider:
+    """The provider of one checked credential (an app's stored one), its quota shared
+    through ``quotas`` as ``build_providers`` shares the settings' ones."""
+    build = {"apns": _apns, "fcm": _fcm, "webpush": _webpush}[credential.provider]
+    provider = build(settings, credential)
+    if quotas is not None:
+        _share_quota(provider, settings, quotas)
+    return provider
+
+
 def check_credentials(settings: Settings) -> None:
     """Build every configured provider once and close it: a credential fanout cannot use
     is a ConfigError naming its setting at start-up, not a traceback at the first push.
@@ -143,6 +155,7 @@ __all__ = [
     "Outcome",
     "OutcomeKind",
     "Provider",
+    "build_provider",
     "build_providers",
     "check_credentials",
 ]

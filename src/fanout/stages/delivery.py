@@ -27,6 +27,7 @@ from fanout.config import Settings
 from fanout.metrics import AUDIENCE_HELD_BACK
 from fanout.notification import Notification, RenderedNotification, render
 from fanout.providers import Outcome, OutcomeKind, Provider
+from fanout.providers.apps import providers_of
 from fanout.queue.messages import DeliveryBatch, Device, PoisonMessage
 from fanout.queue.sqs import MAX_DELAY_SECONDS, Queues
 from fanout.stages import leases
@@ -78,7 +79,7 @@ async def deliver_batch(
     skipped (PostgreSQL knows it, and the reconciler sees that it finishes)."""
     report = BatchReport(batch.event_id, batch.key, devices=batch.device_count())
     lease = settings.visibility_timeout
-    claimed, lease_left = await _claim(
+    claimed, lease_left, app_id = await _claim(
         batch, pool, report.devices, lease, settings.reconcile_after_seconds
     )
     if claimed in (lifecycle.EventState.CANCELLED, lifecycle.EventState.EXPIRED):
@@ -98,9 +99,11 @@ async def deliver_batch(
         await leases.give_up(_releaser(batch, pool, settings), failure, lease)
     renewing = asyncio.create_task(_keep_lease(batch, pool, lease, settings))
     try:
-        outcomes = await _send_all(
-            notification, str(batch.event_id), devices, providers, batch.published_at
-        )
+        # The event's app's providers (its credentials), held until the sends are done.
+        async with providers_of(providers, pool, app_id) as app_providers:
+            outcomes = await _send_all(
+                notification, str(batch.event_id), devices, app_providers, batch.published_at
+            )
     except BaseException as failure:
         # Stopped mid-send (a worker's grace ran out): the next copy may go on at once.
         # Devices sent already get it again, with the same collapse key.
@@ -312,10 +315,10 @@ async def _keep_lease(
 
 async def _claim(
     batch: DeliveryBatch, pool: asyncpg.Pool, devices: int, lease: int, overdue_after: float
-) -> tuple[str, float]:
-    """("claimed", 0) if this invocation delivers the batch, ("cancelled"|"expired", 0) if
-    it holds it but its event stopped; else "done", or "busy" with the seconds left on the
-    holder's lease."""
+) -> tuple[str, float, int]:
+    """("claimed", 0, app) if this invocation delivers the batch (of the event's app),
+    ("cancelled"|"expired", 0, app) if it holds it but its event stopped; else "done", or
+    "busy" with the seconds left on the holder's lease."""
     async with acquire(pool) as conn:
         try:
             claimed = await batches.claim_batch(
@@ -330,15 +333,15 @@ async def _claim(
         except asyncpg.ForeignKeyViolationError:
             raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}") from None
         if claimed is not None:
-            return claimed.stopped or "claimed", 0.0
+            return claimed.stopped or "claimed", 0.0, claimed.app_id
         held = await batches.batch_status(conn, event_id=batch.event_id, batch_key=batch.key)
     assert held is not None  # the claim found the row, or would have inserted it
     if held.status == "done":
-        return "done", 0.0
+        return "done", 0.0, 0
     # Held by another invocation: a redundant copy while the holder lives (a redelivery, a
     # resend by the reconciler), and wanted once its lease is over if the holder died.
     log.info("batch %s of event %d is being delivered elsewhere", batch.key, batch.event_id)
-    return "busy", held.lease_left
+    return "busy", held.lease_left, 0
 
 
 def _notification(batch: DeliveryBatch) -> Notification:

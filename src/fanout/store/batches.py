@@ -32,7 +32,7 @@ SET status = 'running', lease_until = EXCLUDED.lease_until, due_at = EXCLUDED.du
                    ELSE delivery_batches.devices END
 WHERE delivery_batches.status = 'queued'
    OR (delivery_batches.status = 'running' AND delivery_batches.lease_until < now())
-RETURNING {EVENT_STOPPED}
+RETURNING {EVENT_STOPPED}, (SELECT e.app_id FROM events AS e WHERE e.id = $1) AS app_id
 """
 
 # Index: delivery_batches_pkey. A claimed batch whose event was cancelled or expired while
@@ -127,6 +127,7 @@ class BatchClaim:
     expired ('cancelled', 'expired'): then nothing is to be sent."""
 
     stopped: str | None
+    app_id: int  # the event's app: whose credentials the batch is sent with
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,140 @@
+"""Each app pushes with its own stored credential; a credential replaced reaches a running
+worker within the refresh interval (60 s), never before its check, without a restart."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import asyncpg
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import SecretStr
+
+from fanout.config import Settings
+from fanout.credentials.sealing import generate_key
+from fanout.credentials.stored import required_keyring, store_credential
+from fanout.credentials.validation import apns_credential
+from fanout.local.emulators.stack import LocalPushServices, local_push_services
+from fanout.notification import Notification
+from fanout.providers import build_providers
+from fanout.providers.apps import AppProviders
+from fanout.queue.admin import create_queues
+from fanout.queue.sqs import open_client
+from fanout.runtime.pipeline import Pipeline
+from fanout.stages.publish import publish
+from fanout.store import apps, subscriptions
+from fanout.store.apps import DEFAULT_APP_ID
+from tests.helpers import run_everything
+
+TEAM, BUNDLE = "TEAM123456", "com.example.books"
+
+
+def new_apns_key(services: LocalPushServices) -> tuple[str, str]:
+    """A new .p8 key the APNs emulator knows (as Apple knows every key of the team): its
+    key id and PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_id = secrets.token_hex(5).upper()
+    services.apns.public_keys[key_id] = key.public_key()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return key_id, pem
+
+
+def kids_seen(services: LocalPushServices) -> set[str]:
+    """The key ids of the provider tokens the APNs emulator was sent since last cleared."""
+    return {jwt.get_unverified_header(token)["kid"] for token in services.apns.jwts_seen}
+
+
+async def topic_of_one_device(conn: asyncpg.Connection, app_id: int) -> str:
+    key = f"books:{secrets.token_hex(4)}"
+    topic_id = await subscriptions.find_or_create_topic(conn, app_id=app_id, topic=key)
+    user_id = await subscriptions.find_or_create_user(conn, app_id=app_id, user=key)
+    await subscriptions.subscribe(conn, topic_id=topic_id, user_id=user_id)
+    await conn.execute(
+        "INSERT INTO devices (app_id, user_id, platform, token) VALUES ($1, $2, 'apns', $3)",
+        app_id,
+        user_id,
+        secrets.token_hex(32),
+    )
+    return key
+
+
+@pytest.fixture
+async def services() -> AsyncIterator[LocalPushServices]:
+    async with local_push_services() as found:
+        yield found
+
+
+async def test_each_app_pushes_with_its_own_credential_and_a_new_one_reaches_the_worker(
+    settings: Settings, services: LocalPushServices
+) -> None:
+    settings = settings.model_copy(
+        update={**services.settings, "secret_key": SecretStr(generate_key())}
+    )
+    keyring = required_keyring(settings)
+    default_kid = settings.apns_key_id
+    async with open_client(settings) as client:
+        await create_queues(client, settings)
+    now = [0.0]
+    providers = AppProviders(settings, build_providers(settings), keyring, clock=lambda: now[0])
+    try:
+        async with Pipeline.open(settings, providers=providers) as pipeline:
+            two_kid, two_pem = new_apns_key(services)
+            async with pipeline.pool.acquire() as conn:
+                two = await apps.insert_app(conn, key="books-two", name="two", settings={})
+                assert two is not None
+                credential = apns_credential(
+                    key_pem=two_pem, key_id=two_kid, team_id=TEAM, bundle_id=BUNDLE
+                )
+                await store_credential(conn, app=two, credential=credential, keyring=keyring)
+                default_topic = await topic_of_one_device(conn, DEFAULT_APP_ID)
+                two_topic = await topic_of_one_device(conn, two.id)
+
+            async def push(app_id: int, topic: str) -> set[str]:
+                """Publish to the app's topic, deliver it; the key ids it was signed with."""
+                services.apns.jwts_seen.clear()
+                await publish(
+                    pipeline.pool,
+                    pipeline.queues,
+                    Notification(title="hi"),
+                    app_id=app_id,
+                    topic=topic,
+                )
+                await run_everything(pipeline)
+                return kids_seen(services)
+
+            # The default app has no stored credential: the FANOUT_APNS_* one.
+            assert await push(DEFAULT_APP_ID, default_topic) == {default_kid}
+            # Another app: its own, never the settings'.
+            assert await push(two.id, two_topic) == {two_kid}
+
+            # Replaced: a worker that checked less than 60 s ago goes on with the one it
+            # has; once the interval is over, the new one.
+            three_kid, three_pem = new_apns_key(services)
+            async with pipeline.pool.acquire() as conn:
+                replaced = apns_credential(
+                    key_pem=three_pem, key_id=three_kid, team_id=TEAM, bundle_id=BUNDLE
+                )
+                await store_credential(conn, app=two, credential=replaced, keyring=keyring)
+            now[0] += 59
+            assert await push(two.id, two_topic) == {two_kid}
+            now[0] += 2
+            assert await push(two.id, two_topic) == {three_kid}
+            # Removed: the app has nothing to push with on APNs; the default app is as
+            # it was.
+            async with pipeline.pool.acquire() as conn:
+                assert await apps.delete_credential(conn, app_id=two.id, provider="apns")
+            now[0] += 61
+            assert await push(two.id, two_topic) == set()
+            assert await push(DEFAULT_APP_ID, default_topic) == {default_kid}
+    finally:
+        await providers.aclose()
+    # Every push reached its device once: default 2, app two 3 (the last had no
+    # credential, its device skipped).
+    assert (services.apns.ledger.unique, services.apns.ledger.duplicates) == (5, 0)
