@@ -64,7 +64,9 @@ async def add_devices(
             else:
                 token = f"{services.webpush_endpoint_base}{run}-{i}"
                 keys = (services.p256dh, services.auth)
-            row = await conn.fetchrow(devices.UPSERT_DEVICE, user, platform, token, *keys, "en", 1)
+            row = await conn.fetchrow(
+                devices.UPSERT_DEVICE, user, platform, token, *keys, "en", 1, False
+            )
             ids.append(row["id"])
             tokens.append(token if platform != "webpush" else f"{run}-{i}")
     return topic, ids, tokens

@@ -27,7 +27,7 @@ from fanout.runtime.pipeline import Pipeline
 from fanout.stages.publish import publish
 from fanout.store import apps, subscriptions
 from fanout.store.apps import DEFAULT_APP_ID
-from tests.helpers import run_everything
+from tests.helpers import run_everything, status
 
 TEAM, BUNDLE = "TEAM123456", "com.example.books"
 
@@ -138,3 +138,65 @@ async def test_each_app_pushes_with_its_own_credential_and_a_new_one_reaches_the
     # Every push reached its device once: default 2, app two 3 (the last had no
     # credential, its device skipped).
     assert (services.apns.ledger.unique, services.apns.ledger.duplicates) == (5, 0)
+
+
+async def test_sandbox_and_production_devices_of_one_app_are_each_sent_to_their_endpoint(
+    settings: Settings, services: LocalPushServices
+) -> None:
+    """Each APNs device goes to the environment it was registered for, with the app's one
+    key; the emulators refuse a token sent to the other one (400 BadDeviceToken), as Apple
+    does, so a device registered for the wrong environment is deactivated, not pushed."""
+    from fanout.store import devices
+    from fanout.store.apps import DEFAULT_APP_ID
+
+    assert services.apns_sandbox is not None
+    settings = settings.model_copy(update=services.settings)
+    async with open_client(settings) as client:
+        await create_queues(client, settings)
+    tokens = {name: secrets.token_hex(32) for name in ("release", "debug", "misregistered")}
+    # What Apple knows: which environment each token was issued for.
+    services.apns.token_environments.update(
+        {
+            tokens["release"]: "production",
+            tokens["debug"]: "sandbox",
+            tokens["misregistered"]: "sandbox",  # registered below as production
+        }
+    )
+    async with Pipeline.open(settings) as pipeline:
+        async with pipeline.pool.acquire() as conn:
+            topic = f"books:{secrets.token_hex(4)}"
+            topic_id = await subscriptions.find_or_create_topic(
+                conn, app_id=DEFAULT_APP_ID, topic=topic
+            )
+            ids = {}
+            for name, sandbox in (("release", False), ("debug", True), ("misregistered", False)):
+                user_id = await subscriptions.find_or_create_user(
+                    conn, app_id=DEFAULT_APP_ID, user=f"{topic}-{name}"
+                )
+                await subscriptions.subscribe(conn, topic_id=topic_id, user_id=user_id)
+                registered = await devices.upsert_device(
+                    conn,
+                    app_id=DEFAULT_APP_ID,
+                    user_id=user_id,
+                    platform="apns",
+                    token=tokens[name],
+                    web_push_p256dh=None,
+                    web_push_auth=None,
+                    locale=None,
+                    apns_sandbox=sandbox,
+                )
+                ids[name] = registered.id
+        published = await publish(
+            pipeline.pool, pipeline.queues, Notification(title="hi"), topic=topic
+        )
+        await run_everything(pipeline)
+        found = await status(pipeline, published.event_id)
+        async with pipeline.pool.acquire() as conn:
+            active = dict(
+                await conn.fetch(
+                    "SELECT id, active FROM devices WHERE id = ANY($1)", list(ids.values())
+                )
+            )
+    assert (found.sent, found.invalid) == (2, 1)
+    assert services.apns.ledger.unique == 1 and services.apns_sandbox.ledger.unique == 1
+    assert active == {ids["release"]: True, ids["debug"]: True, ids["misregistered"]: False}

@@ -71,6 +71,10 @@ class ApnsDeviceIn(_DeviceBase):
     token: Annotated[str, StringConstraints(pattern=r"^([0-9a-fA-F]{2}){8,100}$")] = Field(
         description="The APNs device token, hexadecimal."
     )
+    apns_environment: Literal["production", "sandbox"] = Field(
+        default="production",
+        description="sandbox: a debug build's token, sent to Apple's sandbox endpoint.",
+    )
 
 
 class FcmDeviceIn(_DeviceBase):

@@ -30,7 +30,7 @@ from fanout.config import Settings
 from fanout.credentials.sealing import Keyring
 from fanout.credentials.stored import open_credential
 from fanout.credentials.validation import Credential
-from fanout.providers import Provider, build_provider
+from fanout.providers import Provider, providers_of_credential
 from fanout.providers.quota import QuotaStore
 from fanout.store import acquire, apps
 
@@ -45,7 +45,7 @@ CAPACITY = 256
 
 @dataclass
 class _AppEntry:
-    providers: dict[str, Provider]  # built from the app's stored credentials only
+    providers: dict[str, Provider]  # by wire platform, from the app's stored credentials
     stamps: dict[str, datetime]  # provider -> the credential's updated_at
     checked_at: float
     leases: int = 0
@@ -127,7 +127,7 @@ class AppProviders(Mapping[str, Provider]):
             if secret is None:  # removed since it was listed
                 continue
             credential = Credential(stored.provider, secret, dict(stored.identity))
-            built[stored.provider] = build_provider(self.settings, credential, self.quotas)
+            built |= providers_of_credential(self.settings, credential, self.quotas)
         return built
 
     async def _retire(self, entry: _AppEntry) -> None:

@@ -24,10 +24,12 @@ WHERE id = ANY($1::bigint[]) AND active
 # back after being deactivated); in another app it is another device. $1 is a user of the
 # app $7. xmax = 0 only on a freshly inserted row: that is how the caller tells 201 from 200.
 UPSERT_DEVICE = """
-INSERT INTO devices (app_id, user_id, platform, token, web_push_p256dh, web_push_auth, locale)
-VALUES ($7, $1, $2, $3, $4, $5, $6)
+INSERT INTO devices (app_id, user_id, platform, token, web_push_p256dh, web_push_auth, locale,
+                     apns_sandbox)
+VALUES ($7, $1, $2, $3, $4, $5, $6, $8)
 ON CONFLICT (app_id, platform, token) DO UPDATE
 SET user_id = EXCLUDED.user_id, web_push_p256dh = EXCLUDED.web_push_p256dh,
+    apns_sandbox = EXCLUDED.apns_sandbox,
     web_push_auth = EXCLUDED.web_push_auth, locale = EXCLUDED.locale, active = true,
     updated_at = now(), deactivated_at = NULL, deactivated_reason = NULL
 RETURNING id, (xmax = 0) AS created
@@ -53,12 +55,21 @@ async def upsert_device(
     web_push_p256dh: str | None,
     web_push_auth: str | None,
     locale: str | None,
+    apns_sandbox: bool = False,
 ) -> RegisteredDevice:
     """Register a device of the app's user ``user_id``, or refresh the app's one with this
     (platform, token): its user, keys and locale are set and it is active again
-    (``UPSERT_DEVICE``)."""
+    (``UPSERT_DEVICE``). ``apns_sandbox``: an APNs debug build's token."""
     row = await conn.fetchrow(
-        UPSERT_DEVICE, user_id, platform, token, web_push_p256dh, web_push_auth, locale, app_id
+        UPSERT_DEVICE,
+        user_id,
+        platform,
+        token,
+        web_push_p256dh,
+        web_push_auth,
+        locale,
+        app_id,
+        apns_sandbox,
     )
     return RegisteredDevice(**row)
 

@@ -5,7 +5,7 @@ re-read), and the reconciler's claim of overdue work.
 Every statement is written beside the one function that runs it, in the module of its
 table; only what several of them really share is here."""
 
-from fanout.queue.messages import WIRE_FIELDS
+from fanout.queue.messages import APNS_SANDBOX, WIRE_FIELDS
 
 # A device as it travels in a delivery batch, written by PostgreSQL as it reads the row:
 # made in Python (a tuple, a list, orjson per device) it was 60% of the fan-out worker's
@@ -24,6 +24,9 @@ _DEVICE_COLUMNS = {
 def _wire_array(fields: tuple[str, ...]) -> str:
     return "'[' || " + " || ',' || ".join(_DEVICE_COLUMNS[f] for f in fields) + " || ']'"
 
+
+# A device's platform as batches group it: an APNs sandbox device is in a group of its own.
+DEVICE_PLATFORM = f"CASE WHEN d.apns_sandbox THEN '{APNS_SANDBOX}' ELSE d.platform END"
 
 DEVICE_WIRE = f"""
 CASE WHEN d.platform = 'webpush' THEN {_wire_array(WIRE_FIELDS["webpush"])}
@@ -200,7 +203,7 @@ FROM (
     OFFSET 0
 ) AS s
 LEFT JOIN LATERAL (
-    SELECT d.platform, {DEVICE_WIRE} AS wire, NULL::text AS held_back
+    SELECT {DEVICE_PLATFORM} AS platform, {DEVICE_WIRE} AS wire, NULL::text AS held_back
     FROM devices AS d
     WHERE s.held_back IS NULL AND d.user_id = s.user_id AND d.active
     UNION ALL

@@ -33,6 +33,7 @@ async def register_device(
         auth: str | None = body.subscription.keys.auth
     else:
         token, p256dh, auth = body.token, None, None
+    sandbox = isinstance(body, schemas.ApnsDeviceIn) and body.apns_environment == "sandbox"
     async with pool.acquire() as conn, conn.transaction():
         user_id = await subscriptions.find_or_create_user(
             conn, app_id=key.app_id, user=body.user_id
@@ -46,6 +47,7 @@ async def register_device(
             web_push_p256dh=p256dh,
             web_push_auth=auth,
             locale=body.locale,
+            apns_sandbox=sandbox,
         )
     if not device.created:
         response.status_code = 200
