@@ -1,6 +1,7 @@
 """The whole pipeline, each part in its own process, measured from the database's clocks.
 
     python bench/pipeline.py [--subscribers 100000] [--preferences] [--json]
+                             [--kind alert|background|liveactivity]
 
 moto's SQS server, the APNs emulator (HTTP/2 + TLS, verifying every JWT), a fan-out worker
 and a delivery worker each run as a separate process; PostgreSQL as in bench/api.py. It
@@ -11,6 +12,10 @@ and the SQS requests made per 1,000 notifications (counted in moto's request log
 With --preferences, 30% of the subscribers are filtered out by the fan-out's audience
 rules (BENCH_AUDIENCE: opted out, opted out of the category, muting the topic, at its
 frequency cap); the fan-out's devices/second still counts every device of the topic.
+With --kind background or liveactivity, a second event of that kind follows the alert in
+the same run, on the same data and workers (a Live Activity update to one token per APNs
+device of the topic), and both kinds' rates are printed with their ratio: a kind should
+cost what an alert costs.
 """
 
 from __future__ import annotations
@@ -30,11 +35,19 @@ from _services import database, free_port
 
 from fanout.config import Settings
 from fanout.local.demo import DEMO_CATEGORY, AudienceMix, seed_audience
-from fanout.notification import Notification
+from fanout.notification import LiveActivity, Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client, open_queues
+from fanout.stages.live_activity import publish_update
 from fanout.stages.publish import publish
-from fanout.store import connect, create_pool, events, seeding, subscriptions
+from fanout.store import (
+    connect,
+    create_pool,
+    events,
+    live_activities,
+    seeding,
+    subscriptions,
+)
 from fanout.store.lifecycle import TERMINAL_STATES
 from fanout.store.migrate import migrate
 from fanout.store.subscriptions import find_or_create
@@ -92,20 +105,58 @@ def sqs_requests_so_far(moto_log: Path) -> int:
     return moto_log.read_text().count('"POST /')
 
 
+KINDS = ("alert", "background", "liveactivity")
+
+
+async def seed_activity(database_url: str, topic: str) -> str:
+    """The benchmark's Live Activity: a token for each APNs device of the topic."""
+    conn = await connect(database_url)
+    try:
+        activity = f"{topic}:live"
+        async with conn.transaction():
+            activity_id = await live_activities.find_or_create_activity(conn, activity_key=activity)
+            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic)
+            await seeding.seed_live_activity_tokens(
+                conn, activity_id=activity_id, topic_id=topic_id
+            )
+        await conn.execute("ANALYZE")
+        return activity
+    finally:
+        await conn.close()
+
+
+async def publish_kind(pool: Any, queues: Any, kind: str, topic: str, category: str | None) -> int:
+    """Publish one event of ``kind``: to the topic, or (liveactivity) to its activity."""
+    if kind == "liveactivity":
+        live = LiveActivity(event="update", content_state={"chapter": 12})
+        note = Notification(kind="liveactivity", priority="normal", live_activity=live)
+        done = await publish_update(pool, queues, note, activity_key=f"{topic}:live")
+        return done.published.event_id
+    if kind == "background":
+        note = Notification(kind="background", data={"book": "1001"}, category=category)
+    else:
+        note = Notification(title="New book", category=category)
+    return (await publish(pool, queues, note, topic=topic)).event_id
+
+
 async def run(
-    settings: Settings, topic: str, devices: int, moto_log: Path, category: str | None
+    settings: Settings,
+    topic: str,
+    devices: int,
+    moto_log: Path,
+    category: str | None,
+    kind: str = "alert",
 ) -> dict[str, Any]:
     pool = await create_pool(settings)
     try:
         async with open_client(settings) as client:
             queues = await open_queues(client, settings)
             requests_before = await asyncio.to_thread(sqs_requests_so_far, moto_log)
-            note = Notification(title="New book", category=category)
-            event = await publish(pool, queues, note, topic=topic)
+            event_id = await publish_kind(pool, queues, kind, topic, category)
             deadline = time.monotonic() + 3600
             while time.monotonic() < deadline:
                 async with pool.acquire() as conn:
-                    row = await conn.fetchrow(events.EVENT_PROGRESS, event.event_id)
+                    row = await conn.fetchrow(events.EVENT_PROGRESS, event_id)
                 done = row["sent"] + row["failed"] + row["invalid"] + row["skipped"]
                 # row["devices"]: those fanned out (the topic's, less any filtered out).
                 if row["status"] in TERMINAL_STATES and done >= row["devices"]:
@@ -114,16 +165,16 @@ async def run(
             async with pool.acquire() as conn:
                 first_batch = await conn.fetchval(
                     "SELECT min(started_at) FROM delivery_batches WHERE event_id = $1",
-                    event.event_id,
+                    event_id,
                 )
                 handled = await conn.fetchrow(
                     "SELECT count(*) AS batches,"
                     " sum(extract(epoch FROM finished_at - started_at)) AS seconds"
                     " FROM delivery_batches WHERE event_id = $1",
-                    event.event_id,
+                    event_id,
                 )
                 shards = await conn.fetchval(
-                    "SELECT count(*) FROM fanout_shards WHERE event_id = $1", event.event_id
+                    "SELECT count(*) FROM fanout_shards WHERE event_id = $1", event_id
                 )
             requests = await asyncio.to_thread(sqs_requests_so_far, moto_log) - requests_before
     finally:
@@ -232,6 +283,10 @@ def run_baseline(
     }
 
 
+# What --kind compares between the alert and the other kind.
+RATES = ("fanout_devices_per_second", "delivery_notifications_per_second", "sent")
+
+
 def merge_usage(usages: Iterable[dict[str, list[int]]]) -> dict[str, list[int]]:
     """SQS calls of several processes: operation -> [requests, billed requests]."""
     merged: dict[str, list[int]] = {}
@@ -274,6 +329,12 @@ def main() -> None:
         "--skip-baseline",
         action="store_true",
         help="Only fanout; no ratios (the baseline is slow).",
+    )
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="alert",
+        help="After the alert, an event of this kind on the same data, and the ratio.",
     )
     args = parser.parse_args()
 
@@ -326,6 +387,8 @@ def main() -> None:
                     BENCH_AUDIENCE if args.preferences else None,
                 )
             )
+            if args.kind == "liveactivity":
+                asyncio.run(seed_activity(database_url, topic))
             workers = {
                 role: subprocess.Popen(
                     [sys.executable, "-m", "fanout", "worker", "--role", role],
@@ -349,6 +412,28 @@ def main() -> None:
                 role: round((cpu_seconds(p.pid) - cpu_before[role]) / devices * 1e6, 1)
                 for role, p in workers.items()
             }
+            if args.kind != "alert":  # the same workers, warm, on the same data
+                cpu_before = {role: cpu_seconds(p.pid) for role, p in workers.items()}
+                other = asyncio.run(
+                    run(settings, topic, devices, moto_log, category, kind=args.kind)
+                )
+                other["cpu_us_per_device"] = {
+                    role: round((cpu_seconds(p.pid) - cpu_before[role]) / devices * 1e6, 1)
+                    for role, p in workers.items()
+                }
+                result["kinds"] = {
+                    kind: {key: found[key] for key in (*RATES, "cpu_us_per_device")}
+                    for kind, found in (("alert", result), (args.kind, other))
+                }
+                result["kind_ratio"] = {
+                    key: round(other[key] / result[key], 3) if result[key] else None
+                    for key in RATES
+                } | {  # the alert's CPU over the kind's: above 1, the kind costs less
+                    f"cpu_us_per_device.{role}": round(
+                        result["cpu_us_per_device"][role] / other["cpu_us_per_device"][role], 3
+                    )
+                    for role in workers
+                }
             result["peak_rss_kb"] = {role: peak_rss_kb(p.pid) for role, p in workers.items()}
             for process in workers.values():  # the baseline gets the machine to itself
                 process.terminate()
@@ -389,6 +474,10 @@ def main() -> None:
         "held_back",
     ):
         print(f"  {key:<36}{result[key]}")
+    if "kinds" in result:
+        for kind, rates in result["kinds"].items():
+            print(f"  {kind:<14}" + "  ".join(f"{key} {value}" for key, value in rates.items()))
+        print(f"  {args.kind + '/alert':<14}{result['kind_ratio']}")
     if "baseline" in result:
         baseline = result["baseline"]
         print("baseline (one SQS message per subscriber, devices looked up per message):")

@@ -19,7 +19,7 @@ from fanout.queue.messages import DeliveryBatch, decode
 from fanout.queue.sqs import Queue, open_client
 from fanout.runtime.pipeline import Pipeline
 from fanout.stages.progress import EventStatus, load_event_status
-from fanout.store import subscriptions
+from fanout.store import live_activities, subscriptions
 from fanout.store.apps import DEFAULT_APP_ID
 
 
@@ -58,6 +58,29 @@ async def make_topic(
             for k in range(devices_per_user[i % len(devices_per_user)]):
                 device_ids.append(await add_device(conn, user_id, f"{token_prefix}-{run}-{i}-{k}"))
     return Topic(key, topic_id, user_ids, device_ids)
+
+
+async def add_live_activity_tokens(pool: asyncpg.Pool, activity: str, count: int) -> list[str]:
+    """``count`` new users, each with a push token of the activity ``activity`` (created if
+    new); returns the tokens (hexadecimal, as APNs's)."""
+    run = secrets.token_hex(4)
+    tokens = [secrets.token_hex(32) for _ in range(count)]
+    async with pool.acquire() as conn, conn.transaction():
+        activity_id = await live_activities.find_or_create_activity(conn, activity_key=activity)
+        await conn.execute(
+            """WITH u AS (
+                   INSERT INTO users (app_id, external_id)
+                   SELECT $5, $1 || '-' || i FROM generate_series(1, $2) AS i RETURNING id
+               ), numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM u)
+               INSERT INTO live_activity_tokens (activity_id, user_id, kind, token)
+               SELECT $3, numbered.id, 'activity', ($4::text[])[numbered.n] FROM numbered""",
+            run,
+            count,
+            activity_id,
+            tokens,
+            DEFAULT_APP_ID,
+        )
+    return tokens
 
 
 async def add_device(

@@ -297,6 +297,10 @@ def publish(
     interruption_level: Annotated[
         str | None, typer.Option(help="APNs: passive, active, time-sensitive or critical.")
     ] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE for the app (a background push's whole content); repeat."),
+    ] = None,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
     send_at: Annotated[
         str | None, typer.Option(help="Not before: ISO 8601 with an offset (2026-03-29T07:00Z).")
@@ -321,9 +325,19 @@ def publish(
 
     settings = _settings()
     asked = {"title": title, "thread_id": thread_id, "interruption_level": interruption_level}
-    notification = {"kind": kind, **{k: v for k, v in asked.items() if v is not None}}
+    notification: dict[str, Any] = {
+        "kind": kind,
+        **{k: v for k, v in asked.items() if v is not None},
+    }
     if body:  # a background push has none; an alert's defaults to empty
         notification["body"] = body
+    if data:
+        pairs = [item.partition("=") for item in data]
+        if bad := next(
+            (item for item, (_, eq, _) in zip(data, pairs, strict=True) if not eq), None
+        ):
+            raise typer.BadParameter(f"{bad!r} is not KEY=VALUE", param_hint="--data")
+        notification["data"] = {key: value for key, _, value in pairs}
     request = _publish_request(
         {
             "topic": topic,
@@ -378,6 +392,9 @@ def _publish_request(fields: dict[str, Any]) -> Any:
     except pydantic.ValidationError as exc:
         error = exc.errors()[0]
         where = [str(part) for part in error["loc"]]
+        if where[:2] == ["notification", "data"]:
+            message = f"{'.'.join(where[2:])}: {error['msg']}"
+            raise typer.BadParameter(message, param_hint="--data") from None
         name = where[-1] if where[0] == "notification" else where[0]
         hint = "TOPIC" if name == "topic" else f"--{name.replace('_', '-')}"
         raise typer.BadParameter(error["msg"], param_hint=hint) from None

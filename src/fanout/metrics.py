@@ -128,6 +128,15 @@ SQS_OLDEST_MESSAGE_AGE = Gauge(
     ["queue"],
 )
 
+# --- Leases ---------------------------------------------------------------------------
+LEASES_LOST = Counter(
+    "fanout_leases_lost",
+    "Shards and batches an invocation stopped working on because its lease had lapsed and "
+    "another invocation held it (a checkpoint, renewal or finish in its name was refused), "
+    "by unit (shard, batch)",
+    ["unit"],
+)
+
 # --- Reconciler -----------------------------------------------------------------------
 RECONCILER_ACTIONS = Counter(
     "fanout_reconciler_actions",

@@ -1,9 +1,11 @@
 """What a notification says, and how it is rendered for one locale.
 
 A notification has a kind: an ``alert`` shows text; a ``background`` push shows nothing
-and wakes the app with its data. Each provider module renders each kind its own way
-(providers/apns.py, fcm.py, webpush.py); the rules every provider shares (an alert has a
-title, a background push has no text) are checked here, where the model is validated.
+and wakes the app with its data; a ``liveactivity`` push starts, updates or ends an iOS
+Live Activity (its ``live_activity`` block, sent to the activity's APNs tokens only).
+Each provider module renders each kind its own way (providers/apns.py, fcm.py,
+webpush.py); the rules every provider shares (an alert has a title, a background push has
+no text) are checked here, where the model is validated.
 
 Rendering is done once per locale per batch, never per device.
 """
@@ -25,16 +27,19 @@ from pydantic_core import InitErrorDetails
 from fanout.overrides import (
     ApnsOverride,
     FcmOverride,
+    JsonObject,
     StringValue,
     WebPushOverride,
+    json_problems,
     problem,
     raise_problems,
 )
 
 # What the push is to the device. Stored events from before kinds existed carry none and
-# read as alerts. "liveactivity" (issue 23) joins this Literal: every `match` on a kind
-# ends in `assert_never`, so mypy then names each place that must learn it.
-Kind = Literal["alert", "background"]
+# read as alerts. Every `match` on a kind ends in `assert_never`, so a new kind is a mypy
+# error in each place that must learn it.
+Kind = Literal["alert", "background", "liveactivity"]
+LiveActivityEvent = Literal["start", "update", "end"]
 # Apple's interruption levels (iOS 15): how far the alert may break through Focus.
 # "critical" sounds through mute and needs an entitlement Apple grants per app.
 InterruptionLevel = Literal["passive", "active", "time-sensitive", "critical"]
@@ -92,6 +97,9 @@ ALERT_FIELDS = (
 SHOWN_APS_KEYS = ("alert", "sound", "badge")
 # Chrome and Firefox show at most two actions (Notification.maxActions); Safari none.
 MAX_ACTIONS = 2
+# What a Live Activity push may carry besides its live_activity block: the alert Apple
+# shows with it (title and body), its relevance score, priority and ttl.
+LIVE_ACTIVITY_FIELDS = ("title", "body", "relevance_score")
 
 
 class LocalizedText(BaseModel):
@@ -124,6 +132,56 @@ class Action(BaseModel):
         return shown
 
 
+class LiveActivity(BaseModel):
+    """What a Live Activity push says (Apple: "Starting and updating Live Activities with
+    ActivityKit push notifications"): its event, the ContentState the widget shows, and
+    when it goes stale or is dismissed, in UNIX seconds as Apple takes them."""
+
+    model_config = _TEXT_CONFIG
+
+    event: LiveActivityEvent
+    content_state: JsonObject | None = Field(
+        default=None, description="The activity's ContentState, as the app decodes it."
+    )
+    stale_date: Annotated[int, Field(ge=0)] | None = None
+    dismissal_date: Annotated[int, Field(ge=0)] | None = None
+    attributes_type: Identifier | None = Field(
+        default=None, description="start: the ActivityAttributes type the app declares."
+    )
+    attributes: JsonObject | None = None
+    # Set at publish, strictly increasing per activity: the device keeps the newest.
+    timestamp: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _storable(self) -> LiveActivity:
+        problems = []
+        for name in ("content_state", "attributes"):
+            value = getattr(self, name)
+            problems += json_problems(value, (name,)) + _text_problems(value, (name,))
+        raise_problems("LiveActivity", problems)
+        return self
+
+
+def _text_problems(value: Any, loc: tuple[str | int, ...]) -> list[InitErrorDetails]:
+    """Strings of a JSON value (keys too) PostgreSQL can store and UTF-8 encode: no NUL,
+    no lone UTF-16 surrogate."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return [problem(loc, "text contains an unpaired UTF-16 surrogate")]
+        return [problem(loc, "text contains a NUL character")] if "\x00" in value else []
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _text_problems(item, (*loc, i))]
+    if isinstance(value, dict):
+        return [
+            p
+            for key, item in value.items()
+            for p in _text_problems(key, (*loc, key)) + _text_problems(item, (*loc, key))
+        ]
+    return []
+
+
 class Notification(BaseModel):
     """The content of one event's push, as the publisher gave it."""
 
@@ -132,7 +190,8 @@ class Notification(BaseModel):
     kind: Kind = Field(
         default="alert",
         description="alert: shows title and body. background: shows nothing, wakes the app "
-        "with its data (APNs background push, FCM data message, Web Push JSON).",
+        "with its data (APNs background push, FCM data message, Web Push JSON). "
+        "liveactivity: a Live Activity update (POST /v1/live-activities/{id}/updates).",
     )
     title: ShortText | None = Field(default=None, description="Required for an alert.")
     subtitle: ShortText | None = None
@@ -202,16 +261,23 @@ class Notification(BaseModel):
     webpush: WebPushOverride | None = Field(
         default=None, description="Merged into the Web Push request (headers, payload)."
     )
+    live_activity: LiveActivity | None = Field(
+        default=None, description="A liveactivity push's event and content state."
+    )
 
     @model_validator(mode="after")
     def _follows_its_kind(self) -> Notification:
         problems = _reserved_data_keys(self.data)
         problems += _aps_problems(self)
+        if self.kind != "liveactivity" and self.live_activity is not None:
+            problems.append(problem(("live_activity",), "only a liveactivity push has one"))
         if self.kind == "alert":
             if self.title is None:
                 problems.append(problem(("title",), "Field required for an alert", "missing"))
-        else:
+        elif self.kind == "background":
             problems += _background_problems(self)
+        else:
+            problems += _live_activity_problems(self)
         raise_problems("Notification", problems)
         return self
 
@@ -300,6 +366,39 @@ def _background_problems(notification: Notification) -> list[InitErrorDetails]:
     return problems
 
 
+def _live_activity_problems(notification: Notification) -> list[InitErrorDetails]:
+    """Apple's rules for a Live Activity push: a start names its attributes, a start or an
+    update carries the content state, only an end has a dismissal date; an alert has a
+    title. Nothing for the other platforms, nothing an alert alone shows."""
+    problems = []
+    others = (*ALERT_FIELDS, "data", "fcm", "webpush", "category", "collapse_key")
+    for name in others:
+        if name in LIVE_ACTIVITY_FIELDS:
+            continue
+        default = Notification.model_fields[name].get_default(call_default_factory=True)
+        if getattr(notification, name) != default:
+            problems.append(problem((name,), "a Live Activity push does not carry it"))
+    if notification.body and notification.title is None:
+        problems.append(problem(("title",), "Field required for an alert", "missing"))
+    live = notification.live_activity
+    if live is None:
+        problems.append(problem(("live_activity",), "Field required", "missing"))
+        return problems
+    where = "live_activity"
+    if live.event != "end" and live.content_state is None:
+        problems.append(
+            problem((where, "content_state"), f"Field required for {live.event}", "missing")
+        )
+    for name in ("attributes_type", "attributes"):
+        if live.event == "start" and getattr(live, name) is None:
+            problems.append(problem((where, name), "Field required for start", "missing"))
+        if live.event != "start" and getattr(live, name) is not None:
+            problems.append(problem((where, name), "only a start carries it"))
+    if live.event != "end" and live.dismissal_date is not None:
+        problems.append(problem((where, "dismissal_date"), "only an end is dismissed"))
+    return problems
+
+
 CRITICAL_NOT_ALLOWED = (
     "a critical alert sounds through mute and Focus, and needs the entitlement Apple "
     "grants per app: once the app has it, set FANOUT_APNS_ALLOW_CRITICAL=true"
@@ -346,6 +445,7 @@ class RenderedNotification(BaseModel):
     apns: ApnsOverride | None = None
     fcm: FcmOverride | None = None
     webpush: WebPushOverride | None = None
+    live_activity: LiveActivity | None = None
 
     def payload(self) -> dict[str, Any]:
         """The provider-neutral JSON form (what the sink receives): no platform blocks,
@@ -355,7 +455,7 @@ class RenderedNotification(BaseModel):
             del neutral["actions"]
         if not self.mutable_content:
             del neutral["mutable_content"]
-        if self.kind == "background":
+        if self.kind == "background" or (self.kind == "liveactivity" and not self.body):
             del neutral["body"]  # it has none
         return neutral
 
@@ -404,4 +504,5 @@ def render(
         apns=notification.apns,
         fcm=notification.fcm,
         webpush=notification.webpush,
+        live_activity=notification.live_activity,
     )

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
+import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
@@ -118,9 +119,20 @@ def _a_string(value: Any) -> Any:
     # Said here rather than as pydantic's "Input should be a valid string": FCM refuses a
     # number in any data map (INVALID_ARGUMENT), so fanout refuses it for every platform.
     if not isinstance(value, str):
-        raise PydanticCustomError(
-            "string_type", 'data values must be strings (FCM takes no other): "3", not 3'
-        )
+        if isinstance(value, bool | int | float):
+            written = orjson.dumps(value).decode()
+            message = (
+                f'data values must be strings (FCM takes no other): "{written}", not {written}'
+            )
+        else:
+            given = (
+                "null" if value is None else "a list" if isinstance(value, list) else "an object"
+            )
+            message = (
+                f"data values must be strings (FCM takes no other), not {given}: encode it as "
+                "a string (JSON, for instance)"
+            )
+        raise PydanticCustomError("string_type", message)
     return value
 
 

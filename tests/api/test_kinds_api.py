@@ -1,5 +1,6 @@
 """Publishing each kind through the API: what is accepted, and every refusal a 422
-naming the field (the wire form is in tests/providers/test_kinds.py)."""
+naming the field (the wire form is in tests/providers/test_kinds.py and, for Live
+Activities, tests/providers/test_live_activities.py)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ async def test_each_kind_is_accepted(api: ApiServer, notification: dict[str, Any
     ("notification", "loc", "says"),
     [
         ({"body": "b"}, ["title"], "required for an alert"),
-        ({"kind": "liveactivity", "title": "t"}, ["kind"], "'alert' or 'background'"),
+        ({"kind": "voip", "title": "t"}, ["kind"], "'alert', 'background' or 'liveactivity'"),
+        ({"kind": "liveactivity", "live_activity": {"event": "end"}}, ["kind"],
+         "POST /v1/live-activities/{activity_id}/updates"),
         ({"kind": "background", "title": "t"}, ["title"], "background push shows nothing"),
         ({"kind": "background", "badge": 1}, ["badge"], "background push shows nothing"),
         ({"title": "t", "data": {"count": 3}}, ["data", "count"], "must be strings"),
@@ -95,3 +98,70 @@ async def test_a_one_to_one_send_is_held_to_the_same_rules(api: ApiServer) -> No
     assert response.status_code == 422
     [problem] = response.json()["detail"]
     assert problem["loc"] == ["body", "notification", "data", "n"]
+
+
+# --- Live Activities ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "says"),
+    [
+        ({"event": "pause", "content_state": {}}, ["event"], "'start', 'update' or 'end'"),
+        ({"event": "update", "content_state": "1-0"}, ["content_state"], "dictionary"),
+        ({"event": "update"}, ["content_state"], "Field required for update"),
+        ({"event": "start", "content_state": {}}, ["attributes_type"], "required for start"),
+        ({"event": "start", "content_state": {}, "attributes_type": "A"}, ["attributes"],
+         "required for start"),
+        ({"event": "update", "content_state": {}, "dismissal_date": "2030-01-01T00:00:00Z"},
+         ["dismissal_date"], "only an end is dismissed"),
+        ({"event": "update", "content_state": {}, "attributes": {}}, ["attributes"],
+         "only a start"),
+        ({"event": "update", "content_state": {}, "priority": 7}, ["priority"], "5 or 10"),
+        ({"event": "end", "alert": {"body": "b"}}, ["alert", "title"], "Field required"),
+        ({"event": "end", "stale_date": "2030-01-01T00:00:00"}, ["stale_date"], "timezone"),
+        ({"event": "update", "content_state": {"blob": "x" * 5000}}, ["content_state"],
+         "the limit is 4096 bytes"),
+        ({"event": "end", "title": "t"}, ["title"], "Extra inputs"),
+    ],
+)  # fmt: skip
+async def test_a_refused_live_activity_update_is_a_422_naming_the_field(
+    api: ApiServer, body: dict[str, Any], loc: list[str], says: str
+) -> None:
+    async with api.client("publish") as client:
+        answer = await client.post("/v1/live-activities/match-1/updates", json=body)
+    assert answer.status_code == 422, answer.text
+    found = {tuple(p["loc"]): p["msg"] for p in answer.json()["detail"]}
+    assert ("body", *loc) in found, found
+    assert says in found[("body", *loc)]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"user_id": "u", "token": "not-hex"}, ["token"]),
+        ({"user_id": "u", "token": "ab" * 32, "kind": "voip"}, ["kind"]),
+        ({"user_id": "u", "token": "ab" * 32, "topic": "bad topic"}, ["topic"]),
+    ],
+)
+async def test_a_refused_live_activity_token_is_a_422_naming_the_field(
+    api: ApiServer, body: dict[str, Any], loc: list[str]
+) -> None:
+    async with api.client("manage") as client:
+        answer = await client.post("/v1/live-activities/match-1/tokens", json=body)
+    assert answer.status_code == 422, answer.text
+    assert ["body", *loc] in [p["loc"] for p in answer.json()["detail"]]
+
+
+async def test_a_live_activity_update_is_published_at_most_once_per_idempotency_key(
+    api: ApiServer,
+) -> None:
+    activity = f"/v1/live-activities/match-{secrets.token_hex(4)}/updates"
+    body = {"event": "update", "content_state": {"n": 1}, "idempotency_key": "goal-1"}
+    async with api.client("publish") as client:
+        first = await client.post(activity, json=body)
+        again = await client.post(activity, json=body)
+        other = await client.post(activity, json={**body, "content_state": {"n": 2}})
+    assert first.status_code == again.status_code == 202, first.text
+    assert first.json()["created"] and not again.json()["created"]
+    assert again.json()["event_id"] == first.json()["event_id"]
+    assert other.status_code == 409 and "idempotency_key" in other.text

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fanout.notification import Notification
+from fanout.notification import LiveActivity, Notification
+from fanout.queue.sqs import Queues
+from fanout.stages.live_activity import publish_update
 from fanout.stages.publish import record_event
 from tests.console.conftest import Console
 from tests.helpers import make_topic
@@ -47,6 +49,24 @@ async def test_the_console_shows_each_events_kind(console: Console) -> None:
         f'#{background.event_id}</a> <span class="kind kind-background">background</span>' in rows
     )
     assert '<span class="kind kind-background">background</span>' in page
+
+
+async def test_a_live_activity_update_shows_its_kind_and_activity(console: Console) -> None:
+    async def no_queue() -> Queues:
+        raise ConnectionError("left to the reconciler")
+
+    update = Notification(
+        kind="liveactivity",
+        live_activity=LiveActivity(event="update", content_state={"score": "1-0"}),
+    )
+    pool = console.app.state.api.pool
+    done = await publish_update(
+        pool, no_queue, update, activity_key="match:console", enqueue_timeout=1
+    )
+    async with console.signed_in("read") as client:
+        page = (await client.get(f"/console/events/{done.published.event_id}")).text
+    assert '<span class="kind kind-liveactivity">liveactivity</span>' in page
+    assert "to live activity match:console" in page
 
 
 async def test_an_event_page_polls_until_the_event_ends(console: Console) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -73,6 +74,16 @@ def report(name: str, devices: int, ledger: object) -> None:
         f"\nFAULT {name}: devices={devices} delivered={unique} "
         f"duplicates={duplicates} lost={devices - unique}"
     )
+
+
+def exactly_once(sink: EmbeddedSink, devices: int) -> None:
+    """Every one of ``devices`` reached the sink, none twice (the figures shown with -s)."""
+    ledger = sink.sink.ledger
+    report(
+        os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split(" ")[0], devices, ledger
+    )
+    assert ledger.unique == devices, "a device was skipped"
+    assert ledger.duplicates == 0, f"{ledger.duplicates} duplicates"
 
 
 def sink_worker(

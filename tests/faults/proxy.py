@@ -5,13 +5,15 @@ when that service restarts or the network drops, without touching the shared ser
 The outage ends when the worker has tried to come back a given number of times, not
 after a number of seconds: on a loaded machine a timed outage may fall before the
 worker gets there, or last past every retry it has. It can also count what the client
-sends (``watch``), so a test can act once a request is out.
+sends (``watch``), so a test can act once a request is out, and lose the reply to one
+PostgreSQL statement after the server has committed it (``drop_reply_to``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 
 class FlakyProxy:
@@ -24,6 +26,8 @@ class FlakyProxy:
         self.refused = 0  # connections refused during outages, in all
         self.restored = asyncio.Event()
         self.sent: dict[bytes, int] = {}  # watched byte strings -> times the client sent one
+        self._drop_reply_to: bytes | None = None
+        self.replies_dropped = 0  # statements run whose reply the client never saw
 
     async def __aenter__(self) -> FlakyProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -53,6 +57,13 @@ class FlakyProxy:
         (found within one read: fine for a header such as an SQS action's name)."""
         self.sent.setdefault(pattern, 0)
 
+    def drop_reply_to(self, statement: bytes) -> None:
+        """Once, for the next client that sends ``statement`` (its text, as PostgreSQL's
+        Parse message carries it): let the server run and commit it, then cut that
+        connection before a byte of its result reaches the client, which sees the
+        connection drop and cannot know the statement committed."""
+        self._drop_reply_to = statement
+
     def _cut(self) -> None:
         for writer in list(self._pipes):
             writer.transport.abort()
@@ -72,7 +83,22 @@ class FlakyProxy:
             writer.transport.abort()
             return
         self._pipes.update((writer, up_writer))
-        await asyncio.gather(_pump(reader, up_writer, self.sent), _pump(up_reader, writer))
+        doomed = asyncio.Event()
+
+        def doom_if_matched(data: bytes) -> None:
+            if self._drop_reply_to is not None and self._drop_reply_to in data:
+                self._drop_reply_to = None  # once
+                doomed.set()
+
+        def cut() -> None:
+            self.replies_dropped += 1
+            writer.transport.abort()
+            up_writer.transport.abort()
+
+        await asyncio.gather(
+            _pump(reader, up_writer, self.sent, inspect=doom_if_matched),
+            _pump_replies(up_reader, writer, doomed, cut),
+        )
         self._pipes.difference_update((writer, up_writer))
 
 
@@ -80,13 +106,60 @@ async def _pump(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     counts: dict[bytes, int] | None = None,
+    inspect: Callable[[bytes], None] | None = None,
 ) -> None:
     with contextlib.suppress(OSError, asyncio.IncompleteReadError, ConnectionError):
         while data := await reader.read(65536):
+            if inspect is not None:  # before the server can have it
+                inspect(data)
             if counts:
                 for pattern in counts:
                     counts[pattern] += data.count(pattern)
             writer.write(data)
+            await writer.drain()
+    with contextlib.suppress(OSError, RuntimeError):
+        writer.close()
+
+
+# PostgreSQL's replies to running a statement (extended protocol): BindComplete, DataRow,
+# CommandComplete, EmptyQueryResponse. A prepare's replies (ParseComplete,
+# ParameterDescription, RowDescription, NoData) are let through: the client must get them
+# to go on and run the statement.
+_RUNNING = frozenset(b"2DCI")
+_READY_FOR_QUERY = ord("Z")
+
+
+async def _pump_replies(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    doomed: asyncio.Event,
+    cut: Callable[[], None],
+) -> None:
+    """Server to client. Once ``doomed`` (the client sent the statement: the server's
+    stream is between messages, as the client waits for each reply before it sends more),
+    read PostgreSQL's messages one by one: forward them until the statement runs, then keep
+    its result from the client and ``cut`` at the ReadyForQuery that follows (sent once
+    the statement's transaction has committed)."""
+    pending = b""
+    running = False
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError, ConnectionError):
+        while data := await reader.read(65536):
+            if not doomed.is_set():
+                writer.write(data)
+                await writer.drain()
+                continue
+            pending += data
+            while len(pending) >= 5:
+                end = 1 + int.from_bytes(pending[1:5])
+                if len(pending) < end:
+                    break
+                message, pending = pending[:end], pending[end:]
+                running = running or message[0] in _RUNNING
+                if running and message[0] == _READY_FOR_QUERY:
+                    cut()
+                    return
+                if not running:
+                    writer.write(message)
             await writer.drain()
     with contextlib.suppress(OSError, RuntimeError):
         writer.close()

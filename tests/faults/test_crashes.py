@@ -11,9 +11,10 @@ import asyncpg
 
 from fanout.config import Settings
 from fanout.local.sink import EmbeddedSink
-from fanout.notification import Notification
+from fanout.notification import LiveActivity, Notification
 from fanout.queue.sqs import Queues
 from fanout.stages.fanout import plan_event
+from fanout.stages.live_activity import publish_update
 from fanout.stages.publish import publish, record_event
 from tests.faults.conftest import (
     WorkerProcess,
@@ -22,7 +23,7 @@ from tests.faults.conftest import (
     wait_until_delivered,
     worker_in_process,
 )
-from tests.helpers import make_topic, wait_for
+from tests.helpers import add_live_activity_tokens, make_topic, wait_for
 
 NOTE = Notification(title="New book")
 
@@ -65,6 +66,37 @@ async def test_delivery_worker_killed_mid_batch(
     workers.append(worker)
     worker.start()
     await wait_for(lambda: sink.sink.ledger.unique >= 500, "500 devices delivered")
+    worker.kill()
+    sink.sink.delay = 0.0
+
+    worker.start()
+    await wait_until_delivered(pool, event.event_id, 3000)
+    await assert_nothing_lost(pool, sink, event.event_id, 3000)
+
+
+async def test_delivery_worker_killed_mid_live_activity_update(
+    fault_settings: Settings,
+    pool: asyncpg.Pool,
+    queues: Queues,
+    sink: EmbeddedSink,
+    workers: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    await add_live_activity_tokens(pool, "match:killed", 3000)
+    update = Notification(
+        kind="liveactivity",
+        priority="normal",
+        live_activity=LiveActivity(event="update", content_state={"minute": 61}),
+    )
+    event = (await publish_update(pool, queues, update, activity_key="match:killed")).published
+    await plan_event(event.event_id, pool, queues, fault_settings)  # batches wait on SQS
+    sink.sink.delay = 0.3  # each batch takes a while, so the kill lands inside one
+    worker = sink_worker(
+        fault_settings, "delivery", sink.url, tmp_path, FANOUT_WORKER_CONCURRENCY="1"
+    )
+    workers.append(worker)
+    worker.start()
+    await wait_for(lambda: sink.sink.ledger.unique >= 500, "500 tokens sent to")
     worker.kill()
     sink.sink.delay = 0.0
 

@@ -9,7 +9,6 @@ machine a timed window can close before the worker reaches it, or outlast its re
 from __future__ import annotations
 
 import math
-import os
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -19,20 +18,11 @@ from fanout.config import Settings
 from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
 from fanout.stages.publish import publish
-from tests.faults.conftest import report, wait_until_delivered, worker_in_process
+from tests.faults.conftest import exactly_once, wait_until_delivered, worker_in_process
 from tests.faults.proxy import FlakyProxy
 from tests.helpers import make_topic, wait_for
 
 NOTE = Notification(title="New book")
-
-
-def exactly_once(sink: EmbeddedSink, devices: int) -> None:
-    ledger = sink.sink.ledger
-    report(
-        os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split(" ")[0], devices, ledger
-    )
-    assert ledger.unique == devices, "a device was skipped"
-    assert ledger.duplicates == 0, f"{ledger.duplicates} duplicates"
 
 
 async def refused_retry_batches(pool: asyncpg.Pool, event_id: int) -> int:

@@ -330,7 +330,10 @@ def test_a_bad_publish_option_names_it(settings: Settings) -> None:
 
 def test_publish_each_kind_from_the_command_line(settings: Settings) -> None:
     assert fanout(settings, "queues", "create").returncode == 0
-    background = fanout(settings, "publish", "author:k", "--kind", "background")
+    background = fanout(
+        settings, "publish", "author:k", "--kind", "background", "--data", "book=1001",
+        "--data", "note=a=b",
+    )  # fmt: skip
     alert = fanout(
         settings, "publish", "author:k", "--title", "Chapter 12", "--thread-id", "book-1",
         "--interruption-level", "time-sensitive",
@@ -346,7 +349,9 @@ def test_publish_each_kind_from_the_command_line(settings: Settings) -> None:
         finally:
             await conn.close()
 
-    assert asyncio.run(stored(background.stdout.strip())) == {"kind": "background"}
+    assert asyncio.run(stored(background.stdout.strip())) == {
+        "kind": "background", "data": {"book": "1001", "note": "a=b"},
+    }  # fmt: skip
     assert asyncio.run(stored(alert.stdout.strip())) == {
         "title": "Chapter 12", "thread_id": "book-1", "interruption_level": "time-sensitive",
     }  # fmt: skip
@@ -357,7 +362,9 @@ def test_publish_each_kind_from_the_command_line(settings: Settings) -> None:
     [
         (("--kind", "background", "--title", "t"), "--title", "background push shows nothing"),
         (("--body", "no title"), "--title", "required for an alert"),
-        (("--kind", "silent"), "--kind", "'alert' or 'background'"),
+        (("--kind", "silent"), "--kind", "'alert', 'background'"),
+        (("--kind", "background", "--data", "book"), "--data", "'book' is not KEY=VALUE"),
+        (("--kind", "background", "--data", "from=me"), "--data", "from"),
         (("--title", "t", "--interruption-level", "critical"), "--interruption-level",
          "FANOUT_APNS_ALLOW_CRITICAL"),
     ],

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 import asyncpg
 import pytest
 
 from fanout.local.sink import EmbeddedSink
-from fanout.notification import Notification
-from fanout.queue.messages import DeliveryBatch, PoisonMessage
+from fanout.notification import Notification, RenderedNotification
+from fanout.providers import Outcome, Provider
+from fanout.queue.messages import DeliveryBatch, Device, PoisonMessage
 from fanout.runtime.pipeline import Pipeline
-from fanout.stages.delivery import deliver_batch
+from fanout.stages.delivery import BatchReport, deliver_batch
 from fanout.stages.fanout import plan_event
 from fanout.stages.publish import record_event
 from fanout.store import events
@@ -123,3 +127,63 @@ async def test_batch_with_an_invalid_notification_is_poison(
     batch = DeliveryBatch(event.event_id, "s0:1-1", 0, {"nope": 1}, {"apns": [[1, "x", None]]})
     with pytest.raises(PoisonMessage, match="invalid notification"):
         await deliver(pipeline, batch)
+
+
+class LeaseTakenMidSend(Provider):
+    """Delivers through ``inner``, but as it starts another invocation takes the batch
+    (this one stalled past its lease); with ``hang``, it then sends nothing until stopped."""
+
+    def __init__(self, inner: Provider, pool: asyncpg.Pool, *, hang: bool = False) -> None:
+        self.inner, self.pool, self.hang = inner, pool, hang
+        self.platforms = inner.platforms
+        self.stopped = False
+
+    async def send(
+        self, notification: RenderedNotification, devices: Sequence[Device]
+    ) -> list[Outcome]:
+        async with self.pool.acquire() as conn:
+            await conn.execute("UPDATE delivery_batches SET lease_owner = gen_random_uuid()")
+        if self.hang:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self.stopped = True
+        return await self.inner.send(notification, devices)
+
+
+async def deliver_with(pipeline: Pipeline, batch: DeliveryBatch, provider: Provider) -> BatchReport:
+    providers = dict.fromkeys(provider.platforms, provider)
+    return await deliver_batch(batch, pipeline.pool, pipeline.queues, providers, pipeline.settings)
+
+
+async def test_a_stale_owners_finish_is_refused_and_records_nothing(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    topic = await make_topic(pipeline.pool, 10, token_prefix="flaky")  # all to be retried
+    [batch] = await fanned_out_batches(pipeline, topic.key)
+    provider = LeaseTakenMidSend(pipeline.providers["apns"], pipeline.pool)
+
+    report = await deliver_with(pipeline, batch, provider)
+
+    assert report.busy  # its copy of the message is redundant: the holder has the batch
+    async with pipeline.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT batch_key, status, retried FROM delivery_batches WHERE event_id = $1",
+            batch.event_id,
+        )
+    # Neither its outcome nor its retry batch: the holder records them.
+    assert [tuple(r) for r in rows] == [(batch.key, "running", 0)]
+    assert await drain(pipeline.queues.delivery) == []
+
+
+async def test_a_stale_owner_stops_sending_when_its_renewal_is_refused(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    topic = await make_topic(pipeline.pool, 10)
+    [batch] = await fanned_out_batches(pipeline, topic.key)
+    provider = LeaseTakenMidSend(pipeline.providers["apns"], pipeline.pool, hang=True)
+
+    report = await deliver_with(pipeline, batch, provider)  # renewed every 1.67 s (lease 5)
+
+    assert report.busy and provider.stopped
+    assert sink.sink.ledger.unique == 0

@@ -7,6 +7,7 @@ import itertools
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from fanout.config import Settings
 from fanout.notification import Notification
@@ -165,3 +166,57 @@ async def test_unknown_event_is_poison(
 ) -> None:
     with pytest.raises(PoisonMessage, match="unknown event"):
         await plan_event(2**40, pool, queues, settings)
+
+
+async def test_a_shard_whose_lease_was_taken_stops_at_its_checkpoint_and_loses_nothing(
+    pool: asyncpg.Pool, queues: Queues, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = await make_topic(pool, 200)
+    event = await record_event(pool, NOTE, topic=topic.key)
+    tuned = small(settings, shard_size=10_000)
+    send_many = queues.delivery.send_many
+    sends = 0
+
+    async def send_then_lose_the_lease(bodies: list[str]) -> None:
+        nonlocal sends
+        sends += 1
+        await send_many(bodies)
+        # Meanwhile this invocation stalled past its lease and another one took the shard.
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE fanout_shards SET lease_owner = gen_random_uuid() WHERE event_id = $1",
+                event.event_id,
+            )
+
+    lost_before = REGISTRY.get_sample_value("fanout_leases_lost_total", {"unit": "shard"}) or 0
+    monkeypatch.setattr(queues.delivery, "send_many", send_then_lose_the_lease)
+    [stale] = await plan_event(event.event_id, pool, queues, tuned)
+    monkeypatch.undo()
+
+    # It stopped at the checkpoint after its first send, and says its copy is redundant.
+    assert stale.busy and sends == 1
+    assert REGISTRY.get_sample_value("fanout_leases_lost_total", {"unit": "shard"}) == (
+        lost_before + 1
+    )
+    sent_by_stale = {b.key for b in batches_of(await drain(queues.delivery))}
+    async with pool.acquire() as conn:
+        cursor = await conn.fetchval(
+            "SELECT cursor_user_id FROM fanout_shards WHERE event_id = $1", event.event_id
+        )
+        recorded = await conn.fetch(
+            "SELECT batch_key FROM delivery_batches WHERE event_id = $1", event.event_id
+        )
+        # The holder (here: its lease over, so the next run takes the shard).
+        await conn.execute(
+            "UPDATE fanout_shards SET lease_until = now() WHERE event_id = $1", event.event_id
+        )
+    assert cursor is None  # nothing moved on in its name: the holder reads those users
+    assert {r["batch_key"] for r in recorded} == sent_by_stale  # but PostgreSQL knows them
+
+    holder = await run_shard(event.event_id, 0, pool, queues, tuned)
+    assert holder.finished and not holder.busy
+    resent = batches_of(await drain(queues.delivery))
+    # The same batches again, by key (so each is delivered once), and every device.
+    assert sent_by_stale <= {b.key for b in resent}
+    counts = device_counts(resent)
+    assert sorted(counts) == sorted(topic.device_ids) and set(counts.values()) == {1}

@@ -8,6 +8,8 @@ nothing here waits on the clock. Devices are counted at the sink.
 from __future__ import annotations
 
 import dataclasses
+import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,6 +22,7 @@ from fanout.runtime.reconciler import reconcile_once
 from fanout.stages.delivery import deliver_batch
 from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.publish import NotificationTooLarge, publish, record_event
+from fanout.store import batches, shards
 from tests.helpers import add_device, batches_of, drain, make_topic, run_everything, status
 
 NOTE = Notification(title="New book")
@@ -271,3 +274,122 @@ async def test_status_is_the_same_model_for_every_reader(pipeline: Pipeline) -> 
     found = await status(pipeline, event.event_id)
     assert found.status == "pending" and not found.terminal
     assert set(found.model_dump()) >= {"sent", "failed", "invalid", "skipped", "failure_reasons"}
+
+
+async def test_a_stale_owner_is_refused_and_its_release_leaves_the_holder_alone(
+    pipeline: Pipeline,
+) -> None:
+    """A lease that lapsed and was taken: every renewal, checkpoint, finish and release in
+    the old owner's name is refused or does nothing; the new owner's go through."""
+    topic = await make_topic(pipeline.pool, 1)
+    event = await record_event(pipeline.pool, NOTE, topic=topic.key)
+    stale, holder = uuid.uuid4(), uuid.uuid4()
+    batch = SimpleNamespace(key="s0:1-1", devices=1, first_user=1, last_user=1)
+    async with pipeline.pool.acquire() as conn:
+        await shards.insert_shards(
+            conn, event_id=event.event_id, bounds=[(0, 10)], overdue_after=60
+        )
+        # The stale owner's lease ends at once (0 s); the holder takes the shard after it.
+        for owner, lease in ((stale, 0), (holder, 60)):
+            assert await shards.claim_shard(
+                conn,
+                event_id=event.event_id,
+                shard=0,
+                owner=owner,
+                lease_seconds=lease,
+                overdue_after=60,
+            )
+        progress = {"recipients": 1, "devices": 1, "batches": 1, "held_back": {}}
+        refused = await shards.checkpoint_shard(
+            conn,
+            event_id=event.event_id,
+            shard=0,
+            cursor=5,
+            **progress,
+            accepted=[batch],
+            category=None,
+            counted_users=[],
+            owner=stale,
+            lease_seconds=60,
+            overdue_after=60,
+        )
+        assert not refused.held
+        assert not await shards.finish_shard(
+            conn, event_id=event.event_id, shard=0, **progress, owner=stale
+        )
+        await shards.release_shard(
+            conn, event_id=event.event_id, shard=0, owner=stale, overdue_after=60, reason="x"
+        )
+        row = await conn.fetchrow(
+            "SELECT status, cursor_user_id, lease_owner, lease_until > now() AS live"
+            " FROM fanout_shards WHERE event_id = $1",
+            event.event_id,
+        )
+        assert dict(row) == {
+            "status": "running",
+            "cursor_user_id": None,  # the stale checkpoint moved nothing on
+            "lease_owner": holder,
+            "live": True,  # and its release did not free the holder's lease
+        }
+        # The batch the stale owner sent is recorded all the same: nothing on SQS is
+        # unknown to PostgreSQL.
+        assert await batches.batch_status(conn, event_id=event.event_id, batch_key=batch.key)
+        assert await shards.finish_shard(
+            conn, event_id=event.event_id, shard=0, **progress, owner=holder
+        )
+
+        for owner, lease in ((stale, 0), (holder, 60)):
+            assert await batches.claim_batch(
+                conn,
+                event_id=event.event_id,
+                batch_key=batch.key,
+                attempt=0,
+                devices=1,
+                owner=owner,
+                lease_seconds=lease,
+                overdue_after=60,
+            )
+        lease = {"lease_seconds": 60, "overdue_after": 60}
+        key = {"event_id": event.event_id, "batch_key": batch.key}
+        outcome = {"sent": 1, "failed": 0, "invalid": 0, "skipped": 0, "retried": 0}
+        assert not await batches.renew_batch_lease(conn, **key, owner=stale, **lease)
+        assert not await batches.finish_batch(
+            conn, **key, **outcome, failure_reasons=None, owner=stale
+        )
+        assert await batches.finish_batch_held(conn, **key, owner=stale, reason="x") is None
+        await batches.release_batch(conn, **key, owner=stale, overdue_after=60, reason="x")
+        held = await batches.batch_status(conn, **key)
+        assert held is not None and (held.status, held.lease_left > 0) == ("running", True)
+        assert await batches.renew_batch_lease(conn, **key, owner=holder, **lease)
+        assert await batches.finish_batch(
+            conn, **key, **outcome, failure_reasons=None, owner=holder
+        )
+
+
+async def test_an_owner_takes_its_own_live_lease_again_and_nobody_else_does(
+    pipeline: Pipeline,
+) -> None:
+    """What a claim that committed unanswered needs: its owner's retry takes it back
+    while the lease is live; another invocation finds it busy."""
+    topic = await make_topic(pipeline.pool, 1)
+    event = await record_event(pipeline.pool, NOTE, topic=topic.key)
+    owner = uuid.uuid4()
+    shard = {"event_id": event.event_id, "shard": 0, "lease_seconds": 600, "overdue_after": 60}
+    batch = {
+        "event_id": event.event_id,
+        "batch_key": "s0:1-1",
+        "attempt": 0,
+        "devices": 1,
+        "lease_seconds": 600,
+        "overdue_after": 60,
+    }
+    async with pipeline.pool.acquire() as conn:
+        await shards.insert_shards(
+            conn, event_id=event.event_id, bounds=[(0, 10)], overdue_after=60
+        )
+        assert await shards.claim_shard(conn, **shard, owner=owner)
+        assert await shards.claim_shard(conn, **shard, owner=owner)
+        assert await shards.claim_shard(conn, **shard, owner=uuid.uuid4()) is None
+        assert await batches.claim_batch(conn, **batch, owner=owner)
+        assert await batches.claim_batch(conn, **batch, owner=owner)
+        assert await batches.claim_batch(conn, **batch, owner=uuid.uuid4()) is None

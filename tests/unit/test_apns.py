@@ -20,7 +20,56 @@ def rendered(**fields: Any) -> Any:
 @pytest.mark.parametrize("kind", get_args(Kind))
 def test_every_kind_has_a_push_type_and_a_topic_suffix(kind: Kind) -> None:
     push_type, suffix = apns_kind(kind)
-    assert push_type == kind and suffix == ""
+    # Apple routes a Live Activity by its topic: the bundle id + ".push-type.liveactivity".
+    wanted = ".push-type.liveactivity" if kind == "liveactivity" else ""
+    assert push_type == kind and suffix == wanted
+
+
+def live(priority: str = "normal", title: str | None = None, **block: Any) -> Any:
+    return rendered(
+        kind="liveactivity", priority=priority, title=title, live_activity=block, ttl=60
+    )
+
+
+def test_a_live_activity_update_is_priority_5_unless_10_is_asked() -> None:
+    update = {"event": "update", "content_state": {"score": "1-0"}, "timestamp": 7}
+    assert apns_headers(live(**update), "com.x", now=NOW) == {
+        "apns-topic": "com.x.push-type.liveactivity",
+        "apns-push-type": "liveactivity",
+        "apns-priority": "5",
+        "apns-expiration": str(NOW + 60),
+        "apns-collapse-id": "42",
+    }
+    asked = apns_headers(live("high", **update), "com.x", now=NOW)
+    assert asked["apns-priority"] == "10"
+
+
+def test_a_live_activity_start_carries_its_attributes_and_alert() -> None:
+    note = live(
+        title="Kick-off",
+        event="start",
+        content_state={"score": "0-0"},
+        attributes_type="MatchAttributes",
+        attributes={"home": "A", "away": "B"},
+        stale_date=100,
+        timestamp=5,
+    )
+    assert apns_payload(note) == {
+        "aps": {
+            "timestamp": 5,
+            "event": "start",
+            "content-state": {"score": "0-0"},
+            "stale-date": 100,
+            "attributes-type": "MatchAttributes",
+            "attributes": {"home": "A", "away": "B"},
+            "alert": {"title": "Kick-off", "body": ""},
+        }
+    }
+
+
+def test_a_live_activity_end_may_carry_no_content_state() -> None:
+    note = live(event="end", dismissal_date=200, timestamp=9)
+    assert apns_payload(note) == {"aps": {"timestamp": 9, "event": "end", "dismissal-date": 200}}
 
 
 def test_an_alert_carries_every_option_apple_knows() -> None:

@@ -115,19 +115,79 @@ def test_a_background_push_takes_data_ttl_priority_collapse_key_and_category() -
 
 
 def test_an_unknown_kind_is_refused_naming_the_kinds() -> None:
-    found = problems({"kind": "liveactivity", "title": "t"})
-    assert "'alert' or 'background'" in found[("kind",)]
+    found = problems({"kind": "voip", "title": "t"})
+    assert "'alert', 'background' or 'liveactivity'" in found[("kind",)]
+
+
+# --- Live Activities ----------------------------------------------------------------------
+
+
+def test_a_live_activity_update_takes_its_block_an_alert_and_a_relevance_score() -> None:
+    Notification.model_validate(
+        {"kind": "liveactivity", "title": "Goal", "body": "1-0", "relevance_score": 0.5,
+         "priority": "normal", "live_activity": {"event": "update", "content_state": {"s": 1}}}
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc", "says"),
+    [
+        ({"live_activity": None}, ("live_activity",), "Field required"),
+        ({"live_activity": {"event": "update"}}, ("live_activity", "content_state"),
+         "Field required for update"),
+        ({"live_activity": {"event": "start", "content_state": {}}},
+         ("live_activity", "attributes_type"), "Field required for start"),
+        ({"live_activity": {"event": "update", "content_state": {}, "attributes": {}}},
+         ("live_activity", "attributes"), "only a start"),
+        ({"live_activity": {"event": "update", "content_state": {}, "dismissal_date": 1}},
+         ("live_activity", "dismissal_date"), "only an end"),
+        ({"live_activity": {"event": "pause", "content_state": {}}},
+         ("live_activity", "event"), "'start', 'update' or 'end'"),
+        ({"live_activity": {"event": "update", "content_state": [1]}},
+         ("live_activity", "content_state"), "dictionary"),
+        ({"live_activity": {"event": "end"}, "body": "b"}, ("title",), "Field required"),
+        ({"live_activity": {"event": "end"}, "data": {"a": "b"}}, ("data",), "does not carry"),
+        ({"live_activity": {"event": "end"}, "badge": 1}, ("badge",), "does not carry"),
+        # What PostgreSQL could not store or orjson encode, refused at the door.
+        ({"live_activity": {"event": "update", "content_state": {"s": "a\x00b"}}},
+         ("live_activity", "content_state", "s"), "NUL"),
+        ({"live_activity": {"event": "update", "content_state": {"s": "\ud800"}}},
+         ("live_activity", "content_state", "s"), "surrogate"),
+        ({"live_activity": {"event": "update", "content_state": {"n": 2**64}}},
+         ("live_activity", "content_state", "n"), "64 bits"),
+    ],
+)  # fmt: skip
+def test_a_live_activity_push_is_held_to_apples_rules(
+    fields: dict[str, Any], loc: tuple[str, ...], says: str
+) -> None:
+    found = problems({"kind": "liveactivity", **fields})
+    assert says in found[loc], found
+
+
+def test_only_a_live_activity_push_has_a_live_activity_block() -> None:
+    found = problems({"title": "t", "live_activity": {"event": "end"}})
+    assert "only a liveactivity push" in found[("live_activity",)]
 
 
 # --- data ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [3, 1.5, True, None, ["a"], {"a": "b"}])
-def test_data_values_must_be_strings_as_fcm_wants(value: Any) -> None:
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (3, '"3", not 3'),
+        (1.5, '"1.5", not 1.5'),
+        (True, '"true", not true'),
+        (None, "not null: encode it as a string"),
+        (["a"], "not a list: encode it as a string"),
+        ({"a": "b"}, "not an object: encode it as a string"),
+    ],
+)
+def test_data_values_must_be_strings_as_fcm_wants(value: Any, says: str) -> None:
     found = problems({"title": "t", "data": {"count": value}})
-    assert found == {
-        ("data", "count"): 'data values must be strings (FCM takes no other): "3", not 3'
-    }
+    assert list(found) == [("data", "count")]
+    assert found["data", "count"].startswith("data values must be strings (FCM takes no other)")
+    assert says in found["data", "count"]
 
 
 @pytest.mark.parametrize(

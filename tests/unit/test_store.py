@@ -9,6 +9,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 import fanout
 import fanout.store
-from fanout.store import audience, recipients, shards, waves
+from fanout.store import audience, live_activities, recipients, shards, waves
 
 # Modules that hold no statement of their own: pools, the migration runner, shared SQL.
 NOT_TABLES = {"connection", "migrate", "fragments"}
@@ -77,7 +78,12 @@ SHAPED: dict[str, Any] = {
     "preferences": [audience.Preferences(user="u1", opted_out=True)],
     "time_zones": ["Europe/Berlin"],
     "counted_users": [1, 2],
+    "owner": uuid.UUID(int=7),
+    "audience": live_activities.Audience(1, "activity", datetime(2026, 3, 29, 7, tzinfo=UTC)),
+    "token_ids": [1, 2],
+    "ends_at": datetime(2026, 3, 29, 7, tzinfo=UTC),
 }
+OWNER = uuid.UUID(int=7)
 
 
 class RecordingConnection:
@@ -146,13 +152,17 @@ async def test_checkpoint_passes_the_accepted_batches_as_columns() -> None:
             accepted=SHAPED["accepted"],
             category="news",
             counted_users=[1, 2],
+            owner=OWNER,
             lease_seconds=30,
             overdue_after=60,
         )
     assert conn.calls == [
         (
             shards.CHECKPOINT_SHARD,
-            (1, 2, 3, 4, 5, 6, 30, 60, 60, ["1/0/0"], [3], [1], [2], {"muted": 2}, "news", [1, 2]),
+            (
+                *(1, 2, 3, 4, 5, 6, 30, 60, 60, ["1/0/0"], [3], [1], [2], {"muted": 2}),
+                *("news", [1, 2], OWNER),
+            ),
         )
     ]
 

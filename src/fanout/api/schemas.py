@@ -11,9 +11,28 @@ from datetime import datetime, time
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
-from fanout.notification import CATEGORY_PATTERN, Category, Locale, Notification
+from fanout.notification import (
+    CATEGORY_PATTERN,
+    Category,
+    Identifier,
+    LiveActivity,
+    LiveActivityEvent,
+    Locale,
+    Notification,
+    ShortText,
+)
 from fanout.overrides import problem, raise_problems
 from fanout.providers.limits import oversized_payloads
 from fanout.stages.publish import PublishOptions
@@ -262,14 +281,19 @@ class PublishOptionsIn(Strict):
 def _fits_every_platform(notification: Notification) -> Notification:
     # Each provider's payload as it will be sent, against that provider's limit: the
     # answer's loc names the platform (notification.apns, .fcm, .webpush).
-    raise_problems(
-        "Notification",
-        [
-            problem((platform,), message, "too_large")
-            for platform, message in oversized_payloads(notification).items()
-        ],
-    )
+    problems = [
+        problem((platform,), message, "too_large")
+        for platform, message in oversized_payloads(notification).items()
+    ]
+    if notification.kind == "liveactivity":
+        problems.append(problem(("kind",), LIVE_ACTIVITY_ROUTE))
+    raise_problems("Notification", problems)
     return notification
+
+
+LIVE_ACTIVITY_ROUTE = (
+    "a Live Activity goes to its activity's tokens: POST /v1/live-activities/{activity_id}/updates"
+)
 
 
 # A notification as publishing takes it: also held to each platform's payload limit.
@@ -285,6 +309,123 @@ class EventIn(PublishOptionsIn):
 class DirectNotificationIn(PublishOptionsIn):
     notification: PublishedNotification
     idempotency_key: IdempotencyKey | None = None
+
+
+ActivityPath = Annotated[str, Path(pattern=TOPIC_PATTERN, examples=["match:2026-final"])]
+ApnsToken = Annotated[str, StringConstraints(pattern=r"^([0-9a-fA-F]{2}){8,100}$")]
+
+
+class LiveActivityTokenIn(Strict):
+    user_id: UserId
+    kind: Literal["activity", "push_to_start"] = Field(
+        default="activity",
+        description="activity: the activity's push token (pushTokenUpdates), which its "
+        "updates and end go to; push_to_start: a pushToStartToken, which a start goes to.",
+    )
+    token: ApnsToken = Field(description="The APNs token, hexadecimal.")
+    topic: TopicKey | None = Field(
+        default=None, description="The topic the activity follows (recorded with the token)."
+    )
+
+
+class LiveActivityTokenOut(BaseModel):
+    id: int
+
+
+class LiveActivityAlert(Strict):
+    title: ShortText
+    body: ShortText = ""
+
+
+class LiveActivityUpdateIn(Strict):
+    """One update of a Live Activity, sent to every token registered for it (a start: to
+    its push-to-start tokens) with apns-push-type liveactivity."""
+
+    event: LiveActivityEvent
+    content_state: dict[str, Any] | None = Field(
+        default=None, description="The activity's ContentState (start, update; optional for end)."
+    )
+    stale_date: AwareDatetime | None = Field(
+        default=None, description="When the system shows the activity as out of date."
+    )
+    dismissal_date: AwareDatetime | None = Field(
+        default=None,
+        description="end: when the ended activity leaves the lock screen (in the past: at "
+        "once); its tokens get nothing published after it.",
+    )
+    alert: LiveActivityAlert | None = Field(
+        default=None, description="Shown with the update (lights the screen up)."
+    )
+    relevance_score: Annotated[float, Field(ge=0, le=1)] | None = None
+    priority: Literal[5, 10] = Field(
+        default=5,
+        description="APNs priority: 5, or 10 (Apple budgets 10 per hour; the event's "
+        "status counts the activity's priority-10 updates of the last hour).",
+    )
+    attributes_type: Identifier | None = Field(
+        default=None, description="start: the ActivityAttributes type the app declares."
+    )
+    attributes: dict[str, Any] | None = Field(
+        default=None, description="start: the activity's attributes."
+    )
+    ttl: Annotated[int, Field(ge=0, le=28 * 24 * 3600)] = Field(
+        default=3600, description="Seconds APNs may hold it for an offline device."
+    )
+    idempotency_key: IdempotencyKey | None = None
+    _notification: Notification = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _is_a_live_activity_push(self) -> LiveActivityUpdateIn:
+        try:
+            self._notification = Notification(
+                kind="liveactivity",
+                title=self.alert.title if self.alert else None,
+                body=self.alert.body if self.alert else "",
+                relevance_score=self.relevance_score,
+                priority="high" if self.priority == 10 else "normal",
+                ttl=self.ttl,
+                live_activity=LiveActivity(
+                    event=self.event,
+                    content_state=self.content_state,
+                    stale_date=_seconds(self.stale_date),
+                    dismissal_date=_seconds(self.dismissal_date),
+                    attributes_type=self.attributes_type,
+                    attributes=self.attributes,
+                ),
+            )
+        except ValidationError as exc:  # the model's rules, named by this body's fields
+            raise_problems(
+                "LiveActivityUpdate",
+                [problem(_body_loc(e["loc"]), e["msg"], e["type"]) for e in exc.errors()],
+            )
+        oversized = oversized_payloads(self._notification).get("apns")
+        if oversized:  # content_state and attributes are what can grow
+            raise_problems("LiveActivityUpdate", [problem(("content_state",), oversized)])
+        return self
+
+    def notification(self) -> Notification:
+        return self._notification
+
+
+def _seconds(instant: datetime | None) -> int | None:
+    return None if instant is None else max(0, int(instant.timestamp()))
+
+
+def _body_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """Where a Notification's problem is in this body: live_activity's fields are at its
+    top, the alert's title is alert.title."""
+    if loc[:1] == ("live_activity",):
+        return loc[1:]
+    return ("alert", *loc) if loc[:1] in (("title",), ("body",)) else loc
+
+
+class LiveActivityUpdateAccepted(BaseModel):
+    event_id: int
+    created: bool = Field(description="False when the idempotency key named an earlier event.")
+    timestamp: int = Field(description="Its aps.timestamp: greater than every earlier one's.")
+    priority_10_last_hour: int = Field(
+        description="The activity's priority-10 updates in the last hour, this one included."
+    )
 
 
 class EventAccepted(BaseModel):

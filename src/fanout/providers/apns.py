@@ -102,6 +102,8 @@ def apns_kind(kind: Kind) -> tuple[str, str]:
             return "alert", ""
         case "background":
             return "background", ""
+        case "liveactivity":
+            return "liveactivity", ".push-type.liveactivity"
         case _:
             assert_never(kind)
 
@@ -114,6 +116,10 @@ def apns_headers(notification: RenderedNotification, topic: str, *, now: float) 
             priority = "10" if notification.priority == "high" else "5"
         case "background":
             priority = "5"  # Apple: "It is an error to use priority 10" for content-available only
+        case "liveactivity":
+            # 5 unless 10 is asked: Apple budgets priority-10 updates per hour, and a
+            # device past its budget has them throttled (the status counts them).
+            priority = "10" if notification.priority == "high" else "5"
         case _:
             assert_never(notification.kind)
     headers = {
@@ -143,6 +149,8 @@ def apns_payload(notification: RenderedNotification) -> dict[str, Any]:
         case "background":
             # Nothing shown: no alert, sound or badge; the app is woken with the data.
             aps = {"content-available": 1}
+        case "liveactivity":
+            aps = _live_activity_aps(notification)
         case _:
             assert_never(notification.kind)
     payload = {"aps": aps, **extra}
@@ -174,6 +182,27 @@ def _alert_aps(notification: RenderedNotification) -> dict[str, Any]:
         aps["relevance-score"] = notification.relevance_score
     if notification.image or notification.mutable_content:
         aps["mutable-content"] = 1  # lets a notification service extension fetch the image
+    return aps
+
+
+def _live_activity_aps(notification: RenderedNotification) -> dict[str, Any]:
+    """A Live Activity's aps as ActivityKit reads it: timestamp (the device keeps the
+    newest), event, content-state, its dates, relevance, the alert, and a start's
+    attributes."""
+    live = notification.live_activity
+    assert live is not None  # the model requires it for this kind
+    aps: dict[str, Any] = {"timestamp": live.timestamp, "event": live.event}
+    optional = (
+        ("content-state", live.content_state),
+        ("stale-date", live.stale_date),
+        ("dismissal-date", live.dismissal_date),
+        ("relevance-score", notification.relevance_score),
+        ("attributes-type", live.attributes_type),
+        ("attributes", live.attributes),
+    )
+    aps.update((key, value) for key, value in optional if value is not None)
+    if notification.title is not None:
+        aps["alert"] = {"title": notification.title, "body": notification.body}
     return aps
 
 

@@ -17,6 +17,10 @@ from fanout.notification import RenderedNotification
 
 _log = logging.getLogger("fanout.providers")
 
+# Live Activities are iOS's: an activity's audience is its APNs tokens, so FCM and Web Push
+# never meet one; should they, each device fails with this reason.
+LIVE_ACTIVITY_NOT_HERE = "a Live Activity is sent to its APNs tokens only"
+
 
 class Device(Protocol):
     """A device as a provider sees it: where to push and in which language, never how it

@@ -18,7 +18,13 @@ from requests.adapters import HTTPAdapter
 
 from fanout.notification import RenderedNotification
 from fanout.overrides import merged
-from fanout.providers.base import Device, Outcome, OutcomeKind, config_error
+from fanout.providers.base import (
+    LIVE_ACTIVITY_NOT_HERE,
+    Device,
+    Outcome,
+    OutcomeKind,
+    config_error,
+)
 from fanout.providers.http2 import Http2Provider
 from fanout.providers.transport import tls_context
 
@@ -95,6 +101,8 @@ class FcmProvider(Http2Provider[Prepared]):
         return str(self._credentials.token)
 
     def prepare(self, notification: RenderedNotification) -> Prepared | Outcome:
+        if notification.kind == "liveactivity":  # its audience is APNs tokens only
+            return Outcome(OutcomeKind.PERMANENT, reason=LIVE_ACTIVITY_NOT_HERE)
         message = fcm_message(notification, now=time.time())
         if fcm_payload_bytes(message) > MAX_PAYLOAD_BYTES:  # the API refuses these at publish
             return Outcome(OutcomeKind.PERMANENT, reason="fcm: payload over 4096 bytes")
@@ -182,6 +190,8 @@ def fcm_message(notification: RenderedNotification, *, now: float) -> dict[str, 
                 {"apns-priority": "5", "apns-push-type": "background"}
             )
             message["apns"]["payload"] = {"aps": {"content-available": 1}}
+        case "liveactivity":
+            raise ValueError(LIVE_ACTIVITY_NOT_HERE)
         case _:
             assert_never(notification.kind)
     if notification.fcm is not None:

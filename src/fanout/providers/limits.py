@@ -19,10 +19,16 @@ _LONGEST_EVENT_ID = "9" * 19
 
 
 def _measures(rendered: RenderedNotification) -> list[tuple[str, str, int, int]]:
-    """(platform, what is measured, bytes, the limit) for one rendering."""
-    return [
+    """(platform, what is measured, bytes, the limit) for one rendering (a Live Activity
+    goes to APNs only)."""
+    measured = [
         ("apns", "the APNs payload", len(orjson.dumps(apns.apns_payload(rendered))),
          apns.MAX_PAYLOAD_BYTES),
+    ]  # fmt: skip
+    if rendered.kind == "liveactivity":
+        return measured
+    return [
+        *measured,
         ("fcm", "the FCM notification and data",
          fcm.fcm_payload_bytes(fcm.fcm_message(rendered, now=0)), fcm.MAX_PAYLOAD_BYTES),
         ("webpush", "the Web Push payload, encrypted,",

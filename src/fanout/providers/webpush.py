@@ -25,7 +25,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fanout.notification import RenderedNotification
 from fanout.overrides import merged
-from fanout.providers.base import Device, Outcome, OutcomeKind, config_error
+from fanout.providers.base import (
+    LIVE_ACTIVITY_NOT_HERE,
+    Device,
+    Outcome,
+    OutcomeKind,
+    config_error,
+)
 from fanout.providers.http2 import Http2Provider
 
 VAPID_LIFETIME_SECONDS = 12 * 3600  # RFC 8292 allows at most 24 h
@@ -123,6 +129,8 @@ class WebPushProvider(Http2Provider[Prepared]):
         return f"vapid t={token}, k={self.public_key}"
 
     def prepare(self, notification: RenderedNotification) -> Prepared | Outcome:
+        if notification.kind == "liveactivity":  # its audience is APNs tokens only
+            return Outcome(OutcomeKind.PERMANENT, reason=LIVE_ACTIVITY_NOT_HERE)
         payload = orjson.dumps(webpush_payload(notification))
         if len(payload) > MAX_PLAINTEXT_BYTES:  # the API refuses these at publish
             return Outcome(OutcomeKind.PERMANENT, reason="webpush: payload too large")
@@ -177,6 +185,8 @@ def webpush_payload(notification: RenderedNotification) -> dict[str, Any]:
                 payload["actions"] = [action.shown() for action in notification.actions]
         case "background":
             pass  # nothing to show: the service worker handles the data
+        case "liveactivity":
+            raise ValueError(LIVE_ACTIVITY_NOT_HERE)
         case _:
             assert_never(notification.kind)
     payload.update(

@@ -1,8 +1,9 @@
 """The delivery stage: one batch in, a push to each of its devices out.
 
 It reads nothing per recipient from the database: everything it needs is in the
-batch. Per batch it runs a few statements: claim the batch (a redelivered batch that
-is done, or held by a live invocation, is skipped), then, in one transaction,
+batch. Per batch it runs a few statements: claim the batch in the invocation's name (a
+redelivered batch that is done, or held by a live invocation, is skipped; see
+``stages.leases``), then, in one transaction,
 deactivate the dead tokens, record the retry batch and the outcome; then end the event
 if that was its last open batch. Devices that may succeed later go back on the queue
 as a smaller batch with a delay, recorded first so that the reconciler can send it
@@ -17,6 +18,7 @@ import re
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from uuid import UUID
 
 import asyncpg
 import orjson
@@ -42,6 +44,7 @@ from fanout.store import (
     console,
     events,
     lifecycle,
+    live_activities,
     recipients,
     shards,
 )
@@ -65,7 +68,8 @@ class BatchReport:
     busy: bool = False  # another invocation holds it: this copy of the message is redundant
     lease_left: float = 0.0  # when busy: seconds until the holder's lease ends
     failure_reasons: dict[str, int] = field(default_factory=dict)
-    held_back: dict[str, int] = field(default_factory=dict)  # not sent: cancelled, expired
+    # Not sent: cancelled, expired; superseded (a newer update of its Live Activity is out).
+    held_back: dict[str, int] = field(default_factory=dict)
 
 
 async def deliver_batch(
@@ -79,11 +83,26 @@ async def deliver_batch(
     skipped (PostgreSQL knows it, and the reconciler sees that it finishes)."""
     report = BatchReport(batch.event_id, batch.key, devices=batch.device_count())
     lease = settings.visibility_timeout
-    claimed, lease_left, app_id = await _claim(
-        batch, pool, report.devices, lease, settings.reconcile_after_seconds
-    )
-    if claimed in (lifecycle.EventState.CANCELLED, lifecycle.EventState.EXPIRED):
-        await _finish_unsent(batch, pool, claimed, report)
+    owner = leases.new_owner()
+    releaser = _releaser(batch, pool, owner, settings)
+    try:
+        claimed, lease_left, app_id = await leases.claim(
+            lambda: _claim(batch, pool, owner, report.devices, lease, settings),
+            f"claiming batch {batch.key}",
+        )
+    except BaseException as failure:
+        # The claim may have committed unanswered: what this owner may hold is given up.
+        # Whether it did is not known, so nothing says to wait the lease out (0 s).
+        await leases.give_up(releaser, failure, 0)
+    if claimed in (
+        lifecycle.EventState.CANCELLED,
+        lifecycle.EventState.EXPIRED,
+        events.SUPERSEDED_REASON,
+    ):
+        try:
+            await _finish_unsent(batch, pool, owner, claimed, report)
+        except leases.LeaseLost as refused:
+            return _lease_lost(report, refused, lease)
         return report
     if claimed != "claimed":
         report.already_done, report.busy = claimed == "done", claimed == "busy"
@@ -96,21 +115,25 @@ async def deliver_batch(
             report.devices = batch.device_count()
         devices = list(batch.iter_devices())
     except BaseException as failure:  # nothing was sent: let the next try have it at once
-        await leases.give_up(_releaser(batch, pool, settings), failure, lease)
-    renewing = asyncio.create_task(_keep_lease(batch, pool, lease, settings))
+        await leases.give_up(releaser, failure, lease)
     try:
         # The event's app's providers (its credentials), held until the sends are done.
         async with providers_of(providers, pool, app_id) as app_providers:
-            outcomes = await _send_all(
-                notification, str(batch.event_id), devices, app_providers, batch.published_at
+            outcomes = await _send_while_held(
+                _send_all(
+                    notification, str(batch.event_id), devices, app_providers, batch.published_at
+                ),
+                batch,
+                pool,
+                owner,
+                settings,
             )
+    except leases.LeaseLost as refused:
+        return _lease_lost(report, refused, lease)
     except BaseException as failure:
         # Stopped mid-send (a worker's grace ran out): the next copy may go on at once.
         # Devices sent already get it again, with the same collapse key.
-        renewing.cancel()
-        await leases.give_up(_releaser(batch, pool, settings), failure, lease)
-    finally:
-        renewing.cancel()
+        await leases.give_up(releaser, failure, lease)
 
     what_next = _sort_outcomes(devices, outcomes, report)
     retry_batch: tuple[DeliveryBatch, int] | None = None
@@ -125,9 +148,12 @@ async def deliver_batch(
 
     # Per device, only what went wrong (for the console's "Where is my push?").
     detail = batch_detail(devices, outcomes, retrying=retry_batch is not None)
-    await _record_outcome(
-        pool, batch, report, what_next.invalid_ids, retry_batch, detail, settings, held
-    )
+    try:
+        await _record_outcome(
+            pool, batch, owner, report, what_next.invalid_ids, retry_batch, detail, settings, held
+        )
+    except leases.LeaseLost as refused:  # the holder records the outcome and its retries
+        return _lease_lost(report, refused, lease)
     if retry_batch is not None:
         await _send_retry(queues, *retry_batch)
     if held is not None:
@@ -138,6 +164,15 @@ async def deliver_batch(
 
 
 _CONNECTION_ERRORS = UNTRUSTWORTHY
+
+
+def _lease_lost(report: BatchReport, refused: leases.LeaseLost, lease: int) -> BatchReport:
+    """This invocation stalled past its lease (a pause, a partition) and another took the
+    batch: it records nothing and sends no more (the devices it sent get the push again
+    from the holder, with the same collapse key); its copy of the message is redundant."""
+    log.warning("%s; stopped", refused)
+    report.busy, report.lease_left = True, float(lease)
+    return report
 
 
 @dataclass(slots=True)
@@ -196,6 +231,7 @@ def _hold_back(
 async def _record_outcome(
     pool: asyncpg.Pool,
     batch: DeliveryBatch,
+    owner: UUID,
     report: BatchReport,
     invalid_ids: list[int],
     retry_batch: tuple[DeliveryBatch, int] | None,
@@ -208,13 +244,18 @@ async def _record_outcome(
     then, if that was the event's last open batch, end the event.
 
     The pushes are out by now: if recording fails, SQS would deliver the batch again and
-    every device would get it twice. A database blip is worth waiting out instead.
+    every device would get it twice. A database blip is worth waiting out instead. Raises
+    ``LeaseLost`` (and records nothing) if ``owner`` no longer holds the batch.
     """
 
     async def record() -> None:
         async with acquire(pool) as conn:
             async with conn.transaction():
-                if invalid_ids:
+                if invalid_ids and _is_live_activity(batch):  # its devices are tokens
+                    await live_activities.retire_tokens(
+                        conn, token_ids=invalid_ids, reason="invalid token"
+                    )
+                elif invalid_ids:
                     await deactivate_devices(conn, device_ids=invalid_ids, reason="invalid token")
                 if retry_batch is not None:
                     retry, delay = retry_batch
@@ -239,7 +280,7 @@ async def _record_outcome(
                 )
                 if held_batch is not None:
                     await record_held(conn, held_batch, settings)
-                await batches.finish_batch(
+                finished = await batches.finish_batch(
                     conn,
                     event_id=batch.event_id,
                     batch_key=batch.key,
@@ -249,7 +290,10 @@ async def _record_outcome(
                     skipped=report.skipped,
                     retried=report.retried,
                     failure_reasons=report.failure_reasons or None,
+                    owner=owner,
                 )
+                if not finished:  # rolls the transaction back
+                    raise leases.lost("batch", batch.key)
             if retry_batch is None and held_batch is None:
                 await lifecycle.finish(conn, event_id=batch.event_id)
 
@@ -263,14 +307,17 @@ async def _record_outcome(
 
 
 async def _finish_unsent(
-    batch: DeliveryBatch, pool: asyncpg.Pool, reason: str, report: BatchReport
+    batch: DeliveryBatch, pool: asyncpg.Pool, owner: UUID, reason: str, report: BatchReport
 ) -> None:
-    """The event was cancelled or expired while the batch waited: it is done, nothing
+    """The event was cancelled or expired while the batch waited (or, a Live Activity
+    update, a newer one of its activity was published: superseded): it is done, nothing
     sent, its devices counted held back for ``reason``; the event may have ended."""
     async with acquire(pool) as conn:
         devices = await batches.finish_batch_held(
-            conn, event_id=batch.event_id, batch_key=batch.key, reason=reason
+            conn, event_id=batch.event_id, batch_key=batch.key, owner=owner, reason=reason
         )
+        if devices is None:  # taken by another invocation since the claim: it finishes it
+            raise leases.lost("batch", batch.key)
         await lifecycle.finish(conn, event_id=batch.event_id)
     report.held_back[reason] = devices
     AUDIENCE_HELD_BACK.labels(reason).inc(devices)
@@ -278,7 +325,7 @@ async def _finish_unsent(
 
 
 def _releaser(
-    batch: DeliveryBatch, pool: asyncpg.Pool, settings: Settings
+    batch: DeliveryBatch, pool: asyncpg.Pool, owner: UUID, settings: Settings
 ) -> Callable[[str], Awaitable[object]]:
     async def release(reason: str) -> None:
         async with acquire(pool) as conn:
@@ -286,6 +333,7 @@ def _releaser(
                 conn,
                 event_id=batch.event_id,
                 batch_key=batch.key,
+                owner=owner,
                 overdue_after=settings.reconcile_after_seconds,
                 reason=reason,
             )
@@ -293,31 +341,66 @@ def _releaser(
     return release
 
 
+async def _send_while_held(
+    sending: Awaitable[list[Outcome | None]],
+    batch: DeliveryBatch,
+    pool: asyncpg.Pool,
+    owner: UUID,
+    settings: Settings,
+) -> list[Outcome | None]:
+    """The outcomes of ``sending``, the batch's lease renewed meanwhile. Raises
+    ``LeaseLost`` if a renewal was refused (the lease lapsed and another invocation took
+    the batch): the send is stopped there, so this stale invocation sends no more."""
+    send = asyncio.ensure_future(sending)
+    renewing = asyncio.create_task(_keep_lease(batch, pool, owner, settings))
+    try:
+        await asyncio.wait((send, renewing), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (send, renewing):
+            task.cancel()
+        await asyncio.gather(send, renewing, return_exceptions=True)
+    if not send.cancelled():
+        return send.result()
+    renewing.result()  # raises what stopped the renewals: LeaseLost, or a failure
+    raise AssertionError("the renewals stop only by raising")
+
+
 async def _keep_lease(
-    batch: DeliveryBatch, pool: asyncpg.Pool, lease: int, settings: Settings
+    batch: DeliveryBatch, pool: asyncpg.Pool, owner: UUID, settings: Settings
 ) -> None:
-    """Renew the batch's lease while it sends, so a slow provider never lets a
-    redelivered copy of it start sending too."""
+    """Renew ``owner``'s lease on the batch while it sends, so a slow provider never lets
+    a redelivered copy of it start sending too; raise ``LeaseLost`` when one is refused."""
+    lease = settings.visibility_timeout
     while True:
         await asyncio.sleep(max(1.0, lease / 3))
         try:
             async with acquire(pool) as conn:
-                await batches.renew_batch_lease(
+                renewed = await batches.renew_batch_lease(
                     conn,
                     event_id=batch.event_id,
                     batch_key=batch.key,
+                    owner=owner,
                     lease_seconds=lease,
                     overdue_after=settings.reconcile_after_seconds,
                 )
         except _CONNECTION_ERRORS as exc:
             log.warning("could not renew the lease of batch %s: %r", batch.key, exc)
+            continue
+        if not renewed:
+            raise leases.lost("batch", batch.key)
 
 
 async def _claim(
-    batch: DeliveryBatch, pool: asyncpg.Pool, devices: int, lease: int, overdue_after: float
+    batch: DeliveryBatch,
+    pool: asyncpg.Pool,
+    owner: UUID,
+    devices: int,
+    lease: int,
+    settings: Settings,
 ) -> tuple[str, float, int]:
-    """("claimed", 0, app) if this invocation delivers the batch (of the event's app),
-    ("cancelled"|"expired", 0, app) if it holds it but its event stopped; else "done", or
+    """("claimed", 0, app) if this invocation (``owner``) delivers the batch (of the
+    event's app), ("cancelled" | "expired" | "superseded", 0, app) if it holds it but its
+    event stopped; else "done", or
     "busy" with the seconds left on the holder's lease."""
     async with acquire(pool) as conn:
         try:
@@ -327,8 +410,9 @@ async def _claim(
                 batch_key=batch.key,
                 attempt=batch.attempt,
                 devices=devices,
+                owner=owner,
                 lease_seconds=lease,
-                overdue_after=overdue_after,
+                overdue_after=settings.reconcile_after_seconds,
             )
         except asyncpg.ForeignKeyViolationError:
             raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}") from None
@@ -344,6 +428,11 @@ async def _claim(
     return "busy", held.lease_left, 0
 
 
+def _is_live_activity(batch: DeliveryBatch) -> bool:
+    """A Live Activity update's batch: its devices are live_activity_tokens, not devices."""
+    return batch.notification.get("kind") == "liveactivity"
+
+
 def _notification(batch: DeliveryBatch) -> Notification:
     try:
         return Notification.model_validate(batch.notification)
@@ -356,7 +445,9 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
     or the devices of a retry batch, read as the fan-out reads them (with its shard's
     filter: its wave's users only, those deferred or in their quiet hours held back)."""
     async with acquire(pool) as conn:
-        if batch.device_ids is not None:
+        if batch.device_ids is not None and _is_live_activity(batch):
+            rows = await live_activities.tokens_by_id(conn, token_ids=batch.device_ids)
+        elif batch.device_ids is not None:
             rows = await recipients.devices_by_id(conn, device_ids=batch.device_ids)
         else:
             assert batch.users is not None
@@ -364,6 +455,7 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
             if event is None:
                 raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}")
             first, last = batch.users
+            tokens = live_activities.audience_of(event)
             shard = shard_of_key(batch.key)
             wave = None
             if shard is not None:
@@ -373,7 +465,11 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
             # to send: quiet hours are not judged again, unless they drop.
             quiet = "drop" if page_filter.quiet_hours == "drop" else "ignore"
             page_filter = replace(page_filter, quiet_hours=quiet)
-            if event.user_id is not None:
+            if tokens is not None:
+                rows = await live_activities.activity_batch_tokens(
+                    conn, audience=tokens, first_token_id=first, last_token_id=last
+                )
+            elif event.user_id is not None:
                 rows = await recipients.user_recipients(
                     conn,
                     user_id=event.user_id,

@@ -5,10 +5,11 @@ subscribers each. Planning an event writes its shards; each shard then streams i
 users with keyset pages (``user_id > cursor``), packs their devices into delivery
 batches and sends them, checkpointing the cursor after every send and recording the
 batches it sent (one row each, with its range of users). A shard is claimed with a
-lease, so a duplicate message is dropped instead of fanning out twice; a failed one
-gives its lease up; a crashed one resumes from its checkpoint. PostgreSQL knows every
-shard and batch with a deadline, so whatever happens to their messages the reconciler
-sends them again.
+lease in the invocation's name (``stages.leases``), so a duplicate message is dropped
+instead of fanning out twice; a failed one gives its lease up; a crashed one resumes from
+its checkpoint; one whose lease lapsed and was taken stops at its next checkpoint.
+PostgreSQL knows every shard and batch with a deadline, so whatever happens to their
+messages the reconciler sends them again.
 
 The page query applies the audience rules (opt-outs, topic mutes, frequency caps:
 ``store.fragments.AUDIENCE_RULES``): a subscriber held back comes as one row naming the
@@ -32,6 +33,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from uuid import UUID
 
 import asyncpg
 
@@ -47,7 +49,7 @@ from fanout.stages.batching import (
     bytes_short,
 )
 from fanout.stages.shard_filter import page_filter_of
-from fanout.store import acquire, events, lifecycle, shards, waves
+from fanout.store import acquire, events, lifecycle, live_activities, shards, waves
 from fanout.store.audience import caps_apply
 from fanout.store.recipients import (
     PageFilter,
@@ -245,16 +247,24 @@ def _fits_a_batch(event: events.Event, queues: Queues, settings: Settings) -> bo
 async def _shard_bounds(
     conn: asyncpg.Connection, event: events.Event, shard_size: int
 ) -> list[tuple[int, int]]:
-    """[lo, hi) user-id ranges of about ``shard_size`` subscribers each."""
+    """[lo, hi) user-id ranges of about ``shard_size`` subscribers each (for a Live
+    Activity, token-id ranges of about ``shard_size`` tokens)."""
     if event.user_id is not None:  # a 1:1 send: one user, one shard
         return [(event.user_id, event.user_id + 1)]
-    assert event.topic_id is not None
+    tokens = live_activities.audience_of(event)
+    assert event.topic_id is not None or tokens is not None
     bounds = []
     lo = 0
     while True:
-        hi = await shards.next_shard_boundary(
-            conn, topic_id=event.topic_id, from_user_id=lo, shard_size=shard_size
-        )
+        if tokens is not None:
+            hi = await live_activities.next_token_boundary(
+                conn, audience=tokens, from_token_id=lo, shard_size=shard_size
+            )
+        else:
+            assert event.topic_id is not None
+            hi = await shards.next_shard_boundary(
+                conn, topic_id=event.topic_id, from_user_id=lo, shard_size=shard_size
+            )
         if hi is None:
             bounds.append((lo, MAX_USER_ID))
             return bounds
@@ -278,36 +288,71 @@ async def run_shard(
     checkpoint when it runs short and re-enqueue itself to go on from there.
     """
     lease = settings.visibility_timeout
-    overdue_after = settings.reconcile_after_seconds
+    owner = leases.new_owner()
+    releaser = _releaser(pool, event_id, shard, owner, settings)
+    try:
+        claim, held = await leases.claim(
+            lambda: _claim(pool, event_id, shard, owner, settings),
+            f"claiming shard {shard} of event {event_id}",
+        )
+    except BaseException as failure:
+        # The claim may have committed unanswered: what this owner may hold is given up.
+        # Whether it did is not known, so nothing says to wait the lease out (0 s): a
+        # next try that finds the shard held waits for its lease then.
+        await leases.give_up(releaser, failure, 0)
+    if claim is None:
+        if held is None:
+            raise PoisonMessage(f"unknown shard {shard} of event {event_id}")
+        if held.status in ("done", "failed"):
+            return ShardReport(event_id, shard, already_done=True)
+        # Held by another invocation: this copy is redundant while the holder lives, and
+        # is wanted once its lease is over if the holder died (the runtime brings it
+        # back then; PostgreSQL and the reconciler make sure it is not lost either way).
+        log.info("shard %d of event %d is being fanned out elsewhere", shard, event_id)
+        return ShardReport(event_id, shard, busy=True, lease_left=held.lease_left)
+    async with acquire(pool) as conn:
+        try:
+            return await _stream_shard(
+                conn,
+                event_id,
+                shard,
+                owner,
+                claim,
+                queues,
+                settings,
+                time_left=time_left,
+                reader=reader,
+            )
+        except leases.LeaseLost as refused:
+            # Stalled past its lease (a pause, a partition) while another invocation took
+            # the shard: that one goes on from the last checkpoint, re-packing the same
+            # batches (same keys: recorded and delivered once), so this copy is redundant.
+            log.warning("event %d: %s; stopped", event_id, refused)
+            return ShardReport(event_id, shard, busy=True, lease_left=lease)
+        except BaseException as failure:
+            await leases.give_up(releaser, failure, lease)
+
+
+async def _claim(
+    pool: asyncpg.Pool, event_id: int, shard: int, owner: UUID, settings: Settings
+) -> tuple[shards.ShardClaim | None, shards.LeaseStatus | None]:
+    """The shard claimed for ``owner``, or None and its status (None: no such shard)."""
     async with acquire(pool) as conn:
         claim = await shards.claim_shard(
             conn,
             event_id=event_id,
             shard=shard,
-            lease_seconds=lease,
-            overdue_after=overdue_after,
+            owner=owner,
+            lease_seconds=settings.visibility_timeout,
+            overdue_after=settings.reconcile_after_seconds,
         )
-        if claim is None:
-            held = await shards.shard_status(conn, event_id=event_id, shard=shard)
-            if held is None:
-                raise PoisonMessage(f"unknown shard {shard} of event {event_id}")
-            if held.status in ("done", "failed"):
-                return ShardReport(event_id, shard, already_done=True)
-            # Held by another invocation: this copy is redundant while the holder lives, and
-            # is wanted once its lease is over if the holder died (the runtime brings it
-            # back then; PostgreSQL and the reconciler make sure it is not lost either way).
-            log.info("shard %d of event %d is being fanned out elsewhere", shard, event_id)
-            return ShardReport(event_id, shard, busy=True, lease_left=held.lease_left)
-        try:
-            return await _stream_shard(
-                conn, event_id, shard, claim, queues, settings, time_left=time_left, reader=reader
-            )
-        except BaseException as failure:
-            await leases.give_up(_releaser(pool, event_id, shard, settings), failure, lease)
+        if claim is not None:
+            return claim, None
+        return None, await shards.shard_status(conn, event_id=event_id, shard=shard)
 
 
 def _releaser(
-    pool: asyncpg.Pool, event_id: int, shard: int, settings: Settings
+    pool: asyncpg.Pool, event_id: int, shard: int, owner: UUID, settings: Settings
 ) -> Callable[[str], Awaitable[object]]:
     # On a connection of its own: the shard's may be broken, or busy with a cancelled page.
     async def release(reason: str) -> None:
@@ -316,6 +361,7 @@ def _releaser(
                 conn,
                 event_id=event_id,
                 shard=shard,
+                owner=owner,
                 overdue_after=settings.reconcile_after_seconds,
                 reason=reason,
             )
@@ -327,6 +373,7 @@ async def _stream_shard(
     conn: asyncpg.Connection,
     event_id: int,
     shard: int,
+    owner: UUID,
     claim: shards.ShardClaim,
     queues: Queues,
     settings: Settings,
@@ -334,8 +381,9 @@ async def _stream_shard(
     time_left: Callable[[], float] | None,
     reader: asyncpg.Pool | None = None,
 ) -> ShardReport:
-    """Page through the shard's users from its checkpoint, pack, send, checkpoint; stop
-    at a checkpoint that finds the event cancelled or expired."""
+    """Page through the shard's users from its checkpoint, pack, send, checkpoint (in
+    ``owner``'s name); stop at a checkpoint that finds the event cancelled or expired.
+    Raises ``LeaseLost`` at a checkpoint another owner's lease refuses."""
     lease = settings.visibility_timeout
     event = await events.load_event(conn, event_id=event_id)
     assert event is not None  # the shard's row refers to it
@@ -348,7 +396,11 @@ async def _stream_shard(
         held_back=Counter(claim.held_back),
     )
     category = event.notification.get("category")
-    audience = _Audience(category, await caps_apply(conn, event_id=event.id, category=category))
+    # A Live Activity's tokens are no topic's subscribers: no cap counts them.
+    counted = event.live_activity_id is None and await caps_apply(
+        conn, event_id=event.id, category=category
+    )
+    audience = _Audience(category, counted)
     page_filter = await page_filter_of(
         conn, event, claim.wave_no, settings, read_before=cursor is not None
     )
@@ -365,7 +417,7 @@ async def _stream_shard(
         """Record the batches sent and the cursor, renew the lease: this shard is alive.
         Returns why the shard must stop, if it must."""
         stopped = await _checkpoint(
-            conn, event_id, shard, progress, sent, audience, lease, settings
+            conn, event_id, shard, owner, progress, sent, audience, lease, settings
         )
         sent.clear()
         return stopped
@@ -414,7 +466,7 @@ async def _stream_shard(
                 )
         if rows and time_left is not None and time_left() < 10.0:
             return await _yield_shard(
-                conn, queues, event_id, shard, progress, sent, audience, settings
+                conn, queues, event_id, shard, owner, progress, sent, audience, settings
             )
     if stopped:
         await _count_unread(conn, event, progress, claim.hi_user_id, stopped)
@@ -426,13 +478,14 @@ async def _stream_shard(
             await _send(tail, queues, progress)
             sent += tail
         progress.hold_back(packer.take_held_back())  # those after the last batch
-    return await _end_shard(conn, event_id, shard, progress, checkpoint, settings)
+    return await _end_shard(conn, event_id, shard, owner, progress, checkpoint, settings)
 
 
 async def _end_shard(
     conn: asyncpg.Connection,
     event_id: int,
     shard: int,
+    owner: UUID,
     progress: _Progress,
     checkpoint: Callable[[], Awaitable[str | None]],
     settings: Settings,
@@ -443,7 +496,7 @@ async def _end_shard(
     async with conn.transaction():
         await checkpoint()
         await events.lock_event(conn, event_id=event_id)
-        await shards.finish_shard(
+        finished = await shards.finish_shard(
             conn,
             event_id=event_id,
             shard=shard,
@@ -451,7 +504,10 @@ async def _end_shard(
             devices=progress.devices,
             batches=progress.batches,
             held_back=dict(progress.held_back),
+            owner=owner,
         )
+        if not finished:  # the checkpoint just now was ours: only a race gets here
+            raise leases.lost("shard", f"{shard} of event {event_id}")
         fanned_out = await lifecycle.mark_fanned_out(
             conn, event_id=event_id, overdue_after=settings.reconcile_after_seconds
         )
@@ -487,7 +543,12 @@ async def _count_unread(
 ) -> None:
     """A stopped shard counts the subscribers it did not send to, past its checkpoint, as
     held back for ``reason``: subscribers, not their devices (which were never read)."""
-    if event.topic_id is None:  # a 1:1 send: its one user, if not sent to yet
+    tokens = live_activities.audience_of(event)
+    if tokens is not None:
+        left = await live_activities.tokens_left(
+            conn, audience=tokens, after_token_id=progress.cursor, before_token_id=hi
+        )
+    elif event.topic_id is None:  # a 1:1 send: its one user, if not sent to yet
         left = int(event.user_id is not None and progress.cursor < event.user_id)
     else:
         left = await shards.subscribers_left(
@@ -506,6 +567,15 @@ async def _fetch_page(
     page_filter: PageFilter,
     settings: Settings,
 ) -> list[asyncpg.Record]:
+    tokens = live_activities.audience_of(event)
+    if tokens is not None:
+        return await live_activities.activity_tokens_page(
+            conn,
+            audience=tokens,
+            after_token_id=cursor,
+            before_token_id=hi,
+            limit=settings.page_size,
+        )
     if event.user_id is not None:
         return await user_recipients(
             conn,
@@ -543,6 +613,7 @@ async def _checkpoint(
     conn: asyncpg.Connection,
     event_id: int,
     shard: int,
+    owner: UUID,
     progress: _Progress,
     sent: Sequence[PackedBatch],
     audience: _Audience,
@@ -552,7 +623,7 @@ async def _checkpoint(
     # A push counts toward the caps once its batch is on the delivery queue (recorded
     # here, with the batch): bounded, once per user and event, whatever delivery does.
     counted = [user for b in sent for user in b.user_ids] if audience.record_sends else []
-    return await shards.checkpoint_shard(
+    checkpoint = await shards.checkpoint_shard(
         conn,
         event_id=event_id,
         shard=shard,
@@ -564,9 +635,13 @@ async def _checkpoint(
         accepted=sent,
         category=audience.category,
         counted_users=counted,
+        owner=owner,
         lease_seconds=lease,
         overdue_after=settings.reconcile_after_seconds,
     )
+    if not checkpoint.held:  # the batches are recorded; this invocation sends no more
+        raise leases.lost("shard", f"{shard} of event {event_id}")
+    return checkpoint.stopped
 
 
 async def _yield_shard(
@@ -574,6 +649,7 @@ async def _yield_shard(
     queues: Queues,
     event_id: int,
     shard: int,
+    owner: UUID,
     progress: _Progress,
     sent: list[PackedBatch],
     audience: _Audience,
@@ -581,7 +657,7 @@ async def _yield_shard(
 ) -> ShardReport:
     """Out of time (or the worker is stopping): hand the rest of the shard to a fresh
     message and free the lease, so whoever receives it goes on at once."""
-    await _checkpoint(conn, event_id, shard, progress, sent, audience, 0, settings)
+    await _checkpoint(conn, event_id, shard, owner, progress, sent, audience, 0, settings)
     await queues.fanout.send(FanoutTask(event_id, shard).encode())
     log.info(
         "event %d shard %d: out of time at user %d, re-enqueued", event_id, shard, progress.cursor

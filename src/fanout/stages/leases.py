@@ -1,22 +1,34 @@
 """Leases: how a shard or a batch is held by one invocation at a time, and given up.
 
-A lease is a time in PostgreSQL (``lease_until``) that the holder renews while it works.
-A failure gives it up at once, so the message's next try (or another copy of it) can
-take the work instead of finding it busy and burning a receive. When the database is
-what failed, giving up is tried for a few seconds (a restarted PostgreSQL is usually back
-by then); if it still cannot be told, ``LeaseKept`` tells the runtime to bring the message
-back no sooner than the lease ends.
+A lease is a time in PostgreSQL (``lease_until``) that the holder renews while it works,
+and an owner (``lease_owner``): a random id each invocation makes (``new_owner``), so that
+PostgreSQL knows which try of a message holds the work. Every renewal, checkpoint, finish
+and release names its owner; one whose lease lapsed and was taken by another invocation
+is refused (``LeaseLost``), and it stops: the holder does the work. A claim that fails on
+the database's side is tried again as the same owner (``claim``): one that committed
+while the driver reported the connection lost (a PostgreSQL restart) finds the lease its
+own and takes it back, instead of waiting it out.
+
+A failure gives the lease up at once (only the failed invocation's own: harmless if its
+claim never committed), so the message's next try (or another copy of it) can take the
+work instead of finding it busy and burning a receive. When the database is what failed,
+giving up is tried for a few seconds (a restarted PostgreSQL is usually back by then); if
+it still cannot be told, ``LeaseKept`` tells the runtime to bring the message back no
+sooner than the lease ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from fanout import retry
 from fanout.errors import FanoutError
+from fanout.metrics import LEASES_LOST
+from fanout.store.connection import UNTRUSTWORTHY
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +43,38 @@ class LeaseKept(FanoutError):
         super().__init__(describe(cause))
         self.cause = cause
         self.seconds = seconds
+
+
+class LeaseLost(FanoutError):
+    """This invocation's lease on a shard or batch lapsed and another invocation holds it
+    now: a renewal, checkpoint or finish in its name was refused. It stops sending."""
+
+    def __init__(self, unit: str, name: str) -> None:
+        super().__init__(f"{unit} {name}: its lease lapsed and another invocation holds it")
+        self.unit = unit
+
+
+T = TypeVar("T")
+
+
+def new_owner() -> uuid.UUID:
+    """The owner id of one invocation's leases: random, never reused."""
+    return uuid.uuid4()
+
+
+def lost(unit: str, name: str) -> LeaseLost:
+    """A ``LeaseLost`` for the ``unit`` ('shard', 'batch') named ``name``, counted."""
+    LEASES_LOST.labels(unit).inc()
+    return LeaseLost(unit, name)
+
+
+async def claim(take: Callable[[], Awaitable[T]], what: str) -> T:
+    """``take()`` (a claim, in one owner's name, on a connection of its own), tried again
+    while the database fails as after a restart: a claim that committed unanswered is
+    then taken back by its owner (issue #27)."""
+    return await retry.retrying(
+        take, backoff=retry.CLAIM, tries=retry.CLAIM_TRIES, on=UNTRUSTWORTHY, what=what
+    )
 
 
 def describe(failure: BaseException) -> str:

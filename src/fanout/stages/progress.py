@@ -53,6 +53,19 @@ class Schedule(BaseModel):
     cancelled_at: datetime | None
 
 
+class LiveActivityStatus(BaseModel):
+    """A Live Activity update: which activity, what it did, and Apple's budget."""
+
+    activity_id: str
+    event: Literal["start", "update", "end"]
+    timestamp: int = Field(description="aps.timestamp: the device keeps the newest.")
+    priority: Literal[5, 10]
+    priority_10_last_hour: int = Field(
+        description="The activity's priority-10 updates in the hour up to this one: Apple "
+        "budgets them per hour and throttles an app past its budget; 5 is not budgeted."
+    )
+
+
 class EventStatus(BaseModel):
     event_id: int
     status: EventState
@@ -71,7 +84,8 @@ class EventStatus(BaseModel):
         "(see deferred); quiet_hours: inside them, dropped), subscribers a cancelled or "
         "expired fan-out did not read (cancelled, expired), and devices of batches not "
         "sent because the event was cancelled or expired while they waited (cancelled, "
-        "expired)."
+        "expired); for a Live Activity update, tokens a newer update of the activity "
+        "reached instead (superseded: never lost, not a failure)."
     )
     schedule: Schedule
     waves: list[Wave] = Field(description="deliver_at_local waves and deferred releases.")
@@ -91,6 +105,7 @@ class EventStatus(BaseModel):
     started_at: datetime
     fanned_out_at: datetime | None
     finished_at: datetime | None
+    live_activity: LiveActivityStatus | None = None
 
 
 async def load_event_status(
@@ -149,6 +164,21 @@ def event_status_from_row(row: Mapping[str, Any]) -> EventStatus:
         started_at=row["created_at"],
         fanned_out_at=row["fanned_out_at"],
         finished_at=row["finished_at"],
+        live_activity=_live_activity(row),
+    )
+
+
+def _live_activity(row: Mapping[str, Any]) -> LiveActivityStatus | None:
+    key = row.get("live_activity_key")
+    if key is None:
+        return None
+    block = _json(row["live_activity"])
+    return LiveActivityStatus(
+        activity_id=key,
+        event=block["event"],
+        timestamp=block.get("timestamp", 0),
+        priority=10 if row["priority"] == "high" else 5,
+        priority_10_last_hour=row["priority_10_last_hour"],
     )
 
 

@@ -187,6 +187,8 @@ async def record_event(
     """
     if (topic is None) == (user is None):
         raise ValueError("an event goes to exactly one of: a topic, a user")
+    if notification.kind == "liveactivity":
+        raise ValueError("a Live Activity update goes to its activity's tokens (live_activity)")
     check_fits_a_batch(notification, max_batch_bytes(batch_max_bytes, MAX_MESSAGE_BYTES))
     now = now or datetime.now(UTC)  # tests pass the instant publishing happens at
     options.check(now)
@@ -317,6 +319,21 @@ async def publish(
     )
     if not published.created or published.held_until is not None:
         return published
+    return await enqueue_published(
+        pool, queues, published, enqueue_timeout=enqueue_timeout, overdue_after=overdue_after
+    )
+
+
+async def enqueue_published(
+    pool: asyncpg.Pool,
+    queues: Queues | Callable[[], Awaitable[Queues]],
+    published: Published,
+    *,
+    enqueue_timeout: float | None,
+    overdue_after: float,
+) -> Published:
+    """Enqueue an event just committed; with ``enqueue_timeout``, a failure or a wait
+    longer leaves it to the reconciler (``enqueued=False``), else it is raised."""
     try:
         async with asyncio.timeout(enqueue_timeout):
             opened = queues if isinstance(queues, Queues) else await queues()

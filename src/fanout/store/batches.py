@@ -9,55 +9,66 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from uuid import UUID
 
 import asyncpg
 
 from fanout.store.fragments import EVENT_STOPPED, claim_due
 from fanout.store.shards import LeaseStatus
 
-# Index: delivery_batches_pkey. Returns a row when this invocation owns the batch; nothing
-# when it is done or another invocation holds a live lease on it. (A batch the fan-out
-# recorded is 'queued'; one sent before that bookkeeping existed is inserted here.) It is
-# due $6 seconds after its lease ends. The row says whether the event was cancelled or
-# has expired: the check costs no round trip of its own. A message re-read from
+# Index: delivery_batches_pkey. Returns a row when this invocation ($7, the lease's owner)
+# owns the batch; nothing when it is done or another invocation holds a live lease on it.
+# Its own live lease is taken again: its claim committed while the driver reported a
+# failure (a PostgreSQL restart), and its retry must not wait the lease out. (A batch the
+# fan-out recorded is 'queued'; one sent before that bookkeeping existed is inserted here.)
+# It is due $6 seconds after its lease ends. The row says whether the event was cancelled
+# or has expired: the check costs no round trip of its own. A message re-read from
 # PostgreSQL carries no devices ($4 = 0): the count recorded stays.
 CLAIM_BATCH = f"""
-INSERT INTO delivery_batches (event_id, batch_key, attempt, devices, status, lease_until, due_at)
+INSERT INTO delivery_batches (event_id, batch_key, attempt, devices, status, lease_until, due_at,
+                              lease_owner)
 VALUES ($1, $2, $3, $4, 'running', now() + make_interval(secs => $5),
-        now() + make_interval(secs => $5::float8 + $6::float8))
+        now() + make_interval(secs => $5::float8 + $6::float8), $7)
 ON CONFLICT (event_id, batch_key) DO UPDATE
 SET status = 'running', lease_until = EXCLUDED.lease_until, due_at = EXCLUDED.due_at,
-    started_at = now(),
+    lease_owner = EXCLUDED.lease_owner, started_at = now(),
     devices = CASE WHEN EXCLUDED.devices > 0 THEN EXCLUDED.devices
                    ELSE delivery_batches.devices END
 WHERE delivery_batches.status = 'queued'
-   OR (delivery_batches.status = 'running' AND delivery_batches.lease_until < now())
+   OR (delivery_batches.status = 'running'
+       AND (delivery_batches.lease_until < now()
+            OR delivery_batches.lease_owner = EXCLUDED.lease_owner))
 RETURNING {EVENT_STOPPED}, (SELECT e.app_id FROM events AS e WHERE e.id = $1) AS app_id
 """
 
 # Index: delivery_batches_pkey. A claimed batch whose event was cancelled or expired while
-# it waited: done, sending nothing, its devices held back for that reason ($3).
+# it waited: done, sending nothing, its devices held back for that reason ($3). By the
+# lease's owner ($4) only.
 FINISH_BATCH_HELD = """
 UPDATE delivery_batches
 SET status = 'done', finished_at = now(), lease_until = NULL, due_at = NULL,
     held_back = jsonb_build_object($3::text, devices)
-WHERE event_id = $1 AND batch_key = $2
+WHERE event_id = $1 AND batch_key = $2 AND lease_owner = $4
 RETURNING devices
 """
 
 # Index: delivery_batches_pkey. While a batch is being sent: it is alive, keep it ours.
+# Refused (no row) when its owner ($5) no longer holds it: the lease lapsed and another
+# invocation took the batch.
 RENEW_BATCH_LEASE = """
 UPDATE delivery_batches SET lease_until = now() + make_interval(secs => $3),
                             due_at = now() + make_interval(secs => $3::float8 + $4::float8)
-WHERE event_id = $1 AND batch_key = $2 AND status = 'running'
+WHERE event_id = $1 AND batch_key = $2 AND status = 'running' AND lease_owner = $5
+RETURNING true
 """
 
-# Index: delivery_batches_pkey. A failed invocation that sent nothing gives its lease up.
+# Index: delivery_batches_pkey. A failed invocation that sent nothing gives its lease up:
+# only its own ($5), so this is a no-op if its claim never committed.
 RELEASE_BATCH = """
 UPDATE delivery_batches
-SET status = 'queued', lease_until = NULL, due_at = now() + make_interval(secs => $3),
-    last_error = $4
-WHERE event_id = $1 AND batch_key = $2 AND status = 'running'
+SET status = 'queued', lease_until = NULL, lease_owner = NULL,
+    due_at = now() + make_interval(secs => $3), last_error = $4
+WHERE event_id = $1 AND batch_key = $2 AND status = 'running' AND lease_owner = $5
 """
 
 # Index: delivery_batches_pkey. A retry batch is recorded with its device ids (only the
@@ -86,12 +97,15 @@ SELECT status, greatest(0, extract(epoch FROM lease_until - now()))::float8 AS l
 FROM delivery_batches WHERE event_id = $1 AND batch_key = $2
 """
 
-# Index: delivery_batches_pkey. Failure reasons ({reason: devices}) are summed on read.
+# Index: delivery_batches_pkey. Failure reasons ({reason: devices}) are summed on read. By
+# the lease's owner ($9) only; the owner stays on the row, so a finish retried after its
+# commit went unanswered finds it again.
 FINISH_BATCH = """
 UPDATE delivery_batches
 SET status = 'done', finished_at = now(), lease_until = NULL, due_at = NULL,
     sent = $3, failed = $4, invalid = $5, skipped = $6, retried = $7, failure_reasons = $8
-WHERE event_id = $1 AND batch_key = $2
+WHERE event_id = $1 AND batch_key = $2 AND lease_owner = $9
+RETURNING true
 """
 
 # Overdue work, claimed by the reconciler (fragments.claim_due). Index: delivery_batches_due.
@@ -123,8 +137,9 @@ WHERE event_id = $1 AND batch_key = $2 AND status <> 'done'
 
 @dataclass(frozen=True, slots=True)
 class BatchClaim:
-    """A batch this invocation now holds; ``stopped`` says its event was cancelled or has
-    expired ('cancelled', 'expired'): then nothing is to be sent."""
+    """A batch this invocation now holds; ``stopped`` says its event was cancelled, has
+    expired, or (a Live Activity update) was superseded ('cancelled', 'expired',
+    'superseded'): then nothing is to be sent."""
 
     stopped: str | None
     app_id: int  # the event's app: whose credentials the batch is sent with
@@ -153,25 +168,27 @@ async def claim_batch(
     batch_key: str,
     attempt: int,
     devices: int,
+    owner: UUID,
     lease_seconds: float,
     overdue_after: float,
 ) -> BatchClaim | None:
-    """Take the batch for ``lease_seconds`` (due ``overdue_after`` seconds after the lease
-    ends); None when it is done or someone holds a live lease on it. A batch not
-    recorded yet is inserted. Raises ``asyncpg.ForeignKeyViolationError`` for an unknown
-    event (``CLAIM_BATCH``)."""
+    """Take the batch for ``owner`` for ``lease_seconds`` (due ``overdue_after`` seconds
+    after the lease ends); None when it is done or another owner holds a live lease on it
+    (``owner``'s own is taken again). A batch not recorded yet is inserted. Raises
+    ``asyncpg.ForeignKeyViolationError`` for an unknown event (``CLAIM_BATCH``)."""
     row = await conn.fetchrow(
-        CLAIM_BATCH, event_id, batch_key, attempt, devices, lease_seconds, overdue_after
+        CLAIM_BATCH, event_id, batch_key, attempt, devices, lease_seconds, overdue_after, owner
     )
     return None if row is None else BatchClaim(**row)
 
 
 async def finish_batch_held(
-    conn: asyncpg.Connection, *, event_id: int, batch_key: str, reason: str
-) -> int:
-    """Mark a claimed batch done without sending it, its devices held back for ``reason``
-    (the event was cancelled or expired); how many devices (``FINISH_BATCH_HELD``)."""
-    devices: int = await conn.fetchval(FINISH_BATCH_HELD, event_id, batch_key, reason)
+    conn: asyncpg.Connection, *, event_id: int, batch_key: str, owner: UUID, reason: str
+) -> int | None:
+    """Mark a batch ``owner`` holds done without sending it, its devices held back for
+    ``reason`` (the event was cancelled or expired); how many devices, or None if another
+    owner holds it (``FINISH_BATCH_HELD``)."""
+    devices: int | None = await conn.fetchval(FINISH_BATCH_HELD, event_id, batch_key, reason, owner)
     return devices
 
 
@@ -188,20 +205,32 @@ async def renew_batch_lease(
     *,
     event_id: int,
     batch_key: str,
+    owner: UUID,
     lease_seconds: float,
     overdue_after: float,
-) -> None:
-    """Extend a running batch's lease by ``lease_seconds`` from now, due ``overdue_after``
-    seconds after it ends (``RENEW_BATCH_LEASE``)."""
-    await conn.execute(RENEW_BATCH_LEASE, event_id, batch_key, lease_seconds, overdue_after)
+) -> bool:
+    """Extend ``owner``'s lease on a running batch by ``lease_seconds`` from now, due
+    ``overdue_after`` seconds after it ends; False (refused) if another owner holds it
+    (``RENEW_BATCH_LEASE``)."""
+    renewed: bool | None = await conn.fetchval(
+        RENEW_BATCH_LEASE, event_id, batch_key, lease_seconds, overdue_after, owner
+    )
+    return bool(renewed)
 
 
 async def release_batch(
-    conn: asyncpg.Connection, *, event_id: int, batch_key: str, overdue_after: float, reason: str
+    conn: asyncpg.Connection,
+    *,
+    event_id: int,
+    batch_key: str,
+    owner: UUID,
+    overdue_after: float,
+    reason: str,
 ) -> None:
-    """Give a running batch back (queued, with the reason) after a failure that sent
-    nothing; due ``overdue_after`` seconds on (``RELEASE_BATCH``)."""
-    await conn.execute(RELEASE_BATCH, event_id, batch_key, overdue_after, reason)
+    """Give a running batch ``owner`` holds back (queued, with the reason) after a failure;
+    due ``overdue_after`` seconds on. A no-op when ``owner`` does not hold it
+    (``RELEASE_BATCH``)."""
+    await conn.execute(RELEASE_BATCH, event_id, batch_key, overdue_after, reason, owner)
 
 
 async def record_retry_batch(
@@ -264,10 +293,12 @@ async def finish_batch(
     skipped: int,
     retried: int,
     failure_reasons: dict[str, int] | None,
-) -> None:
-    """Mark the batch done with its outcome: devices per kind, and the failed ones by
-    reason (``FINISH_BATCH``)."""
-    await conn.execute(
+    owner: UUID,
+) -> bool:
+    """Mark the batch done with its outcome (devices per kind, and the failed ones by
+    reason) if ``owner`` holds its lease; False (and nothing changed) if another does
+    (``FINISH_BATCH``)."""
+    done: bool | None = await conn.fetchval(
         FINISH_BATCH,
         event_id,
         batch_key,
@@ -277,7 +308,9 @@ async def finish_batch(
         skipped,
         retried,
         failure_reasons,
+        owner,
     )
+    return bool(done)
 
 
 async def give_up_batch(

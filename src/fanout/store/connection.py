@@ -117,7 +117,10 @@ async def acquire(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         try:
             yield conn
         except UNTRUSTWORTHY:
-            conn.terminate()
+            # A connection asyncpg saw drop is closed and back in the pool already; then
+            # terminate() would raise and hide the failure.
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
             raise
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from fanout.store.fragments import claim_due
+from fanout.store.fragments import SUPERSEDED, claim_due
 from fanout.store.lifecycle import EventState
 
 # Index: events_idempotency_key (the key leads; the scopes sharing it are filtered).
@@ -22,11 +22,12 @@ SELECT id, request_fingerprint FROM events
 WHERE idempotency_key = $2 AND app_id = $3 AND api_key_id IS NOT DISTINCT FROM $1
 """
 
-# Index: events_pkey.
-LOAD_EVENT = """
-SELECT id, app_id, topic_id, user_id, notification, status, created_at, quiet_hours,
-       deliver_at_local IS NOT NULL AS in_waves,
-       cancelled_at IS NOT NULL AS cancelled, expires_at <= now() AS expired
+# Index: events_pkey (and events_by_live_activity for an update: SUPERSEDED).
+LOAD_EVENT = f"""
+SELECT id, app_id, topic_id, user_id, live_activity_id, notification, status, created_at,
+       quiet_hours, deliver_at_local IS NOT NULL AS in_waves,
+       cancelled_at IS NOT NULL AS cancelled, expires_at <= now() AS expired,
+       {SUPERSEDED.format(e="events")} AS superseded
 FROM events WHERE id = $1
 """
 
@@ -57,7 +58,9 @@ CLAIM_DUE_EVENTS = claim_due(
 
 # Indexes: events_pkey, fanout_shards_pkey, delivery_batches_pkey (a few hundred rows per
 # million devices: counters are summed on read, so no hot counter row is ever updated),
-# event_waves_pkey, deferred_recipients_pkey (one row per deferred recipient).
+# event_waves_pkey, deferred_recipients_pkey (one row per deferred recipient); for a Live
+# Activity update, live_activities_pkey and events_by_live_activity (Apple's budget of
+# priority-10 updates: those of the activity in the hour up to this one).
 EVENT_PROGRESS = """
 SELECT e.id, e.status, e.created_at, e.fanned_out_at, e.finished_at, e.last_error,
        coalesce(f.shards, 0) AS shards, coalesce(f.shards_done, 0) AS shards_done,
@@ -75,7 +78,9 @@ SELECT e.id, e.status, e.created_at, e.fanned_out_at, e.finished_at, e.last_erro
        coalesce(dr.dropped, 0) AS deferred_dropped,
        dr.next_release_at AS deferred_next_release_at,
        dr.last_release_at AS deferred_last_release_at,
-       coalesce(k.held_by_breaker, '{}'::jsonb) AS held_by_breaker
+       coalesce(k.held_by_breaker, '{}'::jsonb) AS held_by_breaker,
+       la.activity_key AS live_activity_key, e.notification -> 'live_activity' AS live_activity,
+       coalesce(e.notification ->> 'priority', 'high') AS priority, la.priority_10_last_hour
 FROM events AS e
 LEFT JOIN LATERAL (
     SELECT count(*) AS shards, count(*) FILTER (WHERE status = 'done') AS shards_done,
@@ -141,6 +146,15 @@ LEFT JOIN LATERAL (
         GROUP BY held_reason
     ) AS by_reason
 ) AS k ON true
+LEFT JOIN LATERAL (
+    SELECT a.activity_key, (
+        SELECT count(*) FROM events AS x
+        WHERE x.live_activity_id = a.id AND x.id <= e.id
+          AND x.created_at > e.created_at - interval '1 hour'
+          AND coalesce(x.notification ->> 'priority', 'high') = 'high'
+    ) AS priority_10_last_hour
+    FROM live_activities AS a WHERE a.id = e.live_activity_id
+) AS la ON true
 WHERE e.id = $1
 """
 
@@ -159,14 +173,21 @@ GROUP BY status
 """
 
 
+# The held-back reason of a Live Activity update's tokens that a newer update reached
+# first: never lost, and not a failure (the event can still end delivered).
+SUPERSEDED_REASON = "superseded"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    """An event as the fan-out reads it: its audience (a topic or one user) and what to send."""
+    """An event as the fan-out reads it: its audience (a topic, one user, or a Live
+    Activity's tokens) and what to send."""
 
     id: int
     app_id: int
     topic_id: int | None
     user_id: int | None
+    live_activity_id: int | None
     notification: dict[str, Any]
     status: EventState
     created_at: datetime  # its commit: what the publish-to-push latency is measured from
@@ -174,14 +195,17 @@ class Event:
     in_waves: bool  # deliver_at_local: fanned out wave by wave (event_waves)
     cancelled: bool
     expired: bool  # expires_at has passed
+    superseded: bool  # a Live Activity update with a newer one of its activity published
 
     @property
     def stopped(self) -> str | None:
         """Why nothing more is to be sent, as the held-back reason its devices are counted
-        under (the state the event will end in: cancelled, expired), or None."""
+        under (cancelled, expired: the state the event will end in; superseded), or None."""
         if self.cancelled:
             return EventState.CANCELLED.value
-        return EventState.EXPIRED.value if self.expired else None
+        if self.expired:
+            return EventState.EXPIRED.value
+        return SUPERSEDED_REASON if self.superseded else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,11 +216,24 @@ ORDER BY s.user_id
 """
 
 
+# superseded: a Live Activity update ({e}) with a newer update or end of the same activity
+# published: the device keeps the newest (by aps.timestamp), so what this one has not yet
+# reached is skipped. A start never is: it goes to other tokens (push-to-start). Index:
+# events_by_live_activity, one probe; never reached for an event of a topic or a user.
+SUPERSEDED = """CASE WHEN {e}.live_activity_id IS NULL THEN false
+         WHEN {e}.notification -> 'live_activity' ->> 'event' <> 'update' THEN false
+         ELSE EXISTS (
+             SELECT 1 FROM events AS newer
+             WHERE newer.live_activity_id = {e}.live_activity_id AND newer.id > {e}.id
+               AND newer.notification -> 'live_activity' ->> 'event' IN ('update', 'end'))
+    END"""
+
 # Why an event's work stops, read by the statement that claims or checkpoints a unit of it
-# (events_pkey, one probe): 'cancelled', 'expired' (the held-back reason its devices are
-# counted under, and the state it will end in), or NULL. $1 is the event.
-EVENT_STOPPED = """(SELECT CASE WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
-                       WHEN e.expires_at <= now() THEN 'expired' END
+# (events_pkey, one probe): 'cancelled', 'expired', 'superseded' (the held-back reason its
+# devices are counted under), or NULL. $1 is the event.
+EVENT_STOPPED = f"""(SELECT CASE WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
+                       WHEN e.expires_at <= now() THEN 'expired'
+                       WHEN {SUPERSEDED.format(e="e")} THEN 'superseded' END
            FROM events AS e WHERE e.id = $1) AS stopped"""
 
 

@@ -78,11 +78,11 @@ def _ended(state: EventState) -> EventState:
 INSERT_EVENT = """
 INSERT INTO events
     (app_id, topic_id, user_id, notification, api_key_id, idempotency_key, request_fingerprint,
-     due_at, status, send_at, deliver_at_local, quiet_hours, expires_at)
+     due_at, status, send_at, deliver_at_local, quiet_hours, expires_at, live_activity_id)
 VALUES ($13, $1, $2, $3, $4, $5, $6,
         coalesce($12, now() + make_interval(secs => $7)),
         CASE WHEN $12::timestamptz IS NULL THEN 'pending' ELSE 'scheduled' END,
-        $8, $9, $10, $11)
+        $8, $9, $10, $11, $14)
 ON CONFLICT (idempotency_key, app_id, api_key_id) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """
@@ -151,18 +151,22 @@ WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
 # reconciler. cancelled: cancelled (whatever was sent before is in its counts); expired:
 # expires_at passed with nothing sent; delivered: every device reached but dead tokens;
 # partially_delivered: some sent, some not (failed, skipped for want of a provider, a shard
-# given up, or expired); failed: nothing sent; no_recipients: nobody to send to. Returns
-# the status set, if any.
+# given up, or expired); failed: nothing sent; no_recipients: nobody to send to. A Live
+# Activity update's tokens superseded (a newer update of the activity went to them) count
+# as reached: an update whose every token was superseded ends delivered. Returns the
+# status set, if any.
 FINISH_EVENT = """
 WITH batches AS (
     SELECT coalesce(sum(sent), 0) AS sent, coalesce(sum(failed), 0) AS failed,
            coalesce(sum(skipped), 0) AS skipped,
-           coalesce(sum((held_back ->> 'expired')::bigint), 0) AS expired
+           coalesce(sum((held_back ->> 'expired')::bigint), 0) AS expired,
+           coalesce(sum((held_back ->> 'superseded')::bigint), 0) AS superseded
     FROM delivery_batches WHERE event_id = $1 AND status = 'done'
 ), shards AS (
     SELECT coalesce(sum(devices), 0) AS devices,
            count(*) FILTER (WHERE status = 'failed') AS given_up,
            coalesce(sum((held_back ->> 'expired')::bigint), 0) AS expired,
+           coalesce(sum((held_back ->> 'superseded')::bigint), 0) AS superseded,
            (SELECT count(*) FROM event_waves WHERE event_id = $1 AND status = 'dropped')
            + (SELECT count(*) FROM deferred_recipients WHERE event_id = $1 AND wave_no = -1)
            AS dropped
@@ -172,8 +176,8 @@ UPDATE events AS e
 SET status = CASE
         WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
         WHEN e.expires_at <= now() AND b.sent = 0 THEN 'expired'
-        WHEN s.given_up = 0 AND s.devices = 0 THEN 'no_recipients'
-        WHEN b.sent = 0 THEN 'failed'
+        WHEN s.given_up = 0 AND s.devices = 0 AND s.superseded = 0 THEN 'no_recipients'
+        WHEN b.sent = 0 AND b.superseded + s.superseded = 0 THEN 'failed'
         WHEN s.given_up = 0 AND b.failed = 0 AND b.skipped = 0
              AND b.expired + s.expired + s.dropped = 0 THEN 'delivered'
         ELSE 'partially_delivered'
@@ -209,10 +213,12 @@ async def create(
     quiet_hours: str = "defer",
     expires_at: datetime | None = None,
     held_until: datetime | None = None,
+    live_activity_id: int | None = None,
 ) -> int | None:
-    """Commit a pending event of the app (its topic's or user's), due ``overdue_after``
-    seconds on, or with ``held_until`` a scheduled one, due then; its id, or None when this
-    scope (the app and ``api_key_id``) used the idempotency key before (``INSERT_EVENT``)."""
+    """Commit a pending event of the app, due ``overdue_after`` seconds on, or with
+    ``held_until`` a scheduled one, due then; its id, or None when this scope (the app and
+    ``api_key_id``) used the idempotency key before (``INSERT_EVENT``). Its audience:
+    ``topic_id``, ``user_id`` or ``live_activity_id``, one of them, of the app."""
     event_id: int | None = await conn.fetchval(
         INSERT_EVENT,
         topic_id,
@@ -228,6 +234,7 @@ async def create(
         expires_at,
         held_until,
         app_id,
+        live_activity_id,
     )
     return event_id
 

@@ -94,6 +94,20 @@ ON CONFLICT DO NOTHING
 # Seeding pushes already sent: users $1..$2 whose id modulo 100 falls in [$3, $3 + $4)
 # got $5 pushes of category $6 (NULL: none) an hour ago, as an earlier event $7 would
 # have recorded them.
+# Indexes: subscriptions_pkey, devices_active_by_user. The benchmark's Live Activity: one
+# token per APNs device of the topic's subscribers, as many as its alert event sends to.
+SEED_LIVE_ACTIVITY_TOKENS = """
+WITH inserted AS (
+    INSERT INTO live_activity_tokens (activity_id, user_id, kind, token)
+    SELECT $1, d.user_id, 'activity', d.token
+    FROM subscriptions AS s JOIN devices AS d ON d.user_id = s.user_id AND d.active
+    WHERE s.topic_id = $2 AND d.platform = 'apns'
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM inserted
+"""
+
 SEED_USER_SENDS = """
 INSERT INTO user_sends (user_id, event_id, category, sent_at)
 SELECT u.id, $7, $6::text, now() - interval '1 hour'
@@ -199,6 +213,15 @@ async def seed_mutes(
     """Of users ``first_user_id`` to ``last_user_id``, ``percent`` of them (by id modulo
     100, from ``from_percent``) mute the topic, half for an hour (``SEED_MUTES``)."""
     await conn.execute(SEED_MUTES, first_user_id, last_user_id, from_percent, topic_id, percent)
+
+
+async def seed_live_activity_tokens(
+    conn: asyncpg.Connection, *, activity_id: int, topic_id: int
+) -> int:
+    """Give the Live Activity ``activity_id`` a push token for each APNs device of the
+    topic's subscribers (the device's own token); how many (``SEED_LIVE_ACTIVITY_TOKENS``)."""
+    count: int = await conn.fetchval(SEED_LIVE_ACTIVITY_TOKENS, activity_id, topic_id)
+    return count
 
 
 async def seed_user_sends(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+from uuid import UUID
 
 import asyncpg
 
@@ -41,24 +42,30 @@ WHERE event_id = $1 AND status <> 'done'
 ORDER BY shard_no
 """
 
-# Index: fanout_shards_pkey. Takes the shard if nobody holds a live lease on it. It is due
-# $4 seconds after its lease ends: if its holder died and its message is gone too.
+# Index: fanout_shards_pkey. Takes the shard for its owner $5 (the claiming invocation)
+# if nobody else holds a live lease on it. The owner's own live lease is taken again: its
+# claim committed while the driver reported a failure (a PostgreSQL restart), and its
+# retry must not wait the lease out. It is due $4 seconds after its lease ends: if its
+# holder died and its message is gone too.
 CLAIM_SHARD = """
 UPDATE fanout_shards
-SET status = 'running', lease_until = now() + make_interval(secs => $3),
+SET status = 'running', lease_owner = $5, lease_until = now() + make_interval(secs => $3),
     due_at = now() + make_interval(secs => $3::float8 + $4::float8), attempts = attempts + 1
 WHERE event_id = $1 AND shard_no = $2
-  AND (status = 'pending' OR (status = 'running' AND lease_until < now()))
+  AND (status = 'pending'
+       OR (status = 'running' AND (lease_until < now() OR lease_owner = $5)))
 RETURNING lo_user_id, hi_user_id, cursor_user_id, recipients, devices, batches, held_back,
           wave_no
 """
 
 # Index: fanout_shards_pkey. A failed invocation gives its lease up, so the retry of its
-# message (or another copy) can take the shard at once rather than find it busy.
+# message (or another copy) can take the shard at once rather than find it busy. Only its
+# own ($5): a no-op if its claim never committed, or if another has taken the shard since.
 RELEASE_SHARD = """
 UPDATE fanout_shards
-SET lease_until = now(), due_at = now() + make_interval(secs => $3), last_error = $4
-WHERE event_id = $1 AND shard_no = $2 AND status = 'running'
+SET lease_until = now(), lease_owner = NULL, due_at = now() + make_interval(secs => $3),
+    last_error = $4
+WHERE event_id = $1 AND shard_no = $2 AND status = 'running' AND lease_owner = $5
 """
 
 # Index: fanout_shards_pkey. With the seconds left on its lease, when held.
@@ -78,8 +85,19 @@ FROM fanout_shards WHERE event_id = $1 AND shard_no = $2
 # to user_sends: these pushes count toward the caps from now on (no index but the
 # table's own: user_sends_by_user and user_sends_by_time are maintained). Returns why the
 # shard must stop ('cancelled', 'expired') or NULL: the per-page check costs nothing.
+# Only the lease's owner ($17) moves the shard on ('held'). One whose lease lapsed and was
+# taken is refused: its batches are on SQS, so they are still recorded (another owner
+# re-packs them with the same keys: recorded once), but its cursor, totals and pushes
+# are not (the holder reads those users again and counts them itself).
 CHECKPOINT_SHARD = f"""
-WITH recorded AS (
+WITH renewed AS (
+    UPDATE fanout_shards
+    SET cursor_user_id = $3, recipients = $4, devices = $5, batches = $6, held_back = $14,
+        lease_until = now() + make_interval(secs => $7),
+        due_at = now() + make_interval(secs => $7::float8 + $8::float8)
+    WHERE event_id = $1 AND shard_no = $2 AND lease_owner = $17
+    RETURNING shard_no
+), recorded AS (
     INSERT INTO delivery_batches (event_id, batch_key, attempt, status, devices, shard_no,
                                   first_user_id, last_user_id, due_at)
     SELECT $1, b.key, 0, 'queued', b.devices, $2, b.first_user, b.last_user,
@@ -90,21 +108,18 @@ WITH recorded AS (
 ), counted AS (
     INSERT INTO user_sends (user_id, event_id, category)
     SELECT u, $1, $15::text FROM unnest($16::bigint[]) AS u
+    WHERE EXISTS (SELECT FROM renewed)
 )
-UPDATE fanout_shards
-SET cursor_user_id = $3, recipients = $4, devices = $5, batches = $6, held_back = $14,
-    lease_until = now() + make_interval(secs => $7),
-    due_at = now() + make_interval(secs => $7::float8 + $8::float8)
-WHERE event_id = $1 AND shard_no = $2
-RETURNING {EVENT_STOPPED}
+SELECT EXISTS (SELECT FROM renewed) AS held, {EVENT_STOPPED}
 """
 
-# Index: fanout_shards_pkey.
+# Index: fanout_shards_pkey. By the lease's owner ($7) only; the owner stays on the row.
 FINISH_SHARD = """
 UPDATE fanout_shards
 SET status = 'done', finished_at = now(), lease_until = NULL, due_at = NULL,
     recipients = $3, devices = $4, batches = $5, held_back = $6
-WHERE event_id = $1 AND shard_no = $2
+WHERE event_id = $1 AND shard_no = $2 AND lease_owner = $7
+RETURNING true
 """
 
 # Indexes: subscriptions_pkey (index-only). A shard stopped by a cancel or the event's
@@ -151,6 +166,15 @@ class ShardClaim:
     batches: int
     held_back: dict[str, int]  # recipients filtered out so far, by reason
     wave_no: int | None  # the wave it fans out; None: the whole audience
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What a checkpoint found: ``held`` False when the lease's owner is another invocation
+    now (nothing but the batches was kept); ``stopped``: 'cancelled', 'expired' or None."""
+
+    held: bool
+    stopped: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,13 +274,14 @@ async def claim_shard(
     *,
     event_id: int,
     shard: int,
+    owner: UUID,
     lease_seconds: float,
     overdue_after: float,
 ) -> ShardClaim | None:
-    """Take the shard for ``lease_seconds`` unless it is done or someone holds a live
-    lease on it (then None); it is due ``overdue_after`` seconds after the lease ends
-    (``CLAIM_SHARD``)."""
-    row = await conn.fetchrow(CLAIM_SHARD, event_id, shard, lease_seconds, overdue_after)
+    """Take the shard for ``owner`` for ``lease_seconds`` unless it is done or another
+    owner holds a live lease on it (then None); ``owner``'s own lease is taken again. It
+    is due ``overdue_after`` seconds after the lease ends (``CLAIM_SHARD``)."""
+    row = await conn.fetchrow(CLAIM_SHARD, event_id, shard, lease_seconds, overdue_after, owner)
     return None if row is None else ShardClaim(**row)
 
 
@@ -269,11 +294,18 @@ async def shard_status(
 
 
 async def release_shard(
-    conn: asyncpg.Connection, *, event_id: int, shard: int, overdue_after: float, reason: str
+    conn: asyncpg.Connection,
+    *,
+    event_id: int,
+    shard: int,
+    owner: UUID,
+    overdue_after: float,
+    reason: str,
 ) -> None:
-    """Give a running shard's lease up after a failure, with the reason, so another copy of
-    its message can take it at once; due ``overdue_after`` seconds on (``RELEASE_SHARD``)."""
-    await conn.execute(RELEASE_SHARD, event_id, shard, overdue_after, reason)
+    """Give ``owner``'s lease on a running shard up after a failure, with the reason, so
+    another copy of its message can take it at once; due ``overdue_after`` seconds on. A
+    no-op when ``owner`` does not hold it (``RELEASE_SHARD``)."""
+    await conn.execute(RELEASE_SHARD, event_id, shard, overdue_after, reason, owner)
 
 
 async def checkpoint_shard(
@@ -289,16 +321,18 @@ async def checkpoint_shard(
     accepted: Sequence[AcceptedBatch],
     category: str | None,
     counted_users: Sequence[int],
+    owner: UUID,
     lease_seconds: float,
     overdue_after: float,
-) -> str | None:
+) -> Checkpoint:
     """In one statement, record the batches SQS ``accepted`` since the last checkpoint
-    (each due ``overdue_after`` seconds on) and the pushes of ``category`` to
-    ``counted_users`` that the frequency caps count, and move the shard's cursor and
-    totals (``held_back``: recipients filtered out, by reason) on and renew its lease for
-    ``lease_seconds`` (due ``overdue_after`` after it ends). Returns why the shard must
-    stop, 'cancelled' or 'expired', or None (``CHECKPOINT_SHARD``)."""
-    stopped: str | None = await conn.fetchval(
+    (each due ``overdue_after`` seconds on) and, if ``owner`` holds the shard's lease, the
+    pushes of ``category`` to ``counted_users`` that the frequency caps count, and move the
+    shard's cursor and totals (``held_back``: recipients filtered out, by reason) on and
+    renew its lease for ``lease_seconds`` (due ``overdue_after`` after it ends). Says
+    whether ``owner`` held it, and why the shard must stop, if it must
+    (``CHECKPOINT_SHARD``)."""
+    row = await conn.fetchrow(
         CHECKPOINT_SHARD,
         event_id,
         shard,
@@ -316,8 +350,9 @@ async def checkpoint_shard(
         held_back,
         category,
         counted_users,
+        owner,
     )
-    return stopped
+    return Checkpoint(**row)
 
 
 async def finish_shard(
@@ -329,9 +364,14 @@ async def finish_shard(
     devices: int,
     batches: int,
     held_back: dict[str, int],
-) -> None:
-    """Mark the shard done with its final totals (``FINISH_SHARD``)."""
-    await conn.execute(FINISH_SHARD, event_id, shard, recipients, devices, batches, held_back)
+    owner: UUID,
+) -> bool:
+    """Mark the shard done with its final totals if ``owner`` holds its lease; False (and
+    nothing changed) if another does (``FINISH_SHARD``)."""
+    done: bool | None = await conn.fetchval(
+        FINISH_SHARD, event_id, shard, recipients, devices, batches, held_back, owner
+    )
+    return bool(done)
 
 
 async def give_up_shard(

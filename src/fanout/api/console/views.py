@@ -51,7 +51,10 @@ class EventRow:
 
     @property
     def audience(self) -> str:
-        return f"topic {self.topic}" if self.topic else f"user {self.user}"
+        if self.topic:
+            return f"topic {self.topic}"
+        live = self.status.live_activity
+        return f"live activity {live.activity_id}" if live else f"user {self.user}"
 
     @property
     def done(self) -> int:

@@ -1,12 +1,21 @@
 """The API's routes, one module per resource; ``create_app`` includes them in this order."""
 
-from fanout.api.routes import apps, audience, devices, events, operations, subscriptions
+from fanout.api.routes import (
+    apps,
+    audience,
+    devices,
+    events,
+    live_activities,
+    operations,
+    subscriptions,
+)
 
 ROUTERS = (
     devices.router,
     subscriptions.router,
     audience.router,
     events.router,
+    live_activities.router,
     operations.router,
     apps.router,
 )

@@ -1,4 +1,4 @@
--- fanout schema, version 13: an APNs device's environment (issue #22).
+-- fanout schema, version 15: an APNs device's environment (issue #22).
 --
 -- A debug build's token works only on Apple's sandbox endpoint, a release build's only on
 -- production; sent to the other, Apple answers 400 BadDeviceToken, which would deactivate

@@ -1,4 +1,4 @@
--- fanout schema, version 12: every row belongs to an app (issue #22, second step).
+-- fanout schema, version 14: every row belongs to an app (issue #22, second step).
 --
 -- Users, topics, devices, events, API keys and frequency caps gain app_id; what belongs
 -- to those follows them (subscriptions, preferences and mutes: their user and topic;
