@@ -48,6 +48,7 @@ from fanout.store import (
     seeding,
     subscriptions,
 )
+from fanout.store.apps import DEFAULT_APP_ID
 from fanout.store.lifecycle import TERMINAL_STATES
 from fanout.store.migrate import migrate
 from fanout.store.subscriptions import find_or_create
@@ -114,8 +115,10 @@ async def seed_activity(database_url: str, topic: str) -> str:
     try:
         activity = f"{topic}:live"
         async with conn.transaction():
-            activity_id = await live_activities.find_or_create_activity(conn, activity_key=activity)
-            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic)
+            activity_id = await live_activities.find_or_create_activity(
+                conn, app_id=DEFAULT_APP_ID, activity_key=activity
+            )
+            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic, DEFAULT_APP_ID)
             await seeding.seed_live_activity_tokens(
                 conn, activity_id=activity_id, topic_id=topic_id
             )

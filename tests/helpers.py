@@ -60,13 +60,17 @@ async def make_topic(
     return Topic(key, topic_id, user_ids, device_ids)
 
 
-async def add_live_activity_tokens(pool: asyncpg.Pool, activity: str, count: int) -> list[str]:
-    """``count`` new users, each with a push token of the activity ``activity`` (created if
-    new); returns the tokens (hexadecimal, as APNs's)."""
+async def add_live_activity_tokens(
+    pool: asyncpg.Pool, activity: str, count: int, *, app_id: int = DEFAULT_APP_ID
+) -> list[str]:
+    """``count`` new users of the app, each with a push token of its activity ``activity``
+    (created if new); returns the tokens (hexadecimal, as APNs's)."""
     run = secrets.token_hex(4)
     tokens = [secrets.token_hex(32) for _ in range(count)]
     async with pool.acquire() as conn, conn.transaction():
-        activity_id = await live_activities.find_or_create_activity(conn, activity_key=activity)
+        activity_id = await live_activities.find_or_create_activity(
+            conn, app_id=app_id, activity_key=activity
+        )
         await conn.execute(
             """WITH u AS (
                    INSERT INTO users (app_id, external_id)
@@ -78,7 +82,7 @@ async def add_live_activity_tokens(pool: asyncpg.Pool, activity: str, count: int
             count,
             activity_id,
             tokens,
-            DEFAULT_APP_ID,
+            app_id,
         )
     return tokens
 

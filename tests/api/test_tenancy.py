@@ -37,11 +37,12 @@ APP_SCOPES = ["publish", "manage", "read"]
 @dataclass(frozen=True)
 class Names:
     """The external names of one set of resources: a user, a topic, a cap's category, a
-    device and an event (their ids), an APNs token."""
+    Live Activity, a device and an event (their ids), an APNs token."""
 
     user: str
     topic: str
     category: str
+    activity: str
     token: str
     device_id: int = 0
     event_id: int = 0
@@ -51,6 +52,7 @@ class Names:
             "user_id": self.user,
             "topic": self.topic,
             "category": self.category,
+            "activity_id": self.activity,
             "device_id": str(self.device_id),
             "event_id": str(self.event_id),
         }
@@ -62,6 +64,7 @@ def new_names(label: str) -> Names:
         user=f"{label}-user-{run}",
         topic=f"{label}-topic-{run}",
         category=f"{label}-{run}",
+        activity=f"{label}-activity-{run}",
         token=secrets.token_hex(32),
     )
 
@@ -93,6 +96,16 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
         ("POST", "/v1/users/{user_id}/notifications"): {"notification": {"title": "from B"}},
         ("GET", "/v1/events/{event_id}"): None,
         ("POST", "/v1/events/{event_id}/cancel"): None,
+        ("POST", "/v1/live-activities/{activity_id}/tokens"): {
+            "user_id": names.user,
+            "token": names.token,
+            "topic": names.topic,
+        },
+        ("POST", "/v1/live-activities/{activity_id}/updates"): {
+            "event": "update",
+            "content_state": {"score": "from B"},
+            "priority": 10,
+        },
     }
 
 
@@ -149,7 +162,8 @@ class Tenants:
 
 async def _seed_app_a(client: httpx.AsyncClient, names: Names) -> Names:
     """A's resources, made through the API with A's key: a device, a subscription, settings,
-    a mute, a cap, an event (held, so it stays cancellable)."""
+    a mute, a cap, a Live Activity with a token and an update, an event (held, so it stays
+    cancellable)."""
     device = await client.post("/v1/devices", json=bodies(names)[("POST", "/v1/devices")])
     assert device.status_code == 201, device.text
     for method, path, body in (
@@ -157,9 +171,19 @@ async def _seed_app_a(client: httpx.AsyncClient, names: Names) -> Names:
         ("PUT", f"/v1/users/{names.user}/preferences", {"time_zone": "Europe/Berlin"}),
         ("PUT", f"/v1/users/{names.user}/mutes/{names.topic}", None),
         ("PUT", f"/v1/frequency-caps/{names.category}", {"max": 2, "window_seconds": 3600}),
+        (
+            "POST",
+            f"/v1/live-activities/{names.activity}/tokens",
+            {"user_id": names.user, "token": names.token, "topic": names.topic},
+        ),
+        (
+            "POST",
+            f"/v1/live-activities/{names.activity}/updates",
+            {"event": "update", "content_state": {"score": "A's"}, "priority": 10},
+        ),
     ):
         answer = await client.request(method, path, json=body)
-        assert answer.status_code in (201, 204), (path, answer.text)
+        assert answer.status_code in (201, 202, 204), (path, answer.text)
     event = await client.post(
         "/v1/events",
         json={
@@ -173,6 +197,7 @@ async def _seed_app_a(client: httpx.AsyncClient, names: Names) -> Names:
         user=names.user,
         topic=names.topic,
         category=names.category,
+        activity=names.activity,
         token=names.token,
         device_id=device.json()["id"],
         event_id=event.json()["event_id"],
@@ -213,6 +238,7 @@ async def tenants(settings: Settings) -> AsyncIterator[Tenants]:
             user=tenants.b_never.user,
             topic=tenants.b_never.topic,
             category=tenants.b_never.category,
+            activity=tenants.b_never.activity,
             token=tenants.b_never.token,
             device_id=tenants.a.device_id + 10_000,
             event_id=tenants.a.event_id + 10_000,
@@ -226,7 +252,7 @@ def _url(path: str, names: Names) -> str:
 
 def _normalised(text: str, names: Names) -> str:
     """An answer with the names it was asked about replaced: what is left must not differ."""
-    for value in (names.user, names.topic, names.category):
+    for value in (names.user, names.topic, names.category, names.activity):
         text = text.replace(value, "<name>")
     for number in (names.device_id, names.event_id):
         text = re.sub(rf"\b{number}\b", "<id>", text)
@@ -236,7 +262,7 @@ def _normalised(text: str, names: Names) -> str:
 def _holds_nothing_of(text: str, a: Names) -> None:
     """Nothing of A's in an answer (once what B itself asked about is taken out of it: a
     page may echo its own query)."""
-    for secret in (a.user, a.topic, a.category, f"title of {a.user}"):
+    for secret in (a.user, a.topic, a.category, a.activity, f"title of {a.user}"):
         assert secret not in text, f"A's {secret!r} in B's answer"
 
 
@@ -254,7 +280,10 @@ async def test_for_a_key_of_app_b_every_resource_of_app_a_does_not_exist(
     # anything: B's answer on A's names is B's answer on names nothing ever had.
     finds = [r for r in routes if r[0] in ("GET", "DELETE") or r[1].endswith("/cancel")]
     # Then what writes: on A's names B makes B's own things (the same answer as on new
-    # names), and A's stay as they were (checked below with A's key).
+    # names), and A's stay as they were (checked below with A's key). A Live Activity is
+    # made by its first token or update: on A's activity B's token is a new one of a new
+    # activity of B's (201, not A's row updated: 200), and B's update counts none of A's
+    # priority-10 updates.
     writes = [r for r in routes if r not in finds]
     async with tenants.client("b") as b:
         for method, path in finds:
@@ -273,6 +302,9 @@ async def test_for_a_key_of_app_b_every_resource_of_app_a_does_not_exist(
             on_a = await b.request(method, _url(path, a), json=routes[method, path])
             where = f"{method} {path}"
             assert on_a.status_code == unknown.status_code, (where, on_a.text, unknown.text)
+            if path.endswith("/updates"):
+                assert on_a.json()["priority_10_last_hour"] == 1, on_a.text
+                assert unknown.json()["priority_10_last_hour"] == 1, unknown.text
         # The device B registered with A's token is B's own, not A's moved to B.
         again = await b.post("/v1/devices", json=routes[("POST", "/v1/devices")])
         assert again.status_code == 200 and again.json()["id"] != a.device_id
@@ -290,6 +322,14 @@ async def test_for_a_key_of_app_b_every_resource_of_app_a_does_not_exist(
         assert [s["topic"] for s in listed.json()["items"]] == [a.topic]
         caps = await client.get("/v1/frequency-caps")
         assert [(c["category"], c["max"]) for c in caps.json()] == [(a.category, 2)]
+        # A's activity holds A's token alone (registered again: its row, 200) and A's
+        # updates alone (this one and the first: 2 priority-10 updates this hour).
+        token = bodies(a)[("POST", "/v1/live-activities/{activity_id}/tokens")]
+        again = await client.post(f"/v1/live-activities/{a.activity}/tokens", json=token)
+        assert again.status_code == 200, again.text
+        update = bodies(a)[("POST", "/v1/live-activities/{activity_id}/updates")]
+        updated = await client.post(f"/v1/live-activities/{a.activity}/updates", json=update)
+        assert updated.status_code == 202 and updated.json()["priority_10_last_hour"] == 2
         cancelled = await client.post(f"/v1/events/{a.event_id}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
         assert (await client.delete(f"/v1/devices/{a.device_id}")).status_code == 204

@@ -200,3 +200,63 @@ async def test_sandbox_and_production_devices_of_one_app_are_each_sent_to_their_
     assert (found.sent, found.invalid) == (2, 1)
     assert services.apns.ledger.unique == 1 and services.apns_sandbox.ledger.unique == 1
     assert active == {ids["release"]: True, ids["debug"]: True, ids["misregistered"]: False}
+
+
+async def test_live_activity_tokens_of_a_debug_build_are_sent_to_the_sandbox(
+    settings: Settings, services: LocalPushServices
+) -> None:
+    """A Live Activity's tokens are APNs tokens of the same builds: each goes to the
+    environment it was registered for (``apns_environment``, production by default), and
+    one registered for the wrong one is retired on Apple's 400 BadDeviceToken."""
+    from fanout.notification import LiveActivity
+    from fanout.stages.live_activity import publish_update
+    from fanout.store import live_activities
+
+    assert services.apns_sandbox is not None
+    settings = settings.model_copy(update=services.settings)
+    async with open_client(settings) as client:
+        await create_queues(client, settings)
+    tokens = {name: secrets.token_hex(32) for name in ("release", "debug", "misregistered")}
+    services.apns.token_environments.update(
+        {
+            tokens["release"]: "production",
+            tokens["debug"]: "sandbox",
+            tokens["misregistered"]: "sandbox",  # registered below as production
+        }
+    )
+    activity = f"match-{secrets.token_hex(4)}"
+    async with Pipeline.open(settings) as pipeline:
+        async with pipeline.pool.acquire() as conn:
+            activity_id = await live_activities.find_or_create_activity(
+                conn, app_id=DEFAULT_APP_ID, activity_key=activity
+            )
+            ids = {}
+            for name, sandbox in (("release", False), ("debug", True), ("misregistered", False)):
+                user_id = await subscriptions.find_or_create_user(
+                    conn, app_id=DEFAULT_APP_ID, user=f"{activity}-{name}"
+                )
+                registered = await live_activities.upsert_token(
+                    conn,
+                    activity_id=activity_id,
+                    user_id=user_id,
+                    kind="activity",
+                    token=tokens[name],
+                    topic_id=None,
+                    apns_sandbox=sandbox,
+                )
+                ids[name] = registered.id
+        live = LiveActivity(event="update", content_state={"score": "1-0"})
+        note = Notification(kind="liveactivity", live_activity=live)
+        done = await publish_update(pipeline.pool, pipeline.queues, note, activity_key=activity)
+        await run_everything(pipeline)
+        found = await status(pipeline, done.published.event_id)
+        async with pipeline.pool.acquire() as conn:
+            active = dict(
+                await conn.fetch(
+                    "SELECT id, active FROM live_activity_tokens WHERE id = ANY($1)",
+                    list(ids.values()),
+                )
+            )
+    assert (found.sent, found.invalid) == (2, 1)
+    assert services.apns.ledger.unique == 1 and services.apns_sandbox.ledger.unique == 1
+    assert active == {ids["release"]: True, ids["debug"]: True, ids["misregistered"]: False}

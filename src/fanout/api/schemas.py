@@ -326,6 +326,10 @@ class LiveActivityTokenIn(Strict):
     topic: TopicKey | None = Field(
         default=None, description="The topic the activity follows (recorded with the token)."
     )
+    apns_environment: Literal["production", "sandbox"] = Field(
+        default="production",
+        description="sandbox: a debug build's token, sent to Apple's sandbox endpoint.",
+    )
 
 
 class LiveActivityTokenOut(BaseModel):

@@ -69,7 +69,9 @@ async def publish_update(
             {"live_activity_key": activity_key, **asked}, topic=None, user=None
         )
     async with pool.acquire() as conn, conn.transaction():
-        activity_id = await live_activities.find_or_create_activity(conn, activity_key=activity_key)
+        activity_id = await live_activities.find_or_create_activity(
+            conn, app_id=app_id, activity_key=activity_key
+        )
         timestamp = await live_activities.next_timestamp(conn, activity_id=activity_id)
         stamped = notification.model_copy(
             update={"live_activity": live.model_copy(update={"timestamp": timestamp})}

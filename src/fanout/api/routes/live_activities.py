@@ -33,7 +33,11 @@ async def register_live_activity_token(
     """Register a user's token for the activity: its push token (kind ``activity``), or a
     push-to-start token (kind ``push_to_start``). The same token again updates its row."""
     async with pool.acquire() as conn, conn.transaction():
-        activity = await live_activities.find_or_create_activity(conn, activity_key=activity_id)
+        # The key's app's activity and user: another app's of the same names are not
+        # these (a new activity, a new user of this app, as for names never used).
+        activity = await live_activities.find_or_create_activity(
+            conn, app_id=key.app_id, activity_key=activity_id
+        )
         user_id = await subscriptions.find_or_create_user(
             conn, app_id=key.app_id, user=body.user_id
         )
@@ -49,6 +53,7 @@ async def register_live_activity_token(
             kind=body.kind,
             token=body.token.lower(),
             topic_id=topic_id,
+            apns_sandbox=body.apns_environment == "sandbox",
         )
     if not token.created:
         response.status_code = 200

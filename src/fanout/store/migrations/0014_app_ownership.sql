@@ -1,11 +1,12 @@
 -- fanout schema, version 14: every row belongs to an app (issue #22, second step).
 --
--- Users, topics, devices, events, API keys and frequency caps gain app_id; what belongs
--- to those follows them (subscriptions, preferences and mutes: their user and topic;
--- shards, batches, waves, failures: their event; console sessions: their key). Every
+-- Users, topics, devices, events, API keys, frequency caps and Live Activities gain
+-- app_id; what belongs to those follows them (subscriptions, preferences and mutes: their
+-- user and topic; shards, batches, waves, failures: their event; console sessions: their
+-- key; a Live Activity's tokens: their activity). Every
 -- existing row goes to the app `default` (migration 11). Uniqueness becomes per app: the
--- same external user id, topic key, device token, cap category or idempotency key in two
--- apps are two things.
+-- same external user id, topic key, device token, cap category, activity id or
+-- idempotency key in two apps are two things.
 --
 -- ADD COLUMN with a constant DEFAULT and NOT NULL is a catalogue change in PostgreSQL 11+
 -- (no table rewrite, whatever the size); the default is then dropped, so that every insert
@@ -23,7 +24,7 @@ DECLARE
     owned text;
 BEGIN
     FOREACH owned IN ARRAY ARRAY['users', 'topics', 'devices', 'events', 'api_keys',
-                                 'frequency_caps']
+                                 'frequency_caps', 'live_activities']
     LOOP
         EXECUTE format('ALTER TABLE %I ADD COLUMN app_id integer NOT NULL DEFAULT %s',
                        owned, default_app);
@@ -40,6 +41,12 @@ ALTER TABLE users DROP CONSTRAINT users_external_id_key;
 ALTER TABLE users ADD CONSTRAINT users_app_external_id_key UNIQUE (app_id, external_id);
 ALTER TABLE topics DROP CONSTRAINT topics_key_key;
 ALTER TABLE topics ADD CONSTRAINT topics_app_key_key UNIQUE (app_id, key);
+-- A Live Activity by the app's own id for it (its tokens and updates follow the activity:
+-- an update's event is of the activity's app, the token's user too; routes and
+-- stages/live_activity.py take both from the key).
+ALTER TABLE live_activities DROP CONSTRAINT live_activities_activity_key_key;
+ALTER TABLE live_activities ADD CONSTRAINT live_activities_app_activity_key_key
+    UNIQUE (app_id, activity_key);
 
 -- A token registered in app B is another device than the same token in app A (it never
 -- moves A's device to B's user). A device's app is its user's: the API registers a
