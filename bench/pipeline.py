@@ -48,6 +48,7 @@ from fanout.store import (
     seeding,
     subscriptions,
 )
+from fanout.store.apps import DEFAULT_APP_ID
 from fanout.store.lifecycle import TERMINAL_STATES
 from fanout.store.migrate import migrate
 from fanout.store.subscriptions import find_or_create
@@ -67,8 +68,8 @@ async def seed(
         run = os.urandom(3).hex()
         topic = f"bench:{run}"
         async with conn.transaction():
-            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic)
-            users = await conn.fetchrow(seeding.SEED_USERS, f"bench-{run}-", subscribers)
+            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic, 1)
+            users = await conn.fetchrow(seeding.SEED_USERS, f"bench-{run}-", subscribers, 1)
             first, last = users["first_id"], users["last_id"]
             await conn.execute(seeding.SEED_SUBSCRIPTIONS, topic_id, first, last)
             args = (run, webpush_base, None, None, ["apns"])
@@ -114,8 +115,10 @@ async def seed_activity(database_url: str, topic: str) -> str:
     try:
         activity = f"{topic}:live"
         async with conn.transaction():
-            activity_id = await live_activities.find_or_create_activity(conn, activity_key=activity)
-            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic)
+            activity_id = await live_activities.find_or_create_activity(
+                conn, app_id=DEFAULT_APP_ID, activity_key=activity
+            )
+            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic, DEFAULT_APP_ID)
             await seeding.seed_live_activity_tokens(
                 conn, activity_id=activity_id, topic_id=topic_id
             )
@@ -216,7 +219,7 @@ def run_baseline(
         conn = await connect(settings.database_dsn())
         try:
             await conn.execute(SETUP)
-            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic)
+            topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic, 1)
             return topic_id, await conn.fetchval(
                 "SELECT coalesce(max(event_id), 0) + 1 FROM baseline_sent"
             )

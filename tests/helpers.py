@@ -20,6 +20,7 @@ from fanout.queue.sqs import Queue, open_client
 from fanout.runtime.pipeline import Pipeline
 from fanout.stages.progress import EventStatus, load_event_status
 from fanout.store import live_activities, subscriptions
+from fanout.store.apps import DEFAULT_APP_ID
 
 
 @dataclass
@@ -36,14 +37,17 @@ async def make_topic(
     *,
     devices_per_user: Sequence[int] = (1,),
     token_prefix: str = "tok",
+    app_id: int = DEFAULT_APP_ID,
 ) -> Topic:
-    """A new topic with ``users`` subscribers; user i gets devices_per_user[i % len] devices."""
+    """A new topic of the app with ``users`` subscribers; user i gets
+    devices_per_user[i % len] devices."""
     run = secrets.token_hex(4)
     key = f"test:{run}"
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await conn.fetchval(subscriptions.UPSERT_TOPIC, key)
+        topic_id = await subscriptions.find_or_create_topic(conn, app_id=app_id, topic=key)
         user_ids = [
-            await conn.fetchval(subscriptions.UPSERT_USER, f"{run}-{i}") for i in range(users)
+            await subscriptions.find_or_create_user(conn, app_id=app_id, user=f"{run}-{i}")
+            for i in range(users)
         ]
         await conn.executemany(
             "INSERT INTO subscriptions (topic_id, user_id) VALUES ($1, $2)",
@@ -56,17 +60,21 @@ async def make_topic(
     return Topic(key, topic_id, user_ids, device_ids)
 
 
-async def add_live_activity_tokens(pool: asyncpg.Pool, activity: str, count: int) -> list[str]:
-    """``count`` new users, each with a push token of the activity ``activity`` (created if
-    new); returns the tokens (hexadecimal, as APNs's)."""
+async def add_live_activity_tokens(
+    pool: asyncpg.Pool, activity: str, count: int, *, app_id: int = DEFAULT_APP_ID
+) -> list[str]:
+    """``count`` new users of the app, each with a push token of its activity ``activity``
+    (created if new); returns the tokens (hexadecimal, as APNs's)."""
     run = secrets.token_hex(4)
     tokens = [secrets.token_hex(32) for _ in range(count)]
     async with pool.acquire() as conn, conn.transaction():
-        activity_id = await live_activities.find_or_create_activity(conn, activity_key=activity)
+        activity_id = await live_activities.find_or_create_activity(
+            conn, app_id=app_id, activity_key=activity
+        )
         await conn.execute(
             """WITH u AS (
-                   INSERT INTO users (external_id)
-                   SELECT $1 || '-' || i FROM generate_series(1, $2) AS i RETURNING id
+                   INSERT INTO users (app_id, external_id)
+                   SELECT $5, $1 || '-' || i FROM generate_series(1, $2) AS i RETURNING id
                ), numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM u)
                INSERT INTO live_activity_tokens (activity_id, user_id, kind, token)
                SELECT $3, numbered.id, 'activity', ($4::text[])[numbered.n] FROM numbered""",
@@ -74,6 +82,7 @@ async def add_live_activity_tokens(pool: asyncpg.Pool, activity: str, count: int
             count,
             activity_id,
             tokens,
+            app_id,
         )
     return tokens
 
@@ -83,8 +92,9 @@ async def add_device(
 ) -> int:
     keys = ("BPUBLICKEY", "AUTH") if platform == "webpush" else (None, None)
     device_id: int = await conn.fetchval(
-        """INSERT INTO devices (user_id, platform, token, web_push_p256dh, web_push_auth, locale)
-           VALUES ($1, $2, $3, $4, $5, 'en') RETURNING id""",
+        """INSERT INTO devices
+               (app_id, user_id, platform, token, web_push_p256dh, web_push_auth, locale)
+           SELECT app_id, $1, $2, $3, $4, $5, 'en' FROM users WHERE id = $1 RETURNING id""",
         user_id,
         platform,
         token,

@@ -64,6 +64,12 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
+# The app a command works in (its key); what predates apps is the app `default`'s.
+AppOption = Annotated[
+    str, typer.Option("--app", help="The app (its key, as `fanout apps list` shows).")
+]
+
+
 def _fail(line: str, status: int = EXIT_FAILED) -> NoReturn:
     # Plain text: a message may hold brackets that rich would take for markup.
     sys.stderr.write(f"fanout: {line}\n")
@@ -308,6 +314,7 @@ def publish(
     expires_at: Annotated[
         str | None, typer.Option(help="Nothing is sent after: ISO 8601 with an offset.")
     ] = None,
+    app_key: AppOption = "default",
 ) -> None:
     """Publish an event to a topic's subscribers; prints the event id."""
     from fanout.notification import CRITICAL_NOT_ALLOWED, critical_asked
@@ -348,12 +355,15 @@ def publish(
     async def main() -> int:
         pool = await create_pool(settings)
         try:
+            async with pool.acquire() as conn:
+                found = await _app_named(conn, app_key)
             async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
                 queues = await open_queues(client, settings)
                 published = await do_publish(
                     pool,
                     queues,
                     request.notification,
+                    app_id=found.id,
                     topic=request.topic,
                     idempotency_key=request.idempotency_key,
                     batch_max_bytes=settings.batch_max_bytes,
@@ -624,16 +634,32 @@ async def _connected(settings: Settings, work: Any, connect: Any) -> Any:
 
 @apikey_app.command("create")
 def apikey_create(
-    scope: Annotated[list[str], typer.Option(help="publish, manage or read; repeat for several.")],
+    scope: Annotated[
+        list[str],
+        typer.Option(help="publish, manage or read; repeat for several. admin: alone."),
+    ],
     name: Annotated[str, typer.Option(help="What the key is for.")] = "",
+    app_key: AppOption = "default",
 ) -> None:
-    """Create an API key. It is printed once and cannot be shown again."""
-    from fanout.api.keys import SCOPES, create_api_key
+    """Create an API key of an app (everything it does is inside that app; an admin key
+    manages apps, their credentials and keys). It is printed once and cannot be shown
+    again."""
+    from fanout.api.keys import check_scopes, create_api_key
 
-    if not scope or set(scope) - set(SCOPES):
-        raise typer.BadParameter(f"each scope is one of {', '.join(SCOPES)}", param_hint="--scope")
-    key, token = _with_connection(lambda conn: create_api_key(conn, scope, name))
-    err.print(f"key {key.key_id} with scopes {', '.join(sorted(key.scopes))}; store it now:")
+    try:
+        check_scopes(scope)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scope") from None
+
+    async def create(conn: Any) -> Any:
+        await _app_named(conn, app_key)
+        return await create_api_key(conn, scope, name, app=app_key)
+
+    key, token = _with_connection(create)
+    err.print(
+        f"key {key.key_id} of the app {key.app} with scopes {', '.join(sorted(key.scopes))}; "
+        "store it now:"
+    )
     typer.echo(token)
 
 
@@ -650,12 +676,12 @@ def apikey_revoke(key_id: Annotated[str, typer.Argument(help="The id shown by 'l
 
 @apikey_app.command("list")
 def apikey_list() -> None:
-    """List API keys (ids and scopes; secrets are never stored)."""
+    """List API keys of every app (ids, apps and scopes; secrets are never stored)."""
     from fanout.store.api_keys import list_api_keys
 
     for key in _with_connection(list_api_keys):
         state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "live"
-        typer.echo(f"{key.key_id}  {','.join(key.scopes):<22} {state:<18} {key.name}")
+        typer.echo(f"{key.key_id}  {key.app:<16} {','.join(key.scopes):<22} {state:<18} {key.name}")
 
 
 @caps_app.command("set")
@@ -669,6 +695,7 @@ def caps_set(
     window: Annotated[
         int, typer.Option(min=1, max=90 * 24 * 3600, help="The rolling window, in seconds.")
     ],
+    app_key: AppOption = "default",
 ) -> None:
     """Set (or change) the cap of a category, as PUT /v1/frequency-caps/{category} does."""
     import re
@@ -678,29 +705,44 @@ def caps_set(
 
     if not re.match(CAP_CATEGORY_PATTERN, category):
         raise typer.BadParameter(f"must match {CAP_CATEGORY_PATTERN}", param_hint="CATEGORY")
-    created = _with_connection(
-        lambda conn: put_frequency_cap(
-            conn, category=category, max_sends=max_sends, window_seconds=window
+
+    async def put(conn: Any) -> bool:
+        found = await _app_named(conn, app_key)
+        created: bool = await put_frequency_cap(
+            conn, app_id=found.id, category=category, max_sends=max_sends, window_seconds=window
         )
-    )
+        return created
+
+    created = _with_connection(put)
     err.print(f"{'set' if created else 'changed'} the cap of {category}: {max_sends} per {window}s")
 
 
 @caps_app.command("list")
-def caps_list() -> None:
-    """List the frequency caps."""
+def caps_list(app_key: AppOption = "default") -> None:
+    """List an app's frequency caps."""
     from fanout.store.audience import list_frequency_caps
 
-    for cap in _with_connection(list_frequency_caps):
+    async def caps(conn: Any) -> Any:
+        return await list_frequency_caps(conn, app_id=(await _app_named(conn, app_key)).id)
+
+    for cap in _with_connection(caps):
         typer.echo(f"{cap.category:<24} {cap.max_sends:>8} per {cap.window_seconds}s")
 
 
 @caps_app.command("delete")
-def caps_delete(category: Annotated[str, typer.Argument(help="The category, or '*'.")]) -> None:
-    """Remove a frequency cap."""
+def caps_delete(
+    category: Annotated[str, typer.Argument(help="The category, or '*'.")],
+    app_key: AppOption = "default",
+) -> None:
+    """Remove a frequency cap of an app."""
     from fanout.store.audience import delete_frequency_cap
 
-    if not _with_connection(lambda conn: delete_frequency_cap(conn, category=category)):
+    async def delete(conn: Any) -> bool:
+        found = await _app_named(conn, app_key)
+        deleted: bool = await delete_frequency_cap(conn, app_id=found.id, category=category)
+        return deleted
+
+    if not _with_connection(delete):
         err.print(f"[red]no cap for {category}[/]")
         raise typer.Exit(1)
     err.print(f"removed the cap of {category}")
@@ -841,7 +883,11 @@ def apps_delete(key: str) -> None:
 
     if key == apps.DEFAULT_APP:
         _fail(f"the app {apps.DEFAULT_APP} cannot be deleted: it owns what predates apps")
-    if not _with_connection(lambda conn: apps.delete_app(conn, key=key)):
+    try:
+        deleted = _with_connection(lambda conn: apps.delete_app(conn, key=key))
+    except apps.AppInUse as exc:
+        _fail(str(exc))
+    if not deleted:
         _fail(f"no app {key}")
     err.print(f"deleted app {key} and its credentials", markup=False)
 

@@ -189,6 +189,8 @@ class Settings(BaseSettings):
     apns_team_id: str | None = None
     apns_topic: str | None = Field(default=None, description="The app's bundle id.")
     apns_endpoint: str = "https://api.push.apple.com"
+    # Where devices registered with "apns_environment": "sandbox" (debug builds) are sent.
+    apns_sandbox_endpoint: str = "https://api.sandbox.push.apple.com"
     apns_allow_critical: bool = Field(
         default=False,
         description="Publishing critical alerts (interruption_level critical): only once "

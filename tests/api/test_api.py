@@ -125,6 +125,19 @@ async def test_registering_the_same_token_again_updates_the_same_device(api: Api
     assert first.json()["id"] == again.json()["id"]
 
 
+async def test_an_apns_debug_build_registers_for_the_sandbox(api: ApiServer) -> None:
+    body = {
+        "user_id": unique("u"),
+        "platform": "apns",
+        "token": secrets.token_hex(32),
+        "apns_environment": "sandbox",
+    }
+    async with api.client("manage") as client:
+        first = await client.post("/v1/devices", json=body)
+        released = await client.post("/v1/devices", json={**body, "apns_environment": "production"})
+    assert (first.status_code, released.status_code) == (201, 200)  # the same device, moved
+
+
 async def test_a_web_push_subscription_registers(api: ApiServer) -> None:
     body = {
         "user_id": unique("u"),
@@ -152,6 +165,14 @@ async def test_a_web_push_subscription_registers(api: ApiServer) -> None:
         ({"user_id": "bad id!", "platform": "fcm", "token": "x"}, "user_id"),
         ({"user_id": "u", "platform": "fcm", "token": "x", "colour": "red"}, "colour"),
         ({"platform": "fcm", "token": "x"}, "user_id"),
+        (
+            {"user_id": "u", "platform": "apns", "token": "ab" * 32, "apns_environment": "dev"},
+            "apns_environment",
+        ),
+        (
+            {"user_id": "u", "platform": "fcm", "token": "x", "apns_environment": "sandbox"},
+            "apns_environment",
+        ),
     ],
 )
 async def test_bad_devices_get_422_naming_the_field(

@@ -141,6 +141,7 @@ async def test_a_refused_live_activity_update_is_a_422_naming_the_field(
         ({"user_id": "u", "token": "not-hex"}, ["token"]),
         ({"user_id": "u", "token": "ab" * 32, "kind": "voip"}, ["kind"]),
         ({"user_id": "u", "token": "ab" * 32, "topic": "bad topic"}, ["topic"]),
+        ({"user_id": "u", "token": "ab" * 32, "apns_environment": "dev"}, ["apns_environment"]),
     ],
 )
 async def test_a_refused_live_activity_token_is_a_422_naming_the_field(

@@ -12,6 +12,7 @@ from fanout.runtime.pipeline import Pipeline
 from fanout.stages.delivery import deliver_batch
 from fanout.stages.fanout import plan_event
 from fanout.stages.publish import record_event
+from fanout.store.apps import DEFAULT_APP_ID
 from tests.helpers import add_device, batches_of, drain, make_topic
 
 
@@ -54,12 +55,16 @@ async def test_each_device_has_its_outcome_without_a_row_per_device_sent(
         [(dead, "invalid"), (rejected, "failed"), (flaky, "retried")]
     )
 
-    event = await views.one_event(pipeline.pool, event_id)
+    event = await views.one_event(pipeline.pool, event_id, app_id=DEFAULT_APP_ID)
     assert event is not None and event.status.status == "partially_delivered"
 
     async def outcomes(user_id: int) -> dict[int, str]:
         answer = await views.where_is_my_push(
-            pipeline.pool, event, user_external_id=external[user_id], device_id=None
+            pipeline.pool,
+            event,
+            app_id=DEFAULT_APP_ID,
+            user_external_id=external[user_id],
+            device_id=None,
         )
         assert isinstance(answer, views.WhereAnswer)
         assert answer.batches, "the batch that carried the user"
@@ -74,13 +79,13 @@ async def test_each_device_has_its_outcome_without_a_row_per_device_sent(
     assert await outcomes(user_ids[3]) == {topic.device_ids[3]: "sent", flaky: "sent"}
 
     by_device = await views.where_is_my_push(
-        pipeline.pool, event, user_external_id=None, device_id=rejected
+        pipeline.pool, event, app_id=DEFAULT_APP_ID, user_external_id=None, device_id=rejected
     )
     assert isinstance(by_device, views.WhereAnswer)
     [answer] = by_device.devices
     assert (answer.outcome, answer.explanation) == ("failed", "sink: rejected")
     retried = await views.where_is_my_push(
-        pipeline.pool, event, user_external_id=None, device_id=flaky
+        pipeline.pool, event, app_id=DEFAULT_APP_ID, user_external_id=None, device_id=flaky
     )
     assert isinstance(retried, views.WhereAnswer)
     [answer] = retried.devices
@@ -88,7 +93,7 @@ async def test_each_device_has_its_outcome_without_a_row_per_device_sent(
     assert [f["outcome"] for f in answer.failures] == ["retried"]
 
     nobody = await views.where_is_my_push(
-        pipeline.pool, event, user_external_id="no-such-user", device_id=None
+        pipeline.pool, event, app_id=DEFAULT_APP_ID, user_external_id="no-such-user", device_id=None
     )
     assert nobody == "no user with the external id 'no-such-user'"
 
@@ -101,7 +106,7 @@ async def test_event_detail_counts_by_provider_match_the_event(
         await add_device(conn, topic.user_ids[0], "invalid-a")
         await add_device(conn, topic.user_ids[1], "reject-b", platform="fcm")
     event_id = await _deliver_everything(pipeline, topic.key)
-    event = await views.one_event(pipeline.pool, event_id)
+    event = await views.one_event(pipeline.pool, event_id, app_id=DEFAULT_APP_ID)
     assert event is not None
     detail = await views.event_detail(pipeline.pool, event)
 
@@ -116,7 +121,7 @@ async def test_event_detail_counts_by_provider_match_the_event(
     chart = await views.throughput(pipeline.pool, event, datetime.now(UTC))
     assert sum(chart["sent"]) * chart["bucket_seconds"] == event.status.sent == 40
 
-    minute = await views.providers_last_minute(pipeline.pool)
+    minute = await views.providers_last_minute(pipeline.pool, app_id=DEFAULT_APP_ID)
     assert {p.platform: p.counts for p in minute} == detail.by_platform
 
 
@@ -135,10 +140,10 @@ async def test_a_batch_claimed_before_the_fanout_recorded_its_range_is_found_by_
         external_id = await conn.fetchval(
             "SELECT external_id FROM users WHERE id = $1", topic.user_ids[2]
         )
-    event = await views.one_event(pipeline.pool, event_id)
+    event = await views.one_event(pipeline.pool, event_id, app_id=DEFAULT_APP_ID)
     assert event is not None
     answer = await views.where_is_my_push(
-        pipeline.pool, event, user_external_id=external_id, device_id=None
+        pipeline.pool, event, app_id=DEFAULT_APP_ID, user_external_id=external_id, device_id=None
     )
     assert isinstance(answer, views.WhereAnswer)
     assert [a.outcome for a in answer.devices] == ["sent"]

@@ -480,3 +480,96 @@ def test_secrets_generate_key_makes_a_key_the_settings_take(fanout: Operator) ->
     assert len(decode_key(key)) == 32
     assert f"key {kek_id(decode_key(key))}: set it as FANOUT_SECRET_KEY" in made.stderr
     assert fanout.ok("apps", "list", FANOUT_SECRET_KEY=key).returncode == 0
+
+
+def test_a_key_belongs_to_its_app_and_an_app_owning_rows_is_not_deleted(
+    fanout: Operator,
+) -> None:
+    fanout.ok("apps", "create", "books-ios")
+    made = fanout.ok("apikey", "create", "--scope", "read", "--app", "books-ios", "--name", "ios")
+    assert "of the app books-ios" in made.stderr
+    key_id = made.stdout.strip().split("_")[1]
+    [row] = [line for line in fanout.ok("apikey", "list").stdout.splitlines() if key_id in line]
+    assert row.split()[:2] == [key_id, "books-ios"]
+    assert one_line(fanout("apikey", "create", "--scope", "read", "--app", "nope"), 1) == (
+        "fanout: no app nope (`fanout apps list` shows them)"
+    )
+    mixed = fanout("apikey", "create", "--scope", "admin", "--scope", "read")
+    assert mixed.returncode == 2 and "given alone" in mixed.stderr
+    # The app owns a key (revoked ones count too): its rows' foreign keys keep it.
+    fanout.ok("apikey", "revoke", key_id)
+    refused = one_line(fanout("apps", "delete", "books-ios"), 1)
+    assert refused.startswith("fanout: the app books-ios still owns")
+
+
+async def test_the_admin_api_sets_credentials_checked_and_never_echoes_a_private_key(
+    database_url: str, secret_key: str, keys: Keys, sqs_endpoint: str
+) -> None:
+    import httpx
+    from pydantic import SecretStr
+
+    from fanout.api import create_app
+    from fanout.api.keys import create_api_key
+    from fanout.config import Settings
+
+    settings = Settings(
+        database_url=SecretStr(database_url),
+        sqs_endpoint_url=sqs_endpoint,
+        secret_key=SecretStr(secret_key),
+    )
+    conn = await store_connect(database_url)
+    try:
+        _, admin = await create_api_key(conn, ["admin"], "admin")
+    finally:
+        await conn.close()
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://admin.test",
+            headers={"Authorization": f"Bearer {admin}"},
+        ) as client,
+    ):
+        created = await client.post("/v1/apps", json={"key": "books-web", "name": "Books"})
+        assert created.status_code == 201, created.text
+        assert (await client.post("/v1/apps", json={"key": "books-web"})).status_code == 409
+        apns = {
+            "key": pem(keys.apns),
+            "key_id": "ABC123DEFG",
+            "team_id": "TEAM123456",
+            "bundle_id": "com.example.books",
+        }
+        stored = await client.put("/v1/apps/books-web/credentials/apns", json=apns)
+        assert stored.status_code == 201, stored.text
+        assert stored.json()["identity"]["key_id"] == "ABC123DEFG"
+        again = await client.put("/v1/apps/books-web/credentials/apns", json=apns)
+        assert again.status_code == 200
+        wrong = await client.put(
+            "/v1/apps/books-web/credentials/apns", json={**apns, "team_id": "team"}
+        )
+        assert wrong.status_code == 422 and "team_id" in wrong.text
+        generated = await client.put(
+            "/v1/apps/books-web/credentials/webpush",
+            json={"generate": True, "subject": "mailto:push@example.com"},
+        )
+        assert generated.status_code == 201 and generated.json()["identity"]["public_key"]
+        fcm = await client.put(
+            "/v1/apps/books-web/credentials/fcm",
+            json={"service_account": orjson.loads(keys.fcm_file.read_bytes())},
+        )
+        assert fcm.status_code == 201, fcm.text
+        shown = await client.get("/v1/apps/books-web")
+        assert [c["provider"] for c in shown.json()["credentials"]] == ["apns", "fcm", "webpush"]
+        key = await client.post("/v1/apps/books-web/keys", json={"scopes": ["publish"]})
+        assert key.status_code == 201 and key.json()["app"] == "books-web"
+        listed = await client.get("/v1/apps/books-web/keys")
+        assert [k["key_id"] for k in listed.json()] == [key.json()["key_id"]]
+        revoked = await client.delete(f"/v1/apps/books-web/keys/{key.json()['key_id']}")
+        assert revoked.status_code == 204
+        gone = await client.delete("/v1/apps/books-web/credentials/fcm")
+        assert gone.status_code == 204
+        answers = [r.content for r in (created, stored, again, wrong, generated, fcm, shown)]
+    for answer in answers:
+        for leak in keys.leaks():
+            assert leak not in answer

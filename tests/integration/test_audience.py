@@ -23,6 +23,7 @@ from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.progress import load_event_status
 from fanout.stages.publish import record_event
 from fanout.store import audience, recipients
+from fanout.store.apps import DEFAULT_APP_ID
 from tests.helpers import Topic, batches_of, device_counts, drain, make_topic
 
 NEWS = Notification(title="Breaking", category="news")
@@ -67,7 +68,7 @@ async def externals(pool: asyncpg.Pool, user_ids: Sequence[int]) -> list[str]:
 
 async def set_preferences(pool: asyncpg.Pool, *preferences: audience.Preferences) -> None:
     async with pool.acquire() as conn:
-        await audience.upsert_preferences(conn, preferences=preferences)
+        await audience.upsert_preferences(conn, app_id=DEFAULT_APP_ID, preferences=preferences)
 
 
 def devices_of(topic: Topic, users: Sequence[int]) -> set[int]:
@@ -128,7 +129,9 @@ async def test_a_cap_of_n_lets_exactly_n_pushes_through_then_holds_back(
 ) -> None:
     topic = await make_topic(pool, 9)
     async with pool.acquire() as conn:
-        await audience.put_frequency_cap(conn, category="*", max_sends=2, window_seconds=HOUR)
+        await audience.put_frequency_cap(
+            conn, app_id=DEFAULT_APP_ID, category="*", max_sends=2, window_seconds=HOUR
+        )
 
     reached = [await fan_out(topic, PLAIN, pool, queues, small(settings)) for _ in range(3)]
 
@@ -145,7 +148,9 @@ async def test_a_category_cap_counts_only_its_category(
 ) -> None:
     topic = await make_topic(pool, 6)
     async with pool.acquire() as conn:
-        await audience.put_frequency_cap(conn, category="news", max_sends=1, window_seconds=HOUR)
+        await audience.put_frequency_cap(
+            conn, app_id=DEFAULT_APP_ID, category="news", max_sends=1, window_seconds=HOUR
+        )
 
     _, first_news = await fan_out(topic, NEWS, pool, queues, small(settings))
     _, plain = await fan_out(topic, PLAIN, pool, queues, small(settings))
@@ -164,7 +169,9 @@ async def test_the_cap_window_rolls_a_send_older_than_the_window_no_longer_count
     topic = await make_topic(pool, 3)
     inside, edge, outside = topic.user_ids
     async with pool.acquire() as conn:
-        await audience.put_frequency_cap(conn, category="*", max_sends=1, window_seconds=HOUR)
+        await audience.put_frequency_cap(
+            conn, app_id=DEFAULT_APP_ID, category="*", max_sends=1, window_seconds=HOUR
+        )
     # The clock runs on between these inserts and the page query, which only moves sends
     # out of the window: 'inside' keeps five minutes of margin, the others are out already.
     await pool.executemany(
@@ -206,7 +213,9 @@ async def test_a_resumed_shard_counts_its_held_back_users_once(
     users = await externals(pool, topic.user_ids)
     await set_preferences(pool, *(audience.Preferences(user=u, opted_out=True) for u in users[::3]))
     async with pool.acquire() as conn:
-        await audience.put_frequency_cap(conn, category="*", max_sends=5, window_seconds=HOUR)
+        await audience.put_frequency_cap(
+            conn, app_id=DEFAULT_APP_ID, category="*", max_sends=5, window_seconds=HOUR
+        )
     event = await record_event(pool, PLAIN, topic=topic.key)
     tuned = small(settings, shard_size=10_000, batch_max_bytes=1024)  # ~25 devices a batch
     budget = itertools.chain([60.0] * 11, itertools.repeat(1.0))  # runs short on page 12
@@ -250,7 +259,9 @@ async def test_a_lost_batch_re_read_holds_back_the_same_users(
     users = await externals(pool, topic.user_ids)
     await set_preferences(pool, audience.Preferences(user=users[4], opted_out=True))
     async with pool.acquire() as conn:
-        await audience.put_frequency_cap(conn, category="*", max_sends=1, window_seconds=HOUR)
+        await audience.put_frequency_cap(
+            conn, app_id=DEFAULT_APP_ID, category="*", max_sends=1, window_seconds=HOUR
+        )
     event, devices = await fan_out(topic, PLAIN, pool, queues, settings)
 
     async with pool.acquire() as conn:
@@ -282,7 +293,9 @@ async def test_the_sink_receives_exactly_the_users_not_held_back(
     async with pool.acquire() as conn:
         for user_id in topic.user_ids[10:15]:
             await audience.mute_topic(conn, user_id=user_id, topic_id=topic.id, until=None)
-        await audience.put_frequency_cap(conn, category="*", max_sends=1, window_seconds=HOUR)
+        await audience.put_frequency_cap(
+            conn, app_id=DEFAULT_APP_ID, category="*", max_sends=1, window_seconds=HOUR
+        )
     await pool.executemany(
         "INSERT INTO user_sends (user_id, event_id, category) VALUES ($1, 0, NULL)",
         [(u,) for u in topic.user_ids[15:20]],

@@ -75,7 +75,7 @@ async def test_concurrent_subscribe_and_unsubscribe_never_doubles_or_skips_the_s
                     topic.id,
                     user_id,
                 )
-                newcomer = await conn.fetchval(subscriptions.UPSERT_USER, f"{topic.key}-new-{i}")
+                newcomer = await conn.fetchval(subscriptions.UPSERT_USER, f"{topic.key}-new-{i}", 1)
                 await conn.execute(
                     "INSERT INTO subscriptions (topic_id, user_id) VALUES ($1, $2)",
                     topic.id,

@@ -193,7 +193,7 @@ async def test_nothing_is_left_prepared_on_pgbouncers_server_connections(
     for _ in range(10):
         async with pool.acquire() as conn:
             await conn.fetch(events.EVENT_PROGRESS, 0)
-            await conn.fetchval(subscriptions.UPSERT_TOPIC, topic.key)
+            await conn.fetchval(subscriptions.UPSERT_TOPIC, topic.key, 1)
     held = await asyncio.gather(
         *(_prepared_statements(pool) for _ in range(settings.database_pool_size))
     )

@@ -57,7 +57,7 @@ async def test_fanout_pages_are_read_from_the_read_url_and_every_write_goes_to_t
     async with pipeline.pool.acquire() as conn:
         # The same topic id as on the replica (both copies of one template), and no
         # subscriber of it on the primary.
-        assert await conn.fetchval(subscriptions.UPSERT_TOPIC, topic.key) == topic.id
+        assert await conn.fetchval(subscriptions.UPSERT_TOPIC, topic.key, 1) == topic.id
         assert await conn.fetchval("SELECT count(*) FROM subscriptions") == 0
 
     event = await publish(pipeline.pool, pipeline.queues, Notification(title="hi"), topic=topic.key)

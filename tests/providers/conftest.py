@@ -53,9 +53,9 @@ async def add_devices(
     topic = f"prov:{run}"
     ids, tokens = [], []
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic)
+        topic_id = await find_or_create(conn, subscriptions.UPSERT_TOPIC, topic, 1)
         for i in range(count):
-            user = await find_or_create(conn, subscriptions.UPSERT_USER, f"{run}-{i}")
+            user = await find_or_create(conn, subscriptions.UPSERT_USER, f"{run}-{i}", 1)
             await conn.execute(subscriptions.SUBSCRIBE, topic_id, user)
             if platform == "apns":
                 token, keys = secrets.token_hex(32), (None, None)
@@ -64,7 +64,9 @@ async def add_devices(
             else:
                 token = f"{services.webpush_endpoint_base}{run}-{i}"
                 keys = (services.p256dh, services.auth)
-            row = await conn.fetchrow(devices.UPSERT_DEVICE, user, platform, token, *keys, "en")
+            row = await conn.fetchrow(
+                devices.UPSERT_DEVICE, user, platform, token, *keys, "en", 1, False
+            )
             ids.append(row["id"])
             tokens.append(token if platform != "webpush" else f"{run}-{i}")
     return topic, ids, tokens

@@ -497,7 +497,7 @@ async def test_an_unconfigured_provider_is_skipped_not_lost(
     only_apns = {k: v for k, v in services.settings.items() if not k.startswith(("fcm", "vapid"))}
     with caplog.at_level(logging.WARNING):
         providers = build_providers(settings.model_copy(update=only_apns))
-    assert set(providers) == {"apns"}
+    assert set(providers) == {"apns", "apns_sandbox"}  # one APNs key, both environments
     assert "fcm is not configured" in caplog.text and "webpush is not configured" in caplog.text
     for provider in providers.values():
         await provider.aclose()

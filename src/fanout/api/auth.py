@@ -2,7 +2,8 @@
 
 A route's key is checked before anything else it does: a missing, unknown or revoked
 key is 401, a key without the route's scope is 403, and neither tells whether the
-resource asked for exists.
+resource asked for exists. A key belongs to one app: the routes hand its ``app_id`` to
+every statement, so another app's resources are, for it, resources that do not exist.
 """
 
 from __future__ import annotations
@@ -66,8 +67,10 @@ async def _publisher(
     return key
 
 
-MANAGE = Depends(require("manage"))
-PUBLISH = Depends(require("publish"))  # without the publishing rate limit (cancel)
-READ = Depends(require("read"))
+# Keys with a scope, for the routes: the route reads the key's app from it.
+Manager = Annotated[ApiKey, Depends(require("manage"))]
+Reader = Annotated[ApiKey, Depends(require("read"))]
+Canceller = Annotated[ApiKey, Depends(require("publish"))]  # no publishing rate limit
+Admin = Annotated[ApiKey, Depends(require("admin"))]
 # A key with the publish scope, within its publishing rate limit (else 429).
 Publisher = Annotated[ApiKey, Depends(_publisher)]

@@ -37,6 +37,7 @@ from fanout.overrides import problem, raise_problems
 from fanout.providers.limits import oversized_payloads
 from fanout.stages.publish import PublishOptions
 from fanout.stages.schedule import parse_local_time
+from fanout.store.apps import APP_KEY_PATTERN
 
 # Documented character sets: what may appear in a URL path segment without escaping.
 TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
@@ -88,6 +89,10 @@ class ApnsDeviceIn(_DeviceBase):
     platform: Literal["apns"]
     token: Annotated[str, StringConstraints(pattern=r"^([0-9a-fA-F]{2}){8,100}$")] = Field(
         description="The APNs device token, hexadecimal."
+    )
+    apns_environment: Literal["production", "sandbox"] = Field(
+        default="production",
+        description="sandbox: a debug build's token, sent to Apple's sandbox endpoint.",
     )
 
 
@@ -321,6 +326,10 @@ class LiveActivityTokenIn(Strict):
     topic: TopicKey | None = Field(
         default=None, description="The topic the activity follows (recorded with the token)."
     )
+    apns_environment: Literal["production", "sandbox"] = Field(
+        default="production",
+        description="sandbox: a debug build's token, sent to Apple's sandbox endpoint.",
+    )
 
 
 class LiveActivityTokenOut(BaseModel):
@@ -437,19 +446,120 @@ class Problem(BaseModel):
     detail: str
 
 
+# --- apps, their credentials and keys: the admin scope's routes ---------------------------
+
+AppPath = Annotated[str, Path(pattern=APP_KEY_PATTERN, examples=["books-ios"])]
+ProviderPath = Annotated[Literal["apns", "fcm", "webpush"], Path()]
+KeyIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", examples=["3f2a9c1b7d4e"])]
+
+
+class AppIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(pattern=APP_KEY_PATTERN, examples=["books-ios"])
+    name: str = Field(default="", max_length=200)
+
+
+class CredentialOut(BaseModel):
+    """What identifies a stored credential: never its private part."""
+
+    provider: str
+    identity: dict[str, str]
+    updated_at: datetime
+
+
+class AppOut(BaseModel):
+    key: str
+    name: str
+    created_at: datetime
+    credentials: list[CredentialOut] = []
+
+
+class AppListed(BaseModel):
+    key: str
+    name: str
+    created_at: datetime
+    providers: list[str]
+
+
+class ApnsCredentialIn(BaseModel):
+    """An APNs token-based key: the .p8 file's PEM text, its key id, the team and the app's
+    bundle id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(max_length=10_000, description="The .p8 file's text (PEM).")
+    key_id: str = Field(max_length=100)
+    team_id: str = Field(max_length=100)
+    bundle_id: str = Field(max_length=200)
+
+
+class FcmCredentialIn(BaseModel):
+    """A Firebase service account: the JSON Google gives, as an object or a string."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service_account: dict[str, Any] | str
+
+
+class WebPushCredentialIn(BaseModel):
+    """A VAPID key pair's private key (PEM, or the raw 32 bytes in base64url) and the
+    contact push services are given; with ``generate`` fanout makes a new pair."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vapid_private_key: str | None = Field(default=None, max_length=10_000)
+    generate: bool = False
+    subject: str = Field(max_length=500)
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scopes: list[Literal["publish", "manage", "read", "admin"]] = Field(min_length=1)
+    name: str = Field(default="", max_length=200)
+
+
+class KeyCreated(BaseModel):
+    key_id: str
+    app: str
+    scopes: list[str]
+    name: str
+    token: str = Field(description="The key itself: shown this once, never stored.")
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    app: str
+    scopes: list[str]
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
 _PROBLEMS: dict[int | str, str] = {
     401: "Missing or unknown API key",
     403: "The key lacks the scope",
     404: "Not found",
     409: "The idempotency key was used for a different request",
     "409-cancel": "The event has already ended (delivered, failed ...): too late to cancel",
+    "409-app": "An app with this key exists, or the app still owns users, events or keys",
     429: "Rate limited",
+    503: "FANOUT_SECRET_KEY is not set: credentials cannot be stored",
 }
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI ``responses`` entries for these error statuses: a Problem body each."""
     return {status: {"model": Problem, "description": _PROBLEMS[status]} for status in statuses}
+
+
+def app_problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The admin routes' error statuses: their 409 is about apps."""
+    found = problems(*(status for status in statuses if status != 409))
+    if 409 in statuses:
+        found[409] = {"model": Problem, "description": _PROBLEMS["409-app"]}
+    return found
 
 
 def cancel_problems() -> dict[int | str, dict[str, Any]]:

@@ -39,7 +39,7 @@ from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.worker import run_worker
 from fanout.stages.progress import EventStatus, load_event_status
 from fanout.stages.publish import PublishOptions, publish
-from fanout.store import connect, seeding, subscriptions
+from fanout.store import apps, connect, seeding, subscriptions
 from fanout.store.audience import put_frequency_cap
 from fanout.store.migrate import migrate
 
@@ -119,17 +119,33 @@ class AudienceMix:
         return self.opted_out + self.quiet_now + self.muted + self.capped + self.category_opt_out
 
 
+async def app_id_of(conn: asyncpg.Connection, app: str = apps.DEFAULT_APP) -> int:
+    """The id of the app with this key (the demo's and the benchmarks' is ``default``)."""
+    found = await apps.app_by_key(conn, key=app)
+    if found is None:
+        raise LookupError(f"no app {app!r}: run `fanout migrate`")
+    return found.id
+
+
 async def seed_audience(
-    conn: asyncpg.Connection, *, topic: str, first_user_id: int, last_user_id: int, mix: AudienceMix
+    conn: asyncpg.Connection,
+    *,
+    topic: str,
+    first_user_id: int,
+    last_user_id: int,
+    mix: AudienceMix,
+    app: str = apps.DEFAULT_APP,
 ) -> None:
     """Preferences, mutes, a cap of DEMO_CATEGORY and the pushes that reach it, for users
-    ``first_user_id`` to ``last_user_id`` (subscribers of ``topic``), server-side."""
+    ``first_user_id`` to ``last_user_id`` (subscribers of ``topic``, of the app ``app``),
+    server-side."""
     users = {"first_user_id": first_user_id, "last_user_id": last_user_id}
     muted_from = mix.opted_out + mix.quiet_now
     capped_from = muted_from + mix.muted
     category_from = capped_from + mix.capped
     async with conn.transaction():
-        topic_id = await subscriptions.find_or_create_topic(conn, topic=topic)
+        app_id = await app_id_of(conn, app)
+        topic_id = await subscriptions.find_or_create_topic(conn, app_id=app_id, topic=topic)
         await seeding.seed_preferences(
             conn,
             **users,
@@ -144,7 +160,11 @@ async def seed_audience(
             conn, **users, from_percent=muted_from, topic_id=topic_id, percent=mix.muted
         )
         await put_frequency_cap(
-            conn, category=DEMO_CATEGORY, max_sends=mix.cap, window_seconds=24 * 3600
+            conn,
+            app_id=app_id,
+            category=DEMO_CATEGORY,
+            max_sends=mix.cap,
+            window_seconds=24 * 3600,
         )
         await seeding.seed_user_sends(
             conn,
@@ -206,15 +226,19 @@ async def seed(
     devices_per_user: int,
     shape: DeviceShape | None = None,
     audience: AudienceMix | None = None,
+    app: str = apps.DEFAULT_APP,
 ) -> Seeded:
-    """A fresh topic with ``subscribers`` new users, each with ``devices_per_user`` devices,
-    and with ``audience``, their preferences."""
+    """A fresh topic of the app ``app`` with ``subscribers`` new users, each with
+    ``devices_per_user`` devices, and with ``audience``, their preferences."""
     shape = shape or DeviceShape()
     run = secrets.token_hex(4)
     topic = f"demo:{run}"
     async with conn.transaction():
-        topic_id = await subscriptions.find_or_create_topic(conn, topic=topic)
-        users = await seeding.seed_users(conn, prefix=f"demo-{run}-", count=subscribers)
+        app_id = await app_id_of(conn, app)
+        topic_id = await subscriptions.find_or_create_topic(conn, app_id=app_id, topic=topic)
+        users = await seeding.seed_users(
+            conn, app_id=app_id, prefix=f"demo-{run}-", count=subscribers
+        )
         await seeding.seed_subscriptions(
             conn, topic_id=topic_id, first_user_id=users.first_id, last_user_id=users.last_id
         )
@@ -237,6 +261,7 @@ async def seed(
             first_user_id=users.first_id,
             last_user_id=users.last_id,
             mix=audience,
+            app=app,
         )
     return Seeded(
         topic=topic,
@@ -364,10 +389,13 @@ async def _publish_and_watch(
     started = time.monotonic()
     # Those in their quiet hours are dropped, not deferred (the default): deferred, the
     # event would wait for their windows to end, hours away, before it could end.
+    async with pipeline.pool.acquire() as conn:
+        app_id = await app_id_of(conn)
     published = await publish(
         pipeline.pool,
         pipeline.queues,
         demo_notification(),
+        app_id=app_id,
         topic=seeded.topic,
         options=PublishOptions(quiet_hours="drop"),
     )

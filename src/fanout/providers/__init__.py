@@ -12,6 +12,7 @@ import orjson
 from fanout.config import Settings
 from fanout.providers.base import DELIVERED, Outcome, OutcomeKind, Provider
 from fanout.providers.quota import QuotaStore
+from fanout.queue.messages import APNS_SANDBOX
 
 if TYPE_CHECKING:
     from fanout.credentials.validation import Credential
@@ -35,18 +36,35 @@ def build_providers(
 
     providers: dict[str, Provider] = {}
     credentials = settings_credentials(settings)  # checked: a ConfigError names the setting
-    for platform, build in (("apns", _apns), ("fcm", _fcm), ("webpush", _webpush)):
+    for platform in ("apns", "fcm", "webpush"):
         if (credential := credentials.get(platform)) is None:
             if warn:
                 log.warning(
                     "%s is not configured: its devices will be counted as skipped", platform
                 )
         else:
-            provider = build(settings, credential)
-            if quotas is not None:
-                _share_quota(provider, settings, quotas)
-            providers[platform] = provider
+            providers |= providers_of_credential(settings, credential, quotas)
     return providers
+
+
+def providers_of_credential(
+    settings: Settings, credential: Credential, quotas: QuotaStore | None = None
+) -> dict[str, Provider]:
+    """The providers of one checked credential, by wire platform (an APNs key serves both
+    of Apple's environments: production, and the sandbox debug builds' tokens work on),
+    each quota shared through ``quotas``."""
+    if credential.provider == "apns":
+        built = {
+            "apns": _apns(settings, credential, settings.apns_endpoint),
+            APNS_SANDBOX: _apns(settings, credential, settings.apns_sandbox_endpoint),
+        }
+    else:
+        build = {"fcm": _fcm, "webpush": _webpush}[credential.provider]
+        built = {credential.provider: build(settings, credential)}
+    if quotas is not None:
+        for provider in built.values():
+            _share_quota(provider, settings, quotas)
+    return built
 
 
 def check_credentials(settings: Settings) -> None:
@@ -104,7 +122,7 @@ def _shared(settings: Settings, name: str) -> dict[str, Any]:
     }
 
 
-def _apns(settings: Settings, credential: Credential) -> Provider:
+def _apns(settings: Settings, credential: Credential, endpoint: str) -> Provider:
     from fanout.providers.apns import ApnsProvider
 
     return ApnsProvider(
@@ -112,7 +130,7 @@ def _apns(settings: Settings, credential: Credential) -> Provider:
         key_id=credential.identity["key_id"],
         team_id=credential.identity["team_id"],
         topic=credential.identity["bundle_id"],
-        endpoint=settings.apns_endpoint,
+        endpoint=endpoint,
         **_shared(settings, "apns"),
     )
 
@@ -145,4 +163,5 @@ __all__ = [
     "Provider",
     "build_providers",
     "check_credentials",
+    "providers_of_credential",
 ]

@@ -15,7 +15,7 @@ from fanout.metrics import count_outcomes
 from fanout.notification import RenderedNotification
 from fanout.providers.base import DELIVERED, Device, Outcome, OutcomeKind, Provider
 from fanout.providers.transport import retry_after_seconds
-from fanout.queue.messages import PLATFORMS
+from fanout.queue.messages import WIRE_PLATFORMS
 
 # Devices per HTTP request to the sink: large enough that HTTP overhead is noise.
 CHUNK = 1000
@@ -27,7 +27,7 @@ _ANSWERS = {
 
 
 class SinkProvider(Provider):
-    platforms = frozenset(PLATFORMS)
+    platforms = frozenset(WIRE_PLATFORMS)
 
     def __init__(self, url: str, *, concurrency: int = 8) -> None:
         self.url = url.rstrip("/") + "/push"

@@ -41,6 +41,11 @@ import orjson
 from fanout.errors import FanoutError
 
 PLATFORMS = ("apns", "fcm", "webpush")
+# On the wire, an APNs device registered for Apple's sandbox (a debug build) is in a group
+# of its own, so its environment costs no byte per device: the delivery stage sends the
+# group to the sandbox endpoint with the same credential.
+APNS_SANDBOX = "apns_sandbox"
+WIRE_PLATFORMS = (*PLATFORMS, APNS_SANDBOX)
 WIRE_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # The fan-out stage never packs more (batching.py caps at it): a 1 MiB message holds
@@ -77,6 +82,7 @@ class Device(NamedTuple):
 _WEB_PUSH_FIELDS = tuple(name for name in Device._fields if name != "platform")
 WIRE_FIELDS: dict[str, tuple[str, ...]] = {
     "apns": _WEB_PUSH_FIELDS[:3],
+    APNS_SANDBOX: _WEB_PUSH_FIELDS[:3],
     "fcm": _WEB_PUSH_FIELDS[:3],
     "webpush": _WEB_PUSH_FIELDS,
 }
@@ -232,7 +238,7 @@ def _decode_batch(doc: dict[str, Any], event_id: int) -> DeliveryBatch:
     if sum(len(e) for e in devices.values() if isinstance(e, list)) > MAX_DEVICES_PER_BATCH:
         raise PoisonMessage(f"batch holds more than {MAX_DEVICES_PER_BATCH} devices")
     for platform, entries in devices.items():
-        if platform not in PLATFORMS:
+        if platform not in WIRE_PLATFORMS:
             raise PoisonMessage(f"unknown platform {platform!r} in 'devices'")
         width = len(WIRE_FIELDS[platform])
         if not isinstance(entries, list) or not all(

@@ -17,7 +17,10 @@ import asyncpg
 
 from fanout import retry
 from fanout.config import Settings
+from fanout.credentials.stored import keyring
 from fanout.providers import Provider, build_providers
+from fanout.providers.apps import AppProviders
+from fanout.providers.quota import QuotaStore
 from fanout.providers.quota_stores import open_quota_store
 from fanout.queue.messages import FanoutTask, PoisonMessage, decode
 from fanout.queue.sqs import Queue, QueueMessage, Queues, open_client, open_queues
@@ -38,6 +41,23 @@ class Result(Enum):
     DEAD_LETTERED = "dead_lettered"  # already moved to the DLQ (and deleted from its queue)
     RETRY = "retry"  # leave it: SQS delivers it again after the backoff
     DEFERRED = "deferred"  # another invocation holds the work: back when its lease ends
+
+
+def _providers(settings: Settings, quotas: QuotaStore) -> Mapping[str, Provider]:
+    """The sink for every app, or each app's providers from its stored credentials (the
+    default app's from the settings where it has none stored)."""
+    configured = build_providers(settings, quotas)
+    if settings.provider == "sink":
+        return configured
+    return AppProviders(settings, configured, keyring(settings), quotas)
+
+
+async def _close_providers(providers: Mapping[str, Provider]) -> None:
+    if isinstance(providers, AppProviders):
+        await providers.aclose()
+        return
+    for provider in {id(p): p for p in providers.values()}.values():
+        await provider.aclose()
 
 
 @dataclass
@@ -65,9 +85,8 @@ class Pipeline:
                 stack.push_async_callback(read_pool.close)
             if providers is None:
                 quotas = await stack.enter_async_context(open_quota_store(settings, pool))
-                providers = build_providers(settings, quotas)
-                for provider in set(providers.values()):
-                    stack.push_async_callback(provider.aclose)
+                providers = _providers(settings, quotas)
+                stack.push_async_callback(_close_providers, providers)
             yield cls(settings, pool, queues, providers, read_pool)
 
     async def handle(

@@ -29,6 +29,7 @@ from fanout.config import Settings
 from fanout.metrics import AUDIENCE_HELD_BACK
 from fanout.notification import Notification, RenderedNotification, render
 from fanout.providers import Outcome, OutcomeKind, Provider
+from fanout.providers.apps import providers_of
 from fanout.queue.messages import DeliveryBatch, Device, PoisonMessage
 from fanout.queue.sqs import MAX_DELAY_SECONDS, Queues
 from fanout.stages import leases
@@ -85,7 +86,7 @@ async def deliver_batch(
     owner = leases.new_owner()
     releaser = _releaser(batch, pool, owner, settings)
     try:
-        claimed, lease_left = await leases.claim(
+        claimed, lease_left, app_id = await leases.claim(
             lambda: _claim(batch, pool, owner, report.devices, lease, settings),
             f"claiming batch {batch.key}",
         )
@@ -116,13 +117,17 @@ async def deliver_batch(
     except BaseException as failure:  # nothing was sent: let the next try have it at once
         await leases.give_up(releaser, failure, lease)
     try:
-        outcomes = await _send_while_held(
-            _send_all(notification, str(batch.event_id), devices, providers, batch.published_at),
-            batch,
-            pool,
-            owner,
-            settings,
-        )
+        # The event's app's providers (its credentials), held until the sends are done.
+        async with providers_of(providers, pool, app_id) as app_providers:
+            outcomes = await _send_while_held(
+                _send_all(
+                    notification, str(batch.event_id), devices, app_providers, batch.published_at
+                ),
+                batch,
+                pool,
+                owner,
+                settings,
+            )
     except leases.LeaseLost as refused:
         return _lease_lost(report, refused, lease)
     except BaseException as failure:
@@ -392,9 +397,10 @@ async def _claim(
     devices: int,
     lease: int,
     settings: Settings,
-) -> tuple[str, float]:
-    """("claimed", 0) if this invocation (``owner``) delivers the batch, ("cancelled" |
-    "expired" | "superseded", 0) if it holds it but its event stopped; else "done", or
+) -> tuple[str, float, int]:
+    """("claimed", 0, app) if this invocation (``owner``) delivers the batch (of the
+    event's app), ("cancelled" | "expired" | "superseded", 0, app) if it holds it but its
+    event stopped; else "done", or
     "busy" with the seconds left on the holder's lease."""
     async with acquire(pool) as conn:
         try:
@@ -411,15 +417,15 @@ async def _claim(
         except asyncpg.ForeignKeyViolationError:
             raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}") from None
         if claimed is not None:
-            return claimed.stopped or "claimed", 0.0
+            return claimed.stopped or "claimed", 0.0, claimed.app_id
         held = await batches.batch_status(conn, event_id=batch.event_id, batch_key=batch.key)
     assert held is not None  # the claim found the row, or would have inserted it
     if held.status == "done":
-        return "done", 0.0
+        return "done", 0.0, 0
     # Held by another invocation: a redundant copy while the holder lives (a redelivery, a
     # resend by the reconciler), and wanted once its lease is over if the holder died.
     log.info("batch %s of event %d is being delivered elsewhere", batch.key, batch.event_id)
-    return "busy", held.lease_left
+    return "busy", held.lease_left, 0
 
 
 def _is_live_activity(batch: DeliveryBatch) -> bool:

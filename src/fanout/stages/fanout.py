@@ -397,7 +397,9 @@ async def _stream_shard(
     )
     category = event.notification.get("category")
     # A Live Activity's tokens are no topic's subscribers: no cap counts them.
-    counted = event.live_activity_id is None and await caps_apply(conn, category=category)
+    counted = event.live_activity_id is None and await caps_apply(
+        conn, event_id=event.id, category=category
+    )
     audience = _Audience(category, counted)
     page_filter = await page_filter_of(
         conn, event, claim.wave_no, settings, read_before=cursor is not None

@@ -32,6 +32,7 @@ from fanout.stages.publish import (
     request_fingerprint,
 )
 from fanout.store import events, lifecycle, live_activities
+from fanout.store.apps import DEFAULT_APP_ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +48,16 @@ async def publish_update(
     notification: Notification,
     *,
     activity_key: str,
+    app_id: int = DEFAULT_APP_ID,
     idempotency_key: str | None = None,
     api_key_id: int | None = None,
     enqueue_timeout: float | None = None,
     batch_max_bytes: int = MAX_MESSAGE_BYTES,
     overdue_after: float = DEFAULT_OVERDUE_AFTER,
 ) -> UpdatePublished:
-    """Commit the update as an event of the activity ``activity_key`` (created if new),
-    then enqueue it as ``publish`` does. Idempotency keys work as for a topic's events."""
+    """Commit the update as an event of the app ``app_id``'s activity ``activity_key``
+    (created if new), then enqueue it as ``publish`` does. Idempotency keys work as for a
+    topic's events."""
     live = notification.live_activity
     if notification.kind != "liveactivity" or live is None:
         raise ValueError("a Live Activity update is a liveactivity notification")
@@ -66,13 +69,16 @@ async def publish_update(
             {"live_activity_key": activity_key, **asked}, topic=None, user=None
         )
     async with pool.acquire() as conn, conn.transaction():
-        activity_id = await live_activities.find_or_create_activity(conn, activity_key=activity_key)
+        activity_id = await live_activities.find_or_create_activity(
+            conn, app_id=app_id, activity_key=activity_key
+        )
         timestamp = await live_activities.next_timestamp(conn, activity_id=activity_id)
         stamped = notification.model_copy(
             update={"live_activity": live.model_copy(update={"timestamp": timestamp})}
         )
         event_id = await lifecycle.create(
             conn,
+            app_id=app_id,
             topic_id=None,
             user_id=None,
             live_activity_id=activity_id,
@@ -91,7 +97,7 @@ async def publish_update(
         else:
             assert idempotency_key is not None  # only a reused key inserts nothing
             first = await events.event_by_idempotency_key(
-                conn, api_key_id=api_key_id, idempotency_key=idempotency_key
+                conn, app_id=app_id, api_key_id=api_key_id, idempotency_key=idempotency_key
             )
             budget = await live_activities.priority_10_last_hour(conn, activity_id=activity_id)
     if event_id is None:

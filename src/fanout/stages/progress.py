@@ -109,9 +109,14 @@ class EventStatus(BaseModel):
 
 
 async def load_event_status(
-    conn: asyncpg.Connection | asyncpg.Pool, event_id: int
+    conn: asyncpg.Connection | asyncpg.Pool, event_id: int, *, app_id: int | None = None
 ) -> EventStatus | None:
-    row = await events.event_progress(conn, event_id=event_id)
+    """The event's status; None if there is no such event, or, with ``app_id``, none of
+    that app's (the API's answer for another app's event). None: the operator's view."""
+    if app_id is None:
+        row = await events.event_progress(conn, event_id=event_id)
+    else:
+        row = await events.event_progress_in_app(conn, app_id=app_id, event_id=event_id)
     return None if row is None else event_status_from_row(row)
 
 

@@ -12,8 +12,9 @@ subscriber's time zone reaches the local time, planned here from the audience's 
 Such an event is committed 'scheduled', due then, and released by the reconciler's due
 scan; nothing waits on a queue's delay or a sleeping process.
 
-Idempotency keys work as payment APIs' do. A key belongs to the API key that sent it
-(the CLI and other internal callers share one scope of their own), so two clients
+Every event belongs to an app (``app_id``): its topic or user is the app's, found by key
+within the app. Idempotency keys work as payment APIs' do. A key belongs to the API key
+that sent it (the CLI and other internal callers share one scope per app), so two clients
 cannot collide. Sent again with the same request, it returns the first event; with a
 different request (another topic or user, another notification) it is refused.
 """
@@ -39,6 +40,7 @@ from fanout.stages.batching import batch_max_bytes as max_batch_bytes
 from fanout.stages.batching import bytes_short
 from fanout.stages.schedule import known_zone, plan_waves
 from fanout.store import acquire, events, lifecycle, subscriptions
+from fanout.store.apps import DEFAULT_APP_ID
 from fanout.store.waves import PlannedWave, audience_time_zones, insert_waves
 
 log = logging.getLogger(__name__)
@@ -158,6 +160,7 @@ async def record_event(
     pool: asyncpg.Pool,
     notification: Notification,
     *,
+    app_id: int = DEFAULT_APP_ID,
     topic: str | None = None,
     user: str | None = None,
     idempotency_key: str | None = None,
@@ -168,7 +171,8 @@ async def record_event(
     default_time_zone: str = "UTC",
     now: datetime | None = None,
 ) -> Published:
-    """Commit the event as pending: to a topic's subscribers or to one user's devices.
+    """Commit the event as pending: to a topic's subscribers or to one user's devices, of
+    the app ``app_id`` (the API passes its key's; the default app's for internal callers).
     With ``options`` holding it (a future ``send_at``, ``deliver_at_local`` waves) it is
     committed 'scheduled', due at its first release (``held_until``).
 
@@ -195,8 +199,16 @@ async def record_event(
         else None
     )
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await subscriptions.find_or_create_topic(conn, topic=topic) if topic else None
-        user_id = await subscriptions.find_or_create_user(conn, user=user) if user else None
+        topic_id = (
+            await subscriptions.find_or_create_topic(conn, app_id=app_id, topic=topic)
+            if topic
+            else None
+        )
+        user_id = (
+            await subscriptions.find_or_create_user(conn, app_id=app_id, user=user)
+            if user
+            else None
+        )
         waves: list[PlannedWave] = []
         if options.deliver_at_local is not None:
             zones = await audience_time_zones(conn, topic_id=topic_id, user_id=user_id)
@@ -208,6 +220,7 @@ async def record_event(
         held_until = first_release if first_release and first_release > now else None
         event_id = await lifecycle.create(
             conn,
+            app_id=app_id,
             topic_id=topic_id,
             user_id=user_id,
             notification=payload,
@@ -228,7 +241,7 @@ async def record_event(
         # The conflicting row is committed: a concurrent first use made this INSERT wait.
         assert idempotency_key is not None  # only a reused key inserts nothing
         first = await events.event_by_idempotency_key(
-            conn, api_key_id=api_key_id, idempotency_key=idempotency_key
+            conn, app_id=app_id, api_key_id=api_key_id, idempotency_key=idempotency_key
         )
     if first is None:  # deleted since (its topic or user was): nothing to return
         raise RuntimeError("the event of this idempotency key was deleted meanwhile")
@@ -267,6 +280,7 @@ async def publish(
     queues: Queues | Callable[[], Awaitable[Queues]],
     notification: Notification,
     *,
+    app_id: int = DEFAULT_APP_ID,
     topic: str | None = None,
     user: str | None = None,
     idempotency_key: str | None = None,
@@ -293,6 +307,7 @@ async def publish(
     published = await record_event(
         pool,
         notification,
+        app_id=app_id,
         topic=topic,
         user=user,
         idempotency_key=idempotency_key,
@@ -335,16 +350,19 @@ class TooLateToCancel(FanoutError, ValueError):
     """The event has already ended (delivered, failed ...): there is nothing to stop."""
 
 
-async def cancel(pool: asyncpg.Pool, event_id: int) -> lifecycle.EventState | None:
+async def cancel(
+    pool: asyncpg.Pool, event_id: int, *, app_id: int | None = None
+) -> lifecycle.EventState | None:
     """Cancel an event; its status after ('cancelled' when it had not started fanning out,
     else its current state: it stops at the fan-out's next page and each batch's claim);
-    None for an unknown event. Cancelling again is a no-op; ``TooLateToCancel`` once it has
-    ended otherwise."""
+    None for an unknown event, or, with ``app_id``, one not of that app (None: the
+    operator, any app). Cancelling again is a no-op; ``TooLateToCancel`` once it has ended
+    otherwise."""
     async with acquire(pool) as conn:
-        status = await lifecycle.cancel(conn, event_id=event_id)
+        status = await lifecycle.cancel(conn, event_id=event_id, app_id=app_id)
         if status is not None:
             return status
         event = await events.load_event(conn, event_id=event_id)
-    if event is None:
+    if event is None or (app_id is not None and event.app_id != app_id):
         return None
     raise TooLateToCancel(f"event {event_id} has already ended ({event.status})")

@@ -14,12 +14,17 @@ from typing import Any
 
 import asyncpg
 
+from fanout.errors import FanoutError
+
 # The rule of the apps.key CHECK: 2-63 characters, lower case, digits and hyphens, not
 # starting with a hyphen; safe in a URL, a metric label and a shell without quoting.
 APP_KEY_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 # Made by the migration: owns every row from before apps, and the FANOUT_APNS_*, _FCM_*,
 # _VAPID_* settings are its credentials until they are stored.
 DEFAULT_APP = "default"
+# Its id: migration 11 creates the apps table and inserts it first (identity 1), and it
+# cannot be deleted (`fanout apps delete default` is refused), so it is 1 in every database.
+DEFAULT_APP_ID = 1
 PROVIDERS = ("apns", "fcm", "webpush")
 
 
@@ -108,9 +113,20 @@ async def list_apps(conn: asyncpg.Connection) -> list[AppListing]:
 DELETE_APP = "DELETE FROM apps WHERE key = $1"
 
 
+class AppInUse(FanoutError):
+    """The app still owns rows (users, topics, devices, events, API keys, caps): their
+    foreign keys refuse its deletion."""
+
+
 async def delete_app(conn: asyncpg.Connection, *, key: str) -> bool:
-    """Delete the app and its credentials; False if there was none (``DELETE_APP``)."""
-    status: str = await conn.execute(DELETE_APP, key)
+    """Delete the app and its credentials; False if there was none; ``AppInUse`` while it
+    owns anything (``DELETE_APP``)."""
+    try:
+        status: str = await conn.execute(DELETE_APP, key)
+    except asyncpg.ForeignKeyViolationError:
+        raise AppInUse(
+            f"the app {key} still owns users, topics, events or API keys (revoked keys too)"
+        ) from None
     return status != "DELETE 0"
 
 

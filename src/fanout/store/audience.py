@@ -16,10 +16,11 @@ from typing import Any
 
 import asyncpg
 
-# Indexes: users_external_id_key, user_preferences_pkey. Bulk and single alike, one
-# statement: $1 is a JSON array of {user_id (external), time_zone, quiet_start, quiet_end,
-# opted_out, opted_out_categories}, each user once (the caller dedupes: ON CONFLICT cannot
-# touch a row twice), the users already created. A user's settings are replaced whole.
+# Indexes: users_app_external_id_key, user_preferences_pkey. Bulk and single alike, one
+# statement, for the users of app $2: $1 is a JSON array of {user_id (external), time_zone,
+# quiet_start, quiet_end, opted_out, opted_out_categories}, each user once (the caller
+# dedupes: ON CONFLICT cannot touch a row twice), the users already created. A user's
+# settings are replaced whole.
 UPSERT_PREFERENCES = """
 INSERT INTO user_preferences (user_id, time_zone, quiet_start, quiet_end, opted_out,
                               opted_out_categories, updated_at)
@@ -28,16 +29,16 @@ SELECT u.id, x.time_zone, x.quiet_start, x.quiet_end, coalesce(x.opted_out, fals
 FROM jsonb_to_recordset($1::jsonb) AS x (user_id text, time_zone text, quiet_start time,
                                          quiet_end time, opted_out boolean,
                                          opted_out_categories text[])
-JOIN users AS u ON u.external_id = x.user_id
+JOIN users AS u ON u.app_id = $2 AND u.external_id = x.user_id
 ON CONFLICT (user_id) DO UPDATE
 SET time_zone = EXCLUDED.time_zone, quiet_start = EXCLUDED.quiet_start,
     quiet_end = EXCLUDED.quiet_end, opted_out = EXCLUDED.opted_out,
     opted_out_categories = EXCLUDED.opted_out_categories, updated_at = now()
 """
 
-# Indexes: users_external_id_key, user_preferences_pkey, topic_mutes_pkey (its user_id
+# Indexes: users_app_external_id_key, user_preferences_pkey, topic_mutes_pkey (its user_id
 # leads). A user's settings (NULL columns when none are set: the defaults) and their mutes
-# still in force; no row for an unknown user.
+# still in force; no row for a user the app $2 does not have.
 USER_PREFERENCES = """
 SELECT p.time_zone, p.quiet_start, p.quiet_end, coalesce(p.opted_out, false) AS opted_out,
        coalesce(p.opted_out_categories, '{}') AS opted_out_categories,
@@ -49,7 +50,7 @@ SELECT p.time_zone, p.quiet_start, p.quiet_end, coalesce(p.opted_out, false) AS 
        ), '[]'::jsonb) AS mutes
 FROM users AS u
 LEFT JOIN user_preferences AS p ON p.user_id = u.id
-WHERE u.external_id = $1
+WHERE u.app_id = $2 AND u.external_id = $1
 """
 
 # Index: topic_mutes_pkey. Muting again moves until (NULL: until unmuted).
@@ -58,33 +59,41 @@ INSERT INTO topic_mutes (user_id, topic_id, until) VALUES ($1, $2, $3)
 ON CONFLICT (user_id, topic_id) DO UPDATE SET until = EXCLUDED.until, created_at = now()
 """
 
-# Indexes: topics_key_key, users_external_id_key, topic_mutes_pkey.
+# Indexes: topics_app_key_key, users_app_external_id_key, topic_mutes_pkey. $3: the app.
 UNMUTE_TOPIC = """
 DELETE FROM topic_mutes AS m
 USING topics AS t, users AS u
-WHERE t.key = $1 AND u.external_id = $2 AND m.topic_id = t.id AND m.user_id = u.id
+WHERE t.app_id = $3 AND t.key = $1 AND u.app_id = $3 AND u.external_id = $2
+  AND m.topic_id = t.id AND m.user_id = u.id
 """
 
-# Index: frequency_caps_pkey.
+# Index: frequency_caps_pkey (app_id, category). $4: the app.
 PUT_FREQUENCY_CAP = """
-INSERT INTO frequency_caps (category, max_sends, window_seconds) VALUES ($1, $2, $3)
-ON CONFLICT (category) DO UPDATE
+INSERT INTO frequency_caps (app_id, category, max_sends, window_seconds) VALUES ($4, $1, $2, $3)
+ON CONFLICT (app_id, category) DO UPDATE
 SET max_sends = EXCLUDED.max_sends, window_seconds = EXCLUDED.window_seconds,
     updated_at = now()
 RETURNING (xmax = 0) AS created
 """
 
 # Index: frequency_caps_pkey.
-DELETE_FREQUENCY_CAP = "DELETE FROM frequency_caps WHERE category = $1"
+DELETE_FREQUENCY_CAP = "DELETE FROM frequency_caps WHERE app_id = $2 AND category = $1"
 
+# Index: frequency_caps_pkey (the app leads).
 LIST_FREQUENCY_CAPS = """
-SELECT category, max_sends, window_seconds, updated_at FROM frequency_caps ORDER BY category
+SELECT category, max_sends, window_seconds, updated_at FROM frequency_caps
+WHERE app_id = $1
+ORDER BY category
 """
 
-# Index: frequency_caps_pkey. Whether the fan-out of an event of this category must record
-# its sends in user_sends (read once per shard).
+# Indexes: events_pkey, frequency_caps_pkey. Whether the fan-out of event $2, of this
+# category, must record its sends in user_sends: a cap of the event's app applies to it
+# (read once per shard).
 CAPS_APPLY = """
-SELECT EXISTS (SELECT 1 FROM frequency_caps WHERE category = '*' OR category = $1::text)
+SELECT EXISTS (
+    SELECT 1 FROM frequency_caps
+    WHERE app_id = (SELECT app_id FROM events WHERE id = $2)
+      AND (category = '*' OR category = $1::text))
 """
 
 # Index: user_sends_by_time (BRIN). Up to $1 sends older than the longest cap's window (all
@@ -144,18 +153,20 @@ class FrequencyCap:
 
 
 async def upsert_preferences(
-    conn: asyncpg.Connection, *, preferences: Sequence[Preferences]
+    conn: asyncpg.Connection, *, app_id: int, preferences: Sequence[Preferences]
 ) -> int:
-    """Replace the settings of these (existing) users, each named once; how many rows were
-    written (``UPSERT_PREFERENCES``)."""
-    status: str = await conn.execute(UPSERT_PREFERENCES, [p.as_json() for p in preferences])
+    """Replace the settings of these (existing) users of the app, each named once; how many
+    rows were written (``UPSERT_PREFERENCES``)."""
+    status: str = await conn.execute(UPSERT_PREFERENCES, [p.as_json() for p in preferences], app_id)
     return int(status.split()[-1])
 
 
-async def user_preferences(conn: asyncpg.Connection, *, user: str) -> StoredPreferences | None:
-    """The settings and live mutes of the user with this external id; None for an unknown
-    user (``USER_PREFERENCES``)."""
-    row = await conn.fetchrow(USER_PREFERENCES, user)
+async def user_preferences(
+    conn: asyncpg.Connection, *, app_id: int, user: str
+) -> StoredPreferences | None:
+    """The settings and live mutes of the app's user with this external id; None for a user
+    the app does not have (``USER_PREFERENCES``)."""
+    row = await conn.fetchrow(USER_PREFERENCES, user, app_id)
     if row is None:
         return None
     return StoredPreferences(
@@ -176,35 +187,39 @@ async def mute_topic(
     await conn.execute(MUTE_TOPIC, user_id, topic_id, until)
 
 
-async def unmute_topic(conn: asyncpg.Connection, *, topic: str, user: str) -> None:
-    """Unmute, by the keys; not muted (or unknown) is no error (``UNMUTE_TOPIC``)."""
-    await conn.execute(UNMUTE_TOPIC, topic, user)
+async def unmute_topic(conn: asyncpg.Connection, *, app_id: int, topic: str, user: str) -> None:
+    """Unmute, by the keys in the app; not muted (or unknown) is no error
+    (``UNMUTE_TOPIC``)."""
+    await conn.execute(UNMUTE_TOPIC, topic, user, app_id)
 
 
 async def put_frequency_cap(
-    conn: asyncpg.Connection, *, category: str, max_sends: int, window_seconds: int
+    conn: asyncpg.Connection, *, app_id: int, category: str, max_sends: int, window_seconds: int
 ) -> bool:
-    """Set the cap of ``category`` ('*': every push); True when it is new
+    """Set the app's cap of ``category`` ('*': every push); True when it is new
     (``PUT_FREQUENCY_CAP``)."""
-    created: bool = await conn.fetchval(PUT_FREQUENCY_CAP, category, max_sends, window_seconds)
+    created: bool = await conn.fetchval(
+        PUT_FREQUENCY_CAP, category, max_sends, window_seconds, app_id
+    )
     return created
 
 
-async def delete_frequency_cap(conn: asyncpg.Connection, *, category: str) -> bool:
-    """Remove the cap of ``category``; whether there was one (``DELETE_FREQUENCY_CAP``)."""
-    status: str = await conn.execute(DELETE_FREQUENCY_CAP, category)
+async def delete_frequency_cap(conn: asyncpg.Connection, *, app_id: int, category: str) -> bool:
+    """Remove the app's cap of ``category``; whether there was one
+    (``DELETE_FREQUENCY_CAP``)."""
+    status: str = await conn.execute(DELETE_FREQUENCY_CAP, category, app_id)
     return status.split()[-1] != "0"
 
 
-async def list_frequency_caps(conn: asyncpg.Connection) -> list[FrequencyCap]:
-    """Every cap, by category (``LIST_FREQUENCY_CAPS``)."""
-    return [FrequencyCap(**row) for row in await conn.fetch(LIST_FREQUENCY_CAPS)]
+async def list_frequency_caps(conn: asyncpg.Connection, *, app_id: int) -> list[FrequencyCap]:
+    """Every cap of the app, by category (``LIST_FREQUENCY_CAPS``)."""
+    return [FrequencyCap(**row) for row in await conn.fetch(LIST_FREQUENCY_CAPS, app_id)]
 
 
-async def caps_apply(conn: asyncpg.Connection, *, category: str | None) -> bool:
-    """Whether a frequency cap counts the pushes of this category (None: uncategorised),
-    so that the fan-out records them (``CAPS_APPLY``)."""
-    applies: bool = await conn.fetchval(CAPS_APPLY, category)
+async def caps_apply(conn: asyncpg.Connection, *, event_id: int, category: str | None) -> bool:
+    """Whether a frequency cap of the event's app counts the pushes of this category (None:
+    uncategorised), so that the fan-out records them (``CAPS_APPLY``)."""
+    applies: bool = await conn.fetchval(CAPS_APPLY, category, event_id)
     return applies
 
 

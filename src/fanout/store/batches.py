@@ -38,7 +38,7 @@ WHERE delivery_batches.status = 'queued'
    OR (delivery_batches.status = 'running'
        AND (delivery_batches.lease_until < now()
             OR delivery_batches.lease_owner = EXCLUDED.lease_owner))
-RETURNING {EVENT_STOPPED}
+RETURNING {EVENT_STOPPED}, (SELECT e.app_id FROM events AS e WHERE e.id = $1) AS app_id
 """
 
 # Index: delivery_batches_pkey. A claimed batch whose event was cancelled or expired while
@@ -142,6 +142,7 @@ class BatchClaim:
     'superseded'): then nothing is to be sent."""
 
     stopped: str | None
+    app_id: int  # the event's app: whose credentials the batch is sent with
 
 
 @dataclass(frozen=True, slots=True)

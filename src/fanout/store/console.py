@@ -36,15 +36,17 @@ UPDATE delivery_batches SET outcomes = $3 WHERE event_id = $1 AND batch_key = $2
 # very numbers `GET /v1/events/{id}` does.
 assert EVENT_PROGRESS.count("$1") == 1
 
-# Indexes: events_pkey (newest first), events_by_topic with a topic ($1), then
-# EVENT_PROGRESS's per event. $2: one status; $3: one event; $4: how many.
+# Indexes: events_by_app (the app $5's, newest first), topics_app_key_key and
+# events_by_topic with a topic ($1), then EVENT_PROGRESS's per event. $2: one status; $3:
+# one event; $4: how many. Another app's event or topic is not found.
 EVENT_LIST = f"""
 SELECT p.*, t.key AS topic, u.external_id AS user_external_id,
        picked.notification ->> 'title' AS title,
        coalesce(picked.notification ->> 'kind', 'alert') AS kind
 FROM (
     SELECT id, topic_id, user_id, notification FROM events
-    WHERE ($1::text IS NULL OR topic_id = (SELECT id FROM topics WHERE key = $1))
+    WHERE app_id = $5
+      AND ($1::text IS NULL OR topic_id = (SELECT id FROM topics WHERE app_id = $5 AND key = $1))
       AND ($2::text IS NULL OR status = $2)
       AND ($3::bigint IS NULL OR id = $3)
     ORDER BY id DESC
@@ -148,12 +150,13 @@ ORDER BY status = 'done', finished_at DESC NULLS FIRST, batch_key
 LIMIT $2
 """
 
-# Index: users_external_id_key.
-USER_BY_EXTERNAL_ID = "SELECT id, external_id FROM users WHERE external_id = $1"
+# Index: users_app_external_id_key.
+USER_BY_EXTERNAL_ID = "SELECT id, external_id FROM users WHERE app_id = $2 AND external_id = $1"
 
-# Index: devices_pkey.
+# Index: devices_pkey. The app $2's device only.
 DEVICE_OWNER = """
-SELECT u.id, u.external_id FROM devices AS d JOIN users AS u ON u.id = d.user_id WHERE d.id = $1
+SELECT u.id, u.external_id FROM devices AS d JOIN users AS u ON u.id = d.user_id
+WHERE d.id = $1 AND d.app_id = $2
 """
 
 # Index: devices_by_user. Every device of the user, active or not (never the token).
@@ -195,32 +198,39 @@ WHERE event_id = $1 AND device_id = ANY($2::bigint[])
 ORDER BY at, batch_key
 """
 
-# Index: delivery_batches_finished. Devices per (platform, outcome) in batches recorded in
-# the last $1 seconds, across events.
+# Indexes: delivery_batches_finished, events_pkey. Devices per (platform, outcome) in
+# batches recorded in the last $1 seconds, across the app $2's events.
 RECENT_OUTCOMES_BY_PLATFORM = """
 SELECT p.key AS platform, o.key AS outcome, sum(o.value::bigint)::bigint AS devices
-FROM delivery_batches AS b, jsonb_each(b.outcomes) AS p, jsonb_each_text(p.value) AS o
+FROM delivery_batches AS b
+JOIN events AS e ON e.id = b.event_id AND e.app_id = $2,
+     jsonb_each(b.outcomes) AS p, jsonb_each_text(p.value) AS o
 WHERE b.finished_at > now() - make_interval(secs => $1) AND b.outcomes IS NOT NULL
 GROUP BY 1, 2
 """
 
-# Index: delivery_failures_at (BRIN). The last $1 seconds' answers other than ok, $2 of them.
+# Indexes: delivery_failures_at (BRIN), events_pkey. The last $1 seconds' answers other than
+# ok to the app $3's events, $2 of them.
 RECENT_FAILURES_BY_REASON = """
-SELECT platform, outcome, reason, count(*) AS devices
-FROM delivery_failures
-WHERE at > now() - make_interval(secs => $1)
+SELECT f.platform, f.outcome, f.reason, count(*) AS devices
+FROM delivery_failures AS f
+JOIN events AS e ON e.id = f.event_id AND e.app_id = $3
+WHERE f.at > now() - make_interval(secs => $1)
 GROUP BY 1, 2, 3
 ORDER BY devices DESC
 LIMIT $2
 """
 
-# Indexes: events_due, delivery_batches_open. How long the oldest work has waited for a
-# worker: events not yet fanning out, batches recorded queued and not yet claimed.
+# Indexes: events_due, delivery_batches_open, events_pkey. How long the app $1's oldest
+# work has waited for a worker: events not yet fanning out, batches recorded queued and
+# not yet claimed.
 OLDEST_WAITING = """
 SELECT (SELECT min(created_at) FROM events
-        WHERE due_at IS NOT NULL AND status IN ('pending', 'enqueued')) AS oldest_event,
-       (SELECT min(started_at) FROM delivery_batches
-        WHERE status <> 'done' AND status = 'queued') AS oldest_batch,
+        WHERE due_at IS NOT NULL AND status IN ('pending', 'enqueued')
+          AND app_id = $1) AS oldest_event,
+       (SELECT min(b.started_at) FROM delivery_batches AS b
+        JOIN events AS e ON e.id = b.event_id AND e.app_id = $1
+        WHERE b.status <> 'done' AND b.status = 'queued') AS oldest_batch,
        now() AS now
 """
 
@@ -230,11 +240,13 @@ INSERT INTO console_sessions (token_hash, api_key_id, expires_at)
 VALUES ($1, $2, now() + make_interval(hours => $3::integer))
 """
 
-# Indexes: console_sessions_pkey, api_keys_pkey. A live session of a live key.
+# Indexes: console_sessions_pkey, api_keys_pkey, apps_pkey. A live session of a live key,
+# and the key's app.
 CONSOLE_SESSION_KEY = """
-SELECT k.id, k.key_id, k.scopes, k.name
+SELECT k.id, k.key_id, k.scopes, k.name, k.app_id, a.key AS app
 FROM console_sessions AS s
 JOIN api_keys AS k ON k.id = s.api_key_id
+JOIN apps AS a ON a.id = k.app_id
 WHERE s.token_hash = $1 AND s.expires_at > now() AND k.revoked_at IS NULL
 """
 
@@ -282,14 +294,15 @@ async def record_batch_detail(
 async def list_events(
     conn: asyncpg.Connection | asyncpg.Pool,
     *,
+    app_id: int,
     topic: str | None,
     status: str | None,
     event_id: int | None,
     limit: int,
 ) -> Rows:
-    """The newest events (of a topic, in a status, or one), each with EVENT_PROGRESS's
-    columns plus its topic, user and title (``EVENT_LIST``)."""
-    return await _rows(conn, EVENT_LIST, topic, status, event_id, limit)
+    """The app's newest events (of a topic, in a status, or one), each with
+    EVENT_PROGRESS's columns plus its topic, user and title (``EVENT_LIST``)."""
+    return await _rows(conn, EVENT_LIST, topic, status, event_id, limit, app_id)
 
 
 async def event_throughput(
@@ -372,18 +385,19 @@ class UserRef:
 
 
 async def user_by_external_id(
-    conn: asyncpg.Connection | asyncpg.Pool, *, external_id: str
+    conn: asyncpg.Connection | asyncpg.Pool, *, app_id: int, external_id: str
 ) -> UserRef | None:
-    """The user with this external id, without creating one (``USER_BY_EXTERNAL_ID``)."""
-    row = await conn.fetchrow(USER_BY_EXTERNAL_ID, external_id)
+    """The app's user with this external id, without creating one
+    (``USER_BY_EXTERNAL_ID``)."""
+    row = await conn.fetchrow(USER_BY_EXTERNAL_ID, external_id, app_id)
     return None if row is None else UserRef(**row)
 
 
 async def device_owner(
-    conn: asyncpg.Connection | asyncpg.Pool, *, device_id: int
+    conn: asyncpg.Connection | asyncpg.Pool, *, app_id: int, device_id: int
 ) -> UserRef | None:
-    """The user a device belongs to (``DEVICE_OWNER``)."""
-    row = await conn.fetchrow(DEVICE_OWNER, device_id)
+    """The user the app's device belongs to (``DEVICE_OWNER``)."""
+    row = await conn.fetchrow(DEVICE_OWNER, device_id, app_id)
     return None if row is None else UserRef(**row)
 
 
@@ -435,19 +449,19 @@ async def devices_failures(
 
 
 async def recent_outcomes_by_platform(
-    conn: asyncpg.Connection | asyncpg.Pool, *, seconds: float
+    conn: asyncpg.Connection | asyncpg.Pool, *, app_id: int, seconds: float
 ) -> Rows:
-    """(platform, outcome, devices) of the batches recorded in the last ``seconds``
+    """(platform, outcome, devices) of the app's batches recorded in the last ``seconds``
     (``RECENT_OUTCOMES_BY_PLATFORM``)."""
-    return await _rows(conn, RECENT_OUTCOMES_BY_PLATFORM, seconds)
+    return await _rows(conn, RECENT_OUTCOMES_BY_PLATFORM, seconds, app_id)
 
 
 async def recent_failures_by_reason(
-    conn: asyncpg.Connection | asyncpg.Pool, *, seconds: float, limit: int
+    conn: asyncpg.Connection | asyncpg.Pool, *, app_id: int, seconds: float, limit: int
 ) -> Rows:
-    """(platform, outcome, reason, devices) of the last ``seconds``
+    """(platform, outcome, reason, devices) of the app's last ``seconds``
     (``RECENT_FAILURES_BY_REASON``)."""
-    return await _rows(conn, RECENT_FAILURES_BY_REASON, seconds, limit)
+    return await _rows(conn, RECENT_FAILURES_BY_REASON, seconds, limit, app_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,10 +471,10 @@ class OldestWaiting:
     now: datetime
 
 
-async def oldest_waiting(conn: asyncpg.Connection | asyncpg.Pool) -> OldestWaiting:
-    """When the oldest event and batch still waiting for a worker were queued
+async def oldest_waiting(conn: asyncpg.Connection | asyncpg.Pool, *, app_id: int) -> OldestWaiting:
+    """When the app's oldest event and batch still waiting for a worker were queued
     (``OLDEST_WAITING``)."""
-    return OldestWaiting(**await conn.fetchrow(OLDEST_WAITING))
+    return OldestWaiting(**await conn.fetchrow(OLDEST_WAITING, app_id))
 
 
 async def insert_console_session(
@@ -476,6 +490,8 @@ class SessionKey:
     key_id: str
     scopes: list[str]
     name: str
+    app_id: int
+    app: str
 
 
 async def console_session_key(

@@ -19,12 +19,12 @@ from fanout.store.lifecycle import EventState
 # Index: events_idempotency_key (the key leads; the scopes sharing it are filtered).
 EVENT_BY_IDEMPOTENCY_KEY = """
 SELECT id, request_fingerprint FROM events
-WHERE idempotency_key = $2 AND api_key_id IS NOT DISTINCT FROM $1
+WHERE idempotency_key = $2 AND app_id = $3 AND api_key_id IS NOT DISTINCT FROM $1
 """
 
 # Index: events_pkey (and events_by_live_activity for an update: SUPERSEDED).
 LOAD_EVENT = f"""
-SELECT id, topic_id, user_id, live_activity_id, notification, status, created_at,
+SELECT id, app_id, topic_id, user_id, live_activity_id, notification, status, created_at,
        quiet_hours, deliver_at_local IS NOT NULL AS in_waves,
        cancelled_at IS NOT NULL AS cancelled, expires_at <= now() AS expired,
        {SUPERSEDED.format(e="events")} AS superseded
@@ -158,6 +158,10 @@ LEFT JOIN LATERAL (
 WHERE e.id = $1
 """
 
+# Index: events_pkey. EVENT_PROGRESS of an event of the app $2 only: another app's event
+# is not found, the same answer as an event that never existed.
+EVENT_PROGRESS_IN_APP = EVENT_PROGRESS.rstrip() + " AND e.app_id = $2\n"
+
 # Index: events_open (partial: only the open events). The event-level gauges of the API's
 # /metrics: how many events are in each unfinished state, and the oldest one's age.
 EVENTS_OPEN = """
@@ -180,6 +184,7 @@ class Event:
     Activity's tokens) and what to send."""
 
     id: int
+    app_id: int
     topic_id: int | None
     user_id: int | None
     live_activity_id: int | None
@@ -227,10 +232,11 @@ async def hold_event_until_next_release(conn: asyncpg.Connection, *, event_id: i
 
 
 async def event_by_idempotency_key(
-    conn: asyncpg.Connection, *, api_key_id: int | None, idempotency_key: str
+    conn: asyncpg.Connection, *, app_id: int, api_key_id: int | None, idempotency_key: str
 ) -> FirstUse | None:
-    """The event this scope's idempotency key was first used for (``EVENT_BY_IDEMPOTENCY_KEY``)."""
-    row = await conn.fetchrow(EVENT_BY_IDEMPOTENCY_KEY, api_key_id, idempotency_key)
+    """The event this scope's (the app's, the API key's) idempotency key was first used for
+    (``EVENT_BY_IDEMPOTENCY_KEY``)."""
+    row = await conn.fetchrow(EVENT_BY_IDEMPOTENCY_KEY, api_key_id, idempotency_key, app_id)
     return None if row is None else FirstUse(**row)
 
 
@@ -266,6 +272,15 @@ async def event_progress(
     """The event's status and its shards' and batches' counters summed, as one row of the
     columns ``stages.progress.EventStatus`` is built from (``EVENT_PROGRESS``)."""
     row: asyncpg.Record | None = await conn.fetchrow(EVENT_PROGRESS, event_id)
+    return row
+
+
+async def event_progress_in_app(
+    conn: asyncpg.Connection | asyncpg.Pool, *, app_id: int, event_id: int
+) -> asyncpg.Record | None:
+    """``event_progress`` of the app's event; None for another app's
+    (``EVENT_PROGRESS_IN_APP``)."""
+    row: asyncpg.Record | None = await conn.fetchrow(EVENT_PROGRESS_IN_APP, event_id, app_id)
     return row
 
 

@@ -5,7 +5,7 @@ re-read), and the reconciler's claim of overdue work.
 Every statement is written beside the one function that runs it, in the module of its
 table; only what several of them really share is here."""
 
-from fanout.queue.messages import WIRE_FIELDS
+from fanout.queue.messages import APNS_SANDBOX, WIRE_FIELDS
 
 # A device as it travels in a delivery batch, written by PostgreSQL as it reads the row:
 # made in Python (a tuple, a list, orjson per device) it was 60% of the fan-out worker's
@@ -24,6 +24,9 @@ _DEVICE_COLUMNS = {
 def _wire_array(fields: tuple[str, ...]) -> str:
     return "'[' || " + " || ',' || ".join(_DEVICE_COLUMNS[f] for f in fields) + " || ']'"
 
+
+# A device's platform as batches group it: an APNs sandbox device is in a group of its own.
+DEVICE_PLATFORM = f"CASE WHEN d.apns_sandbox THEN '{APNS_SANDBOX}' ELSE d.platform END"
 
 DEVICE_WIRE = f"""
 CASE WHEN d.platform = 'webpush' THEN {_wire_array(WIRE_FIELDS["webpush"])}
@@ -151,11 +154,13 @@ AUDIENCE_RULES: tuple[tuple[str, str], ...] = (
     ),
 )
 
-# The frequency caps that apply to the event's category: '*' and its own (a few rows,
-# read once per statement).
+# The frequency caps of the event's app that apply to its category: '*' and its own (a
+# few rows, read once per statement; the app is one probe of events_pkey, so the page
+# gains no join).
 _CAPS = """caps AS MATERIALIZED (
     SELECT category, max_sends, window_seconds FROM frequency_caps
-    WHERE category = '*' OR category = {category}::text
+    WHERE app_id = (SELECT e.app_id FROM events AS e WHERE e.id = {event}::bigint)
+      AND (category = '*' OR category = {category}::text)
 )"""
 
 
@@ -198,7 +203,7 @@ FROM (
     OFFSET 0
 ) AS s
 LEFT JOIN LATERAL (
-    SELECT d.platform, {DEVICE_WIRE} AS wire, NULL::text AS held_back
+    SELECT {DEVICE_PLATFORM} AS platform, {DEVICE_WIRE} AS wire, NULL::text AS held_back
     FROM devices AS d
     WHERE s.held_back IS NULL AND d.user_id = s.user_id AND d.active
     UNION ALL

@@ -69,20 +69,21 @@ def _ended(state: EventState) -> EventState:
     return state
 
 
-# Index: events_idempotency_key (unique, partial). Returns nothing when this scope (the API
-# key $4; NULL: the CLI and internal callers) used the idempotency key $5 before. Due $7
+# Index: events_idempotency_key (unique, partial). Returns nothing when this scope (the app
+# $13 and the API key $4; NULL: the CLI and internal callers) used the idempotency key $5
+# before. Due $7
 # seconds on: if its fan-out message is not on the queue by then, the reconciler sends it
 # (the transactional outbox). Held ($12, its first release: send_at or its first wave): it
 # is 'scheduled', due then; the reconciler's due scan releases it.
 INSERT_EVENT = """
 INSERT INTO events
-    (topic_id, user_id, notification, api_key_id, idempotency_key, request_fingerprint, due_at,
-     status, send_at, deliver_at_local, quiet_hours, expires_at, live_activity_id)
-VALUES ($1, $2, $3, $4, $5, $6,
+    (app_id, topic_id, user_id, notification, api_key_id, idempotency_key, request_fingerprint,
+     due_at, status, send_at, deliver_at_local, quiet_hours, expires_at, live_activity_id)
+VALUES ($13, $1, $2, $3, $4, $5, $6,
         coalesce($12, now() + make_interval(secs => $7)),
         CASE WHEN $12::timestamptz IS NULL THEN 'pending' ELSE 'scheduled' END,
-        $8, $9, $10, $11, $13)
-ON CONFLICT (idempotency_key, api_key_id) WHERE idempotency_key IS NOT NULL DO NOTHING
+        $8, $9, $10, $11, $14)
+ON CONFLICT (idempotency_key, app_id, api_key_id) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """
 
@@ -99,12 +100,18 @@ WHERE id = $1 AND status IN ('pending', 'scheduled')
 # and batches (when claimed) stop; it is due now, so the reconciler plans it once more and
 # it ends once nothing is open. Held waves and waiting recipients are dropped. Returns the
 # status after; nothing for an unknown event or one that has ended otherwise (delivered,
-# failed ...: too late to cancel), and whether this statement ended it.
+# failed ...: too late to cancel), and whether this statement ended it. $2: the app that
+# asks (NULL: the operator, any app); another app's event is unknown, and nothing of it is
+# touched (the waves and deferred recipients are dropped only for an event of the app).
 CANCEL_EVENT = """
-WITH waves AS (
-    UPDATE event_waves SET status = 'dropped' WHERE event_id = $1 AND status = 'held'
+WITH mine AS (
+    SELECT id FROM events WHERE id = $1 AND ($2::integer IS NULL OR app_id = $2)
+), waves AS (
+    UPDATE event_waves SET status = 'dropped'
+    WHERE event_id = (SELECT id FROM mine) AND status = 'held'
 ), deferred AS (
-    UPDATE deferred_recipients SET wave_no = -1 WHERE event_id = $1 AND wave_no IS NULL
+    UPDATE deferred_recipients SET wave_no = -1
+    WHERE event_id = (SELECT id FROM mine) AND wave_no IS NULL
 )
 UPDATE events
 SET cancelled_at = coalesce(cancelled_at, now()),
@@ -115,7 +122,7 @@ SET cancelled_at = coalesce(cancelled_at, now()),
     due_at = CASE WHEN status IN ('scheduled', 'pending', 'enqueued') THEN NULL
                   WHEN status IN ('fanning_out', 'fanned_out') THEN now()
                   ELSE due_at END
-WHERE id = $1
+WHERE id = (SELECT id FROM mine)
   AND status IN ('scheduled', 'pending', 'enqueued', 'fanning_out', 'fanned_out', 'cancelled')
 RETURNING status, finished_at = now() AS ended
 """
@@ -193,6 +200,7 @@ WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
 async def create(
     conn: asyncpg.Connection,
     *,
+    app_id: int,
     topic_id: int | None,
     user_id: int | None,
     notification: dict[str, Any],
@@ -207,10 +215,10 @@ async def create(
     held_until: datetime | None = None,
     live_activity_id: int | None = None,
 ) -> int | None:
-    """Commit a pending event, due ``overdue_after`` seconds on, or with ``held_until`` a
-    scheduled one, due then; its id, or None when this scope (``api_key_id``) used the
-    idempotency key before (``INSERT_EVENT``). Its audience: ``topic_id``, ``user_id`` or
-    ``live_activity_id``, one of them."""
+    """Commit a pending event of the app, due ``overdue_after`` seconds on, or with
+    ``held_until`` a scheduled one, due then; its id, or None when this scope (the app and
+    ``api_key_id``) used the idempotency key before (``INSERT_EVENT``). Its audience:
+    ``topic_id``, ``user_id`` or ``live_activity_id``, one of them, of the app."""
     event_id: int | None = await conn.fetchval(
         INSERT_EVENT,
         topic_id,
@@ -225,6 +233,7 @@ async def create(
         quiet_hours,
         expires_at,
         held_until,
+        app_id,
         live_activity_id,
     )
     return event_id
@@ -237,11 +246,14 @@ async def mark_enqueued(conn: asyncpg.Connection, *, event_id: int, overdue_afte
     await conn.execute(MARK_EVENT_ENQUEUED, event_id, overdue_after)
 
 
-async def cancel(conn: asyncpg.Connection, *, event_id: int) -> EventState | None:
+async def cancel(
+    conn: asyncpg.Connection, *, event_id: int, app_id: int | None
+) -> EventState | None:
     """Cancel the event: one not yet fanning out ends cancelled at once (and is counted);
     one under way is marked, and stops at its next page and batch. Its state after; None
-    for an unknown event or one that has already ended otherwise (``CANCEL_EVENT``)."""
-    row = await conn.fetchrow(CANCEL_EVENT, event_id)
+    for an event unknown to ``app_id`` (None: any app's) or one that has already ended
+    otherwise (``CANCEL_EVENT``)."""
+    row = await conn.fetchrow(CANCEL_EVENT, event_id, app_id)
     if row is None:
         return None
     state = EventState(row["status"])

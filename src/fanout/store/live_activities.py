@@ -19,14 +19,16 @@ from datetime import datetime
 
 import asyncpg
 
-from fanout.queue.messages import WIRE_FIELDS
+from fanout.queue.messages import APNS_SANDBOX, WIRE_FIELDS
 from fanout.store.events import Event
 
 # A token as a delivery batch carries an APNs device: [id,"token",null] (no locale: a
-# Live Activity's alert is written by the publisher in the user's language).
-assert WIRE_FIELDS["apns"] == ("id", "token", "locale")
+# Live Activity's alert is written by the publisher in the user's language). A debug
+# build's token (apns_sandbox) is in the sandbox's group, as a device's is.
+assert WIRE_FIELDS["apns"] == WIRE_FIELDS[APNS_SANDBOX] == ("id", "token", "locale")
 _WIRE = "'[' || t.id::text || ',' || to_json(t.token)::text || ',null]'"
-_TOKEN_ROW = f"""t.id AS user_id, 'apns'::text AS platform, {_WIRE} AS wire,
+_PLATFORM = f"CASE WHEN t.apns_sandbox THEN '{APNS_SANDBOX}' ELSE 'apns' END"
+_TOKEN_ROW = f"""t.id AS user_id, {_PLATFORM} AS platform, {_WIRE} AS wire,
        NULL::text AS held_back, NULL::timestamptz AS release_at"""
 # An update goes to the tokens of its kind registered by its time, and not ended before it
 # (an end's ends_at is its own time or its dismissal date). Stable for a given event, so a
@@ -35,23 +37,28 @@ _TOKEN_ROW = f"""t.id AS user_id, 'apns'::text AS platform, {_WIRE} AS wire,
 _AUDIENCE = """t.activity_id = $1 AND t.kind = $2 AND t.active AND t.created_at <= $3
       AND (t.ends_at IS NULL OR t.ends_at >= $3)"""
 
-# Index: live_activities_activity_key_key (unique). Same contract as UPSERT_TOPIC.
+# Index: live_activities_app_activity_key_key (unique). Same contract as UPSERT_TOPIC:
+# the activity of the app $2 by its key; another app's of the same key is another one.
 UPSERT_ACTIVITY = """
 WITH inserted AS (
-    INSERT INTO live_activities (activity_key) VALUES ($1)
-    ON CONFLICT (activity_key) DO NOTHING RETURNING id
+    INSERT INTO live_activities (app_id, activity_key) VALUES ($2, $1)
+    ON CONFLICT (app_id, activity_key) DO NOTHING RETURNING id
 )
-SELECT id FROM inserted UNION ALL SELECT id FROM live_activities WHERE activity_key = $1 LIMIT 1
+SELECT id FROM inserted
+UNION ALL
+SELECT id FROM live_activities WHERE app_id = $2 AND activity_key = $1
+LIMIT 1
 """
 
 # Index: live_activity_tokens_activity_id_kind_token_key (unique). The same token again
-# updates its row (another user or topic; active again after APNs had refused it).
+# updates its row (another user, topic or APNs environment; active again after APNs had
+# refused it).
 UPSERT_REGISTRATION = """
-INSERT INTO live_activity_tokens (activity_id, user_id, kind, token, topic_id)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO live_activity_tokens (activity_id, user_id, kind, token, topic_id, apns_sandbox)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (activity_id, kind, token) DO UPDATE
-SET user_id = EXCLUDED.user_id, topic_id = EXCLUDED.topic_id, active = true,
-    retired_at = NULL, retired_reason = NULL
+SET user_id = EXCLUDED.user_id, topic_id = EXCLUDED.topic_id,
+    apns_sandbox = EXCLUDED.apns_sandbox, active = true, retired_at = NULL, retired_reason = NULL
 RETURNING id, (xmax = 0) AS created
 """
 
@@ -158,10 +165,12 @@ def audience_of(event: Event) -> Audience | None:
     return Audience(event.live_activity_id, kind, event.created_at)
 
 
-async def find_or_create_activity(conn: asyncpg.Connection, *, activity_key: str) -> int:
-    """The id of the activity with this key, created if new (``UPSERT_ACTIVITY``)."""
+async def find_or_create_activity(
+    conn: asyncpg.Connection, *, app_id: int, activity_key: str
+) -> int:
+    """The id of the app's activity with this key, created if new (``UPSERT_ACTIVITY``)."""
     for _ in range(5):  # empty only when a concurrent insert won between INSERT and SELECT
-        found: int | None = await conn.fetchval(UPSERT_ACTIVITY, activity_key)
+        found: int | None = await conn.fetchval(UPSERT_ACTIVITY, activity_key, app_id)
         if found is not None:
             return found
     raise RuntimeError(f"could not create live activity {activity_key!r}")
@@ -175,9 +184,13 @@ async def upsert_token(
     kind: str,
     token: str,
     topic_id: int | None,
+    apns_sandbox: bool = False,
 ) -> RegisteredToken:
-    """Register a token of the activity, or refresh it (``UPSERT_REGISTRATION``)."""
-    row = await conn.fetchrow(UPSERT_REGISTRATION, activity_id, user_id, kind, token, topic_id)
+    """Register a token of the activity, or refresh it (``UPSERT_REGISTRATION``).
+    ``apns_sandbox``: a debug build's token, sent to Apple's sandbox endpoint."""
+    row = await conn.fetchrow(
+        UPSERT_REGISTRATION, activity_id, user_id, kind, token, topic_id, apns_sandbox
+    )
     return RegisteredToken(**row)
 
 

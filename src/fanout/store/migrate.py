@@ -38,8 +38,10 @@ def available_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Apply what is missing; safe to run again and from several processes at once."""
+async def migrate(conn: asyncpg.Connection, *, up_to: int | None = None) -> list[str]:
+    """Apply what is missing (up to version ``up_to``, all by default: tests build a
+    database as an earlier release left it); safe to run again and from several processes
+    at once."""
     applied_now = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
@@ -52,6 +54,8 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         )
         done = {r["version"]: r for r in await conn.fetch("SELECT * FROM schema_migrations")}
         for migration in available_migrations():
+            if up_to is not None and migration.version > up_to:
+                break
             if migration.version in done:
                 if done[migration.version]["checksum"] != migration.checksum:
                     raise RuntimeError(

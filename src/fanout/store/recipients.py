@@ -19,7 +19,12 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from fanout.store.fragments import DEVICE_WIRE, recipients_query, schedule_parameters
+from fanout.store.fragments import (
+    DEVICE_PLATFORM,
+    DEVICE_WIRE,
+    recipients_query,
+    schedule_parameters,
+)
 
 # Indexes: subscriptions_pkey (index-only range scan, the keyset page: user_id > cursor),
 # then per subscriber the audience rules' probes (above) and an index probe of devices by
@@ -78,7 +83,7 @@ BATCH_RECIPIENTS = recipients_query(
 
 # Index: devices_pkey. A retry batch re-read from its recorded device ids.
 DEVICES_BY_ID = f"""
-SELECT d.user_id, d.platform, {DEVICE_WIRE} AS wire
+SELECT d.user_id, {DEVICE_PLATFORM} AS platform, {DEVICE_WIRE} AS wire
 FROM devices AS d
 WHERE d.id = ANY($1::bigint[]) AND d.active
 """

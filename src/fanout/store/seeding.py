@@ -15,10 +15,11 @@ import asyncpg
 # Demo and benchmark seeding: server-side generate_series, so seeding a million
 # subscribers streams nothing through Python.
 
+# $3: the app the users belong to.
 SEED_USERS = """
 WITH inserted AS (
-    INSERT INTO users (external_id)
-    SELECT $1 || g FROM generate_series(1, $2::integer) AS g
+    INSERT INTO users (app_id, external_id)
+    SELECT $3, $1 || g FROM generate_series(1, $2::integer) AS g
     RETURNING id
 )
 SELECT min(id) AS first_id, max(id) AS last_id FROM inserted
@@ -34,8 +35,8 @@ SELECT $1, id FROM users WHERE id BETWEEN $2 AND $3
 # $8 lists the platforms to rotate through.
 SEED_DEVICES = """
 WITH inserted AS (
-    INSERT INTO devices (user_id, platform, token, web_push_p256dh, web_push_auth, locale)
-    SELECT u.id, p.platform,
+    INSERT INTO devices (app_id, user_id, platform, token, web_push_p256dh, web_push_auth, locale)
+    SELECT u.app_id, u.id, p.platform,
            CASE p.platform
                WHEN 'apns' THEN encode(sha256(($4 || u.id || ':' || k)::bytea), 'hex')
                WHEN 'fcm' THEN 'f' || md5($4 || u.id || ':' || k) || ':APA91b'
@@ -124,10 +125,12 @@ class SeededIds:
     count: int
 
 
-async def seed_users(conn: asyncpg.Connection, *, prefix: str, count: int) -> SeededIds:
-    """Insert ``count`` users, external ids ``prefix`` followed by 1 to ``count``
+async def seed_users(
+    conn: asyncpg.Connection, *, app_id: int, prefix: str, count: int
+) -> SeededIds:
+    """Insert ``count`` users of the app, external ids ``prefix`` followed by 1 to ``count``
     (``SEED_USERS``)."""
-    row = await conn.fetchrow(SEED_USERS, prefix, count)
+    row = await conn.fetchrow(SEED_USERS, prefix, count, app_id)
     return SeededIds(row["first_id"], row["last_id"], count)
 
 

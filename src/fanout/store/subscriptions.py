@@ -1,6 +1,10 @@
 """Topics, users and who follows what: found or created by their keys, one statement per
 request even for a bulk import.
 
+Users and topics belong to one app (``app_id``): every statement that finds one by its key
+has the app in its WHERE, so the same key in another app is another row, never this one.
+A subscription's topic and user are of one app (the callers find both in the same app).
+
 Topics and users are named by their keys here (``topic``: topics.key, ``user``:
 users.external_id) and by their row ids as ``topic_id`` and ``user_id``. Every function
 runs one statement, written in this module with the index it relies on and named in its
@@ -15,22 +19,26 @@ from datetime import datetime
 
 import asyncpg
 
-# Index: topics_key_key (unique). Insert-or-find; an existing row is not rewritten. Returns
-# NULL only if a concurrent transaction inserted the same key a moment ago: call again.
+# Index: topics_app_key_key (unique). Insert-or-find; an existing row is not rewritten.
+# Returns NULL only if a concurrent transaction inserted the same key a moment ago: call
+# again. $2: the app.
 UPSERT_TOPIC = """
 WITH inserted AS (
-    INSERT INTO topics (key) VALUES ($1) ON CONFLICT (key) DO NOTHING RETURNING id
-)
-SELECT id FROM inserted UNION ALL SELECT id FROM topics WHERE key = $1 LIMIT 1
-"""
-
-# Index: users_external_id_key (unique). Same contract as UPSERT_TOPIC.
-UPSERT_USER = """
-WITH inserted AS (
-    INSERT INTO users (external_id) VALUES ($1) ON CONFLICT (external_id) DO NOTHING
+    INSERT INTO topics (app_id, key) VALUES ($2, $1) ON CONFLICT (app_id, key) DO NOTHING
     RETURNING id
 )
-SELECT id FROM inserted UNION ALL SELECT id FROM users WHERE external_id = $1 LIMIT 1
+SELECT id FROM inserted UNION ALL SELECT id FROM topics WHERE app_id = $2 AND key = $1 LIMIT 1
+"""
+
+# Index: users_app_external_id_key (unique). Same contract as UPSERT_TOPIC.
+UPSERT_USER = """
+WITH inserted AS (
+    INSERT INTO users (app_id, external_id) VALUES ($2, $1)
+    ON CONFLICT (app_id, external_id) DO NOTHING
+    RETURNING id
+)
+SELECT id FROM inserted UNION ALL
+SELECT id FROM users WHERE app_id = $2 AND external_id = $1 LIMIT 1
 """
 
 # Index: subscriptions_pkey.
@@ -38,32 +46,34 @@ SUBSCRIBE = """
 INSERT INTO subscriptions (topic_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING
 """
 
-# Indexes: topics_key_key, users_external_id_key, subscriptions_pkey.
+# Indexes: topics_app_key_key, users_app_external_id_key, subscriptions_pkey. $3: the app.
 UNSUBSCRIBE = """
 DELETE FROM subscriptions AS s
 USING topics AS t, users AS u
-WHERE t.key = $1 AND u.external_id = $2 AND s.topic_id = t.id AND s.user_id = u.id
+WHERE t.app_id = $3 AND t.key = $1 AND u.app_id = $3 AND u.external_id = $2
+  AND s.topic_id = t.id AND s.user_id = u.id
 """
 
-# Index: users_external_id_key. Bulk import, one statement for the whole list.
+# Index: users_app_external_id_key. Bulk import, one statement for the whole list.
 BULK_INSERT_USERS = """
-INSERT INTO users (external_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING
+INSERT INTO users (app_id, external_id) SELECT $2, unnest($1::text[]) ON CONFLICT DO NOTHING
 """
 
-# Indexes: users_external_id_key, subscriptions_pkey.
+# Indexes: users_app_external_id_key, subscriptions_pkey. $3: the app (the topic's).
 BULK_SUBSCRIBE = """
 INSERT INTO subscriptions (topic_id, user_id)
-SELECT $1, id FROM users WHERE external_id = ANY($2::text[])
+SELECT $1, id FROM users WHERE app_id = $3 AND external_id = ANY($2::text[])
 ON CONFLICT DO NOTHING
 """
 
-# Indexes: users_external_id_key, subscriptions_by_user (user_id, topic_id): a keyset page.
+# Indexes: users_app_external_id_key, subscriptions_by_user (user_id, topic_id): a keyset
+# page. $4: the app.
 USER_SUBSCRIPTIONS_PAGE = """
 SELECT s.topic_id, t.key, s.created_at
 FROM users AS u
 JOIN subscriptions AS s ON s.user_id = u.id
 JOIN topics AS t ON t.id = s.topic_id
-WHERE u.external_id = $1 AND s.topic_id > $2
+WHERE u.app_id = $4 AND u.external_id = $1 AND s.topic_id > $2
 ORDER BY s.topic_id
 LIMIT $3
 """
@@ -78,27 +88,27 @@ class Subscription:
     subscribed_at: datetime
 
 
-async def find_or_create(conn: asyncpg.Connection, query: str, key: str) -> int:
+async def find_or_create(conn: asyncpg.Connection, query: str, key: str, app_id: int) -> int:
     """Run an insert-or-find query (``UPSERT_USER``, ``UPSERT_TOPIC``) until it has an id.
 
     It comes back empty only when another transaction inserted the same key between
     our INSERT and SELECT; the next statement sees that row.
     """
     for _ in range(5):
-        found: int | None = await conn.fetchval(query, key)
+        found: int | None = await conn.fetchval(query, key, app_id)
         if found is not None:
             return found
     raise RuntimeError(f"could not insert or find {key!r}")
 
 
-async def find_or_create_topic(conn: asyncpg.Connection, *, topic: str) -> int:
-    """The id of the topic with this key, created if new (``UPSERT_TOPIC``)."""
-    return await find_or_create(conn, UPSERT_TOPIC, topic)
+async def find_or_create_topic(conn: asyncpg.Connection, *, app_id: int, topic: str) -> int:
+    """The id of the app's topic with this key, created if new (``UPSERT_TOPIC``)."""
+    return await find_or_create(conn, UPSERT_TOPIC, topic, app_id)
 
 
-async def find_or_create_user(conn: asyncpg.Connection, *, user: str) -> int:
-    """The id of the user with this external id, created if new (``UPSERT_USER``)."""
-    return await find_or_create(conn, UPSERT_USER, user)
+async def find_or_create_user(conn: asyncpg.Connection, *, app_id: int, user: str) -> int:
+    """The id of the app's user with this external id, created if new (``UPSERT_USER``)."""
+    return await find_or_create(conn, UPSERT_USER, user, app_id)
 
 
 async def subscribe(conn: asyncpg.Connection, *, topic_id: int, user_id: int) -> None:
@@ -106,28 +116,31 @@ async def subscribe(conn: asyncpg.Connection, *, topic_id: int, user_id: int) ->
     await conn.execute(SUBSCRIBE, topic_id, user_id)
 
 
-async def unsubscribe(conn: asyncpg.Connection, *, topic: str, user: str) -> None:
-    """Unsubscribe the user from the topic, by their keys; not subscribed (or unknown) is
-    no error (``UNSUBSCRIBE``)."""
-    await conn.execute(UNSUBSCRIBE, topic, user)
+async def unsubscribe(conn: asyncpg.Connection, *, app_id: int, topic: str, user: str) -> None:
+    """Unsubscribe the app's user from its topic, by their keys; not subscribed (or unknown)
+    is no error (``UNSUBSCRIBE``)."""
+    await conn.execute(UNSUBSCRIBE, topic, user, app_id)
 
 
-async def insert_users(conn: asyncpg.Connection, *, users: Sequence[str]) -> None:
-    """Create the users of these external ids that do not exist yet (``BULK_INSERT_USERS``)."""
-    await conn.execute(BULK_INSERT_USERS, users)
+async def insert_users(conn: asyncpg.Connection, *, app_id: int, users: Sequence[str]) -> None:
+    """Create the app's users of these external ids that do not exist yet
+    (``BULK_INSERT_USERS``)."""
+    await conn.execute(BULK_INSERT_USERS, users, app_id)
 
 
-async def subscribe_users(conn: asyncpg.Connection, *, topic_id: int, users: Sequence[str]) -> int:
-    """Subscribe the (existing) users of these external ids to the topic; how many were
-    not subscribed before (``BULK_SUBSCRIBE``)."""
-    status: str = await conn.execute(BULK_SUBSCRIBE, topic_id, users)
+async def subscribe_users(
+    conn: asyncpg.Connection, *, app_id: int, topic_id: int, users: Sequence[str]
+) -> int:
+    """Subscribe the app's (existing) users of these external ids to its topic; how many
+    were not subscribed before (``BULK_SUBSCRIBE``)."""
+    status: str = await conn.execute(BULK_SUBSCRIBE, topic_id, users, app_id)
     return int(status.split()[-1])
 
 
 async def user_subscriptions_page(
-    conn: asyncpg.Connection, *, user: str, after_topic_id: int, limit: int
+    conn: asyncpg.Connection, *, app_id: int, user: str, after_topic_id: int, limit: int
 ) -> list[Subscription]:
-    """Up to ``limit`` of the user's subscriptions, in topic id order from after
+    """Up to ``limit`` of the app's user's subscriptions, in topic id order from after
     ``after_topic_id`` (``USER_SUBSCRIPTIONS_PAGE``)."""
-    rows = await conn.fetch(USER_SUBSCRIPTIONS_PAGE, user, after_topic_id, limit)
+    rows = await conn.fetch(USER_SUBSCRIPTIONS_PAGE, user, after_topic_id, limit, app_id)
     return [Subscription(r["topic_id"], r["key"], r["created_at"]) for r in rows]

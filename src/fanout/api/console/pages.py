@@ -33,12 +33,17 @@ from fanout.api.console.session import (
 )
 from fanout.api.state import state_of
 from fanout.queue.admin import redrive
+from fanout.store.apps import DEFAULT_APP
 from fanout.store.lifecycle import EventState
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 SignedIn = Annotated[Session, Depends(current_session)]
 STATES = [state.value for state in EventState]
+DEPLOYMENT_ONLY = (
+    f"the queues, their dead letters and the process counters are the deployment's (every "
+    f"app's work): shown to keys of the app {DEFAULT_APP} only"
+)
 
 
 def _seconds(value: float | None) -> str:
@@ -126,7 +131,9 @@ async def events_page(
     request: Request, session: SignedIn, topic: str | None = None, status: str | None = None
 ) -> HTMLResponse:
     topic, status = _filters(topic, status)
-    rows = await views.event_rows(state_of(request).pool, topic=topic, status=status)
+    rows = await views.event_rows(
+        state_of(request).pool, app_id=session.key.app_id, topic=topic, status=status
+    )
     query = "&".join(
         f"{name}={quote(value)}" for name, value in (("topic", topic), ("status", status)) if value
     )
@@ -147,12 +154,15 @@ async def events_rows(
     request: Request, session: SignedIn, topic: str | None = None, status: str | None = None
 ) -> HTMLResponse:
     topic, status = _filters(topic, status)
-    rows = await views.event_rows(state_of(request).pool, topic=topic, status=status)
+    rows = await views.event_rows(
+        state_of(request).pool, app_id=session.key.app_id, topic=topic, status=status
+    )
     return _page(request, "_event_rows.html", session, rows=rows)
 
 
-async def _event_or_404(request: Request, event_id: int) -> views.EventRow:
-    event = await views.one_event(state_of(request).pool, event_id)
+async def _event_or_404(request: Request, session: Session, event_id: int) -> views.EventRow:
+    """The signed-in key's app's event; another app's is a 404, as one that never was."""
+    event = await views.one_event(state_of(request).pool, event_id, app_id=session.key.app_id)
     if event is None:
         raise ConsoleRefusal(404, f"no event {event_id}")
     return event
@@ -161,7 +171,7 @@ async def _event_or_404(request: Request, event_id: int) -> views.EventRow:
 @router.get("/events/{event_id}")
 async def event_page(request: Request, session: SignedIn, event_id: int) -> HTMLResponse:
     state = state_of(request)
-    event = await _event_or_404(request, event_id)
+    event = await _event_or_404(request, session, event_id)
     detail = await views.event_detail(state.pool, event)
     dead_letters, dlq_error = [], None
     try:
@@ -181,7 +191,7 @@ async def event_page(request: Request, session: SignedIn, event_id: int) -> HTML
 
 @router.get("/events/{event_id}/live")
 async def event_live(request: Request, session: SignedIn, event_id: int) -> HTMLResponse:
-    event = await _event_or_404(request, event_id)
+    event = await _event_or_404(request, session, event_id)
     detail = await views.event_detail(state_of(request).pool, event)
     return _page(
         request,
@@ -194,7 +204,7 @@ async def event_live(request: Request, session: SignedIn, event_id: int) -> HTML
 
 @router.get("/events/{event_id}/throughput.json")
 async def event_throughput(request: Request, session: SignedIn, event_id: int) -> JSONResponse:
-    event = await _event_or_404(request, event_id)
+    event = await _event_or_404(request, session, event_id)
     data = await views.throughput(state_of(request).pool, event, datetime.now(UTC))
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
@@ -225,23 +235,27 @@ async def where_page(
 ) -> HTMLResponse:
     answer: views.WhereAnswer | str | None = None
     if event or user or device:
-        answer = await _where(request, event, user.strip(), device.strip())
+        answer = await _where(request, session, event, user.strip(), device.strip())
     return _page(
         request, "where.html", session, answer=answer, event=event, user=user, device=device
     )
 
 
-async def _where(request: Request, event: str, user: str, device: str) -> views.WhereAnswer | str:
+async def _where(
+    request: Request, session: Session, event: str, user: str, device: str
+) -> views.WhereAnswer | str:
     if not event.strip().isdigit():
         return "event: give the event's number"
     if not user and not device.isdigit():
         return "give a user's external id, or a device's number"
-    found = await views.one_event(state_of(request).pool, int(event))
+    app_id = session.key.app_id
+    found = await views.one_event(state_of(request).pool, int(event), app_id=app_id)
     if found is None:
         return f"no event {event}"
     return await views.where_is_my_push(
         state_of(request).pool,
         found,
+        app_id=app_id,
         user_external_id=user or None,
         device_id=int(device) if device.isdigit() and not user else None,
     )
@@ -253,18 +267,26 @@ async def _where(request: Request, event: str, user: str, device: str) -> views.
 @router.get("/queues")
 async def queues_page(request: Request, session: SignedIn, moved: str = "") -> HTMLResponse:
     state = state_of(request)
-    providers = await views.providers_last_minute(state.pool)
+    providers = await views.providers_last_minute(state.pool, app_id=session.key.app_id)
     view, error = None, None
-    try:
-        view = await views.queues_view(state.pool, await state.get_queues())
-    except Exception as exc:
-        error = f"could not read the queues: {type(exc).__name__}: {exc}"
+    # The queues, their dead letters and this process's counters are the deployment's,
+    # every app's work together: only a key of the default app (the operator's) sees them.
+    deployment = session.key.app == DEFAULT_APP
+    if not deployment:
+        error = DEPLOYMENT_ONLY
+    else:
+        try:
+            view = await views.queues_view(
+                state.pool, await state.get_queues(), app_id=session.key.app_id
+            )
+        except Exception as exc:
+            error = f"could not read the queues: {type(exc).__name__}: {exc}"
     return _page(
         request,
         "queues.html",
         session,
         providers=providers,
-        counters=views.process_counters(),
+        counters=views.process_counters() if deployment else [],
         view=view,
         error=error,
         moved=moved,
@@ -276,6 +298,8 @@ async def redrive_queue(request: Request, session: SignedIn, role: str) -> Respo
     """Move a queue's dead letters back to it (the ``manage`` scope, as `fanout dlq`)."""
     await checked_form(request, session)
     session.require("manage")
+    if session.key.app != DEFAULT_APP:
+        raise ConsoleRefusal(403, DEPLOYMENT_ONLY)
     if role not in ("fanout", "delivery"):
         raise ConsoleRefusal(404, f"no queue {role!r}: fanout or delivery")
     queues = await state_of(request).get_queues()

@@ -149,7 +149,9 @@ async def current_session(request: Request) -> Session:
             found = await console.console_session_key(conn, token_hash=_hash(token))
     if token is None or found is None:
         raise ConsoleRefusal(401, "not signed in, or the session has ended: sign in again")
-    key = ApiKey(found.id, found.key_id, frozenset(found.scopes), found.name)
+    key = ApiKey(
+        found.id, found.key_id, frozenset(found.scopes), found.name, found.app_id, found.app
+    )
     session = Session(key, token)
     session.require("read")
     return session

@@ -81,16 +81,23 @@ def _event_row(row: asyncpg.Record) -> EventRow:
 
 
 async def event_rows(
-    pool: asyncpg.Pool, *, topic: str | None, status: str | None, event_id: int | None = None
+    pool: asyncpg.Pool,
+    *,
+    app_id: int,
+    topic: str | None,
+    status: str | None,
+    event_id: int | None = None,
 ) -> list[EventRow]:
+    """The app's newest events; another app's are never among them."""
     rows = await console.list_events(
-        pool, topic=topic, status=status, event_id=event_id, limit=LIST_LIMIT
+        pool, app_id=app_id, topic=topic, status=status, event_id=event_id, limit=LIST_LIMIT
     )
     return [_event_row(row) for row in rows]
 
 
-async def one_event(pool: asyncpg.Pool, event_id: int) -> EventRow | None:
-    rows = await event_rows(pool, topic=None, status=None, event_id=event_id)
+async def one_event(pool: asyncpg.Pool, event_id: int, *, app_id: int) -> EventRow | None:
+    """The app's event; None for another app's, as for one that never was."""
+    rows = await event_rows(pool, app_id=app_id, topic=None, status=None, event_id=event_id)
     return rows[0] if rows else None
 
 
@@ -178,16 +185,24 @@ class WhereAnswer:
 
 
 async def where_is_my_push(
-    pool: asyncpg.Pool, event: EventRow, *, user_external_id: str | None, device_id: int | None
+    pool: asyncpg.Pool,
+    event: EventRow,
+    *,
+    app_id: int,
+    user_external_id: str | None,
+    device_id: int | None,
 ) -> WhereAnswer | str:
-    """The answer for a user (all their devices) or one device, or why there is none."""
+    """The answer for a user (all their devices) or one device of the app, or why there is
+    none (another app's user or device is one there is not)."""
     event_id = event.status.event_id
     if device_id is not None:
-        user = await console.device_owner(pool, device_id=device_id)
+        user = await console.device_owner(pool, app_id=app_id, device_id=device_id)
         if user is None:
             return f"no device {device_id}"
     else:
-        user = await console.user_by_external_id(pool, external_id=user_external_id or "")
+        user = await console.user_by_external_id(
+            pool, app_id=app_id, external_id=user_external_id or ""
+        )
         if user is None:
             return f"no user with the external id {user_external_id!r}"
     devices = await console.user_device_history(pool, user_id=user.id)
@@ -303,14 +318,14 @@ class ProviderMinute:
     config_errors: int = 0  # failed because fanout's credentials or settings are wrong
 
 
-async def providers_last_minute(pool: asyncpg.Pool) -> list[ProviderMinute]:
-    """Per platform, the last 60 s from PostgreSQL: devices per outcome of the batches
-    recorded, and the 429s and config errors among the failure rows."""
+async def providers_last_minute(pool: asyncpg.Pool, *, app_id: int) -> list[ProviderMinute]:
+    """Per platform, the app's last 60 s from PostgreSQL: devices per outcome of the
+    batches recorded, and the 429s and config errors among the failure rows."""
     found: dict[str, ProviderMinute] = {}
-    for row in await console.recent_outcomes_by_platform(pool, seconds=60):
+    for row in await console.recent_outcomes_by_platform(pool, app_id=app_id, seconds=60):
         minute = found.setdefault(row["platform"], ProviderMinute(row["platform"]))
         minute.counts[row["outcome"]] = row["devices"]
-    for row in await console.recent_failures_by_reason(pool, seconds=60, limit=1000):
+    for row in await console.recent_failures_by_reason(pool, app_id=app_id, seconds=60, limit=1000):
         minute = found.setdefault(row["platform"], ProviderMinute(row["platform"]))
         reason = row["reason"] or ""
         if row["outcome"] == "retried" and _RATE_LIMITED.search(reason):
@@ -368,8 +383,12 @@ class QueuesView:
         return None if since is None else (self.oldest.now - since).total_seconds()
 
 
-async def queues_view(pool: asyncpg.Pool, queues: Queues, limit: int = 20) -> QueuesView:
-    oldest = await console.oldest_waiting(pool)
+async def queues_view(
+    pool: asyncpg.Pool, queues: Queues, *, app_id: int, limit: int = 20
+) -> QueuesView:
+    """The deployment's queues (their depths and dead letters), and the app's oldest work
+    waiting; shown to keys of the default app only (pages.queues_page)."""
+    oldest = await console.oldest_waiting(pool, app_id=app_id)
     depths = await queue_depths(queues)
     letters = []
     for queue in (queues.fanout, queues.delivery):

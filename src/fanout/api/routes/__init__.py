@@ -1,6 +1,7 @@
 """The API's routes, one module per resource; ``create_app`` includes them in this order."""
 
 from fanout.api.routes import (
+    apps,
     audience,
     devices,
     events,
@@ -16,6 +17,7 @@ ROUTERS = (
     events.router,
     live_activities.router,
     operations.router,
+    apps.router,
 )
 
 __all__ = ["ROUTERS"]

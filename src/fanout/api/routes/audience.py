@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Response
 
 from fanout.api import schemas
-from fanout.api.auth import MANAGE, READ
+from fanout.api.auth import Manager, Reader
 from fanout.api.state import Pool
 from fanout.store import audience, subscriptions
 
@@ -31,28 +31,30 @@ def _preferences(user: str, body: schemas.PreferencesIn) -> audience.Preferences
 @router.put(
     "/v1/users/{user_id}/preferences",
     status_code=204,
-    dependencies=[MANAGE],
     responses=schemas.problems(401, 403),
 )
 async def put_preferences(
-    user_id: schemas.UserPath, body: schemas.PreferencesIn, pool: Pool
+    user_id: schemas.UserPath, body: schemas.PreferencesIn, key: Manager, pool: Pool
 ) -> Response:
     """Replace a user's settings (the user is created if new)."""
     async with pool.acquire() as conn, conn.transaction():
-        await subscriptions.insert_users(conn, users=[user_id])
-        await audience.upsert_preferences(conn, preferences=[_preferences(user_id, body)])
+        await subscriptions.insert_users(conn, app_id=key.app_id, users=[user_id])
+        await audience.upsert_preferences(
+            conn, app_id=key.app_id, preferences=[_preferences(user_id, body)]
+        )
     return Response(status_code=204)
 
 
 @router.get(
     "/v1/users/{user_id}/preferences",
-    dependencies=[READ],
     responses=schemas.problems(401, 403, 404),
 )
-async def get_preferences(user_id: schemas.UserPath, pool: Pool) -> schemas.PreferencesOut:
+async def get_preferences(
+    user_id: schemas.UserPath, key: Reader, pool: Pool
+) -> schemas.PreferencesOut:
     """A user's settings (the defaults where none are set) and the topics muted now."""
     async with pool.acquire() as conn:
-        found = await audience.user_preferences(conn, user=user_id)
+        found = await audience.user_preferences(conn, app_id=key.app_id, user=user_id)
     if found is None:
         raise HTTPException(404, "no such user")
     quiet = None
@@ -70,20 +72,21 @@ async def get_preferences(user_id: schemas.UserPath, pool: Pool) -> schemas.Pref
 
 @router.post(
     "/v1/preferences",
-    dependencies=[MANAGE],
     responses=schemas.problems(401, 403),
 )
 async def bulk_preferences(
-    body: schemas.BulkPreferencesIn, pool: Pool
+    body: schemas.BulkPreferencesIn, key: Manager, pool: Pool
 ) -> schemas.BulkPreferencesOut:
     """Replace the settings of up to 10,000 users in one request (two statements); a user
     named twice gets the last of their items."""
     by_user = {item.user_id: item for item in body.items}
     users = sorted(by_user)  # one lock order for concurrent imports: no deadlock
     async with pool.acquire() as conn, conn.transaction():
-        await subscriptions.insert_users(conn, users=users)
+        await subscriptions.insert_users(conn, app_id=key.app_id, users=users)
         updated = await audience.upsert_preferences(
-            conn, preferences=[_preferences(user, by_user[user]) for user in users]
+            conn,
+            app_id=key.app_id,
+            preferences=[_preferences(user, by_user[user]) for user in users],
         )
     return schemas.BulkPreferencesOut(requested=len(body.items), updated=updated)
 
@@ -91,19 +94,19 @@ async def bulk_preferences(
 @router.put(
     "/v1/users/{user_id}/mutes/{topic}",
     status_code=204,
-    dependencies=[MANAGE],
     responses=schemas.problems(401, 403),
 )
 async def mute_topic(
     user_id: schemas.UserPath,
     topic: schemas.TopicPath,
+    key: Manager,
     pool: Pool,
     body: Annotated[schemas.MuteIn | None, Body()] = None,
 ) -> Response:
     """Mute a topic for a user, until a time or until unmuted; muting again moves it."""
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await subscriptions.find_or_create_topic(conn, topic=topic)
-        user = await subscriptions.find_or_create_user(conn, user=user_id)
+        topic_id = await subscriptions.find_or_create_topic(conn, app_id=key.app_id, topic=topic)
+        user = await subscriptions.find_or_create_user(conn, app_id=key.app_id, user=user_id)
         until = body.until if body is not None else None
         await audience.mute_topic(conn, user_id=user, topic_id=topic_id, until=until)
     return Response(status_code=204)
@@ -112,13 +115,14 @@ async def mute_topic(
 @router.delete(
     "/v1/users/{user_id}/mutes/{topic}",
     status_code=204,
-    dependencies=[MANAGE],
     responses=schemas.problems(401, 403),
 )
-async def unmute_topic(user_id: schemas.UserPath, topic: schemas.TopicPath, pool: Pool) -> Response:
+async def unmute_topic(
+    user_id: schemas.UserPath, topic: schemas.TopicPath, key: Manager, pool: Pool
+) -> Response:
     """Unmute (idempotent)."""
     async with pool.acquire() as conn:
-        await audience.unmute_topic(conn, topic=topic, user=user_id)
+        await audience.unmute_topic(conn, app_id=key.app_id, topic=topic, user=user_id)
     return Response(status_code=204)
 
 
@@ -131,17 +135,17 @@ def _cap_out(cap: audience.FrequencyCap) -> schemas.FrequencyCapOut:
     )
 
 
-@router.get("/v1/frequency-caps", dependencies=[READ], responses=schemas.problems(401, 403))
-async def list_frequency_caps(pool: Pool) -> list[schemas.FrequencyCapOut]:
-    """Every frequency cap."""
+@router.get("/v1/frequency-caps", responses=schemas.problems(401, 403))
+async def list_frequency_caps(key: Reader, pool: Pool) -> list[schemas.FrequencyCapOut]:
+    """Every frequency cap of this key's app."""
     async with pool.acquire() as conn:
-        return [_cap_out(cap) for cap in await audience.list_frequency_caps(conn)]
+        caps = await audience.list_frequency_caps(conn, app_id=key.app_id)
+    return [_cap_out(cap) for cap in caps]
 
 
 @router.put(
     "/v1/frequency-caps/{category}",
     status_code=201,
-    dependencies=[MANAGE],
     responses={
         **schemas.problems(401, 403),
         200: {"model": schemas.FrequencyCapOut, "description": "Updated"},
@@ -151,15 +155,20 @@ async def put_frequency_cap(
     category: schemas.CapCategoryPath,
     body: schemas.FrequencyCapIn,
     response: Response,
+    key: Manager,
     pool: Pool,
 ) -> schemas.FrequencyCapOut:
     """At most ``max`` pushes of this category (``*``: of any) per user in any
     ``window_seconds``; a user at the cap is skipped for the event and counted capped."""
     async with pool.acquire() as conn:
         created = await audience.put_frequency_cap(
-            conn, category=category, max_sends=body.max, window_seconds=body.window_seconds
+            conn,
+            app_id=key.app_id,
+            category=category,
+            max_sends=body.max,
+            window_seconds=body.window_seconds,
         )
-        caps = await audience.list_frequency_caps(conn)
+        caps = await audience.list_frequency_caps(conn, app_id=key.app_id)
     if not created:
         response.status_code = 200
     return _cap_out(next(cap for cap in caps if cap.category == category))
@@ -168,12 +177,13 @@ async def put_frequency_cap(
 @router.delete(
     "/v1/frequency-caps/{category}",
     status_code=204,
-    dependencies=[MANAGE],
     responses=schemas.problems(401, 403, 404),
 )
-async def delete_frequency_cap(category: schemas.CapCategoryPath, pool: Pool) -> Response:
+async def delete_frequency_cap(
+    category: schemas.CapCategoryPath, key: Manager, pool: Pool
+) -> Response:
     async with pool.acquire() as conn:
-        deleted = await audience.delete_frequency_cap(conn, category=category)
+        deleted = await audience.delete_frequency_cap(conn, app_id=key.app_id, category=category)
     if not deleted:
         raise HTTPException(404, "no such frequency cap")
     return Response(status_code=204)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.exceptions import RequestValidationError
 
 from fanout.api import schemas
-from fanout.api.auth import PUBLISH, READ, Publisher
+from fanout.api.auth import Canceller, Publisher, Reader
 from fanout.api.keys import ApiKey
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, ApiState, Pool, State
 from fanout.notification import CRITICAL_NOT_ALLOWED, Notification, critical_asked
@@ -84,6 +84,7 @@ async def _publish(
             state.pool,
             state.get_queues,
             notification,
+            app_id=key.app_id,
             topic=topic,
             user=user,
             idempotency_key=idempotency_key,
@@ -116,30 +117,28 @@ async def _publish(
     return schemas.EventAccepted(event_id=published.event_id, created=published.created)
 
 
-@router.get("/v1/events/{event_id}", dependencies=[READ], responses=schemas.problems(401, 403, 404))
-async def event_status(event_id: schemas.RowIdPath, pool: Pool) -> EventStatus:
+@router.get("/v1/events/{event_id}", responses=schemas.problems(401, 403, 404))
+async def event_status(event_id: schemas.RowIdPath, key: Reader, pool: Pool) -> EventStatus:
     """The event's state (terminal once it has ended) and its counts by outcome; the same
-    fields as ``fanout status``."""
-    found = await load_event_status(pool, event_id)
+    fields as ``fanout status``. Another app's event is a 404, as one that never was."""
+    found = await load_event_status(pool, event_id, app_id=key.app_id)
     if found is None:
         raise HTTPException(404, "no such event")
     return found
 
 
-@router.post(
-    "/v1/events/{event_id}/cancel", dependencies=[PUBLISH], responses=schemas.cancel_problems()
-)
-async def cancel_event(event_id: schemas.RowIdPath, pool: Pool) -> EventStatus:
+@router.post("/v1/events/{event_id}/cancel", responses=schemas.cancel_problems())
+async def cancel_event(event_id: schemas.RowIdPath, key: Canceller, pool: Pool) -> EventStatus:
     """Stop the event: nothing more is fanned out (a fan-out under way stops at its next
     page) and no batch not yet sent is sent (each is checked as it is claimed). Answers
     with its status: ``cancelled`` at once if it had not started, else once the work in
     flight has stopped (``held_back.cancelled`` counts what was not sent). Cancelling
     again does nothing; an event that has already ended otherwise is a 409."""
     try:
-        found = await cancel(pool, event_id)
+        found = await cancel(pool, event_id, app_id=key.app_id)
     except TooLateToCancel as exc:
         raise HTTPException(409, str(exc)) from None
-    status = None if found is None else await load_event_status(pool, event_id)
+    status = None if found is None else await load_event_status(pool, event_id, app_id=key.app_id)
     if status is None:
         raise HTTPException(404, "no such event")
     return status

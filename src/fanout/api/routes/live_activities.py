@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Response
 from fastapi.exceptions import RequestValidationError
 
 from fanout.api import schemas
-from fanout.api.auth import MANAGE, Publisher
+from fanout.api.auth import Manager, Publisher
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, Pool, State
 from fanout.stages.live_activity import publish_update
 from fanout.stages.publish import IdempotencyConflict, NotificationTooLarge
@@ -18,7 +18,6 @@ router = APIRouter()
 @router.post(
     "/v1/live-activities/{activity_id}/tokens",
     status_code=201,
-    dependencies=[MANAGE],
     responses={
         **schemas.problems(401, 403),
         200: {"model": schemas.LiveActivityTokenOut, "description": "Updated"},
@@ -28,16 +27,25 @@ async def register_live_activity_token(
     activity_id: schemas.ActivityPath,
     body: schemas.LiveActivityTokenIn,
     response: Response,
+    key: Manager,
     pool: Pool,
 ) -> schemas.LiveActivityTokenOut:
     """Register a user's token for the activity: its push token (kind ``activity``), or a
     push-to-start token (kind ``push_to_start``). The same token again updates its row."""
     async with pool.acquire() as conn, conn.transaction():
-        activity = await live_activities.find_or_create_activity(conn, activity_key=activity_id)
-        user_id = await subscriptions.find_or_create_user(conn, user=body.user_id)
+        # The key's app's activity and user: another app's of the same names are not
+        # these (a new activity, a new user of this app, as for names never used).
+        activity = await live_activities.find_or_create_activity(
+            conn, app_id=key.app_id, activity_key=activity_id
+        )
+        user_id = await subscriptions.find_or_create_user(
+            conn, app_id=key.app_id, user=body.user_id
+        )
         topic_id = None
         if body.topic is not None:
-            topic_id = await subscriptions.find_or_create_topic(conn, topic=body.topic)
+            topic_id = await subscriptions.find_or_create_topic(
+                conn, app_id=key.app_id, topic=body.topic
+            )
         token = await live_activities.upsert_token(
             conn,
             activity_id=activity,
@@ -45,6 +53,7 @@ async def register_live_activity_token(
             kind=body.kind,
             token=body.token.lower(),
             topic_id=topic_id,
+            apns_sandbox=body.apns_environment == "sandbox",
         )
     if not token.created:
         response.status_code = 200
@@ -72,6 +81,7 @@ async def publish_live_activity_update(
             state.get_queues,
             body.notification(),
             activity_key=activity_id,
+            app_id=key.app_id,
             idempotency_key=body.idempotency_key,
             api_key_id=key.id,
             enqueue_timeout=ENQUEUE_TIMEOUT_SECONDS,

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from fanout.api import schemas
-from fanout.api.auth import MANAGE, READ
+from fanout.api.auth import Manager, Reader
 from fanout.api.state import Pool
 from fanout.store import subscriptions
 
@@ -17,14 +17,15 @@ router = APIRouter()
 @router.put(
     "/v1/topics/{topic}/subscribers/{user_id}",
     status_code=204,
-    dependencies=[MANAGE],
     responses=schemas.problems(401, 403),
 )
-async def subscribe(topic: schemas.TopicPath, user_id: schemas.UserPath, pool: Pool) -> Response:
+async def subscribe(
+    topic: schemas.TopicPath, user_id: schemas.UserPath, key: Manager, pool: Pool
+) -> Response:
     """Subscribe a user to a topic (idempotent; both are created if new)."""
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await subscriptions.find_or_create_topic(conn, topic=topic)
-        user = await subscriptions.find_or_create_user(conn, user=user_id)
+        topic_id = await subscriptions.find_or_create_topic(conn, app_id=key.app_id, topic=topic)
+        user = await subscriptions.find_or_create_user(conn, app_id=key.app_id, user=user_id)
         await subscriptions.subscribe(conn, topic_id=topic_id, user_id=user)
     return Response(status_code=204)
 
@@ -32,41 +33,43 @@ async def subscribe(topic: schemas.TopicPath, user_id: schemas.UserPath, pool: P
 @router.delete(
     "/v1/topics/{topic}/subscribers/{user_id}",
     status_code=204,
-    dependencies=[MANAGE],
     responses=schemas.problems(401, 403),
 )
-async def unsubscribe(topic: schemas.TopicPath, user_id: schemas.UserPath, pool: Pool) -> Response:
+async def unsubscribe(
+    topic: schemas.TopicPath, user_id: schemas.UserPath, key: Manager, pool: Pool
+) -> Response:
     """Unsubscribe (idempotent: unsubscribing twice is not an error)."""
     async with pool.acquire() as conn:
-        await subscriptions.unsubscribe(conn, topic=topic, user=user_id)
+        await subscriptions.unsubscribe(conn, app_id=key.app_id, topic=topic, user=user_id)
     return Response(status_code=204)
 
 
 @router.post(
     "/v1/topics/{topic}/subscribers",
-    dependencies=[MANAGE],
     responses=schemas.problems(401, 403),
 )
 async def bulk_subscribe(
-    topic: schemas.TopicPath, body: schemas.BulkSubscribeIn, pool: Pool
+    topic: schemas.TopicPath, body: schemas.BulkSubscribeIn, key: Manager, pool: Pool
 ) -> schemas.BulkSubscribeOut:
     """Subscribe up to 50,000 users in one request: two statements, whatever the count."""
     # Sorted, so concurrent imports lock rows in the same order and never deadlock.
     user_ids = sorted(set(body.user_ids))
     async with pool.acquire() as conn, conn.transaction():
-        topic_id = await subscriptions.find_or_create_topic(conn, topic=topic)
-        await subscriptions.insert_users(conn, users=user_ids)
-        added = await subscriptions.subscribe_users(conn, topic_id=topic_id, users=user_ids)
+        topic_id = await subscriptions.find_or_create_topic(conn, app_id=key.app_id, topic=topic)
+        await subscriptions.insert_users(conn, app_id=key.app_id, users=user_ids)
+        added = await subscriptions.subscribe_users(
+            conn, app_id=key.app_id, topic_id=topic_id, users=user_ids
+        )
     return schemas.BulkSubscribeOut(requested=len(body.user_ids), added=added)
 
 
 @router.get(
     "/v1/users/{user_id}/subscriptions",
-    dependencies=[READ],
     responses=schemas.problems(401, 403),
 )
 async def list_subscriptions(
     user_id: schemas.UserPath,
+    key: Reader,
     pool: Pool,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}$")] = None,
@@ -75,7 +78,7 @@ async def list_subscriptions(
     after = min(int(cursor), 2**63 - 1) if cursor else 0
     async with pool.acquire() as conn:
         page = await subscriptions.user_subscriptions_page(
-            conn, user=user_id, after_topic_id=after, limit=limit
+            conn, app_id=key.app_id, user=user_id, after_topic_id=after, limit=limit
         )
     items = [schemas.SubscriptionOut(topic=s.topic, subscribed_at=s.subscribed_at) for s in page]
     next_cursor = str(page[-1].topic_id) if len(page) == limit else None

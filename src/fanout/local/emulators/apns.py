@@ -31,11 +31,25 @@ _LIVE_ACTIVITY_EVENTS = ("start", "update", "end")
 
 
 class ApnsEmulator(Emulator):
-    def __init__(self, *, public_keys: dict[str, Any], team_id: str, topic: str) -> None:
+    def __init__(
+        self,
+        *,
+        public_keys: dict[str, Any],
+        team_id: str,
+        topic: str,
+        environment: str = "production",
+        token_environments: dict[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self.public_keys = public_keys  # key id -> the .p8 key's public half
         self.team_id = team_id
         self.topic = topic
+        # Apple's two endpoints: a token is issued for one environment (a debug build's
+        # for the sandbox) and the other answers 400 BadDeviceToken. ``token_environments``
+        # (token -> environment, shared by both emulators) says which a token is for; a
+        # token it does not name is taken as this emulator's.
+        self.environment = environment
+        self.token_environments = token_environments if token_environments is not None else {}
         self.jwts_seen: set[str] = set()
         self._verified: dict[str, float] = {}
         # As Apple answers a revoked signing key: every request refused with this reason
@@ -77,6 +91,9 @@ class ApnsEmulator(Emulator):
         token = match.group(1)
         if (problem := self._check_provider_token(header(scope, "authorization"))) is not None:
             await respond(send, 403, {"reason": problem})
+            return
+        if self.token_environments.get(token.lower(), self.environment) != self.environment:
+            await respond(send, 400, {"reason": "BadDeviceToken"})
             return
         payload = self._check_request(scope, body)
         if isinstance(payload, Refusal):

@@ -40,6 +40,8 @@ class LocalPushServices:
     fcm: FcmEmulator
     webpush: WebPushEmulator
     certificates: TestCertificates
+    # Apple's sandbox endpoint (debug builds' tokens), the same keys as ``apns``.
+    apns_sandbox: ApnsEmulator | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # Settings fields to point at them
     webpush_endpoint_base: str = ""  # subscriptions are <base><id>
     p256dh: str = ""  # the demo subscriptions' public key and auth secret (base64url)
@@ -50,6 +52,8 @@ class LocalPushServices:
     def delivered(self) -> tuple[int, int]:
         """(unique devices, duplicate pushes) over the three services."""
         ledgers = [self.apns.ledger, self.fcm.ledger, self.webpush.ledger]
+        if self.apns_sandbox is not None:
+            ledgers.append(self.apns_sandbox.ledger)
         return sum(x.unique for x in ledgers), sum(x.duplicates for x in ledgers)
 
 
@@ -70,8 +74,20 @@ async def local_push_services(
         auth = os.urandom(16)
         vapid_key = ec.generate_private_key(ec.SECP256R1())
 
+        public_keys: dict[str, Any] = {key_id: apns_key.public_key()}
+        token_environments: dict[str, str] = {}  # token -> "sandbox" | "production"
         apns = ApnsEmulator(
-            public_keys={key_id: apns_key.public_key()}, team_id=team_id, topic=topic
+            public_keys=public_keys,
+            team_id=team_id,
+            topic=topic,
+            token_environments=token_environments,
+        )
+        apns_sandbox = ApnsEmulator(
+            public_keys=public_keys,
+            team_id=team_id,
+            topic=topic,
+            environment="sandbox",
+            token_environments=token_environments,
         )
         fcm = FcmEmulator(
             project_id="fanout-demo",
@@ -82,6 +98,9 @@ async def local_push_services(
         async with contextlib.AsyncExitStack() as servers:
             apns_url = await servers.enter_async_context(
                 serve_tls(apns, certificates, server=server)
+            )
+            apns_sandbox_url = await servers.enter_async_context(
+                serve_tls(apns_sandbox, certificates, server=server)
             )
             fcm.base_url = await servers.enter_async_context(
                 serve_tls(fcm, certificates, server=server)
@@ -104,6 +123,7 @@ async def local_push_services(
                 fcm=fcm,
                 webpush=webpush,
                 certificates=certificates,
+                apns_sandbox=apns_sandbox,
                 webpush_endpoint_base=f"{webpush.base_url}/wp/",
                 p256dh=b64url(
                     subscriber_key.public_key().public_bytes(
@@ -121,6 +141,7 @@ async def local_push_services(
                 "apns_team_id": team_id,
                 "apns_topic": topic,
                 "apns_endpoint": apns_url,
+                "apns_sandbox_endpoint": apns_sandbox_url,
                 "fcm_credentials": SecretStr(orjson.dumps(service_account).decode()),
                 "fcm_endpoint": fcm.base_url,
                 "vapid_private_key": SecretStr(b64url(vapid_scalar)),
