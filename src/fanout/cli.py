@@ -1131,11 +1131,14 @@ def secrets_rotate(
         ),
     ],
 ) -> None:
-    """Reseal every stored credential under a new key, opening each with FANOUT_SECRET_KEY.
+    """Reseal every stored credential under a new key, opening each with FANOUT_SECRET_KEY
+    (or FANOUT_PREVIOUS_SECRET_KEYS).
 
     One credential at a time, each in its own transaction: the API and workers go on
-    meanwhile, and a rotation cut short is finished by running it again. Then set
-    FANOUT_SECRET_KEY to the new key everywhere.
+    meanwhile, and a rotation cut short is finished by running it again. With no process
+    left unable to open a row: first set FANOUT_SECRET_KEY to the new key and
+    FANOUT_PREVIOUS_SECRET_KEYS to the old one everywhere, then rotate (--new-key the new
+    key), then drop the previous one.
     """
     from fanout.credentials.sealing import Keyring, decode_key, kek_id
     from fanout.credentials.stored import KEK_UNSET, rotate
@@ -1147,7 +1150,9 @@ def secrets_rotate(
         new = decode_key(new_key)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--new-key") from None
-    keyring = Keyring(new, decode_key(settings.secret_key.get_secret_value()))
+    current = decode_key(settings.secret_key.get_secret_value())
+    previous = [decode_key(key) for key in settings.previous_keys()]
+    keyring = Keyring(new, current, *previous)
     done = _with_connection(lambda conn: rotate(conn, keyring=keyring))
     for failure in done.failed:
         sys.stderr.write(f"fanout: {failure}\n")

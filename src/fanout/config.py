@@ -269,6 +269,30 @@ class Settings(BaseSettings):
             decode_key(key.get_secret_value())  # its ValueError never holds the key
         return key
 
+    previous_secret_keys: SecretStr | None = Field(
+        default=None,
+        description="Keys the stored credentials may still be sealed with, comma-separated "
+        "(base64, 32 bytes each): opened with, never sealed with. For a rotation online: set "
+        "the new key as FANOUT_SECRET_KEY and the old one here everywhere, run `fanout "
+        "secrets rotate`, then drop it.",
+    )
+
+    @field_validator("previous_secret_keys")
+    @classmethod
+    def _previous_secret_keys(cls, keys: SecretStr | None) -> SecretStr | None:
+        from fanout.credentials.sealing import decode_key
+
+        if keys is not None:
+            for key in keys.get_secret_value().split(","):
+                decode_key(key.strip())  # its ValueError never holds the key
+        return keys
+
+    def previous_keys(self) -> list[str]:
+        """FANOUT_PREVIOUS_SECRET_KEYS, one base64 key each."""
+        if self.previous_secret_keys is None:
+            return []
+        return [k.strip() for k in self.previous_secret_keys.get_secret_value().split(",")]
+
     event_loop: EventLoopChoice = Field(
         default="auto",
         description="`fanout worker`'s event loop: uvloop when installed (auto), or "

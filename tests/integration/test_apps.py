@@ -573,3 +573,30 @@ async def test_the_admin_api_sets_credentials_checked_and_never_echoes_a_private
     for answer in answers:
         for leak in keys.leaks():
             assert leak not in answer
+
+
+def test_a_rotation_online_leaves_no_process_unable_to_open_a_credential(
+    fanout: Operator, keys: Keys, secret_key: str, tmp_path: Path
+) -> None:
+    """The new key sealing, the old one still opening (FANOUT_PREVIOUS_SECRET_KEYS)
+    everywhere first; then the rotation; then the old key dropped. At no step does a process
+    hold a keyring that cannot open some stored credential."""
+    no_aws = {
+        "HOME": str(tmp_path),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    starts = "fanout: FANOUT_SQS_ENDPOINT_URL is not set"  # past the key check, to its queues
+    set_all_credentials(fanout, keys, "default")
+    new_key = fanout.ok("secrets", "generate-key").stdout.strip()
+    both = {"FANOUT_SECRET_KEY": new_key, "FANOUT_PREVIOUS_SECRET_KEYS": secret_key}
+    assert one_line(fanout("worker", **no_aws, **both), 2).startswith(starts)
+    rotated = fanout.ok("secrets", "rotate", "--new-key", new_key, **both)
+    assert "resealed 3 credential(s)" in rotated.stderr
+    assert one_line(fanout("worker", **no_aws, FANOUT_SECRET_KEY=new_key), 2).startswith(starts)
+    # A previous key that is no key: one line naming the setting, the value never shown.
+    bad = fanout("worker", **no_aws, FANOUT_SECRET_KEY=new_key,
+                 FANOUT_PREVIOUS_SECRET_KEYS=f"{secret_key},not-a-key")  # fmt: skip
+    line = one_line(bad, 2)
+    assert line.startswith("fanout: FANOUT_PREVIOUS_SECRET_KEYS") and secret_key not in line

@@ -23,10 +23,11 @@ KEK_UNSET = (
 
 
 def keyring(settings: Settings) -> Keyring | None:
-    """The keyring of FANOUT_SECRET_KEY, or None when it is not set."""
+    """The keyring of FANOUT_SECRET_KEY (opening also with FANOUT_PREVIOUS_SECRET_KEYS), or
+    None when it is not set."""
     if settings.secret_key is None:
         return None
-    return Keyring.from_base64(settings.secret_key.get_secret_value())
+    return Keyring.from_base64(settings.secret_key.get_secret_value(), *settings.previous_keys())
 
 
 def required_keyring(settings: Settings) -> Keyring:
