@@ -134,16 +134,26 @@ class EmulatedApp:
         """A new token of this app (Web Push: the subscription's endpoint), known to the
         service as this app's: a push for it signed by another app's credential is refused."""
         self._issued += 1
-        services = self.services
+        token = {
+            "apns": secrets.token_hex(32),
+            "fcm": f"{self.name}-{self._issued}:APA91b{secrets.token_urlsafe(60)}",
+            "webpush": f"{self.webpush_endpoint_base}{self._issued}",
+        }[platform]
+        self.claim(platform, token)
+        return token
+
+    @property
+    def webpush_endpoint_base(self) -> str:
+        """Subscriptions made with this app's VAPID key are ``<this><id>``."""
+        return f"{self.services.webpush_endpoint_base}{self.name}-"
+
+    def claim(self, platform: str, token: str) -> None:
+        """Make the service know ``token`` (made elsewhere, e.g. seeded) as this app's.
+        (A Web Push subscription is the app's by its endpoint: ``webpush_endpoint_base``.)"""
         if platform == "apns":
-            token = secrets.token_hex(32)
-            services.apns.token_topics[token] = self.bundle_id
-            return token
-        if platform == "fcm":
-            token = f"{self.name}-{self._issued}:APA91b{secrets.token_urlsafe(60)}"
-            services.fcm.token_projects[token] = self.fcm_project
-            return token
-        return f"{services.webpush_endpoint_base}{self.name}-{self._issued}"
+            self.services.apns.token_topics[token.lower()] = self.bundle_id
+        elif platform == "fcm":
+            self.services.fcm.token_projects[token] = self.fcm_project
 
     @staticmethod
     def wire_token(platform: str, token: str) -> str:
