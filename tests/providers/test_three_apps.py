@@ -17,6 +17,7 @@ from fanout.config import Settings
 from fanout.credentials.sealing import generate_key
 from fanout.credentials.stored import required_keyring, store_credential
 from fanout.local.emulators.stack import EmulatedApp, LocalPushServices
+from fanout.metrics import PROVIDER_OUTCOMES
 from fanout.notification import Notification
 from fanout.providers import build_providers
 from fanout.providers.apps import AppProviders
@@ -149,6 +150,11 @@ async def test_every_device_gets_one_push_signed_by_its_own_apps_credential(
     await run_everything(pipeline)
 
     assert signers(services) == merged(*(app.expected_signers(1) for app in made))
+    # The outcome counters say which app each push was for (FANOUT_METRICS_APP_LABEL).
+    for app in made:
+        for platform in PLATFORMS:
+            accepted = PROVIDER_OUTCOMES.labels(platform, app.row.key, "ok", "")
+            assert accepted._value.get() == DEVICES_PER_PLATFORM
     for event_id in events:
         status = await load_event_status(pipeline.pool, event_id)
         assert status is not None
