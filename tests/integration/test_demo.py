@@ -164,3 +164,13 @@ def test_demo_of_three_apps_signs_every_push_with_its_own_apps_credential(
             300, 300, 0, 0,
         )  # fmt: skip
         assert app["ok"]
+
+
+def test_demo_apps_is_refused_with_preferences_naming_the_option() -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "fanout", "demo", "--apps", "2", "--preferences"],
+        env=clean, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--apps" in result.stderr and "--preferences" in result.stderr

@@ -167,10 +167,11 @@ async def test_every_device_gets_one_push_signed_by_its_own_apps_credential(
 async def test_one_apps_apns_key_revoked_mid_send_holds_only_that_apps_devices(
     pipeline: Pipeline, services: LocalPushServices, app_settings: Settings
 ) -> None:
-    """Apple refusing one app's key (403 InvalidProviderToken) while its event is in
-    flight holds back only that app's APNs devices: its FCM and Web Push devices and the
-    other apps' devices are delivered as if nothing happened; once the key is accepted
-    again, the held devices get their push, once, signed with that key."""
+    """Apple revoking one app's key (403 InvalidProviderToken from then on) in the middle
+    of its event's send holds back only that app's APNs devices not sent yet: its FCM and
+    Web Push devices and the other apps' devices are delivered as if nothing happened;
+    once the key is accepted again, the held devices get their push, once, signed with
+    that key."""
     made = await three_apps(pipeline, services, app_settings)
     await publish_to_each(pipeline, made)
     await run_everything(pipeline)  # every app's breakers closed: the keys work
@@ -178,24 +179,35 @@ async def test_one_apps_apns_key_revoked_mid_send_holds_only_that_apps_devices(
         getattr(services, platform).record_signers()
 
     revoked = made[0]
+    sent_before_revoked = 1
+    services.apns.revoke_after(revoked.emulated.apns_key_id, sent_before_revoked)
     events = await publish_to_each(pipeline, made)
-    for body in await drain(pipeline.queues.fanout, idle_polls=1):  # the events' batches ...
-        await pipeline.handle(body)
-    services.apns.revoked_keys.add(revoked.emulated.apns_key_id)  # ... queued: now revoked
     await run_everything(pipeline)
 
-    held = {"apns config: 403 InvalidProviderToken": DEVICES_PER_PLATFORM}
+    held_devices = DEVICES_PER_PLATFORM - sent_before_revoked
     statuses = [await load_event_status(pipeline.pool, e) for e in events]
     first, *others = statuses
     assert first is not None
-    assert first.held_by_breaker == held
-    assert (first.sent, first.failed, first.invalid) == (2 * DEVICES_PER_PLATFORM, 0, 0)
+    assert first.held_by_breaker == {"apns config: 403 InvalidProviderToken": held_devices}
+    assert (first.sent, first.failed, first.invalid) == (
+        3 * DEVICES_PER_PLATFORM - held_devices,
+        0,
+        0,
+    )
     for status in others:
         assert status is not None and status.held_by_breaker == {}
         assert (status.status, status.sent) == ("delivered", 3 * DEVICES_PER_PLATFORM)
-    unaffected = merged(*(app.expected_signers(1) for app in made[1:]))
-    without_apns = {p: c for p, c in revoked.expected_signers(1).items() if p != "apns"}
-    assert signers(services) == merged(unaffected, without_apns)
+    expected = merged(*(app.expected_signers(1) for app in made))
+    revoked_apns = set(revoked.expected_signers(1)["apns"])
+    found = signers(services)
+    # Every push accepted was signed by its own app's key; of the revoked app's APNs
+    # devices, only those sent before the key was revoked got theirs.
+    assert {k: v for k, v in found["apns"].items() if k not in revoked_apns} == {
+        k: v for k, v in expected["apns"].items() if k not in revoked_apns
+    }
+    assert [found["apns"].get(k, 0) for k in revoked_apns].count(1) == sent_before_revoked
+    assert set(found["apns"]) <= set(expected["apns"])
+    assert (found["fcm"], found["webpush"]) == (expected["fcm"], expected["webpush"])
     async with pipeline.pool.acquire() as conn:
         inactive = await conn.fetchval("SELECT count(*) FROM devices WHERE NOT active")
     assert inactive == 0  # no token blamed for its app's key
@@ -213,7 +225,7 @@ async def test_one_apps_apns_key_revoked_mid_send_holds_only_that_apps_devices(
         3 * DEVICES_PER_PLATFORM,
         {},
     )
-    assert signers(services) == merged(*(app.expected_signers(1) for app in made))
+    assert signers(services) == expected
 
 
 async def test_a_push_signed_by_another_apps_credential_is_refused_by_every_service(

@@ -64,6 +64,12 @@ class ApnsEmulator(Emulator):
         self.key_apps: dict[str, tuple[str, str]] = {}
         self.token_topics: dict[str, str] = {}
         self.revoked_keys: set[str] = set()
+        self._revoke_countdown: dict[str, int] = {}  # key id -> pushes before it is revoked
+
+    def revoke_after(self, key_id: str, pushes: int) -> None:
+        """Revoke ``key_id`` once it has signed ``pushes`` more accepted pushes: a key
+        revoked in the middle of an event's send."""
+        self._revoke_countdown[key_id] = pushes
 
     def _check_provider_token(self, authorization: str | None) -> tuple[str | None, str]:
         """(None if the JWT is good, else the reason Apple would give; its key id)."""
@@ -122,6 +128,11 @@ class ApnsEmulator(Emulator):
             await respond(send, status, answer or None, headers)
             return
         self.accept(scope, token, header(scope, "apns-collapse-id") or "", payload, key_id)
+        if key_id in self._revoke_countdown:
+            self._revoke_countdown[key_id] -= 1
+            if self._revoke_countdown[key_id] <= 0:
+                del self._revoke_countdown[key_id]
+                self.revoked_keys.add(key_id)
         await respond(send, 200, None, {"apns-id": secrets.token_hex(16)})
 
     def _check_request(self, scope: Scope, body: bytes, topic: str) -> dict[str, Any] | Refusal:
