@@ -150,13 +150,29 @@ def demo(
     port: Annotated[
         int | None, typer.Option(help="The console's port (default: FANOUT_API_PORT).")
     ] = None,
+    apps: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=100,
+            help="Apps, each with its own emulator credentials (APNs key, FCM project, "
+            "VAPID key), subscribers and event: --subscribers each. Above 1 it implies "
+            "the emulators (--provider mixed unless apns, fcm or webpush is given).",
+        ),
+    ] = 1,
 ) -> None:
     """Run the whole pipeline locally and check every device got the push exactly once
-    (every device not held back on purpose)."""
+    (every device not held back on purpose; with --apps, signed by its own app's
+    credential)."""
     from fanout.local.demo import PROVIDERS, run_demo, summary_table
 
     if provider not in PROVIDERS:
         raise typer.BadParameter(f"one of {', '.join(PROVIDERS)}", param_hint="--provider")
+    if apps > 1:
+        if preferences or console:
+            raise typer.BadParameter("not with --preferences or --console", param_hint="--apps")
+        if provider == "sink":
+            provider = "mixed"
     _logging(verbose)
     settings = _settings()
     summary = asyncio.run(
@@ -168,6 +184,7 @@ def demo(
             provider=provider,
             preferences=preferences,
             serve_console=(settings.api_host, port or settings.api_port) if console else None,
+            app_count=apps,
         )
     )
     if json:

@@ -341,6 +341,12 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_./#:-]{1,255}$",
         description="The CloudWatch namespace the Lambda handlers publish metrics to (EMF).",
     )
+    metrics_app_label: bool = Field(
+        default=True,
+        description="Label the provider outcome counters with the app's key (a series per "
+        "app, outcome and reason); false leaves the label empty, for deployments with "
+        "thousands of apps.",
+    )
 
     # --- Reconciler: PostgreSQL drives liveness, the queue is transport ------------------
     reconcile_interval_seconds: float = Field(

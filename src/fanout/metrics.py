@@ -4,7 +4,8 @@ The long-running worker serves them on ``/metrics`` (``FANOUT_METRICS_PORT``), t
 serves them with its own, and the Lambda handlers publish the same series to CloudWatch
 as Embedded Metric Format (``runtime/emf.py`` derives that from this registry: the names
 a dashboard uses are the same in Grafana and CloudWatch). Labels are bounded sets
-(providers, outcomes, queue roles, a reason's first words), never a token or an id.
+(providers, outcomes, queue roles, a reason's first words, app keys: as many as apps,
+or none with FANOUT_METRICS_APP_LABEL=false), never a token or an id.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ if TYPE_CHECKING:
 # --- Providers ------------------------------------------------------------------------
 PROVIDER_OUTCOMES = Counter(
     "fanout_provider_outcomes",
-    "Per-device outcomes by provider, outcome (ok, invalid_token, retry, permanent, held) "
-    "and reason (the first words of the service's answer; empty for ok)",
-    ["provider", "outcome", "reason"],
+    "Per-device outcomes by provider, app (its key; empty with FANOUT_METRICS_APP_LABEL="
+    "false, or for the sink), outcome (ok, invalid_token, retry, permanent, held) and "
+    "reason (the first words of the service's answer; empty for ok)",
+    ["provider", "app", "outcome", "reason"],
 )
 PROVIDER_CONFIG_ERRORS = Counter(
     "fanout_provider_config_errors",
@@ -167,20 +169,24 @@ def reason_label(reason: str | None) -> str:
 
 # The labelled children by their labels: ``labels()`` takes a lock and builds a key on
 # every call, and this runs once per device (~13,000 a second per delivery worker).
-_OUTCOME_CHILDREN: dict[tuple[str, str, str | None], Any] = {}
+# The app is one more part of the same key: the per-push cost is the same dict look-up.
+_OUTCOME_CHILDREN: dict[tuple[str, str, str, str | None], Any] = {}
 _LATENCY_CHILDREN: dict[str, Any] = {}
 
 
-def count_outcome(provider: str, outcome: Outcome) -> None:
-    """One device's outcome, and for an accepted push the latency since its publish."""
-    key = (provider, outcome.kind.value, outcome.reason)
+def count_outcome(provider: str, outcome: Outcome, app: str = "") -> None:
+    """One device's outcome, and for an accepted push the latency since its publish.
+    ``app``: the app's key, or empty (the sink; FANOUT_METRICS_APP_LABEL=false)."""
+    key = (provider, app, outcome.kind.value, outcome.reason)
     child = _OUTCOME_CHILDREN.get(key)
     if child is None:
-        child = PROVIDER_OUTCOMES.labels(provider, key[1], reason_label(outcome.reason))
-        if len(_OUTCOME_CHILDREN) < 10_000:  # reasons with details in them: not for ever
+        child = PROVIDER_OUTCOMES.labels(provider, app, key[2], reason_label(outcome.reason))
+        # Reasons with details in them, or many apps' series: kept up to a bound, then
+        # looked up per push (~1.5 µs) rather than growing for ever.
+        if len(_OUTCOME_CHILDREN) < 50_000:
             _OUTCOME_CHILDREN[key] = child
     child.inc()
-    if key[1] == "ok" and (published := published_at.get()) is not None:
+    if key[2] == "ok" and (published := published_at.get()) is not None:
         latency = _LATENCY_CHILDREN.get(provider)
         if latency is None:
             latency = _LATENCY_CHILDREN[provider] = PROVIDER_ACCEPT_LATENCY.labels(provider)
@@ -194,7 +200,7 @@ def count_outcomes(provider: str, outcomes: Sequence[Outcome]) -> None:
         key = (outcome.kind.value, reason_label(outcome.reason))
         by_kind[key] = by_kind.get(key, 0) + 1
     for (kind, reason), count in by_kind.items():
-        PROVIDER_OUTCOMES.labels(provider, kind, reason).inc(count)
+        PROVIDER_OUTCOMES.labels(provider, "", kind, reason).inc(count)
     accepted = by_kind.get(("ok", ""), 0)
     published = published_at.get()
     if accepted and published is not None:

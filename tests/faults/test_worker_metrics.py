@@ -82,7 +82,7 @@ async def test_a_worker_serves_provider_latency_reconciler_and_sqs_metrics(
         assert time.monotonic() < deadline, "no SQS gauges in 60 s"
         await asyncio.sleep(0.2)
 
-    ok = {"provider": "sink", "outcome": "ok", "reason": ""}
+    ok = {"provider": "sink", "app": "", "outcome": "ok", "reason": ""}  # the sink: no app
     assert value(samples, "fanout_provider_outcomes_total", **ok) == devices
     latency = "fanout_provider_accept_latency_seconds"
     assert value(samples, f"{latency}_count", provider="sink") == devices

@@ -138,3 +138,39 @@ def test_demo_through_the_apns_fcm_and_web_push_emulators(database_url: str) -> 
     assert summary["provider"] == "mixed"
     assert summary["delivered"] == summary["devices"] == 900
     assert summary["duplicates"] == 0
+
+
+def test_demo_of_three_apps_signs_every_push_with_its_own_apps_credential(
+    database_url: str,
+) -> None:
+    summary = run_demo(
+        {"FANOUT_DATABASE_URL": database_url},
+        300,
+        options=("--apps", "3"),
+        says=(
+            "starting the local APNs, FCM and Web Push emulators (HTTP/2, TLS) …",
+            "seeding 3 apps, each with its own APNs key, FCM project and VAPID key, "
+            "and 300 subscribers …",
+        ),
+    )
+    assert summary["provider"] == "mixed"  # --apps implies the emulators
+    assert summary["delivered"] == summary["devices"] == 900
+    apps = summary["apps"]
+    assert (
+        len({app["apns_key_id"] for app in apps}) == len({app["fcm_project"] for app in apps}) == 3
+    )
+    for app in apps:
+        assert (app["devices"], app["delivered"], app["foreign"], app["duplicates"]) == (
+            300, 300, 0, 0,
+        )  # fmt: skip
+        assert app["ok"]
+
+
+def test_demo_apps_is_refused_with_preferences_naming_the_option() -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "fanout", "demo", "--apps", "2", "--preferences"],
+        env=clean, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--apps" in result.stderr and "--preferences" in result.stderr

@@ -14,7 +14,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +26,7 @@ from rich.table import Table
 
 from fanout.config import Settings
 from fanout.local.demo_console import bind_console, keep_serving
-from fanout.local.emulators.stack import local_push_services
+from fanout.local.emulators.stack import LocalPushServices, local_push_services
 from fanout.local.services import embedded_postgres, local_sqs_server
 from fanout.local.sink import DeliveryLedger, EmbeddedSink, PushSink
 from fanout.notification import LocalizedText, Notification
@@ -67,10 +67,18 @@ class DemoSummary:
     database: str
     sqs: str
     provider: str = "sink"
+    # --apps: each app's summary (demo_apps.AppSummary as a dict, with its "ok")
+    apps: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.delivered == self.expected and self.duplicates == 0 and self.failed == 0
+        every_app = all(app["ok"] for app in self.apps)
+        return (
+            self.delivered == self.expected
+            and self.duplicates == 0
+            and self.failed == 0
+            and every_app
+        )
 
 
 @dataclass(frozen=True)
@@ -299,13 +307,15 @@ async def run_demo(
     provider: str = "sink",
     preferences: bool = False,
     serve_console: tuple[str, int] | None = None,
+    app_count: int = 1,
 ) -> DemoSummary:
     """``provider`` sink: one local sink for every platform; apns, fcm, webpush or mixed:
     local APNs / FCM / push-service emulators over HTTP/2 and TLS, spoken to for real.
     ``preferences``: the subscribers get a realistic mix of audience settings
     (``AudienceMix``), and the summary counts who was held back and why.
     ``serve_console`` (host, port): afterwards, keep the API, its console and a worker
-    running there until Ctrl-C."""
+    running there until Ctrl-C. ``app_count`` above 1: that many apps, each with its own
+    emulator credentials, devices and event (``demo_apps``; emulators only)."""
 
     def say(line: str) -> None:
         console.print(line, markup=False, highlight=False)
@@ -347,6 +357,18 @@ async def run_demo(
                     auth=services.auth,
                 )
                 delivered = services.delivered
+                if app_count > 1:
+                    return await _apps_demo(
+                        settings,
+                        services,
+                        app_count=app_count,
+                        subscribers=subscribers,
+                        devices_per_user=devices_per_user,
+                        platforms=shape.platforms,
+                        console=console,
+                        provider=provider,
+                        places=(database, sqs),
+                    )
             conn = await connect(settings.database_dsn(), pooler=settings.database_pooler)
             try:
                 per_user = f"{devices_per_user} device{'s' if devices_per_user > 1 else ''} each"
@@ -375,6 +397,54 @@ async def run_demo(
                     console.print(summary_table(summary))
                     await keep_serving(pipeline, listener, say)
     return summary
+
+
+async def _apps_demo(
+    settings: Settings,
+    services: LocalPushServices,
+    *,
+    app_count: int,
+    subscribers: int,
+    devices_per_user: int,
+    platforms: tuple[str, ...],
+    console: Console,
+    provider: str,
+    places: tuple[str, str],
+) -> DemoSummary:
+    """``--apps``: the apps' summaries, and their sums as the demo's."""
+    from fanout.local.demo_apps import run_apps_demo  # it imports this module
+
+    found = await run_apps_demo(
+        settings,
+        services,
+        count=app_count,
+        subscribers=subscribers,
+        devices_per_user=devices_per_user,
+        platforms=platforms,
+        console=console,
+    )
+    devices = sum(app.devices for app in found)
+    seconds = max(app.seconds for app in found)
+    delivered = sum(app.delivered for app in found)
+    return DemoSummary(
+        subscribers=subscribers * app_count,
+        devices=devices,
+        held_back={},
+        expected=devices,
+        delivered=delivered,
+        failed=sum(app.failed for app in found),
+        invalid=sum(app.invalid for app in found),
+        skipped=sum(app.skipped for app in found),
+        duplicates=sum(app.duplicates for app in found),
+        shards=sum(app.shards for app in found),
+        fanout_seconds=max(app.fanout_seconds for app in found),
+        seconds=seconds,
+        notifications_per_second=round(delivered / seconds, 1) if seconds else 0.0,
+        database=places[0],
+        sqs=places[1],
+        provider=provider,
+        apps=[{**asdict(app), "ok": app.ok} for app in found],
+    )
 
 
 async def _publish_and_watch(
@@ -478,6 +548,14 @@ SUMMARY_LABELS = {
 def summary_table(summary: DemoSummary) -> Table:
     table = Table(title="fanout demo", show_header=False)
     for key, value in asdict(summary).items():
+        if key == "apps":
+            for app in value:
+                table.add_row(
+                    f"app {app['app']}",
+                    f"{app['delivered']:,}/{app['devices']:,} by its own credential, "
+                    f"{app['foreign']:,} by another's",
+                )
+            continue
         if isinstance(value, dict):
             for reason, count in sorted(value.items()):
                 table.add_row(f"held back: {reason.replace('_', ' ')}", f"{count:,}")

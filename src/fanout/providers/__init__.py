@@ -13,6 +13,7 @@ from fanout.config import Settings
 from fanout.providers.base import DELIVERED, Outcome, OutcomeKind, Provider
 from fanout.providers.quota import QuotaStore
 from fanout.queue.messages import APNS_SANDBOX
+from fanout.store.apps import DEFAULT_APP
 
 if TYPE_CHECKING:
     from fanout.credentials.validation import Credential
@@ -43,16 +44,16 @@ def build_providers(
                     "%s is not configured: its devices will be counted as skipped", platform
                 )
         else:
-            providers |= providers_of_credential(settings, credential, quotas)
+            providers |= providers_of_credential(settings, credential, quotas, app=DEFAULT_APP)
     return providers
 
 
 def providers_of_credential(
-    settings: Settings, credential: Credential, quotas: QuotaStore | None = None
+    settings: Settings, credential: Credential, quotas: QuotaStore | None = None, *, app: str
 ) -> dict[str, Provider]:
-    """The providers of one checked credential, by wire platform (an APNs key serves both
-    of Apple's environments: production, and the sandbox debug builds' tokens work on),
-    each quota shared through ``quotas``."""
+    """The providers of one checked credential of the app ``app`` (its key), by wire
+    platform (an APNs key serves both of Apple's environments: production, and the
+    sandbox debug builds' tokens work on), each quota shared through ``quotas``."""
     if credential.provider == "apns":
         built = {
             "apns": _apns(settings, credential, settings.apns_endpoint),
@@ -61,9 +62,13 @@ def providers_of_credential(
     else:
         build = {"fcm": _fcm, "webpush": _webpush}[credential.provider]
         built = {credential.provider: build(settings, credential)}
-    if quotas is not None:
-        for provider in built.values():
+    from fanout.providers.http2 import Http2Provider
+
+    for provider in built.values():
+        if quotas is not None:
             _share_quota(provider, settings, quotas)
+        if settings.metrics_app_label and isinstance(provider, Http2Provider):
+            provider.app_label = app
     return built
 
 

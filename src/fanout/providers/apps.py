@@ -119,6 +119,10 @@ class AppProviders(Mapping[str, Provider]):
     ) -> dict[str, Provider]:
         if self.keyring is None:  # no credential is stored then (the start-up check)
             return {}
+        if not listed:
+            return {}
+        # The ``app`` label of the providers' outcome counters (FANOUT_METRICS_APP_LABEL).
+        key = await apps.app_key(conn, app_id=app_id) or str(app_id)
         built: dict[str, Provider] = {}
         for stored in listed:
             secret = await open_credential(
@@ -127,7 +131,7 @@ class AppProviders(Mapping[str, Provider]):
             if secret is None:  # removed since it was listed
                 continue
             credential = Credential(stored.provider, secret, dict(stored.identity))
-            built |= providers_of_credential(self.settings, credential, self.quotas)
+            built |= providers_of_credential(self.settings, credential, self.quotas, app=key)
         return built
 
     async def _retire(self, entry: _AppEntry) -> None:

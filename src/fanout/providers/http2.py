@@ -28,6 +28,9 @@ class Http2Provider(Provider, Generic[Prepared]):
     per call) and send it to one device (``send_one``), mapping the answer to an Outcome."""
 
     name: str
+    # The ``app`` label of its outcome counters: the key of the app whose credential it
+    # sends with (empty: FANOUT_METRICS_APP_LABEL=false). Set by ``providers_of_credential``.
+    app_label = ""
 
     def __init__(
         self, client: PushTransport, limit: AdaptiveLimit, breakers: Breakers | None = None
@@ -117,7 +120,7 @@ class Http2Provider(Provider, Generic[Prepared]):
     def _count(self, outcome: Outcome) -> Outcome:
         # The labelled counters are looked up once per (kind, reason), not per push:
         # labels() on every push cost ~1.5 µs (metrics.count_outcome keeps them).
-        count_outcome(self.name, outcome)
+        count_outcome(self.name, outcome, self.app_label)
         return outcome
 
     async def aclose(self) -> None:

@@ -181,6 +181,16 @@ async def app_credentials(conn: asyncpg.Connection, *, app_id: int) -> list[Cred
     return [CredentialListing(**row) for row in await conn.fetch(APP_CREDENTIALS, app_id)]
 
 
+# Index: apps_pkey.
+APP_KEY = "SELECT key FROM apps WHERE id = $1"
+
+
+async def app_key(conn: asyncpg.Connection, *, app_id: int) -> str | None:
+    """The app's key, or None if there is no such app (``APP_KEY``)."""
+    key: str | None = await conn.fetchval(APP_KEY, app_id)
+    return key
+
+
 # Index: app_credentials_pkey.
 SEALED_CREDENTIAL = """
 SELECT app_id, provider, sealed, kek_id FROM app_credentials

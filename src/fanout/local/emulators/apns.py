@@ -51,34 +51,53 @@ class ApnsEmulator(Emulator):
         self.environment = environment
         self.token_environments = token_environments if token_environments is not None else {}
         self.jwts_seen: set[str] = set()
-        self._verified: dict[str, float] = {}
+        self._verified: dict[str, tuple[float, str]] = {}  # JWT -> (iat, key id)
         # As Apple answers a revoked signing key: every request refused with this reason
         # (e.g. "InvalidProviderToken") while set; ``refused`` counts those requests.
         self.refuse_credential: str | None = None
         self.refused = 0
+        # Several apps' keys on one emulator, as Apple serves every team: key id -> the
+        # (team id, bundle id) it signs for (a key not named here: ``team_id``, ``topic``);
+        # token -> the bundle id of the app it was issued to (a push for it under another
+        # topic: 400 DeviceTokenNotForTopic); key ids revoked (403 InvalidProviderToken,
+        # counted in ``refused``).
+        self.key_apps: dict[str, tuple[str, str]] = {}
+        self.token_topics: dict[str, str] = {}
+        self.revoked_keys: set[str] = set()
+        self._revoke_countdown: dict[str, int] = {}  # key id -> pushes before it is revoked
 
-    def _check_provider_token(self, authorization: str | None) -> str | None:
-        """None if the JWT is good, else the reason Apple would give."""
+    def revoke_after(self, key_id: str, pushes: int) -> None:
+        """Revoke ``key_id`` once it has signed ``pushes`` more accepted pushes: a key
+        revoked in the middle of an event's send."""
+        self._revoke_countdown[key_id] = pushes
+
+    def _check_provider_token(self, authorization: str | None) -> tuple[str | None, str]:
+        """(None if the JWT is good, else the reason Apple would give; its key id)."""
         if not authorization or not authorization.lower().startswith("bearer "):
-            return "MissingProviderToken"
+            return "MissingProviderToken", ""
         token = authorization[7:]
         self.jwts_seen.add(token)
         if self.refuse_credential is not None:
             self.refused += 1
-            return self.refuse_credential
-        issued = self._verified.get(token)
-        if issued is None:
+            return self.refuse_credential, ""
+        verified = self._verified.get(token)
+        if verified is None:
             try:
-                key = self.public_keys[jwt.get_unverified_header(token)["kid"]]
+                key_id = jwt.get_unverified_header(token)["kid"]
+                key = self.public_keys[key_id]
                 claims = jwt.decode(token, key, algorithms=["ES256"], options={"verify_iat": True})
             except (jwt.PyJWTError, KeyError):
-                return "InvalidProviderToken"
-            if claims.get("iss") != self.team_id:
-                return "InvalidProviderToken"
-            issued = self._verified[token] = float(claims["iat"])
+                return "InvalidProviderToken", ""
+            if claims.get("iss") != self.key_apps.get(key_id, (self.team_id, ""))[0]:
+                return "InvalidProviderToken", key_id
+            verified = self._verified[token] = (float(claims["iat"]), key_id)
+        issued, key_id = verified
+        if key_id in self.revoked_keys:
+            self.refused += 1
+            return "InvalidProviderToken", key_id
         if time.time() - issued > 3600:
-            return "ExpiredProviderToken"
-        return None
+            return "ExpiredProviderToken", key_id
+        return None, key_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,29 +108,40 @@ class ApnsEmulator(Emulator):
             await respond(send, 404 if match is None else 405, {"reason": "BadPath"})
             return
         token = match.group(1)
-        if (problem := self._check_provider_token(header(scope, "authorization"))) is not None:
+        problem, key_id = self._check_provider_token(header(scope, "authorization"))
+        if problem is not None:
             await respond(send, 403, {"reason": problem})
             return
         if self.token_environments.get(token.lower(), self.environment) != self.environment:
             await respond(send, 400, {"reason": "BadDeviceToken"})
             return
-        payload = self._check_request(scope, body)
+        topic = self.key_apps.get(key_id, ("", self.topic))[1]
+        payload = self._check_request(scope, body, topic)
         if isinstance(payload, Refusal):
             await respond(send, payload.status, {"reason": payload.reason})
+            return
+        if self.token_topics.get(token.lower(), topic) != topic:
+            await respond(send, 400, {"reason": "DeviceTokenNotForTopic"})
             return
         if (forced := self.forced(token)) is not None:
             status, answer, headers = forced
             await respond(send, status, answer or None, headers)
             return
-        self.accept(scope, token, header(scope, "apns-collapse-id") or "", payload)
+        self.accept(scope, token, header(scope, "apns-collapse-id") or "", payload, key_id)
+        if key_id in self._revoke_countdown:
+            self._revoke_countdown[key_id] -= 1
+            if self._revoke_countdown[key_id] <= 0:
+                del self._revoke_countdown[key_id]
+                self.revoked_keys.add(key_id)
         await respond(send, 200, None, {"apns-id": secrets.token_hex(16)})
 
-    def _check_request(self, scope: Scope, body: bytes) -> dict[str, Any] | Refusal:
-        """The payload, or how Apple would refuse the request."""
+    def _check_request(self, scope: Scope, body: bytes, topic: str) -> dict[str, Any] | Refusal:
+        """The payload, or how Apple would refuse the request (``topic``: the signing
+        key's bundle id)."""
         push_type = header(scope, "apns-push-type") or "alert"
         if push_type not in TOPIC_SUFFIXES:
             return Refusal(400, "InvalidPushType")
-        if header(scope, "apns-topic") != self.topic + TOPIC_SUFFIXES[push_type]:
+        if header(scope, "apns-topic") != topic + TOPIC_SUFFIXES[push_type]:
             return Refusal(400, "BadTopic")
         priority = header(scope, "apns-priority") or "10"
         if priority not in ("1", "5", "10"):

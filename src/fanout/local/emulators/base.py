@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +39,22 @@ class Emulator:
         self.answers: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = {}
         self.keep_accepted = False
         self.accepted: list[AcceptedPush] = []
+        # (token, credential) -> accepted pushes, when set (``record_signers()``): which
+        # credential (APNs key id, FCM project, VAPID public key) signed each push a token got.
+        self.signers: collections.Counter[tuple[str, str]] | None = None
 
-    def accept(self, scope: Scope, token: str, collapse_key: str, payload: Any) -> None:
+    def record_signers(self) -> collections.Counter[tuple[str, str]]:
+        """Count, from now on, each accepted push by its token and the credential it came with."""
+        self.signers = collections.Counter()
+        return self.signers
+
+    def accept(
+        self, scope: Scope, token: str, collapse_key: str, payload: Any, credential: str = ""
+    ) -> None:
         """Count the push for its token (and keep it whole if asked)."""
         self.ledger.record(token, collapse_key)
+        if self.signers is not None:
+            self.signers[token, credential] += 1
         if self.keep_accepted:
             headers = {
                 key.decode(): value.decode()

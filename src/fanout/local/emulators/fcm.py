@@ -83,6 +83,14 @@ class FcmEmulator(Emulator):
         # Tokens an app registered for another sender (another Firebase project): a send to
         # one is refused 403 SENDER_ID_MISMATCH, the token's fault, not the credential's.
         self.other_sender_tokens: set[str] = set()
+        # Several apps' Firebase projects on one emulator, as FCM serves every project:
+        # project id -> (its service account's client_email, public key); an access token
+        # is good for the project of the account it was issued to, and a registration token
+        # (``token_projects``: token -> project) sent from another project is refused 403
+        # SENDER_ID_MISMATCH. ``project_id``'s account is always known.
+        self.projects: dict[str, tuple[str, Any]] = {project_id: (client_email, public_key)}
+        self.token_projects: dict[str, str] = {}
+        self._access_projects: dict[str, str] = {}  # access token -> its project
 
     def limit_rate(self, per_second: float, *, retry_after: float = 1.0) -> RequestRate:
         """Answer 429 (QUOTA_EXCEEDED, Retry-After) to sends above ``per_second``."""
@@ -113,7 +121,8 @@ class FcmEmulator(Emulator):
         if authorization.removeprefix("Bearer ") not in self.issued_tokens:
             await respond(send, 401, _CREDENTIAL_REFUSED[401])
             return
-        if match.group(1) != self.project_id:
+        project = self._access_projects.get(authorization.removeprefix("Bearer "), self.project_id)
+        if match.group(1) != project:
             await respond(send, 403, _CREDENTIAL_REFUSED[403])
             return
         try:
@@ -126,7 +135,7 @@ class FcmEmulator(Emulator):
         if (problem := check_message(message)) is not None:
             await respond(send, 400, _error(400, "INVALID_ARGUMENT", problem))
             return
-        if token in self.other_sender_tokens:
+        if token in self.other_sender_tokens or self.token_projects.get(token, project) != project:
             mismatch = _error(403, "PERMISSION_DENIED", "SenderId mismatch", "SENDER_ID_MISMATCH")
             await respond(send, 403, mismatch)
             return
@@ -142,10 +151,8 @@ class FcmEmulator(Emulator):
             status, answer, headers = forced
             await respond(send, status, answer, headers)
             return
-        self.accept(scope, token, collapse_key, message)
-        await respond(
-            send, 200, {"name": f"projects/{self.project_id}/messages/{secrets.token_hex(8)}"}
-        )
+        self.accept(scope, token, collapse_key, message, project)
+        await respond(send, 200, {"name": f"projects/{project}/messages/{secrets.token_hex(8)}"})
 
     async def _token(self, body: bytes, send: Send) -> None:
         """RFC 7523: a JWT signed by the service account, exchanged for an access token."""
@@ -158,21 +165,25 @@ class FcmEmulator(Emulator):
             return
         form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
         try:
+            issuer = jwt.decode(form["assertion"], options={"verify_signature": False})["iss"]
+            [(project, public_key)] = [
+                (project, key) for project, (email, key) in self.projects.items() if email == issuer
+            ]
             claims = jwt.decode(
                 form["assertion"],
-                self.public_key,
+                public_key,
                 algorithms=["RS256"],
                 # google-auth signs for Google's endpoint, whatever token_uri it posts to.
                 audience="https://oauth2.googleapis.com/token",
             )
-            assert claims["iss"] == self.client_email
             assert "firebase.messaging" in claims.get("scope", "")
             assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
-        except (KeyError, AssertionError, jwt.PyJWTError) as exc:
+        except (KeyError, ValueError, AssertionError, jwt.PyJWTError) as exc:
             await respond(send, 400, {"error": "invalid_grant", "error_description": str(exc)})
             return
         token = f"ya29.{secrets.token_urlsafe(24)}"
         self.issued_tokens.add(token)
+        self._access_projects[token] = project
         await respond(
             send, 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
         )

@@ -16,6 +16,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import SecretStr
 
+from fanout.credentials.validation import (
+    Credential,
+    apns_credential,
+    fcm_credential,
+    webpush_credential,
+)
 from fanout.local.emulators.apns import ApnsEmulator
 from fanout.local.emulators.fcm import FcmEmulator
 from fanout.local.emulators.serve import serve_tls
@@ -49,12 +55,110 @@ class LocalPushServices:
     apns_key_pem: str = ""
     fcm_service_account: dict[str, Any] = field(default_factory=dict)
 
+    def add_app(self, name: str) -> EmulatedApp:
+        """Credentials of a new app the three services know, each its own: an APNs key of
+        its own team for its own bundle id, a Firebase project's service account, a VAPID
+        key whose subscriptions are ``<base><name>-…``."""
+        apns_key = ec.generate_private_key(ec.SECP256R1())
+        key_id, team_id = secrets.token_hex(5).upper(), secrets.token_hex(5).upper()
+        bundle_id = f"com.example.{name}"
+        self.apns.public_keys[key_id] = apns_key.public_key()  # shared with the sandbox
+        self.apns.key_apps[key_id] = (team_id, bundle_id)
+        fcm_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        project = f"fanout-{name}"
+        client_email = f"push@{project}.iam.gserviceaccount.com"
+        self.fcm.projects[project] = (client_email, fcm_key.public_key())
+        service_account = {
+            **self.fcm_service_account,
+            "project_id": project,
+            "private_key_id": secrets.token_hex(8),
+            "private_key": _pem(fcm_key),
+            "client_email": client_email,
+        }
+        vapid_key = ec.generate_private_key(ec.SECP256R1())
+        vapid_scalar = b64url(vapid_key.private_numbers().private_value.to_bytes(32, "big"))
+        public_vapid = b64url(
+            vapid_key.public_key().public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+            )
+        )
+        self.webpush.subscription_keys[f"{name}-"] = public_vapid
+        return EmulatedApp(
+            name=name,
+            services=self,
+            apns_key_id=key_id,
+            bundle_id=bundle_id,
+            fcm_project=project,
+            vapid_public_key=public_vapid,
+            credentials=[
+                apns_credential(
+                    key_pem=_pem(apns_key), key_id=key_id, team_id=team_id, bundle_id=bundle_id
+                ),
+                fcm_credential(service_account_json=orjson.dumps(service_account).decode()),
+                webpush_credential(
+                    vapid_private_key=vapid_scalar, subject="mailto:push@example.com"
+                ),
+            ],
+        )
+
     def delivered(self) -> tuple[int, int]:
         """(unique devices, duplicate pushes) over the three services."""
         ledgers = [self.apns.ledger, self.fcm.ledger, self.webpush.ledger]
         if self.apns_sandbox is not None:
             ledgers.append(self.apns_sandbox.ledger)
         return sum(x.unique for x in ledgers), sum(x.duplicates for x in ledgers)
+
+
+@dataclass
+class EmulatedApp:
+    """An app's credentials as the emulators know them, and device tokens issued to it."""
+
+    name: str
+    services: LocalPushServices
+    apns_key_id: str
+    bundle_id: str
+    fcm_project: str
+    vapid_public_key: str
+    credentials: list[Credential]  # checked, ready for ``store_credential``
+    _issued: int = 0
+
+    def signer(self, platform: str) -> str:
+        """The credential the emulator records for this app's pushes on ``platform``."""
+        return {
+            "apns": self.apns_key_id,
+            "fcm": self.fcm_project,
+            "webpush": self.vapid_public_key,
+        }[platform]
+
+    def device_token(self, platform: str) -> str:
+        """A new token of this app (Web Push: the subscription's endpoint), known to the
+        service as this app's: a push for it signed by another app's credential is refused."""
+        self._issued += 1
+        token = {
+            "apns": secrets.token_hex(32),
+            "fcm": f"{self.name}-{self._issued}:APA91b{secrets.token_urlsafe(60)}",
+            "webpush": f"{self.webpush_endpoint_base}{self._issued}",
+        }[platform]
+        self.claim(platform, token)
+        return token
+
+    @property
+    def webpush_endpoint_base(self) -> str:
+        """Subscriptions made with this app's VAPID key are ``<this><id>``."""
+        return f"{self.services.webpush_endpoint_base}{self.name}-"
+
+    def claim(self, platform: str, token: str) -> None:
+        """Make the service know ``token`` (made elsewhere, e.g. seeded) as this app's.
+        (A Web Push subscription is the app's by its endpoint: ``webpush_endpoint_base``.)"""
+        if platform == "apns":
+            self.services.apns.token_topics[token.lower()] = self.bundle_id
+        elif platform == "fcm":
+            self.services.fcm.token_projects[token] = self.fcm_project
+
+    @staticmethod
+    def wire_token(platform: str, token: str) -> str:
+        """The token as the service's ledger counts it (Web Push: the subscription id)."""
+        return token.rpartition("/wp/")[2] if platform == "webpush" else token
 
 
 @contextlib.asynccontextmanager
@@ -89,6 +193,10 @@ async def local_push_services(
             environment="sandbox",
             token_environments=token_environments,
         )
+        # One Apple: both endpoints know the same keys, apps and tokens.
+        apns_sandbox.key_apps = apns.key_apps
+        apns_sandbox.token_topics = apns.token_topics
+        apns_sandbox.revoked_keys = apns.revoked_keys
         fcm = FcmEmulator(
             project_id="fanout-demo",
             client_email="fanout@fanout-demo.iam.gserviceaccount.com",

@@ -40,11 +40,19 @@ class WebPushEmulator(Emulator):
         # this status (401 or 403) while set; ``refused`` counts those requests.
         self.refuse_vapid: int | None = None
         self.refused = 0
+        # Several apps' VAPID keys on one service: subscription id prefix -> the
+        # applicationServerKey (base64url) the subscription was made with. A push to it
+        # signed by another key is refused 403, as push services refuse a VAPID key that
+        # is not the subscription's.
+        self.subscription_keys: dict[str, str] = {}
 
-    def _check_vapid(self, authorization: str | None) -> str | None:
+    def _check_vapid(self, authorization: str | None, subscription: str) -> str | None:
         match = re.fullmatch(r"vapid t=([^,\s]+),\s*k=([A-Za-z0-9_-]+)", authorization or "")
         if match is None:
             return "missing or malformed VAPID authorization"
+        for prefix, expected in self.subscription_keys.items():
+            if subscription.startswith(prefix) and match.group(2) != expected:
+                return "VAPID public key does not match the subscription's"
         token, key = match.groups()
         try:
             public = ec.EllipticCurvePublicKey.from_encoded_point(
@@ -66,7 +74,8 @@ class WebPushEmulator(Emulator):
             await respond(send, 404)
             return
         subscription = match.group(1)
-        if (problem := self._check_vapid(header(scope, "authorization"))) is not None:
+        authorization = header(scope, "authorization")
+        if (problem := self._check_vapid(authorization, subscription)) is not None:
             await respond(send, 403, {"error": problem})
             return
         if self.refuse_vapid is not None:
@@ -103,7 +112,8 @@ class WebPushEmulator(Emulator):
         if self.keep_payloads:
             self.payloads.append(plaintext)
         read = _json_or_bytes(plaintext) if self.keep_accepted else None  # not parsed under load
-        self.accept(scope, subscription, header(scope, "topic") or "", read)
+        signer = (authorization or "").rpartition("k=")[2] if self.signers is not None else ""
+        self.accept(scope, subscription, header(scope, "topic") or "", read, signer)
         await respond(send, 201, None, {"location": f"{self.base_url}/msg/{subscription}"})
 
 
