@@ -1,7 +1,7 @@
 """Faults under a running pipeline: does every device still get its push, and once?
 
     python bench/chaos.py [--devices 100000] [--scenarios pg-fast-fanout,poison] [--json]
-                          [--timeout 180] [--stall 120] [--seed 1]
+                          [--timeout 180] [--stall 120] [--seed 1] [--apps 1]
 
 Every part runs in its own process: a private PostgreSQL (restarted at will), moto's
 SQS server (killed at will), a counting sink behind a proxy that can stall, one fan-out
@@ -11,6 +11,11 @@ inflicts its fault once the system has reached the point the scenario names (rea
 the database or the sink, never from the clock), then waits until the event is terminal,
 or has settled without being terminal, stalls, or times out. "lost" is the devices the
 sink never saw; "duplicates" the pushes it saw again.
+
+With ``--apps N`` the devices are split over N apps (``chaos-1`` …), each with a topic of
+its own, and a scenario publishes an event to each at once; the sink counts each event's
+pushes, so lost and duplicates are counted per app. A fault's point is judged over all
+the events (mid fan-out: any is; fanned out, terminal: all are).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pydantic import SecretStr
 from fanout.config import Settings
 from fanout.local.demo import DeviceShape, seed
 from fanout.local.faults import (
+    TERMINAL_STATUSES,
     EventSnapshot,
     EventWatch,
     poison_bodies,
@@ -49,7 +55,8 @@ from fanout.notification import Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import Queues, open_client, open_queues
 from fanout.stages.publish import publish
-from fanout.store import connect, create_pool
+from fanout.store import apps, connect, create_pool
+from fanout.store.lifecycle import FANNING, EventState
 from fanout.store.migrate import migrate
 
 # The workers' settings. Batches of 64 KB (~1,200 devices) rather than 1 MiB, so that
@@ -93,11 +100,67 @@ DEAD_LETTER_WAIT_SECONDS = 60.0
 NOTE = Notification(title="New book", body="by an author you follow")
 
 
+@dataclass(frozen=True)
+class Audience:
+    """An app's topic in the template database, and how many devices it reaches."""
+
+    app_id: int
+    app: str
+    topic: str
+    devices: int
+
+
+@dataclass(frozen=True)
+class AllEvents:
+    """Several events (one per app) read as one: mid fan-out while any is, fanned out,
+    terminal or settled once all are; counts summed. What a fault's point is judged on."""
+
+    snapshots: tuple[EventSnapshot, ...]
+
+    @property
+    def status(self) -> str:
+        statuses = [s.status for s in self.snapshots]
+        return statuses[0] if len(set(statuses)) == 1 else "/".join(statuses)
+
+    @property
+    def shards(self) -> int:
+        return sum(s.shards for s in self.snapshots)
+
+    @property
+    def shards_done(self) -> int:
+        return sum(s.shards_done for s in self.snapshots)
+
+    @property
+    def batches_sent(self) -> int:
+        return sum(s.batches_sent for s in self.snapshots)
+
+    @property
+    def terminal(self) -> bool:
+        return all(s.status in TERMINAL_STATUSES for s in self.snapshots)
+
+    @property
+    def mid_fan_out(self) -> bool:
+        return any(s.mid_fan_out for s in self.snapshots)
+
+    @property
+    def fanned_out(self) -> bool:
+        return all(s.status not in FANNING for s in self.snapshots)
+
+    @property
+    def settled(self) -> bool:
+        return all(
+            s.status == EventState.FANNED_OUT and s.unsettled_batches == 0 for s in self.snapshots
+        )
+
+    def progress(self) -> tuple[object, ...]:
+        return tuple(s.progress() for s in self.snapshots)
+
+
 @dataclass
 class Seen:
-    """One look at the system: the event in the database, the pushes at the sink."""
+    """One look at the system: the events in the database, the pushes at the sink."""
 
-    state: EventSnapshot | None
+    state: EventSnapshot | AllEvents | None
     unique: int
     received: int
 
@@ -114,7 +177,8 @@ class Run:
     workers: list[WorkerProcess]
     proxy: StallingProxy
     rng: random.Random
-    event_id: int = 0
+    event_id: int = 0  # the first app's (poison names it)
+    event_ids: list[int] = field(default_factory=list)  # one per app
     can_end: bool = False  # the schema has terminal states (issue #10)
     notes: list[str] = field(default_factory=list)
 
@@ -294,15 +358,20 @@ SCENARIOS: dict[str, Callable[[], Fault]] = {
 
 
 class Watcher:
-    """The event's state and the sink's counts; either one away reads as unknown."""
+    """The events' state and the sink's counts; either one away reads as unknown."""
 
-    def __init__(self, dsn: str, sink_url: str, event_id: int) -> None:
-        self.event = EventWatch(dsn, event_id)
+    def __init__(self, dsn: str, sink_url: str, event_ids: list[int]) -> None:
+        self.events = [EventWatch(dsn, event_id) for event_id in event_ids]
         self._http = httpx.AsyncClient(base_url=sink_url, timeout=5)
         self.last_unique = self.last_received = 0
 
     async def look(self) -> Seen:
-        state = await self.event.snapshot()
+        state: EventSnapshot | AllEvents | None
+        if len(self.events) == 1:
+            state = await self.events[0].snapshot()
+        else:
+            found = [await event.snapshot() for event in self.events]
+            state = None if None in found else AllEvents(tuple(s for s in found if s))
         with contextlib.suppress(httpx.HTTPError):
             stats = (await self._http.get("/stats")).json()
             self.last_unique, self.last_received = stats["unique"], stats["received"]
@@ -313,7 +382,8 @@ class Watcher:
         return stats
 
     async def close(self) -> None:
-        self.event.close()
+        for event in self.events:
+            event.close()
         await self._http.aclose()
 
 
@@ -321,11 +391,11 @@ async def run_scenario(
     name: str,
     pg: PrivatePostgres,
     moto: MotoServer,
-    topic: str,
-    devices: int,
+    audiences: list[Audience],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     fault = SCENARIOS[name]()
+    devices = sum(a.devices for a in audiences)
     logs: Path = args.logs
     database = f"chaos_{name.replace('-', '_')}_{secrets.token_hex(2)}"
     await _admin(pg.dsn, f'CREATE DATABASE "{database}" TEMPLATE chaos_template')
@@ -367,9 +437,10 @@ async def run_scenario(
             await conn.close()
         async with open_client(settings) as client:
             queues = await open_queues(client, settings)
-            run.event_id = await _publish(settings, queues, topic)
+            run.event_ids = await _publish(settings, queues, audiences)
+            run.event_id = run.event_ids[0]
         started = time.monotonic()
-        watcher = Watcher(pg.url(database), f"http://127.0.0.1:{sink_port}", run.event_id)
+        watcher = Watcher(pg.url(database), f"http://127.0.0.1:{sink_port}", run.event_ids)
         stack.push_async_callback(watcher.close)
         ended, seconds, seen = await _watch(run, fault, watcher, started, args)
         if ended == "terminal":
@@ -393,6 +464,19 @@ async def run_scenario(
             "stalled": f" (stalled {args.stall:g}s)",
             "timeout": " (timeout)",
         }[ended]
+    per_app = []
+    for audience, event_id in zip(audiences, run.event_ids, strict=True):
+        counted = stats["events"].get(str(event_id), {"unique": 0, "duplicates": 0})
+        per_app.append(
+            {
+                "app": audience.app,
+                "event_id": event_id,
+                "devices": audience.devices,
+                "delivered": counted["unique"],
+                "duplicates": counted["duplicates"],
+                "lost": audience.devices - counted["unique"],
+            }
+        )
     return {
         "scenario": name,
         "devices": devices,
@@ -405,6 +489,7 @@ async def run_scenario(
         "fault": "; ".join(note for note in run.notes if note) or "none",
         "dead_letters": dead_letters,
         "event_id": run.event_id,
+        **({"apps": per_app} if len(audiences) > 1 else {}),
         "env": {k: v for k, v in fanout_env.items() if k in {*PACED_FANOUT, "FANOUT_SHARD_SIZE"}},
     }
 
@@ -493,11 +578,14 @@ async def _stop_workers(workers: list[WorkerProcess]) -> None:
     await asyncio.gather(*(asyncio.to_thread(w.stop, 10.0) for w in workers))
 
 
-async def _publish(settings: Settings, queues: Queues, topic: str) -> int:
-    pool = await create_pool(settings, min_size=1, max_size=1)
+async def _publish(settings: Settings, queues: Queues, audiences: list[Audience]) -> list[int]:
+    """An event to each app's topic, published together; their ids."""
+    pool = await create_pool(settings, min_size=1, max_size=len(audiences))
     try:
-        published = await publish(pool, queues, NOTE, topic=topic)
-        return int(published.event_id)
+        published = await asyncio.gather(
+            *(publish(pool, queues, NOTE, app_id=a.app_id, topic=a.topic) for a in audiences)
+        )
+        return [int(p.event_id) for p in published]
     finally:
         await pool.close()
 
@@ -526,17 +614,29 @@ async def _admin(dsn: str, sql: str) -> None:
         await conn.close()
 
 
-async def prepare_template(pg: PrivatePostgres, devices: int) -> tuple[str, int]:
-    """A migrated database with a topic of ``devices`` subscribers, one APNs device each,
-    for every scenario to clone; returns the topic and the number of devices."""
+async def prepare_template(pg: PrivatePostgres, devices: int, app_count: int) -> list[Audience]:
+    """A migrated database with topics of ``devices`` subscribers in all, one APNs device
+    each, for every scenario to clone: one topic of the default app, or with ``app_count``
+    above 1, one in each of as many apps (``chaos-1`` …), the devices split evenly."""
     await _admin(pg.dsn, "CREATE DATABASE chaos_template")
     conn = await connect(pg.url("chaos_template"))
+    shape = DeviceShape(platforms=("apns",))
     try:
         await migrate(conn)
-        seeded = await seed(conn, devices, 1, DeviceShape(platforms=("apns",)))
+        if app_count == 1:
+            seeded = await seed(conn, devices, 1, shape)
+            return [Audience(apps.DEFAULT_APP_ID, apps.DEFAULT_APP, seeded.topic, seeded.devices)]
+        audiences = []
+        for i in range(app_count):
+            key = f"chaos-{i + 1}"
+            app = await apps.insert_app(conn, key=key, name=key, settings={})
+            assert app is not None
+            share = devices // app_count + (i < devices % app_count)
+            seeded = await seed(conn, share, 1, shape, app=key)
+            audiences.append(Audience(app.id, key, seeded.topic, seeded.devices))
+        return audiences
     finally:
         await conn.close()
-    return seeded.topic, seeded.devices
 
 
 # --- output -----------------------------------------------------------------------------
@@ -556,16 +656,25 @@ def print_row(result: dict[str, Any] | None) -> None:
         flush=True,
     )
     print(f"{'':<22}  fault: {result['fault']}", flush=True)
+    for app in result.get("apps", []):
+        print(
+            f"{'':<22}  {app['app']}: {app['delivered']:,} of {app['devices']:,} delivered, "
+            f"{app['duplicates']:,} duplicates, {app['lost']:,} lost",
+            flush=True,
+        )
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    if args.apps < 1 or args.apps > args.devices:
+        raise SystemExit(f"--apps must be from 1 to --devices ({args.devices}), not {args.apps}")
     names = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
     args.logs = Path(tempfile.mkdtemp(prefix="fanout-chaos-"))
     with PrivatePostgres() as pg, MotoServer(log_file=args.logs / "moto.log") as moto:
-        topic, devices = await prepare_template(pg, args.devices)
+        audiences = await prepare_template(pg, args.devices, args.apps)
+        devices = sum(a.devices for a in audiences)
         shown = {
             **WORKER_SETTINGS,
             "FANOUT_DATABASE_URL": f"<private PostgreSQL, 127.0.0.1:{pg.port}, a database each>",
@@ -573,14 +682,15 @@ async def main_async(args: argparse.Namespace) -> None:
             "FANOUT_SINK_URL": "<stalling proxy> -> fanout sink (fresh each scenario)",
             "FANOUT_SHARD_SIZE": str(max(1000, devices // 4)),
         }
-        print(f"chaos: {devices:,} devices, 1 fan-out + {DELIVERY_WORKERS} delivery workers")
+        over = f" over {len(audiences)} apps, an event each" if len(audiences) > 1 else ""
+        print(f"chaos: {devices:,} devices{over}, 1 fan-out + {DELIVERY_WORKERS} delivery workers")
         for key, value in shown.items():
             print(f"  {key}={value}")
         print(f"  + {PACED_FANOUT} where the fault strikes during fan-out; logs in {args.logs}")
         print_row(None)
         results = []
         for name in names:
-            result = await run_scenario(name, pg, moto, topic, devices, args)
+            result = await run_scenario(name, pg, moto, audiences, args)
             results.append(result)
             print_row(result)
     if args.json:
@@ -604,6 +714,9 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=1, help="for the worker kills")
     parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
+    parser.add_argument(
+        "--apps", type=int, default=1, help="split the devices over this many apps, an event each"
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -221,6 +221,15 @@ class Settings(BaseSettings):
         description="HTTP/2 connections per push service and worker; requests are spread "
         "across them, each kept under its server's MAX_CONCURRENT_STREAMS.",
     )
+    # Apple asks for connections kept open rather than opened per push: 5 minutes keeps
+    # an app pushing every few minutes on one connection, and a worker serving 1,000 apps
+    # holds connections only for those pushing now.
+    provider_idle_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="Close a push service connection after this many seconds without a "
+        "request (opened again on the next push); 0: never.",
+    )
     # Shared by every worker and Lambda (providers/quota.py): 0 is no shared budget.
     fcm_quota_per_minute: int = Field(
         # FCM's default per project: firebase.google.com/docs/cloud-messaging/throttling-and-quotas

@@ -264,6 +264,26 @@ async def test_when_stream_ids_run_out_the_next_request_takes_a_new_connection(
 # --- several connections per service ----------------------------------------------------
 
 
+async def test_an_idle_connection_is_closed_and_the_next_push_opens_another(
+    certificates: Certificates, transports: Callable[..., PushTransport]
+) -> None:
+    """A worker serving many apps keeps a connection only while its app pushes."""
+    transport = transports(connections=1, idle_seconds=0.2)
+    async with serve_h2(answering(), certificates) as server:
+        [first] = await post_all(transport, server.url, 1)
+        await until(lambda: all(c.transport.is_closing() for c in server.connections))
+        [second] = await post_all(transport, server.url, 1)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert len(server.connections) == 2
+
+
+def test_every_transport_of_a_process_shares_one_tls_context(certificates: Certificates) -> None:
+    """A context holds its own copy of the trust store (~830 KB): one per provider would
+    cost a worker with hundreds of apps hundreds of MB."""
+    one, two = (PushTransport(certificates.ca_file, name=n) for n in ("apns", "fcm"))
+    assert one.http2.context is two.http2.context
+
+
 async def test_streams_spread_across_connections_each_under_its_own_limit(
     certificates: Certificates, transports: Callable[..., PushTransport]
 ) -> None:

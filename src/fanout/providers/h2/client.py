@@ -133,6 +133,7 @@ class _Pool:
             self.port,
             timeout=self.client.request_timeout,
             ping_seconds=self.client.ping_seconds,
+            idle_seconds=self.client.idle_seconds,
             label=self.client.label,
             on_change=self.changed,
         )
@@ -214,6 +215,7 @@ class H2Client:
         connections: int = 2,
         request_timeout: float = 30.0,
         ping_seconds: float = 5.0,
+        idle_seconds: float = 0.0,
         label: str = "",
     ) -> None:
         # h2 first; a service that picks HTTP/1.1 gets NotHttp2 (transport.py then
@@ -225,6 +227,7 @@ class H2Client:
         # push service that goes silent must not hold a batch (and its lease) for ever.
         self.request_timeout = request_timeout
         self.ping_seconds = ping_seconds
+        self.idle_seconds = idle_seconds  # a connection unused this long is closed
         self.label = label
         self._pools: dict[str, _Pool] = {}
         self._origins: dict[str, tuple[str, int]] = {}

@@ -5,11 +5,12 @@ Everything framed in one turn of the event loop goes out as one TLS write. One t
 connection watches both deadlines: a request unanswered past the request timeout fails,
 and a connection silent while requests wait is sent a PING after half of
 ``ping_seconds`` and given up as dead if still silent at the end (an idle one is pinged
-after ``IDLE_PING_SECONDS``). A timer per request (``asyncio.timeout``) cost 12% of a
-delivery worker's throughput. Every request has the same timeout, so the requests
-waiting, kept in the order they were sent, are also in the order of their deadlines: the
-timer is set for the first one's (or the PING schedule, whichever comes first), and a
-tick looks at no more than the requests it fails.
+after ``IDLE_PING_SECONDS``, and closed after ``idle_seconds`` without a request). A
+timer per request (``asyncio.timeout``) cost 12% of a delivery worker's throughput.
+Every request has the same timeout, so the requests waiting, kept in the order they were
+sent, are also in the order of their deadlines: the timer is set for the first one's (or
+the PING schedule, whichever comes first), and a tick looks at no more than the requests
+it fails.
 """
 
 from __future__ import annotations
@@ -80,12 +81,17 @@ class H2Connection(asyncio.Protocol):
         *,
         timeout: float,
         ping_seconds: float,
+        idle_seconds: float = 0.0,
         label: str = "",
         on_change: Callable[[H2Connection], None] | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.timeout = timeout
         self.ping_seconds = ping_seconds
+        # Closed (GOAWAY) after this long without a request; 0: kept for as long as the
+        # service keeps it. A worker serving many apps keeps a connection only for those
+        # pushing now, not one per app it ever pushed for.
+        self.idle_seconds = idle_seconds
         self.label = label  # the provider, for metrics
         authority = f"[{host}]" if ":" in host else host
         self.codec = ClientCodec(authority if port == 443 else f"{authority}:{port}")
@@ -100,7 +106,7 @@ class H2Connection(asyncio.Protocol):
         self._settled: asyncio.Future[None] = self._loop.create_future()
         self._end_reason = ""
         self._goaway_seen = False
-        self._last_heard = self._loop.time()
+        self._last_heard = self._last_request = self._loop.time()
         self._ping_sent: float | None = None
         self._pings = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -150,7 +156,7 @@ class H2Connection(asyncio.Protocol):
                 unsent=True,
                 permanent=self.codec.terminated,
             )
-        self._arm(self._loop.time() + IDLE_PING_SECONDS)
+        self._arm(self._idle_until(self._loop.time() + IDLE_PING_SECONDS))
 
     @property
     def load(self) -> int:
@@ -169,7 +175,7 @@ class H2Connection(asyncio.Protocol):
         NoStreamAvailable (from the codec) with nothing sent."""
         stream_id = self.codec.send_request(path, header_block, body)
         future: asyncio.Future[Response] = self._loop.create_future()
-        now = self._loop.time()
+        now = self._last_request = self._loop.time()
         deadline = now + self.timeout
         if not self._pending:  # busy from now: silence is watched at the busy pace, and
             # this request's deadline, which may come first (a timeout below ping_seconds/2)
@@ -302,6 +308,10 @@ class H2Connection(asyncio.Protocol):
                 return
         if self._pending:
             self._expire(now)
+        elif self.idle_seconds and now - self._last_request >= self.idle_seconds:
+            self._close_for_new()
+            self._shut()
+            return
         silence = half if self._pending else IDLE_PING_SECONDS
         if self._ping_sent is None and now - self._last_heard >= silence:
             self._ping_sent = now
@@ -311,7 +321,15 @@ class H2Connection(asyncio.Protocol):
         when = self._last_heard + silence if self._ping_sent is None else self._ping_sent + half
         if self._pending:  # the first is the oldest: its deadline is the next one
             when = min(when, next(iter(self._pending.values()))[1])
+        else:
+            when = self._idle_until(when)
         self._timer = self._loop.call_at(max(when, now + 0.01), self._tick)
+
+    def _idle_until(self, when: float) -> float:
+        """``when``, or the moment this connection has been idle long enough to close."""
+        if self.idle_seconds:
+            return min(when, self._last_request + self.idle_seconds)
+        return when
 
     def _expire(self, now: float) -> None:
         """Fail the requests the server has not answered in time, and tell it so."""
