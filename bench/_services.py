@@ -1,4 +1,4 @@
-"""What the benchmarks share: a PostgreSQL database and free ports."""
+"""What the benchmarks share: a PostgreSQL database, free ports, the queues made ready."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from collections.abc import Iterator
 
 import asyncpg
 
+from fanout.config import Settings
 from fanout.local.services import embedded_postgres
+from fanout.queue.admin import create_queues
+from fanout.queue.sqs import open_client
 
 
 def free_port() -> int:
@@ -49,3 +52,25 @@ async def _admin(url: str, sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+def queues_ready(env: dict[str, str]) -> Settings:
+    """The ``Settings`` of the ``FANOUT_*`` variables in ``env``, once their SQS endpoint
+    answers and both queues (with their dead-letter queues) exist."""
+    settings = Settings(
+        **{k.removeprefix("FANOUT_").lower(): v for k, v in env.items() if k.startswith("FANOUT_")}
+    )
+
+    async def create() -> None:
+        for _ in range(100):  # moto's server takes a moment to bind its port
+            try:
+                async with open_client(settings) as client:
+                    await create_queues(client, settings)
+                return
+            except Exception:
+                await asyncio.sleep(0.1)
+        async with open_client(settings) as client:  # the last try's error, as it is
+            await create_queues(client, settings)
+
+    asyncio.run(create())
+    return settings

@@ -35,7 +35,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from _services import database, free_port
+from _services import database, free_port, queues_ready
 from pipeline import cpu_seconds, peak_rss_kb, wait_for_line
 
 from fanout.config import Settings
@@ -44,7 +44,6 @@ from fanout.credentials.stored import required_keyring, store_credential
 from fanout.credentials.validation import apns_credential
 from fanout.local.demo import DeviceShape
 from fanout.notification import Notification
-from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client, open_queues
 from fanout.stages.publish import publish
 from fanout.store import apps, connect, create_pool, events, seeding, subscriptions
@@ -331,20 +330,7 @@ def main() -> None:
                 "FANOUT_QUEUE_PREFIX": "bench-apps",
                 "FANOUT_SECRET_KEY": generate_key(),
             }
-            settings = Settings(
-                **{
-                    k.removeprefix("FANOUT_").lower(): v
-                    for k, v in env.items()
-                    if k.startswith("FANOUT_")
-                }
-            )
-            time.sleep(1.0)  # moto's server binds its port
-
-            async def create() -> None:
-                async with open_client(settings) as client:
-                    await create_queues(client, settings)
-
-            asyncio.run(create())
+            settings = queues_ready(env)
             seeded = asyncio.run(
                 seed_apps(
                     settings,

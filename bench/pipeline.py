@@ -31,12 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from _services import database, free_port
+from _services import database, free_port, queues_ready
 
 from fanout.config import Settings
 from fanout.local.demo import DEMO_CATEGORY, AudienceMix, seed_audience
 from fanout.notification import LiveActivity, Notification
-from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client, open_queues
 from fanout.stages.live_activity import publish_update
 from fanout.stages.publish import publish
@@ -368,20 +367,7 @@ def main() -> None:
                 "FANOUT_SQS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
                 "FANOUT_QUEUE_PREFIX": "bench",
             }
-            settings = Settings(
-                **{
-                    k.removeprefix("FANOUT_").lower(): v
-                    for k, v in env.items()
-                    if k.startswith("FANOUT_")
-                }
-            )
-            time.sleep(1.0)  # moto's server binds its port
-
-            async def create() -> None:
-                async with open_client(settings) as client:
-                    await create_queues(client, settings)
-
-            asyncio.run(create())
+            settings = queues_ready(env)
             topic, devices = asyncio.run(
                 seed(
                     database_url,
