@@ -89,7 +89,11 @@ def connection_failure(exc: BaseException) -> str:
 class Settings(BaseSettings):
     """Everything fanout can be told, with defaults that work on one machine."""
 
-    model_config = SettingsConfigDict(env_prefix="FANOUT_", extra="ignore")
+    # Never echo a setting's value in a validation error: it may be a key (FANOUT_SECRET_KEY)
+    # and such an error can reach a log (a Lambda container's start-up traceback).
+    model_config = SettingsConfigDict(
+        env_prefix="FANOUT_", extra="ignore", hide_input_in_errors=True
+    )
 
     # --- PostgreSQL -------------------------------------------------------------------
     database_url: SecretStr | None = Field(
