@@ -15,6 +15,7 @@ from fanout.notification import LiveActivity, Notification
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.reconciler import reconcile_once
 from fanout.stages.live_activity import publish_update
+from fanout.stages.publish import cancel
 from tests.helpers import add_live_activity_tokens, batches_of, drain, run_everything, status
 
 ACTIVITY = "match:superseded"
@@ -69,6 +70,28 @@ async def test_a_queued_update_is_superseded_by_a_newer_one_and_never_lost(
     assert (new.status, new.sent) == ("delivered", 300)
     assert sink.sink.ledger.unique == 300
     assert {str(second)} == set(sink.sink.ledger.events())
+
+
+async def test_a_newer_update_that_was_cancelled_supersedes_nothing(
+    sharded: Pipeline, sink: EmbeddedSink
+) -> None:
+    """A newer update that will not go out (cancelled) must not leave the devices on an
+    older state than the one still queued: the queued update goes out whole."""
+    await add_live_activity_tokens(sharded.pool, ACTIVITY, 300)
+    first = await publish(sharded, update(1))
+    [plan] = await drain(sharded.queues.fanout, idle_polls=1)
+    await sharded.handle(plan)
+    waiting = await drain(sharded.queues.fanout, idle_polls=1)
+    waiting += await drain(sharded.queues.delivery, idle_polls=1)
+    second = await publish(sharded, update(2))
+    assert await cancel(sharded.pool, second) == "cancelled"
+    for body in waiting:
+        await sharded.handle(body)
+    await run_everything(sharded)
+    old = await status(sharded, first)
+    assert (old.status, old.sent, old.held_back) == ("delivered", 300, {})
+    assert (await status(sharded, second)).status == "cancelled"
+    assert sink.sink.ledger.unique == 300 and {str(first)} == set(sink.sink.ledger.events())
 
 
 async def test_an_end_is_never_superseded_and_a_start_goes_to_push_to_start_tokens(

@@ -217,15 +217,20 @@ ORDER BY s.user_id
 
 
 # superseded: a Live Activity update ({e}) with a newer update or end of the same activity
-# published: the device keeps the newest (by aps.timestamp), so what this one has not yet
-# reached is skipped. A start never is: it goes to other tokens (push-to-start). Index:
-# events_by_live_activity, one probe; never reached for an event of a topic or a user.
+# published that will itself go out (not cancelled, expired or failed: one that will not
+# must not leave the devices on an older state than this): the device keeps the newest (by
+# aps.timestamp), so what this one has not yet reached is skipped. A start never is: it
+# goes to other tokens (push-to-start). Index: events_by_live_activity, one probe; never
+# reached for an event of a topic or a user.
 SUPERSEDED = """CASE WHEN {e}.live_activity_id IS NULL THEN false
          WHEN {e}.notification -> 'live_activity' ->> 'event' <> 'update' THEN false
          ELSE EXISTS (
              SELECT 1 FROM events AS newer
              WHERE newer.live_activity_id = {e}.live_activity_id AND newer.id > {e}.id
-               AND newer.notification -> 'live_activity' ->> 'event' IN ('update', 'end'))
+               AND newer.notification -> 'live_activity' ->> 'event' IN ('update', 'end')
+               AND newer.cancelled_at IS NULL
+               AND newer.status NOT IN ('failed', 'cancelled', 'expired')
+               AND (newer.expires_at IS NULL OR newer.expires_at > now()))
     END"""
 
 # Why an event's work stops, read by the statement that claims or checkpoints a unit of it

@@ -1,4 +1,4 @@
--- fanout schema, version 12: iOS Live Activities (issue 23).
+-- fanout schema, version 13: iOS Live Activities (issue 23).
 --
 -- An activity is the app's own id for one Live Activity (a match, a delivery). Its
 -- audience is the APNs tokens registered for it, not a topic's subscribers: the activity's
