@@ -276,6 +276,55 @@ async def test_status_is_the_same_model_for_every_reader(pipeline: Pipeline) -> 
     assert set(found.model_dump()) >= {"sent", "failed", "invalid", "skipped", "failure_reasons"}
 
 
+async def test_work_the_reconciler_gave_up_is_not_written_over_by_its_owner(
+    pipeline: Pipeline,
+) -> None:
+    """A shard or batch resent too often is given up (its devices failed, so the event
+    ends); an owner still alive behind it is struck off: its checkpoint and finish are
+    refused, never turning it back into done work with new counts or new batches."""
+    topic = await make_topic(pipeline.pool, 1)
+    event = await record_event(pipeline.pool, NOTE, topic=topic.key)
+    owner = uuid.uuid4()
+    batch = SimpleNamespace(key="s0:1-1", devices=1, first_user=1, last_user=1)
+    progress = {"recipients": 1, "devices": 1, "batches": 1, "held_back": {}}
+    async with pipeline.pool.acquire() as conn:
+        await shards.insert_shards(
+            conn, event_id=event.event_id, bounds=[(0, 10)], overdue_after=60
+        )
+        assert await shards.claim_shard(
+            conn, event_id=event.event_id, shard=0, owner=owner, lease_seconds=60,
+            overdue_after=60,
+        )  # fmt: skip
+        await shards.give_up_shard(conn, event_id=event.event_id, shard=0, reason="given up")
+        checkpoint = await shards.checkpoint_shard(
+            conn, event_id=event.event_id, shard=0, cursor=5, **progress, accepted=[batch],
+            category=None, counted_users=[], owner=owner, lease_seconds=60, overdue_after=60,
+        )  # fmt: skip
+        assert not checkpoint.held
+        assert not await shards.finish_shard(
+            conn, event_id=event.event_id, shard=0, **progress, owner=owner
+        )
+        shard = await conn.fetchrow(
+            "SELECT status, due_at FROM fanout_shards WHERE event_id = $1", event.event_id
+        )
+        assert (shard["status"], shard["due_at"]) == ("failed", None)
+
+        key = {"event_id": event.event_id, "batch_key": "s0:2-2"}
+        assert await batches.claim_batch(
+            conn, **key, attempt=0, devices=1, owner=owner, lease_seconds=60, overdue_after=60
+        )
+        await batches.give_up_batch(conn, **key, reason="given up")
+        assert not await batches.finish_batch(
+            conn, **key, sent=1, failed=0, invalid=0, skipped=0, retried=0,
+            failure_reasons=None, owner=owner,
+        )  # fmt: skip
+        row = await conn.fetchrow(
+            "SELECT sent, failed FROM delivery_batches WHERE event_id = $1 AND batch_key = $2",
+            *key.values(),
+        )
+        assert (row["sent"], row["failed"]) == (0, 1)
+
+
 async def test_a_stale_owner_is_refused_and_its_release_leaves_the_holder_alone(
     pipeline: Pipeline,
 ) -> None:

@@ -126,11 +126,13 @@ CLAIM_DUE_BATCHES = claim_due(
     ),
 )
 
-# Index: delivery_batches_pkey. A batch resent too often: its devices count failed.
+# Index: delivery_batches_pkey. A batch resent too often: its devices count failed. Its
+# owner, if one still lives, is struck off: its finish (by owner) is refused, so a slow
+# sender cannot write its counts over the given-up ones after the event has ended.
 GIVE_UP_BATCH = """
 UPDATE delivery_batches
-SET status = 'done', due_at = NULL, lease_until = NULL, finished_at = now(),
-    failed = devices, failure_reasons = jsonb_build_object($3::text, devices)
+SET status = 'done', due_at = NULL, lease_until = NULL, lease_owner = NULL,
+    finished_at = now(), failed = devices, failure_reasons = jsonb_build_object($3::text, devices)
 WHERE event_id = $1 AND batch_key = $2 AND status <> 'done'
 """
 

@@ -145,10 +145,11 @@ CLAIM_DUE_SHARDS = claim_due(
     returning=("event_id", "shard_no", "resends", "last_error"),
 )
 
-# Index: fanout_shards_pkey. A shard resent too often: given up, so its event can end.
+# Index: fanout_shards_pkey. A shard resent too often: given up, so its event can end. Its
+# owner, if one still lives, is struck off: its checkpoints and finish (by owner) are refused.
 GIVE_UP_SHARD = """
 UPDATE fanout_shards SET status = 'failed', due_at = NULL, lease_until = NULL,
-                         finished_at = now(), last_error = $3
+                         lease_owner = NULL, finished_at = now(), last_error = $3
 WHERE event_id = $1 AND shard_no = $2 AND status <> 'done'
 """
 
