@@ -3,6 +3,7 @@ worker within the refresh interval (60 s), never before its check, without a res
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 
@@ -260,3 +261,37 @@ async def test_live_activity_tokens_of_a_debug_build_are_sent_to_the_sandbox(
     assert (found.sent, found.invalid) == (2, 1)
     assert services.apns.ledger.unique == 1 and services.apns_sandbox.ledger.unique == 1
     assert active == {ids["release"]: True, ids["debug"]: True, ids["misregistered"]: False}
+
+
+async def test_two_senders_of_a_new_app_at_once_keep_one_set_of_providers(
+    settings: Settings, services: LocalPushServices
+) -> None:
+    """Both build the app's providers while the other awaits the database: one set is kept
+    and the other closed, never two live sets of connections with one forgotten."""
+    settings = settings.model_copy(
+        update={**services.settings, "secret_key": SecretStr(generate_key())}
+    )
+    keyring = required_keyring(settings)
+    async with open_client(settings) as client:
+        await create_queues(client, settings)
+    providers = AppProviders(settings, build_providers(settings), keyring)
+    try:
+        async with Pipeline.open(settings, providers=providers) as pipeline:
+            kid, pem = new_apns_key(services)
+            async with pipeline.pool.acquire() as conn:
+                app = await apps.insert_app(conn, key="books-race", name="race", settings={})
+                assert app is not None
+                credential = apns_credential(
+                    key_pem=pem, key_id=kid, team_id=TEAM, bundle_id=BUNDLE
+                )
+                await store_credential(conn, app=app, credential=credential, keyring=keyring)
+
+            async def lease() -> object:
+                async with providers.lease(pipeline.pool, app.id) as leased:
+                    return leased["apns"]
+
+            first, second = await asyncio.gather(lease(), lease())
+            assert first is second  # the same provider, the other one built was closed
+            assert len(providers._entries) == 1
+    finally:
+        await providers.aclose()

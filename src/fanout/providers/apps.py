@@ -104,9 +104,17 @@ class AppProviders(Mapping[str, Provider]):
                 self._entries.move_to_end(app_id)
                 return entry
             fresh = _AppEntry(await self._build(conn, app_id, listed), stamps, now)
-        if entry is not None:
+        # Another sender of this app may have built its entry while this one awaited: keep
+        # one of the same credentials (closing this), or retire what stands there now (not
+        # the entry read above, which that sender has retired already), so none is leaked.
+        current = self._entries.get(app_id)
+        if current is not None and current is not entry and current.stamps == stamps:
+            await _close(fresh)
+            self._entries.move_to_end(app_id)
+            return current
+        if current is not None:
             log.info("app %d: its credentials changed, providers rebuilt", app_id)
-            await self._retire(entry)
+            await self._retire(current)
         self._entries[app_id] = fresh
         self._entries.move_to_end(app_id)
         while len(self._entries) > self.capacity:
