@@ -175,6 +175,14 @@ def demo(
             provider = "mixed"
     _logging(verbose)
     settings = _settings()
+    if apps > 1 and settings.database_url is not None and settings.secret_key is None:
+        # The apps' credentials stay sealed in that database: under a key made for the run,
+        # every later worker and server would refuse to start for want of it.
+        raise typer.BadParameter(
+            "stores each app's credentials sealed in the database FANOUT_DATABASE_URL names: "
+            "set FANOUT_SECRET_KEY (fanout secrets generate-key) first",
+            param_hint="--apps",
+        )
     summary = asyncio.run(
         run_demo(
             settings,
@@ -664,7 +672,7 @@ def apikey_create(
     from fanout.api.keys import check_scopes, create_api_key
 
     try:
-        check_scopes(scope)
+        check_scopes(scope, app_key)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scope") from None
 

@@ -354,6 +354,13 @@ async def test_admin_routes_refuse_app_keys_and_app_routes_refuse_admin_keys(
             _holds_nothing_of(answer.text, a)
         listed = await admin.get("/v1/apps")
         assert {"alpha-app", "beta-app", "default"} <= {x["key"] for x in listed.json()}
+        # An admin key manages every app: one app's key is never made one.
+        refused = await admin.post(
+            "/v1/apps/alpha-app/keys", json={"scopes": ["admin"], "name": "a's own admin"}
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["loc"] == ["body", "scopes"]
+        assert "only to a key of 'default'" in refused.json()["detail"][0]["msg"]
     async with tenants.client() as anonymous:
         for method, path in sorted(ADMIN_ROUTES):
             answer = await anonymous.request(method, path.format(**parameters), json={})

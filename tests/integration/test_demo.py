@@ -9,6 +9,7 @@ import sys
 import orjson
 import pytest
 
+from fanout.credentials.sealing import generate_key
 from fanout.store import connect
 from fanout.store.migrate import available_migrations, migrate
 
@@ -144,7 +145,7 @@ def test_demo_of_three_apps_signs_every_push_with_its_own_apps_credential(
     database_url: str,
 ) -> None:
     summary = run_demo(
-        {"FANOUT_DATABASE_URL": database_url},
+        {"FANOUT_DATABASE_URL": database_url, "FANOUT_SECRET_KEY": generate_key()},
         300,
         options=("--apps", "3"),
         says=(
@@ -174,3 +175,16 @@ def test_demo_apps_is_refused_with_preferences_naming_the_option() -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "--apps" in result.stderr and "--preferences" in result.stderr
+
+
+def test_demo_apps_on_a_configured_database_needs_the_secret_key(database_url: str) -> None:
+    """The apps' credentials stay sealed there: under a key made for the run, every later
+    worker would refuse to start for want of it."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "fanout", "demo", "--apps", "2"],
+        env={**clean, "FANOUT_DATABASE_URL": database_url},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "FANOUT_SECRET_KEY" in " ".join(result.stderr.split())

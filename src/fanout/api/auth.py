@@ -15,9 +15,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from fanout.api.keys import ApiKey, find_api_key
+from fanout.api.keys import ADMIN, ApiKey, find_api_key
 from fanout.api.state import state_of
 from fanout.ratelimit import TokenBucket
+from fanout.store.apps import DEFAULT_APP
 
 bearer = HTTPBearer(auto_error=False, description="An API key: fo_<id>_<secret>")
 # The operator console calls API routes in-process for its signed-in key (it never holds
@@ -40,7 +41,9 @@ def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
             raise HTTPException(
                 401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"}
             )
-        if scope not in key.scopes:
+        if scope not in key.scopes or (scope == ADMIN and key.app != DEFAULT_APP):
+            # An admin key of another app than default can only be an old row (keys.py
+            # refuses to make one): it manages nothing.
             raise HTTPException(403, f"this API key lacks the '{scope}' scope")
         return key
 

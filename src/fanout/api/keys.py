@@ -52,13 +52,20 @@ def split_token(token: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-def check_scopes(scopes: list[str]) -> None:
-    """Raise ValueError naming the rule a set of scopes breaks."""
+def check_scopes(scopes: list[str], app: str = apps.DEFAULT_APP) -> None:
+    """Raise ValueError naming the rule a set of scopes (for a key of ``app``) breaks."""
     unknown = set(scopes) - set(SCOPES)
     if unknown or not scopes:
         raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {sorted(scopes)}")
     if ADMIN in scopes and len(set(scopes)) > 1:
         raise ValueError(f"the '{ADMIN}' scope is given alone: an admin key manages apps only")
+    if ADMIN in scopes and app != apps.DEFAULT_APP:
+        # An admin key manages every app: given to one app's key, that app's owners could
+        # replace another app's credentials or mint keys for it.
+        raise ValueError(
+            f"the '{ADMIN}' scope manages every app: it is given only to a key of "
+            f"'{apps.DEFAULT_APP}', the deployment's"
+        )
 
 
 async def create_api_key(
@@ -66,7 +73,7 @@ async def create_api_key(
 ) -> tuple[ApiKey, str]:
     """A new key of the app ``app`` (its key) and its token; the token is not stored and
     cannot be shown again. ``UnknownApp`` if there is no such app."""
-    check_scopes(scopes)
+    check_scopes(scopes, app)
     found = await apps.app_by_key(conn, key=app)
     if found is None:
         raise UnknownApp(f"no app {app!r} (fanout apps list)")

@@ -216,7 +216,7 @@ async def create_key(
     """A new API key of the app; its token is in this answer only. ``admin`` is given
     alone (a key manages apps, or works inside one app)."""
     try:
-        check_scopes(list(body.scopes))
+        check_scopes(list(body.scopes), app)
     except ValueError as exc:
         raise RequestValidationError(
             [{"type": "value_error", "loc": ["body", "scopes"], "msg": str(exc)}]
