@@ -173,6 +173,17 @@ async def test_a_web_push_subscription_registers(api: ApiServer) -> None:
             {"user_id": "u", "platform": "fcm", "token": "x", "apns_environment": "sandbox"},
             "apns_environment",
         ),
+        (  # a NUL, which PostgreSQL refuses in text, was a 500
+            {
+                "user_id": "u",
+                "platform": "webpush",
+                "subscription": {
+                    "endpoint": "https://push.example.net/a\u0000b",
+                    "keys": {"p256dh": "AAAA", "auth": "AAAA"},
+                },
+            },
+            "endpoint",
+        ),
     ],
 )
 async def test_bad_devices_get_422_naming_the_field(

@@ -74,9 +74,11 @@ class WebPushKeys(Strict):
 
 
 class WebPushSubscription(Strict):
-    endpoint: Annotated[str, StringConstraints(pattern=r"^https://[^\s]+$", max_length=2048)] = (
-        Field(description="The push service URL from PushSubscription.endpoint.")
-    )
+    # Printable ASCII, as every push service's URL is (a host in IDNA): a NUL reached
+    # PostgreSQL, which refuses it in text, as a 500 (found by the OpenAPI fuzz).
+    endpoint: Annotated[
+        str, StringConstraints(pattern=r"^https://[\x21-\x7e]+$", max_length=2048)
+    ] = Field(description="The push service URL from PushSubscription.endpoint.")
     keys: WebPushKeys
 
 
