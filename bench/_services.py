@@ -7,7 +7,9 @@ import contextlib
 import os
 import secrets
 import socket
+import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 
@@ -74,3 +76,15 @@ def queues_ready(env: dict[str, str]) -> Settings:
 
     asyncio.run(create())
     return settings
+
+
+def stop_processes(processes: list[subprocess.Popen[Any]]) -> None:
+    """Stop what a benchmark started, the last started first; kill what does not stop in
+    15 s."""
+    for process in reversed(processes):
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()

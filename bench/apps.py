@@ -35,7 +35,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from _services import database, free_port, queues_ready
+from _services import database, free_port, queues_ready, stop_processes
 from pipeline import cpu_seconds, peak_rss_kb, wait_for_line
 
 from fanout.config import Settings
@@ -388,13 +388,7 @@ def main() -> None:
             )
             workers.stop_all()
     finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
 
     report(result)
     if args.json:

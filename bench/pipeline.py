@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from _services import database, free_port, queues_ready
+from _services import database, free_port, queues_ready, stop_processes
 
 from fanout.config import Settings
 from fanout.local.demo import DEMO_CATEGORY, AudienceMix, seed_audience
@@ -440,13 +440,7 @@ def main() -> None:
                     baseline["sqs_requests"] / result["sqs_requests"], 1
                 )
     finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
 
     where = "APNs emulator, HTTP/2 + TLS"
     print(f"subscribers {args.subscribers:,}, devices {result['devices']:,} ({where})")
