@@ -18,8 +18,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    RootModel,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -38,6 +40,7 @@ from fanout.providers.limits import oversized_payloads
 from fanout.stages.publish import PublishOptions
 from fanout.stages.schedule import parse_local_time
 from fanout.store.apps import APP_KEY_PATTERN
+from fanout.tags import InvalidTags, check_tags, compile_filter
 
 # Documented character sets: what may appear in a URL path segment without escaping.
 TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
@@ -211,6 +214,28 @@ class BulkPreferencesOut(BaseModel):
     updated: int = Field(description="Users whose settings were written (each user once).")
 
 
+class TagsIn(RootModel[dict[str, Any]]):
+    """A user's tags, replaced whole: a flat map of string, number or boolean values (at
+    most 100 tags, names of 64 characters, values of 256, 8 KB in all)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"plan": "premium", "country": "DE", "age": 31}]}
+    )
+
+    @model_validator(mode="after")
+    def _flat_and_bounded(self) -> TagsIn:
+        try:
+            check_tags(self.root, path=())
+        except InvalidTags as error:
+            raise_problems("Tags", [problem(error.path, error.message)])
+        return self
+
+
+class TagsOut(BaseModel):
+    user_id: str
+    tags: dict[str, Any]
+
+
 class MuteIn(Strict):
     until: AwareDatetime | None = Field(
         default=None, description="When the mute ends (with its UTC offset); none: never."
@@ -268,6 +293,22 @@ class PublishOptionsIn(Strict):
         default=None,
         description="Nothing is sent after this time; what was not sent counts expired.",
     )
+    filter: dict[str, Any] | None = Field(
+        default=None,
+        description='Only the recipients whose tags match: {"tags": {"plan": "premium", '
+        '"country": {"in": ["DE", "AT"]}, "age": {"gte": 18}}} (operators eq, in, gt, gte, '
+        "lt, lte, exists; all must hold). Those left out are counted held_back.filtered.",
+        examples=[{"tags": {"plan": "premium", "age": {"gte": 18}}}],
+    )
+
+    @field_validator("filter", mode="after")
+    @classmethod
+    def _compiles(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        try:
+            compile_filter(value, path=())
+        except InvalidTags as error:
+            raise_problems("PublishOptions", [problem(error.path, error.message)])
+        return value
 
     def options(self) -> PublishOptions:
         return PublishOptions(
@@ -277,6 +318,7 @@ class PublishOptionsIn(Strict):
             else None,
             quiet_hours=self.quiet_hours,
             expires_at=self.expires_at,
+            tag_filter=compile_filter(self.filter),
         )
 
 

@@ -87,6 +87,8 @@ class PublishOptions:
     deliver_at_local: time | None = None
     quiet_hours: QuietHours = "defer"
     expires_at: datetime | None = None
+    # The tag filter, compiled (fanout/tags.compile_filter); None: everyone.
+    tag_filter: dict[str, Any] | None = None
 
     def fingerprinted(self) -> dict[str, Any]:
         """What an idempotency key binds besides the notification: the options set (none
@@ -98,6 +100,7 @@ class PublishOptions:
             else None,
             "quiet_hours": None if self.quiet_hours == "defer" else self.quiet_hours,
             "expires_at": self.expires_at.astimezone(UTC).isoformat() if self.expires_at else None,
+            "filter": self.tag_filter,
         }
         return {name: value for name, value in chosen.items() if value is not None}
 
@@ -233,6 +236,7 @@ async def record_event(
             quiet_hours=options.quiet_hours,
             expires_at=options.expires_at,
             held_until=held_until,
+            tag_filter=options.tag_filter,
         )
         if event_id is not None:
             if waves:

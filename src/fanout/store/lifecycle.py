@@ -78,11 +78,12 @@ def _ended(state: EventState) -> EventState:
 INSERT_EVENT = """
 INSERT INTO events
     (app_id, topic_id, user_id, notification, api_key_id, idempotency_key, request_fingerprint,
-     due_at, status, send_at, deliver_at_local, quiet_hours, expires_at, live_activity_id)
+     due_at, status, send_at, deliver_at_local, quiet_hours, expires_at, live_activity_id,
+     tag_filter)
 VALUES ($13, $1, $2, $3, $4, $5, $6,
         coalesce($12, now() + make_interval(secs => $7)),
         CASE WHEN $12::timestamptz IS NULL THEN 'pending' ELSE 'scheduled' END,
-        $8, $9, $10, $11, $14)
+        $8, $9, $10, $11, $14, $15)
 ON CONFLICT (idempotency_key, app_id, api_key_id) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """
@@ -214,6 +215,7 @@ async def create(
     expires_at: datetime | None = None,
     held_until: datetime | None = None,
     live_activity_id: int | None = None,
+    tag_filter: dict[str, Any] | None = None,
 ) -> int | None:
     """Commit a pending event of the app, due ``overdue_after`` seconds on, or with
     ``held_until`` a scheduled one, due then; its id, or None when this scope (the app and
@@ -235,6 +237,7 @@ async def create(
         held_until,
         app_id,
         live_activity_id,
+        tag_filter,
     )
     return event_id
 

@@ -144,3 +144,31 @@ async def user_subscriptions_page(
     ``after_topic_id`` (``USER_SUBSCRIPTIONS_PAGE``)."""
     rows = await conn.fetch(USER_SUBSCRIPTIONS_PAGE, user, after_topic_id, limit, app_id)
     return [Subscription(r["topic_id"], r["key"], r["created_at"]) for r in rows]
+
+
+# Index: users_app_external_id_key (unique). A user's tags replaced whole, the user created
+# if new (issue #25); checked by the caller (fanout/tags.check_tags). $2: the app.
+PUT_USER_TAGS = """
+INSERT INTO users (app_id, external_id, tags) VALUES ($2, $1, $3)
+ON CONFLICT (app_id, external_id) DO UPDATE SET tags = EXCLUDED.tags
+"""
+
+# Index: users_app_external_id_key. No row for a user the app $2 does not have.
+USER_TAGS = "SELECT tags FROM users WHERE app_id = $2 AND external_id = $1"
+
+
+async def put_user_tags(
+    conn: asyncpg.Connection, *, app_id: int, user: str, tags: dict[str, object]
+) -> None:
+    """Replace the tags of the app's user ``user``, creating the user if new
+    (``PUT_USER_TAGS``)."""
+    await conn.execute(PUT_USER_TAGS, user, app_id, tags)
+
+
+async def user_tags(
+    conn: asyncpg.Connection, *, app_id: int, user: str
+) -> dict[str, object] | None:
+    """The tags of the app's user ``user``; None for a user it does not have
+    (``USER_TAGS``)."""
+    row = await conn.fetchrow(USER_TAGS, user, app_id)
+    return None if row is None else dict(row["tags"])
