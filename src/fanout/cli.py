@@ -339,6 +339,13 @@ def publish(
     expires_at: Annotated[
         str | None, typer.Option(help="Nothing is sent after: ISO 8601 with an offset.")
     ] = None,
+    filter_: Annotated[
+        str | None,
+        typer.Option(
+            "--filter",
+            help='Only subscribers whose tags match, as JSON: \'{"tags": {"plan": "premium"}}\'.',
+        ),
+    ] = None,
     app_key: AppOption = "default",
 ) -> None:
     """Publish an event to a topic's subscribers; prints the event id."""
@@ -363,6 +370,10 @@ def publish(
         ):
             raise typer.BadParameter(f"{bad!r} is not KEY=VALUE", param_hint="--data")
         notification["data"] = {key: value for key, _, value in pairs}
+    try:
+        tag_filter = None if filter_ is None else orjson.loads(filter_)
+    except orjson.JSONDecodeError:
+        raise typer.BadParameter("is not JSON", param_hint="--filter") from None
     request = _publish_request(
         {
             "topic": topic,
@@ -372,6 +383,7 @@ def publish(
             "deliver_at_local": deliver_at_local,
             "quiet_hours": quiet_hours,
             "expires_at": expires_at,
+            "filter": tag_filter,
         }
     )
     if critical_asked(request.notification) and not settings.apns_allow_critical:
@@ -420,6 +432,9 @@ def _publish_request(fields: dict[str, Any]) -> Any:
         if where[:2] == ["notification", "data"]:
             message = f"{'.'.join(where[2:])}: {error['msg']}"
             raise typer.BadParameter(message, param_hint="--data") from None
+        if where[0] == "filter":
+            message = f"{'.'.join(where)}: {error['msg']}"
+            raise typer.BadParameter(message, param_hint="--filter") from None
         name = where[-1] if where[0] == "notification" else where[0]
         hint = "TOPIC" if name == "topic" else f"--{name.replace('_', '-')}"
         raise typer.BadParameter(error["msg"], param_hint=hint) from None
