@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from fanout.identifiers import TOPIC_PATTERN, USER_ID_PATTERN
 from fanout.notification import (
     CATEGORY_PATTERN,
     Category,
@@ -39,9 +40,6 @@ from fanout.stages.publish import PublishOptions
 from fanout.stages.schedule import parse_local_time
 from fanout.store.apps import APP_KEY_PATTERN
 
-# Documented character sets: what may appear in a URL path segment without escaping.
-TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
-USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$"
 TopicKey = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 IdempotencyKey = Annotated[
