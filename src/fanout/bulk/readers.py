@@ -95,22 +95,36 @@ def records(stream: BinaryIO, fmt: str) -> Iterator[Numbered]:
     return csv_records(stream) if fmt == "csv" else ndjson_records(stream)
 
 
+async def _inflated(chunks: AsyncIterator[bytes], gzipped: bool) -> AsyncIterator[bytes]:
+    """The body's bytes, inflated if gzipped, at most 1 MiB at a time (a small gzip that
+    inflates to gigabytes is never held whole)."""
+    if not gzipped:
+        async for chunk in chunks:
+            yield chunk
+        return
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    async for chunk in chunks:
+        data = inflater.decompress(chunk, 1 << 20)
+        yield data
+        while inflater.unconsumed_tail:
+            yield inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+    yield inflater.flush()
+
+
 async def ndjson_body_records(
     chunks: AsyncIterator[bytes], *, gzipped: bool = False, max_line: int = 1 << 20
 ) -> AsyncIterator[Numbered]:
     """The records of an NDJSON body arriving in chunks (an HTTP request), split into
     lines as they come; gzip (Content-Encoding) inflated on the way. A line longer than
     ``max_line`` bytes is rejected, not held: memory stays bounded."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
     pending = b""
     number = 0
     overlong = False
-    async for chunk in chunks:
-        data = inflater.decompress(chunk) if inflater else chunk
+    async for data in _inflated(chunks, gzipped):
         *complete, pending = (pending + data).split(b"\n")
         for line in complete:
             number += 1
-            if overlong:
+            if overlong or len(line) > max_line:
                 overlong = False
                 yield number, f"longer than {max_line} bytes"
                 continue
@@ -119,8 +133,6 @@ async def ndjson_body_records(
                 yield number, record
         if len(pending) > max_line:
             pending, overlong = b"", True
-    if inflater:
-        pending += inflater.flush()
     if overlong:
         yield number + 1, f"longer than {max_line} bytes"
     elif (record := ndjson_record(pending)) is not None:
