@@ -402,6 +402,9 @@ class Settings(BaseSettings):
     )
     api_publish_burst: int = Field(default=100, ge=1, description="Publish requests in a burst.")
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # POST /v1/imports/{kind} reads its NDJSON body as it arrives (memory flat whatever
+    # its size), so its limit is the size of an import, not of a request held in memory.
+    api_max_import_bytes: int = Field(default=4 * 1024**3, ge=1024)
     # A client that never finishes a request holds a file descriptor for as long as it
     # likes otherwise: 800 half-sent requests from one address were all kept 20 s
     # (api/connection_limits.py). nginx waits 60 s for headers; fanout's clients are

@@ -567,3 +567,27 @@ def cancel_problems() -> dict[int | str, dict[str, Any]]:
     found = problems(401, 403, 404)
     found[409] = {"model": Problem, "description": _PROBLEMS["409-cancel"]}
     return found
+
+
+# ---- Bulk import (fanout.bulk) -------------------------------------------------------------
+
+MAX_LISTED_REJECTS = 1_000
+ImportKindPath = Annotated[Literal["users", "devices", "subscriptions"], Path(examples=["devices"])]
+ImportMapping = Literal["onesignal", "firebase"]
+
+
+class ImportReject(BaseModel):
+    line: int
+    reason: str
+
+
+class ImportOut(BaseModel):
+    rows: int = Field(description="Lines read (blank lines aside).")
+    inserted: int
+    updated: int
+    unchanged: int = Field(description="Rows the app already had exactly so.")
+    rejected: int
+    dry_run: bool
+    rejects: list[ImportReject] = Field(
+        description=f"The bad lines and why, the first {MAX_LISTED_REJECTS:,}."
+    )

@@ -5,6 +5,7 @@ from fanout.api.routes import (
     audience,
     devices,
     events,
+    imports,
     live_activities,
     operations,
     subscriptions,
@@ -13,6 +14,7 @@ from fanout.api.routes import (
 ROUTERS = (
     devices.router,
     subscriptions.router,
+    imports.router,
     audience.router,
     events.router,
     live_activities.router,
