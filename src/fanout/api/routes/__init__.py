@@ -6,6 +6,7 @@ from fanout.api.routes import (
     devices,
     events,
     live_activities,
+    opens,
     operations,
     subscriptions,
 )
@@ -16,6 +17,7 @@ ROUTERS = (
     audience.router,
     events.router,
     live_activities.router,
+    opens.router,
     operations.router,
     apps.router,
 )
