@@ -113,7 +113,8 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
 
 
 # Routes that need no key: liveness and the Prometheus scrape, for the operator.
-WITHOUT_KEY = {("GET", "/healthz"), ("GET", "/metrics")}
+# POST /v1/opens: the fo_open token is the credential (an app reports from the phone).
+WITHOUT_KEY = {("GET", "/healthz"), ("GET", "/metrics"), ("POST", "/v1/opens")}
 # The admin scope's routes: an app's key (with every app scope) is refused them.
 ADMIN_ROUTES = {
     ("GET", "/v1/apps"),

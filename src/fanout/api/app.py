@@ -43,7 +43,9 @@ def create_app(settings: Settings) -> FastAPI:
                     connection_failure(exc),
                 )
                 queues = None
-            app.state.api = ApiState(settings, pool, sqs, queues)
+            app.state.api = ApiState(
+                settings, pool, sqs, queues, open_tokens=settings.open_tokens()
+            )
             try:
                 yield
             finally:

@@ -7,6 +7,7 @@ from fanout.api.routes import (
     events,
     imports,
     live_activities,
+    opens,
     operations,
     subscriptions,
 )
@@ -18,6 +19,7 @@ ROUTERS = (
     audience.router,
     events.router,
     live_activities.router,
+    opens.router,
     operations.router,
     apps.router,
 )
