@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from fanout.config import Settings
 from fanout.queue.sqs import Queues, open_queues
 from fanout.ratelimit import TokenBucket
+from fanout.webhooks.addresses import Resolver, system_resolver
 
 # A publish answers within this even when SQS is slow or down: the event is committed,
 # and if the send did not finish, the reconciler sends it (fan-out is idempotent).
@@ -53,6 +54,8 @@ class ApiState:
     queues: Queues | None
     metrics: Metrics = field(default_factory=Metrics)
     publish_buckets: dict[str, TokenBucket] = field(default_factory=dict)  # by key_id
+    # How a webhook endpoint's name is resolved to check it (the tests give their own).
+    webhook_resolver: Resolver = system_resolver
 
     async def get_queues(self) -> Queues:
         """The queues, opened on first use if they were not reachable at start-up."""

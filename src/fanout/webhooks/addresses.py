@@ -67,19 +67,19 @@ def refusal(address: IPAddress) -> str | None:
         address = address.ipv4_mapped
     if address == ipaddress.IPv4Address("169.254.169.254"):
         return "the cloud metadata address"
+    if isinstance(address, ipaddress.IPv6Address) and address in _UNIQUE_LOCAL:
+        return "a unique-local address"
     checks = (
-        ("loopback", address.is_loopback),
-        ("unspecified", address.is_unspecified),
-        ("link-local", address.is_link_local),
-        ("multicast", address.is_multicast),
-        ("private", address.is_private),
-        ("reserved", address.is_reserved),
+        ("a loopback", address.is_loopback),
+        ("an unspecified", address.is_unspecified),
+        ("a link-local", address.is_link_local),
+        ("a multicast", address.is_multicast),
+        ("a private", address.is_private),
+        ("a reserved", address.is_reserved),
     )
     for name, holds in checks:
         if holds:
-            if name == "private" and isinstance(address, ipaddress.IPv6Address):
-                name = "unique-local" if address in _UNIQUE_LOCAL else name
-            return f"a {name} address"
+            return f"{name} address"
     if not address.is_global:  # shared (100.64.0.0/10) and other special ranges
         return "not a public address"
     return None

@@ -8,6 +8,7 @@ from fanout.api.routes import (
     live_activities,
     operations,
     subscriptions,
+    webhooks,
 )
 
 ROUTERS = (
@@ -17,6 +18,7 @@ ROUTERS = (
     events.router,
     live_activities.router,
     operations.router,
+    webhooks.router,
     apps.router,
 )
 
