@@ -49,6 +49,10 @@ vapid_app = typer.Typer(help="Web Push (VAPID) key pairs.")
 apps_app.add_typer(vapid_app, name="vapid")
 secrets_app = typer.Typer(help="The key app credentials are sealed with (FANOUT_SECRET_KEY).")
 app.add_typer(secrets_app, name="secrets")
+webhooks_app = typer.Typer(
+    help="Webhooks: signed calls to an app's backend when an event ends or tokens are retired."
+)
+app.add_typer(webhooks_app, name="webhooks")
 QueueRole = Annotated[str, typer.Option("--queue", help="fanout, delivery or both.")]
 err = Console(stderr=True, soft_wrap=True)  # one line per message, even in logs
 
@@ -1482,6 +1486,141 @@ def export(
         else:
             out.flush()
     err.print(f"{kind}: {written:,} rows exported", markup=False)
+
+
+# --- Webhooks (issue #24), as /v1/webhooks -------------------------------------------------
+WebhookId = Annotated[int, typer.Argument(min=1, help="The endpoint's id (`webhooks list`).")]
+
+
+@webhooks_app.command("add")
+def webhooks_add(
+    url: Annotated[str, typer.Argument(help="https:// on a public address.")],
+    kind: Annotated[
+        list[str],
+        typer.Option(
+            "--kind",
+            help="event.finished, devices.retired, devices.failed or push.opened; repeat "
+            "for several.",
+        ),
+    ],
+    app_key: AppOption = "default",
+) -> None:
+    """Register an endpoint; prints its id and its whsec_ signing secret, shown this once."""
+    from fanout.credentials.stored import keyring
+    from fanout.webhooks import addresses
+    from fanout.webhooks.endpoints import UnknownKind, register
+
+    settings = _settings()
+
+    async def add(conn: Any) -> Any:
+        found = await _app_named(conn, app_key)
+        return await register(
+            conn,
+            app_id=found.id,
+            url=url,
+            kinds=kind,
+            keyring=keyring(settings),
+            resolver=addresses.system_resolver,
+            allow_private=settings.webhook_allow_private,
+        )
+
+    try:
+        endpoint, secret = _with_connection(add)
+    except addresses.RefusedAddress as exc:
+        _fail(f"URL: {exc}", EXIT_CONFIG)
+    except UnknownKind as exc:
+        _fail(f"--kind: {exc}", EXIT_CONFIG)
+    err.print(f"webhook {endpoint.id} for {', '.join(endpoint.kinds)}", markup=False)
+    err.print("its signing secret (shown this once; keep it where your backend reads it):")
+    typer.echo(secret)
+
+
+@webhooks_app.command("list")
+def webhooks_list(app_key: AppOption = "default", json: JsonOutput = False) -> None:
+    """An app's endpoints and their state (active, failing, disabled)."""
+    from fanout.api.routes.webhooks import webhook_out
+    from fanout.store import webhooks
+
+    async def listed(conn: Any) -> Any:
+        found = await _app_named(conn, app_key)
+        return await webhooks.list_endpoints(conn, app_id=found.id)
+
+    shown = [webhook_out(endpoint) for endpoint in _with_connection(listed)]
+    if json:
+        typer.echo(orjson.dumps([s.model_dump(mode="json") for s in shown]).decode())
+        return
+    for one in shown:
+        typer.echo(f"{one.id:>6} {one.state:<9} {','.join(one.kinds):<40} {one.url}")
+
+
+@webhooks_app.command("delete")
+def webhooks_delete(webhook: WebhookId, app_key: AppOption = "default") -> None:
+    """Delete an endpoint and its deliveries."""
+    from fanout.store import webhooks
+
+    async def delete(conn: Any) -> bool:
+        found = await _app_named(conn, app_key)
+        deleted: bool = await webhooks.delete_endpoint(conn, app_id=found.id, endpoint_id=webhook)
+        return deleted
+
+    if not _with_connection(delete):
+        _fail(f"no webhook {webhook} in app {app_key}")
+    err.print(f"deleted webhook {webhook}")
+
+
+@webhooks_app.command("test")
+def webhooks_test(webhook: WebhookId, app_key: AppOption = "default") -> None:
+    """Queue a webhook.test delivery to the endpoint (a worker sends it)."""
+    from fanout.store import webhooks
+
+    async def test(conn: Any) -> int | None:
+        found = await _app_named(conn, app_key)
+        made: int | None = await webhooks.enqueue_test(
+            conn,
+            app_id=found.id,
+            endpoint_id=webhook,
+            kind=webhooks.TEST_KIND,
+            payload={"webhook": webhook, "app": app_key},
+        )
+        return made
+
+    made = _with_connection(test)
+    if made is None:
+        _fail(f"no webhook {webhook} in app {app_key}")
+    err.print(f"delivery {made} queued; `fanout webhooks list` shows the endpoint's state")
+
+
+@webhooks_app.command("replay")
+def webhooks_replay(
+    webhook: Annotated[
+        int | None, typer.Argument(min=1, help="Every failed delivery of this endpoint.")
+    ] = None,
+    delivery: Annotated[int | None, typer.Option(min=1, help="One failed delivery.")] = None,
+    app_key: AppOption = "default",
+) -> None:
+    """Send failed deliveries again (each with its own webhook-id): an endpoint's (enabling
+    it again if it was disabled), or one with --delivery."""
+    from fanout.store import webhooks
+
+    if (webhook is None) == (delivery is None):
+        raise typer.BadParameter("give an endpoint's id or --delivery, one of them")
+
+    async def replay(conn: Any) -> int | None:
+        found = await _app_named(conn, app_key)
+        if delivery is not None:
+            done = await webhooks.replay_delivery(conn, app_id=found.id, delivery_id=delivery)
+            return 1 if done else None
+        assert webhook is not None
+        replayed: int | None = await webhooks.replay_endpoint(
+            conn, app_id=found.id, endpoint_id=webhook
+        )
+        return replayed
+
+    replayed = _with_connection(replay)
+    if replayed is None:
+        what = f"failed delivery {delivery}" if delivery else f"webhook {webhook}"
+        _fail(f"no {what} in app {app_key}")
+    err.print(f"{replayed} deliveries sent again")
 
 
 def main() -> None:

@@ -83,6 +83,8 @@ SHAPED: dict[str, Any] = {
     "audience": live_activities.Audience(1, "activity", datetime(2026, 3, 29, 7, tzinfo=UTC)),
     "token_ids": [1, 2],
     "ends_at": datetime(2026, 3, 29, 7, tzinfo=UTC),
+    "kinds": ["event.finished"],
+    "answer": "connection refused",
 }
 OWNER = uuid.UUID(int=7)
 

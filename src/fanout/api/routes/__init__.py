@@ -10,6 +10,7 @@ from fanout.api.routes import (
     opens,
     operations,
     subscriptions,
+    webhooks,
 )
 
 ROUTERS = (
@@ -21,6 +22,7 @@ ROUTERS = (
     live_activities.router,
     opens.router,
     operations.router,
+    webhooks.router,
     apps.router,
 )
 
