@@ -19,6 +19,7 @@ from typing import Any
 import pydantic
 
 from fanout.api.schemas import ApnsDeviceIn, DeviceIn, WebPushDeviceIn
+from fanout.errors import FanoutError
 from fanout.identifiers import TOPIC_PATTERN, USER_ID_PATTERN, is_topic_key, is_user_id
 from fanout.user_attributes import USER_ATTRIBUTES
 
@@ -40,7 +41,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-class RowError(ValueError):
+class RowError(FanoutError, ValueError):
     """A row that cannot be imported; str() is the reason, naming the field."""
 
 

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Query, Request
 from fanout.api import schemas
 from fanout.api.auth import Manager
 from fanout.api.state import Pool
-from fanout.bulk.load import import_rows
 from fanout.bulk.readers import ndjson_body_records
 
 router = APIRouter()
@@ -55,6 +54,10 @@ async def import_bulk(
 
     gzipped = request.headers.get("content-encoding", "").lower() == "gzip"
     async with pool.acquire() as conn:
+        # Imported here: fanout.bulk reads the API's device schemas, so a module-level
+        # import would be circular when fanout.bulk is imported first.
+        from fanout.bulk.load import import_rows
+
         counts = await import_rows(
             conn,
             kind=kind,
