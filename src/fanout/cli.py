@@ -49,6 +49,10 @@ vapid_app = typer.Typer(help="Web Push (VAPID) key pairs.")
 apps_app.add_typer(vapid_app, name="vapid")
 secrets_app = typer.Typer(help="The key app credentials are sealed with (FANOUT_SECRET_KEY).")
 app.add_typer(secrets_app, name="secrets")
+webhooks_app = typer.Typer(
+    help="Webhooks: signed calls to an app's backend when an event ends or tokens are retired."
+)
+app.add_typer(webhooks_app, name="webhooks")
 QueueRole = Annotated[str, typer.Option("--queue", help="fanout, delivery or both.")]
 err = Console(stderr=True, soft_wrap=True)  # one line per message, even in logs
 
@@ -1305,6 +1309,318 @@ def _export_lines(values: dict[str, Any], subscription: dict[str, str]) -> str:
     # Not settings: what a Web Push device registered with these emulators must carry.
     lines += [f"# {name}: {value}" for name, value in subscription.items()]
     return "\n".join(lines) + "\n"
+
+
+# --- Bulk import and export (fanout.bulk) -------------------------------------------------
+
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format", help="csv or ndjson (default: from the name, .ndjson/.jsonl, else csv)."
+    ),
+]
+
+
+@app.command("import")
+def import_(
+    kind: Annotated[str, typer.Argument(help="users, devices or subscriptions.")],
+    file: Annotated[str, typer.Argument(help="A CSV or NDJSON file, gzipped or not; - for stdin.")],
+    fmt: FormatOption = None,
+    mapping: Annotated[
+        str | None,
+        typer.Option(help="Read another service's export: onesignal (CSV export) or firebase."),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Check every row, write nothing; say what would change."),
+    ] = False,
+    rejects: Annotated[
+        str | None,
+        typer.Option(
+            help="Where bad rows' line numbers and reasons go (default: FILE.rejects.csv)."
+        ),
+    ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress", help="A rows/s bar on stderr (default: on a terminal)."
+        ),
+    ] = None,
+    json: JsonOutput = False,
+    app_key: AppOption = "default",
+) -> None:
+    """Import users, devices or subscriptions in bulk into an app: COPY into a staging table
+    and one set-based upsert per chunk; the same file twice changes nothing; a bad row is
+    reported with its line and reason (in the rejects file) and the others land."""
+    import csv
+
+    from fanout.bulk import FORMATS, KINDS
+    from fanout.bulk.load import import_rows
+    from fanout.bulk.readers import format_of, open_input, records
+    from fanout.bulk.rows import MAPPINGS
+
+    if kind not in KINDS:
+        raise typer.BadParameter(f"one of {', '.join(KINDS)}", param_hint="KIND")
+    fmt = format_of(file, fmt)
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"one of {', '.join(FORMATS)}", param_hint="--format")
+    if mapping is not None and mapping not in MAPPINGS:
+        raise typer.BadParameter(f"one of {', '.join(MAPPINGS)}", param_hint="--mapping")
+    try:
+        stream = open_input(file)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {file}: {exc.strerror}", param_hint="FILE") from None
+    rejects_path = rejects or (
+        "fanout-import.rejects.csv" if file == "-" else f"{file}.rejects.csv"
+    )
+    # Written on every run (a header alone: nothing rejected), so it is never last run's.
+    try:
+        rejects_file = open(rejects_path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+    except OSError as exc:
+        stream.close()
+        why = f"cannot write {rejects_path}: {exc.strerror}"
+        raise typer.BadParameter(why, param_hint="--rejects") from None
+    rejects_csv = csv.writer(rejects_file, lineterminator="\n")
+    rejects_csv.writerow(["line", "reason"])
+
+    def on_reject(line: int, reason: str) -> None:
+        rejects_csv.writerow([line, reason])
+
+    show = sys.stderr.isatty() if progress is None else progress
+    started = time.monotonic()
+
+    def on_progress(rows: int) -> None:
+        if show:
+            rate = rows / max(time.monotonic() - started, 1e-6)
+            sys.stderr.write(f"\r{kind}: {rows:,} rows  {rate:,.0f} rows/s")
+            sys.stderr.flush()
+
+    settings = _settings()
+
+    async def run(conn: Any) -> Any:
+        found = await _app_named(conn, app_key)
+        return await import_rows(
+            conn,
+            kind=kind,
+            app_id=found.id,
+            numbered=records(stream, fmt),
+            mapping=mapping,
+            dry_run=dry_run,
+            on_reject=on_reject,
+            on_progress=on_progress,
+        )
+
+    from fanout.store import connect
+
+    try:
+        counts = asyncio.run(_connected(settings, run, connect))
+    finally:
+        stream.close()
+        rejects_file.close()
+    seconds = max(time.monotonic() - started, 1e-6)
+    if show:
+        sys.stderr.write("\n")
+    if json:
+        typer.echo(orjson.dumps({**counts.as_dict(), "seconds": round(seconds, 3)}).decode())
+    would = "would be " if dry_run else ""
+    summary = (
+        f"{kind}: {counts.rows:,} rows in {seconds:.1f}s ({counts.rows / seconds:,.0f} rows/s): "
+        f"{counts.inserted:,} {would}inserted, {counts.updated:,} {would}updated, "
+        f"{counts.unchanged:,} unchanged, {counts.rejected:,} rejected"
+    )
+    if counts.rejected:
+        summary += f" (lines and reasons in {rejects_path})"
+    err.print(summary, markup=False)
+
+
+@app.command("export")
+def export(
+    kind: Annotated[str, typer.Argument(help="devices or subscriptions.")],
+    file: Annotated[str, typer.Argument(help="Where to write; - (the default) for stdout.")] = "-",
+    fmt: FormatOption = None,
+    app_key: AppOption = "default",
+) -> None:
+    """Export an app's active devices or its subscriptions in the columns `fanout import`
+    reads (CSV or NDJSON; .gz names are gzipped), a page at a time."""
+    import gzip
+    import io
+
+    from fanout.bulk import EXPORT_KINDS, FORMATS
+    from fanout.bulk.load import export_records
+    from fanout.bulk.readers import format_of
+    from fanout.bulk.writers import RecordWriter
+
+    if kind not in EXPORT_KINDS:
+        raise typer.BadParameter(f"one of {', '.join(EXPORT_KINDS)}", param_hint="KIND")
+    fmt = format_of(file, fmt)
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"one of {', '.join(FORMATS)}", param_hint="--format")
+    settings = _settings()
+    out: Any
+    if file == "-":
+        out = sys.stdout
+    elif file.endswith(".gz"):
+        out = io.TextIOWrapper(gzip.open(file, "wb"), encoding="utf-8", newline="")  # noqa: SIM115
+    else:
+        out = open(file, "w", encoding="utf-8", newline="")  # noqa: SIM115
+
+    async def run(conn: Any) -> int:
+        found = await _app_named(conn, app_key)
+        writer = RecordWriter(out, kind=kind, fmt=fmt)
+        written = 0
+        page: list[dict[str, Any]] = []
+        async for record in export_records(conn, kind=kind, app_id=found.id):
+            page.append(record)
+            if len(page) >= 10_000:
+                written += writer.write(page)
+                page.clear()
+        return written + writer.write(page)
+
+    from fanout.store import connect
+
+    try:
+        written = asyncio.run(_connected(settings, run, connect))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        else:
+            out.flush()
+    err.print(f"{kind}: {written:,} rows exported", markup=False)
+
+
+# --- Webhooks (issue #24), as /v1/webhooks -------------------------------------------------
+WebhookId = Annotated[int, typer.Argument(min=1, help="The endpoint's id (`webhooks list`).")]
+
+
+@webhooks_app.command("add")
+def webhooks_add(
+    url: Annotated[str, typer.Argument(help="https:// on a public address.")],
+    kind: Annotated[
+        list[str],
+        typer.Option(
+            "--kind",
+            help="event.finished, devices.retired, devices.failed or push.opened; repeat "
+            "for several.",
+        ),
+    ],
+    app_key: AppOption = "default",
+) -> None:
+    """Register an endpoint; prints its id and its whsec_ signing secret, shown this once."""
+    from fanout.credentials.stored import keyring
+    from fanout.webhooks import addresses
+    from fanout.webhooks.endpoints import UnknownKind, register
+
+    settings = _settings()
+
+    async def add(conn: Any) -> Any:
+        found = await _app_named(conn, app_key)
+        return await register(
+            conn,
+            app_id=found.id,
+            url=url,
+            kinds=kind,
+            keyring=keyring(settings),
+            resolver=addresses.system_resolver,
+            allow_private=settings.webhook_allow_private,
+        )
+
+    try:
+        endpoint, secret = _with_connection(add)
+    except addresses.RefusedAddress as exc:
+        _fail(f"URL: {exc}", EXIT_CONFIG)
+    except UnknownKind as exc:
+        _fail(f"--kind: {exc}", EXIT_CONFIG)
+    err.print(f"webhook {endpoint.id} for {', '.join(endpoint.kinds)}", markup=False)
+    err.print("its signing secret (shown this once; keep it where your backend reads it):")
+    typer.echo(secret)
+
+
+@webhooks_app.command("list")
+def webhooks_list(app_key: AppOption = "default", json: JsonOutput = False) -> None:
+    """An app's endpoints and their state (active, failing, disabled)."""
+    from fanout.api.routes.webhooks import webhook_out
+    from fanout.store import webhooks
+
+    async def listed(conn: Any) -> Any:
+        found = await _app_named(conn, app_key)
+        return await webhooks.list_endpoints(conn, app_id=found.id)
+
+    shown = [webhook_out(endpoint) for endpoint in _with_connection(listed)]
+    if json:
+        typer.echo(orjson.dumps([s.model_dump(mode="json") for s in shown]).decode())
+        return
+    for one in shown:
+        typer.echo(f"{one.id:>6} {one.state:<9} {','.join(one.kinds):<40} {one.url}")
+
+
+@webhooks_app.command("delete")
+def webhooks_delete(webhook: WebhookId, app_key: AppOption = "default") -> None:
+    """Delete an endpoint and its deliveries."""
+    from fanout.store import webhooks
+
+    async def delete(conn: Any) -> bool:
+        found = await _app_named(conn, app_key)
+        deleted: bool = await webhooks.delete_endpoint(conn, app_id=found.id, endpoint_id=webhook)
+        return deleted
+
+    if not _with_connection(delete):
+        _fail(f"no webhook {webhook} in app {app_key}")
+    err.print(f"deleted webhook {webhook}")
+
+
+@webhooks_app.command("test")
+def webhooks_test(webhook: WebhookId, app_key: AppOption = "default") -> None:
+    """Queue a webhook.test delivery to the endpoint (a worker sends it)."""
+    from fanout.store import webhooks
+
+    async def test(conn: Any) -> int | None:
+        found = await _app_named(conn, app_key)
+        made: int | None = await webhooks.enqueue_test(
+            conn,
+            app_id=found.id,
+            endpoint_id=webhook,
+            kind=webhooks.TEST_KIND,
+            payload={"webhook": webhook, "app": app_key},
+        )
+        return made
+
+    made = _with_connection(test)
+    if made is None:
+        _fail(f"no webhook {webhook} in app {app_key}")
+    err.print(f"delivery {made} queued; `fanout webhooks list` shows the endpoint's state")
+
+
+@webhooks_app.command("replay")
+def webhooks_replay(
+    webhook: Annotated[
+        int | None, typer.Argument(min=1, help="Every failed delivery of this endpoint.")
+    ] = None,
+    delivery: Annotated[int | None, typer.Option(min=1, help="One failed delivery.")] = None,
+    app_key: AppOption = "default",
+) -> None:
+    """Send failed deliveries again (each with its own webhook-id): an endpoint's (enabling
+    it again if it was disabled), or one with --delivery."""
+    from fanout.store import webhooks
+
+    if (webhook is None) == (delivery is None):
+        raise typer.BadParameter("give an endpoint's id or --delivery, one of them")
+
+    async def replay(conn: Any) -> int | None:
+        found = await _app_named(conn, app_key)
+        if delivery is not None:
+            done = await webhooks.replay_delivery(conn, app_id=found.id, delivery_id=delivery)
+            return 1 if done else None
+        assert webhook is not None
+        replayed: int | None = await webhooks.replay_endpoint(
+            conn, app_id=found.id, endpoint_id=webhook
+        )
+        return replayed
+
+    replayed = _with_connection(replay)
+    if replayed is None:
+        what = f"failed delivery {delivery}" if delivery else f"webhook {webhook}"
+        _fail(f"no {what} in app {app_key}")
+    err.print(f"{replayed} deliveries sent again")
 
 
 def main() -> None:

@@ -403,6 +403,43 @@ class Settings(BaseSettings):
         "thousands of apps.",
     )
 
+    # --- Webhooks (issue #24): the sender in every worker and the WebhookFunction -------
+    webhook_concurrency: int = Field(
+        default=16, ge=1, le=512, description="Webhook calls in flight per worker process."
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="How long a webhook call may take (connect to answer) before it counts "
+        "failed and is tried again later.",
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often an idle sender looks for due deliveries."
+    )
+    webhook_retry_base_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="The first wait before a failed webhook call is tried again; doubling, "
+        "at most an hour.",
+    )
+    webhook_retry_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="How long a delivery is retried before it is kept as failed (replayable).",
+    )
+    webhook_disable_after_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="An endpoint whose calls have all failed for this long is disabled "
+        "(a replay enables it again).",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Allow webhook endpoints on loopback, private and link-local addresses, "
+        "and http:// (development and tests only: a user's URL could reach your network).",
+    )
+
     # --- Reconciler: PostgreSQL drives liveness, the queue is transport ------------------
     reconcile_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often each worker looks for overdue work."
@@ -444,6 +481,9 @@ class Settings(BaseSettings):
     )
     api_publish_burst: int = Field(default=100, ge=1, description="Publish requests in a burst.")
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # POST /v1/imports/{kind} reads its NDJSON body as it arrives (memory flat whatever
+    # its size), so its limit is the size of an import, not of a request held in memory.
+    api_max_import_bytes: int = Field(default=4 * 1024**3, ge=1024)
     # A client that never finishes a request holds a file descriptor for as long as it
     # likes otherwise: 800 half-sent requests from one address were all kept 20 s
     # (api/connection_limits.py). nginx waits 60 s for headers; fanout's clients are
@@ -476,6 +516,11 @@ class Settings(BaseSettings):
         """When a delivery retry batch is sent again: FANOUT_RETRY_BASE_DELAY, doubling,
         at most SQS's longest message delay (15 minutes)."""
         return Backoff(first=float(self.retry_base_delay), cap=900.0)
+
+    def webhook_backoff(self) -> Backoff:
+        """When a failed webhook call is tried again: FANOUT_WEBHOOK_RETRY_BASE_SECONDS,
+        doubling, at most an hour apart."""
+        return Backoff(first=self.webhook_retry_base_seconds, cap=3600.0)
 
     def database_dsn(self) -> str:
         """The database URL, secret included; raises ``ConfigError`` when unset."""

@@ -21,11 +21,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from pydantic import SecretStr
 
 from fanout.api import create_app
 from fanout.api.console import pages as console_pages
 from fanout.api.keys import create_api_key
 from fanout.config import Settings
+from fanout.credentials.sealing import generate_key
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client
 from fanout.store import apps, connect
@@ -46,6 +48,8 @@ class Names:
     token: str
     device_id: int = 0
     event_id: int = 0
+    webhook_id: int = 0
+    delivery_id: int = 0
 
     def path_parameters(self) -> dict[str, str]:
         return {
@@ -55,6 +59,9 @@ class Names:
             "activity_id": self.activity,
             "device_id": str(self.device_id),
             "event_id": str(self.event_id),
+            "kind": "subscriptions",
+            "webhook_id": str(self.webhook_id),
+            "delivery_id": str(self.delivery_id),
         }
 
 
@@ -84,6 +91,8 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
         ("DELETE", "/v1/topics/{topic}/subscribers/{user_id}"): None,
         ("POST", "/v1/topics/{topic}/subscribers"): {"user_ids": [names.user]},
         ("GET", "/v1/users/{user_id}/subscriptions"): None,
+        # One NDJSON line: B's import knows none of A's users (each line rejected alike).
+        ("POST", "/v1/imports/{kind}"): {"topic": names.topic, "user_id": names.user},
         ("PUT", "/v1/users/{user_id}/preferences"): {"time_zone": "Asia/Tokyo"},
         ("GET", "/v1/users/{user_id}/preferences"): None,
         ("POST", "/v1/preferences"): {"items": [{"user_id": names.user, "opted_out": True}]},
@@ -106,6 +115,17 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
             "content_state": {"score": "from B"},
             "priority": 10,
         },
+        # A public address given as such: nothing is resolved, nothing is called.
+        ("POST", "/v1/webhooks"): {
+            "url": "https://93.184.215.14/hook",
+            "kinds": ["event.finished"],
+        },
+        ("GET", "/v1/webhooks"): None,
+        ("GET", "/v1/webhooks/{webhook_id}"): None,
+        ("DELETE", "/v1/webhooks/{webhook_id}"): None,
+        ("POST", "/v1/webhooks/{webhook_id}/test"): None,
+        ("POST", "/v1/webhooks/{webhook_id}/replay"): None,
+        ("POST", "/v1/webhooks/deliveries/{delivery_id}/replay"): None,
     }
 
 
@@ -194,6 +214,10 @@ async def _seed_app_a(client: httpx.AsyncClient, names: Names) -> Names:
         },
     )
     assert event.status_code == 202, event.text
+    webhook = await client.post("/v1/webhooks", json=bodies(names)[("POST", "/v1/webhooks")])
+    assert webhook.status_code == 201, webhook.text
+    test = await client.post(f"/v1/webhooks/{webhook.json()['id']}/test")
+    assert test.status_code == 202, test.text
     return Names(
         user=names.user,
         topic=names.topic,
@@ -202,11 +226,15 @@ async def _seed_app_a(client: httpx.AsyncClient, names: Names) -> Names:
         token=names.token,
         device_id=device.json()["id"],
         event_id=event.json()["event_id"],
+        webhook_id=webhook.json()["id"],
+        delivery_id=test.json()["delivery_id"],
     )
 
 
 @pytest.fixture
 async def tenants(settings: Settings) -> AsyncIterator[Tenants]:
+    # Webhook secrets are stored sealed: a key to seal them with.
+    settings = settings.model_copy(update={"secret_key": SecretStr(generate_key())})
     async with open_client(settings) as client:
         await create_queues(client, settings)
     conn = await connect(settings.database_dsn())
@@ -217,7 +245,7 @@ async def tenants(settings: Settings) -> AsyncIterator[Tenants]:
             assert await apps.insert_app(conn, key=key, name=key, settings={}) is not None
         # Ids no page holds by chance (a "1" is in every page), so that an answer can be
         # compared with the ids it was asked about taken out.
-        for table in ("devices", "events"):
+        for table in ("devices", "events", "webhook_endpoints", "webhook_deliveries"):
             await conn.execute(
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                 f"{secrets.randbelow(10**6) + 7 * 10**6})"
@@ -243,6 +271,8 @@ async def tenants(settings: Settings) -> AsyncIterator[Tenants]:
             token=tenants.b_never.token,
             device_id=tenants.a.device_id + 10_000,
             event_id=tenants.a.event_id + 10_000,
+            webhook_id=tenants.a.webhook_id + 10_000,
+            delivery_id=tenants.a.delivery_id + 10_000,
         )
         yield tenants
 
@@ -255,7 +285,7 @@ def _normalised(text: str, names: Names) -> str:
     """An answer with the names it was asked about replaced: what is left must not differ."""
     for value in (names.user, names.topic, names.category, names.activity):
         text = text.replace(value, "<name>")
-    for number in (names.device_id, names.event_id):
+    for number in (names.device_id, names.event_id, names.webhook_id, names.delivery_id):
         text = re.sub(rf"\b{number}\b", "<id>", text)
     return text
 
@@ -321,6 +351,12 @@ async def test_for_a_key_of_app_b_every_resource_of_app_a_does_not_exist(
         assert [m["topic"] for m in preferences.json()["mutes"]] == [a.topic]
         listed = await client.get(f"/v1/users/{a.user}/subscriptions")
         assert [s["topic"] for s in listed.json()["items"]] == [a.topic]
+        # A's import finds A's user and A's subscription: already there, unchanged.
+        imported = await client.post(
+            "/v1/imports/subscriptions", json={"topic": a.topic, "user_id": a.user}
+        )
+        assert imported.status_code == 200, imported.text
+        assert (imported.json()["unchanged"], imported.json()["rejected"]) == (1, 0)
         caps = await client.get("/v1/frequency-caps")
         assert [(c["category"], c["max"]) for c in caps.json()] == [(a.category, 2)]
         # A's activity holds A's token alone (registered again: its row, 200) and A's
@@ -333,6 +369,14 @@ async def test_for_a_key_of_app_b_every_resource_of_app_a_does_not_exist(
         assert updated.status_code == 202 and updated.json()["priority_10_last_hour"] == 2
         cancelled = await client.post(f"/v1/events/{a.event_id}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        hook = await client.get(f"/v1/webhooks/{a.webhook_id}")
+        # A's test delivery, and the event.finished of A's event, cancelled above: nothing
+        # of B's, nor any delivery B's own endpoint was given.
+        deliveries = [(d["id"], d["kind"]) for d in hook.json()["deliveries"]]
+        assert hook.status_code == 200 and deliveries[-1] == (a.delivery_id, "webhook.test")
+        assert [kind for _, kind in deliveries] == ["event.finished", "webhook.test"]
+        assert "secret" not in hook.text and "whsec_" not in hook.text
+        assert (await client.delete(f"/v1/webhooks/{a.webhook_id}")).status_code == 204
         assert (await client.delete(f"/v1/devices/{a.device_id}")).status_code == 204
         assert (await client.delete(f"/v1/frequency-caps/{a.category}")).status_code == 204
 

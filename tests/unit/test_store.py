@@ -22,8 +22,9 @@ import fanout
 import fanout.store
 from fanout.store import audience, live_activities, recipients, shards, waves
 
-# Modules that hold no statement of their own: pools, the migration runner, shared SQL.
-NOT_TABLES = {"connection", "migrate", "fragments"}
+# Modules that hold no statement of their own: pools, the migration runner, shared SQL,
+# the bulk import's staging tables (DDL and COPY).
+NOT_TABLES = {"connection", "migrate", "fragments", "staging"}
 MODULES: dict[str, ModuleType] = {
     info.name: importlib.import_module(f"fanout.store.{info.name}")
     for info in pkgutil.iter_modules(fanout.store.__path__)
@@ -82,6 +83,8 @@ SHAPED: dict[str, Any] = {
     "audience": live_activities.Audience(1, "activity", datetime(2026, 3, 29, 7, tzinfo=UTC)),
     "token_ids": [1, 2],
     "ends_at": datetime(2026, 3, 29, 7, tzinfo=UTC),
+    "kinds": ["event.finished"],
+    "answer": "connection refused",
 }
 OWNER = uuid.UUID(int=7)
 

@@ -57,7 +57,11 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Mass push notifications: one event in, a push on every subscriber's device out.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.api_max_body_bytes,
+        max_import_bytes=settings.api_max_import_bytes,
+    )
     app.add_middleware(MeasureRequests)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from fanout.identifiers import TOPIC_PATTERN, USER_ID_PATTERN
 from fanout.notification import (
     CATEGORY_PATTERN,
     ActionId,
@@ -40,9 +41,6 @@ from fanout.stages.publish import PublishOptions
 from fanout.stages.schedule import parse_local_time
 from fanout.store.apps import APP_KEY_PATTERN
 
-# Documented character sets: what may appear in a URL path segment without escaping.
-TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
-USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$"
 TopicKey = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 IdempotencyKey = Annotated[
@@ -564,6 +562,61 @@ class KeyOut(BaseModel):
     revoked_at: datetime | None
 
 
+# --- Webhooks (issue #24) ---------------------------------------------------------------
+WebhookKind = Literal["event.finished", "devices.retired", "devices.failed", "push.opened"]
+
+
+class WebhookIn(Strict):
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="https:// on a public address (checked now and before every call).",
+        examples=["https://api.example.com/fanout-hooks"],
+    )
+    kinds: list[WebhookKind] = Field(min_length=1, max_length=4)
+
+
+class WebhookOut(BaseModel):
+    id: int
+    url: str
+    kinds: list[str]
+    state: Literal["active", "failing", "disabled"]
+    created_at: datetime
+    failing_since: datetime | None
+    disabled_at: datetime | None
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(
+        description="The whsec_ signing secret: shown this once, never again.",
+    )
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: int
+    kind: str
+    webhook_id: str = Field(description="The webhook-id header: the same on every try.")
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status: int | None
+    last_answer: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class WebhookDetail(WebhookOut):
+    deliveries: list[WebhookDeliveryOut] = Field(description="The last 50, newest first.")
+
+
+class WebhookTestAccepted(BaseModel):
+    delivery_id: int
+
+
+class WebhookReplayed(BaseModel):
+    replayed: int
+
+
 PROBLEMS: dict[int | str, str] = {
     401: "Missing or unknown API key",
     403: "The key lacks the scope",
@@ -574,6 +627,7 @@ PROBLEMS: dict[int | str, str] = {
     429: "Rate limited",
     "404-opens": "Opens are off: no FANOUT_OPEN_TOKEN_KEY or FANOUT_SECRET_KEY is set",
     503: "FANOUT_SECRET_KEY is not set: credentials cannot be stored",
+    "503-webhooks": "FANOUT_SECRET_KEY is not set: webhook secrets cannot be stored",
 }
 
 
@@ -595,3 +649,27 @@ def cancel_problems() -> dict[int | str, dict[str, Any]]:
     found = problems(401, 403, 404)
     found[409] = {"model": Problem, "description": PROBLEMS["409-cancel"]}
     return found
+
+
+# ---- Bulk import (fanout.bulk) -------------------------------------------------------------
+
+MAX_LISTED_REJECTS = 1_000
+ImportKindPath = Annotated[Literal["users", "devices", "subscriptions"], Path(examples=["devices"])]
+ImportMapping = Literal["onesignal", "firebase"]
+
+
+class ImportReject(BaseModel):
+    line: int
+    reason: str
+
+
+class ImportOut(BaseModel):
+    rows: int = Field(description="Lines read (blank lines aside).")
+    inserted: int
+    updated: int
+    unchanged: int = Field(description="Rows the app already had exactly so.")
+    rejected: int
+    dry_run: bool
+    rejects: list[ImportReject] = Field(
+        description=f"The bad lines and why, the first {MAX_LISTED_REJECTS:,}."
+    )

@@ -18,6 +18,7 @@ from fanout.config import Settings
 from fanout.open_tokens import OpenTokens
 from fanout.queue.sqs import Queues, open_queues
 from fanout.ratelimit import TokenBucket
+from fanout.webhooks.addresses import Resolver, system_resolver
 
 # A publish answers within this even when SQS is slow or down: the event is committed,
 # and if the send did not finish, the reconciler sends it (fan-out is idempotent).
@@ -59,6 +60,8 @@ class ApiState:
     # OPEN_BUCKETS_MAX (memory flat however many phones post).
     open_buckets: OrderedDict[str, TokenBucket] = field(default_factory=OrderedDict)
     open_tokens: OpenTokens | None = None  # None: opens are off (no key configured)
+    # How a webhook endpoint's name is resolved to check it (the tests give their own).
+    webhook_resolver: Resolver = system_resolver
 
     async def get_queues(self) -> Queues:
         """The queues, opened on first use if they were not reachable at start-up."""

@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from fanout.metrics import EVENTS_FINISHED
+from fanout.store.fragments import EVENT_FINISHED_WEBHOOKS
 
 
 class EventState(StrEnum):
@@ -102,8 +103,9 @@ WHERE id = $1 AND status IN ('pending', 'scheduled')
 # status after; nothing for an unknown event or one that has ended otherwise (delivered,
 # failed ...: too late to cancel), and whether this statement ended it. $2: the app that
 # asks (NULL: the operator, any app); another app's event is unknown, and nothing of it is
-# touched (the waves and deferred recipients are dropped only for an event of the app).
-CANCEL_EVENT = """
+# touched (the waves and deferred recipients are dropped only for an event of the app). An
+# event it ends gets its event.finished webhook rows (EVENT_FINISHED_WEBHOOKS).
+CANCEL_EVENT = f"""
 WITH mine AS (
     SELECT id FROM events WHERE id = $1 AND ($2::integer IS NULL OR app_id = $2)
 ), waves AS (
@@ -112,7 +114,7 @@ WITH mine AS (
 ), deferred AS (
     UPDATE deferred_recipients SET wave_no = -1
     WHERE event_id = (SELECT id FROM mine) AND wave_no IS NULL
-)
+), cancelled AS (
 UPDATE events
 SET cancelled_at = coalesce(cancelled_at, now()),
     status = CASE WHEN status IN ('scheduled', 'pending', 'enqueued') THEN 'cancelled'
@@ -124,7 +126,9 @@ SET cancelled_at = coalesce(cancelled_at, now()),
                   ELSE due_at END
 WHERE id = (SELECT id FROM mine)
   AND status IN ('scheduled', 'pending', 'enqueued', 'fanning_out', 'fanned_out', 'cancelled')
-RETURNING status, finished_at = now() AS ended
+RETURNING id, app_id, status, finished_at, finished_at = now() AS ended
+), {EVENT_FINISHED_WEBHOOKS.format(ended="cancelled", condition="f.ended")}
+SELECT status, ended FROM cancelled
 """
 
 # Index: events_pkey. From here the shards are the units with deadlines.
@@ -154,8 +158,8 @@ WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
 # given up, or expired); failed: nothing sent; no_recipients: nobody to send to. A Live
 # Activity update's tokens superseded (a newer update of the activity went to them) count
 # as reached: an update whose every token was superseded ends delivered. Returns the
-# status set, if any.
-FINISH_EVENT = """
+# status set, if any. The event's event.finished webhook rows are written with it.
+FINISH_EVENT = f"""
 WITH batches AS (
     SELECT coalesce(sum(sent), 0) AS sent, coalesce(sum(failed), 0) AS failed,
            coalesce(sum(skipped), 0) AS skipped,
@@ -171,7 +175,7 @@ WITH batches AS (
            + (SELECT count(*) FROM deferred_recipients WHERE event_id = $1 AND wave_no = -1)
            AS dropped
     FROM fanout_shards WHERE event_id = $1
-)
+), ended AS (
 UPDATE events AS e
 SET status = CASE
         WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
@@ -186,14 +190,21 @@ SET status = CASE
 FROM batches AS b, shards AS s
 WHERE e.id = $1 AND e.status = 'fanned_out'
   AND NOT EXISTS (SELECT 1 FROM delivery_batches WHERE event_id = $1 AND status <> 'done')
-RETURNING e.status
+RETURNING e.id, e.app_id, e.status, e.finished_at
+), {EVENT_FINISHED_WEBHOOKS.format(ended="ended", condition="true")}
+SELECT status FROM ended
 """
 
 # Index: events_pkey. An event that can never be fanned out (its notification cannot fit a
-# batch, its fan-out message was given up): it ends failed, with the reason.
-FAIL_EVENT = """
+# batch, its fan-out message was given up): it ends failed, with the reason, and its
+# event.finished webhook rows are written with it.
+FAIL_EVENT = f"""
+WITH ended AS (
 UPDATE events SET status = 'failed', finished_at = now(), due_at = NULL, last_error = $2
 WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
+RETURNING id, app_id, status, finished_at
+), {EVENT_FINISHED_WEBHOOKS.format(ended="ended", condition="true")}
+SELECT status FROM ended
 """
 
 
@@ -282,8 +293,8 @@ async def finish(conn: asyncpg.Connection, *, event_id: int) -> EventState | Non
 async def fail(conn: asyncpg.Connection, *, event_id: int, reason: str) -> bool:
     """End an event that can never be fanned out as failed, with the reason, counted in
     ``fanout_events_finished``; True if this call ended it (``FAIL_EVENT``)."""
-    status: str = await conn.execute(FAIL_EVENT, event_id, reason)
-    if status.endswith(" 1"):
+    status: str | None = await conn.fetchval(FAIL_EVENT, event_id, reason)
+    if status is not None:
         _ended(EventState.FAILED)
         return True
     return False

@@ -5,20 +5,24 @@ from fanout.api.routes import (
     audience,
     devices,
     events,
+    imports,
     live_activities,
     opens,
     operations,
     subscriptions,
+    webhooks,
 )
 
 ROUTERS = (
     devices.router,
     subscriptions.router,
+    imports.router,
     audience.router,
     events.router,
     live_activities.router,
     opens.router,
     operations.router,
+    webhooks.router,
     apps.router,
 )
 
