@@ -16,6 +16,7 @@ from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client
 from fanout.runtime.pipeline import Pipeline
 from fanout.stages.fanout import plan_event
+from fanout.stages.opens import record_open
 from fanout.stages.publish import record_event
 from tests.helpers import run_everything, status
 from tests.providers.conftest import add_devices
@@ -82,3 +83,35 @@ async def test_no_open_token_without_a_key(
         await run_everything(pipeline)
         assert (await status(pipeline, event_id)).sent == 3
     assert [opens for opens in carried.values()] == [[None]] * 3
+
+
+async def test_the_tokens_pushes_carried_count_as_opens_per_provider(
+    opens_pipeline: Pipeline, services: LocalPushServices
+) -> None:
+    """The loop closed: tokens as the emulators received them, posted back for half of
+    each platform's devices (and some twice), give each provider's open rate."""
+    emulators = {"apns": services.apns, "fcm": services.fcm, "webpush": services.webpush}
+    carried = {platform: e.record_open_tokens() for platform, e in emulators.items()}
+    events = []
+    for platform in emulators:
+        topic, _, _ = await add_devices(opens_pipeline.pool, services, platform, 10)
+        events.append(await _publish(opens_pipeline, Notification(title="t"), topic))
+    await run_everything(opens_pipeline)
+    checker = OpenTokens(KEY.encode())
+    for platform, event_id in zip(emulators, events, strict=True):
+        received = [opens[0] for opens in carried[platform].values()]
+        for token in received[:5] + received[:2]:
+            assert token is not None
+            await record_open(
+                opens_pipeline.pool,
+                checker,
+                token,
+                action=None,
+                opened_at=None,
+                window_seconds=86400,
+            )
+        found = (await status(opens_pipeline, event_id)).opens
+        assert found is not None
+        assert (found.opened, found.open_rate) == (5, 0.5)
+        provider = found.by_provider[platform]
+        assert (provider.opened, provider.sent, provider.open_rate) == (5, 10, 0.5)
