@@ -6,6 +6,7 @@ from fanout.notification import LiveActivity, Notification
 from fanout.queue.sqs import Queues
 from fanout.stages.live_activity import publish_update
 from fanout.stages.publish import record_event
+from fanout.store import opens
 from tests.console.conftest import Console
 from tests.helpers import make_topic
 
@@ -87,3 +88,26 @@ async def test_an_event_page_polls_until_the_event_ends(console: Console) -> Non
     assert 'data-status="no_recipients"' in ended.text and "hx-trigger" not in ended.text
     assert chart.json() == {"bucket_seconds": 1, "x": [], "sent": [], "not_sent": []}
     assert missing.status_code == 404
+
+
+async def test_an_event_page_shows_its_opens_per_provider_and_clicks(console: Console) -> None:
+    pool = console.app.state.api.pool
+    topic = await make_topic(pool, 3)
+    event = await record_event(pool, Notification(title="t"), topic=topic.key)
+    async with console.signed_in("read") as client:
+        before = (await client.get(f"/console/events/{event.event_id}/live")).text
+        async with pool.acquire() as conn:
+            for device_id, action in zip(topic.device_ids, ("read", None, "read"), strict=True):
+                await opens.record_open(
+                    conn,
+                    event_id=event.event_id,
+                    device_id=device_id,
+                    action=action,
+                    opened_at=None,
+                    window_seconds=86400,
+                )
+        page = (await client.get(f"/console/events/{event.event_id}")).text
+    assert "No open reported yet" in before
+    assert '<dd id="count-opened">3</dd>' in page
+    assert '<dd class="clicks" data-action="read">2</dd>' in page
+    assert '<table id="opens-by-provider">' in page and "<td>apns</td>" in page
