@@ -19,7 +19,6 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-import orjson
 
 # What an endpoint may subscribe to. push.opened is written by the opens' feature.
 KINDS = ("event.finished", "devices.retired", "devices.failed", "push.opened")
@@ -274,9 +273,10 @@ async def delete_endpoint(conn: asyncpg.Connection, *, app_id: int, endpoint_id:
 
 
 async def enqueue(conn: asyncpg.Connection, *, app_id: int, kind: str, payload: Any) -> int:
-    """Write a delivery of ``payload`` (JSON-able) to every endpoint of the app that wants
+    """Write a delivery of ``payload`` (JSON-able: the connection's jsonb codec encodes
+    it) to every endpoint of the app that wants
     ``kind``, in the caller's transaction; how many (``ENQUEUE``)."""
-    made: int = await conn.fetchval(ENQUEUE, app_id, kind, orjson.dumps(payload).decode())
+    made: int = await conn.fetchval(ENQUEUE, app_id, kind, payload)
     return made
 
 
@@ -285,9 +285,7 @@ async def enqueue_test(
 ) -> int | None:
     """A delivery of ``kind`` to this endpoint of the app only; its id, or None if the app
     has no such endpoint (``ENQUEUE_TEST``)."""
-    made: int | None = await conn.fetchval(
-        ENQUEUE_TEST, endpoint_id, app_id, kind, orjson.dumps(payload).decode()
-    )
+    made: int | None = await conn.fetchval(ENQUEUE_TEST, endpoint_id, app_id, kind, payload)
     return made
 
 

@@ -76,8 +76,9 @@ class WebhookSender:
         self.resolver = resolver
         self.owner = uuid.uuid4()
         # The lease outlasts every call of a claim: they run at once, each within the
-        # timeout; the margin covers recording the answers.
-        self.lease_seconds = 3 * settings.webhook_timeout_seconds + 30
+        # timeout (twice it: resolving, then the call); the margin covers recording the
+        # answers. A sender killed mid-call leaves its rows due again once it is over.
+        self.lease_seconds = 2 * settings.webhook_timeout_seconds + 5
         # No connection is kept between calls: a pooled connection is keyed by address,
         # and reused for another name on that address it would carry that name's request
         # over a TLS session checked for the first one.
@@ -169,7 +170,9 @@ class WebhookSender:
             )
 
         await self._record(failure)
-        result = "failed" if after[0] == "failed" else "retry"
+        # Not pending after: failed for good, or failed with its endpoint, disabled by
+        # another row's failure meanwhile (None: this sender no longer held it).
+        result = "retry" if after[0] == "pending" else "failed"
         WEBHOOK_CALLS.labels(result).inc()
         return result
 
@@ -182,9 +185,14 @@ class WebhookSender:
                 row.secret_sealed, kek_id=row.kek_id, app_id=row.app_id, provider=SEALING_PURPOSE
             )
             target = addresses.parse_url(row.url, allow_private=allow_private)
-            checked = await addresses.checked_addresses(
-                target, resolver=self.resolver, allow_private=allow_private
+            checked = await asyncio.wait_for(
+                addresses.checked_addresses(
+                    target, resolver=self.resolver, allow_private=allow_private
+                ),
+                self.settings.webhook_timeout_seconds,
             )
+        except TimeoutError:
+            return None, "resolving the endpoint's name took too long"
         except CannotOpen as exc:
             return None, f"the endpoint's secret: {exc}"
         except addresses.RefusedAddress as exc:

@@ -1,0 +1,415 @@
+"""Webhooks, for real: a receiver on loopback (FANOUT_WEBHOOK_ALLOW_PRIVATE, as in
+development) verifies every call's signature with the ``standardwebhooks`` package, an
+implementation fanout did not write. Down (connection refused) while an event is sent,
+then up: it gets every retired token and the event's final counts, nothing lost, repeats
+only with the same webhook-id. A sender SIGKILLed mid-call loses nothing either."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import secrets
+import signal
+import threading
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import standardwebhooks
+from pydantic import SecretStr
+
+from fanout.api import create_app
+from fanout.api.keys import create_api_key
+from fanout.config import Settings
+from fanout.credentials.sealing import generate_key
+from fanout.credentials.stored import keyring
+from fanout.local.sink import EmbeddedSink
+from fanout.notification import Notification
+from fanout.runtime.pipeline import Pipeline
+from fanout.stages.publish import publish
+from fanout.store import connect, webhooks
+from fanout.store.apps import DEFAULT_APP_ID
+from fanout.webhooks.endpoints import register
+from fanout.webhooks.sender import WebhookSender
+from tests.faults.conftest import sink_worker
+from tests.helpers import run_everything, sink_pipeline, wait_for
+from tests.processes import free_port
+
+NOTE = Notification(title="webhooks", body="test")
+
+
+@dataclass
+class Received:
+    webhook_id: str
+    body: bytes
+    message: dict[str, Any]
+
+
+@dataclass
+class Receiver:
+    """An HTTP server that verifies every call (a failed verification is kept, and fails
+    the test) and answers 204; down until ``up()``. ``hold``: calls wait until it is set."""
+
+    secret: str = ""
+    port: int = field(default_factory=free_port)
+    received: list[Received] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)
+    hold: threading.Event | None = None
+    seen: threading.Event = field(default_factory=threading.Event)
+    _server: http.server.ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    def up(self) -> None:
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.seen.set()
+                if receiver.hold is not None:
+                    receiver.hold.wait()
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                try:
+                    message = standardwebhooks.Webhook(receiver.secret).verify(body, headers)
+                except standardwebhooks.WebhookVerificationError as exc:
+                    receiver.unverified.append(f"{headers.get('webhook-id')}: {exc}")
+                    self.send_response(400)
+                else:
+                    receiver.received.append(Received(headers["webhook-id"], body, message))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def down(self) -> None:
+        if self._server is not None:
+            if self.hold is not None:
+                self.hold.set()
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def by_id(self) -> dict[str, list[Received]]:
+        found: dict[str, list[Received]] = defaultdict(list)
+        for one in self.received:
+            found[one.webhook_id].append(one)
+        return found
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    made = Receiver()
+    yield made
+    made.down()
+
+
+@pytest.fixture
+def hook_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "secret_key": SecretStr(generate_key()),
+            "webhook_allow_private": True,
+            "webhook_retry_base_seconds": 0.2,
+            "webhook_timeout_seconds": 5.0,
+            "webhook_poll_seconds": 0.1,
+        }
+    )
+
+
+@pytest.fixture
+async def hook_pipeline(hook_settings: Settings, sink: EmbeddedSink) -> AsyncIterator[Pipeline]:
+    async with sink_pipeline(hook_settings, sink.url) as pipeline:
+        yield pipeline
+
+
+async def _register(pipeline: Pipeline, receiver: Receiver, kinds: list[str]) -> int:
+    async with pipeline.pool.acquire() as conn:
+        endpoint, secret = await register(
+            conn,
+            app_id=DEFAULT_APP_ID,
+            url=receiver.url,
+            kinds=kinds,
+            keyring=keyring(pipeline.settings),
+            resolver=_no_dns,
+            allow_private=True,
+        )
+    receiver.secret = secret
+    return endpoint.id
+
+
+async def _no_dns(host: str, port: int) -> list[str]:
+    raise AssertionError(f"{host} was resolved: the tests' URLs are addresses")
+
+
+async def _seed_topic(pipeline: Pipeline, users: int, retired: int) -> tuple[str, set[str]]:
+    """A topic of ``users`` subscribers with one APNs device each; the first ``retired``
+    tokens are ones the sink answers unregistered (as APNs's 410)."""
+    run = secrets.token_hex(4)
+    topic = f"hooks:{run}"
+    async with pipeline.pool.acquire() as conn, conn.transaction():
+        topic_id = await conn.fetchval(
+            "INSERT INTO topics (app_id, key) VALUES ($1, $2) RETURNING id", DEFAULT_APP_ID, topic
+        )
+        await conn.execute(
+            """WITH u AS (
+                   INSERT INTO users (app_id, external_id)
+                   SELECT $1, $2 || '-' || g FROM generate_series(1, $3) AS g
+                   RETURNING id, external_id
+               ), s AS (INSERT INTO subscriptions (topic_id, user_id) SELECT $4, id FROM u)
+               INSERT INTO devices (app_id, user_id, platform, token, locale)
+               SELECT $1, id,  'apns',
+                      CASE WHEN split_part(external_id, '-', 2)::int <= $5
+                           THEN 'invalid-' ELSE 'ok-' END || external_id, 'en'
+               FROM u""",
+            DEFAULT_APP_ID,
+            run,
+            users,
+            topic_id,
+            retired,
+        )
+    return topic, {f"invalid-{run}-{i}" for i in range(1, retired + 1)}
+
+
+async def _pending(pipeline: Pipeline) -> int:
+    async with pipeline.pool.acquire() as conn:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM webhook_deliveries WHERE status <> 'delivered'"
+        )
+        return count
+
+
+async def test_receiver_down_then_up_gets_every_retired_token_and_the_final_counts(
+    hook_pipeline: Pipeline, sink: EmbeddedSink, receiver: Receiver
+) -> None:
+    pipeline = hook_pipeline
+    await _register(pipeline, receiver, ["event.finished", "devices.retired", "devices.failed"])
+    topic, retired = await _seed_topic(pipeline, 20_000, 2_000)
+    stopping = asyncio.Event()
+    sender = WebhookSender(pipeline.pool, pipeline.settings, keyring(pipeline.settings))
+    sending = asyncio.create_task(sender.run(stopping))
+    try:
+        # The receiver is down (connection refused) while the event is sent.
+        event = await publish(pipeline.pool, pipeline.queues, NOTE, topic=topic)
+        await run_everything(pipeline)
+        await wait_for(lambda: _tried_while_down(pipeline), "calls refused while down")
+        assert receiver.received == []
+        receiver.up()
+        await wait_for(lambda: _none_pending(pipeline), "every delivery delivered", timeout=120)
+    finally:
+        stopping.set()
+        await sending
+
+    assert receiver.unverified == []
+    by_id = receiver.by_id()
+    assert set(by_id) == await _written(pipeline)  # lost: 0
+    # Repeats only with the same webhook-id, and then the same body.
+    for copies in by_id.values():
+        assert len({c.body for c in copies}) == 1
+    messages = [copies[0].message for copies in by_id.values()]
+    tokens = [
+        d["token"] for m in messages if m["type"] == "devices.retired" for d in m["data"]["devices"]
+    ]
+    assert sorted(tokens) == sorted(retired)  # every one, once (by webhook-id)
+    assert all(
+        d["reason"] == "sink: unregistered"
+        for m in messages
+        if m["type"] == "devices.retired"
+        for d in m["data"]["devices"]
+    )
+    finished = [m["data"] for m in messages if m["type"] == "event.finished"]
+    assert len(finished) == 1
+    assert finished[0]["event_id"] == event.event_id
+    assert (finished[0]["sent"], finished[0]["invalid"], finished[0]["failed"]) == (
+        18_000,
+        2_000,
+        0,
+    )
+    assert finished[0]["status"] == "delivered"
+    assert not [m for m in messages if m["type"] == "devices.failed"]
+    assert (sink.sink.ledger.unique, sink.sink.ledger.duplicates) == (18_000, 0)
+
+
+async def _tried_while_down(pipeline: Pipeline) -> bool:
+    async with pipeline.pool.acquire() as conn:
+        tried: int = await conn.fetchval(
+            "SELECT count(*) FROM webhook_deliveries WHERE attempts > 0 AND last_status IS NULL"
+            " AND last_answer LIKE 'ConnectError%'"
+        )
+        return tried > 0
+
+
+async def _none_pending(pipeline: Pipeline) -> bool:
+    return await _pending(pipeline) == 0
+
+
+async def _written(pipeline: Pipeline) -> set[str]:
+    async with pipeline.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT webhook_id FROM webhook_deliveries")
+    return {row["webhook_id"] for row in rows}
+
+
+async def test_a_sender_sigkilled_mid_call_loses_no_delivery(
+    hook_pipeline: Pipeline, sink: EmbeddedSink, receiver: Receiver, tmp_path: Path
+) -> None:
+    pipeline = hook_pipeline
+    await _register(pipeline, receiver, ["devices.failed"])
+    async with pipeline.pool.acquire() as conn, conn.transaction():
+        for n in range(200):
+            await webhooks.enqueue(
+                conn, app_id=DEFAULT_APP_ID, kind="devices.failed", payload={"n": n}
+            )
+    receiver.hold = threading.Event()  # calls wait: the worker is killed in the middle
+    receiver.up()
+    settings = pipeline.settings
+    assert settings.secret_key is not None
+    worker = sink_worker(
+        settings,
+        "delivery",
+        sink.url,
+        tmp_path,
+        FANOUT_SECRET_KEY=settings.secret_key.get_secret_value(),
+        FANOUT_WEBHOOK_ALLOW_PRIVATE="true",
+        FANOUT_WEBHOOK_TIMEOUT_SECONDS="2",
+        FANOUT_WEBHOOK_CONCURRENCY="16",
+    )
+    worker.start()
+    try:
+        await wait_for(receiver.seen.is_set, "the worker's first call", timeout=120)
+        assert worker.process is not None
+        worker.process.send_signal(signal.SIGKILL)
+        worker.process.wait()
+    finally:
+        if worker.running:
+            worker.stop()
+    receiver.hold.set()  # the calls in flight reach the receiver: their rows stay claimed
+    stopping = asyncio.Event()
+    sender = WebhookSender(pipeline.pool, settings, keyring(settings))
+    sending = asyncio.create_task(sender.run(stopping))
+    try:
+        # The killed worker's rows are due again once its lease is over (2 x 2 s + 5 s).
+        await wait_for(lambda: _none_pending(pipeline), "every delivery delivered", timeout=120)
+    finally:
+        stopping.set()
+        await sending
+    assert receiver.unverified == []
+    by_id = receiver.by_id()
+    assert set(by_id) == await _written(pipeline)  # lost: 0
+    assert sorted(copies[0].message["data"]["n"] for copies in by_id.values()) == list(range(200))
+    for copies in by_id.values():
+        assert len({c.body for c in copies}) == 1  # a repeat is the same message
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://127.0.0.1/hook", "must be an https:// URL"),
+        ("https://10.0.0.1/hook", "10.0.0.1, a private address"),
+        ("https://169.254.169.254/latest", "169.254.169.254, the cloud metadata address"),
+        ("https://[::1]/hook", "::1, a loopback address"),
+        ("https://hooks.example.com/in", "hooks.example.com resolves to 127.0.0.1, a loopback"),
+    ],
+)
+async def test_registration_refuses_what_is_not_public_naming_the_url(
+    settings: Settings, url: str, why: str
+) -> None:
+    settings = settings.model_copy(update={"secret_key": SecretStr(generate_key())})
+    conn = await connect(settings.database_dsn())
+    try:
+        token = (await create_api_key(conn, ["manage", "read"], "hooks"))[1]
+    finally:
+        await conn.close()
+    app = create_app(settings)
+
+    async def to_loopback(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://api.test",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as client,
+    ):
+        app.state.api.webhook_resolver = to_loopback
+        answer = await client.post("/v1/webhooks", json={"url": url, "kinds": ["event.finished"]})
+        assert answer.status_code == 422, answer.text
+        [problem] = answer.json()["detail"]
+        assert problem["loc"] == ["body", "url"] and why in problem["msg"], problem
+        assert (await client.get("/v1/webhooks")).json() == []
+        # A public one is taken; its secret is in this answer and no other.
+        made = await client.post(
+            "/v1/webhooks", json={"url": "https://93.184.215.14/in", "kinds": ["devices.retired"]}
+        )
+        assert made.status_code == 201 and made.json()["secret"].startswith("whsec_")
+        listed = await client.get("/v1/webhooks")
+        assert "whsec_" not in listed.text and listed.json()[0]["state"] == "active"
+        unknown = await client.post("/v1/webhooks", json={"url": url, "kinds": ["push.clicked"]})
+        assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"][:2] == [
+            "body",
+            "kinds",
+        ]
+
+
+async def test_failed_for_good_then_disabled_then_replayed_with_the_same_ids(
+    hook_pipeline: Pipeline, receiver: Receiver
+) -> None:
+    pipeline = hook_pipeline
+    endpoint_id = await _register(pipeline, receiver, ["devices.retired"])
+    # A retry window and a failing allowance of 0: the first refused call fails the row
+    # for good and disables the endpoint (as 24 hours of failures would).
+    impatient = pipeline.settings.model_copy(
+        update={"webhook_retry_hours": 0.0, "webhook_disable_after_hours": 0.0}
+    )
+    async with pipeline.pool.acquire() as conn:
+        for n in range(3):
+            await webhooks.enqueue(
+                conn, app_id=DEFAULT_APP_ID, kind="devices.retired", payload={"n": n}
+            )
+    sender = WebhookSender(pipeline.pool, impatient, keyring(impatient))
+    try:
+        done = await sender.send_due()  # the receiver is down: connection refused
+    finally:
+        await sender.aclose()
+    assert (done.claimed, done.failed, done.delivered) == (3, 3, 0)
+    async with pipeline.pool.acquire() as conn:
+        [endpoint] = await webhooks.list_endpoints(conn, app_id=DEFAULT_APP_ID)
+        assert endpoint.disabled_at is not None
+        # A fact while it is disabled is kept, as failed, for the replay.
+        assert (
+            await webhooks.enqueue(
+                conn, app_id=DEFAULT_APP_ID, kind="devices.retired", payload={"n": 3}
+            )
+            == 1
+        )
+        recent = await webhooks.recent_deliveries(
+            conn, app_id=DEFAULT_APP_ID, endpoint_id=endpoint_id, limit=10
+        )
+        assert [d.status for d in recent] == ["failed"] * 4
+        assert all(d.last_answer for d in recent)  # the last answer is kept
+        ids = {d.webhook_id for d in recent}
+        receiver.up()
+        assert (
+            await webhooks.replay_endpoint(conn, app_id=DEFAULT_APP_ID, endpoint_id=endpoint_id)
+            == 4
+        )
+        [endpoint] = await webhooks.list_endpoints(conn, app_id=DEFAULT_APP_ID)
+        assert endpoint.disabled_at is None
+    sender = WebhookSender(pipeline.pool, pipeline.settings, keyring(pipeline.settings))
+    try:
+        assert (await sender.send_due()).delivered == 4
+    finally:
+        await sender.aclose()
+    assert set(receiver.by_id()) == ids and receiver.unverified == []
