@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import os
 import secrets
 import signal
+import subprocess
+import sys
 import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import standardwebhooks
 from pydantic import SecretStr
@@ -413,3 +417,58 @@ async def test_failed_for_good_then_disabled_then_replayed_with_the_same_ids(
     finally:
         await sender.aclose()
     assert set(receiver.by_id()) == ids and receiver.unverified == []
+
+
+def _cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fanout", "webhooks", *args],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
+            "FANOUT_DATABASE_URL": settings.database_dsn(),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_cli_adds_lists_tests_replays_and_deletes(settings: Settings) -> None:
+    key = generate_key()
+    unset = _cli(settings, "add", "https://93.184.215.14/in", "--kind", "event.finished")
+    assert unset.returncode == 2 and unset.stderr.startswith("fanout: FANOUT_SECRET_KEY is not set")
+    refused = _cli(
+        settings,
+        "add",
+        "https://169.254.169.254/",
+        "--kind",
+        "event.finished",
+        FANOUT_SECRET_KEY=key,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        "fanout: URL: 169.254.169.254, the cloud metadata address: webhooks go to public "
+        "addresses only (FANOUT_WEBHOOK_ALLOW_PRIVATE=true allows others, for development)\n"
+    )
+    made = _cli(
+        settings,
+        "add",
+        "https://93.184.215.14/in",
+        "--kind",
+        "event.finished",
+        "--kind",
+        "devices.retired",
+        FANOUT_SECRET_KEY=key,
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("whsec_") and "whsec_" not in made.stderr
+    listed = _cli(settings, "list", "--json")
+    [endpoint] = orjson.loads(listed.stdout)
+    assert endpoint["state"] == "active" and "whsec_" not in listed.stdout
+    webhook = str(endpoint["id"])
+    assert _cli(settings, "test", webhook).returncode == 0
+    assert _cli(settings, "replay", webhook).stderr == "0 deliveries sent again\n"
+    assert _cli(settings, "replay", "--delivery", "999999").returncode == 1
+    assert _cli(settings, "delete", webhook).returncode == 0
+    assert _cli(settings, "delete", webhook).returncode == 1
