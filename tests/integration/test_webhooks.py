@@ -28,9 +28,9 @@ from pydantic import SecretStr
 
 from fanout.api import create_app
 from fanout.api.keys import create_api_key
-from fanout.config import Settings
-from fanout.credentials.sealing import generate_key
-from fanout.credentials.stored import keyring
+from fanout.config import ConfigError, Settings
+from fanout.credentials.sealing import Keyring, generate_key
+from fanout.credentials.stored import check_secret_key, keyring, rotate
 from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
 from fanout.runtime.pipeline import Pipeline
@@ -472,3 +472,31 @@ def test_the_cli_adds_lists_tests_replays_and_deletes(settings: Settings) -> Non
     assert _cli(settings, "replay", "--delivery", "999999").returncode == 1
     assert _cli(settings, "delete", webhook).returncode == 0
     assert _cli(settings, "delete", webhook).returncode == 1
+
+
+async def test_a_rotation_reseals_the_signing_secrets_and_the_start_up_check_counts_them(
+    hook_pipeline: Pipeline, receiver: Receiver
+) -> None:
+    pipeline = hook_pipeline
+    endpoint_id = await _register(pipeline, receiver, ["event.finished"])
+    old = pipeline.settings
+    new_key = generate_key()
+    assert old.secret_key is not None
+    rotating = Keyring.from_base64(new_key, old.secret_key.get_secret_value())
+    async with pipeline.pool.acquire() as conn:
+        done = await rotate(conn, keyring=rotating)
+        assert (done.resealed, done.failed) == (1, [])
+        new = old.model_copy(update={"secret_key": SecretStr(new_key)})
+        await check_secret_key(conn, settings=new)  # the new key opens everything
+        with pytest.raises(ConfigError, match="FANOUT_SECRET_KEY"):
+            await check_secret_key(conn, settings=old)
+        await webhooks.enqueue_test(
+            conn, app_id=DEFAULT_APP_ID, endpoint_id=endpoint_id, kind="webhook.test", payload={}
+        )
+    receiver.up()
+    sender = WebhookSender(pipeline.pool, new, keyring(new))  # the old key is gone
+    try:
+        assert (await sender.send_due()).delivered == 1
+    finally:
+        await sender.aclose()
+    assert receiver.unverified == [] and len(receiver.received) == 1

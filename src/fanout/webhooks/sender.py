@@ -32,9 +32,6 @@ from fanout.webhooks import addresses, signing
 
 log = logging.getLogger(__name__)
 
-# A delivery's sealed secret is opened with the app id and this as associated data.
-SEALING_PURPOSE = "webhook"
-
 
 @dataclass(slots=True)
 class Pass:
@@ -182,7 +179,10 @@ class WebhookSender:
         allow_private = self.settings.webhook_allow_private
         try:
             secret = self.keyring.open(
-                row.secret_sealed, kek_id=row.kek_id, app_id=row.app_id, provider=SEALING_PURPOSE
+                row.secret_sealed,
+                kek_id=row.kek_id,
+                app_id=row.app_id,
+                provider=webhooks.SEALED_FOR,
             )
             target = addresses.parse_url(row.url, allow_private=allow_private)
             checked = await asyncio.wait_for(
