@@ -7,23 +7,18 @@ only with the same webhook-id. A sender SIGKILLed mid-call loses nothing either.
 from __future__ import annotations
 
 import asyncio
-import http.server
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import threading
-from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
 import pytest
-import standardwebhooks
 from pydantic import SecretStr
 
 from fanout.api import create_app
@@ -41,75 +36,9 @@ from fanout.webhooks.endpoints import register
 from fanout.webhooks.sender import WebhookSender
 from tests.faults.conftest import sink_worker
 from tests.helpers import run_everything, sink_pipeline, wait_for
-from tests.processes import free_port
+from tests.webhook_receiver import Receiver
 
 NOTE = Notification(title="webhooks", body="test")
-
-
-@dataclass
-class Received:
-    webhook_id: str
-    body: bytes
-    message: dict[str, Any]
-
-
-@dataclass
-class Receiver:
-    """An HTTP server that verifies every call (a failed verification is kept, and fails
-    the test) and answers 204; down until ``up()``. ``hold``: calls wait until it is set."""
-
-    secret: str = ""
-    port: int = field(default_factory=free_port)
-    received: list[Received] = field(default_factory=list)
-    unverified: list[str] = field(default_factory=list)
-    hold: threading.Event | None = None
-    seen: threading.Event = field(default_factory=threading.Event)
-    _server: http.server.ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks"
-
-    def up(self) -> None:
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.seen.set()
-                if receiver.hold is not None:
-                    receiver.hold.wait()
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                try:
-                    message = standardwebhooks.Webhook(receiver.secret).verify(body, headers)
-                except standardwebhooks.WebhookVerificationError as exc:
-                    receiver.unverified.append(f"{headers.get('webhook-id')}: {exc}")
-                    self.send_response(400)
-                else:
-                    receiver.received.append(Received(headers["webhook-id"], body, message))
-                    self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def down(self) -> None:
-        if self._server is not None:
-            if self.hold is not None:
-                self.hold.set()
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def by_id(self) -> dict[str, list[Received]]:
-        found: dict[str, list[Received]] = defaultdict(list)
-        for one in self.received:
-            found[one.webhook_id].append(one)
-        return found
 
 
 @pytest.fixture
@@ -417,6 +346,22 @@ async def test_failed_for_good_then_disabled_then_replayed_with_the_same_ids(
     finally:
         await sender.aclose()
     assert set(receiver.by_id()) == ids and receiver.unverified == []
+    # Delivered rows go after FANOUT_WEBHOOK_KEEP_DAYS (7): the outbox stays a week long.
+    async with pipeline.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE webhook_deliveries SET delivered_at = now() - interval '8 days'"
+            " WHERE (payload ->> 'n')::int < 2"
+        )
+        await webhooks.enqueue(conn, app_id=DEFAULT_APP_ID, kind="devices.retired", payload={})
+    sender = WebhookSender(pipeline.pool, pipeline.settings, keyring(pipeline.settings))
+    try:
+        assert await sender.purge() == 2
+        assert await sender.purge() == 0
+    finally:
+        await sender.aclose()
+    async with pipeline.pool.acquire() as conn:
+        left = await conn.fetchval("SELECT count(*) FROM webhook_deliveries")
+    assert left == 3  # two delivered this week, one pending
 
 
 def _cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

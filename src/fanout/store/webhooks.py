@@ -239,6 +239,17 @@ SELECT (SELECT count(*) FROM replayed) AS replayed FROM enabled
 """
 
 
+# Index: webhook_deliveries_pkey, oldest first: delivered rows are at the table's start,
+# so the scan stops after $2 of them (only rows still pending or failed are read again).
+PURGE_DELIVERED = """
+DELETE FROM webhook_deliveries
+WHERE id IN (
+    SELECT id FROM webhook_deliveries
+    WHERE status = 'delivered' AND delivered_at < now() - make_interval(secs => $1)
+    ORDER BY id LIMIT $2
+)
+"""
+
 # The signing secrets by the key that sealed them: the start-up check and the rotation.
 SECRETS_BY_KEK = "SELECT kek_id, count(*) AS secrets FROM webhook_endpoints GROUP BY kek_id"
 
@@ -408,3 +419,12 @@ async def reseal_secret(
 ) -> None:
     """Store the endpoint's secret sealed anew (``RESEAL_ENDPOINT``)."""
     await conn.execute(RESEAL_ENDPOINT, endpoint_id, sealed, kek_id)
+
+
+async def purge_delivered(
+    conn: asyncpg.Connection, *, older_than_seconds: float, limit: int
+) -> int:
+    """Delete up to ``limit`` rows delivered more than ``older_than_seconds`` ago; how many
+    (``PURGE_DELIVERED``)."""
+    status: str = await conn.execute(PURGE_DELIVERED, older_than_seconds, limit)
+    return int(status.split()[-1])

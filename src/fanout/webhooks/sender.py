@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,11 @@ from fanout.store import UNTRUSTWORTHY, acquire, webhooks
 from fanout.webhooks import addresses, signing
 
 log = logging.getLogger(__name__)
+
+
+# Each sender deletes old delivered rows once a minute, at most this many at a time.
+PURGE_EVERY_SECONDS = 60.0
+PURGE_ROWS = 10_000
 
 
 @dataclass(slots=True)
@@ -96,9 +102,13 @@ class WebhookSender:
             log.info("webhooks are not sent: FANOUT_SECRET_KEY is not set")
             return
         failures = 0
+        purged_at = -math.inf
         try:
             while not stopping.is_set():
                 try:
+                    if time.monotonic() - purged_at >= PURGE_EVERY_SECONDS:
+                        purged_at = time.monotonic()
+                        await self.purge()
                     done = await self.send_due()
                     failures = 0
                 except UNTRUSTWORTHY as exc:  # the database is away: look again later
@@ -113,6 +123,16 @@ class WebhookSender:
                         await asyncio.wait_for(stopping.wait(), pause)
         finally:
             await self.aclose()
+
+    async def purge(self) -> int:
+        """Delete rows delivered more than FANOUT_WEBHOOK_KEEP_DAYS ago (up to
+        PURGE_ROWS); how many. The outbox stays as large as a week's deliveries."""
+        async with acquire(self.pool) as conn:
+            return await webhooks.purge_delivered(
+                conn,
+                older_than_seconds=self.settings.webhook_keep_days * 86400,
+                limit=PURGE_ROWS,
+            )
 
     async def send_due(self) -> Pass:
         """Claim what is due (up to the concurrency) and send it all; what was done.
