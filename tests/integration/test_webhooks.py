@@ -29,8 +29,8 @@ from fanout.credentials.stored import check_secret_key, keyring, rotate
 from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
 from fanout.runtime.pipeline import Pipeline
-from fanout.stages.publish import publish
-from fanout.store import connect, webhooks
+from fanout.stages.publish import publish, record_event
+from fanout.store import connect, lifecycle, webhooks
 from fanout.store.apps import DEFAULT_APP_ID
 from fanout.webhooks.endpoints import register
 from fanout.webhooks.sender import WebhookSender
@@ -445,3 +445,27 @@ async def test_a_rotation_reseals_the_signing_secrets_and_the_start_up_check_cou
     finally:
         await sender.aclose()
     assert receiver.unverified == [] and len(receiver.received) == 1
+
+
+async def test_every_way_an_event_ends_writes_its_event_finished_row_with_it(
+    hook_pipeline: Pipeline, receiver: Receiver
+) -> None:
+    pipeline = hook_pipeline
+    await _register(pipeline, receiver, ["event.finished"])
+    topic, _ = await _seed_topic(pipeline, 3, 0)
+    failing = await record_event(pipeline.pool, NOTE, topic=topic)
+    cancelled = await record_event(pipeline.pool, NOTE, topic=topic)
+    async with pipeline.pool.acquire() as conn:
+        async with conn.transaction():
+            assert await lifecycle.fail(conn, event_id=failing.event_id, reason="too big")
+            assert await lifecycle.fail(conn, event_id=failing.event_id, reason="again") is False
+        state = await lifecycle.cancel(conn, event_id=cancelled.event_id, app_id=None)
+        assert state is lifecycle.EventState.CANCELLED
+        rows = await conn.fetch(
+            "SELECT payload FROM webhook_deliveries WHERE kind = 'event.finished' ORDER BY id"
+        )
+    assert [(r["payload"]["event_id"], r["payload"]["status"]) for r in rows] == [
+        (failing.event_id, "failed"),
+        (cancelled.event_id, "cancelled"),
+    ]
+    assert rows[0]["payload"]["sent"] == 0
