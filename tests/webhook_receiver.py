@@ -3,6 +3,7 @@ with the ``standardwebhooks`` package (an implementation fanout did not write)."
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
 from collections import defaultdict
@@ -24,7 +25,8 @@ class Received:
 @dataclass
 class Receiver:
     """An HTTP server that verifies every call (a failed verification is kept, and fails
-    the test) and answers 204; down until ``up()``. ``hold``: calls wait until it is set."""
+    the test) and answers 204; down until ``up()``. ``hold``: calls wait until it is set.
+    ``refusing``: it answers that status with a 1 MB body instead (and counts nothing)."""
 
     secret: str = ""
     port: int = field(default_factory=free_port)
@@ -32,6 +34,7 @@ class Receiver:
     unverified: list[str] = field(default_factory=list)
     hold: threading.Event | None = None
     seen: threading.Event = field(default_factory=threading.Event)
+    refusing: int | None = None
     _server: http.server.ThreadingHTTPServer | None = None
 
     @property
@@ -48,6 +51,14 @@ class Receiver:
                 if receiver.hold is not None:
                     receiver.hold.wait()
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                if receiver.refusing is not None:
+                    answer = b"busy, try later " * 65536
+                    self.send_response(receiver.refusing)
+                    self.send_header("content-length", str(len(answer)))
+                    self.end_headers()
+                    with contextlib.suppress(OSError):  # the sender reads only the start
+                        self.wfile.write(answer)
+                    return
                 try:
                     message = standardwebhooks.Webhook(receiver.secret).verify(body, headers)
                 except standardwebhooks.WebhookVerificationError as exc:

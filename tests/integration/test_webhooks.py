@@ -469,3 +469,28 @@ async def test_every_way_an_event_ends_writes_its_event_finished_row_with_it(
         (cancelled.event_id, "cancelled"),
     ]
     assert rows[0]["payload"]["sent"] == 0
+
+
+async def test_an_error_answer_is_kept_short_and_the_row_tried_again(
+    hook_pipeline: Pipeline, receiver: Receiver
+) -> None:
+    pipeline = hook_pipeline
+    endpoint_id = await _register(pipeline, receiver, ["devices.failed"])
+    receiver.refusing = 503
+    receiver.up()
+    async with pipeline.pool.acquire() as conn:
+        await webhooks.enqueue(conn, app_id=DEFAULT_APP_ID, kind="devices.failed", payload={})
+    sender = WebhookSender(pipeline.pool, pipeline.settings, keyring(pipeline.settings))
+    try:
+        assert (await sender.send_due()).retrying == 1
+    finally:
+        await sender.aclose()
+    async with pipeline.pool.acquire() as conn:
+        [row] = await webhooks.recent_deliveries(
+            conn, app_id=DEFAULT_APP_ID, endpoint_id=endpoint_id, limit=1
+        )
+        [endpoint] = await webhooks.list_endpoints(conn, app_id=DEFAULT_APP_ID)
+    assert (row.status, row.last_status, row.attempts) == ("pending", 503, 1)
+    assert row.last_answer is not None and row.last_answer.startswith("busy, try later")
+    assert len(row.last_answer) == webhooks.ANSWER_CHARS
+    assert endpoint.failing_since is not None and endpoint.disabled_at is None

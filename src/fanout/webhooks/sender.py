@@ -34,6 +34,8 @@ from fanout.webhooks import addresses, signing
 log = logging.getLogger(__name__)
 
 
+# The most of an endpoint's answer read (the row keeps ANSWER_CHARS characters of it).
+ANSWER_BYTES = 4 * webhooks.ANSWER_CHARS
 # Each sender deletes old delivered rows once a minute, at most this many at a time.
 PURGE_EVERY_SECONDS = 60.0
 PURGE_ROWS = 10_000
@@ -230,18 +232,32 @@ class WebhookSender:
         headers["host"] = host if target.port == default_port else f"{host}:{target.port}"
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         try:
-            answer = await asyncio.wait_for(
-                self.client.post(
-                    call_url(target, checked[0]),
-                    content=body,
-                    headers=headers,
-                    extensions=extensions,
-                ),
+            return await asyncio.wait_for(
+                self._post(call_url(target, checked[0]), body, headers, extensions),
                 self.settings.webhook_timeout_seconds,
             )
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
             return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return answer.status_code, answer.text[: webhooks.ANSWER_CHARS]
+
+    async def _post(
+        self, url: str, body: bytes, headers: dict[str, str], extensions: dict[str, str]
+    ) -> tuple[int, str]:
+        """POST; the status and the start of the answer. Only what is kept is read (the
+        endpoint is the user's: an endless answer must not fill this process's memory)."""
+        request = self.client.build_request(
+            "POST", url, content=body, headers=headers, extensions=extensions
+        )
+        response = await self.client.send(request, stream=True)
+        try:
+            kept = bytearray()
+            async for chunk in response.aiter_bytes():
+                kept += chunk
+                if len(kept) >= ANSWER_BYTES:
+                    break
+        finally:
+            await response.aclose()
+        text = bytes(kept[:ANSWER_BYTES]).decode(errors="replace")
+        return response.status_code, text[: webhooks.ANSWER_CHARS]
 
     async def _record(self, write: Callable[[asyncpg.Connection], Awaitable[object]]) -> None:
         """Run ``write`` (a function of a connection), waiting a database blip out; if it
