@@ -1311,6 +1311,183 @@ def _export_lines(values: dict[str, Any], subscription: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- Bulk import and export (fanout.bulk) -------------------------------------------------
+
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format", help="csv or ndjson (default: from the name, .ndjson/.jsonl, else csv)."
+    ),
+]
+
+
+@app.command("import")
+def import_(
+    kind: Annotated[str, typer.Argument(help="users, devices or subscriptions.")],
+    file: Annotated[str, typer.Argument(help="A CSV or NDJSON file, gzipped or not; - for stdin.")],
+    fmt: FormatOption = None,
+    mapping: Annotated[
+        str | None,
+        typer.Option(help="Read another service's export: onesignal (CSV export) or firebase."),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Check every row, write nothing; say what would change."),
+    ] = False,
+    rejects: Annotated[
+        str | None,
+        typer.Option(
+            help="Where bad rows' line numbers and reasons go (default: FILE.rejects.csv)."
+        ),
+    ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress", help="A rows/s bar on stderr (default: on a terminal)."
+        ),
+    ] = None,
+    json: JsonOutput = False,
+    app_key: AppOption = "default",
+) -> None:
+    """Import users, devices or subscriptions in bulk into an app: COPY into a staging table
+    and one set-based upsert per chunk; the same file twice changes nothing; a bad row is
+    reported with its line and reason (in the rejects file) and the others land."""
+    import csv
+
+    from fanout.bulk import FORMATS, KINDS
+    from fanout.bulk.load import import_rows
+    from fanout.bulk.readers import format_of, open_input, records
+    from fanout.bulk.rows import MAPPINGS
+
+    if kind not in KINDS:
+        raise typer.BadParameter(f"one of {', '.join(KINDS)}", param_hint="KIND")
+    fmt = format_of(file, fmt)
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"one of {', '.join(FORMATS)}", param_hint="--format")
+    if mapping is not None and mapping not in MAPPINGS:
+        raise typer.BadParameter(f"one of {', '.join(MAPPINGS)}", param_hint="--mapping")
+    try:
+        stream = open_input(file)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {file}: {exc.strerror}", param_hint="FILE") from None
+    rejects_path = rejects or (
+        "fanout-import.rejects.csv" if file == "-" else f"{file}.rejects.csv"
+    )
+    # Written on every run (a header alone: nothing rejected), so it is never last run's.
+    try:
+        rejects_file = open(rejects_path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+    except OSError as exc:
+        stream.close()
+        why = f"cannot write {rejects_path}: {exc.strerror}"
+        raise typer.BadParameter(why, param_hint="--rejects") from None
+    rejects_csv = csv.writer(rejects_file, lineterminator="\n")
+    rejects_csv.writerow(["line", "reason"])
+
+    def on_reject(line: int, reason: str) -> None:
+        rejects_csv.writerow([line, reason])
+
+    show = sys.stderr.isatty() if progress is None else progress
+    started = time.monotonic()
+
+    def on_progress(rows: int) -> None:
+        if show:
+            rate = rows / max(time.monotonic() - started, 1e-6)
+            sys.stderr.write(f"\r{kind}: {rows:,} rows  {rate:,.0f} rows/s")
+            sys.stderr.flush()
+
+    settings = _settings()
+
+    async def run(conn: Any) -> Any:
+        found = await _app_named(conn, app_key)
+        return await import_rows(
+            conn,
+            kind=kind,
+            app_id=found.id,
+            numbered=records(stream, fmt),
+            mapping=mapping,
+            dry_run=dry_run,
+            on_reject=on_reject,
+            on_progress=on_progress,
+        )
+
+    from fanout.store import connect
+
+    try:
+        counts = asyncio.run(_connected(settings, run, connect))
+    finally:
+        stream.close()
+        rejects_file.close()
+    seconds = max(time.monotonic() - started, 1e-6)
+    if show:
+        sys.stderr.write("\n")
+    if json:
+        typer.echo(orjson.dumps({**counts.as_dict(), "seconds": round(seconds, 3)}).decode())
+    would = "would be " if dry_run else ""
+    summary = (
+        f"{kind}: {counts.rows:,} rows in {seconds:.1f}s ({counts.rows / seconds:,.0f} rows/s): "
+        f"{counts.inserted:,} {would}inserted, {counts.updated:,} {would}updated, "
+        f"{counts.unchanged:,} unchanged, {counts.rejected:,} rejected"
+    )
+    if counts.rejected:
+        summary += f" (lines and reasons in {rejects_path})"
+    err.print(summary, markup=False)
+
+
+@app.command("export")
+def export(
+    kind: Annotated[str, typer.Argument(help="devices or subscriptions.")],
+    file: Annotated[str, typer.Argument(help="Where to write; - (the default) for stdout.")] = "-",
+    fmt: FormatOption = None,
+    app_key: AppOption = "default",
+) -> None:
+    """Export an app's active devices or its subscriptions in the columns `fanout import`
+    reads (CSV or NDJSON; .gz names are gzipped), a page at a time."""
+    import gzip
+    import io
+
+    from fanout.bulk import EXPORT_KINDS, FORMATS
+    from fanout.bulk.load import export_records
+    from fanout.bulk.readers import format_of
+    from fanout.bulk.writers import RecordWriter
+
+    if kind not in EXPORT_KINDS:
+        raise typer.BadParameter(f"one of {', '.join(EXPORT_KINDS)}", param_hint="KIND")
+    fmt = format_of(file, fmt)
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"one of {', '.join(FORMATS)}", param_hint="--format")
+    settings = _settings()
+    out: Any
+    if file == "-":
+        out = sys.stdout
+    elif file.endswith(".gz"):
+        out = io.TextIOWrapper(gzip.open(file, "wb"), encoding="utf-8", newline="")  # noqa: SIM115
+    else:
+        out = open(file, "w", encoding="utf-8", newline="")  # noqa: SIM115
+
+    async def run(conn: Any) -> int:
+        found = await _app_named(conn, app_key)
+        writer = RecordWriter(out, kind=kind, fmt=fmt)
+        written = 0
+        page: list[dict[str, Any]] = []
+        async for record in export_records(conn, kind=kind, app_id=found.id):
+            page.append(record)
+            if len(page) >= 10_000:
+                written += writer.write(page)
+                page.clear()
+        return written + writer.write(page)
+
+    from fanout.store import connect
+
+    try:
+        written = asyncio.run(_connected(settings, run, connect))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        else:
+            out.flush()
+    err.print(f"{kind}: {written:,} rows exported", markup=False)
+
+
 # --- Webhooks (issue #24), as /v1/webhooks -------------------------------------------------
 WebhookId = Annotated[int, typer.Argument(min=1, help="The endpoint's id (`webhooks list`).")]
 

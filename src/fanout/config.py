@@ -9,7 +9,7 @@ import errno
 import os
 import socket
 import zoneinfo
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fanout.errors import FanoutError
 from fanout.retry import Backoff
+
+if TYPE_CHECKING:
+    from fanout.open_tokens import OpenTokens
 
 # runtime/eventloop.py: uvloop when installed, or the one named.
 EventLoopChoice = Literal["auto", "asyncio", "uvloop"]
@@ -306,6 +309,45 @@ class Settings(BaseSettings):
             return []
         return [k.strip() for k in self.previous_secret_keys.get_secret_value().split(",")]
 
+    # --- Opens and clicks (open_tokens.py) ------------------------------------------------
+    open_token_key: SecretStr | None = Field(
+        default=None,
+        description="The key every push's `fo_open` open token is signed with (at least 32 "
+        "characters). Unset: derived from FANOUT_SECRET_KEY; neither set, opens are off "
+        "(no `fo_open`, POST /v1/opens answers 404).",
+    )
+
+    @field_validator("open_token_key")
+    @classmethod
+    def _open_token_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value().strip()) < 32:
+            raise ValueError("must be at least 32 characters")  # never echoes the key
+        return key
+
+    open_window_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="How long after an event is published its opens are counted; a token "
+        "posted later (a replay) is accepted and ignored.",
+    )
+    opens_per_minute_per_address: int = Field(
+        default=600,
+        ge=1,
+        description="POST /v1/opens: how many a client address may post a minute (then 429).",
+    )
+
+    def open_tokens(self) -> OpenTokens | None:
+        """The open token minter and checker, or None when opens are off."""
+        from fanout.credentials.sealing import decode_key
+        from fanout.open_tokens import OpenTokens, derive_key
+
+        if self.open_token_key is not None:
+            return OpenTokens(self.open_token_key.get_secret_value().strip().encode())
+        if self.secret_key is not None:
+            return OpenTokens(derive_key(decode_key(self.secret_key.get_secret_value())))
+        return None
+
     event_loop: EventLoopChoice = Field(
         default="auto",
         description="`fanout worker`'s event loop: uvloop when installed (auto), or "
@@ -445,6 +487,9 @@ class Settings(BaseSettings):
     )
     api_publish_burst: int = Field(default=100, ge=1, description="Publish requests in a burst.")
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # POST /v1/imports/{kind} reads its NDJSON body as it arrives (memory flat whatever
+    # its size), so its limit is the size of an import, not of a request held in memory.
+    api_max_import_bytes: int = Field(default=4 * 1024**3, ge=1024)
     # A client that never finishes a request holds a file descriptor for as long as it
     # likes otherwise: 800 half-sent requests from one address were all kept 20 s
     # (api/connection_limits.py). nginx waits 60 s for headers; fanout's clients are

@@ -59,6 +59,7 @@ class Names:
             "activity_id": self.activity,
             "device_id": str(self.device_id),
             "event_id": str(self.event_id),
+            "kind": "subscriptions",
             "webhook_id": str(self.webhook_id),
             "delivery_id": str(self.delivery_id),
         }
@@ -90,6 +91,8 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
         ("DELETE", "/v1/topics/{topic}/subscribers/{user_id}"): None,
         ("POST", "/v1/topics/{topic}/subscribers"): {"user_ids": [names.user]},
         ("GET", "/v1/users/{user_id}/subscriptions"): None,
+        # One NDJSON line: B's import knows none of A's users (each line rejected alike).
+        ("POST", "/v1/imports/{kind}"): {"topic": names.topic, "user_id": names.user},
         ("PUT", "/v1/users/{user_id}/preferences"): {"time_zone": "Asia/Tokyo"},
         ("GET", "/v1/users/{user_id}/preferences"): None,
         ("POST", "/v1/preferences"): {"items": [{"user_id": names.user, "opted_out": True}]},
@@ -127,7 +130,8 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
 
 
 # Routes that need no key: liveness and the Prometheus scrape, for the operator.
-WITHOUT_KEY = {("GET", "/healthz"), ("GET", "/metrics")}
+# POST /v1/opens: the fo_open token is the credential (an app reports from the phone).
+WITHOUT_KEY = {("GET", "/healthz"), ("GET", "/metrics"), ("POST", "/v1/opens")}
 # The admin scope's routes: an app's key (with every app scope) is refused them.
 ADMIN_ROUTES = {
     ("GET", "/v1/apps"),
@@ -347,6 +351,12 @@ async def test_for_a_key_of_app_b_every_resource_of_app_a_does_not_exist(
         assert [m["topic"] for m in preferences.json()["mutes"]] == [a.topic]
         listed = await client.get(f"/v1/users/{a.user}/subscriptions")
         assert [s["topic"] for s in listed.json()["items"]] == [a.topic]
+        # A's import finds A's user and A's subscription: already there, unchanged.
+        imported = await client.post(
+            "/v1/imports/subscriptions", json={"topic": a.topic, "user_id": a.user}
+        )
+        assert imported.status_code == 200, imported.text
+        assert (imported.json()["unchanged"], imported.json()["rejected"]) == (1, 0)
         caps = await client.get("/v1/frequency-caps")
         assert [(c["category"], c["max"]) for c in caps.json()] == [(a.category, 2)]
         # A's activity holds A's token alone (registered again: its row, 200) and A's

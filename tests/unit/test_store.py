@@ -22,8 +22,9 @@ import fanout
 import fanout.store
 from fanout.store import audience, live_activities, recipients, shards, waves
 
-# Modules that hold no statement of their own: pools, the migration runner, shared SQL.
-NOT_TABLES = {"connection", "migrate", "fragments"}
+# Modules that hold no statement of their own: pools, the migration runner, shared SQL,
+# the bulk import's staging tables (DDL and COPY).
+NOT_TABLES = {"connection", "migrate", "fragments", "staging"}
 MODULES: dict[str, ModuleType] = {
     info.name: importlib.import_module(f"fanout.store.{info.name}")
     for info in pkgutil.iter_modules(fanout.store.__path__)

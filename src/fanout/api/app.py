@@ -43,7 +43,9 @@ def create_app(settings: Settings) -> FastAPI:
                     connection_failure(exc),
                 )
                 queues = None
-            app.state.api = ApiState(settings, pool, sqs, queues)
+            app.state.api = ApiState(
+                settings, pool, sqs, queues, open_tokens=settings.open_tokens()
+            )
             try:
                 yield
             finally:
@@ -55,7 +57,11 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Mass push notifications: one event in, a push on every subscriber's device out.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.api_max_body_bytes,
+        max_import_bytes=settings.api_max_import_bytes,
+    )
     app.add_middleware(MeasureRequests)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)

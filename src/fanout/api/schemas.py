@@ -23,8 +23,10 @@ from pydantic import (
     model_validator,
 )
 
+from fanout.identifiers import TOPIC_PATTERN, USER_ID_PATTERN
 from fanout.notification import (
     CATEGORY_PATTERN,
+    ActionId,
     Category,
     Identifier,
     LiveActivity,
@@ -39,9 +41,6 @@ from fanout.stages.publish import PublishOptions
 from fanout.stages.schedule import parse_local_time
 from fanout.store.apps import APP_KEY_PATTERN
 
-# Documented character sets: what may appear in a URL path segment without escaping.
-TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
-USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$"
 TopicKey = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 IdempotencyKey = Annotated[
@@ -434,6 +433,30 @@ class LiveActivityUpdateAccepted(BaseModel):
     )
 
 
+class OpenIn(Strict):
+    token: str = Field(
+        max_length=64, description="The push's `fo_open` value, as the app received it."
+    )
+    action: ActionId | None = Field(
+        default=None,
+        description="The action clicked (its id, as the notification's `actions` name it); "
+        "none: the notification itself was opened.",
+    )
+    opened_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the user opened it (the device's clock, kept between the send "
+        "and now); default: when the server receives it.",
+    )
+
+
+class OpenAccepted(BaseModel):
+    accepted: Literal[True] = Field(
+        description="Always true for a token this server minted: the answer is the same "
+        "whether the open counted, was counted before, or its event is gone or past the "
+        "open window, so it never tells whether an event exists."
+    )
+
+
 class EventAccepted(BaseModel):
     event_id: int
     created: bool = Field(description="False when the idempotency key named an earlier event.")
@@ -594,7 +617,7 @@ class WebhookReplayed(BaseModel):
     replayed: int
 
 
-_PROBLEMS: dict[int | str, str] = {
+PROBLEMS: dict[int | str, str] = {
     401: "Missing or unknown API key",
     403: "The key lacks the scope",
     404: "Not found",
@@ -602,6 +625,7 @@ _PROBLEMS: dict[int | str, str] = {
     "409-cancel": "The event has already ended (delivered, failed ...): too late to cancel",
     "409-app": "An app with this key exists, or the app still owns users, events or keys",
     429: "Rate limited",
+    "404-opens": "Opens are off: no FANOUT_OPEN_TOKEN_KEY or FANOUT_SECRET_KEY is set",
     503: "FANOUT_SECRET_KEY is not set: credentials cannot be stored",
     "503-webhooks": "FANOUT_SECRET_KEY is not set: webhook secrets cannot be stored",
 }
@@ -609,19 +633,43 @@ _PROBLEMS: dict[int | str, str] = {
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI ``responses`` entries for these error statuses: a Problem body each."""
-    return {status: {"model": Problem, "description": _PROBLEMS[status]} for status in statuses}
+    return {status: {"model": Problem, "description": PROBLEMS[status]} for status in statuses}
 
 
 def app_problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The admin routes' error statuses: their 409 is about apps."""
     found = problems(*(status for status in statuses if status != 409))
     if 409 in statuses:
-        found[409] = {"model": Problem, "description": _PROBLEMS["409-app"]}
+        found[409] = {"model": Problem, "description": PROBLEMS["409-app"]}
     return found
 
 
 def cancel_problems() -> dict[int | str, dict[str, Any]]:
     """Cancel's error statuses: its 409 means something else than publish's."""
     found = problems(401, 403, 404)
-    found[409] = {"model": Problem, "description": _PROBLEMS["409-cancel"]}
+    found[409] = {"model": Problem, "description": PROBLEMS["409-cancel"]}
     return found
+
+
+# ---- Bulk import (fanout.bulk) -------------------------------------------------------------
+
+MAX_LISTED_REJECTS = 1_000
+ImportKindPath = Annotated[Literal["users", "devices", "subscriptions"], Path(examples=["devices"])]
+ImportMapping = Literal["onesignal", "firebase"]
+
+
+class ImportReject(BaseModel):
+    line: int
+    reason: str
+
+
+class ImportOut(BaseModel):
+    rows: int = Field(description="Lines read (blank lines aside).")
+    inserted: int
+    updated: int
+    unchanged: int = Field(description="Rows the app already had exactly so.")
+    rejected: int
+    dry_run: bool
+    rejects: list[ImportReject] = Field(
+        description=f"The bad lines and why, the first {MAX_LISTED_REJECTS:,}."
+    )

@@ -6,6 +6,7 @@ in a thread pool, which cost 22% of the server's CPU under load.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -14,6 +15,7 @@ from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from fanout.config import Settings
+from fanout.open_tokens import OpenTokens
 from fanout.queue.sqs import Queues, open_queues
 from fanout.ratelimit import TokenBucket
 from fanout.webhooks.addresses import Resolver, system_resolver
@@ -54,6 +56,10 @@ class ApiState:
     queues: Queues | None
     metrics: Metrics = field(default_factory=Metrics)
     publish_buckets: dict[str, TokenBucket] = field(default_factory=dict)  # by key_id
+    # POST /v1/opens: a bucket per client address, the least recently seen dropped past
+    # OPEN_BUCKETS_MAX (memory flat however many phones post).
+    open_buckets: OrderedDict[str, TokenBucket] = field(default_factory=OrderedDict)
+    open_tokens: OpenTokens | None = None  # None: opens are off (no key configured)
     # How a webhook endpoint's name is resolved to check it (the tests give their own).
     webhook_resolver: Resolver = system_resolver
 

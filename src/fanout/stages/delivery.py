@@ -572,7 +572,8 @@ def _rendered(
     if found is None or found[0] != notification:
         found = _RENDERED[key] = (
             notification,
-            render(notification, locale, collapse_key=collapse_key),
+            # The collapse key is the event's id (deliver_batch): its open tokens name it.
+            render(notification, locale, collapse_key=collapse_key, event_id=int(collapse_key)),
         )
         if len(_RENDERED) > _RENDERED_MAX:
             _RENDERED.popitem(last=False)

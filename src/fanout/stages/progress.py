@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 from pydantic import BaseModel, Field, WithJsonSchema
 
+from fanout.stages.opens import Opens, event_opens
 from fanout.store import events
 from fanout.store.lifecycle import TERMINAL_STATES, EventState
 
@@ -106,6 +107,11 @@ class EventStatus(BaseModel):
     fanned_out_at: datetime | None
     finished_at: datetime | None
     live_activity: LiveActivityStatus | None = None
+    opens: Opens | None = Field(
+        default=None,
+        description="Opens and clicks the apps reported (POST /v1/opens), with the open "
+        "rate and the time to open, in all and per provider.",
+    )
 
 
 async def load_event_status(
@@ -117,7 +123,11 @@ async def load_event_status(
         row = await events.event_progress(conn, event_id=event_id)
     else:
         row = await events.event_progress_in_app(conn, app_id=app_id, event_id=event_id)
-    return None if row is None else event_status_from_row(row)
+    if row is None:
+        return None
+    status = event_status_from_row(row)
+    status.opens = await event_opens(conn, event_id=event_id, sent=status.sent)
+    return status
 
 
 def event_status_from_row(row: Mapping[str, Any]) -> EventStatus:

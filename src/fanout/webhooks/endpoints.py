@@ -9,6 +9,7 @@ import asyncpg
 
 from fanout.config import ConfigError
 from fanout.credentials.sealing import Keyring
+from fanout.errors import FanoutError
 from fanout.store import webhooks
 from fanout.webhooks import addresses, signing
 
@@ -18,7 +19,7 @@ KEK_UNSET_FOR_WEBHOOKS = (
 )
 
 
-class UnknownKind(ValueError):
+class UnknownKind(FanoutError, ValueError):
     """A kind no endpoint can subscribe to."""
 
 
