@@ -434,6 +434,12 @@ class Settings(BaseSettings):
         description="An endpoint whose calls have all failed for this long is disabled "
         "(a replay enables it again).",
     )
+    webhook_keep_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="Delivered webhook rows are deleted this long after delivery (failed "
+        "ones are kept for a replay until their endpoint is deleted).",
+    )
     webhook_allow_private: bool = Field(
         default=False,
         description="Allow webhook endpoints on loopback, private and link-local addresses, "

@@ -425,6 +425,11 @@ CONSOLE_PAGES = {
     ("GET", "/console/where"): "/console/where?event={event_id}&user={user_id}",
     ("GET", "/console/queues"): "/console/queues",
     ("POST", "/console/queues/{role}/redrive"): "/console/queues/fanout/redrive",
+    ("GET", "/console/webhooks"): "/console/webhooks",
+    ("POST", "/console/webhooks/{webhook_id}/replay"): "/console/webhooks/{webhook_id}/replay",
+    ("POST", "/console/webhooks/deliveries/{delivery_id}/replay"): (
+        "/console/webhooks/deliveries/{delivery_id}/replay"
+    ),
 }
 # Sign-in and out: no app's data either way.
 CONSOLE_SESSION_ROUTES = {
@@ -471,6 +476,9 @@ async def test_every_console_page_shows_app_b_nothing_of_app_a(tenants: Tenants)
         assert f"title of {a.user}" in listed.text
         where = await client.get(f"/console/where?event={a.event_id}&user={a.user}")
         assert where.status_code == 200 and "no user" not in where.text
+        hooks = await client.get("/console/webhooks")
+        assert hooks.status_code == 200 and f'data-webhook="{a.webhook_id}"' in hooks.text
+        assert f'data-delivery="{a.delivery_id}"' in hooks.text and "whsec_" not in hooks.text
 
 
 def _csrf(token: str) -> dict[str, str]:

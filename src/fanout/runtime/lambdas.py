@@ -185,6 +185,7 @@ def webhook_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         sender = WebhookSender(container.pipeline.pool, settings, keyring(settings))
         total = Pass()
         try:
+            await sender.purge()
             while True:
                 done = await sender.send_due()
                 total.claimed += done.claimed

@@ -19,7 +19,6 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-import orjson
 
 # What an endpoint may subscribe to. push.opened is written by the opens' feature.
 KINDS = ("event.finished", "devices.retired", "devices.failed", "push.opened")
@@ -27,6 +26,9 @@ KINDS = ("event.finished", "devices.retired", "devices.failed", "push.opened")
 TEST_KIND = "webhook.test"
 # How much of an endpoint's answer a failed delivery keeps (the console shows it).
 ANSWER_CHARS = 500
+# A signing secret is sealed with its app id and this as associated data (as a provider's
+# name is for an app credential), so it opens for no other app and as no credential.
+SEALED_FOR = "webhook"
 
 _ENDPOINT_COLUMNS = "id, url, kinds, created_at, disabled_at, failing_since"
 
@@ -237,6 +239,40 @@ SELECT (SELECT count(*) FROM replayed) AS replayed FROM enabled
 """
 
 
+# Index: webhook_deliveries_pkey, oldest first: delivered rows are at the table's start,
+# so the scan stops after $2 of them (only rows still pending or failed are read again).
+PURGE_DELIVERED = """
+DELETE FROM webhook_deliveries
+WHERE id IN (
+    SELECT id FROM webhook_deliveries
+    WHERE status = 'delivered' AND delivered_at < now() - make_interval(secs => $1)
+    ORDER BY id LIMIT $2
+)
+"""
+
+# The signing secrets by the key that sealed them: the start-up check and the rotation.
+SECRETS_BY_KEK = "SELECT kek_id, count(*) AS secrets FROM webhook_endpoints GROUP BY kek_id"
+
+# Every endpoint's secret's key, for a rotation to go through one by one.
+ENDPOINT_SEALS = "SELECT id, app_id, kek_id FROM webhook_endpoints ORDER BY id"
+
+# Index: webhook_endpoints_pkey. Held until the rotation's transaction reseals it.
+LOCK_ENDPOINT_SEAL = """
+SELECT id, app_id, secret_sealed, kek_id FROM webhook_endpoints WHERE id = $1 FOR UPDATE
+"""
+
+# Index: webhook_endpoints_pkey.
+RESEAL_ENDPOINT = "UPDATE webhook_endpoints SET secret_sealed = $2, kek_id = $3 WHERE id = $1"
+
+
+@dataclass(frozen=True, slots=True)
+class SealedSecret:
+    id: int
+    app_id: int
+    kek_id: str
+    secret_sealed: bytes = b""
+
+
 def _endpoint(row: asyncpg.Record) -> Endpoint:
     return Endpoint(**dict(row))
 
@@ -274,9 +310,10 @@ async def delete_endpoint(conn: asyncpg.Connection, *, app_id: int, endpoint_id:
 
 
 async def enqueue(conn: asyncpg.Connection, *, app_id: int, kind: str, payload: Any) -> int:
-    """Write a delivery of ``payload`` (JSON-able) to every endpoint of the app that wants
+    """Write a delivery of ``payload`` (JSON-able: the connection's jsonb codec encodes
+    it) to every endpoint of the app that wants
     ``kind``, in the caller's transaction; how many (``ENQUEUE``)."""
-    made: int = await conn.fetchval(ENQUEUE, app_id, kind, orjson.dumps(payload).decode())
+    made: int = await conn.fetchval(ENQUEUE, app_id, kind, payload)
     return made
 
 
@@ -285,9 +322,7 @@ async def enqueue_test(
 ) -> int | None:
     """A delivery of ``kind`` to this endpoint of the app only; its id, or None if the app
     has no such endpoint (``ENQUEUE_TEST``)."""
-    made: int | None = await conn.fetchval(
-        ENQUEUE_TEST, endpoint_id, app_id, kind, orjson.dumps(payload).decode()
-    )
+    made: int | None = await conn.fetchval(ENQUEUE_TEST, endpoint_id, app_id, kind, payload)
     return made
 
 
@@ -361,3 +396,35 @@ async def replay_endpoint(conn: asyncpg.Connection, *, app_id: int, endpoint_id:
     or None if the app has no such endpoint (``REPLAY_ENDPOINT``)."""
     replayed: int | None = await conn.fetchval(REPLAY_ENDPOINT, endpoint_id, app_id)
     return replayed
+
+
+async def secrets_by_kek(conn: asyncpg.Connection) -> dict[str, int]:
+    """How many signing secrets each key sealed, by kek id (``SECRETS_BY_KEK``)."""
+    return {row["kek_id"]: row["secrets"] for row in await conn.fetch(SECRETS_BY_KEK)}
+
+
+async def secret_refs(conn: asyncpg.Connection) -> list[SealedSecret]:
+    """Each endpoint's id, app and the key that sealed its secret (``ENDPOINT_SEALS``)."""
+    return [SealedSecret(**dict(row)) for row in await conn.fetch(ENDPOINT_SEALS)]
+
+
+async def lock_secret(conn: asyncpg.Connection, *, endpoint_id: int) -> SealedSecret | None:
+    """The endpoint's sealed secret, its row locked; None if it is gone (``LOCK_ENDPOINT_SEAL``)."""
+    row = await conn.fetchrow(LOCK_ENDPOINT_SEAL, endpoint_id)
+    return None if row is None else SealedSecret(**dict(row))
+
+
+async def reseal_secret(
+    conn: asyncpg.Connection, *, endpoint_id: int, sealed: bytes, kek_id: str
+) -> None:
+    """Store the endpoint's secret sealed anew (``RESEAL_ENDPOINT``)."""
+    await conn.execute(RESEAL_ENDPOINT, endpoint_id, sealed, kek_id)
+
+
+async def purge_delivered(
+    conn: asyncpg.Connection, *, older_than_seconds: float, limit: int
+) -> int:
+    """Delete up to ``limit`` rows delivered more than ``older_than_seconds`` ago; how many
+    (``PURGE_DELIVERED``)."""
+    status: str = await conn.execute(PURGE_DELIVERED, older_than_seconds, limit)
+    return int(status.split()[-1])

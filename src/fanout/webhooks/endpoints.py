@@ -12,7 +12,6 @@ from fanout.credentials.sealing import Keyring
 from fanout.errors import FanoutError
 from fanout.store import webhooks
 from fanout.webhooks import addresses, signing
-from fanout.webhooks.sender import SEALING_PURPOSE
 
 KEK_UNSET_FOR_WEBHOOKS = (
     "FANOUT_SECRET_KEY is not set: webhook signing secrets are stored sealed under it "
@@ -52,7 +51,7 @@ async def register(
     if keyring is None:
         raise ConfigError(KEK_UNSET_FOR_WEBHOOKS)
     secret = signing.new_secret()
-    sealed = keyring.seal(secret.encode(), app_id=app_id, provider=SEALING_PURPOSE)
+    sealed = keyring.seal(secret.encode(), app_id=app_id, provider=webhooks.SEALED_FOR)
     endpoint = await webhooks.insert_endpoint(
         conn,
         app_id=app_id,

@@ -27,6 +27,10 @@ def device_reports(
     live_activity: bool = False,
 ) -> list[tuple[str, dict[str, Any]]]:
     """(kind, payload) for each kind with devices in this batch; none if none."""
+    # Only devices not sent to are in the detail: a batch sent to every device costs
+    # nothing here beyond this check (the delivery's hot path).
+    if not any(kind in _KIND_OF for kind in detail.kinds):
+        return []
     by_id = {device.id: device for device in devices}
     found: dict[str, list[dict[str, Any]]] = {}
     for device_id, kind, reason in zip(

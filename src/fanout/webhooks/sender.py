@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,8 +33,12 @@ from fanout.webhooks import addresses, signing
 
 log = logging.getLogger(__name__)
 
-# A delivery's sealed secret is opened with the app id and this as associated data.
-SEALING_PURPOSE = "webhook"
+
+# The most of an endpoint's answer read (the row keeps ANSWER_CHARS characters of it).
+ANSWER_BYTES = 4 * webhooks.ANSWER_CHARS
+# Each sender deletes old delivered rows once a minute, at most this many at a time.
+PURGE_EVERY_SECONDS = 60.0
+PURGE_ROWS = 10_000
 
 
 @dataclass(slots=True)
@@ -76,8 +81,9 @@ class WebhookSender:
         self.resolver = resolver
         self.owner = uuid.uuid4()
         # The lease outlasts every call of a claim: they run at once, each within the
-        # timeout; the margin covers recording the answers.
-        self.lease_seconds = 3 * settings.webhook_timeout_seconds + 30
+        # timeout (twice it: resolving, then the call); the margin covers recording the
+        # answers. A sender killed mid-call leaves its rows due again once it is over.
+        self.lease_seconds = 2 * settings.webhook_timeout_seconds + 5
         # No connection is kept between calls: a pooled connection is keyed by address,
         # and reused for another name on that address it would carry that name's request
         # over a TLS session checked for the first one.
@@ -98,9 +104,13 @@ class WebhookSender:
             log.info("webhooks are not sent: FANOUT_SECRET_KEY is not set")
             return
         failures = 0
+        purged_at = -math.inf
         try:
             while not stopping.is_set():
                 try:
+                    if time.monotonic() - purged_at >= PURGE_EVERY_SECONDS:
+                        purged_at = time.monotonic()
+                        await self.purge()
                     done = await self.send_due()
                     failures = 0
                 except UNTRUSTWORTHY as exc:  # the database is away: look again later
@@ -115,6 +125,16 @@ class WebhookSender:
                         await asyncio.wait_for(stopping.wait(), pause)
         finally:
             await self.aclose()
+
+    async def purge(self) -> int:
+        """Delete rows delivered more than FANOUT_WEBHOOK_KEEP_DAYS ago (up to
+        PURGE_ROWS); how many. The outbox stays as large as a week's deliveries."""
+        async with acquire(self.pool) as conn:
+            return await webhooks.purge_delivered(
+                conn,
+                older_than_seconds=self.settings.webhook_keep_days * 86400,
+                limit=PURGE_ROWS,
+            )
 
     async def send_due(self) -> Pass:
         """Claim what is due (up to the concurrency) and send it all; what was done.
@@ -169,7 +189,9 @@ class WebhookSender:
             )
 
         await self._record(failure)
-        result = "failed" if after[0] == "failed" else "retry"
+        # Not pending after: failed for good, or failed with its endpoint, disabled by
+        # another row's failure meanwhile (None: this sender no longer held it).
+        result = "retry" if after[0] == "pending" else "failed"
         WEBHOOK_CALLS.labels(result).inc()
         return result
 
@@ -179,12 +201,20 @@ class WebhookSender:
         allow_private = self.settings.webhook_allow_private
         try:
             secret = self.keyring.open(
-                row.secret_sealed, kek_id=row.kek_id, app_id=row.app_id, provider=SEALING_PURPOSE
+                row.secret_sealed,
+                kek_id=row.kek_id,
+                app_id=row.app_id,
+                provider=webhooks.SEALED_FOR,
             )
             target = addresses.parse_url(row.url, allow_private=allow_private)
-            checked = await addresses.checked_addresses(
-                target, resolver=self.resolver, allow_private=allow_private
+            checked = await asyncio.wait_for(
+                addresses.checked_addresses(
+                    target, resolver=self.resolver, allow_private=allow_private
+                ),
+                self.settings.webhook_timeout_seconds,
             )
+        except TimeoutError:
+            return None, "resolving the endpoint's name took too long"
         except CannotOpen as exc:
             return None, f"the endpoint's secret: {exc}"
         except addresses.RefusedAddress as exc:
@@ -202,18 +232,32 @@ class WebhookSender:
         headers["host"] = host if target.port == default_port else f"{host}:{target.port}"
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         try:
-            answer = await asyncio.wait_for(
-                self.client.post(
-                    call_url(target, checked[0]),
-                    content=body,
-                    headers=headers,
-                    extensions=extensions,
-                ),
+            return await asyncio.wait_for(
+                self._post(call_url(target, checked[0]), body, headers, extensions),
                 self.settings.webhook_timeout_seconds,
             )
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
             return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return answer.status_code, answer.text[: webhooks.ANSWER_CHARS]
+
+    async def _post(
+        self, url: str, body: bytes, headers: dict[str, str], extensions: dict[str, str]
+    ) -> tuple[int, str]:
+        """POST; the status and the start of the answer. Only what is kept is read (the
+        endpoint is the user's: an endless answer must not fill this process's memory)."""
+        request = self.client.build_request(
+            "POST", url, content=body, headers=headers, extensions=extensions
+        )
+        response = await self.client.send(request, stream=True)
+        try:
+            kept = bytearray()
+            async for chunk in response.aiter_bytes():
+                kept += chunk
+                if len(kept) >= ANSWER_BYTES:
+                    break
+        finally:
+            await response.aclose()
+        text = bytes(kept[:ANSWER_BYTES]).decode(errors="replace")
+        return response.status_code, text[: webhooks.ANSWER_CHARS]
 
     async def _record(self, write: Callable[[asyncpg.Connection], Awaitable[object]]) -> None:
         """Run ``write`` (a function of a connection), waiting a database blip out; if it
