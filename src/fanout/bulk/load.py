@@ -25,7 +25,7 @@ from fanout.store import devices, staging, subscriptions
 CHUNK_ROWS = 20_000
 EXPORT_PAGE = 10_000
 # Rows read between two turns of the event loop while a chunk is in the database.
-YIELD_EVERY = 1_000
+YIELD_EVERY = 100  # 1,000: 22,500 rows/s, 100: 28,000 (100,000 devices, in-process)
 
 _STAGED: dict[str, Callable[..., Any]] = {
     "users": subscriptions.upsert_staged_users,
