@@ -258,3 +258,28 @@ async def test_export_then_import_changes_nothing(
             rows,
             0,
         )
+
+
+async def test_a_onesignal_csv_export_lands_users_then_devices(
+    database_url: str, tmp_path: Path
+) -> None:
+    export_file = tmp_path / "onesignal.csv.gz"
+    rows = [
+        "id,identifier,session_count,language,timezone,device_type,external_user_id,invalid_identifier,web_auth,web_p256",
+        f"p1,{APNS_TOKEN},3,en,3600,0,reader-1,f,,",
+        "p2,fcm-token-2,1,de,3600,1,reader-2,f,,",
+        "p3,https://fcm.googleapis.com/fcm/send/x,1,fr,0,5,reader-2,f,AUTH,P256",
+        "p4,someone@example.com,1,en,0,11,reader-3,f,,",  # an email subscription
+        "p5,fcm-token-5,1,en,0,1,,f,,",  # no external id
+    ]
+    export_file.write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
+    users = fanout(database_url, "import", "users", str(export_file), "--mapping", "onesignal")
+    assert (users["inserted"], users["unchanged"], users["rejected"]) == (3, 1, 1)
+    devices = fanout(database_url, "import", "devices", str(export_file), "--mapping", "onesignal")
+    assert (devices["inserted"], devices["rejected"]) == (3, 2)
+    rejects = (tmp_path / "onesignal.csv.gz.rejects.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rejects] == ["5", "6"]
+    platforms = await fetchval(
+        database_url, "SELECT string_agg(platform, ',' ORDER BY platform) FROM devices"
+    )
+    assert platforms == "apns,fcm,webpush"

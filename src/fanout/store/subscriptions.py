@@ -20,7 +20,7 @@ from datetime import datetime
 import asyncpg
 
 from fanout.store.devices import StagedOutcome
-from fanout.user_attributes import USER_ATTRIBUTES
+from fanout.user_attributes import USER_ATTRIBUTES, UserAttribute
 
 # Index: topics_app_key_key (unique). Insert-or-find; an existing row is not rewritten.
 # Returns NULL only if a concurrent transaction inserted the same key a moment ago: call
@@ -149,10 +149,11 @@ async def user_subscriptions_page(
     return [Subscription(r["topic_id"], r["key"], r["created_at"]) for r in rows]
 
 
-def _upsert_staged_users() -> str:
-    """UPSERT_STAGED_USERS for user_attributes.USER_ATTRIBUTES: each attribute a column
-    set from the file when the row has it (COPY brings NULL for an absent one)."""
-    names = [a.name for a in USER_ATTRIBUTES]
+def upsert_staged_users_statement(attributes: Sequence[UserAttribute]) -> str:
+    """UPSERT_STAGED_USERS for these attributes (user_attributes.USER_ATTRIBUTES): each
+    one a column set from the file when the row has it (COPY brings NULL for an absent
+    one), a user updated only if one of them changes."""
+    names = [a.name for a in attributes]
     if not names:
         conflict = "DO NOTHING"
     else:
@@ -179,7 +180,7 @@ SELECT (SELECT count(*) FILTER (WHERE inserted) FROM written) AS inserted,
 # (store/staging.py's import_users) in one statement: new ones inserted, known ones
 # updated only where an attribute differs (a second import of the file changes 0 rows).
 # A user twice in the chunk: the last line wins. $1: the app.
-UPSERT_STAGED_USERS = _upsert_staged_users()
+UPSERT_STAGED_USERS = upsert_staged_users_statement(USER_ATTRIBUTES)
 
 # Indexes: topics_app_key_key, users_app_external_id_key, subscriptions_pkey. The bulk
 # import's chunk of subscriptions (import_subscriptions) in one statement: the topics new
