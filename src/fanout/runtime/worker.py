@@ -25,7 +25,7 @@ from fanout import retry
 from fanout.config import ConfigError, Settings, Unreachable
 from fanout.queue.sqs import Queue, QueueMessage, as_unreachable, open_client, open_queues
 from fanout.runtime.pipeline import Pipeline, Result
-from fanout.runtime.reconciler import run_reconciler
+from fanout.runtime.reconciler import run_pacer, run_reconciler
 from fanout.runtime.schema import check_schema
 from fanout.store import connect
 
@@ -269,6 +269,7 @@ async def run_worker(
         log.info("worker consuming %s", ", ".join(c.queue.name for c in consumers))
         await asyncio.gather(
             run_reconciler(pipeline.pool, pipeline.queues, pipeline.settings, stopping),
+            run_pacer(pipeline.pool, pipeline.queues, pipeline.settings, stopping),
             *(c.run(stopping) for c in consumers),
         )
         return consumers
