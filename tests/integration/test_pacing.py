@@ -9,14 +9,17 @@ schedule into the past in the database, or because the pacer's sweep looks ahead
 from __future__ import annotations
 
 import asyncpg
+import orjson
 import pytest
 
+from fanout.config import Settings
 from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.reconciler import reconcile_once, release_paced
 from fanout.stages.publish import PublishOptions, cancel, publish
 from tests.helpers import Topic, drain, make_topic, run_everything, status
+from tests.integration.test_cli import fanout
 from tests.integration.test_schedule_pipeline import (
     _window_around_now,
     devices_of,
@@ -315,3 +318,28 @@ async def test_an_event_without_a_rate_of_its_own_takes_its_apps_default(
         async with pipeline.pool.acquire() as conn:
             await conn.execute("UPDATE apps SET default_throttle_per_minute = NULL WHERE id = 1")
     await run_everything(pipeline)
+
+
+def test_the_cli_paces_a_publish_and_sets_an_apps_default(settings: Settings) -> None:
+    assert fanout(settings, "queues", "create").returncode == 0
+    refused = fanout(settings, "publish", "author:p", "--title", "t", "--throttle", "0")
+    assert refused.returncode == 2 and "--throttle" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    published = fanout(settings, "publish", "author:p", "--title", "t", "--throttle", "120")
+    assert published.returncode == 0, published.stderr
+    shown = orjson.loads(fanout(settings, "status", published.stdout.strip()).stdout)
+    assert shown["pacing"]["throttle_per_minute"] == 120
+
+    app = "paced-cli"
+    assert fanout(settings, "apps", "create", app).returncode == 0
+    bad = fanout(settings, "apps", "settings", app, "--throttle", "-1")
+    assert bad.returncode == 2 and "--throttle" in bad.stderr, bad.stderr
+    changed = fanout(settings, "apps", "settings", app, "--throttle", "300")
+    assert changed.returncode == 0 and "300/min" in changed.stdout, changed.stderr
+    inherited = fanout(settings, "publish", "author:q", "--title", "t", "--app", app)
+    assert inherited.returncode == 0, inherited.stderr
+    shown = orjson.loads(fanout(settings, "status", inherited.stdout.strip()).stdout)
+    assert shown["pacing"]["throttle_per_minute"] == 300
+    cleared = fanout(settings, "apps", "settings", app, "--throttle", "0")
+    assert "none (unpaced)" in cleared.stdout, cleared.stderr
+    assert "none (unpaced)" in fanout(settings, "apps", "settings", app).stdout

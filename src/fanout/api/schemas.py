@@ -487,6 +487,23 @@ class AppOut(BaseModel):
     name: str
     created_at: datetime
     credentials: list[CredentialOut] = []
+    default_throttle_per_minute: int | None = Field(
+        default=None, description="The pace its events take unless they set throttle_per_minute."
+    )
+
+
+class AppSettingsIn(BaseModel):
+    """The app's settings to change; a field left out is left as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_throttle_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_THROTTLE_PER_MINUTE,
+        description="Devices a minute its events go out at when their publish sets no "
+        "throttle_per_minute; null: unpaced.",
+    )
 
 
 class AppListed(BaseModel):
