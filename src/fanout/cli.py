@@ -343,6 +343,13 @@ def publish(
     expires_at: Annotated[
         str | None, typer.Option(help="Nothing is sent after: ISO 8601 with an offset.")
     ] = None,
+    throttle: Annotated[
+        int | None,
+        typer.Option(
+            help="Paced: at most N devices a minute, across every worker (default: the "
+            "app's default_throttle_per_minute, if set)."
+        ),
+    ] = None,
     app_key: AppOption = "default",
 ) -> None:
     """Publish an event to a topic's subscribers; prints the event id."""
@@ -376,6 +383,7 @@ def publish(
             "deliver_at_local": deliver_at_local,
             "quiet_hours": quiet_hours,
             "expires_at": expires_at,
+            "throttle_per_minute": throttle,
         }
     )
     if critical_asked(request.notification) and not settings.apns_allow_critical:
@@ -425,6 +433,7 @@ def _publish_request(fields: dict[str, Any]) -> Any:
             message = f"{'.'.join(where[2:])}: {error['msg']}"
             raise typer.BadParameter(message, param_hint="--data") from None
         name = where[-1] if where[0] == "notification" else where[0]
+        name = {"throttle_per_minute": "throttle"}.get(name, name)
         hint = "TOPIC" if name == "topic" else f"--{name.replace('_', '-')}"
         raise typer.BadParameter(error["msg"], param_hint=hint) from None
 
@@ -902,6 +911,41 @@ def apps_show(key: str, json: JsonOutput = False) -> None:
     for c in credentials:
         typer.echo(f"  {c.provider:<8} {_identity_line(c.identity)}")
         typer.echo(f"  {'':<8} set {c.updated_at:%Y-%m-%d %H:%M} UTC, sealed under key {c.kek_id}")
+
+
+@apps_app.command("settings")
+def apps_settings(
+    key: Annotated[str, typer.Argument(help="The app.")],
+    throttle: Annotated[
+        int | None,
+        typer.Option(
+            help="Pace its events at N devices a minute unless their publish sets one; "
+            "0 clears it (unpaced)."
+        ),
+    ] = None,
+) -> None:
+    """Change an app's settings (as PATCH /v1/apps/{app}); prints them."""
+    from fanout.api.schemas import MAX_THROTTLE_PER_MINUTE
+    from fanout.store import apps
+
+    if throttle is not None and not 0 <= throttle <= MAX_THROTTLE_PER_MINUTE:
+        raise typer.BadParameter(
+            f"must be 1 to {MAX_THROTTLE_PER_MINUTE} devices a minute, or 0 to clear it",
+            param_hint="--throttle",
+        )
+
+    async def change(conn: Any) -> apps.App:
+        found: apps.App = await _app_named(conn, key)
+        if throttle is None:
+            return found
+        changed = await apps.set_default_throttle(
+            conn, key=key, throttle_per_minute=throttle or None
+        )
+        return changed or found
+
+    found = _with_connection(change)
+    pace = found.default_throttle_per_minute
+    typer.echo(f"{found.key}  default throttle: {f'{pace}/min' if pace else 'none (unpaced)'}")
 
 
 @apps_app.command("delete")

@@ -463,6 +463,20 @@ class Settings(BaseSettings):
         description="Resends before a unit of work is given up and its devices count failed.",
     )
 
+    # --- Paced sends (throttle_per_minute) ------------------------------------------------
+    pacing_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often each worker's pacer sends the paced batches that have come due.",
+    )
+    pacing_read_ahead_seconds: float = Field(
+        default=300.0,
+        ge=1,
+        description="How far ahead of now a paced event's fan-out reads and schedules its "
+        "devices; the rest is read from the shard's checkpoint when the time comes.",
+    )
+
     # --- Scheduled and local-time delivery -------------------------------------------------
     default_time_zone: str = Field(
         default="UTC",

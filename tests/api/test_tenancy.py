@@ -137,6 +137,7 @@ ADMIN_ROUTES = {
     ("GET", "/v1/apps"),
     ("POST", "/v1/apps"),
     ("GET", "/v1/apps/{app}"),
+    ("PATCH", "/v1/apps/{app}"),
     ("DELETE", "/v1/apps/{app}"),
     ("PUT", "/v1/apps/{app}/credentials/{provider}"),
     ("DELETE", "/v1/apps/{app}/credentials/{provider}"),

@@ -85,6 +85,8 @@ SHAPED: dict[str, Any] = {
     "ends_at": datetime(2026, 3, 29, 7, tzinfo=UTC),
     "kinds": ["event.finished"],
     "answer": "connection refused",
+    "not_before": [datetime(2026, 3, 29, 7, tzinfo=UTC)],
+    "resume_at": datetime(2026, 3, 29, 7, tzinfo=UTC),
 }
 OWNER = uuid.UUID(int=7)
 
@@ -164,7 +166,7 @@ async def test_checkpoint_passes_the_accepted_batches_as_columns() -> None:
             shards.CHECKPOINT_SHARD,
             (
                 *(1, 2, 3, 4, 5, 6, 30, 60, 60, ["1/0/0"], [3], [1], [2], {"muted": 2}),
-                *("news", [1, 2], OWNER),
+                *("news", [1, 2], OWNER, [None]),
             ),
         )
     ]

@@ -244,6 +244,10 @@ class FrequencyCapOut(BaseModel):
     updated_at: datetime
 
 
+# A rate above this is no pacing (a million a minute is FCM's 10M-topic ask, #238, tenfold).
+MAX_THROTTLE_PER_MINUTE = 10_000_000
+
+
 class PublishOptionsIn(Strict):
     """When and how the event goes out (all optional)."""
 
@@ -267,6 +271,13 @@ class PublishOptionsIn(Strict):
         default=None,
         description="Nothing is sent after this time; what was not sent counts expired.",
     )
+    throttle_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_THROTTLE_PER_MINUTE,
+        description="Paced: at most this many devices a minute, across every worker (the "
+        "app's default_throttle_per_minute when not given; none: as fast as it goes).",
+    )
 
     def options(self) -> PublishOptions:
         return PublishOptions(
@@ -276,6 +287,7 @@ class PublishOptionsIn(Strict):
             else None,
             quiet_hours=self.quiet_hours,
             expires_at=self.expires_at,
+            throttle_per_minute=self.throttle_per_minute,
         )
 
 
@@ -498,6 +510,23 @@ class AppOut(BaseModel):
     name: str
     created_at: datetime
     credentials: list[CredentialOut] = []
+    default_throttle_per_minute: int | None = Field(
+        default=None, description="The pace its events take unless they set throttle_per_minute."
+    )
+
+
+class AppSettingsIn(BaseModel):
+    """The app's settings to change; a field left out is left as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_throttle_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_THROTTLE_PER_MINUTE,
+        description="Devices a minute its events go out at when their publish sets no "
+        "throttle_per_minute; null: unpaced.",
+    )
 
 
 class AppListed(BaseModel):

@@ -75,15 +75,19 @@ def _ended(state: EventState) -> EventState:
 # before. Due $7
 # seconds on: if its fan-out message is not on the queue by then, the reconciler sends it
 # (the transactional outbox). Held ($12, its first release: send_at or its first wave): it
-# is 'scheduled', due then; the reconciler's due scan releases it.
+# is 'scheduled', due then; the reconciler's due scan releases it. Paced at $15 devices a
+# minute, or (with $16) at its app's default rate when $15 is NULL (apps_pkey, one probe).
 INSERT_EVENT = """
 INSERT INTO events
     (app_id, topic_id, user_id, notification, api_key_id, idempotency_key, request_fingerprint,
-     due_at, status, send_at, deliver_at_local, quiet_hours, expires_at, live_activity_id)
+     due_at, status, send_at, deliver_at_local, quiet_hours, expires_at, live_activity_id,
+     throttle_per_minute)
 VALUES ($13, $1, $2, $3, $4, $5, $6,
         coalesce($12, now() + make_interval(secs => $7)),
         CASE WHEN $12::timestamptz IS NULL THEN 'pending' ELSE 'scheduled' END,
-        $8, $9, $10, $11, $14)
+        $8, $9, $10, $11, $14,
+        coalesce($15::integer, CASE WHEN $16::boolean THEN
+            (SELECT a.default_throttle_per_minute FROM apps AS a WHERE a.id = $13) END))
 ON CONFLICT (idempotency_key, app_id, api_key_id) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """
@@ -104,10 +108,17 @@ WHERE id = $1 AND status IN ('pending', 'scheduled')
 # failed ...: too late to cancel), and whether this statement ended it. $2: the app that
 # asks (NULL: the operator, any app); another app's event is unknown, and nothing of it is
 # touched (the waves and deferred recipients are dropped only for an event of the app). An
-# event it ends gets its event.finished webhook rows (EVENT_FINISHED_WEBHOOKS).
+# event it ends gets its event.finished webhook rows (EVENT_FINISHED_WEBHOOKS). A paced
+# event's batches not yet sent (delivery_batches_paced) end here, held back as cancelled:
+# nothing of them is on SQS, so nothing else would ever finish them.
 CANCEL_EVENT = f"""
 WITH mine AS (
     SELECT id FROM events WHERE id = $1 AND ($2::integer IS NULL OR app_id = $2)
+), paced AS (
+    UPDATE delivery_batches
+    SET status = 'done', finished_at = now(), held_back = jsonb_build_object('cancelled', devices)
+    WHERE event_id = (SELECT id FROM mine)
+      AND status = 'queued' AND due_at IS NULL AND not_before IS NOT NULL
 ), waves AS (
     UPDATE event_waves SET status = 'dropped'
     WHERE event_id = (SELECT id FROM mine) AND status = 'held'
@@ -225,11 +236,14 @@ async def create(
     expires_at: datetime | None = None,
     held_until: datetime | None = None,
     live_activity_id: int | None = None,
+    throttle_per_minute: int | None = None,
+    app_default_throttle: bool = False,
 ) -> int | None:
     """Commit a pending event of the app, due ``overdue_after`` seconds on, or with
     ``held_until`` a scheduled one, due then; its id, or None when this scope (the app and
     ``api_key_id``) used the idempotency key before (``INSERT_EVENT``). Its audience:
-    ``topic_id``, ``user_id`` or ``live_activity_id``, one of them, of the app."""
+    ``topic_id``, ``user_id`` or ``live_activity_id``, one of them, of the app. Paced at
+    ``throttle_per_minute``, or with ``app_default_throttle`` at the app's default rate."""
     event_id: int | None = await conn.fetchval(
         INSERT_EVENT,
         topic_id,
@@ -246,6 +260,8 @@ async def create(
         held_until,
         app_id,
         live_activity_id,
+        throttle_per_minute,
+        app_default_throttle,
     )
     return event_id
 

@@ -58,10 +58,6 @@ async def import_bulk(
 
     gzipped = request.headers.get("content-encoding", "").lower() == "gzip"
     async with pool.acquire() as conn:
-        # Imported here: fanout.bulk reads the API's device schemas, so a module-level
-        # import would be circular when fanout.bulk is imported first.
-        from fanout.bulk.load import import_rows
-
         counts = await import_rows(
             conn,
             kind=kind,
