@@ -401,6 +401,11 @@ class Settings(BaseSettings):
         default=50.0, gt=0, description="Publish requests per second per API key (sustained)."
     )
     api_publish_burst: int = Field(default=100, ge=1, description="Publish requests in a burst.")
+    # Concurrent publishes share one transaction and one SQS request (stages/group_commit.py);
+    # a group holds at most this many events. 1: every publish commits alone.
+    api_publish_group_max: int = Field(
+        default=500, ge=1, le=1000, description="Events committed together at most."
+    )
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     # A client that never finishes a request holds a file descriptor for as long as it
     # likes otherwise: 800 half-sent requests from one address were all kept 20 s

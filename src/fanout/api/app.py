@@ -22,6 +22,7 @@ from fanout.api.routes import ROUTERS
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, ApiState
 from fanout.config import Settings, connection_failure
 from fanout.queue.sqs import open_client, open_queues
+from fanout.stages.group_commit import Enqueuer, GroupCommit
 from fanout.store import create_pool
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,24 @@ def create_app(settings: Settings) -> FastAPI:
                     connection_failure(exc),
                 )
                 queues = None
-            app.state.api = ApiState(settings, pool, sqs, queues)
+            state = app.state.api = ApiState(settings, pool, sqs, queues)
+            state.group_commit = GroupCommit(
+                pool,
+                Enqueuer(
+                    pool,
+                    state.get_queues,
+                    overdue_after=settings.reconcile_after_seconds,
+                    timeout=ENQUEUE_TIMEOUT_SECONDS,
+                    on_failure=state.metrics.enqueue_failures.inc,
+                ),
+                overdue_after=settings.reconcile_after_seconds,
+                max_group=settings.api_publish_group_max,
+            )
             try:
                 yield
             finally:
+                # Drain: what is waiting is committed and answered, enqueues finish.
+                await state.group_commit.close()
                 await pool.close()
 
     app = FastAPI(

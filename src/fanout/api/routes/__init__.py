@@ -3,6 +3,7 @@
 from fanout.api.routes import (
     apps,
     audience,
+    batch,
     devices,
     events,
     live_activities,
@@ -15,6 +16,7 @@ ROUTERS = (
     subscriptions.router,
     audience.router,
     events.router,
+    batch.router,
     live_activities.router,
     operations.router,
     apps.router,
