@@ -9,6 +9,8 @@ single publish is, and released by the reconciler.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter
@@ -17,10 +19,11 @@ from pydantic import ValidationError
 
 from fanout.api import schemas
 from fanout.api.auth import Publisher
-from fanout.api.routes.events import IDEMPOTENCY_CONFLICT, critical_refused, refusal
+from fanout.api.routes.events import IDEMPOTENCY_CONFLICT, refusal
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, ApiState, State
 from fanout.errors import FanoutError
-from fanout.stages.group_commit import GroupCommitClosed, groupable
+from fanout.notification import CRITICAL_NOT_ALLOWED, critical_asked
+from fanout.stages.group_commit import GroupCommit, GroupCommitClosed, groupable
 from fanout.stages.publish import (
     IdempotencyConflict,
     InvalidPublishOption,
@@ -60,55 +63,17 @@ async def notify_users(
                 }
             ]
         )
-    results: list[schemas.BatchItemResult | None] = [None] * len(items)
-    grouped: list[tuple[int, NewEvent]] = []
-    held: list[tuple[int, schemas.BatchNotificationIn]] = []
-    limit = state.batch_max_bytes()
-    for index, raw in enumerate(items):
-        at: tuple[str | int, ...] = ("body", "items", index)
-        try:
-            item = schemas.BatchNotificationIn.model_validate(raw)
-        except ValidationError as exc:
-            results[index] = _refused(
-                [
-                    {"type": e["type"], "loc": [*at, *e["loc"]], "msg": e["msg"]}
-                    for e in exc.errors(include_url=False, include_input=False)
-                ]
-            )
-            continue
-        if (problem := critical_refused(state, item.notification)) is not None:
-            results[index] = _refused([{**problem, "loc": [*at, *problem["loc"][1:]]}])
-            continue
-        options = item.options()
-        if not groupable(options):
-            held.append((index, item))
-            continue
-        try:
-            grouped.append(
-                (
-                    index,
-                    prepare_event(
-                        item.notification,
-                        app_id=key.app_id,
-                        user=item.user_id,
-                        idempotency_key=item.idempotency_key,
-                        api_key_id=key.id,
-                        batch_max_bytes=limit,
-                        options=options,
-                    ),
-                )
-            )
-        except (NotificationTooLarge, InvalidPublishOption) as exc:
-            results[index] = _refused([refusal(exc, at)])
-    if grouped:
-        if state.group_commit is None:
-            raise GroupCommitClosed("the API is not serving")
-        outcomes = await state.group_commit.publish_many([event for _, event in grouped])
-        for (index, _), outcome in zip(grouped, outcomes, strict=True):
-            results[index] = _result(outcome, ("body", "items", index))
-    for index, item in held:
-        results[index] = await _record_held(state, key.app_id, key.id, index, item)
-    done = [result for result in results if result is not None]
+    if state.group_commit is None:
+        raise GroupCommitClosed("the API is not serving")
+    done = await publish_items(
+        items,
+        group=state.group_commit,
+        publish_one=functools.partial(_publish_held, state),
+        app_id=key.app_id,
+        api_key_id=key.id,
+        batch_max_bytes=state.batch_max_bytes(),
+        allow_critical=state.settings.apns_allow_critical,
+    )
     accepted = sum(1 for result in done if result.event_id is not None)
     created = sum(1 for result in done if result.created)
     if accepted == 0:
@@ -136,29 +101,98 @@ def _result(outcome: Published | FanoutError, at: tuple[str | int, ...]) -> sche
     return _refused([{"type": "refused", "loc": list(at), "msg": "could not be recorded"}])
 
 
-async def _record_held(
-    state: ApiState, app_id: int, api_key_id: int, index: int, item: schemas.BatchNotificationIn
-) -> schemas.BatchItemResult:
+PublishOne = Callable[[int, int | None, schemas.BatchNotificationIn], Awaitable[Published]]
+
+
+async def publish_items(
+    items: Sequence[Any],
+    *,
+    group: GroupCommit,
+    publish_one: PublishOne,
+    app_id: int,
+    api_key_id: int | None,
+    batch_max_bytes: int,
+    allow_critical: bool,
+    at: tuple[str | int, ...] = ("body", "items"),
+) -> list[schemas.BatchItemResult]:
+    """Validate each item (``BatchNotificationIn``), commit the good ones not held as one
+    group, and the held ones through ``publish_one``; a result per item, in order, its
+    problems located at ``at`` + its index (the CLI's ``--batch`` passes its own)."""
+    results: list[schemas.BatchItemResult | None] = [None] * len(items)
+    grouped: list[tuple[int, NewEvent]] = []
+    held: list[tuple[int, schemas.BatchNotificationIn]] = []
+    for index, raw in enumerate(items):
+        where = (*at, index)
+        try:
+            item = schemas.BatchNotificationIn.model_validate(raw)
+        except ValidationError as exc:
+            results[index] = _refused(
+                [
+                    {"type": e["type"], "loc": [*where, *e["loc"]], "msg": e["msg"]}
+                    for e in exc.errors(include_url=False, include_input=False)
+                ]
+            )
+            continue
+        if not allow_critical and (asked := critical_asked(item.notification)) is not None:
+            results[index] = _refused(
+                [
+                    {
+                        "type": "value_error",
+                        "loc": [*where, "notification", *asked],
+                        "msg": CRITICAL_NOT_ALLOWED,
+                    }
+                ]
+            )
+            continue
+        options = item.options()
+        if not groupable(options):
+            held.append((index, item))
+            continue
+        try:
+            new_event = prepare_event(
+                item.notification,
+                app_id=app_id,
+                user=item.user_id,
+                idempotency_key=item.idempotency_key,
+                api_key_id=api_key_id,
+                batch_max_bytes=batch_max_bytes,
+                options=options,
+            )
+        except (NotificationTooLarge, InvalidPublishOption) as exc:
+            results[index] = _refused([refusal(exc, where)])
+            continue
+        grouped.append((index, new_event))
+    if grouped:
+        outcomes = await group.publish_many([event for _, event in grouped])
+        for (index, _), outcome in zip(grouped, outcomes, strict=True):
+            results[index] = _result(outcome, (*at, index))
+    for index, item in held:
+        where = (*at, index)
+        try:
+            results[index] = _result(await publish_one(app_id, api_key_id, item), where)
+        except (NotificationTooLarge, InvalidPublishOption) as exc:
+            results[index] = _refused([refusal(exc, where)])
+        except IdempotencyConflict as exc:
+            results[index] = _result(exc, where)
+    return [result for result in results if result is not None]
+
+
+async def _publish_held(
+    state: ApiState, app_id: int, api_key_id: int | None, item: schemas.BatchNotificationIn
+) -> Published:
     """A held item (send_at, deliver_at_local): published as a single publish is (the
     reconciler releases it; a send_at already past is enqueued now)."""
-    at = ("body", "items", index)
-    try:
-        published = await publish(
-            state.pool,
-            state.get_queues,
-            item.notification,
-            app_id=app_id,
-            user=item.user_id,
-            idempotency_key=item.idempotency_key,
-            api_key_id=api_key_id,
-            enqueue_timeout=ENQUEUE_TIMEOUT_SECONDS,
-            batch_max_bytes=state.settings.batch_max_bytes,
-            overdue_after=state.settings.reconcile_after_seconds,
-            options=item.options(),
-            default_time_zone=state.settings.default_time_zone,
-        )
-    except (NotificationTooLarge, InvalidPublishOption) as exc:
-        return _refused([refusal(exc, at)])
-    except IdempotencyConflict as exc:
-        return _result(exc, at)
-    return _result(published, at)
+    return await publish(
+        state.pool,
+        state.get_queues,
+        item.notification,
+        app_id=app_id,
+        user=item.user_id,
+        idempotency_key=item.idempotency_key,
+        api_key_id=api_key_id,
+        enqueue_timeout=ENQUEUE_TIMEOUT_SECONDS,
+        batch_max_bytes=state.settings.batch_max_bytes,
+        overdue_after=state.settings.reconcile_after_seconds,
+        options=item.options(),
+        default_time_zone=state.settings.default_time_zone,
+    )
