@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import orjson
@@ -314,7 +315,7 @@ def worker(
 
 @app.command()
 def publish(
-    topic: Annotated[str, typer.Argument(help="Topic key, e.g. author:42")],
+    topic: Annotated[str | None, typer.Argument(help="Topic key, e.g. author:42")] = None,
     title: Annotated[str | None, typer.Option(help="Required for an alert.")] = None,
     body: Annotated[str, typer.Option()] = "",
     kind: Annotated[
@@ -351,8 +352,26 @@ def publish(
         ),
     ] = None,
     app_key: AppOption = "default",
+    batch: Annotated[
+        Path | None,
+        typer.Option(
+            help="NDJSON of 1:1 sends, one a line as an item of POST /v1/notifications/batch "
+            '({"user_id": …, "notification": {…}, "idempotency_key": …}); instead of TOPIC.',
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
-    """Publish an event to a topic's subscribers; prints the event id."""
+    """Publish an event to a topic's subscribers; prints the event id. With ``--batch``:
+    1:1 sends from a file, each its own event, committed a thousand lines at a time; prints
+    a JSON line per line of the file (its event, or its problems naming the line and field),
+    and exits 1 if any line was refused."""
+    if batch is not None:
+        if topic is not None:
+            raise typer.BadParameter("give either TOPIC or --batch, not both", param_hint="TOPIC")
+        _publish_batch(batch, app_key)
+        return
+    if topic is None:
+        raise typer.BadParameter("a topic to publish to (or --batch FILE)", param_hint="TOPIC")
     from fanout.notification import CRITICAL_NOT_ALLOWED, critical_asked
     from fanout.queue.sqs import open_client, open_queues
     from fanout.stages.publish import InvalidPublishOption
@@ -417,6 +436,106 @@ def publish(
     except InvalidPublishOption as exc:
         hint = f"--{exc.field.replace('_', '-')}"
         raise typer.BadParameter(exc.message, param_hint=hint) from None
+
+
+def _publish_batch(path: Path, app_key: str) -> None:
+    """``fanout publish --batch``: the file read a chunk at a time (memory flat in its
+    size), each chunk validated and committed as the batch endpoint does."""
+    from fanout.api.routes.batch import publish_items
+    from fanout.api.schemas import MAX_NOTIFICATION_BATCH
+    from fanout.queue.sqs import open_client, open_queues
+    from fanout.stages.group_commit import Enqueuer, GroupCommit
+    from fanout.stages.publish import publish as do_publish
+    from fanout.store import create_pool
+
+    settings = _settings()
+    try:
+        lines = path.open("rb")
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot read {path}: {exc.strerror}", param_hint="--batch"
+        ) from None
+
+    async def main() -> int:
+        refused = 0
+        pool = await create_pool(settings)
+        try:
+            async with pool.acquire() as conn:
+                found = await _app_named(conn, app_key)
+            async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
+                queues = await open_queues(client, settings)
+
+                async def opened() -> Any:
+                    return queues
+
+                group = GroupCommit(
+                    pool,
+                    Enqueuer(pool, opened, overdue_after=settings.reconcile_after_seconds),
+                    overdue_after=settings.reconcile_after_seconds,
+                )
+
+                async def publish_one(app_id: int, api_key_id: int | None, item: Any) -> Any:
+                    return await do_publish(
+                        pool,
+                        queues,
+                        item.notification,
+                        app_id=app_id,
+                        user=item.user_id,
+                        idempotency_key=item.idempotency_key,
+                        batch_max_bytes=settings.batch_max_bytes,
+                        overdue_after=settings.reconcile_after_seconds,
+                        options=item.options(),
+                        default_time_zone=settings.default_time_zone,
+                    )
+
+                async def flush(chunk: list[Any], first_line: int) -> int:
+                    results = await publish_items(
+                        chunk,
+                        group=group,
+                        publish_one=publish_one,
+                        app_id=found.id,
+                        api_key_id=None,
+                        batch_max_bytes=settings.batch_max_bytes,
+                        allow_critical=settings.apns_allow_critical,
+                        at=(),
+                    )
+                    bad = 0
+                    for offset, result in enumerate(results):
+                        line = first_line + offset
+                        if result.errors:
+                            bad += 1
+                            errors = [
+                                {**e.model_dump(), "loc": [f"line {line}", *e.loc[1:]]}
+                                for e in result.errors
+                            ]
+                            typer.echo(orjson.dumps({"line": line, "errors": errors}))
+                        else:
+                            shown = {"line": line, **result.model_dump(exclude_none=True)}
+                            typer.echo(orjson.dumps(shown))
+                    return bad
+
+                try:
+                    chunk: list[Any] = []
+                    first_line = 1
+                    for number, raw in enumerate(lines, start=1):
+                        try:
+                            chunk.append(orjson.loads(raw))
+                        except orjson.JSONDecodeError:
+                            chunk.append(None)  # refused by the model, by its line
+                        if len(chunk) == MAX_NOTIFICATION_BATCH:
+                            refused += await flush(chunk, first_line)
+                            chunk, first_line = [], number + 1
+                    if chunk:
+                        refused += await flush(chunk, first_line)
+                finally:
+                    await group.close()  # the last chunk's enqueue
+        finally:
+            await pool.close()
+            lines.close()
+        return refused
+
+    if asyncio.run(main()):
+        raise typer.Exit(1)
 
 
 def _publish_request(fields: dict[str, Any]) -> Any:

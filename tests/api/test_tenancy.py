@@ -103,6 +103,9 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
         ("DELETE", "/v1/frequency-caps/{category}"): None,
         ("POST", "/v1/events"): {"topic": names.topic, "notification": {"title": "from B"}},
         ("POST", "/v1/users/{user_id}/notifications"): {"notification": {"title": "from B"}},
+        ("POST", "/v1/notifications/batch"): {
+            "items": [{"user_id": names.user, "notification": {"title": "from B"}}]
+        },
         ("GET", "/v1/events/{event_id}"): None,
         ("POST", "/v1/events/{event_id}/cancel"): None,
         ("POST", "/v1/live-activities/{activity_id}/tokens"): {

@@ -20,7 +20,7 @@ import pytest
 
 import fanout
 import fanout.store
-from fanout.store import audience, live_activities, recipients, shards, waves
+from fanout.store import audience, events, lifecycle, live_activities, recipients, shards, waves
 
 # Modules that hold no statement of their own: pools, the migration runner, shared SQL,
 # the bulk import's staging tables (DDL and COPY).
@@ -87,6 +87,9 @@ SHAPED: dict[str, Any] = {
     "answer": "connection refused",
     "not_before": [datetime(2026, 3, 29, 7, tzinfo=UTC)],
     "resume_at": datetime(2026, 3, 29, 7, tzinfo=UTC),
+    "new_events": [lifecycle.NewEvent(app_id=1, notification={"title": "x"}, user="u1")],
+    "event_ids": [1, 2],
+    "scopes": [events.IdempotencyScope(1, None, "k")],
 }
 OWNER = uuid.UUID(int=7)
 

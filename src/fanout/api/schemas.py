@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SkipValidation,
     StringConstraints,
     ValidationError,
     model_validator,
@@ -322,6 +323,46 @@ class EventIn(PublishOptionsIn):
 class DirectNotificationIn(PublishOptionsIn):
     notification: PublishedNotification
     idempotency_key: IdempotencyKey | None = None
+
+
+# A batch of personalised 1:1 sends (POST /v1/notifications/batch): each item its own event.
+MAX_NOTIFICATION_BATCH = 1_000
+
+
+class BatchNotificationIn(DirectNotificationIn):
+    user_id: UserId = Field(description="The user whose devices this item goes to.")
+
+
+class NotificationBatchIn(Strict):
+    # Validated item by item by the route (a bad item is refused alone, by its index),
+    # so the list is taken as sent; the schema still documents each item.
+    items: SkipValidation[list[BatchNotificationIn]] = Field(
+        description=f"1 to {MAX_NOTIFICATION_BATCH:,} sends, each its own event with its own "
+        "idempotency key.",
+        json_schema_extra={"minItems": 1, "maxItems": MAX_NOTIFICATION_BATCH},
+    )
+
+
+class ItemProblem(BaseModel):
+    loc: list[str | int] = Field(description='Where: ["body", "items", index, field …].')
+    msg: str
+    type: str
+
+
+class BatchItemResult(BaseModel):
+    event_id: int | None = Field(default=None, description="The item's event; none if refused.")
+    created: bool | None = Field(
+        default=None, description="False when the idempotency key named an earlier event."
+    )
+    errors: list[ItemProblem] | None = Field(
+        default=None, description="Why the item was refused (it alone: the others stand)."
+    )
+
+
+class NotificationBatchAccepted(BaseModel):
+    accepted: int = Field(description="Items with an event (created or found by their key).")
+    refused: int
+    results: list[BatchItemResult] = Field(description="One per item, in the items' order.")
 
 
 ActivityPath = Annotated[str, Path(pattern=TOPIC_PATTERN, examples=["match:2026-final"])]

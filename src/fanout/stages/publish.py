@@ -257,6 +257,45 @@ async def record_event(
     return Published(first.id, created=False)
 
 
+def prepare_event(
+    notification: Notification,
+    *,
+    app_id: int = DEFAULT_APP_ID,
+    topic: str | None = None,
+    user: str | None = None,
+    idempotency_key: str | None = None,
+    api_key_id: int | None = None,
+    batch_max_bytes: int = MAX_MESSAGE_BYTES,
+    options: PublishOptions = DEFAULT_OPTIONS,
+    now: datetime | None = None,
+) -> lifecycle.NewEvent:
+    """The checks ``record_event`` makes before writing, for an event committed in a group
+    (stages/group_commit.py): the same refusals (``NotificationTooLarge``,
+    ``InvalidPublishOption``), the same fingerprint. Not for a held event (``groupable``)."""
+    if (topic is None) == (user is None):
+        raise ValueError("an event goes to exactly one of: a topic, a user")
+    if notification.kind == "liveactivity":
+        raise ValueError("a Live Activity update goes to its activity's tokens (live_activity)")
+    if options.send_at is not None or options.deliver_at_local is not None:
+        raise ValueError("a held event is recorded by record_event (it plans its release)")
+    check_fits_a_batch(notification, max_batch_bytes(batch_max_bytes, MAX_MESSAGE_BYTES))
+    options.check(now or datetime.now(UTC))
+    payload = notification.model_dump(mode="json", exclude_defaults=True)
+    return lifecycle.NewEvent(
+        app_id=app_id,
+        notification=payload,
+        topic=topic,
+        user=user,
+        api_key_id=api_key_id,
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint(payload, topic=topic, user=user, options=options)
+        if idempotency_key
+        else None,
+        quiet_hours=options.quiet_hours,
+        expires_at=options.expires_at,
+    )
+
+
 def _waves(
     options: PublishOptions, zones: list[str], default_zone: str | None, now: datetime
 ) -> list[PlannedWave]:

@@ -7,6 +7,7 @@ and named in its docstring, and takes its parameters by name.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,16 @@ from fanout.store.lifecycle import EventState
 EVENT_BY_IDEMPOTENCY_KEY = """
 SELECT id, request_fingerprint FROM events
 WHERE idempotency_key = $2 AND app_id = $3 AND api_key_id IS NOT DISTINCT FROM $1
+"""
+
+# Index: events_idempotency_key. EVENT_BY_IDEMPOTENCY_KEY for several keys at once, in the
+# order asked ($4: their positions, returned as ``ord``); a key no event has is left out.
+EVENTS_BY_IDEMPOTENCY_KEYS = """
+SELECT k.ord, e.id, e.request_fingerprint
+FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::integer[])
+    AS k(api_key_id, idempotency_key, app_id, ord)
+JOIN events AS e ON e.idempotency_key = k.idempotency_key AND e.app_id = k.app_id
+                AND e.api_key_id IS NOT DISTINCT FROM k.api_key_id
 """
 
 # Index: events_pkey (and events_by_live_activity for an update: SUPERSEDED).
@@ -258,6 +269,33 @@ async def event_by_idempotency_key(
     (``EVENT_BY_IDEMPOTENCY_KEY``)."""
     row = await conn.fetchrow(EVENT_BY_IDEMPOTENCY_KEY, api_key_id, idempotency_key, app_id)
     return None if row is None else FirstUse(**row)
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyScope:
+    """An idempotency key in its scope (the app, the API key; None: the internal one)."""
+
+    app_id: int
+    api_key_id: int | None
+    idempotency_key: str
+
+
+async def events_by_idempotency_keys(
+    conn: asyncpg.Connection, *, scopes: Sequence[IdempotencyScope]
+) -> list[FirstUse | None]:
+    """``event_by_idempotency_key`` for each of ``scopes``, in one statement: the first
+    use of each, None where there is none (``EVENTS_BY_IDEMPOTENCY_KEYS``)."""
+    rows = await conn.fetch(
+        EVENTS_BY_IDEMPOTENCY_KEYS,
+        [s.api_key_id for s in scopes],
+        [s.idempotency_key for s in scopes],
+        [s.app_id for s in scopes],
+        list(range(len(scopes))),
+    )
+    found: list[FirstUse | None] = [None] * len(scopes)
+    for row in rows:
+        found[row["ord"]] = FirstUse(row["id"], row["request_fingerprint"])
+    return found
 
 
 async def load_event(conn: asyncpg.Connection, *, event_id: int) -> Event | None:
