@@ -1,4 +1,5 @@
-"""The ``fanout`` command: demo, migrate, queues, worker, publish, cancel, status, sink, caps.
+"""The ``fanout`` command: demo, migrate, queues, worker, publish, cancel, status, sink, caps,
+import and export.
 
 A mistake in the configuration ends any command with one line naming the setting and
 exit status 2 (as for a wrong option); a service that does not answer, with one line
