@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import secrets
 import subprocess
 import sys
@@ -62,21 +63,21 @@ def start_sink(port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 def windows(samples: list[tuple[float, int]], width: float) -> list[int]:
-    """Devices received in each ``width``-second window from the first one received, from
-    (seconds, unique so far) samples taken every second."""
-    first = next((t for t, n in samples if n > 0), None)
-    if first is None:
-        return []
+    """Devices received in each ``width``-second window, from (seconds, unique so far)
+    samples taken about every second. What a sample adds arrived since the sample before
+    it, so it counts in the window of that earlier sample, and the first window starts at
+    the sample before the first device (not at the first sample that saw some)."""
     counts: list[int] = []
-    before = 0
-    for t, n in samples:
-        if t < first:
+    start = None
+    for (before_t, before_n), (_, n) in itertools.pairwise(samples):
+        if n <= before_n:
             continue
-        index = int((t - first) // width)
+        if start is None:
+            start = before_t
+        index = int((before_t - start) // width)
         while len(counts) <= index:
             counts.append(0)
-        counts[index] += n - before
-        before = n
+        counts[index] += n - before_n
     return counts
 
 
@@ -90,7 +91,22 @@ async def run(args: argparse.Namespace, database_url: str, logs: Path) -> dict[s
     moto = MotoServer(log_file=logs / "moto.log")
     moto.start()
     sink_port = free_port()
-    sink = start_sink(sink_port, logs / "sink.log")
+    try:
+        sink = start_sink(sink_port, logs / "sink.log")
+    except BaseException:
+        moto.stop()
+        raise
+    try:
+        return await _measure(args, seeded.topic, moto, sink_port, logs)
+    finally:
+        sink.terminate()
+        moto.stop()
+
+
+async def _measure(
+    args: argparse.Namespace, topic: str, moto: MotoServer, sink_port: int, logs: Path
+) -> dict[str, Any]:
+    database_url = args.database_url
     env = {
         "FANOUT_DATABASE_URL": database_url,
         "FANOUT_SQS_ENDPOINT_URL": moto.url,
@@ -100,7 +116,7 @@ async def run(args: argparse.Namespace, database_url: str, logs: Path) -> dict[s
         "FANOUT_RECONCILE_AFTER_SECONDS": "10",
         "FANOUT_POLL_WAIT_SECONDS": "2",
     }
-    settings = queues_ready(env)
+    settings = await asyncio.to_thread(queues_ready, env)  # it runs a loop of its own
     roles = ["fanout"] + ["delivery"] * DELIVERY_WORKERS
     workers = [
         WorkerProcess(role, worker_environment(env), logs / f"{role}-{i}.log")
@@ -119,7 +135,7 @@ async def run(args: argparse.Namespace, database_url: str, logs: Path) -> dict[s
                     pool,
                     queues,
                     Notification(title="Paced"),
-                    topic=seeded.topic,
+                    topic=topic,
                     options=PublishOptions(throttle_per_minute=args.throttle),
                 )
         finally:
@@ -145,8 +161,6 @@ async def run(args: argparse.Namespace, database_url: str, logs: Path) -> dict[s
     finally:
         for worker in workers:
             worker.stop()
-        sink.terminate()
-        moto.stop()
     per_window = windows(samples, args.window_seconds)
     target = args.throttle * args.window_seconds / 60
     judged = per_window[:-1] if len(per_window) > 1 else per_window
@@ -178,6 +192,7 @@ def main() -> None:
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="fanout-pacing-"))
     with database() as url:
+        args.database_url = url
         result = asyncio.run(run(args, url, logs))
     if args.json:
         print(orjson.dumps(result).decode())
