@@ -62,8 +62,9 @@ def create_app(settings: Settings) -> FastAPI:
             try:
                 yield
             finally:
-                # Drain: what is waiting is committed and answered, enqueues finish.
-                await state.group_commit.close()
+                # Drain: what is waiting is committed and answered, enqueues finish (or
+                # are left to the reconciler after FANOUT_SHUTDOWN_GRACE_SECONDS).
+                await state.group_commit.close(grace=settings.shutdown_grace_seconds)
                 await pool.close()
 
     app = FastAPI(
