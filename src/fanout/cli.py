@@ -55,6 +55,10 @@ webhooks_app = typer.Typer(
     help="Webhooks: signed calls to an app's backend when an event ends or tokens are retired."
 )
 app.add_typer(webhooks_app, name="webhooks")
+live_app = typer.Typer(help="Live Activities (iOS): register their tokens, publish updates.")
+app.add_typer(live_app, name="live-activities")
+live_tokens_app = typer.Typer(help="The APNs tokens registered for an activity.")
+live_app.add_typer(live_tokens_app, name="tokens")
 QueueRole = Annotated[str, typer.Option("--queue", help="fanout, delivery or both.")]
 err = Console(stderr=True, soft_wrap=True)  # one line per message, even in logs
 
@@ -906,9 +910,208 @@ def caps_delete(
     err.print(f"removed the cap of {category}")
 
 
-# --- Apps and their credentials -----------------------------------------------------------
+# --- Live Activities ----------------------------------------------------------------------
 
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead.")]
+ActivityArgument = Annotated[str, typer.Argument(help="The activity's id, e.g. match:final.")]
+
+
+def _checked_body(model: Any, fields: dict[str, Any], hints: dict[str, str]) -> Any:
+    """``fields`` checked by the API's own model, so the CLI accepts what the API accepts;
+    a mistake names its option (``hints``: a field's option where it is not --field)."""
+    try:
+        return model.model_validate({k: v for k, v in fields.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else ""
+        hint = hints.get(name, f"--{name.replace('_', '-')}")
+        raise typer.BadParameter(error["msg"], param_hint=hint) from None
+
+
+def _json_option(text: str | None, option: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint=option) from None
+
+
+@live_tokens_app.command("add")
+def live_tokens_add(
+    activity: ActivityArgument,
+    user: Annotated[str, typer.Option("--user", help="The user's external id.")],
+    token: Annotated[str, typer.Option("--token", help="The APNs token, hexadecimal.")],
+    kind: Annotated[
+        str, typer.Option(help="activity (its push token) or push_to_start (a start's).")
+    ] = "activity",
+    topic: Annotated[str | None, typer.Option(help="The topic the activity follows.")] = None,
+    apns_environment: Annotated[
+        str, typer.Option(help="production, or sandbox for a debug build's token.")
+    ] = "production",
+    app_key: AppOption = "default",
+) -> None:
+    """Register a user's token for the activity, as POST
+    /v1/live-activities/{activity_id}/tokens does; prints the token's id."""
+    import re
+
+    from fanout.api.schemas import TOPIC_PATTERN, LiveActivityTokenIn
+    from fanout.store import live_activities, subscriptions
+
+    if not re.match(TOPIC_PATTERN, activity):
+        raise typer.BadParameter(f"must match {TOPIC_PATTERN}", param_hint="ACTIVITY")
+    body = _checked_body(
+        LiveActivityTokenIn,
+        {"user_id": user, "token": token, "kind": kind, "topic": topic,
+         "apns_environment": apns_environment},
+        {"user_id": "--user"},
+    )  # fmt: skip
+
+    async def add(conn: Any) -> Any:
+        found = await _app_named(conn, app_key)
+        async with conn.transaction():
+            activity_id = await live_activities.find_or_create_activity(
+                conn, app_id=found.id, activity_key=activity
+            )
+            user_id = await subscriptions.find_or_create_user(
+                conn, app_id=found.id, user=body.user_id
+            )
+            topic_id = None
+            if body.topic is not None:
+                topic_id = await subscriptions.find_or_create_topic(
+                    conn, app_id=found.id, topic=body.topic
+                )
+            return await live_activities.upsert_token(
+                conn,
+                activity_id=activity_id,
+                user_id=user_id,
+                kind=body.kind,
+                token=body.token.lower(),
+                topic_id=topic_id,
+                apns_sandbox=body.apns_environment == "sandbox",
+            )
+
+    registered = _with_connection(add)
+    err.print(f"{'registered' if registered.created else 'refreshed'} a token of {activity}")
+    typer.echo(registered.id)
+
+
+@live_tokens_app.command("list")
+def live_tokens_list(
+    activity: ActivityArgument,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many.")] = 100,
+    app_key: AppOption = "default",
+    as_json: JsonOutput = False,
+) -> None:
+    """List the tokens registered for an app's activity (each token's last 8 characters)."""
+    from fanout.store import live_activities
+
+    async def listed(conn: Any) -> Any:
+        found = await _app_named(conn, app_key)
+        return await live_activities.list_tokens(
+            conn, app_id=found.id, activity_key=activity, limit=limit
+        )
+
+    tokens = _with_connection(listed)
+    if as_json:
+        typer.echo(orjson.dumps([dataclasses.asdict(t) for t in tokens]).decode())
+        return
+    for t in tokens:
+        state = "active" if t.active else "retired"
+        typer.echo(
+            f"{t.id:>8} {t.user:<24} {t.kind:<14} …{t.token_end} {t.apns_environment:<10} "
+            f"{state:<8} {t.topic or ''}"
+        )
+
+
+@live_app.command("update")
+def live_update(
+    activity: ActivityArgument,
+    event: Annotated[str, typer.Option("--event", help="start, update or end.")],
+    content_state: Annotated[
+        str | None, typer.Option(help="The ContentState, a JSON object (start, update).")
+    ] = None,
+    stale_date: Annotated[
+        str | None, typer.Option(help="ISO 8601 with an offset: shown as out of date then.")
+    ] = None,
+    dismissal_date: Annotated[
+        str | None, typer.Option(help="end: ISO 8601 with an offset, when it leaves the screen.")
+    ] = None,
+    alert_title: Annotated[str | None, typer.Option(help="An alert shown with it.")] = None,
+    alert_body: Annotated[str, typer.Option(help="The alert's body.")] = "",
+    relevance_score: Annotated[float | None, typer.Option(help="0 to 1.")] = None,
+    priority: Annotated[int, typer.Option(help="APNs priority: 5, or 10 (budgeted).")] = 5,
+    attributes_type: Annotated[
+        str | None, typer.Option(help="start: the ActivityAttributes type.")
+    ] = None,
+    attributes: Annotated[
+        str | None, typer.Option(help="start: the attributes, a JSON object.")
+    ] = None,
+    ttl: Annotated[int, typer.Option(help="Seconds APNs may hold it.")] = 3600,
+    idempotency_key: Annotated[str | None, typer.Option()] = None,
+    app_key: AppOption = "default",
+) -> None:
+    """Publish a start, update or end to every token of the activity, as POST
+    /v1/live-activities/{activity_id}/updates does; prints the event id (`fanout status`)."""
+    import re
+
+    from fanout.api.schemas import TOPIC_PATTERN, LiveActivityUpdateIn
+    from fanout.queue.sqs import open_client, open_queues
+    from fanout.stages.live_activity import publish_update
+    from fanout.store import create_pool
+
+    if not re.match(TOPIC_PATTERN, activity):
+        raise typer.BadParameter(f"must match {TOPIC_PATTERN}", param_hint="ACTIVITY")
+    settings = _settings()
+    alert = {"title": alert_title, "body": alert_body} if alert_title is not None else None
+    body = _checked_body(
+        LiveActivityUpdateIn,
+        {
+            "event": event,
+            "content_state": _json_option(content_state, "--content-state"),
+            "stale_date": stale_date,
+            "dismissal_date": dismissal_date,
+            "alert": alert,
+            "relevance_score": relevance_score,
+            "priority": priority,
+            "attributes_type": attributes_type,
+            "attributes": _json_option(attributes, "--attributes"),
+            "ttl": ttl,
+            "idempotency_key": idempotency_key,
+        },
+        {"alert": "--alert-title"},
+    )
+
+    async def main() -> Any:
+        pool = await create_pool(settings)
+        try:
+            async with pool.acquire() as conn:
+                found = await _app_named(conn, app_key)
+            async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
+                queues = await open_queues(client, settings)
+                return await publish_update(
+                    pool,
+                    queues,
+                    body.notification(),
+                    activity_key=activity,
+                    app_id=found.id,
+                    idempotency_key=body.idempotency_key,
+                    batch_max_bytes=settings.batch_max_bytes,
+                    overdue_after=settings.reconcile_after_seconds,
+                )
+        finally:
+            await pool.close()
+
+    done = asyncio.run(main())
+    err.print(
+        f"timestamp {done.timestamp}; priority-10 updates of the activity in the last hour: "
+        f"{done.priority_10_last_hour}"
+    )
+    typer.echo(done.published.event_id)
+
+
+# --- Apps and their credentials -----------------------------------------------------------
+
 # Each credential field (credentials.validation's names) as `apps credentials set` takes it.
 _CREDENTIAL_OPTIONS = {
     "key": "--key-file",
