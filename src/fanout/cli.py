@@ -955,7 +955,8 @@ def live_tokens_add(
     /v1/live-activities/{activity_id}/tokens does; prints the token's id."""
     import re
 
-    from fanout.api.schemas import TOPIC_PATTERN, LiveActivityTokenIn
+    from fanout.api.schemas import LiveActivityTokenIn
+    from fanout.identifiers import TOPIC_PATTERN
     from fanout.store import live_activities, subscriptions
 
     if not re.match(TOPIC_PATTERN, activity):
@@ -1055,7 +1056,8 @@ def live_update(
     /v1/live-activities/{activity_id}/updates does; prints the event id (`fanout status`)."""
     import re
 
-    from fanout.api.schemas import TOPIC_PATTERN, LiveActivityUpdateIn
+    from fanout.api.schemas import LiveActivityUpdateIn
+    from fanout.identifiers import TOPIC_PATTERN
     from fanout.queue.sqs import open_client, open_queues
     from fanout.stages.live_activity import publish_update
     from fanout.store import create_pool
