@@ -21,11 +21,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from pydantic import SecretStr
 
 from fanout.api import create_app
 from fanout.api.console import pages as console_pages
 from fanout.api.keys import create_api_key
 from fanout.config import Settings
+from fanout.credentials.sealing import generate_key
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client
 from fanout.store import apps, connect
@@ -46,6 +48,8 @@ class Names:
     token: str
     device_id: int = 0
     event_id: int = 0
+    webhook_id: int = 0
+    delivery_id: int = 0
 
     def path_parameters(self) -> dict[str, str]:
         return {
@@ -55,6 +59,9 @@ class Names:
             "activity_id": self.activity,
             "device_id": str(self.device_id),
             "event_id": str(self.event_id),
+            "kind": "subscriptions",
+            "webhook_id": str(self.webhook_id),
+            "delivery_id": str(self.delivery_id),
         }
 
 
@@ -84,6 +91,8 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
         ("DELETE", "/v1/topics/{topic}/subscribers/{user_id}"): None,
         ("POST", "/v1/topics/{topic}/subscribers"): {"user_ids": [names.user]},
         ("GET", "/v1/users/{user_id}/subscriptions"): None,
+        # One NDJSON line: B's import knows none of A's users (each line rejected alike).
+        ("POST", "/v1/imports/{kind}"): {"topic": names.topic, "user_id": names.user},
         ("PUT", "/v1/users/{user_id}/preferences"): {"time_zone": "Asia/Tokyo"},
         ("GET", "/v1/users/{user_id}/preferences"): None,
         ("PUT", "/v1/users/{user_id}/tags"): {"plan": "free"},
@@ -96,6 +105,9 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
         ("DELETE", "/v1/frequency-caps/{category}"): None,
         ("POST", "/v1/events"): {"topic": names.topic, "notification": {"title": "from B"}},
         ("POST", "/v1/users/{user_id}/notifications"): {"notification": {"title": "from B"}},
+        ("POST", "/v1/notifications/batch"): {
+            "items": [{"user_id": names.user, "notification": {"title": "from B"}}]
+        },
         ("GET", "/v1/events/{event_id}"): None,
         ("POST", "/v1/events/{event_id}/cancel"): None,
         ("POST", "/v1/live-activities/{activity_id}/tokens"): {
@@ -108,16 +120,29 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
             "content_state": {"score": "from B"},
             "priority": 10,
         },
+        # A public address given as such: nothing is resolved, nothing is called.
+        ("POST", "/v1/webhooks"): {
+            "url": "https://93.184.215.14/hook",
+            "kinds": ["event.finished"],
+        },
+        ("GET", "/v1/webhooks"): None,
+        ("GET", "/v1/webhooks/{webhook_id}"): None,
+        ("DELETE", "/v1/webhooks/{webhook_id}"): None,
+        ("POST", "/v1/webhooks/{webhook_id}/test"): None,
+        ("POST", "/v1/webhooks/{webhook_id}/replay"): None,
+        ("POST", "/v1/webhooks/deliveries/{delivery_id}/replay"): None,
     }
 
 
 # Routes that need no key: liveness and the Prometheus scrape, for the operator.
-WITHOUT_KEY = {("GET", "/healthz"), ("GET", "/metrics")}
+# POST /v1/opens: the fo_open token is the credential (an app reports from the phone).
+WITHOUT_KEY = {("GET", "/healthz"), ("GET", "/metrics"), ("POST", "/v1/opens")}
 # The admin scope's routes: an app's key (with every app scope) is refused them.
 ADMIN_ROUTES = {
     ("GET", "/v1/apps"),
     ("POST", "/v1/apps"),
     ("GET", "/v1/apps/{app}"),
+    ("PATCH", "/v1/apps/{app}"),
     ("DELETE", "/v1/apps/{app}"),
     ("PUT", "/v1/apps/{app}/credentials/{provider}"),
     ("DELETE", "/v1/apps/{app}/credentials/{provider}"),
@@ -196,6 +221,10 @@ async def _seed_app_a(client: httpx.AsyncClient, names: Names) -> Names:
         },
     )
     assert event.status_code == 202, event.text
+    webhook = await client.post("/v1/webhooks", json=bodies(names)[("POST", "/v1/webhooks")])
+    assert webhook.status_code == 201, webhook.text
+    test = await client.post(f"/v1/webhooks/{webhook.json()['id']}/test")
+    assert test.status_code == 202, test.text
     return Names(
         user=names.user,
         topic=names.topic,
@@ -204,11 +233,15 @@ async def _seed_app_a(client: httpx.AsyncClient, names: Names) -> Names:
         token=names.token,
         device_id=device.json()["id"],
         event_id=event.json()["event_id"],
+        webhook_id=webhook.json()["id"],
+        delivery_id=test.json()["delivery_id"],
     )
 
 
 @pytest.fixture
 async def tenants(settings: Settings) -> AsyncIterator[Tenants]:
+    # Webhook secrets are stored sealed: a key to seal them with.
+    settings = settings.model_copy(update={"secret_key": SecretStr(generate_key())})
     async with open_client(settings) as client:
         await create_queues(client, settings)
     conn = await connect(settings.database_dsn())
@@ -219,7 +252,7 @@ async def tenants(settings: Settings) -> AsyncIterator[Tenants]:
             assert await apps.insert_app(conn, key=key, name=key, settings={}) is not None
         # Ids no page holds by chance (a "1" is in every page), so that an answer can be
         # compared with the ids it was asked about taken out.
-        for table in ("devices", "events"):
+        for table in ("devices", "events", "webhook_endpoints", "webhook_deliveries"):
             await conn.execute(
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                 f"{secrets.randbelow(10**6) + 7 * 10**6})"
@@ -245,6 +278,8 @@ async def tenants(settings: Settings) -> AsyncIterator[Tenants]:
             token=tenants.b_never.token,
             device_id=tenants.a.device_id + 10_000,
             event_id=tenants.a.event_id + 10_000,
+            webhook_id=tenants.a.webhook_id + 10_000,
+            delivery_id=tenants.a.delivery_id + 10_000,
         )
         yield tenants
 
@@ -257,7 +292,7 @@ def _normalised(text: str, names: Names) -> str:
     """An answer with the names it was asked about replaced: what is left must not differ."""
     for value in (names.user, names.topic, names.category, names.activity):
         text = text.replace(value, "<name>")
-    for number in (names.device_id, names.event_id):
+    for number in (names.device_id, names.event_id, names.webhook_id, names.delivery_id):
         text = re.sub(rf"\b{number}\b", "<id>", text)
     return text
 
@@ -325,6 +360,12 @@ async def test_for_a_key_of_app_b_every_resource_of_app_a_does_not_exist(
         assert tags.status_code == 200 and tags.json()["tags"] == {"plan": "premium"}, tags.text
         listed = await client.get(f"/v1/users/{a.user}/subscriptions")
         assert [s["topic"] for s in listed.json()["items"]] == [a.topic]
+        # A's import finds A's user and A's subscription: already there, unchanged.
+        imported = await client.post(
+            "/v1/imports/subscriptions", json={"topic": a.topic, "user_id": a.user}
+        )
+        assert imported.status_code == 200, imported.text
+        assert (imported.json()["unchanged"], imported.json()["rejected"]) == (1, 0)
         caps = await client.get("/v1/frequency-caps")
         assert [(c["category"], c["max"]) for c in caps.json()] == [(a.category, 2)]
         # A's activity holds A's token alone (registered again: its row, 200) and A's
@@ -337,6 +378,14 @@ async def test_for_a_key_of_app_b_every_resource_of_app_a_does_not_exist(
         assert updated.status_code == 202 and updated.json()["priority_10_last_hour"] == 2
         cancelled = await client.post(f"/v1/events/{a.event_id}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        hook = await client.get(f"/v1/webhooks/{a.webhook_id}")
+        # A's test delivery, and the event.finished of A's event, cancelled above: nothing
+        # of B's, nor any delivery B's own endpoint was given.
+        deliveries = [(d["id"], d["kind"]) for d in hook.json()["deliveries"]]
+        assert hook.status_code == 200 and deliveries[-1] == (a.delivery_id, "webhook.test")
+        assert [kind for _, kind in deliveries] == ["event.finished", "webhook.test"]
+        assert "secret" not in hook.text and "whsec_" not in hook.text
+        assert (await client.delete(f"/v1/webhooks/{a.webhook_id}")).status_code == 204
         assert (await client.delete(f"/v1/devices/{a.device_id}")).status_code == 204
         assert (await client.delete(f"/v1/frequency-caps/{a.category}")).status_code == 204
 
@@ -385,6 +434,11 @@ CONSOLE_PAGES = {
     ("GET", "/console/where"): "/console/where?event={event_id}&user={user_id}",
     ("GET", "/console/queues"): "/console/queues",
     ("POST", "/console/queues/{role}/redrive"): "/console/queues/fanout/redrive",
+    ("GET", "/console/webhooks"): "/console/webhooks",
+    ("POST", "/console/webhooks/{webhook_id}/replay"): "/console/webhooks/{webhook_id}/replay",
+    ("POST", "/console/webhooks/deliveries/{delivery_id}/replay"): (
+        "/console/webhooks/deliveries/{delivery_id}/replay"
+    ),
 }
 # Sign-in and out: no app's data either way.
 CONSOLE_SESSION_ROUTES = {
@@ -431,7 +485,43 @@ async def test_every_console_page_shows_app_b_nothing_of_app_a(tenants: Tenants)
         assert f"title of {a.user}" in listed.text
         where = await client.get(f"/console/where?event={a.event_id}&user={a.user}")
         assert where.status_code == 200 and "no user" not in where.text
+        hooks = await client.get("/console/webhooks")
+        assert hooks.status_code == 200 and f'data-webhook="{a.webhook_id}"' in hooks.text
+        assert f'data-delivery="{a.delivery_id}"' in hooks.text and "whsec_" not in hooks.text
 
 
 def _csrf(token: str) -> dict[str, str]:
     return {"X-CSRF-Token": token} if token else {}
+
+
+async def test_a_live_activity_update_of_app_a_does_not_exist_for_a_key_of_app_b(
+    tenants: Tenants,
+) -> None:
+    """Activity ids are per app: B's update on A's activity id is an update of B's own
+    activity (none of A's tokens), and A's update, read or cancelled by its event id with
+    B's key, answers as an event that never existed."""
+    a, never = tenants.a, tenants.b_never
+    update = {"event": "update", "content_state": {"score": "1-0"}}
+    async with tenants.client("a") as client:
+        of_a = await client.post(f"/v1/live-activities/{a.activity}/updates", json=update)
+        assert of_a.status_code == 202, of_a.text
+        a_event = of_a.json()["event_id"]
+    async with tenants.client("b") as b:
+        for method, suffix in (("GET", ""), ("POST", "/cancel")):
+            on_a = await b.request(method, f"/v1/events/{a_event}{suffix}")
+            unknown = await b.request(method, f"/v1/events/{never.event_id}{suffix}")
+            assert on_a.status_code == unknown.status_code == 404, (suffix, on_a.text)
+            assert on_a.json() == unknown.json()
+        of_b = await b.post(f"/v1/live-activities/{a.activity}/updates", json=update)
+        assert of_b.status_code == 202, of_b.text
+        b_event = of_b.json()["event_id"]
+        # B's activity has no token at all: its update's status is B's, holding none of A's.
+        status = await b.get(f"/v1/events/{b_event}")
+        assert status.status_code == 200, status.text
+        _holds_nothing_of(status.text.replace(a.activity, "<name>"), a)
+    async with tenants.client("a") as client:
+        # A's key finds A's update (its activity's status) and not B's.
+        mine = await client.get(f"/v1/events/{a_event}")
+        assert mine.status_code == 200 and mine.json()["live_activity"] is not None, mine.text
+        theirs = await client.get(f"/v1/events/{b_event}")
+        assert theirs.status_code == 404, theirs.text

@@ -69,6 +69,8 @@ def providers_of_credential(
             _share_quota(provider, settings, quotas)
         if settings.metrics_app_label and isinstance(provider, Http2Provider):
             provider.app_label = app
+            if provider.limit.quota is not None:
+                provider.limit.quota.app_label = app
     return built
 
 
@@ -124,6 +126,7 @@ def _shared(settings: Settings, name: str) -> dict[str, Any]:
         "client": push_transport(settings, name),
         "limit": AdaptiveLimit(settings.provider_rate_limit, settings.provider_concurrency),
         "breakers": Breakers(name, cooldown=settings.breaker_cooldown_seconds),
+        "open_tokens": settings.open_tokens(),  # None: opens off, no fo_open
     }
 
 
