@@ -25,6 +25,7 @@ def test_a_flat_map_of_scalars_is_taken_as_given() -> None:
         ({"x" * 65: 1}, ("tags", "x" * 65)),
         ({"long": "v" * 257}, ("tags", "long")),
         ({"huge": 2**64}, ("tags", "huge")),
+        ({"huge": 1e30}, ("tags", "huge")),
         ({"nan": float("nan")}, ("tags", "nan")),
         ({"nul": "a\x00b"}, ("tags", "nul")),
         ({"a\x00": 1}, ("tags", "a\x00")),
@@ -84,6 +85,7 @@ def test_equalities_compile_to_one_containment_and_the_rest_to_conditions() -> N
         ({"tags": {"country": {"in": ["DE", {"x": 1}]}}}, ("filter", "tags", "country", "in", 1)),
         ({"tags": {"churned": {"exists": 1}}}, ("filter", "tags", "churned", "exists")),
         ({"tags": {"plan": None}}, ("filter", "tags", "plan")),
+        ({"tags": None}, ("filter", "tags")),
     ],
 )
 def test_a_filter_that_cannot_be_evaluated_is_refused_naming_the_field_path(

@@ -13,7 +13,7 @@ docstring, and takes its parameters by name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -282,7 +282,7 @@ USER_TAGS = "SELECT tags FROM users WHERE app_id = $2 AND external_id = $1"
 
 
 async def put_user_tags(
-    conn: asyncpg.Connection, *, app_id: int, user: str, tags: dict[str, object]
+    conn: asyncpg.Connection, *, app_id: int, user: str, tags: Mapping[str, object]
 ) -> None:
     """Replace the tags of the app's user ``user``, creating the user if new
     (``PUT_USER_TAGS``)."""
