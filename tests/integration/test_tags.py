@@ -107,3 +107,25 @@ async def test_without_a_filter_everyone_is_sent_to(
     assert devices == set(topic.device_ids)
     status = await load_event_status(pool, event)
     assert status is not None and status.held_back == {}
+
+
+async def test_a_one_to_one_send_with_a_filter_goes_out_only_if_the_user_matches(
+    pool: asyncpg.Pool, queues: Queues, settings: Settings
+) -> None:
+    topic, _ = await tag_topic(pool, 2)  # user 0: premium, user 1: free
+    user = await pool.fetchval("SELECT external_id FROM users WHERE id = $1", topic.user_ids[1])
+    premium_only = PublishOptions(tag_filter=compile_filter({"tags": {"plan": "premium"}}))
+    free_only = PublishOptions(tag_filter=compile_filter({"tags": {"plan": "free"}}))
+    sent = {}
+    for name, options in (("premium", premium_only), ("free", free_only)):
+        event = await record_event(pool, PLAIN, user=user, options=options)
+        await plan_event(event.event_id, pool, queues, settings)
+        for body in await drain(queues.fanout):
+            task = decode(body)
+            assert isinstance(task, FanoutTask) and task.shard is not None
+            await run_shard(event.event_id, task.shard, pool, queues, settings)
+        sent[name] = set(device_counts(batches_of(await drain(queues.delivery))))
+        status = await load_event_status(pool, event.event_id)
+        assert status is not None
+        assert status.held_back == ({"filtered": 1} if name == "premium" else {})
+    assert sent == {"premium": set(), "free": {topic.device_ids[1]}}
