@@ -477,6 +477,20 @@ class Settings(BaseSettings):
         "devices; the rest is read from the shard's checkpoint when the time comes.",
     )
 
+    # --- Sources: subscribers read from the app's own tables (issue #25) ---------------------
+    source_read_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="The statement timeout of a source's query when an event's audience is "
+        "read from it at planning (the app's table, one read per event).",
+    )
+    source_check_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="The statement timeout of a source's query when it is checked, on "
+        "`fanout sources add|test` and POST /v1/sources.",
+    )
+
     # --- Scheduled and local-time delivery -------------------------------------------------
     default_time_zone: str = Field(
         default="UTC",

@@ -53,7 +53,8 @@ STATEMENTS = {
     and re.match(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", sql, re.IGNORECASE)
 }
 # Functions that run a statement handed to them rather than one of their own.
-GENERIC = {"find_or_create"}
+# (The source functions run statements built around an app's own query: fanout.sources.)
+GENERIC = {"find_or_create", "explain_source", "source_columns", "count_source", "read_members"}
 FUNCTIONS = {
     (module_name, name): value
     for module_name, module in MODULES.items()

@@ -48,6 +48,7 @@ from fanout.store import (
     live_activities,
     recipients,
     shards,
+    sources,
     webhooks,
 )
 from fanout.store.devices import deactivate_devices
@@ -501,6 +502,17 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
                     conn,
                     user_id=event.user_id,
                     after_user_id=first - 1,
+                    event_id=event.id,
+                    category=event.notification.get("category"),
+                    page_filter=page_filter,
+                )
+            elif event.source_prefix is not None:
+                assert event.topic_id is not None
+                rows = await sources.member_batch_recipients(
+                    conn,
+                    topic_id=event.topic_id,
+                    first_user_id=first,
+                    last_user_id=last,
                     event_id=event.id,
                     category=event.notification.get("category"),
                     page_filter=page_filter,

@@ -41,6 +41,7 @@ from fanout.config import Settings
 from fanout.metrics import AUDIENCE_HELD_BACK
 from fanout.queue.messages import MAX_DEVICES_PER_BATCH, FanoutTask, PoisonMessage
 from fanout.queue.sqs import Queues
+from fanout.sources import read_event_members
 from fanout.stages import leases, pacing
 from fanout.stages.batching import (
     BatchPacker,
@@ -49,7 +50,7 @@ from fanout.stages.batching import (
     bytes_short,
 )
 from fanout.stages.shard_filter import page_filter_of
-from fanout.store import acquire, events, lifecycle, live_activities, shards, waves
+from fanout.store import acquire, events, lifecycle, live_activities, shards, sources, waves
 from fanout.store.audience import caps_apply
 from fanout.store.recipients import (
     PageFilter,
@@ -165,6 +166,16 @@ async def plan_event(
             )
             log.error("event %d: its notification cannot fit a delivery batch", event_id)
             return []
+        if event.topic_id is not None and event.source_prefix is None:
+            # A sourced topic's audience: read from the app's table once, before any shard.
+            members = await read_event_members(
+                conn,
+                event_id=event_id,
+                topic_id=event.topic_id,
+                time_limit=settings.source_read_timeout_seconds,
+            )
+            if members:
+                log.info("event %d: %d member(s) read from its topic's source", event_id, members)
         async with conn.transaction():
             await events.lock_event(conn, event_id=event_id)
             event = await events.load_event(conn, event_id=event_id)
@@ -262,6 +273,10 @@ async def _shard_bounds(
         if tokens is not None:
             hi = await live_activities.next_token_boundary(
                 conn, audience=tokens, from_token_id=lo, shard_size=shard_size
+            )
+        elif event.source_prefix is not None:
+            hi = await sources.next_member_boundary(
+                conn, event_id=event.id, from_user_id=lo, shard_size=shard_size
             )
         else:
             assert event.topic_id is not None
@@ -566,6 +581,10 @@ async def _count_unread(
         )
     elif event.topic_id is None:  # a 1:1 send: its one user, if not sent to yet
         left = int(event.user_id is not None and progress.cursor < event.user_id)
+    elif event.source_prefix is not None:
+        left = await sources.members_left(
+            conn, event_id=event.id, after_user_id=progress.cursor, before_user_id=hi
+        )
     else:
         left = await shards.subscribers_left(
             conn, topic_id=event.topic_id, after_user_id=progress.cursor, before_user_id=hi
@@ -602,6 +621,17 @@ async def _fetch_page(
             page_filter=page_filter,
         )
     assert event.topic_id is not None
+    if event.source_prefix is not None:  # read from a source: the event's members
+        return await sources.member_recipients_page(
+            conn,
+            topic_id=event.topic_id,
+            after_user_id=cursor,
+            before_user_id=hi,
+            limit=settings.page_size,
+            event_id=event.id,
+            category=audience.category,
+            page_filter=page_filter,
+        )
     return await topic_recipients_page(
         conn,
         topic_id=event.topic_id,

@@ -38,7 +38,7 @@ LOAD_EVENT = f"""
 SELECT id, app_id, topic_id, user_id, live_activity_id, notification, status, created_at,
        quiet_hours, deliver_at_local IS NOT NULL AS in_waves,
        cancelled_at IS NOT NULL AS cancelled, expires_at <= now() AS expired,
-       {SUPERSEDED.format(e="events")} AS superseded, throttle_per_minute
+       {SUPERSEDED.format(e="events")} AS superseded, throttle_per_minute, source_prefix
 FROM events WHERE id = $1
 """
 
@@ -227,6 +227,9 @@ class Event:
     expired: bool  # expires_at has passed
     superseded: bool  # a Live Activity update with a newer one of its activity published
     throttle_per_minute: int | None = None  # paced: at most this many devices a minute
+    # Read from a source (issue #25): the audience is the event's members, not the topic's
+    # subscriptions (the source's prefix as it was when the event was planned).
+    source_prefix: str | None = None
 
     @property
     def stopped(self) -> str | None:
