@@ -55,6 +55,10 @@ webhooks_app = typer.Typer(
     help="Webhooks: signed calls to an app's backend when an event ends or tokens are retired."
 )
 app.add_typer(webhooks_app, name="webhooks")
+sources_app = typer.Typer(
+    help="Sources: a topic prefix whose subscribers are read from the app's own tables."
+)
+app.add_typer(sources_app, name="sources")
 live_app = typer.Typer(help="Live Activities (iOS): register their tokens, publish updates.")
 app.add_typer(live_app, name="live-activities")
 live_tokens_app = typer.Typer(help="The APNs tokens registered for an activity.")
@@ -923,6 +927,136 @@ def caps_delete(
         err.print(f"[red]no cap for {category}[/]")
         raise typer.Exit(1)
     err.print(f"removed the cap of {category}")
+
+
+# --- Sources (issue #25) ----------------------------------------------------------------
+
+# A source's option named in a refusal: SourceRefused.field -> the option or argument.
+_SOURCE_OPTIONS = {"prefix": "PREFIX", "query": "--query", "column": "--column"}
+
+
+@sources_app.command("add")
+def sources_add(
+    prefix: Annotated[str, typer.Argument(help="The topics' prefix, e.g. author:")],
+    query: Annotated[
+        str,
+        typer.Option(
+            help="A read-only SELECT over the app's tables returning the users' external "
+            "ids for :key (the rest of the topic's key), e.g. SELECT follower_id::text AS "
+            "user_id FROM books.follows WHERE author_id = :key::bigint"
+        ),
+    ],
+    column: Annotated[str, typer.Option(help="The column holding the ids.")] = "user_id",
+    sample_key: Annotated[str, typer.Option(help="The :key it is checked with.")] = "0",
+    app_key: AppOption = "default",
+) -> None:
+    """Bind a topic prefix of an app to a query over its own tables (replacing the prefix's
+    query if it had one), once checked: read-only under FANOUT_SOURCE_CHECK_TIMEOUT_SECONDS,
+    the column returned, no sequential scan in its plan."""
+    from fanout.sources import SourceRefused, check_prefix, check_source
+    from fanout.store import sources
+
+    settings = _settings()
+
+    async def add(conn: Any) -> sources.Source:
+        found = await _app_named(conn, app_key)
+        check_prefix(prefix)
+        bound = await check_source(
+            conn,
+            query=query,
+            user_column=column,
+            sample_key=sample_key,
+            time_limit=settings.source_check_timeout_seconds,
+        )
+        return await sources.put_source(
+            conn, app_id=found.id, prefix=prefix, query=bound, user_column=column
+        )
+
+    from fanout.store import connect
+
+    try:
+        asyncio.run(_connected(settings, add, connect))
+    except SourceRefused as refused:
+        _fail(f"{_SOURCE_OPTIONS[refused.field]}: {refused}", EXIT_CONFIG)
+    err.print(f"source {prefix} added to {app_key}", markup=False)
+
+
+@sources_app.command("list")
+def sources_list(app_key: AppOption = "default", json: JsonOutput = False) -> None:
+    """List an app's sources."""
+    from fanout.store import sources
+
+    async def listed(conn: Any) -> list[sources.Source]:
+        return await sources.list_sources(conn, app_id=(await _app_named(conn, app_key)).id)
+
+    found = _with_connection(listed)
+    if json:
+        rows = [
+            {
+                "prefix": s.prefix,
+                "query": s.query,
+                "column": s.user_column,
+                "created_at": s.created_at.isoformat(),
+            }
+            for s in found
+        ]
+        typer.echo(orjson.dumps(rows).decode())
+        return
+    for source in found:
+        typer.echo(f"{source.prefix:<20} {source.user_column:<12} {source.query}")
+
+
+@sources_app.command("test")
+def sources_test(
+    prefix: Annotated[str, typer.Argument(help="The source's prefix.")],
+    key: Annotated[str, typer.Argument(help="The rest of a topic's key, e.g. 7 for author:7.")],
+    app_key: AppOption = "default",
+) -> None:
+    """How many users the source returns for KEY, and the first few (as an event's audience
+    is read: read-only, under the check's timeout)."""
+    from fanout.sources import SourceRefused, SourceSample, run_checked
+    from fanout.store import connect, sources
+
+    settings = _settings()
+
+    async def test(conn: Any) -> SourceSample:
+        found = await _app_named(conn, app_key)
+        source = await sources.get_source(conn, app_id=found.id, prefix=prefix)
+        if source is None:
+            _fail(f"no source {prefix} in {app_key} (`fanout sources list` shows them)")
+        return await run_checked(
+            conn,
+            query=source.query,
+            user_column=source.user_column,
+            key=key,
+            time_limit=settings.source_check_timeout_seconds,
+        )
+
+    try:
+        sample = asyncio.run(_connected(settings, test, connect))
+    except SourceRefused as refused:
+        _fail(str(refused))
+    typer.echo(f"{sample.users} user(s) for {prefix}{key}")
+    for user in sample.sample:
+        typer.echo(f"  {user}")
+
+
+@sources_app.command("delete")
+def sources_delete(
+    prefix: Annotated[str, typer.Argument(help="The source's prefix.")],
+    app_key: AppOption = "default",
+) -> None:
+    """Forget a source: its topics take subscriptions again (events planned already keep
+    the audience they read)."""
+    from fanout.store import sources
+
+    async def delete(conn: Any) -> bool:
+        found = await _app_named(conn, app_key)
+        return await sources.delete_source(conn, app_id=found.id, prefix=prefix)
+
+    if not _with_connection(delete):
+        _fail(f"no source {prefix} in {app_key}")
+    err.print(f"source {prefix} deleted", markup=False)
 
 
 # --- Live Activities ----------------------------------------------------------------------

@@ -25,7 +25,9 @@ from fanout.store import sources as store
 # `:key`, not the `::` of a cast (`x::key` is no parameter) nor a longer name (`:keys`).
 _KEY = re.compile(r"(?<![:\w]):key\b")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_PREFIX = re.compile(r"^[A-Za-z0-9_.\-]{1,100}[:/._-]$")
+# A topic's first characters (identifiers.TOPIC_PATTERN), ending with a separator.
+PREFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,98}[:._\-]$"
+_PREFIX = re.compile(PREFIX_PATTERN)
 MAX_QUERY_CHARS = 10_000
 SAMPLE_IDS = 5
 
@@ -62,12 +64,12 @@ def check_column(column: str) -> str:
 
 
 def check_prefix(prefix: str) -> str:
-    """A topic prefix: letters, digits and ``_.-``, ending with a separator (``author:``)."""
+    """A topic prefix: a topic's characters, ending with a separator (``author:``)."""
     if not _PREFIX.match(prefix):
         raise SourceRefused(
             "prefix",
-            f"{prefix!r} is not a topic prefix: letters, digits, '_', '.', '-', ending "
-            "with ':', '/', '.', '_' or '-' (e.g. 'author:')",
+            f"{prefix!r} is not a topic prefix: a letter or digit, then letters, digits, "
+            "'_', '.', ':', '-', ending with ':', '.', '_' or '-' (e.g. 'author:')",
         )
     return prefix
 

@@ -149,6 +149,11 @@ ADMIN_ROUTES = {
     ("GET", "/v1/apps/{app}/keys"),
     ("POST", "/v1/apps/{app}/keys"),
     ("DELETE", "/v1/apps/{app}/keys/{key_id}"),
+    # Sources (issue #25): a source's query runs with fanout's own database role.
+    ("GET", "/v1/apps/{app}/sources"),
+    ("PUT", "/v1/apps/{app}/sources/{prefix}"),
+    ("GET", "/v1/apps/{app}/sources/{prefix}/test"),
+    ("DELETE", "/v1/apps/{app}/sources/{prefix}"),
 }
 
 
@@ -394,7 +399,12 @@ async def test_admin_routes_refuse_app_keys_and_app_routes_refuse_admin_keys(
     tenants: Tenants,
 ) -> None:
     a = tenants.a
-    parameters = {"app": "alpha-app", "provider": "apns", "key_id": "0123456789ab"}
+    parameters = {
+        "app": "alpha-app",
+        "provider": "apns",
+        "key_id": "0123456789ab",
+        "prefix": "author:",
+    }
     for key in ("a", "b"):
         async with tenants.client(key) as client:
             for method, path in sorted(ADMIN_ROUTES):

@@ -41,6 +41,7 @@ from fanout.notification import (
 )
 from fanout.overrides import problem, raise_problems
 from fanout.providers.limits import oversized_payloads
+from fanout.sources import MAX_QUERY_CHARS, PREFIX_PATTERN
 from fanout.stages.publish import PublishOptions
 from fanout.stages.schedule import parse_local_time
 from fanout.store.apps import APP_KEY_PATTERN
@@ -780,6 +781,51 @@ class WebhookReplayed(BaseModel):
     replayed: int
 
 
+# ---- Sources (issue #25): subscribers read from the app's own tables ------------------------
+
+SourcePrefixPath = Annotated[str, Path(pattern=PREFIX_PATTERN, examples=["author:"])]
+
+
+class SourceIn(Strict):
+    query: str = Field(
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        description="A read-only SELECT over the app's tables returning the subscribing "
+        "users' external ids for :key, the rest of the topic's key. Checked before it is "
+        "stored: it runs read-only under FANOUT_SOURCE_CHECK_TIMEOUT_SECONDS, returns the "
+        "column named, and its plan has no sequential scan (422 naming `query` otherwise).",
+        examples=[
+            "SELECT follower_id::text AS user_id FROM books.follows WHERE author_id = :key::bigint"
+        ],
+    )
+    column: str = Field(
+        default="user_id",
+        min_length=1,
+        max_length=63,
+        description="The column of the query holding the users' external ids.",
+    )
+    sample_key: str = Field(
+        default="0",
+        min_length=1,
+        max_length=128,
+        description="The :key the query is checked with (its plan and a run).",
+    )
+
+
+class SourceOut(BaseModel):
+    prefix: str
+    query: str = Field(description="As stored: :key bound as $1::text.")
+    column: str
+    created_at: datetime
+
+
+class SourceSampleOut(BaseModel):
+    prefix: str
+    key: str
+    users: int = Field(description="How many users the query returns for the key.")
+    sample: list[str] = Field(description="The first few of them (external ids).")
+
+
 PROBLEMS: dict[int | str, str] = {
     401: "Missing or unknown API key",
     403: "The key lacks the scope",
@@ -787,6 +833,7 @@ PROBLEMS: dict[int | str, str] = {
     409: "The idempotency key was used for a different request",
     "409-cancel": "The event has already ended (delivered, failed ...): too late to cancel",
     "409-app": "An app with this key exists, or the app still owns users, events or keys",
+    "409-source": "The topic's subscribers are read from a source: subscriptions are not taken",
     429: "Rate limited",
     "404-opens": "Opens are off: no FANOUT_OPEN_TOKEN_KEY or FANOUT_SECRET_KEY is set",
     503: "FANOUT_SECRET_KEY is not set: credentials cannot be stored",
@@ -804,6 +851,13 @@ def app_problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     found = problems(*(status for status in statuses if status != 409))
     if 409 in statuses:
         found[409] = {"model": Problem, "description": PROBLEMS["409-app"]}
+    return found
+
+
+def subscribe_problems() -> dict[int | str, dict[str, Any]]:
+    """Subscribe's error statuses: its 409 names the source the topic comes from."""
+    found = problems(401, 403)
+    found[409] = {"model": Problem, "description": PROBLEMS["409-source"]}
     return found
 
 

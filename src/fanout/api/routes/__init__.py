@@ -10,6 +10,7 @@ from fanout.api.routes import (
     live_activities,
     opens,
     operations,
+    sources,
     subscriptions,
     webhooks,
 )
@@ -26,6 +27,7 @@ ROUTERS = (
     operations.router,
     webhooks.router,
     apps.router,
+    sources.router,
 )
 
 __all__ = ["ROUTERS"]

@@ -4,26 +4,41 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+import asyncpg
+from fastapi import APIRouter, HTTPException, Query, Response
 
 from fanout.api import schemas
 from fanout.api.auth import Manager, Reader
 from fanout.api.state import Pool
-from fanout.store import subscriptions
+from fanout.store import sources, subscriptions
 
 router = APIRouter()
+
+
+async def _not_sourced(conn: asyncpg.Connection, app_id: int, topic: str) -> None:
+    """409 for a topic whose subscribers are read from a source (issue #25): a subscription
+    registered here would never be read."""
+    source = await sources.source_of_key(conn, app_id=app_id, key=topic)
+    if source is not None:
+        raise HTTPException(
+            409,
+            f"topic {topic!r} comes from the source {source.prefix!r}: its subscribers are "
+            "read from the app's own table, so subscriptions to it are not taken",
+        )
 
 
 @router.put(
     "/v1/topics/{topic}/subscribers/{user_id}",
     status_code=204,
-    responses=schemas.problems(401, 403),
+    responses=schemas.subscribe_problems(),
 )
 async def subscribe(
     topic: schemas.TopicPath, user_id: schemas.UserPath, key: Manager, pool: Pool
 ) -> Response:
-    """Subscribe a user to a topic (idempotent; both are created if new)."""
+    """Subscribe a user to a topic (idempotent; both are created if new); 409 for a topic
+    read from a source."""
     async with pool.acquire() as conn, conn.transaction():
+        await _not_sourced(conn, key.app_id, topic)
         topic_id = await subscriptions.find_or_create_topic(conn, app_id=key.app_id, topic=topic)
         user = await subscriptions.find_or_create_user(conn, app_id=key.app_id, user=user_id)
         await subscriptions.subscribe(conn, topic_id=topic_id, user_id=user)
@@ -46,7 +61,7 @@ async def unsubscribe(
 
 @router.post(
     "/v1/topics/{topic}/subscribers",
-    responses=schemas.problems(401, 403),
+    responses=schemas.subscribe_problems(),
 )
 async def bulk_subscribe(
     topic: schemas.TopicPath, body: schemas.BulkSubscribeIn, key: Manager, pool: Pool
@@ -55,6 +70,7 @@ async def bulk_subscribe(
     # Sorted, so concurrent imports lock rows in the same order and never deadlock.
     user_ids = sorted(set(body.user_ids))
     async with pool.acquire() as conn, conn.transaction():
+        await _not_sourced(conn, key.app_id, topic)
         topic_id = await subscriptions.find_or_create_topic(conn, app_id=key.app_id, topic=topic)
         await subscriptions.insert_users(conn, app_id=key.app_id, users=user_ids)
         added = await subscriptions.subscribe_users(
