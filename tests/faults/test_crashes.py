@@ -25,6 +25,7 @@ from tests.faults.conftest import (
     worker_in_process,
 )
 from tests.helpers import add_live_activity_tokens, make_topic, wait_for
+from tests.integration.test_sources import FOLLOWERS, add_source, follow_table, followers
 
 NOTE = Notification(title="New book")
 
@@ -212,3 +213,55 @@ async def test_a_paced_event_survives_a_delivery_worker_killed_mid_way(
     await assert_nothing_lost(pool, sink, event.event_id, 600)
     early = [d for d, at in received_at.items() if at < device_time[d] - 0.01]
     assert early == [], f"{len(early)} devices received before their time"
+
+
+async def test_a_sourced_event_survives_its_fanout_worker_killed_mid_shard(
+    fault_settings: Settings,
+    pool: asyncpg.Pool,
+    queues: Queues,
+    sink: EmbeddedSink,
+    workers: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """Issue #25: the followers of author 7 in the app's own table, read once at planning;
+    the fan-out resumes from its checkpoint over the same members."""
+    await follow_table(pool)
+    await add_source(pool, fault_settings, "author:", FOLLOWERS)
+    users = await make_topic(pool, 4000)
+    chosen = await followers(pool, 7, users)  # every other user: 2,000 devices
+    worker = sink_worker(
+        fault_settings,
+        "fanout",
+        sink.url,
+        tmp_path,
+        FANOUT_DELIVERY_BACKLOG_LIMIT="3",
+        FANOUT_PAGE_SIZE="20",
+    )
+    workers.append(worker)
+    worker.start()
+    event = await publish(pool, queues, NOTE, topic="author:7")
+
+    async def checkpointed() -> bool:
+        async with pool.acquire() as conn:
+            cursor = await conn.fetchval(
+                "SELECT cursor_user_id FROM fanout_shards WHERE event_id = $1", event.event_id
+            )
+        return cursor is not None
+
+    await wait_for(checkpointed, "the shard's first checkpoint")
+    worker.kill()
+    status = await pool.fetchval(
+        "SELECT status FROM fanout_shards WHERE event_id = $1", event.event_id
+    )
+    assert status == "running"  # killed mid-shard
+    restarted = sink_worker(fault_settings, "fanout", sink.url, tmp_path, FANOUT_PAGE_SIZE="20")
+    workers.append(restarted)
+    restarted.start()
+    async with worker_in_process(fault_settings, sink):
+        progress = await wait_until_delivered(pool, event.event_id, len(chosen))
+    await assert_nothing_lost(pool, sink, event.event_id, len(chosen))
+    assert progress["devices"] == len(chosen)
+    members = await pool.fetchval(
+        "SELECT count(*) FROM event_members WHERE event_id = $1", event.event_id
+    )
+    assert members == len(chosen)

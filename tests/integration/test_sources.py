@@ -62,19 +62,14 @@ async def followers(pool: asyncpg.Pool, author: int, users: Topic) -> set[int]:
     """Every other user of ``users`` follows ``author`` (by their external id, a number as
     the app knows them), with some followers fanout has never heard of; returns the devices
     of the followers fanout knows."""
-    external = dict(
-        await pool.fetch(
-            "SELECT id, external_id FROM users WHERE id = ANY($1::bigint[])", users.user_ids
-        )
+    # The app's user ids are numbers: these users get numeric external ids of their own.
+    salt = secrets.randbelow(1000)
+    await pool.execute(
+        "UPDATE users SET external_id = (id * 1000 + $2)::text WHERE id = ANY($1::bigint[])",
+        users.user_ids,
+        salt,
     )
-    # The app's user ids are numbers: give these users numeric external ids of their own.
-    numeric = {}
-    for user_id in users.user_ids:
-        numeric[user_id] = secrets.randbelow(2**53)
-        await pool.execute(
-            "UPDATE users SET external_id = $2 WHERE id = $1", user_id, str(numeric[user_id])
-        )
-    assert len(external) == len(users.user_ids)
+    numeric = {u: u * 1000 + salt for u in users.user_ids}
     following = users.user_ids[::2]
     unknown = [secrets.randbelow(2**53) for _ in range(5)]  # no fanout user: no device
     await pool.executemany(
@@ -153,6 +148,19 @@ async def test_a_lost_batch_of_a_sourced_event_is_read_again_from_its_members(
             page_filter=PageFilter(),
         )
     assert {int(r["wire"].split(",")[0].strip("[")) for r in rows if r["wire"]} == chosen
+
+
+async def test_an_event_whose_key_the_source_cannot_read_fails_saying_why(
+    pool: asyncpg.Pool, queues: Queues, settings: Settings
+) -> None:
+    await follow_table(pool)
+    await add_source(pool, settings, "author:", FOLLOWERS)
+    event_id, bodies = await fan_out("author:abc", pool, queues, settings)
+    assert bodies == []
+    status = await load_event_status(pool, event_id)
+    assert status is not None and status.status == "failed"
+    assert status.last_error is not None
+    assert status.last_error.startswith("its source could not be read: invalid input syntax")
 
 
 async def test_a_source_whose_query_scans_the_table_is_refused_naming_the_scan(

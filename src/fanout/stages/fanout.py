@@ -168,12 +168,21 @@ async def plan_event(
             return []
         if event.topic_id is not None and event.source_prefix is None:
             # A sourced topic's audience: read from the app's table once, before any shard.
-            members = await read_event_members(
-                conn,
-                event_id=event_id,
-                topic_id=event.topic_id,
-                time_limit=settings.source_read_timeout_seconds,
-            )
+            try:
+                members = await read_event_members(
+                    conn,
+                    event_id=event_id,
+                    topic_id=event.topic_id,
+                    time_limit=settings.source_read_timeout_seconds,
+                )
+            except (asyncpg.DataError, asyncpg.SyntaxOrAccessError) as failure:
+                # The key does not fit the query (author:abc for :key::bigint), or the app's
+                # table changed under it: no retry would read it. (A timeout or a lost
+                # connection raises on: the message comes back and reads it again.)
+                reason = f"its source could not be read: {failure}"
+                await lifecycle.fail(conn, event_id=event_id, reason=reason)
+                log.error("event %d: %s", event_id, reason)
+                return []
             if members:
                 log.info("event %d: %d member(s) read from its topic's source", event_id, members)
         async with conn.transaction():
