@@ -504,3 +504,35 @@ def test_a_live_activity_update_refused_names_the_option(
     refused = fanout(settings, "live-activities", "update", "match:cli", *args)
     assert refused.returncode == 2, refused.stderr
     assert option in refused.stderr and "Traceback" not in refused.stderr
+
+
+async def test_sources_commands(settings: Settings, pool: asyncpg.Pool) -> None:
+    from tests.integration.test_sources import FOLLOWERS, follow_table
+
+    await follow_table(pool)
+    await pool.execute(
+        "INSERT INTO books.follows (author_id, follower_id) VALUES (7, 11), (7, 12), (8, 13)"
+    )
+    unindexed = FOLLOWERS.replace("books.follows", "books.unindexed_follows")
+    refused = await asyncio.to_thread(
+        fanout, settings, "sources", "add", "author:", "--query", unindexed
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("fanout: --query: refused: the plan scans the table: Seq Scan")
+    no_key = await asyncio.to_thread(
+        fanout, settings, "sources", "add", "author:", "--query", "SELECT 1 AS user_id"
+    )
+    assert no_key.returncode == 2 and "--query: the query must use :key" in no_key.stderr
+    added = await asyncio.to_thread(
+        fanout, settings, "sources", "add", "author:", "--query", FOLLOWERS, "--column", "user_id"
+    )
+    assert added.returncode == 0, added.stderr
+    listed = await asyncio.to_thread(fanout, settings, "sources", "list")
+    assert listed.stdout.startswith("author:") and "$1::text::bigint" in listed.stdout
+    tested = await asyncio.to_thread(fanout, settings, "sources", "test", "author:", "7")
+    assert tested.returncode == 0, tested.stderr
+    assert tested.stdout.split() == ["2", "user(s)", "for", "author:7", "11", "12"]
+    deleted = await asyncio.to_thread(fanout, settings, "sources", "delete", "author:")
+    assert deleted.returncode == 0, deleted.stderr
+    again = await asyncio.to_thread(fanout, settings, "sources", "delete", "author:")
+    assert again.returncode == 1 and "no source author:" in again.stderr
