@@ -16,6 +16,10 @@ With --kind background or liveactivity, a second event of that kind follows the 
 the same run, on the same data and workers (a Live Activity update to one token per APNs
 device of the topic), and both kinds' rates are printed with their ratio: a kind should
 cost what an alert costs.
+With --source, the same subscribers as followers in an app's own table (benchapp.follows,
+indexed by author, as an app would have it) behind a source (issue #25): an event on
+benchauthor:1 reads them at planning and fans out from them; the ratio of its fan-out
+rate to the alert's over fanout's own subscriptions, same run (target >= 0.7).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from fanout.config import Settings
 from fanout.local.demo import DEMO_CATEGORY, AudienceMix, seed_audience
 from fanout.notification import LiveActivity, Notification
 from fanout.queue.sqs import open_client, open_queues
+from fanout.sources import check_source
 from fanout.stages.live_activity import publish_update
 from fanout.stages.publish import PublishOptions, publish
 from fanout.store import (
@@ -45,6 +50,7 @@ from fanout.store import (
     events,
     live_activities,
     seeding,
+    sources,
     subscriptions,
 )
 from fanout.store.apps import DEFAULT_APP_ID
@@ -146,6 +152,41 @@ async def tag_subscribers(database_url: str, topic: str) -> None:
             topic,
         )
         await conn.execute("ANALYZE users")
+    finally:
+        await conn.close()
+
+
+# --source: the topic's subscribers as an app's own follow table, and the source over it.
+SOURCE_PREFIX = "benchauthor:"
+SOURCE_QUERY = "SELECT follower_id AS user_id FROM benchapp.follows WHERE author_id = :key::bigint"
+
+
+async def follow_table(database_url: str, topic: str) -> None:
+    """benchapp.follows: author 1 followed by every subscriber of the topic (by their
+    external id, as the app knows them), indexed as an app would; then the source."""
+    conn = await connect(database_url)
+    try:
+        await conn.execute(
+            """CREATE SCHEMA IF NOT EXISTS benchapp;
+               CREATE TABLE IF NOT EXISTS benchapp.follows (
+                   author_id bigint NOT NULL, follower_id text NOT NULL);
+               CREATE INDEX IF NOT EXISTS follows_by_author ON benchapp.follows (author_id);"""
+        )
+        await conn.execute(
+            """INSERT INTO benchapp.follows (author_id, follower_id)
+               SELECT 1, u.external_id
+               FROM subscriptions AS s JOIN topics AS t ON t.id = s.topic_id
+               JOIN users AS u ON u.id = s.user_id
+               WHERE t.key = $1""",
+            topic,
+        )
+        await conn.execute("ANALYZE benchapp.follows")
+        bound = await check_source(
+            conn, query=SOURCE_QUERY, user_column="user_id", sample_key="1", time_limit=30
+        )
+        await sources.put_source(
+            conn, app_id=DEFAULT_APP_ID, prefix=SOURCE_PREFIX, query=bound, user_column="user_id"
+        )
     finally:
         await conn.close()
 
@@ -378,6 +419,12 @@ def main() -> None:
         help="After the alert, one with a tag filter matching 30%% of the subscribers, and "
         "the ratio of the devices fanned out per second (target >= 0.7).",
     )
+    parser.add_argument(
+        "--source",
+        action="store_true",
+        help="After the alert, one on a topic whose subscribers (the same) are read from an "
+        "app's own table, and the ratio of the fan-out rates (target >= 0.7).",
+    )
     args = parser.parse_args()
 
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"fanout-bench-{os.getpid()}"
@@ -476,6 +523,17 @@ def main() -> None:
                 result["filter_ratio"] = round(
                     filtered["fanout_sent_devices_per_second"] / unfiltered, 3
                 )
+            if args.source:  # the same workers, warm, the same users read from the app's table
+                asyncio.run(follow_table(database_url, topic))
+                sourced = asyncio.run(
+                    run(settings, f"{SOURCE_PREFIX}1", devices, moto_log, category)
+                )
+                result["source"] = {
+                    key: sourced[key] for key in ("fanout_devices_per_second", "sent", "held_back")
+                }
+                result["source_ratio"] = round(
+                    sourced["fanout_devices_per_second"] / result["fanout_devices_per_second"], 3
+                )
             result["peak_rss_kb"] = {role: peak_rss_kb(p.pid) for role, p in workers.items()}
             for process in workers.values():  # the baseline gets the machine to itself
                 process.terminate()
@@ -517,6 +575,9 @@ def main() -> None:
     if "filter" in result:
         print(f"  filtered (30% matching)  {result['filter']}")
         print(f"  filtered/unfiltered devices fanned out per second  {result['filter_ratio']}")
+    if "source" in result:
+        print(f"  from a source (the app's table)  {result['source']}")
+        print(f"  sourced/subscriptions devices fanned out per second  {result['source_ratio']}")
     if "baseline" in result:
         baseline = result["baseline"]
         print("baseline (one SQS message per subscriber, devices looked up per message):")
