@@ -52,6 +52,20 @@ async def test_the_console_shows_each_events_kind(console: Console) -> None:
     assert '<span class="kind kind-background">background</span>' in page
 
 
+async def test_an_event_read_from_a_source_says_so(console: Console) -> None:
+    pool = console.app.state.api.pool
+    sourced = await record_event(pool, Notification(title="New chapter"), topic="author:7")
+    # As the fan-out marks it when it reads the event's members from the source author:.
+    await pool.execute(
+        "UPDATE events SET source_prefix = 'author:' WHERE id = $1", sourced.event_id
+    )
+    async with console.signed_in("read") as client:
+        page = (await client.get(f"/console/events/{sourced.event_id}")).text
+        rows = (await client.get("/console/events/rows", params={"topic": "author:7"})).text
+    assert "to topic author:7 (from source author:)" in page
+    assert "topic author:7 (from source author:)" in rows
+
+
 async def test_a_live_activity_update_shows_its_kind_and_activity(console: Console) -> None:
     async def no_queue() -> Queues:
         raise ConnectionError("left to the reconciler")

@@ -40,11 +40,11 @@ assert EVENT_PROGRESS.count("$1") == 1
 # events_by_topic with a topic ($1), then EVENT_PROGRESS's per event. $2: one status; $3:
 # one event; $4: how many. Another app's event or topic is not found.
 EVENT_LIST = f"""
-SELECT p.*, t.key AS topic, u.external_id AS user_external_id,
+SELECT p.*, t.key AS topic, u.external_id AS user_external_id, picked.source_prefix,
        picked.notification ->> 'title' AS title,
        coalesce(picked.notification ->> 'kind', 'alert') AS kind
 FROM (
-    SELECT id, topic_id, user_id, notification FROM events
+    SELECT id, topic_id, user_id, notification, source_prefix FROM events
     WHERE app_id = $5
       AND ($1::text IS NULL OR topic_id = (SELECT id FROM topics WHERE app_id = $5 AND key = $1))
       AND ($2::text IS NULL OR status = $2)

@@ -49,11 +49,13 @@ class EventRow:
     title: str | None
     last_push_at: datetime | None
     kind: str  # "alert" for events stored before kinds existed
+    source: str | None = None  # the prefix of the source its audience was read from
 
     @property
     def audience(self) -> str:
         if self.topic:
-            return f"topic {self.topic}"
+            sourced = f" (from source {self.source})" if self.source else ""
+            return f"topic {self.topic}{sourced}"
         live = self.status.live_activity
         return f"live activity {live.activity_id}" if live else f"user {self.user}"
 
@@ -78,6 +80,7 @@ def _event_row(row: asyncpg.Record) -> EventRow:
         title=row["title"],
         last_push_at=row["last_finished_at"],
         kind=row["kind"],
+        source=row["source_prefix"],
     )
 
 
