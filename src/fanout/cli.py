@@ -678,6 +678,9 @@ def status(
 def sink(
     host: str = "127.0.0.1",
     port: Annotated[int, typer.Option(help="0: any free port.")] = 8765,
+    events_kept: Annotated[
+        int, typer.Option(min=1, help="The most recent events counted apart in /stats.")
+    ] = 16,
 ) -> None:
     """Serve a local push sink that counts what it receives, per event (tests, benchmarks).
 
@@ -690,7 +693,11 @@ def sink(
         typer.echo(url)
         err.print(f"push sink on {url}: POST /push, GET /stats")
 
-    serve(_listen(host, port, "the push sink", ("--host", "--port")), listening=listening)
+    serve(
+        _listen(host, port, "the push sink", ("--host", "--port")),
+        listening=listening,
+        events_kept=events_kept,
+    )
 
 
 @app.command()
