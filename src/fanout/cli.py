@@ -1226,6 +1226,7 @@ def apps_show(key: str, json: JsonOutput = False) -> None:
             "name": found.name,
             "created_at": found.created_at.isoformat(),
             "settings": found.settings,
+            "default_throttle_per_minute": found.default_throttle_per_minute,
             "credentials": {
                 c.provider: {
                     **c.identity,
@@ -1238,6 +1239,8 @@ def apps_show(key: str, json: JsonOutput = False) -> None:
         typer.echo(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
         return
     typer.echo(f"{found.key}  {found.name}  (created {found.created_at:%Y-%m-%d %H:%M} UTC)")
+    if found.default_throttle_per_minute:
+        typer.echo(f"  paces its events at {found.default_throttle_per_minute}/min by default")
     if not credentials:
         typer.echo("  no credentials: `fanout apps credentials set` stores them")
     for c in credentials:
