@@ -63,7 +63,7 @@ from fanout.local.workers import WorkerProcess, worker_environment
 from fanout.notification import Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import Queues, open_client, open_queues
-from fanout.stages.publish import publish
+from fanout.stages.publish import PublishOptions, publish
 from fanout.store import apps, connect, create_pool
 from fanout.store.lifecycle import FANNING, EventState
 from fanout.store.migrate import migrate
@@ -537,7 +537,7 @@ async def run_scenario(
             await conn.close()
         async with open_client(settings) as client:
             queues = await open_queues(client, settings)
-            run.event_ids = await _publish(settings, queues, audiences)
+            run.event_ids = await _publish(settings, queues, audiences, args.throttle)
             run.event_id = run.event_ids[0]
         started = time.monotonic()
         watcher = Watcher(pg.url(database), f"http://127.0.0.1:{sink_port}", run.event_ids)
@@ -592,6 +592,7 @@ async def run_scenario(
         "fault": "; ".join(note for note in run.notes if note) or "none",
         "dead_letters": dead_letters,
         "event_id": run.event_id,
+        **({"throttle_per_minute": args.throttle} if args.throttle else {}),
         **({"apps": per_app} if len(audiences) > 1 else {}),
         **({"webhooks": webhooks} if webhooks is not None else {}),
         "env": {k: v for k, v in fanout_env.items() if k in {*PACED_FANOUT, "FANOUT_SHARD_SIZE"}},
@@ -682,12 +683,19 @@ async def _stop_workers(workers: list[WorkerProcess]) -> None:
     await asyncio.gather(*(asyncio.to_thread(w.stop, 10.0) for w in workers))
 
 
-async def _publish(settings: Settings, queues: Queues, audiences: list[Audience]) -> list[int]:
-    """An event to each app's topic, published together; their ids."""
+async def _publish(
+    settings: Settings, queues: Queues, audiences: list[Audience], throttle: int | None = None
+) -> list[int]:
+    """An event to each app's topic, published together (paced at ``throttle`` devices a
+    minute, if given); their ids."""
+    options = PublishOptions(throttle_per_minute=throttle)
     pool = await create_pool(settings, min_size=1, max_size=len(audiences))
     try:
         published = await asyncio.gather(
-            *(publish(pool, queues, NOTE, app_id=a.app_id, topic=a.topic) for a in audiences)
+            *(
+                publish(pool, queues, NOTE, app_id=a.app_id, topic=a.topic, options=options)
+                for a in audiences
+            )
         )
         return [int(p.event_id) for p in published]
     finally:
@@ -832,6 +840,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
     parser.add_argument(
         "--apps", type=int, default=1, help="split the devices over this many apps, an event each"
+    )
+    parser.add_argument(
+        "--throttle",
+        type=int,
+        default=None,
+        help="pace the events at N devices a minute (throttle_per_minute): the faults then "
+        "land on a schedule kept in PostgreSQL",
     )
     asyncio.run(main_async(parser.parse_args()))
 

@@ -1,4 +1,5 @@
-"""The ``fanout`` command: demo, migrate, queues, worker, publish, cancel, status, sink, caps.
+"""The ``fanout`` command: demo, migrate, queues, worker, publish, cancel, status, sink, caps,
+import and export.
 
 A mistake in the configuration ends any command with one line naming the setting and
 exit status 2 (as for a wrong option); a service that does not answer, with one line
@@ -17,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import orjson
@@ -53,6 +55,10 @@ webhooks_app = typer.Typer(
     help="Webhooks: signed calls to an app's backend when an event ends or tokens are retired."
 )
 app.add_typer(webhooks_app, name="webhooks")
+live_app = typer.Typer(help="Live Activities (iOS): register their tokens, publish updates.")
+app.add_typer(live_app, name="live-activities")
+live_tokens_app = typer.Typer(help="The APNs tokens registered for an activity.")
+live_app.add_typer(live_tokens_app, name="tokens")
 QueueRole = Annotated[str, typer.Option("--queue", help="fanout, delivery or both.")]
 err = Console(stderr=True, soft_wrap=True)  # one line per message, even in logs
 
@@ -314,7 +320,7 @@ def worker(
 
 @app.command()
 def publish(
-    topic: Annotated[str, typer.Argument(help="Topic key, e.g. author:42")],
+    topic: Annotated[str | None, typer.Argument(help="Topic key, e.g. author:42")] = None,
     title: Annotated[str | None, typer.Option(help="Required for an alert.")] = None,
     body: Annotated[str, typer.Option()] = "",
     kind: Annotated[
@@ -343,9 +349,34 @@ def publish(
     expires_at: Annotated[
         str | None, typer.Option(help="Nothing is sent after: ISO 8601 with an offset.")
     ] = None,
+    throttle: Annotated[
+        int | None,
+        typer.Option(
+            help="Paced: at most N devices a minute, across every worker (default: the "
+            "app's default_throttle_per_minute, if set)."
+        ),
+    ] = None,
     app_key: AppOption = "default",
+    batch: Annotated[
+        Path | None,
+        typer.Option(
+            help="NDJSON of 1:1 sends, one a line as an item of POST /v1/notifications/batch "
+            '({"user_id": …, "notification": {…}, "idempotency_key": …}); instead of TOPIC.',
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
-    """Publish an event to a topic's subscribers; prints the event id."""
+    """Publish an event to a topic's subscribers; prints the event id. With ``--batch``:
+    1:1 sends from a file, each its own event, committed a thousand lines at a time; prints
+    a JSON line per line of the file (its event, or its problems naming the line and field),
+    and exits 1 if any line was refused."""
+    if batch is not None:
+        if topic is not None:
+            raise typer.BadParameter("give either TOPIC or --batch, not both", param_hint="TOPIC")
+        _publish_batch(batch, app_key)
+        return
+    if topic is None:
+        raise typer.BadParameter("a topic to publish to (or --batch FILE)", param_hint="TOPIC")
     from fanout.notification import CRITICAL_NOT_ALLOWED, critical_asked
     from fanout.queue.sqs import open_client, open_queues
     from fanout.stages.publish import InvalidPublishOption
@@ -376,6 +407,7 @@ def publish(
             "deliver_at_local": deliver_at_local,
             "quiet_hours": quiet_hours,
             "expires_at": expires_at,
+            "throttle_per_minute": throttle,
         }
     )
     if critical_asked(request.notification) and not settings.apns_allow_critical:
@@ -411,6 +443,106 @@ def publish(
         raise typer.BadParameter(exc.message, param_hint=hint) from None
 
 
+def _publish_batch(path: Path, app_key: str) -> None:
+    """``fanout publish --batch``: the file read a chunk at a time (memory flat in its
+    size), each chunk validated and committed as the batch endpoint does."""
+    from fanout.api.routes.batch import publish_items
+    from fanout.api.schemas import MAX_NOTIFICATION_BATCH
+    from fanout.queue.sqs import open_client, open_queues
+    from fanout.stages.group_commit import Enqueuer, GroupCommit
+    from fanout.stages.publish import publish as do_publish
+    from fanout.store import create_pool
+
+    settings = _settings()
+    try:
+        lines = path.open("rb")
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot read {path}: {exc.strerror}", param_hint="--batch"
+        ) from None
+
+    async def main() -> int:
+        refused = 0
+        pool = await create_pool(settings)
+        try:
+            async with pool.acquire() as conn:
+                found = await _app_named(conn, app_key)
+            async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
+                queues = await open_queues(client, settings)
+
+                async def opened() -> Any:
+                    return queues
+
+                group = GroupCommit(
+                    pool,
+                    Enqueuer(pool, opened, overdue_after=settings.reconcile_after_seconds),
+                    overdue_after=settings.reconcile_after_seconds,
+                )
+
+                async def publish_one(app_id: int, api_key_id: int | None, item: Any) -> Any:
+                    return await do_publish(
+                        pool,
+                        queues,
+                        item.notification,
+                        app_id=app_id,
+                        user=item.user_id,
+                        idempotency_key=item.idempotency_key,
+                        batch_max_bytes=settings.batch_max_bytes,
+                        overdue_after=settings.reconcile_after_seconds,
+                        options=item.options(),
+                        default_time_zone=settings.default_time_zone,
+                    )
+
+                async def flush(chunk: list[Any], first_line: int) -> int:
+                    results = await publish_items(
+                        chunk,
+                        group=group,
+                        publish_one=publish_one,
+                        app_id=found.id,
+                        api_key_id=None,
+                        batch_max_bytes=settings.batch_max_bytes,
+                        allow_critical=settings.apns_allow_critical,
+                        at=(),
+                    )
+                    bad = 0
+                    for offset, result in enumerate(results):
+                        line = first_line + offset
+                        if result.errors:
+                            bad += 1
+                            errors = [
+                                {**e.model_dump(), "loc": [f"line {line}", *e.loc[1:]]}
+                                for e in result.errors
+                            ]
+                            typer.echo(orjson.dumps({"line": line, "errors": errors}))
+                        else:
+                            shown = {"line": line, **result.model_dump(exclude_none=True)}
+                            typer.echo(orjson.dumps(shown))
+                    return bad
+
+                try:
+                    chunk: list[Any] = []
+                    first_line = 1
+                    for number, raw in enumerate(lines, start=1):
+                        try:
+                            chunk.append(orjson.loads(raw))
+                        except orjson.JSONDecodeError:
+                            chunk.append(None)  # refused by the model, by its line
+                        if len(chunk) == MAX_NOTIFICATION_BATCH:
+                            refused += await flush(chunk, first_line)
+                            chunk, first_line = [], number + 1
+                    if chunk:
+                        refused += await flush(chunk, first_line)
+                finally:
+                    await group.close()  # the last chunk's enqueue
+        finally:
+            await pool.close()
+            lines.close()
+        return refused
+
+    if asyncio.run(main()):
+        raise typer.Exit(1)
+
+
 def _publish_request(fields: dict[str, Any]) -> Any:
     """The publish, checked by the API's own model (``EventIn``), so the CLI accepts what
     the API accepts and nothing else; a mistake names its option in one line."""
@@ -425,6 +557,7 @@ def _publish_request(fields: dict[str, Any]) -> Any:
             message = f"{'.'.join(where[2:])}: {error['msg']}"
             raise typer.BadParameter(message, param_hint="--data") from None
         name = where[-1] if where[0] == "notification" else where[0]
+        name = {"throttle_per_minute": "throttle"}.get(name, name)
         hint = "TOPIC" if name == "topic" else f"--{name.replace('_', '-')}"
         raise typer.BadParameter(error["msg"], param_hint=hint) from None
 
@@ -777,9 +910,210 @@ def caps_delete(
     err.print(f"removed the cap of {category}")
 
 
-# --- Apps and their credentials -----------------------------------------------------------
+# --- Live Activities ----------------------------------------------------------------------
 
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead.")]
+ActivityArgument = Annotated[str, typer.Argument(help="The activity's id, e.g. match:final.")]
+
+
+def _checked_body(model: Any, fields: dict[str, Any], hints: dict[str, str]) -> Any:
+    """``fields`` checked by the API's own model, so the CLI accepts what the API accepts;
+    a mistake names its option (``hints``: a field's option where it is not --field)."""
+    try:
+        return model.model_validate({k: v for k, v in fields.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else ""
+        hint = hints.get(name, f"--{name.replace('_', '-')}")
+        raise typer.BadParameter(error["msg"], param_hint=hint) from None
+
+
+def _json_option(text: str | None, option: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint=option) from None
+
+
+@live_tokens_app.command("add")
+def live_tokens_add(
+    activity: ActivityArgument,
+    user: Annotated[str, typer.Option("--user", help="The user's external id.")],
+    token: Annotated[str, typer.Option("--token", help="The APNs token, hexadecimal.")],
+    kind: Annotated[
+        str, typer.Option(help="activity (its push token) or push_to_start (a start's).")
+    ] = "activity",
+    topic: Annotated[str | None, typer.Option(help="The topic the activity follows.")] = None,
+    apns_environment: Annotated[
+        str, typer.Option(help="production, or sandbox for a debug build's token.")
+    ] = "production",
+    app_key: AppOption = "default",
+) -> None:
+    """Register a user's token for the activity, as POST
+    /v1/live-activities/{activity_id}/tokens does; prints the token's id."""
+    import re
+
+    from fanout.api.schemas import LiveActivityTokenIn
+    from fanout.identifiers import TOPIC_PATTERN
+    from fanout.store import live_activities, subscriptions
+
+    if not re.match(TOPIC_PATTERN, activity):
+        raise typer.BadParameter(f"must match {TOPIC_PATTERN}", param_hint="ACTIVITY")
+    body = _checked_body(
+        LiveActivityTokenIn,
+        {"user_id": user, "token": token, "kind": kind, "topic": topic,
+         "apns_environment": apns_environment},
+        {"user_id": "--user"},
+    )  # fmt: skip
+
+    async def add(conn: Any) -> Any:
+        found = await _app_named(conn, app_key)
+        async with conn.transaction():
+            activity_id = await live_activities.find_or_create_activity(
+                conn, app_id=found.id, activity_key=activity
+            )
+            user_id = await subscriptions.find_or_create_user(
+                conn, app_id=found.id, user=body.user_id
+            )
+            topic_id = None
+            if body.topic is not None:
+                topic_id = await subscriptions.find_or_create_topic(
+                    conn, app_id=found.id, topic=body.topic
+                )
+            return await live_activities.upsert_token(
+                conn,
+                activity_id=activity_id,
+                user_id=user_id,
+                kind=body.kind,
+                token=body.token.lower(),
+                topic_id=topic_id,
+                apns_sandbox=body.apns_environment == "sandbox",
+            )
+
+    registered = _with_connection(add)
+    err.print(f"{'registered' if registered.created else 'refreshed'} a token of {activity}")
+    typer.echo(registered.id)
+
+
+@live_tokens_app.command("list")
+def live_tokens_list(
+    activity: ActivityArgument,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many.")] = 100,
+    app_key: AppOption = "default",
+    as_json: JsonOutput = False,
+) -> None:
+    """List the tokens registered for an app's activity (each token's last 8 characters)."""
+    from fanout.store import live_activities
+
+    async def listed(conn: Any) -> Any:
+        found = await _app_named(conn, app_key)
+        return await live_activities.list_tokens(
+            conn, app_id=found.id, activity_key=activity, limit=limit
+        )
+
+    tokens = _with_connection(listed)
+    if as_json:
+        typer.echo(orjson.dumps([dataclasses.asdict(t) for t in tokens]).decode())
+        return
+    for t in tokens:
+        state = "active" if t.active else "retired"
+        typer.echo(
+            f"{t.id:>8} {t.user:<24} {t.kind:<14} …{t.token_end} {t.apns_environment:<10} "
+            f"{state:<8} {t.topic or ''}"
+        )
+
+
+@live_app.command("update")
+def live_update(
+    activity: ActivityArgument,
+    event: Annotated[str, typer.Option("--event", help="start, update or end.")],
+    content_state: Annotated[
+        str | None, typer.Option(help="The ContentState, a JSON object (start, update).")
+    ] = None,
+    stale_date: Annotated[
+        str | None, typer.Option(help="ISO 8601 with an offset: shown as out of date then.")
+    ] = None,
+    dismissal_date: Annotated[
+        str | None, typer.Option(help="end: ISO 8601 with an offset, when it leaves the screen.")
+    ] = None,
+    alert_title: Annotated[str | None, typer.Option(help="An alert shown with it.")] = None,
+    alert_body: Annotated[str, typer.Option(help="The alert's body.")] = "",
+    relevance_score: Annotated[float | None, typer.Option(help="0 to 1.")] = None,
+    priority: Annotated[int, typer.Option(help="APNs priority: 5, or 10 (budgeted).")] = 5,
+    attributes_type: Annotated[
+        str | None, typer.Option(help="start: the ActivityAttributes type.")
+    ] = None,
+    attributes: Annotated[
+        str | None, typer.Option(help="start: the attributes, a JSON object.")
+    ] = None,
+    ttl: Annotated[int, typer.Option(help="Seconds APNs may hold it.")] = 3600,
+    idempotency_key: Annotated[str | None, typer.Option()] = None,
+    app_key: AppOption = "default",
+) -> None:
+    """Publish a start, update or end to every token of the activity, as POST
+    /v1/live-activities/{activity_id}/updates does; prints the event id (`fanout status`)."""
+    import re
+
+    from fanout.api.schemas import LiveActivityUpdateIn
+    from fanout.identifiers import TOPIC_PATTERN
+    from fanout.queue.sqs import open_client, open_queues
+    from fanout.stages.live_activity import publish_update
+    from fanout.store import create_pool
+
+    if not re.match(TOPIC_PATTERN, activity):
+        raise typer.BadParameter(f"must match {TOPIC_PATTERN}", param_hint="ACTIVITY")
+    settings = _settings()
+    alert = {"title": alert_title, "body": alert_body} if alert_title is not None else None
+    body = _checked_body(
+        LiveActivityUpdateIn,
+        {
+            "event": event,
+            "content_state": _json_option(content_state, "--content-state"),
+            "stale_date": stale_date,
+            "dismissal_date": dismissal_date,
+            "alert": alert,
+            "relevance_score": relevance_score,
+            "priority": priority,
+            "attributes_type": attributes_type,
+            "attributes": _json_option(attributes, "--attributes"),
+            "ttl": ttl,
+            "idempotency_key": idempotency_key,
+        },
+        {"alert": "--alert-title"},
+    )
+
+    async def main() -> Any:
+        pool = await create_pool(settings)
+        try:
+            async with pool.acquire() as conn:
+                found = await _app_named(conn, app_key)
+            async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
+                queues = await open_queues(client, settings)
+                return await publish_update(
+                    pool,
+                    queues,
+                    body.notification(),
+                    activity_key=activity,
+                    app_id=found.id,
+                    idempotency_key=body.idempotency_key,
+                    batch_max_bytes=settings.batch_max_bytes,
+                    overdue_after=settings.reconcile_after_seconds,
+                )
+        finally:
+            await pool.close()
+
+    done = asyncio.run(main())
+    err.print(
+        f"timestamp {done.timestamp}; priority-10 updates of the activity in the last hour: "
+        f"{done.priority_10_last_hour}"
+    )
+    typer.echo(done.published.event_id)
+
+
+# --- Apps and their credentials -----------------------------------------------------------
+
 # Each credential field (credentials.validation's names) as `apps credentials set` takes it.
 _CREDENTIAL_OPTIONS = {
     "key": "--key-file",
@@ -902,6 +1236,41 @@ def apps_show(key: str, json: JsonOutput = False) -> None:
     for c in credentials:
         typer.echo(f"  {c.provider:<8} {_identity_line(c.identity)}")
         typer.echo(f"  {'':<8} set {c.updated_at:%Y-%m-%d %H:%M} UTC, sealed under key {c.kek_id}")
+
+
+@apps_app.command("settings")
+def apps_settings(
+    key: Annotated[str, typer.Argument(help="The app.")],
+    throttle: Annotated[
+        int | None,
+        typer.Option(
+            help="Pace its events at N devices a minute unless their publish sets one; "
+            "0 clears it (unpaced)."
+        ),
+    ] = None,
+) -> None:
+    """Change an app's settings (as PATCH /v1/apps/{app}); prints them."""
+    from fanout.api.schemas import MAX_THROTTLE_PER_MINUTE
+    from fanout.store import apps
+
+    if throttle is not None and not 0 <= throttle <= MAX_THROTTLE_PER_MINUTE:
+        raise typer.BadParameter(
+            f"must be 1 to {MAX_THROTTLE_PER_MINUTE} devices a minute, or 0 to clear it",
+            param_hint="--throttle",
+        )
+
+    async def change(conn: Any) -> apps.App:
+        found: apps.App = await _app_named(conn, key)
+        if throttle is None:
+            return found
+        changed = await apps.set_default_throttle(
+            conn, key=key, throttle_per_minute=throttle or None
+        )
+        return changed or found
+
+    found = _with_connection(change)
+    pace = found.default_throttle_per_minute
+    typer.echo(f"{found.key}  default throttle: {f'{pace}/min' if pace else 'none (unpaced)'}")
 
 
 @apps_app.command("delete")
@@ -1346,6 +1715,12 @@ def import_(
             "--progress/--no-progress", help="A rows/s bar on stderr (default: on a terminal)."
         ),
     ] = None,
+    connections: Annotated[
+        int,
+        typer.Option(
+            min=1, max=8, help="Chunks in the database at once, each on its own connection."
+        ),
+    ] = 2,
     json: JsonOutput = False,
     app_key: AppOption = "default",
 ) -> None:
@@ -1397,20 +1772,31 @@ def import_(
 
     settings = _settings()
 
+    from fanout.store import connect
+
     async def run(conn: Any) -> Any:
         found = await _app_named(conn, app_key)
-        return await import_rows(
-            conn,
-            kind=kind,
-            app_id=found.id,
-            numbered=records(stream, fmt),
-            mapping=mapping,
-            dry_run=dry_run,
-            on_reject=on_reject,
-            on_progress=on_progress,
-        )
-
-    from fanout.store import connect
+        # Two chunks at once: 52,000 devices/s against 33,000 on one connection (20,000-row
+        # chunks, the loaded 2-core development machine).
+        more = [
+            await connect(settings.database_dsn(), pooler=settings.database_pooler)
+            for _ in range(connections - 1)
+        ]
+        try:
+            return await import_rows(
+                conn,
+                kind=kind,
+                app_id=found.id,
+                numbered=records(stream, fmt),
+                mapping=mapping,
+                dry_run=dry_run,
+                more_connections=more,
+                on_reject=on_reject,
+                on_progress=on_progress,
+            )
+        finally:
+            for extra in more:
+                await extra.close()
 
     try:
         counts = asyncio.run(_connected(settings, run, connect))

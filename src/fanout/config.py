@@ -463,6 +463,20 @@ class Settings(BaseSettings):
         description="Resends before a unit of work is given up and its devices count failed.",
     )
 
+    # --- Paced sends (throttle_per_minute) ------------------------------------------------
+    pacing_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often each worker's pacer sends the paced batches that have come due.",
+    )
+    pacing_read_ahead_seconds: float = Field(
+        default=300.0,
+        ge=1,
+        description="How far ahead of now a paced event's fan-out reads and schedules its "
+        "devices; the rest is read from the shard's checkpoint when the time comes.",
+    )
+
     # --- Scheduled and local-time delivery -------------------------------------------------
     default_time_zone: str = Field(
         default="UTC",
@@ -486,6 +500,11 @@ class Settings(BaseSettings):
         default=50.0, gt=0, description="Publish requests per second per API key (sustained)."
     )
     api_publish_burst: int = Field(default=100, ge=1, description="Publish requests in a burst.")
+    # Concurrent publishes share one transaction and one SQS request (stages/group_commit.py);
+    # a group holds at most this many events. 1: every publish commits alone.
+    api_publish_group_max: int = Field(
+        default=500, ge=1, le=1000, description="Events committed together at most."
+    )
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     # POST /v1/imports/{kind} reads its NDJSON body as it arrives (memory flat whatever
     # its size), so its limit is the size of an import, not of a request held in memory.

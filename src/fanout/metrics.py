@@ -33,22 +33,25 @@ PROVIDER_OUTCOMES = Counter(
 )
 PROVIDER_CONFIG_ERRORS = Counter(
     "fanout_provider_config_errors",
-    "Answers that mean fanout's own credentials or settings are wrong (needs a human)",
-    ["provider"],
+    "Answers that mean fanout's own credentials or settings are wrong (needs a human), by "
+    "provider and app (its key; empty with FANOUT_METRICS_APP_LABEL=false)",
+    ["provider", "app"],
 )
 # From the event's commit (publish) to the push service accepting the device's push: the
 # figure a user feels. Buckets from 50 ms (a small event, an idle pipeline) to an hour (a
 # push retried, or held by an open breaker, for that long).
 PROVIDER_ACCEPT_LATENCY = Histogram(
     "fanout_provider_accept_latency_seconds",
-    "Seconds from an event's publish to a push service accepting one device's push",
-    ["provider"],
+    "Seconds from an event's publish to a push service accepting one device's push, by "
+    "provider and app (its key; empty with FANOUT_METRICS_APP_LABEL=false, or the sink)",
+    ["provider", "app"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
 PROVIDER_QUOTA_WAIT_SECONDS = Histogram(
     "fanout_provider_quota_wait_seconds",
-    "Seconds a push waited for its provider credential's shared quota",
-    ["provider"],
+    "Seconds a push waited for its provider credential's shared quota, by provider and app "
+    "(its key; empty with FANOUT_METRICS_APP_LABEL=false)",
+    ["provider", "app"],
     buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 PROVIDER_BREAKER_STATE = Gauge(
@@ -179,7 +182,7 @@ def reason_label(reason: str | None) -> str:
 # every call, and this runs once per device (~13,000 a second per delivery worker).
 # The app is one more part of the same key: the per-push cost is the same dict look-up.
 _OUTCOME_CHILDREN: dict[tuple[str, str, str, str | None], Any] = {}
-_LATENCY_CHILDREN: dict[str, Any] = {}
+_LATENCY_CHILDREN: dict[tuple[str, str], Any] = {}
 
 
 def count_outcome(provider: str, outcome: Outcome, app: str = "") -> None:
@@ -195,9 +198,10 @@ def count_outcome(provider: str, outcome: Outcome, app: str = "") -> None:
             _OUTCOME_CHILDREN[key] = child
     child.inc()
     if key[2] == "ok" and (published := published_at.get()) is not None:
-        latency = _LATENCY_CHILDREN.get(provider)
-        if latency is None:
-            latency = _LATENCY_CHILDREN[provider] = PROVIDER_ACCEPT_LATENCY.labels(provider)
+        latency = _LATENCY_CHILDREN.get((provider, app))
+        if latency is None:  # as many as providers times apps: bounded by the apps
+            latency = PROVIDER_ACCEPT_LATENCY.labels(provider, app)
+            _LATENCY_CHILDREN[provider, app] = latency
         latency.observe(max(0.0, time.time() - published))
 
 
@@ -212,7 +216,7 @@ def count_outcomes(provider: str, outcomes: Sequence[Outcome]) -> None:
     accepted = by_kind.get(("ok", ""), 0)
     published = published_at.get()
     if accepted and published is not None:
-        latency = PROVIDER_ACCEPT_LATENCY.labels(provider)
+        latency = PROVIDER_ACCEPT_LATENCY.labels(provider, "")
         seconds = max(0.0, time.time() - published)
         for _ in range(accepted):
             latency.observe(seconds)

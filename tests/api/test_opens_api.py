@@ -190,10 +190,17 @@ async def test_a_click_is_recorded_per_action_and_the_first_report_is_the_open(
         await conn.close()
 
 
-async def test_opens_are_off_without_a_key(api: ApiServer) -> None:
-    """The shared server has neither FANOUT_OPEN_TOKEN_KEY nor FANOUT_SECRET_KEY."""
-    async with api.client() as client:
-        response = await client.post("/v1/opens", json={"token": TOKENS.token(1, 1)})
+async def test_opens_are_off_without_a_key(
+    api: ApiServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A server with neither FANOUT_OPEN_TOKEN_KEY nor FANOUT_SECRET_KEY."""
+    log = tmp_path_factory.mktemp("opens-off") / "server.log"
+    process, url = start_server(api.settings, log)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            response = await client.post("/v1/opens", json={"token": TOKENS.token(1, 1)})
+    finally:
+        stop(process)
     assert response.status_code == 404
     assert "FANOUT_OPEN_TOKEN_KEY" in response.json()["detail"]
 

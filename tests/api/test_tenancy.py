@@ -103,6 +103,9 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
         ("DELETE", "/v1/frequency-caps/{category}"): None,
         ("POST", "/v1/events"): {"topic": names.topic, "notification": {"title": "from B"}},
         ("POST", "/v1/users/{user_id}/notifications"): {"notification": {"title": "from B"}},
+        ("POST", "/v1/notifications/batch"): {
+            "items": [{"user_id": names.user, "notification": {"title": "from B"}}]
+        },
         ("GET", "/v1/events/{event_id}"): None,
         ("POST", "/v1/events/{event_id}/cancel"): None,
         ("POST", "/v1/live-activities/{activity_id}/tokens"): {
@@ -137,6 +140,7 @@ ADMIN_ROUTES = {
     ("GET", "/v1/apps"),
     ("POST", "/v1/apps"),
     ("GET", "/v1/apps/{app}"),
+    ("PATCH", "/v1/apps/{app}"),
     ("DELETE", "/v1/apps/{app}"),
     ("PUT", "/v1/apps/{app}/credentials/{provider}"),
     ("DELETE", "/v1/apps/{app}/credentials/{provider}"),
@@ -483,3 +487,36 @@ async def test_every_console_page_shows_app_b_nothing_of_app_a(tenants: Tenants)
 
 def _csrf(token: str) -> dict[str, str]:
     return {"X-CSRF-Token": token} if token else {}
+
+
+async def test_a_live_activity_update_of_app_a_does_not_exist_for_a_key_of_app_b(
+    tenants: Tenants,
+) -> None:
+    """Activity ids are per app: B's update on A's activity id is an update of B's own
+    activity (none of A's tokens), and A's update, read or cancelled by its event id with
+    B's key, answers as an event that never existed."""
+    a, never = tenants.a, tenants.b_never
+    update = {"event": "update", "content_state": {"score": "1-0"}}
+    async with tenants.client("a") as client:
+        of_a = await client.post(f"/v1/live-activities/{a.activity}/updates", json=update)
+        assert of_a.status_code == 202, of_a.text
+        a_event = of_a.json()["event_id"]
+    async with tenants.client("b") as b:
+        for method, suffix in (("GET", ""), ("POST", "/cancel")):
+            on_a = await b.request(method, f"/v1/events/{a_event}{suffix}")
+            unknown = await b.request(method, f"/v1/events/{never.event_id}{suffix}")
+            assert on_a.status_code == unknown.status_code == 404, (suffix, on_a.text)
+            assert on_a.json() == unknown.json()
+        of_b = await b.post(f"/v1/live-activities/{a.activity}/updates", json=update)
+        assert of_b.status_code == 202, of_b.text
+        b_event = of_b.json()["event_id"]
+        # B's activity has no token at all: its update's status is B's, holding none of A's.
+        status = await b.get(f"/v1/events/{b_event}")
+        assert status.status_code == 200, status.text
+        _holds_nothing_of(status.text.replace(a.activity, "<name>"), a)
+    async with tenants.client("a") as client:
+        # A's key finds A's update (its activity's status) and not B's.
+        mine = await client.get(f"/v1/events/{a_event}")
+        assert mine.status_code == 200 and mine.json()["live_activity"] is not None, mine.text
+        theirs = await client.get(f"/v1/events/{b_event}")
+        assert theirs.status_code == 404, theirs.text

@@ -85,9 +85,10 @@ async def test_a_worker_serves_provider_latency_reconciler_and_sqs_metrics(
     ok = {"provider": "sink", "app": "", "outcome": "ok", "reason": ""}  # the sink: no app
     assert value(samples, "fanout_provider_outcomes_total", **ok) == devices
     latency = "fanout_provider_accept_latency_seconds"
-    assert value(samples, f"{latency}_count", provider="sink") == devices
-    assert value(samples, f"{latency}_bucket", provider="sink", le="+Inf") == devices
-    assert (value(samples, f"{latency}_sum", provider="sink") or 0) > 0
+    sink = {"provider": "sink", "app": ""}
+    assert value(samples, f"{latency}_count", **sink) == devices
+    assert value(samples, f"{latency}_bucket", **sink, le="+Inf") == devices
+    assert (value(samples, f"{latency}_sum", **sink) or 0) > 0
     for kind in ("event_resent", "shard_resent", "batch_resent", "given_up"):
         assert value(samples, "fanout_reconciler_actions_total", kind=kind) is not None
     assert value(samples, "fanout_events_finished_total", status="delivered") == 1

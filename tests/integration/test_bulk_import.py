@@ -258,3 +258,112 @@ async def test_export_then_import_changes_nothing(
             rows,
             0,
         )
+
+
+async def test_a_onesignal_csv_export_lands_users_then_devices(
+    database_url: str, tmp_path: Path
+) -> None:
+    export_file = tmp_path / "onesignal.csv.gz"
+    rows = [
+        "id,identifier,session_count,language,timezone,device_type,external_user_id,invalid_identifier,web_auth,web_p256",
+        f"p1,{APNS_TOKEN},3,en,3600,0,reader-1,f,,",
+        "p2,fcm-token-2,1,de,3600,1,reader-2,f,,",
+        "p3,https://fcm.googleapis.com/fcm/send/x,1,fr,0,5,reader-2,f,AUTH,P256",
+        "p4,someone@example.com,1,en,0,11,reader-3,f,,",  # an email subscription
+        "p5,fcm-token-5,1,en,0,1,,f,,",  # no external id
+    ]
+    export_file.write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
+    users = fanout(database_url, "import", "users", str(export_file), "--mapping", "onesignal")
+    assert (users["inserted"], users["unchanged"], users["rejected"]) == (3, 1, 1)
+    devices = fanout(database_url, "import", "devices", str(export_file), "--mapping", "onesignal")
+    assert (devices["inserted"], devices["rejected"]) == (3, 2)
+    rejects = (tmp_path / "onesignal.csv.gz.rejects.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rejects] == ["5", "6"]
+    platforms = await fetchval(
+        database_url, "SELECT string_agg(platform, ',' ORDER BY platform) FROM devices"
+    )
+    assert platforms == "apns,fcm,webpush"
+
+
+async def test_chunks_on_several_connections_at_once_land_every_row_once(
+    database_url: str,
+) -> None:
+    conns = [await connect(database_url) for _ in range(3)]
+    try:
+        conn, *more = conns
+        users = [(n, {"user_id": f"u{n}"}) for n in range(1, 301)]
+        await import_rows(
+            conn,
+            kind="users",
+            app_id=DEFAULT_APP_ID,
+            numbered=users,
+            chunk_rows=40,
+            more_connections=more,
+        )
+        # Every token three times, each time another user, in chunks of 50 on three
+        # connections: the last line wins, as on one.
+        moving = [
+            (line, {"user_id": f"u{line % 300 + 1}", "platform": "fcm", "token": f"t{line % 200}"})
+            for line in range(1, 601)
+        ]
+        await import_rows(
+            conn,
+            kind="devices",
+            app_id=DEFAULT_APP_ID,
+            numbered=moving,
+            chunk_rows=50,
+            more_connections=more,
+        )
+        owners = dict(
+            await conn.fetch(
+                "SELECT d.token, u.external_id FROM devices d JOIN users u ON u.id = d.user_id"
+            )
+        )
+        assert owners == {f"t{line % 200}": f"u{line % 300 + 1}" for line in range(401, 601)}
+
+        # The same token repeated with the same values, and subscriptions whose topics
+        # are new to several chunks at once: twice, the second changing nothing.
+        same = [
+            (line, {"user_id": f"u{line % 200 + 1}", "platform": "fcm", "token": f"t{line % 200}"})
+            for line in range(1, 601)
+        ]
+        subs = [
+            (line, {"topic": f"t{line % 5}", "user_id": f"u{line % 300 + 1}"})
+            for line in range(1, 601)
+        ]
+        for _ in range(2):
+            devices = await import_rows(
+                conn,
+                kind="devices",
+                app_id=DEFAULT_APP_ID,
+                numbered=same,
+                chunk_rows=50,
+                more_connections=more,
+            )
+            follows = await import_rows(
+                conn,
+                kind="subscriptions",
+                app_id=DEFAULT_APP_ID,
+                numbered=subs,
+                chunk_rows=50,
+                more_connections=more,
+            )
+            assert (
+                devices.rows == 600
+                and follows.rows == 600
+                and devices.rejected == follows.rejected == 0
+            )
+        assert (devices.inserted, devices.updated, devices.unchanged) == (
+            0,
+            0,
+            600,
+        )  # the second time
+        assert (follows.inserted, follows.updated, follows.unchanged) == (0, 0, 600)
+        assert await conn.fetchval("SELECT count(*) FROM devices") == 200
+        assert (
+            await conn.fetchval("SELECT count(*) FROM subscriptions") == 300
+        )  # distinct (topic, user) pairs
+        assert await conn.fetchval("SELECT count(*) FROM topics") == 5
+    finally:
+        for c in conns:
+            await c.close()

@@ -394,3 +394,96 @@ def test_frequency_caps_from_the_command_line(settings: Settings) -> None:
     assert zero.returncode == 2 and "--max" in zero.stderr
     assert fanout(settings, "caps", "delete", "digest").returncode == 0
     assert fanout(settings, "caps", "delete", "digest").returncode == 1
+
+
+def test_publish_batch_from_an_ndjson_file(settings: Settings, tmp_path: Path) -> None:
+    assert fanout(settings, "queues", "create").returncode == 0
+    lines = [
+        {"user_id": "cli-b1", "notification": {"title": "Your order shipped"}},
+        {"user_id": "cli-b2", "notification": {"title": "x"}, "idempotency_key": "b-1"},
+        {"user_id": "cli-b2"},  # no notification
+        {"user_id": "cli-b3", "notification": {"title": "later"}, "send_at": "2099-01-01T00:00Z"},
+    ]
+    path = tmp_path / "sends.ndjson"
+    path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\nnot json\n")
+    first = fanout(settings, "publish", "--batch", str(path))
+    assert first.returncode == 1, first.stderr  # lines 3 and 5 were refused
+    shown = [orjson.loads(line) for line in first.stdout.splitlines()]
+    assert [s["line"] for s in shown] == [1, 2, 3, 4, 5]
+    assert shown[0]["created"] and shown[1]["created"] and shown[3]["created"]
+    assert shown[2]["errors"][0]["loc"] == ["line 3", "notification"]
+    assert shown[4]["errors"][0]["loc"] == ["line 5"]
+    statuses = [
+        orjson.loads(fanout(settings, "status", str(shown[i]["event_id"])).stdout)["status"]
+        for i in (0, 3)
+    ]
+    assert statuses[0] in ("pending", "enqueued") and statuses[1] == "scheduled"
+    # The idempotency key holds across runs: line 2 is the same event, not created again.
+    again = fanout(settings, "publish", "--batch", str(path))
+    assert orjson.loads(again.stdout.splitlines()[1]) == {**shown[1], "created": False}
+    both = fanout(settings, "publish", "author:x", "--batch", str(path))
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_live_activity_tokens_and_updates_from_the_command_line(settings: Settings) -> None:
+    assert fanout(settings, "queues", "create").returncode == 0
+    token = "ab" * 32
+    added = fanout(
+        settings, "live-activities", "tokens", "add", "match:cli", "--user", "reader-1",
+        "--token", token.upper(), "--topic", "team:lyon", "--apns-environment", "sandbox",
+    )  # fmt: skip
+    assert added.returncode == 0 and "registered" in added.stderr, added.stderr
+    again = fanout(
+        settings, "live-activities", "tokens", "add", "match:cli", "--user", "reader-1",
+        "--token", token,
+    )  # fmt: skip
+    assert again.returncode == 0 and "refreshed" in again.stderr, again.stderr
+    assert again.stdout.strip() == added.stdout.strip()
+    listed = fanout(settings, "live-activities", "tokens", "list", "match:cli", "--json")
+    [row] = orjson.loads(listed.stdout)
+    assert row == {
+        "id": int(added.stdout), "user": "reader-1", "kind": "activity",
+        "token_end": token[-8:], "topic": None, "apns_environment": "production",
+        "active": True,
+    }  # fmt: skip
+    assert token not in listed.stdout  # a token addresses a device: never shown whole
+    other = fanout(settings, "live-activities", "tokens", "list", "match:never")
+    assert other.returncode == 0 and other.stdout == ""
+
+    update = fanout(
+        settings, "live-activities", "update", "match:cli", "--event", "update",
+        "--content-state", '{"score": "1-0"}', "--priority", "10",
+    )  # fmt: skip
+    assert update.returncode == 0, update.stderr
+    assert "priority-10 updates of the activity in the last hour: 1" in update.stderr
+
+    async def stored(event_id: str) -> object:
+        conn = await asyncpg.connect(settings.database_dsn())
+        try:
+            return orjson.loads(
+                await conn.fetchval("SELECT notification FROM events WHERE id = $1", int(event_id))
+            )
+        finally:
+            await conn.close()
+
+    notification = asyncio.run(stored(update.stdout.strip()))
+    assert isinstance(notification, dict)
+    assert notification["kind"] == "liveactivity"
+    assert notification["live_activity"]["content_state"] == {"score": "1-0"}
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("--event", "pause", "--content-state", "{}"), "--event"),
+        (("--event", "update", "--content-state", "{not json"), "--content-state"),
+        (("--event", "update"), "--content-state"),
+        (("--event", "update", "--content-state", "{}", "--priority", "7"), "--priority"),
+    ],
+)
+def test_a_live_activity_update_refused_names_the_option(
+    settings: Settings, args: tuple[str, ...], option: str
+) -> None:
+    refused = fanout(settings, "live-activities", "update", "match:cli", *args)
+    assert refused.returncode == 2, refused.stderr
+    assert option in refused.stderr and "Traceback" not in refused.stderr

@@ -20,7 +20,7 @@ import pytest
 
 import fanout
 import fanout.store
-from fanout.store import audience, live_activities, recipients, shards, waves
+from fanout.store import audience, events, lifecycle, live_activities, recipients, shards, waves
 
 # Modules that hold no statement of their own: pools, the migration runner, shared SQL,
 # the bulk import's staging tables (DDL and COPY).
@@ -85,6 +85,11 @@ SHAPED: dict[str, Any] = {
     "ends_at": datetime(2026, 3, 29, 7, tzinfo=UTC),
     "kinds": ["event.finished"],
     "answer": "connection refused",
+    "not_before": [datetime(2026, 3, 29, 7, tzinfo=UTC)],
+    "resume_at": datetime(2026, 3, 29, 7, tzinfo=UTC),
+    "new_events": [lifecycle.NewEvent(app_id=1, notification={"title": "x"}, user="u1")],
+    "event_ids": [1, 2],
+    "scopes": [events.IdempotencyScope(1, None, "k")],
 }
 OWNER = uuid.UUID(int=7)
 
@@ -164,7 +169,7 @@ async def test_checkpoint_passes_the_accepted_batches_as_columns() -> None:
             shards.CHECKPOINT_SHARD,
             (
                 *(1, 2, 3, 4, 5, 6, 30, 60, 60, ["1/0/0"], [3], [1], [2], {"muted": 2}),
-                *("news", [1, 2], OWNER),
+                *("news", [1, 2], OWNER, [None]),
             ),
         )
     ]

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SkipValidation,
     StringConstraints,
     ValidationError,
     model_validator,
@@ -244,6 +245,10 @@ class FrequencyCapOut(BaseModel):
     updated_at: datetime
 
 
+# A rate above this is no pacing (a million a minute is FCM's 10M-topic ask, #238, tenfold).
+MAX_THROTTLE_PER_MINUTE = 10_000_000
+
+
 class PublishOptionsIn(Strict):
     """When and how the event goes out (all optional)."""
 
@@ -267,6 +272,13 @@ class PublishOptionsIn(Strict):
         default=None,
         description="Nothing is sent after this time; what was not sent counts expired.",
     )
+    throttle_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_THROTTLE_PER_MINUTE,
+        description="Paced: at most this many devices a minute, across every worker (the "
+        "app's default_throttle_per_minute when not given; none: as fast as it goes).",
+    )
 
     def options(self) -> PublishOptions:
         return PublishOptions(
@@ -276,6 +288,7 @@ class PublishOptionsIn(Strict):
             else None,
             quiet_hours=self.quiet_hours,
             expires_at=self.expires_at,
+            throttle_per_minute=self.throttle_per_minute,
         )
 
 
@@ -310,6 +323,46 @@ class EventIn(PublishOptionsIn):
 class DirectNotificationIn(PublishOptionsIn):
     notification: PublishedNotification
     idempotency_key: IdempotencyKey | None = None
+
+
+# A batch of personalised 1:1 sends (POST /v1/notifications/batch): each item its own event.
+MAX_NOTIFICATION_BATCH = 1_000
+
+
+class BatchNotificationIn(DirectNotificationIn):
+    user_id: UserId = Field(description="The user whose devices this item goes to.")
+
+
+class NotificationBatchIn(Strict):
+    # Validated item by item by the route (a bad item is refused alone, by its index),
+    # so the list is taken as sent; the schema still documents each item.
+    items: SkipValidation[list[BatchNotificationIn]] = Field(
+        description=f"1 to {MAX_NOTIFICATION_BATCH:,} sends, each its own event with its own "
+        "idempotency key.",
+        json_schema_extra={"minItems": 1, "maxItems": MAX_NOTIFICATION_BATCH},
+    )
+
+
+class ItemProblem(BaseModel):
+    loc: list[str | int] = Field(description='Where: ["body", "items", index, field …].')
+    msg: str
+    type: str
+
+
+class BatchItemResult(BaseModel):
+    event_id: int | None = Field(default=None, description="The item's event; none if refused.")
+    created: bool | None = Field(
+        default=None, description="False when the idempotency key named an earlier event."
+    )
+    errors: list[ItemProblem] | None = Field(
+        default=None, description="Why the item was refused (it alone: the others stand)."
+    )
+
+
+class NotificationBatchAccepted(BaseModel):
+    accepted: int = Field(description="Items with an event (created or found by their key).")
+    refused: int
+    results: list[BatchItemResult] = Field(description="One per item, in the items' order.")
 
 
 ActivityPath = Annotated[str, Path(pattern=TOPIC_PATTERN, examples=["match:2026-final"])]
@@ -498,6 +551,23 @@ class AppOut(BaseModel):
     name: str
     created_at: datetime
     credentials: list[CredentialOut] = []
+    default_throttle_per_minute: int | None = Field(
+        default=None, description="The pace its events take unless they set throttle_per_minute."
+    )
+
+
+class AppSettingsIn(BaseModel):
+    """The app's settings to change; a field left out is left as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_throttle_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_THROTTLE_PER_MINUTE,
+        description="Devices a minute its events go out at when their publish sets no "
+        "throttle_per_minute; null: unpaced.",
+    )
 
 
 class AppListed(BaseModel):

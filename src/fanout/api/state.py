@@ -16,8 +16,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from fanout.config import Settings
 from fanout.open_tokens import OpenTokens
+from fanout.queue.messages import MAX_MESSAGE_BYTES
 from fanout.queue.sqs import Queues, open_queues
 from fanout.ratelimit import TokenBucket
+from fanout.stages.batching import batch_max_bytes
+from fanout.stages.group_commit import GroupCommit
 from fanout.webhooks.addresses import Resolver, system_resolver
 
 # A publish answers within this even when SQS is slow or down: the event is committed,
@@ -62,12 +65,18 @@ class ApiState:
     open_tokens: OpenTokens | None = None  # None: opens are off (no key configured)
     # How a webhook endpoint's name is resolved to check it (the tests give their own).
     webhook_resolver: Resolver = system_resolver
+    group_commit: GroupCommit | None = None  # publishing, set by the app's lifespan
 
     async def get_queues(self) -> Queues:
         """The queues, opened on first use if they were not reachable at start-up."""
         if self.queues is None:
             self.queues = await open_queues(self.sqs, self.settings)
         return self.queues
+
+    def batch_max_bytes(self) -> int:
+        """FANOUT_BATCH_MAX_BYTES capped by the delivery queue's limit (once it is open)."""
+        limit = self.queues.delivery.max_message_bytes if self.queues else MAX_MESSAGE_BYTES
+        return batch_max_bytes(self.settings.batch_max_bytes, limit)
 
 
 def state_of(request: Request) -> ApiState:

@@ -8,7 +8,9 @@ measures it).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,11 +19,17 @@ import asyncpg
 from fanout.bulk.readers import Numbered
 from fanout.bulk.rows import RowError, row_of
 from fanout.store import devices, staging, subscriptions
+from fanout.store.devices import StagedOutcome
 
 # Rows per chunk: one COPY and one statement each. 20,000 devices is ~4 MB of tuples and
 # a statement of well under a second, so a progress bar moves and a lock is short.
 CHUNK_ROWS = 20_000
 EXPORT_PAGE = 10_000
+# Concurrent chunks lock rows in key order (each statement's DISTINCT ON / ORDER BY), so
+# they wait on each other rather than deadlock; a deadlock all the same is retried.
+DEADLOCK_TRIES = 3
+# Rows read between two turns of the event loop while a chunk is in the database.
+YIELD_EVERY = 100  # 1,000: 22,500 rows/s, 100: 28,000 (100,000 devices, in-process)
 
 _STAGED: dict[str, Callable[..., Any]] = {
     "users": subscriptions.upsert_staged_users,
@@ -29,8 +37,15 @@ _STAGED: dict[str, Callable[..., Any]] = {
     "subscriptions": subscriptions.subscribe_staged,
 }
 
+# What a row is one of: its key in the target table (see the staging tuples, bulk/rows.py).
+_KEY_OF: dict[str, Callable[[tuple[Any, ...]], Any]] = {
+    "users": lambda row: row[1],
+    "devices": lambda row: (row[2], row[3]),
+    "subscriptions": lambda row: (row[1], row[2]),
+}
+
 UNKNOWN_USER = "user_id: no such user in this app (import users first)"
-MISSED_TOPIC = "topic: created by another request at the same instant; import again"
+MISSED_TOPIC = "topic: deleted while this import ran; import again"
 
 
 @dataclass(slots=True)
@@ -77,28 +92,26 @@ async def import_rows(
     mapping: str | None = None,
     dry_run: bool = False,
     chunk_rows: int = CHUNK_ROWS,
+    more_connections: Sequence[asyncpg.Connection] = (),
     on_reject: Callable[[int, str], None] = lambda line, reason: None,
     on_progress: Callable[[int], None] = lambda rows: None,
 ) -> ImportCounts:
     """Import numbered records of ``kind`` into the app ``app_id``; a bad row is handed to
     ``on_reject`` (line, reason) and the others land. A dry run does all of it, database
-    checks included, in transactions it rolls back: the counts say what would change."""
+    checks included, in transactions it rolls back: the counts say what would change.
+    With ``more_connections``, that many more chunks are in the database at once."""
     counts = ImportCounts(dry_run=dry_run)
-    chunk: list[tuple[Any, ...]] = []
+    connections = (conn, *more_connections)
+    key_of = _KEY_OF[kind]
 
-    async def flush() -> None:
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
-            await staging.stage(conn, kind=kind, records=chunk)
-            outcome = await _STAGED[kind](conn, app_id=app_id)
-        except BaseException:
-            await transaction.rollback()
-            raise
-        if dry_run:
-            await transaction.rollback()
-        else:
-            await transaction.commit()
+    async def flush(connection: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+        for attempt in range(1, DEADLOCK_TRIES + 1):
+            try:
+                outcome = await _move_chunk(connection, kind, app_id, rows, dry_run)
+                break
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                if attempt == DEADLOCK_TRIES:
+                    raise
         counts.inserted += outcome.inserted
         counts.updated += outcome.updated
         counts.unchanged += outcome.unchanged
@@ -107,22 +120,71 @@ async def import_rows(
         for line in outcome.missed_lines:
             on_reject(line, MISSED_TOPIC)
         counts.rejected += len(outcome.unknown_lines) + len(outcome.missed_lines)
-        chunk.clear()
         on_progress(counts.rows)
 
-    async for line, record in _aiter(numbered):
-        counts.rows += 1
-        try:
-            chunk.append(row_of(kind, line, record, mapping))
-        except RowError as exc:
-            counts.rejected += 1
-            on_reject(line, str(exc))
-        if len(chunk) >= chunk_rows:
-            await flush()
-    if chunk:
-        await flush()
+    # One chunk buffer and at most one chunk in the database per connection. A row goes
+    # to the connection of its key's hash: a key's lines all take one connection, in file
+    # order, so the last line wins as it would on one connection, and concurrent chunks
+    # never hold the same key.
+    chunks: list[list[tuple[Any, ...]]] = [[] for _ in connections]
+    in_flight: list[asyncio.Task[None] | None] = [None for _ in connections]
+    try:
+        async for line, record in _aiter(numbered):
+            counts.rows += 1
+            try:
+                row = row_of(kind, line, record, mapping)
+            except RowError as exc:
+                counts.rejected += 1
+                on_reject(line, str(exc))
+                continue
+            slot = hash(key_of(row)) % len(connections) if len(connections) > 1 else 0
+            chunks[slot].append(row)
+            if len(chunks[slot]) >= chunk_rows:
+                # This chunk goes to the database while the next rows are read and
+                # checked: PostgreSQL's work and Python's overlap.
+                if (task := in_flight[slot]) is not None:
+                    await task
+                in_flight[slot] = asyncio.create_task(flush(connections[slot], chunks[slot]))
+                chunks[slot] = []
+            elif counts.rows % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let the chunks in flight send and receive
+        for slot, connection in enumerate(connections):
+            if (task := in_flight[slot]) is not None:
+                in_flight[slot] = None
+                await task
+            if chunks[slot]:
+                await flush(connection, chunks[slot])
+    finally:
+        pending = [task for task in in_flight if task is not None and not task.done()]
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(BaseException):
+                await task
     on_progress(counts.rows)
     return counts
+
+
+async def _move_chunk(
+    conn: asyncpg.Connection, kind: str, app_id: int, rows: list[tuple[Any, ...]], dry_run: bool
+) -> StagedOutcome:
+    """One chunk in one transaction: COPY to staging, the kind's statement; rolled back
+    in a dry run."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        await staging.stage(conn, kind=kind, records=rows)
+        if kind == "subscriptions":
+            await subscriptions.insert_staged_topics(conn, app_id=app_id)
+        outcome: StagedOutcome = await _STAGED[kind](conn, app_id=app_id)
+    except BaseException:
+        await transaction.rollback()
+        raise
+    if dry_run:
+        await transaction.rollback()
+    else:
+        await transaction.commit()
+    return outcome
 
 
 def _device_record(row: asyncpg.Record) -> dict[str, Any]:

@@ -69,6 +69,8 @@ def providers_of_credential(
             _share_quota(provider, settings, quotas)
         if settings.metrics_app_label and isinstance(provider, Http2Provider):
             provider.app_label = app
+            if provider.limit.quota is not None:
+                provider.limit.quota.app_label = app
     return built
 
 

@@ -95,7 +95,7 @@ class ApnsProvider(Http2Provider[Prepared]):
         if status == 429 or status >= 500:
             return self.retry_later(response, reason)
         if status == 403 or reason in _CONFIG_REASONS:
-            return config_error("apns", f"{status} {reason}")
+            return config_error("apns", f"{status} {reason}", self.app_label)
         return Outcome(OutcomeKind.PERMANENT, reason=f"apns: {status} {reason}")
 
 

@@ -79,13 +79,14 @@ class Provider(ABC):
         """Release connections."""
 
 
-def config_error(provider: str, reason: str) -> Outcome:
+def config_error(provider: str, reason: str, app: str = "") -> Outcome:
     """fanout's own credentials or settings are wrong: alert, and never blame the token.
+    ``app``: the key of the app whose credential it is (the metric's label), or empty.
 
     Logged once per breaker opening (providers/breaker.py) and once per batch (the
     delivery stage), not per device: a batch of 16,000 made 16,000 identical lines."""
     from fanout.metrics import PROVIDER_CONFIG_ERRORS
 
-    PROVIDER_CONFIG_ERRORS.labels(provider).inc()
+    PROVIDER_CONFIG_ERRORS.labels(provider, app).inc()
     _log.debug("%s refused fanout's credentials or settings: %s", provider, reason)
     return Outcome(OutcomeKind.PERMANENT, reason=f"{provider} config: {reason}", config=True)

@@ -130,7 +130,9 @@ class FcmProvider(Http2Provider[Prepared]):
             try:
                 token = await self.access_token()
             except Exception as exc:  # the token endpoint refused the service account
-                return config_error("fcm", f"cannot get an access token: {type(exc).__name__}")
+                return config_error(
+                    "fcm", f"cannot get an access token: {type(exc).__name__}", self.app_label
+                )
             response = await self.client.post(
                 f"{self.endpoint}/v1/projects/{self.project_id}/messages:send",
                 content=body,
@@ -157,7 +159,7 @@ class FcmProvider(Http2Provider[Prepared]):
         if status == 429 or status >= 500:
             return self.retry_later(response, code)
         if status in (401, 403) or code == "THIRD_PARTY_AUTH_ERROR":
-            return config_error("fcm", f"{status} {code}")
+            return config_error("fcm", f"{status} {code}", self.app_label)
         return Outcome(OutcomeKind.PERMANENT, reason=f"fcm: {status} {code}: {message[:200]}")
 
     async def aclose(self) -> None:

@@ -130,6 +130,10 @@ class SharedQuota:
     it lasts over twice that, up to ``Budget.largest_lease``.
     """
 
+    # The ``app`` label of its wait histogram (FANOUT_METRICS_APP_LABEL): set with its
+    # provider's by ``providers_of_credential``.
+    app_label = ""
+
     def __init__(
         self,
         store: QuotaStore,
@@ -170,7 +174,9 @@ class SharedQuota:
                 wait = await self._lease()
                 if wait > 0:
                     await self._sleep(wait)
-        PROVIDER_QUOTA_WAIT_SECONDS.labels(self.provider).observe(self._clock() - started)
+        PROVIDER_QUOTA_WAIT_SECONDS.labels(self.provider, self.app_label).observe(
+            self._clock() - started
+        )
 
     def _spend(self) -> bool:
         now = self._clock()

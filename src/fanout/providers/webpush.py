@@ -164,7 +164,9 @@ class WebPushProvider(Http2Provider[Prepared]):
         if status == 429 or status >= 500:
             return self.retry_later(response)
         if status in (401, 403):
-            return config_error("webpush", f"{status} from {urlsplit(device.token).netloc}")
+            return config_error(
+                "webpush", f"{status} from {urlsplit(device.token).netloc}", self.app_label
+            )
         return Outcome(OutcomeKind.PERMANENT, reason=f"webpush: {status}")
 
 

@@ -26,7 +26,7 @@ from fanout.config import ConfigError, Settings, Unreachable
 from fanout.credentials.stored import keyring
 from fanout.queue.sqs import Queue, QueueMessage, as_unreachable, open_client, open_queues
 from fanout.runtime.pipeline import Pipeline, Result
-from fanout.runtime.reconciler import run_reconciler
+from fanout.runtime.reconciler import run_pacer, run_reconciler
 from fanout.runtime.schema import check_schema
 from fanout.store import connect
 from fanout.webhooks.sender import WebhookSender
@@ -274,6 +274,7 @@ async def run_worker(
         await asyncio.gather(
             run_reconciler(pipeline.pool, pipeline.queues, pipeline.settings, stopping),
             webhooks.run(stopping),
+            run_pacer(pipeline.pool, pipeline.queues, pipeline.settings, stopping),
             *(c.run(stopping) for c in consumers),
         )
         return consumers

@@ -15,7 +15,7 @@ import asyncpg
 from pydantic import BaseModel, Field
 
 from fanout.open_tokens import OpenTokens
-from fanout.store import opens, webhooks
+from fanout.store import console, opens, webhooks
 
 
 class TimeToOpen(BaseModel):
@@ -30,6 +30,8 @@ class TimeToOpen(BaseModel):
 
 class ProviderOpens(BaseModel):
     opened: int
+    sent: int = Field(description="Accepted by this provider (its batches' outcomes).")
+    open_rate: float | None = Field(description="opened / sent; None before any was sent.")
     time_to_open: TimeToOpen
 
 
@@ -59,6 +61,10 @@ def _time_to_open(row: asyncpg.Record | None) -> TimeToOpen:
     )
 
 
+def _rate(opened: int, sent: int) -> float | None:
+    return round(opened / sent, 4) if sent else None
+
+
 async def event_opens(
     conn: asyncpg.Connection | asyncpg.Pool, *, event_id: int, sent: int
 ) -> Opens:
@@ -67,12 +73,22 @@ async def event_opens(
     rows = await opens.open_summary(conn, event_id=event_id)
     total = next((row for row in rows if row["total"]), None)
     opened = total["opened"] if total is not None else 0
+    sent_by_platform = {
+        row["platform"]: row["devices"]
+        for row in await console.event_outcomes_by_platform(conn, event_id=event_id)
+        if row["outcome"] == "sent"
+    }
     return Opens(
         opened=opened,
-        open_rate=round(opened / sent, 4) if sent else None,
+        open_rate=_rate(opened, sent),
         time_to_open=_time_to_open(total),
         by_provider={
-            row["platform"]: ProviderOpens(opened=row["opened"], time_to_open=_time_to_open(row))
+            row["platform"]: ProviderOpens(
+                opened=row["opened"],
+                sent=sent_by_platform.get(row["platform"], 0),
+                open_rate=_rate(row["opened"], sent_by_platform.get(row["platform"], 0)),
+                time_to_open=_time_to_open(row),
+            )
             for row in rows
             if not row["total"]
         },

@@ -54,6 +54,19 @@ class Schedule(BaseModel):
     cancelled_at: datetime | None
 
 
+class Pacing(BaseModel):
+    """A paced event (throttle_per_minute): how far it has gone, and when it ends."""
+
+    throttle_per_minute: int
+    sent: int = Field(description="Devices sent so far (accepted by the push service).")
+    scheduled: int = Field(description="Devices the fan-out has scheduled so far.")
+    expected_end: datetime | None = Field(
+        description="When the last device scheduled goes; final once the fan-out has read "
+        "every subscriber (final), else the end of what is scheduled so far."
+    )
+    final: bool = Field(description="The fan-out has scheduled every device: expected_end holds.")
+
+
 class LiveActivityStatus(BaseModel):
     """A Live Activity update: which activity, what it did, and Apple's budget."""
 
@@ -112,6 +125,7 @@ class EventStatus(BaseModel):
         description="Opens and clicks the apps reported (POST /v1/opens), with the open "
         "rate and the time to open, in all and per provider.",
     )
+    pacing: Pacing | None = Field(default=None, description="Set for a paced event.")
 
 
 async def load_event_status(
@@ -175,6 +189,20 @@ def event_status_from_row(row: Mapping[str, Any]) -> EventStatus:
         fanned_out_at=row["fanned_out_at"],
         finished_at=row["finished_at"],
         live_activity=_live_activity(row),
+        pacing=_pacing(row),
+    )
+
+
+def _pacing(row: Mapping[str, Any]) -> Pacing | None:
+    throttle = row.get("throttle_per_minute")
+    if throttle is None:
+        return None
+    return Pacing(
+        throttle_per_minute=throttle,
+        sent=row["sent"],
+        scheduled=row["paced_devices"],
+        expected_end=row["paced_until"],
+        final=row["fanned_out_at"] is not None,
     )
 
 

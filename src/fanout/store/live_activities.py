@@ -298,3 +298,43 @@ async def retire_tokens(conn: asyncpg.Connection, *, token_ids: Sequence[int], r
     """Retire tokens APNs says are dead, with the reason, in one statement
     (``RETIRE_TOKENS``)."""
     await conn.execute(RETIRE_TOKENS, token_ids, reason)
+
+
+@dataclass(frozen=True)
+class ListedToken:
+    """A registered token as an operator sees it: never the token whole (it addresses a
+    device), its last 8 characters."""
+
+    id: int
+    user: str
+    kind: str
+    token_end: str
+    topic: str | None
+    apns_environment: str
+    active: bool
+
+
+# Indexes: live_activities_app_activity_key_key (the app's activity by its key), then
+# live_activity_tokens_activity_id_kind_token_key (its tokens). The activity of the app $1
+# only: another app's of the same key is another one. In id order, $3 at most.
+LIST_TOKENS = """
+SELECT t.id, u.external_id AS "user", t.kind, right(t.token, 8) AS token_end,
+       tp.key AS topic, CASE WHEN t.apns_sandbox THEN 'sandbox' ELSE 'production' END
+       AS apns_environment, t.active
+FROM live_activities a
+JOIN live_activity_tokens t ON t.activity_id = a.id
+JOIN users u ON u.id = t.user_id
+LEFT JOIN topics tp ON tp.id = t.topic_id
+WHERE a.app_id = $1 AND a.activity_key = $2
+ORDER BY t.id
+LIMIT $3
+"""
+
+
+async def list_tokens(
+    conn: asyncpg.Connection, *, app_id: int, activity_key: str, limit: int
+) -> list[ListedToken]:
+    """Up to ``limit`` tokens of the app's activity, in registration order (``LIST_TOKENS``);
+    none for an activity the app never had."""
+    rows = await conn.fetch(LIST_TOKENS, app_id, activity_key, limit)
+    return [ListedToken(**row) for row in rows]

@@ -3,6 +3,7 @@
 from fanout.api.routes import (
     apps,
     audience,
+    batch,
     devices,
     events,
     imports,
@@ -19,6 +20,7 @@ ROUTERS = (
     imports.router,
     audience.router,
     events.router,
+    batch.router,
     live_activities.router,
     opens.router,
     operations.router,

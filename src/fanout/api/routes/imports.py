@@ -10,7 +10,6 @@ from fastapi import APIRouter, Query, Request
 from fanout.api import schemas
 from fanout.api.auth import Manager
 from fanout.api.state import Pool
-from fanout.bulk.readers import ndjson_body_records
 
 router = APIRouter()
 
@@ -46,6 +45,11 @@ async def import_bulk(
     (COPY into a staging table, one statement per chunk), the same body twice changes
     nothing, and each bad line is answered with its number and reason. A device's or
     subscription's user must exist in the app (import users first)."""
+    # Here, not at the top: fanout.bulk checks rows with api/schemas.py's models, and
+    # importing fanout.api from there (the CLI's way in) builds the app and its routes.
+    from fanout.bulk.load import import_rows
+    from fanout.bulk.readers import ndjson_body_records
+
     rejects: list[schemas.ImportReject] = []
 
     def on_reject(line: int, reason: str) -> None:
@@ -54,10 +58,6 @@ async def import_bulk(
 
     gzipped = request.headers.get("content-encoding", "").lower() == "gzip"
     async with pool.acquire() as conn:
-        # Imported here: fanout.bulk reads the API's device schemas, so a module-level
-        # import would be circular when fanout.bulk is imported first.
-        from fanout.bulk.load import import_rows
-
         counts = await import_rows(
             conn,
             kind=kind,
