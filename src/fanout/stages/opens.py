@@ -15,7 +15,7 @@ import asyncpg
 from pydantic import BaseModel, Field
 
 from fanout.open_tokens import OpenTokens
-from fanout.store import console, opens
+from fanout.store import console, opens, webhooks
 
 
 class TimeToOpen(BaseModel):
@@ -119,17 +119,34 @@ async def record_open(
             window_seconds=window_seconds,
         )
         if recorded.app_id is not None and (recorded.opened or recorded.clicked):
-            await emit_push_opened(conn, app_id=recorded.app_id, event_id=found.event_id)
+            await emit_push_opened(
+                conn,
+                app_id=recorded.app_id,
+                event_id=found.event_id,
+                opened=recorded.opened,
+                action=action if recorded.clicked else None,
+            )
     return recorded.opened
 
 
-async def emit_push_opened(conn: asyncpg.Connection, *, app_id: int, event_id: int) -> None:
-    """The ``push.opened`` webhook's hook: called in the transaction that recorded a new
-    open or click of ``event_id``, so the webhook's outbox row and the open commit together.
-
-    TODO(webhooks, issue #24 point 1): once ``webhooks.enqueue(conn, app_id, kind, payload)``
-    exists, enqueue ``push.opened`` here, aggregated, not one call per open: e.g. at most one
-    delivery per event per interval carrying the counts so far (``event_opens``), written
-    only when the event has no undelivered ``push.opened`` row yet. Does nothing until then.
-    """
-    del conn, app_id, event_id
+async def emit_push_opened(
+    conn: asyncpg.Connection,
+    *,
+    app_id: int,
+    event_id: int,
+    opened: bool = True,
+    action: str | None = None,
+) -> None:
+    """The ``push.opened`` webhook: called in the transaction that recorded a new open (or
+    a new click on ``action``) of ``event_id``, so the outbox row and the open commit
+    together. Aggregated, not one call per open: the open is added to the event's delivery
+    not yet sent to each endpoint, or starts one, sent PUSH_OPENED_GATHER_SECONDS later
+    with the opens and clicks of that while (``webhooks.count_opened``)."""
+    await webhooks.count_opened(
+        conn,
+        app_id=app_id,
+        event_id=event_id,
+        opened=1 if opened else 0,
+        action=action,
+        gather_seconds=webhooks.PUSH_OPENED_GATHER_SECONDS,
+    )
