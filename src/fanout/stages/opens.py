@@ -127,8 +127,9 @@ async def emit_push_opened(conn: asyncpg.Connection, *, app_id: int, event_id: i
     """The ``push.opened`` webhook's hook: called in the transaction that recorded a new
     open or click of ``event_id``, so the webhook's outbox row and the open commit together.
 
-    TODO(webhooks, issue #24 point 1): once ``webhooks.enqueue(conn, app_id, kind, payload)``
-    exists, enqueue ``push.opened`` here, aggregated, not one call per open: e.g. at most one
+    TODO(webhooks, issue #24 point 1): enqueue ``push.opened`` here with
+    ``store.webhooks.enqueue(conn, app_id=…, kind="push.opened", payload=…)``, aggregated,
+    not one call per open: e.g. at most one
     delivery per event per interval carrying the counts so far (``event_opens``), written
     only when the event has no undelivered ``push.opened`` row yet. Does nothing until then.
     """
