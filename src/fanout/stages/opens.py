@@ -9,7 +9,7 @@ counted, so the answer never tells whether an event exists.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 from pydantic import BaseModel, Field
@@ -115,7 +115,7 @@ async def record_open(
             event_id=found.event_id,
             device_id=found.device_id,
             action=action,
-            opened_at=opened_at,
+            opened_at=None if opened_at is None else _storable(opened_at),
             window_seconds=window_seconds,
         )
         if recorded.app_id is not None and (recorded.opened or recorded.clicked):
@@ -127,6 +127,20 @@ async def record_open(
                 action=action if recorded.clicked else None,
             )
     return recorded.opened
+
+
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _storable(at: datetime) -> datetime:
+    """A device's time within what PostgreSQL stores (year 1 at +14:00 is year 0 in UTC, which
+    it refuses); the statement then keeps it between the send and now."""
+    try:
+        utc = at.astimezone(UTC)
+    except OverflowError:  # past datetime's own range once in UTC
+        return _EARLIEST if at.year < 5000 else _LATEST
+    return min(max(utc, _EARLIEST), _LATEST)
 
 
 async def emit_push_opened(
