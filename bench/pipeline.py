@@ -38,7 +38,7 @@ from fanout.local.demo import DEMO_CATEGORY, AudienceMix, seed_audience
 from fanout.notification import LiveActivity, Notification
 from fanout.queue.sqs import open_client, open_queues
 from fanout.stages.live_activity import publish_update
-from fanout.stages.publish import publish
+from fanout.stages.publish import PublishOptions, publish
 from fanout.store import (
     connect,
     create_pool,
@@ -51,6 +51,7 @@ from fanout.store.apps import DEFAULT_APP_ID
 from fanout.store.lifecycle import TERMINAL_STATES
 from fanout.store.migrate import migrate
 from fanout.store.subscriptions import find_or_create
+from fanout.tags import compile_filter
 
 # 30% filtered out by the rules the fan-out applies today. No quiet hours: that rule
 # belongs to the publish options (it may defer rather than drop).
@@ -127,7 +128,36 @@ async def seed_activity(database_url: str, topic: str) -> str:
         await conn.close()
 
 
-async def publish_kind(pool: Any, queues: Any, kind: str, topic: str, category: str | None) -> int:
+# --filter: 30% of the subscribers tagged premium, the rest free; the filtered event goes to
+# the premium ones (one jsonb containment per subscriber in the page query).
+FILTER = {"tags": {"plan": "premium"}}
+
+
+async def tag_subscribers(database_url: str, topic: str) -> None:
+    """Tag the topic's subscribers: 30% premium (user id mod 10 below 3), the rest free."""
+    conn = await connect(database_url)
+    try:
+        await conn.execute(
+            """UPDATE users AS u
+               SET tags = jsonb_build_object(
+                   'plan', CASE WHEN u.id % 10 < 3 THEN 'premium' ELSE 'free' END)
+               FROM subscriptions AS s JOIN topics AS t ON t.id = s.topic_id
+               WHERE t.key = $1 AND s.user_id = u.id""",
+            topic,
+        )
+        await conn.execute("ANALYZE users")
+    finally:
+        await conn.close()
+
+
+async def publish_kind(
+    pool: Any,
+    queues: Any,
+    kind: str,
+    topic: str,
+    category: str | None,
+    tag_filter: dict[str, Any] | None = None,
+) -> int:
     """Publish one event of ``kind``: to the topic, or (liveactivity) to its activity."""
     if kind == "liveactivity":
         live = LiveActivity(event="update", content_state={"chapter": 12})
@@ -138,7 +168,8 @@ async def publish_kind(pool: Any, queues: Any, kind: str, topic: str, category: 
         note = Notification(kind="background", data={"book": "1001"}, category=category)
     else:
         note = Notification(title="New book", category=category)
-    return (await publish(pool, queues, note, topic=topic)).event_id
+    options = PublishOptions(tag_filter=compile_filter(tag_filter))
+    return (await publish(pool, queues, note, topic=topic, options=options)).event_id
 
 
 async def run(
@@ -148,13 +179,14 @@ async def run(
     moto_log: Path,
     category: str | None,
     kind: str = "alert",
+    tag_filter: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     pool = await create_pool(settings)
     try:
         async with open_client(settings) as client:
             queues = await open_queues(client, settings)
             requests_before = await asyncio.to_thread(sqs_requests_so_far, moto_log)
-            event_id = await publish_kind(pool, queues, kind, topic, category)
+            event_id = await publish_kind(pool, queues, kind, topic, category, tag_filter)
             deadline = time.monotonic() + 3600
             while time.monotonic() < deadline:
                 async with pool.acquire() as conn:
@@ -194,6 +226,8 @@ async def run(
         "failed": row["failed"],
         "held_back": row["held_back"],
         "fanout_devices_per_second": round(devices / fanout),
+        # Per device fanned out (sent to): what a filtered event is compared by.
+        "fanout_sent_devices_per_second": round(int(row["devices"]) / fanout),
         "delivery_notifications_per_second": round(row["sent"] / delivery) if delivery else 0,
         "seconds_to_last_notification": round(total, 2),
         "sqs_requests": requests,
@@ -338,6 +372,12 @@ def main() -> None:
         default="alert",
         help="After the alert, an event of this kind on the same data, and the ratio.",
     )
+    parser.add_argument(
+        "--filter",
+        action="store_true",
+        help="After the alert, one with a tag filter matching 30%% of the subscribers, and "
+        "the ratio of the devices fanned out per second (target >= 0.7).",
+    )
     args = parser.parse_args()
 
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"fanout-bench-{os.getpid()}"
@@ -423,6 +463,19 @@ def main() -> None:
                     )
                     for role in workers
                 }
+            if args.filter:  # the same workers, warm, on the same data, 30% matching
+                asyncio.run(tag_subscribers(database_url, topic))
+                filtered = asyncio.run(
+                    run(settings, topic, devices, moto_log, category, tag_filter=FILTER)
+                )
+                result["filter"] = {
+                    key: filtered[key]
+                    for key in ("fanout_sent_devices_per_second", "sent", "held_back")
+                }
+                unfiltered = result["fanout_sent_devices_per_second"]
+                result["filter_ratio"] = round(
+                    filtered["fanout_sent_devices_per_second"] / unfiltered, 3
+                )
             result["peak_rss_kb"] = {role: peak_rss_kb(p.pid) for role, p in workers.items()}
             for process in workers.values():  # the baseline gets the machine to itself
                 process.terminate()
@@ -461,6 +514,9 @@ def main() -> None:
         for kind, rates in result["kinds"].items():
             print(f"  {kind:<14}" + "  ".join(f"{key} {value}" for key, value in rates.items()))
         print(f"  {args.kind + '/alert':<14}{result['kind_ratio']}")
+    if "filter" in result:
+        print(f"  filtered (30% matching)  {result['filter']}")
+        print(f"  filtered/unfiltered devices fanned out per second  {result['filter_ratio']}")
     if "baseline" in result:
         baseline = result["baseline"]
         print("baseline (one SQS message per subscriber, devices looked up per message):")

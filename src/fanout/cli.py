@@ -356,6 +356,13 @@ def publish(
             "app's default_throttle_per_minute, if set)."
         ),
     ] = None,
+    filter_: Annotated[
+        str | None,
+        typer.Option(
+            "--filter",
+            help='Only subscribers whose tags match, as JSON: \'{"tags": {"plan": "premium"}}\'.',
+        ),
+    ] = None,
     app_key: AppOption = "default",
     batch: Annotated[
         Path | None,
@@ -398,6 +405,10 @@ def publish(
         ):
             raise typer.BadParameter(f"{bad!r} is not KEY=VALUE", param_hint="--data")
         notification["data"] = {key: value for key, _, value in pairs}
+    try:
+        tag_filter = None if filter_ is None else orjson.loads(filter_)
+    except orjson.JSONDecodeError:
+        raise typer.BadParameter("is not JSON", param_hint="--filter") from None
     request = _publish_request(
         {
             "topic": topic,
@@ -408,6 +419,7 @@ def publish(
             "quiet_hours": quiet_hours,
             "expires_at": expires_at,
             "throttle_per_minute": throttle,
+            "filter": tag_filter,
         }
     )
     if critical_asked(request.notification) and not settings.apns_allow_critical:
@@ -556,6 +568,9 @@ def _publish_request(fields: dict[str, Any]) -> Any:
         if where[:2] == ["notification", "data"]:
             message = f"{'.'.join(where[2:])}: {error['msg']}"
             raise typer.BadParameter(message, param_hint="--data") from None
+        if where[0] == "filter":
+            message = f"{'.'.join(where)}: {error['msg']}"
+            raise typer.BadParameter(message, param_hint="--filter") from None
         name = where[-1] if where[0] == "notification" else where[0]
         name = {"throttle_per_minute": "throttle"}.get(name, name)
         hint = "TOPIC" if name == "topic" else f"--{name.replace('_', '-')}"

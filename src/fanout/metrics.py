@@ -123,7 +123,7 @@ SQS_BILLED_REQUESTS = Counter(
 )
 AUDIENCE_HELD_BACK = Counter(
     "fanout_audience_held_back",
-    "Recipients the fan-out held back on purpose (opted_out, muted, capped, deferred, "
+    "Recipients the fan-out held back on purpose (filtered, opted_out, muted, capped, deferred, "
     "quiet_hours, and those a stopped shard did not read: cancelled, expired) and devices a "
     "batch held back (cancelled, expired), by reason",
     ["reason"],

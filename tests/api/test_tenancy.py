@@ -95,6 +95,8 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
         ("POST", "/v1/imports/{kind}"): {"topic": names.topic, "user_id": names.user},
         ("PUT", "/v1/users/{user_id}/preferences"): {"time_zone": "Asia/Tokyo"},
         ("GET", "/v1/users/{user_id}/preferences"): None,
+        ("PUT", "/v1/users/{user_id}/tags"): {"plan": "free"},
+        ("GET", "/v1/users/{user_id}/tags"): None,
         ("POST", "/v1/preferences"): {"items": [{"user_id": names.user, "opted_out": True}]},
         ("PUT", "/v1/users/{user_id}/mutes/{topic}"): None,
         ("DELETE", "/v1/users/{user_id}/mutes/{topic}"): None,
@@ -194,6 +196,7 @@ async def _seed_app_a(client: httpx.AsyncClient, names: Names) -> Names:
     for method, path, body in (
         ("PUT", f"/v1/topics/{names.topic}/subscribers/{names.user}", None),
         ("PUT", f"/v1/users/{names.user}/preferences", {"time_zone": "Europe/Berlin"}),
+        ("PUT", f"/v1/users/{names.user}/tags", {"plan": "premium"}),
         ("PUT", f"/v1/users/{names.user}/mutes/{names.topic}", None),
         ("PUT", f"/v1/frequency-caps/{names.category}", {"max": 2, "window_seconds": 3600}),
         (
@@ -353,6 +356,8 @@ async def test_for_a_key_of_app_b_every_resource_of_app_a_does_not_exist(
         assert preferences.json()["time_zone"] == "Europe/Berlin"
         assert preferences.json()["opted_out"] is False
         assert [m["topic"] for m in preferences.json()["mutes"]] == [a.topic]
+        tags = await client.get(f"/v1/users/{a.user}/tags")
+        assert tags.status_code == 200 and tags.json()["tags"] == {"plan": "premium"}, tags.text
         listed = await client.get(f"/v1/users/{a.user}/subscriptions")
         assert [s["topic"] for s in listed.json()["items"]] == [a.topic]
         # A's import finds A's user and A's subscription: already there, unchanged.

@@ -328,6 +328,23 @@ def test_a_bad_publish_option_names_it(settings: Settings) -> None:
     assert "Traceback" not in refused.stderr
 
 
+def test_a_bad_filter_names_the_option_and_the_field(settings: Settings) -> None:
+    not_json = fanout(settings, "publish", "author:x", "--title", "t", "--filter", "{plan")
+    assert not_json.returncode == 2 and "--filter" in not_json.stderr
+    bad = fanout(
+        settings,
+        "publish",
+        "author:x",
+        "--title",
+        "t",
+        "--filter",
+        '{"tags": {"age": {"gte": "18"}}}',
+    )
+    assert bad.returncode == 2
+    assert "--filter" in bad.stderr and "filter.tags.age.gte" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 def test_publish_each_kind_from_the_command_line(settings: Settings) -> None:
     assert fanout(settings, "queues", "create").returncode == 0
     background = fanout(

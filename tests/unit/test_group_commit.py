@@ -56,6 +56,8 @@ def test_only_events_not_held_are_grouped() -> None:
     )
     assert not groupable(PublishOptions(send_at=datetime(2099, 1, 1, tzinfo=UTC)))
     assert not groupable(PublishOptions(deliver_at_local=time(9)))
+    # A tag filter is committed with its event, one at a time.
+    assert not groupable(PublishOptions(tag_filter={"eq": {"plan": "premium"}, "conds": []}))
 
 
 async def test_concurrent_publishes_each_get_their_own_event(

@@ -94,7 +94,8 @@ class EventStatus(BaseModel):
     failure_reasons: dict[str, int]
     held_back: dict[str, int] = Field(
         description="Not sent on purpose, by reason: recipients the fan-out filtered out "
-        "(e.g. opted_out, muted, capped; deferred: inside their quiet hours, sent later "
+        "(e.g. filtered: their tags do not match the filter; opted_out, muted, capped; "
+        "deferred: inside their quiet hours, sent later "
         "(see deferred); quiet_hours: inside them, dropped), subscribers a cancelled or "
         "expired fan-out did not read (cancelled, expired), and devices of batches not "
         "sent because the event was cancelled or expired while they waited (cancelled, "

@@ -89,6 +89,8 @@ class PublishOptions:
     quiet_hours: QuietHours = "defer"
     expires_at: datetime | None = None
     throttle_per_minute: int | None = None
+    # The tag filter, compiled (fanout/tags.compile_filter); None: everyone.
+    tag_filter: dict[str, Any] | None = None
 
     def fingerprinted(self) -> dict[str, Any]:
         """What an idempotency key binds besides the notification: the options set (none
@@ -101,6 +103,7 @@ class PublishOptions:
             "quiet_hours": None if self.quiet_hours == "defer" else self.quiet_hours,
             "expires_at": self.expires_at.astimezone(UTC).isoformat() if self.expires_at else None,
             "throttle_per_minute": self.throttle_per_minute,
+            "filter": self.tag_filter,
         }
         return {name: value for name, value in chosen.items() if value is not None}
 
@@ -240,6 +243,7 @@ async def record_event(
             held_until=held_until,
             throttle_per_minute=options.throttle_per_minute,
             app_default_throttle=True,
+            tag_filter=options.tag_filter,
         )
         if event_id is not None:
             if waves:

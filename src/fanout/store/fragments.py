@@ -120,6 +120,31 @@ def schedule_parameters(first: int) -> dict[str, str]:
 # its reason, so the cursor moves past them and the shard counts them at its checkpoint.
 
 AUDIENCE_RULES: tuple[tuple[str, str], ...] = (
+    # The event's tag filter (issue #25, compiled by fanout/tags.compile_filter): a user
+    # whose tags do not match is not of the audience, counted as filtered. Equalities are
+    # one jsonb containment, the other operators one condition each on the user's tag. For
+    # an event without a filter the CASE stops at the ``filt`` row (read once per
+    # statement): no probe. With one: users_pkey, one probe per subscriber.
+    (
+        "filtered",
+        """CASE WHEN (SELECT f FROM filt) IS NULL THEN false ELSE NOT (
+            SELECT u.tags @> (fl.f -> 'eq') AND NOT EXISTS (
+                SELECT 1 FROM jsonb_array_elements(fl.f -> 'conds') AS c
+                WHERE NOT coalesce(CASE c ->> 'op'
+                    WHEN 'exists' THEN (u.tags ? (c ->> 'key')) = (c -> 'value')::boolean
+                    WHEN 'in' THEN (c -> 'value') @> jsonb_build_array(u.tags -> (c ->> 'key'))
+                    ELSE jsonb_typeof(u.tags -> (c ->> 'key')) = 'number' AND CASE c ->> 'op'
+                        WHEN 'gt' THEN (u.tags ->> (c ->> 'key'))::numeric
+                                       > (c ->> 'value')::numeric
+                        WHEN 'gte' THEN (u.tags ->> (c ->> 'key'))::numeric
+                                        >= (c ->> 'value')::numeric
+                        WHEN 'lt' THEN (u.tags ->> (c ->> 'key'))::numeric
+                                       < (c ->> 'value')::numeric
+                        WHEN 'lte' THEN (u.tags ->> (c ->> 'key'))::numeric
+                                        <= (c ->> 'value')::numeric
+                    END END, false))
+            FROM users AS u, filt AS fl WHERE u.id = sub.user_id) END""",
+    ),
     # No index of its own: ``p`` is the row the page already probed (user_preferences_pkey).
     ("opted_out", "p.opted_out OR {category}::text = ANY(p.opted_out_categories)"),
     # Index: topic_mutes_pkey (user_id, topic_id), one probe per subscriber. A mute whose
@@ -161,6 +186,8 @@ _CAPS = """caps AS MATERIALIZED (
     SELECT category, max_sends, window_seconds FROM frequency_caps
     WHERE app_id = (SELECT e.app_id FROM events AS e WHERE e.id = {event}::bigint)
       AND (category = '*' OR category = {category}::text)
+), filt AS MATERIALIZED (
+    SELECT e.tag_filter AS f FROM events AS e WHERE e.id = {event}::bigint
 )"""
 
 

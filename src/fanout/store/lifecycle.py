@@ -84,13 +84,14 @@ INSERT_EVENT = """
 INSERT INTO events
     (app_id, topic_id, user_id, notification, api_key_id, idempotency_key, request_fingerprint,
      due_at, status, send_at, deliver_at_local, quiet_hours, expires_at, live_activity_id,
-     throttle_per_minute)
+     throttle_per_minute, tag_filter)
 VALUES ($13, $1, $2, $3, $4, $5, $6,
         coalesce($12, now() + make_interval(secs => $7)),
         CASE WHEN $12::timestamptz IS NULL THEN 'pending' ELSE 'scheduled' END,
         $8, $9, $10, $11, $14,
         coalesce($15::integer, CASE WHEN $16::boolean THEN
-            (SELECT a.default_throttle_per_minute FROM apps AS a WHERE a.id = $13) END))
+            (SELECT a.default_throttle_per_minute FROM apps AS a WHERE a.id = $13) END),
+        $17)
 ON CONFLICT (idempotency_key, app_id, api_key_id) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """
@@ -314,6 +315,7 @@ async def create(
     live_activity_id: int | None = None,
     throttle_per_minute: int | None = None,
     app_default_throttle: bool = False,
+    tag_filter: dict[str, Any] | None = None,
 ) -> int | None:
     """Commit a pending event of the app, due ``overdue_after`` seconds on, or with
     ``held_until`` a scheduled one, due then; its id, or None when this scope (the app and
@@ -338,6 +340,7 @@ async def create(
         live_activity_id,
         throttle_per_minute,
         app_default_throttle,
+        tag_filter,
     )
     return event_id
 

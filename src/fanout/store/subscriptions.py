@@ -13,7 +13,7 @@ docstring, and takes its parameters by name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -268,3 +268,31 @@ async def export_subscriptions_page(
         EXPORT_SUBSCRIPTIONS_PAGE, app_id, after_topic_id, after_user_id, limit
     )
     return rows
+
+
+# Index: users_app_external_id_key (unique). A user's tags replaced whole, the user created
+# if new (issue #25); checked by the caller (fanout/tags.check_tags). $2: the app.
+PUT_USER_TAGS = """
+INSERT INTO users (app_id, external_id, tags) VALUES ($2, $1, $3)
+ON CONFLICT (app_id, external_id) DO UPDATE SET tags = EXCLUDED.tags
+"""
+
+# Index: users_app_external_id_key. No row for a user the app $2 does not have.
+USER_TAGS = "SELECT tags FROM users WHERE app_id = $2 AND external_id = $1"
+
+
+async def put_user_tags(
+    conn: asyncpg.Connection, *, app_id: int, user: str, tags: Mapping[str, object]
+) -> None:
+    """Replace the tags of the app's user ``user``, creating the user if new
+    (``PUT_USER_TAGS``)."""
+    await conn.execute(PUT_USER_TAGS, user, app_id, tags)
+
+
+async def user_tags(
+    conn: asyncpg.Connection, *, app_id: int, user: str
+) -> dict[str, object] | None:
+    """The tags of the app's user ``user``; None for a user it does not have
+    (``USER_TAGS``)."""
+    row = await conn.fetchrow(USER_TAGS, user, app_id)
+    return None if row is None else dict(row["tags"])

@@ -70,6 +70,33 @@ async def get_preferences(
     )
 
 
+@router.put(
+    "/v1/users/{user_id}/tags",
+    status_code=204,
+    responses=schemas.problems(401, 403),
+)
+async def put_tags(
+    user_id: schemas.UserPath, body: schemas.TagsIn, key: Manager, pool: Pool
+) -> Response:
+    """Replace a user's tags (the user is created if new); a publish's filter targets them."""
+    async with pool.acquire() as conn:
+        await subscriptions.put_user_tags(conn, app_id=key.app_id, user=user_id, tags=body.root)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/v1/users/{user_id}/tags",
+    responses=schemas.problems(401, 403, 404),
+)
+async def get_tags(user_id: schemas.UserPath, key: Reader, pool: Pool) -> schemas.TagsOut:
+    """A user's tags."""
+    async with pool.acquire() as conn:
+        tags = await subscriptions.user_tags(conn, app_id=key.app_id, user=user_id)
+    if tags is None:
+        raise HTTPException(404, "no such user")
+    return schemas.TagsOut(user_id=user_id, tags=tags)
+
+
 @router.post(
     "/v1/preferences",
     responses=schemas.problems(401, 403),

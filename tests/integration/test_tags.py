@@ -1,0 +1,131 @@
+"""Tag filters in the fan-out's page query, on real PostgreSQL and SQS: each operator
+chooses in SQL the users tests/unit/test_tags.py's reference chooses, and those left out
+get nothing and are counted ``filtered``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+
+from fanout.config import Settings
+from fanout.notification import Notification
+from fanout.queue.messages import FanoutTask, decode
+from fanout.queue.sqs import Queues
+from fanout.stages.fanout import plan_event, run_shard
+from fanout.stages.progress import load_event_status
+from fanout.stages.publish import PublishOptions, record_event
+from fanout.store import subscriptions
+from fanout.store.apps import DEFAULT_APP_ID
+from fanout.tags import compile_filter, matches
+from tests.helpers import Topic, batches_of, device_counts, drain, make_topic
+
+PLAIN = Notification(title="Hello")
+
+# Cycled over the topic's subscribers (make_topic: user i has device i).
+PROFILES: list[dict[str, Any]] = [
+    {"plan": "premium", "country": "DE", "age": 31},
+    {"plan": "free", "country": "AT", "age": 17},
+    {"plan": "premium", "country": "FR", "age": 18, "beta": True},
+    {"plan": "premium", "age": "18"},
+    {},
+]
+
+
+async def tag_topic(pool: asyncpg.Pool, size: int) -> tuple[Topic, list[dict[str, Any]]]:
+    topic = await make_topic(pool, size)
+    given = [PROFILES[i % len(PROFILES)] for i in range(size)]
+    rows = await pool.fetch(
+        "SELECT id, external_id FROM users WHERE id = ANY($1::bigint[])", topic.user_ids
+    )
+    external = {r["id"]: r["external_id"] for r in rows}
+    async with pool.acquire() as conn:
+        for user_id, tags in zip(topic.user_ids, given, strict=True):
+            await subscriptions.put_user_tags(
+                conn, app_id=DEFAULT_APP_ID, user=external[user_id], tags=tags
+            )
+    return topic, given
+
+
+async def fan_out(
+    topic: Topic,
+    tag_filter: dict[str, Any] | None,
+    pool: asyncpg.Pool,
+    queues: Queues,
+    settings: Settings,
+) -> tuple[int, set[int]]:
+    settings = settings.model_copy(update={"shard_size": 17, "page_size": 5})
+    options = PublishOptions(tag_filter=compile_filter(tag_filter))
+    event = await record_event(pool, PLAIN, topic=topic.key, options=options)
+    await plan_event(event.event_id, pool, queues, settings)
+    for body in await drain(queues.fanout):
+        task = decode(body)
+        assert isinstance(task, FanoutTask) and task.shard is not None
+        await run_shard(event.event_id, task.shard, pool, queues, settings)
+    counts = device_counts(batches_of(await drain(queues.delivery)))
+    assert set(counts.values()) <= {1}
+    return event.event_id, set(counts)
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {"plan": "premium"},
+        {"country": {"in": ["DE", "AT"]}},
+        {"age": {"gt": 18}},
+        {"age": {"gte": 18}},
+        {"age": {"lt": 18}},
+        {"age": {"lte": 18}},
+        {"beta": {"exists": True}},
+        {"beta": {"exists": False}},
+        {"plan": "premium", "age": {"gte": 18}, "country": {"in": ["DE", "FR"]}},
+    ],
+)
+async def test_a_filter_sends_to_exactly_the_matching_subscribers_and_counts_the_rest(
+    tags: dict[str, Any], pool: asyncpg.Pool, queues: Queues, settings: Settings
+) -> None:
+    topic, given = await tag_topic(pool, 40)
+    compiled = compile_filter({"tags": tags})
+    assert compiled is not None
+    chosen = {d for d, t in zip(topic.device_ids, given, strict=True) if matches(t, compiled)}
+
+    event, devices = await fan_out(topic, {"tags": tags}, pool, queues, settings)
+
+    assert devices == chosen
+    status = await load_event_status(pool, event)
+    assert status is not None
+    left_out = 40 - len(chosen)
+    assert status.held_back == ({"filtered": left_out} if left_out else {})
+
+
+async def test_without_a_filter_everyone_is_sent_to(
+    pool: asyncpg.Pool, queues: Queues, settings: Settings
+) -> None:
+    topic, _ = await tag_topic(pool, 12)
+    event, devices = await fan_out(topic, None, pool, queues, settings)
+    assert devices == set(topic.device_ids)
+    status = await load_event_status(pool, event)
+    assert status is not None and status.held_back == {}
+
+
+async def test_a_one_to_one_send_with_a_filter_goes_out_only_if_the_user_matches(
+    pool: asyncpg.Pool, queues: Queues, settings: Settings
+) -> None:
+    topic, _ = await tag_topic(pool, 2)  # user 0: premium, user 1: free
+    user = await pool.fetchval("SELECT external_id FROM users WHERE id = $1", topic.user_ids[1])
+    premium_only = PublishOptions(tag_filter=compile_filter({"tags": {"plan": "premium"}}))
+    free_only = PublishOptions(tag_filter=compile_filter({"tags": {"plan": "free"}}))
+    sent = {}
+    for name, options in (("premium", premium_only), ("free", free_only)):
+        event = await record_event(pool, PLAIN, user=user, options=options)
+        await plan_event(event.event_id, pool, queues, settings)
+        for body in await drain(queues.fanout):
+            task = decode(body)
+            assert isinstance(task, FanoutTask) and task.shard is not None
+            await run_shard(event.event_id, task.shard, pool, queues, settings)
+        sent[name] = set(device_counts(batches_of(await drain(queues.delivery))))
+        status = await load_event_status(pool, event.event_id)
+        assert status is not None
+        assert status.held_back == ({"filtered": 1} if name == "premium" else {})
+    assert sent == {"premium": set(), "free": {topic.device_ids[1]}}
