@@ -380,6 +380,9 @@ CONSOLE_PAGES = {
     ("GET", "/console/where"): "/console/where?event={event_id}&user={user_id}",
     ("GET", "/console/queues"): "/console/queues",
     ("POST", "/console/queues/{role}/redrive"): "/console/queues/fanout/redrive",
+    # Switching app: an admin's session only; B's, as for an app that never was, 404
+    # (tests/console/test_app_switcher.py switches to A's app by name).
+    ("POST", "/console/app"): "/console/app",
 }
 # Sign-in and out: no app's data either way.
 CONSOLE_SESSION_ROUTES = {
