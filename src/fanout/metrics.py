@@ -135,8 +135,9 @@ AUDIENCE_HELD_BACK = Counter(
     "fanout_audience_held_back",
     "Recipients the fan-out held back on purpose (opted_out, muted, capped, deferred, "
     "quiet_hours, and those a stopped shard did not read: cancelled, expired) and devices a "
-    "batch held back (cancelled, expired), by reason",
-    ["reason"],
+    "batch held back (cancelled, expired, superseded), by reason and app (its key; empty with "
+    "FANOUT_METRICS_APP_LABEL=false)",
+    ["reason", "app"],
 )
 SQS_MESSAGES = Gauge(
     "fanout_sqs_messages",
