@@ -466,3 +466,11 @@ async def test_a_live_activity_update_of_app_a_does_not_exist_for_a_key_of_app_b
         assert mine.status_code == 200 and mine.json()["live_activity"] is not None, mine.text
         theirs = await client.get(f"/v1/events/{b_event}")
         assert theirs.status_code == 404, theirs.text
+    # Each app's updates are counted under its own key (the operator's /metrics needs none).
+    async with tenants.client() as operator:
+        scraped = (await operator.get("/metrics")).text
+    published = [line for line in scraped.splitlines() if "events_published" in line]
+    for app in ("alpha-app", "beta-app"):
+        assert f'fanout_events_published_total{{app="{app}",kind="live_activity"}}' in scraped, (
+            published
+        )

@@ -9,6 +9,7 @@ from fanout.api import schemas
 from fanout.api.auth import Canceller, Publisher, Reader
 from fanout.api.keys import ApiKey
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, ApiState, Pool, State
+from fanout.metrics import app_label
 from fanout.notification import CRITICAL_NOT_ALLOWED, Notification, critical_asked
 from fanout.stages.progress import EventStatus, load_event_status
 from fanout.stages.publish import (
@@ -111,7 +112,7 @@ async def _publish(
             "topic, user or notification); send a new key for a new request",
         ) from None
     if published.created:
-        state.metrics.published.labels("topic" if topic else "user").inc()
+        state.metrics.published.labels("topic" if topic else "user", app_label(key.app)).inc()
         if not published.enqueued:
             state.metrics.enqueue_failures.inc()
     return schemas.EventAccepted(event_id=published.event_id, created=published.created)
