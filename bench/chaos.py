@@ -12,6 +12,11 @@ the database or the sink, never from the clock), then waits until the event is t
 or has settled without being terminal, stalls, or times out. "lost" is the devices the
 sink never saw; "duplicates" the pushes it saw again.
 
+With ``--webhooks`` every app has a webhook endpoint (event.finished, devices.retired,
+devices.failed) on a receiver in this process, which the workers' webhook senders call
+through the fault: at the end, the rows written to the outbox (webhook_deliveries) are
+compared with the webhook-ids received; "lost" there is the rows never received.
+
 With ``--apps N`` the devices are split over N apps (``chaos-1`` …), each with a topic of
 its own, and a scenario publishes an event to each at once; the sink counts each event's
 pushes, so lost and duplicates are counted per app. A fault's point is judged over all
@@ -23,10 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.server
 import random
 import secrets
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +46,8 @@ import orjson
 from pydantic import SecretStr
 
 from fanout.config import Settings
+from fanout.credentials.sealing import generate_key
+from fanout.credentials.stored import keyring
 from fanout.local.demo import DeviceShape, seed
 from fanout.local.faults import (
     TERMINAL_STATUSES,
@@ -54,10 +63,12 @@ from fanout.local.workers import WorkerProcess, worker_environment
 from fanout.notification import Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import Queues, open_client, open_queues
-from fanout.stages.publish import publish
+from fanout.stages.publish import PublishOptions, publish
 from fanout.store import apps, connect, create_pool
 from fanout.store.lifecycle import FANNING, EventState
 from fanout.store.migrate import migrate
+from fanout.webhooks.addresses import system_resolver
+from fanout.webhooks.endpoints import register
 
 # The workers' settings. Batches of 64 KB (~1,200 devices) rather than 1 MiB, so that
 # 100,000 devices make ~85 batches for a fault to land among. Leases (the visibility
@@ -387,6 +398,89 @@ class Watcher:
         await self._http.aclose()
 
 
+class HookCounter:
+    """A webhook receiver on loopback counting the webhook-ids it was sent (no signature
+    check: tests/integration/test_webhooks.py checks every one)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        counter = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["content-length"]))
+                webhook_id = self.headers["webhook-id"]
+                counter.ids[webhook_id] = counter.ids.get(webhook_id, 0) + 1
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+WEBHOOK_SETTINGS = {
+    "FANOUT_WEBHOOK_ALLOW_PRIVATE": "true",  # the receiver is on loopback
+    "FANOUT_WEBHOOK_RETRY_BASE_SECONDS": "1",
+}
+
+
+async def _register_hooks(
+    settings: Settings, database_url: str, audiences: list[Audience], url: str
+) -> None:
+    conn = await connect(database_url)
+    try:
+        for audience in audiences:
+            await register(
+                conn,
+                app_id=audience.app_id,
+                url=url,
+                kinds=["event.finished", "devices.retired", "devices.failed"],
+                keyring=keyring(settings),
+                resolver=system_resolver,
+                allow_private=True,
+            )
+    finally:
+        await conn.close()
+
+
+async def _webhooks_judged(
+    database_url: str, hooks: HookCounter, wait_seconds: float
+) -> dict[str, int]:
+    """Once no row is pending (or ``wait_seconds`` on): rows written, received, lost, and
+    repeats."""
+    conn = await connect(database_url)
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            pending = await conn.fetchval(
+                "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"
+            )
+            if pending == 0:
+                break
+            await asyncio.sleep(0.5)
+        written = {
+            r["webhook_id"] for r in await conn.fetch("SELECT webhook_id FROM webhook_deliveries")
+        }
+    finally:
+        await conn.close()
+    received = set(hooks.ids)
+    return {
+        "written": len(written),
+        "received": len(written & received),
+        "lost": len(written - received),
+        "repeats": sum(n - 1 for n in hooks.ids.values()),
+    }
+
+
 async def run_scenario(
     name: str,
     pg: PrivatePostgres,
@@ -406,6 +500,7 @@ async def run_scenario(
         "FANOUT_SQS_ENDPOINT_URL": moto.url,
         "FANOUT_QUEUE_PREFIX": f"chaos-{secrets.token_hex(3)}",
         "FANOUT_SHARD_SIZE": str(max(1000, devices // 4)),
+        **({**WEBHOOK_SETTINGS, "FANOUT_SECRET_KEY": generate_key()} if args.webhooks else {}),
     }
     settings = Settings(
         **{k.removeprefix("FANOUT_").lower(): v for k, v in fanout_env.items()},
@@ -414,6 +509,11 @@ async def run_scenario(
     async with contextlib.AsyncExitStack() as stack:
         async with open_client(settings) as client:
             await create_queues(client, settings)
+        hooks = None
+        if args.webhooks:
+            hooks = HookCounter()
+            stack.callback(hooks.close)
+            await _register_hooks(settings, pg.url(database), audiences, hooks.url)
         sink_port = free_port()
         sink = await asyncio.to_thread(_start_sink, sink_port, logs / f"{name}-sink.log")
         stack.callback(_stop, sink)
@@ -437,7 +537,7 @@ async def run_scenario(
             await conn.close()
         async with open_client(settings) as client:
             queues = await open_queues(client, settings)
-            run.event_ids = await _publish(settings, queues, audiences)
+            run.event_ids = await _publish(settings, queues, audiences, args.throttle)
             run.event_id = run.event_ids[0]
         started = time.monotonic()
         watcher = Watcher(pg.url(database), f"http://127.0.0.1:{sink_port}", run.event_ids)
@@ -449,6 +549,9 @@ async def run_scenario(
             await fault.dead_lettered(run)
         stats = await watcher.sink_stats()
         dead_letters = await _dead_letters(settings)
+        webhooks = None
+        if hooks is not None:  # the workers still run: they send what is left
+            webhooks = await _webhooks_judged(pg.url(database), hooks, args.timeout)
     await _admin(pg.dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     run.notes.append(fault.summary())
     if fault.missed and not isinstance(fault, NoFault):
@@ -489,7 +592,9 @@ async def run_scenario(
         "fault": "; ".join(note for note in run.notes if note) or "none",
         "dead_letters": dead_letters,
         "event_id": run.event_id,
+        **({"throttle_per_minute": args.throttle} if args.throttle else {}),
         **({"apps": per_app} if len(audiences) > 1 else {}),
+        **({"webhooks": webhooks} if webhooks is not None else {}),
         "env": {k: v for k, v in fanout_env.items() if k in {*PACED_FANOUT, "FANOUT_SHARD_SIZE"}},
     }
 
@@ -578,12 +683,19 @@ async def _stop_workers(workers: list[WorkerProcess]) -> None:
     await asyncio.gather(*(asyncio.to_thread(w.stop, 10.0) for w in workers))
 
 
-async def _publish(settings: Settings, queues: Queues, audiences: list[Audience]) -> list[int]:
-    """An event to each app's topic, published together; their ids."""
+async def _publish(
+    settings: Settings, queues: Queues, audiences: list[Audience], throttle: int | None = None
+) -> list[int]:
+    """An event to each app's topic, published together (paced at ``throttle`` devices a
+    minute, if given); their ids."""
+    options = PublishOptions(throttle_per_minute=throttle)
     pool = await create_pool(settings, min_size=1, max_size=len(audiences))
     try:
         published = await asyncio.gather(
-            *(publish(pool, queues, NOTE, app_id=a.app_id, topic=a.topic) for a in audiences)
+            *(
+                publish(pool, queues, NOTE, app_id=a.app_id, topic=a.topic, options=options)
+                for a in audiences
+            )
         )
         return [int(p.event_id) for p in published]
     finally:
@@ -656,6 +768,13 @@ def print_row(result: dict[str, Any] | None) -> None:
         flush=True,
     )
     print(f"{'':<22}  fault: {result['fault']}", flush=True)
+    if "webhooks" in result:
+        hooks = result["webhooks"]
+        print(
+            f"{'':<22}  webhooks: {hooks['received']:,} of {hooks['written']:,} rows received, "
+            f"{hooks['lost']:,} lost, {hooks['repeats']:,} repeats (same webhook-id)",
+            flush=True,
+        )
     for app in result.get("apps", []):
         print(
             f"{'':<22}  {app['app']}: {app['delivered']:,} of {app['devices']:,} delivered, "
@@ -713,9 +832,21 @@ def main() -> None:
         "longer than a lease (60 s), which is what recovery may wait for",
     )
     parser.add_argument("--seed", type=int, default=1, help="for the worker kills")
+    parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="an endpoint per app; count the outbox's rows received (lost: never received)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
     parser.add_argument(
         "--apps", type=int, default=1, help="split the devices over this many apps, an event each"
+    )
+    parser.add_argument(
+        "--throttle",
+        type=int,
+        default=None,
+        help="pace the events at N devices a minute (throttle_per_minute): the faults then "
+        "land on a schedule kept in PostgreSQL",
     )
     asyncio.run(main_async(parser.parse_args()))
 

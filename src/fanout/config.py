@@ -9,7 +9,7 @@ import errno
 import os
 import socket
 import zoneinfo
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fanout.errors import FanoutError
 from fanout.retry import Backoff
+
+if TYPE_CHECKING:
+    from fanout.open_tokens import OpenTokens
 
 # runtime/eventloop.py: uvloop when installed, or the one named.
 EventLoopChoice = Literal["auto", "asyncio", "uvloop"]
@@ -306,6 +309,45 @@ class Settings(BaseSettings):
             return []
         return [k.strip() for k in self.previous_secret_keys.get_secret_value().split(",")]
 
+    # --- Opens and clicks (open_tokens.py) ------------------------------------------------
+    open_token_key: SecretStr | None = Field(
+        default=None,
+        description="The key every push's `fo_open` open token is signed with (at least 32 "
+        "characters). Unset: derived from FANOUT_SECRET_KEY; neither set, opens are off "
+        "(no `fo_open`, POST /v1/opens answers 404).",
+    )
+
+    @field_validator("open_token_key")
+    @classmethod
+    def _open_token_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value().strip()) < 32:
+            raise ValueError("must be at least 32 characters")  # never echoes the key
+        return key
+
+    open_window_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="How long after an event is published its opens are counted; a token "
+        "posted later (a replay) is accepted and ignored.",
+    )
+    opens_per_minute_per_address: int = Field(
+        default=600,
+        ge=1,
+        description="POST /v1/opens: how many a client address may post a minute (then 429).",
+    )
+
+    def open_tokens(self) -> OpenTokens | None:
+        """The open token minter and checker, or None when opens are off."""
+        from fanout.credentials.sealing import decode_key
+        from fanout.open_tokens import OpenTokens, derive_key
+
+        if self.open_token_key is not None:
+            return OpenTokens(self.open_token_key.get_secret_value().strip().encode())
+        if self.secret_key is not None:
+            return OpenTokens(derive_key(decode_key(self.secret_key.get_secret_value())))
+        return None
+
     event_loop: EventLoopChoice = Field(
         default="auto",
         description="`fanout worker`'s event loop: uvloop when installed (auto), or "
@@ -361,6 +403,49 @@ class Settings(BaseSettings):
         "thousands of apps.",
     )
 
+    # --- Webhooks (issue #24): the sender in every worker and the WebhookFunction -------
+    webhook_concurrency: int = Field(
+        default=16, ge=1, le=512, description="Webhook calls in flight per worker process."
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="How long a webhook call may take (connect to answer) before it counts "
+        "failed and is tried again later.",
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often an idle sender looks for due deliveries."
+    )
+    webhook_retry_base_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="The first wait before a failed webhook call is tried again; doubling, "
+        "at most an hour.",
+    )
+    webhook_retry_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="How long a delivery is retried before it is kept as failed (replayable).",
+    )
+    webhook_disable_after_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="An endpoint whose calls have all failed for this long is disabled "
+        "(a replay enables it again).",
+    )
+    webhook_keep_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="Delivered webhook rows are deleted this long after delivery (failed "
+        "ones are kept for a replay until their endpoint is deleted).",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Allow webhook endpoints on loopback, private and link-local addresses, "
+        "and http:// (development and tests only: a user's URL could reach your network).",
+    )
+
     # --- Reconciler: PostgreSQL drives liveness, the queue is transport ------------------
     reconcile_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often each worker looks for overdue work."
@@ -376,6 +461,20 @@ class Settings(BaseSettings):
         ge=1,
         le=30,
         description="Resends before a unit of work is given up and its devices count failed.",
+    )
+
+    # --- Paced sends (throttle_per_minute) ------------------------------------------------
+    pacing_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often each worker's pacer sends the paced batches that have come due.",
+    )
+    pacing_read_ahead_seconds: float = Field(
+        default=300.0,
+        ge=1,
+        description="How far ahead of now a paced event's fan-out reads and schedules its "
+        "devices; the rest is read from the shard's checkpoint when the time comes.",
     )
 
     # --- Scheduled and local-time delivery -------------------------------------------------
@@ -401,7 +500,15 @@ class Settings(BaseSettings):
         default=50.0, gt=0, description="Publish requests per second per API key (sustained)."
     )
     api_publish_burst: int = Field(default=100, ge=1, description="Publish requests in a burst.")
+    # Concurrent publishes share one transaction and one SQS request (stages/group_commit.py);
+    # a group holds at most this many events. 1: every publish commits alone.
+    api_publish_group_max: int = Field(
+        default=500, ge=1, le=1000, description="Events committed together at most."
+    )
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # POST /v1/imports/{kind} reads its NDJSON body as it arrives (memory flat whatever
+    # its size), so its limit is the size of an import, not of a request held in memory.
+    api_max_import_bytes: int = Field(default=4 * 1024**3, ge=1024)
     # A client that never finishes a request holds a file descriptor for as long as it
     # likes otherwise: 800 half-sent requests from one address were all kept 20 s
     # (api/connection_limits.py). nginx waits 60 s for headers; fanout's clients are
@@ -434,6 +541,11 @@ class Settings(BaseSettings):
         """When a delivery retry batch is sent again: FANOUT_RETRY_BASE_DELAY, doubling,
         at most SQS's longest message delay (15 minutes)."""
         return Backoff(first=float(self.retry_base_delay), cap=900.0)
+
+    def webhook_backoff(self) -> Backoff:
+        """When a failed webhook call is tried again: FANOUT_WEBHOOK_RETRY_BASE_SECONDS,
+        doubling, at most an hour apart."""
+        return Backoff(first=self.webhook_retry_base_seconds, cap=3600.0)
 
     def database_dsn(self) -> str:
         """The database URL, secret included; raises ``ConfigError`` when unset."""

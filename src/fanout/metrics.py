@@ -125,6 +125,14 @@ def open_event_gauges(rows: Sequence[OpenEvents]) -> list[GaugeMetricFamily]:
 
 
 # --- SQS ------------------------------------------------------------------------------
+# --- Webhooks (issue #24) ---------------------------------------------------------------
+WEBHOOK_CALLS = Counter(
+    "fanout_webhook_calls",
+    "Webhook calls by result: delivered (2xx), retry (failed, due again), failed (its "
+    "retry window is over, kept for a replay), refused (the address is not public)",
+    ["result"],
+)
+
 SQS_REQUESTS = Counter("fanout_sqs_requests", "SQS API calls by operation", ["operation"])
 SQS_BILLED_REQUESTS = Counter(
     "fanout_sqs_billed_requests",

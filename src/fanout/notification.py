@@ -85,7 +85,10 @@ Category = Annotated[str, StringConstraints(pattern=CATEGORY_PATTERN)]
 # Data keys a push service keeps for itself. FCM: "from", "message_type", "google.*",
 # "gcm.notification.*" (Message.data); APNs: "aps" is the payload's own dictionary, which
 # a data key of that name would replace.
-_RESERVED_DATA_KEYS = {"from": "FCM", "message_type": "FCM", "aps": "APNs"}
+_RESERVED_DATA_KEYS = {
+    "from": "FCM", "message_type": "FCM", "aps": "APNs",
+    "fo_open": "fanout (the open token, open_tokens.py)",
+}  # fmt: skip
 _RESERVED_DATA_PREFIXES = {"google.": "FCM", "gcm.notification.": "FCM"}
 # What only an alert shows; a background push carrying any of these is refused.
 ALERT_FIELDS = (
@@ -446,11 +449,14 @@ class RenderedNotification(BaseModel):
     fcm: FcmOverride | None = None
     webpush: WebPushOverride | None = None
     live_activity: LiveActivity | None = None
+    # The event whose push this is: its open tokens (``fo_open``) name it. None outside the
+    # delivery stage (a size check at publish, a test): no token is minted.
+    event_id: int | None = None
 
     def payload(self) -> dict[str, Any]:
         """The provider-neutral JSON form (what the sink receives): no platform blocks,
         nothing unset."""
-        neutral = self.model_dump(mode="json", exclude_none=True, exclude=_PLATFORM_BLOCKS)
+        neutral = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_NEUTRAL)
         if not self.actions:
             del neutral["actions"]
         if not self.mutable_content:
@@ -460,7 +466,8 @@ class RenderedNotification(BaseModel):
         return neutral
 
 
-_PLATFORM_BLOCKS = {"apns", "fcm", "webpush"}
+# The platform blocks, and the event (its open tokens are minted per provider).
+_NOT_NEUTRAL = {"apns", "fcm", "webpush", "event_id"}
 
 
 def pick_locale(available: dict[str, LocalizedText], locale: str | None) -> LocalizedText | None:
@@ -478,7 +485,11 @@ def pick_locale(available: dict[str, LocalizedText], locale: str | None) -> Loca
 
 
 def render(
-    notification: Notification, locale: str | None, *, collapse_key: str
+    notification: Notification,
+    locale: str | None,
+    *,
+    collapse_key: str,
+    event_id: int | None = None,
 ) -> RenderedNotification:
     """Resolve the notification for a device locale; the default text fills what is missing."""
     variant = pick_locale(notification.localized, locale) or LocalizedText()
@@ -505,4 +516,5 @@ def render(
         fcm=notification.fcm,
         webpush=notification.webpush,
         live_activity=notification.live_activity,
+        event_id=event_id,
     )

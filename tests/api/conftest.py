@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from fanout.api.keys import create_api_key
 from fanout.config import Settings
+from fanout.credentials.sealing import generate_key
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client
 from fanout.store import connect
@@ -97,7 +98,8 @@ def api(
 
     keys = asyncio.run(prepare())
     log = tmp_path_factory.mktemp("api") / "server.log"
-    process, url = start_server(settings, log)
+    # A key to seal webhook secrets under (POST /v1/webhooks needs one).
+    process, url = start_server(settings, log, FANOUT_SECRET_KEY=generate_key())
     try:
         yield ApiServer(url, settings, keys, log)
     finally:

@@ -66,11 +66,11 @@ async def test_each_kind_is_accepted(api: ApiServer, notification: dict[str, Any
          ["fcm", "android", "notification"], "data message"),
         # Each platform's final payload, overrides merged, against its own limit.
         ({"title": "t", "apns": {"payload": {"blob": BIG, "more": BIG[:200]}}}, ["apns"],
-         "the APNs payload renders to 4261 bytes (locale default); the limit is 4096 bytes"),
+         "the APNs payload with its open token renders to 4318 bytes (locale default); the limit is 4096 bytes"),
         ({"title": "t", "webpush": {"payload": {"blob": BIG}}}, ["webpush"],
-         "the Web Push payload, encrypted, renders to 4228 bytes"),
+         "the Web Push payload with its open token, encrypted, renders to 4285 bytes"),
         ({"title": "t", "data": {"a": BIG + "x" * 96}}, ["fcm"],
-         "the FCM notification and data renders to 4152 bytes"),
+         "the FCM notification and data with the open token renders to 4209 bytes"),
         # Apple grants critical alerts per app; this server has not been told it may.
         ({"title": "t", "interruption_level": "critical"}, ["interruption_level"],
          "FANOUT_APNS_ALLOW_CRITICAL"),

@@ -19,12 +19,26 @@ EXAMPLES_PER_OPERATION = 40
 # Publish options are checked against the clock and against each other (expires_at in the
 # future and after send_at), which an OpenAPI schema cannot say: a schema-valid publish may
 # rightly be a 422 naming the field (tests/api/test_schedule_api.py holds those). So may a
-# Live Activity update (Apple's rules per event: tests/api/test_kinds_api.py).
+# Live Activity update (Apple's rules per event: tests/api/test_kinds_api.py), and a batch
+# of 1:1 sends, each item's notification checked as the 1:1 route's is, and a webhook's URL
+# (tests/unit/test_addresses.py).
 CHECKED_BEYOND_THE_SCHEMA = {
     ("POST", "/v1/events"),
     ("POST", "/v1/users/{user_id}/notifications"),
+    ("POST", "/v1/notifications/batch"),
     ("POST", "/v1/live-activities/{activity_id}/updates"),
+    # A webhook's URL must be https:// on a public address, which is not a schema's to say.
+    ("POST", "/v1/webhooks"),
+    # An open token is checked by its HMAC, which is not a schema's to say either.
+    ("POST", "/v1/opens"),
 }
+
+
+# The bulk import's body is NDJSON text (POST /v1/imports/{kind}): sent as the UTF-8 of
+# whatever string is generated.
+@schemathesis.serializer("application/x-ndjson")
+def _ndjson(ctx: Any, value: Any) -> bytes:
+    return str(value).encode("utf-8", "surrogatepass")
 
 
 def test_api_meets_its_own_schema(api: ApiServer) -> None:

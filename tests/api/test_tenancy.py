@@ -21,11 +21,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from pydantic import SecretStr
 
 from fanout.api import create_app
 from fanout.api.console import pages as console_pages
 from fanout.api.keys import create_api_key
 from fanout.config import Settings
+from fanout.credentials.sealing import generate_key
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client
 from fanout.store import apps, connect
@@ -46,6 +48,8 @@ class Names:
     token: str
     device_id: int = 0
     event_id: int = 0
+    webhook_id: int = 0
+    delivery_id: int = 0
 
     def path_parameters(self) -> dict[str, str]:
         return {
@@ -55,6 +59,9 @@ class Names:
             "activity_id": self.activity,
             "device_id": str(self.device_id),
             "event_id": str(self.event_id),
+            "kind": "subscriptions",
+            "webhook_id": str(self.webhook_id),
+            "delivery_id": str(self.delivery_id),
         }
 
 
@@ -84,6 +91,8 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
         ("DELETE", "/v1/topics/{topic}/subscribers/{user_id}"): None,
         ("POST", "/v1/topics/{topic}/subscribers"): {"user_ids": [names.user]},
         ("GET", "/v1/users/{user_id}/subscriptions"): None,
+        # One NDJSON line: B's import knows none of A's users (each line rejected alike).
+        ("POST", "/v1/imports/{kind}"): {"topic": names.topic, "user_id": names.user},
         ("PUT", "/v1/users/{user_id}/preferences"): {"time_zone": "Asia/Tokyo"},
         ("GET", "/v1/users/{user_id}/preferences"): None,
         ("POST", "/v1/preferences"): {"items": [{"user_id": names.user, "opted_out": True}]},
@@ -94,6 +103,9 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
         ("DELETE", "/v1/frequency-caps/{category}"): None,
         ("POST", "/v1/events"): {"topic": names.topic, "notification": {"title": "from B"}},
         ("POST", "/v1/users/{user_id}/notifications"): {"notification": {"title": "from B"}},
+        ("POST", "/v1/notifications/batch"): {
+            "items": [{"user_id": names.user, "notification": {"title": "from B"}}]
+        },
         ("GET", "/v1/events/{event_id}"): None,
         ("POST", "/v1/events/{event_id}/cancel"): None,
         ("POST", "/v1/live-activities/{activity_id}/tokens"): {
@@ -106,16 +118,29 @@ def bodies(names: Names) -> dict[tuple[str, str], Any]:
             "content_state": {"score": "from B"},
             "priority": 10,
         },
+        # A public address given as such: nothing is resolved, nothing is called.
+        ("POST", "/v1/webhooks"): {
+            "url": "https://93.184.215.14/hook",
+            "kinds": ["event.finished"],
+        },
+        ("GET", "/v1/webhooks"): None,
+        ("GET", "/v1/webhooks/{webhook_id}"): None,
+        ("DELETE", "/v1/webhooks/{webhook_id}"): None,
+        ("POST", "/v1/webhooks/{webhook_id}/test"): None,
+        ("POST", "/v1/webhooks/{webhook_id}/replay"): None,
+        ("POST", "/v1/webhooks/deliveries/{delivery_id}/replay"): None,
     }
 
 
 # Routes that need no key: liveness and the Prometheus scrape, for the operator.
-WITHOUT_KEY = {("GET", "/healthz"), ("GET", "/metrics")}
+# POST /v1/opens: the fo_open token is the credential (an app reports from the phone).
+WITHOUT_KEY = {("GET", "/healthz"), ("GET", "/metrics"), ("POST", "/v1/opens")}
 # The admin scope's routes: an app's key (with every app scope) is refused them.
 ADMIN_ROUTES = {
     ("GET", "/v1/apps"),
     ("POST", "/v1/apps"),
     ("GET", "/v1/apps/{app}"),
+    ("PATCH", "/v1/apps/{app}"),
     ("DELETE", "/v1/apps/{app}"),
     ("PUT", "/v1/apps/{app}/credentials/{provider}"),
     ("DELETE", "/v1/apps/{app}/credentials/{provider}"),
@@ -193,6 +218,10 @@ async def _seed_app_a(client: httpx.AsyncClient, names: Names) -> Names:
         },
     )
     assert event.status_code == 202, event.text
+    webhook = await client.post("/v1/webhooks", json=bodies(names)[("POST", "/v1/webhooks")])
+    assert webhook.status_code == 201, webhook.text
+    test = await client.post(f"/v1/webhooks/{webhook.json()['id']}/test")
+    assert test.status_code == 202, test.text
     return Names(
         user=names.user,
         topic=names.topic,
@@ -201,11 +230,15 @@ async def _seed_app_a(client: httpx.AsyncClient, names: Names) -> Names:
         token=names.token,
         device_id=device.json()["id"],
         event_id=event.json()["event_id"],
+        webhook_id=webhook.json()["id"],
+        delivery_id=test.json()["delivery_id"],
     )
 
 
 @pytest.fixture
 async def tenants(settings: Settings) -> AsyncIterator[Tenants]:
+    # Webhook secrets are stored sealed: a key to seal them with.
+    settings = settings.model_copy(update={"secret_key": SecretStr(generate_key())})
     async with open_client(settings) as client:
         await create_queues(client, settings)
     conn = await connect(settings.database_dsn())
@@ -216,7 +249,7 @@ async def tenants(settings: Settings) -> AsyncIterator[Tenants]:
             assert await apps.insert_app(conn, key=key, name=key, settings={}) is not None
         # Ids no page holds by chance (a "1" is in every page), so that an answer can be
         # compared with the ids it was asked about taken out.
-        for table in ("devices", "events"):
+        for table in ("devices", "events", "webhook_endpoints", "webhook_deliveries"):
             await conn.execute(
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                 f"{secrets.randbelow(10**6) + 7 * 10**6})"
@@ -242,6 +275,8 @@ async def tenants(settings: Settings) -> AsyncIterator[Tenants]:
             token=tenants.b_never.token,
             device_id=tenants.a.device_id + 10_000,
             event_id=tenants.a.event_id + 10_000,
+            webhook_id=tenants.a.webhook_id + 10_000,
+            delivery_id=tenants.a.delivery_id + 10_000,
         )
         yield tenants
 
@@ -254,7 +289,7 @@ def _normalised(text: str, names: Names) -> str:
     """An answer with the names it was asked about replaced: what is left must not differ."""
     for value in (names.user, names.topic, names.category, names.activity):
         text = text.replace(value, "<name>")
-    for number in (names.device_id, names.event_id):
+    for number in (names.device_id, names.event_id, names.webhook_id, names.delivery_id):
         text = re.sub(rf"\b{number}\b", "<id>", text)
     return text
 
@@ -320,6 +355,12 @@ async def test_for_a_key_of_app_b_every_resource_of_app_a_does_not_exist(
         assert [m["topic"] for m in preferences.json()["mutes"]] == [a.topic]
         listed = await client.get(f"/v1/users/{a.user}/subscriptions")
         assert [s["topic"] for s in listed.json()["items"]] == [a.topic]
+        # A's import finds A's user and A's subscription: already there, unchanged.
+        imported = await client.post(
+            "/v1/imports/subscriptions", json={"topic": a.topic, "user_id": a.user}
+        )
+        assert imported.status_code == 200, imported.text
+        assert (imported.json()["unchanged"], imported.json()["rejected"]) == (1, 0)
         caps = await client.get("/v1/frequency-caps")
         assert [(c["category"], c["max"]) for c in caps.json()] == [(a.category, 2)]
         # A's activity holds A's token alone (registered again: its row, 200) and A's
@@ -332,6 +373,14 @@ async def test_for_a_key_of_app_b_every_resource_of_app_a_does_not_exist(
         assert updated.status_code == 202 and updated.json()["priority_10_last_hour"] == 2
         cancelled = await client.post(f"/v1/events/{a.event_id}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        hook = await client.get(f"/v1/webhooks/{a.webhook_id}")
+        # A's test delivery, and the event.finished of A's event, cancelled above: nothing
+        # of B's, nor any delivery B's own endpoint was given.
+        deliveries = [(d["id"], d["kind"]) for d in hook.json()["deliveries"]]
+        assert hook.status_code == 200 and deliveries[-1] == (a.delivery_id, "webhook.test")
+        assert [kind for _, kind in deliveries] == ["event.finished", "webhook.test"]
+        assert "secret" not in hook.text and "whsec_" not in hook.text
+        assert (await client.delete(f"/v1/webhooks/{a.webhook_id}")).status_code == 204
         assert (await client.delete(f"/v1/devices/{a.device_id}")).status_code == 204
         assert (await client.delete(f"/v1/frequency-caps/{a.category}")).status_code == 204
 
@@ -383,6 +432,11 @@ CONSOLE_PAGES = {
     # Switching app: an admin's session only; B's, as for an app that never was, 404
     # (tests/console/test_app_switcher.py switches to A's app by name).
     ("POST", "/console/app"): "/console/app",
+    ("GET", "/console/webhooks"): "/console/webhooks",
+    ("POST", "/console/webhooks/{webhook_id}/replay"): "/console/webhooks/{webhook_id}/replay",
+    ("POST", "/console/webhooks/deliveries/{delivery_id}/replay"): (
+        "/console/webhooks/deliveries/{delivery_id}/replay"
+    ),
 }
 # Sign-in and out: no app's data either way.
 CONSOLE_SESSION_ROUTES = {
@@ -429,6 +483,9 @@ async def test_every_console_page_shows_app_b_nothing_of_app_a(tenants: Tenants)
         assert f"title of {a.user}" in listed.text
         where = await client.get(f"/console/where?event={a.event_id}&user={a.user}")
         assert where.status_code == 200 and "no user" not in where.text
+        hooks = await client.get("/console/webhooks")
+        assert hooks.status_code == 200 and f'data-webhook="{a.webhook_id}"' in hooks.text
+        assert f'data-delivery="{a.delivery_id}"' in hooks.text and "whsec_" not in hooks.text
 
 
 def _csrf(token: str) -> dict[str, str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fanout.notification import LiveActivity, Notification
 from fanout.queue.sqs import Queues
 from fanout.stages.live_activity import publish_update
-from fanout.stages.publish import record_event
+from fanout.stages.publish import PublishOptions, record_event
+from fanout.store import opens
 from tests.console.conftest import Console
 from tests.helpers import make_topic
 
@@ -87,3 +88,47 @@ async def test_an_event_page_polls_until_the_event_ends(console: Console) -> Non
     assert 'data-status="no_recipients"' in ended.text and "hx-trigger" not in ended.text
     assert chart.json() == {"bucket_seconds": 1, "x": [], "sent": [], "not_sent": []}
     assert missing.status_code == 404
+
+
+async def test_an_event_page_shows_its_opens_per_provider_and_clicks(console: Console) -> None:
+    pool = console.app.state.api.pool
+    topic = await make_topic(pool, 3)
+    event = await record_event(pool, Notification(title="t"), topic=topic.key)
+    async with console.signed_in("read") as client:
+        before = (await client.get(f"/console/events/{event.event_id}/live")).text
+        async with pool.acquire() as conn:
+            for device_id, action in zip(topic.device_ids, ("read", None, "read"), strict=True):
+                await opens.record_open(
+                    conn,
+                    event_id=event.event_id,
+                    device_id=device_id,
+                    action=action,
+                    opened_at=None,
+                    window_seconds=86400,
+                )
+        page = (await client.get(f"/console/events/{event.event_id}")).text
+    assert "No open reported yet" in before
+    assert '<dd id="count-opened">3</dd>' in page
+    assert '<dd class="clicks" data-action="read">2</dd>' in page
+    assert '<table id="opens-by-provider">' in page and "<td>apns</td>" in page
+
+
+async def test_a_paced_events_page_shows_its_rate_what_is_sent_and_the_expected_end(
+    console: Console,
+) -> None:
+    pool = console.app.state.api.pool
+    topic = await make_topic(pool, 1)
+    paced = await record_event(
+        pool,
+        Notification(title="t"),
+        topic=topic.key,
+        options=PublishOptions(throttle_per_minute=20_000),
+    )
+    plain = await record_event(pool, Notification(title="t"), topic=topic.key)
+    async with console.signed_in("read") as client:
+        page = (await client.get(f"/console/events/{paced.event_id}")).text
+        unpaced = (await client.get(f"/console/events/{plain.event_id}")).text
+    assert '<strong id="pacing-throttle">20,000</strong> devices a minute' in page
+    assert 'id="pacing-sent">0</span> sent so far' in page
+    assert 'id="pacing-expected-end"' in page
+    assert 'id="pacing"' not in unpaced

@@ -5,6 +5,7 @@ The workers are real `fanout worker` processes; the sink counts in this process.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import asyncpg
@@ -15,7 +16,7 @@ from fanout.notification import LiveActivity, Notification
 from fanout.queue.sqs import Queues
 from fanout.stages.fanout import plan_event
 from fanout.stages.live_activity import publish_update
-from fanout.stages.publish import publish, record_event
+from fanout.stages.publish import PublishOptions, publish, record_event
 from tests.faults.conftest import (
     WorkerProcess,
     report,
@@ -154,3 +155,60 @@ async def test_fanout_worker_killed_mid_shard(
         )
     assert attempts >= 2  # it really was resumed, from its checkpoint
     assert progress["devices"] == 3000
+
+
+async def test_a_paced_event_survives_a_delivery_worker_killed_mid_way(
+    fault_settings: Settings,
+    pool: asyncpg.Pool,
+    queues: Queues,
+    sink: EmbeddedSink,
+    workers: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """Two delivery workers share a paced event's schedule (each one's pacer sends what is
+    due); one is SIGKILLed mid-way. Every device arrives, none before its batch's time in
+    PostgreSQL (so no window ever holds more than the rate allows: the sink's own receive
+    times against the schedule), and a duplicate only within the batch the kill cut."""
+    topic = await make_topic(pool, 600)
+    event = await record_event(
+        pool, NOTE, topic=topic.key, options=PublishOptions(throttle_per_minute=6000)
+    )
+    await plan_event(event.event_id, pool, queues, fault_settings)  # scheduled, none on SQS
+    async with pool.acquire() as conn:
+        schedule = await conn.fetch(
+            """SELECT first_user_id, last_user_id, not_before FROM delivery_batches
+               WHERE event_id = $1""",
+            event.event_id,
+        )
+    assert len(schedule) == 6  # 100 a second: a second's worth each
+    not_before = {
+        user: batch["not_before"].timestamp()
+        for batch in schedule
+        for user in topic.user_ids
+        if batch["first_user_id"] <= user <= batch["last_user_id"]
+    }
+    device_time = {d: not_before[u] for u, d in zip(topic.user_ids, topic.device_ids, strict=True)}
+
+    received_at: dict[int, float] = {}
+    answer = sink.sink.answer
+
+    def timed(device_id: int, token: str, collapse_key: str) -> str:
+        received_at.setdefault(device_id, time.time())
+        return answer(device_id, token, collapse_key)
+
+    sink.sink.answer = timed  # type: ignore[method-assign]
+    sink.sink.delay = 0.2  # a batch takes a while, so the kill lands inside one
+    for _ in range(2):
+        worker = sink_worker(
+            fault_settings, "delivery", sink.url, tmp_path, FANOUT_PACING_INTERVAL_SECONDS="0.2"
+        )
+        workers.append(worker)
+        worker.start()
+    await wait_for(lambda: sink.sink.ledger.unique >= 150, "150 devices delivered")
+    workers[0].kill()
+    sink.sink.delay = 0.0
+
+    await wait_until_delivered(pool, event.event_id, 600)
+    await assert_nothing_lost(pool, sink, event.event_id, 600)
+    early = [d for d, at in received_at.items() if at < device_time[d] - 0.01]
+    assert early == [], f"{len(early)} devices received before their time"

@@ -11,17 +11,24 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from fanout.config import Settings
+from fanout.credentials.sealing import generate_key
+from fanout.credentials.stored import keyring
 from fanout.notification import Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.messages import FanoutTask, decode
 from fanout.queue.sqs import Queue, open_client, open_queues
 from fanout.runtime import lambdas
 from fanout.stages.publish import record_event
-from fanout.store import connect, create_pool, events
+from fanout.store import connect, create_pool, events, webhooks
+from fanout.store.apps import DEFAULT_APP_ID
+from fanout.webhooks.addresses import system_resolver
+from fanout.webhooks.endpoints import register
 from tests.helpers import make_topic
 from tests.processes import start_serving, stop
+from tests.webhook_receiver import Receiver
 
 NOTE = Notification(title="New book")
 
@@ -315,3 +322,44 @@ def test_each_invocation_prints_the_metrics_as_emf_with_the_prometheus_names(
 def _emf_value(value: float | list[float]) -> float:
     """A metric's value in an EMF document: a number, or a list of them (powertools)."""
     return sum(value) if isinstance(value, list) else value
+
+
+def test_the_scheduled_webhook_function_sends_the_outbox_signed(
+    lambda_env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On AWS no worker runs: the scheduled WebhookFunction sends the webhooks' outbox."""
+    key = generate_key()
+    monkeypatch.setenv("FANOUT_SECRET_KEY", key)
+    monkeypatch.setenv("FANOUT_WEBHOOK_ALLOW_PRIVATE", "true")  # the receiver is on loopback
+    monkeypatch.setenv("FANOUT_WEBHOOK_CONCURRENCY", "8")
+    receiver = Receiver()
+    receiver.up()
+    settings = lambda_env.model_copy(update={"secret_key": SecretStr(key)})
+
+    async def outbox() -> None:
+        conn = await connect(settings.database_dsn())
+        try:
+            _, receiver.secret = await register(
+                conn,
+                app_id=DEFAULT_APP_ID,
+                url=receiver.url,
+                kinds=["devices.retired"],
+                keyring=keyring(settings),
+                resolver=system_resolver,
+                allow_private=True,
+            )
+            for n in range(20):
+                await webhooks.enqueue(
+                    conn, app_id=DEFAULT_APP_ID, kind="devices.retired", payload={"n": n}
+                )
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(outbox())
+        report = lambdas.webhook_handler({"source": "aws.scheduler"}, Context())
+    finally:
+        receiver.down()
+    # Passes of 8 while any are due and time is left: all 20 in one invocation.
+    assert (report["claimed"], report["delivered"]) == (20, 20)
+    assert receiver.unverified == [] and len(receiver.by_id()) == 20

@@ -396,6 +396,35 @@ def test_frequency_caps_from_the_command_line(settings: Settings) -> None:
     assert fanout(settings, "caps", "delete", "digest").returncode == 1
 
 
+def test_publish_batch_from_an_ndjson_file(settings: Settings, tmp_path: Path) -> None:
+    assert fanout(settings, "queues", "create").returncode == 0
+    lines = [
+        {"user_id": "cli-b1", "notification": {"title": "Your order shipped"}},
+        {"user_id": "cli-b2", "notification": {"title": "x"}, "idempotency_key": "b-1"},
+        {"user_id": "cli-b2"},  # no notification
+        {"user_id": "cli-b3", "notification": {"title": "later"}, "send_at": "2099-01-01T00:00Z"},
+    ]
+    path = tmp_path / "sends.ndjson"
+    path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\nnot json\n")
+    first = fanout(settings, "publish", "--batch", str(path))
+    assert first.returncode == 1, first.stderr  # lines 3 and 5 were refused
+    shown = [orjson.loads(line) for line in first.stdout.splitlines()]
+    assert [s["line"] for s in shown] == [1, 2, 3, 4, 5]
+    assert shown[0]["created"] and shown[1]["created"] and shown[3]["created"]
+    assert shown[2]["errors"][0]["loc"] == ["line 3", "notification"]
+    assert shown[4]["errors"][0]["loc"] == ["line 5"]
+    statuses = [
+        orjson.loads(fanout(settings, "status", str(shown[i]["event_id"])).stdout)["status"]
+        for i in (0, 3)
+    ]
+    assert statuses[0] in ("pending", "enqueued") and statuses[1] == "scheduled"
+    # The idempotency key holds across runs: line 2 is the same event, not created again.
+    again = fanout(settings, "publish", "--batch", str(path))
+    assert orjson.loads(again.stdout.splitlines()[1]) == {**shown[1], "created": False}
+    both = fanout(settings, "publish", "author:x", "--batch", str(path))
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
 def test_live_activity_tokens_and_updates_from_the_command_line(settings: Settings) -> None:
     assert fanout(settings, "queues", "create").returncode == 0
     token = "ab" * 32

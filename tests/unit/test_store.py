@@ -20,10 +20,11 @@ import pytest
 
 import fanout
 import fanout.store
-from fanout.store import audience, live_activities, recipients, shards, waves
+from fanout.store import audience, events, lifecycle, live_activities, recipients, shards, waves
 
-# Modules that hold no statement of their own: pools, the migration runner, shared SQL.
-NOT_TABLES = {"connection", "migrate", "fragments"}
+# Modules that hold no statement of their own: pools, the migration runner, shared SQL,
+# the bulk import's staging tables (DDL and COPY).
+NOT_TABLES = {"connection", "migrate", "fragments", "staging"}
 MODULES: dict[str, ModuleType] = {
     info.name: importlib.import_module(f"fanout.store.{info.name}")
     for info in pkgutil.iter_modules(fanout.store.__path__)
@@ -82,6 +83,13 @@ SHAPED: dict[str, Any] = {
     "audience": live_activities.Audience(1, "activity", datetime(2026, 3, 29, 7, tzinfo=UTC)),
     "token_ids": [1, 2],
     "ends_at": datetime(2026, 3, 29, 7, tzinfo=UTC),
+    "kinds": ["event.finished"],
+    "answer": "connection refused",
+    "not_before": [datetime(2026, 3, 29, 7, tzinfo=UTC)],
+    "resume_at": datetime(2026, 3, 29, 7, tzinfo=UTC),
+    "new_events": [lifecycle.NewEvent(app_id=1, notification={"title": "x"}, user="u1")],
+    "event_ids": [1, 2],
+    "scopes": [events.IdempotencyScope(1, None, "k")],
 }
 OWNER = uuid.UUID(int=7)
 
@@ -161,7 +169,7 @@ async def test_checkpoint_passes_the_accepted_batches_as_columns() -> None:
             shards.CHECKPOINT_SHARD,
             (
                 *(1, 2, 3, 4, 5, 6, 30, 60, 60, ["1/0/0"], [3], [1], [2], {"muted": 2}),
-                *("news", [1, 2], OWNER),
+                *("news", [1, 2], OWNER, [None]),
             ),
         )
     ]

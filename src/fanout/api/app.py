@@ -22,6 +22,7 @@ from fanout.api.routes import ROUTERS
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, ApiState
 from fanout.config import Settings, connection_failure
 from fanout.queue.sqs import open_client, open_queues
+from fanout.stages.group_commit import Enqueuer, GroupCommit, GroupCommitClosed
 from fanout.store import create_pool
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,27 @@ def create_app(settings: Settings) -> FastAPI:
                     connection_failure(exc),
                 )
                 queues = None
-            app.state.api = ApiState(settings, pool, sqs, queues)
+            state = app.state.api = ApiState(
+                settings, pool, sqs, queues, open_tokens=settings.open_tokens()
+            )
+            state.group_commit = GroupCommit(
+                pool,
+                Enqueuer(
+                    pool,
+                    state.get_queues,
+                    overdue_after=settings.reconcile_after_seconds,
+                    timeout=ENQUEUE_TIMEOUT_SECONDS,
+                    on_failure=state.metrics.enqueue_failures.inc,
+                ),
+                overdue_after=settings.reconcile_after_seconds,
+                max_group=settings.api_publish_group_max,
+            )
             try:
                 yield
             finally:
+                # Drain: what is waiting is committed and answered, enqueues finish (or
+                # are left to the reconciler after FANOUT_SHUTDOWN_GRACE_SECONDS).
+                await state.group_commit.close(grace=settings.shutdown_grace_seconds)
                 await pool.close()
 
     app = FastAPI(
@@ -59,9 +77,14 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Mass push notifications: one event in, a push on every subscriber's device out.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.api_max_body_bytes,
+        max_import_bytes=settings.api_max_import_bytes,
+    )
     app.add_middleware(MeasureRequests)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(GroupCommitClosed, _stopping)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)
     for router in ROUTERS:
         app.include_router(router)
@@ -85,6 +108,12 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         for e in exc.errors()
     ]
     return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def _stopping(request: Request, exc: GroupCommitClosed) -> JSONResponse:
+    """A publish that arrived while the server drains: nothing was written; send it again
+    (to another process, or this one restarted)."""
+    return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -40,18 +40,23 @@ class MeasureRequests:
 
 
 class BodyLimit:
-    """Refuse request bodies over the limit with 413, before anything parses them."""
+    """Refuse request bodies over the limit with 413, before anything parses them. The
+    bulk import's streamed bodies (``/v1/imports/``) have a limit of their own."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, max_import_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_import_bytes = max_import_bytes or max_bytes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = (
+            self.max_import_bytes if scope["path"].startswith("/v1/imports/") else self.max_bytes
+        )
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             await JSONResponse({"detail": "request body too large"}, 413)(scope, receive, send)
             return
         seen = 0
@@ -60,7 +65,7 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > limit:
                 raise HTTPException(413, "request body too large")
             return message
 

@@ -18,13 +18,16 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SkipValidation,
     StringConstraints,
     ValidationError,
     model_validator,
 )
 
+from fanout.identifiers import TOPIC_PATTERN, USER_ID_PATTERN
 from fanout.notification import (
     CATEGORY_PATTERN,
+    ActionId,
     Category,
     Identifier,
     LiveActivity,
@@ -39,9 +42,6 @@ from fanout.stages.publish import PublishOptions
 from fanout.stages.schedule import parse_local_time
 from fanout.store.apps import APP_KEY_PATTERN
 
-# Documented character sets: what may appear in a URL path segment without escaping.
-TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
-USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$"
 TopicKey = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 IdempotencyKey = Annotated[
@@ -245,6 +245,10 @@ class FrequencyCapOut(BaseModel):
     updated_at: datetime
 
 
+# A rate above this is no pacing (a million a minute is FCM's 10M-topic ask, #238, tenfold).
+MAX_THROTTLE_PER_MINUTE = 10_000_000
+
+
 class PublishOptionsIn(Strict):
     """When and how the event goes out (all optional)."""
 
@@ -268,6 +272,13 @@ class PublishOptionsIn(Strict):
         default=None,
         description="Nothing is sent after this time; what was not sent counts expired.",
     )
+    throttle_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_THROTTLE_PER_MINUTE,
+        description="Paced: at most this many devices a minute, across every worker (the "
+        "app's default_throttle_per_minute when not given; none: as fast as it goes).",
+    )
 
     def options(self) -> PublishOptions:
         return PublishOptions(
@@ -277,6 +288,7 @@ class PublishOptionsIn(Strict):
             else None,
             quiet_hours=self.quiet_hours,
             expires_at=self.expires_at,
+            throttle_per_minute=self.throttle_per_minute,
         )
 
 
@@ -311,6 +323,46 @@ class EventIn(PublishOptionsIn):
 class DirectNotificationIn(PublishOptionsIn):
     notification: PublishedNotification
     idempotency_key: IdempotencyKey | None = None
+
+
+# A batch of personalised 1:1 sends (POST /v1/notifications/batch): each item its own event.
+MAX_NOTIFICATION_BATCH = 1_000
+
+
+class BatchNotificationIn(DirectNotificationIn):
+    user_id: UserId = Field(description="The user whose devices this item goes to.")
+
+
+class NotificationBatchIn(Strict):
+    # Validated item by item by the route (a bad item is refused alone, by its index),
+    # so the list is taken as sent; the schema still documents each item.
+    items: SkipValidation[list[BatchNotificationIn]] = Field(
+        description=f"1 to {MAX_NOTIFICATION_BATCH:,} sends, each its own event with its own "
+        "idempotency key.",
+        json_schema_extra={"minItems": 1, "maxItems": MAX_NOTIFICATION_BATCH},
+    )
+
+
+class ItemProblem(BaseModel):
+    loc: list[str | int] = Field(description='Where: ["body", "items", index, field …].')
+    msg: str
+    type: str
+
+
+class BatchItemResult(BaseModel):
+    event_id: int | None = Field(default=None, description="The item's event; none if refused.")
+    created: bool | None = Field(
+        default=None, description="False when the idempotency key named an earlier event."
+    )
+    errors: list[ItemProblem] | None = Field(
+        default=None, description="Why the item was refused (it alone: the others stand)."
+    )
+
+
+class NotificationBatchAccepted(BaseModel):
+    accepted: int = Field(description="Items with an event (created or found by their key).")
+    refused: int
+    results: list[BatchItemResult] = Field(description="One per item, in the items' order.")
 
 
 ActivityPath = Annotated[str, Path(pattern=TOPIC_PATTERN, examples=["match:2026-final"])]
@@ -434,6 +486,30 @@ class LiveActivityUpdateAccepted(BaseModel):
     )
 
 
+class OpenIn(Strict):
+    token: str = Field(
+        max_length=64, description="The push's `fo_open` value, as the app received it."
+    )
+    action: ActionId | None = Field(
+        default=None,
+        description="The action clicked (its id, as the notification's `actions` name it); "
+        "none: the notification itself was opened.",
+    )
+    opened_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the user opened it (the device's clock, kept between the send "
+        "and now); default: when the server receives it.",
+    )
+
+
+class OpenAccepted(BaseModel):
+    accepted: Literal[True] = Field(
+        description="Always true for a token this server minted: the answer is the same "
+        "whether the open counted, was counted before, or its event is gone or past the "
+        "open window, so it never tells whether an event exists."
+    )
+
+
 class EventAccepted(BaseModel):
     event_id: int
     created: bool = Field(description="False when the idempotency key named an earlier event.")
@@ -475,6 +551,23 @@ class AppOut(BaseModel):
     name: str
     created_at: datetime
     credentials: list[CredentialOut] = []
+    default_throttle_per_minute: int | None = Field(
+        default=None, description="The pace its events take unless they set throttle_per_minute."
+    )
+
+
+class AppSettingsIn(BaseModel):
+    """The app's settings to change; a field left out is left as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_throttle_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_THROTTLE_PER_MINUTE,
+        description="Devices a minute its events go out at when their publish sets no "
+        "throttle_per_minute; null: unpaced.",
+    )
 
 
 class AppListed(BaseModel):
@@ -539,7 +632,62 @@ class KeyOut(BaseModel):
     revoked_at: datetime | None
 
 
-_PROBLEMS: dict[int | str, str] = {
+# --- Webhooks (issue #24) ---------------------------------------------------------------
+WebhookKind = Literal["event.finished", "devices.retired", "devices.failed", "push.opened"]
+
+
+class WebhookIn(Strict):
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="https:// on a public address (checked now and before every call).",
+        examples=["https://api.example.com/fanout-hooks"],
+    )
+    kinds: list[WebhookKind] = Field(min_length=1, max_length=4)
+
+
+class WebhookOut(BaseModel):
+    id: int
+    url: str
+    kinds: list[str]
+    state: Literal["active", "failing", "disabled"]
+    created_at: datetime
+    failing_since: datetime | None
+    disabled_at: datetime | None
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(
+        description="The whsec_ signing secret: shown this once, never again.",
+    )
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: int
+    kind: str
+    webhook_id: str = Field(description="The webhook-id header: the same on every try.")
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status: int | None
+    last_answer: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class WebhookDetail(WebhookOut):
+    deliveries: list[WebhookDeliveryOut] = Field(description="The last 50, newest first.")
+
+
+class WebhookTestAccepted(BaseModel):
+    delivery_id: int
+
+
+class WebhookReplayed(BaseModel):
+    replayed: int
+
+
+PROBLEMS: dict[int | str, str] = {
     401: "Missing or unknown API key",
     403: "The key lacks the scope",
     404: "Not found",
@@ -547,25 +695,51 @@ _PROBLEMS: dict[int | str, str] = {
     "409-cancel": "The event has already ended (delivered, failed ...): too late to cancel",
     "409-app": "An app with this key exists, or the app still owns users, events or keys",
     429: "Rate limited",
+    "404-opens": "Opens are off: no FANOUT_OPEN_TOKEN_KEY or FANOUT_SECRET_KEY is set",
     503: "FANOUT_SECRET_KEY is not set: credentials cannot be stored",
+    "503-webhooks": "FANOUT_SECRET_KEY is not set: webhook secrets cannot be stored",
 }
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI ``responses`` entries for these error statuses: a Problem body each."""
-    return {status: {"model": Problem, "description": _PROBLEMS[status]} for status in statuses}
+    return {status: {"model": Problem, "description": PROBLEMS[status]} for status in statuses}
 
 
 def app_problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The admin routes' error statuses: their 409 is about apps."""
     found = problems(*(status for status in statuses if status != 409))
     if 409 in statuses:
-        found[409] = {"model": Problem, "description": _PROBLEMS["409-app"]}
+        found[409] = {"model": Problem, "description": PROBLEMS["409-app"]}
     return found
 
 
 def cancel_problems() -> dict[int | str, dict[str, Any]]:
     """Cancel's error statuses: its 409 means something else than publish's."""
     found = problems(401, 403, 404)
-    found[409] = {"model": Problem, "description": _PROBLEMS["409-cancel"]}
+    found[409] = {"model": Problem, "description": PROBLEMS["409-cancel"]}
     return found
+
+
+# ---- Bulk import (fanout.bulk) -------------------------------------------------------------
+
+MAX_LISTED_REJECTS = 1_000
+ImportKindPath = Annotated[Literal["users", "devices", "subscriptions"], Path(examples=["devices"])]
+ImportMapping = Literal["onesignal", "firebase"]
+
+
+class ImportReject(BaseModel):
+    line: int
+    reason: str
+
+
+class ImportOut(BaseModel):
+    rows: int = Field(description="Lines read (blank lines aside).")
+    inserted: int
+    updated: int
+    unchanged: int = Field(description="Rows the app already had exactly so.")
+    rejected: int
+    dry_run: bool
+    rejects: list[ImportReject] = Field(
+        description=f"The bad lines and why, the first {MAX_LISTED_REJECTS:,}."
+    )

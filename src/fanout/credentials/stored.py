@@ -14,7 +14,7 @@ import asyncpg
 from fanout.config import ConfigError, Settings
 from fanout.credentials.sealing import CannotOpen, Keyring
 from fanout.credentials.validation import Credential, settings_credentials
-from fanout.store import apps
+from fanout.store import apps, webhooks
 
 KEK_UNSET = (
     "FANOUT_SECRET_KEY is not set: app credentials are stored sealed under it "
@@ -132,7 +132,38 @@ async def rotate(conn: asyncpg.Connection, *, keyring: Keyring) -> Rotation:
                 kek_id=sealed.kek_id,
             )
             done.resealed += 1
+    await _rotate_webhook_secrets(conn, keyring=keyring, done=done)
     return done
+
+
+async def _rotate_webhook_secrets(
+    conn: asyncpg.Connection, *, keyring: Keyring, done: Rotation
+) -> None:
+    """The webhooks' signing secrets, resealed as the credentials are (counted with them)."""
+    purpose = webhooks.SEALED_FOR
+    for ref in await webhooks.secret_refs(conn):
+        if ref.kek_id == keyring.kek_id:
+            done.already += 1
+            continue
+        async with conn.transaction():
+            row = await webhooks.lock_secret(conn, endpoint_id=ref.id)
+            if row is None:
+                continue
+            if row.kek_id == keyring.kek_id:
+                done.already += 1
+                continue
+            try:
+                plaintext = keyring.open(
+                    row.secret_sealed, kek_id=row.kek_id, app_id=row.app_id, provider=purpose
+                )
+            except CannotOpen as exc:
+                done.failed.append(f"webhook {row.id}: {exc}")
+                continue
+            sealed = keyring.seal(plaintext, app_id=row.app_id, provider=purpose)
+            await webhooks.reseal_secret(
+                conn, endpoint_id=row.id, sealed=sealed.sealed, kek_id=sealed.kek_id
+            )
+            done.resealed += 1
 
 
 async def check_secret_key(conn: asyncpg.Connection, *, settings: Settings) -> None:
@@ -142,6 +173,11 @@ async def check_secret_key(conn: asyncpg.Connection, *, settings: Settings) -> N
         sealed_by = await apps.sealed_by_kek(conn)
     except asyncpg.UndefinedTableError:  # before `fanout migrate`: nothing is sealed
         return
+    try:  # the webhooks' signing secrets are sealed too (schema 16)
+        for kek, count in (await webhooks.secrets_by_kek(conn)).items():
+            sealed_by[kek] = sealed_by.get(kek, 0) + count
+    except asyncpg.UndefinedTableError:
+        pass
     if not sealed_by:
         return
     ids = ", ".join(sorted(sealed_by))

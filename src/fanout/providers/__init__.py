@@ -126,6 +126,7 @@ def _shared(settings: Settings, name: str) -> dict[str, Any]:
         "client": push_transport(settings, name),
         "limit": AdaptiveLimit(settings.provider_rate_limit, settings.provider_concurrency),
         "breakers": Breakers(name, cooldown=settings.breaker_cooldown_seconds),
+        "open_tokens": settings.open_tokens(),  # None: opens off, no fo_open
     }
 
 

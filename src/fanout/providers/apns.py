@@ -12,6 +12,7 @@ import jwt
 import orjson
 
 from fanout.notification import Kind, RenderedNotification
+from fanout.open_tokens import JSON_OVERHEAD, EventTokens, with_token
 from fanout.overrides import merged
 from fanout.providers.base import Device, Outcome, OutcomeKind, config_error
 from fanout.providers.http2 import Http2Provider
@@ -26,7 +27,7 @@ _CONFIG_REASONS = {
     "Forbidden", "TopicDisallowed", "BadTopic", "MissingTopic",
 }  # fmt: skip
 
-Prepared = tuple[bytes, dict[str, str]]
+Prepared = tuple[bytes, dict[str, str], EventTokens | None]
 
 
 class ApnsProvider(Http2Provider[Prepared]):
@@ -67,12 +68,16 @@ class ApnsProvider(Http2Provider[Prepared]):
 
     def prepare(self, notification: RenderedNotification) -> Prepared | Outcome:
         payload = orjson.dumps(apns_payload(notification))
-        if len(payload) > MAX_PAYLOAD_BYTES:  # the API refuses these at publish
+        opens = self.open_minter(notification)
+        # The API refuses these at publish, where the open token's room is reserved.
+        if len(payload) + (JSON_OVERHEAD if opens else 0) > MAX_PAYLOAD_BYTES:
             return Outcome(OutcomeKind.PERMANENT, reason="apns: payload over 4096 bytes")
-        return payload, apns_headers(notification, self.topic, now=time.time())
+        return payload, apns_headers(notification, self.topic, now=time.time()), opens
 
     async def send_one(self, prepared: Prepared, device: Device) -> Outcome:
-        payload, headers = prepared
+        payload, headers, opens = prepared
+        if opens is not None:  # a custom key beside aps, where an app reads its data
+            payload = with_token(payload, opens.token(device.id))
         response = await self.client.post(
             f"{self.endpoint}/3/device/{device.token}",
             content=payload,

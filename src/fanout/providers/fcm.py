@@ -17,6 +17,7 @@ from google.oauth2 import service_account
 from requests.adapters import HTTPAdapter
 
 from fanout.notification import RenderedNotification
+from fanout.open_tokens import DATA_KEY, JSON_OVERHEAD, EventTokens
 from fanout.overrides import merged
 from fanout.providers.base import (
     LIVE_ACTIVITY_NOT_HERE,
@@ -33,7 +34,7 @@ SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 # notification and data as compact JSON (what reaches the app).
 MAX_PAYLOAD_BYTES = 4096
 
-Prepared = dict[str, Any]
+Prepared = tuple[dict[str, Any], EventTokens | None]
 
 
 class _TlsAdapter(HTTPAdapter):
@@ -104,9 +105,11 @@ class FcmProvider(Http2Provider[Prepared]):
         if notification.kind == "liveactivity":  # its audience is APNs tokens only
             return Outcome(OutcomeKind.PERMANENT, reason=LIVE_ACTIVITY_NOT_HERE)
         message = fcm_message(notification, now=time.time())
-        if fcm_payload_bytes(message) > MAX_PAYLOAD_BYTES:  # the API refuses these at publish
+        opens = self.open_minter(notification)
+        # The API refuses these at publish, where the open token's room is reserved.
+        if fcm_payload_bytes(message) + (JSON_OVERHEAD if opens else 0) > MAX_PAYLOAD_BYTES:
             return Outcome(OutcomeKind.PERMANENT, reason="fcm: payload over 4096 bytes")
-        return message
+        return message, opens
 
     def _refused(self, token: str) -> bool:
         """FCM answered 401 to ``token``: forget it (the next request fetches another), and
@@ -118,7 +121,11 @@ class FcmProvider(Http2Provider[Prepared]):
         return token == self._accepted_token
 
     async def send_one(self, prepared: Prepared, device: Device) -> Outcome:
-        body = orjson.dumps({"message": {**prepared, "token": device.token}})
+        fields, opens = prepared
+        if opens is not None:  # a data string, as FCM's data are (the app reads it there)
+            data = {**fields.get("data", {}), DATA_KEY: opens.token(device.id)}
+            fields = {**fields, "data": data}
+        body = orjson.dumps({"message": {**fields, "token": device.token}})
         for tries_left in (1, 0):
             try:
                 token = await self.access_token()

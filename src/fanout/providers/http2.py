@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 
 from fanout.metrics import count_outcome
 from fanout.notification import RenderedNotification
+from fanout.open_tokens import EventTokens, OpenTokens
 from fanout.providers.base import DELIVERED, Device, Outcome, OutcomeKind, Provider
 from fanout.providers.breaker import Admission, Breakers, CircuitBreaker
 from fanout.providers.transport import (
@@ -33,11 +34,28 @@ class Http2Provider(Provider, Generic[Prepared]):
     app_label = ""
 
     def __init__(
-        self, client: PushTransport, limit: AdaptiveLimit, breakers: Breakers | None = None
+        self,
+        client: PushTransport,
+        limit: AdaptiveLimit,
+        breakers: Breakers | None = None,
+        open_tokens: OpenTokens | None = None,
     ) -> None:
         self.client = client
         self.limit = limit
         self.breakers = breakers if breakers is not None else Breakers(self.name, cooldown=60.0)
+        self.open_tokens = open_tokens
+
+    def open_minter(self, notification: RenderedNotification) -> EventTokens | None:
+        """The minter of this event's ``fo_open`` tokens (one per device), or None: opens
+        off (no key), no event (a test's rendering), or a Live Activity (ActivityKit hands
+        the app no custom data to report with)."""
+        if (
+            self.open_tokens is None
+            or notification.event_id is None
+            or notification.kind == "liveactivity"
+        ):
+            return None
+        return self.open_tokens.for_event(notification.event_id)
 
     def credential(self, device: Device) -> str:
         """The key of the credential a push to ``device`` is sent with (its breaker's name;

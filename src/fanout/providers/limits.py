@@ -11,28 +11,38 @@ from __future__ import annotations
 import orjson
 
 from fanout.notification import Notification, RenderedNotification, render
+from fanout.open_tokens import JSON_OVERHEAD
 from fanout.providers import apns, fcm, webpush
 
 # An event's collapse key is its id: 19 digits is the longest a bigint is, so the
 # rendering measured is never smaller than the one sent.
 _LONGEST_EVENT_ID = "9" * 19
+# Each payload is measured with room for its open token (``fo_open``, 57 bytes of JSON) kept,
+# whether opens are on or not: turning them on never makes a published event too large.
+_TOKEN = JSON_OVERHEAD
 
 
 def _measures(rendered: RenderedNotification) -> list[tuple[str, str, int, int]]:
     """(platform, what is measured, bytes, the limit) for one rendering (a Live Activity
     goes to APNs only)."""
+    apns_bytes = len(orjson.dumps(apns.apns_payload(rendered)))
+    if rendered.kind == "liveactivity":  # carries no open token
+        return [("apns", "the APNs payload", apns_bytes, apns.MAX_PAYLOAD_BYTES)]
     measured = [
-        ("apns", "the APNs payload", len(orjson.dumps(apns.apns_payload(rendered))),
-         apns.MAX_PAYLOAD_BYTES),
-    ]  # fmt: skip
-    if rendered.kind == "liveactivity":
-        return measured
+        (
+            "apns",
+            "the APNs payload with its open token",
+            apns_bytes + _TOKEN,
+            apns.MAX_PAYLOAD_BYTES,
+        )
+    ]
     return [
         *measured,
-        ("fcm", "the FCM notification and data",
-         fcm.fcm_payload_bytes(fcm.fcm_message(rendered, now=0)), fcm.MAX_PAYLOAD_BYTES),
-        ("webpush", "the Web Push payload, encrypted,",
-         len(orjson.dumps(webpush.webpush_payload(rendered))) + webpush.ENCRYPTION_OVERHEAD,
+        ("fcm", "the FCM notification and data with the open token",
+         fcm.fcm_payload_bytes(fcm.fcm_message(rendered, now=0)) + _TOKEN, fcm.MAX_PAYLOAD_BYTES),
+        ("webpush", "the Web Push payload with its open token, encrypted,",
+         len(orjson.dumps(webpush.webpush_payload(rendered))) + webpush.ENCRYPTION_OVERHEAD
+         + _TOKEN,
          webpush.MAX_ENCRYPTED_BYTES),
     ]  # fmt: skip
 

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fanout.notification import RenderedNotification
+from fanout.open_tokens import JSON_OVERHEAD, EventTokens, with_token
 from fanout.overrides import merged
 from fanout.providers.base import (
     LIVE_ACTIVITY_NOT_HERE,
@@ -43,7 +44,7 @@ MAX_ENCRYPTED_BYTES = 4096
 ENCRYPTION_OVERHEAD = 103
 MAX_PLAINTEXT_BYTES = MAX_ENCRYPTED_BYTES - ENCRYPTION_OVERHEAD
 
-Prepared = tuple[bytes, dict[str, str]]
+Prepared = tuple[bytes, dict[str, str], EventTokens | None]
 
 
 def b64url_decode(value: str) -> bytes:
@@ -132,12 +133,16 @@ class WebPushProvider(Http2Provider[Prepared]):
         if notification.kind == "liveactivity":  # its audience is APNs tokens only
             return Outcome(OutcomeKind.PERMANENT, reason=LIVE_ACTIVITY_NOT_HERE)
         payload = orjson.dumps(webpush_payload(notification))
-        if len(payload) > MAX_PLAINTEXT_BYTES:  # the API refuses these at publish
+        opens = self.open_minter(notification)
+        # The API refuses these at publish, where the open token's room is reserved.
+        if len(payload) + (JSON_OVERHEAD if opens else 0) > MAX_PLAINTEXT_BYTES:
             return Outcome(OutcomeKind.PERMANENT, reason="webpush: payload too large")
-        return payload, webpush_headers(notification)
+        return payload, webpush_headers(notification), opens
 
     async def send_one(self, prepared: Prepared, device: Device) -> Outcome:
-        payload, headers = prepared
+        payload, headers, opens = prepared
+        if opens is not None:  # top level of the JSON: /sdk/fanout-sw.js posts it back
+            payload = with_token(payload, opens.token(device.id))
         try:
             body = encrypt(
                 payload, b64url_decode(device.p256dh or ""), b64url_decode(device.auth or "")

@@ -1,5 +1,5 @@
 """AWS Lambda entry points: ``fanout_handler`` and ``delivery_handler`` for SQS event sources,
-and ``reconcile_handler`` on a schedule.
+and ``reconcile_handler`` and ``webhook_handler`` on a schedule.
 
 Both are thin adapters over the code the worker runs (``Pipeline.run_message``): the same
 stage, the same failure policy (backoff, then the DLQ with the reason). They answer
@@ -38,12 +38,14 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from fanout.config import load_settings
+from fanout.credentials.stored import keyring
 from fanout.errors import FanoutError
 from fanout.queue.admin import observe_queue_depths
 from fanout.queue.sqs import QueueMessage
 from fanout.runtime.emf import EmfPublisher
 from fanout.runtime.pipeline import Pipeline, Result
 from fanout.runtime.reconciler import reconcile_once
+from fanout.webhooks.sender import Pass, WebhookSender
 
 logger = Logger(service="fanout")
 
@@ -159,6 +161,49 @@ def reconcile_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "shards_resent": report.shards_resent,
         "batches_resent": report.batches_resent,
         "given_up": report.given_up,
+    }
+
+
+# Seconds a webhook pass keeps back at the end of an invocation: a pass's calls take at
+# most FANOUT_WEBHOOK_TIMEOUT_SECONDS, and a pass is not started without that much left.
+_WEBHOOK_MARGIN_SECONDS = 2.0
+
+
+@publishes_metrics
+def webhook_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Scheduled (EventBridge, every minute): sends the webhooks' due deliveries, pass after
+    pass while there are any and time is left, as the worker's webhook task does."""
+    container = _container_pipeline()
+    settings = container.pipeline.settings
+
+    def time_left() -> float:
+        if context is None or not hasattr(context, "get_remaining_time_in_millis"):
+            return 0.0  # outside Lambda (tests): one pass
+        return float(context.get_remaining_time_in_millis()) / 1000
+
+    async def passes() -> Pass:
+        sender = WebhookSender(container.pipeline.pool, settings, keyring(settings))
+        total = Pass()
+        try:
+            await sender.purge()
+            while True:
+                done = await sender.send_due()
+                total.claimed += done.claimed
+                total.delivered += done.delivered
+                total.retrying += done.retrying
+                total.failed += done.failed
+                wanted = settings.webhook_timeout_seconds + _WEBHOOK_MARGIN_SECONDS
+                if done.claimed < settings.webhook_concurrency or time_left() < wanted:
+                    return total
+        finally:
+            await sender.aclose()
+
+    total = container.loop.run_until_complete(passes())
+    return {
+        "claimed": total.claimed,
+        "delivered": total.delivered,
+        "retrying": total.retrying,
+        "failed": total.failed,
     }
 
 

@@ -19,6 +19,11 @@ A unit resent ``reconcile_max_resends`` times is given up, so that every event e
 its devices count failed, with the reason. Each pass costs a few indexed statements
 and a row per overdue unit, never a row per device.
 
+A paced event's batches (stages/pacing.py) are recorded with the time they may go and no
+``due_at``: nothing of them is on SQS. The pacer's sweep (``release_paced``: every pass,
+and every second in each worker, ``run_pacer``) sends those whose time has come, giving each
+a ``due_at`` as it does, so from there they are ordinary batches.
+
 It runs in every ``fanout worker`` (``run_reconciler``) and, on AWS, as its own
 scheduled function (``runtime.lambdas.reconcile_handler``); many at once share the work
 (``FOR UPDATE SKIP LOCKED``).
@@ -70,6 +75,7 @@ class ReconcileReport:
     events_finished: int = 0
     shards_resent: int = 0
     batches_resent: int = 0
+    batches_released: int = 0  # paced batches sent as their time came (not a fault)
     given_up: list[str] = field(default_factory=list)
 
     @property
@@ -101,6 +107,7 @@ async def reconcile_once(
     await _reconcile(pool, queues, run, _SHARDS)
     await _reconcile(pool, queues, run, _BATCHES)
     if event_id is None:
+        await _reconcile(pool, queues, run, _PACED)
         await _prune_user_sends(pool)
     _count_actions(report)
     if report.actions:
@@ -256,18 +263,33 @@ async def _batch(conn: asyncpg.Connection, row: DueBatch, run: _Pass) -> _Resend
         await lifecycle.finish(conn, event_id=event_id)
         run.report.given_up.append(f"batch {key} of event {event_id}")
         return None
+    return _Resend(await _batch_message(conn, row, users, run), "batches_resent")
+
+
+async def _batch_message(
+    conn: asyncpg.Connection, row: DueBatch, users: tuple[int, int] | None, run: _Pass
+) -> str:
+    """The batch's message, its devices re-read from PostgreSQL by the delivery."""
+    event_id = row.event_id
     if event_id not in run.loaded:
         loaded = await events.load_event(conn, event_id=event_id)
         assert loaded is not None  # the batch's row refers to it
         run.loaded[event_id] = loaded
     event = run.loaded[event_id]
-    batch = DeliveryBatch(event_id, key, row.attempt, event.notification)
+    batch = DeliveryBatch(event_id, row.batch_key, row.attempt, event.notification)
     batch.published_at = event.created_at.timestamp()
     if row.device_ids is not None:
         batch.device_ids = list(row.device_ids)
     else:
         batch.users = users
-    return _Resend(batch.encode(), "batches_resent")
+    return batch.encode()
+
+
+async def _paced(conn: asyncpg.Connection, row: DueBatch, run: _Pass) -> _Resend | None:
+    """A paced batch whose time has come: its message, read by its range of users."""
+    assert row.first_user_id is not None and row.last_user_id is not None  # the fan-out's
+    users = (row.first_user_id, row.last_user_id)
+    return _Resend(await _batch_message(conn, row, users, run), "batches_released")
 
 
 # The three tables, in the order a pass scans them: an event before its shards, a shard
@@ -275,6 +297,47 @@ async def _batch(conn: asyncpg.Connection, row: DueBatch, run: _Pass) -> _Resend
 _EVENTS = _Table(events.claim_due_events, _event, lambda queues: queues.fanout)
 _SHARDS = _Table(shards.claim_due_shards, _shard, lambda queues: queues.fanout)
 _BATCHES = _Table(batches.claim_due_batches, _batch, lambda queues: queues.delivery)
+
+
+def _claim_paced(conn: asyncpg.Connection, **claim: Any) -> Awaitable[list[DueBatch]]:
+    return batches.release_paced_batches(
+        conn,
+        limit=claim["limit"],
+        overdue_after=claim["overdue_after"],
+        look_ahead=claim["look_ahead"],
+    )
+
+
+_PACED = _Table(_claim_paced, _paced, lambda queues: queues.delivery)
+
+
+async def release_paced(
+    pool: asyncpg.Pool, queues: Queues, settings: Settings, *, look_ahead: float = 0.0
+) -> int:
+    """Send every paced batch whose time has come (``look_ahead`` seconds count as
+    passed); how many were sent."""
+    report = ReconcileReport()
+    await _reconcile(pool, queues, _Pass(settings, report, look_ahead, None), _PACED)
+    return report.batches_released
+
+
+async def run_pacer(
+    pool: asyncpg.Pool, queues: Queues, settings: Settings, stopping: asyncio.Event
+) -> None:
+    """Send the paced batches that have come due every ``pacing_interval_seconds`` until
+    ``stopping`` is set; a failed sweep is logged and the next one tries again (a batch
+    claimed but not sent has its due_at: the reconciler sends it)."""
+    period = settings.pacing_interval_seconds
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), period)
+        if stopping.is_set():
+            return
+        try:
+            while await release_paced(pool, queues, settings) >= _PER_PASS:
+                pass  # more are due than a sweep takes: take them now
+        except Exception as exc:
+            log.warning("pacer sweep failed (tries again in %.0fs): %r", period, exc)
 
 
 async def run_reconciler(

@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 
 from fanout import retry
 from fanout.config import ConfigError, Settings, Unreachable
+from fanout.credentials.stored import keyring
 from fanout.queue.sqs import Queue, QueueMessage, as_unreachable, open_client, open_queues
 from fanout.runtime.pipeline import Pipeline, Result
-from fanout.runtime.reconciler import run_reconciler
+from fanout.runtime.reconciler import run_pacer, run_reconciler
 from fanout.runtime.schema import check_schema
 from fanout.store import connect
+from fanout.webhooks.sender import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +269,12 @@ async def run_worker(
                 log.error("%s", exc)
         consumers = build_consumers(pipeline, roles, stopping)
         log.info("worker consuming %s", ", ".join(c.queue.name for c in consumers))
+        # The webhooks' outbox is sent by every worker (FANOUT_WEBHOOK_CONCURRENCY each).
+        webhooks = WebhookSender(pipeline.pool, pipeline.settings, keyring(pipeline.settings))
         await asyncio.gather(
             run_reconciler(pipeline.pool, pipeline.queues, pipeline.settings, stopping),
+            webhooks.run(stopping),
+            run_pacer(pipeline.pool, pipeline.queues, pipeline.settings, stopping),
             *(c.run(stopping) for c in consumers),
         )
         return consumers

@@ -18,6 +18,7 @@ import re
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -48,8 +49,10 @@ from fanout.store import (
     live_activities,
     recipients,
     shards,
+    webhooks,
 )
 from fanout.store.devices import deactivate_devices
+from fanout.webhooks.payloads import device_reports
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +152,27 @@ async def deliver_batch(
 
     # Per device, only what went wrong (for the console's "Where is my push?").
     detail = batch_detail(devices, outcomes, retrying=retry_batch is not None)
+    # The webhooks about its devices (retired tokens, failures), written with the outcome.
+    reports = device_reports(
+        devices,
+        detail,
+        event_id=batch.event_id,
+        batch_key=batch.key,
+        live_activity=_is_live_activity(batch),
+    )
     try:
         await _record_outcome(
-            pool, batch, owner, report, what_next.invalid_ids, retry_batch, detail, settings, held
+            pool,
+            batch,
+            owner,
+            report,
+            what_next.invalid_ids,
+            retry_batch,
+            detail,
+            settings,
+            held,
+            app_id=app_id,
+            webhook_reports=reports,
         )
     except leases.LeaseLost as refused:  # the holder records the outcome and its retries
         return _lease_lost(report, refused, lease)
@@ -239,10 +260,14 @@ async def _record_outcome(
     detail: BatchDetail,
     settings: Settings,
     held_batch: HeldBatch | None = None,
+    *,
+    app_id: int = 0,
+    webhook_reports: Sequence[tuple[str, dict[str, Any]]] = (),
 ) -> None:
     """Deactivate dead tokens, record the retry batch (and the batch of devices held back
-    by a breaker), the devices not sent to, and mark this one done, in one transaction;
-    then, if that was the event's last open batch, end the event.
+    by a breaker), the devices not sent to, the webhooks reporting them (the outbox), and
+    mark this one done, in one transaction; then, if that was the event's last open batch,
+    end the event.
 
     The pushes are out by now: if recording fails, SQS would deliver the batch again and
     every device would get it twice. A database blip is worth waiting out instead. Raises
@@ -281,6 +306,8 @@ async def _record_outcome(
                 )
                 if held_batch is not None:
                     await record_held(conn, held_batch, settings)
+                for kind, payload in webhook_reports:
+                    await webhooks.enqueue(conn, app_id=app_id, kind=kind, payload=payload)
                 finished = await batches.finish_batch(
                     conn,
                     event_id=batch.event_id,
@@ -553,7 +580,8 @@ def _rendered(
     if found is None or found[0] != notification:
         found = _RENDERED[key] = (
             notification,
-            render(notification, locale, collapse_key=collapse_key),
+            # The collapse key is the event's id (deliver_batch): its open tokens name it.
+            render(notification, locale, collapse_key=collapse_key, event_id=int(collapse_key)),
         )
         if len(_RENDERED) > _RENDERED_MAX:
             _RENDERED.popitem(last=False)

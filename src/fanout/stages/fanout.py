@@ -32,16 +32,16 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import asyncpg
 
 from fanout.config import Settings
 from fanout.metrics import AUDIENCE_HELD_BACK, app_label
-from fanout.queue.messages import FanoutTask, PoisonMessage
+from fanout.queue.messages import MAX_DEVICES_PER_BATCH, FanoutTask, PoisonMessage
 from fanout.queue.sqs import Queues
-from fanout.stages import leases
+from fanout.stages import leases, pacing
 from fanout.stages.batching import (
     BatchPacker,
     PackedBatch,
@@ -87,6 +87,9 @@ class _Progress:
     app: str = ""  # the ``app`` label of the held-back counter (the event's app's key)
     # Users deferred by their quiet hours in the pages read, not yet recorded: (user, when).
     deferred: list[tuple[int, datetime]] = field(default_factory=list)
+    # A paced event: its rate, and the end of what is scheduled as the last checkpoint saw it.
+    throttle: int | None = None
+    paced_until: datetime | None = None
 
     def hold_back(self, counts: dict[str, int]) -> None:
         """Count recipients the audience rules filtered out, now behind the cursor."""
@@ -397,7 +400,13 @@ async def _stream_shard(
         held_back=Counter(claim.held_back),
         # One look-up per shard (thousands of users), for the metric's label.
         app=app_label(await apps.app_key(conn, app_id=event.app_id)),
+        throttle=event.throttle_per_minute,
     )
+    read_ahead = timedelta(seconds=settings.pacing_read_ahead_seconds)
+    if progress.throttle is not None and not event.stopped:
+        progress.paced_until = await events.paced_until(conn, event_id=event_id)
+        if pacing.far_enough_ahead(progress.paced_until, datetime.now(UTC), read_ahead):
+            return await _park_shard(conn, event_id, shard, owner, progress, read_ahead)
     category = event.notification.get("category")
     # A Live Activity's tokens are no topic's subscribers: no cap counts them.
     counted = event.live_activity_id is None and await caps_apply(
@@ -413,6 +422,10 @@ async def _stream_shard(
         notification=event.notification,
         max_bytes=batch_max_bytes(settings.batch_max_bytes, queues.delivery.max_message_bytes),
         published_at=event.created_at.timestamp(),
+        # Paced: a second's worth of the rate per batch, so that the minute goes out evenly.
+        max_devices=MAX_DEVICES_PER_BATCH
+        if progress.throttle is None
+        else pacing.batch_devices(progress.throttle, MAX_DEVICES_PER_BATCH),
     )
     sent: list[PackedBatch] = []  # sent to SQS, not yet recorded
 
@@ -463,6 +476,9 @@ async def _stream_shard(
         if full:
             if stopped := await checkpoint():
                 break
+            if pacing.far_enough_ahead(progress.paced_until, datetime.now(UTC), read_ahead):
+                # Enough is scheduled: the rest is read when its time is near, from here.
+                return await _park_shard(conn, event_id, shard, owner, progress, read_ahead)
             if settings.delivery_backlog_limit is not None:
                 await queues.delivery.wait_for_room(
                     settings.delivery_backlog_limit, keep_alive=keep_alive
@@ -602,7 +618,8 @@ async def _fetch_page(
 
 
 async def _send(batches: list[PackedBatch], queues: Queues, progress: _Progress) -> None:
-    await queues.delivery.send_many([b.body for b in batches])
+    if progress.throttle is None:  # a paced event's batches go when due (the pacer's sweep)
+        await queues.delivery.send_many([b.body for b in batches])
     progress.cursor = batches[-1].last_user
     progress.recipients += sum(b.users for b in batches)
     progress.devices += sum(b.devices for b in batches)
@@ -623,6 +640,39 @@ async def _checkpoint(
     lease: int,
     settings: Settings,
 ) -> str | None:
+    if progress.throttle is not None:
+        # The batches' slots on the event's pace clock are taken in the checkpoint's own
+        # transaction: refused (its lease lost), it takes none.
+        async with conn.transaction():
+            not_before: list[datetime | None] | None = None
+            if sent:
+                slot = await events.reserve_pace(
+                    conn, event_id=event_id, devices=sum(b.devices for b in sent)
+                )
+                not_before = list(
+                    pacing.schedule(slot.slot_start, [b.devices for b in sent], progress.throttle)
+                )
+                progress.paced_until = slot.paced_until
+            return await _record_checkpoint(
+                conn, event_id, shard, owner, progress, sent, audience, lease, settings, not_before
+            )
+    return await _record_checkpoint(
+        conn, event_id, shard, owner, progress, sent, audience, lease, settings, None
+    )
+
+
+async def _record_checkpoint(
+    conn: asyncpg.Connection,
+    event_id: int,
+    shard: int,
+    owner: UUID,
+    progress: _Progress,
+    sent: Sequence[PackedBatch],
+    audience: _Audience,
+    lease: int,
+    settings: Settings,
+    not_before: list[datetime | None] | None,
+) -> str | None:
     # A push counts toward the caps once its batch is on the delivery queue (recorded
     # here, with the batch): bounded, once per user and event, whatever delivery does.
     counted = [user for b in sent for user in b.user_ids] if audience.record_sends else []
@@ -641,6 +691,7 @@ async def _checkpoint(
         owner=owner,
         lease_seconds=lease,
         overdue_after=settings.reconcile_after_seconds,
+        not_before=not_before,
     )
     if not checkpoint.held:  # the batches are recorded; this invocation sends no more
         raise leases.lost("shard", f"{shard} of event {event_id}")
@@ -664,5 +715,33 @@ async def _yield_shard(
     await queues.fanout.send(FanoutTask(event_id, shard).encode())
     log.info(
         "event %d shard %d: out of time at user %d, re-enqueued", event_id, shard, progress.cursor
+    )
+    return progress.report(event_id, shard, finished=False)
+
+
+async def _park_shard(
+    conn: asyncpg.Connection,
+    event_id: int,
+    shard: int,
+    owner: UUID,
+    progress: _Progress,
+    read_ahead: timedelta,
+) -> ShardReport:
+    """A paced event's shard with enough scheduled ahead of now stops at its checkpoint,
+    pending until the pace clock is ``read_ahead`` away again: the reconciler sends its
+    task then, and it goes on from its cursor (issue #24)."""
+    assert progress.paced_until is not None
+    resume_at = pacing.resume_at(progress.paced_until, read_ahead)
+    if not await shards.park_shard(
+        conn, event_id=event_id, shard=shard, owner=owner, resume_at=resume_at
+    ):
+        raise leases.lost("shard", f"{shard} of event {event_id}")
+    log.info(
+        "event %d shard %d: paced, scheduled until %s; reads on at %s from user %d",
+        event_id,
+        shard,
+        progress.paced_until.isoformat(),
+        resume_at.isoformat(),
+        progress.cursor,
     )
     return progress.report(event_id, shard, finished=False)

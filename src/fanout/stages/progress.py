@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 from pydantic import BaseModel, Field, WithJsonSchema
 
+from fanout.stages.opens import Opens, event_opens
 from fanout.store import events
 from fanout.store.lifecycle import TERMINAL_STATES, EventState
 
@@ -51,6 +52,19 @@ class Schedule(BaseModel):
     quiet_hours: Literal["defer", "drop", "ignore"]
     expires_at: datetime | None
     cancelled_at: datetime | None
+
+
+class Pacing(BaseModel):
+    """A paced event (throttle_per_minute): how far it has gone, and when it ends."""
+
+    throttle_per_minute: int
+    sent: int = Field(description="Devices sent so far (accepted by the push service).")
+    scheduled: int = Field(description="Devices the fan-out has scheduled so far.")
+    expected_end: datetime | None = Field(
+        description="When the last device scheduled goes; final once the fan-out has read "
+        "every subscriber (final), else the end of what is scheduled so far."
+    )
+    final: bool = Field(description="The fan-out has scheduled every device: expected_end holds.")
 
 
 class LiveActivityStatus(BaseModel):
@@ -106,6 +120,12 @@ class EventStatus(BaseModel):
     fanned_out_at: datetime | None
     finished_at: datetime | None
     live_activity: LiveActivityStatus | None = None
+    opens: Opens | None = Field(
+        default=None,
+        description="Opens and clicks the apps reported (POST /v1/opens), with the open "
+        "rate and the time to open, in all and per provider.",
+    )
+    pacing: Pacing | None = Field(default=None, description="Set for a paced event.")
 
 
 async def load_event_status(
@@ -117,7 +137,11 @@ async def load_event_status(
         row = await events.event_progress(conn, event_id=event_id)
     else:
         row = await events.event_progress_in_app(conn, app_id=app_id, event_id=event_id)
-    return None if row is None else event_status_from_row(row)
+    if row is None:
+        return None
+    status = event_status_from_row(row)
+    status.opens = await event_opens(conn, event_id=event_id, sent=status.sent)
+    return status
 
 
 def event_status_from_row(row: Mapping[str, Any]) -> EventStatus:
@@ -165,6 +189,20 @@ def event_status_from_row(row: Mapping[str, Any]) -> EventStatus:
         fanned_out_at=row["fanned_out_at"],
         finished_at=row["finished_at"],
         live_activity=_live_activity(row),
+        pacing=_pacing(row),
+    )
+
+
+def _pacing(row: Mapping[str, Any]) -> Pacing | None:
+    throttle = row.get("throttle_per_minute")
+    if throttle is None:
+        return None
+    return Pacing(
+        throttle_per_minute=throttle,
+        sent=row["sent"],
+        scheduled=row["paced_devices"],
+        expected_end=row["paced_until"],
+        final=row["fanned_out_at"] is not None,
     )
 
 

@@ -81,12 +81,14 @@ class PublishOptions:
     """When and how an event goes out. ``send_at``: not before (UTC); ``deliver_at_local``:
     at this time on each recipient's own clock, in waves; ``quiet_hours``: for recipients
     inside their quiet window at fan-out, defer (send when it ends), drop, or ignore it;
-    ``expires_at``: nothing is sent after it."""
+    ``expires_at``: nothing is sent after it; ``throttle_per_minute``: at most this many
+    devices a minute (None: the app's default, if it has one, else as fast as it goes)."""
 
     send_at: datetime | None = None
     deliver_at_local: time | None = None
     quiet_hours: QuietHours = "defer"
     expires_at: datetime | None = None
+    throttle_per_minute: int | None = None
 
     def fingerprinted(self) -> dict[str, Any]:
         """What an idempotency key binds besides the notification: the options set (none
@@ -98,11 +100,14 @@ class PublishOptions:
             else None,
             "quiet_hours": None if self.quiet_hours == "defer" else self.quiet_hours,
             "expires_at": self.expires_at.astimezone(UTC).isoformat() if self.expires_at else None,
+            "throttle_per_minute": self.throttle_per_minute,
         }
         return {name: value for name, value in chosen.items() if value is not None}
 
     def check(self, now: datetime) -> None:
         """Raise ``InvalidPublishOption`` naming the field for options that contradict."""
+        if self.throttle_per_minute is not None and self.throttle_per_minute < 1:
+            raise InvalidPublishOption("throttle_per_minute", "must be at least 1 a minute")
         for name in ("send_at", "expires_at"):
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
@@ -233,6 +238,8 @@ async def record_event(
             quiet_hours=options.quiet_hours,
             expires_at=options.expires_at,
             held_until=held_until,
+            throttle_per_minute=options.throttle_per_minute,
+            app_default_throttle=True,
         )
         if event_id is not None:
             if waves:
@@ -248,6 +255,45 @@ async def record_event(
     if first.request_fingerprint not in (None, fingerprint):
         raise IdempotencyConflict()
     return Published(first.id, created=False)
+
+
+def prepare_event(
+    notification: Notification,
+    *,
+    app_id: int = DEFAULT_APP_ID,
+    topic: str | None = None,
+    user: str | None = None,
+    idempotency_key: str | None = None,
+    api_key_id: int | None = None,
+    batch_max_bytes: int = MAX_MESSAGE_BYTES,
+    options: PublishOptions = DEFAULT_OPTIONS,
+    now: datetime | None = None,
+) -> lifecycle.NewEvent:
+    """The checks ``record_event`` makes before writing, for an event committed in a group
+    (stages/group_commit.py): the same refusals (``NotificationTooLarge``,
+    ``InvalidPublishOption``), the same fingerprint. Not for a held event (``groupable``)."""
+    if (topic is None) == (user is None):
+        raise ValueError("an event goes to exactly one of: a topic, a user")
+    if notification.kind == "liveactivity":
+        raise ValueError("a Live Activity update goes to its activity's tokens (live_activity)")
+    if options.send_at is not None or options.deliver_at_local is not None:
+        raise ValueError("a held event is recorded by record_event (it plans its release)")
+    check_fits_a_batch(notification, max_batch_bytes(batch_max_bytes, MAX_MESSAGE_BYTES))
+    options.check(now or datetime.now(UTC))
+    payload = notification.model_dump(mode="json", exclude_defaults=True)
+    return lifecycle.NewEvent(
+        app_id=app_id,
+        notification=payload,
+        topic=topic,
+        user=user,
+        api_key_id=api_key_id,
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint(payload, topic=topic, user=user, options=options)
+        if idempotency_key
+        else None,
+        quiet_hours=options.quiet_hours,
+        expires_at=options.expires_at,
+    )
 
 
 def _waves(

@@ -35,6 +35,7 @@ class App:
     name: str
     settings: dict[str, Any]
     created_at: datetime
+    default_throttle_per_minute: int | None = None  # its events' pace, unless they set one
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ class SealedCredential:
 INSERT_APP = """
 INSERT INTO apps (key, name, settings) VALUES ($1, $2, $3)
 ON CONFLICT (key) DO NOTHING
-RETURNING id, key, name, settings, created_at
+RETURNING id, key, name, settings, created_at, default_throttle_per_minute
 """
 
 
@@ -84,12 +85,31 @@ async def insert_app(
 
 
 # Index: apps_key_key.
-APP_BY_KEY = "SELECT id, key, name, settings, created_at FROM apps WHERE key = $1"
+APP_BY_KEY = """
+SELECT id, key, name, settings, created_at, default_throttle_per_minute FROM apps WHERE key = $1
+"""
 
 
 async def app_by_key(conn: asyncpg.Connection, *, key: str) -> App | None:
     """The app with this key, or None (``APP_BY_KEY``)."""
     row = await conn.fetchrow(APP_BY_KEY, key)
+    return None if row is None else App(**row)
+
+
+# Index: apps_key_key. The pace an event of the app takes when its publish sets none
+# (NULL: unpaced); read by INSERT_EVENT as the event is written.
+SET_DEFAULT_THROTTLE = """
+UPDATE apps SET default_throttle_per_minute = $2 WHERE key = $1
+RETURNING id, key, name, settings, created_at, default_throttle_per_minute
+"""
+
+
+async def set_default_throttle(
+    conn: asyncpg.Connection, *, key: str, throttle_per_minute: int | None
+) -> App | None:
+    """Set (None: clear) the app's default pace, devices a minute; the app after, or None
+    if there is no such app (``SET_DEFAULT_THROTTLE``)."""
+    row = await conn.fetchrow(SET_DEFAULT_THROTTLE, key, throttle_per_minute)
     return None if row is None else App(**row)
 
 

@@ -126,6 +126,26 @@ CLAIM_DUE_BATCHES = claim_due(
     ),
 )
 
+# Index: delivery_batches_paced. A paced event's batches whose not_before has passed ($3
+# seconds of look-ahead count as passed), the earliest first: each is given a due_at
+# ($2 seconds on) as the pacer takes it, so from here it is an ordinary queued batch and,
+# should its message be lost, the reconciler sends it again. SKIP LOCKED: the pacers of
+# many workers share the batches rather than send one twice.
+RELEASE_PACED_BATCHES = """
+UPDATE delivery_batches AS u
+SET due_at = now() + make_interval(secs => $2)
+FROM (
+    SELECT event_id, batch_key FROM delivery_batches
+    WHERE status = 'queued' AND due_at IS NULL AND not_before IS NOT NULL
+      AND not_before <= now() + make_interval(secs => $3)
+    ORDER BY not_before LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) AS due
+WHERE u.event_id = due.event_id AND u.batch_key = due.batch_key
+RETURNING u.event_id, u.batch_key, u.attempt, u.devices, u.first_user_id, u.last_user_id,
+          u.device_ids, u.resends, u.last_error
+"""
+
 # Index: delivery_batches_pkey. A batch resent too often: its devices count failed. Its
 # owner, if one still lives, is struck off: its finish (by owner) is refused, so a slow
 # sender cannot write its counts over the given-up ones after the event has ended.
@@ -335,4 +355,13 @@ async def claim_due_batches(
     after ``overdue_after`` seconds doubled per resend; ``look_ahead`` seconds count as
     passed (``CLAIM_DUE_BATCHES``)."""
     rows = await conn.fetch(CLAIM_DUE_BATCHES, limit, overdue_after, look_ahead, event_id)
+    return [DueBatch(**row) for row in rows]
+
+
+async def release_paced_batches(
+    conn: asyncpg.Connection, *, limit: int, overdue_after: float, look_ahead: float = 0.0
+) -> list[DueBatch]:
+    """Up to ``limit`` paced batches whose ``not_before`` has passed (``look_ahead`` seconds
+    count as passed), each now due ``overdue_after`` seconds on (``RELEASE_PACED_BATCHES``)."""
+    rows = await conn.fetch(RELEASE_PACED_BATCHES, limit, overdue_after, look_ahead)
     return [DueBatch(**row) for row in rows]

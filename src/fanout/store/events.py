@@ -7,6 +7,7 @@ and named in its docstring, and takes its parameters by name.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,14 +23,42 @@ SELECT id, request_fingerprint FROM events
 WHERE idempotency_key = $2 AND app_id = $3 AND api_key_id IS NOT DISTINCT FROM $1
 """
 
+# Index: events_idempotency_key. EVENT_BY_IDEMPOTENCY_KEY for several keys at once, in the
+# order asked ($4: their positions, returned as ``ord``); a key no event has is left out.
+EVENTS_BY_IDEMPOTENCY_KEYS = """
+SELECT k.ord, e.id, e.request_fingerprint
+FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::integer[])
+    AS k(api_key_id, idempotency_key, app_id, ord)
+JOIN events AS e ON e.idempotency_key = k.idempotency_key AND e.app_id = k.app_id
+                AND e.api_key_id IS NOT DISTINCT FROM k.api_key_id
+"""
+
 # Index: events_pkey (and events_by_live_activity for an update: SUPERSEDED).
 LOAD_EVENT = f"""
 SELECT id, app_id, topic_id, user_id, live_activity_id, notification, status, created_at,
        quiet_hours, deliver_at_local IS NOT NULL AS in_waves,
        cancelled_at IS NOT NULL AS cancelled, expires_at <= now() AS expired,
-       {SUPERSEDED.format(e="events")} AS superseded
+       {SUPERSEDED.format(e="events")} AS superseded, throttle_per_minute
 FROM events WHERE id = $1
 """
+
+# Index: events_pkey. A paced event's checkpoint reserves its devices' time on the event's
+# pace clock (stages/pacing.py): from the end of what is scheduled, or now if that is past,
+# $2 devices at the event's rate. The row stays locked until the checkpoint's transaction
+# ends, so the shards of every worker take their slots one after the other, none twice;
+# a checkpoint refused (its lease lost) rolls its reservation back with it.
+RESERVE_PACE = """
+UPDATE events
+SET paced_until = greatest(paced_until, now())
+                  + make_interval(secs => $2 * 60.0 / throttle_per_minute),
+    paced_devices = coalesce(paced_devices, 0) + $2
+WHERE id = $1 AND throttle_per_minute IS NOT NULL
+RETURNING paced_until - make_interval(secs => $2 * 60.0 / throttle_per_minute) AS slot_start,
+          paced_until
+"""
+
+# Index: events_pkey. The end of what is scheduled of a paced event (NULL: nothing yet).
+PACED_UNTIL = "SELECT paced_until FROM events WHERE id = $1"
 
 # Index: events_pkey. Serialises the "was this the last shard?" check between shards.
 LOCK_EVENT = "SELECT 1 FROM events WHERE id = $1 FOR UPDATE"
@@ -80,7 +109,8 @@ SELECT e.id, e.status, e.created_at, e.fanned_out_at, e.finished_at, e.last_erro
        dr.last_release_at AS deferred_last_release_at,
        coalesce(k.held_by_breaker, '{}'::jsonb) AS held_by_breaker,
        la.activity_key AS live_activity_key, e.notification -> 'live_activity' AS live_activity,
-       coalesce(e.notification ->> 'priority', 'high') AS priority, la.priority_10_last_hour
+       coalesce(e.notification ->> 'priority', 'high') AS priority, la.priority_10_last_hour,
+       e.throttle_per_minute, e.paced_until, coalesce(e.paced_devices, 0) AS paced_devices
 FROM events AS e
 LEFT JOIN LATERAL (
     SELECT count(*) AS shards, count(*) FILTER (WHERE status = 'done') AS shards_done,
@@ -196,6 +226,7 @@ class Event:
     cancelled: bool
     expired: bool  # expires_at has passed
     superseded: bool  # a Live Activity update with a newer one of its activity published
+    throttle_per_minute: int | None = None  # paced: at most this many devices a minute
 
     @property
     def stopped(self) -> str | None:
@@ -240,10 +271,59 @@ async def event_by_idempotency_key(
     return None if row is None else FirstUse(**row)
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyScope:
+    """An idempotency key in its scope (the app, the API key; None: the internal one)."""
+
+    app_id: int
+    api_key_id: int | None
+    idempotency_key: str
+
+
+async def events_by_idempotency_keys(
+    conn: asyncpg.Connection, *, scopes: Sequence[IdempotencyScope]
+) -> list[FirstUse | None]:
+    """``event_by_idempotency_key`` for each of ``scopes``, in one statement: the first
+    use of each, None where there is none (``EVENTS_BY_IDEMPOTENCY_KEYS``)."""
+    rows = await conn.fetch(
+        EVENTS_BY_IDEMPOTENCY_KEYS,
+        [s.api_key_id for s in scopes],
+        [s.idempotency_key for s in scopes],
+        [s.app_id for s in scopes],
+        list(range(len(scopes))),
+    )
+    found: list[FirstUse | None] = [None] * len(scopes)
+    for row in rows:
+        found[row["ord"]] = FirstUse(row["id"], row["request_fingerprint"])
+    return found
+
+
 async def load_event(conn: asyncpg.Connection, *, event_id: int) -> Event | None:
     """The event, or None if there is no such event (``LOAD_EVENT``)."""
     row = await conn.fetchrow(LOAD_EVENT, event_id)
     return None if row is None else Event(**{**row, "status": EventState(row["status"])})
+
+
+@dataclass(frozen=True, slots=True)
+class PaceSlot:
+    """Where a checkpoint's devices start on the pace clock, and where the clock is now."""
+
+    slot_start: datetime
+    paced_until: datetime
+
+
+async def reserve_pace(conn: asyncpg.Connection, *, event_id: int, devices: int) -> PaceSlot:
+    """Reserve ``devices`` on the paced event's clock, locking its row until the
+    transaction ends (``RESERVE_PACE``)."""
+    row = await conn.fetchrow(RESERVE_PACE, event_id, devices)
+    assert row is not None, f"event {event_id} is not paced"
+    return PaceSlot(**row)
+
+
+async def paced_until(conn: asyncpg.Connection, *, event_id: int) -> datetime | None:
+    """The end of what is scheduled of a paced event, or None (``PACED_UNTIL``)."""
+    until: datetime | None = await conn.fetchval(PACED_UNTIL, event_id)
+    return until
 
 
 async def lock_event(conn: asyncpg.Connection, *, event_id: int) -> None:

@@ -265,3 +265,31 @@ FROM (
 WHERE {" AND ".join(f"u.{k} = due.{k}" for k in key)}
 RETURNING {", ".join(f"u.{c}" for c in returning)}
 """
+
+
+# The outbox rows reporting an event's end (issue #24): one ``event.finished`` delivery per
+# endpoint of the event's app that wants the kind, written by the statement that ends the
+# event (lifecycle's FINISH_EVENT, CANCEL_EVENT, FAIL_EVENT), so the report commits with
+# the fact. {ended}: that statement's CTE of the ended events (id, app_id, status,
+# finished_at); {condition}: which of its rows ended here. An endpoint disabled gets its
+# row too, as failed: a replay sends it. Index: webhook_endpoints_by_app; the counts are
+# summed (delivery_batches_pkey, the event's batches) only when an endpoint wants them.
+EVENT_FINISHED_WEBHOOKS = """webhooks AS (
+    INSERT INTO webhook_deliveries (endpoint_id, app_id, kind, payload, status, last_answer)
+    SELECT w.id, f.app_id, 'event.finished',
+           jsonb_build_object(
+               'event_id', f.id, 'status', f.status, 'finished_at', f.finished_at,
+               'sent', c.sent, 'failed', c.failed, 'invalid', c.invalid,
+               'skipped', c.skipped),
+           CASE WHEN w.disabled_at IS NULL THEN 'pending' ELSE 'failed' END,
+           CASE WHEN w.disabled_at IS NOT NULL THEN 'endpoint disabled' END
+    FROM {ended} AS f
+    JOIN webhook_endpoints AS w
+      ON w.app_id = f.app_id AND 'event.finished' = ANY(w.kinds)
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(b.sent), 0) AS sent, coalesce(sum(b.failed), 0) AS failed,
+               coalesce(sum(b.invalid), 0) AS invalid, coalesce(sum(b.skipped), 0) AS skipped
+        FROM delivery_batches AS b WHERE b.event_id = f.id AND b.status = 'done'
+    ) AS c
+    WHERE {condition}
+)"""

@@ -18,13 +18,17 @@ and named in its docstring, and takes its parameters by name.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, time
 from enum import StrEnum
 from typing import Any
 
 import asyncpg
+import orjson
 
 from fanout.metrics import EVENTS_FINISHED, app_label
+from fanout.store.fragments import EVENT_FINISHED_WEBHOOKS
 
 
 class EventState(StrEnum):
@@ -76,17 +80,94 @@ def _ended(state: EventState, app: str | None) -> EventState:
 # before. Due $7
 # seconds on: if its fan-out message is not on the queue by then, the reconciler sends it
 # (the transactional outbox). Held ($12, its first release: send_at or its first wave): it
-# is 'scheduled', due then; the reconciler's due scan releases it.
+# is 'scheduled', due then; the reconciler's due scan releases it. Paced at $15 devices a
+# minute, or (with $16) at its app's default rate when $15 is NULL (apps_pkey, one probe).
 INSERT_EVENT = """
 INSERT INTO events
     (app_id, topic_id, user_id, notification, api_key_id, idempotency_key, request_fingerprint,
-     due_at, status, send_at, deliver_at_local, quiet_hours, expires_at, live_activity_id)
+     due_at, status, send_at, deliver_at_local, quiet_hours, expires_at, live_activity_id,
+     throttle_per_minute)
 VALUES ($13, $1, $2, $3, $4, $5, $6,
         coalesce($12, now() + make_interval(secs => $7)),
         CASE WHEN $12::timestamptz IS NULL THEN 'pending' ELSE 'scheduled' END,
-        $8, $9, $10, $11, $14)
+        $8, $9, $10, $11, $14,
+        coalesce($15::integer, CASE WHEN $16::boolean THEN
+            (SELECT a.default_throttle_per_minute FROM apps AS a WHERE a.id = $13) END))
 ON CONFLICT (idempotency_key, app_id, api_key_id) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
+"""
+
+# Indexes: topics_app_key_key, users_app_external_id_key (unique), events_idempotency_key.
+# A group of pending events in one statement (stages/group_commit.py): their topics and
+# users found or created by key within their apps, then the events, one per input row, due
+# $10 seconds on. Each row's id is drawn first (nextval, in the order given), so the answer
+# maps every input row ($1..$9 are columns, ``ord`` its position) to its id, and to whether
+# it was inserted: a row whose idempotency key this scope used before (in an earlier group
+# or in this one) inserts nothing (created false); a row whose topic or user a concurrent
+# transaction created after this statement's snapshot has no id (call again for it: the
+# next statement sees it).
+INSERT_EVENTS = """
+WITH wanted AS (
+    SELECT * FROM unnest($1::integer[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                         $6::text[], $7::bytea[], $8::text[], $9::timestamptz[])
+        WITH ORDINALITY
+        AS w(app_id, topic, user_key, notification, api_key_id, idempotency_key,
+             fingerprint, quiet_hours, expires_at, ord)
+), topic_keys AS (
+    SELECT DISTINCT app_id, topic FROM wanted WHERE topic IS NOT NULL
+), new_topics AS (
+    INSERT INTO topics (app_id, key) SELECT app_id, topic FROM topic_keys
+    ON CONFLICT (app_id, key) DO NOTHING
+    RETURNING id, app_id, key
+), topic_ids AS (
+    SELECT id, app_id, key FROM new_topics
+    UNION ALL
+    SELECT t.id, t.app_id, t.key FROM topics AS t
+    JOIN topic_keys AS k ON t.app_id = k.app_id AND t.key = k.topic
+), user_keys AS (
+    SELECT DISTINCT app_id, user_key FROM wanted WHERE user_key IS NOT NULL
+), new_users AS (
+    INSERT INTO users (app_id, external_id) SELECT app_id, user_key FROM user_keys
+    ON CONFLICT (app_id, external_id) DO NOTHING
+    RETURNING id, app_id, external_id
+), user_ids AS (
+    SELECT id, app_id, external_id FROM new_users
+    UNION ALL
+    SELECT u.id, u.app_id, u.external_id FROM users AS u
+    JOIN user_keys AS k ON u.app_id = k.app_id AND u.external_id = k.user_key
+), numbered AS (
+    SELECT w.*, t.id AS topic_id, u.id AS user_id,
+           nextval(pg_get_serial_sequence('events', 'id')) AS id
+    FROM wanted AS w
+    LEFT JOIN topic_ids AS t ON t.app_id = w.app_id AND t.key = w.topic
+    LEFT JOIN user_ids AS u ON u.app_id = w.app_id AND u.external_id = w.user_key
+    WHERE t.id IS NOT NULL OR u.id IS NOT NULL
+    ORDER BY w.ord
+), inserted AS (
+    INSERT INTO events
+        (id, app_id, topic_id, user_id, notification, api_key_id, idempotency_key,
+         request_fingerprint, due_at, status, quiet_hours, expires_at)
+    OVERRIDING SYSTEM VALUE
+    SELECT id, app_id, topic_id, user_id, notification::jsonb, api_key_id, idempotency_key,
+           fingerprint, now() + make_interval(secs => $10), 'pending', quiet_hours, expires_at
+    FROM numbered ORDER BY ord
+    ON CONFLICT (idempotency_key, app_id, api_key_id) WHERE idempotency_key IS NOT NULL
+    DO NOTHING
+    RETURNING id
+)
+SELECT w.ord, n.id, i.id IS NOT NULL AS created
+FROM wanted AS w
+LEFT JOIN numbered AS n ON n.ord = w.ord
+LEFT JOIN inserted AS i ON i.id = n.id
+ORDER BY w.ord
+"""
+
+# Index: events_pkey. Their fan-out messages are on the queue (MARK_EVENT_ENQUEUED's rule,
+# for a group's events at once).
+MARK_EVENTS_ENQUEUED = """
+UPDATE events SET status = 'enqueued', enqueued_at = now(),
+                  due_at = now() + make_interval(secs => $2)
+WHERE id = ANY($1::bigint[]) AND status IN ('pending', 'scheduled')
 """
 
 # Index: events_pkey. The fan-out message is on the queue: if the event has not started
@@ -104,17 +185,25 @@ WHERE id = $1 AND status IN ('pending', 'scheduled')
 # status after; nothing for an unknown event or one that has ended otherwise (delivered,
 # failed ...: too late to cancel), and whether this statement ended it. $2: the app that
 # asks (NULL: the operator, any app); another app's event is unknown, and nothing of it is
-# touched (the waves and deferred recipients are dropped only for an event of the app).
-CANCEL_EVENT = """
+# touched (the waves and deferred recipients are dropped only for an event of the app). An
+# event it ends gets its event.finished webhook rows (EVENT_FINISHED_WEBHOOKS). A paced
+# event's batches not yet sent (delivery_batches_paced) end here, held back as cancelled:
+# nothing of them is on SQS, so nothing else would ever finish them.
+CANCEL_EVENT = f"""
 WITH mine AS (
     SELECT id FROM events WHERE id = $1 AND ($2::integer IS NULL OR app_id = $2)
+), paced AS (
+    UPDATE delivery_batches
+    SET status = 'done', finished_at = now(), held_back = jsonb_build_object('cancelled', devices)
+    WHERE event_id = (SELECT id FROM mine)
+      AND status = 'queued' AND due_at IS NULL AND not_before IS NOT NULL
 ), waves AS (
     UPDATE event_waves SET status = 'dropped'
     WHERE event_id = (SELECT id FROM mine) AND status = 'held'
 ), deferred AS (
     UPDATE deferred_recipients SET wave_no = -1
     WHERE event_id = (SELECT id FROM mine) AND wave_no IS NULL
-)
+), cancelled AS (
 UPDATE events
 SET cancelled_at = coalesce(cancelled_at, now()),
     status = CASE WHEN status IN ('scheduled', 'pending', 'enqueued') THEN 'cancelled'
@@ -126,8 +215,10 @@ SET cancelled_at = coalesce(cancelled_at, now()),
                   ELSE due_at END
 WHERE id = (SELECT id FROM mine)
   AND status IN ('scheduled', 'pending', 'enqueued', 'fanning_out', 'fanned_out', 'cancelled')
-RETURNING status, finished_at = now() AS ended,
-          (SELECT key FROM apps WHERE apps.id = events.app_id) AS app
+RETURNING id, app_id, status, finished_at, finished_at = now() AS ended
+), {EVENT_FINISHED_WEBHOOKS.format(ended="cancelled", condition="f.ended")}
+SELECT status, ended, (SELECT key FROM apps WHERE apps.id = cancelled.app_id) AS app
+FROM cancelled
 """
 
 # Index: events_pkey. From here the shards are the units with deadlines.
@@ -157,8 +248,8 @@ WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
 # given up, or expired); failed: nothing sent; no_recipients: nobody to send to. A Live
 # Activity update's tokens superseded (a newer update of the activity went to them) count
 # as reached: an update whose every token was superseded ends delivered. Returns the
-# status set, if any.
-FINISH_EVENT = """
+# status set, if any. The event's event.finished webhook rows are written with it.
+FINISH_EVENT = f"""
 WITH batches AS (
     SELECT coalesce(sum(sent), 0) AS sent, coalesce(sum(failed), 0) AS failed,
            coalesce(sum(skipped), 0) AS skipped,
@@ -174,7 +265,7 @@ WITH batches AS (
            + (SELECT count(*) FROM deferred_recipients WHERE event_id = $1 AND wave_no = -1)
            AS dropped
     FROM fanout_shards WHERE event_id = $1
-)
+), ended AS (
 UPDATE events AS e
 SET status = CASE
         WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
@@ -189,15 +280,21 @@ SET status = CASE
 FROM batches AS b, shards AS s
 WHERE e.id = $1 AND e.status = 'fanned_out'
   AND NOT EXISTS (SELECT 1 FROM delivery_batches WHERE event_id = $1 AND status <> 'done')
-RETURNING e.status, (SELECT key FROM apps WHERE apps.id = e.app_id) AS app
+RETURNING e.id, e.app_id, e.status, e.finished_at
+), {EVENT_FINISHED_WEBHOOKS.format(ended="ended", condition="true")}
+SELECT status, (SELECT key FROM apps WHERE apps.id = ended.app_id) AS app FROM ended
 """
 
 # Index: events_pkey. An event that can never be fanned out (its notification cannot fit a
-# batch, its fan-out message was given up): it ends failed, with the reason.
-FAIL_EVENT = """
+# batch, its fan-out message was given up): it ends failed, with the reason, and its
+# event.finished webhook rows are written with it.
+FAIL_EVENT = f"""
+WITH ended AS (
 UPDATE events SET status = 'failed', finished_at = now(), due_at = NULL, last_error = $2
 WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
-RETURNING (SELECT key FROM apps WHERE apps.id = events.app_id) AS app
+RETURNING id, app_id, status, finished_at
+), {EVENT_FINISHED_WEBHOOKS.format(ended="ended", condition="true")}
+SELECT status, (SELECT key FROM apps WHERE apps.id = ended.app_id) AS app FROM ended
 """
 
 
@@ -218,11 +315,14 @@ async def create(
     expires_at: datetime | None = None,
     held_until: datetime | None = None,
     live_activity_id: int | None = None,
+    throttle_per_minute: int | None = None,
+    app_default_throttle: bool = False,
 ) -> int | None:
     """Commit a pending event of the app, due ``overdue_after`` seconds on, or with
     ``held_until`` a scheduled one, due then; its id, or None when this scope (the app and
     ``api_key_id``) used the idempotency key before (``INSERT_EVENT``). Its audience:
-    ``topic_id``, ``user_id`` or ``live_activity_id``, one of them, of the app."""
+    ``topic_id``, ``user_id`` or ``live_activity_id``, one of them, of the app. Paced at
+    ``throttle_per_minute``, or with ``app_default_throttle`` at the app's default rate."""
     event_id: int | None = await conn.fetchval(
         INSERT_EVENT,
         topic_id,
@@ -239,8 +339,63 @@ async def create(
         held_until,
         app_id,
         live_activity_id,
+        throttle_per_minute,
+        app_default_throttle,
     )
     return event_id
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A pending event of a group (``create_many``): to a topic or a user, by key."""
+
+    app_id: int
+    notification: dict[str, Any]
+    topic: str | None = None
+    user: str | None = None
+    api_key_id: int | None = None
+    idempotency_key: str | None = None
+    request_fingerprint: bytes | None = None
+    quiet_hours: str = "defer"
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What ``create_many`` did with one event: its id (None: its topic or user appeared
+    concurrently, try it again), and False for ``created`` when its idempotency key named an
+    event before (``id`` is then the id drawn for it, not that event's)."""
+
+    id: int | None
+    created: bool
+
+
+async def create_many(
+    conn: asyncpg.Connection, *, new_events: Sequence[NewEvent], overdue_after: float
+) -> list[Created]:
+    """Commit pending events in one statement, their topics and users found or created by
+    key; one ``Created`` per event, in order (``INSERT_EVENTS``)."""
+    rows = await conn.fetch(
+        INSERT_EVENTS,
+        [e.app_id for e in new_events],
+        [e.topic for e in new_events],
+        [e.user for e in new_events],
+        [orjson.dumps(e.notification).decode() for e in new_events],
+        [e.api_key_id for e in new_events],
+        [e.idempotency_key for e in new_events],
+        [e.request_fingerprint for e in new_events],
+        [e.quiet_hours for e in new_events],
+        [e.expires_at for e in new_events],
+        overdue_after,
+    )
+    return [Created(row["id"], row["created"]) for row in rows]
+
+
+async def mark_enqueued_many(
+    conn: asyncpg.Connection, *, event_ids: Sequence[int], overdue_after: float
+) -> None:
+    """``mark_enqueued`` for a group's events in one statement (``MARK_EVENTS_ENQUEUED``)."""
+    await conn.execute(MARK_EVENTS_ENQUEUED, list(event_ids), overdue_after)
 
 
 async def mark_enqueued(conn: asyncpg.Connection, *, event_id: int, overdue_after: float) -> None:

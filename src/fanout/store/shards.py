@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
@@ -68,6 +69,17 @@ SET lease_until = now(), lease_owner = NULL, due_at = now() + make_interval(secs
 WHERE event_id = $1 AND shard_no = $2 AND status = 'running' AND lease_owner = $5
 """
 
+# Index: fanout_shards_pkey. A paced event's shard far enough ahead of its pace clock stops
+# at its checkpoint and waits, pending, until $4 (stages/pacing.resume_at): the reconciler
+# sends its task then, and it resumes from its cursor. Its resends start over: waiting for
+# the clock is no failure. By the lease's owner ($3) only.
+PARK_SHARD = """
+UPDATE fanout_shards
+SET status = 'pending', lease_until = NULL, lease_owner = NULL, due_at = $4, resends = 0
+WHERE event_id = $1 AND shard_no = $2 AND status = 'running' AND lease_owner = $3
+RETURNING true
+"""
+
 # Index: fanout_shards_pkey. With the seconds left on its lease, when held.
 SHARD_STATUS = """
 SELECT status, greatest(0, extract(epoch FROM lease_until - now()))::float8 AS lease_left
@@ -89,8 +101,14 @@ FROM fanout_shards WHERE event_id = $1 AND shard_no = $2
 # taken is refused: its batches are on SQS, so they are still recorded (another owner
 # re-packs them with the same keys: recorded once), but its cursor, totals and pushes
 # are not (the holder reads those users again and counts them itself).
+# A paced event's batches ($18: each one's not_before, NULL when not paced) are not on SQS:
+# they are recorded with no due_at (the pacer sends them when due: delivery_batches_paced),
+# only by the lease's owner, and, if the event has stopped meanwhile, done at once, held
+# back for that reason (nothing else would finish them: the cancel settled those before).
 CHECKPOINT_SHARD = f"""
-WITH renewed AS (
+WITH stop AS (
+    SELECT {EVENT_STOPPED}
+), renewed AS (
     UPDATE fanout_shards
     SET cursor_user_id = $3, recipients = $4, devices = $5, batches = $6, held_back = $14,
         lease_until = now() + make_interval(secs => $7),
@@ -99,18 +117,27 @@ WITH renewed AS (
     RETURNING shard_no
 ), recorded AS (
     INSERT INTO delivery_batches (event_id, batch_key, attempt, status, devices, shard_no,
-                                  first_user_id, last_user_id, due_at)
-    SELECT $1, b.key, 0, 'queued', b.devices, $2, b.first_user, b.last_user,
-           now() + make_interval(secs => $9)
-    FROM unnest($10::text[], $11::integer[], $12::bigint[], $13::bigint[])
-         AS b (key, devices, first_user, last_user)
+                                  first_user_id, last_user_id, due_at, not_before, finished_at,
+                                  held_back)
+    SELECT $1, b.key, 0, CASE WHEN b.not_before IS NOT NULL AND stop.stopped IS NOT NULL
+                              THEN 'done' ELSE 'queued' END,
+           b.devices, $2, b.first_user, b.last_user,
+           CASE WHEN b.not_before IS NULL THEN now() + make_interval(secs => $9) END,
+           b.not_before,
+           CASE WHEN b.not_before IS NOT NULL AND stop.stopped IS NOT NULL THEN now() END,
+           CASE WHEN b.not_before IS NOT NULL AND stop.stopped IS NOT NULL
+                THEN jsonb_build_object(stop.stopped, b.devices) ELSE '{{}}'::jsonb END
+    FROM unnest($10::text[], $11::integer[], $12::bigint[], $13::bigint[], $18::timestamptz[])
+         AS b (key, devices, first_user, last_user, not_before)
+    CROSS JOIN stop
+    WHERE b.not_before IS NULL OR EXISTS (SELECT FROM renewed)
     ON CONFLICT (event_id, batch_key) DO NOTHING
 ), counted AS (
     INSERT INTO user_sends (user_id, event_id, category)
     SELECT u, $1, $15::text FROM unnest($16::bigint[]) AS u
     WHERE EXISTS (SELECT FROM renewed)
 )
-SELECT EXISTS (SELECT FROM renewed) AS held, {EVENT_STOPPED}
+SELECT EXISTS (SELECT FROM renewed) AS held, (SELECT stopped FROM stop) AS stopped
 """
 
 # Index: fanout_shards_pkey. By the lease's owner ($7) only; the owner stays on the row.
@@ -286,6 +313,15 @@ async def claim_shard(
     return None if row is None else ShardClaim(**row)
 
 
+async def park_shard(
+    conn: asyncpg.Connection, *, event_id: int, shard: int, owner: UUID, resume_at: datetime
+) -> bool:
+    """Give ``owner``'s running shard back, pending until ``resume_at`` (a paced event's
+    shard ahead of its clock); False if ``owner`` no longer holds it (``PARK_SHARD``)."""
+    parked: bool | None = await conn.fetchval(PARK_SHARD, event_id, shard, owner, resume_at)
+    return bool(parked)
+
+
 async def shard_status(
     conn: asyncpg.Connection, *, event_id: int, shard: int
 ) -> LeaseStatus | None:
@@ -325,14 +361,15 @@ async def checkpoint_shard(
     owner: UUID,
     lease_seconds: float,
     overdue_after: float,
+    not_before: Sequence[datetime | None] | None = None,
 ) -> Checkpoint:
     """In one statement, record the batches SQS ``accepted`` since the last checkpoint
     (each due ``overdue_after`` seconds on) and, if ``owner`` holds the shard's lease, the
     pushes of ``category`` to ``counted_users`` that the frequency caps count, and move the
     shard's cursor and totals (``held_back``: recipients filtered out, by reason) on and
     renew its lease for ``lease_seconds`` (due ``overdue_after`` after it ends). Says
-    whether ``owner`` held it, and why the shard must stop, if it must
-    (``CHECKPOINT_SHARD``)."""
+    whether ``owner`` held it, and why the shard must stop, if it must. A paced event's
+    batches come with their ``not_before`` and are recorded unsent (``CHECKPOINT_SHARD``)."""
     row = await conn.fetchrow(
         CHECKPOINT_SHARD,
         event_id,
@@ -352,6 +389,7 @@ async def checkpoint_shard(
         category,
         counted_users,
         owner,
+        list(not_before) if not_before is not None else [None] * len(accepted),
     )
     return Checkpoint(**row)
 

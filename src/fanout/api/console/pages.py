@@ -316,3 +316,47 @@ async def redrive_queue(request: Request, session: SignedIn, role: str) -> Respo
     moved = await redrive(queues.fanout if role == "fanout" else queues.delivery)
     note = quote(f"{moved} message(s) moved back to the {role} queue")
     return RedirectResponse(f"/console/queues?moved={note}", status_code=303)
+
+
+# --- webhooks -----------------------------------------------------------------------------
+# Read and replayed through the API's own routes, as the signed-in key: the page shows what
+# GET /v1/webhooks shows that key (its app's endpoints, never a secret), and a replay is
+# POST /v1/webhooks/…/replay (the manage scope).
+WEBHOOK_DELIVERIES_SHOWN = 10
+
+
+@router.get("/webhooks")
+async def webhooks_page(request: Request, session: SignedIn, replayed: str = "") -> HTMLResponse:
+    status, listed = await call_as(request.app, session.key, "GET", "/v1/webhooks")
+    if status >= 400:
+        raise ConsoleRefusal(status, f"webhooks: {listed}")
+    endpoints = []
+    for endpoint in listed:
+        _, detail = await call_as(request.app, session.key, "GET", f"/v1/webhooks/{endpoint['id']}")
+        deliveries = detail.get("deliveries", []) if isinstance(detail, dict) else []
+        endpoints.append({**endpoint, "deliveries": deliveries[:WEBHOOK_DELIVERIES_SHOWN]})
+    return _page(request, "webhooks.html", session, endpoints=endpoints, replayed=replayed)
+
+
+async def _replay(request: Request, session: Session, path: str) -> Response:
+    await checked_form(request, session)
+    status, body = await call_as(request.app, session.key, "POST", path)
+    if status >= 400:
+        detail = body.get("detail") if isinstance(body, dict) else body
+        raise ConsoleRefusal(status, f"replay refused: {detail}")
+    note = quote(f"{body['replayed']} deliveries sent again")
+    return RedirectResponse(f"/console/webhooks?replayed={note}", status_code=303)
+
+
+@router.post("/webhooks/{webhook_id}/replay")
+async def replay_webhook(request: Request, session: SignedIn, webhook_id: int) -> Response:
+    """Enable the endpoint again and send its failed deliveries again (``manage``)."""
+    return await _replay(request, session, f"/v1/webhooks/{webhook_id}/replay")
+
+
+@router.post("/webhooks/deliveries/{delivery_id}/replay")
+async def replay_webhook_delivery(
+    request: Request, session: SignedIn, delivery_id: int
+) -> Response:
+    """Send one failed delivery again (``manage``)."""
+    return await _replay(request, session, f"/v1/webhooks/deliveries/{delivery_id}/replay")

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from fanout.queue.admin import DeadLetter, QueueDepth, peek_dead_letters, queue_depths
 from fanout.queue.messages import DeliveryBatch, FanoutTask, PoisonMessage, decode
 from fanout.queue.sqs import Queues
+from fanout.stages.opens import Opens, event_opens
 from fanout.stages.progress import EventStatus, event_status_from_row
 from fanout.store import console
 
@@ -113,6 +114,7 @@ class EventDetail:
     batches: console.BatchSummary
     batch_rows: list[asyncpg.Record]
     retired: list[asyncpg.Record]
+    opens: Opens
 
 
 async def event_detail(pool: asyncpg.Pool, event: EventRow) -> EventDetail:
@@ -133,6 +135,7 @@ async def event_detail(pool: asyncpg.Pool, event: EventRow) -> EventDetail:
         retired=await console.event_device_failures(
             pool, event_id=event_id, outcome="invalid", limit=TABLE_LIMIT
         ),
+        opens=await event_opens(pool, event_id=event_id, sent=event.status.sent),
     )
 
 

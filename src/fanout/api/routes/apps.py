@@ -47,6 +47,7 @@ def _app_out(app: apps.App, credentials: list[apps.CredentialListing]) -> schema
         key=app.key,
         name=app.name,
         created_at=app.created_at,
+        default_throttle_per_minute=app.default_throttle_per_minute,
         credentials=[
             schemas.CredentialOut(provider=c.provider, identity=c.identity, updated_at=c.updated_at)
             for c in credentials
@@ -80,6 +81,22 @@ async def get_app(app: schemas.AppPath, _: Admin, pool: Pool) -> schemas.AppOut:
     """The app and what identifies each of its credentials (never a private key)."""
     async with pool.acquire() as conn:
         found = await _app(conn, app)
+        return _app_out(found, await apps.app_credentials(conn, app_id=found.id))
+
+
+@router.patch("/v1/apps/{app}", responses=schemas.problems(401, 403, 404))
+async def update_app(
+    app: schemas.AppPath, body: schemas.AppSettingsIn, _: Admin, pool: Pool
+) -> schemas.AppOut:
+    """Change the app's settings: ``default_throttle_per_minute``, the pace its events take
+    when their publish sets none (null: unpaced; events published before keep theirs)."""
+    async with pool.acquire() as conn:
+        found = await _app(conn, app)
+        if "default_throttle_per_minute" in body.model_fields_set:
+            changed = await apps.set_default_throttle(
+                conn, key=app, throttle_per_minute=body.default_throttle_per_minute
+            )
+            found = changed or found
         return _app_out(found, await apps.app_credentials(conn, app_id=found.id))
 
 

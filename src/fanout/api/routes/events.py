@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException
 from fastapi.exceptions import RequestValidationError
 
@@ -11,6 +13,7 @@ from fanout.api.keys import ApiKey
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, ApiState, Pool, State
 from fanout.metrics import app_label
 from fanout.notification import CRITICAL_NOT_ALLOWED, Notification, critical_asked
+from fanout.stages.group_commit import groupable
 from fanout.stages.progress import EventStatus, load_event_status
 from fanout.stages.publish import (
     IdempotencyConflict,
@@ -19,6 +22,7 @@ from fanout.stages.publish import (
     PublishOptions,
     TooLateToCancel,
     cancel,
+    prepare_event,
     publish,
 )
 
@@ -68,54 +72,77 @@ async def _publish(
     topic: str | None = None,
     user: str | None = None,
 ) -> schemas.EventAccepted:
-    """Commit the event, then try to enqueue it; if SQS is down the reconciler will."""
-    where = critical_asked(notification)
-    if where is not None and not state.settings.apns_allow_critical:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ["body", "notification", *where],
-                    "msg": CRITICAL_NOT_ALLOWED,
-                }
-            ]
-        )
+    """Commit the event, then try to enqueue it; if SQS is down the reconciler will. An
+    event not held is committed with the publishes arriving meanwhile (group commit)."""
+    if (where := critical_refused(state, notification)) is not None:
+        raise RequestValidationError([where])
     try:
-        published = await publish(
-            state.pool,
-            state.get_queues,
-            notification,
-            app_id=key.app_id,
-            topic=topic,
-            user=user,
-            idempotency_key=idempotency_key,
-            api_key_id=key.id,
-            enqueue_timeout=ENQUEUE_TIMEOUT_SECONDS,
-            batch_max_bytes=state.settings.batch_max_bytes,
-            overdue_after=state.settings.reconcile_after_seconds,
-            options=options,
-            default_time_zone=state.settings.default_time_zone,
-        )
-    except NotificationTooLarge as exc:
-        raise RequestValidationError(
-            [{"type": "too_large", "loc": ["body", "notification"], "msg": str(exc)}]
-        ) from None
-    except InvalidPublishOption as exc:
-        raise RequestValidationError(
-            [{"type": "value_error", "loc": ["body", exc.field], "msg": exc.message}]
-        ) from None
+        if groupable(options) and state.group_commit is not None:
+            published = await state.group_commit.publish(
+                prepare_event(
+                    notification,
+                    app_id=key.app_id,
+                    topic=topic,
+                    user=user,
+                    idempotency_key=idempotency_key,
+                    api_key_id=key.id,
+                    batch_max_bytes=state.batch_max_bytes(),
+                    options=options,
+                )
+            )
+        else:
+            published = await publish(
+                state.pool,
+                state.get_queues,
+                notification,
+                app_id=key.app_id,
+                topic=topic,
+                user=user,
+                idempotency_key=idempotency_key,
+                api_key_id=key.id,
+                enqueue_timeout=ENQUEUE_TIMEOUT_SECONDS,
+                batch_max_bytes=state.settings.batch_max_bytes,
+                overdue_after=state.settings.reconcile_after_seconds,
+                options=options,
+                default_time_zone=state.settings.default_time_zone,
+            )
+            if published.created and not published.enqueued and published.held_until is None:
+                state.metrics.enqueue_failures.inc()
     except IdempotencyConflict:
         # Names the field, never its value nor the first request.
-        raise HTTPException(
-            409,
-            "idempotency_key: this key was already used for a different request (another "
-            "topic, user or notification); send a new key for a new request",
-        ) from None
+        raise HTTPException(409, IDEMPOTENCY_CONFLICT) from None
+    except (NotificationTooLarge, InvalidPublishOption) as exc:
+        raise RequestValidationError([refusal(exc, ("body",))]) from None
     if published.created:
         state.metrics.published.labels("topic" if topic else "user", app_label(key.app)).inc()
-        if not published.enqueued:
-            state.metrics.enqueue_failures.inc()
     return schemas.EventAccepted(event_id=published.event_id, created=published.created)
+
+
+IDEMPOTENCY_CONFLICT = (
+    "idempotency_key: this key was already used for a different request (another "
+    "topic, user or notification); send a new key for a new request"
+)
+
+
+def critical_refused(state: ApiState, notification: Notification) -> dict[str, Any] | None:
+    """The problem of a critical alert this deployment does not allow, else None."""
+    where = critical_asked(notification)
+    if where is None or state.settings.apns_allow_critical:
+        return None
+    return {
+        "type": "value_error",
+        "loc": ["body", "notification", *where],
+        "msg": CRITICAL_NOT_ALLOWED,
+    }
+
+
+def refusal(
+    exc: NotificationTooLarge | InvalidPublishOption, at: tuple[str | int, ...]
+) -> dict[str, Any]:
+    """A publish refusal as a 422 problem, its loc under ``at``."""
+    if isinstance(exc, NotificationTooLarge):
+        return {"type": "too_large", "loc": [*at, "notification"], "msg": str(exc)}
+    return {"type": "value_error", "loc": [*at, exc.field], "msg": exc.message}
 
 
 @router.get("/v1/events/{event_id}", responses=schemas.problems(401, 403, 404))

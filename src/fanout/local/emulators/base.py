@@ -42,11 +42,24 @@ class Emulator:
         # (token, credential) -> accepted pushes, when set (``record_signers()``): which
         # credential (APNs key id, FCM project, VAPID public key) signed each push a token got.
         self.signers: collections.Counter[tuple[str, str]] | None = None
+        # token -> the fo_open each accepted push carried (None: none), when set
+        # (``record_open_tokens()``): what a test checks against the device and event.
+        self.open_tokens: dict[str, list[str | None]] | None = None
 
     def record_signers(self) -> collections.Counter[tuple[str, str]]:
         """Count, from now on, each accepted push by its token and the credential it came with."""
         self.signers = collections.Counter()
         return self.signers
+
+    def record_open_tokens(self) -> dict[str, list[str | None]]:
+        """Keep, from now on, the ``fo_open`` of every accepted push, by its token."""
+        self.open_tokens = {}
+        return self.open_tokens
+
+    def open_token_of(self, payload: Any) -> str | None:
+        """Where the app finds the open token: a top-level key (APNs, Web Push)."""
+        found = payload.get("fo_open") if isinstance(payload, dict) else None
+        return found if isinstance(found, str) else None
 
     def accept(
         self, scope: Scope, token: str, collapse_key: str, payload: Any, credential: str = ""
@@ -55,6 +68,8 @@ class Emulator:
         self.ledger.record(token, collapse_key)
         if self.signers is not None:
             self.signers[token, credential] += 1
+        if self.open_tokens is not None:
+            self.open_tokens.setdefault(token, []).append(self.open_token_of(payload))
         if self.keep_accepted:
             headers = {
                 key.decode(): value.decode()

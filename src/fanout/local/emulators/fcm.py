@@ -92,6 +92,11 @@ class FcmEmulator(Emulator):
         self.token_projects: dict[str, str] = {}
         self._access_projects: dict[str, str] = {}  # access token -> its project
 
+    def open_token_of(self, payload: Any) -> str | None:
+        """FCM hands the app the message's data: the open token is a data string."""
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return super().open_token_of(data)
+
     def limit_rate(self, per_second: float, *, retry_after: float = 1.0) -> RequestRate:
         """Answer 429 (QUOTA_EXCEEDED, Retry-After) to sends above ``per_second``."""
         self.quota = RequestRate(per_second, retry_after=retry_after)

@@ -111,7 +111,8 @@ class WebPushEmulator(Emulator):
             return
         if self.keep_payloads:
             self.payloads.append(plaintext)
-        read = _json_or_bytes(plaintext) if self.keep_accepted else None  # not parsed under load
+        wanted = self.keep_accepted or self.open_tokens is not None  # not parsed under load
+        read = _json_or_bytes(plaintext) if wanted else None
         signer = (authorization or "").rpartition("k=")[2] if self.signers is not None else ""
         self.accept(scope, subscription, header(scope, "topic") or "", read, signer)
         await respond(send, 201, None, {"location": f"{self.base_url}/msg/{subscription}"})

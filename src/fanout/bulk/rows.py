@@ -1,0 +1,209 @@
+"""A record checked as the API checks the same thing, and turned into the tuple COPY
+sends to the staging table (store/staging.py's columns, in order); a bad one raises
+RowError with the reason, naming the field.
+
+Devices are checked by the API's own models (api/schemas.py's DeviceIn): a malformed APNs
+token, an unknown platform, a Web Push subscription without its keys are refused here with
+the very message POST /v1/devices gives. External ids and topic keys by identifiers.py.
+Whether the user exists is the database's to say (the staged statement reports the lines).
+
+A record's fields are fanout's (the columns ``fanout export`` writes), or a source's
+mapped by MAPPINGS (``--mapping onesignal|firebase``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
+
+from fanout.api.schemas import ApnsDeviceIn, DeviceIn, WebPushDeviceIn
+from fanout.errors import FanoutError
+from fanout.identifiers import TOPIC_PATTERN, USER_ID_PATTERN, is_topic_key, is_user_id
+from fanout.user_attributes import USER_ATTRIBUTES
+
+Record = dict[str, Any]
+
+# The flat columns of each kind, as the export writes them and the import reads them.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "users": ("user_id", *(a.name for a in USER_ATTRIBUTES)),
+    "devices": (
+        "user_id",
+        "platform",
+        "token",
+        "web_push_p256dh",
+        "web_push_auth",
+        "locale",
+        "apns_environment",
+    ),
+    "subscriptions": ("topic", "user_id"),
+}
+
+
+class RowError(FanoutError, ValueError):
+    """A row that cannot be imported; str() is the reason, naming the field."""
+
+
+_DEVICE = pydantic.TypeAdapter[Any](DeviceIn)
+
+
+def _user_id(record: Record, field: str = "user_id") -> str:
+    value = record.get(field)
+    if value is None:
+        raise RowError(f"{field}: missing")
+    if not isinstance(value, str) or not is_user_id(value):
+        raise RowError(f"{field}: not an external user id ({USER_ID_PATTERN})")
+    return value
+
+
+def user_row(line: int, record: Record) -> tuple[Any, ...]:
+    """A users record as (line, user_id, *USER_ATTRIBUTES); an absent attribute is None
+    (the stored value is kept)."""
+    values: list[Any] = [line, _user_id(record)]
+    for attribute in USER_ATTRIBUTES:
+        value = record.get(attribute.name)
+        try:
+            values.append(None if value is None else attribute.parse(value))
+        except ValueError as exc:
+            raise RowError(f"{attribute.name}: {exc}") from None
+    return tuple(values)
+
+
+def _device_in(record: Record) -> dict[str, Any]:
+    """A flat (or API-shaped) devices record in POST /v1/devices's shape."""
+    shaped: dict[str, Any] = {"user_id": record.get("user_id"), "platform": record.get("platform")}
+    platform = record.get("platform")
+    if platform == "webpush":
+        subscription = record.get("subscription")
+        if subscription is None:
+            keys = {
+                "p256dh": record.get("web_push_p256dh", record.get("p256dh")),
+                "auth": record.get("web_push_auth", record.get("auth")),
+            }
+            subscription = {
+                "endpoint": record.get("endpoint", record.get("token")),
+                "keys": {k: v for k, v in keys.items() if v is not None},
+            }
+            if not subscription["keys"]:
+                del subscription["keys"]
+        shaped["subscription"] = subscription
+    else:
+        shaped["token"] = record.get("token")
+    if platform == "apns" and "apns_environment" in record:
+        shaped["apns_environment"] = record["apns_environment"]
+    if "locale" in record:
+        shaped["locale"] = record["locale"]
+    return {k: v for k, v in shaped.items() if v is not None}
+
+
+def _reason(exc: pydantic.ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    # The discriminated union puts the platform's name first in the location: drop it.
+    loc = [str(p) for p in error["loc"] if p not in ("apns", "fcm", "webpush")]
+    if error["type"] == "union_tag_invalid":
+        return "platform: not one of apns, fcm, webpush"
+    if error["type"] == "union_tag_not_found":
+        return "platform: missing"
+    if error["type"] == "missing":
+        return f"{'.'.join(loc)}: missing"
+    return f"{'.'.join(loc)}: {error['msg']}"
+
+
+def device_row(line: int, record: Record) -> tuple[Any, ...]:
+    """A devices record, checked by the API's DeviceIn, as (line, user_id, platform,
+    token, p256dh, auth, locale, apns_sandbox)."""
+    try:
+        device = _DEVICE.validate_python(_device_in(record))
+    except pydantic.ValidationError as exc:
+        raise RowError(_reason(exc)) from None
+    if isinstance(device, WebPushDeviceIn):
+        keys = device.subscription.keys
+        token, p256dh, auth = device.subscription.endpoint, keys.p256dh, keys.auth
+    else:
+        token, p256dh, auth = device.token, None, None
+    sandbox = isinstance(device, ApnsDeviceIn) and device.apns_environment == "sandbox"
+    return (line, device.user_id, device.platform, token, p256dh, auth, device.locale, sandbox)
+
+
+def subscription_row(line: int, record: Record) -> tuple[Any, ...]:
+    """A subscriptions record as (line, topic, user_id)."""
+    topic = record.get("topic")
+    if topic is None:
+        raise RowError("topic: missing")
+    if not isinstance(topic, str) or not is_topic_key(topic):
+        raise RowError(f"topic: not a topic key ({TOPIC_PATTERN})")
+    return (line, topic, _user_id(record))
+
+
+ROW_OF: dict[str, Callable[[int, Record], tuple[Any, ...]]] = {
+    "users": user_row,
+    "devices": device_row,
+    "subscriptions": subscription_row,
+}
+
+
+# --- Other services' exports ---------------------------------------------------------------
+
+# OneSignal's Subscriptions CSV export (POST /players/csv_export; documented columns:
+# id, identifier, session_count, language, timezone, game_version, device_os, device_type,
+# device_model, ad_id, tags, last_active, playtime, amount_spent, created_at,
+# invalid_identifier, badge_count, and the extra_fields external_user_id, web_auth,
+# web_p256). device_type: 0 iOS, 1 Android, 5 Chrome, 8 Firefox, 17 Edge (web push); other
+# types (email 11, SMS 14, ...) are not push devices and are rejected.
+ONESIGNAL_PLATFORMS = {"0": "apns", "1": "fcm", "5": "webpush", "8": "webpush", "17": "webpush"}
+
+
+def _from_onesignal(kind: str, record: Record) -> Record:
+    if kind == "subscriptions":
+        raise RowError("the onesignal mapping has no subscriptions (OneSignal has no topics)")
+    mapped: Record = {"user_id": record.get("external_user_id")}
+    if mapped["user_id"] is None:
+        raise RowError("external_user_id: missing (export it with extra_fields)")
+    if kind == "users":
+        return mapped
+    device_type = str(record.get("device_type", ""))
+    platform = ONESIGNAL_PLATFORMS.get(device_type)
+    if platform is None:
+        raise RowError(f"device_type: {device_type or 'missing'} is not a push device")
+    if str(record.get("invalid_identifier", "")).lower() in ("t", "true", "1"):
+        raise RowError("invalid_identifier: OneSignal marks this token invalid")
+    mapped.update(
+        platform=platform,
+        token=record.get("identifier"),
+        web_push_p256dh=record.get("web_p256"),
+        web_push_auth=record.get("web_auth"),
+        locale=record.get("language"),
+    )
+    return {k: v for k, v in mapped.items() if v is not None}
+
+
+# A Firebase token list: Firebase has no export of FCM tokens (an app keeps them itself,
+# often in Firestore beside the Firebase Auth uid), so this is the shape such a list
+# usually has: uid, and the token as token, fcm_token or registration_token. Every row is
+# an FCM device.
+def _from_firebase(kind: str, record: Record) -> Record:
+    if kind == "subscriptions":
+        raise RowError("the firebase mapping has no subscriptions")
+    mapped: Record = {"user_id": record.get("uid", record.get("user_id"))}
+    if kind == "devices":
+        mapped["platform"] = "fcm"
+        mapped["token"] = record.get(
+            "token", record.get("fcm_token", record.get("registration_token"))
+        )
+    return {k: v for k, v in mapped.items() if v is not None}
+
+
+MAPPINGS: dict[str, Callable[[str, Record], Record]] = {
+    "onesignal": _from_onesignal,
+    "firebase": _from_firebase,
+}
+
+
+def row_of(kind: str, line: int, record: Record | str, mapping: str | None) -> tuple[Any, ...]:
+    """The staging tuple of a numbered record (a string: the reader's reason it is bad)."""
+    if isinstance(record, str):
+        raise RowError(record)
+    if mapping is not None:
+        record = MAPPINGS[mapping](kind, record)
+    return ROW_OF[kind](line, record)

@@ -1,0 +1,174 @@
+"""Group commit: concurrent publishes share a transaction, each answered with its own event."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, time
+
+import asyncpg
+import pytest
+
+from fanout.notification import Notification
+from fanout.queue.messages import FanoutTask, decode
+from fanout.queue.sqs import Queues
+from fanout.stages.group_commit import (
+    Enqueuer,
+    GroupCommit,
+    GroupCommitClosed,
+    RefusedByDatabase,
+    groupable,
+)
+from fanout.stages.publish import IdempotencyConflict, Published, PublishOptions, prepare_event
+from fanout.store.lifecycle import NewEvent
+
+APP = 1  # the default app
+
+
+def event(
+    user: str, *, title: str = "hi", key: str | None = None, api_key: int | None = None
+) -> NewEvent:
+    return prepare_event(
+        Notification(title=title), app_id=APP, user=user, idempotency_key=key, api_key_id=api_key
+    )
+
+
+@pytest.fixture
+async def group(pool: asyncpg.Pool, queues: Queues) -> AsyncIterator[GroupCommit]:
+    async def opened() -> Queues:
+        return queues
+
+    committer = GroupCommit(pool, Enqueuer(pool, opened, overdue_after=60), overdue_after=60)
+    yield committer
+    await committer.close()
+
+
+async def statuses(pool: asyncpg.Pool, ids: list[int]) -> dict[int, str]:
+    rows = await pool.fetch("SELECT id, status FROM events WHERE id = ANY($1::bigint[])", ids)
+    return {row["id"]: row["status"] for row in rows}
+
+
+def test_only_events_not_held_are_grouped() -> None:
+    assert groupable(PublishOptions())
+    assert groupable(
+        PublishOptions(quiet_hours="drop", expires_at=datetime(2099, 1, 1, tzinfo=UTC))
+    )
+    assert not groupable(PublishOptions(send_at=datetime(2099, 1, 1, tzinfo=UTC)))
+    assert not groupable(PublishOptions(deliver_at_local=time(9)))
+
+
+async def test_concurrent_publishes_each_get_their_own_event(
+    group: GroupCommit, pool: asyncpg.Pool
+) -> None:
+    run = secrets.token_hex(4)
+    users = [f"{run}-{i}" for i in range(200)]
+    answers = await asyncio.gather(*(group.publish(event(user)) for user in users))
+    ids = [answer.event_id for answer in answers]
+    assert len(set(ids)) == len(users) and all(a.created for a in answers)
+    rows = await pool.fetch(
+        """SELECT e.id, u.external_id FROM events e JOIN users u ON u.id = e.user_id
+           WHERE e.id = ANY($1::bigint[])""",
+        ids,
+    )
+    assert {row["id"]: row["external_id"] for row in rows} == dict(zip(ids, users, strict=True))
+    assert group.groups < len(users)  # they shared transactions
+
+
+async def test_idempotency_keys_within_one_group_and_across_groups(
+    group: GroupCommit, pool: asyncpg.Pool
+) -> None:
+    run = secrets.token_hex(4)
+    first, again, other, conflict = await asyncio.gather(
+        group.publish(event(f"{run}-a", key=f"{run}-k")),
+        group.publish(event(f"{run}-a", key=f"{run}-k")),
+        group.publish(event(f"{run}-b", key=f"{run}-k2")),
+        group.publish(event(f"{run}-a", title="other", key=f"{run}-k")),
+        return_exceptions=True,
+    )
+    assert isinstance(first, Published) and isinstance(again, Published)
+    assert isinstance(other, Published) and other.created
+    assert first.created and not again.created and again.event_id == first.event_id
+    assert isinstance(conflict, IdempotencyConflict)  # it alone: the others stand
+    later = await group.publish(event(f"{run}-a", key=f"{run}-k"))
+    assert later == Published(first.event_id, created=False)
+    with pytest.raises(IdempotencyConflict):
+        await group.publish(event(f"{run}-b", key=f"{run}-k"))
+    # Another API key's scope: the same key is another event.
+    scoped = await group.publish(event(f"{run}-a", key=f"{run}-k", api_key=None))
+    assert scoped.event_id == first.event_id
+    count = await pool.fetchval(
+        "SELECT count(*) FROM events WHERE idempotency_key LIKE $1", f"{run}%"
+    )
+    assert count == 2
+
+
+async def test_a_value_the_database_refuses_fails_only_its_own_event(
+    group: GroupCommit, pool: asyncpg.Pool
+) -> None:
+    run = secrets.token_hex(4)
+    bad = NewEvent(app_id=APP, notification={"title": "nul \u0000 here"}, user=f"{run}-bad")
+    outcomes = await group.publish_many([event(f"{run}-1"), bad, event(f"{run}-2")])
+    assert isinstance(outcomes[0], Published) and isinstance(outcomes[2], Published)
+    assert isinstance(outcomes[1], RefusedByDatabase)
+    assert "nul" not in str(outcomes[1])  # never the value
+    found = await statuses(pool, [outcomes[0].event_id, outcomes[2].event_id])
+    assert len(found) == 2
+
+
+async def test_committed_events_are_enqueued_in_one_group(
+    group: GroupCommit, pool: asyncpg.Pool, queues: Queues
+) -> None:
+    run = secrets.token_hex(4)
+    outcomes = await group.publish_many([event(f"{run}-{i}") for i in range(25)])
+    ids = {o.event_id for o in outcomes if isinstance(o, Published)}
+    await group.close()  # drains the enqueue
+    assert set((await statuses(pool, list(ids))).values()) == {"enqueued"}
+    sent: set[int] = set()
+    while len(sent) < len(ids):
+        messages = await queues.fanout.receive(10, wait_seconds=1)
+        assert messages, f"{len(ids) - len(sent)} fan-out messages missing"
+        for message in messages:
+            task = decode(message.body)
+            assert isinstance(task, FanoutTask)
+            sent.add(task.event_id)
+    assert sent == ids
+
+
+async def test_an_enqueue_that_fails_leaves_the_events_due_for_the_reconciler(
+    pool: asyncpg.Pool,
+) -> None:
+    failed: list[int] = []
+
+    async def unreachable() -> Queues:
+        raise OSError("SQS is down")
+
+    committer = GroupCommit(
+        pool, Enqueuer(pool, unreachable, on_failure=failed.append), overdue_after=5
+    )
+    run = secrets.token_hex(4)
+    answers = await asyncio.gather(*(committer.publish(event(f"{run}-{i}")) for i in range(5)))
+    await committer.close()
+    ids = [a.event_id for a in answers]
+    assert set((await statuses(pool, ids)).values()) == {"pending"}
+    due = await pool.fetchval(
+        "SELECT bool_and(due_at IS NOT NULL) FROM events WHERE id = ANY($1::bigint[])", ids
+    )
+    assert due and sum(failed) == 5
+
+
+async def test_close_answers_every_publish_waiting_and_takes_no_new_one(
+    pool: asyncpg.Pool, queues: Queues
+) -> None:
+    async def opened() -> Queues:
+        return queues
+
+    committer = GroupCommit(pool, Enqueuer(pool, opened), max_group=3)
+    run = secrets.token_hex(4)
+    waiting = [asyncio.create_task(committer.publish(event(f"{run}-{i}"))) for i in range(10)]
+    await asyncio.sleep(0)  # every publish has joined the queue
+    await committer.close()
+    answers = [task.result() for task in waiting]
+    assert len({a.event_id for a in answers}) == 10
+    with pytest.raises(GroupCommitClosed):
+        await committer.publish(event(f"{run}-late"))
