@@ -30,6 +30,7 @@ from fanout.api.console.session import (
     set_login_csrf,
     sign_in,
     sign_out,
+    switch_app,
 )
 from fanout.api.state import state_of
 from fanout.queue.admin import redrive
@@ -119,6 +120,15 @@ async def logout(request: Request, session: SignedIn) -> Response:
     return response
 
 
+@router.post("/app")
+async def switch_app_page(request: Request, session: SignedIn) -> Response:
+    """An admin's session looks at another app from now on (the form's ``app``: its key);
+    any other session gets 404, as for an app that does not exist."""
+    fields = await checked_form(request, session)
+    await switch_app(request, session, fields.get("app", ""))
+    return RedirectResponse("/console", status_code=303)
+
+
 # --- events -----------------------------------------------------------------------------
 
 
@@ -132,7 +142,7 @@ async def events_page(
 ) -> HTMLResponse:
     topic, status = _filters(topic, status)
     rows = await views.event_rows(
-        state_of(request).pool, app_id=session.key.app_id, topic=topic, status=status
+        state_of(request).pool, app_id=session.app_id, topic=topic, status=status
     )
     query = "&".join(
         f"{name}={quote(value)}" for name, value in (("topic", topic), ("status", status)) if value
@@ -155,14 +165,14 @@ async def events_rows(
 ) -> HTMLResponse:
     topic, status = _filters(topic, status)
     rows = await views.event_rows(
-        state_of(request).pool, app_id=session.key.app_id, topic=topic, status=status
+        state_of(request).pool, app_id=session.app_id, topic=topic, status=status
     )
     return _page(request, "_event_rows.html", session, rows=rows)
 
 
 async def _event_or_404(request: Request, session: Session, event_id: int) -> views.EventRow:
     """The signed-in key's app's event; another app's is a 404, as one that never was."""
-    event = await views.one_event(state_of(request).pool, event_id, app_id=session.key.app_id)
+    event = await views.one_event(state_of(request).pool, event_id, app_id=session.app_id)
     if event is None:
         raise ConsoleRefusal(404, f"no event {event_id}")
     return event
@@ -248,7 +258,7 @@ async def _where(
         return "event: give the event's number"
     if not user and not device.isdigit():
         return "give a user's external id, or a device's number"
-    app_id = session.key.app_id
+    app_id = session.app_id
     found = await views.one_event(state_of(request).pool, int(event), app_id=app_id)
     if found is None:
         return f"no event {event}"
@@ -267,7 +277,7 @@ async def _where(
 @router.get("/queues")
 async def queues_page(request: Request, session: SignedIn, moved: str = "") -> HTMLResponse:
     state = state_of(request)
-    providers = await views.providers_last_minute(state.pool, app_id=session.key.app_id)
+    providers = await views.providers_last_minute(state.pool, app_id=session.app_id)
     view, error = None, None
     # The queues, their dead letters and this process's counters are the deployment's,
     # every app's work together: only a key of the default app (the operator's) sees them.
@@ -277,7 +287,7 @@ async def queues_page(request: Request, session: SignedIn, moved: str = "") -> H
     else:
         try:
             view = await views.queues_view(
-                state.pool, await state.get_queues(), app_id=session.key.app_id
+                state.pool, await state.get_queues(), app_id=session.app_id
             )
         except Exception as exc:
             error = f"could not read the queues: {type(exc).__name__}: {exc}"
