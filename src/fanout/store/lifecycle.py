@@ -106,7 +106,8 @@ RETURNING id
 # it was inserted: a row whose idempotency key this scope used before (in an earlier group
 # or in this one) inserts nothing (created false); a row whose topic or user a concurrent
 # transaction created after this statement's snapshot has no id (call again for it: the
-# next statement sees it).
+# next statement sees it). Each event is paced at its app's default rate, if it has one
+# (apps_pkey; an event with a rate of its own is not grouped).
 INSERT_EVENTS = """
 WITH wanted AS (
     SELECT * FROM unnest($1::integer[], $2::text[], $3::text[], $4::text[], $5::bigint[],
@@ -147,10 +148,11 @@ WITH wanted AS (
 ), inserted AS (
     INSERT INTO events
         (id, app_id, topic_id, user_id, notification, api_key_id, idempotency_key,
-         request_fingerprint, due_at, status, quiet_hours, expires_at)
+         request_fingerprint, due_at, status, quiet_hours, expires_at, throttle_per_minute)
     OVERRIDING SYSTEM VALUE
     SELECT id, app_id, topic_id, user_id, notification::jsonb, api_key_id, idempotency_key,
-           fingerprint, now() + make_interval(secs => $10), 'pending', quiet_hours, expires_at
+           fingerprint, now() + make_interval(secs => $10), 'pending', quiet_hours, expires_at,
+           (SELECT a.default_throttle_per_minute FROM apps AS a WHERE a.id = numbered.app_id)
     FROM numbered ORDER BY ord
     ON CONFLICT (idempotency_key, app_id, api_key_id) WHERE idempotency_key IS NOT NULL
     DO NOTHING
