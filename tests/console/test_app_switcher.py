@@ -9,7 +9,7 @@ import httpx
 
 from fanout.api.keys import create_api_key
 from fanout.config import Settings
-from fanout.store import apps, connect
+from fanout.store import apps, connect, webhooks
 from tests.console.conftest import Console, form_token
 
 
@@ -76,9 +76,28 @@ async def test_an_admin_switches_the_app_its_console_shows(
         still = await admin.get("/console")  # a refused switch leaves the session as it was
         assert f'<span id="app">{second}</span>' in still.text
 
+        # Every page follows the switch, the webhooks page too (read from the store for
+        # the session's app, not through the API as the admin key, which holds no app).
+        second_id = await console.app.state.api.pool.fetchval(
+            "SELECT id FROM apps WHERE key = $1", second
+        )
+        async with console.app.state.api.pool.acquire() as conn:
+            hook = await webhooks.insert_endpoint(
+                conn,
+                app_id=second_id,
+                url="https://93.184.215.14/second-hooks",
+                kinds=["event.finished"],
+                secret_sealed=b"\x01sealed",
+                kek_id="00000000",
+            )
+        hooks_page = await admin.get("/console/webhooks")
+        assert hooks_page.status_code == 200
+        assert f'data-webhook="{hook.id}"' in hooks_page.text
+
         back = await _switch(admin, first)
         assert back.status_code == 303
         assert title not in (await admin.get("/console")).text
+        assert f'data-webhook="{hook.id}"' not in (await admin.get("/console/webhooks")).text
 
 
 async def test_a_key_of_one_app_cannot_switch_nor_learn_that_another_exists(

@@ -32,8 +32,10 @@ from fanout.api.console.session import (
     sign_out,
     switch_app,
 )
+from fanout.api.routes.webhooks import delivery_out, webhook_out
 from fanout.api.state import state_of
 from fanout.queue.admin import redrive
+from fanout.store import webhooks
 from fanout.store.apps import DEFAULT_APP
 from fanout.store.lifecycle import EventState
 
@@ -319,22 +321,29 @@ async def redrive_queue(request: Request, session: SignedIn, role: str) -> Respo
 
 
 # --- webhooks -----------------------------------------------------------------------------
-# Read and replayed through the API's own routes, as the signed-in key: the page shows what
-# GET /v1/webhooks shows that key (its app's endpoints, never a secret), and a replay is
-# POST /v1/webhooks/…/replay (the manage scope).
+# Read from the store for the session's app (an admin's switched app too), in the shapes
+# GET /v1/webhooks/{id} answers (never a secret); a replay is POST /v1/webhooks/…/replay
+# through the API as the signed-in key (the manage scope), as every console action is.
 WEBHOOK_DELIVERIES_SHOWN = 10
 
 
 @router.get("/webhooks")
 async def webhooks_page(request: Request, session: SignedIn, replayed: str = "") -> HTMLResponse:
-    status, listed = await call_as(request.app, session.key, "GET", "/v1/webhooks")
-    if status >= 400:
-        raise ConsoleRefusal(status, f"webhooks: {listed}")
     endpoints = []
-    for endpoint in listed:
-        _, detail = await call_as(request.app, session.key, "GET", f"/v1/webhooks/{endpoint['id']}")
-        deliveries = detail.get("deliveries", []) if isinstance(detail, dict) else []
-        endpoints.append({**endpoint, "deliveries": deliveries[:WEBHOOK_DELIVERIES_SHOWN]})
+    async with state_of(request).pool.acquire() as conn:
+        for endpoint in await webhooks.list_endpoints(conn, app_id=session.app_id):
+            recent = await webhooks.recent_deliveries(
+                conn,
+                app_id=session.app_id,
+                endpoint_id=endpoint.id,
+                limit=WEBHOOK_DELIVERIES_SHOWN,
+            )
+            endpoints.append(
+                {
+                    **webhook_out(endpoint).model_dump(mode="json"),
+                    "deliveries": [delivery_out(d).model_dump(mode="json") for d in recent],
+                }
+            )
     return _page(request, "webhooks.html", session, endpoints=endpoints, replayed=replayed)
 
 
