@@ -1,7 +1,7 @@
 """Faults under a running pipeline: does every device still get its push, and once?
 
     python bench/chaos.py [--devices 100000] [--scenarios pg-fast-fanout,poison] [--json]
-                          [--timeout 180] [--stall 120] [--seed 1] [--apps 1]
+                          [--timeout 180] [--stall 120] [--seed 1] [--apps 1] [--direct 0]
 
 Every part runs in its own process: a private PostgreSQL (restarted at will), moto's
 SQS server (killed at will), a counting sink behind a proxy that can stall, one fan-out
@@ -16,6 +16,12 @@ With ``--webhooks`` every app has a webhook endpoint (event.finished, devices.re
 devices.failed) on a receiver in this process, which the workers' webhook senders call
 through the fault: at the end, the rows written to the outbox (webhook_deliveries) are
 compared with the webhook-ids received; "lost" there is the rows never received.
+With ``--direct N``, N more users (one APNs device each, in no topic) get a 1:1 send each,
+published as a stream through the API's group commit while the fault strikes (a send that
+fails is sent again with its idempotency key until it is acknowledged); each send's data
+names its device, and the sink counts a push that reaches another device (``addressed``:
+no push carries another event's content). Reported: the sends lost, duplicated, misaddressed
+and not terminal.
 
 With ``--apps N`` the devices are split over N apps (``chaos-1`` …), each with a topic of
 its own, and a scenario publishes an event to each at once; the sink counts each event's
@@ -57,14 +63,16 @@ from fanout.local.faults import (
     schema_has_terminal_states,
 )
 from fanout.local.postgres_server import PrivatePostgres, ShutdownMode, free_port
+from fanout.local.sink import ADDRESSED_TO
 from fanout.local.sqs_server import MotoServer
 from fanout.local.stalling_proxy import StallingProxy
 from fanout.local.workers import WorkerProcess, worker_environment
 from fanout.notification import Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import Queues, open_client, open_queues
-from fanout.stages.publish import PublishOptions, publish
-from fanout.store import apps, connect, create_pool
+from fanout.stages.group_commit import Enqueuer, GroupCommit
+from fanout.stages.publish import PublishOptions, prepare_event, publish
+from fanout.store import apps, connect, create_pool, seeding
 from fanout.store.lifecycle import FANNING, EventState
 from fanout.store.migrate import migrate
 from fanout.webhooks.addresses import system_resolver
@@ -487,6 +495,7 @@ async def run_scenario(
     moto: MotoServer,
     audiences: list[Audience],
     args: argparse.Namespace,
+    direct: list[tuple[str, int]] | None = None,
 ) -> dict[str, Any]:
     fault = SCENARIOS[name]()
     devices = sum(a.devices for a in audiences)
@@ -515,7 +524,8 @@ async def run_scenario(
             stack.callback(hooks.close)
             await _register_hooks(settings, pg.url(database), audiences, hooks.url)
         sink_port = free_port()
-        sink = await asyncio.to_thread(_start_sink, sink_port, logs / f"{name}-sink.log")
+        kept = 16 + len(audiences) + len(direct or [])  # every event counted apart
+        sink = await asyncio.to_thread(_start_sink, sink_port, logs / f"{name}-sink.log", kept)
         stack.callback(_stop, sink)
         proxy = await stack.enter_async_context(StallingProxy("127.0.0.1", sink_port))
         env = worker_environment({**fanout_env, "FANOUT_SINK_URL": proxy.url})
@@ -539,6 +549,7 @@ async def run_scenario(
             queues = await open_queues(client, settings)
             run.event_ids = await _publish(settings, queues, audiences, args.throttle)
             run.event_id = run.event_ids[0]
+        stream = asyncio.create_task(_direct_stream(settings, direct or []))
         started = time.monotonic()
         watcher = Watcher(pg.url(database), f"http://127.0.0.1:{sink_port}", run.event_ids)
         stack.push_async_callback(watcher.close)
@@ -547,6 +558,10 @@ async def run_scenario(
             await asyncio.sleep(2.0)  # a late duplicate still counts against it
         if isinstance(fault, Poison) and fault.sent:
             await fault.dead_lettered(run)
+        direct_ids = await stream
+        direct_ended = await _until_ended(pg.url(database), list(direct_ids.values()), args)
+        if direct_ids:
+            await asyncio.sleep(2.0)  # a late duplicate still counts against them
         stats = await watcher.sink_stats()
         dead_letters = await _dead_letters(settings)
         webhooks = None
@@ -583,9 +598,10 @@ async def run_scenario(
     return {
         "scenario": name,
         "devices": devices,
-        "delivered": stats["unique"],
-        "duplicates": stats["duplicates"],
-        "lost": devices - stats["unique"],
+        # The topic events' own counts (the totals hold the direct sends' pushes too).
+        "delivered": sum(a["delivered"] for a in per_app),
+        "duplicates": sum(a["duplicates"] for a in per_app),
+        "lost": sum(a["lost"] for a in per_app),
         "seconds": None if seconds is None else round(seconds, 1),
         "status": status,
         "ended": ended,
@@ -595,6 +611,7 @@ async def run_scenario(
         **({"throttle_per_minute": args.throttle} if args.throttle else {}),
         **({"apps": per_app} if len(audiences) > 1 else {}),
         **({"webhooks": webhooks} if webhooks is not None else {}),
+        **({"direct": _direct_counts(stats, direct_ids, direct_ended)} if direct else {}),
         "env": {k: v for k, v in fanout_env.items() if k in {*PACED_FANOUT, "FANOUT_SHARD_SIZE"}},
     }
 
@@ -649,12 +666,16 @@ async def _watch(
 # --- processes and plumbing -------------------------------------------------------------
 
 
-def _start_sink(port: int, log: Path) -> Any:
+def _start_sink(port: int, log: Path, events_kept: int = 16) -> Any:
     import subprocess
 
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "fanout", "sink", "--port", str(port)],
+            [
+                sys.executable,
+                *("-m", "fanout", "sink", "--port", str(port)),
+                *("--events-kept", str(events_kept)),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -702,6 +723,85 @@ async def _publish(
         await pool.close()
 
 
+async def _direct_stream(settings: Settings, targets: list[tuple[str, int]]) -> dict[str, int]:
+    """A 1:1 send to each (user, device), ten at a time, through the API's group commit;
+    each sent again (its idempotency key) until acknowledged. User -> event id."""
+    if not targets:
+        return {}
+    acknowledged: dict[str, int] = {}
+    pool = await create_pool(settings, min_size=1, max_size=4)
+    async with open_client(settings) as client:
+        opened: Queues | None = None
+
+        async def queues() -> Queues:
+            nonlocal opened
+            if opened is None:
+                opened = await open_queues(client, settings)
+            return opened
+
+        group = GroupCommit(
+            pool,
+            Enqueuer(pool, queues, overdue_after=settings.reconcile_after_seconds, timeout=2),
+            overdue_after=settings.reconcile_after_seconds,
+        )
+        pending = iter(targets)
+
+        async def sender() -> None:
+            for user, device in pending:
+                note = Notification(title=f"for {user}", data={ADDRESSED_TO: str(device)})
+                event = prepare_event(note, user=user, idempotency_key=f"chaos-{user}")
+                while True:
+                    try:
+                        acknowledged[user] = (await group.publish(event)).event_id
+                        break
+                    except Exception:  # the fault: send it again, as a client would
+                        await asyncio.sleep(0.5)
+
+        try:
+            await asyncio.gather(*(sender() for _ in range(10)))
+        finally:
+            await group.close(grace=10)
+            await pool.close()
+    return acknowledged
+
+
+async def _until_ended(dsn: str, event_ids: list[int], args: argparse.Namespace) -> int:
+    """Until the events have ended (or ``--timeout``); how many have."""
+    if not event_ids:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    ended = 0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            conn = await connect(dsn)
+            try:
+                ended = await conn.fetchval(
+                    "SELECT count(*) FROM events WHERE id = ANY($1::bigint[]) "
+                    "AND status = ANY($2::text[])",
+                    event_ids,
+                    list(TERMINAL_STATUSES),
+                )
+            finally:
+                await conn.close()
+            if ended == len(event_ids):
+                break
+        await asyncio.sleep(0.5)
+    return int(ended)
+
+
+def _direct_counts(stats: dict[str, Any], ids: dict[str, int], ended: int) -> dict[str, int]:
+    counted = [stats["events"].get(str(event_id), {}) for event_id in ids.values()]
+    return {
+        "sends": len(ids),
+        "delivered": sum(1 for c in counted if c.get("unique", 0) == 1),
+        "lost": sum(1 for c in counted if c.get("unique", 0) == 0),
+        "duplicates": sum(c.get("duplicates", 0) for c in counted),
+        "addressed_checked": stats["addressed"]["checked"],
+        "misaddressed": stats["addressed"]["wrong"],
+        "not_terminal": len(ids) - ended,
+    }
+
+
 async def _dead_letters(settings: Settings) -> dict[str, int]:
     """Messages in each dead-letter queue at the end (visible ones, as SQS counts)."""
     counts = {}
@@ -724,6 +824,34 @@ async def _admin(dsn: str, sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def seed_direct(conn: asyncpg.Connection, count: int) -> list[tuple[str, int]]:
+    """``count`` users of the default app in no topic, one APNs device each: (user, device)."""
+    if not count:
+        return []
+    shape = DeviceShape(platforms=("apns",))
+    users = await seeding.seed_users(
+        conn, app_id=apps.DEFAULT_APP_ID, prefix="direct-", count=count
+    )
+    await seeding.seed_devices(
+        conn,
+        first_user_id=users.first_id,
+        last_user_id=users.last_id,
+        per_user=1,
+        token_seed="direct",
+        webpush_endpoint_base="https://push.example.net/wp/",
+        web_push_p256dh=shape.p256dh,
+        web_push_auth=shape.auth,
+        platforms=shape.platforms,
+    )
+    rows = await conn.fetch(
+        """SELECT u.external_id, d.id FROM users u JOIN devices d ON d.user_id = u.id
+           WHERE u.id BETWEEN $1 AND $2 ORDER BY u.id""",
+        users.first_id,
+        users.last_id,
+    )
+    return [(row["external_id"], row["id"]) for row in rows]
 
 
 async def prepare_template(pg: PrivatePostgres, devices: int, app_count: int) -> list[Audience]:
@@ -775,6 +903,14 @@ def print_row(result: dict[str, Any] | None) -> None:
             f"{hooks['lost']:,} lost, {hooks['repeats']:,} repeats (same webhook-id)",
             flush=True,
         )
+    if direct := result.get("direct"):
+        print(
+            f"{'':<22}  direct: {direct['delivered']:,} of {direct['sends']:,} 1:1 sends "
+            f"delivered, {direct['lost']:,} lost, {direct['duplicates']:,} duplicates, "
+            f"{direct['misaddressed']:,} misaddressed of {direct['addressed_checked']:,} "
+            f"checked, {direct['not_terminal']:,} not terminal",
+            flush=True,
+        )
     for app in result.get("apps", []):
         print(
             f"{'':<22}  {app['app']}: {app['delivered']:,} of {app['devices']:,} delivered, "
@@ -793,6 +929,11 @@ async def main_async(args: argparse.Namespace) -> None:
     args.logs = Path(tempfile.mkdtemp(prefix="fanout-chaos-"))
     with PrivatePostgres() as pg, MotoServer(log_file=args.logs / "moto.log") as moto:
         audiences = await prepare_template(pg, args.devices, args.apps)
+        conn = await connect(pg.url("chaos_template"))
+        try:
+            direct = await seed_direct(conn, args.direct)
+        finally:
+            await conn.close()
         devices = sum(a.devices for a in audiences)
         shown = {
             **WORKER_SETTINGS,
@@ -809,7 +950,7 @@ async def main_async(args: argparse.Namespace) -> None:
         print_row(None)
         results = []
         for name in names:
-            result = await run_scenario(name, pg, moto, audiences, args)
+            result = await run_scenario(name, pg, moto, audiences, args, direct)
             results.append(result)
             print_row(result)
     if args.json:
@@ -847,6 +988,9 @@ def main() -> None:
         default=None,
         help="pace the events at N devices a minute (throttle_per_minute): the faults then "
         "land on a schedule kept in PostgreSQL",
+    )
+    parser.add_argument(
+        "--direct", type=int, default=0, help="users sent a 1:1 send each, as a stream, too"
     )
     asyncio.run(main_async(parser.parse_args()))
 

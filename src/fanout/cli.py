@@ -697,6 +697,9 @@ def status(
 def sink(
     host: str = "127.0.0.1",
     port: Annotated[int, typer.Option(help="0: any free port.")] = 8765,
+    events_kept: Annotated[
+        int, typer.Option(min=1, help="The most recent events counted apart in /stats.")
+    ] = 16,
 ) -> None:
     """Serve a local push sink that counts what it receives, per event (tests, benchmarks).
 
@@ -709,7 +712,11 @@ def sink(
         typer.echo(url)
         err.print(f"push sink on {url}: POST /push, GET /stats")
 
-    serve(_listen(host, port, "the push sink", ("--host", "--port")), listening=listening)
+    serve(
+        _listen(host, port, "the push sink", ("--host", "--port")),
+        listening=listening,
+        events_kept=events_kept,
+    )
 
 
 @app.command()
@@ -1368,6 +1375,7 @@ def apps_show(key: str, json: JsonOutput = False) -> None:
             "name": found.name,
             "created_at": found.created_at.isoformat(),
             "settings": found.settings,
+            "default_throttle_per_minute": found.default_throttle_per_minute,
             "credentials": {
                 c.provider: {
                     **c.identity,
@@ -1380,6 +1388,8 @@ def apps_show(key: str, json: JsonOutput = False) -> None:
         typer.echo(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
         return
     typer.echo(f"{found.key}  {found.name}  (created {found.created_at:%Y-%m-%d %H:%M} UTC)")
+    if found.default_throttle_per_minute:
+        typer.echo(f"  paces its events at {found.default_throttle_per_minute}/min by default")
     if not credentials:
         typer.echo("  no credentials: `fanout apps credentials set` stores them")
     for c in credentials:

@@ -23,6 +23,23 @@ if TYPE_CHECKING:
     from fanout.providers.base import Outcome
     from fanout.store.events import OpenEvents
 
+# Whether series carry the ``app`` label (FANOUT_METRICS_APP_LABEL): set once by each
+# runtime from its settings (``use_app_label``); the providers take it when built.
+_app_label = True
+
+
+def use_app_label(on: bool) -> None:
+    """Label per-app series with the app's key (True, the default) or leave it empty."""
+    global _app_label
+    _app_label = on
+
+
+def app_label(app: str | None) -> str:
+    """The ``app`` label of a series of the app ``app`` (its key): empty when the setting
+    drops it, or for no app."""
+    return (app or "") if _app_label else ""
+
+
 # --- Providers ------------------------------------------------------------------------
 PROVIDER_OUTCOMES = Counter(
     "fanout_provider_outcomes",
@@ -79,8 +96,9 @@ PROVIDER_DEAD_CONNECTIONS = Counter(
 # --- Events ---------------------------------------------------------------------------
 EVENTS_FINISHED = Counter(
     "fanout_events_finished",
-    "Events that ended, by terminal status (delivered, partially_delivered, failed, ...)",
-    ["status"],
+    "Events that ended, by terminal status (delivered, partially_delivered, failed, ...) "
+    "and app (its key; empty with FANOUT_METRICS_APP_LABEL=false)",
+    ["status", "app"],
 )
 
 # Read from PostgreSQL at each scrape of the API's /metrics (whichever process ends an
@@ -125,8 +143,9 @@ AUDIENCE_HELD_BACK = Counter(
     "fanout_audience_held_back",
     "Recipients the fan-out held back on purpose (filtered, opted_out, muted, capped, deferred, "
     "quiet_hours, and those a stopped shard did not read: cancelled, expired) and devices a "
-    "batch held back (cancelled, expired), by reason",
-    ["reason"],
+    "batch held back (cancelled, expired, superseded), by reason and app (its key; empty with "
+    "FANOUT_METRICS_APP_LABEL=false)",
+    ["reason", "app"],
 )
 SQS_MESSAGES = Gauge(
     "fanout_sqs_messages",

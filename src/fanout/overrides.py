@@ -178,6 +178,7 @@ class ApnsOverride(_Checked):
         if "aps" in self.payload and not isinstance(self.payload["aps"], dict):
             refused = "must be an object: Apple refuses a payload without aps"
             raise_problems("ApnsOverride", [problem(("payload", "aps"), refused)])
+        _open_token_stays_fanouts("ApnsOverride", self.payload)
         return self
 
 
@@ -192,6 +193,19 @@ class WebPushOverride(_Checked):
     payload: JsonObject = Field(
         default_factory=dict, description="Merged into the JSON the service worker reads."
     )
+
+    @model_validator(mode="after")
+    def _no_open_token(self) -> WebPushOverride:
+        _open_token_stays_fanouts("WebPushOverride", self.payload)
+        return self
+
+
+def _open_token_stays_fanouts(title: str, payload: JsonObject) -> None:
+    """``fo_open`` is the open token each push gets per device (open_tokens.py), added
+    beside the payload's keys: a publisher's own would be a second key of that name."""
+    if "fo_open" in payload:
+        refused = "a key fanout reserves (the open token); name it otherwise"
+        raise_problems(title, [problem(("payload", "fo_open"), refused)])
 
 
 class FcmAndroidOverride(BaseModel):

@@ -17,6 +17,8 @@ import math
 import operator
 from typing import Any
 
+from fanout.errors import FanoutError
+
 # Bounds: a tag map is read per recipient by the page query; a few dozen short tags is what
 # targeting needs (OneSignal's own limit is 100 tags per user).
 MAX_TAGS = 100
@@ -32,7 +34,7 @@ _ORDERED = tuple(_COMPARE)
 TagValue = str | int | float | bool
 
 
-class InvalidTags(ValueError):
+class InvalidTags(FanoutError, ValueError):
     """A tag map or filter that cannot be taken; ``path`` names the field (the body's
     location, e.g. ``("filter", "tags", "age", "gte")``)."""
 

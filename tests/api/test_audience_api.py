@@ -23,7 +23,13 @@ from tests.api.test_api import wait_for_status, worker  # noqa: F401 (worker: a 
 
 
 def capped_total() -> float:
-    return REGISTRY.get_sample_value("fanout_audience_held_back_total", {"reason": "capped"}) or 0
+    """Every app's recipients held back as capped (the counter is labelled by app)."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.name == "fanout_audience_held_back_total" and sample.labels["reason"] == "capped"
+    )
 
 
 def unique(prefix: str) -> str:

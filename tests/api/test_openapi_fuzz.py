@@ -29,7 +29,7 @@ CHECKED_BEYOND_THE_SCHEMA = {
     ("POST", "/v1/live-activities/{activity_id}/updates"),
     # A webhook's URL must be https:// on a public address, which is not a schema's to say.
     ("POST", "/v1/webhooks"),
-    # An open token is checked by its HMAC, which is not a schema's to say either.
+    # An open token of the right shape is still refused unless its MAC is the server's.
     ("POST", "/v1/opens"),
 }
 

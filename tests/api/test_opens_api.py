@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -28,6 +30,12 @@ TOKENS = OpenTokens(KEY.encode())
 class OpensServer:
     url: str
     api: ApiServer  # the shared server's database and keys
+    log: Path
+
+    def problems(self) -> str:
+        """What the server said besides 202s and 422s: what a failed assertion shows."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(line for line in lines if " 202 " not in line and " 422 " not in line)
 
     def client(self, key: str | None = None) -> httpx.AsyncClient:
         headers = self.api.headers(key) if key else {}
@@ -46,7 +54,7 @@ def opens_api(api: ApiServer, tmp_path_factory: pytest.TempPathFactory) -> Itera
         FANOUT_OPENS_PER_MINUTE_PER_ADDRESS="100000000",
     )
     try:
-        yield OpensServer(url, api)
+        yield OpensServer(url, api, log)
     finally:
         stop(process)
 
@@ -110,11 +118,20 @@ async def test_10000_concurrent_opens_of_5000_devices_count_5000(opens_api: Open
 
             async def post(token: str) -> None:
                 async with gate:
-                    response = await client.post("/v1/opens", json={"token": token})
+                    # As an app does: a post whose connection the server had just closed
+                    # (its keep-alive timeout, which a loaded machine makes likelier) is sent
+                    # again; posting a token twice is what this test says is harmless.
+                    for tries_left in reversed(range(3)):
+                        try:
+                            response = await client.post("/v1/opens", json={"token": token})
+                            break
+                        except httpx.TransportError:
+                            if not tries_left:
+                                raise
                 answers.append(response.status_code)
 
             await asyncio.gather(*(post(token) for token in posts))
-        assert answers == [202] * 10_000
+        assert Counter(answers) == {202: 10_000}, opens_api.problems()
         assert await _opened(conn, event_id) == 5000
         opens = await _status(opens_api, event_id)
         assert opens["opened"] == 5000

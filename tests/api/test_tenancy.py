@@ -444,6 +444,9 @@ CONSOLE_PAGES = {
     ("GET", "/console/where"): "/console/where?event={event_id}&user={user_id}",
     ("GET", "/console/queues"): "/console/queues",
     ("POST", "/console/queues/{role}/redrive"): "/console/queues/fanout/redrive",
+    # Switching app: an admin's session only; B's, as for an app that never was, 404
+    # (tests/console/test_app_switcher.py switches to A's app by name).
+    ("POST", "/console/app"): "/console/app",
     ("GET", "/console/webhooks"): "/console/webhooks",
     ("POST", "/console/webhooks/{webhook_id}/replay"): "/console/webhooks/{webhook_id}/replay",
     ("POST", "/console/webhooks/deliveries/{delivery_id}/replay"): (
@@ -535,3 +538,11 @@ async def test_a_live_activity_update_of_app_a_does_not_exist_for_a_key_of_app_b
         assert mine.status_code == 200 and mine.json()["live_activity"] is not None, mine.text
         theirs = await client.get(f"/v1/events/{b_event}")
         assert theirs.status_code == 404, theirs.text
+    # Each app's updates are counted under its own key (the operator's /metrics needs none).
+    async with tenants.client() as operator:
+        scraped = (await operator.get("/metrics")).text
+    published = [line for line in scraped.splitlines() if "events_published" in line]
+    for app in ("alpha-app", "beta-app"):
+        assert f'fanout_events_published_total{{app="{app}",kind="live_activity"}}' in scraped, (
+            published
+        )

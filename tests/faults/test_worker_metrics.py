@@ -91,6 +91,7 @@ async def test_a_worker_serves_provider_latency_reconciler_and_sqs_metrics(
     assert (value(samples, f"{latency}_sum", **sink) or 0) > 0
     for kind in ("event_resent", "shard_resent", "batch_resent", "given_up"):
         assert value(samples, "fanout_reconciler_actions_total", kind=kind) is not None
-    assert value(samples, "fanout_events_finished_total", status="delivered") == 1
+    finished = {"status": "delivered", "app": "default"}
+    assert value(samples, "fanout_events_finished_total", **finished) == 1
     assert value(samples, "fanout_sqs_requests_total", operation="ReceiveMessage")
     assert value(samples, "fanout_sqs_messages", queue="fanout_dlq", state="visible") == 0

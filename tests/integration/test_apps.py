@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from fanout.config import Settings
 from fanout.credentials import stored
 from fanout.credentials.sealing import Keyring, decode_key, generate_key, kek_id
 from fanout.local.postgres_server import free_port
@@ -600,3 +601,30 @@ def test_a_rotation_online_leaves_no_process_unable_to_open_a_credential(
                  FANOUT_PREVIOUS_SECRET_KEYS=f"{secret_key},not-a-key")  # fmt: skip
     line = one_line(bad, 2)
     assert line.startswith("fanout: FANOUT_PREVIOUS_SECRET_KEYS") and secret_key not in line
+
+
+async def test_an_event_ended_is_counted_under_its_apps_key(settings: Settings) -> None:
+    from fanout.metrics import EVENTS_FINISHED
+    from fanout.store import lifecycle
+    from tests.unit.test_metrics import _sample
+
+    conn = await store_connect(settings.database_dsn())
+    try:
+        app = await apps.insert_app(conn, key="finished-app", name="", settings={})
+        assert app is not None
+        topic = await conn.fetchval(
+            "INSERT INTO topics (app_id, key) VALUES ($1, 'finished') RETURNING id", app.id
+        )
+        event_id = await conn.fetchval(
+            "INSERT INTO events (app_id, topic_id, notification) VALUES ($1, $2, '{}') "
+            "RETURNING id",
+            app.id,
+            topic,
+        )
+        name = "fanout_events_finished_total"
+        before = _sample(EVENTS_FINISHED, name, status="failed", app="finished-app")
+        assert await lifecycle.fail(conn, event_id=event_id, reason="test")
+        after = _sample(EVENTS_FINISHED, name, status="failed", app="finished-app")
+        assert after == before + 1
+    finally:
+        await conn.close()

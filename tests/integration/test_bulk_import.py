@@ -367,3 +367,46 @@ async def test_chunks_on_several_connections_at_once_land_every_row_once(
     finally:
         for c in conns:
             await c.close()
+
+
+async def test_users_tags_import_a_second_time_changes_nothing_and_a_row_without_keeps_them(
+    database_url: str, tmp_path: Path
+) -> None:
+    users = tmp_path / "users.ndjson"
+    users.write_bytes(
+        b'{"user_id": "t1", "tags": {"plan": "premium", "age": 30}}\n'
+        b'{"user_id": "t2", "tags": {"plan": "free"}}\n'
+        b'{"user_id": "t3"}\n'
+        b'{"user_id": "t4", "tags": {"nested": {"no": 1}}}\n'
+    )
+    first = fanout(database_url, "import", "users", str(users))
+    assert (first["inserted"], first["updated"], first["rejected"]) == (3, 0, 1)
+    rejects = (tmp_path / "users.ndjson.rejects.csv").read_text().splitlines()
+    assert rejects[1].startswith("4,") and "tags" in rejects[1]
+    again = fanout(database_url, "import", "users", str(users))
+    assert (again["inserted"], again["updated"]) == (0, 0)
+
+    # A CSV row carries its tags as a JSON cell; an empty cell keeps what the user has.
+    csv_file = tmp_path / "users.csv"
+    csv_file.write_text('user_id,tags\nt1,\nt3,"{""plan"": ""premium""}"\n')
+    changed = fanout(database_url, "import", "users", str(csv_file))
+    assert (changed["inserted"], changed["updated"]) == (0, 1)
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = {
+            r["external_id"]: orjson.loads(r["tags"])
+            for r in await conn.fetch(
+                "SELECT external_id, tags::text FROM users WHERE external_id LIKE 't_'"
+            )
+        }
+        premium = await conn.fetchval(
+            'SELECT count(*) FROM users WHERE tags @> \'{"plan": "premium"}\''
+        )
+    finally:
+        await conn.close()
+    assert stored == {
+        "t1": {"plan": "premium", "age": 30},
+        "t2": {"plan": "free"},
+        "t3": {"plan": "premium"},
+    }
+    assert premium == 2

@@ -340,6 +340,9 @@ def test_the_cli_paces_a_publish_and_sets_an_apps_default(settings: Settings) ->
     assert inherited.returncode == 0, inherited.stderr
     shown = orjson.loads(fanout(settings, "status", inherited.stdout.strip()).stdout)
     assert shown["pacing"]["throttle_per_minute"] == 300
+    assert "paces its events at 300/min" in fanout(settings, "apps", "show", app).stdout
+    listed = orjson.loads(fanout(settings, "apps", "show", app, "--json").stdout)
+    assert listed["default_throttle_per_minute"] == 300
     cleared = fanout(settings, "apps", "settings", app, "--throttle", "0")
     assert "none (unpaced)" in cleared.stdout, cleared.stderr
     assert "none (unpaced)" in fanout(settings, "apps", "settings", app).stdout

@@ -407,8 +407,13 @@ async def _fan_out_only(pipeline: Pipeline) -> None:
 
 
 def _held_back_metric(reason: str) -> float:
-    value = REGISTRY.get_sample_value("fanout_audience_held_back_total", {"reason": reason})
-    return value or 0.0
+    """Every app's recipients held back for ``reason`` (the counter is labelled by app)."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.name == "fanout_audience_held_back_total" and sample.labels["reason"] == reason
+    )
 
 
 async def test_cancel_during_fan_out_stops_at_the_next_page(

@@ -28,7 +28,9 @@ from fanout.credentials.sealing import Keyring, generate_key
 from fanout.credentials.stored import check_secret_key, keyring, rotate
 from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
+from fanout.open_tokens import OpenTokens
 from fanout.runtime.pipeline import Pipeline
+from fanout.stages import opens as stages_opens
 from fanout.stages.publish import publish, record_event
 from fanout.store import connect, lifecycle, webhooks
 from fanout.store.apps import DEFAULT_APP_ID
@@ -494,3 +496,50 @@ async def test_an_error_answer_is_kept_short_and_the_row_tried_again(
     assert row.last_answer is not None and row.last_answer.startswith("busy, try later")
     assert len(row.last_answer) == webhooks.ANSWER_CHARS
     assert endpoint.failing_since is not None and endpoint.disabled_at is None
+
+
+async def test_opens_reach_push_opened_endpoints_aggregated_each_counted_once(
+    hook_pipeline: Pipeline, receiver: Receiver
+) -> None:
+    """200 opens (each posted twice) and 50 clicks, posted at once: a few calls, not one
+    per open, and their sum is 200 opens and 50 clicks exactly."""
+    pipeline = hook_pipeline
+    await _register(pipeline, receiver, ["push.opened"])
+    topic, _ = await _seed_topic(pipeline, 200, 0)
+    event = await record_event(pipeline.pool, NOTE, topic=topic)
+    async with pipeline.pool.acquire() as conn:
+        devices = [r["id"] for r in await conn.fetch("SELECT id FROM devices ORDER BY id")]
+    tokens = OpenTokens(secrets.token_bytes(32))
+
+    async def post(device_id: int, action: str | None) -> None:
+        await stages_opens.record_open(
+            pipeline.pool,
+            tokens,
+            tokens.token(event.event_id, device_id),
+            action=action,
+            opened_at=None,
+            window_seconds=86400,
+        )
+
+    opening = [post(d, None) for d in devices for _ in range(2)]
+    clicking = [post(d, "read") for d in devices[:50]]
+    await asyncio.gather(*opening, *clicking)
+    async with pipeline.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT payload FROM webhook_deliveries ORDER BY id")
+        # Gathered for PUSH_OPENED_GATHER_SECONDS: due now rather than waited for.
+        await conn.execute("UPDATE webhook_deliveries SET next_attempt_at = now()")
+    assert len(rows) < 50  # aggregated: far fewer calls than opens
+    receiver.up()
+    sender = WebhookSender(pipeline.pool, pipeline.settings, keyring(pipeline.settings))
+    try:
+        while (await sender.send_due()).claimed:
+            pass
+    finally:
+        await sender.aclose()
+    assert receiver.unverified == []
+    messages = [copies[0].message for copies in receiver.by_id().values()]
+    assert len(messages) == len(rows)
+    assert all(m["type"] == "push.opened" for m in messages)
+    assert {m["data"]["event_id"] for m in messages} == {event.event_id}
+    assert sum(m["data"]["opened"] for m in messages) == 200
+    assert sum(m["data"]["clicks"].get("read", 0) for m in messages) == 50

@@ -58,6 +58,8 @@ def test_only_events_not_held_are_grouped() -> None:
     assert not groupable(PublishOptions(deliver_at_local=time(9)))
     # A tag filter is committed with its event, one at a time.
     assert not groupable(PublishOptions(tag_filter={"eq": {"plan": "premium"}, "conds": []}))
+    # A rate of its own likewise (the group's INSERT applies only the app's default rate).
+    assert not groupable(PublishOptions(throttle_per_minute=600))
 
 
 async def test_concurrent_publishes_each_get_their_own_event(

@@ -144,3 +144,14 @@ def test_accept_latency_config_errors_and_quota_waits_carry_the_app_label() -> N
     asyncio.run(quota.take())  # the first push leases the worker's first slice: it waits
     now = _sample(PROVIDER_QUOTA_WAIT_SECONDS, waits, provider="apns", app="books-ios")
     assert now == waited + 1
+
+
+def test_the_setting_that_drops_the_app_label_empties_it_for_every_series() -> None:
+    from fanout.metrics import app_label, use_app_label
+
+    try:
+        assert app_label("books-ios") == "books-ios" and app_label(None) == ""
+        use_app_label(False)  # FANOUT_METRICS_APP_LABEL=false: thousands of apps
+        assert app_label("books-ios") == ""
+    finally:
+        use_app_label(True)

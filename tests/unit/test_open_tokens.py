@@ -102,3 +102,15 @@ def test_a_short_open_token_key_is_refused_without_echoing_it() -> None:
     with pytest.raises(ValueError, match=r"open_token_key") as caught:
         Settings(open_token_key="secretsecret")
     assert "secretsecret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("platform", ["apns", "webpush"])
+def test_a_publisher_cannot_set_its_own_fo_open(platform: str) -> None:
+    from pydantic import ValidationError
+
+    from fanout.notification import Notification
+
+    with pytest.raises(ValidationError, match="fo_open"):
+        Notification.model_validate({"title": "t", platform: {"payload": {"fo_open": "x"}}})
+    with pytest.raises(ValidationError, match="fo_open"):
+        Notification.model_validate({"title": "t", "data": {"fo_open": "x"}})

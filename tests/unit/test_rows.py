@@ -94,7 +94,7 @@ def test_subscriptions_and_users_check_their_identifiers() -> None:
     )
     with pytest.raises(RowError, match="topic: not a topic key"):
         row_of("subscriptions", 2, {"topic": "author 7", "user_id": "u"}, None)
-    assert row_of("users", 5, {"user_id": "reader@example"}, None) == (5, "reader@example")
+    assert row_of("users", 5, {"user_id": "reader@example"}, None) == (5, "reader@example", None)
     with pytest.raises(RowError, match="user_id: not an external user id"):
         row_of("users", 5, {"user_id": "-leading-dash"}, None)
     with pytest.raises(RowError, match="not JSON"):
@@ -132,7 +132,7 @@ def test_onesignals_csv_export_maps_its_device_types() -> None:
         "K",
         "A",
     )
-    assert row_of("users", 4, ios, "onesignal") == (4, "u1")
+    assert row_of("users", 4, ios, "onesignal") == (4, "u1", None)
     with pytest.raises(RowError, match="device_type: 11 is not a push device"):
         row_of("devices", 5, {**ios, "device_type": "11"}, "onesignal")
     with pytest.raises(RowError, match="invalid_identifier"):
@@ -152,4 +152,4 @@ def test_a_firebase_token_list_is_fcm_devices_by_uid() -> None:
         None,
         False,
     )
-    assert row_of("users", 2, {"uid": "u1", "token": "t"}, "firebase") == (2, "u1")
+    assert row_of("users", 2, {"uid": "u1", "token": "t"}, "firebase") == (2, "u1", None)

@@ -4,19 +4,36 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fanout.store.subscriptions import upsert_staged_users_statement
-from fanout.user_attributes import USER_ATTRIBUTES, UserAttribute
+from fanout.user_attributes import USER_ATTRIBUTES, UserAttribute, parse_tags
 
 
 def test_without_attributes_a_known_user_is_left_alone() -> None:
-    assert USER_ATTRIBUTES == ()
     assert "ON CONFLICT (app_id, external_id) DO NOTHING" in upsert_staged_users_statement(())
 
 
-def test_an_attribute_entry_is_a_column_set_only_when_it_changes() -> None:
-    tags = UserAttribute("tags", "jsonb", lambda value: json.dumps(value))
-    statement = upsert_staged_users_statement((tags,))
-    assert "INSERT INTO users AS u (app_id, external_id, tags)" in statement
-    assert "SELECT DISTINCT ON (user_id) $1, user_id, tags FROM import_users" in statement
-    assert "DO UPDATE SET tags = coalesce(EXCLUDED.tags, u.tags)" in statement
-    assert "WHERE (u.tags) IS DISTINCT FROM (coalesce(EXCLUDED.tags, u.tags))" in statement
+def test_tags_are_the_users_attribute_staged_as_text_and_cast() -> None:
+    assert [a.name for a in USER_ATTRIBUTES] == ["tags"]
+    statement = upsert_staged_users_statement(USER_ATTRIBUTES)
+    assert "SELECT DISTINCT ON (user_id) user_id, tags::jsonb" in statement
+    assert "UPDATE users AS u SET tags = coalesce(s.tags, u.tags)" in statement
+    assert "WHERE u.app_id = $1 AND u.external_id = s.user_id AND (u.tags) IS DISTINCT" in statement
+    # A new user without tags gets the column's default, a known one keeps its own.
+    assert "SELECT $1, s.user_id, coalesce(s.tags, '{}'::jsonb) FROM staged AS s" in statement
+
+
+def test_an_attribute_without_a_cast_or_default_is_set_as_staged() -> None:
+    plan = UserAttribute("plan", "text", str)
+    statement = upsert_staged_users_statement((plan,))
+    assert "SELECT DISTINCT ON (user_id) user_id, plan" in statement
+    assert "SELECT $1, s.user_id, s.plan FROM staged AS s" in statement
+
+
+def test_tags_are_checked_as_the_api_checks_them() -> None:
+    assert json.loads(parse_tags({"plan": "premium", "age": 30})) == {"age": 30, "plan": "premium"}
+    assert json.loads(parse_tags('{"beta": true}')) == {"beta": True}
+    for bad in ("not json", "[1]", {"nested": {"a": 1}}):
+        with pytest.raises(ValueError):
+            parse_tags(bad)

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
+    from fanout.metrics import use_app_label
+
+    use_app_label(settings.metrics_app_label)  # an event cancelled here is counted here
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_client(settings) as sqs:

@@ -582,7 +582,8 @@ class LiveActivityUpdateAccepted(BaseModel):
 
 class OpenIn(Strict):
     token: str = Field(
-        max_length=64, description="The push's `fo_open` value, as the app received it."
+        pattern=r"^[A-Za-z0-9_-]{44}$",
+        description="The push's `fo_open` value, as the app received it.",
     )
     action: ActionId | None = Field(
         default=None,

@@ -42,7 +42,11 @@ class Metrics:
             "fanout_http_request_seconds", "HTTP request latency", ["route"], registry=self.registry
         )
         self.published = Counter(
-            "fanout_events_published", "Events accepted", ["kind"], registry=self.registry
+            "fanout_events_published",
+            "Events accepted, by kind (topic, user, live_activity) and app (its key; empty "
+            "with FANOUT_METRICS_APP_LABEL=false)",
+            ["kind", "app"],
+            registry=self.registry,
         )
         self.enqueue_failures = Counter(
             "fanout_enqueue_failures",

@@ -64,7 +64,7 @@ def user_row(line: int, record: Record) -> tuple[Any, ...]:
     for attribute in USER_ATTRIBUTES:
         value = record.get(attribute.name)
         try:
-            values.append(None if value is None else attribute.parse(value))
+            values.append(None if value is None or value == "" else attribute.parse(value))
         except ValueError as exc:
             raise RowError(f"{attribute.name}: {exc}") from None
     return tuple(values)

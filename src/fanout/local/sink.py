@@ -21,14 +21,19 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import orjson
 import uvicorn
 
 from fanout.local.asgi import Receive, Scope, Send, read_body, respond
-from fanout.local.ledger import DeliveryLedger
+from fanout.local.ledger import EVENTS_KEPT, DeliveryLedger
 
 __all__ = ["DeliveryLedger", "EmbeddedSink", "PushSink", "serve"]
+
+
+# A notification's data key naming the one device it is for (bench/chaos.py --direct).
+ADDRESSED_TO = "addressed_to_device"
 
 
 class PushSink:
@@ -47,6 +52,10 @@ class PushSink:
         self._throttled_until = 0.0
         self._retry_after = 1
         self.refusals: list[tuple[float, int]] = []  # (when, status) of each 429/503
+        # The addressed check: a push whose data names its device (ADDRESSED_TO) counts
+        # as checked, and as wrong when sent to another device (another event's content).
+        self.addressed_checked = 0
+        self.addressed_wrong = 0
 
     def unavailable_for(self, seconds: float) -> None:
         self._unavailable_until = time.monotonic() + seconds
@@ -76,6 +85,15 @@ class PushSink:
         self.ledger.record(device_id, collapse_key)
         return "ok"
 
+    def _check_addressed(self, payload: Any, devices: list[Any], results: list[str]) -> None:
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, dict) or ADDRESSED_TO not in data:
+            return
+        for (device_id, _), result in zip(devices, results, strict=True):
+            if result == "ok":
+                self.addressed_checked += 1
+                self.addressed_wrong += str(device_id) != data[ADDRESSED_TO]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
@@ -88,6 +106,7 @@ class PushSink:
                 doc = orjson.loads(body)
                 collapse_key = str(doc["collapse_key"])
                 results = [self.answer(int(d), str(t), collapse_key) for d, t in doc["devices"]]
+                self._check_addressed(doc.get("payload"), doc["devices"], results)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 await respond(send, 400, {"error": f"bad push request: {exc}"})
                 return
@@ -95,7 +114,8 @@ class PushSink:
                 await asyncio.sleep(self.delay)
             await respond(send, 200, {"results": results})
         elif scope["method"] == "GET" and scope["path"] == "/stats":
-            await respond(send, 200, self.ledger.stats())
+            addressed = {"checked": self.addressed_checked, "wrong": self.addressed_wrong}
+            await respond(send, 200, {**self.ledger.stats(), "addressed": addressed})
         else:
             await respond(send, 404, {"error": "not found"})
 
@@ -134,10 +154,14 @@ class EmbeddedSink:
         self._socket.close()
 
 
-def serve(bound: socket.socket, *, listening: Callable[[str], None]) -> None:
+def serve(
+    bound: socket.socket, *, listening: Callable[[str], None], events_kept: int = EVENTS_KEPT
+) -> None:
     """Run a sink on the listening socket ``bound`` until interrupted (``fanout sink``);
-    ``listening`` gets its URL (with the port chosen if it was bound to port 0)."""
+    ``listening`` gets its URL (with the port chosen if it was bound to port 0); the
+    ``events_kept`` most recent events are counted apart in ``/stats``."""
     listening("http://{}:{}".format(*bound.getsockname()[:2]))
     # No access log: a pipeline sends thousands of pushes; /stats says what came.
-    config = uvicorn.Config(PushSink(), lifespan="off", log_level="info", access_log=False)
+    sink = PushSink(DeliveryLedger(events_kept=events_kept))
+    config = uvicorn.Config(sink, lifespan="off", log_level="info", access_log=False)
     uvicorn.Server(config).run(sockets=[bound])

@@ -75,6 +75,9 @@ class Pipeline:
         cls, settings: Settings, *, providers: Mapping[str, Provider] | None = None
     ) -> AsyncIterator[Pipeline]:
         """Database pool, SQS client and providers for as long as the context lasts."""
+        from fanout.metrics import use_app_label
+
+        use_app_label(settings.metrics_app_label)
         async with contextlib.AsyncExitStack() as stack:
             client = await stack.enter_async_context(open_client(settings))
             queues = await open_queues(client, settings)

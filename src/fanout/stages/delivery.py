@@ -27,7 +27,7 @@ import pydantic
 
 from fanout import metrics, retry
 from fanout.config import Settings
-from fanout.metrics import AUDIENCE_HELD_BACK
+from fanout.metrics import AUDIENCE_HELD_BACK, app_label
 from fanout.notification import Notification, RenderedNotification, render
 from fanout.providers import Outcome, OutcomeKind, Provider
 from fanout.providers.apps import providers_of
@@ -41,6 +41,7 @@ from fanout.stages.shard_filter import page_filter_of
 from fanout.store import (
     UNTRUSTWORTHY,
     acquire,
+    apps,
     batches,
     console,
     events,
@@ -104,7 +105,7 @@ async def deliver_batch(
         events.SUPERSEDED_REASON,
     ):
         try:
-            await _finish_unsent(batch, pool, owner, claimed, report)
+            await _finish_unsent(batch, pool, owner, claimed, report, app_id)
         except leases.LeaseLost as refused:
             return _lease_lost(report, refused, lease)
         return report
@@ -335,7 +336,12 @@ async def _record_outcome(
 
 
 async def _finish_unsent(
-    batch: DeliveryBatch, pool: asyncpg.Pool, owner: UUID, reason: str, report: BatchReport
+    batch: DeliveryBatch,
+    pool: asyncpg.Pool,
+    owner: UUID,
+    reason: str,
+    report: BatchReport,
+    app_id: int | None,
 ) -> None:
     """The event was cancelled or expired while the batch waited (or, a Live Activity
     update, a newer one of its activity was published: superseded): it is done, nothing
@@ -347,8 +353,10 @@ async def _finish_unsent(
         if devices is None:  # taken by another invocation since the claim: it finishes it
             raise leases.lost("batch", batch.key)
         await lifecycle.finish(conn, event_id=batch.event_id)
+        # Rare (a cancelled, expired or superseded event's batch): one look-up for the label.
+        app = await apps.app_key(conn, app_id=app_id) if app_id is not None else None
     report.held_back[reason] = devices
-    AUDIENCE_HELD_BACK.labels(reason).inc(devices)
+    AUDIENCE_HELD_BACK.labels(reason, app_label(app)).inc(devices)
     log.info("batch %s: not sent, its event is %s (%d devices)", batch.key, reason, devices)
 
 

@@ -38,7 +38,7 @@ from uuid import UUID
 import asyncpg
 
 from fanout.config import Settings
-from fanout.metrics import AUDIENCE_HELD_BACK
+from fanout.metrics import AUDIENCE_HELD_BACK, app_label
 from fanout.queue.messages import MAX_DEVICES_PER_BATCH, FanoutTask, PoisonMessage
 from fanout.queue.sqs import Queues
 from fanout.sources import read_event_members
@@ -50,7 +50,7 @@ from fanout.stages.batching import (
     bytes_short,
 )
 from fanout.stages.shard_filter import page_filter_of
-from fanout.store import acquire, events, lifecycle, live_activities, shards, sources, waves
+from fanout.store import acquire, apps, events, lifecycle, live_activities, shards, sources, waves
 from fanout.store.audience import caps_apply
 from fanout.store.recipients import (
     PageFilter,
@@ -85,6 +85,7 @@ class _Progress:
     devices: int
     batches: int
     held_back: Counter[str]
+    app: str = ""  # the ``app`` label of the held-back counter (the event's app's key)
     # Users deferred by their quiet hours in the pages read, not yet recorded: (user, when).
     deferred: list[tuple[int, datetime]] = field(default_factory=list)
     # A paced event: its rate, and the end of what is scheduled as the last checkpoint saw it.
@@ -95,7 +96,7 @@ class _Progress:
         """Count recipients the audience rules filtered out, now behind the cursor."""
         for reason, count in counts.items():
             self.held_back[reason] += count
-            AUDIENCE_HELD_BACK.labels(reason).inc(count)
+            AUDIENCE_HELD_BACK.labels(reason, self.app).inc(count)
 
     def report(self, event_id: int, shard: int, *, finished: bool = True) -> ShardReport:
         return ShardReport(
@@ -421,6 +422,8 @@ async def _stream_shard(
         devices=claim.devices,
         batches=claim.batches,
         held_back=Counter(claim.held_back),
+        # One look-up per shard (thousands of users), for the metric's label.
+        app=app_label(await apps.app_key(conn, app_id=event.app_id)),
         throttle=event.throttle_per_minute,
     )
     read_ahead = timedelta(seconds=settings.pacing_read_ahead_seconds)

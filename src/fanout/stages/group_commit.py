@@ -82,10 +82,14 @@ Outcome = Published | FanoutError
 def groupable(options: PublishOptions) -> bool:
     """Whether an event with these options can be committed in a group: one that is not
     held (no ``send_at``, no local-time waves: those plan in their own transaction) and
-    has no tag filter (the group's INSERT has no column for it: such an event is committed
-    on its own, with its filter, rather than grouped without it)."""
+    has no tag filter or rate of its own (the group's INSERT has no column for them: such an
+    event is committed on its own rather than grouped without them; an app's default rate
+    the INSERT applies)."""
     return (
-        options.send_at is None and options.deliver_at_local is None and options.tag_filter is None
+        options.send_at is None
+        and options.deliver_at_local is None
+        and options.tag_filter is None
+        and options.throttle_per_minute is None
     )
 
 

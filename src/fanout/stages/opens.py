@@ -9,13 +9,13 @@ counted, so the answer never tells whether an event exists.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 from pydantic import BaseModel, Field
 
 from fanout.open_tokens import OpenTokens
-from fanout.store import console, opens
+from fanout.store import console, opens, webhooks
 
 
 class TimeToOpen(BaseModel):
@@ -115,21 +115,52 @@ async def record_open(
             event_id=found.event_id,
             device_id=found.device_id,
             action=action,
-            opened_at=opened_at,
+            opened_at=None if opened_at is None else _storable(opened_at),
             window_seconds=window_seconds,
         )
         if recorded.app_id is not None and (recorded.opened or recorded.clicked):
-            await emit_push_opened(conn, app_id=recorded.app_id, event_id=found.event_id)
+            await emit_push_opened(
+                conn,
+                app_id=recorded.app_id,
+                event_id=found.event_id,
+                opened=recorded.opened,
+                action=action if recorded.clicked else None,
+            )
     return recorded.opened
 
 
-async def emit_push_opened(conn: asyncpg.Connection, *, app_id: int, event_id: int) -> None:
-    """The ``push.opened`` webhook's hook: called in the transaction that recorded a new
-    open or click of ``event_id``, so the webhook's outbox row and the open commit together.
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
-    TODO(webhooks, issue #24 point 1): once ``webhooks.enqueue(conn, app_id, kind, payload)``
-    exists, enqueue ``push.opened`` here, aggregated, not one call per open: e.g. at most one
-    delivery per event per interval carrying the counts so far (``event_opens``), written
-    only when the event has no undelivered ``push.opened`` row yet. Does nothing until then.
-    """
-    del conn, app_id, event_id
+
+def _storable(at: datetime) -> datetime:
+    """A device's time within what PostgreSQL stores (year 1 at +14:00 is year 0 in UTC, which
+    it refuses); the statement then keeps it between the send and now."""
+    try:
+        utc = at.astimezone(UTC)
+    except OverflowError:  # past datetime's own range once in UTC
+        return _EARLIEST if at.year < 5000 else _LATEST
+    return min(max(utc, _EARLIEST), _LATEST)
+
+
+async def emit_push_opened(
+    conn: asyncpg.Connection,
+    *,
+    app_id: int,
+    event_id: int,
+    opened: bool = True,
+    action: str | None = None,
+) -> None:
+    """The ``push.opened`` webhook: called in the transaction that recorded a new open (or
+    a new click on ``action``) of ``event_id``, so the outbox row and the open commit
+    together. Aggregated, not one call per open: the open is added to the event's delivery
+    not yet sent to each endpoint, or starts one, sent PUSH_OPENED_GATHER_SECONDS later
+    with the opens and clicks of that while (``webhooks.count_opened``)."""
+    await webhooks.count_opened(
+        conn,
+        app_id=app_id,
+        event_id=event_id,
+        opened=1 if opened else 0,
+        action=action,
+        gather_seconds=webhooks.PUSH_OPENED_GATHER_SECONDS,
+    )

@@ -241,14 +241,19 @@ VALUES ($1, $2, now() + make_interval(hours => $3::integer))
 """
 
 # Indexes: console_sessions_pkey, api_keys_pkey, apps_pkey. A live session of a live key,
-# and the key's app.
+# the key's app, and the app the session looks at (NULL: the key's; see 0020).
 CONSOLE_SESSION_KEY = """
-SELECT k.id, k.key_id, k.scopes, k.name, k.app_id, a.key AS app
+SELECT k.id, k.key_id, k.scopes, k.name, k.app_id, a.key AS app,
+       s.app_id AS viewing_app_id, v.key AS viewing_app
 FROM console_sessions AS s
 JOIN api_keys AS k ON k.id = s.api_key_id
 JOIN apps AS a ON a.id = k.app_id
+LEFT JOIN apps AS v ON v.id = s.app_id
 WHERE s.token_hash = $1 AND s.expires_at > now() AND k.revoked_at IS NULL
 """
+
+# Index: console_sessions_pkey. The app the session looks at from now on (an admin's).
+SET_CONSOLE_SESSION_APP = "UPDATE console_sessions SET app_id = $2 WHERE token_hash = $1"
 
 # Index: console_sessions_pkey.
 DELETE_CONSOLE_SESSION = "DELETE FROM console_sessions WHERE token_hash = $1"
@@ -492,6 +497,8 @@ class SessionKey:
     name: str
     app_id: int
     app: str
+    viewing_app_id: int | None  # the app an admin switched to; None: the key's
+    viewing_app: str | None
 
 
 async def console_session_key(
@@ -500,6 +507,13 @@ async def console_session_key(
     """The live key of a live session (``CONSOLE_SESSION_KEY``)."""
     row = await conn.fetchrow(CONSOLE_SESSION_KEY, token_hash)
     return None if row is None else SessionKey(**row)
+
+
+async def set_console_session_app(
+    conn: asyncpg.Connection | asyncpg.Pool, *, token_hash: bytes, app_id: int
+) -> None:
+    """The app the session looks at from now on (``SET_CONSOLE_SESSION_APP``)."""
+    await conn.execute(SET_CONSOLE_SESSION_APP, token_hash, app_id)
 
 
 async def delete_console_session(

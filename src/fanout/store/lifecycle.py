@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from fanout.metrics import EVENTS_FINISHED
+from fanout.metrics import EVENTS_FINISHED, app_label
 from fanout.store.fragments import EVENT_FINISHED_WEBHOOKS
 
 
@@ -68,8 +68,10 @@ TERMINAL_STATES = frozenset(
 )
 
 
-def _ended(state: EventState) -> EventState:
-    EVENTS_FINISHED.labels(state.value).inc()
+def _ended(state: EventState, app: str | None) -> EventState:
+    """Count the event ended in ``state``, under its app's key (the statement that ended it
+    returns it: an index look-up in a table of as many rows as apps)."""
+    EVENTS_FINISHED.labels(state.value, app_label(app)).inc()
     return state
 
 
@@ -104,7 +106,8 @@ RETURNING id
 # it was inserted: a row whose idempotency key this scope used before (in an earlier group
 # or in this one) inserts nothing (created false); a row whose topic or user a concurrent
 # transaction created after this statement's snapshot has no id (call again for it: the
-# next statement sees it).
+# next statement sees it). Each event is paced at its app's default rate, if it has one
+# (apps_pkey; an event with a rate of its own is not grouped).
 INSERT_EVENTS = """
 WITH wanted AS (
     SELECT * FROM unnest($1::integer[], $2::text[], $3::text[], $4::text[], $5::bigint[],
@@ -145,10 +148,11 @@ WITH wanted AS (
 ), inserted AS (
     INSERT INTO events
         (id, app_id, topic_id, user_id, notification, api_key_id, idempotency_key,
-         request_fingerprint, due_at, status, quiet_hours, expires_at)
+         request_fingerprint, due_at, status, quiet_hours, expires_at, throttle_per_minute)
     OVERRIDING SYSTEM VALUE
     SELECT id, app_id, topic_id, user_id, notification::jsonb, api_key_id, idempotency_key,
-           fingerprint, now() + make_interval(secs => $10), 'pending', quiet_hours, expires_at
+           fingerprint, now() + make_interval(secs => $10), 'pending', quiet_hours, expires_at,
+           (SELECT a.default_throttle_per_minute FROM apps AS a WHERE a.id = numbered.app_id)
     FROM numbered ORDER BY ord
     ON CONFLICT (idempotency_key, app_id, api_key_id) WHERE idempotency_key IS NOT NULL
     DO NOTHING
@@ -216,7 +220,8 @@ WHERE id = (SELECT id FROM mine)
   AND status IN ('scheduled', 'pending', 'enqueued', 'fanning_out', 'fanned_out', 'cancelled')
 RETURNING id, app_id, status, finished_at, finished_at = now() AS ended
 ), {EVENT_FINISHED_WEBHOOKS.format(ended="cancelled", condition="f.ended")}
-SELECT status, ended FROM cancelled
+SELECT status, ended, (SELECT key FROM apps WHERE apps.id = cancelled.app_id) AS app
+FROM cancelled
 """
 
 # Index: events_pkey. From here the shards are the units with deadlines.
@@ -280,7 +285,7 @@ WHERE e.id = $1 AND e.status = 'fanned_out'
   AND NOT EXISTS (SELECT 1 FROM delivery_batches WHERE event_id = $1 AND status <> 'done')
 RETURNING e.id, e.app_id, e.status, e.finished_at
 ), {EVENT_FINISHED_WEBHOOKS.format(ended="ended", condition="true")}
-SELECT status FROM ended
+SELECT status, (SELECT key FROM apps WHERE apps.id = ended.app_id) AS app FROM ended
 """
 
 # Index: events_pkey. An event that can never be fanned out (its notification cannot fit a
@@ -292,7 +297,7 @@ UPDATE events SET status = 'failed', finished_at = now(), due_at = NULL, last_er
 WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
 RETURNING id, app_id, status, finished_at
 ), {EVENT_FINISHED_WEBHOOKS.format(ended="ended", condition="true")}
-SELECT status FROM ended
+SELECT status, (SELECT key FROM apps WHERE apps.id = ended.app_id) AS app FROM ended
 """
 
 
@@ -416,7 +421,7 @@ async def cancel(
     if row is None:
         return None
     state = EventState(row["status"])
-    return _ended(state) if row["ended"] else state
+    return _ended(state, row["app"]) if row["ended"] else state
 
 
 async def mark_fanning_out(conn: asyncpg.Connection, *, event_id: int) -> None:
@@ -434,15 +439,15 @@ async def mark_fanned_out(conn: asyncpg.Connection, *, event_id: int, overdue_af
 async def finish(conn: asyncpg.Connection, *, event_id: int) -> EventState | None:
     """End a fanned-out event with no batch left open, counted in ``fanout_events_finished``;
     the state it ended in, or None if it has not ended (``FINISH_EVENT``)."""
-    status: str | None = await conn.fetchval(FINISH_EVENT, event_id)
-    return None if status is None else _ended(EventState(status))
+    row = await conn.fetchrow(FINISH_EVENT, event_id)
+    return None if row is None else _ended(EventState(row["status"]), row["app"])
 
 
 async def fail(conn: asyncpg.Connection, *, event_id: int, reason: str) -> bool:
     """End an event that can never be fanned out as failed, with the reason, counted in
     ``fanout_events_finished``; True if this call ended it (``FAIL_EVENT``)."""
-    status: str | None = await conn.fetchval(FAIL_EVENT, event_id, reason)
-    if status is not None:
-        _ended(EventState.FAILED)
+    row = await conn.fetchrow(FAIL_EVENT, event_id, reason)
+    if row is not None:
+        _ended(EventState.FAILED, row["app"])
         return True
     return False

@@ -152,26 +152,51 @@ async def user_subscriptions_page(
 def upsert_staged_users_statement(attributes: Sequence[UserAttribute]) -> str:
     """UPSERT_STAGED_USERS for these attributes (user_attributes.USER_ATTRIBUTES): each
     one a column set from the file when the row has it (COPY brings NULL for an absent
-    one), a user updated only if one of them changes."""
-    names = [a.name for a in attributes]
-    if not names:
-        conflict = "DO NOTHING"
-    else:
-        sets = ", ".join(f"{n} = coalesce(EXCLUDED.{n}, u.{n})" for n in names)
-        old = ", ".join(f"u.{n}" for n in names)
-        new = ", ".join(f"coalesce(EXCLUDED.{n}, u.{n})" for n in names)
-        conflict = f"DO UPDATE SET {sets} WHERE ({old}) IS DISTINCT FROM ({new})"
-    columns = "".join(f", {n}" for n in names)
-    return f"""
+    one: a known user keeps its value, a new one gets the attribute's default), a user
+    updated only if one of them changes."""
+    if not attributes:
+        return """
 WITH written AS (
-    INSERT INTO users AS u (app_id, external_id{columns})
-    SELECT DISTINCT ON (user_id) $1, user_id{columns} FROM import_users
+    INSERT INTO users AS u (app_id, external_id)
+    SELECT DISTINCT ON (user_id) $1, user_id FROM import_users
     ORDER BY user_id, line DESC
-    ON CONFLICT (app_id, external_id) {conflict}
-    RETURNING (xmax = 0) AS inserted
+    ON CONFLICT (app_id, external_id) DO NOTHING
+    RETURNING 1
 )
-SELECT (SELECT count(*) FILTER (WHERE inserted) FROM written) AS inserted,
-       (SELECT count(*) FILTER (WHERE NOT inserted) FROM written) AS updated,
+SELECT (SELECT count(*) FROM written) AS inserted, 0::bigint AS updated,
+       (SELECT count(*) FROM import_users) AS known
+"""
+    names = [a.name for a in attributes]
+    staged = ", ".join(f"{a.name}::{a.cast}" if a.cast else a.name for a in attributes)
+    sets = ", ".join(f"{n} = coalesce(s.{n}, u.{n})" for n in names)
+    old = ", ".join(f"u.{n}" for n in names)
+    new = ", ".join(f"coalesce(s.{n}, u.{n})" for n in names)
+    values = ", ".join(
+        f"coalesce(s.{a.name}, {a.default})" if a.default else f"s.{a.name}" for a in attributes
+    )
+    columns = ", ".join(names)
+    # Known users updated first, then the others inserted: an INSERT's ON CONFLICT would
+    # give a new user's default to a known user whose row has no value (EXCLUDED cannot
+    # tell "absent" from the default). A user a concurrent chunk inserts meanwhile is left
+    # to that chunk (ON CONFLICT DO NOTHING).
+    return f"""
+WITH staged AS MATERIALIZED (
+    SELECT DISTINCT ON (user_id) user_id, {staged}
+    FROM (SELECT user_id, line, {columns} FROM import_users) AS i
+    ORDER BY user_id, line DESC
+), updated AS (
+    UPDATE users AS u SET {sets}
+    FROM staged AS s
+    WHERE u.app_id = $1 AND u.external_id = s.user_id AND ({old}) IS DISTINCT FROM ({new})
+    RETURNING 1
+), inserted AS (
+    INSERT INTO users AS u (app_id, external_id, {columns})
+    SELECT $1, s.user_id, {values} FROM staged AS s
+    WHERE NOT EXISTS (SELECT FROM users AS k WHERE k.app_id = $1 AND k.external_id = s.user_id)
+    ON CONFLICT (app_id, external_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM updated) AS updated,
        (SELECT count(*) FROM import_users) AS known
 """
 

@@ -22,6 +22,8 @@ import asyncpg
 
 # What an endpoint may subscribe to. push.opened is written by the opens' feature.
 KINDS = ("event.finished", "devices.retired", "devices.failed", "push.opened")
+# push.opened is aggregated: the opens of this many seconds go out as one call per event.
+PUSH_OPENED_GATHER_SECONDS = 10.0
 # The kind of a delivery made by `fanout webhooks test` / POST /v1/webhooks/{id}/test.
 TEST_KIND = "webhook.test"
 # How much of an endpoint's answer a failed delivery keeps (the console shows it).
@@ -187,6 +189,58 @@ WITH failed AS (
 SELECT status FROM failed
 """
 
+# push.opened, aggregated: an open ($3: 1, or 0 for a click alone) and a click on the
+# action $4 (NULL: none) of the event $2 are added to the endpoint's delivery for that
+# event not yet tried (attempts = 0: its body not yet sent), or start a new one, due $5 s
+# on so the opens of that while go out as one call. Index: webhook_endpoints_by_app, and
+# webhook_deliveries_by_endpoint read newest first, only the last 50 rows of the endpoint
+# (a delivery beyond them is not added to: a new one starts, the sum is the same). The
+# claim takes a row's lock: an open that finds it tried starts a new delivery. Two opens
+# at once may both start one; each is counted in exactly one.
+COUNT_OPENED = """
+WITH wanting AS (
+    SELECT id, disabled_at FROM webhook_endpoints
+    WHERE app_id = $1 AND 'push.opened' = ANY(kinds)
+), added AS (
+    UPDATE webhook_deliveries AS d
+    SET payload = jsonb_build_object(
+            'event_id', $2::bigint,
+            'opened', (d.payload ->> 'opened')::bigint + $3,
+            'clicks', CASE WHEN $4::text IS NULL THEN d.payload -> 'clicks'
+                           ELSE (d.payload -> 'clicks') || jsonb_build_object(
+                               $4::text,
+                               coalesce((d.payload -> 'clicks' ->> $4::text)::bigint, 0) + 1)
+                      END)
+    FROM wanting AS w
+    CROSS JOIN LATERAL (
+        SELECT r.id FROM (
+            SELECT id, kind, status, attempts, payload FROM webhook_deliveries
+            WHERE endpoint_id = w.id ORDER BY id DESC LIMIT 50
+        ) AS r
+        WHERE r.kind = 'push.opened' AND r.attempts = 0
+          AND r.status = CASE WHEN w.disabled_at IS NULL THEN 'pending' ELSE 'failed' END
+          AND (r.payload ->> 'event_id')::bigint = $2
+        LIMIT 1
+    ) AS unsent
+    WHERE d.id = unsent.id AND d.attempts = 0 AND d.status <> 'delivered'
+    RETURNING d.endpoint_id
+), started AS (
+    INSERT INTO webhook_deliveries
+        (endpoint_id, app_id, kind, payload, status, last_answer, next_attempt_at)
+    SELECT w.id, $1, 'push.opened',
+           jsonb_build_object(
+               'event_id', $2::bigint, 'opened', $3::bigint,
+               'clicks', CASE WHEN $4::text IS NULL THEN '{}'::jsonb
+                              ELSE jsonb_build_object($4::text, 1) END),
+           CASE WHEN w.disabled_at IS NULL THEN 'pending' ELSE 'failed' END,
+           CASE WHEN w.disabled_at IS NOT NULL THEN 'endpoint disabled' END,
+           now() + make_interval(secs => $5)
+    FROM wanting AS w WHERE w.id NOT IN (SELECT endpoint_id FROM added)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM added) + (SELECT count(*) FROM started)
+"""
+
 # Index: webhook_deliveries_pkey. A row claimed for an endpoint disabled since: failed,
 # with that said, for a replay.
 FAIL_DISABLED = """
@@ -315,6 +369,24 @@ async def enqueue(conn: asyncpg.Connection, *, app_id: int, kind: str, payload: 
     ``kind``, in the caller's transaction; how many (``ENQUEUE``)."""
     made: int = await conn.fetchval(ENQUEUE, app_id, kind, payload)
     return made
+
+
+async def count_opened(
+    conn: asyncpg.Connection,
+    *,
+    app_id: int,
+    event_id: int,
+    opened: int,
+    action: str | None,
+    gather_seconds: float,
+) -> int:
+    """Add an open (``opened`` 1; 0 for a click alone) and a click on ``action`` of the
+    event to each push.opened endpoint's delivery not yet sent, or start one due
+    ``gather_seconds`` on; how many endpoints (``COUNT_OPENED``)."""
+    counted: int = await conn.fetchval(
+        COUNT_OPENED, app_id, event_id, opened, action, gather_seconds
+    )
+    return counted
 
 
 async def enqueue_test(

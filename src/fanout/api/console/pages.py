@@ -30,9 +30,12 @@ from fanout.api.console.session import (
     set_login_csrf,
     sign_in,
     sign_out,
+    switch_app,
 )
+from fanout.api.routes.webhooks import delivery_out, webhook_out
 from fanout.api.state import state_of
 from fanout.queue.admin import redrive
+from fanout.store import webhooks
 from fanout.store.apps import DEFAULT_APP
 from fanout.store.lifecycle import EventState
 
@@ -119,6 +122,15 @@ async def logout(request: Request, session: SignedIn) -> Response:
     return response
 
 
+@router.post("/app")
+async def switch_app_page(request: Request, session: SignedIn) -> Response:
+    """An admin's session looks at another app from now on (the form's ``app``: its key);
+    any other session gets 404, as for an app that does not exist."""
+    fields = await checked_form(request, session)
+    await switch_app(request, session, fields.get("app", ""))
+    return RedirectResponse("/console", status_code=303)
+
+
 # --- events -----------------------------------------------------------------------------
 
 
@@ -132,7 +144,7 @@ async def events_page(
 ) -> HTMLResponse:
     topic, status = _filters(topic, status)
     rows = await views.event_rows(
-        state_of(request).pool, app_id=session.key.app_id, topic=topic, status=status
+        state_of(request).pool, app_id=session.app_id, topic=topic, status=status
     )
     query = "&".join(
         f"{name}={quote(value)}" for name, value in (("topic", topic), ("status", status)) if value
@@ -155,14 +167,14 @@ async def events_rows(
 ) -> HTMLResponse:
     topic, status = _filters(topic, status)
     rows = await views.event_rows(
-        state_of(request).pool, app_id=session.key.app_id, topic=topic, status=status
+        state_of(request).pool, app_id=session.app_id, topic=topic, status=status
     )
     return _page(request, "_event_rows.html", session, rows=rows)
 
 
 async def _event_or_404(request: Request, session: Session, event_id: int) -> views.EventRow:
     """The signed-in key's app's event; another app's is a 404, as one that never was."""
-    event = await views.one_event(state_of(request).pool, event_id, app_id=session.key.app_id)
+    event = await views.one_event(state_of(request).pool, event_id, app_id=session.app_id)
     if event is None:
         raise ConsoleRefusal(404, f"no event {event_id}")
     return event
@@ -248,7 +260,7 @@ async def _where(
         return "event: give the event's number"
     if not user and not device.isdigit():
         return "give a user's external id, or a device's number"
-    app_id = session.key.app_id
+    app_id = session.app_id
     found = await views.one_event(state_of(request).pool, int(event), app_id=app_id)
     if found is None:
         return f"no event {event}"
@@ -267,7 +279,7 @@ async def _where(
 @router.get("/queues")
 async def queues_page(request: Request, session: SignedIn, moved: str = "") -> HTMLResponse:
     state = state_of(request)
-    providers = await views.providers_last_minute(state.pool, app_id=session.key.app_id)
+    providers = await views.providers_last_minute(state.pool, app_id=session.app_id)
     view, error = None, None
     # The queues, their dead letters and this process's counters are the deployment's,
     # every app's work together: only a key of the default app (the operator's) sees them.
@@ -277,7 +289,7 @@ async def queues_page(request: Request, session: SignedIn, moved: str = "") -> H
     else:
         try:
             view = await views.queues_view(
-                state.pool, await state.get_queues(), app_id=session.key.app_id
+                state.pool, await state.get_queues(), app_id=session.app_id
             )
         except Exception as exc:
             error = f"could not read the queues: {type(exc).__name__}: {exc}"
@@ -309,22 +321,29 @@ async def redrive_queue(request: Request, session: SignedIn, role: str) -> Respo
 
 
 # --- webhooks -----------------------------------------------------------------------------
-# Read and replayed through the API's own routes, as the signed-in key: the page shows what
-# GET /v1/webhooks shows that key (its app's endpoints, never a secret), and a replay is
-# POST /v1/webhooks/…/replay (the manage scope).
+# Read from the store for the session's app (an admin's switched app too), in the shapes
+# GET /v1/webhooks/{id} answers (never a secret); a replay is POST /v1/webhooks/…/replay
+# through the API as the signed-in key (the manage scope), as every console action is.
 WEBHOOK_DELIVERIES_SHOWN = 10
 
 
 @router.get("/webhooks")
 async def webhooks_page(request: Request, session: SignedIn, replayed: str = "") -> HTMLResponse:
-    status, listed = await call_as(request.app, session.key, "GET", "/v1/webhooks")
-    if status >= 400:
-        raise ConsoleRefusal(status, f"webhooks: {listed}")
     endpoints = []
-    for endpoint in listed:
-        _, detail = await call_as(request.app, session.key, "GET", f"/v1/webhooks/{endpoint['id']}")
-        deliveries = detail.get("deliveries", []) if isinstance(detail, dict) else []
-        endpoints.append({**endpoint, "deliveries": deliveries[:WEBHOOK_DELIVERIES_SHOWN]})
+    async with state_of(request).pool.acquire() as conn:
+        for endpoint in await webhooks.list_endpoints(conn, app_id=session.app_id):
+            recent = await webhooks.recent_deliveries(
+                conn,
+                app_id=session.app_id,
+                endpoint_id=endpoint.id,
+                limit=WEBHOOK_DELIVERIES_SHOWN,
+            )
+            endpoints.append(
+                {
+                    **webhook_out(endpoint).model_dump(mode="json"),
+                    "deliveries": [delivery_out(d).model_dump(mode="json") for d in recent],
+                }
+            )
     return _page(request, "webhooks.html", session, endpoints=endpoints, replayed=replayed)
 
 

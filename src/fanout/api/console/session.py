@@ -1,13 +1,15 @@
 """Signing in to the console with an API key, and what every console request checks.
 
-The key is checked once, at sign-in (it must have the ``read`` scope), and never stored:
-the browser gets a random session token in an HttpOnly, SameSite=Strict cookie and
-PostgreSQL keeps only its sha256 (``console_sessions``), so every API worker knows every
-session, a copy of the table signs nobody in, and revoking the key ends its sessions (the
-key is joined on every request). Each form carries a CSRF token derived from the session
-token (an HMAC of it, so the page never shows the token itself); htmx sends it as the
-``X-CSRF-Token`` header. The sign-in form, before there is a session, is protected by a
-double-submit cookie.
+The key is checked once, at sign-in (it must have the ``read`` or the ``admin`` scope),
+and never stored: the browser gets a random session token in an HttpOnly, SameSite=Strict
+cookie and PostgreSQL keeps only its sha256 (``console_sessions``), so every API worker
+knows every session, a copy of the table signs nobody in, and revoking the key ends its
+sessions (the key is joined on every request). A session looks at its key's app; an
+admin's (the admin scope manages every app) at the app it switched to (``POST
+/console/app``). Each form carries a CSRF token derived from the session token (an HMAC of
+it, so the page never shows the token itself); htmx sends it as the ``X-CSRF-Token``
+header. The sign-in form, before there is a session, is protected by a double-submit
+cookie.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from starlette.responses import Response
 from fanout.api.keys import ApiKey, find_api_key
 from fanout.api.state import state_of
 from fanout.errors import FanoutError
-from fanout.store import console
+from fanout.store import apps, console
 
 COOKIE = "fanout_console"
 LOGIN_COOKIE = "fanout_console_login"  # the sign-in form's double-submit CSRF token
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 PATH = "/console"
+ADMIN = "admin"  # the scope that manages every app: its sessions switch between them
 
 
 class ConsoleRefusal(FanoutError):
@@ -70,7 +73,7 @@ async def sign_in(request: Request, response: Response, token: str) -> ApiKey:
         key = await find_api_key(conn, token.strip())
         if key is None:
             raise ConsoleRefusal(401, "missing or invalid API key")
-        if "read" not in key.scopes:
+        if not {"read", ADMIN} & key.scopes:
             raise ConsoleRefusal(403, "this API key lacks the 'read' scope")
         session = secrets.token_urlsafe(32)
         await console.delete_expired_console_sessions(conn)
@@ -126,14 +129,19 @@ def check_login_csrf(request: Request, fields: dict[str, str]) -> None:
 
 
 class Session:
-    """The signed-in key of a console request, and its CSRF token for the page's forms."""
+    """The signed-in key of a console request, the app its pages show (``app_id``, ``app``:
+    the key's, or for an admin the one it switched to), and its CSRF token for the forms."""
 
-    def __init__(self, key: ApiKey, token: str) -> None:
+    def __init__(self, key: ApiKey, token: str, viewing: tuple[int, str] | None = None) -> None:
         self.key = key
+        self.token_hash = _hash(token)
         self.csrf = csrf_token(token)
+        self.admin = ADMIN in key.scopes
+        self.app_id, self.app = viewing if viewing and self.admin else (key.app_id, key.app)
+        self.apps: list[str] = [self.app]  # the apps it may see (an admin's: every one)
 
     def can(self, scope: str) -> bool:
-        return scope in self.key.scopes
+        return scope in self.key.scopes or (scope == "read" and self.admin)
 
     def require(self, scope: str) -> None:
         if not self.can(scope):
@@ -152,9 +160,26 @@ async def current_session(request: Request) -> Session:
     key = ApiKey(
         found.id, found.key_id, frozenset(found.scopes), found.name, found.app_id, found.app
     )
-    session = Session(key, token)
+    viewing = None
+    if found.viewing_app_id is not None and found.viewing_app is not None:
+        viewing = (found.viewing_app_id, found.viewing_app)
+    session = Session(key, token, viewing)
     session.require("read")
+    if session.admin:
+        async with state_of(request).pool.acquire() as conn:
+            session.apps = [listed.key for listed in await apps.list_apps(conn)]
     return session
+
+
+async def switch_app(request: Request, session: Session, app_key: str) -> None:
+    """Look at the app ``app_key`` from now on: an admin's session only. For any other
+    session, as for an app that does not exist, ConsoleRefusal(404): a key of one app learns
+    nothing of the others, not even their names."""
+    async with state_of(request).pool.acquire() as conn:
+        found = await apps.app_by_key(conn, key=app_key) if session.admin else None
+        if found is None:
+            raise ConsoleRefusal(404, f"no app {app_key!r}")
+        await console.set_console_session_app(conn, token_hash=session.token_hash, app_id=found.id)
 
 
 async def checked_form(request: Request, session: Session) -> dict[str, str]:

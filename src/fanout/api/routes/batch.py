@@ -22,6 +22,7 @@ from fanout.api.auth import Publisher
 from fanout.api.routes.events import IDEMPOTENCY_CONFLICT, refusal
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, ApiState, State
 from fanout.errors import FanoutError
+from fanout.metrics import app_label
 from fanout.notification import CRITICAL_NOT_ALLOWED, critical_asked
 from fanout.stages.group_commit import GroupCommit, GroupCommitClosed, groupable
 from fanout.stages.publish import (
@@ -80,7 +81,7 @@ async def notify_users(
         raise RequestValidationError(
             [problem.model_dump() for result in done for problem in result.errors or ()]
         )
-    state.metrics.published.labels("user").inc(created)
+    state.metrics.published.labels("user", app_label(key.app)).inc(created)
     return schemas.NotificationBatchAccepted(
         accepted=accepted, refused=len(done) - accepted, results=done
     )

@@ -11,6 +11,7 @@ from fanout.api import schemas
 from fanout.api.auth import Canceller, Publisher, Reader
 from fanout.api.keys import ApiKey
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, ApiState, Pool, State
+from fanout.metrics import app_label
 from fanout.notification import CRITICAL_NOT_ALLOWED, Notification, critical_asked
 from fanout.stages.group_commit import groupable
 from fanout.stages.progress import EventStatus, load_event_status
@@ -113,7 +114,7 @@ async def _publish(
     except (NotificationTooLarge, InvalidPublishOption) as exc:
         raise RequestValidationError([refusal(exc, ("body",))]) from None
     if published.created:
-        state.metrics.published.labels("topic" if topic else "user").inc()
+        state.metrics.published.labels("topic" if topic else "user", app_label(key.app)).inc()
     return schemas.EventAccepted(event_id=published.event_id, created=published.created)
 
 

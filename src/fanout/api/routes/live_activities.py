@@ -8,6 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fanout.api import schemas
 from fanout.api.auth import Manager, Publisher
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, Pool, State
+from fanout.metrics import app_label
 from fanout.stages.live_activity import publish_update
 from fanout.stages.publish import IdempotencyConflict, NotificationTooLarge
 from fanout.store import live_activities, subscriptions
@@ -100,7 +101,7 @@ async def publish_live_activity_update(
         ) from None
     published = done.published
     if published.created:
-        state.metrics.published.labels("live_activity").inc()
+        state.metrics.published.labels("live_activity", app_label(key.app)).inc()
         if not published.enqueued:
             state.metrics.enqueue_failures.inc()
     return schemas.LiveActivityUpdateAccepted(
