@@ -85,3 +85,22 @@ async def test_a_publish_with_a_filter_is_accepted(api: ApiServer) -> None:
     async with api.client("all") as client:
         response = await client.post("/v1/events", json=body)
     assert response.status_code in (201, 202), response.text
+
+
+async def test_a_filter_alone_publishes_to_the_app_and_nothing_at_all_is_refused(
+    api: ApiServer,
+) -> None:
+    async with api.client("all") as client:
+        alone = await client.post(
+            "/v1/events",
+            json={
+                "notification": {"title": "For premium readers"},
+                "filter": {"tags": {"plan": "premium"}},
+            },
+        )
+        assert alone.status_code == 202, alone.text
+        status = await client.get(f"/v1/events/{alone.json()['event_id']}")
+        assert status.status_code == 200
+        neither = await client.post("/v1/events", json={"notification": {"title": "To whom?"}})
+        assert neither.status_code == 422
+        assert neither.json()["detail"][0]["loc"] == ["body", "topic"]

@@ -4,6 +4,7 @@ get nothing and are counted ``filtered``."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import asyncpg
@@ -16,7 +17,7 @@ from fanout.queue.sqs import Queues
 from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.progress import load_event_status
 from fanout.stages.publish import PublishOptions, record_event
-from fanout.store import subscriptions
+from fanout.store import apps, recipients, subscriptions
 from fanout.store.apps import DEFAULT_APP_ID
 from fanout.tags import compile_filter, matches
 from tests.helpers import Topic, batches_of, device_counts, drain, make_topic
@@ -33,8 +34,10 @@ PROFILES: list[dict[str, Any]] = [
 ]
 
 
-async def tag_topic(pool: asyncpg.Pool, size: int) -> tuple[Topic, list[dict[str, Any]]]:
-    topic = await make_topic(pool, size)
+async def tag_topic(
+    pool: asyncpg.Pool, size: int, *, app_id: int = DEFAULT_APP_ID
+) -> tuple[Topic, list[dict[str, Any]]]:
+    topic = await make_topic(pool, size, app_id=app_id)
     given = [PROFILES[i % len(PROFILES)] for i in range(size)]
     rows = await pool.fetch(
         "SELECT id, external_id FROM users WHERE id = ANY($1::bigint[])", topic.user_ids
@@ -43,7 +46,7 @@ async def tag_topic(pool: asyncpg.Pool, size: int) -> tuple[Topic, list[dict[str
     async with pool.acquire() as conn:
         for user_id, tags in zip(topic.user_ids, given, strict=True):
             await subscriptions.put_user_tags(
-                conn, app_id=DEFAULT_APP_ID, user=external[user_id], tags=tags
+                conn, app_id=app_id, user=external[user_id], tags=tags
             )
     return topic, given
 
@@ -129,3 +132,50 @@ async def test_a_one_to_one_send_with_a_filter_goes_out_only_if_the_user_matches
         assert status is not None
         assert status.held_back == ({"filtered": 1} if name == "premium" else {})
     assert sent == {"premium": set(), "free": {topic.device_ids[1]}}
+
+
+async def test_a_filter_alone_reaches_every_matching_user_of_the_app_and_counts_the_rest(
+    pool: asyncpg.Pool, queues: Queues, settings: Settings
+) -> None:
+    """A publish with a filter and no topic: every user of the app whose tags match, paged
+    and sharded over the app's users (another app's matching users get nothing)."""
+    async with pool.acquire() as conn:
+        app = await apps.insert_app(conn, key=f"tags-{secrets.token_hex(3)}", name="t", settings={})
+    assert app is not None
+    users, given = await tag_topic(pool, 40, app_id=app.id)
+    others, _ = await tag_topic(pool, 10)  # the default app's: premium too, never reached
+    compiled = compile_filter({"tags": {"plan": "premium"}})
+    assert compiled is not None
+    chosen = {d for d, t in zip(users.device_ids, given, strict=True) if matches(t, compiled)}
+    settings = settings.model_copy(update={"shard_size": 7, "page_size": 3})
+
+    event = await record_event(
+        pool, PLAIN, app_id=app.id, options=PublishOptions(tag_filter=compiled)
+    )
+    await plan_event(event.event_id, pool, queues, settings)
+    for body in await drain(queues.fanout):
+        task = decode(body)
+        assert isinstance(task, FanoutTask) and task.shard is not None
+        await run_shard(event.event_id, task.shard, pool, queues, settings)
+    counts = device_counts(batches_of(await drain(queues.delivery)))
+
+    assert set(counts) == chosen and set(counts.values()) == {1}
+    assert not set(counts) & set(others.device_ids)
+    status = await load_event_status(pool, event.event_id)
+    assert status is not None and status.held_back == {"filtered": 40 - len(chosen)}
+    # A lost batch re-read from PostgreSQL reads the same users, filtered the same.
+    async with pool.acquire() as conn:
+        rows = await recipients.app_batch_recipients(
+            conn,
+            app_id=app.id,
+            first_user_id=0,
+            last_user_id=2**62,
+            event_id=event.event_id,
+            category=None,
+        )
+    assert {int(r["wire"].split(",")[0].strip("[")) for r in rows if r["wire"]} == chosen
+
+
+async def test_an_event_needs_a_topic_a_user_or_a_filter(pool: asyncpg.Pool) -> None:
+    with pytest.raises(ValueError, match="exactly one of"):
+        await record_event(pool, PLAIN)

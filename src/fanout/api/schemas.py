@@ -409,7 +409,11 @@ PublishedNotification = Annotated[Notification, AfterValidator(_fits_every_platf
 
 
 class EventIn(PublishOptionsIn):
-    topic: TopicKey
+    topic: TopicKey | None = Field(
+        default=None,
+        description="The topic whose subscribers get it. Without one, a `filter` is needed: "
+        "the event goes to every user of the app whose tags match it.",
+    )
     notification: PublishedNotification
     idempotency_key: IdempotencyKey | None = None
 

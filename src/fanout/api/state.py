@@ -43,8 +43,8 @@ class Metrics:
         )
         self.published = Counter(
             "fanout_events_published",
-            "Events accepted, by kind (topic, user, live_activity) and app (its key; empty "
-            "with FANOUT_METRICS_APP_LABEL=false)",
+            "Events accepted, by kind (topic, user, app: a filter alone, live_activity) and "
+            "app (its key; empty with FANOUT_METRICS_APP_LABEL=false)",
             ["kind", "app"],
             registry=self.registry,
         )

@@ -514,6 +514,16 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
                     category=event.notification.get("category"),
                     page_filter=page_filter,
                 )
+            elif event.topic_id is None:  # a tag filter alone: every user of the app
+                rows = await recipients.app_batch_recipients(
+                    conn,
+                    app_id=event.app_id,
+                    first_user_id=first,
+                    last_user_id=last,
+                    event_id=event.id,
+                    category=event.notification.get("category"),
+                    page_filter=page_filter,
+                )
             elif event.source_prefix is not None:
                 assert event.topic_id is not None
                 rows = await sources.member_batch_recipients(

@@ -54,6 +54,7 @@ from fanout.store import acquire, apps, events, lifecycle, live_activities, shar
 from fanout.store.audience import caps_apply
 from fanout.store.recipients import (
     PageFilter,
+    app_recipients_page,
     defer_recipients,
     topic_recipients_page,
     user_recipients,
@@ -276,7 +277,6 @@ async def _shard_bounds(
     if event.user_id is not None:  # a 1:1 send: one user, one shard
         return [(event.user_id, event.user_id + 1)]
     tokens = live_activities.audience_of(event)
-    assert event.topic_id is not None or tokens is not None
     bounds = []
     lo = 0
     while True:
@@ -287,6 +287,10 @@ async def _shard_bounds(
         elif event.source_prefix is not None:
             hi = await sources.next_member_boundary(
                 conn, event_id=event.id, from_user_id=lo, shard_size=shard_size
+            )
+        elif event.topic_id is None:  # a tag filter alone: every user of the app
+            hi = await shards.next_app_user_boundary(
+                conn, app_id=event.app_id, from_user_id=lo, shard_size=shard_size
             )
         else:
             assert event.topic_id is not None
@@ -591,8 +595,12 @@ async def _count_unread(
         left = await live_activities.tokens_left(
             conn, audience=tokens, after_token_id=progress.cursor, before_token_id=hi
         )
-    elif event.topic_id is None:  # a 1:1 send: its one user, if not sent to yet
-        left = int(event.user_id is not None and progress.cursor < event.user_id)
+    elif event.user_id is not None:  # a 1:1 send: its one user, if not sent to yet
+        left = int(progress.cursor < event.user_id)
+    elif event.topic_id is None:  # a tag filter alone: every user of the app
+        left = await shards.app_users_left(
+            conn, app_id=event.app_id, after_user_id=progress.cursor, before_user_id=hi
+        )
     elif event.source_prefix is not None:
         left = await sources.members_left(
             conn, event_id=event.id, after_user_id=progress.cursor, before_user_id=hi
@@ -632,7 +640,17 @@ async def _fetch_page(
             category=audience.category,
             page_filter=page_filter,
         )
-    assert event.topic_id is not None
+    if event.topic_id is None:  # a tag filter alone: every user of the app
+        return await app_recipients_page(
+            conn,
+            app_id=event.app_id,
+            after_user_id=cursor,
+            before_user_id=hi,
+            limit=settings.page_size,
+            event_id=event.id,
+            category=audience.category,
+            page_filter=page_filter,
+        )
     if event.source_prefix is not None:  # read from a source: the event's members
         return await sources.member_recipients_page(
             conn,

@@ -179,7 +179,8 @@ async def record_event(
     default_time_zone: str = "UTC",
     now: datetime | None = None,
 ) -> Published:
-    """Commit the event as pending: to a topic's subscribers or to one user's devices, of
+    """Commit the event as pending: to a topic's subscribers, to one user's devices, or (a
+    tag filter in ``options`` and neither) to every user of the app the filter matches, of
     the app ``app_id`` (the API passes its key's; the default app's for internal callers).
     With ``options`` holding it (a future ``send_at``, ``deliver_at_local`` waves) it is
     committed 'scheduled', due at its first release (``held_until``).
@@ -193,8 +194,10 @@ async def record_event(
     before returns that event with ``created=False``, or raises IdempotencyConflict if
     the request differs.
     """
-    if (topic is None) == (user is None):
-        raise ValueError("an event goes to exactly one of: a topic, a user")
+    # A tag filter alone (no topic, no user): every user of the app it matches (issue #25).
+    app_wide = topic is None and user is None and options.tag_filter is not None
+    if (topic is None) == (user is None) and not app_wide:
+        raise ValueError("an event goes to exactly one of: a topic, a user (or a tag filter)")
     if notification.kind == "liveactivity":
         raise ValueError("a Live Activity update goes to its activity's tokens (live_activity)")
     check_fits_a_batch(notification, max_batch_bytes(batch_max_bytes, MAX_MESSAGE_BYTES))

@@ -57,6 +57,22 @@ USER_RECIPIENTS = recipients_query(
     **schedule_parameters(5),
 )
 
+# Indexes: users_by_app (app_id, id), an index-only range scan (the keyset page: id >
+# cursor), then per user the audience rules' probes and devices_active_by_user, as the
+# topic's page. An event to every user of its app its tag filter matches (no topic: no mute
+# applies); those the filter leaves out come back held back as `filtered`. $1: the app, $5:
+# the event, $6: its category.
+APP_RECIPIENTS_PAGE = recipients_query(
+    """SELECT sub.user_id FROM (SELECT id AS user_id FROM users WHERE app_id = $1) AS sub
+    WHERE sub.user_id > $2 AND sub.user_id < $3 {wave_members}
+    ORDER BY sub.user_id
+    LIMIT $4""",
+    topic="NULL",
+    event="$5",
+    category="$6",
+    **schedule_parameters(7),
+)
+
 # Index: deferred_recipients_pkey. A page's deferred users and when each window ends, one
 # statement per page, never a round trip per recipient; a page read again after a crash
 # records nobody twice. (Recorded in the page statement itself, as a data-modifying CTE,
@@ -76,6 +92,17 @@ BATCH_RECIPIENTS = recipients_query(
     """SELECT sub.user_id FROM subscriptions AS sub
     WHERE sub.topic_id = $1 AND sub.user_id BETWEEN $2 AND $3 {wave_members}""",
     topic="$1",
+    event="$4",
+    category="$5",
+    **schedule_parameters(6),
+)
+
+# As BATCH_RECIPIENTS, over the app's users (users_by_app): a lost batch of an event to
+# every user of its app its filter matches. $1: the app, $4: the event, $5: its category.
+APP_BATCH_RECIPIENTS = recipients_query(
+    """SELECT sub.user_id FROM (SELECT id AS user_id FROM users WHERE app_id = $1) AS sub
+    WHERE sub.user_id BETWEEN $2 AND $3 {wave_members}""",
+    topic="NULL",
     event="$4",
     category="$5",
     **schedule_parameters(6),
@@ -212,4 +239,53 @@ async def devices_by_id(
 ) -> list[asyncpg.Record]:
     """A retry batch re-read: those of ``device_ids`` still active (``DEVICES_BY_ID``)."""
     rows: list[asyncpg.Record] = await conn.fetch(DEVICES_BY_ID, device_ids)
+    return rows
+
+
+async def app_recipients_page(
+    conn: asyncpg.Connection,
+    *,
+    app_id: int,
+    after_user_id: int,
+    before_user_id: int,
+    limit: int,
+    event_id: int,
+    category: str | None,
+    page_filter: PageFilter = PageFilter(),  # frozen: one default shared safely
+) -> list[asyncpg.Record]:
+    """``topic_recipients_page`` over every user of the app (an event with a tag filter and
+    no topic) (``APP_RECIPIENTS_PAGE``)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        APP_RECIPIENTS_PAGE,
+        app_id,
+        after_user_id,
+        before_user_id,
+        limit,
+        event_id,
+        category,
+        *page_filter.parameters(None),
+    )
+    return rows
+
+
+async def app_batch_recipients(
+    conn: asyncpg.Connection,
+    *,
+    app_id: int,
+    first_user_id: int,
+    last_user_id: int,
+    event_id: int,
+    category: str | None,
+    page_filter: PageFilter = PageFilter(),  # frozen: one default shared safely
+) -> list[asyncpg.Record]:
+    """``batch_recipients`` over every user of the app (``APP_BATCH_RECIPIENTS``)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        APP_BATCH_RECIPIENTS,
+        app_id,
+        first_user_id,
+        last_user_id,
+        event_id,
+        category,
+        *page_filter.parameters(None),
+    )
     return rows

@@ -26,6 +26,15 @@ ORDER BY user_id
 OFFSET $3 LIMIT 1
 """
 
+# Index: users_by_app, index-only. NEXT_SHARD_BOUNDARY over every user of an app (an
+# event with a tag filter and no topic).
+NEXT_APP_USER_BOUNDARY = """
+SELECT id FROM users
+WHERE app_id = $1 AND id >= $2
+ORDER BY id
+OFFSET $3 LIMIT 1
+"""
+
 # Index: fanout_shards_pkey. Re-planning after a crash inserts nothing twice. A shard not
 # claimed within $5 seconds (its message lost) is sent again by the reconciler. $6: the wave
 # it fans out (NULL: the whole audience).
@@ -155,6 +164,9 @@ SUBSCRIBERS_LEFT = """
 SELECT count(*) FROM subscriptions WHERE topic_id = $1 AND user_id > $2 AND user_id < $3
 """
 
+# Index: users_by_app (index-only). SUBSCRIBERS_LEFT over every user of an app.
+APP_USERS_LEFT = "SELECT count(*) FROM users WHERE app_id = $1 AND id > $2 AND id < $3"
+
 # Index: fanout_shards_pkey. The wave a shard fans out (NULL: the whole audience); a batch
 # re-read from PostgreSQL is read with its shard's filter.
 SHARD_WAVE = "SELECT wave_no FROM fanout_shards WHERE event_id = $1 AND shard_no = $2"
@@ -247,6 +259,16 @@ async def next_shard_boundary(
     return boundary
 
 
+async def next_app_user_boundary(
+    conn: asyncpg.Connection, *, app_id: int, from_user_id: int, shard_size: int
+) -> int | None:
+    """``next_shard_boundary`` over every user of the app (``NEXT_APP_USER_BOUNDARY``)."""
+    boundary: int | None = await conn.fetchval(
+        NEXT_APP_USER_BOUNDARY, app_id, from_user_id, shard_size
+    )
+    return boundary
+
+
 async def insert_shards(
     conn: asyncpg.Connection,
     *,
@@ -289,6 +311,14 @@ async def subscribers_left(
     """How many of the topic's subscribers lie between the two user ids, both excluded: what
     a stopped shard did not read (``SUBSCRIBERS_LEFT``)."""
     count: int = await conn.fetchval(SUBSCRIBERS_LEFT, topic_id, after_user_id, before_user_id)
+    return count
+
+
+async def app_users_left(
+    conn: asyncpg.Connection, *, app_id: int, after_user_id: int, before_user_id: int
+) -> int:
+    """``subscribers_left`` over every user of the app (``APP_USERS_LEFT``)."""
+    count: int = await conn.fetchval(APP_USERS_LEFT, app_id, after_user_id, before_user_id)
     return count
 
 

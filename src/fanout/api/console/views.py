@@ -57,7 +57,10 @@ class EventRow:
             sourced = f" (from source {self.source})" if self.source else ""
             return f"topic {self.topic}{sourced}"
         live = self.status.live_activity
-        return f"live activity {live.activity_id}" if live else f"user {self.user}"
+        if live:
+            return f"live activity {live.activity_id}"
+        # Neither: a tag filter alone, to every user of the app it matches.
+        return f"user {self.user}" if self.user else "every user of the app its filter matches"
 
     @property
     def done(self) -> int:

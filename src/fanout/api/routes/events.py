@@ -35,11 +35,23 @@ PUBLISH_PROBLEMS = schemas.problems(401, 403, 409, 429)
 async def publish_event(
     body: schemas.EventIn, key: Publisher, state: State
 ) -> schemas.EventAccepted:
-    """Publish to a topic's subscribers.
+    """Publish to a topic's subscribers, or with a ``filter`` and no topic to every user of
+    the app whose tags match it (those left out are counted ``held_back.filtered``).
 
     An idempotency key is this API key's own: the same key with the same request
     returns the first event (202, ``created: false``); with a different request, 409.
     """
+    if body.topic is None and body.filter is None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "missing",
+                    "loc": ["body", "topic"],
+                    "msg": "a topic is needed, or a filter alone (every user of the app whose "
+                    "tags match it)",
+                }
+            ]
+        )
     return await _publish(
         state, key, body.notification, body.idempotency_key, body.options(), topic=body.topic
     )
@@ -114,7 +126,8 @@ async def _publish(
     except (NotificationTooLarge, InvalidPublishOption) as exc:
         raise RequestValidationError([refusal(exc, ("body",))]) from None
     if published.created:
-        state.metrics.published.labels("topic" if topic else "user", app_label(key.app)).inc()
+        audience = "topic" if topic else "user" if user else "app"
+        state.metrics.published.labels(audience, app_label(key.app)).inc()
     return schemas.EventAccepted(event_id=published.event_id, created=published.created)
 
 
