@@ -23,6 +23,9 @@ names its device, and the sink counts a push that reaches another device (``addr
 no push carries another event's content). Reported: the sends lost, duplicated, misaddressed
 and not terminal.
 
+With ``--source`` each topic's subscribers are instead an author's followers in an app's own
+table (``chaosapp.follows``, indexed), bound to ``author:`` by a source, and the event goes
+to ``author:N``: read once at planning into the event's members, through the same faults.
 With ``--apps N`` the devices are split over N apps (``chaos-1`` …), each with a topic of
 its own, and a scenario publishes an event to each at once; the sink counts each event's
 pushes, so lost and duplicates are counted per app. A fault's point is judged over all
@@ -70,9 +73,10 @@ from fanout.local.workers import WorkerProcess, worker_environment
 from fanout.notification import Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import Queues, open_client, open_queues
+from fanout.sources import check_source
 from fanout.stages.group_commit import Enqueuer, GroupCommit
 from fanout.stages.publish import PublishOptions, prepare_event, publish
-from fanout.store import apps, connect, create_pool, seeding
+from fanout.store import apps, connect, create_pool, seeding, sources
 from fanout.store.lifecycle import FANNING, EventState
 from fanout.store.migrate import migrate
 from fanout.webhooks.addresses import system_resolver
@@ -854,10 +858,14 @@ async def seed_direct(conn: asyncpg.Connection, count: int) -> list[tuple[str, i
     return [(row["external_id"], row["id"]) for row in rows]
 
 
-async def prepare_template(pg: PrivatePostgres, devices: int, app_count: int) -> list[Audience]:
+async def prepare_template(
+    pg: PrivatePostgres, devices: int, app_count: int, *, sourced: bool = False
+) -> list[Audience]:
     """A migrated database with topics of ``devices`` subscribers in all, one APNs device
     each, for every scenario to clone: one topic of the default app, or with ``app_count``
-    above 1, one in each of as many apps (``chaos-1`` …), the devices split evenly."""
+    above 1, one in each of as many apps (``chaos-1`` …), the devices split evenly. With
+    ``sourced``, each topic's subscribers become the followers of an author in an app's own
+    table, and the event goes to that author's topic, read through a source."""
     await _admin(pg.dsn, "CREATE DATABASE chaos_template")
     conn = await connect(pg.url("chaos_template"))
     shape = DeviceShape(platforms=("apns",))
@@ -865,18 +873,55 @@ async def prepare_template(pg: PrivatePostgres, devices: int, app_count: int) ->
         await migrate(conn)
         if app_count == 1:
             seeded = await seed(conn, devices, 1, shape)
-            return [Audience(apps.DEFAULT_APP_ID, apps.DEFAULT_APP, seeded.topic, seeded.devices)]
-        audiences = []
-        for i in range(app_count):
-            key = f"chaos-{i + 1}"
-            app = await apps.insert_app(conn, key=key, name=key, settings={})
-            assert app is not None
-            share = devices // app_count + (i < devices % app_count)
-            seeded = await seed(conn, share, 1, shape, app=key)
-            audiences.append(Audience(app.id, key, seeded.topic, seeded.devices))
+            audiences = [
+                Audience(apps.DEFAULT_APP_ID, apps.DEFAULT_APP, seeded.topic, seeded.devices)
+            ]
+        else:
+            audiences = []
+            for i in range(app_count):
+                key = f"chaos-{i + 1}"
+                app = await apps.insert_app(conn, key=key, name=key, settings={})
+                assert app is not None
+                share = devices // app_count + (i < devices % app_count)
+                seeded = await seed(conn, share, 1, shape, app=key)
+                audiences.append(Audience(app.id, key, seeded.topic, seeded.devices))
+        if sourced:
+            audiences = [await _follow_table(conn, a, n) for n, a in enumerate(audiences, 1)]
         return audiences
     finally:
         await conn.close()
+
+
+# --source: an app's own follow table (indexed by author, as an app would have it) and a
+# source over it; author n is followed by the n-th audience's subscribers.
+FOLLOWERS = "SELECT follower_id AS user_id FROM chaosapp.follows WHERE author_id = :key::bigint"
+
+
+async def _follow_table(conn: asyncpg.Connection, audience: Audience, author: int) -> Audience:
+    await conn.execute(
+        """CREATE SCHEMA IF NOT EXISTS chaosapp;
+           CREATE TABLE IF NOT EXISTS chaosapp.follows (
+               author_id bigint NOT NULL, follower_id text NOT NULL);
+           CREATE INDEX IF NOT EXISTS follows_by_author ON chaosapp.follows (author_id);"""
+    )
+    await conn.execute(
+        """INSERT INTO chaosapp.follows (author_id, follower_id)
+           SELECT $3, u.external_id
+           FROM subscriptions AS s JOIN topics AS t ON t.id = s.topic_id
+           JOIN users AS u ON u.id = s.user_id
+           WHERE t.app_id = $1 AND t.key = $2""",
+        audience.app_id,
+        audience.topic,
+        author,
+    )
+    await conn.execute("ANALYZE chaosapp.follows")
+    query = await check_source(
+        conn, query=FOLLOWERS, user_column="user_id", sample_key=str(author), time_limit=30
+    )
+    await sources.put_source(
+        conn, app_id=audience.app_id, prefix="author:", query=query, user_column="user_id"
+    )
+    return Audience(audience.app_id, audience.app, f"author:{author}", audience.devices)
 
 
 # --- output -----------------------------------------------------------------------------
@@ -928,7 +973,7 @@ async def main_async(args: argparse.Namespace) -> None:
         raise SystemExit(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
     args.logs = Path(tempfile.mkdtemp(prefix="fanout-chaos-"))
     with PrivatePostgres() as pg, MotoServer(log_file=args.logs / "moto.log") as moto:
-        audiences = await prepare_template(pg, args.devices, args.apps)
+        audiences = await prepare_template(pg, args.devices, args.apps, sourced=args.source)
         conn = await connect(pg.url("chaos_template"))
         try:
             direct = await seed_direct(conn, args.direct)
@@ -991,6 +1036,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--direct", type=int, default=0, help="users sent a 1:1 send each, as a stream, too"
+    )
+    parser.add_argument(
+        "--source",
+        action="store_true",
+        help="the audience as an app's own follow table behind a source (issue #25): each "
+        "event goes to an author's topic, read from the table at planning",
     )
     asyncio.run(main_async(parser.parse_args()))
 
