@@ -377,7 +377,8 @@ def publish(
         ),
     ] = None,
 ) -> None:
-    """Publish an event to a topic's subscribers; prints the event id. With ``--batch``:
+    """Publish an event to a topic's subscribers (with ``--filter`` and no TOPIC: to every
+    user of the app whose tags match); prints the event id. With ``--batch``:
     1:1 sends from a file, each its own event, committed a thousand lines at a time; prints
     a JSON line per line of the file (its event, or its problems naming the line and field),
     and exits 1 if any line was refused."""
@@ -386,8 +387,12 @@ def publish(
             raise typer.BadParameter("give either TOPIC or --batch, not both", param_hint="TOPIC")
         _publish_batch(batch, app_key)
         return
-    if topic is None:
-        raise typer.BadParameter("a topic to publish to (or --batch FILE)", param_hint="TOPIC")
+    if topic is None and filter_ is None:
+        raise typer.BadParameter(
+            "a topic to publish to (or --batch FILE; or --filter alone: every user of the app "
+            "whose tags match)",
+            param_hint="TOPIC",
+        )
     from fanout.notification import CRITICAL_NOT_ALLOWED, critical_asked
     from fanout.queue.sqs import open_client, open_queues
     from fanout.stages.publish import InvalidPublishOption

@@ -345,6 +345,15 @@ def test_a_bad_filter_names_the_option_and_the_field(settings: Settings) -> None
     assert "Traceback" not in bad.stderr
 
 
+def test_a_filter_alone_publishes_to_the_app(settings: Settings) -> None:
+    assert fanout(settings, "queues", "create").returncode == 0
+    alone = fanout(settings, "publish", "--title", "t", "--filter", '{"tags": {"plan": "x"}}')
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout.strip().isdigit()
+    neither = fanout(settings, "publish", "--title", "t")
+    assert neither.returncode == 2 and "--filter" in neither.stderr
+
+
 def test_publish_each_kind_from_the_command_line(settings: Settings) -> None:
     assert fanout(settings, "queues", "create").returncode == 0
     background = fanout(
