@@ -15,7 +15,7 @@ import asyncpg
 import orjson
 import pytest
 
-from fanout.bulk.load import UNKNOWN_USER, import_rows
+from fanout.bulk.load import SOURCED_TOPIC, UNKNOWN_USER, import_rows
 from fanout.store import apps, connect
 from fanout.store.apps import DEFAULT_APP_ID
 
@@ -211,6 +211,35 @@ async def test_another_apps_users_are_unknown_to_an_import(database_url: str) ->
         )
         assert counts.inserted == 0 and rejects == [(2, UNKNOWN_USER)]
         assert await conn.fetchval("SELECT count(*) FROM topics") == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_subscription_to_a_sourced_topic_is_refused_by_line(database_url: str) -> None:
+    conn = await connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO sources (app_id, prefix, query, user_column) "
+            "VALUES ($1, 'author:', 'SELECT 1', 'user_id')",
+            DEFAULT_APP_ID,
+        )
+        await import_rows(
+            conn, kind="users", app_id=DEFAULT_APP_ID, numbered=[(1, {"user_id": "a"})]
+        )
+        rejects: list[tuple[int, str]] = []
+        counts = await import_rows(
+            conn,
+            kind="subscriptions",
+            app_id=DEFAULT_APP_ID,
+            numbered=[
+                (2, {"topic": "author:7", "user_id": "a"}),
+                (3, {"topic": "news", "user_id": "a"}),
+                (4, {"topic": "author:", "user_id": "a"}),  # the prefix alone is no sourced key
+            ],
+            on_reject=lambda line, reason: rejects.append((line, reason)),
+        )
+        assert counts.inserted == 2 and rejects == [(2, SOURCED_TOPIC)]
+        assert await conn.fetchval("SELECT count(*) FROM subscriptions") == 2
     finally:
         await conn.close()
 

@@ -46,6 +46,7 @@ _KEY_OF: dict[str, Callable[[tuple[Any, ...]], Any]] = {
 
 UNKNOWN_USER = "user_id: no such user in this app (import users first)"
 MISSED_TOPIC = "topic: deleted while this import ran; import again"
+SOURCED_TOPIC = "topic: its subscribers are read from a source; subscriptions are not taken"
 
 
 @dataclass(slots=True)
@@ -119,7 +120,11 @@ async def import_rows(
             on_reject(line, UNKNOWN_USER)
         for line in outcome.missed_lines:
             on_reject(line, MISSED_TOPIC)
-        counts.rejected += len(outcome.unknown_lines) + len(outcome.missed_lines)
+        for line in outcome.sourced_lines:
+            on_reject(line, SOURCED_TOPIC)
+        counts.rejected += (
+            len(outcome.unknown_lines) + len(outcome.missed_lines) + len(outcome.sourced_lines)
+        )
         on_progress(counts.rows)
 
     # One chunk buffer and at most one chunk in the database per connection. A row goes

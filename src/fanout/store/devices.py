@@ -144,14 +144,16 @@ LIMIT $3
 @dataclass(frozen=True, slots=True)
 class StagedOutcome:
     """What a chunk of the bulk import did: rows inserted, updated, already as the file
-    has them (unchanged), the lines whose user the app does not have, and those to import
-    again (their topic was created by another transaction in the same instant)."""
+    has them (unchanged), the lines whose user the app does not have, those to import
+    again (their topic was created by another transaction in the same instant), and those
+    of a topic read from a source (no subscription is taken for it)."""
 
     inserted: int
     updated: int
     unchanged: int
     unknown_lines: list[int]
     missed_lines: list[int] = field(default_factory=list)
+    sourced_lines: list[int] = field(default_factory=list)
 
 
 async def upsert_staged_devices(conn: asyncpg.Connection, *, app_id: int) -> StagedOutcome:

@@ -224,14 +224,22 @@ ON CONFLICT (app_id, key) DO NOTHING
 
 # Indexes: topics_app_key_key, users_app_external_id_key, subscriptions_pkey. Second
 # step: every row of a known user subscribed, already subscribed is unchanged; the lines of
-# users the app does not have come back, and (missed_lines) those whose topic is gone
-# (deleted since the first step). $1: the app.
+# users the app does not have come back, (missed_lines) those whose topic is gone
+# (deleted since the first step), and (sourced_lines) those of a topic whose subscribers are
+# read from a source (sources_app_id_prefix_key: the app's few prefixes; issue #25), which
+# a subscription would never reach. $1: the app.
 SUBSCRIBE_STAGED = """
 WITH staged AS MATERIALIZED (
-    SELECT s.line, t.id AS topic_id, u.id AS uid
+    SELECT s.line, CASE WHEN src.prefix IS NULL THEN t.id END AS topic_id, u.id AS uid,
+           src.prefix IS NOT NULL AS sourced
     FROM import_subscriptions AS s
     LEFT JOIN users AS u ON u.app_id = $1 AND u.external_id = s.user_id
     LEFT JOIN topics AS t ON t.app_id = $1 AND t.key = s.topic
+    LEFT JOIN LATERAL (
+        SELECT prefix FROM sources
+        WHERE app_id = $1 AND starts_with(s.topic, prefix) AND length(s.topic) > length(prefix)
+        LIMIT 1
+    ) AS src ON true
 ), written AS (
     INSERT INTO subscriptions (topic_id, user_id)
     SELECT DISTINCT topic_id, uid FROM staged
@@ -245,7 +253,9 @@ SELECT (SELECT count(*) FROM written) AS inserted,
        (SELECT coalesce(array_agg(line ORDER BY line), '{}') FROM staged
         WHERE uid IS NULL) AS unknown_lines,
        (SELECT coalesce(array_agg(line ORDER BY line), '{}') FROM staged
-        WHERE uid IS NOT NULL AND topic_id IS NULL) AS missed_lines
+        WHERE uid IS NOT NULL AND topic_id IS NULL AND NOT sourced) AS missed_lines,
+       (SELECT coalesce(array_agg(line ORDER BY line), '{}') FROM staged
+        WHERE uid IS NOT NULL AND sourced) AS sourced_lines
 """
 
 # Index: subscriptions_pkey (keyset by topic_id, user_id). A page of the app's
@@ -280,7 +290,12 @@ async def subscribe_staged(conn: asyncpg.Connection, *, app_id: int) -> StagedOu
     row = await conn.fetchrow(SUBSCRIBE_STAGED, app_id)
     inserted = row["inserted"]
     return StagedOutcome(
-        inserted, 0, row["known"] - inserted, row["unknown_lines"], row["missed_lines"]
+        inserted,
+        0,
+        row["known"] - inserted,
+        row["unknown_lines"],
+        row["missed_lines"],
+        row["sourced_lines"],
     )
 
 
