@@ -6,6 +6,7 @@ naming the sequential scan."""
 from __future__ import annotations
 
 import secrets
+from datetime import time
 
 import asyncpg
 import pytest
@@ -17,7 +18,7 @@ from fanout.queue.sqs import Queues
 from fanout.sources import SourceRefused, check_source
 from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.progress import load_event_status
-from fanout.stages.publish import record_event
+from fanout.stages.publish import InvalidPublishOption, PublishOptions, record_event
 from fanout.store import sources
 from fanout.store.apps import DEFAULT_APP_ID
 from fanout.store.recipients import PageFilter
@@ -161,6 +162,20 @@ async def test_an_event_whose_key_the_source_cannot_read_fails_saying_why(
     assert status is not None and status.status == "failed"
     assert status.last_error is not None
     assert status.last_error.startswith("its source could not be read: invalid input syntax")
+
+
+async def test_local_time_delivery_is_refused_on_a_sourced_topic(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    await follow_table(pool)
+    await add_source(pool, settings, "author:", FOLLOWERS)
+    local = PublishOptions(deliver_at_local=time(9, 0))
+    with pytest.raises(InvalidPublishOption) as refused:
+        await record_event(pool, PLAIN, topic="author:7", options=local)
+    assert refused.value.field == "deliver_at_local"
+    assert await pool.fetchval("SELECT count(*) FROM events") == 0
+    # Another topic's subscribers' zones are known at publish: taken.
+    assert (await record_event(pool, PLAIN, topic="news:7", options=local)).created
 
 
 async def test_a_source_whose_query_scans_the_table_is_refused_naming_the_scan(

@@ -5,6 +5,7 @@ get nothing and are counted ``filtered``."""
 from __future__ import annotations
 
 import secrets
+from datetime import time
 from typing import Any
 
 import asyncpg
@@ -16,7 +17,7 @@ from fanout.queue.messages import FanoutTask, decode
 from fanout.queue.sqs import Queues
 from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.progress import load_event_status
-from fanout.stages.publish import PublishOptions, record_event
+from fanout.stages.publish import InvalidPublishOption, PublishOptions, record_event
 from fanout.store import apps, recipients, subscriptions
 from fanout.store.apps import DEFAULT_APP_ID
 from fanout.tags import compile_filter, matches
@@ -179,3 +180,9 @@ async def test_a_filter_alone_reaches_every_matching_user_of_the_app_and_counts_
 async def test_an_event_needs_a_topic_a_user_or_a_filter(pool: asyncpg.Pool) -> None:
     with pytest.raises(ValueError, match="exactly one of"):
         await record_event(pool, PLAIN)
+    app_wide_local = PublishOptions(
+        tag_filter=compile_filter({"tags": {"plan": "premium"}}), deliver_at_local=time(9, 0)
+    )
+    with pytest.raises(InvalidPublishOption) as refused:
+        await record_event(pool, PLAIN, options=app_wide_local)
+    assert refused.value.field == "deliver_at_local"

@@ -39,7 +39,7 @@ from fanout.queue.sqs import Queues
 from fanout.stages.batching import batch_max_bytes as max_batch_bytes
 from fanout.stages.batching import bytes_short
 from fanout.stages.schedule import known_zone, plan_waves
-from fanout.store import acquire, events, lifecycle, subscriptions
+from fanout.store import acquire, events, lifecycle, sources, subscriptions
 from fanout.store.apps import DEFAULT_APP_ID
 from fanout.store.waves import PlannedWave, audience_time_zones, insert_waves
 
@@ -222,6 +222,17 @@ async def record_event(
         )
         waves: list[PlannedWave] = []
         if options.deliver_at_local is not None:
+            # Its waves come from the audience's time zones, read now: an app-wide filter's
+            # users, or a source's members (read at planning), are not known yet (#25).
+            if app_wide or (
+                topic is not None
+                and await sources.source_of_key(conn, app_id=app_id, key=topic) is not None
+            ):
+                raise InvalidPublishOption(
+                    "deliver_at_local",
+                    "not for an event to every user of the app, nor on a topic read from a "
+                    "source: their time zones are not known at publish",
+                )
             zones = await audience_time_zones(conn, topic_id=topic_id, user_id=user_id)
             if user_id is not None:  # one user: their own zone's wave only, if it is known
                 zones = [zone for zone in zones if known_zone(zone)]
