@@ -496,7 +496,12 @@ def _publish_batch(path: Path, app_key: str) -> None:
 
                 group = GroupCommit(
                     pool,
-                    Enqueuer(pool, opened, overdue_after=settings.reconcile_after_seconds),
+                    Enqueuer(
+                        pool,
+                        opened,
+                        overdue_after=settings.reconcile_after_seconds,
+                        coalesce=settings.coalesce_direct,
+                    ),
                     overdue_after=settings.reconcile_after_seconds,
                 )
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from fanout.errors import FanoutError
 from fanout.store import sources as store
 
 # `:key`, not the `::` of a cast (`x::key` is no parameter) nor a longer name (`:keys`).
@@ -32,7 +33,7 @@ MAX_QUERY_CHARS = 10_000
 SAMPLE_IDS = 5
 
 
-class SourceRefused(ValueError):
+class SourceRefused(FanoutError, ValueError):
     """A source that cannot be used; ``field`` names what is wrong (prefix, query, column)."""
 
     def __init__(self, field: str, message: str) -> None:

@@ -139,6 +139,22 @@ async def test_committed_events_are_enqueued_in_one_group(
     assert sent == ids
 
 
+async def test_coalescing_enqueues_a_group_as_one_fanout_message(
+    pool: asyncpg.Pool, queues: Queues
+) -> None:
+    async def opened() -> Queues:
+        return queues
+
+    group = GroupCommit(pool, Enqueuer(pool, opened, overdue_after=60, coalesce=True))
+    run = secrets.token_hex(4)
+    outcomes = await group.publish_many([event(f"{run}-{i}") for i in range(25)])
+    await group.close()
+    ids = [o.event_id for o in outcomes if isinstance(o, Published)]
+    assert set((await statuses(pool, ids)).values()) == {"enqueued"}
+    messages = await queues.fanout.receive(10, wait_seconds=1)
+    assert [decode(m.body) for m in messages] == [FanoutTask.group(ids)]
+
+
 async def test_an_enqueue_that_fails_leaves_the_events_due_for_the_reconciler(
     pool: asyncpg.Pool,
 ) -> None:

@@ -6,7 +6,17 @@ import zlib
 import orjson
 import pytest
 
-from fanout.queue.messages import DeliveryBatch, FanoutTask, PoisonMessage, decode
+from fanout.queue.messages import (
+    MAX_EVENTS_PER_TASK,
+    DeliveryBatch,
+    DeliveryBundle,
+    FanoutTask,
+    PoisonMessage,
+    bundle_bytes,
+    decode,
+    encode_bundle,
+    events_of,
+)
 
 
 def test_fanout_tasks_round_trip() -> None:
@@ -99,3 +109,53 @@ def test_a_publish_time_that_is_not_a_number_is_poison() -> None:
     body = '{"kind":"delivery","v":2,"event":1,"key":"k","attempt":0,"published":"x","notification":{},"devices":{}}'
     with pytest.raises(PoisonMessage, match="'published' must be a number"):
         decode(body)
+
+
+def test_a_group_of_events_travels_as_one_fanout_task() -> None:
+    task = FanoutTask.group([7, 8, 12])
+    assert task == FanoutTask(7, None, (7, 8, 12))
+    assert decode(task.encode()) == task
+    assert events_of(task) == (7, 8, 12) and events_of(FanoutTask(5, 2)) == (5,)
+
+
+@pytest.mark.parametrize(
+    ("events", "complaint"),
+    [
+        ([], "'events'"),
+        ([1, 0], "'events'"),
+        ([2, 3], "'event' first"),
+        (list(range(1, MAX_EVENTS_PER_TASK + 2)), "'events'"),
+    ],
+)
+def test_a_malformed_group_is_poison(events: list[int], complaint: str) -> None:
+    body = orjson.dumps({"kind": "fanout", "v": 2, "event": 1, "shard": None, "events": events})
+    with pytest.raises(PoisonMessage, match=complaint):
+        decode(body.decode())
+
+
+def test_a_bundle_keeps_each_batch_whole_and_its_own() -> None:
+    first = DeliveryBatch(7, "s0:1-1", 0, {"title": "for 1"}, {"apns": [[11, "aa", None]]})
+    second = DeliveryBatch(
+        8, "s0:2-2", 0, {"title": "for 2"}, {"fcm": [[21, "t", "de"], [22, "u", None]]}
+    )
+    second.published_at = 1764201600.25
+    body = encode_bundle([first.encode(), second.encode()])
+    assert len(body) <= bundle_bytes(len(first.encode()) + len(second.encode()), 2)
+    bundle = decode(body)
+    assert isinstance(bundle, DeliveryBundle)
+    assert bundle.batches == [first, second]
+    assert events_of(bundle) == (7, 8)
+
+
+@pytest.mark.parametrize(
+    ("batches", "complaint"),
+    [
+        ("[]", "'batches'"),
+        ('[{"kind": "fanout", "v": 2, "event": 1}]', r"batches\[0\] is not a delivery"),
+        ('[{"kind": "delivery", "v": 2, "event": 0}]', r"batches\[0\]: field 'event'"),
+        ('[{"kind": "delivery", "v": 2, "event": 1, "key": ""}]', "'key'"),
+    ],
+)
+def test_a_malformed_bundle_is_poison(batches: str, complaint: str) -> None:
+    with pytest.raises(PoisonMessage, match=complaint):
+        decode(f'{{"kind": "bundle", "v": 2, "batches": {batches}}}')

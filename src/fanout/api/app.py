@@ -59,6 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
                     overdue_after=settings.reconcile_after_seconds,
                     timeout=ENQUEUE_TIMEOUT_SECONDS,
                     on_failure=state.metrics.enqueue_failures.inc,
+                    coalesce=settings.coalesce_direct,
                 ),
                 overdue_after=settings.reconcile_after_seconds,
                 max_group=settings.api_publish_group_max,

@@ -3,7 +3,9 @@
 Two kinds travel through SQS, both JSON:
 
 ``FanoutTask``    ``{"kind": "fanout", "v": 2, "event": 7, "shard": null}``
-                  shard null plans the event; a number runs that shard.
+                  shard null plans the event; a number runs that shard. A group of
+                  1:1 events committed together (FANOUT_COALESCE_DIRECT) travels as one
+                  message with ``"events": [7, 8, ...]`` (``event`` is the first).
 ``DeliveryBatch`` ``{"kind": "delivery", "v": 2, "event": 7, "key": "s0:1-812", "attempt": 0,
                   "published": 1764201600.25, "notification": {...},
                   "devices": {"apns": [[id, token, locale], ...],
@@ -13,6 +15,11 @@ Two kinds travel through SQS, both JSON:
                   {"users": [first, last]}`` (a fan-out batch's range of users) or
                   ``{"device_ids": [...]}`` (a retry batch's devices): the delivery stage
                   reads those devices from PostgreSQL.
+``bundle``        ``{"kind": "bundle", "v": 2, "batches": [{delivery}, ...]}``:
+                  delivery batches of several events in one SQS message (a group's 1:1
+                  events, FANOUT_COALESCE_DIRECT). Each inner batch is a whole
+                  ``DeliveryBatch`` of its own event (its key, notification, devices): the
+                  bundle only shares the SQS requests, never a batch's content.
 
 Devices are grouped by platform because each group goes to one provider, and are
 written as short arrays rather than objects: an object per device would repeat its
@@ -32,7 +39,7 @@ from __future__ import annotations
 import base64
 import binascii
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -52,6 +59,10 @@ READABLE_VERSIONS = (1, 2)
 # ~16,000 APNs tokens once compressed.
 MAX_DEVICES_PER_BATCH = 20_000
 MAX_MESSAGE_BYTES = 1024 * 1024  # SQS's limit
+# A group message names at most this many events (a group commits at most 1,000).
+MAX_EVENTS_PER_TASK = 1_000
+# A bundle's own JSON around its batches (kind, version, brackets).
+BUNDLE_ENVELOPE_BYTES = 48
 # What ``devices_z`` may inflate to: a full batch is ~1.2 MB of JSON; more is a zip bomb.
 MAX_DEVICES_JSON_BYTES = 16 * 1024 * 1024
 
@@ -94,11 +105,24 @@ class FanoutTask:
 
     event_id: int
     shard: int | None = None
+    # A group of events to plan together (their first is ``event_id``); empty: one event.
+    events: tuple[int, ...] = ()
 
     def encode(self) -> str:
-        return orjson.dumps(
-            {"kind": "fanout", "v": WIRE_VERSION, "event": self.event_id, "shard": self.shard}
-        ).decode()
+        doc: dict[str, Any] = {
+            "kind": "fanout",
+            "v": WIRE_VERSION,
+            "event": self.event_id,
+            "shard": self.shard,
+        }
+        if self.events:
+            doc["events"] = list(self.events)
+        return orjson.dumps(doc).decode()
+
+    @classmethod
+    def group(cls, event_ids: Sequence[int]) -> FanoutTask:
+        """One message planning all of ``event_ids`` (a group's 1:1 events)."""
+        return cls(event_ids[0], None, tuple(event_ids))
 
 
 @dataclass(slots=True)
@@ -194,7 +218,35 @@ def encode_delivery(
     return (head[:-1] + b',"devices":' + devices_json + b"}").decode()
 
 
-Message = FanoutTask | DeliveryBatch
+@dataclass(frozen=True, slots=True)
+class DeliveryBundle:
+    """Delivery batches of several events sharing one SQS message; each is delivered,
+    recorded and deduplicated as if it had come alone."""
+
+    batches: list[DeliveryBatch]
+
+
+def encode_bundle(bodies: Sequence[str]) -> str:
+    """One message holding the delivery batch messages ``bodies`` (each a JSON object,
+    spliced in as it is: no batch is decoded again to be bundled)."""
+    return f'{{"kind":"bundle","v":{WIRE_VERSION},"batches":[' + ",".join(bodies) + "]}"
+
+
+def bundle_bytes(bodies_bytes: int, count: int) -> int:
+    """The size of a bundle of ``count`` batches of ``bodies_bytes`` together."""
+    return BUNDLE_ENVELOPE_BYTES + bodies_bytes + count
+
+
+Message = FanoutTask | DeliveryBatch | DeliveryBundle
+
+
+def events_of(message: Message) -> tuple[int, ...]:
+    """The events a message is about."""
+    if isinstance(message, DeliveryBundle):
+        return tuple(dict.fromkeys(batch.event_id for batch in message.batches))
+    if isinstance(message, FanoutTask) and message.events:
+        return message.events
+    return (message.event_id,)
 
 
 def decode(body: str) -> Message:
@@ -210,6 +262,8 @@ def decode(body: str) -> Message:
     if doc.get("v") not in READABLE_VERSIONS:
         raise PoisonMessage(f"unknown message version {doc.get('v')!r}")
     kind = doc.get("kind")
+    if kind == "bundle":
+        return _decode_bundle(doc)
     event_id = doc.get("event")
     if not isinstance(event_id, int) or isinstance(event_id, bool) or event_id <= 0:
         raise PoisonMessage("field 'event' must be a positive integer")
@@ -217,10 +271,44 @@ def decode(body: str) -> Message:
         shard = doc.get("shard")
         if shard is not None and (not isinstance(shard, int) or shard < 0):
             raise PoisonMessage("field 'shard' must be null or a non-negative integer")
+        if "events" in doc:
+            return _decode_group(doc["events"], event_id, shard)
         return FanoutTask(event_id, shard)
     if kind == "delivery":
         return _decode_batch(doc, event_id)
     raise PoisonMessage(f"unknown message kind {kind!r}")
+
+
+def _decode_group(ids: Any, event_id: int, shard: int | None) -> FanoutTask:
+    if (
+        not isinstance(ids, list)
+        or not 0 < len(ids) <= MAX_EVENTS_PER_TASK
+        or not all(_is_id(i) and i > 0 for i in ids)
+        or ids[0] != event_id
+    ):
+        raise PoisonMessage(
+            f"field 'events' must be 1 to {MAX_EVENTS_PER_TASK} event ids, 'event' first"
+        )
+    if shard is not None:
+        raise PoisonMessage("a group of events is planned, not one shard: 'shard' must be null")
+    return FanoutTask(event_id, None, tuple(ids))
+
+
+def _decode_bundle(doc: dict[str, Any]) -> DeliveryBundle:
+    inner = doc.get("batches")
+    if not isinstance(inner, list) or not inner:
+        raise PoisonMessage("field 'batches' must be a non-empty list of delivery batches")
+    batches = []
+    for index, batch in enumerate(inner):
+        if not isinstance(batch, dict) or batch.get("kind") != "delivery":
+            raise PoisonMessage(f"batches[{index}] is not a delivery batch")
+        if batch.get("v") not in READABLE_VERSIONS:
+            raise PoisonMessage(f"batches[{index}]: unknown message version {batch.get('v')!r}")
+        event_id = batch.get("event")
+        if not isinstance(event_id, int) or isinstance(event_id, bool) or event_id <= 0:
+            raise PoisonMessage(f"batches[{index}]: field 'event' must be a positive integer")
+        batches.append(_decode_batch(batch, event_id))
+    return DeliveryBundle(batches)
 
 
 def _decode_batch(doc: dict[str, Any], event_id: int) -> DeliveryBatch:

@@ -22,8 +22,9 @@ from fanout.providers import Provider, build_providers
 from fanout.providers.apps import AppProviders
 from fanout.providers.quota import QuotaStore
 from fanout.providers.quota_stores import open_quota_store
-from fanout.queue.messages import FanoutTask, PoisonMessage, decode
+from fanout.queue.messages import DeliveryBundle, FanoutTask, PoisonMessage, decode
 from fanout.queue.sqs import Queue, QueueMessage, Queues, open_client, open_queues
+from fanout.stages.coalescing import deliver_bundle, run_fanout_group
 from fanout.stages.delivery import BatchReport, deliver_batch
 from fanout.stages.fanout import ShardReport, run_fanout_task
 from fanout.stages.leases import LeaseKept, describe
@@ -94,9 +95,22 @@ class Pipeline:
 
     async def handle(
         self, body: str, *, time_left: Callable[[], float] | None = None
-    ) -> list[ShardReport] | BatchReport:
+    ) -> list[ShardReport] | BatchReport | list[BatchReport]:
         """Run whatever the message asks. Raises to have it retried (or dead-lettered)."""
         message = decode(body)
+        if isinstance(message, FanoutTask) and message.events:
+            return await run_fanout_group(
+                message,
+                self.pool,
+                self.queues,
+                self.settings,
+                time_left=time_left,
+                reader=self.read_pool,
+            )
+        if isinstance(message, DeliveryBundle):
+            return await deliver_bundle(
+                message, self.pool, self.queues, self.providers, self.settings
+            )
         if isinstance(message, FanoutTask):
             return await run_fanout_task(
                 message,
@@ -109,12 +123,17 @@ class Pipeline:
         return await deliver_batch(message, self.pool, self.queues, self.providers, self.settings)
 
     async def _done_or_deferred(
-        self, queue: Queue, message: QueueMessage, outcome: list[ShardReport] | BatchReport
+        self,
+        queue: Queue,
+        message: QueueMessage,
+        outcome: list[ShardReport] | BatchReport | list[BatchReport],
     ) -> Result:
         """A copy of work someone else holds comes back when the holder's lease ends (if the
         holder died, it goes on then); a copy on its last receive is dropped instead of
         dead-lettered: PostgreSQL knows the work, and the reconciler sees it finish."""
-        reports = outcome if isinstance(outcome, list) else [outcome]
+        reports: list[ShardReport] | list[BatchReport] = (
+            outcome if isinstance(outcome, list) else [outcome]
+        )
         busy = [r for r in reports if r.busy]
         if not busy:
             return Result.DONE

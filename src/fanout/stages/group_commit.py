@@ -6,7 +6,9 @@ PostgreSQL was (issue #26). Here the requests that arrive while a commit is unde
 for the next one, and a single committer task writes them all in one statement
 (``lifecycle.create_many``: their users and topics found or created, the events inserted,
 one round trip), then hands the events to an ``Enqueuer`` that sends their fan-out
-messages ten to a SendMessageBatch and marks them enqueued in one statement.
+messages ten to a SendMessageBatch and marks them enqueued in one statement. With
+FANOUT_COALESCE_DIRECT on, a group's events share one fan-out message instead
+(stages/coalescing.py).
 
 The promises are publishing's own (stages/publish.py):
 - committed before acknowledged: a request is answered once the transaction holding its
@@ -58,6 +60,10 @@ DEFAULT_MAX_GROUP = 500
 # gather, so the SQS requests per event stay at a tenth whatever the rate (eight groups'
 # enqueues at once made moto, in-process, answer in 3-4 s instead of 0.3).
 MAX_ENQUEUE = 1_000
+# Coalescing: the events one fan-out message plans together. Its three SQS requests (send,
+# receive, delete) are shared by up to this many pushes; more would make one fan-out
+# invocation plan a longer list while the others wait (FANOUT_FANOUT_CONCURRENCY).
+COALESCED_GROUP = 500
 # Past this many events waiting to be enqueued, a commit waits for room (backpressure on
 # commits rather than an unbounded list while SQS is slow).
 MAX_UNSENT = 10_000
@@ -117,9 +123,11 @@ class Enqueuer:
         overdue_after: float = DEFAULT_OVERDUE_AFTER,
         timeout: float | None = None,
         on_failure: Callable[[int], None] | None = None,
+        coalesce: bool = False,
     ) -> None:
         self._pool = pool
         self._queues = queues
+        self._coalesce = coalesce
         self._overdue_after = overdue_after
         self._timeout = timeout
         self._on_failure = on_failure
@@ -132,7 +140,7 @@ class Enqueuer:
         try:
             async with asyncio.timeout(self._timeout):
                 queues = await self._queues()
-                bodies = [FanoutTask(event_id).encode() for event_id in event_ids]
+                bodies = self._messages(event_ids)
                 sends = asyncio.Semaphore(SENDS_AT_ONCE)
 
                 async def send(chunk: list[str]) -> None:
@@ -157,6 +165,16 @@ class Enqueuer:
                 self._on_failure(len(event_ids))
             return False
         return True
+
+    def _messages(self, event_ids: Sequence[int]) -> list[str]:
+        """A fan-out message per event; coalescing (FANOUT_COALESCE_DIRECT), one per
+        ``COALESCED_GROUP`` events (stages/coalescing.py plans them together)."""
+        if not self._coalesce:
+            return [FanoutTask(event_id).encode() for event_id in event_ids]
+        return [
+            FanoutTask.group(event_ids[i : i + COALESCED_GROUP]).encode()
+            for i in range(0, len(event_ids), COALESCED_GROUP)
+        ]
 
 
 @dataclass(slots=True)

@@ -16,7 +16,14 @@ import asyncpg
 from prometheus_client import REGISTRY
 
 from fanout.queue.admin import DeadLetter, QueueDepth, peek_dead_letters, queue_depths
-from fanout.queue.messages import DeliveryBatch, FanoutTask, PoisonMessage, decode
+from fanout.queue.messages import (
+    DeliveryBatch,
+    DeliveryBundle,
+    FanoutTask,
+    PoisonMessage,
+    decode,
+    events_of,
+)
 from fanout.queue.sqs import Queues
 from fanout.stages.opens import Opens, event_opens
 from fanout.stages.progress import EventStatus, event_status_from_row
@@ -371,6 +378,11 @@ def summarise(body: str) -> str:
         message = decode(body)
     except PoisonMessage as exc:
         return f"undecodable ({len(body)} bytes): {exc}"
+    if isinstance(message, DeliveryBundle):
+        events = len(events_of(message))
+        return f"bundle of {len(message.batches)} delivery batches of {events} events"
+    if isinstance(message, FanoutTask) and message.events:
+        return f"fan-out of a group of {len(message.events)} events, from {message.event_id}"
     if isinstance(message, FanoutTask):
         part = "plan" if message.shard is None else f"shard {message.shard}"
         return f"fan-out of event {message.event_id} ({part})"
@@ -415,6 +427,6 @@ async def dead_letters_of(queues: Queues, event_id: int, limit: int = 50) -> lis
                 message = decode(letter.body)
             except PoisonMessage:
                 continue
-            if message.event_id == event_id:
+            if event_id in events_of(message):
                 found.append(DeadLetterView(queue.name, letter, summarise(letter.body)))
     return found
