@@ -80,3 +80,27 @@ async def test_a_read_url_that_does_not_answer_is_named_with_its_setting(
         await create_read_pool(broken)
     assert "(FANOUT_DATABASE_READ_URL)" in str(caught.value)
     assert "secret" not in str(caught.value)
+
+
+async def test_a_sourced_events_members_are_read_from_the_primary_where_they_were_written(
+    pipeline: Pipeline,
+    sink: EmbeddedSink,
+    running_worker: list[QueueConsumer],  # noqa: F811
+) -> None:
+    """A replica behind the primary would hold none of the members just read (here: it
+    holds nothing at all), and nobody would be sent to."""
+    from tests.integration.test_sources import FOLLOWERS, add_source, follow_table, followers
+
+    pipeline.settings = pipeline.settings.model_copy(update={"shard_size": 7, "page_size": 3})
+    await follow_table(pipeline.pool)
+    await add_source(pipeline.pool, pipeline.settings, "author:", FOLLOWERS)
+    users = await make_topic(pipeline.pool, 30)
+    chosen = await followers(pipeline.pool, 7, users)
+
+    event = await publish(
+        pipeline.pool, pipeline.queues, Notification(title="hi"), topic="author:7"
+    )
+    progress = await wait_until_done(pipeline, event.event_id)
+
+    assert progress["sent"] == len(chosen) == 15
+    assert (sink.sink.ledger.unique, sink.sink.ledger.duplicates) == (15, 0)

@@ -257,7 +257,9 @@ async def _end_if_nothing_open(conn: asyncpg.Connection, event_id: int, settings
 async def _bounds(
     conn: asyncpg.Connection, reader: asyncpg.Pool | None, event: events.Event, shard_size: int
 ) -> list[tuple[int, int]]:
-    if reader is None:
+    # A sourced event's members were written just now, on the primary: a replica behind
+    # it would find none, and nobody would be sent to. They are read where they were written.
+    if reader is None or event.source_prefix is not None:
         return await _shard_bounds(conn, event, shard_size)
     async with acquire(reader) as replica:  # a read of the topic's whole index
         return await _shard_bounds(replica, event, shard_size)
@@ -471,7 +473,7 @@ async def _stream_shard(
 
     async def read_page(after: int) -> list[asyncpg.Record]:
         hi = claim.hi_user_id
-        if reader is None:
+        if reader is None or event.source_prefix is not None:  # members: see _bounds
             return await _fetch_page(conn, event, after, hi, audience, page_filter, settings)
         # The replica's: a connection per page, so none is held while a page is packed.
         async with acquire(reader) as replica:
