@@ -1,6 +1,7 @@
 """A steady stream of 1:1 sends through the API to the push emulators (issue #26).
 
-    python bench/direct.py [--sends 100000] [--rate 1000] [--coalesce on|off|both] [--json]
+    python bench/direct.py [--sends 100000] [--rate 1000] [--coalesce on|off|both]
+                           [--window 0.25] [--json]
 
 Processes as in bench/apps.py: moto's SQS server (its log counts every SQS request), the
 APNs emulator (counting each event's pushes per token), `fanout serve`, a fan-out worker and
@@ -141,7 +142,7 @@ def start_api(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[Any], st
     return server, url
 
 
-def run(sends: int, rate: float, *, coalesce: bool) -> dict[str, Any]:
+def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, Any]:
     """One measurement, FANOUT_COALESCE_DIRECT on or off, on fresh processes and queues."""
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"fanout-bench-direct-{os.getpid()}"
     logs = logs / ("coalesced" if coalesce else "alone")
@@ -149,6 +150,8 @@ def run(sends: int, rate: float, *, coalesce: bool) -> dict[str, Any]:
     moto_port, moto_log = free_port(), logs / "moto.log"
     processes: list[subprocess.Popen[Any]] = []
     result: dict[str, Any] = {"sends": sends, "rate_asked": rate, "coalesce": coalesce}
+    if coalesce:
+        result["coalesce_window_seconds"] = window
     try:
         processes.append(
             subprocess.Popen(
@@ -169,6 +172,7 @@ def run(sends: int, rate: float, *, coalesce: bool) -> dict[str, Any]:
                 "FANOUT_API_PUBLISH_RATE": "1000000000",
                 "FANOUT_API_PUBLISH_BURST": "1000000000",
                 "FANOUT_COALESCE_DIRECT": "true" if coalesce else "false",
+                "FANOUT_COALESCE_WINDOW_SECONDS": str(window),
             }
             queues_ready(env)
             prefix, token = asyncio.run(seed(database_url, sends))
@@ -203,7 +207,8 @@ def run(sends: int, rate: float, *, coalesce: bool) -> dict[str, Any]:
     }
     every = result["devices_exactly_once"] == sends
     print(
-        f"FANOUT_COALESCE_DIRECT={'true' if coalesce else 'false'}: "
+        f"FANOUT_COALESCE_DIRECT={'true' if coalesce else 'false'}"
+        f"{f' (window {window:g} s)' if coalesce else ''}: "
         f"{result['accepted']:,} of {sends:,} sends accepted at "
         f"{result['sends_per_second']:,.0f}/s (asked {rate:,.0f}/s), {errors} errors\n"
         f"  every device exactly once: {'yes' if every else 'NO'} "
@@ -227,10 +232,13 @@ def main() -> None:
         default="both",
         help="FANOUT_COALESCE_DIRECT for the run (both: off, then on, back to back)",
     )
+    parser.add_argument(
+        "--window", type=float, default=0.25, help="FANOUT_COALESCE_WINDOW_SECONDS (seconds)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     modes = {"on": [True], "off": [False], "both": [False, True]}[args.coalesce]
-    results = [run(args.sends, args.rate, coalesce=mode) for mode in modes]
+    results = [run(args.sends, args.rate, coalesce=mode, window=args.window) for mode in modes]
     if args.json:
         print(orjson.dumps(results).decode())
 
