@@ -222,6 +222,7 @@ class GroupCommit:
         self._closing = False
         self._committer: asyncio.Task[None] | None = None
         self._unsent: list[int] = []  # committed, their fan-out messages not yet sent
+        self._unsent_since = 0.0  # when the first of them was (loop time)
         self._unsent_arrived = asyncio.Event()
         self._room = asyncio.Event()  # set while fewer than MAX_UNSENT wait
         self._room.set()
@@ -261,6 +262,8 @@ class GroupCommit:
         await self._room.wait()
         outcomes = await self._commit(new_events)
         self.groups += 1
+        if not self._unsent:  # the first of a group to come: its window starts now
+            self._unsent_since = asyncio.get_running_loop().time()
         self._unsent.extend(o.event_id for o in outcomes if isinstance(o, Published) and o.created)
         self._unsent_arrived.set()
         if len(self._unsent) >= MAX_UNSENT:
@@ -383,7 +386,7 @@ class GroupCommit:
         (FANOUT_COALESCE_WINDOW_SECONDS), or ``COALESCED_GROUP`` of them, share one fan-out
         message. They are committed and answered already; a crash meanwhile leaves them
         due, for the reconciler."""
-        deadline = asyncio.get_running_loop().time() + self._enqueuer.coalesce_window
+        deadline = self._unsent_since + self._enqueuer.coalesce_window
         while not self._closing and len(self._unsent) < COALESCED_GROUP:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
@@ -397,11 +400,13 @@ class GroupCommit:
         while True:
             await self._unsent_arrived.wait()
             self._unsent_arrived.clear()
-            if self._enqueuer.coalesces:
-                await self._gather_a_group()
             while self._unsent:
+                if self._enqueuer.coalesces:
+                    await self._gather_a_group()
                 event_ids = self._unsent[:MAX_ENQUEUE]
                 del self._unsent[:MAX_ENQUEUE]
+                # Those left came while this group gathered: their window starts now.
+                self._unsent_since = asyncio.get_running_loop().time()
                 await self._enqueuer.enqueue(event_ids)  # never raises: failures are logged
                 if len(self._unsent) < MAX_UNSENT:
                     self._room.set()
