@@ -2,6 +2,7 @@
 
     python bench/chaos.py [--devices 100000] [--scenarios pg-fast-fanout,poison] [--json]
                           [--timeout 180] [--stall 120] [--seed 1] [--apps 1] [--direct 0]
+                          [--coalesce]
 
 Every part runs in its own process: a private PostgreSQL (restarted at will), moto's
 SQS server (killed at will), a counting sink behind a proxy that can stall, one fan-out
@@ -20,7 +21,8 @@ With ``--direct N``, N more users (one APNs device each, in no topic) get a 1:1 
 published as a stream through the API's group commit while the fault strikes (a send that
 fails is sent again with its idempotency key until it is acknowledged); each send's data
 names its device, and the sink counts a push that reaches another device (``addressed``:
-no push carries another event's content). Reported: the sends lost, duplicated, misaddressed
+no push carries another event's content; ``--coalesce``: with FANOUT_COALESCE_DIRECT on, the
+stream's groups sharing their SQS messages). Reported: the sends lost, duplicated, misaddressed
 and not terminal.
 
 With ``--source`` each topic's subscribers are instead an author's followers in an app's own
@@ -514,6 +516,7 @@ async def run_scenario(
         "FANOUT_QUEUE_PREFIX": f"chaos-{secrets.token_hex(3)}",
         "FANOUT_SHARD_SIZE": str(max(1000, devices // 4)),
         **({**WEBHOOK_SETTINGS, "FANOUT_SECRET_KEY": generate_key()} if args.webhooks else {}),
+        **({"FANOUT_COALESCE_DIRECT": "true"} if args.coalesce else {}),
     }
     settings = Settings(
         **{k.removeprefix("FANOUT_").lower(): v for k, v in fanout_env.items()},
@@ -745,7 +748,14 @@ async def _direct_stream(settings: Settings, targets: list[tuple[str, int]]) -> 
 
         group = GroupCommit(
             pool,
-            Enqueuer(pool, queues, overdue_after=settings.reconcile_after_seconds, timeout=2),
+            Enqueuer(
+                pool,
+                queues,
+                overdue_after=settings.reconcile_after_seconds,
+                timeout=2,
+                coalesce=settings.coalesce_direct,
+                coalesce_window=settings.coalesce_window_seconds,
+            ),
             overdue_after=settings.reconcile_after_seconds,
         )
         pending = iter(targets)
@@ -1042,6 +1052,11 @@ def main() -> None:
         action="store_true",
         help="the audience as an app's own follow table behind a source (issue #25): each "
         "event goes to an author's topic, read from the table at planning",
+    )
+    parser.add_argument(
+        "--coalesce",
+        action="store_true",
+        help="FANOUT_COALESCE_DIRECT on: the direct stream's groups share their SQS messages",
     )
     asyncio.run(main_async(parser.parse_args()))
 

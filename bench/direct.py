@@ -1,6 +1,7 @@
 """A steady stream of 1:1 sends through the API to the push emulators (issue #26).
 
-    python bench/direct.py [--sends 100000] [--rate 1000] [--json]
+    python bench/direct.py [--sends 100000] [--rate 1000] [--coalesce on|off|both]
+                           [--window 0.25] [--json]
 
 Processes as in bench/apps.py: moto's SQS server (its log counts every SQS request), the
 APNs emulator (counting each event's pushes per token), `fanout serve`, a fan-out worker and
@@ -13,8 +14,11 @@ at the emulator: one, no duplicate), SQS requests per push (every request moto a
 while the sends went through, over the pushes), and publish → push p50 and p99 (each
 event's ``finished_at`` - ``created_at``, PostgreSQL's clock: its last push recorded).
 
+``--coalesce`` runs it with FANOUT_COALESCE_DIRECT on, off, or both back to back (the
+default: the SQS requests per push of each, on fresh processes and queues).
+
 Issue #26's measurement: ``--sends 100000 --rate 1000`` (one minute and a half); targets
-every device once, SQS requests per push ≤ 0.01, p50 ≤ 1 s.
+every device once, SQS requests per push ≤ 0.01 (with coalescing), p50 ≤ 1 s.
 """
 
 from __future__ import annotations
@@ -138,18 +142,16 @@ def start_api(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[Any], st
     return server, url
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sends", type=int, default=100_000, help="users, one send each")
-    parser.add_argument("--rate", type=float, default=1000.0, help="sends a second")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-
+def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, Any]:
+    """One measurement, FANOUT_COALESCE_DIRECT on or off, on fresh processes and queues."""
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"fanout-bench-direct-{os.getpid()}"
+    logs = logs / ("coalesced" if coalesce else "alone")
     logs.mkdir(parents=True, exist_ok=True)
     moto_port, moto_log = free_port(), logs / "moto.log"
     processes: list[subprocess.Popen[Any]] = []
-    result: dict[str, Any] = {"sends": args.sends, "rate_asked": args.rate}
+    result: dict[str, Any] = {"sends": sends, "rate_asked": rate, "coalesce": coalesce}
+    if coalesce:
+        result["coalesce_window_seconds"] = window
     try:
         processes.append(
             subprocess.Popen(
@@ -169,16 +171,18 @@ def main() -> None:
                 "FANOUT_QUEUE_PREFIX": "bench-direct",
                 "FANOUT_API_PUBLISH_RATE": "1000000000",
                 "FANOUT_API_PUBLISH_BURST": "1000000000",
+                "FANOUT_COALESCE_DIRECT": "true" if coalesce else "false",
+                "FANOUT_COALESCE_WINDOW_SECONDS": str(window),
             }
             queues_ready(env)
-            prefix, token = asyncio.run(seed(database_url, args.sends))
+            prefix, token = asyncio.run(seed(database_url, sends))
             workers = Workers(env, logs)
             workers.start("fanout")
             workers.start("delivery")
             server, url = start_api(env, logs / "serve.log")
             processes.append(server)
             sqs_before = sqs_requests_so_far(moto_log)
-            ids, seconds, errors = asyncio.run(send_all(url, token, prefix, args.sends, args.rate))
+            ids, seconds, errors = asyncio.run(send_all(url, token, prefix, sends, rate))
             latencies = asyncio.run(wait_until_ended(database_url, ids))
             sqs = sqs_requests_so_far(moto_log) - sqs_before
             workers.stop_all()
@@ -201,19 +205,42 @@ def main() -> None:
         if latencies
         else None,
     }
-    every = result["devices_exactly_once"] == args.sends
+    every = result["devices_exactly_once"] == sends
     print(
-        f"{result['accepted']:,} of {args.sends:,} sends accepted at "
-        f"{result['sends_per_second']:,.0f}/s (asked {args.rate:,.0f}/s), {errors} errors\n"
-        f"every device exactly once: {'yes' if every else 'NO'} "
+        f"FANOUT_COALESCE_DIRECT={'true' if coalesce else 'false'}"
+        f"{f' (window {window:g} s)' if coalesce else ''}: "
+        f"{result['accepted']:,} of {sends:,} sends accepted at "
+        f"{result['sends_per_second']:,.0f}/s (asked {rate:,.0f}/s), {errors} errors\n"
+        f"  every device exactly once: {'yes' if every else 'NO'} "
         f"(lost {result['lost']}, duplicates {result['duplicates']})\n"
-        f"SQS requests per push: {result['sqs_requests_per_push']} "
+        f"  SQS requests per push: {result['sqs_requests_per_push']} "
         f"({sqs:,} requests, target <= 0.01)\n"
-        f"publish -> push: p50 {result['publish_to_push_p50_s']} s, "
-        f"p99 {result['publish_to_push_p99_s']} s"
+        f"  publish -> push: p50 {result['publish_to_push_p50_s']} s, "
+        f"p99 {result['publish_to_push_p99_s']} s",
+        flush=True,
     )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sends", type=int, default=100_000, help="users, one send each")
+    parser.add_argument("--rate", type=float, default=1000.0, help="sends a second")
+    parser.add_argument(
+        "--coalesce",
+        choices=("on", "off", "both"),
+        default="both",
+        help="FANOUT_COALESCE_DIRECT for the run (both: off, then on, back to back)",
+    )
+    parser.add_argument(
+        "--window", type=float, default=0.25, help="FANOUT_COALESCE_WINDOW_SECONDS (seconds)"
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    modes = {"on": [True], "off": [False], "both": [False, True]}[args.coalesce]
+    results = [run(args.sends, args.rate, coalesce=mode, window=args.window) for mode in modes]
     if args.json:
-        print(orjson.dumps(result).decode())
+        print(orjson.dumps(results).decode())
 
 
 if __name__ == "__main__":

@@ -501,6 +501,7 @@ def _publish_batch(path: Path, app_key: str) -> None:
                         opened,
                         overdue_after=settings.reconcile_after_seconds,
                         coalesce=settings.coalesce_direct,
+                        coalesce_window=settings.coalesce_window_seconds,
                     ),
                     overdue_after=settings.reconcile_after_seconds,
                 )

@@ -526,6 +526,11 @@ class Settings(BaseSettings):
         default=False,
         description="Group-committed events share their fan-out and delivery messages.",
     )
+    # With coalescing: how long committed events wait for others to share a fan-out
+    # message (stages/group_commit.py: longer, fewer SQS requests a push, more latency).
+    coalesce_window_seconds: float = Field(
+        default=0.25, ge=0, le=5, description="Coalescing: seconds a group gathers at most."
+    )
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     # POST /v1/imports/{kind} reads its NDJSON body as it arrives (memory flat whatever
     # its size), so its limit is the size of an import, not of a request held in memory.

@@ -17,7 +17,7 @@ from fanout.queue.sqs import Queues
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.reconciler import reconcile_once
 from fanout.stages.group_commit import Enqueuer, GroupCommit
-from fanout.stages.publish import prepare_event
+from fanout.stages.publish import PublishOptions, prepare_event
 from fanout.store import lifecycle
 from tests.helpers import add_device, drain, run_everything, status
 
@@ -52,9 +52,13 @@ async def users_with_devices(pipeline: Pipeline, counts: list[int]) -> list[tupl
     return made
 
 
-async def publish_coalesced(pipeline: Pipeline, users: list[str]) -> list[int]:
+async def publish_coalesced(
+    pipeline: Pipeline, users: list[str], options: dict[str, PublishOptions] | None = None
+) -> list[int]:
     """One 1:1 send per user (a user may come twice), concurrently through group commit
-    with coalescing on; returns the event ids once their fan-out messages are sent."""
+    with coalescing on (``options`` by user); returns the event ids once their fan-out
+    messages are sent."""
+    chosen = options or {}
 
     async def opened() -> Queues:
         return pipeline.queues
@@ -65,7 +69,12 @@ async def publish_coalesced(pipeline: Pipeline, users: list[str]) -> list[int]:
     answers = await asyncio.gather(
         *(
             group.publish(
-                prepare_event(Notification(title=f"for {user} #{n}"), app_id=APP, user=user)
+                prepare_event(
+                    Notification(title=f"for {user} #{n}"),
+                    app_id=APP,
+                    user=user,
+                    options=chosen.get(user, PublishOptions()),
+                )
             )
             for n, user in enumerate(users)
         )
@@ -155,3 +164,41 @@ async def test_a_lost_bundle_is_sent_again_by_the_reconciler(
         found = await status(pipeline, event_id)
         assert found.status in ENDED_WELL and found.sent == len(devices), found
         assert pushed_once_to(sink, event_id, devices)
+
+
+async def test_each_event_of_a_group_keeps_its_own_audience_rules_and_quiet_hours(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    made = await users_with_devices(pipeline, [2, 1, 3, 1])
+    (plain, plain_devices), (opted_out, _), (quiet, _), (last, last_devices) = made
+    async with pipeline.pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO user_preferences (user_id, opted_out)
+               SELECT id, true FROM users WHERE external_id = $1""",
+            opted_out,
+        )
+        # Inside their quiet hours now, whatever the time: a window of all but a minute
+        # ending after now (it crosses midnight when it must; the rule handles both).
+        await conn.execute(
+            """INSERT INTO user_preferences (user_id, time_zone, quiet_start, quiet_end)
+               SELECT id, 'UTC', (now() AT TIME ZONE 'UTC')::time + interval '1 minute',
+                      (now() AT TIME ZONE 'UTC')::time + interval '30 seconds'
+               FROM users WHERE external_id = $1""",
+            quiet,
+        )
+    users = [plain, opted_out, quiet, last]
+    ids = await publish_coalesced(pipeline, users, {quiet: PublishOptions(quiet_hours="drop")})
+    delivery = await run_fanout(pipeline)
+    assert len(delivery) == 1  # the two sent share one message
+    for body in delivery:
+        await pipeline.handle(body)
+    await run_everything(pipeline)
+
+    held = {user: (await status(pipeline, i)) for user, i in zip(users, ids, strict=True)}
+    assert held[opted_out].held_back == {"opted_out": 1} and held[opted_out].sent == 0
+    assert held[quiet].held_back == {"quiet_hours": 1} and held[quiet].sent == 0
+    assert all(found.terminal for found in held.values())
+    assert held[plain].sent == 2 and held[last].sent == 1
+    assert pushed_once_to(sink, ids[0], plain_devices)
+    assert pushed_once_to(sink, ids[3], last_devices)
+    assert pushed_once_to(sink, ids[1], []) and pushed_once_to(sink, ids[2], [])

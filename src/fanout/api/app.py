@@ -60,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
                     timeout=ENQUEUE_TIMEOUT_SECONDS,
                     on_failure=state.metrics.enqueue_failures.inc,
                     coalesce=settings.coalesce_direct,
+                    coalesce_window=settings.coalesce_window_seconds,
                 ),
                 overdue_after=settings.reconcile_after_seconds,
                 max_group=settings.api_publish_group_max,

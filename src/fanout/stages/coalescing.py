@@ -68,10 +68,17 @@ class BundlingQueue(Queue):
             dead_letter_url=queue.dead_letter_url,
             max_receive_count=queue.max_receive_count,
         )
+        self._queue = queue
         self._max_bytes = max_bytes
         self._bodies: list[str] = []
         self._bytes = 0
         self.bundles = 0  # messages sent (for the tests and the benchmark)
+
+    async def wait_for_room(
+        self, limit: int, *, keep_alive: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        # The process's queue asks the depth, at most every half second for all its users.
+        await self._queue.wait_for_room(limit, keep_alive=keep_alive)
 
     async def send_many(self, bodies: Sequence[str], *, delay_seconds: int = 0) -> int:
         if delay_seconds:  # never asked by the fan-out; kept exact all the same
