@@ -125,3 +125,24 @@ async def test_a_switch_without_the_session_csrf_token_is_refused(
         refused = await admin.post("/console/app", data={"app": second})
         assert refused.status_code == 403
         assert '<span id="app">default</span>' in (await admin.get("/console")).text
+
+
+async def test_an_admin_scope_on_another_apps_key_switches_nothing(
+    console: Console, settings: Settings
+) -> None:
+    # Only a key of default can be an admin (keys.py refuses to make another); an old row
+    # of another app with the scope manages nothing, in the console as in the API.
+    first, second, keys = await _keys_of_two_apps(settings)
+    async with console.app.state.api.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE api_keys SET scopes = ARRAY['read', 'admin'] WHERE name = 'reader'"
+            " AND app_id = (SELECT id FROM apps WHERE key = $1)",
+            first,
+        )
+    console.keys.update(keys)
+    async with console.signed_in("reader") as stray:
+        home = await stray.get("/console")
+        assert f'<span id="app">{first}</span>' in home.text
+        assert 'action="/console/app"' not in home.text and second not in home.text
+        assert (await _switch(stray, second)).status_code == 404
+        assert f'<span id="app">{first}</span>' in (await stray.get("/console")).text

@@ -26,6 +26,7 @@ from fanout.api.keys import ApiKey, find_api_key
 from fanout.api.state import state_of
 from fanout.errors import FanoutError
 from fanout.store import apps, console
+from fanout.store.apps import DEFAULT_APP
 
 COOKIE = "fanout_console"
 LOGIN_COOKIE = "fanout_console_login"  # the sign-in form's double-submit CSRF token
@@ -66,6 +67,12 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
+def is_admin(key: ApiKey) -> bool:
+    """An admin key, as the API holds it (api/auth.py): only a key of default can be one;
+    an ``admin`` scope on another app's key is an old row that manages nothing."""
+    return ADMIN in key.scopes and key.app == DEFAULT_APP
+
+
 async def sign_in(request: Request, response: Response, token: str) -> ApiKey:
     """Check the key; on success set the session cookie. Raises ConsoleRefusal."""
     state = state_of(request)
@@ -73,7 +80,7 @@ async def sign_in(request: Request, response: Response, token: str) -> ApiKey:
         key = await find_api_key(conn, token.strip())
         if key is None:
             raise ConsoleRefusal(401, "missing or invalid API key")
-        if not {"read", ADMIN} & key.scopes:
+        if not ({"read"} & key.scopes or is_admin(key)):
             raise ConsoleRefusal(403, "this API key lacks the 'read' scope")
         session = secrets.token_urlsafe(32)
         await console.delete_expired_console_sessions(conn)
@@ -136,7 +143,7 @@ class Session:
         self.key = key
         self.token_hash = _hash(token)
         self.csrf = csrf_token(token)
-        self.admin = ADMIN in key.scopes
+        self.admin = is_admin(key)
         self.app_id, self.app = viewing if viewing and self.admin else (key.app_id, key.app)
         self.apps: list[str] = [self.app]  # the apps it may see (an admin's: every one)
 
