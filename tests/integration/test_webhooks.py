@@ -253,7 +253,10 @@ async def test_a_sender_sigkilled_mid_call_loses_no_delivery(
         ("https://10.0.0.1/hook", "10.0.0.1, a private address"),
         ("https://169.254.169.254/latest", "169.254.169.254, the cloud metadata address"),
         ("https://[::1]/hook", "::1, a loopback address"),
-        ("https://hooks.example.com/in", "hooks.example.com resolves to 127.0.0.1, a loopback"),
+        (
+            "https://hooks.example.com/in",
+            "hooks.example.com resolves to such an address, a loopback",
+        ),
     ],
 )
 async def test_registration_refuses_what_is_not_public_naming_the_url(

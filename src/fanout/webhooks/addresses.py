@@ -56,15 +56,24 @@ def parse_url(url: str, *, allow_private: bool) -> Target:
         raise RefusedAddress("must not carry a user or password")
     if parts.fragment:
         raise RefusedAddress("must not have a #fragment")
+    try:  # a name goes on the wire (Host, SNI) as its ASCII (IDNA) form
+        host = parts.hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise RefusedAddress(f"{parts.hostname} is not a host name") from None
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     default = 443 if parts.scheme == "https" else 80
-    return Target(parts.scheme, parts.hostname, port or default, path)
+    return Target(parts.scheme, host, port or default, path)
 
 
 def refusal(address: IPAddress) -> str | None:
     """Why fanout will not call this address, or None for a public one."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):  # an IPv4 address inside IPv6 is it
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif address.sixtofour is not None:
+            address = address.sixtofour
+        elif address.is_site_local:
+            return "a site-local address"
     if address == ipaddress.IPv4Address("169.254.169.254"):
         return "the cloud metadata address"
     if isinstance(address, ipaddress.IPv6Address) and address in _UNIQUE_LOCAL:
@@ -126,7 +135,9 @@ async def checked_addresses(
         address = literal(text)
         why = "not an address" if address is None else refusal(address)
         if why is not None:
-            named = text if found is not None else f"{target.host} resolves to {text}"
+            # A name's addresses are not told (they would map a private network for
+            # whoever may register an endpoint); a literal address is the user's own.
+            named = text if found is not None else f"{target.host} resolves to such an address"
             raise RefusedAddress(
                 f"{named}, {why}: webhooks go to public addresses only "
                 "(FANOUT_WEBHOOK_ALLOW_PRIVATE=true allows others, for development)"

@@ -238,6 +238,9 @@ class WebhookSender:
             )
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
             return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except Exception as exc:  # one endpoint's oddity is its call's failure, never the worker's
+            log.warning("webhook call to endpoint %s failed: %r", row.endpoint_id, exc)
+            return None, type(exc).__name__
 
     async def _post(
         self, url: str, body: bytes, headers: dict[str, str], extensions: dict[str, str]
