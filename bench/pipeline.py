@@ -398,6 +398,11 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=100_000)
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
+        "--open-tokens",
+        action="store_true",
+        help="Opens on (FANOUT_OPEN_TOKEN_KEY): every push carries its fo_open token.",
+    )
+    parser.add_argument(
         "--preferences",
         action="store_true",
         help="Filter 30%% of the subscribers out by their audience settings.",
@@ -453,6 +458,12 @@ def main() -> None:
                 "FANOUT_DATABASE_URL": database_url,
                 "FANOUT_SQS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
                 "FANOUT_QUEUE_PREFIX": "bench",
+                # Opens on: every push carries its fo_open token (the cost on the hot path).
+                **(
+                    {"FANOUT_OPEN_TOKEN_KEY": "bench-open-token-key-" + "k" * 24}
+                    if args.open_tokens
+                    else {}
+                ),
             }
             settings = queues_ready(env)
             topic, devices = asyncio.run(
