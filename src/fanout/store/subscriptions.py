@@ -211,11 +211,15 @@ UPDATE_STAGED_USERS = staged_users_statements(USER_ATTRIBUTES)[1]
 # same moment is waited for (ON CONFLICT) and, committed, is seen by SUBSCRIBE_STAGED's
 # fresh snapshot; in one statement with the subscribing, its rows were missed (measured:
 # 100 of 600 lines with chunks on three connections). Sorted: concurrent chunks take the
-# keys in one order. $1: the app.
+# keys in one order. Users and topics are found by their index, a scalar subquery per row,
+# here and in SUBSCRIBE_STAGED: joined, the planner hashed every user of the app for each
+# chunk (a sequential scan of 1,000,000 users, ~0.25 s of each statement per 20,000 rows,
+# EXPLAIN ANALYZE on the loaded 2-core machine; UPSERT_STAGED_DEVICES says more). $1: the
+# app.
 INSERT_STAGED_TOPICS = """
 INSERT INTO topics (app_id, key)
 SELECT DISTINCT $1::integer, s.topic FROM import_subscriptions AS s
-WHERE EXISTS (SELECT FROM users AS u WHERE u.app_id = $1 AND u.external_id = s.user_id)
+WHERE (SELECT true FROM users AS u WHERE u.app_id = $1 AND u.external_id = s.user_id)
 ORDER BY 2
 ON CONFLICT (app_id, key) DO NOTHING
 """
@@ -228,11 +232,13 @@ ON CONFLICT (app_id, key) DO NOTHING
 # a subscription would never reach. $1: the app.
 SUBSCRIBE_STAGED = """
 WITH staged AS MATERIALIZED (
-    SELECT s.line, CASE WHEN src.prefix IS NULL THEN t.id END AS topic_id, u.id AS uid,
+    SELECT s.line,
+           CASE WHEN src.prefix IS NULL THEN
+               (SELECT t.id FROM topics AS t WHERE t.app_id = $1 AND t.key = s.topic)
+           END AS topic_id,
+           (SELECT u.id FROM users AS u WHERE u.app_id = $1 AND u.external_id = s.user_id) AS uid,
            src.prefix IS NOT NULL AS sourced
     FROM import_subscriptions AS s
-    LEFT JOIN users AS u ON u.app_id = $1 AND u.external_id = s.user_id
-    LEFT JOIN topics AS t ON t.app_id = $1 AND t.key = s.topic
     LEFT JOIN LATERAL (
         SELECT prefix FROM sources
         WHERE app_id = $1 AND starts_with(s.topic, prefix) AND length(s.topic) > length(prefix)
