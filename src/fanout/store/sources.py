@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 import asyncpg
 
@@ -19,7 +20,7 @@ from fanout.store.fragments import (
     recipients_query,
     schedule_parameters,
 )
-from fanout.store.recipients import PageFilter
+from fanout.store.recipients import PageFilter, fetch_planned_for_its_values
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +300,8 @@ async def member_recipients_page(
     """recipients.topic_recipients_page over the event's members rather than the topic's
     subscriptions (``MEMBER_RECIPIENTS_PAGE``; with ``tag_filtered``,
     ``MEMBER_FILTERED_PAGE``)."""
-    rows: list[asyncpg.Record] = await conn.fetch(
+    fetch = partial(fetch_planned_for_its_values, conn) if tag_filtered else conn.fetch
+    rows: list[asyncpg.Record] = await fetch(
         MEMBER_FILTERED_PAGE if tag_filtered else MEMBER_RECIPIENTS_PAGE,
         topic_id,
         after_user_id,
