@@ -18,10 +18,10 @@ from fanout.queue.sqs import Queues
 from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.progress import load_event_status
 from fanout.stages.publish import InvalidPublishOption, PublishOptions, record_event
-from fanout.store import apps, recipients, subscriptions
+from fanout.store import apps, audience, recipients, subscriptions
 from fanout.store.apps import DEFAULT_APP_ID
 from fanout.tags import compile_filter, matches
-from tests.helpers import Topic, batches_of, device_counts, drain, make_topic
+from tests.helpers import Topic, add_device, batches_of, device_counts, drain, make_topic
 
 PLAIN = Notification(title="Hello")
 
@@ -186,3 +186,81 @@ async def test_an_event_needs_a_topic_a_user_or_a_filter(pool: asyncpg.Pool) -> 
     with pytest.raises(InvalidPublishOption) as refused:
         await record_event(pool, PLAIN, options=app_wide_local)
     assert refused.value.field == "deliver_at_local"
+
+
+@pytest.mark.parametrize("spread", [1, 10], ids=["dense", "sparse"])
+async def test_the_filtered_page_reads_what_the_rule_per_subscriber_reads(
+    spread: int, pool: asyncpg.Pool
+) -> None:
+    """A filtered event's page decides the filter for the page at once (through one range
+    of users when the page's subscribers are dense in the user ids, by a probe each when
+    sparse: one subscriber in ``spread`` users, the others premium users with devices who
+    must not enter). Page by page it returns exactly the rows of the page that applies
+    the filter per subscriber as the audience rule ``filtered``: the same cursor, the same
+    devices, the other rules applied to the matching only, and a user left out counted
+    ``filtered`` only with an active device."""
+    run = secrets.token_hex(4)
+    async with pool.acquire() as conn, conn.transaction():
+        topic_id = await subscriptions.find_or_create_topic(
+            conn, app_id=DEFAULT_APP_ID, topic=f"test:{run}"
+        )
+        subscribers: list[tuple[int, str]] = []
+        for i in range(40 * spread):
+            name = f"{run}-{i}"
+            user_id = await subscriptions.find_or_create_user(
+                conn, app_id=DEFAULT_APP_ID, user=name
+            )
+            if i % spread:  # not subscribed: matching, with a device, never read
+                await subscriptions.put_user_tags(
+                    conn, app_id=DEFAULT_APP_ID, user=name, tags={"plan": "premium"}
+                )
+                await add_device(conn, user_id, f"other-{run}-{i}")
+                continue
+            n = len(subscribers)
+            subscribers.append((user_id, name))
+            await conn.execute(
+                "INSERT INTO subscriptions (topic_id, user_id) VALUES ($1, $2)", topic_id, user_id
+            )
+            tags = PROFILES[n % len(PROFILES)]
+            await subscriptions.put_user_tags(conn, app_id=DEFAULT_APP_ID, user=name, tags=tags)
+            for k in range(n % 3):  # none, one or two devices
+                device = await add_device(conn, user_id, f"tok-{run}-{n}-{k}")
+                if n % 7 == 2 and k == 0:  # an inactive one: no device for the rules
+                    await conn.execute("UPDATE devices SET active = false WHERE id = $1", device)
+            if n % 5 == 2:  # premium, of age
+                await audience.mute_topic(conn, user_id=user_id, topic_id=topic_id, until=None)
+        await audience.upsert_preferences(
+            conn,
+            app_id=DEFAULT_APP_ID,
+            preferences=[
+                audience.Preferences(user=name, opted_out=True) for _, name in subscribers[::4]
+            ],
+        )
+    for tags in ({"plan": "premium"}, {"plan": "premium", "age": {"gte": 18}}):
+        options = PublishOptions(tag_filter=compile_filter({"tags": tags}))
+        event = await record_event(pool, PLAIN, topic=f"test:{run}", options=options)
+        pages: dict[bool, list[list[tuple[Any, ...]]]] = {}
+        for filtered_page in (False, True):
+            pages[filtered_page] = []
+            cursor = 0
+            async with pool.acquire() as conn:
+                while True:
+                    rows = await recipients.topic_recipients_page(
+                        conn,
+                        topic_id=topic_id,
+                        after_user_id=cursor,
+                        before_user_id=2**62,
+                        limit=7,
+                        event_id=event.event_id,
+                        category=None,
+                        tag_filtered=filtered_page,
+                    )
+                    if not rows:
+                        break
+                    pages[filtered_page].append(sorted(tuple(r)[:4] for r in rows))
+                    cursor = rows[-1][0]
+        assert pages[True] == pages[False]
+        read = [row for page in pages[True] for row in page]
+        assert {row[0] for row in read} == {user_id for user_id, _ in subscribers}
+        reasons = {row[3] for row in read}
+        assert {"filtered", "muted", "opted_out", None} <= reasons

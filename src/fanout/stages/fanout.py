@@ -663,6 +663,7 @@ async def _fetch_page(
             event_id=event.id,
             category=audience.category,
             page_filter=page_filter,
+            tag_filtered=event.tag_filtered,
         )
     return await topic_recipients_page(
         conn,
@@ -673,6 +674,7 @@ async def _fetch_page(
         event_id=event.id,
         category=audience.category,
         page_filter=page_filter,
+        tag_filtered=event.tag_filtered,
     )
 
 

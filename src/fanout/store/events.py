@@ -38,7 +38,8 @@ LOAD_EVENT = f"""
 SELECT id, app_id, topic_id, user_id, live_activity_id, notification, status, created_at,
        quiet_hours, deliver_at_local IS NOT NULL AS in_waves,
        cancelled_at IS NOT NULL AS cancelled, expires_at <= now() AS expired,
-       {SUPERSEDED.format(e="events")} AS superseded, throttle_per_minute, source_prefix
+       {SUPERSEDED.format(e="events")} AS superseded, throttle_per_minute, source_prefix,
+       tag_filter IS NOT NULL AS tag_filtered
 FROM events WHERE id = $1
 """
 
@@ -230,6 +231,8 @@ class Event:
     # Read from a source (issue #25): the audience is the event's members, not the topic's
     # subscriptions (the source's prefix as it was when the event was planned).
     source_prefix: str | None = None
+    # Published with a tag filter: its pages decide the filter for the page at once.
+    tag_filtered: bool = False
 
     @property
     def stopped(self) -> str | None:

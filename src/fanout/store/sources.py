@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 import asyncpg
 
-from fanout.store.fragments import recipients_query, schedule_parameters
-from fanout.store.recipients import PageFilter
+from fanout.store.fragments import (
+    filtered_recipients_query,
+    recipients_query,
+    schedule_parameters,
+)
+from fanout.store.recipients import PageFilter, fetch_planned_for_its_values
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,18 @@ SELECT count(*) FROM event_members WHERE event_id = $1 AND user_id > $2 AND user
 # members: event_members_pkey, an index-only range scan (event_id, user_id > cursor), then
 # the same probes per user. $1 (the topic) is still what mutes are read by.
 MEMBER_RECIPIENTS_PAGE = recipients_query(
+    """SELECT sub.user_id FROM event_members AS sub
+    WHERE sub.event_id = $5 AND sub.user_id > $2 AND sub.user_id < $3 {wave_members}
+    ORDER BY sub.user_id
+    LIMIT $4""",
+    topic="$1",
+    event="$5",
+    category="$6",
+    **schedule_parameters(7),
+)
+
+# As recipients.TOPIC_FILTERED_PAGE, over the event's members: an event with a tag filter.
+MEMBER_FILTERED_PAGE = filtered_recipients_query(
     """SELECT sub.user_id FROM event_members AS sub
     WHERE sub.event_id = $5 AND sub.user_id > $2 AND sub.user_id < $3 {wave_members}
     ORDER BY sub.user_id
@@ -278,11 +295,14 @@ async def member_recipients_page(
     category: str | None,
     page_filter: PageFilter,
     at: datetime | None = None,
+    tag_filtered: bool = False,
 ) -> list[asyncpg.Record]:
     """recipients.topic_recipients_page over the event's members rather than the topic's
-    subscriptions (``MEMBER_RECIPIENTS_PAGE``)."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        MEMBER_RECIPIENTS_PAGE,
+    subscriptions (``MEMBER_RECIPIENTS_PAGE``; with ``tag_filtered``,
+    ``MEMBER_FILTERED_PAGE``)."""
+    fetch = partial(fetch_planned_for_its_values, conn) if tag_filtered else conn.fetch
+    rows: list[asyncpg.Record] = await fetch(
+        MEMBER_FILTERED_PAGE if tag_filtered else MEMBER_RECIPIENTS_PAGE,
         topic_id,
         after_user_id,
         before_user_id,
