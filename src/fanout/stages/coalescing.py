@@ -40,7 +40,7 @@ from fanout.queue.messages import DeliveryBundle, FanoutTask, bundle_bytes, enco
 from fanout.queue.sqs import Queue, Queues
 from fanout.stages.batching import batch_max_bytes
 from fanout.stages.delivery import BatchReport, deliver_batch
-from fanout.stages.fanout import ShardReport, plan_event
+from fanout.stages.fanout import ShardReport, fan_out_directs, plain_direct, plan_event
 from fanout.store import acquire, events, live_activities
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,14 @@ async def run_fanout_group(
         )
 
     try:
-        planned = await _all(task.events, plan)
+        async with acquire(pool) as conn:
+            loaded = await events.load_events(conn, event_ids=task.events)
+        together, left = await fan_out_directs(
+            [e for e in loaded if plain_direct(e)], pool, coalesced, settings, reader=reader
+        )
+        # The others (a topic's, one planned before, one gone), each as if it had come alone.
+        rest = sorted(set(task.events) - {e.id for e in loaded if plain_direct(e)} | set(left))
+        planned = [together, *await _all(rest, plan)]
     finally:
         # What was planned is sent even if an event failed (the message is then retried:
         # the events planned are re-planned as no-ops).
