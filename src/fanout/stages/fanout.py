@@ -915,8 +915,8 @@ async def _stream_directs(
     reader: asyncpg.Pool | None,
 ) -> list[ShardReport]:
     """``_stream_shard`` and ``_end_shard`` for the group's claimed one-user shards: one
-    page each (one user), its batches sent (to the bundling queue), then in one
-    transaction every shard's checkpoint (its batches recorded), its end and its event's."""
+    page each (one user), its batches sent (to the bundling queue) and recorded with every
+    shard's checkpoint, then in one transaction every shard's end and its event's."""
     lease = settings.visibility_timeout
     max_bytes = batch_max_bytes(settings.batch_max_bytes, queues.delivery.max_message_bytes)
     app_keys = {
@@ -1005,11 +1005,13 @@ async def _stream_directs(
         )
         reports.append(progress.report(event.id, 0))
     ids = [event.id for event in planned]
+    # The batches recorded before the shards' ends, as run_shard's checkpoint records them
+    # (even for a lease lost: they may be on the queue), then each end as _end_shard's.
+    recorded = await shards.checkpoint_shards(conn, each=checkpoints)
+    for event_id, checkpoint in zip(ids, recorded, strict=True):
+        if not checkpoint.held:
+            raise leases.lost("shard", f"0 of event {event_id}")
     async with conn.transaction():
-        recorded = await shards.checkpoint_shards(conn, each=checkpoints)
-        for event_id, checkpoint in zip(ids, recorded, strict=True):
-            if not checkpoint.held:
-                raise leases.lost("shard", f"0 of event {event_id}")
         await events.lock_events(conn, event_ids=ids)
         if await shards.finish_shards(conn, each=finishes, owner=owner) != len(ids):
             raise leases.lost("shard", "0 of an event of the group")

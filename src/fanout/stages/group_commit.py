@@ -65,15 +65,20 @@ DEFAULT_MAX_GROUP = 500
 # gather, so the SQS requests per event stay at a tenth whatever the rate (eight groups'
 # enqueues at once made moto, in-process, answer in 3-4 s instead of 0.3).
 MAX_ENQUEUE = 1_000
-# Coalescing: the events one fan-out message plans together. Its three SQS requests (send,
-# receive, delete) are shared by up to this many pushes; more would make one fan-out
-# invocation plan a longer list while the others wait (FANOUT_FANOUT_CONCURRENCY).
-COALESCED_GROUP = 500
+# Coalescing: the events one fan-out message plans together. A group costs ~6 SQS requests
+# (its fan-out message and its delivery bundle, each sent, received, deleted), so this bounds
+# the requests per push from below: 500 made it 0.012, above issue #26's 0.01 whatever the
+# window; 1,000 (one enqueue's worth, one bundle's: MAX_BUNDLE_BATCHES) makes it 0.006. A
+# group's plain 1:1 events are fanned out together in a few statements
+# (fanout.fan_out_directs), so a longer list no longer holds one fan-out invocation long.
+COALESCED_GROUP = 1_000
 # Coalescing: how long committed events wait for others to share their fan-out message
 # (FANOUT_COALESCE_WINDOW_SECONDS). Each group costs ~6 SQS requests (its fan-out message
 # and its delivery bundle, each sent, received, deleted): at 1,000 sends/s, 0.25 s makes
-# groups of ~250, ~0.025 requests a push, for a quarter second of latency; 0.6 s, ~0.01.
-# A group of COALESCED_GROUP ends the wait at once.
+# groups of ~250, ~0.025 requests a push, for a quarter second of latency; 0.6 s, ~0.01
+# (requests a push ~ 6 / (rate x window)). The default stays short: every send of a slow
+# stream waits the whole window (at 10 sends/s a 0.6 s window shares nothing and costs 0.6 s
+# each); a busy deployment sets it from its rate. A group of COALESCED_GROUP ends the wait.
 COALESCE_WINDOW_SECONDS = 0.25
 # Past this many events waiting to be enqueued, a commit waits for room (backpressure on
 # commits rather than an unbounded list while SQS is slow).
