@@ -23,7 +23,9 @@ async def admin_key(api: ApiServer) -> str:
                    author_id bigint NOT NULL, follower_id bigint NOT NULL);
                CREATE INDEX IF NOT EXISTS follows_by_author ON books.follows (author_id);
                CREATE TABLE IF NOT EXISTS books.unindexed_follows (
-                   author_id bigint NOT NULL, follower_id bigint NOT NULL);"""
+                   author_id bigint NOT NULL, follower_id bigint NOT NULL);
+               GRANT USAGE ON SCHEMA books TO fanout_source;
+               GRANT SELECT ON books.follows, books.unindexed_follows TO fanout_source;"""
         )
         await conn.execute("SELECT pg_advisory_unlock(2525)")
         return (await create_api_key(conn, ["admin"], "sources admin"))[1]
