@@ -853,6 +853,7 @@ PROBLEMS: dict[int | str, str] = {
     "404-opens": "Opens are off: no FANOUT_OPEN_TOKEN_KEY or FANOUT_SECRET_KEY is set",
     503: "FANOUT_SECRET_KEY is not set: credentials cannot be stored",
     "503-webhooks": "FANOUT_SECRET_KEY is not set: webhook secrets cannot be stored",
+    "503-sources": "FANOUT_SOURCE_ROLE, the role sources run as, is missing or unusable",
 }
 
 

@@ -180,10 +180,16 @@ async def plan_event(
                     topic_id=event.topic_id,
                     time_limit=settings.source_read_timeout_seconds,
                 )
-            except (asyncpg.DataError, asyncpg.SyntaxOrAccessError) as failure:
-                # The key does not fit the query (author:abc for :key::bigint), or the app's
-                # table changed under it: no retry would read it. (A timeout or a lost
-                # connection raises on: the message comes back and reads it again.)
+            except (
+                asyncpg.DataError,
+                asyncpg.SyntaxOrAccessError,
+                asyncpg.ReadOnlySQLTransactionError,
+            ) as failure:
+                # The key does not fit the query (author:abc for :key::bigint), the app's
+                # table changed under it, FANOUT_SOURCE_ROLE may not read it (a grant
+                # revoked), or it writes (the sandbox is read-only): no retry would read it.
+                # (A timeout or a lost connection raises on: the message comes back and
+                # reads it again.)
                 reason = f"its source could not be read: {failure}"
                 await lifecycle.fail(conn, event_id=event_id, reason=reason)
                 log.error("event %d: %s", event_id, reason)
