@@ -20,6 +20,7 @@ from functools import partial
 
 import asyncpg
 
+from fanout.store.connection import fetch_planned_for_its_values
 from fanout.store.fragments import (
     DEVICE_PLATFORM,
     DEVICE_WIRE,
@@ -157,23 +158,6 @@ class PageFilter:
             at or datetime.now(UTC),
             self.recheck_deferred,
         )
-
-
-async def fetch_planned_for_its_values(
-    conn: asyncpg.Connection, query: str, *args: object
-) -> list[asyncpg.Record]:
-    """Run a filtered page (``fragments.filtered_recipients_query``) planned for its own
-    values. After five executions of a prepared statement PostgreSQL may switch to its
-    generic plan, which estimates the page's window (``LIMIT $4``) at one row and joined it
-    to the matched users by a nested loop over them: 1.9 s a page instead of 52 ms
-    (EXPLAIN ANALYZE EXECUTE under force_generic_plan, 5,000 of 100,000 subscribers). A
-    plan per page costs about a millisecond. In a transaction of its own, so that the
-    setting ends with it (inside a caller's transaction, a savepoint: it ends with theirs).
-    """
-    async with conn.transaction():
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
-    return rows
 
 
 async def topic_recipients_page(

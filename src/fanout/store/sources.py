@@ -15,12 +15,13 @@ from functools import partial
 
 import asyncpg
 
+from fanout.store.connection import fetch_planned_for_its_values
 from fanout.store.fragments import (
     filtered_recipients_query,
     recipients_query,
     schedule_parameters,
 )
-from fanout.store.recipients import PageFilter, fetch_planned_for_its_values
+from fanout.store.recipients import PageFilter
 
 
 @dataclass(frozen=True, slots=True)
