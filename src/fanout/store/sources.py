@@ -109,8 +109,8 @@ LIMIT_STATEMENT_TIME = "SELECT set_config('statement_timeout', $1, true)"
 
 # query: the app's query, its :key bound to $1 (``key``, by USING); user_column: the column
 # of the ids it returns, given as text. Its cost at planning (bench/source_members.py):
-# 100,000 members of 200,000 users read in 1.18-1.26x the time of the query spliced in
-# (medians of 6, four runs, loaded 2-core machine), nearly all from the join's plan: the
+# 100,000 members of 200,000 users read in 1.17x the time of the query spliced in (median of
+# five runs, 1.05 to 1.57, on the loaded 2-core machine), nearly all from the join's plan: the
 # planner sees 1,000 rows from a function (PostgreSQL's default ROWS) and probes users' index
 # per id rather than hashing the app's users. That plan stays bounded by the audience when
 # an app has millions of users, so no ROWS is declared; the function's own rows cost 20-40 ms.
