@@ -148,9 +148,12 @@ END
 $body$
 """
 
-# Index: none: catalogs. The sandbox's functions as they are: owner and body.
+# Index: none: catalogs. The sandbox's functions as they are: owner, body, and whether
+# fanout's user (this connection's: migrations may connect as another) may call them.
 SANDBOX_STATE = """
-SELECT p.proname, pg_get_userbyid(p.proowner) AS owner, p.prosrc
+SELECT p.proname, pg_get_userbyid(p.proowner) AS owner, p.prosrc,
+       has_function_privilege(p.oid, 'EXECUTE') AND has_schema_privilege(n.oid, 'USAGE')
+         AS callable
 FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
 WHERE n.nspname = 'fanout_source' AND p.proname IN ('read', 'plan')
 """
@@ -283,16 +286,20 @@ def _function_body(definition: str) -> str:
     return definition.split("$body$")[1]
 
 
-async def _sandbox_ready(conn: asyncpg.Connection, role: str) -> bool:
+async def _sandbox_state(conn: asyncpg.Connection, role: str) -> str:
+    """ "ready"; "uncallable": as it should be, but not granted to this connection's user;
+    "stale": missing, or owned by another role, or of another body."""
     expected = {
         "read": _function_body(READ_SOURCE_FUNCTION),
         "plan": _function_body(PLAN_SOURCE_FUNCTION),
     }
     found = {row["proname"]: row for row in await conn.fetch(SANDBOX_STATE)}
-    return found.keys() == expected.keys() and all(
+    if found.keys() != expected.keys() or not all(
         found[name]["owner"] == role and found[name]["prosrc"] == body
         for name, body in expected.items()
-    )
+    ):
+        return "stale"
+    return "ready" if all(row["callable"] for row in found.values()) else "uncallable"
 
 
 def _role_missing(role: str, why: str) -> str:
@@ -309,7 +316,7 @@ async def prepare_source_role(conn: asyncpg.Connection, *, role: str) -> str | N
     refused; nothing else depends on it). Idempotent, and a read of the catalogs only when
     the sandbox is as it should be. Roles are cluster-wide: one made by another database's
     fanout (or a test run beside this one) is used as it is."""
-    if await _sandbox_ready(conn, role):
+    if await _sandbox_state(conn, role) == "ready":
         return None
     state = await conn.fetchrow(SOURCE_ROLE_STATE, role)
     if state is None:
@@ -334,9 +341,19 @@ async def prepare_source_role(conn: asyncpg.Connection, *, role: str) -> str | N
             return _role_missing(role, "fanout's user is not a member of it")
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _SANDBOX_LOCK)
-        if await _sandbox_ready(conn, role):
+        sandbox = await _sandbox_state(conn, role)
+        if sandbox == "ready":
             return None  # made while this waited
         fanout_user = _quoted(await conn.fetchval("SELECT current_user"))
+        if sandbox == "uncallable":  # made by another user of fanout's: granted to this one too
+            await conn.execute(
+                f"""SET LOCAL ROLE {_quoted(role)};
+                    GRANT EXECUTE ON FUNCTION fanout_source.read(text, text, text),
+                        fanout_source.plan(text, text) TO {fanout_user};
+                    GRANT USAGE ON SCHEMA fanout_source TO {fanout_user};
+                    RESET ROLE"""
+            )
+            return None
         owner = await conn.fetchval(
             "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'fanout_source'"
         )
