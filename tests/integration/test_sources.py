@@ -15,7 +15,7 @@ from fanout.config import Settings
 from fanout.notification import Notification
 from fanout.queue.messages import FanoutTask, decode
 from fanout.queue.sqs import Queues
-from fanout.sources import SourceRefused, SourcesUnavailable, check_source
+from fanout.sources import SourceRefused, SourcesUnavailable, bind_key, check_source
 from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.progress import load_event_status
 from fanout.stages.publish import InvalidPublishOption, PublishOptions, record_event
@@ -368,3 +368,29 @@ async def test_another_source_role_is_made_and_used_and_its_grants_are_what_coun
         async with pool.acquire() as conn:
             await sources.prepare_source_role(conn, role=settings.source_role)  # back
             await conn.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+
+
+async def test_a_second_user_of_fanouts_is_granted_the_sandbox_made_by_another(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    # Migrations may connect as another user than the workers (FANOUT_DATABASE_DIRECT_URL):
+    # the sandbox made by one is granted to the other, a member of the source role that
+    # does not inherit its rights (one that does may call the sandbox as its owner already).
+    await follow_table(pool)
+    await pool.execute("INSERT INTO books.follows VALUES (7, 11), (7, 12)")
+    login = f"fanout_t_{secrets.token_hex(4)}"
+    await pool.execute(f'CREATE ROLE "{login}" LOGIN NOINHERIT; GRANT fanout_source TO "{login}"')
+    try:
+        conn = await asyncpg.connect(settings.database_dsn(), user=login)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.fetch("SELECT fanout_source.read('SELECT 1 AS u', 'u', '7')")
+            assert await sources.prepare_source_role(conn, role=settings.source_role) is None
+            found = await conn.fetch(
+                "SELECT fanout_source.read($1, 'user_id', '7')", bind_key(FOLLOWERS)
+            )
+        finally:
+            await conn.close()
+    finally:
+        await pool.execute(f'DROP OWNED BY "{login}"; DROP ROLE "{login}"')
+    assert sorted(row[0] for row in found) == ["11", "12"]

@@ -103,25 +103,36 @@ LIMIT_STATEMENT_TIME = "SELECT set_config('statement_timeout', $1, true)"
 # app_credentials, webhooks). A plain `SET LOCAL ROLE` would not hold: the query itself could
 # undo it (`set_config('role', 'none', true)`, back to fanout's login role, then
 # query_to_xml('SELECT … FROM api_keys')); PostgreSQL refuses to change the role inside a
-# security-definer function. `SET transaction_read_only = on`: read-only for the query's
-# length, whatever it calls (a function that writes fails; read-only cannot be turned off
-# once the statement has begun), and restored when the function returns, so the INSERT
-# around it writes fanout's members in the same statement: the ids never leave the server.
+# security-definer function. Read-only for the query's length, whatever it calls (a function
+# that writes fails; read-only cannot be turned off inside a read-only subtransaction), and
+# read-write again once it has returned, so the INSERT around it writes fanout's members in
+# the same statement: the ids never leave the server. How: the query runs in a block of its
+# own (a subtransaction) that sets read-only and is then rolled back by the block's own
+# FOSRC error, which undoes the setting and keeps the rows already returned (the function's
+# result lives outside the block, also when it spills to disk: 200,000 rows at work_mem 64kB
+# tried). Not a `SET transaction_read_only = on` clause on the function, which PostgreSQL
+# 16 refuses ("cannot be set locally in functions").
 
 # query: the app's query, its :key bound to $1 (``key``, by USING); user_column: the column
 # of the ids it returns, given as text. Its cost at planning (bench/source_members.py):
-# 100,000 members of 200,000 users read in 1.18-1.26x the time of the query spliced in
-# (medians of 6, four runs, loaded 2-core machine), nearly all from the join's plan: the
+# 100,000 members of 200,000 users read in 1.17x the time of the query spliced in (median of
+# five runs, 1.05 to 1.57, on the loaded 2-core machine), nearly all from the join's plan: the
 # planner sees 1,000 rows from a function (PostgreSQL's default ROWS) and probes users' index
 # per id rather than hashing the app's users. That plan stays bounded by the audience when
 # an app has millions of users, so no ROWS is declared; the function's own rows cost 20-40 ms.
 READ_SOURCE_FUNCTION = """
 CREATE FUNCTION fanout_source.read(query text, user_column text, key text)
-RETURNS SETOF text LANGUAGE plpgsql SECURITY DEFINER SET transaction_read_only = on
+RETURNS SETOF text LANGUAGE plpgsql SECURITY DEFINER
 AS $body$
 BEGIN
-    RETURN QUERY EXECUTE format('SELECT q.%I::text FROM (%s) AS q', user_column, query)
-        USING key;
+    BEGIN
+        PERFORM set_config('transaction_read_only', 'on', true);
+        RETURN QUERY EXECUTE format('SELECT q.%I::text FROM (%s) AS q', user_column, query)
+            USING key;
+        RAISE SQLSTATE 'FOSRC';
+    EXCEPTION WHEN SQLSTATE 'FOSRC' THEN
+        NULL;
+    END;
 END
 $body$
 """
@@ -129,17 +140,26 @@ $body$
 # The query's plan (EXPLAIN plans it: the planner may run its functions, folding constants).
 PLAN_SOURCE_FUNCTION = """
 CREATE FUNCTION fanout_source.plan(query text, key text)
-RETURNS SETOF text LANGUAGE plpgsql SECURITY DEFINER SET transaction_read_only = on
+RETURNS SETOF text LANGUAGE plpgsql SECURITY DEFINER
 AS $body$
 BEGIN
-    RETURN QUERY EXECUTE 'EXPLAIN ' || query USING key;
+    BEGIN
+        PERFORM set_config('transaction_read_only', 'on', true);
+        RETURN QUERY EXECUTE 'EXPLAIN ' || query USING key;
+        RAISE SQLSTATE 'FOSRC';
+    EXCEPTION WHEN SQLSTATE 'FOSRC' THEN
+        NULL;
+    END;
 END
 $body$
 """
 
-# Index: none: catalogs. The sandbox's functions as they are: owner and body.
+# Index: none: catalogs. The sandbox's functions as they are: owner, body, and whether
+# fanout's user (this connection's: migrations may connect as another) may call them.
 SANDBOX_STATE = """
-SELECT p.proname, pg_get_userbyid(p.proowner) AS owner, p.prosrc
+SELECT p.proname, pg_get_userbyid(p.proowner) AS owner, p.prosrc,
+       has_function_privilege(p.oid, 'EXECUTE') AND has_schema_privilege(n.oid, 'USAGE')
+         AS callable
 FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
 WHERE n.nspname = 'fanout_source' AND p.proname IN ('read', 'plan')
 """
@@ -284,16 +304,20 @@ def _function_body(definition: str) -> str:
     return definition.split("$body$")[1]
 
 
-async def _sandbox_ready(conn: asyncpg.Connection, role: str) -> bool:
+async def _sandbox_state(conn: asyncpg.Connection, role: str) -> str:
+    """ "ready"; "uncallable": as it should be, but not granted to this connection's user;
+    "stale": missing, or owned by another role, or of another body."""
     expected = {
         "read": _function_body(READ_SOURCE_FUNCTION),
         "plan": _function_body(PLAN_SOURCE_FUNCTION),
     }
     found = {row["proname"]: row for row in await conn.fetch(SANDBOX_STATE)}
-    return found.keys() == expected.keys() and all(
+    if found.keys() != expected.keys() or not all(
         found[name]["owner"] == role and found[name]["prosrc"] == body
         for name, body in expected.items()
-    )
+    ):
+        return "stale"
+    return "ready" if all(row["callable"] for row in found.values()) else "uncallable"
 
 
 def _role_missing(role: str, why: str) -> str:
@@ -310,7 +334,7 @@ async def prepare_source_role(conn: asyncpg.Connection, *, role: str) -> str | N
     refused; nothing else depends on it). Idempotent, and a read of the catalogs only when
     the sandbox is as it should be. Roles are cluster-wide: one made by another database's
     fanout (or a test run beside this one) is used as it is."""
-    if await _sandbox_ready(conn, role):
+    if await _sandbox_state(conn, role) == "ready":
         return None
     state = await conn.fetchrow(SOURCE_ROLE_STATE, role)
     if state is None:
@@ -333,36 +357,52 @@ async def prepare_source_role(conn: asyncpg.Connection, *, role: str) -> str | N
             await conn.execute(f"GRANT {_quoted(role)} TO CURRENT_USER")
         except asyncpg.InsufficientPrivilegeError:
             return _role_missing(role, "fanout's user is not a member of it")
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SANDBOX_LOCK)
-        if await _sandbox_ready(conn, role):
-            return None  # made while this waited
-        fanout_user = _quoted(await conn.fetchval("SELECT current_user"))
-        owner = await conn.fetchval(
-            "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'fanout_source'"
-        )
-        if owner is not None and owner != role:  # FANOUT_SOURCE_ROLE changed: made anew
-            try:
-                await conn.execute("DROP SCHEMA fanout_source CASCADE")
-            except asyncpg.InsufficientPrivilegeError:
-                return (
-                    f"FANOUT_SOURCE_ROLE={role}: the schema fanout_source is owned by "
-                    f"{owner}, which fanout's user may not drop: DROP SCHEMA fanout_source "
-                    "CASCADE as its owner, then fanout migrate"
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SANDBOX_LOCK)
+            sandbox = await _sandbox_state(conn, role)
+            if sandbox == "ready":
+                return None  # made while this waited
+            fanout_user = _quoted(await conn.fetchval("SELECT current_user"))
+            if sandbox == "uncallable":  # made by another user of fanout's: granted to this one too
+                await conn.execute(
+                    f"""SET LOCAL ROLE {_quoted(role)};
+                        GRANT EXECUTE ON FUNCTION fanout_source.read(text, text, text),
+                            fanout_source.plan(text, text) TO {fanout_user};
+                        GRANT USAGE ON SCHEMA fanout_source TO {fanout_user};
+                        RESET ROLE"""
                 )
-        await conn.execute(
-            f"""DROP SCHEMA IF EXISTS fanout_source CASCADE;
-                CREATE SCHEMA fanout_source AUTHORIZATION {_quoted(role)};
-                SET LOCAL ROLE {_quoted(role)};
-                {READ_SOURCE_FUNCTION};
-                {PLAN_SOURCE_FUNCTION};
-                REVOKE ALL ON FUNCTION fanout_source.read(text, text, text),
-                    fanout_source.plan(text, text) FROM PUBLIC;
-                GRANT EXECUTE ON FUNCTION fanout_source.read(text, text, text),
-                    fanout_source.plan(text, text) TO {fanout_user};
-                GRANT USAGE ON SCHEMA fanout_source TO {fanout_user};
-                RESET ROLE"""
-        )
+                return None
+            owner = await conn.fetchval(
+                "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'fanout_source'"
+            )
+            if owner is not None and owner != role:  # FANOUT_SOURCE_ROLE changed: made anew
+                try:
+                    await conn.execute("DROP SCHEMA fanout_source CASCADE")
+                except asyncpg.InsufficientPrivilegeError:
+                    return (
+                        f"FANOUT_SOURCE_ROLE={role}: the schema fanout_source is owned by "
+                        f"{owner}, which fanout's user may not drop: DROP SCHEMA fanout_source "
+                        "CASCADE as its owner, then fanout migrate"
+                    )
+            await conn.execute(
+                f"""DROP SCHEMA IF EXISTS fanout_source CASCADE;
+                    CREATE SCHEMA fanout_source AUTHORIZATION {_quoted(role)};
+                    SET LOCAL ROLE {_quoted(role)};
+                    {READ_SOURCE_FUNCTION};
+                    {PLAN_SOURCE_FUNCTION};
+                    REVOKE ALL ON FUNCTION fanout_source.read(text, text, text),
+                        fanout_source.plan(text, text) FROM PUBLIC;
+                    GRANT EXECUTE ON FUNCTION fanout_source.read(text, text, text),
+                        fanout_source.plan(text, text) TO {fanout_user};
+                    GRANT USAGE ON SCHEMA fanout_source TO {fanout_user};
+                    RESET ROLE"""
+            )
+    except asyncpg.PostgresError as failure:
+        # Whatever this server refuses (PostgreSQL 16 refused an earlier sandbox's function
+        # clause, and migrations failed with it): sources off, said in one line, nothing
+        # else held up.
+        return f"FANOUT_SOURCE_ROLE={role}: the sandbox could not be made: {failure}"
     return None
 
 
