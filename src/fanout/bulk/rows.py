@@ -162,10 +162,11 @@ def _fast_device_row(line: int, record: Record) -> tuple[Any, ...] | None:
     hands to DeviceIn itself, for its verdict and its reason. tests/unit/test_rows.py
     checks the two agree on valid and invalid records alike.
 
-    Why by hand: DeviceIn per row was 60% of reading and checking a devices CSV, which is
-    Python's share of the import; 1,000,000 rows of bench/import.py's file, read and
-    checked on the loaded 2-core machine: 135,000 rows/s through DeviceIn,
-    {FAST_FIGURE} rows/s with this path."""
+    Why by hand: DeviceIn per row was 60% of reading and checking a devices CSV
+    (cProfile, bench/import.py's file), and that is the import's Python side. Checking
+    alone, each function over the same 200,000 rows already read (two runs on the loaded 2-core
+    machine, load average 13): 40,000-52,000 rows/s through DeviceIn, 110,000-237,000
+    rows/s by this path."""
     get = record.get
     user_id, platform, token, locale = get("user_id"), get("platform"), get("token"), get("locale")
     if type(user_id) is not str or not _USER(user_id) or type(token) is not str:
