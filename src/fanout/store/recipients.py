@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 
 import asyncpg
 
@@ -159,23 +158,6 @@ class PageFilter:
         )
 
 
-async def fetch_planned_for_its_values(
-    conn: asyncpg.Connection, query: str, *args: object
-) -> list[asyncpg.Record]:
-    """Run a filtered page (``fragments.filtered_recipients_query``) planned for its own
-    values. After five executions of a prepared statement PostgreSQL may switch to its
-    generic plan, which estimates the page's window (``LIMIT $4``) at one row and joined it
-    to the matched users by a nested loop over them: 1.9 s a page instead of 52 ms
-    (EXPLAIN ANALYZE EXECUTE under force_generic_plan, 5,000 of 100,000 subscribers). A
-    plan per page costs about a millisecond. In a transaction of its own, so that the
-    setting ends with it (inside a caller's transaction, a savepoint: it ends with theirs).
-    """
-    async with conn.transaction():
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
-    return rows
-
-
 async def topic_recipients_page(
     conn: asyncpg.Connection,
     *,
@@ -195,8 +177,7 @@ async def topic_recipients_page(
     (NULL: sent to), and a fifth: for those deferred by their quiet hours at ``at``
     (default now), when their window ends (``TOPIC_RECIPIENTS_PAGE``; with
     ``tag_filtered``, an event with a tag filter: ``TOPIC_FILTERED_PAGE``)."""
-    fetch = partial(fetch_planned_for_its_values, conn) if tag_filtered else conn.fetch
-    rows: list[asyncpg.Record] = await fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         TOPIC_FILTERED_PAGE if tag_filtered else TOPIC_RECIPIENTS_PAGE,
         topic_id,
         after_user_id,
@@ -291,8 +272,7 @@ async def app_recipients_page(
 ) -> list[asyncpg.Record]:
     """``topic_recipients_page`` over every user of the app (an event with a tag filter and
     no topic) (``APP_RECIPIENTS_PAGE``)."""
-    rows = await fetch_planned_for_its_values(
-        conn,
+    rows: list[asyncpg.Record] = await conn.fetch(
         APP_RECIPIENTS_PAGE,
         app_id,
         after_user_id,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 
 import asyncpg
 
@@ -20,7 +19,7 @@ from fanout.store.fragments import (
     recipients_query,
     schedule_parameters,
 )
-from fanout.store.recipients import PageFilter, fetch_planned_for_its_values
+from fanout.store.recipients import PageFilter
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,8 +299,7 @@ async def member_recipients_page(
     """recipients.topic_recipients_page over the event's members rather than the topic's
     subscriptions (``MEMBER_RECIPIENTS_PAGE``; with ``tag_filtered``,
     ``MEMBER_FILTERED_PAGE``)."""
-    fetch = partial(fetch_planned_for_its_values, conn) if tag_filtered else conn.fetch
-    rows: list[asyncpg.Record] = await fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         MEMBER_FILTERED_PAGE if tag_filtered else MEMBER_RECIPIENTS_PAGE,
         topic_id,
         after_user_id,
