@@ -912,7 +912,9 @@ async def _follow_table(conn: asyncpg.Connection, audience: Audience, author: in
         """CREATE SCHEMA IF NOT EXISTS chaosapp;
            CREATE TABLE IF NOT EXISTS chaosapp.follows (
                author_id bigint NOT NULL, follower_id text NOT NULL);
-           CREATE INDEX IF NOT EXISTS follows_by_author ON chaosapp.follows (author_id);"""
+           CREATE INDEX IF NOT EXISTS follows_by_author ON chaosapp.follows (author_id);
+           GRANT USAGE ON SCHEMA chaosapp TO fanout_source;
+           GRANT SELECT ON chaosapp.follows TO fanout_source;"""
     )
     await conn.execute(
         """INSERT INTO chaosapp.follows (author_id, follower_id)
@@ -926,7 +928,12 @@ async def _follow_table(conn: asyncpg.Connection, audience: Audience, author: in
     )
     await conn.execute("ANALYZE chaosapp.follows")
     query = await check_source(
-        conn, query=FOLLOWERS, user_column="user_id", sample_key=str(author), time_limit=30
+        conn,
+        query=FOLLOWERS,
+        user_column="user_id",
+        sample_key=str(author),
+        time_limit=30,
+        role="fanout_source",
     )
     await sources.put_source(
         conn, app_id=audience.app_id, prefix="author:", query=query, user_column="user_id"

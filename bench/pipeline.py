@@ -174,7 +174,9 @@ async def follow_table(database_url: str, topic: str) -> None:
             """CREATE SCHEMA IF NOT EXISTS benchapp;
                CREATE TABLE IF NOT EXISTS benchapp.follows (
                    author_id bigint NOT NULL, follower_id text NOT NULL);
-               CREATE INDEX IF NOT EXISTS follows_by_author ON benchapp.follows (author_id);"""
+               CREATE INDEX IF NOT EXISTS follows_by_author ON benchapp.follows (author_id);
+               GRANT USAGE ON SCHEMA benchapp TO fanout_source;
+               GRANT SELECT ON benchapp.follows TO fanout_source;"""
         )
         await conn.execute(
             """INSERT INTO benchapp.follows (author_id, follower_id)
@@ -186,7 +188,12 @@ async def follow_table(database_url: str, topic: str) -> None:
         )
         await conn.execute("ANALYZE benchapp.follows")
         bound = await check_source(
-            conn, query=SOURCE_QUERY, user_column="user_id", sample_key="1", time_limit=30
+            conn,
+            query=SOURCE_QUERY,
+            user_column="user_id",
+            sample_key="1",
+            time_limit=30,
+            role="fanout_source",
         )
         await sources.put_source(
             conn, app_id=DEFAULT_APP_ID, prefix=SOURCE_PREFIX, query=bound, user_column="user_id"

@@ -222,20 +222,26 @@ def migrate() -> None:
     """Apply the database migrations (safe to run again)."""
     from fanout.store import connect
     from fanout.store.migrate import migrate as apply
+    from fanout.store.sources import prepare_source_role
 
     # Directly to PostgreSQL when a pooler is in front: a migration holds an advisory lock
     # for its session, which a transaction-mode pooler cannot keep.
     dsn = _settings().migration_dsn()
 
-    async def main() -> list[str]:
+    role = _settings().source_role
+
+    async def main() -> tuple[list[str], str | None]:
         conn = await connect(dsn)
         try:
-            return await apply(conn)
+            applied = await apply(conn, source_role=None)
+            return applied, await prepare_source_role(conn, role=role)
         finally:
             await conn.close()
 
-    applied = asyncio.run(main())
+    applied, sources_off = asyncio.run(main())
     err.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    if sources_off:  # not a failure: only sources need the role
+        err.print(f"sources are off: {sources_off}", markup=False)
 
 
 @queues_app.command("create")
@@ -971,7 +977,7 @@ def sources_add(
     """Bind a topic prefix of an app to a query over its own tables (replacing the prefix's
     query if it had one), once checked: read-only under FANOUT_SOURCE_CHECK_TIMEOUT_SECONDS,
     the column returned, no sequential scan in its plan."""
-    from fanout.sources import SourceRefused, check_prefix, check_source
+    from fanout.sources import SourceRefused, SourcesUnavailable, check_prefix, check_source
     from fanout.store import sources
 
     settings = _settings()
@@ -985,6 +991,7 @@ def sources_add(
             user_column=column,
             sample_key=sample_key,
             time_limit=settings.source_check_timeout_seconds,
+            role=settings.source_role,
         )
         return await sources.put_source(
             conn, app_id=found.id, prefix=prefix, query=bound, user_column=column
@@ -996,6 +1003,8 @@ def sources_add(
         asyncio.run(_connected(settings, add, connect))
     except SourceRefused as refused:
         _fail(f"{_SOURCE_OPTIONS[refused.field]}: {refused}", EXIT_CONFIG)
+    except SourcesUnavailable as unavailable:
+        _fail(str(unavailable), EXIT_CONFIG)
     err.print(f"source {prefix} added to {app_key}", markup=False)
 
 
@@ -1032,7 +1041,7 @@ def sources_test(
 ) -> None:
     """How many users the source returns for KEY, and the first few (as an event's audience
     is read: read-only, under the check's timeout)."""
-    from fanout.sources import SourceRefused, SourceSample, run_checked
+    from fanout.sources import SourceRefused, SourceSample, SourcesUnavailable, run_checked
     from fanout.store import connect, sources
 
     settings = _settings()
@@ -1048,12 +1057,15 @@ def sources_test(
             user_column=source.user_column,
             key=key,
             time_limit=settings.source_check_timeout_seconds,
+            role=settings.source_role,
         )
 
     try:
         sample = asyncio.run(_connected(settings, test, connect))
     except SourceRefused as refused:
         _fail(str(refused))
+    except SourcesUnavailable as unavailable:
+        _fail(str(unavailable), EXIT_CONFIG)
     typer.echo(f"{sample.users} user(s) for {prefix}{key}")
     for user in sample.sample:
         typer.echo(f"  {user}")

@@ -484,6 +484,15 @@ class Settings(BaseSettings):
         description="The statement timeout of a source's query when an event's audience is "
         "read from it at planning (the app's table, one read per event).",
     )
+    source_role: str = Field(
+        default="fanout_source",
+        min_length=1,
+        max_length=63,
+        description="The database role a source's query runs as, read-only: only what the "
+        "operator GRANTs it (USAGE on the app's schema, SELECT on its tables), never fanout's "
+        "own tables. `fanout migrate` creates it (NOLOGIN) if fanout's user may; without it "
+        "sources are refused, naming this setting.",
+    )
     source_check_timeout_seconds: float = Field(
         default=5.0,
         gt=0,

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
+from fanout.identifiers import LOCALE_PATTERN
 from fanout.overrides import (
     ApnsOverride,
     FcmOverride,
@@ -47,7 +48,7 @@ INTERRUPTION_LEVELS: tuple[InterruptionLevel, ...] = (
     "passive", "active", "time-sensitive", "critical",
 )  # fmt: skip
 
-Locale = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")]
+Locale = Annotated[str, StringConstraints(pattern=LOCALE_PATTERN)]
 # Text PostgreSQL can store (no NUL) and UTF-8 can encode (no lone UTF-16 surrogates,
 # which JSON's \ud800 escapes can smuggle in). The pattern puts the first in the schema.
 STORABLE_TEXT = r"^[^\x00]*$"

@@ -6,11 +6,15 @@ tables, returning the subscribing users' external ids for the rest of the topic'
 when the event is planned (read once into ``event_members``, then paged and sharded by user
 id as a topic's subscriptions are, under the same checkpoints, reconciler and rules).
 
-A query is checked before it is stored (``check_source``): it names ``:key``; it runs in a
-read-only transaction under FANOUT_SOURCE_CHECK_TIMEOUT_SECONDS; it returns the column
-named; and its plan, with sequential scans disabled (a small table gets one from the
-planner even with an index), scans no table: a query that cannot use an index would read
-the whole table for every event.
+A query always runs in a sandbox (store.sources.READ_SOURCE_FUNCTION): as the role
+FANOUT_SOURCE_ROLE, with only the privileges the operator grants it, never fanout's own
+tables; read-only whatever it calls; under a statement timeout. At planning too, though the
+statement around it writes the event's members.
+
+A query is checked before it is stored (``check_source``): it names ``:key``; it runs under
+FANOUT_SOURCE_CHECK_TIMEOUT_SECONDS; it returns the column named; and its plan, with
+sequential scans disabled (a small table gets one from the planner even with an index),
+scans no table: a query that cannot use an index would read the whole table for every event.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ PREFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,98}[:._\-]$"
 _PREFIX = re.compile(PREFIX_PATTERN)
 MAX_QUERY_CHARS = 10_000
 SAMPLE_IDS = 5
+
+
+class SourcesUnavailable(FanoutError):
+    """The sandbox sources run in cannot be made (FANOUT_SOURCE_ROLE): no source is taken."""
 
 
 class SourceRefused(FanoutError, ValueError):
@@ -92,11 +100,22 @@ class SourceSample:
 
 
 async def run_checked(
-    conn: asyncpg.Connection, *, query: str, user_column: str, key: str, time_limit: float
+    conn: asyncpg.Connection,
+    *,
+    query: str,
+    user_column: str,
+    key: str,
+    time_limit: float,
+    role: str,
 ) -> SourceSample:
     """Check a source's query (bound with ``bind_key``) as ``check_source`` says, and run
-    it for ``key``: read-only, under ``time_limit`` seconds. Raises SourceRefused."""
+    it for ``key``: in the sandbox, as ``role`` (made first if need be), read-only, under
+    ``time_limit`` seconds. Raises SourceRefused, or SourcesUnavailable."""
+    if why := await store.prepare_source_role(conn, role=role):
+        raise SourcesUnavailable(why)
     try:
+        # Read-only around the sandbox as well: the column names are read (prepared, not
+        # run) with fanout's role, which nothing here may use to write.
         async with conn.transaction(readonly=True):
             await store.limit_statement_time(conn, seconds=time_limit)
             columns = await store.source_columns(conn, query=query)
@@ -116,15 +135,28 @@ async def run_checked(
             users, sample = await store.count_source(
                 conn, query=query, user_column=user_column, key=key, sample=SAMPLE_IDS
             )
+    except asyncpg.InsufficientPrivilegeError as failure:
+        raise SourceRefused(
+            "query",
+            f"the query failed: {failure} (it runs as FANOUT_SOURCE_ROLE={role}, with only "
+            "what is granted to it: USAGE on the app's schema, SELECT on its tables)",
+        ) from None
     except asyncpg.PostgresError as failure:
         raise SourceRefused("query", f"the query failed: {failure}") from None
     return SourceSample(users, sample)
 
 
 async def check_source(
-    conn: asyncpg.Connection, *, query: str, user_column: str, sample_key: str, time_limit: float
+    conn: asyncpg.Connection,
+    *,
+    query: str,
+    user_column: str,
+    sample_key: str,
+    time_limit: float,
+    role: str,
 ) -> str:
-    """The query ready to store (``:key`` bound), once checked for ``sample_key``."""
+    """The query ready to store (``:key`` bound), once checked for ``sample_key`` as
+    ``role``."""
     bound = bind_key(query)
     await run_checked(
         conn,
@@ -132,6 +164,7 @@ async def check_source(
         user_column=check_column(user_column),
         key=sample_key,
         time_limit=time_limit,
+        role=role,
     )
     return bound
 
@@ -141,7 +174,9 @@ async def read_event_members(
 ) -> int | None:
     """Before an event on a sourced topic is first planned: read its audience from the
     source into its members, once (a redelivered message reads nothing again), under the
-    event's lock. None: the topic has no source (its subscriptions are the audience)."""
+    event's lock. None: the topic has no source (its subscriptions are the audience).
+    The query runs in the sandbox (as FANOUT_SOURCE_ROLE, read-only), inside this writing
+    transaction: a query that may not read what it names, or that writes, fails here."""
     found = await store.source_of_topic(conn, topic_id=topic_id)
     if found is None:
         return None

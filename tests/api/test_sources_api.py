@@ -5,10 +5,14 @@ round trip (put, list, test, delete), and subscriptions to a sourced topic refus
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
+
+import httpx
 
 from fanout.api.keys import create_api_key
 from fanout.store import connect
-from tests.api.conftest import ApiServer
+from tests.api.conftest import ApiServer, start_server
+from tests.processes import stop
 
 FOLLOWERS = "SELECT follower_id::text AS user_id FROM books.follows WHERE author_id = :key::bigint"
 
@@ -23,7 +27,9 @@ async def admin_key(api: ApiServer) -> str:
                    author_id bigint NOT NULL, follower_id bigint NOT NULL);
                CREATE INDEX IF NOT EXISTS follows_by_author ON books.follows (author_id);
                CREATE TABLE IF NOT EXISTS books.unindexed_follows (
-                   author_id bigint NOT NULL, follower_id bigint NOT NULL);"""
+                   author_id bigint NOT NULL, follower_id bigint NOT NULL);
+               GRANT USAGE ON SCHEMA books TO fanout_source;
+               GRANT SELECT ON books.follows, books.unindexed_follows TO fanout_source;"""
         )
         await conn.execute("SELECT pg_advisory_unlock(2525)")
         return (await create_api_key(conn, ["admin"], "sources admin"))[1]
@@ -91,3 +97,27 @@ async def test_a_query_that_would_scan_the_table_is_refused_naming_the_scan(
         assert bad_prefix.json()["detail"][0]["loc"][-1] == "prefix"
         unknown_app = await client.get("/v1/apps/no-such-app/sources", headers=admin)
         assert unknown_app.status_code == 404
+
+
+async def test_without_a_usable_source_role_a_source_is_refused_with_503_naming_it(
+    api: ApiServer, tmp_path: Path
+) -> None:
+    # A second server whose FANOUT_SOURCE_ROLE is fanout's own user (a superuser here): no
+    # sandbox, so no source is taken; the shared database's sandbox is left as it is.
+    admin = {"Authorization": f"Bearer {await admin_key(api)}"}
+    conn = await connect(api.settings.database_dsn())
+    try:
+        user = await conn.fetchval("SELECT current_user")
+    finally:
+        await conn.close()
+    process, url = start_server(api.settings, tmp_path / "server.log", FANOUT_SOURCE_ROLE=user)
+    try:
+        async with httpx.AsyncClient(base_url=url, headers=admin, timeout=30) as client:
+            prefix = f"writer{secrets.token_hex(3)}:"
+            put = await client.put(
+                f"/v1/apps/default/sources/{prefix}", json={"query": FOLLOWERS, "sample_key": "7"}
+            )
+    finally:
+        stop(process)
+    assert put.status_code == 503, put.text
+    assert put.json()["detail"].startswith(f"FANOUT_SOURCE_ROLE={user}: ")

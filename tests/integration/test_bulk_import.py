@@ -4,6 +4,7 @@ the good ones; a dry run writes nothing; export then import changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import subprocess
@@ -439,3 +440,49 @@ async def test_users_tags_import_a_second_time_changes_nothing_and_a_row_without
         "t3": {"plan": "premium"},
     }
     assert premium == 2
+
+
+async def test_two_imports_creating_one_new_user_at_once_keep_the_later_ones_tags(
+    database_url: str,
+) -> None:
+    # The order is forced, not timed: import A runs in a transaction left open, so its new
+    # users are inserted but not committed; import B then inserts the same users and must
+    # wait for A (B's backend is seen waiting on A's transaction lock); A commits; B ends.
+    # Before the fix, B's update ran in a snapshot without A's row and its insert then did
+    # nothing: B's tags were lost.
+    a, b = await connect(database_url), await connect(database_url)
+    try:
+        first = [
+            (1, {"user_id": "new-1", "tags": {"by": "a"}}),
+            (2, {"user_id": "new-2", "tags": {"by": "a"}}),
+        ]
+        second = [(1, {"user_id": "new-1", "tags": {"by": "b"}}), (2, {"user_id": "new-2"})]
+        held = a.transaction()
+        await held.start()
+        counts_a = await import_rows(a, kind="users", app_id=DEFAULT_APP_ID, numbered=first)
+        assert counts_a.inserted == 2
+        importing_b = asyncio.create_task(
+            import_rows(b, kind="users", app_id=DEFAULT_APP_ID, numbered=second)
+        )
+        for _ in range(3000):  # up to ~30 s for B to reach A's rows
+            waiting = await a.fetchval(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                b.get_server_pid(),
+            )
+            if waiting or importing_b.done():
+                break
+            await asyncio.sleep(0.01)
+        assert waiting, "import B never waited for A's uncommitted users"
+        await held.commit()
+        counts_b = await importing_b
+        tags = {
+            r["external_id"]: orjson.loads(r["tags"])
+            for r in await a.fetch("SELECT external_id, tags::text FROM users ORDER BY 1")
+        }
+    finally:
+        await a.close()
+        await b.close()
+    # B's row with tags replaces A's (as if it ran second, which it did); B's row without
+    # tags keeps A's.
+    assert tags == {"new-1": {"by": "b"}, "new-2": {"by": "a"}}
+    assert (counts_b.inserted, counts_b.updated, counts_b.unchanged) == (0, 1, 1)

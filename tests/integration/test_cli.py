@@ -24,7 +24,11 @@ from tests.faults.conftest import sink_worker
 
 
 def fanout(
-    settings: Settings, *args: str, database_url: str | None = None, timeout: float = 60
+    settings: Settings,
+    *args: str,
+    database_url: str | None = None,
+    timeout: float = 60,
+    more_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
@@ -33,6 +37,7 @@ def fanout(
         "FANOUT_QUEUE_PREFIX": settings.queue_prefix,
         "FANOUT_MAX_RECEIVE_COUNT": "1",
         "FANOUT_POLL_WAIT_SECONDS": "1",
+        **(more_env or {}),
     }
     return subprocess.run(
         [sys.executable, "-m", "fanout", *args],
@@ -545,3 +550,27 @@ async def test_sources_commands(settings: Settings, pool: asyncpg.Pool) -> None:
     assert deleted.returncode == 0, deleted.stderr
     again = await asyncio.to_thread(fanout, settings, "sources", "delete", "author:")
     assert again.returncode == 1 and "no source author:" in again.stderr
+
+
+async def test_without_a_usable_source_role_migrate_says_so_and_sources_are_refused(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    from tests.integration.test_sources import FOLLOWERS, follow_table
+
+    await follow_table(pool)
+    # fanout's own user (a superuser here) would be no sandbox: refused, as a role fanout's
+    # user may not create is, in one line naming the setting.
+    user = await pool.fetchval("SELECT current_user")
+    env = {"FANOUT_SOURCE_ROLE": user}
+    migrated = await asyncio.to_thread(fanout, settings, "migrate", more_env=env)
+    assert migrated.returncode == 0, migrated.stderr  # nothing else needs the role
+    assert f"sources are off: FANOUT_SOURCE_ROLE={user}: a source's query must not run" in (
+        migrated.stderr
+    )
+    refused = await asyncio.to_thread(
+        fanout, settings, "sources", "add", "author:", "--query", FOLLOWERS, more_env=env
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"fanout: FANOUT_SOURCE_ROLE={user}: ")
+    assert len(refused.stderr.splitlines()) == 1
+    assert await pool.fetchval("SELECT count(*) FROM sources") == 0

@@ -202,3 +202,33 @@ async def test_each_event_of_a_group_keeps_its_own_audience_rules_and_quiet_hour
     assert pushed_once_to(sink, ids[0], plain_devices)
     assert pushed_once_to(sink, ids[3], last_devices)
     assert pushed_once_to(sink, ids[1], []) and pushed_once_to(sink, ids[2], [])
+
+
+async def test_a_group_is_fanned_out_in_a_few_statements_per_event(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    # Planned one by one, each event of a group cost ~25 statements (its plan, its shard's
+    # claim, page, checkpoints, end, each a round trip): groups of hundreds took seconds.
+    # Counted with a query logger on every connection of the pool (connections kept: the
+    # test is shorter than the pool's idle lifetime).
+    made = await users_with_devices(pipeline, [1, 2, 0, 1] * 10)
+    devices_of = {user: devices for user, devices in made}
+    targets = [user for user, _ in made]
+    ids = await publish_coalesced(pipeline, targets)
+    statements: list[str] = []
+    held = [await pipeline.pool.acquire() for _ in range(pipeline.pool.get_max_size())]
+    for conn in held:
+        conn.add_query_logger(lambda query: statements.append(query.query))
+    for conn in held:
+        await pipeline.pool.release(conn)
+
+    delivery = await run_fanout(pipeline)
+    fanned_out = len(statements)
+    assert fanned_out < len(ids), f"{fanned_out} statements for {len(ids)} events"
+    for body in delivery:
+        await pipeline.handle(body)
+    await run_everything(pipeline)
+    for event_id, user in zip(ids, targets, strict=True):
+        found = await status(pipeline, event_id)
+        assert found.terminal, found
+        assert pushed_once_to(sink, event_id, devices_of[user])

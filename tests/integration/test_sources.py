@@ -15,7 +15,7 @@ from fanout.config import Settings
 from fanout.notification import Notification
 from fanout.queue.messages import FanoutTask, decode
 from fanout.queue.sqs import Queues
-from fanout.sources import SourceRefused, check_source
+from fanout.sources import SourceRefused, SourcesUnavailable, bind_key, check_source
 from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.progress import load_event_status
 from fanout.stages.publish import InvalidPublishOption, PublishOptions, record_event
@@ -30,7 +30,8 @@ FOLLOWERS = "SELECT follower_id::text AS user_id FROM books.follows WHERE author
 
 
 async def follow_table(pool: asyncpg.Pool) -> None:
-    """The application's own table, with the index an application would give it."""
+    """The application's own table, with the index an application would give it, and the
+    grants an operator gives the role sources run as (FANOUT_SOURCE_ROLE)."""
     async with pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock(2525)")  # other tests create it too
         try:
@@ -40,7 +41,9 @@ async def follow_table(pool: asyncpg.Pool) -> None:
                        author_id bigint NOT NULL, follower_id bigint NOT NULL);
                    CREATE INDEX IF NOT EXISTS follows_by_author ON books.follows (author_id);
                    CREATE TABLE IF NOT EXISTS books.unindexed_follows (
-                       author_id bigint NOT NULL, follower_id bigint NOT NULL);"""
+                       author_id bigint NOT NULL, follower_id bigint NOT NULL);
+                   GRANT USAGE ON SCHEMA books TO fanout_source;
+                   GRANT SELECT ON books.follows, books.unindexed_follows TO fanout_source;"""
             )
         finally:
             await conn.execute("SELECT pg_advisory_unlock(2525)")
@@ -54,6 +57,7 @@ async def add_source(pool: asyncpg.Pool, settings: Settings, prefix: str, query:
             user_column="user_id",
             sample_key="7",
             time_limit=settings.source_check_timeout_seconds,
+            role=settings.source_role,
         )
         await sources.put_source(
             conn, app_id=DEFAULT_APP_ID, prefix=prefix, query=bound, user_column="user_id"
@@ -206,7 +210,7 @@ async def test_a_source_whose_query_scans_the_table_is_refused_naming_the_scan(
             "WITH x AS (DELETE FROM books.follows WHERE author_id = :key::bigint RETURNING *) "
             "SELECT follower_id::text AS user_id FROM x",
             "user_id",
-            "data-modifying statement",
+            "permission denied for table follows",  # the source role may only SELECT
         ),
     ],
 )
@@ -217,7 +221,12 @@ async def test_a_source_that_cannot_serve_is_refused_saying_why(
     with pytest.raises(SourceRefused) as refused:
         async with pool.acquire() as conn:
             await check_source(
-                conn, query=query, user_column=column, sample_key="7", time_limit=5.0
+                conn,
+                query=query,
+                user_column=column,
+                sample_key="7",
+                time_limit=5.0,
+                role=settings.source_role,
             )
     assert says in str(refused.value)
 
@@ -257,3 +266,169 @@ async def test_a_filtered_event_on_a_sourced_topic_reaches_the_matching_follower
     status = await load_event_status(pool, event.event_id)
     assert status is not None
     assert status.held_back == {"filtered": len(chosen) - len(expected)}
+
+
+# The sandbox (FANOUT_SOURCE_ROLE): a source's query reads only what the operator granted
+# its role, and writes nothing, at its check and at planning alike.
+READS_API_KEYS = "SELECT name AS user_id FROM api_keys WHERE name = :key"
+ESCAPES_ITS_ROLE = (  # set_config would undo a plain SET LOCAL ROLE, then read as fanout
+    "SELECT f.follower_id::text AS user_id FROM books.follows AS f "
+    "WHERE f.author_id = :key::bigint AND set_config('role', 'none', true) IS NOT NULL"
+)
+WRITES = (  # an app's function that writes with its owner's rights
+    "SELECT follower_id::text AS user_id FROM books.follows "
+    "WHERE author_id = :key::bigint AND books.note_read(author_id)"
+)
+
+
+async def writing_function(pool: asyncpg.Pool) -> None:
+    """books.note_read: a function of the app's that writes (as its owner, fanout's own user
+    here: only read-only can stop it), callable by anyone, as functions are by default; and
+    author 7 followed, so that a query for 7 calls it."""
+    await follow_table(pool)
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock(2525)")
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS books.reads (author_id bigint);
+                   CREATE OR REPLACE FUNCTION books.note_read(author bigint) RETURNS boolean
+                   LANGUAGE sql VOLATILE SECURITY DEFINER
+                   AS 'INSERT INTO books.reads VALUES (author) RETURNING true';
+                   INSERT INTO books.follows VALUES (7, 1)"""
+            )
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(2525)")
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        (READS_API_KEYS, "permission denied for table api_keys"),
+        (ESCAPES_ITS_ROLE, 'cannot set parameter "role" within security-definer function'),
+        (WRITES, "cannot execute INSERT in a read-only transaction"),
+    ],
+)
+async def test_a_source_reading_fanouts_tables_or_writing_is_refused(
+    query: str, says: str, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    await writing_function(pool)
+    with pytest.raises(SourceRefused) as refused:
+        await add_source(pool, settings, "author:", query)
+    assert refused.value.field == "query" and says in str(refused.value)
+    if "permission" in says:  # the refusal names the role to grant to
+        assert f"FANOUT_SOURCE_ROLE={settings.source_role}" in str(refused.value)
+    assert await pool.fetchval("SELECT count(*) FROM books.reads") == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        (READS_API_KEYS, "permission denied for table api_keys"),
+        (WRITES, "cannot execute INSERT in a read-only transaction"),
+    ],
+)
+async def test_at_planning_a_source_reads_only_its_grants_and_writes_nothing(
+    query: str, says: str, pool: asyncpg.Pool, queues: Queues, settings: Settings
+) -> None:
+    # Stored as an older fanout or a hand-edited row would have it (never checked): planning
+    # runs it in a writing transaction of fanout's own, which must not lend it anything.
+    await writing_function(pool)
+    async with pool.acquire() as conn:
+        await sources.put_source(
+            conn,
+            app_id=DEFAULT_APP_ID,
+            prefix="author:",
+            query=query.replace(":key", "$1::text"),
+            user_column="user_id",
+        )
+
+    event_id, bodies = await fan_out("author:7", pool, queues, settings)
+
+    assert bodies == []
+    status = await load_event_status(pool, event_id)
+    assert status is not None and status.status == "failed"
+    assert status.last_error is not None and says in status.last_error
+    assert await pool.fetchval("SELECT count(*) FROM books.reads") == 0
+    assert await pool.fetchval("SELECT count(*) FROM event_members") == 0
+
+
+async def test_a_source_role_fanouts_user_may_not_make_turns_sources_off_naming_it(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    # Roles are the cluster's: names of this test's own, dropped after.
+    login, role = f"fanout_t_{secrets.token_hex(4)}", f"fanout_src_{secrets.token_hex(4)}"
+    await pool.execute(f'CREATE ROLE "{login}" LOGIN')  # no CREATEROLE, no membership
+    try:
+        conn = await asyncpg.connect(settings.database_dsn(), user=login)
+        try:
+            why = await sources.prepare_source_role(conn, role=role)
+            with pytest.raises(SourcesUnavailable) as unavailable:
+                await check_source(
+                    conn,
+                    query=FOLLOWERS,
+                    user_column="user_id",
+                    sample_key="7",
+                    time_limit=5.0,
+                    role=role,
+                )
+        finally:
+            await conn.close()
+    finally:
+        await pool.execute(f'DROP ROLE "{login}"')
+    assert why is not None and why.startswith(f"FANOUT_SOURCE_ROLE={role}: no such database role")
+    assert str(unavailable.value) == why
+    assert await pool.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", role) == 0
+    # Nor may a source run as a superuser, or as fanout's own user.
+    async with pool.acquire() as conn:
+        user = await conn.fetchval("SELECT current_user")
+        why = await sources.prepare_source_role(conn, role=user)
+    assert why is not None and "must not run as fanout's own user, a superuser" in why
+
+
+async def test_another_source_role_is_made_and_used_and_its_grants_are_what_counts(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    await follow_table(pool)
+    role = f"fanout_src_{secrets.token_hex(4)}"
+    other = settings.model_copy(update={"source_role": role})
+    try:
+        async with pool.acquire() as conn:
+            assert await sources.prepare_source_role(conn, role=role) is None
+            assert await sources.prepare_source_role(conn, role=role) is None  # idempotent
+        with pytest.raises(SourceRefused) as refused:  # nothing granted to it yet
+            await add_source(pool, other, "author:", FOLLOWERS)
+        assert "permission denied for schema books" in str(refused.value)
+        await pool.execute(
+            f'GRANT USAGE ON SCHEMA books TO "{role}"; GRANT SELECT ON books.follows TO "{role}"'
+        )
+        await add_source(pool, other, "author:", FOLLOWERS)
+    finally:
+        async with pool.acquire() as conn:
+            await sources.prepare_source_role(conn, role=settings.source_role)  # back
+            await conn.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+
+
+async def test_a_second_user_of_fanouts_is_granted_the_sandbox_made_by_another(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    # Migrations may connect as another user than the workers (FANOUT_DATABASE_DIRECT_URL):
+    # the sandbox made by one is granted to the other, a member of the source role that
+    # does not inherit its rights (one that does may call the sandbox as its owner already).
+    await follow_table(pool)
+    await pool.execute("INSERT INTO books.follows VALUES (7, 11), (7, 12)")
+    login = f"fanout_t_{secrets.token_hex(4)}"
+    await pool.execute(f'CREATE ROLE "{login}" LOGIN NOINHERIT; GRANT fanout_source TO "{login}"')
+    try:
+        conn = await asyncpg.connect(settings.database_dsn(), user=login)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.fetch("SELECT fanout_source.read('SELECT 1 AS u', 'u', '7')")
+            assert await sources.prepare_source_role(conn, role=settings.source_role) is None
+            found = await conn.fetch(
+                "SELECT fanout_source.read($1, 'user_id', '7')", bind_key(FOLLOWERS)
+            )
+        finally:
+            await conn.close()
+    finally:
+        await pool.execute(f'DROP OWNED BY "{login}"; DROP ROLE "{login}"')
+    assert sorted(row[0] for row in found) == ["11", "12"]

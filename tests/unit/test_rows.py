@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import pytest
 
-from fanout.bulk.rows import RowError, row_of
+from fanout.bulk.rows import (
+    RowError,
+    _fast_device_row,
+    checked_device_row,
+    device_row,
+    row_of,
+)
 
 APNS = "ab" * 32
 
@@ -153,3 +162,107 @@ def test_a_firebase_token_list_is_fcm_devices_by_uid() -> None:
         False,
     )
     assert row_of("users", 2, {"uid": "u1", "token": "t"}, "firebase") == (2, "u1", None)
+
+
+def _device_records() -> list[dict[str, Any]]:
+    """Valid and invalid devices records, near each rule's edges, and random ones."""
+    good = {
+        "apns": {"user_id": "u-1", "platform": "apns", "token": APNS, "locale": "en"},
+        "fcm": {"user_id": "u.2@x", "platform": "fcm", "token": "fcm:tok_1"},
+        "webpush": {
+            "user_id": "u:3",
+            "platform": "webpush",
+            "token": "https://push.example/1",
+            "web_push_p256dh": "BKey-_1=",
+            "web_push_auth": "Au_th",
+        },
+    }
+    variants: list[dict[str, Any]] = [
+        {"user_id": "-leading-dash"},
+        {"user_id": "u" * 128},
+        {"user_id": "u" * 129},
+        {"user_id": "u\n"},
+        {"user_id": 7},
+        {"user_id": "ü"},
+        {"locale": "de_DE"},
+        {"locale": "de-"},
+        {"locale": "d"},
+        {"locale": "deu-CH-x1"},
+        {"locale": "en\n"},
+        {"locale": 1},
+        {"token": "ab" * 8},
+        {"token": "ab" * 7},
+        {"token": "ab" * 100},
+        {"token": "ab" * 101},
+        {"token": "abc"},
+        {"token": APNS + "\n"},
+        {"token": "x" * 4096},
+        {"token": "x" * 4097},
+        {"token": "has space"},
+        {"token": "https://push.example/" + "p" * 2030},
+        {"token": "https://push.example/" + "p" * 2027},
+        {"token": "http://push.example/1"},
+        {"token": "https://push.example/é"},
+        {"token": ""},
+        {"token": 5},
+        {"apns_environment": "sandbox"},
+        {"apns_environment": "production"},
+        {"apns_environment": "dev"},
+        {"apns_environment": None},
+        {"web_push_p256dh": "k" * 256},
+        {"web_push_p256dh": "k" * 257},
+        {"web_push_p256dh": "k==="},
+        {"web_push_p256dh": "=k"},
+        {"web_push_auth": None},
+        {"web_push_auth": "a+b"},
+        {"p256dh": "BKey"},
+        {"endpoint": "https://push.example/2"},
+        {"subscription": {"endpoint": "https://p.example/1", "keys": {"p256dh": "a", "auth": "b"}}},
+        {"platform": "APNS"},
+        {"platform": None},
+        {"extra": "ignored"},
+    ]
+    records = [dict(base) for base in good.values()]
+    records += [{**base, **change} for base in good.values() for change in variants]
+    records += [
+        {k: v for k, v in base.items() if k != drop} for base in good.values() for drop in base
+    ]
+    alphabet = "aZ09-_.:@=+/ \n\x00é"
+    rng = random.Random(25)
+    for _ in range(3000):
+        base = dict(rng.choice(list(good.values())))
+        field = rng.choice([*base, "locale", "apns_environment"])
+        base[field] = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        records.append(base)
+    return records
+
+
+def test_the_fast_device_path_agrees_with_device_in_on_every_record() -> None:
+    fast = 0
+    for line, record in enumerate(_device_records(), start=2):
+        try:
+            expected: tuple[Any, ...] | str = checked_device_row(line, record)
+        except RowError as exc:
+            expected = f"refused: {exc}"
+        try:
+            got: tuple[Any, ...] | str = device_row(line, record)
+        except RowError as exc:
+            got = f"refused: {exc}"
+        assert got == expected, record
+        fast += _fast_device_row(line, record) is not None
+    assert fast > 100  # the valid ones take the fast path
+
+
+def test_the_common_devices_rows_take_the_fast_path() -> None:
+    for record in (
+        {"user_id": "u", "platform": "apns", "token": APNS, "apns_environment": "sandbox"},
+        {"user_id": "u", "platform": "fcm", "token": "t", "locale": "de"},
+        {
+            "user_id": "u",
+            "platform": "webpush",
+            "token": "https://p.example/1",
+            "web_push_p256dh": "K",
+            "web_push_auth": "A",
+        },
+    ):
+        assert _fast_device_row(2, record) == checked_device_row(2, record)

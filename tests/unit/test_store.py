@@ -5,12 +5,13 @@ many as it has ``$N``), and nothing outside the store runs SQL of its own."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import inspect
 import pkgutil
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -55,6 +56,9 @@ STATEMENTS = {
 # Functions that run a statement handed to them rather than one of their own.
 # (The source functions run statements built around an app's own query: fanout.sources.)
 GENERIC = {"find_or_create", "explain_source", "source_columns", "count_source", "read_members"}
+# Statements a function runs after the one it is checked by here (prepare_source_role reads
+# the sandbox's state, then, only if it must create it, the role's).
+RUN_AFTER_ANOTHER = {("sources", "SOURCE_ROLE_STATE")}
 FUNCTIONS = {
     (module_name, name): value
     for module_name, module in MODULES.items()
@@ -90,6 +94,10 @@ SHAPED: dict[str, Any] = {
     "resume_at": datetime(2026, 3, 29, 7, tzinfo=UTC),
     "new_events": [lifecycle.NewEvent(app_id=1, notification={"title": "x"}, user="u1")],
     "event_ids": [1, 2],
+    "events": [(1, "news")],
+    "reads": [recipients.UserRead(1, 2, 0, None, recipients.PageFilter())],
+    "each": [(1, 2, 3)],
+    "event_users": [(1, 2)],
     "scopes": [events.IdempotencyScope(1, None, "k")],
 }
 OWNER = uuid.UUID(int=7)
@@ -100,26 +108,49 @@ class RecordingConnection:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.pipelined = False  # the statement ran through executemany/fetchmany
 
     async def _run(self, query: str, *args: Any) -> Any:
+        if query.lstrip().upper().startswith("SET LOCAL "):  # a setting, not a statement
+            return None
         self.calls.append((query, args))
         raise _Ran
 
+    async def _run_many(self, query: str, each: list[tuple[Any, ...]]) -> Any:
+        """``executemany``/``fetchmany``: recorded with the arguments of the first row."""
+        self.calls.append((query, tuple(each[0])))
+        self.pipelined = True
+        raise _Ran
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        yield
+
     execute = fetch = fetchrow = fetchval = _run
+    executemany = fetchmany = _run_many
 
 
 class _Ran(Exception):
     pass
 
 
-async def _run_one(function: Callable[..., Any]) -> tuple[str, tuple[Any, ...]]:
+async def _run_one(function: Callable[..., Any], **given: Any) -> tuple[str, tuple[Any, ...], bool]:
+    """The statement ``function`` runs, its arguments, and whether it ran pipelined."""
     conn = RecordingConnection()
     parameters = list(inspect.signature(function).parameters.values())[1:]
-    kwargs = {p.name: SHAPED.get(p.name, 7) for p in parameters}
+    kwargs = {p.name: given.get(p.name, SHAPED.get(p.name, 7)) for p in parameters}
     with pytest.raises(_Ran):
         await function(conn, **kwargs)
     assert len(conn.calls) == 1, f"{function.__name__} ran {len(conn.calls)} statements"
-    return conn.calls[0]
+    return (*conn.calls[0], conn.pipelined)
+
+
+async def _runs(function: Callable[..., Any]) -> list[tuple[str, tuple[Any, ...], bool]]:
+    """What ``function`` runs; a page read with ``tag_filtered`` runs its filtered page
+    statement or its plain one: both."""
+    if "tag_filtered" in inspect.signature(function).parameters:
+        return [await _run_one(function, tag_filtered=flag) for flag in (False, True)]
+    return [await _run_one(function)]
 
 
 def test_every_store_function_takes_the_connection_then_keywords_only() -> None:
@@ -132,18 +163,24 @@ def test_every_store_function_takes_the_connection_then_keywords_only() -> None:
 
 async def test_every_statement_runs_behind_one_function_of_its_own_module() -> None:
     run_by: dict[tuple[str, str], list[str]] = {}
+    pipelined: dict[tuple[str, str], list[str]] = {}
     for (module_name, name), function in FUNCTIONS.items():
-        query, args = await _run_one(function)
-        statement = next(s for s, sql in STATEMENTS.items() if sql is query)
-        assert statement[0] == module_name, f"{name} runs {statement}, written elsewhere"
-        run_by.setdefault(statement, []).append(name)
-        placeholders = {int(n) for n in re.findall(r"\$(\d+)", query)}
-        assert placeholders == set(range(1, len(args) + 1)), (
-            f"{name} passes {len(args)} arguments to {statement}, which takes "
-            f"${max(placeholders, default=0)}"
-        )
-    assert sorted(run_by) == sorted(STATEMENTS), "a statement no function runs"
+        for query, args, many in await _runs(function):
+            statement = next(s for s, sql in STATEMENTS.items() if sql is query)
+            assert statement[0] == module_name, f"{name} runs {statement}, written elsewhere"
+            if many:  # a pipelined form of the one-row function that owns the statement
+                pipelined.setdefault(statement, []).append(name)
+                continue
+            run_by.setdefault(statement, []).append(name)
+            placeholders = {int(n) for n in re.findall(r"\$(\d+)", query)}
+            assert placeholders == set(range(1, len(args) + 1)), (
+                f"{name} passes {len(args)} arguments to {statement}, which takes "
+                f"${max(placeholders, default=0)}"
+            )
+    ran = set(run_by) | set(pipelined) | RUN_AFTER_ANOTHER
+    assert ran == set(STATEMENTS), "a statement no function runs"
     assert all(len(names) == 1 for names in run_by.values()), run_by
+    assert set(pipelined) <= set(run_by), "a pipelined statement no one-row function owns"
 
 
 async def test_checkpoint_passes_the_accepted_batches_as_columns() -> None:

@@ -6,29 +6,33 @@ import json
 
 import pytest
 
-from fanout.store.subscriptions import upsert_staged_users_statement
+from fanout.store.subscriptions import staged_users_statements
 from fanout.user_attributes import USER_ATTRIBUTES, UserAttribute, parse_tags
 
 
 def test_without_attributes_a_known_user_is_left_alone() -> None:
-    assert "ON CONFLICT (app_id, external_id) DO NOTHING" in upsert_staged_users_statement(())
+    insert, update = staged_users_statements(())
+    assert "ON CONFLICT (app_id, external_id) DO NOTHING" in insert
+    assert "UPDATE" not in update
 
 
 def test_tags_are_the_users_attribute_staged_as_text_and_cast() -> None:
     assert [a.name for a in USER_ATTRIBUTES] == ["tags"]
-    statement = upsert_staged_users_statement(USER_ATTRIBUTES)
-    assert "SELECT DISTINCT ON (user_id) user_id, tags::jsonb" in statement
-    assert "UPDATE users AS u SET tags = coalesce(s.tags, u.tags)" in statement
-    assert "WHERE u.app_id = $1 AND u.external_id = s.user_id AND (u.tags) IS DISTINCT" in statement
+    insert, update = staged_users_statements(USER_ATTRIBUTES)
+    for statement in (insert, update):
+        assert "SELECT DISTINCT ON (user_id) user_id, tags::jsonb AS tags" in statement
+    assert "UPDATE users AS u SET tags = coalesce(s.tags, u.tags)" in update
+    assert "WHERE u.app_id = $1 AND u.external_id = s.user_id AND (u.tags) IS DISTINCT" in update
     # A new user without tags gets the column's default, a known one keeps its own.
-    assert "SELECT $1, s.user_id, coalesce(s.tags, '{}'::jsonb) FROM staged AS s" in statement
+    assert "SELECT $1, s.user_id, coalesce(s.tags, '{}'::jsonb) FROM staged AS s" in insert
 
 
 def test_an_attribute_without_a_cast_or_default_is_set_as_staged() -> None:
     plan = UserAttribute("plan", "text", str)
-    statement = upsert_staged_users_statement((plan,))
-    assert "SELECT DISTINCT ON (user_id) user_id, plan" in statement
-    assert "SELECT $1, s.user_id, s.plan FROM staged AS s" in statement
+    insert, update = staged_users_statements((plan,))
+    assert "SELECT DISTINCT ON (user_id) user_id, plan" in insert
+    assert "SELECT $1, s.user_id, s.plan FROM staged AS s" in insert
+    assert "SET plan = coalesce(s.plan, u.plan)" in update
 
 
 def test_tags_are_checked_as_the_api_checks_them() -> None:

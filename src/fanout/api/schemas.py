@@ -27,7 +27,16 @@ from pydantic import (
     model_validator,
 )
 
-from fanout.identifiers import TOPIC_PATTERN, USER_ID_PATTERN
+from fanout.identifiers import (
+    APNS_TOKEN_PATTERN,
+    BASE64URL_MAX,
+    BASE64URL_PATTERN,
+    FCM_TOKEN_PATTERN,
+    TOPIC_PATTERN,
+    USER_ID_PATTERN,
+    WEB_PUSH_ENDPOINT_MAX,
+    WEB_PUSH_ENDPOINT_PATTERN,
+)
 from fanout.notification import (
     CATEGORY_PATTERN,
     ActionId,
@@ -69,7 +78,7 @@ IdempotencyKey = Annotated[
 LocalTime = Annotated[
     str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$"), Field(examples=["09:00"])
 ]
-Base64Url = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]+=*$", max_length=256)]
+Base64Url = Annotated[str, StringConstraints(pattern=BASE64URL_PATTERN, max_length=BASE64URL_MAX)]
 
 MAX_BULK_SUBSCRIBERS = 50_000
 
@@ -91,7 +100,8 @@ class WebPushSubscription(Strict):
     # Printable ASCII, as every push service's URL is (a host in IDNA): a NUL reached
     # PostgreSQL, which refuses it in text, as a 500 (found by the OpenAPI fuzz).
     endpoint: Annotated[
-        str, StringConstraints(pattern=r"^https://[\x21-\x7e]+$", max_length=2048)
+        str,
+        StringConstraints(pattern=WEB_PUSH_ENDPOINT_PATTERN, max_length=WEB_PUSH_ENDPOINT_MAX),
     ] = Field(description="The push service URL from PushSubscription.endpoint.")
     keys: WebPushKeys
 
@@ -103,7 +113,7 @@ class _DeviceBase(Strict):
 
 class ApnsDeviceIn(_DeviceBase):
     platform: Literal["apns"]
-    token: Annotated[str, StringConstraints(pattern=r"^([0-9a-fA-F]{2}){8,100}$")] = Field(
+    token: Annotated[str, StringConstraints(pattern=APNS_TOKEN_PATTERN)] = Field(
         description="The APNs device token, hexadecimal."
     )
     apns_environment: Literal["production", "sandbox"] = Field(
@@ -114,7 +124,7 @@ class ApnsDeviceIn(_DeviceBase):
 
 class FcmDeviceIn(_DeviceBase):
     platform: Literal["fcm"]
-    token: Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,4096}$")] = Field(
+    token: Annotated[str, StringConstraints(pattern=FCM_TOKEN_PATTERN)] = Field(
         description="The FCM registration token."
     )
 
@@ -843,6 +853,7 @@ PROBLEMS: dict[int | str, str] = {
     "404-opens": "Opens are off: no FANOUT_OPEN_TOKEN_KEY or FANOUT_SECRET_KEY is set",
     503: "FANOUT_SECRET_KEY is not set: credentials cannot be stored",
     "503-webhooks": "FANOUT_SECRET_KEY is not set: webhook secrets cannot be stored",
+    "503-sources": "FANOUT_SOURCE_ROLE, the role sources run as, is missing or unusable",
 }
 
 

@@ -3,12 +3,14 @@
 A 1:1 event on its own costs a fan-out message and a one-device delivery batch, each sent,
 received and deleted: ~5 SQS requests a push (issue #26). With coalescing, the group
 commit's ``Enqueuer`` sends one fan-out message per group (``FanoutTask.group``), and the
-fan-out stage plans the group's 1:1 events together here, their delivery batches packed
+fan-out stage fans the group's 1:1 events out together here, their delivery batches packed
 into bundles: one SQS message holds many events' batches (``DeliveryBundle``).
 
-The smallest shape that keeps every per-event guarantee: only the SQS messages are shared,
-nothing an event owns. Each event is planned by ``plan_event`` as if it had come alone (its
-shard, audience rules, quiet hours, caps, idempotent re-planning), and each of its
+The smallest shape that keeps every per-event guarantee: only the SQS messages and the
+round trips are shared, nothing an event owns. Each plain 1:1 event is fanned out by
+``fan_out_directs`` with the statements ``plan_event`` and ``run_shard`` would run for it
+alone, each run for the whole group at once (its shard, audience rules, quiet hours, caps);
+any other, or one re-planned, by ``plan_event`` as if it had come alone; and each of its
 batches is its own event's ``DeliveryBatch`` (its key, its notification, its devices), so
 no device can be sent another event's content, and delivery claims, records, counts and
 finishes each batch and event as today (a cancel or expiry holds exactly that event's
@@ -17,11 +19,10 @@ batch is recognised by its key); a bundle lost, or never sent because the fan-ou
 after recording its batches, is re-sent batch by batch by the reconciler (every batch is
 recorded with a deadline).
 
-The price of the shape: the database work per event is unchanged (a plan, a shard, a
-batch row each); only the SQS requests are shared. The one ordering that differs: a
-bundle is sent when full or when the group is planned, so a batch may be recorded before
-it is on the queue (a fan-out dying in between leaves it to the reconciler, late but not
-lost).
+The price of the shape: the delivery's database work per batch is unchanged (a bundle's
+batches are each ``deliver_batch``'s). The one ordering that differs: a bundle is sent when
+full or when the group is fanned out, so a batch may be recorded before it is on the queue
+(a fan-out dying in between leaves it to the reconciler, late but not lost).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from fanout.queue.messages import DeliveryBundle, FanoutTask, bundle_bytes, enco
 from fanout.queue.sqs import Queue, Queues
 from fanout.stages.batching import batch_max_bytes
 from fanout.stages.delivery import BatchReport, deliver_batch
-from fanout.stages.fanout import ShardReport, plan_event
+from fanout.stages.fanout import ShardReport, fan_out_directs, plain_direct, plan_event
 from fanout.store import acquire, events, live_activities
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,14 @@ async def run_fanout_group(
         )
 
     try:
-        planned = await _all(task.events, plan)
+        async with acquire(pool) as conn:
+            loaded = await events.load_events(conn, event_ids=task.events)
+        together, left = await fan_out_directs(
+            [e for e in loaded if plain_direct(e)], pool, coalesced, settings, reader=reader
+        )
+        # The others (a topic's, one planned before, one gone), each as if it had come alone.
+        rest = sorted(set(task.events) - {e.id for e in loaded if plain_direct(e)} | set(left))
+        planned = [together, *await _all(rest, plan)]
     finally:
         # What was planned is sent even if an event failed (the message is then retried:
         # the events planned are re-planned as no-ops).

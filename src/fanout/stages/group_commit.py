@@ -8,7 +8,11 @@ for the next one, and a single committer task writes them all in one statement
 one round trip), then hands the events to an ``Enqueuer`` that sends their fan-out
 messages ten to a SendMessageBatch and marks them enqueued in one statement. With
 FANOUT_COALESCE_DIRECT on, a group's events share one fan-out message instead
-(stages/coalescing.py).
+(stages/coalescing.py). The events of one ``publish_many`` (a batch request's items) share
+fan-out messages whatever that setting: they arrive together anyway, and a message each
+made a request of 1,000 items cost 100 SendMessageBatch calls, which took longer than the
+enqueue's two seconds on a loaded 2-core machine (every batch request's events were left to
+the reconciler; 2,000-2,800 notifications/s accepted, issue #26).
 
 The promises are publishing's own (stages/publish.py):
 - committed before acknowledged: a request is answered once the transaction holding its
@@ -61,15 +65,20 @@ DEFAULT_MAX_GROUP = 500
 # gather, so the SQS requests per event stay at a tenth whatever the rate (eight groups'
 # enqueues at once made moto, in-process, answer in 3-4 s instead of 0.3).
 MAX_ENQUEUE = 1_000
-# Coalescing: the events one fan-out message plans together. Its three SQS requests (send,
-# receive, delete) are shared by up to this many pushes; more would make one fan-out
-# invocation plan a longer list while the others wait (FANOUT_FANOUT_CONCURRENCY).
-COALESCED_GROUP = 500
+# Coalescing: the events one fan-out message plans together. A group costs ~6 SQS requests
+# (its fan-out message and its delivery bundle, each sent, received, deleted), so this bounds
+# the requests per push from below: 500 made it 0.012, above issue #26's 0.01 whatever the
+# window; 1,000 (one enqueue's worth, one bundle's: MAX_BUNDLE_BATCHES) makes it 0.006. A
+# group's plain 1:1 events are fanned out together in a few statements
+# (fanout.fan_out_directs), so a longer list no longer holds one fan-out invocation long.
+COALESCED_GROUP = 1_000
 # Coalescing: how long committed events wait for others to share their fan-out message
 # (FANOUT_COALESCE_WINDOW_SECONDS). Each group costs ~6 SQS requests (its fan-out message
 # and its delivery bundle, each sent, received, deleted): at 1,000 sends/s, 0.25 s makes
-# groups of ~250, ~0.025 requests a push, for a quarter second of latency; 0.6 s, ~0.01.
-# A group of COALESCED_GROUP ends the wait at once.
+# groups of ~250, ~0.025 requests a push, for a quarter second of latency; 0.6 s, ~0.01
+# (requests a push ~ 6 / (rate x window)). The default stays short: every send of a slow
+# stream waits the whole window (at 10 sends/s a 0.6 s window shares nothing and costs 0.6 s
+# each); a busy deployment sets it from its rate. A group of COALESCED_GROUP ends the wait.
 COALESCE_WINDOW_SECONDS = 0.25
 # Past this many events waiting to be enqueued, a commit waits for room (backpressure on
 # commits rather than an unbounded list while SQS is slow).
@@ -146,15 +155,17 @@ class Enqueuer:
         """Whether a group's events share one fan-out message (FANOUT_COALESCE_DIRECT)."""
         return self._coalesce
 
-    async def enqueue(self, event_ids: Sequence[int]) -> bool:
+    async def enqueue(self, event_ids: Sequence[int], *, shared: Sequence[int] = ()) -> bool:
         """Send the events' fan-out messages and mark them enqueued; False (logged, and
-        ``on_failure`` told how many) if that did not happen."""
-        if not event_ids:
+        ``on_failure`` told how many) if that did not happen. The ``shared`` events (a
+        batch request's) share fan-out messages, ``COALESCED_GROUP`` to one, whether or
+        not ``event_ids`` do (FANOUT_COALESCE_DIRECT)."""
+        if not event_ids and not shared:
             return True
         try:
             async with asyncio.timeout(self._timeout):
                 queues = await self._queues()
-                bodies = self._messages(event_ids)
+                bodies = self._messages(event_ids, shared)
                 sends = asyncio.Semaphore(SENDS_AT_ONCE)
 
                 async def send(chunk: list[str]) -> None:
@@ -169,26 +180,30 @@ class Enqueuer:
                 )
                 async with self._pool.acquire() as conn:
                     await lifecycle.mark_enqueued_many(
-                        conn, event_ids=event_ids, overdue_after=self._overdue_after
+                        conn, event_ids=[*event_ids, *shared], overdue_after=self._overdue_after
                     )
         except Exception as exc:
-            log.warning(
-                "%d events committed, enqueue deferred to the reconciler: %r", len(event_ids), exc
-            )
+            count = len(event_ids) + len(shared)
+            log.warning("%d events committed, enqueue deferred to the reconciler: %r", count, exc)
             if self._on_failure is not None:
-                self._on_failure(len(event_ids))
+                self._on_failure(count)
             return False
         return True
 
-    def _messages(self, event_ids: Sequence[int]) -> list[str]:
-        """A fan-out message per event; coalescing (FANOUT_COALESCE_DIRECT), one per
-        ``COALESCED_GROUP`` events (stages/coalescing.py plans them together)."""
-        if not self._coalesce:
-            return [FanoutTask(event_id).encode() for event_id in event_ids]
-        return [
-            FanoutTask.group(event_ids[i : i + COALESCED_GROUP]).encode()
-            for i in range(0, len(event_ids), COALESCED_GROUP)
-        ]
+    def _messages(self, event_ids: Sequence[int], shared: Sequence[int]) -> list[str]:
+        """A fan-out message per event of ``event_ids``, one per ``COALESCED_GROUP`` of
+        ``shared``; coalescing (FANOUT_COALESCE_DIRECT), one per ``COALESCED_GROUP`` of
+        them all (stages/coalescing.py plans a group's events together)."""
+        if self._coalesce:
+            return _groups([*event_ids, *shared])
+        return [FanoutTask(event_id).encode() for event_id in event_ids] + _groups(shared)
+
+
+def _groups(event_ids: Sequence[int]) -> list[str]:
+    return [
+        FanoutTask.group(event_ids[i : i + COALESCED_GROUP]).encode()
+        for i in range(0, len(event_ids), COALESCED_GROUP)
+    ]
 
 
 @dataclass(slots=True)
@@ -222,6 +237,7 @@ class GroupCommit:
         self._closing = False
         self._committer: asyncio.Task[None] | None = None
         self._unsent: list[int] = []  # committed, their fan-out messages not yet sent
+        self._unsent_shared: list[int] = []  # likewise, of publish_many: messages shared
         self._unsent_since = 0.0  # when the first of them was (loop time)
         self._unsent_arrived = asyncio.Event()
         self._room = asyncio.Event()  # set while fewer than MAX_UNSENT wait
@@ -255,18 +271,25 @@ class GroupCommit:
         the ``FanoutError`` that refused it (``IdempotencyConflict``)."""
         if self._closing:
             raise GroupCommitClosed("the API is stopping; publish again")
-        return await self._commit_and_enqueue(new_events)
+        return await self._commit_and_enqueue(new_events, shared=True)
 
-    async def _commit_and_enqueue(self, new_events: Sequence[NewEvent]) -> list[Outcome]:
+    def _unsent_count(self) -> int:
+        return len(self._unsent) + len(self._unsent_shared)
+
+    async def _commit_and_enqueue(
+        self, new_events: Sequence[NewEvent], *, shared: bool = False
+    ) -> list[Outcome]:
         self.start()
         await self._room.wait()
         outcomes = await self._commit(new_events)
         self.groups += 1
-        if not self._unsent:  # the first of a group to come: its window starts now
+        if not self._unsent_count():  # the first of a group to come: its window starts now
             self._unsent_since = asyncio.get_running_loop().time()
-        self._unsent.extend(o.event_id for o in outcomes if isinstance(o, Published) and o.created)
+        (self._unsent_shared if shared else self._unsent).extend(
+            o.event_id for o in outcomes if isinstance(o, Published) and o.created
+        )
         self._unsent_arrived.set()
-        if len(self._unsent) >= MAX_UNSENT:
+        if self._unsent_count() >= MAX_UNSENT:
             self._room.clear()
         return outcomes
 
@@ -286,7 +309,8 @@ class GroupCommit:
                 await self._sender
         except TimeoutError:
             log.warning(
-                "stopping with %d events not enqueued: the reconciler sends them", len(self._unsent)
+                "stopping with %d events not enqueued: the reconciler sends them",
+                self._unsent_count(),
             )
 
     async def _commit_groups(self) -> None:
@@ -387,7 +411,7 @@ class GroupCommit:
         message. They are committed and answered already; a crash meanwhile leaves them
         due, for the reconciler."""
         deadline = self._unsent_since + self._enqueuer.coalesce_window
-        while not self._closing and len(self._unsent) < COALESCED_GROUP:
+        while not self._closing and self._unsent_count() < COALESCED_GROUP:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 return
@@ -400,15 +424,18 @@ class GroupCommit:
         while True:
             await self._unsent_arrived.wait()
             self._unsent_arrived.clear()
-            while self._unsent:
+            while self._unsent_count():
                 if self._enqueuer.coalesces:
                     await self._gather_a_group()
                 event_ids = self._unsent[:MAX_ENQUEUE]
                 del self._unsent[:MAX_ENQUEUE]
+                shared = self._unsent_shared[:MAX_ENQUEUE]
+                del self._unsent_shared[:MAX_ENQUEUE]
                 # Those left came while this group gathered: their window starts now.
                 self._unsent_since = asyncio.get_running_loop().time()
-                await self._enqueuer.enqueue(event_ids)  # never raises: failures are logged
-                if len(self._unsent) < MAX_UNSENT:
+                # Never raises: failures are logged.
+                await self._enqueuer.enqueue(event_ids, shared=shared)
+                if self._unsent_count() < MAX_UNSENT:
                     self._room.set()
             if self._closing and (self._committer is None or self._committer.done()):
                 return

@@ -223,6 +223,15 @@ async def caps_apply(conn: asyncpg.Connection, *, event_id: int, category: str |
     return applies
 
 
+async def caps_apply_many(
+    conn: asyncpg.Connection, *, events: Sequence[tuple[int, str | None]]
+) -> list[bool]:
+    """``caps_apply`` for each (event, category), in one pipelined round trip (the
+    statement answers one row each, in order)."""
+    rows = await conn.fetchmany(CAPS_APPLY, [(category, event_id) for event_id, category in events])
+    return [bool(row[0]) for row in rows]
+
+
 async def prune_user_sends(conn: asyncpg.Connection, *, limit: int) -> int:
     """Delete up to ``limit`` recorded pushes too old for any cap's window; how many
     (``PRUNE_USER_SENDS``)."""

@@ -307,7 +307,36 @@ async def events_by_idempotency_keys(
 async def load_event(conn: asyncpg.Connection, *, event_id: int) -> Event | None:
     """The event, or None if there is no such event (``LOAD_EVENT``)."""
     row = await conn.fetchrow(LOAD_EVENT, event_id)
-    return None if row is None else Event(**{**row, "status": EventState(row["status"])})
+    return None if row is None else event_of(row)
+
+
+def event_of(row: asyncpg.Record) -> Event:
+    """The event a ``LOAD_EVENT`` row describes."""
+    return Event(**{**row, "status": EventState(row["status"])})
+
+
+async def load_events(conn: asyncpg.Connection, *, event_ids: Sequence[int]) -> list[Event]:
+    """``load_event`` for each of ``event_ids`` in one pipelined round trip; those that
+    exist, in the order asked (``LOAD_EVENT``)."""
+    rows = await conn.fetchmany(LOAD_EVENT, [(event_id,) for event_id in event_ids])
+    return [event_of(row) for row in rows]
+
+
+async def lock_events(conn: asyncpg.Connection, *, event_ids: Sequence[int]) -> None:
+    """``lock_event`` for each of ``event_ids``, in the order given (callers sort them, so
+    two groups never wait on each other), in one pipelined round trip (``LOCK_EVENT``)."""
+    await conn.executemany(LOCK_EVENT, [(event_id,) for event_id in event_ids])
+
+
+async def hold_events_until_next_release(
+    conn: asyncpg.Connection, *, event_ids: Sequence[int]
+) -> None:
+    """``hold_event_until_next_release`` for each of ``event_ids``, in one pipelined round
+    trip (``HOLD_EVENT_UNTIL_NEXT_RELEASE``)."""
+    if event_ids:
+        await conn.executemany(
+            HOLD_EVENT_UNTIL_NEXT_RELEASE, [(event_id,) for event_id in event_ids]
+        )
 
 
 @dataclass(frozen=True, slots=True)

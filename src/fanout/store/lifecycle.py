@@ -243,6 +243,18 @@ WHERE id = $1 AND status IN ('pending', 'enqueued', 'fanning_out')
   AND NOT EXISTS (SELECT 1 FROM deferred_recipients WHERE event_id = $1 AND wave_no IS NULL)
 """
 
+# MARK_EVENT_FANNED_OUT for a group's events in one statement (their ids returned).
+MARK_EVENTS_FANNED_OUT = """
+UPDATE events AS e SET status = 'fanned_out', fanned_out_at = now(),
+                       due_at = now() + make_interval(secs => $2)
+WHERE e.id = ANY($1::bigint[]) AND e.status IN ('pending', 'enqueued', 'fanning_out')
+  AND NOT EXISTS (
+      SELECT 1 FROM fanout_shards WHERE event_id = e.id AND status NOT IN ('done', 'failed'))
+  AND NOT EXISTS (SELECT 1 FROM event_waves WHERE event_id = e.id AND status = 'held')
+  AND NOT EXISTS (SELECT 1 FROM deferred_recipients WHERE event_id = e.id AND wave_no IS NULL)
+RETURNING e.id
+"""
+
 # Indexes: events_pkey, delivery_batches_open, fanout_shards_pkey. The event ends once it
 # is fanned out and no batch is open; called when a batch or a shard finishes, and by the
 # reconciler. cancelled: cancelled (whatever was sent before is in its counts); expired:
@@ -434,6 +446,29 @@ async def mark_fanned_out(conn: asyncpg.Connection, *, event_id: int, overdue_af
     seconds on (to check it has ended); True if this call did (``MARK_EVENT_FANNED_OUT``)."""
     status: str = await conn.execute(MARK_EVENT_FANNED_OUT, event_id, overdue_after)
     return status.endswith(" 1")
+
+
+async def mark_fanning_out_many(conn: asyncpg.Connection, *, event_ids: Sequence[int]) -> None:
+    """``mark_fanning_out`` for each of ``event_ids``, in one pipelined round trip."""
+    await conn.executemany(MARK_EVENT_FANNING_OUT, [(event_id,) for event_id in event_ids])
+
+
+async def mark_fanned_out_many(
+    conn: asyncpg.Connection, *, event_ids: Sequence[int], overdue_after: float
+) -> set[int]:
+    """``mark_fanned_out`` for a group's events in one statement; those it marked
+    (``MARK_EVENTS_FANNED_OUT``)."""
+    rows = await conn.fetch(MARK_EVENTS_FANNED_OUT, list(event_ids), overdue_after)
+    return {row["id"] for row in rows}
+
+
+async def finish_many(conn: asyncpg.Connection, *, event_ids: Sequence[int]) -> list[EventState]:
+    """``finish`` for each of ``event_ids`` in one pipelined round trip, each ended counted;
+    the states they ended in (those that ended only)."""
+    if not event_ids:
+        return []
+    rows = await conn.fetchmany(FINISH_EVENT, [(event_id,) for event_id in event_ids])
+    return [_ended(EventState(row["status"]), row["app"]) for row in rows]
 
 
 async def finish(conn: asyncpg.Connection, *, event_id: int) -> EventState | None:

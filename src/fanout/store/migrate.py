@@ -8,11 +8,15 @@ need nothing but a ledger table and a lock. This runner is that and no more.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
 
+from fanout.store.sources import prepare_source_role
+
+log = logging.getLogger(__name__)
 # Any constant works; it only has to be the same for every fanout process.
 _MIGRATION_LOCK = 0x66616E6F7574  # "fanout"
 
@@ -38,10 +42,17 @@ def available_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-async def migrate(conn: asyncpg.Connection, *, up_to: int | None = None) -> list[str]:
+async def migrate(
+    conn: asyncpg.Connection,
+    *,
+    up_to: int | None = None,
+    source_role: str | None = "fanout_source",
+) -> list[str]:
     """Apply what is missing (up to version ``up_to``, all by default: tests build a
     database as an earlier release left it); safe to run again and from several processes
-    at once."""
+    at once. Then, once all are applied, the sandbox sources run in, as ``source_role``
+    (FANOUT_SOURCE_ROLE; None: not now), if fanout's user may make it (a warning if not:
+    sources are refused, nothing else needs it)."""
     applied_now = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
@@ -71,6 +82,9 @@ async def migrate(conn: asyncpg.Connection, *, up_to: int | None = None) -> list
                     migration.checksum,
                 )
             applied_now.append(migration.name)
+        sandbox = up_to is None and source_role is not None
+        if sandbox and (why := await prepare_source_role(conn, role=str(source_role))):
+            log.warning("sources are off: %s", why)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied_now

@@ -226,6 +226,52 @@ async def user_recipients(
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class UserRead:
+    """One 1:1 event's read of its user's devices (``user_recipients``' arguments)."""
+
+    event_id: int
+    user_id: int
+    after_user_id: int
+    category: str | None
+    page_filter: PageFilter
+
+
+async def users_recipients(
+    conn: asyncpg.Connection, *, reads: Sequence[UserRead]
+) -> dict[int, list[asyncpg.Record]]:
+    """``user_recipients`` for each read, by event: pipelined, one round trip for events of
+    distinct users (the rows name their user, so each is told apart), one more for each
+    further event of a user already read in the round."""
+    found: dict[int, list[asyncpg.Record]] = {read.event_id: [] for read in reads}
+    left = list(reads)
+    while left:
+        round_: list[UserRead] = []
+        later: list[UserRead] = []
+        users: set[int] = set()
+        for read in left:
+            (later if read.user_id in users else round_).append(read)
+            users.add(read.user_id)
+        rows = await conn.fetchmany(
+            USER_RECIPIENTS,
+            [
+                (
+                    r.user_id,
+                    r.after_user_id,
+                    r.event_id,
+                    r.category,
+                    *r.page_filter.parameters(None),
+                )
+                for r in round_
+            ],
+        )
+        event_of_user = {r.user_id: r.event_id for r in round_}
+        for row in rows:
+            found[event_of_user[row[0]]].append(row)
+        left = later
+    return found
+
+
 async def batch_recipients(
     conn: asyncpg.Connection,
     *,

@@ -292,6 +292,20 @@ async def insert_shards(
     )
 
 
+async def insert_user_shards(
+    conn: asyncpg.Connection, *, event_users: Sequence[tuple[int, int]], overdue_after: float
+) -> None:
+    """``insert_shards`` for 1:1 events planned for the first time: each (event, user) its
+    shard 0 over [user, user + 1), in one pipelined round trip (``INSERT_SHARDS``)."""
+    await conn.executemany(
+        INSERT_SHARDS,
+        [
+            (event_id, [0], [user], [user + 1], overdue_after, None)
+            for event_id, user in event_users
+        ],
+    )
+
+
 async def next_shard_no(conn: asyncpg.Connection, *, event_id: int) -> int:
     """The number the event's next shard takes: they go on across waves (``NEXT_SHARD_NO``)."""
     number: int = await conn.fetchval(NEXT_SHARD_NO, event_id)
@@ -341,6 +355,22 @@ async def claim_shard(
     is due ``overdue_after`` seconds after the lease ends (``CLAIM_SHARD``)."""
     row = await conn.fetchrow(CLAIM_SHARD, event_id, shard, lease_seconds, overdue_after, owner)
     return None if row is None else ShardClaim(**row)
+
+
+async def claim_first_shards(
+    conn: asyncpg.Connection,
+    *,
+    event_ids: Sequence[int],
+    owner: UUID,
+    lease_seconds: float,
+    overdue_after: float,
+) -> int:
+    """``claim_shard`` of shard 0 of each of ``event_ids`` in one pipelined round trip; how
+    many were claimed (``CLAIM_SHARD``)."""
+    rows = await conn.fetchmany(
+        CLAIM_SHARD, [(event_id, 0, lease_seconds, overdue_after, owner) for event_id in event_ids]
+    )
+    return len(rows)
 
 
 async def park_shard(
@@ -402,6 +432,45 @@ async def checkpoint_shard(
     batches come with their ``not_before`` and are recorded unsent (``CHECKPOINT_SHARD``)."""
     row = await conn.fetchrow(
         CHECKPOINT_SHARD,
+        *checkpoint_arguments(
+            event_id=event_id,
+            shard=shard,
+            cursor=cursor,
+            recipients=recipients,
+            devices=devices,
+            batches=batches,
+            held_back=held_back,
+            accepted=accepted,
+            category=category,
+            counted_users=counted_users,
+            owner=owner,
+            lease_seconds=lease_seconds,
+            overdue_after=overdue_after,
+            not_before=not_before,
+        ),
+    )
+    return Checkpoint(**row)
+
+
+def checkpoint_arguments(
+    *,
+    event_id: int,
+    shard: int,
+    cursor: int,
+    recipients: int,
+    devices: int,
+    batches: int,
+    held_back: dict[str, int],
+    accepted: Sequence[AcceptedBatch],
+    category: str | None,
+    counted_users: Sequence[int],
+    owner: UUID,
+    lease_seconds: float,
+    overdue_after: float,
+    not_before: Sequence[datetime | None] | None = None,
+) -> tuple[object, ...]:
+    """``CHECKPOINT_SHARD``'s parameters (``checkpoint_shard`` says what they mean)."""
+    return (
         event_id,
         shard,
         cursor,
@@ -417,11 +486,18 @@ async def checkpoint_shard(
         [b.last_user for b in accepted],
         held_back,
         category,
-        counted_users,
+        list(counted_users),
         owner,
         list(not_before) if not_before is not None else [None] * len(accepted),
     )
-    return Checkpoint(**row)
+
+
+async def checkpoint_shards(
+    conn: asyncpg.Connection, *, each: Sequence[tuple[object, ...]]
+) -> list[Checkpoint]:
+    """``checkpoint_shard`` for each ``checkpoint_arguments`` tuple, in one pipelined round
+    trip (the statement answers one row each, in order)."""
+    return [Checkpoint(**row) for row in await conn.fetchmany(CHECKPOINT_SHARD, each)]
 
 
 async def finish_shard(
@@ -441,6 +517,18 @@ async def finish_shard(
         FINISH_SHARD, event_id, shard, recipients, devices, batches, held_back, owner
     )
     return bool(done)
+
+
+async def finish_shards(
+    conn: asyncpg.Connection,
+    *,
+    each: Sequence[tuple[int, int, int, int, int, dict[str, int]]],
+    owner: UUID,
+) -> int:
+    """``finish_shard`` for each (event, shard, recipients, devices, batches, held back), in
+    one pipelined round trip; how many ``owner`` finished (``FINISH_SHARD``)."""
+    rows = await conn.fetchmany(FINISH_SHARD, [(*args, owner) for args in each])
+    return len(rows)
 
 
 async def give_up_shard(

@@ -55,5 +55,11 @@ async def stage(conn: asyncpg.Connection, *, kind: str, records: Sequence[tuple[
     this connection); call inside the chunk's transaction."""
     table, columns = STAGING_COLUMNS[kind]
     ddl = ", ".join(f"{name} {sql_type}" for name, sql_type in columns)
-    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({ddl}) ON COMMIT DELETE ROWS")
+    # No JIT for the chunk's statements (SET LOCAL: this transaction only): their cost
+    # estimate, 20,000 index probes, is over jit_above_cost, and compiling took ~100 ms of
+    # a ~2 s statement (EXPLAIN ANALYZE, 20,000 devices) to save nothing measurable.
+    await conn.execute(
+        "SET LOCAL jit = off; "
+        f"CREATE TEMP TABLE IF NOT EXISTS {table} ({ddl}) ON COMMIT DELETE ROWS"
+    )
     await conn.copy_records_to_table(table, records=records, columns=[name for name, _ in columns])

@@ -149,63 +149,61 @@ async def user_subscriptions_page(
     return [Subscription(r["topic_id"], r["key"], r["created_at"]) for r in rows]
 
 
-def upsert_staged_users_statement(attributes: Sequence[UserAttribute]) -> str:
-    """UPSERT_STAGED_USERS for these attributes (user_attributes.USER_ATTRIBUTES): each
-    one a column set from the file when the row has it (COPY brings NULL for an absent
-    one: a known user keeps its value, a new one gets the attribute's default), a user
-    updated only if one of them changes."""
-    if not attributes:
-        return """
-WITH written AS (
-    INSERT INTO users AS u (app_id, external_id)
-    SELECT DISTINCT ON (user_id) $1, user_id FROM import_users
-    ORDER BY user_id, line DESC
-    ON CONFLICT (app_id, external_id) DO NOTHING
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM written) AS inserted, 0::bigint AS updated,
-       (SELECT count(*) FROM import_users) AS known
-"""
+def staged_users_statements(attributes: Sequence[UserAttribute]) -> tuple[str, str]:
+    """INSERT_STAGED_USERS and UPDATE_STAGED_USERS for these attributes
+    (user_attributes.USER_ATTRIBUTES): each one a column set from the file when the row
+    has it (COPY brings NULL for an absent one: a known user keeps its value, a new one
+    gets the attribute's default), a user updated only if one of them changes.
+
+    Two statements, the insert first: its ON CONFLICT waits for a concurrent import
+    inserting the same new user and, that one committed, leaves its row; the update's
+    fresh snapshot then sees that row and sets this file's values on it. In one statement
+    (an update CTE, then the insert) the update's snapshot predates the other's row and
+    this file's values were lost (tests/integration/test_bulk_import.py's concurrent
+    import). A single INSERT ... ON CONFLICT DO UPDATE cannot do it: EXCLUDED cannot tell
+    an absent attribute (keep the stored value) from the new user's default."""
     names = [a.name for a in attributes]
-    staged = ", ".join(f"{a.name}::{a.cast}" if a.cast else a.name for a in attributes)
+    columns = "".join(f", {n}" for n in names)
+    cast = "".join(
+        f", {a.name}::{a.cast} AS {a.name}" if a.cast else f", {a.name}" for a in attributes
+    )
+    staged = f"""WITH staged AS MATERIALIZED (
+    SELECT DISTINCT ON (user_id) user_id{cast}
+    FROM import_users
+    ORDER BY user_id, line DESC
+)"""
+    values = "".join(
+        f", coalesce(s.{a.name}, {a.default})" if a.default else f", s.{a.name}" for a in attributes
+    )
+    # Sorted: concurrent imports take the keys in one order.
+    insert = f"""{staged}
+INSERT INTO users AS u (app_id, external_id{columns})
+SELECT $1, s.user_id{values} FROM staged AS s
+WHERE NOT EXISTS (SELECT FROM users AS k WHERE k.app_id = $1 AND k.external_id = s.user_id)
+ORDER BY s.user_id
+ON CONFLICT (app_id, external_id) DO NOTHING
+"""
+    if not attributes:
+        return insert, "SELECT 0 WHERE $1::integer IS NULL"  # nothing a known user could change
     sets = ", ".join(f"{n} = coalesce(s.{n}, u.{n})" for n in names)
     old = ", ".join(f"u.{n}" for n in names)
     new = ", ".join(f"coalesce(s.{n}, u.{n})" for n in names)
-    values = ", ".join(
-        f"coalesce(s.{a.name}, {a.default})" if a.default else f"s.{a.name}" for a in attributes
-    )
-    columns = ", ".join(names)
-    # Known users updated first, then the others inserted: an INSERT's ON CONFLICT would
-    # give a new user's default to a known user whose row has no value (EXCLUDED cannot
-    # tell "absent" from the default). A user a concurrent chunk inserts meanwhile is left
-    # to that chunk (ON CONFLICT DO NOTHING).
-    return f"""
-WITH staged AS MATERIALIZED (
-    SELECT DISTINCT ON (user_id) user_id, {staged}
-    FROM (SELECT user_id, line, {columns} FROM import_users) AS i
-    ORDER BY user_id, line DESC
-), updated AS (
-    UPDATE users AS u SET {sets}
-    FROM staged AS s
-    WHERE u.app_id = $1 AND u.external_id = s.user_id AND ({old}) IS DISTINCT FROM ({new})
-    RETURNING 1
-), inserted AS (
-    INSERT INTO users AS u (app_id, external_id, {columns})
-    SELECT $1, s.user_id, {values} FROM staged AS s
-    WHERE NOT EXISTS (SELECT FROM users AS k WHERE k.app_id = $1 AND k.external_id = s.user_id)
-    ON CONFLICT (app_id, external_id) DO NOTHING
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM inserted) AS inserted, (SELECT count(*) FROM updated) AS updated,
-       (SELECT count(*) FROM import_users) AS known
+    update = f"""{staged}
+UPDATE users AS u SET {sets}
+FROM staged AS s
+WHERE u.app_id = $1 AND u.external_id = s.user_id AND ({old}) IS DISTINCT FROM ({new})
 """
+    return insert, update
 
 
 # Index: users_app_external_id_key (unique). The bulk import's chunk of users
-# (store/staging.py's import_users) in one statement: new ones inserted, known ones
-# updated only where an attribute differs (a second import of the file changes 0 rows).
-# A user twice in the chunk: the last line wins. $1: the app.
-UPSERT_STAGED_USERS = upsert_staged_users_statement(USER_ATTRIBUTES)
+# (store/staging.py's import_users) in two statements (staged_users_statements says why),
+# run in this order in the chunk's transaction: the users new to the app inserted, then
+# the known ones (those a concurrent import inserted meanwhile included) updated only
+# where an attribute differs: a second import of the file changes 0 rows. A user twice in
+# the chunk: the last line wins. $1: the app.
+INSERT_STAGED_USERS = staged_users_statements(USER_ATTRIBUTES)[0]
+UPDATE_STAGED_USERS = staged_users_statements(USER_ATTRIBUTES)[1]
 
 # Indexes: topics_app_key_key, users_app_external_id_key. The bulk import's chunk of
 # subscriptions (import_subscriptions), first step: the topics new to the app, for rows of
@@ -213,11 +211,15 @@ UPSERT_STAGED_USERS = upsert_staged_users_statement(USER_ATTRIBUTES)
 # same moment is waited for (ON CONFLICT) and, committed, is seen by SUBSCRIBE_STAGED's
 # fresh snapshot; in one statement with the subscribing, its rows were missed (measured:
 # 100 of 600 lines with chunks on three connections). Sorted: concurrent chunks take the
-# keys in one order. $1: the app.
+# keys in one order. Users and topics are found by their index, a scalar subquery per row,
+# here and in SUBSCRIBE_STAGED: joined, the planner hashed every user of the app for each
+# chunk (a sequential scan of 1,000,000 users, ~0.25 s of each statement per 20,000 rows,
+# EXPLAIN ANALYZE on the loaded 2-core machine; UPSERT_STAGED_DEVICES says more). $1: the
+# app.
 INSERT_STAGED_TOPICS = """
 INSERT INTO topics (app_id, key)
 SELECT DISTINCT $1::integer, s.topic FROM import_subscriptions AS s
-WHERE EXISTS (SELECT FROM users AS u WHERE u.app_id = $1 AND u.external_id = s.user_id)
+WHERE (SELECT true FROM users AS u WHERE u.app_id = $1 AND u.external_id = s.user_id)
 ORDER BY 2
 ON CONFLICT (app_id, key) DO NOTHING
 """
@@ -230,11 +232,13 @@ ON CONFLICT (app_id, key) DO NOTHING
 # a subscription would never reach. $1: the app.
 SUBSCRIBE_STAGED = """
 WITH staged AS MATERIALIZED (
-    SELECT s.line, CASE WHEN src.prefix IS NULL THEN t.id END AS topic_id, u.id AS uid,
+    SELECT s.line,
+           CASE WHEN src.prefix IS NULL THEN
+               (SELECT t.id FROM topics AS t WHERE t.app_id = $1 AND t.key = s.topic)
+           END AS topic_id,
+           (SELECT u.id FROM users AS u WHERE u.app_id = $1 AND u.external_id = s.user_id) AS uid,
            src.prefix IS NOT NULL AS sourced
     FROM import_subscriptions AS s
-    LEFT JOIN users AS u ON u.app_id = $1 AND u.external_id = s.user_id
-    LEFT JOIN topics AS t ON t.app_id = $1 AND t.key = s.topic
     LEFT JOIN LATERAL (
         SELECT prefix FROM sources
         WHERE app_id = $1 AND starts_with(s.topic, prefix) AND length(s.topic) > length(prefix)
@@ -271,11 +275,18 @@ LIMIT $4
 """
 
 
-async def upsert_staged_users(conn: asyncpg.Connection, *, app_id: int) -> StagedOutcome:
-    """Write the staged chunk of users into the app's users (``UPSERT_STAGED_USERS``)."""
-    row = await conn.fetchrow(UPSERT_STAGED_USERS, app_id)
-    inserted, updated = row["inserted"], row["updated"]
-    return StagedOutcome(inserted, updated, row["known"] - inserted - updated, [])
+async def insert_staged_users(conn: asyncpg.Connection, *, app_id: int) -> int:
+    """Insert the staged chunk's users the app does not have (``INSERT_STAGED_USERS``);
+    how many. Then ``update_staged_users``, in the same transaction."""
+    status: str = await conn.execute(INSERT_STAGED_USERS, app_id)
+    return int(status.split()[-1])
+
+
+async def update_staged_users(conn: asyncpg.Connection, *, app_id: int) -> int:
+    """Set the staged chunk's attributes on the app's users where they differ
+    (``UPDATE_STAGED_USERS``); how many users changed."""
+    status: str = await conn.execute(UPDATE_STAGED_USERS, app_id)
+    return int(status.split()[-1]) if status.startswith("UPDATE") else 0
 
 
 async def insert_staged_topics(conn: asyncpg.Connection, *, app_id: int) -> None:

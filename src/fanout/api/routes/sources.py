@@ -1,8 +1,8 @@
 """Sources (issue #25): an app's topic prefixes bound to a query over the app's own tables.
 
-Admin routes, under the app they are for: a source's query is SQL run with fanout's own
-database role, which could read any app's rows; only the operator adds one (an app's keys,
-whatever their scopes, are refused with 403).
+Admin routes, under the app they are for: a source's query runs as FANOUT_SOURCE_ROLE,
+read-only, with what the operator grants that role (which may span apps' tables); only the
+operator adds one (an app's keys, whatever their scopes, are refused with 403).
 """
 
 from __future__ import annotations
@@ -16,10 +16,22 @@ from fastapi.exceptions import RequestValidationError
 from fanout.api import schemas
 from fanout.api.auth import Admin
 from fanout.api.state import Pool, State
-from fanout.sources import SourceRefused, check_prefix, check_source, run_checked
+from fanout.sources import (
+    SourceRefused,
+    SourcesUnavailable,
+    check_prefix,
+    check_source,
+    run_checked,
+)
 from fanout.store import apps, sources
 
 router = APIRouter(tags=["sources"])
+
+# The routes that run a source's query: 503 when its role cannot be used.
+_CHECKED_PROBLEMS = {
+    **schemas.problems(401, 403, 404),
+    503: {"model": schemas.Problem, "description": schemas.PROBLEMS["503-sources"]},
+}
 
 
 def _source_out(source: sources.Source) -> schemas.SourceOut:
@@ -51,7 +63,7 @@ async def list_sources(app: schemas.AppPath, _: Admin, pool: Pool) -> list[schem
     return [_source_out(source) for source in found]
 
 
-@router.put("/v1/apps/{app}/sources/{prefix}", responses=schemas.problems(401, 403, 404))
+@router.put("/v1/apps/{app}/sources/{prefix}", responses=_CHECKED_PROBLEMS)
 async def put_source(
     app: schemas.AppPath,
     prefix: schemas.SourcePrefixPath,
@@ -72,16 +84,22 @@ async def put_source(
                 user_column=body.column,
                 sample_key=body.sample_key,
                 time_limit=state.settings.source_check_timeout_seconds,
+                role=state.settings.source_role,
             )
             stored = await sources.put_source(
                 conn, app_id=app_id, prefix=prefix, query=query, user_column=body.column
             )
     except SourceRefused as refused:
         raise _refused(refused) from None
+    except SourcesUnavailable as unavailable:
+        raise HTTPException(503, str(unavailable)) from None
     return _source_out(stored)
 
 
-@router.get("/v1/apps/{app}/sources/{prefix}/test", responses=schemas.problems(401, 403, 404))
+@router.get(
+    "/v1/apps/{app}/sources/{prefix}/test",
+    responses=_CHECKED_PROBLEMS,
+)
 async def test_source(
     app: schemas.AppPath,
     prefix: schemas.SourcePrefixPath,
@@ -103,9 +121,12 @@ async def test_source(
                 user_column=source.user_column,
                 key=key,
                 time_limit=state.settings.source_check_timeout_seconds,
+                role=state.settings.source_role,
             )
         except SourceRefused as refused:
             raise HTTPException(422, str(refused)) from None
+        except SourcesUnavailable as unavailable:
+            raise HTTPException(503, str(unavailable)) from None
     return schemas.SourceSampleOut(prefix=prefix, key=key, users=found.users, sample=found.sample)
 
 
