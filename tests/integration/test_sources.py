@@ -22,6 +22,7 @@ from fanout.stages.publish import InvalidPublishOption, PublishOptions, record_e
 from fanout.store import sources
 from fanout.store.apps import DEFAULT_APP_ID
 from fanout.store.recipients import PageFilter
+from fanout.tags import compile_filter
 from tests.helpers import Topic, batches_of, device_counts, drain, make_topic
 
 PLAIN = Notification(title="New chapter")
@@ -228,6 +229,43 @@ async def test_a_source_that_cannot_serve_is_refused_saying_why(
                 role=settings.source_role,
             )
     assert says in str(refused.value)
+
+
+async def test_a_filtered_event_on_a_sourced_topic_reaches_the_matching_followers_only(
+    pool: asyncpg.Pool, queues: Queues, settings: Settings
+) -> None:
+    """A tag filter over a source's members: its pages decide the filter for the page at
+    once (store/sources.py MEMBER_FILTERED_PAGE), the followers left out counted."""
+    await follow_table(pool)
+    await add_source(pool, settings, "author:", FOLLOWERS)
+    author = secrets.randbelow(2**40)
+    users = await make_topic(pool, 40)
+    chosen = await followers(pool, author, users)
+    premium = set(users.user_ids[::4])  # half of the followers (every other user follows)
+    await pool.execute(
+        """UPDATE users SET tags = CASE WHEN id = ANY($2::bigint[])
+                                        THEN '{"plan": "premium"}'::jsonb ELSE '{"plan": "free"}'::jsonb END
+           WHERE id = ANY($1::bigint[])""",
+        users.user_ids,
+        list(premium),
+    )
+    device_of = dict(zip(users.user_ids, users.device_ids, strict=True))
+    expected = {device_of[u] for u in premium} & chosen
+    settings = settings.model_copy(update={"shard_size": 7, "page_size": 3})
+    options = PublishOptions(tag_filter=compile_filter({"tags": {"plan": "premium"}}))
+
+    event = await record_event(pool, PLAIN, topic=f"author:{author}", options=options)
+    await plan_event(event.event_id, pool, queues, settings)
+    for body in await drain(queues.fanout):
+        task = decode(body)
+        assert isinstance(task, FanoutTask) and task.shard is not None
+        await run_shard(event.event_id, task.shard, pool, queues, settings)
+
+    counts = device_counts(batches_of(await drain(queues.delivery)))
+    assert set(counts) == expected and set(counts.values()) == {1}
+    status = await load_event_status(pool, event.event_id)
+    assert status is not None
+    assert status.held_back == {"filtered": len(chosen) - len(expected)}
 
 
 # The sandbox (FANOUT_SOURCE_ROLE): a source's query reads only what the operator granted

@@ -156,20 +156,3 @@ def naming_the_database(dsn: str, setting: str = "FANOUT_DATABASE_URL") -> Itera
     except _REFUSING as exc:
         where = database_address(dsn)
         raise Unreachable("the database", where, setting, str(exc), refused=True) from exc
-
-
-async def fetch_planned_for_its_values(
-    conn: asyncpg.Connection, query: str, *args: object
-) -> list[asyncpg.Record]:
-    """Run a filtered page (``fragments.filtered_recipients_query``) planned for its own
-    values. After five executions of a prepared statement PostgreSQL may switch to its
-    generic plan, which estimates the page's window (``LIMIT $4``) at one row and joined it
-    to the matched users by a nested loop over them: 1.9 s a page instead of 52 ms
-    (EXPLAIN ANALYZE EXECUTE under force_generic_plan, 5,000 of 100,000 subscribers). A
-    plan per page costs about a millisecond. In a transaction of its own, so that the
-    setting ends with it (inside a caller's transaction, a savepoint: it ends with theirs).
-    """
-    async with conn.transaction():
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
-    return rows

@@ -16,11 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 
 import asyncpg
 
-from fanout.store.connection import fetch_planned_for_its_values
 from fanout.store.fragments import (
     DEVICE_PLATFORM,
     DEVICE_WIRE,
@@ -179,8 +177,7 @@ async def topic_recipients_page(
     (NULL: sent to), and a fifth: for those deferred by their quiet hours at ``at``
     (default now), when their window ends (``TOPIC_RECIPIENTS_PAGE``; with
     ``tag_filtered``, an event with a tag filter: ``TOPIC_FILTERED_PAGE``)."""
-    fetch = partial(fetch_planned_for_its_values, conn) if tag_filtered else conn.fetch
-    rows: list[asyncpg.Record] = await fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         TOPIC_FILTERED_PAGE if tag_filtered else TOPIC_RECIPIENTS_PAGE,
         topic_id,
         after_user_id,
@@ -321,8 +318,7 @@ async def app_recipients_page(
 ) -> list[asyncpg.Record]:
     """``topic_recipients_page`` over every user of the app (an event with a tag filter and
     no topic) (``APP_RECIPIENTS_PAGE``)."""
-    rows = await fetch_planned_for_its_values(
-        conn,
+    rows: list[asyncpg.Record] = await conn.fetch(
         APP_RECIPIENTS_PAGE,
         app_id,
         after_user_id,

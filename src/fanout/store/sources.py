@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 
 import asyncpg
 
-from fanout.store.connection import fetch_planned_for_its_values
 from fanout.store.fragments import (
     filtered_recipients_query,
     recipients_query,
@@ -488,8 +486,7 @@ async def member_recipients_page(
     """recipients.topic_recipients_page over the event's members rather than the topic's
     subscriptions (``MEMBER_RECIPIENTS_PAGE``; with ``tag_filtered``,
     ``MEMBER_FILTERED_PAGE``)."""
-    fetch = partial(fetch_planned_for_its_values, conn) if tag_filtered else conn.fetch
-    rows: list[asyncpg.Record] = await fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         MEMBER_FILTERED_PAGE if tag_filtered else MEMBER_RECIPIENTS_PAGE,
         topic_id,
         after_user_id,
