@@ -5,13 +5,12 @@ many as it has ``$N``), and nothing outside the store runs SQL of its own."""
 from __future__ import annotations
 
 import ast
-import contextlib
 import importlib
 import inspect
 import pkgutil
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -111,8 +110,6 @@ class RecordingConnection:
         self.pipelined = False  # the statement ran through executemany/fetchmany
 
     async def _run(self, query: str, *args: Any) -> Any:
-        if query.lstrip().upper().startswith("SET LOCAL "):  # a setting, not a statement
-            return None
         self.calls.append((query, args))
         raise _Ran
 
@@ -121,10 +118,6 @@ class RecordingConnection:
         self.calls.append((query, tuple(each[0])))
         self.pipelined = True
         raise _Ran
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
-        yield
 
     execute = fetch = fetchrow = fetchval = _run
     executemany = fetchmany = _run_many
