@@ -2,7 +2,7 @@
 
     python bench/chaos.py [--devices 100000] [--scenarios pg-fast-fanout,poison] [--json]
                           [--timeout 180] [--stall 120] [--seed 1] [--apps 1] [--direct 0]
-                          [--coalesce]
+                          [--coalesce] [--live-activity]
 
 Every part runs in its own process: a private PostgreSQL (restarted at will), moto's
 SQS server (killed at will), a counting sink behind a proxy that can stall, one fan-out
@@ -28,6 +28,10 @@ and not terminal.
 With ``--source`` each topic's subscribers are instead an author's followers in an app's own
 table (``chaosapp.follows``, indexed), bound to ``author:`` by a source, and the event goes
 to ``author:N``: read once at planning into the event's members, through the same faults.
+With ``--live-activity`` a Live Activity of the first app holds a push token for each device
+of its topic, and each scenario publishes an update to it beside the topic events: the sink
+counts the update's pushes per token like an event's per device (lost, duplicates), through
+the same faults.
 With ``--apps N`` the devices are split over N apps (``chaos-1`` …), each with a topic of
 its own, and a scenario publishes an event to each at once; the sink counts each event's
 pushes, so lost and duplicates are counted per app. A fault's point is judged over all
@@ -72,13 +76,14 @@ from fanout.local.sink import ADDRESSED_TO
 from fanout.local.sqs_server import MotoServer
 from fanout.local.stalling_proxy import StallingProxy
 from fanout.local.workers import WorkerProcess, worker_environment
-from fanout.notification import Notification
+from fanout.notification import LiveActivity, Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import Queues, open_client, open_queues
 from fanout.sources import check_source
 from fanout.stages.group_commit import Enqueuer, GroupCommit
+from fanout.stages.live_activity import publish_update
 from fanout.stages.publish import PublishOptions, prepare_event, publish
-from fanout.store import apps, connect, create_pool, seeding, sources
+from fanout.store import apps, connect, create_pool, live_activities, seeding, sources
 from fanout.store.lifecycle import FANNING, EventState
 from fanout.store.migrate import migrate
 from fanout.webhooks.addresses import system_resolver
@@ -133,6 +138,7 @@ class Audience:
     app: str
     topic: str
     devices: int
+    activity: str | None = None  # a Live Activity's key: the event is an update to it
 
 
 @dataclass(frozen=True)
@@ -452,10 +458,10 @@ async def _register_hooks(
 ) -> None:
     conn = await connect(database_url)
     try:
-        for audience in audiences:
+        for app_id in dict.fromkeys(a.app_id for a in audiences):  # an endpoint per app
             await register(
                 conn,
-                app_id=audience.app_id,
+                app_id=app_id,
                 url=url,
                 kinds=["event.finished", "devices.retired", "devices.failed"],
                 keyring=keyring(settings),
@@ -718,14 +724,20 @@ async def _publish(
     minute, if given); their ids."""
     options = PublishOptions(throttle_per_minute=throttle)
     pool = await create_pool(settings, min_size=1, max_size=len(audiences))
-    try:
-        published = await asyncio.gather(
-            *(
-                publish(pool, queues, NOTE, app_id=a.app_id, topic=a.topic, options=options)
-                for a in audiences
+
+    async def one(audience: Audience) -> int:
+        if audience.activity is not None:
+            done = await publish_update(
+                pool, queues, LIVE_NOTE, activity_key=audience.activity, app_id=audience.app_id
             )
+            return int(done.published.event_id)
+        published = await publish(
+            pool, queues, NOTE, app_id=audience.app_id, topic=audience.topic, options=options
         )
-        return [int(p.event_id) for p in published]
+        return int(published.event_id)
+
+    try:
+        return list(await asyncio.gather(*(one(a) for a in audiences)))
     finally:
         await pool.close()
 
@@ -869,7 +881,12 @@ async def seed_direct(conn: asyncpg.Connection, count: int) -> list[tuple[str, i
 
 
 async def prepare_template(
-    pg: PrivatePostgres, devices: int, app_count: int, *, sourced: bool = False
+    pg: PrivatePostgres,
+    devices: int,
+    app_count: int,
+    *,
+    sourced: bool = False,
+    live_activity: bool = False,
 ) -> list[Audience]:
     """A migrated database with topics of ``devices`` subscribers in all, one APNs device
     each, for every scenario to clone: one topic of the default app, or with ``app_count``
@@ -895,11 +912,35 @@ async def prepare_template(
                 share = devices // app_count + (i < devices % app_count)
                 seeded = await seed(conn, share, 1, shape, app=key)
                 audiences.append(Audience(app.id, key, seeded.topic, seeded.devices))
+        activity = await _live_activity(conn, audiences[0]) if live_activity else None
         if sourced:
             audiences = [await _follow_table(conn, a, n) for n, a in enumerate(audiences, 1)]
-        return audiences
+        return audiences + ([activity] if activity else [])
     finally:
         await conn.close()
+
+
+# --live-activity: an update to an activity whose tokens are the first topic's devices' own.
+LIVE_NOTE = Notification(
+    kind="liveactivity",
+    priority="normal",
+    live_activity=LiveActivity(event="update", content_state={"minute": 90}),
+)
+
+
+async def _live_activity(conn: asyncpg.Connection, audience: Audience) -> Audience:
+    key = "chaos-match"
+    activity_id = await live_activities.find_or_create_activity(
+        conn, app_id=audience.app_id, activity_key=key
+    )
+    topic_id = await conn.fetchval(
+        "SELECT id FROM topics WHERE app_id = $1 AND key = $2", audience.app_id, audience.topic
+    )
+    tokens = await seeding.seed_live_activity_tokens(
+        conn, activity_id=activity_id, topic_id=topic_id
+    )
+    await conn.execute("ANALYZE")
+    return Audience(audience.app_id, f"{audience.app} live activity", key, tokens, key)
 
 
 # --source: an app's own follow table (indexed by author, as an app would have it) and a
@@ -990,7 +1031,9 @@ async def main_async(args: argparse.Namespace) -> None:
         raise SystemExit(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
     args.logs = Path(tempfile.mkdtemp(prefix="fanout-chaos-"))
     with PrivatePostgres() as pg, MotoServer(log_file=args.logs / "moto.log") as moto:
-        audiences = await prepare_template(pg, args.devices, args.apps, sourced=args.source)
+        audiences = await prepare_template(
+            pg, args.devices, args.apps, sourced=args.source, live_activity=args.live_activity
+        )
         conn = await connect(pg.url("chaos_template"))
         try:
             direct = await seed_direct(conn, args.direct)
@@ -1004,7 +1047,10 @@ async def main_async(args: argparse.Namespace) -> None:
             "FANOUT_SINK_URL": "<stalling proxy> -> fanout sink (fresh each scenario)",
             "FANOUT_SHARD_SIZE": str(max(1000, devices // 4)),
         }
-        over = f" over {len(audiences)} apps, an event each" if len(audiences) > 1 else ""
+        app_count = len({a.app_id for a in audiences})
+        over = f" over {app_count} apps, an event each" if app_count > 1 else ""
+        if args.live_activity:
+            over += f", and a Live Activity update to {audiences[-1].devices:,} tokens"
         print(f"chaos: {devices:,} devices{over}, 1 fan-out + {DELIVERY_WORKERS} delivery workers")
         for key, value in shown.items():
             print(f"  {key}={value}")
@@ -1053,6 +1099,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--direct", type=int, default=0, help="users sent a 1:1 send each, as a stream, too"
+    )
+    parser.add_argument(
+        "--live-activity",
+        action="store_true",
+        help="an update to a Live Activity holding a token for each device of the first "
+        "topic, published beside the topic events (issue #23)",
     )
     parser.add_argument(
         "--source",
