@@ -403,7 +403,7 @@ def publish(
     from fanout.queue.sqs import open_client, open_queues
     from fanout.stages.publish import InvalidPublishOption
     from fanout.stages.publish import publish as do_publish
-    from fanout.store import create_pool
+    from fanout.store import apps, create_pool
 
     settings = _settings()
     asked = {"title": title, "thread_id": thread_id, "interruption_level": interruption_level}
@@ -437,14 +437,19 @@ def publish(
             "filter": tag_filter,
         }
     )
-    if critical_asked(request.notification) and not settings.apns_allow_critical:
-        raise typer.BadParameter(CRITICAL_NOT_ALLOWED, param_hint="--interruption-level")
+    critical = critical_asked(request.notification) is not None
 
     async def main() -> int:
         pool = await create_pool(settings)
         try:
             async with pool.acquire() as conn:
                 found = await _app_named(conn, app_key)
+                if critical and not await apps.allows_critical(
+                    conn, app_id=found.id, default=settings.apns_allow_critical
+                ):
+                    raise typer.BadParameter(
+                        CRITICAL_NOT_ALLOWED, param_hint="--interruption-level"
+                    )
             async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
                 queues = await open_queues(client, settings)
                 published = await do_publish(
@@ -478,7 +483,7 @@ def _publish_batch(path: Path, app_key: str) -> None:
     from fanout.queue.sqs import open_client, open_queues
     from fanout.stages.group_commit import Enqueuer, GroupCommit
     from fanout.stages.publish import publish as do_publish
-    from fanout.store import create_pool
+    from fanout.store import apps, create_pool
 
     settings = _settings()
     try:
@@ -494,6 +499,13 @@ def _publish_batch(path: Path, app_key: str) -> None:
         try:
             async with pool.acquire() as conn:
                 found = await _app_named(conn, app_key)
+                allowed = await apps.allows_critical(
+                    conn, app_id=found.id, default=settings.apns_allow_critical
+                )
+
+            async def allow_critical() -> bool:
+                return allowed
+
             async with open_client(settings, max_attempts=CLI_SQS_ATTEMPTS) as client:
                 queues = await open_queues(client, settings)
 
@@ -534,7 +546,7 @@ def _publish_batch(path: Path, app_key: str) -> None:
                         app_id=found.id,
                         api_key_id=None,
                         batch_max_bytes=settings.batch_max_bytes,
-                        allow_critical=settings.apns_allow_critical,
+                        allow_critical=allow_critical,
                         at=(),
                     )
                     bad = 0
@@ -1399,6 +1411,7 @@ def apps_show(key: str, json: JsonOutput = False) -> None:
             "created_at": found.created_at.isoformat(),
             "settings": found.settings,
             "default_throttle_per_minute": found.default_throttle_per_minute,
+            "allow_critical": found.allow_critical,
             "credentials": {
                 c.provider: {
                     **c.identity,
@@ -1413,6 +1426,8 @@ def apps_show(key: str, json: JsonOutput = False) -> None:
     typer.echo(f"{found.key}  {found.name}  (created {found.created_at:%Y-%m-%d %H:%M} UTC)")
     if found.default_throttle_per_minute:
         typer.echo(f"  paces its events at {found.default_throttle_per_minute}/min by default")
+    if found.allow_critical is not None:
+        typer.echo(f"  critical alerts: {'allowed' if found.allow_critical else 'refused'}")
     if not credentials:
         typer.echo("  no credentials: `fanout apps credentials set` stores them")
     for c in credentials:
@@ -1430,6 +1445,14 @@ def apps_settings(
             "0 clears it (unpaced)."
         ),
     ] = None,
+    allow_critical: Annotated[
+        str | None,
+        typer.Option(
+            help="true once Apple has granted the app the critical-alerts entitlement (its "
+            "critical alerts are accepted), false (refused), or default (the deployment's "
+            "FANOUT_APNS_ALLOW_CRITICAL decides)."
+        ),
+    ] = None,
 ) -> None:
     """Change an app's settings (as PATCH /v1/apps/{app}); prints them."""
     from fanout.api.schemas import MAX_THROTTLE_PER_MINUTE
@@ -1440,19 +1463,33 @@ def apps_settings(
             f"must be 1 to {MAX_THROTTLE_PER_MINUTE} devices a minute, or 0 to clear it",
             param_hint="--throttle",
         )
+    critical_choices: dict[str, bool | None] = {"true": True, "false": False, "default": None}
+    if allow_critical is not None and allow_critical not in critical_choices:
+        raise typer.BadParameter(
+            f"must be true, false or default, not {allow_critical!r}",
+            param_hint="--allow-critical",
+        )
 
     async def change(conn: Any) -> apps.App:
         found: apps.App = await _app_named(conn, key)
-        if throttle is None:
-            return found
-        changed = await apps.set_default_throttle(
-            conn, key=key, throttle_per_minute=throttle or None
-        )
-        return changed or found
+        if throttle is not None:
+            changed = await apps.set_default_throttle(
+                conn, key=key, throttle_per_minute=throttle or None
+            )
+            found = changed or found
+        if allow_critical is not None:
+            changed = await apps.set_allow_critical(
+                conn, key=key, allow_critical=critical_choices[allow_critical]
+            )
+            found = changed or found
+        return found
 
     found = _with_connection(change)
     pace = found.default_throttle_per_minute
     typer.echo(f"{found.key}  default throttle: {f'{pace}/min' if pace else 'none (unpaced)'}")
+    own = found.allow_critical
+    critical = "default (FANOUT_APNS_ALLOW_CRITICAL)" if own is None else str(own).lower()
+    typer.echo(f"{found.key}  allow critical: {critical}")
 
 
 @apps_app.command("delete")

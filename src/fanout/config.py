@@ -200,8 +200,9 @@ class Settings(BaseSettings):
     apns_sandbox_endpoint: str = "https://api.sandbox.push.apple.com"
     apns_allow_critical: bool = Field(
         default=False,
-        description="Publishing critical alerts (interruption_level critical): only once "
-        "Apple has granted the app the critical-alerts entitlement.",
+        description="Publishing critical alerts (interruption_level critical) for the apps "
+        "without an allow_critical of their own: only once Apple has granted them the "
+        "critical-alerts entitlement.",
     )
     fcm_credentials_file: str | None = Field(default=None, description="Service-account JSON.")
     fcm_credentials: SecretStr | None = Field(default=None, description="The JSON's text.")

@@ -405,7 +405,9 @@ def _live_activity_problems(notification: Notification) -> list[InitErrorDetails
 
 CRITICAL_NOT_ALLOWED = (
     "a critical alert sounds through mute and Focus, and needs the entitlement Apple "
-    "grants per app: once the app has it, set FANOUT_APNS_ALLOW_CRITICAL=true"
+    "grants per app: once the app has it, set the app's allow_critical (PATCH "
+    "/v1/apps/{app}, `fanout apps settings APP --allow-critical true`), or "
+    "FANOUT_APNS_ALLOW_CRITICAL=true for the apps without a setting of their own"
 )
 
 

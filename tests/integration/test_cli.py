@@ -409,6 +409,32 @@ def test_a_publish_its_kind_refuses_names_the_option(
     assert "Traceback" not in refused.stderr
 
 
+def test_an_apps_allow_critical_is_set_from_the_command_line_and_lets_it_publish(
+    settings: Settings,
+) -> None:
+    assert fanout(settings, "queues", "create").returncode == 0
+    app = f"crit-{secrets.token_hex(3)}"
+    assert fanout(settings, "apps", "create", app).returncode == 0
+    critical = ("publish", "author:k", "--title", "t", "--interruption-level", "critical")
+    refused = fanout(settings, *critical, "--app", app)
+    assert refused.returncode == 2 and "--interruption-level" in refused.stderr
+    bad = fanout(settings, "apps", "settings", app, "--allow-critical", "yes")
+    assert bad.returncode == 2 and "--allow-critical" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
+    changed = fanout(settings, "apps", "settings", app, "--allow-critical", "true")
+    assert changed.returncode == 0 and "allow critical: true" in changed.stdout, changed.stderr
+    assert "critical alerts: allowed" in fanout(settings, "apps", "show", app).stdout
+    shown = orjson.loads(fanout(settings, "apps", "show", app, "--json").stdout)
+    assert shown["allow_critical"] is True
+    published = fanout(settings, *critical, "--app", app)
+    assert published.returncode == 0, published.stderr
+    # Another app, without a setting of its own, is refused (the deployment's default).
+    assert fanout(settings, *critical).returncode == 2
+    reset = fanout(settings, "apps", "settings", app, "--allow-critical", "default")
+    assert "allow critical: default" in reset.stdout, reset.stderr
+    assert fanout(settings, *critical, "--app", app).returncode == 2
+
+
 def test_frequency_caps_from_the_command_line(settings: Settings) -> None:
     set_ = fanout(settings, "caps", "set", "digest", "--max", "3", "--window", "86400")
     assert set_.returncode == 0 and "set the cap of digest" in set_.stderr

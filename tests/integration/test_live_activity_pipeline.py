@@ -16,6 +16,8 @@ from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.reconciler import reconcile_once
 from fanout.stages.live_activity import publish_update
 from fanout.stages.publish import cancel
+from fanout.store import webhooks
+from fanout.store.apps import DEFAULT_APP_ID
 from tests.helpers import add_live_activity_tokens, batches_of, drain, run_everything, status
 
 ACTIVITY = "match:superseded"
@@ -140,6 +142,44 @@ async def test_a_lost_batch_is_re_read_from_the_activitys_tokens(
     found = await status(sharded, event_id)
     assert (found.status, found.sent) == ("delivered", 120)
     assert sink.sink.ledger.unique == 120
+
+
+async def test_a_batch_given_up_reports_its_activitys_tokens_failed(
+    sharded: Pipeline, sink: EmbeddedSink
+) -> None:
+    """A Live Activity update's batches given up by the reconciler: the devices.failed
+    webhook lists the activity's tokens (device_id: the token's id, live_activity true)."""
+    sharded.settings = sharded.settings.model_copy(update={"reconcile_max_resends": 2})
+    async with sharded.pool.acquire() as conn:
+        await webhooks.insert_endpoint(
+            conn,
+            app_id=DEFAULT_APP_ID,
+            url="https://hooks.example.com/fanout",
+            kinds=["devices.failed"],
+            secret_sealed=b"unused",
+            kek_id="unused",
+        )
+    tokens = await add_live_activity_tokens(sharded.pool, ACTIVITY, 30)
+    event_id = await publish(sharded, update(5))
+    while bodies := await drain(sharded.queues.fanout, idle_polls=1):
+        for body in bodies:
+            await sharded.handle(body)
+    for _ in range(4):  # every batch and every resend of it is lost
+        await drain(sharded.queues.delivery, idle_polls=1)
+        await reconcile_once(
+            sharded.pool, sharded.queues, sharded.settings, look_ahead=3600, event_id=event_id
+        )
+    assert (await status(sharded, event_id)).failed == 30
+    async with sharded.pool.acquire() as conn:
+        payloads = [
+            row["payload"]
+            for row in await conn.fetch(
+                "SELECT payload FROM webhook_deliveries WHERE kind = 'devices.failed'"
+            )
+        ]
+    assert payloads and all(p["live_activity"] for p in payloads)
+    assert sorted(d["token"] for p in payloads for d in p["devices"]) == sorted(tokens)
+    assert sink.sink.ledger.unique == 0
 
 
 async def test_an_end_dismissed_in_the_past_still_reaches_every_token(

@@ -22,7 +22,8 @@ from fanout.runtime.reconciler import reconcile_once
 from fanout.stages.delivery import deliver_batch
 from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.publish import NotificationTooLarge, publish, record_event
-from fanout.store import batches, shards
+from fanout.store import batches, shards, webhooks
+from fanout.store.apps import DEFAULT_APP_ID
 from tests.helpers import add_device, batches_of, drain, make_topic, run_everything, status
 
 NOTE = Notification(title="New book")
@@ -251,6 +252,94 @@ async def test_work_resent_too_often_is_given_up_so_the_event_still_ends(
     final = await status(pipeline, event.event_id)
     assert (final.status, final.failed) == ("failed", 5)
     assert any("given up" in reason for reason in final.failure_reasons)
+
+
+async def _wanting_devices_failed(pipeline: Pipeline) -> None:
+    """An endpoint of the default app wanting devices.failed (never called here: the test
+    reads the outbox)."""
+    async with pipeline.pool.acquire() as conn:
+        await webhooks.insert_endpoint(
+            conn,
+            app_id=DEFAULT_APP_ID,
+            url="https://hooks.example.com/fanout",
+            kinds=["devices.failed"],
+            secret_sealed=b"unused",
+            kek_id="unused",
+        )
+
+
+async def _failed_rows(pipeline: Pipeline) -> list[dict[str, object]]:
+    async with pipeline.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT payload FROM webhook_deliveries WHERE kind = 'devices.failed' ORDER BY id"
+        )
+    return [row["payload"] for row in rows]
+
+
+async def test_a_batch_given_up_writes_the_devices_failed_webhook_naming_its_devices(
+    pipeline: Pipeline,
+) -> None:
+    """The reconciler's give-up fails the batch's devices for good: the backend hears of
+    them as it does of those the delivery saw fail, one row per batch, with the fact."""
+    small(pipeline, reconcile_max_resends=2)
+    await _wanting_devices_failed(pipeline)
+    topic = await make_topic(pipeline.pool, 300, devices_per_user=(1, 0, 2))
+    event = await record_event(pipeline.pool, NOTE, topic=topic.key)
+    await plan_event(event.event_id, pipeline.pool, pipeline.queues, pipeline.settings)
+    await run_everything_but_delivery(pipeline)
+    for _ in range(4):  # every batch and every resend is lost
+        await drain(pipeline.queues.delivery)
+        await reconcile_once(
+            pipeline.pool,
+            pipeline.queues,
+            pipeline.settings,
+            look_ahead=LATER,
+            event_id=event.event_id,
+        )
+
+    final = await status(pipeline, event.event_id)
+    assert (final.status, final.failed) == ("failed", len(topic.device_ids))
+    rows = await _failed_rows(pipeline)
+    async with pipeline.pool.acquire() as conn:
+        batch_keys = await conn.fetch(
+            "SELECT batch_key FROM delivery_batches WHERE event_id = $1", event.event_id
+        )
+    assert len(rows) == len(batch_keys) >= 3  # one row per batch given up
+    assert {row["batch"] for row in rows} == {b["batch_key"] for b in batch_keys}
+    listed = [device for row in rows for device in row["devices"]]  # type: ignore[attr-defined]
+    assert sorted(device["device_id"] for device in listed) == sorted(topic.device_ids)
+    assert all(row["event_id"] == event.event_id for row in rows)
+    assert all(device["reason"].startswith("given up after 2 resends") for device in listed)
+    assert all(device["platform"] and device["token"] for device in listed)
+
+
+async def test_a_retry_batch_given_up_names_its_recorded_devices(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.settings = pipeline.settings.model_copy(update={"reconcile_max_resends": 2})
+    await _wanting_devices_failed(pipeline)
+    topic = await make_topic(pipeline.pool, 20, token_prefix="flaky")  # refused once each
+    event = await record_event(pipeline.pool, NOTE, topic=topic.key)
+    await plan_event(event.event_id, pipeline.pool, pipeline.queues, pipeline.settings)
+    [batch] = batches_of(await drain(pipeline.queues.delivery))
+    first = await deliver_batch(
+        batch, pipeline.pool, pipeline.queues, pipeline.providers, pipeline.settings
+    )
+    assert first.retried == 20 and await _failed_rows(pipeline) == []
+    for _ in range(4):  # the retry batch and every resend of it is lost
+        await drain(pipeline.queues.delivery)
+        await reconcile_once(
+            pipeline.pool,
+            pipeline.queues,
+            pipeline.settings,
+            look_ahead=LATER,
+            event_id=event.event_id,
+        )
+
+    [row] = await _failed_rows(pipeline)
+    assert row["batch"].endswith("/r1")  # type: ignore[attr-defined]
+    listed = row["devices"]
+    assert sorted(device["device_id"] for device in listed) == topic.device_ids  # type: ignore[attr-defined]
 
 
 async def test_a_notification_no_batch_can_carry_is_refused_at_publish(

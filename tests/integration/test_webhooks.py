@@ -501,6 +501,49 @@ async def test_an_error_answer_is_kept_short_and_the_row_tried_again(
     assert endpoint.failing_since is not None and endpoint.disabled_at is None
 
 
+async def test_a_name_public_at_registration_and_loopback_at_send_is_refused_at_send(
+    hook_pipeline: Pipeline,
+) -> None:
+    """The address is checked again before every call (a name's records can change after
+    registration, DNS rebinding): the row is not sent, its answer says why."""
+    pipeline = hook_pipeline
+    strict = pipeline.settings.model_copy(update={"webhook_allow_private": False})
+    asked: list[str] = []
+
+    async def public(host: str, port: int) -> list[str]:
+        return ["93.184.215.14"]
+
+    async def now_loopback(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return ["127.0.0.1"]
+
+    async with pipeline.pool.acquire() as conn:
+        endpoint, _ = await register(
+            conn,
+            app_id=DEFAULT_APP_ID,
+            url="https://hooks.example.com/in",
+            kinds=["devices.failed"],
+            keyring=keyring(strict),
+            resolver=public,
+            allow_private=False,
+        )
+        await webhooks.enqueue(conn, app_id=DEFAULT_APP_ID, kind="devices.failed", payload={})
+    sender = WebhookSender(pipeline.pool, strict, keyring(strict), resolver=now_loopback)
+    try:
+        done = await sender.send_due()
+    finally:
+        await sender.aclose()
+    assert asked == ["hooks.example.com"]
+    assert (done.claimed, done.delivered) == (1, 0)
+    async with pipeline.pool.acquire() as conn:
+        [row] = await webhooks.recent_deliveries(
+            conn, app_id=DEFAULT_APP_ID, endpoint_id=endpoint.id, limit=1
+        )
+    assert row.status != "delivered" and row.last_status is None
+    assert row.last_answer is not None and row.last_answer.startswith("refused:"), row.last_answer
+    assert "loopback" in row.last_answer
+
+
 async def test_opens_reach_push_opened_endpoints_aggregated_each_counted_once(
     hook_pipeline: Pipeline, receiver: Receiver
 ) -> None:

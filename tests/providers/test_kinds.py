@@ -26,7 +26,7 @@ from fanout.local.emulators.base import AcceptedPush
 from fanout.local.emulators.stack import LocalPushServices
 from fanout.providers.webpush import ENCRYPTION_OVERHEAD
 from fanout.runtime.pipeline import Pipeline
-from fanout.store import connect
+from fanout.store import apps, connect
 from tests.helpers import run_everything, status
 
 TOPIC = "com.example.books"  # the emulators' bundle id (local_push_services)
@@ -458,6 +458,30 @@ async def test_a_critical_alert_goes_out_once_the_app_is_allowed_it(
     }
     [fcm] = recording.fcm.accepted
     assert fcm.payload["apns"]["payload"] == {"aps": {"interruption-level": "critical"}}
+
+
+async def test_an_apps_own_allow_critical_wins_over_the_deployments(
+    push_pipeline: Pipeline, recording: LocalPushServices
+) -> None:
+    """FANOUT_APNS_ALLOW_CRITICAL is only the default: an app Apple has not granted the
+    entitlement, set false, is refused even where the deployment allows it."""
+    allowed = push_pipeline.settings.model_copy(update={"apns_allow_critical": True})
+    async with push_pipeline.pool.acquire() as conn:
+        await apps.set_allow_critical(conn, key=apps.DEFAULT_APP, allow_critical=False)
+    async with api_client(allowed) as api:
+        to = await audience(api, recording)
+        answer = await api.post(
+            "/v1/events",
+            json={
+                "topic": to.topic,
+                "notification": {"title": "t", "interruption_level": "critical"},
+            },
+        )
+    assert answer.status_code == 422, answer.text
+    [problem] = answer.json()["detail"]
+    assert problem["loc"] == ["body", "notification", "interruption_level"]
+    await run_everything(push_pipeline)
+    assert recording.apns.accepted == []
 
 
 async def test_a_critical_alert_is_refused_while_the_app_is_not_allowed_it(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fanout.providers import Outcome, OutcomeKind
 from fanout.queue.messages import Device
 from fanout.stages.device_outcomes import batch_detail
-from fanout.webhooks.payloads import device_reports
+from fanout.webhooks.payloads import device_reports, given_up_report
 
 DEVICES = [
     Device(1, "apns", "aa"),
@@ -59,3 +59,20 @@ def test_retries_used_up_are_failed_and_retries_to_come_are_not_reported() -> No
     [(kind, payload)] = device_reports(DEVICES, exhausted, event_id=7, batch_key="k")
     assert kind == "devices.failed" and len(payload["devices"]) == 4
     assert payload["devices"][0]["reason"] == "retries exhausted; last: 429"
+
+
+def test_a_batch_given_up_reports_every_device_failed_for_the_give_ups_reason() -> None:
+    reason = "given up after 5 resends: timeout"
+    assert given_up_report(DEVICES[:2], event_id=7, batch_key="7/0/1", reason=reason) == (
+        "devices.failed",
+        {
+            "event_id": 7,
+            "batch": "7/0/1",
+            "live_activity": False,
+            "devices": [
+                {"device_id": 1, "platform": "apns", "token": "aa", "reason": reason},
+                {"device_id": 2, "platform": "fcm", "token": "bb", "reason": reason},
+            ],
+        },
+    )
+    assert given_up_report([], event_id=7, batch_key="7/0/1", reason=reason) is None

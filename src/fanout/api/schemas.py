@@ -20,6 +20,7 @@ from pydantic import (
     PrivateAttr,
     RootModel,
     SkipValidation,
+    StrictBool,
     StringConstraints,
     ValidationError,
     WithJsonSchema,
@@ -663,6 +664,11 @@ class AppOut(BaseModel):
     default_throttle_per_minute: int | None = Field(
         default=None, description="The pace its events take unless they set throttle_per_minute."
     )
+    allow_critical: bool | None = Field(
+        default=None,
+        description="Whether it may publish critical alerts (Apple grants the entitlement "
+        "per app); null: the deployment's FANOUT_APNS_ALLOW_CRITICAL decides.",
+    )
 
 
 class AppSettingsIn(BaseModel):
@@ -676,6 +682,13 @@ class AppSettingsIn(BaseModel):
         le=MAX_THROTTLE_PER_MINUTE,
         description="Devices a minute its events go out at when their publish sets no "
         "throttle_per_minute; null: unpaced.",
+    )
+    # Strict: "yes" or 1 is refused naming the field, not read as true.
+    allow_critical: StrictBool | None = Field(
+        default=None,
+        description="true once Apple has granted the app the critical-alerts entitlement: "
+        "its critical alerts are accepted; false: refused; null: the deployment's "
+        "FANOUT_APNS_ALLOW_CRITICAL decides.",
     )
 
 

@@ -48,12 +48,14 @@ from fanout.metrics import RECONCILER_ACTIONS
 from fanout.queue.admin import observe_queue_depths
 from fanout.queue.messages import DeliveryBatch, FanoutTask
 from fanout.queue.sqs import Queue, Queues
+from fanout.stages import delivery
 from fanout.stages.batching import users_of_key
-from fanout.store import acquire, audience, batches, events, lifecycle, shards
+from fanout.store import acquire, audience, batches, events, lifecycle, shards, webhooks
 from fanout.store.batches import DueBatch
 from fanout.store.events import DueEvent, Event
 from fanout.store.lifecycle import EventState
 from fanout.store.shards import DueShard
+from fanout.webhooks.payloads import FAILED, given_up_report
 
 log = logging.getLogger(__name__)
 
@@ -259,17 +261,49 @@ async def _batch(conn: asyncpg.Connection, row: DueBatch, run: _Pass) -> _Resend
         reason = f"given up after {row.resends - 1} resends"
         if row.last_error:
             reason += f": {row.last_error}"
-        await batches.give_up_batch(conn, event_id=event_id, batch_key=key, reason=reason[:200])
+        reason = reason[:200]
+        # Its devices failed for good: the devices.failed webhook is written with the fact
+        # (the outbox), as the delivery writes those it saw fail.
+        async with conn.transaction():
+            if await batches.give_up_batch(conn, event_id=event_id, batch_key=key, reason=reason):
+                await _report_given_up(conn, row, users, reason, run)
         await lifecycle.finish(conn, event_id=event_id)
         run.report.given_up.append(f"batch {key} of event {event_id}")
         return None
     return _Resend(await _batch_message(conn, row, users, run), "batches_resent")
 
 
-async def _batch_message(
+async def _report_given_up(
+    conn: asyncpg.Connection,
+    row: DueBatch,
+    users: tuple[int, int] | None,
+    reason: str,
+    run: _Pass,
+) -> None:
+    """Write the ``devices.failed`` webhook of a batch given up, in the caller's
+    transaction: its devices re-read as its resend would read them. Only when an endpoint
+    of the event's app wants it (the re-read is a query of its own); a batch with neither
+    device ids nor users to re-read has no list to give."""
+    batch, event = await _batch_of(conn, row, users, run)
+    if not batch.rereads or not await webhooks.wants(conn, app_id=event.app_id, kind=FAILED):
+        return
+    delivery.fill_devices(batch, await delivery.batch_device_rows(conn, batch, run.settings))
+    report = given_up_report(
+        list(batch.iter_devices()),
+        event_id=row.event_id,
+        batch_key=row.batch_key,
+        reason=reason,
+        live_activity=delivery.is_live_activity(batch),
+    )
+    if report is not None:
+        kind, payload = report
+        await webhooks.enqueue(conn, app_id=event.app_id, kind=kind, payload=payload)
+
+
+async def _batch_of(
     conn: asyncpg.Connection, row: DueBatch, users: tuple[int, int] | None, run: _Pass
-) -> str:
-    """The batch's message, its devices re-read from PostgreSQL by the delivery."""
+) -> tuple[DeliveryBatch, Event]:
+    """The batch (its devices to be re-read from PostgreSQL) and its event."""
     event_id = row.event_id
     if event_id not in run.loaded:
         loaded = await events.load_event(conn, event_id=event_id)
@@ -282,6 +316,14 @@ async def _batch_message(
         batch.device_ids = list(row.device_ids)
     else:
         batch.users = users
+    return batch, event
+
+
+async def _batch_message(
+    conn: asyncpg.Connection, row: DueBatch, users: tuple[int, int] | None, run: _Pass
+) -> str:
+    """The batch's message, its devices re-read from PostgreSQL by the delivery."""
+    batch, _ = await _batch_of(conn, row, users, run)
     return batch.encode()
 
 

@@ -159,7 +159,7 @@ async def deliver_batch(
         detail,
         event_id=batch.event_id,
         batch_key=batch.key,
-        live_activity=_is_live_activity(batch),
+        live_activity=is_live_activity(batch),
     )
     try:
         await _record_outcome(
@@ -278,7 +278,7 @@ async def _record_outcome(
     async def record() -> None:
         async with acquire(pool) as conn:
             async with conn.transaction():
-                if invalid_ids and _is_live_activity(batch):  # its devices are tokens
+                if invalid_ids and is_live_activity(batch):  # its devices are tokens
                     await live_activities.retire_tokens(
                         conn, token_ids=invalid_ids, reason="invalid token"
                     )
@@ -464,7 +464,7 @@ async def _claim(
     return "busy", held.lease_left, 0
 
 
-def _is_live_activity(batch: DeliveryBatch) -> bool:
+def is_live_activity(batch: DeliveryBatch) -> bool:
     """A Live Activity update's batch: its devices are live_activity_tokens, not devices."""
     return batch.notification.get("kind") == "liveactivity"
 
@@ -481,76 +481,91 @@ async def _reread_devices(batch: DeliveryBatch, pool: asyncpg.Pool, settings: Se
     or the devices of a retry batch, read as the fan-out reads them (with its shard's
     filter: its wave's users only, those deferred or in their quiet hours held back)."""
     async with acquire(pool) as conn:
-        if batch.device_ids is not None and _is_live_activity(batch):
-            rows = await live_activities.tokens_by_id(conn, token_ids=batch.device_ids)
-        elif batch.device_ids is not None:
-            rows = await recipients.devices_by_id(conn, device_ids=batch.device_ids)
-        else:
-            assert batch.users is not None
-            event = await events.load_event(conn, event_id=batch.event_id)
-            if event is None:
-                raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}")
-            first, last = batch.users
-            tokens = live_activities.audience_of(event)
-            shard = shard_of_key(batch.key)
-            wave = None
-            if shard is not None:
-                wave = await shards.shard_wave(conn, event_id=event.id, shard=shard)
-            page_filter = await page_filter_of(conn, event, wave, settings, read_before=True)
-            # Those the fan-out deferred stay deferred (read_before); the others it chose
-            # to send: quiet hours are not judged again, unless they drop.
-            quiet = "drop" if page_filter.quiet_hours == "drop" else "ignore"
-            page_filter = replace(page_filter, quiet_hours=quiet)
-            if tokens is not None:
-                rows = await live_activities.activity_batch_tokens(
-                    conn, audience=tokens, first_token_id=first, last_token_id=last
-                )
-            elif event.user_id is not None:
-                rows = await recipients.user_recipients(
-                    conn,
-                    user_id=event.user_id,
-                    after_user_id=first - 1,
-                    event_id=event.id,
-                    category=event.notification.get("category"),
-                    page_filter=page_filter,
-                )
-            elif event.topic_id is None:  # a tag filter alone: every user of the app
-                rows = await recipients.app_batch_recipients(
-                    conn,
-                    app_id=event.app_id,
-                    first_user_id=first,
-                    last_user_id=last,
-                    event_id=event.id,
-                    category=event.notification.get("category"),
-                    page_filter=page_filter,
-                )
-            elif event.source_prefix is not None:
-                assert event.topic_id is not None
-                rows = await sources.member_batch_recipients(
-                    conn,
-                    topic_id=event.topic_id,
-                    first_user_id=first,
-                    last_user_id=last,
-                    event_id=event.id,
-                    category=event.notification.get("category"),
-                    page_filter=page_filter,
-                )
-            else:
-                assert event.topic_id is not None
-                rows = await recipients.batch_recipients(
-                    conn,
-                    topic_id=event.topic_id,
-                    first_user_id=first,
-                    last_user_id=last,
-                    event_id=event.id,
-                    category=event.notification.get("category"),
-                    page_filter=page_filter,
-                )
+        fill_devices(batch, await batch_device_rows(conn, batch, settings))
+
+
+def fill_devices(batch: DeliveryBatch, rows: Sequence[asyncpg.Record]) -> None:
+    """The batch carries the devices of ``rows`` (from ``batch_device_rows``), no longer
+    its users or device ids."""
     batch.devices = {}
     for row in rows:
         if row["wire"] is not None:
             batch.devices.setdefault(row["platform"], []).append(orjson.loads(row["wire"]))
     batch.users = batch.device_ids = None
+
+
+async def batch_device_rows(
+    conn: asyncpg.Connection, batch: DeliveryBatch, settings: Settings
+) -> Sequence[asyncpg.Record]:
+    """The rows (``platform``, ``wire``) of the devices a batch the reconciler sends again
+    (or gives up) stands for: its recorded device ids, or its range of users read as the
+    fan-out reads them."""
+    if batch.device_ids is not None and is_live_activity(batch):
+        rows = await live_activities.tokens_by_id(conn, token_ids=batch.device_ids)
+    elif batch.device_ids is not None:
+        rows = await recipients.devices_by_id(conn, device_ids=batch.device_ids)
+    else:
+        assert batch.users is not None
+        event = await events.load_event(conn, event_id=batch.event_id)
+        if event is None:
+            raise PoisonMessage(f"batch {batch.key}: unknown event {batch.event_id}")
+        first, last = batch.users
+        tokens = live_activities.audience_of(event)
+        shard = shard_of_key(batch.key)
+        wave = None
+        if shard is not None:
+            wave = await shards.shard_wave(conn, event_id=event.id, shard=shard)
+        page_filter = await page_filter_of(conn, event, wave, settings, read_before=True)
+        # Those the fan-out deferred stay deferred (read_before); the others it chose
+        # to send: quiet hours are not judged again, unless they drop.
+        quiet = "drop" if page_filter.quiet_hours == "drop" else "ignore"
+        page_filter = replace(page_filter, quiet_hours=quiet)
+        if tokens is not None:
+            rows = await live_activities.activity_batch_tokens(
+                conn, audience=tokens, first_token_id=first, last_token_id=last
+            )
+        elif event.user_id is not None:
+            rows = await recipients.user_recipients(
+                conn,
+                user_id=event.user_id,
+                after_user_id=first - 1,
+                event_id=event.id,
+                category=event.notification.get("category"),
+                page_filter=page_filter,
+            )
+        elif event.topic_id is None:  # a tag filter alone: every user of the app
+            rows = await recipients.app_batch_recipients(
+                conn,
+                app_id=event.app_id,
+                first_user_id=first,
+                last_user_id=last,
+                event_id=event.id,
+                category=event.notification.get("category"),
+                page_filter=page_filter,
+            )
+        elif event.source_prefix is not None:
+            assert event.topic_id is not None
+            rows = await sources.member_batch_recipients(
+                conn,
+                topic_id=event.topic_id,
+                first_user_id=first,
+                last_user_id=last,
+                event_id=event.id,
+                category=event.notification.get("category"),
+                page_filter=page_filter,
+            )
+        else:
+            assert event.topic_id is not None
+            rows = await recipients.batch_recipients(
+                conn,
+                topic_id=event.topic_id,
+                first_user_id=first,
+                last_user_id=last,
+                event_id=event.id,
+                category=event.notification.get("category"),
+                page_filter=page_filter,
+            )
+    return rows
 
 
 async def _send_all(

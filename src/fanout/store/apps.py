@@ -37,6 +37,13 @@ class App:
     created_at: datetime
     default_throttle_per_minute: int | None = None  # its events' pace, unless they set one
 
+    @property
+    def allow_critical(self) -> bool | None:
+        """Its own word on critical alerts (settings ``allow_critical``); None: the
+        deployment's FANOUT_APNS_ALLOW_CRITICAL decides."""
+        allowed = self.settings.get(ALLOW_CRITICAL)
+        return None if allowed is None else bool(allowed)
+
 
 @dataclass(frozen=True, slots=True)
 class AppListing:
@@ -111,6 +118,41 @@ async def set_default_throttle(
     if there is no such app (``SET_DEFAULT_THROTTLE``)."""
     row = await conn.fetchrow(SET_DEFAULT_THROTTLE, key, throttle_per_minute)
     return None if row is None else App(**row)
+
+
+# The key in apps.settings of an app's own allow_critical (absent: the deployment's).
+ALLOW_CRITICAL = "allow_critical"
+
+# Index: apps_key_key. Apple grants the critical-alerts entitlement per app, so whether an
+# app may publish them is its own setting; NULL removes it (the deployment's default then).
+SET_ALLOW_CRITICAL = """
+UPDATE apps
+SET settings = CASE WHEN $2::boolean IS NULL THEN settings - 'allow_critical'
+                    ELSE settings || jsonb_build_object('allow_critical', $2::boolean) END
+WHERE key = $1
+RETURNING id, key, name, settings, created_at, default_throttle_per_minute
+"""
+
+
+async def set_allow_critical(
+    conn: asyncpg.Connection, *, key: str, allow_critical: bool | None
+) -> App | None:
+    """Set (None: remove) the app's own allow_critical; the app after, or None if there is
+    no such app (``SET_ALLOW_CRITICAL``)."""
+    row = await conn.fetchrow(SET_ALLOW_CRITICAL, key, allow_critical)
+    return None if row is None else App(**row)
+
+
+# Index: apps_pkey. Asked only when a publish asks for a critical alert (rare): the
+# publish path of every other notification reads nothing for it.
+APP_ALLOWS_CRITICAL = "SELECT (settings -> 'allow_critical')::boolean FROM apps WHERE id = $1"
+
+
+async def allows_critical(conn: asyncpg.Connection, *, app_id: int, default: bool) -> bool:
+    """Whether the app may publish critical alerts: its own allow_critical when it has one,
+    else ``default`` (FANOUT_APNS_ALLOW_CRITICAL) (``APP_ALLOWS_CRITICAL``)."""
+    allowed: bool | None = await conn.fetchval(APP_ALLOWS_CRITICAL, app_id)
+    return default if allowed is None else allowed
 
 
 # Index: app_credentials_pkey (app_id leads), per app.

@@ -337,10 +337,11 @@ async def finish_batch(
 
 async def give_up_batch(
     conn: asyncpg.Connection, *, event_id: int, batch_key: str, reason: str
-) -> None:
-    """Mark a batch resent too often done, all its devices failed for ``reason``
-    (``GIVE_UP_BATCH``)."""
-    await conn.execute(GIVE_UP_BATCH, event_id, batch_key, reason)
+) -> bool:
+    """Mark a batch resent too often done, all its devices failed for ``reason``; False
+    if it was done already (``GIVE_UP_BATCH``)."""
+    status: str = await conn.execute(GIVE_UP_BATCH, event_id, batch_key, reason)
+    return status != "UPDATE 0"
 
 
 async def claim_due_batches(

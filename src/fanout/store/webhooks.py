@@ -112,6 +112,10 @@ WITH made AS (
 SELECT count(*) FROM made
 """
 
+# Index: webhook_endpoints_by_app. Whether any endpoint of the app wants the kind: asked
+# before reading what a webhook would list when that read costs a query of its own.
+WANTS = "SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE app_id = $1 AND $2 = ANY(kinds))"
+
 # Index: webhook_endpoints_pkey. A test delivery to one endpoint of the app, whatever
 # the kinds it wants; its id, or nothing for an endpoint the app does not have.
 ENQUEUE_TEST = """
@@ -369,6 +373,13 @@ async def enqueue(conn: asyncpg.Connection, *, app_id: int, kind: str, payload: 
     ``kind``, in the caller's transaction; how many (``ENQUEUE``)."""
     made: int = await conn.fetchval(ENQUEUE, app_id, kind, payload)
     return made
+
+
+async def wants(conn: asyncpg.Connection, *, app_id: int, kind: str) -> bool:
+    """Whether an endpoint of the app wants ``kind``, disabled or not: ``enqueue`` would
+    write a row for it (``WANTS``)."""
+    wanted: bool = await conn.fetchval(WANTS, app_id, kind)
+    return wanted
 
 
 async def count_opened(

@@ -61,3 +61,35 @@ def device_reports(
         )
         for kind, listed in sorted(found.items())
     ]
+
+
+def given_up_report(
+    devices: Sequence[Device],
+    *,
+    event_id: int,
+    batch_key: str,
+    reason: str,
+    live_activity: bool = False,
+) -> tuple[str, dict[str, Any]] | None:
+    """The ``devices.failed`` call for a batch the reconciler gave up on (resent too
+    often): every device of the batch failed for ``reason``; None if it has none."""
+    if not devices:
+        return None
+    listed = [
+        {
+            "device_id": device.id,
+            "platform": device.platform,
+            "token": device.token,
+            "reason": reason,
+        }
+        for device in devices
+    ]
+    return (
+        FAILED,
+        {
+            "event_id": event_id,
+            "batch": batch_key,
+            "live_activity": live_activity,
+            "devices": listed,
+        },
+    )

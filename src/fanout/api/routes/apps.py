@@ -48,6 +48,7 @@ def _app_out(app: apps.App, credentials: list[apps.CredentialListing]) -> schema
         name=app.name,
         created_at=app.created_at,
         default_throttle_per_minute=app.default_throttle_per_minute,
+        allow_critical=app.allow_critical,
         credentials=[
             schemas.CredentialOut(provider=c.provider, identity=c.identity, updated_at=c.updated_at)
             for c in credentials
@@ -89,12 +90,19 @@ async def update_app(
     app: schemas.AppPath, body: schemas.AppSettingsIn, _: Admin, pool: Pool
 ) -> schemas.AppOut:
     """Change the app's settings: ``default_throttle_per_minute``, the pace its events take
-    when their publish sets none (null: unpaced; events published before keep theirs)."""
+    when their publish sets none (null: unpaced; events published before keep theirs);
+    ``allow_critical``, whether it may publish critical alerts (null: the deployment's
+    FANOUT_APNS_ALLOW_CRITICAL decides)."""
     async with pool.acquire() as conn:
         found = await _app(conn, app)
         if "default_throttle_per_minute" in body.model_fields_set:
             changed = await apps.set_default_throttle(
                 conn, key=app, throttle_per_minute=body.default_throttle_per_minute
+            )
+            found = changed or found
+        if "allow_critical" in body.model_fields_set:
+            changed = await apps.set_allow_critical(
+                conn, key=app, allow_critical=body.allow_critical
             )
             found = changed or found
         return _app_out(found, await apps.app_credentials(conn, app_id=found.id))

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from fanout.api import schemas
 from fanout.api.auth import Publisher
-from fanout.api.routes.events import IDEMPOTENCY_CONFLICT, refusal
+from fanout.api.routes.events import IDEMPOTENCY_CONFLICT, critical_allowed, refusal
 from fanout.api.state import ENQUEUE_TIMEOUT_SECONDS, ApiState, State
 from fanout.errors import FanoutError
 from fanout.metrics import app_label
@@ -73,7 +73,7 @@ async def notify_users(
         app_id=key.app_id,
         api_key_id=key.id,
         batch_max_bytes=state.batch_max_bytes(),
-        allow_critical=state.settings.apns_allow_critical,
+        allow_critical=functools.partial(critical_allowed, state, key.app_id),
     )
     accepted = sum(1 for result in done if result.event_id is not None)
     created = sum(1 for result in done if result.created)
@@ -113,12 +113,15 @@ async def publish_items(
     app_id: int,
     api_key_id: int | None,
     batch_max_bytes: int,
-    allow_critical: bool,
+    allow_critical: Callable[[], Awaitable[bool]],
     at: tuple[str | int, ...] = ("body", "items"),
 ) -> list[schemas.BatchItemResult]:
     """Validate each item (``BatchNotificationIn``), commit the good ones not held as one
     group, and the held ones through ``publish_one``; a result per item, in order, its
-    problems located at ``at`` + its index (the CLI's ``--batch`` passes its own)."""
+    problems located at ``at`` + its index (the CLI's ``--batch`` passes its own).
+    ``allow_critical`` says whether the app may publish critical alerts: asked once, and
+    only if an item asks for one."""
+    allowed: bool | None = None
     results: list[schemas.BatchItemResult | None] = [None] * len(items)
     grouped: list[tuple[int, NewEvent]] = []
     held: list[tuple[int, schemas.BatchNotificationIn]] = []
@@ -134,7 +137,9 @@ async def publish_items(
                 ]
             )
             continue
-        if not allow_critical and (asked := critical_asked(item.notification)) is not None:
+        if (asked := critical_asked(item.notification)) is not None and allowed is None:
+            allowed = await allow_critical()
+        if asked is not None and not allowed:
             results[index] = _refused(
                 [
                     {

@@ -25,6 +25,7 @@ from fanout.stages.publish import (
     prepare_event,
     publish,
 )
+from fanout.store import apps
 
 router = APIRouter()
 
@@ -86,7 +87,7 @@ async def _publish(
 ) -> schemas.EventAccepted:
     """Commit the event, then try to enqueue it; if SQS is down the reconciler will. An
     event not held is committed with the publishes arriving meanwhile (group commit)."""
-    if (where := critical_refused(state, notification)) is not None:
+    if (where := await critical_refused(state, key.app_id, notification)) is not None:
         raise RequestValidationError([where])
     try:
         if groupable(options) and state.group_commit is not None:
@@ -137,16 +138,27 @@ IDEMPOTENCY_CONFLICT = (
 )
 
 
-def critical_refused(state: ApiState, notification: Notification) -> dict[str, Any] | None:
-    """The problem of a critical alert this deployment does not allow, else None."""
+async def critical_refused(
+    state: ApiState, app_id: int, notification: Notification
+) -> dict[str, Any] | None:
+    """The problem of a critical alert the app may not publish, else None (its own
+    allow_critical, else the deployment's FANOUT_APNS_ALLOW_CRITICAL)."""
     where = critical_asked(notification)
-    if where is None or state.settings.apns_allow_critical:
+    if where is None or await critical_allowed(state, app_id):
         return None
     return {
         "type": "value_error",
         "loc": ["body", "notification", *where],
         "msg": CRITICAL_NOT_ALLOWED,
     }
+
+
+async def critical_allowed(state: ApiState, app_id: int) -> bool:
+    """Whether the app may publish critical alerts: read only when one is asked for."""
+    async with state.pool.acquire() as conn:
+        return await apps.allows_critical(
+            conn, app_id=app_id, default=state.settings.apns_allow_critical
+        )
 
 
 def refusal(
