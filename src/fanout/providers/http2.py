@@ -12,7 +12,7 @@ from fanout.metrics import count_outcome
 from fanout.notification import RenderedNotification
 from fanout.open_tokens import EventTokens, OpenTokens
 from fanout.providers.base import DELIVERED, Device, Outcome, OutcomeKind, Provider
-from fanout.providers.breaker import Admission, Breakers, CircuitBreaker
+from fanout.providers.breaker import Admission, Breakers, BreakerState, CircuitBreaker
 from fanout.providers.transport import (
     AdaptiveLimit,
     PushTransport,
@@ -76,13 +76,22 @@ class Http2Provider(Provider, Generic[Prepared]):
         if isinstance(prepared, Outcome):
             return [self._count(prepared)] * len(devices)
         outcomes: list[Outcome] = [DELIVERED] * len(devices)
-        todo = iter(range(len(devices)))
         # Set once a request waited its whole timeout for a connection the service would not
         # give: the rest of this call is not tried, each sender would wait as long again
         # (16,000 devices, 500 senders, 30 s: 16 minutes for one attempt); they go back to
         # the batch's retry path at once, which sends them after its backoff.
         unreachable: list[Outcome] = []
-
+        first = 0
+        # A credential not yet seen working (a new app's provider, or a breaker's cool-down
+        # over) is decided by one probe: send it alone first. Started together, every other
+        # sender parked on the probe's answer and woke at once, a herd of one per device of
+        # a small batch (issue #22: each of 100 apps' first batch of 1,000 devices).
+        if devices and self.breakers[self.credential(devices[0])].state is not (
+            BreakerState.CLOSED
+        ):
+            outcomes[0] = await self._send(prepared, devices[0], unreachable)
+            first = 1
+        todo = iter(range(first, len(devices)))
         async def sender() -> None:
             for i in todo:
                 if unreachable:
@@ -92,7 +101,7 @@ class Http2Provider(Provider, Generic[Prepared]):
 
         # A few hundred senders taking devices in turn, not a task per device: creating
         # and scheduling 10,000 tasks cost more than the requests' own framing.
-        senders = min(len(devices), self.limit.concurrency)
+        senders = min(len(devices) - first, self.limit.concurrency)
         await asyncio.gather(*(sender() for _ in range(senders)))
         return outcomes
 
