@@ -7,10 +7,10 @@ import asyncio
 from typing import Any
 
 from fanout.providers.base import Device, Outcome, OutcomeKind, config_error
-from fanout.queue.messages import Device as WireDevice
 from fanout.providers.breaker import BreakerState, CircuitBreaker
 from fanout.providers.http2 import Http2Provider
 from fanout.providers.transport import AdaptiveLimit
+from fanout.queue.messages import Device as WireDevice
 
 
 class Fake(Http2Provider[bytes]):

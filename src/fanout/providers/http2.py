@@ -92,6 +92,7 @@ class Http2Provider(Provider, Generic[Prepared]):
             outcomes[0] = await self._send(prepared, devices[0], unreachable)
             first = 1
         todo = iter(range(first, len(devices)))
+
         async def sender() -> None:
             for i in todo:
                 if unreachable:
