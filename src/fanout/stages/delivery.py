@@ -18,6 +18,7 @@ import re
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -533,32 +534,15 @@ async def batch_device_rows(
                 category=event.notification.get("category"),
                 page_filter=page_filter,
             )
-        elif event.topic_id is None:  # a tag filter alone: every user of the app
-            rows = await recipients.app_batch_recipients(
-                conn,
-                app_id=event.app_id,
-                first_user_id=first,
-                last_user_id=last,
-                event_id=event.id,
-                category=event.notification.get("category"),
-                page_filter=page_filter,
-            )
-        elif event.source_prefix is not None:
-            assert event.topic_id is not None
-            rows = await sources.member_batch_recipients(
-                conn,
-                topic_id=event.topic_id,
-                first_user_id=first,
-                last_user_id=last,
-                event_id=event.id,
-                category=event.notification.get("category"),
-                page_filter=page_filter,
-            )
         else:
-            assert event.topic_id is not None
-            rows = await recipients.batch_recipients(
+            if event.topic_id is None:  # a tag filter alone: every user of the app
+                read = partial(recipients.app_batch_recipients, app_id=event.app_id)
+            elif event.source_prefix is not None:  # the event's members, read at planning
+                read = partial(sources.member_batch_recipients, topic_id=event.topic_id)
+            else:
+                read = partial(recipients.batch_recipients, topic_id=event.topic_id)
+            rows = await read(
                 conn,
-                topic_id=event.topic_id,
                 first_user_id=first,
                 last_user_id=last,
                 event_id=event.id,
