@@ -18,8 +18,9 @@ from fanout.queue.admin import create_queues
 from fanout.queue.messages import DeliveryBatch, decode
 from fanout.queue.sqs import Queue, open_client
 from fanout.runtime.pipeline import Pipeline
+from fanout.runtime.reconciler import reconcile_once
 from fanout.stages.progress import EventStatus, load_event_status
-from fanout.store import live_activities, subscriptions
+from fanout.store import live_activities, subscriptions, webhooks
 from fanout.store.apps import DEFAULT_APP_ID
 
 
@@ -196,3 +197,33 @@ async def run_everything(pipeline: Pipeline, *, enqueued: bool = True) -> None:
             return
         for body in bodies:
             await pipeline.handle(body)
+
+
+async def lose_every_resend(
+    pipeline: Pipeline, event_id: int, *, look_ahead: float, idle_polls: int = 2, rounds: int = 4
+) -> None:
+    """``rounds`` times: drop whatever is on the delivery queue (the batches, then each
+    resend of them, lost), and let the reconciler resend or give up the event's work."""
+    for _ in range(rounds):
+        await drain(pipeline.queues.delivery, idle_polls=idle_polls)
+        await reconcile_once(
+            pipeline.pool,
+            pipeline.queues,
+            pipeline.settings,
+            look_ahead=look_ahead,
+            event_id=event_id,
+        )
+
+
+async def want_devices_failed(pool: asyncpg.Pool) -> None:
+    """An endpoint of the default app wanting devices.failed (never called: the tests
+    read the outbox)."""
+    async with pool.acquire() as conn:
+        await webhooks.insert_endpoint(
+            conn,
+            app_id=DEFAULT_APP_ID,
+            url="https://hooks.example.com/fanout",
+            kinds=["devices.failed"],
+            secret_sealed=b"unused",
+            kek_id="unused",
+        )

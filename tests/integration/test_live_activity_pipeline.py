@@ -16,9 +16,15 @@ from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.reconciler import reconcile_once
 from fanout.stages.live_activity import publish_update
 from fanout.stages.publish import cancel
-from fanout.store import webhooks
-from fanout.store.apps import DEFAULT_APP_ID
-from tests.helpers import add_live_activity_tokens, batches_of, drain, run_everything, status
+from tests.helpers import (
+    add_live_activity_tokens,
+    batches_of,
+    drain,
+    lose_every_resend,
+    run_everything,
+    status,
+    want_devices_failed,
+)
 
 ACTIVITY = "match:superseded"
 
@@ -150,25 +156,13 @@ async def test_a_batch_given_up_reports_its_activitys_tokens_failed(
     """A Live Activity update's batches given up by the reconciler: the devices.failed
     webhook lists the activity's tokens (device_id: the token's id, live_activity true)."""
     sharded.settings = sharded.settings.model_copy(update={"reconcile_max_resends": 2})
-    async with sharded.pool.acquire() as conn:
-        await webhooks.insert_endpoint(
-            conn,
-            app_id=DEFAULT_APP_ID,
-            url="https://hooks.example.com/fanout",
-            kinds=["devices.failed"],
-            secret_sealed=b"unused",
-            kek_id="unused",
-        )
+    await want_devices_failed(sharded.pool)
     tokens = await add_live_activity_tokens(sharded.pool, ACTIVITY, 30)
     event_id = await publish(sharded, update(5))
     while bodies := await drain(sharded.queues.fanout, idle_polls=1):
         for body in bodies:
             await sharded.handle(body)
-    for _ in range(4):  # every batch and every resend of it is lost
-        await drain(sharded.queues.delivery, idle_polls=1)
-        await reconcile_once(
-            sharded.pool, sharded.queues, sharded.settings, look_ahead=3600, event_id=event_id
-        )
+    await lose_every_resend(sharded, event_id, look_ahead=3600, idle_polls=1)  # and resends
     assert (await status(sharded, event_id)).failed == 30
     async with sharded.pool.acquire() as conn:
         payloads = [

@@ -22,9 +22,17 @@ from fanout.runtime.reconciler import reconcile_once
 from fanout.stages.delivery import deliver_batch
 from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.publish import NotificationTooLarge, publish, record_event
-from fanout.store import batches, shards, webhooks
-from fanout.store.apps import DEFAULT_APP_ID
-from tests.helpers import add_device, batches_of, drain, make_topic, run_everything, status
+from fanout.store import batches, shards
+from tests.helpers import (
+    add_device,
+    batches_of,
+    drain,
+    lose_every_resend,
+    make_topic,
+    run_everything,
+    status,
+    want_devices_failed,
+)
 
 NOTE = Notification(title="New book")
 LATER = 24 * 3600.0  # look-ahead: every deadline has passed
@@ -240,32 +248,10 @@ async def test_work_resent_too_often_is_given_up_so_the_event_still_ends(
     topic = await make_topic(pipeline.pool, 5)
     event = await record_event(pipeline.pool, NOTE, topic=topic.key)
     await plan_event(event.event_id, pipeline.pool, pipeline.queues, pipeline.settings)
-    for _ in range(4):  # every resend is lost as well
-        await drain(pipeline.queues.delivery)
-        await reconcile_once(
-            pipeline.pool,
-            pipeline.queues,
-            pipeline.settings,
-            look_ahead=LATER,
-            event_id=event.event_id,
-        )
+    await lose_every_resend(pipeline, event.event_id, look_ahead=LATER)  # resends lost too
     final = await status(pipeline, event.event_id)
     assert (final.status, final.failed) == ("failed", 5)
     assert any("given up" in reason for reason in final.failure_reasons)
-
-
-async def _wanting_devices_failed(pipeline: Pipeline) -> None:
-    """An endpoint of the default app wanting devices.failed (never called here: the test
-    reads the outbox)."""
-    async with pipeline.pool.acquire() as conn:
-        await webhooks.insert_endpoint(
-            conn,
-            app_id=DEFAULT_APP_ID,
-            url="https://hooks.example.com/fanout",
-            kinds=["devices.failed"],
-            secret_sealed=b"unused",
-            kek_id="unused",
-        )
 
 
 async def _failed_rows(pipeline: Pipeline) -> list[dict[str, object]]:
@@ -282,20 +268,12 @@ async def test_a_batch_given_up_writes_the_devices_failed_webhook_naming_its_dev
     """The reconciler's give-up fails the batch's devices for good: the backend hears of
     them as it does of those the delivery saw fail, one row per batch, with the fact."""
     small(pipeline, reconcile_max_resends=2)
-    await _wanting_devices_failed(pipeline)
+    await want_devices_failed(pipeline.pool)
     topic = await make_topic(pipeline.pool, 300, devices_per_user=(1, 0, 2))
     event = await record_event(pipeline.pool, NOTE, topic=topic.key)
     await plan_event(event.event_id, pipeline.pool, pipeline.queues, pipeline.settings)
     await run_everything_but_delivery(pipeline)
-    for _ in range(4):  # every batch and every resend is lost
-        await drain(pipeline.queues.delivery)
-        await reconcile_once(
-            pipeline.pool,
-            pipeline.queues,
-            pipeline.settings,
-            look_ahead=LATER,
-            event_id=event.event_id,
-        )
+    await lose_every_resend(pipeline, event.event_id, look_ahead=LATER)  # batches, resends
 
     final = await status(pipeline, event.event_id)
     assert (final.status, final.failed) == ("failed", len(topic.device_ids))
@@ -317,7 +295,7 @@ async def test_a_retry_batch_given_up_names_its_recorded_devices(
     pipeline: Pipeline,
 ) -> None:
     pipeline.settings = pipeline.settings.model_copy(update={"reconcile_max_resends": 2})
-    await _wanting_devices_failed(pipeline)
+    await want_devices_failed(pipeline.pool)
     topic = await make_topic(pipeline.pool, 20, token_prefix="flaky")  # refused once each
     event = await record_event(pipeline.pool, NOTE, topic=topic.key)
     await plan_event(event.event_id, pipeline.pool, pipeline.queues, pipeline.settings)
@@ -326,15 +304,7 @@ async def test_a_retry_batch_given_up_names_its_recorded_devices(
         batch, pipeline.pool, pipeline.queues, pipeline.providers, pipeline.settings
     )
     assert first.retried == 20 and await _failed_rows(pipeline) == []
-    for _ in range(4):  # the retry batch and every resend of it is lost
-        await drain(pipeline.queues.delivery)
-        await reconcile_once(
-            pipeline.pool,
-            pipeline.queues,
-            pipeline.settings,
-            look_ahead=LATER,
-            event_id=event.event_id,
-        )
+    await lose_every_resend(pipeline, event.event_id, look_ahead=LATER)  # the retry, resends
 
     [row] = await _failed_rows(pipeline)
     assert row["batch"].endswith("/r1")  # type: ignore[attr-defined]
