@@ -2,7 +2,8 @@
 against a live `fanout serve` and `fanout worker` delivering to a push sink.
 
 No browser is downloaded: Playwright launches /usr/bin/chromium (.ci/run installs the
-package). Screenshots of each page go to tests/browser/screenshots/.
+package). Screenshots of each page go to tests/browser/screenshots/, taken by `look_at`
+once it has checked that every table's rows are as wide as its header.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,8 +117,39 @@ async def browser() -> AsyncIterator[object]:
             await launched.close()
 
 
-async def screenshot(page: object, name: str) -> Path:
+# Per table on the page: its id or position, and each row whose width (cells, counting
+# colspans) differs from the header row's, as "row n: m cells".
+_MISALIGNED_ROWS_JS = """
+() => Array.from(document.querySelectorAll("table")).map((table, i) => {
+  const width = row => Array.from(row.cells).reduce((n, cell) => n + cell.colSpan, 0);
+  const header = table.tHead ? table.tHead.rows[table.tHead.rows.length - 1] : table.rows[0];
+  const body = Array.from(table.tBodies).flatMap(tbody => Array.from(tbody.rows));
+  return {
+    table: table.id || `table ${i + 1}`,
+    header: width(header),
+    rows: body.flatMap((row, n) => width(row) === width(header) ? [] : [`row ${n + 1}: ${width(row)} cells`]),
+  };
+}).filter(t => t.rows.length > 0)
+"""
+
+
+async def assert_tables_aligned(page: Any, name: str) -> None:
+    """Every table's rows have as many cells as its header: a column added to the rows or
+    to the header alone puts numbers under the wrong heading (issue #28)."""
+    misaligned = await page.evaluate(_MISALIGNED_ROWS_JS)
+    assert misaligned == [], f"{name}: rows wider or narrower than their header: {misaligned}"
+
+
+async def look_at(page: Any, name: str) -> Path:
+    """A page the operator sees: its tables checked, then a screenshot of it. The only way
+    the tests take one, so every page they show is checked; a page they do not screenshot
+    calls ``assert_tables_aligned`` itself."""
+    await assert_tables_aligned(page, name)
+    return await _screenshot(page, name)
+
+
+async def _screenshot(page: Any, name: str) -> Path:
     SCREENSHOTS.mkdir(exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    await page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
+    await page.screenshot(path=str(path), full_page=True)
     return path

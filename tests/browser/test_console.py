@@ -11,7 +11,7 @@ from playwright.async_api import Page, expect
 
 from fanout.queue.admin import queue_depths
 from fanout.queue.sqs import open_client, open_queues
-from tests.browser.conftest import DEAD_TOKENS, LiveConsole, screenshot
+from tests.browser.conftest import DEAD_TOKENS, LiveConsole, assert_tables_aligned, look_at
 from tests.helpers import wait_for
 
 # Long enough for a loaded machine; they only end a test that would hang.
@@ -35,35 +35,6 @@ def csp_violations(page: Page) -> list[str]:
         ),
     )
     return seen
-
-
-# Per table on the page: its id or position, and each row whose width (cells, counting
-# colspans) differs from the header row's, as "row n: m cells".
-_MISALIGNED_ROWS_JS = """
-() => Array.from(document.querySelectorAll("table")).map((table, i) => {
-  const width = row => Array.from(row.cells).reduce((n, cell) => n + cell.colSpan, 0);
-  const header = table.tHead ? table.tHead.rows[table.tHead.rows.length - 1] : table.rows[0];
-  const body = Array.from(table.tBodies).flatMap(tbody => Array.from(tbody.rows));
-  return {
-    table: table.id || `table ${i + 1}`,
-    header: width(header),
-    rows: body.flatMap((row, n) => width(row) === width(header) ? [] : [`row ${n + 1}: ${width(row)} cells`]),
-  };
-}).filter(t => t.rows.length > 0)
-"""
-
-
-async def assert_tables_aligned(page: Page, name: str) -> None:
-    """Every table's rows have as many cells as its header: a column added to the rows or
-    to the header alone puts numbers under the wrong heading."""
-    misaligned = await page.evaluate(_MISALIGNED_ROWS_JS)
-    assert misaligned == [], f"{name}: rows wider or narrower than their header: {misaligned}"
-
-
-async def look_at(page: Page, name: str) -> None:
-    """A page the operator sees: its tables checked, then a screenshot of it."""
-    await assert_tables_aligned(page, name)
-    await screenshot(page, name)
 
 
 async def publish(console: LiveConsole) -> int:
@@ -117,6 +88,7 @@ async def test_operator_watches_an_event_finds_a_push_and_redrives_a_dead_letter
     await page.click("text=Where is my push?")
     await page.fill("input[name=event]", str(event_id))
     await page.fill("input[name=user]", console.dead_token_user)
+    await assert_tables_aligned(page, "where, before the search")
     await page.click("button:has-text('Find')")
     devices = page.locator("#where-devices tbody tr")
     await expect(devices).to_have_count(2)
