@@ -128,8 +128,8 @@ async def test_a_dead_connection_is_found_within_ping_seconds_and_replaced(
         # "3 requests retried"; the delivery stage's retry batch is what sends them again).
         [dead] = [r.getMessage() for r in caplog.records if "connection dead" in r.getMessage()]
         assert dead.endswith(
-            "connection dead; its 3 requests waiting for an answer fail "
-            "(not sent again here: the service may have received them)"
+            "connection dead; its 3 requests waiting for an answer fail, to be retried by "
+            "their batches (not resent on a new connection: the service may have received them)"
         ), dead
         assert all("connection dead" in str(r) for r in results)
         assert 0.3 <= elapsed <= 0.6 + 0.4  # found within FANOUT_PROVIDER_PING_SECONDS
