@@ -9,8 +9,11 @@ bare asyncio servers for what is not HTTP at all.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import itertools
 import logging
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,8 +33,10 @@ from fanout.metrics import PROVIDER_DEAD_CONNECTIONS, PROVIDER_GOAWAYS
 from fanout.notification import Notification, render
 from fanout.providers import OutcomeKind, build_providers
 from fanout.providers.h2 import connection as h2_connection
+from fanout.providers.h2.client import REOPEN
 from fanout.providers.transport import PushTransport, TransportError
 from fanout.queue.messages import Device
+from fanout.retry import Backoff
 from tests.faults.proxy import FlakyProxy
 
 NOTE = render(Notification(title="New book", body="Out today"), None, collapse_key="7")
@@ -454,6 +459,28 @@ async def test_a_refused_connection_fails_at_the_request_timeout_to_be_retried_l
     assert "cannot connect" in str(results[0]) and "tries in a row" in str(results[0])
 
 
+async def keep_sending(
+    transport: PushTransport, url: str, i: int, failures: list[TransportError]
+) -> Any:
+    """POST until answered, as a batch's sender would go on: each failure noted."""
+    while True:
+        try:
+            return await transport.post(f"{url}/3/device/{i}", content=b"{}", headers={})
+        except TransportError as exc:
+            failures.append(exc)
+
+
+def next_tries(caplog: pytest.LogCaptureFixture) -> list[tuple[float, float]]:
+    """(when, seconds to the next try) of each failed opening the client logged."""
+    found = []
+    for record in caplog.records:
+        said = record.getMessage()
+        if "next try in " in said:
+            seconds = float(said.split("next try in ", 1)[1].split("s", 1)[0])
+            found.append((record.created, seconds))
+    return found
+
+
 async def test_a_service_that_is_down_is_tried_on_one_schedule_and_its_senders_wait_for_it(
     certificates: Certificates,
     transports: Callable[..., PushTransport],
@@ -461,16 +488,10 @@ async def test_a_service_that_is_down_is_tried_on_one_schedule_and_its_senders_w
 ) -> None:
     """Each request tried a connection of its own and failed at once while a service was
     down (3,746 in 73 ms, each a try of its device spent). Now the senders of an origin
-    share one try at a time, 1, 2, 4 … s apart, and wait for it up to their timeout."""
-    transport = transports(request_timeout=15.0, connections=1)
+    share one try at a time on REOPEN (1, 2, 4 … 30 s apart, each up to half less at
+    random), and wait for it up to their timeout."""
+    transport = transports(request_timeout=30.0, connections=1)
     failures: list[TransportError] = []
-
-    async def sender(url: str, i: int) -> Any:
-        while True:  # as a batch's sender would: a failed device, then the next one
-            try:
-                return await transport.post(f"{url}/3/device/{i}", content=b"{}", headers={})
-            except TransportError as exc:
-                failures.append(exc)
 
     async with (
         serve_tls(answering(), certificates) as upstream,
@@ -478,22 +499,56 @@ async def test_a_service_that_is_down_is_tried_on_one_schedule_and_its_senders_w
     ):
         proxy.outage(refuse=2)  # down until two connections were refused, then back
         url = f"https://127.0.0.1:{proxy.port}"
-        started = time.monotonic()
         with caplog.at_level(logging.INFO, "fanout.providers.h2"):
             results = await asyncio.wait_for(
-                asyncio.gather(*(sender(url, i) for i in range(20))), 60
+                asyncio.gather(*(keep_sending(transport, url, i, failures) for i in range(100))),
+                60,
             )
-        elapsed = time.monotonic() - started
-    assert failures == []  # every request waited for the service, within its 15 s
-    assert [r.status_code for r in results] == [200] * 20
-    assert proxy.refused == 2  # one try at a time for all 20 senders…
-    assert elapsed >= 2.9  # …1 s, then 2 s apart (they were a few ms apart)
+    assert failures == []  # every request waited for the service, within its 30 s
+    assert [r.status_code for r in results] == [200] * 100
+    # One connection attempt per step of the schedule for all 100 senders, not one each…
+    assert proxy.refused == 2 and len(proxy.accepted_at) == 3
+    # …each one after the wait the client drew, at least half of 1 s, then of 2 s.
+    tries = next_tries(caplog)
+    assert len(tries) == 2, tries
+    for n, (_, seconds) in enumerate(tries, 1):  # logged to a tenth of a second
+        assert REOPEN.shortest(n) - 0.05 <= seconds <= REOPEN.longest(n) + 0.05, tries
+    first, second, third = proxy.accepted_at
+    assert second - first >= tries[0][1] - 0.05 and third - second >= tries[1][1] - 0.05
     said = [r.getMessage() for r in caplog.records]
-    assert [m.split("; ", 1)[1] for m in said if "next try" in m] == [
-        "next try in 1s, requests wait for it up to their 15s timeout",
-        "next try in 2s, requests wait for it up to their 15s timeout",
-    ], said
     assert f"connected to 127.0.0.1:{proxy.port} again after 2 failed tries" in said
+
+
+async def test_senders_to_a_refused_port_share_each_try_and_are_sent_once_it_listens(
+    certificates: Certificates,
+    transports: Callable[..., PushTransport],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing listens on the port (each connection refused by the kernel), then a server
+    starts there: 100 senders make one attempt per step of the schedule between them,
+    none of them fails, and all are sent once the server is up."""
+    reopen = Backoff(first=0.2, cap=0.4, jitter=0.5)  # REOPEN's shape, quicker
+    transport = transports(request_timeout=60.0, connections=1)
+    transport.http2.reopen = reopen
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # closed again: connecting to it is refused
+    failures: list[TransportError] = []
+    url = f"https://127.0.0.1:{port}"
+    with caplog.at_level(logging.INFO, "fanout.providers.h2"):
+        senders = asyncio.gather(*(keep_sending(transport, url, i, failures) for i in range(100)))
+        await until(lambda: len(next_tries(caplog)) >= 4, timeout=60)
+        async with serve_tls(answering(), certificates, port):
+            results = await asyncio.wait_for(senders, 60)
+    assert failures == []  # each waited for the service, within its 60 s
+    assert [r.status_code for r in results] == [200] * 100
+    tries = next_tries(caplog)  # one a failed attempt: a handful, not one a request
+    refused = f"[Errno {errno.ECONNREFUSED}]"  # by the kernel: nothing listened
+    assert all(refused in r.getMessage() for r in caplog.records if "next try" in r.getMessage())
+    for n, ((when, seconds), (then, _)) in enumerate(itertools.pairwise(tries), 1):
+        assert reopen.shortest(n) - 0.05 <= seconds <= reopen.longest(n) + 0.05, tries
+        assert then - when >= seconds - 0.05, tries  # the next one waited for its turn
+    said = [r.getMessage() for r in caplog.records]
+    assert f"connected to 127.0.0.1:{port} again after {len(tries)} failed tries" in said
 
 
 @pytest.mark.parametrize(
