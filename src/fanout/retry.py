@@ -9,7 +9,8 @@ call under it. The sites differ only in their numbers, each named below beside w
 - entries SQS failed in a SendMessageBatch are resent after ``QUEUE_SEND``;
 - a batch whose pushes are out waits a database blip out with ``RECORD_OUTCOME``;
 - a failed shard or batch tries to give its lease up with ``RELEASE_LEASE``;
-- a claim the database failed is tried again, as the same owner, with ``CLAIM``.
+- a claim the database failed is tried again, as the same owner, with ``CLAIM``;
+- a push service that cannot be connected to is tried again on ``providers.h2.client.REOPEN``.
 
 Why not tenacity or stamina: most sites need the delay itself, not a retry loop (it
 becomes an SQS visibility timeout or DelaySeconds, computed from the receive count SQS
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -31,14 +33,26 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Delays of ``first``, ``first * factor``, … seconds, never more than ``cap``."""
+    """Delays of ``first``, ``first * factor``, … seconds, never more than ``cap``. With
+    ``jitter`` (0 to 1), each is drawn at random between ``(1 - jitter)`` times that and
+    that, so that clients which failed together do not all try again together."""
 
     first: float
     cap: float
     factor: float = 2.0
+    jitter: float = 0.0
 
     def delay(self, attempt: int) -> float:
         """The wait before try ``attempt + 1``, after ``attempt`` (>= 1) failures."""
+        longest = self.longest(attempt)
+        return longest - longest * self.jitter * random.random() if self.jitter else longest
+
+    def shortest(self, attempt: int) -> float:
+        """The least ``delay(attempt)`` can be."""
+        return self.longest(attempt) * (1.0 - self.jitter)
+
+    def longest(self, attempt: int) -> float:
+        """The most ``delay(attempt)`` can be (the schedule without its jitter)."""
         exponent = max(0, attempt - 1)
         # Past ~60 doublings the float overflows long after every cap has been reached.
         return min(self.cap, self.first * self.factor ** min(exponent, 60))

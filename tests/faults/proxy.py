@@ -24,6 +24,7 @@ class FlakyProxy:
         self._pipes: set[asyncio.StreamWriter] = set()
         self.port = 0
         self.refused = 0  # connections refused during outages, in all
+        self.accepted_at: list[float] = []  # when each connection came, refused or not
         self.restored = asyncio.Event()
         self.sent: dict[bytes, int] = {}  # watched byte strings -> times the client sent one
         self._drop_reply_to: bytes | None = None
@@ -70,6 +71,7 @@ class FlakyProxy:
         self._pipes.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted_at.append(asyncio.get_running_loop().time())
         if self._to_refuse:
             self._to_refuse -= 1
             self.refused += 1

@@ -9,8 +9,11 @@ bare asyncio servers for what is not HTTP at all.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import itertools
 import logging
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,8 +33,10 @@ from fanout.metrics import PROVIDER_DEAD_CONNECTIONS, PROVIDER_GOAWAYS
 from fanout.notification import Notification, render
 from fanout.providers import OutcomeKind, build_providers
 from fanout.providers.h2 import connection as h2_connection
+from fanout.providers.h2.client import REOPEN
 from fanout.providers.transport import PushTransport, TransportError
 from fanout.queue.messages import Device
+from fanout.retry import Backoff
 from tests.faults.proxy import FlakyProxy
 
 NOTE = render(Notification(title="New book", body="Out today"), None, collapse_key="7")
@@ -128,8 +133,8 @@ async def test_a_dead_connection_is_found_within_ping_seconds_and_replaced(
         # "3 requests retried"; the delivery stage's retry batch is what sends them again).
         [dead] = [r.getMessage() for r in caplog.records if "connection dead" in r.getMessage()]
         assert dead.endswith(
-            "connection dead; its 3 requests waiting for an answer fail "
-            "(not sent again here: the service may have received them)"
+            "connection dead; its 3 requests waiting for an answer fail, to be retried by "
+            "their batches (not resent on a new connection: the service may have received them)"
         ), dead
         assert all("connection dead" in str(r) for r in results)
         assert 0.3 <= elapsed <= 0.6 + 0.4  # found within FANOUT_PROVIDER_PING_SECONDS
@@ -148,30 +153,43 @@ async def test_a_slow_service_that_answers_pings_is_waited_for(
     assert server.pings >= 2  # silence was checked, and the service answered
 
 
-@pytest.mark.parametrize(("ping_seconds", "answer_after"), [(30.0, 5.0), (5.0, 2.0)])
 async def test_a_request_fails_at_its_own_timeout_whatever_the_ping_interval(
     certificates: Certificates,
     transports: Callable[..., PushTransport],
-    ping_seconds: float,
-    answer_after: float,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The connection's one timer first fired after half the PING interval: with a 1 s
-    timeout and pings every 30 s, an answer 5 s late was taken (issue 27)."""
-    transport = transports(request_timeout=1.0, ping_seconds=ping_seconds, connections=1)
-    slow, quick = answering(delay=answer_after), answering()
+    timeout and pings every 30 s, an answer 5 s late was taken (issue 27). Here hypercorn
+    (a server fanout did not write) holds its answers until the test lets them go, and
+    pings are an hour apart (idle or busy): each request fails at its own 1 s timeout while the server
+    still holds it, the second (sent while the first waits) at its own deadline too."""
+    monkeypatch.setattr(h2_connection, "IDLE_PING_SECONDS", 3600.0)
+    transport = transports(request_timeout=1.0, ping_seconds=3600.0, connections=1)
+    release = asyncio.Event()
+    held: list[str] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        await (slow if scope.get("path", "").startswith("/slow") else quick)(scope, receive, send)
+        if scope["type"] != "http":
+            return
+        await read_body(receive)
+        if scope["path"].startswith("/held"):
+            held.append(scope["path"])
+            await release.wait()  # nothing sets it before the requests have failed
+        await respond(send, 200, None)
 
-    async with serve_tls(app, certificates) as url:  # hypercorn: a server fanout did not write
-        [warm] = await post_all(transport, url, 1)  # connected: only the answer is late
-        started = time.monotonic()
-        [late] = await post_all(transport, f"{url}/slow", 1)
-        elapsed = time.monotonic() - started
+    async with serve_tls(app, certificates) as url:
+        [warm] = await post_all(transport, url, 1)  # connected: only the answers are late
+        first = asyncio.create_task(post_all(transport, f"{url}/held/1", 1))
+        await until(lambda: len(held) == 1, timeout=60)
+        second = asyncio.create_task(post_all(transport, f"{url}/held/2", 1))
+        # A guard only: each fails after 1 s; before the fix, after 1,800 s (half an hour).
+        [[late], [later]] = await asyncio.wait_for(asyncio.gather(first, second), 60)
+        assert not release.is_set() and len(held) == 2  # the server holds both still
+        release.set()
     assert warm.status_code == 200
-    assert isinstance(late, TransportError) and not late.permanent, late
-    assert "no answer in 1s" in str(late)
-    assert elapsed < 1.0 + (answer_after - 1.0) * 0.75  # well before the answer would come
+    for failed in (late, later):
+        assert isinstance(failed, TransportError) and not failed.permanent, failed
+        assert "no answer in 1s" in str(failed)
 
 
 async def test_an_idle_connection_is_pinged(
@@ -441,6 +459,28 @@ async def test_a_refused_connection_fails_at_the_request_timeout_to_be_retried_l
     assert "cannot connect" in str(results[0]) and "tries in a row" in str(results[0])
 
 
+async def keep_sending(
+    transport: PushTransport, url: str, i: int, failures: list[TransportError]
+) -> Any:
+    """POST until answered, as a batch's sender would go on: each failure noted."""
+    while True:
+        try:
+            return await transport.post(f"{url}/3/device/{i}", content=b"{}", headers={})
+        except TransportError as exc:
+            failures.append(exc)
+
+
+def next_tries(caplog: pytest.LogCaptureFixture) -> list[tuple[float, float]]:
+    """(when, seconds to the next try) of each failed opening the client logged."""
+    found = []
+    for record in caplog.records:
+        said = record.getMessage()
+        if "next try in " in said:
+            seconds = float(said.split("next try in ", 1)[1].split("s", 1)[0])
+            found.append((record.created, seconds))
+    return found
+
+
 async def test_a_service_that_is_down_is_tried_on_one_schedule_and_its_senders_wait_for_it(
     certificates: Certificates,
     transports: Callable[..., PushTransport],
@@ -448,16 +488,10 @@ async def test_a_service_that_is_down_is_tried_on_one_schedule_and_its_senders_w
 ) -> None:
     """Each request tried a connection of its own and failed at once while a service was
     down (3,746 in 73 ms, each a try of its device spent). Now the senders of an origin
-    share one try at a time, 1, 2, 4 … s apart, and wait for it up to their timeout."""
-    transport = transports(request_timeout=15.0, connections=1)
+    share one try at a time on REOPEN (1, 2, 4 … 30 s apart, each up to half less at
+    random), and wait for it up to their timeout."""
+    transport = transports(request_timeout=30.0, connections=1)
     failures: list[TransportError] = []
-
-    async def sender(url: str, i: int) -> Any:
-        while True:  # as a batch's sender would: a failed device, then the next one
-            try:
-                return await transport.post(f"{url}/3/device/{i}", content=b"{}", headers={})
-            except TransportError as exc:
-                failures.append(exc)
 
     async with (
         serve_tls(answering(), certificates) as upstream,
@@ -465,22 +499,56 @@ async def test_a_service_that_is_down_is_tried_on_one_schedule_and_its_senders_w
     ):
         proxy.outage(refuse=2)  # down until two connections were refused, then back
         url = f"https://127.0.0.1:{proxy.port}"
-        started = time.monotonic()
         with caplog.at_level(logging.INFO, "fanout.providers.h2"):
             results = await asyncio.wait_for(
-                asyncio.gather(*(sender(url, i) for i in range(20))), 60
+                asyncio.gather(*(keep_sending(transport, url, i, failures) for i in range(100))),
+                60,
             )
-        elapsed = time.monotonic() - started
-    assert failures == []  # every request waited for the service, within its 15 s
-    assert [r.status_code for r in results] == [200] * 20
-    assert proxy.refused == 2  # one try at a time for all 20 senders…
-    assert elapsed >= 2.9  # …1 s, then 2 s apart (they were a few ms apart)
+    assert failures == []  # every request waited for the service, within its 30 s
+    assert [r.status_code for r in results] == [200] * 100
+    # One connection attempt per step of the schedule for all 100 senders, not one each…
+    assert proxy.refused == 2 and len(proxy.accepted_at) == 3
+    # …each one after the wait the client drew, at least half of 1 s, then of 2 s.
+    tries = next_tries(caplog)
+    assert len(tries) == 2, tries
+    for n, (_, seconds) in enumerate(tries, 1):  # logged to a tenth of a second
+        assert REOPEN.shortest(n) - 0.05 <= seconds <= REOPEN.longest(n) + 0.05, tries
+    first, second, third = proxy.accepted_at
+    assert second - first >= tries[0][1] - 0.05 and third - second >= tries[1][1] - 0.05
     said = [r.getMessage() for r in caplog.records]
-    assert [m.split("; ", 1)[1] for m in said if "next try" in m] == [
-        "next try in 1s, requests wait for it up to their 15s timeout",
-        "next try in 2s, requests wait for it up to their 15s timeout",
-    ], said
     assert f"connected to 127.0.0.1:{proxy.port} again after 2 failed tries" in said
+
+
+async def test_senders_to_a_refused_port_share_each_try_and_are_sent_once_it_listens(
+    certificates: Certificates,
+    transports: Callable[..., PushTransport],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing listens on the port (each connection refused by the kernel), then a server
+    starts there: 100 senders make one attempt per step of the schedule between them,
+    none of them fails, and all are sent once the server is up."""
+    reopen = Backoff(first=0.2, cap=0.4, jitter=0.5)  # REOPEN's shape, quicker
+    transport = transports(request_timeout=60.0, connections=1)
+    transport.http2.reopen = reopen
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # closed again: connecting to it is refused
+    failures: list[TransportError] = []
+    url = f"https://127.0.0.1:{port}"
+    with caplog.at_level(logging.INFO, "fanout.providers.h2"):
+        senders = asyncio.gather(*(keep_sending(transport, url, i, failures) for i in range(100)))
+        await until(lambda: len(next_tries(caplog)) >= 4, timeout=60)
+        async with serve_tls(answering(), certificates, port):
+            results = await asyncio.wait_for(senders, 60)
+    assert failures == []  # each waited for the service, within its 60 s
+    assert [r.status_code for r in results] == [200] * 100
+    tries = next_tries(caplog)  # one a failed attempt: a handful, not one a request
+    refused = f"[Errno {errno.ECONNREFUSED}]"  # by the kernel: nothing listened
+    assert all(refused in r.getMessage() for r in caplog.records if "next try" in r.getMessage())
+    for n, ((when, seconds), (then, _)) in enumerate(itertools.pairwise(tries), 1):
+        assert reopen.shortest(n) - 0.05 <= seconds <= reopen.longest(n) + 0.05, tries
+        assert then - when >= seconds - 0.05, tries  # the next one waited for its turn
+    said = [r.getMessage() for r in caplog.records]
+    assert f"connected to 127.0.0.1:{port} again after {len(tries)} failed tries" in said
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from fanout import retry
+from fanout.providers.h2.client import REOPEN
 from fanout.retry import Backoff
 
 
@@ -33,6 +34,27 @@ def test_a_delay_after_very_many_failures_is_the_cap_not_an_overflow() -> None:
 
 def test_the_lease_release_schedule_fits_a_database_restart_in_a_few_seconds() -> None:
     assert sum(retry.RELEASE_LEASE.delays(retry.RELEASE_LEASE_TRIES)) == pytest.approx(5.75)
+
+
+def test_jitter_draws_each_delay_between_its_share_and_the_schedule() -> None:
+    backoff = Backoff(first=1.0, cap=30.0, jitter=0.5)
+    for attempt, longest in enumerate([1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0], 1):
+        drawn = [backoff.delay(attempt) for _ in range(200)]
+        assert backoff.shortest(attempt) == longest / 2 and backoff.longest(attempt) == longest
+        assert all(longest / 2 <= d <= longest for d in drawn)
+        assert len(set(drawn)) > 100  # spread, not one value: clients that failed together part
+
+
+def test_without_jitter_a_delay_is_the_schedule_itself() -> None:
+    backoff = Backoff(first=0.25, cap=4.0)
+    assert [backoff.delay(n) for n in (1, 3, 9)] == [0.25, 1.0, 4.0]
+    assert backoff.shortest(3) == backoff.longest(3) == 1.0
+
+
+def test_a_push_service_that_is_down_is_tried_again_within_its_documented_schedule() -> None:
+    """README and docs/architecture.md: 1, 2, 4 … 30 s apart, each up to half less."""
+    assert [REOPEN.longest(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    assert [REOPEN.shortest(n) for n in range(1, 8)] == [0.5, 1, 2, 4, 8, 15, 15]
 
 
 async def test_retrying_returns_once_the_call_succeeds(waits: list[float]) -> None:

@@ -16,8 +16,8 @@ reports is in ``events``) and
 up to ``connections`` of them: requests go to the least busy connection with a free
 stream under its server's MAX_CONCURRENT_STREAMS; a connection closed by GOAWAY or lost
 is replaced; requests the server did not process are sent again on another. While none
-can be opened, the senders share one try at a time (``REOPEN``: 1, 2, 4 … s apart) and
-wait for it up to their request timeout.
+can be opened, the senders share one try at a time (``REOPEN``: 1, 2, 4 … 30 s apart, each
+up to half less at random) and wait for it up to their request timeout.
 """
 
 from __future__ import annotations
@@ -40,11 +40,14 @@ log = logging.getLogger("fanout.providers.h2")
 # to. A service whose GOAWAY quota is below the requests in flight excludes some of them
 # again and again: with a quota of 150 and 500 in flight, 3 left 100 of 1,000 unsent.
 ATTEMPTS = 5
-# A connection that failed to open is tried again after 1, 2, 4 … s, once for every sender
-# of the origin, not once a request: while a service was down, every request tried a
-# connection of its own and failed at once (3,746 in 73 ms), each a try of its device
-# spent. Senders with no open connection wait for the next try, up to their timeout.
-REOPEN = Backoff(first=1.0, cap=30.0)
+# A connection that failed to open is tried again after 1, 2, 4 … 30 s, once for every
+# sender of the origin, not once a request: while a service was down, every request tried
+# a connection of its own and failed at once (3,746 in 73 ms), each a try of its device
+# spent. Senders with no open connection wait for the next try, up to their timeout. Each
+# wait is up to half less at random ("equal jitter"): a worker holds a client per app and
+# provider, every one of them to the same service, and a fleet of workers as many again;
+# without it all of them would connect in the same instant when the service comes back.
+REOPEN = Backoff(first=1.0, cap=30.0, jitter=0.5)
 
 
 class _Pool:
@@ -160,15 +163,15 @@ class _Pool:
             self.failures += 1
             if isinstance(error, H2Error):
                 self.failure = error
-            delay = REOPEN.delay(self.failures)
+            delay = self.client.reopen.delay(self.failures)
             self.reopen_at = asyncio.get_running_loop().time() + delay
             if self.connections:  # the others carry on; requests waiting on them still wait
                 log.info(
-                    "another connection to %s failed (%s); next try in %gs", where, error, delay
+                    "another connection to %s failed (%s); next try in %.1fs", where, error, delay
                 )
             elif error is not None and not _final(error):
                 log.warning(
-                    "%s; next try in %gs, requests wait for it up to their %gs timeout",
+                    "%s; next try in %.1fs, requests wait for it up to their %gs timeout",
                     error,
                     delay,
                     self.client.request_timeout,
@@ -217,6 +220,7 @@ class H2Client:
         ping_seconds: float = 5.0,
         idle_seconds: float = 0.0,
         label: str = "",
+        reopen: Backoff = REOPEN,
     ) -> None:
         # h2 first; a service that picks HTTP/1.1 gets NotHttp2 (transport.py then
         # speaks HTTP/1.1 to it), and one that can pick neither ends the handshake.
@@ -229,6 +233,7 @@ class H2Client:
         self.ping_seconds = ping_seconds
         self.idle_seconds = idle_seconds  # a connection unused this long is closed
         self.label = label
+        self.reopen = reopen  # when a connection that failed to open is tried again
         self._pools: dict[str, _Pool] = {}
         self._origins: dict[str, tuple[str, int]] = {}
         self._header_blocks: dict[tuple[tuple[str, str], ...], bytes] = {}

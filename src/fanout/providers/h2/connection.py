@@ -350,8 +350,8 @@ class H2Connection(asyncio.Protocol):
         # caller, as a transport failure that may succeed later (the delivery stage's
         # retry batch), unlike GOAWAY's unprocessed streams, which are unsent.
         log.warning(
-            "%s:%d: %s; its %d requests waiting for an answer fail (not sent again here: "
-            "the service may have received them)",
+            "%s:%d: %s; its %d requests waiting for an answer fail, to be retried by their "
+            "batches (not resent on a new connection: the service may have received them)",
             self.host,
             self.port,
             reason,
