@@ -143,6 +143,18 @@ RETURNING u.id, u.app_id, u.endpoint_id, u.kind, u.payload::text AS payload, u.w
           w.disabled_at IS NOT NULL AS disabled
 """
 
+# Index: webhook_deliveries_due, the slice due within the lease ($2 s) from now, where the
+# rows a claim took lie. A claim the database failed may have committed with no answer (a
+# PostgreSQL restart, issue #27): its owner ($1, one per claim) gives back what it took,
+# due at once, and uncounts the attempt (no call was made, so push.opened may still add to
+# a row). A no-op if the claim never committed.
+RELEASE_UNANSWERED_CLAIM = """
+UPDATE webhook_deliveries
+SET next_attempt_at = now(), lease_owner = NULL, attempts = attempts - 1
+WHERE status = 'pending' AND lease_owner = $1
+  AND next_attempt_at > now() AND next_attempt_at <= now() + make_interval(secs => $2)
+"""
+
 # Indexes: webhook_deliveries_pkey, webhook_endpoints_pkey. Only while ``owner`` still
 # holds it; the endpoint is well again.
 RECORD_DELIVERED = """
@@ -416,6 +428,15 @@ async def claim_deliveries(
     (``CLAIM_DELIVERIES``)."""
     rows = await conn.fetch(CLAIM_DELIVERIES, limit, owner, lease_seconds)
     return [Claimed(**dict(row)) for row in rows]
+
+
+async def release_unanswered_claim(
+    conn: asyncpg.Connection, *, owner: UUID, lease_seconds: float
+) -> int:
+    """What the claim of ``owner`` took, if it committed unanswered, due again now and its
+    attempt uncounted; how many rows (``RELEASE_UNANSWERED_CLAIM``)."""
+    done: str = await conn.execute(RELEASE_UNANSWERED_CLAIM, owner, lease_seconds)
+    return int(done.split()[-1])
 
 
 async def record_delivered(

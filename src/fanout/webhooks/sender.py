@@ -4,9 +4,14 @@ WebhookFunction runs passes of it on a schedule (``send_due``).
 
 A delivery is claimed with a lease (its due time moved on), so a sender killed mid-call
 leaves it due again and another sends it, with the same ``webhook-id``: a receiver sees
-a repeat, never a loss. Every call resolves the endpoint's name and checks each address
-(``addresses``) and goes to the address checked, with the name as TLS server name and
-Host: a DNS answer changed since registration cannot point it into fanout's network.
+a repeat, never a loss. Each claim is made in a new owner's name; one the database
+failed (it may have committed with no answer, as during a PostgreSQL restart) is given
+back at once (or by the next pass, if the database is away longer), so its rows are sent
+then rather than when the lease ends (issue #27).
+
+Every call resolves the endpoint's name and checks each address (``addresses``) and goes
+to the address checked, with the name as TLS server name and Host: a DNS answer changed
+since registration cannot point it into fanout's network.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ log = logging.getLogger(__name__)
 ANSWER_BYTES = 4 * webhooks.ANSWER_CHARS
 # Each sender deletes old delivered rows once a minute, at most this many at a time.
 PURGE_EVERY_SECONDS = 60.0
+# Giving back a claim is one short statement; past this the database is not answering.
+_GIVE_BACK_TIMEOUT_SECONDS = 5.0
 PURGE_ROWS = 10_000
 
 
@@ -79,7 +86,9 @@ class WebhookSender:
         self.settings = settings
         self.keyring = keyring
         self.resolver = resolver
-        self.owner = uuid.uuid4()
+        # The owner of a claim that failed on the database's side, until what it may
+        # hold is given back (``send_due``).
+        self._unanswered: uuid.UUID | None = None
         # The lease outlasts every call of a claim: they run at once, each within the
         # timeout (twice it: resolving, then the call); the margin covers recording the
         # answers. A sender killed mid-call leaves its rows due again once it is over.
@@ -141,15 +150,32 @@ class WebhookSender:
         Without FANOUT_SECRET_KEY nothing is claimed (no secret opens): the rows wait."""
         if self.keyring is None:
             return Pass()
-        async with acquire(self.pool) as conn:
-            claimed = await webhooks.claim_deliveries(
-                conn,
-                limit=self.settings.webhook_concurrency,
-                owner=self.owner,
-                lease_seconds=self.lease_seconds,
-            )
+        if self._unanswered is not None:
+            await self._give_back()
+        owner = uuid.uuid4()
+        try:
+            async with acquire(self.pool) as conn:
+                claimed = await webhooks.claim_deliveries(
+                    conn,
+                    limit=self.settings.webhook_concurrency,
+                    owner=owner,
+                    lease_seconds=self.lease_seconds,
+                )
+        except UNTRUSTWORTHY:
+            # It may have committed unanswered: what it took is given back, now if the
+            # database is back within a few seconds (a restart), else at the next pass.
+            self._unanswered = owner
+            with contextlib.suppress(*UNTRUSTWORTHY, TimeoutError):
+                await retry.retrying(
+                    self._give_back,
+                    backoff=retry.RELEASE_LEASE,
+                    tries=retry.RELEASE_LEASE_TRIES,
+                    on=(*UNTRUSTWORTHY, TimeoutError),
+                    what="giving back a webhook claim left unanswered",
+                )
+            raise
         done = Pass(claimed=len(claimed))
-        results = await asyncio.gather(*(self._deliver(row) for row in claimed))
+        results = await asyncio.gather(*(self._deliver(row, owner) for row in claimed))
         for result in results:
             if result == "delivered":
                 done.delivered += 1
@@ -159,10 +185,26 @@ class WebhookSender:
                 done.retrying += 1
         return done
 
-    async def _deliver(self, row: webhooks.Claimed) -> str:
+    async def _give_back(self) -> None:
+        """Give back what the claim of ``_unanswered`` may hold (issue #27)."""
+        owner = self._unanswered
+        assert owner is not None
+
+        async def release() -> int:
+            async with acquire(self.pool) as conn:
+                return await webhooks.release_unanswered_claim(
+                    conn, owner=owner, lease_seconds=self.lease_seconds
+                )
+
+        given_back = await asyncio.wait_for(release(), _GIVE_BACK_TIMEOUT_SECONDS)
+        self._unanswered = None
+        if given_back:
+            log.info("%d webhook deliveries claimed unanswered given back", given_back)
+
+    async def _deliver(self, row: webhooks.Claimed, owner: uuid.UUID) -> str:
         if row.disabled:
             await self._record(
-                lambda conn: webhooks.fail_disabled(conn, delivery_id=row.id, owner=self.owner)
+                lambda conn: webhooks.fail_disabled(conn, delivery_id=row.id, owner=owner)
             )
             return "failed"
         status, answer = await self._call(row)
@@ -170,7 +212,7 @@ class WebhookSender:
             WEBHOOK_CALLS.labels("delivered").inc()
             await self._record(
                 lambda conn: webhooks.record_delivered(
-                    conn, delivery_id=row.id, owner=self.owner, status_code=status
+                    conn, delivery_id=row.id, owner=owner, status_code=status
                 )
             )
             return "delivered"
@@ -180,7 +222,7 @@ class WebhookSender:
             after[0] = await webhooks.record_failure(
                 conn,
                 delivery_id=row.id,
-                owner=self.owner,
+                owner=owner,
                 status_code=status,
                 answer=answer,
                 retry_in=self.settings.webhook_backoff().delay(row.attempts),
