@@ -110,6 +110,32 @@ def _logging(verbose: bool) -> None:
     )
 
 
+def _migrations_missing() -> str | None:
+    """What a worker says at start (``check_schema``) if the database lacks some of fanout's
+    migrations (never migrated, or by an older fanout); None if it has them all, or does
+    not answer now (the command's own failure is then the one to report)."""
+    from fanout.runtime.schema import SchemaNotMigrated, check_schema
+    from fanout.store import connect
+
+    settings = _settings()
+
+    async def check() -> None:
+        dsn = settings.database_dsn()
+        conn = await connect(dsn, connect_timeout=10, pooler=settings.database_pooler)
+        try:
+            await check_schema(conn, dsn)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(check())
+    except SchemaNotMigrated as exc:
+        return str(exc)
+    except Exception:
+        return None
+    return None
+
+
 def _explain(exc: Exception) -> tuple[str, int] | None:
     """One line and an exit status for a failure the user can act on; None for a bug."""
     import asyncpg
@@ -121,8 +147,16 @@ def _explain(exc: Exception) -> tuple[str, int] | None:
         return str(exc), EXIT_CONFIG
     if isinstance(exc, Unreachable):
         return str(exc), EXIT_FAILED
-    if isinstance(exc, asyncpg.UndefinedTableError):  # a step of the set-up left out
-        return f"{exc}: the schema is missing; run `fanout migrate`", EXIT_CONFIG
+    # What a statement meets on a database that lacks some of fanout's migrations: a table,
+    # a column, a function or a type a migration adds. Said as a worker says it at start.
+    schema_behind = (
+        asyncpg.UndefinedTableError,
+        asyncpg.UndefinedColumnError,
+        asyncpg.UndefinedFunctionError,
+        asyncpg.UndefinedObjectError,
+    )
+    if isinstance(exc, schema_behind) and (line := _migrations_missing()) is not None:
+        return line, EXIT_CONFIG
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
         return f"database error: {type(exc).__name__}: {exc}", EXIT_FAILED
     if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError):

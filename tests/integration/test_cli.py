@@ -19,6 +19,7 @@ import pytest
 from fanout.config import Settings, database_address
 from fanout.local.demo import DeviceShape, seed
 from fanout.local.sink import EmbeddedSink
+from fanout.store.migrate import available_migrations, migrate
 from tests.conftest import _with_database
 from tests.faults.conftest import sink_worker
 
@@ -215,11 +216,56 @@ def test_a_missing_queue_is_one_clear_line(settings: Settings) -> None:
 
 
 def test_a_missing_schema_is_one_clear_line(settings: Settings, empty_database: str) -> None:
+    """The line a worker says at start (not the missing relation's name)."""
     assert fanout(settings, "queues", "create").returncode == 0
     result = fanout(settings, "publish", "author:x", "--title", "t", database_url=empty_database)
     assert result.returncode == 2
-    assert "run `fanout migrate`" in result.stderr
     assert "Traceback" not in result.stderr
+    assert result.stderr == (
+        f"fanout: the database at {database_address(empty_database)} (FANOUT_DATABASE_URL) "
+        "has no fanout schema: run `fanout migrate`\n"
+    )
+
+
+# The release before apps (as tests/integration/test_upgrade.py upgrades it).
+PREVIOUS_SCHEMA = 10
+
+
+@pytest.fixture
+def previous_release_database(empty_database: str) -> str:
+    """A database migrated as the release before apps left it: 0001 to 0010."""
+
+    async def migrate_to_the_previous_release() -> None:
+        conn = await asyncpg.connect(empty_database)
+        try:
+            await migrate(conn, up_to=PREVIOUS_SCHEMA)
+        finally:
+            await conn.close()
+
+    asyncio.run(migrate_to_the_previous_release())
+    return empty_database
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["reconcile"], ["cancel", "1"], ["status", "1"], ["apikey", "create", "--scope", "read"]],
+    ids=" ".join,
+)
+def test_a_command_on_a_schema_older_than_its_code_says_run_migrate(
+    settings: Settings, previous_release_database: str, command: list[str]
+) -> None:
+    """As a worker says it at start: not "database error: UndefinedColumnError" and exit 1,
+    nor "the schema is missing" for a schema that is there, only behind."""
+    assert fanout(settings, "queues", "create").returncode == 0
+    result = fanout(settings, *command, database_url=previous_release_database)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 2, result.stderr
+    missing = [m.name for m in available_migrations() if m.version > PREVIOUS_SCHEMA]
+    assert result.stderr == (
+        f"fanout: the database at {database_address(previous_release_database)} "
+        f"(FANOUT_DATABASE_URL) lacks {len(missing)} of fanout's migrations "
+        f"({', '.join(missing[:3])}, …): run `fanout migrate`\n"
+    )
 
 
 @pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "0"]], ids=" ".join)
