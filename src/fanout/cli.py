@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import logging
 import shlex
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ import typer
 from rich.console import Console
 
 from fanout.config import ConfigError, Settings, Unreachable, invalid_settings
+from fanout.runtime.listening import AddressSettings, listen
 
 # Tracebacks never show local variables: they may hold keys and database URLs.
 app = typer.Typer(
@@ -111,6 +110,32 @@ def _logging(verbose: bool) -> None:
     )
 
 
+def _migrations_missing() -> str | None:
+    """What a worker says at start (``check_schema``) if the database lacks some of fanout's
+    migrations (never migrated, or by an older fanout); None if it has them all, or does
+    not answer now (the command's own failure is then the one to report)."""
+    from fanout.runtime.schema import SchemaNotMigrated, check_schema
+    from fanout.store import connect
+
+    settings = _settings()
+
+    async def check() -> None:
+        dsn = settings.database_dsn()
+        conn = await connect(dsn, connect_timeout=10, pooler=settings.database_pooler)
+        try:
+            await check_schema(conn, dsn)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(check())
+    except SchemaNotMigrated as exc:
+        return str(exc)
+    except Exception:
+        return None
+    return None
+
+
 def _explain(exc: Exception) -> tuple[str, int] | None:
     """One line and an exit status for a failure the user can act on; None for a bug."""
     import asyncpg
@@ -122,8 +147,16 @@ def _explain(exc: Exception) -> tuple[str, int] | None:
         return str(exc), EXIT_CONFIG
     if isinstance(exc, Unreachable):
         return str(exc), EXIT_FAILED
-    if isinstance(exc, asyncpg.UndefinedTableError):  # a step of the set-up left out
-        return f"{exc}: the schema is missing; run `fanout migrate`", EXIT_CONFIG
+    # What a statement meets on a database that lacks some of fanout's migrations: a table,
+    # a column, a function or a type a migration adds. Said as a worker says it at start.
+    schema_behind = (
+        asyncpg.UndefinedTableError,
+        asyncpg.UndefinedColumnError,
+        asyncpg.UndefinedFunctionError,
+        asyncpg.UndefinedObjectError,
+    )
+    if isinstance(exc, schema_behind) and (line := _migrations_missing()) is not None:
+        return line, EXIT_CONFIG
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
         return f"database error: {type(exc).__name__}: {exc}", EXIT_FAILED
     if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError):
@@ -197,6 +230,16 @@ def demo(
             "set FANOUT_SECRET_KEY (fanout secrets generate-key) first",
             param_hint="--apps",
         )
+    console_listener = (
+        listen(
+            settings.api_host,
+            port or settings.api_port,
+            "the console",
+            _api_address_settings(None, port),
+        )
+        if console
+        else None
+    )
     summary = asyncio.run(
         run_demo(
             settings,
@@ -205,7 +248,7 @@ def demo(
             console=err,
             provider=provider,
             preferences=preferences,
-            serve_console=(settings.api_host, port or settings.api_port) if console else None,
+            serve_console=console_listener,
             app_count=apps,
         )
     )
@@ -742,7 +785,7 @@ def sink(
         err.print(f"push sink on {url}: POST /push, GET /stats")
 
     serve(
-        _listen(host, port, "the push sink", ("--host", "--port")),
+        listen(host, port, "the push sink", AddressSettings("--host", "--port")),
         listening=listening,
         events_kept=events_kept,
     )
@@ -761,8 +804,8 @@ def serve(
 
     settings = _settings()
     # Bound here, once, to say which setting is wrong: uvicorn's failure is a log and exit 3.
-    where = ("--host" if host else "FANOUT_API_HOST", "--port" if port else "FANOUT_API_PORT")
-    _listen(host or settings.api_host, port or settings.api_port, "the API", where).close()
+    where = _api_address_settings(host, port)
+    listen(host or settings.api_host, port or settings.api_port, "the API", where).close()
     asyncio.run(_check_before_serving(settings))
     uvicorn.run(
         create_app(settings),
@@ -770,6 +813,13 @@ def serve(
         port=port or settings.api_port,
         log_level="info",
         http=limited_http_protocol(settings),  # bounds what one slow client may hold
+    )
+
+
+def _api_address_settings(host: str | None, port: int | None) -> AddressSettings:
+    """What chose the API's address (or the demo's console's): the option, else its variable."""
+    return AddressSettings(
+        "--host" if host else "FANOUT_API_HOST", "--port" if port else "FANOUT_API_PORT"
     )
 
 
@@ -793,22 +843,6 @@ def _check_secret_key(settings: Settings) -> None:
             await conn.close()
 
     asyncio.run(check())
-
-
-def _listen(host: str, port: int, what: str, settings: tuple[str, str]) -> socket.socket:
-    """A socket listening on ``host:port`` (SO_REUSEADDR, as uvicorn binds), or one line
-    naming the setting, ``settings``' first (the host) or second (the port), and exit
-    status 2, as for any setting fanout cannot use."""
-    try:
-        return socket.create_server((host, port))
-    except OSError as exc:
-        # Not an address of this machine, or no such name (getaddrinfo's codes are < 0):
-        # the host; else the port, taken by another server, or below 1024 without the right.
-        code = exc.errno or 0
-        setting = settings[0] if code < 0 or code == errno.EADDRNOTAVAIL else settings[1]
-        # create_server appends the address to the reason: it is already in the line.
-        reason = (exc.strerror or str(exc)).split(" (while attempting to bind")[0]
-        _fail(f"{setting}: cannot serve {what} on {host}:{port}: {reason}", EXIT_CONFIG)
 
 
 async def _check_before_serving(settings: Settings) -> None:

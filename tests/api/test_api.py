@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fanout.api.keys import revoke_api_key, split_token
+from fanout.api.keys import create_api_key, revoke_api_key, split_token
 from fanout.local.sink import EmbeddedSink, PushSink
 from fanout.runtime.worker import run_worker
 from fanout.store import connect
@@ -227,6 +228,41 @@ async def test_a_json_body_without_the_json_content_type_is_415_naming_the_heade
     assert response.json() == {
         "detail": f"Content-Type must be application/json (this request's: {named})"
     }
+
+
+async def test_every_json_route_answers_a_body_of_another_type_415_naming_the_header(
+    api: ApiServer,
+) -> None:
+    """Each route whose body the OpenAPI document gives as JSON, not only /v1/devices."""
+    conn = await connect(api.settings.database_dsn())
+    try:
+        admin = (await create_api_key(conn, ["admin"], "admin-415"))[1]
+    finally:
+        await conn.close()
+    async with api.client() as client:
+        document = (await client.get("/openapi.json")).json()
+        routes = [
+            (method.upper(), path)
+            for path, operations in document["paths"].items()
+            for method, operation in operations.items()
+            if "application/json" in operation.get("requestBody", {}).get("content", {})
+        ]
+        assert len(routes) >= 15  # the document was read
+        refused = {}
+        for method, path in routes:
+            key = admin if path.startswith("/v1/apps") else api.keys["all"]
+            response = await client.request(
+                method,
+                re.sub(r"\{[^}]+\}", "default", path),  # a value for each path parameter
+                content=b'{"user_id": "u"}',
+                headers={"authorization": f"Bearer {key}", "content-type": "text/plain"},
+            )
+            refused[method, path] = (response.status_code, response.json())
+    expected = (
+        415,
+        {"detail": "Content-Type must be application/json (this request's: text/plain)"},
+    )
+    assert {route: answer for route, answer in refused.items() if answer != expected} == {}
 
 
 async def test_a_body_over_the_limit_is_413(api: ApiServer) -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import secrets
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -19,8 +23,10 @@ import pytest
 from fanout.config import Settings, database_address
 from fanout.local.demo import DeviceShape, seed
 from fanout.local.sink import EmbeddedSink
+from fanout.store.migrate import available_migrations, migrate
 from tests.conftest import _with_database
 from tests.faults.conftest import sink_worker
+from tests.processes import ATTEMPTS, free_port
 
 
 def fanout(
@@ -188,8 +194,8 @@ def test_dlq_commands_show_and_redrive(settings: Settings) -> None:
     assert "delivery-dlq: 0" in fanout(settings, "dlq", "list").stdout
 
 
-@pytest.fixture
-def empty_database(server_url: str) -> Iterator[str]:
+@contextlib.contextmanager
+def _database_without_schema(server_url: str) -> Iterator[str]:
     """A database without the schema, named for this test alone and dropped after it."""
     name = f"fanout_cli_empty_{secrets.token_hex(4)}"
 
@@ -207,6 +213,12 @@ def empty_database(server_url: str) -> Iterator[str]:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture
+def empty_database(server_url: str) -> Iterator[str]:
+    with _database_without_schema(server_url) as url:
+        yield url
+
+
 def test_a_missing_queue_is_one_clear_line(settings: Settings) -> None:
     result = fanout(settings, "publish", "author:x", "--title", "t")
     assert result.returncode == 1
@@ -215,11 +227,56 @@ def test_a_missing_queue_is_one_clear_line(settings: Settings) -> None:
 
 
 def test_a_missing_schema_is_one_clear_line(settings: Settings, empty_database: str) -> None:
+    """The line a worker says at start (not the missing relation's name)."""
     assert fanout(settings, "queues", "create").returncode == 0
     result = fanout(settings, "publish", "author:x", "--title", "t", database_url=empty_database)
     assert result.returncode == 2
-    assert "run `fanout migrate`" in result.stderr
     assert "Traceback" not in result.stderr
+    assert result.stderr == (
+        f"fanout: the database at {database_address(empty_database)} (FANOUT_DATABASE_URL) "
+        "has no fanout schema: run `fanout migrate`\n"
+    )
+
+
+# The release before apps (as tests/integration/test_upgrade.py upgrades it).
+PREVIOUS_SCHEMA = 10
+
+
+@pytest.fixture
+def previous_release_database(empty_database: str) -> str:
+    """A database migrated as the release before apps left it: 0001 to 0010."""
+
+    async def migrate_to_the_previous_release() -> None:
+        conn = await asyncpg.connect(empty_database)
+        try:
+            await migrate(conn, up_to=PREVIOUS_SCHEMA)
+        finally:
+            await conn.close()
+
+    asyncio.run(migrate_to_the_previous_release())
+    return empty_database
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["reconcile"], ["cancel", "1"], ["status", "1"], ["apikey", "create", "--scope", "read"]],
+    ids=" ".join,
+)
+def test_a_command_on_a_schema_older_than_its_code_says_run_migrate(
+    settings: Settings, previous_release_database: str, command: list[str]
+) -> None:
+    """As a worker says it at start: not "database error: UndefinedColumnError" and exit 1,
+    nor "the schema is missing" for a schema that is there, only behind."""
+    assert fanout(settings, "queues", "create").returncode == 0
+    result = fanout(settings, *command, database_url=previous_release_database)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 2, result.stderr
+    missing = [m.name for m in available_migrations() if m.version > PREVIOUS_SCHEMA]
+    assert result.stderr == (
+        f"fanout: the database at {database_address(previous_release_database)} "
+        f"(FANOUT_DATABASE_URL) lacks {len(missing)} of fanout's migrations "
+        f"({', '.join(missing[:3])}, …): run `fanout migrate`\n"
+    )
 
 
 @pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "0"]], ids=" ".join)
@@ -302,6 +359,146 @@ async def test_status_wait_shows_the_event_once_it_has_ended(
     shown = orjson.loads(waited.stdout)
     assert (shown["status"], shown["recipients"], shown["sent"]) == ("delivered", 3, 3)
     assert sink.sink.ledger.unique == 3
+
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+@dataclass
+class Step:
+    """One statement of the README's shell session and the lines it shows after it."""
+
+    command: str
+    shown: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Not inside a quoted string, nor continued by a backslash."""
+        return self.command.count("'") % 2 == 0 and not self.command.endswith("\\")
+
+    def prints(self, output: str) -> bool:
+        """Whether ``output`` is what the README shows: line for line, "…" standing for
+        whatever varies (an id, a time, fields left out)."""
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        patterns = [re.escape(shown).replace("…", ".*") for shown in self.shown]
+        return len(lines) == len(patterns) and all(
+            re.fullmatch(pattern, line) for pattern, line in zip(patterns, lines, strict=True)
+        )
+
+
+def readme_session(section: str) -> list[Step]:
+    """The README section's bash blocks as statements, each with the comment lines after
+    it: an output line each, one indented two spaces or more continuing the line before,
+    a note in parentheses after three spaces not part of it."""
+    text = README.read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    steps: list[Step] = []
+    for block in re.findall(r"```bash\n(.*?)```", body, re.DOTALL):
+        for line in block.splitlines():
+            if line.startswith("#") and steps and steps[-1].complete:
+                shown = line[1:]
+                if shown.startswith("  "):
+                    steps[-1].shown[-1] += shown.strip()
+                else:
+                    steps[-1].shown.append(re.split(r"\s{3,}\(", shown.strip())[0])
+            elif steps and not steps[-1].complete:
+                steps[-1].command += "\n" + line
+            else:
+                steps.append(Step(line))
+    return steps
+
+
+def here(steps: list[Step], database_url: str, ports: dict[int, int]) -> list[Step]:
+    """The steps as they run on this machine: the test's own database instead of
+    `createdb`'s, free ports for the README's (moto 5000, sink 8765, API 8000), this
+    interpreter for `.venv/bin/`. What they print is as it was otherwise."""
+
+    def moved(text: str) -> str:
+        for readme_port, port in ports.items():
+            text = text.replace(f"127.0.0.1:{readme_port}", f"127.0.0.1:{port}")
+            text = text.replace(f"-p {readme_port} ", f"-p {port} ")
+        text = text.replace(
+            ".venv/bin/fanout sink ", f".venv/bin/fanout sink --port {ports[8765]} "
+        )
+        text = re.sub(
+            r"FANOUT_DATABASE_URL=\S+", lambda _: f"FANOUT_DATABASE_URL={database_url}", text
+        )
+        return text.replace(".venv/bin/fanout ", f"{sys.executable} -m fanout ").replace(
+            ".venv/bin/python ", f"{sys.executable} "
+        )
+
+    return [
+        Step(moved(step.command), [moved(line) for line in step.shown])
+        for step in steps
+        if not step.command.startswith("createdb ")  # the test's database is made already
+    ]
+
+
+def run_session(steps: list[Step], cwd: Path, env: dict[str, str]) -> list[str]:
+    """Run the steps in one bash, as pasted; what each printed. The processes it starts in
+    the background are stopped at its end, or when it is ended."""
+    marker = f"@@{secrets.token_hex(4)}@@"
+    script = "\n".join(
+        ["trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT"]
+        + [f"{step.command}\nprintf '\\n{marker}\\n'" for step in steps]
+    )
+    bash = subprocess.Popen(
+        ["bash", "-c", script],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        # Only ends a session that hangs (`fanout status --wait` gives up after 120 s; the
+        # wait for the API, never, if it could not bind its port).
+        output, _ = bash.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(bash.pid, signal.SIGTERM)
+        output, _ = bash.communicate()
+    return output.split(f"\n{marker}\n")
+
+
+def test_the_readmes_first_session_prints_what_it_shows(server_url: str, tmp_path: Path) -> None:
+    """Pasted into a shell on an empty database, each command of "A first session, step by
+    step" prints what the README shows after it, and those showing nothing print nothing.
+    What a newcomer met instead: an event still `enqueued` with 0 recipients, the sink's 3
+    before its 4, a list of migrations and stats grown since, the API's log among the
+    answers, curl's answers run together on one line."""
+    steps = readme_session("A first session, step by step")
+    assert sum(bool(step.shown) for step in steps) >= 10  # the section was found and read
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FANOUT_", "AWS_"))}
+    env |= {
+        "HOME": str(tmp_path),
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        "FANOUT_POLL_WAIT_SECONDS": "1",  # so that the worker stops at once at the end
+    }
+    for attempt in range(ATTEMPTS):
+        # A port found free may be taken before a server binds it: then try others.
+        ports = {readme_port: free_port() for readme_port in (5000, 8765, 8000)}
+        cwd = tmp_path / f"attempt-{attempt}"
+        cwd.mkdir()
+        with _database_without_schema(server_url) as database_url:
+            here_steps = here(steps, database_url, ports)
+            printed = run_session(
+                here_steps,
+                cwd,
+                env | {"FANOUT_API_PORT": str(ports[8000]),
+                       "FANOUT_SINK_URL": f"http://127.0.0.1:{ports[8765]}"},
+            )  # fmt: skip
+        logs = "".join(log.read_text() for log in cwd.glob("*.log"))
+        if "Address already in use" not in logs:
+            break
+    assert len(printed) == len(here_steps) + 1, printed  # every step ran, then the trap
+    differing = [
+        f"{step.command}\n  printed: {output.strip()!r}\n  shown:   {step.shown!r}"
+        for step, output in zip(here_steps, printed, strict=False)
+        if not step.prints(output)
+    ]
+    assert not differing, "\n".join(differing)
 
 
 def test_publish_later_then_cancel(settings: Settings) -> None:

@@ -331,6 +331,67 @@ def test_a_sink_port_already_taken_is_one_line_naming_it(
     )
 
 
+@pytest.mark.parametrize("option", [False, True], ids=["FANOUT_API_PORT", "--port"])
+def test_a_console_port_already_taken_is_one_line_naming_it(
+    environment: dict[str, str], taken_port: int, option: bool
+) -> None:
+    """`fanout demo --console` binds before it starts anything, and names what chose the
+    port: it said "(--port)" when FANOUT_API_PORT had."""
+    if option:
+        result = fanout(environment, "demo", "--console", "--port", str(taken_port))
+    else:
+        result = fanout({**environment, "FANOUT_API_PORT": str(taken_port)}, "demo", "--console")
+    setting = "--port" if option else "FANOUT_API_PORT"
+    assert the_one_line(result, status=2) == (
+        f"fanout: {setting}: cannot serve the console on 127.0.0.1:{taken_port}: "
+        "Address already in use"
+    )
+
+
+# TEST-NET-1 (RFC 5737): an address no machine running the tests has.
+NOT_OURS = "192.0.2.1"
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "named", "what"),
+    [
+        (["worker"], {"FANOUT_METRICS_HOST": NOT_OURS, "FANOUT_METRICS_PORT": "0"},
+         "FANOUT_METRICS_HOST", "metrics"),
+        (["serve"], {"FANOUT_API_HOST": NOT_OURS}, "FANOUT_API_HOST", "the API"),
+        (["sink", "--host", NOT_OURS], {}, "--host", "the push sink"),
+    ],
+    ids=["metrics", "serve", "sink"],
+)  # fmt: skip
+def test_an_address_not_of_this_machine_is_one_line_naming_the_host_setting(
+    environment: dict[str, str],
+    database_url: str,
+    command: list[str],
+    env: dict[str, str],
+    named: str,
+    what: str,
+) -> None:
+    """Not the port's setting (the metrics' line named FANOUT_METRICS_PORT whatever failed)."""
+    env = {**environment, "FANOUT_DATABASE_URL": database_url, **env}
+    line = the_one_line(fanout(env, *command), status=2)
+    assert line.startswith(f"fanout: {named}: cannot serve {what} on {NOT_OURS}:"), line
+    assert line.endswith(": Cannot assign requested address"), line
+
+
+@pytest.mark.parametrize(
+    ("command", "what"),
+    [(["sink"], "the push sink"), (["serve"], "the API"), (["demo", "--console"], "the console")],
+    ids=["sink", "serve", "demo"],
+)
+def test_a_port_past_65535_is_one_line_naming_the_option(
+    environment: dict[str, str], command: list[str], what: str
+) -> None:
+    """Not a traceback of socket's OverflowError."""
+    line = the_one_line(fanout(environment, *command, "--port", "70000"), status=2)
+    assert (
+        line == f"fanout: --port: cannot serve {what} on 127.0.0.1:70000: not a port (0 to 65535)"
+    )
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fanout.config import Settings
-from fanout.local.demo_console import bind_console, keep_serving
+from fanout.local.demo_console import keep_serving
 from fanout.local.emulators.stack import LocalPushServices, local_push_services
 from fanout.local.services import embedded_postgres, local_sqs_server
 from fanout.local.sink import DeliveryLedger, EmbeddedSink, PushSink
@@ -306,21 +307,21 @@ async def run_demo(
     console: Console,
     provider: str = "sink",
     preferences: bool = False,
-    serve_console: tuple[str, int] | None = None,
+    serve_console: socket.socket | None = None,
     app_count: int = 1,
 ) -> DemoSummary:
     """``provider`` sink: one local sink for every platform; apns, fcm, webpush or mixed:
     local APNs / FCM / push-service emulators over HTTP/2 and TLS, spoken to for real.
     ``preferences``: the subscribers get a realistic mix of audience settings
     (``AudienceMix``), and the summary counts who was held back and why.
-    ``serve_console`` (host, port): afterwards, keep the API, its console and a worker
-    running there until Ctrl-C. ``app_count`` above 1: that many apps, each with its own
+    ``serve_console``, a listening socket (bound before, so that a port in use is said at
+    once, not after the event): afterwards, keep the API, its console and a worker serving
+    there until Ctrl-C. ``app_count`` above 1: that many apps, each with its own
     emulator credentials, devices and event (``demo_apps``; emulators only)."""
 
     def say(line: str) -> None:
         console.print(line, markup=False, highlight=False)
 
-    listener = bind_console(*serve_console) if serve_console else None
     with _local_services(settings, say) as (settings, database, sqs):
         say(f"creating the queues {settings.queue_prefix}-fanout and -delivery …")
         async with open_client(settings) as client:
@@ -393,9 +394,9 @@ async def run_demo(
                     pipeline, seeded, devices_per_user, delivered, console
                 )
                 summary.database, summary.sqs, summary.provider = database, sqs, provider
-                if listener is not None:
+                if serve_console is not None:
                     console.print(summary_table(summary))
-                    await keep_serving(pipeline, listener, say)
+                    await keep_serving(pipeline, serve_console, say)
     return summary
 
 

@@ -1,8 +1,8 @@
 """``fanout demo --console``: after the demo's event, keep the API with its operator console
 and a worker running on the demo's database, queues and push services, until Ctrl-C.
 
-The listening socket is bound before the demo starts, so a port in use is said at once,
-not after the event.
+The listening socket is bound before the demo starts (``fanout.runtime.listening``), so a
+port in use is said at once, not after the event.
 """
 
 from __future__ import annotations
@@ -17,24 +17,11 @@ import uvicorn
 
 from fanout.api import create_app
 from fanout.api.keys import create_api_key
-from fanout.config import ConfigError
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.worker import run_worker
 from fanout.store import connect
 
 CONSOLE_SCOPES = ["read", "publish", "manage"]
-
-
-def bind_console(host: str, port: int) -> socket.socket:
-    """The console's socket, bound now; a port in use is a one-line error naming --port."""
-    try:
-        return socket.create_server((host, port))
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot serve the console on {host}:{port} (--port): {exc.strerror.lower()}"
-            if exc.strerror
-            else f"cannot serve the console on {host}:{port} (--port): {exc}"
-        ) from None
 
 
 class _Server(uvicorn.Server):

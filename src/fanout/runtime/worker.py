@@ -22,9 +22,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fanout import retry
-from fanout.config import ConfigError, Settings, Unreachable
+from fanout.config import Settings, Unreachable
 from fanout.credentials.stored import keyring
 from fanout.queue.sqs import Queue, QueueMessage, as_unreachable, open_client, open_queues
+from fanout.runtime.listening import AddressSettings, cannot_serve
 from fanout.runtime.pipeline import Pipeline, Result
 from fanout.runtime.reconciler import run_pacer, run_reconciler
 from fanout.runtime.schema import check_schema
@@ -180,10 +181,9 @@ def serve_metrics(settings: Settings) -> str:
     try:
         server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host)
     except OSError as exc:
-        raise ConfigError(
-            f"FANOUT_METRICS_PORT: cannot serve metrics on {settings.metrics_host}:"
-            f"{settings.metrics_port}: {exc.strerror or exc}"
-        ) from None
+        where = AddressSettings("FANOUT_METRICS_HOST", "FANOUT_METRICS_PORT")
+        host, port = settings.metrics_host, settings.metrics_port
+        raise cannot_serve(exc, host, port, "metrics", where) from None
     host, port = str(server.server_address[0]), server.server_address[1]
     url = f"http://{host}:{port}/metrics"
     log.info("serving metrics on %s", url)
