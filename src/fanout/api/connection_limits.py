@@ -115,7 +115,8 @@ class ConnectionLimits:
     refusing: set[str] = field(default_factory=set)  # addresses told of in the log
     open: int = 0  # connections held, every address's
     # Held connections waiting for a request, the longest waiting first (a dict keeps the
-    # order of insertion): the first is closed when a new one needs its room.
+    # order of insertion): the first is closed when a new one needs its room. A request
+    # costs one insert and one pop here, 0.12 us (bench/api.py: no change within its noise).
     waiting: dict[LimitedH11Protocol, None] = field(default_factory=dict)
     full_logged: float = -math.inf  # when the event loop's clock last said all were held
 
