@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import resource
 import shlex
 import signal
 import sys
@@ -800,9 +801,13 @@ def serve(
     import uvicorn
 
     from fanout.api import create_app
-    from fanout.api.connection_limits import limited_http_protocol
+    from fanout.api.connection_limits import connection_budget, limited_http_protocol
 
     settings = _settings()
+    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    budget = connection_budget(
+        settings, None if open_files == resource.RLIM_INFINITY else open_files
+    )
     # Bound here, once, to say which setting is wrong: uvicorn's failure is a log and exit 3.
     where = _api_address_settings(host, port)
     listen(host or settings.api_host, port or settings.api_port, "the API", where).close()
@@ -812,7 +817,10 @@ def serve(
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="info",
-        http=limited_http_protocol(settings),  # bounds what one slow client may hold
+        # What slow clients may hold: time to send, connections per address and in all.
+        http=limited_http_protocol(settings, budget.max_connections),
+        backlog=budget.backlog,
+        timeout_keep_alive=settings.api_keep_alive_seconds,
     )
 
 

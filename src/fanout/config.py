@@ -569,6 +569,22 @@ class Settings(BaseSettings):
         description="Connections one client address may hold open; the next get 429 and are "
         "closed. 0: no limit (behind a reverse proxy every connection comes from its address).",
     )
+    # Past the process's limit of open files the server accepts no one: the connections it
+    # holds stay below it (api/connection_limits.py, connection_budget).
+    api_max_connections: int = Field(
+        default=0,
+        ge=0,
+        description="Connections `fanout serve` holds at most; past it a new one closes the "
+        "oldest waiting for a request, or gets 503 if every one is in a request. 0: the "
+        "process's limit of open files less what fanout keeps for itself.",
+    )
+    # uvicorn's timeout_keep_alive (its default, 5 s): a connection idle between requests.
+    api_keep_alive_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="Seconds a kept-alive connection may stay idle between requests.",
+    )
     console_session_hours: int = Field(
         default=12, ge=1, le=24 * 30, description="How long a console sign-in lasts."
     )

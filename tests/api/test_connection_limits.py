@@ -48,6 +48,12 @@ class Served:
     address: tuple[str, int]
     limits: ConnectionLimits
 
+    async def open_becomes(self, count: int) -> None:
+        """Until the server counts ``count`` connections in all."""
+        async with asyncio.timeout(10):
+            while self.limits.open != count:
+                await asyncio.sleep(0.01)
+
     async def held_becomes(self, count: int) -> None:
         """Until the server counts ``count`` connections from 127.0.0.1 (it sees a client
         close a moment after the client did)."""
@@ -56,14 +62,19 @@ class Served:
                 await asyncio.sleep(0.01)
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[Served]:
+@contextlib.asynccontextmanager
+async def serving(
+    *, header_seconds: float = HEADER_SECONDS, per_address: int = PER_ADDRESS, most: int = 0
+) -> AsyncIterator[Served]:
+    """uvicorn on a loopback port with ``limited_http_protocol``: ``per_address``
+    connections from one address, ``most`` in all."""
     protocol = limited_http_protocol(
         Settings(
-            api_header_timeout_seconds=HEADER_SECONDS,
+            api_header_timeout_seconds=header_seconds,
             api_body_timeout_seconds=60,
-            api_max_connections_per_address=PER_ADDRESS,
-        )
+            api_max_connections_per_address=per_address,
+        ),
+        most,
     )
     config = uvicorn.Config(
         echo,
@@ -73,14 +84,20 @@ async def server() -> AsyncIterator[Served]:
         timeout_keep_alive=60,  # the idle gap between requests is uvicorn's, here long
     )
     listener = socket.create_server(("127.0.0.1", 0))
-    serving = _Server(config)
-    task = asyncio.create_task(serving.serve(sockets=[listener]))
-    while not serving.started:
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    while not server.started:
         await asyncio.sleep(0.01)
     yield Served(listener.getsockname()[:2], protocol.limits)
-    serving.should_exit = True
+    server.should_exit = True
     await task
     listener.close()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Served]:
+    async with serving() as served:
+        yield served
 
 
 async def answer(reader: asyncio.StreamReader) -> bytes:
@@ -156,3 +173,43 @@ async def test_an_address_holds_its_limit_of_connections_and_gets_each_back_as_o
     writer.write(REQUEST)
     assert await answer(reader) == b"HTTP/1.1 200 OK 2"
     writer.close()
+
+
+async def test_past_its_connections_a_server_closes_the_one_waiting_longest_for_a_request() -> None:
+    # Headers have all the time they need here: only the bound on connections ends one.
+    async with serving(header_seconds=300, per_address=0, most=2) as server:
+        silent = await asyncio.open_connection(*server.address)
+        kept = await asyncio.open_connection(*server.address)
+        kept[1].write(REQUEST)
+        assert await answer(kept[0]) == b"HTTP/1.1 200 OK 2"  # kept alive, idle since
+        await server.open_becomes(2)
+        reader, writer = await asyncio.open_connection(*server.address)  # one too many
+        writer.write(REQUEST)
+        assert await answer(reader) == b"HTTP/1.1 200 OK 2"
+        assert await silent[0].read() == b""  # waited longest: made room (it sent nothing)
+        # Then the one idle since its answer (the new one's answer came later).
+        late = await asyncio.open_connection(*server.address)
+        assert await kept[0].read() == b""
+        late[1].write(REQUEST)
+        assert await answer(late[0]) == b"HTTP/1.1 200 OK 2"
+        for _, each in (silent, kept, late, (reader, writer)):
+            each.close()
+
+
+async def test_a_server_whose_connections_are_all_in_a_request_answers_a_new_one_503() -> None:
+    async with serving(header_seconds=300, per_address=0, most=2) as server:
+        sending = [await asyncio.open_connection(*server.address) for _ in range(2)]
+        for _, writer in sending:  # headers whole, body to come: each is in a request
+            writer.write(REQUEST[:-2])
+        await server.open_becomes(2)
+        while server.limits.waiting:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection(*server.address)
+        refused = await reader.read()
+        writer.close()
+        assert refused.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert refused.endswith(b"\r\n\r\ntoo many connections\n")
+        for reader, writer in sending:
+            writer.write(REQUEST[-2:])
+            assert await answer(reader) == b"HTTP/1.1 200 OK 2"
+            writer.close()

@@ -88,3 +88,49 @@ async def test_clients_that_never_finish_a_request_cannot_take_the_server_away(
     assert timed_out + refused == SLOW_CONNECTIONS, sorted(set(endings))
     assert timed_out >= PER_ADDRESS and refused > 0
     assert body_ending in {"closed", "reset"}, body_ending
+
+
+async def test_more_half_sent_requests_than_descriptors_make_room_for_a_whole_one(
+    api: ApiServer, tmp_path: Path
+) -> None:
+    """With no limit per address (behind a proxy, every client has its address), clients
+    that never finish a request could still take every descriptor until their header time
+    ran out. Past FANOUT_API_MAX_CONNECTIONS (by default the process's limit of open files
+    less what fanout keeps for itself), a new connection closes the oldest one still
+    waiting for a request, so a request sent whole is answered at once."""
+    process, url = await asyncio.to_thread(
+        start_server,
+        api.settings,
+        tmp_path / "serve.log",
+        open_files=OPEN_FILES,
+        # Longer than any wait below: only the bound on connections can make room.
+        FANOUT_API_HEADER_TIMEOUT_SECONDS="300",
+        FANOUT_API_MAX_CONNECTIONS_PER_ADDRESS="0",
+    )
+    host, port = "127.0.0.1", int(url.rpartition(":")[2])
+    slow: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    endings: list[asyncio.Task[str]] = []
+    try:
+        for _ in range(SLOW_CONNECTIONS):
+            slow.append(await half_sent_request(host, port))
+        endings += [asyncio.create_task(how_it_ended(reader)) for reader, _ in slow]
+        # Generous for a loaded machine; a server out of descriptors would answer only
+        # once the header time (300 s) freed some.
+        async with httpx.AsyncClient(timeout=60) as client:
+            answer = await client.get(f"{url}/healthz")
+        assert answer.status_code == 200, answer.text
+        # The oldest were closed to make room (each had sent part of a request: 408);
+        # the server holds fewer than its descriptors, so more than the excess are gone.
+        async with asyncio.timeout(60):
+            while sum(ending.done() for ending in endings) <= SLOW_CONNECTIONS - OPEN_FILES:
+                await asyncio.sleep(0.05)
+        ended = {ending.result() for ending in endings if ending.done()}
+        assert ended == {"HTTP/1.1 408 Request Timeout"}, ended
+    finally:
+        for _, writer in slow:
+            writer.close()
+        for ending in endings:
+            ending.cancel()
+        await asyncio.to_thread(stop, process)
+    log = (tmp_path / "serve.log").read_text()
+    assert log.count("(FANOUT_API_MAX_CONNECTIONS)") == 1, log[-3000:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -189,6 +190,8 @@ def test_an_sqs_endpoint_that_does_not_answer_is_named_with_its_setting(
             (["worker"], "FANOUT_API_PORT", "70000", "less than or equal to 65535"),
             (["serve"], "FANOUT_PROVIDER", "carrier-pigeon", "String should match pattern"),
             (["serve"], "FANOUT_API_HEADER_TIMEOUT_SECONDS", "-1", "greater than 0"),
+            (["serve"], "FANOUT_API_KEEP_ALIVE_SECONDS", "0", "greater than or equal to 1"),
+            (["serve"], "FANOUT_API_MAX_CONNECTIONS", "-1", "greater than or equal to 0"),
             (["demo"], "FANOUT_DATABASE_URL", f"mysql://u:{SECRET}@db/x", "a postgresql:// URL"),
             (["queues", "create"], "FANOUT_QUEUE_PREFIX", "no spaces", "should match pattern"),
             (["worker"], "FANOUT_SQS_ENDPOINT_URL", "garbage", "must be an http:// or https://"),
@@ -319,6 +322,31 @@ def test_an_api_port_already_taken_is_one_line_naming_it(
     assert line == (
         f"fanout: {setting}: cannot serve the API on 127.0.0.1:{taken_port}: Address already in use"
     )
+
+
+def test_more_api_connections_than_the_process_can_open_is_one_line_naming_the_setting(
+    environment: dict[str, str],
+) -> None:
+    """Past its limit of open files a server accepts no one: FANOUT_API_MAX_CONNECTIONS is
+    held below it, with what fanout keeps for itself (the database pool, SQS)."""
+
+    def open_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "fanout", "serve"],
+        env={**environment, "FANOUT_API_MAX_CONNECTIONS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=open_files,
+    )
+    line = the_one_line(result, status=2)
+    assert line.startswith(
+        "fanout: FANOUT_API_MAX_CONNECTIONS is more than fanout serve can hold: its limit of "
+        "open files is 256 (ulimit -n)"
+    )
+    assert line.endswith("or raise ulimit -n")
 
 
 def test_a_sink_port_already_taken_is_one_line_naming_it(

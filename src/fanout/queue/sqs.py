@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # SQS's limits for SendMessageBatch / DeleteMessageBatch / ReceiveMessage.
 MAX_BATCH_ENTRIES = 10
 MAX_DELAY_SECONDS = 900
+# Connections one client opens to SQS at most (a process's descriptors count on it).
+SQS_POOL_CONNECTIONS = 64
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -67,7 +69,7 @@ async def open_client(settings: Settings, *, max_attempts: int = 5) -> AsyncIter
         # Standard retry mode backs off on throttling and connection errors.
         # Reads may wait out a 20 s long poll; connecting should never take long.
         "config": AioConfig(
-            max_pool_connections=64,
+            max_pool_connections=SQS_POOL_CONNECTIONS,
             retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=5,
             read_timeout=40,
