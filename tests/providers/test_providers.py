@@ -468,6 +468,7 @@ async def test_fcm_third_party_auth_error_fails_the_ios_devices_and_holds_no_oth
         ios = tokens[1::2]
         services.fcm.ios_tokens.update(ios)
         services.fcm.projects_without_apns_key.add(services.fcm.project_id)
+        before = config_errors("fcm")
         event_id, batches = await fan_out(pipeline, topic)
         await deliver_all(pipeline, batches)
         status = await load_event_status(pipeline.pool, event_id)
@@ -482,6 +483,7 @@ async def test_fcm_third_party_auth_error_fails_the_ios_devices_and_holds_no_oth
     assert services.fcm.ledger.unique == 20 and services.fcm.ledger.duplicates == 0
     assert services.fcm.requests == 40  # one each
     assert services.fcm.token_requests == 1  # the access token was not the one refused
+    assert config_errors("fcm") - before == 20  # alerted on as config errors all the same
 
 
 async def test_a_404_that_is_not_fcms_unregistered_retires_no_token(
