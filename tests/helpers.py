@@ -181,20 +181,31 @@ async def _none_pending(pipeline: Pipeline) -> bool:
         )
 
 
-async def run_everything(pipeline: Pipeline, *, enqueued: bool = True) -> None:
+async def run_everything(
+    pipeline: Pipeline,
+    *,
+    enqueued: bool = True,
+    set_aside: Callable[[str], bool] | None = None,
+) -> list[str]:
     """Run every message on both queues until both stay empty (one worker, in order).
 
     An API answers a publish once its event is committed, and sends its fan-out message
     just after (stages/group_commit.py): first wait until no event is still pending, so
     the queues are drained once the message is on them (``enqueued=False`` for a test
-    that left an event pending on purpose)."""
+    that left an event pending on purpose). A message ``set_aside`` picks is taken off
+    the queue and not run: they are returned, for the test to run when it chooses (a
+    delayed message may or may not be back while the others run)."""
     if enqueued:
         await wait_for(lambda: _none_pending(pipeline), "every committed event enqueued")
+    kept: list[str] = []
     while True:
         bodies = await drain(pipeline.queues.fanout, idle_polls=1)
         bodies += await drain(pipeline.queues.delivery, idle_polls=1)
+        if set_aside is not None:
+            kept += [body for body in bodies if set_aside(body)]
+            bodies = [body for body in bodies if not set_aside(body)]
         if not bodies:
-            return
+            return kept
         for body in bodies:
             await pipeline.handle(body)
 

@@ -185,6 +185,47 @@ async def test_fcm_refuses_what_its_reference_refuses(
         assert fcm.accepted == []
 
 
+@pytest.mark.parametrize(
+    ("setup", "path", "answer"),
+    [
+        # An access token it did not issue (or revoked): the access token refused.
+        (lambda e: e.issued_tokens.clear(), None, (401, "UNAUTHENTICATED", "", 1)),
+        # The service account lacks cloudmessaging.messages.create on its project.
+        (lambda e: e.without_permission.add("e"), None, (403, "PERMISSION_DENIED", "", 1)),
+        # Another project's send method: not the account's project.
+        (None, "/v1/projects/q/messages:send", (403, "PERMISSION_DENIED", "", 1)),
+        # An iOS app's token, the project without an APNs key: that token's push refused.
+        (lambda e: (e.ios_tokens.add("device-1"), e.projects_without_apns_key.add("p")),
+         None, (401, "UNAUTHENTICATED", "THIRD_PARTY_AUTH_ERROR", 0)),
+        (lambda e: e.ios_tokens.add("device-1"), None, (200, "", "", 0)),  # it has one
+    ],
+)  # fmt: skip
+async def test_fcm_refuses_a_credential_as_google_does(
+    fcm: FcmEmulator, setup: Any, path: str | None, answer: tuple[int, str, str, int]
+) -> None:
+    if setup is not None:
+        setup(fcm)
+    async with client(fcm) as http:
+        sent = await http.post(
+            path or "/v1/projects/p/messages:send",
+            json={"message": {"token": "device-1"}},
+            headers={"authorization": "Bearer ya29.test"},
+        )
+    error = sent.json().get("error", {})
+    codes = [d.get("errorCode") for d in error.get("details", [])]
+    status, canonical, error_code, refused = answer
+    assert (sent.status_code, error.get("status", "")) == (status, canonical)
+    assert codes == ([error_code] if error_code else [])
+    assert (fcm.refused, fcm.requests) == (refused, 1)
+
+
+async def test_fcm_answers_a_path_it_does_not_serve_with_googles_404_page(fcm: FcmEmulator) -> None:
+    async with client(fcm) as http:
+        sent = await http.post("/fcm/v1/projects/p/messages:send", json={"message": {}})
+    assert sent.status_code == 404 and sent.headers["content-type"].startswith("text/html")
+    assert "was not found on this server" in sent.text
+
+
 # --- Web Push ---------------------------------------------------------------------------
 
 
@@ -248,3 +289,19 @@ async def test_web_push_keeps_the_decrypted_payload(
     assert (first.token, first.payload) == ("sub1", {"kind": "background", "data": {"a": "1"}})
     assert first.headers["topic"] == "t1" and "authorization" not in first.headers
     assert second.payload == b"not json"
+
+
+@pytest.mark.parametrize("status", [403, 401])  # Google's and Apple's; Mozilla's autopush
+async def test_web_push_refuses_vapid_as_rfc_8292_says(
+    webpush: tuple[WebPushEmulator, str, bytes, str], status: int
+) -> None:
+    """Without VAPID: 401. With a key that is not the one the subscription was made with:
+    the service's status for an invalid VAPID authorization."""
+    emulator = webpush[0]
+    emulator.vapid_refusal_status = status
+    assert await web_push(webpush, b"x", Authorization="") == 401
+    emulator.subscription_keys["sub"] = b64url(b"\x04" + b"\x01" * 64)  # another key's
+    assert await web_push(webpush, b"x") == status
+    emulator.subscription_keys.clear()
+    assert await web_push(webpush, b"x") == 201
+    assert (emulator.refused, emulator.requests, len(emulator.accepted)) == (2, 3, 1)

@@ -453,6 +453,61 @@ async def test_fcm_sender_id_mismatch_retires_the_token_not_the_credential(
     assert await active(push_pipeline, ids) == set(ids[2:])
 
 
+async def test_fcm_third_party_auth_error_fails_the_ios_devices_and_holds_no_other(
+    push_settings: Settings, services: LocalPushServices
+) -> None:
+    """THIRD_PARTY_AUTH_ERROR (401): the Firebase project has no APNs key (or Web Push
+    certificate) that works, so FCM refuses its iOS apps' tokens; the service account is
+    not at fault and its Android tokens accept it. The iOS devices fail at once with the
+    reason (a config error to fix in Firebase, not the token's: none retired), one request
+    each and no new access token; the Android devices are delivered in the same pass, none
+    held back (a breaker opened by it held them all, and flapped with each iOS token).
+    Four requests in flight, fewer than the batch's devices, as a real batch has."""
+    async with breaker_pipeline(push_settings, provider_concurrency=4) as pipeline:
+        topic, ids, tokens = await add_devices(pipeline.pool, services, "fcm", 40)
+        ios = tokens[1::2]
+        services.fcm.ios_tokens.update(ios)
+        services.fcm.projects_without_apns_key.add(services.fcm.project_id)
+        before = config_errors("fcm")
+        event_id, batches = await fan_out(pipeline, topic)
+        await deliver_all(pipeline, batches)
+        status = await load_event_status(pipeline.pool, event_id)
+        assert await active(pipeline, ids) == set(ids)
+    assert status is not None
+    assert (status.sent, status.failed, status.invalid, status.pending) == (20, 20, 0, 0)
+    assert status.held_by_breaker == {}
+    assert status.failure_reasons == {
+        "fcm config: 401 THIRD_PARTY_AUTH_ERROR: the Firebase project's APNs key or Web "
+        "Push certificate": 20
+    }
+    assert services.fcm.ledger.unique == 20 and services.fcm.ledger.duplicates == 0
+    assert services.fcm.requests == 40  # one each
+    assert services.fcm.token_requests == 1  # the access token was not the one refused
+    assert config_errors("fcm") - before == 20  # alerted on as config errors all the same
+
+
+async def test_a_404_that_is_not_fcms_unregistered_retires_no_token(
+    push_settings: Settings, services: LocalPushServices
+) -> None:
+    """FCM says a token is dead with a 404 whose FcmError is UNREGISTERED. A 404 without it
+    is not about the token: here FANOUT_FCM_ENDPOINT names a path FCM does not serve
+    (Google's front end answers its HTML 404 page), and every device would have been
+    retired for it. It is a config error: one request, the devices held, none retired."""
+    wrong_path = f"{services.fcm.base_url}/fcm"
+    async with breaker_pipeline(push_settings, fcm_endpoint=wrong_path) as pipeline:
+        topic, ids, _tokens = await add_devices(pipeline.pool, services, "fcm", 20)
+        event_id, batches = await fan_out(pipeline, topic)
+        await deliver_all(pipeline, batches)
+        status = await load_event_status(pipeline.pool, event_id)
+        assert await active(pipeline, ids) == set(ids)
+    assert status is not None
+    assert (status.sent, status.failed, status.invalid, status.pending) == (0, 0, 0, 20)
+    assert status.held_by_breaker == {
+        "fcm config: 404 from FANOUT_FCM_ENDPOINT: not FCM's send method": 20
+    }
+    assert services.fcm.requests == 1
+
+
 async def test_devices_held_too_often_end_failed_with_the_config_error(
     push_settings: Settings, services: LocalPushServices
 ) -> None:

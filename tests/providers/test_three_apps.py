@@ -5,139 +5,41 @@ own app's credential, never another's, and one app's key refused holds only its 
 
 from __future__ import annotations
 
-import collections
-import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
-from pydantic import SecretStr
 
 from fanout.config import Settings
-from fanout.credentials.sealing import generate_key
 from fanout.credentials.stored import required_keyring, store_credential
-from fanout.local.emulators.stack import EmulatedApp, LocalPushServices
+from fanout.local.emulators.stack import LocalPushServices
 from fanout.metrics import PROVIDER_OUTCOMES
 from fanout.notification import Notification
-from fanout.providers import build_providers
-from fanout.providers.apps import AppProviders
-from fanout.queue.admin import create_queues
-from fanout.queue.sqs import open_client
 from fanout.runtime.pipeline import Pipeline
 from fanout.stages.progress import load_event_status
 from fanout.stages.publish import publish
-from fanout.store import apps, devices, subscriptions
 from tests.helpers import drain, run_everything
-
-PLATFORMS = ("apns", "fcm", "webpush")
-DEVICES_PER_PLATFORM = 4  # per app: one user each
-TOPIC = "news"  # the same topic key in every app: three topics
-
-
-@dataclass
-class App:
-    row: apps.App
-    emulated: EmulatedApp
-    tokens: dict[str, list[str]] = field(default_factory=dict)  # platform -> device tokens
-
-    def expected_signers(self, pushes: int) -> dict[str, dict[tuple[str, str], int]]:
-        """By service: each device's token, signed ``pushes`` times by this app's credential."""
-        return {
-            platform: {
-                (EmulatedApp.wire_token(platform, token), self.emulated.signer(platform)): pushes
-                for token in tokens
-            }
-            for platform, tokens in self.tokens.items()
-        }
+from tests.providers.three_apps import (
+    DEVICES_PER_PLATFORM,
+    PLATFORMS,
+    TOPIC,
+    apps_pipeline,
+    merged,
+    publish_to_each,
+    sealing_settings,
+    signers,
+    three_apps,
+)
 
 
 @pytest.fixture
 def app_settings(push_settings: Settings) -> Settings:
-    """Credentials sealed under a secret key; a refused credential's breaker cools down in
-    half a second (held batches come back after SQS's shortest delay, 1 s)."""
-    return push_settings.model_copy(
-        update={"secret_key": SecretStr(generate_key()), "breaker_cooldown_seconds": 0.5}
-    )
+    return sealing_settings(push_settings)
 
 
 @pytest.fixture
 async def pipeline(app_settings: Settings) -> AsyncIterator[Pipeline]:
-    async with open_client(app_settings) as client:
-        await create_queues(client, app_settings)
-    keyring = required_keyring(app_settings)
-    providers = AppProviders(app_settings, build_providers(app_settings), keyring)
-    try:
-        async with Pipeline.open(app_settings, providers=providers) as opened:
-            yield opened
-    finally:
-        await providers.aclose()
-
-
-async def three_apps(
-    pipeline: Pipeline, services: LocalPushServices, settings: Settings
-) -> list[App]:
-    """Three apps with their credentials stored and devices on every platform, each
-    device's user subscribed to the app's ``news``."""
-    keyring = required_keyring(settings)
-    made = []
-    async with pipeline.pool.acquire() as conn:
-        for index in range(3):
-            name = f"app{index}{secrets.token_hex(2)}"
-            row = await apps.insert_app(conn, key=name, name=name, settings={})
-            assert row is not None
-            app = App(row, services.add_app(name))
-            for credential in app.emulated.credentials:
-                await store_credential(conn, app=row, credential=credential, keyring=keyring)
-            topic_id = await subscriptions.find_or_create_topic(conn, app_id=row.id, topic=TOPIC)
-            for platform in PLATFORMS:
-                app.tokens[platform] = []
-                for i in range(DEVICES_PER_PLATFORM):
-                    user_id = await subscriptions.find_or_create_user(
-                        conn, app_id=row.id, user=f"{platform}-{i}"
-                    )
-                    await subscriptions.subscribe(conn, topic_id=topic_id, user_id=user_id)
-                    token = app.emulated.device_token(platform)
-                    web = platform == "webpush"
-                    await devices.upsert_device(
-                        conn,
-                        app_id=row.id,
-                        user_id=user_id,
-                        platform=platform,
-                        token=token,
-                        web_push_p256dh=services.p256dh if web else None,
-                        web_push_auth=services.auth if web else None,
-                        locale=None,
-                    )
-                    app.tokens[platform].append(token)
-            made.append(app)
-    return made
-
-
-def signers(services: LocalPushServices) -> dict[str, dict[tuple[str, str], int]]:
-    found = {p: getattr(services, p).signers for p in PLATFORMS}
-    return {platform: dict(counter) for platform, counter in found.items() if counter is not None}
-
-
-def merged(*by_app: dict[str, dict[tuple[str, str], int]]) -> dict[str, dict[tuple[str, str], int]]:
-    out: dict[str, dict[tuple[str, str], int]] = collections.defaultdict(dict)
-    for expected in by_app:
-        for platform, counts in expected.items():
-            out[platform] |= counts
-    return dict(out)
-
-
-async def publish_to_each(pipeline: Pipeline, made: list[App]) -> list[int]:
-    events = []
-    for app in made:
-        published = await publish(
-            pipeline.pool,
-            pipeline.queues,
-            Notification(title=f"news of {app.row.key}"),
-            app_id=app.row.id,
-            topic=TOPIC,
-        )
-        events.append(published.event_id)
-    return events
+    async with apps_pipeline(app_settings) as opened:
+        yield opened
 
 
 async def test_every_device_gets_one_push_signed_by_its_own_apps_credential(

@@ -79,9 +79,15 @@ class Provider(ABC):
         """Release connections."""
 
 
-def config_error(provider: str, reason: str, app: str = "") -> Outcome:
+def config_error(
+    provider: str, reason: str, app: str = "", *, every_device: bool = True
+) -> Outcome:
     """fanout's own credentials or settings are wrong: alert, and never blame the token.
     ``app``: the key of the app whose credential it is (the metric's label), or empty.
+    ``every_device``: every push with this credential would be refused alike, so its
+    breaker holds them (providers/breaker.py). False for a setting only some devices need
+    (the Firebase project's APNs key, for its iOS apps' tokens): that device fails, counted
+    and shown as a config error, and the others are sent.
 
     Logged once per breaker opening (providers/breaker.py) and once per batch (the
     delivery stage), not per device: a batch of 16,000 made 16,000 identical lines."""
@@ -89,4 +95,6 @@ def config_error(provider: str, reason: str, app: str = "") -> Outcome:
 
     PROVIDER_CONFIG_ERRORS.labels(provider, app).inc()
     _log.debug("%s refused fanout's credentials or settings: %s", provider, reason)
-    return Outcome(OutcomeKind.PERMANENT, reason=f"{provider} config: {reason}", config=True)
+    return Outcome(
+        OutcomeKind.PERMANENT, reason=f"{provider} config: {reason}", config=every_device
+    )

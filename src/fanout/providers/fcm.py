@@ -20,6 +20,7 @@ from fanout.notification import RenderedNotification
 from fanout.open_tokens import DATA_KEY, JSON_OVERHEAD, EventTokens
 from fanout.overrides import merged
 from fanout.providers.base import (
+    DELIVERED,
     LIVE_ACTIVITY_NOT_HERE,
     Device,
     Outcome,
@@ -30,6 +31,10 @@ from fanout.providers.http2 import Http2Provider
 from fanout.providers.transport import tls_context
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+# FCM's ErrorCode for "APNs certificate or web push auth key was invalid or missing" (401;
+# APNS_AUTH_ERROR its former name): the Firebase project's setting for its iOS (web) apps,
+# not the service account, which its other tokens still accept.
+THIRD_PARTY_AUTH_ERRORS = frozenset({"THIRD_PARTY_AUTH_ERROR", "APNS_AUTH_ERROR"})
 # FCM: "Maximum payload for both message types is 4096 bytes"; fanout counts the message's
 # notification and data as compact JSON (what reaches the app).
 MAX_PAYLOAD_BYTES = 4096
@@ -138,17 +143,27 @@ class FcmProvider(Http2Provider[Prepared]):
                 content=body,
                 headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
             )
-            if response.status_code != 401 or not self._refused(token) or not tries_left:
+            status = response.status_code
+            if status == 200:
+                self._accepted_token = token
+                return DELIVERED
+            error = _error(response.content)
+            code = error.get("errorCode") or error.get("status", "")
+            # A 401 for the access token (not a THIRD_PARTY_AUTH_ERROR, which says nothing
+            # of it): forget it, and try once more with a fresh one if FCM had accepted it.
+            if status != 401 or code in THIRD_PARTY_AUTH_ERRORS or not self._refused(token):
                 break
-        status = response.status_code
-        if status == 200:
-            self._accepted_token = token
-            return Outcome(OutcomeKind.OK)
-        error = _error(response.content)
-        code = error.get("errorCode") or error.get("status", "")
+            if not tries_left:
+                break
         message = str(error.get("message", ""))
-        if status == 404 or code == "UNREGISTERED":
+        # Only the FcmError UNREGISTERED says the token is dead. A 404 without it is no
+        # token's: a path FCM does not serve (FANOUT_FCM_ENDPOINT) retired every device.
+        if code == "UNREGISTERED":
             return Outcome(OutcomeKind.INVALID_TOKEN, reason="fcm: UNREGISTERED")
+        if status == 404:
+            return config_error(
+                "fcm", "404 from FANOUT_FCM_ENDPOINT: not FCM's send method", self.app_label
+            )
         if code == "INVALID_ARGUMENT" and "registration token" in message.lower():
             return Outcome(OutcomeKind.INVALID_TOKEN, reason="fcm: invalid registration token")
         # 403 SENDER_ID_MISMATCH: the token was registered for another sender (project);
@@ -156,9 +171,17 @@ class FcmProvider(Http2Provider[Prepared]):
         # other device still accepts the credential, so it must not open the breaker.
         if code == "SENDER_ID_MISMATCH":
             return Outcome(OutcomeKind.INVALID_TOKEN, reason="fcm: SENDER_ID_MISMATCH")
+        if code in THIRD_PARTY_AUTH_ERRORS:
+            return config_error(
+                "fcm",
+                f"{status} THIRD_PARTY_AUTH_ERROR: the Firebase project's APNs key or Web Push "
+                "certificate",
+                self.app_label,
+                every_device=False,
+            )
         if status == 429 or status >= 500:
             return self.retry_later(response, code)
-        if status in (401, 403) or code == "THIRD_PARTY_AUTH_ERROR":
+        if status in (401, 403):
             return config_error("fcm", f"{status} {code}", self.app_label)
         return Outcome(OutcomeKind.PERMANENT, reason=f"fcm: {status} {code}: {message[:200]}")
 

@@ -5,6 +5,15 @@ have, a data value that is not a string (every data map), a reserved data key, a
 Android priority other than NORMAL or HIGH, a data-only message to iOS at apns-priority
 10, and a message whose notification and data pass 4,096 bytes: 400 INVALID_ARGUMENT,
 its message naming the field as FCM's does.
+
+It refuses fanout's credential as Google does: an assertion not signed by a key of the
+service account (deleted, or never its own) at the token endpoint, 400 invalid_grant; an
+access token it did not issue (or revoked), 401 UNAUTHENTICATED; a service account without
+the permission to send for the project, 403 PERMISSION_DENIED. A token of another sender is
+403 SENDER_ID_MISMATCH, and an iOS app's token of a project without an APNs key is 401
+THIRD_PARTY_AUTH_ERROR (FCM's ErrorCode reference): the token's and the project's APNs
+setting's fault, not the service account's. A path that is not the send method gets the
+404 page Google's front end answers with, no FCM error in it.
 """
 
 from __future__ import annotations
@@ -75,11 +84,23 @@ class FcmEmulator(Emulator):
         # or 403 PERMISSION_DENIED (a service account without the messaging permission).
         # ``refused`` counts those requests.
         self.refuse_credential: int | None = None
+        # Sends refused for fanout's credential (this switch, an access token not issued or
+        # revoked, a project or a permission the service account does not have).
         self.refused = 0
+        self.requests = 0  # every request to the send method (the token endpoint apart)
         # As Google's token endpoint answers an assertion signed with a deleted key: every
-        # one refused (400 invalid_grant) while set; ``refused_assertions`` counts them.
+        # one refused (400 invalid_grant) while set; ``refused_assertions`` counts every
+        # assertion refused (this switch, or one no key of the account signed).
         self.refuse_service_account = False
         self.refused_assertions = 0
+        # Service accounts (client_email) without the permission to send for their project
+        # (cloudmessaging.messages.create): each send refused 403 PERMISSION_DENIED.
+        self.without_permission: set[str] = set()
+        # Tokens of iOS apps, and the projects with no APNs key uploaded to Firebase: FCM
+        # hands an iOS app's push to APNs with the project's key, and without one answers
+        # 401 THIRD_PARTY_AUTH_ERROR for that token; its Android tokens are not concerned.
+        self.ios_tokens: set[str] = set()
+        self.projects_without_apns_key: set[str] = set()
         # Tokens an app registered for another sender (another Firebase project): a send to
         # one is refused 403 SENDER_ID_MISMATCH, the token's fault, not the credential's.
         self.other_sender_tokens: set[str] = set()
@@ -90,7 +111,7 @@ class FcmEmulator(Emulator):
         # SENDER_ID_MISMATCH. ``project_id``'s account is always known.
         self.projects: dict[str, tuple[str, Any]] = {project_id: (client_email, public_key)}
         self.token_projects: dict[str, str] = {}
-        self._access_projects: dict[str, str] = {}  # access token -> its project
+        self._access: dict[str, tuple[str, str]] = {}  # access token -> project, account
 
     def open_token_of(self, payload: Any) -> str | None:
         """FCM hands the app the message's data: the open token is a data string."""
@@ -114,21 +135,21 @@ class FcmEmulator(Emulator):
         if scope["method"] == "POST" and scope["path"] == "/token":
             await self._token(body, send)
             return
+        self.requests += 1
         match = _SEND.match(scope["path"])
         if scope["method"] != "POST" or match is None:
-            await respond(send, 404, _error(404, "NOT_FOUND", "no such method"))
+            await _not_served(send, scope["path"])
             return
-        authorization = header(scope, "authorization") or ""
-        if self.refuse_credential is not None:
+        access_token = (header(scope, "authorization") or "").removeprefix("Bearer ")
+        project, account = self._access.get(access_token, (self.project_id, self.client_email))
+        refused = self.refuse_credential
+        if refused is None and access_token not in self.issued_tokens:
+            refused = 401
+        elif refused is None and (match.group(1) != project or account in self.without_permission):
+            refused = 403
+        if refused is not None:
             self.refused += 1
-            await respond(send, self.refuse_credential, _CREDENTIAL_REFUSED[self.refuse_credential])
-            return
-        if authorization.removeprefix("Bearer ") not in self.issued_tokens:
-            await respond(send, 401, _CREDENTIAL_REFUSED[401])
-            return
-        project = self._access_projects.get(authorization.removeprefix("Bearer "), self.project_id)
-        if match.group(1) != project:
-            await respond(send, 403, _CREDENTIAL_REFUSED[403])
+            await respond(send, refused, _CREDENTIAL_REFUSED[refused])
             return
         try:
             message = orjson.loads(body)["message"]
@@ -143,6 +164,13 @@ class FcmEmulator(Emulator):
         if token in self.other_sender_tokens or self.token_projects.get(token, project) != project:
             mismatch = _error(403, "PERMISSION_DENIED", "SenderId mismatch", "SENDER_ID_MISMATCH")
             await respond(send, 403, mismatch)
+            return
+        if token in self.ios_tokens and project in self.projects_without_apns_key:
+            no_apns_key = _error(
+                401, "UNAUTHENTICATED", "Auth error from APNS or Web Push Service",
+                "THIRD_PARTY_AUTH_ERROR",
+            )  # fmt: skip
+            await respond(send, 401, no_apns_key)
             return
         if self.quota is not None and not self.quota.allow():
             await respond(
@@ -184,11 +212,12 @@ class FcmEmulator(Emulator):
             assert "firebase.messaging" in claims.get("scope", "")
             assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
         except (KeyError, ValueError, AssertionError, jwt.PyJWTError) as exc:
+            self.refused_assertions += 1
             await respond(send, 400, {"error": "invalid_grant", "error_description": str(exc)})
             return
         token = f"ya29.{secrets.token_urlsafe(24)}"
         self.issued_tokens.add(token)
-        self._access_projects[token] = project
+        self._access[token] = (project, issuer)
         await respond(
             send, 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
         )
@@ -240,6 +269,22 @@ _CREDENTIAL_REFUSED = {
     403: {"error": {"code": 403, "status": "PERMISSION_DENIED",
                     "message": "Permission 'cloudmessaging.messages.create' denied on resource"}},
 }  # fmt: skip
+
+
+async def _not_served(send: Send, path: str) -> None:
+    """What Google's front end answers a URL no API serves: its HTML 404 page."""
+    page = (
+        "<!DOCTYPE html>\n<title>Error 404 (Not Found)!!1</title>\n"
+        f"<p>The requested URL {path} was not found on this server."
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 404,
+            "headers": [(b"content-type", b"text/html; charset=UTF-8")],
+        }
+    )
+    await send({"type": "http.response.body", "body": page.encode()})  # fmt: skip
 
 
 def fcm_error(

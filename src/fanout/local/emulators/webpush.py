@@ -3,6 +3,11 @@
 Decryption uses http_ece, an implementation independent of fanout's own encryption. As
 push services do, it takes at most 4,096 bytes of encrypted body (413 above), a TTL in
 seconds, an Urgency of RFC 8030's four and a Topic of at most 32 base64url characters.
+
+VAPID as RFC 8292 (section 4.2) has a push service refuse it: a push without (or with a
+malformed) ``vapid`` authorization 401, one whose JWT or key is invalid, or whose key is not
+the one the subscription was made with, ``vapid_refusal_status``: 403 as Google's and
+Apple's push services answer, 401 as Mozilla's autopush answers every VAPID error.
 """
 
 from __future__ import annotations
@@ -39,20 +44,24 @@ class WebPushEmulator(Emulator):
         # subscriptions were made with, or a key it has blocked): every push refused with
         # this status (401 or 403) while set; ``refused`` counts those requests.
         self.refuse_vapid: int | None = None
-        self.refused = 0
+        self.refused = 0  # pushes refused for their VAPID authorization, whatever the cause
+        self.requests = 0  # every request that reached it
+        self.vapid_refusal_status = 403
         # Several apps' VAPID keys on one service: subscription id prefix -> the
         # applicationServerKey (base64url) the subscription was made with. A push to it
         # signed by another key is refused 403, as push services refuse a VAPID key that
         # is not the subscription's.
         self.subscription_keys: dict[str, str] = {}
 
-    def _check_vapid(self, authorization: str | None, subscription: str) -> str | None:
+    def _check_vapid(self, authorization: str | None, subscription: str) -> tuple[int, str] | None:
+        """None if the VAPID authorization is good, else the status and why."""
         match = re.fullmatch(r"vapid t=([^,\s]+),\s*k=([A-Za-z0-9_-]+)", authorization or "")
         if match is None:
-            return "missing or malformed VAPID authorization"
+            return 401, "missing or malformed VAPID authorization"
+        invalid = self.vapid_refusal_status
         for prefix, expected in self.subscription_keys.items():
             if subscription.startswith(prefix) and match.group(2) != expected:
-                return "VAPID public key does not match the subscription's"
+                return invalid, "VAPID public key does not match the subscription's"
         token, key = match.groups()
         try:
             public = ec.EllipticCurvePublicKey.from_encoded_point(
@@ -60,23 +69,25 @@ class WebPushEmulator(Emulator):
             )
             claims = jwt.decode(token, public, algorithms=["ES256"], audience=self.base_url)
         except (ValueError, jwt.PyJWTError) as exc:
-            return f"VAPID JWT refused: {exc}"
+            return invalid, f"VAPID JWT refused: {exc}"
         if claims.get("exp", 0) > time.time() + 24 * 3600 or not claims.get("sub"):
-            return "VAPID claims refused"
+            return invalid, "VAPID claims refused"
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         body = await read_body(receive)
+        self.requests += 1
         match = _PATH.match(scope["path"])
         if scope["method"] != "POST" or match is None:
             await respond(send, 404)
             return
         subscription = match.group(1)
         authorization = header(scope, "authorization")
-        if (problem := self._check_vapid(authorization, subscription)) is not None:
-            await respond(send, 403, {"error": problem})
+        if (refused := self._check_vapid(authorization, subscription)) is not None:
+            self.refused += 1
+            await respond(send, refused[0], {"error": refused[1]})
             return
         if self.refuse_vapid is not None:
             self.refused += 1
