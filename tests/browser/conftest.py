@@ -42,6 +42,9 @@ if not CHROMIUM.exists():
         raise RuntimeError(why)
     pytest.skip(why, allow_module_level=True)
 playwright = pytest.importorskip("playwright.async_api")
+# Each expect() waits for the page to get there: Playwright's default 5 s is what chromium
+# may take on a loaded machine; a page that never gets there still fails, after a minute.
+playwright.expect.set_options(timeout=60_000)
 
 KEYS = {
     "operator": ["read", "publish", "manage"],

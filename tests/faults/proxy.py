@@ -5,8 +5,10 @@ when that service restarts or the network drops, without touching the shared ser
 The outage ends when the worker has tried to come back a given number of times, not
 after a number of seconds: on a loaded machine a timed outage may fall before the
 worker gets there, or last past every retry it has. It can also count what the client
-sends (``watch``), so a test can act once a request is out, and lose the reply to one
-PostgreSQL statement after the server has committed it (``drop_reply_to``).
+sends (``watch``), so a test can act once a request is out, lose the reply to one
+PostgreSQL statement after the server has committed it (``drop_reply_to``), and keep
+every reply from a connection whose client sent a given request (``hold_replies_to``), as
+a service that never answers it would.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class FlakyProxy:
         self.sent: dict[bytes, int] = {}  # watched byte strings -> times the client sent one
         self._drop_reply_to: bytes | None = None
         self.replies_dropped = 0  # statements run whose reply the client never saw
+        self._hold_replies_to: bytes | None = None
+        self.holding = 0  # connections whose replies are kept from their client
 
     async def __aenter__(self) -> FlakyProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -65,6 +69,12 @@ class FlakyProxy:
         connection drop and cannot know the statement committed."""
         self._drop_reply_to = statement
 
+    def hold_replies_to(self, request: bytes) -> None:
+        """From now on, a connection whose client sends ``request`` (a byte string found
+        within one read, such as an SQS action's name) gets no reply again: the server's
+        answers are read and thrown away, and the client waits as if none were coming."""
+        self._hold_replies_to = request
+
     def _cut(self) -> None:
         for writer in list(self._pipes):
             writer.transport.abort()
@@ -86,11 +96,16 @@ class FlakyProxy:
             return
         self._pipes.update((writer, up_writer))
         doomed = asyncio.Event()
+        held = asyncio.Event()
 
         def doom_if_matched(data: bytes) -> None:
             if self._drop_reply_to is not None and self._drop_reply_to in data:
                 self._drop_reply_to = None  # once
                 doomed.set()
+            if self._hold_replies_to is not None and self._hold_replies_to in data:
+                if not held.is_set():
+                    self.holding += 1
+                held.set()
 
         def cut() -> None:
             self.replies_dropped += 1
@@ -99,7 +114,7 @@ class FlakyProxy:
 
         await asyncio.gather(
             _pump(reader, up_writer, self.sent, inspect=doom_if_matched),
-            _pump_replies(up_reader, writer, doomed, cut),
+            _pump_replies(up_reader, writer, doomed, cut, held),
         )
         self._pipes.difference_update((writer, up_writer))
 
@@ -136,16 +151,19 @@ async def _pump_replies(
     writer: asyncio.StreamWriter,
     doomed: asyncio.Event,
     cut: Callable[[], None],
+    held: asyncio.Event,
 ) -> None:
     """Server to client. Once ``doomed`` (the client sent the statement: the server's
     stream is between messages, as the client waits for each reply before it sends more),
     read PostgreSQL's messages one by one: forward them until the statement runs, then keep
     its result from the client and ``cut`` at the ReadyForQuery that follows (sent once
-    the statement's transaction has committed)."""
+    the statement's transaction has committed). Once ``held``, nothing is forwarded."""
     pending = b""
     running = False
     with contextlib.suppress(OSError, asyncio.IncompleteReadError, ConnectionError):
         while data := await reader.read(65536):
+            if held.is_set():
+                continue
             if not doomed.is_set():
                 writer.write(data)
                 await writer.drain()

@@ -77,6 +77,9 @@ async def test_concurrent_one_to_one_sends_through_the_api_each_reach_their_own_
             settings,
             tmp_path / "server.log",
             FANOUT_COALESCE_DIRECT="true",
+            # The longest a group may gather: a few groups for 60 sends however slowly a
+            # loaded machine gets them there (at 0.25 s, 60 sends spread over 3 s made 12).
+            FANOUT_COALESCE_WINDOW_SECONDS="5",
             FANOUT_API_PUBLISH_RATE="10000",
             FANOUT_API_PUBLISH_BURST="10000",
         )

@@ -170,12 +170,17 @@ async def mid_delivery(rig: Rig, event_id: int) -> None:
     """Until the fan-out is over and the sink has 20% of the devices (not yet 80%)."""
     ledger = rig.sink.sink.ledger
     watch = EventWatch(rig.settings.database_dsn(), event_id)
+    fanned_out = False
 
     async def reached() -> bool:
-        if ledger.unique < DEVICES * 0.2:
-            return False
-        snapshot = await watch.snapshot()
-        return snapshot is not None and snapshot.fanned_out
+        # The sink's count is read last, with nothing awaited after it: the sink (in this
+        # process) answers nothing more before the fault. Read before the database was
+        # asked, it went on while a loaded machine's query took its time.
+        nonlocal fanned_out
+        if not fanned_out:
+            snapshot = await watch.snapshot()
+            fanned_out = snapshot is not None and snapshot.fanned_out
+        return fanned_out and ledger.unique >= DEVICES * 0.2
 
     try:
         await until("fanned out and 20% delivered", reached, 30)

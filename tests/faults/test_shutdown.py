@@ -71,7 +71,7 @@ async def test_sigterm_mid_shard_gives_the_shard_and_its_message_back_at_once(
         event.event_id,
     )
 
-    stuck.stop()  # SIGTERM
+    stuck.stop(timeout=120)  # SIGTERM (the bound, a guard: SIGKILL would keep the lease)
 
     async with pool.acquire() as conn:
         lease_left = await conn.fetchval(

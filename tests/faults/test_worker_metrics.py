@@ -35,7 +35,7 @@ async def metrics_url(worker: WorkerProcess, timeout: float = 60) -> str:
 
 
 async def scrape(url: str) -> Samples:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(timeout=60) as client:  # a busy worker on a loaded machine
         response = await client.get(url)
     response.raise_for_status()
     return {
@@ -75,11 +75,17 @@ async def test_a_worker_serves_provider_latency_reconciler_and_sqs_metrics(
     event = await publish(pool, queues, Notification(title="New book"), topic=topic.key)
     await wait_until_delivered(pool, event.event_id, devices)
 
-    # The SQS gauges are set by the reconciler loop after its pass: scrape until they are.
+    # The SQS gauges are set by the reconciler loop after its pass, and the event counted
+    # finished once the worker has read the answer to the statement that ended it (the
+    # test may see that commit first): scrape until both are.
     deadline = time.monotonic() + 60
     dlq = {"queue": "delivery_dlq", "state": "visible"}
-    while value(samples := await scrape(url), "fanout_sqs_messages", **dlq) is None:
-        assert time.monotonic() < deadline, "no SQS gauges in 60 s"
+    finished = {"status": "delivered", "app": "default"}
+    while (
+        value(samples := await scrape(url), "fanout_sqs_messages", **dlq) is None
+        or (value(samples, "fanout_events_finished_total", **finished) or 0) < 1
+    ):
+        assert time.monotonic() < deadline, "no SQS gauges or event finished in 60 s"
         await asyncio.sleep(0.2)
 
     ok = {"provider": "sink", "app": "", "outcome": "ok", "reason": ""}  # the sink: no app
@@ -91,7 +97,6 @@ async def test_a_worker_serves_provider_latency_reconciler_and_sqs_metrics(
     assert (value(samples, f"{latency}_sum", **sink) or 0) > 0
     for kind in ("event_resent", "shard_resent", "batch_resent", "given_up"):
         assert value(samples, "fanout_reconciler_actions_total", kind=kind) is not None
-    finished = {"status": "delivered", "app": "default"}
     assert value(samples, "fanout_events_finished_total", **finished) == 1
     assert value(samples, "fanout_sqs_requests_total", operation="ReceiveMessage")
     assert value(samples, "fanout_sqs_messages", queue="fanout_dlq", state="visible") == 0

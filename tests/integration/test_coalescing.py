@@ -178,11 +178,12 @@ async def test_each_event_of_a_group_keeps_its_own_audience_rules_and_quiet_hour
             opted_out,
         )
         # Inside their quiet hours now, whatever the time: a window of all but a minute
-        # ending after now (it crosses midnight when it must; the rule handles both).
+        # ending 12 hours from now, however long the test takes to get to it (it crosses
+        # midnight when it must; the rule handles both).
         await conn.execute(
             """INSERT INTO user_preferences (user_id, time_zone, quiet_start, quiet_end)
-               SELECT id, 'UTC', (now() AT TIME ZONE 'UTC')::time + interval '1 minute',
-                      (now() AT TIME ZONE 'UTC')::time + interval '30 seconds'
+               SELECT id, 'UTC', (now() AT TIME ZONE 'UTC')::time + interval '12 hours 1 minute',
+                      (now() AT TIME ZONE 'UTC')::time + interval '12 hours'
                FROM users WHERE external_id = $1""",
             quiet,
         )

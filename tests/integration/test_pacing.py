@@ -211,12 +211,15 @@ async def test_cancel_ends_the_paced_batches_not_yet_sent_and_the_parked_shard(
         options=PublishOptions(throttle_per_minute=60),
     )
     await fan_out_only(pipeline)
-    async with pipeline.pool.acquire() as conn:  # the first 20 seconds' batches are sent
+    # The first 20 seconds' batches are sent; the rest an hour later than scheduled, so
+    # that none comes due while a loaded machine gets to the sweep.
+    async with pipeline.pool.acquire() as conn:
         await conn.execute(
-            """UPDATE delivery_batches SET not_before = not_before - interval '1 hour'
-               WHERE event_id = $1 AND not_before < (
+            """UPDATE delivery_batches
+               SET not_before = not_before + CASE WHEN not_before < (
                    SELECT min(not_before) + interval '20 seconds' FROM delivery_batches
-                   WHERE event_id = $1)""",
+                   WHERE event_id = $1) THEN interval '-1 hour' ELSE interval '1 hour' END
+               WHERE event_id = $1""",
             published.event_id,
         )
     await release_paced(pipeline.pool, pipeline.queues, pipeline.settings)

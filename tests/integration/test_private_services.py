@@ -16,6 +16,7 @@ from fanout.local.sqs_server import MotoServer
 from fanout.local.stalling_proxy import StallingProxy
 from fanout.queue.admin import create_queues
 from fanout.queue.sqs import open_client, open_queues
+from tests.helpers import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -84,22 +85,28 @@ async def test_killed_moto_loses_its_queues_and_comes_back_on_the_same_port() ->
 
 async def test_stalling_proxy_passes_pushes_on_and_delays_or_holds_the_answers() -> None:
     push = {"collapse_key": "7", "payload": {}, "devices": [[1, "tok-1"]]}
+    # A proxy each for the delay and the hang, each stall in force for an hour: a stall
+    # of a fraction of a second could end before a loaded machine's request reached it.
     async with (
         EmbeddedSink(PushSink()) as sink,
-        StallingProxy("127.0.0.1", int(sink.url.rsplit(":", 1)[1])) as proxy,
-        httpx.AsyncClient(base_url=proxy.url, timeout=5) as client,
+        StallingProxy("127.0.0.1", int(sink.url.rsplit(":", 1)[1])) as slow,
+        StallingProxy("127.0.0.1", int(sink.url.rsplit(":", 1)[1])) as hung,
+        httpx.AsyncClient(timeout=30) as client,
     ):
-        answer = await client.post("/push", json=push)
+        answer = await client.post(f"{slow.url}/push", json=push)
         assert answer.json() == {"results": ["ok"]}
 
-        proxy.answer_after(0.3, for_seconds=0.2)
+        slow.answer_after(0.3, for_seconds=3600)
         started = time.monotonic()
-        assert (await client.post("/push", json=push)).status_code == 200
+        assert (await client.post(f"{slow.url}/push", json=push)).status_code == 200
         assert time.monotonic() - started >= 0.3
 
-        proxy.hang(for_seconds=30)
+        hung.hang(for_seconds=3600)
         with pytest.raises(httpx.ReadTimeout):
-            await client.post("/push", json=push, timeout=0.5)
-        # The push got through; only its answer was held back.
+            await client.post(f"{hung.url}/push", json=push, timeout=0.5)
+        # The push got through (once it has: the client may give up first); only its
+        # answer was held back.
+        await wait_for(lambda: hung.held == 1, "the push through the hung proxy")
         assert (sink.sink.ledger.unique, sink.sink.ledger.duplicates) == (1, 2)
-        assert (proxy.forwarded, proxy.delayed, proxy.held) == (3, 1, 1)
+        assert (slow.forwarded, slow.delayed, slow.held) == (2, 1, 0)
+        assert (hung.forwarded, hung.delayed, hung.held) == (1, 0, 1)

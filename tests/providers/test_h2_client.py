@@ -103,7 +103,8 @@ async def post_all(transport: PushTransport, url: str, count: int) -> list[Any]:
     return await asyncio.gather(*(one(i) for i in range(count)))
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Until ``condition()``; ``timeout`` only ends a test that would hang."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
@@ -149,9 +150,15 @@ async def test_a_dead_connection_is_found_within_ping_seconds_and_replaced(
 async def test_a_slow_service_that_answers_pings_is_waited_for(
     certificates: Certificates, transports: Callable[..., PushTransport]
 ) -> None:
-    transport = transports(ping_seconds=0.4)
-    async with serve_h2(answering(delay=1.2), certificates) as server:
-        results = await post_all(transport, server.url, 5)
+    # Answers held until the client has pinged twice (each PING sent after 1 s of silence,
+    # its ACK awaited 1 s), not for a set time the pings must fit in.
+    gate = asyncio.Event()
+    transport = transports(ping_seconds=2.0)
+    async with serve_h2(answering(gate=gate), certificates) as server:
+        sending = asyncio.ensure_future(post_all(transport, server.url, 5))
+        await until(lambda: server.pings >= 2 or sending.done())
+        gate.set()
+        results = await sending
     assert [r.status_code for r in results] == [200] * 5
     assert server.pings >= 2  # silence was checked, and the service answered
 
@@ -201,7 +208,9 @@ async def test_an_idle_connection_is_pinged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(h2_connection, "IDLE_PING_SECONDS", 0.2)
-    transport = transports(connections=1, ping_seconds=0.4)
+    # Each PING's ACK awaited 1 s (half of ping_seconds, the pings as far apart), not the
+    # 0.2 s a loaded machine may take to answer in.
+    transport = transports(connections=1, ping_seconds=2.0)
     async with serve_h2(answering(), certificates) as server:
         await post_all(transport, server.url, 1)
         await until(lambda: server.pings >= 2)
@@ -322,6 +331,9 @@ async def test_another_connection_that_fails_to_open_is_not_tried_on_every_reque
     certificates: Certificates, transports: Callable[..., PushTransport]
 ) -> None:
     transport = transports(connections=2)
+    # An hour before the next try: only the schedule can explain one attempt for 200
+    # requests, not how quickly a loaded machine got through them.
+    transport.http2.reopen = Backoff(first=3600.0, cap=3600.0)
     async with serve_h2(answering(delay=0.01), certificates) as server:
         first = await post_all(transport, server.url, 5)  # busy: a second connection opens
         pool = transport.http2._pools[server.url]
@@ -329,11 +341,11 @@ async def test_another_connection_that_fails_to_open_is_not_tried_on_every_reque
         assert server.listener is not None
         server.listener.close()  # new connections are refused from now on
         await pool.connections[1].close()  # and the second one goes
-        for _ in range(20):  # 20 rounds of requests within the first reopening delay
+        for _ in range(20):  # 20 rounds of requests within the reopening delay
             results = await post_all(transport, server.url, 10)
             assert [r.status_code for r in results] == [200] * 10
     assert [r.status_code for r in first] == [200] * 5
-    assert pool.failures == 1  # one attempt, then it waits (1 s, doubling)
+    assert pool.failures == 1  # one attempt, then it waits for the next try
 
 
 async def test_max_concurrent_streams_lowered_on_a_live_connection_is_respected(
@@ -351,7 +363,14 @@ async def test_max_concurrent_streams_lowered_on_a_live_connection_is_respected(
         server.most_streams = 0
         gate.clear()
         second = asyncio.ensure_future(post_all(transport, server.url, 40))
-        await asyncio.sleep(0.2)
+        [connection] = transport.http2._pools[server.url].connections
+        waiting = transport.http2._pools[server.url].waiters
+        [served] = server.connections
+        # Until each request is sent or waits for a stream, and the server has every
+        # stream the client opened.
+        await until(
+            lambda: connection.load + len(waiting) == 40 and len(served.tasks) == connection.load
+        )
         assert server.most_streams == 5  # the other 35 wait on the client's side
         gate.set()
         assert [r.status_code for r in await second] == [200] * 40
