@@ -9,6 +9,7 @@ import gzip
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,17 @@ def fanout(database_url: str, *args: str, stdin: bytes | None = None) -> dict[st
     """Run `fanout ARGS --json` as an operator would; its JSON line."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
     env["FANOUT_DATABASE_URL"] = database_url
-    done = subprocess.run(
-        [sys.executable, "-m", "fanout", *args, "--json"],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    # In a directory of its own: an import from stdin writes fanout-import.rejects.csv there.
+    with tempfile.TemporaryDirectory() as cwd:
+        done = subprocess.run(
+            [sys.executable, "-m", "fanout", *args, "--json"],
+            env=env,
+            input=stdin,
+            capture_output=True,
+            timeout=120,
+            check=False,
+            cwd=cwd,
+        )
     assert done.returncode == 0, done.stderr.decode()
     parsed: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
     return parsed
