@@ -25,7 +25,7 @@ from tests.faults.conftest import (
     worker_in_process,
 )
 from tests.helpers import add_live_activity_tokens, make_topic, wait_for
-from tests.integration.test_sources import FOLLOWERS, add_source, follow_table, followers
+from tests.integration.test_sourced_topics import FOLLOWERS, add_source, follow_table, followers
 
 NOTE = Notification(title="New book")
 

@@ -744,7 +744,7 @@ def test_a_live_activity_update_refused_names_the_option(
 
 
 async def test_sources_commands(settings: Settings, pool: asyncpg.Pool) -> None:
-    from tests.integration.test_sources import FOLLOWERS, follow_table
+    from tests.integration.test_sourced_topics import FOLLOWERS, follow_table
 
     await follow_table(pool)
     await pool.execute(
@@ -778,7 +778,7 @@ async def test_sources_commands(settings: Settings, pool: asyncpg.Pool) -> None:
 async def test_without_a_usable_source_role_migrate_says_so_and_sources_are_refused(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
-    from tests.integration.test_sources import FOLLOWERS, follow_table
+    from tests.integration.test_sourced_topics import FOLLOWERS, follow_table
 
     await follow_table(pool)
     # fanout's own user (a superuser here) would be no sandbox: refused, as a role fanout's

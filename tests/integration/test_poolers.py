@@ -40,7 +40,7 @@ from tests.integration.test_delivery_stage import (  # noqa: F401
     test_only_the_failed_devices_are_retried,
     test_redelivered_batch_sends_nothing_twice,
 )
-from tests.integration.test_demo import run_demo
+from tests.integration.test_demo_runs import run_demo
 from tests.integration.test_fanout_stage import (  # noqa: F401
     test_paging_across_shard_boundaries_misses_and_doubles_nobody,
     test_redelivered_plan_message_fans_out_once,

@@ -89,7 +89,7 @@ async def test_a_sourced_events_members_are_read_from_the_primary_where_they_wer
 ) -> None:
     """A replica behind the primary would hold none of the members just read (here: it
     holds nothing at all), and nobody would be sent to."""
-    from tests.integration.test_sources import FOLLOWERS, add_source, follow_table, followers
+    from tests.integration.test_sourced_topics import FOLLOWERS, add_source, follow_table, followers
 
     pipeline.settings = pipeline.settings.model_copy(update={"shard_size": 7, "page_size": 3})
     await follow_table(pipeline.pool)

@@ -1,5 +1,5 @@
 """Tags and tag filters: what a publish's filter may say, the form it is compiled into,
-and the decision the page query's SQL is held to (tests/integration/test_tags.py)."""
+and the decision the page query's SQL is held to (tests/integration/test_tag_filters.py)."""
 
 from __future__ import annotations
 
