@@ -220,3 +220,18 @@ async def test_a_shard_whose_lease_was_taken_stops_at_its_checkpoint_and_loses_n
     assert sent_by_stale <= {b.key for b in resent}
     counts = device_counts(resent)
     assert sorted(counts) == sorted(topic.device_ids) and set(counts.values()) == {1}
+
+
+async def test_a_backlog_limit_holds_however_fast_the_sender_fills_the_queue(
+    queues: Queues,
+) -> None:
+    """The queue's depth is read at most every half second; what this process sends in
+    between counts on top of the last reading, so a sender that fills the queue faster than
+    that still stops at the limit (before, it went on until the next reading)."""
+    delivery = queues.delivery
+    for n in range(3):
+        await delivery.wait_for_room(3)  # the first reads the depth: 0
+        await delivery.send_many([f"batch {n}"])
+    with pytest.raises(TimeoutError):  # three waiting, nobody takes them: no room, ever
+        await asyncio.wait_for(delivery.wait_for_room(3), timeout=2.0)
+    assert await delivery.depth() == 3

@@ -168,6 +168,7 @@ class Queue:
         self.max_receive_count = max_receive_count
         self._depth_checked_at = float("-inf")
         self._last_depth = 0
+        self._sent_since_depth = 0  # by this process, since the depth was last read
 
     async def depth(self) -> int:
         """Messages waiting (visible or delayed), as SQS approximates it."""
@@ -190,15 +191,18 @@ class Queue:
         """Return once the queue holds fewer than ``limit`` messages.
 
         Depth is asked at most every half second, however many senders call this, so
-        the check costs a couple of requests a second, not one per message.
+        the check costs a couple of requests a second, not one per message. Between two
+        readings, what this process sent counts on top of the last one: a sender that
+        could fill the queue within half a second still stops at ``limit``.
         """
         last_keep_alive = time.monotonic()
         while True:
             now = time.monotonic()
             if now - self._depth_checked_at >= 0.5:
                 self._depth_checked_at = now
+                self._sent_since_depth = 0  # the reading counts them (sent before it)
                 self._last_depth = await self.depth()
-            if self._last_depth < limit:
+            if self._last_depth + self._sent_since_depth < limit:
                 return
             if keep_alive is not None and now - last_keep_alive >= 5.0:
                 await keep_alive()
@@ -264,6 +268,7 @@ class Queue:
         return calls
 
     async def _send_batch(self, bodies: list[str], delay: int) -> None:
+        self._sent_since_depth += len(bodies)
         pending = {str(i): body for i, body in enumerate(bodies)}
         for attempt in range(1, retry.QUEUE_SEND_TRIES + 1):
             response = await self.client.send_message_batch(
