@@ -462,8 +462,11 @@ async def test_fcm_sender_id_mismatch_retires_the_token_not_the_credential(
 ) -> None:
     """SENDER_ID_MISMATCH (403) says the token was registered for another sender, a
     Firebase project fanout does not send for (Google's ErrorCode reference: "the
-    existing registration tokens won't work"): that device is retired, and the credential,
-    which every other device accepts, is not held back."""
+    existing registration tokens won't work"): once the credential has had a push
+    accepted, that device is retired, and the credential, which every other device
+    accepts, is not held back."""
+    accepted, _ids, _tokens = await add_devices(push_pipeline.pool, services, "fcm", 1)
+    await deliver_all(push_pipeline, (await fan_out(push_pipeline, accepted))[1])
     topic, ids, tokens = await add_devices(push_pipeline.pool, services, "fcm", 6)
     services.fcm.other_sender_tokens.update(tokens[:2])
     event_id, batches = await fan_out(push_pipeline, topic)
@@ -473,8 +476,56 @@ async def test_fcm_sender_id_mismatch_retires_the_token_not_the_credential(
     assert status is not None
     assert (status.status, status.sent, status.invalid, status.pending) == ("delivered", 4, 2, 0)
     assert status.held_by_breaker == {}
-    assert services.fcm.ledger.unique == 4
+    assert services.fcm.ledger.unique == 1 + 4
     assert await active(push_pipeline, ids) == set(ids[2:])
+
+
+@pytest.mark.parametrize("platform", ["apns", "fcm"])
+async def test_a_credential_not_of_the_apps_tokens_retires_none_of_them(
+    push_pipeline: Pipeline, services: LocalPushServices, platform: str
+) -> None:
+    """A bundle id (APNs) or a Firebase project (FCM) that is not the app's: the service
+    blames every token for being another app's (400 DeviceTokenNotForTopic, 403
+    SENDER_ID_MISMATCH). Before any push with the credential was accepted that is not
+    taken as the tokens' word: every device is tried again and ends failed with the reason,
+    none retired, so fixing the credential and sending again reaches them all. (Before,
+    every device of the app was retired.)"""
+    topic, ids, tokens = await add_devices(push_pipeline.pool, services, platform, 20)
+    if platform == "apns":
+        services.apns.token_topics.update({t.lower(): "com.example.another" for t in tokens})
+    else:
+        services.fcm.other_sender_tokens.update(tokens)
+    event_id, batches = await fan_out(push_pipeline, topic)
+    for _attempt in range(push_pipeline.settings.delivery_max_attempts + 1):
+        await deliver_all(push_pipeline, batches)
+        status = await load_event_status(push_pipeline.pool, event_id)
+        assert status is not None
+        if status.terminal:
+            break
+        batches = batches_of(await drain(push_pipeline.queues.delivery, at_least=1))
+    assert (status.status, status.sent, status.invalid, status.failed) == ("failed", 0, 0, 20)
+    [reason] = status.failure_reasons
+    assert "before any push was accepted" in reason
+    assert await active(push_pipeline, ids) == set(ids)
+
+
+async def test_a_token_of_another_app_met_first_is_retired_once_the_credential_works(
+    push_pipeline: Pipeline, services: LocalPushServices
+) -> None:
+    """The one stale token that a new credential happens to meet first is tried again, not
+    retired at once and not holding the others back: the rest are delivered, and on its
+    next try, the credential having worked, it is retired."""
+    topic, ids, tokens = await add_devices(push_pipeline.pool, services, "apns", 6)
+    services.apns.token_topics[tokens[0].lower()] = "com.example.another"
+    event_id, batches = await fan_out(push_pipeline, topic)
+    await deliver_all(push_pipeline, batches)
+    status = await load_event_status(push_pipeline.pool, event_id)
+    assert status is not None and (status.sent, status.invalid) == (5, 0)
+    await deliver_all(push_pipeline, batches_of(await drain(push_pipeline.queues.delivery)))
+    status = await load_event_status(push_pipeline.pool, event_id)
+    assert status is not None
+    assert (status.status, status.sent, status.invalid, status.failed) == ("delivered", 5, 1, 0)
+    assert await active(push_pipeline, ids) == set(ids[1:])
 
 
 async def test_fcm_third_party_auth_error_fails_the_ios_devices_and_holds_no_other(

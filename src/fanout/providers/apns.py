@@ -14,7 +14,7 @@ import orjson
 from fanout.notification import Kind, RenderedNotification
 from fanout.open_tokens import JSON_OVERHEAD, EventTokens, with_token
 from fanout.overrides import merged
-from fanout.providers.base import Device, Outcome, OutcomeKind, config_error
+from fanout.providers.base import Device, Outcome, OutcomeKind, config_error, not_yet_the_tokens
 from fanout.providers.http2 import Http2Provider
 
 # Apple refuses a token older than an hour and one refreshed more than every 20 minutes.
@@ -85,8 +85,16 @@ class ApnsProvider(Http2Provider[Prepared]):
         )
         status = response.status_code
         if status == 200:
+            self.accepted_one = True
             return Outcome(OutcomeKind.OK)
         reason = _reason(response.content)
+        if reason == "DeviceTokenNotForTopic" and not self.accepted_one:
+            return not_yet_the_tokens(
+                "apns",
+                f"{status} DeviceTokenNotForTopic before any push was accepted: is "
+                f"{self.topic} the app's bundle id?",
+                self.app_label,
+            )
         if status == 410 or reason in _INVALID_TOKEN_REASONS:
             return Outcome(OutcomeKind.INVALID_TOKEN, reason=f"apns: {reason or status}")
         if reason == "ExpiredProviderToken":

@@ -63,6 +63,20 @@ class Outcome:
 DELIVERED = Outcome(OutcomeKind.OK)
 
 
+def not_yet_the_tokens(provider: str, reason: str, app: str = "") -> Outcome:
+    """The service blames the token for being another app's (APNs DeviceTokenNotForTopic,
+    FCM SENDER_ID_MISMATCH) before it has accepted any push with this credential: a bundle
+    id or Firebase project that is not the app's draws exactly that for every device, and
+    retiring them would lose every device of the app. The device is tried again (it is
+    retired then if the credential has worked meanwhile, and counted failed, still active,
+    if it never does); counted as a config error, for the alert. Not held by the breaker: a
+    probe that is the one stale token would hold a working credential's devices for good."""
+    from fanout.metrics import PROVIDER_CONFIG_ERRORS
+
+    PROVIDER_CONFIG_ERRORS.labels(provider, app).inc()
+    return Outcome(OutcomeKind.RETRY, reason=f"{provider}: {reason}")
+
+
 class Provider(ABC):
     """Sends one rendered notification to many devices of its platform(s)."""
 

@@ -26,6 +26,7 @@ from fanout.providers.base import (
     Outcome,
     OutcomeKind,
     config_error,
+    not_yet_the_tokens,
 )
 from fanout.providers.http2 import Http2Provider
 from fanout.providers.transport import tls_context
@@ -146,6 +147,7 @@ class FcmProvider(Http2Provider[Prepared]):
             status = response.status_code
             if status == 200:
                 self._accepted_token = token
+                self.accepted_one = True
                 return DELIVERED
             error = _error(response.content)
             code = error.get("errorCode") or error.get("status", "")
@@ -167,9 +169,17 @@ class FcmProvider(Http2Provider[Prepared]):
         if code == "INVALID_ARGUMENT" and "registration token" in message.lower():
             return Outcome(OutcomeKind.INVALID_TOKEN, reason="fcm: invalid registration token")
         # 403 SENDER_ID_MISMATCH: the token was registered for another sender (project);
-        # Google: "the existing registration tokens won't work". The token's fault: every
-        # other device still accepts the credential, so it must not open the breaker.
+        # Google: "the existing registration tokens won't work". The token's fault once
+        # another device has accepted the credential, so it must not open the breaker then;
+        # before, the service account may be of another project than the app's tokens.
         if code == "SENDER_ID_MISMATCH":
+            if not self.accepted_one:
+                return not_yet_the_tokens(
+                    "fcm",
+                    f"{status} SENDER_ID_MISMATCH before any push was accepted: is "
+                    f"{self.project_id} the app's Firebase project?",
+                    self.app_label,
+                )
             return Outcome(OutcomeKind.INVALID_TOKEN, reason="fcm: SENDER_ID_MISMATCH")
         if code in THIRD_PARTY_AUTH_ERRORS:
             return config_error(

@@ -32,6 +32,11 @@ class Http2Provider(Provider, Generic[Prepared]):
     # The ``app`` label of its outcome counters: the key of the app whose credential it
     # sends with (empty: FANOUT_METRICS_APP_LABEL=false). Set by ``providers_of_credential``.
     app_label = ""
+    # Whether the service has accepted a push signed by this credential yet. Until it has, a
+    # refusal that blames the token for belonging to another app (APNs DeviceTokenNotForTopic,
+    # FCM SENDER_ID_MISMATCH) does not retire it (base.not_yet_the_tokens): a bundle id or
+    # Firebase project that is not the app's draws it for every device.
+    accepted_one = False
 
     def __init__(
         self,

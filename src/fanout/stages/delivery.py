@@ -149,7 +149,10 @@ async def deliver_batch(
             report.retried = len(what_next.to_retry)
         else:
             report.failed += len(what_next.to_retry)
-            report.failure_reasons["retries exhausted"] = len(what_next.to_retry)
+            for outcome in outcomes:  # by the last try's reason, as each device's detail
+                if outcome is not None and outcome.kind is OutcomeKind.RETRY:
+                    why = f"retries exhausted; last: {outcome.reason}"
+                    report.failure_reasons[why] = report.failure_reasons.get(why, 0) + 1
     held = _hold_back(batch, what_next.hold, report, settings)
 
     # Per device, only what went wrong (for the console's "Where is my push?").
