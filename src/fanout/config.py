@@ -382,6 +382,14 @@ class Settings(BaseSettings):
     fanout_concurrency: int = Field(default=2, ge=1, le=64, description="Shards in flight.")
     poll_wait_seconds: int = Field(default=20, ge=0, le=20)
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)
+    delete_linger_seconds: float = Field(
+        default=0.25,
+        ge=0,
+        le=600,
+        description="How long a finished message may wait for others to be deleted with it "
+        "(up to 10 per DeleteMessageBatch; at most a quarter of the visibility timeout). A "
+        "lost delete only brings the message back, skipped as done.",
+    )
     metrics_port: int | None = Field(
         default=None,
         ge=0,
