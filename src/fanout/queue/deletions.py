@@ -90,7 +90,8 @@ class Deletions:
     async def _send(self, chunk: list[QueueMessage], *, held: bool) -> None:
         try:
             self.calls += 1
-            self.deleted += len(chunk) - await self._delete(chunk)
+            refused = await self._delete(chunk)  # awaited first: calls overlap
+            self.deleted += len(chunk) - refused
         except Exception as exc:  # they come back after the visibility timeout, done already
             log.warning("could not delete %d finished message(s): %r", len(chunk), exc)
         finally:
