@@ -387,8 +387,9 @@ class Settings(BaseSettings):
         ge=0,
         le=600,
         description="How long a finished message may wait for others to be deleted with it "
-        "(up to 10 per DeleteMessageBatch; at most a quarter of the visibility timeout). A "
-        "lost delete only brings the message back, skipped as done.",
+        "(up to 10 per DeleteMessageBatch). Keep it well under the visibility timeout: a "
+        "message waiting for its delete is no longer kept hidden, and one that comes back "
+        "is received again (and skipped as done).",
     )
     metrics_port: int | None = Field(
         default=None,

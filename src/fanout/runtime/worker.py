@@ -254,9 +254,7 @@ def build_consumers(
             wait_seconds=settings.poll_wait_seconds,
             visibility_timeout=settings.visibility_timeout,
             shutdown_grace=settings.shutdown_grace_seconds,
-            # A message waiting for its delete is no longer kept hidden: it must go well
-            # before its visibility timeout brings it back.
-            delete_linger=min(settings.delete_linger_seconds, settings.visibility_timeout / 4),
+            delete_linger=settings.delete_linger_seconds,
         )
         for role in roles
     ]
