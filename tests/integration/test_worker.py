@@ -18,7 +18,7 @@ from fanout.config import Settings
 from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
 from fanout.queue.admin import create_queues
-from fanout.queue.sqs import Queue, open_client, sqs_usage
+from fanout.queue.sqs import open_client, sqs_usage
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.reconciler import reconcile_once
 from fanout.runtime.worker import QueueConsumer, build_consumers, run_worker
@@ -27,7 +27,7 @@ from fanout.stages.publish import IdempotencyConflict, publish, record_event
 from fanout.store import events
 from fanout.store.lifecycle import TERMINAL_STATES
 from tests.faults.proxy import FlakyProxy
-from tests.helpers import make_topic, sink_pipeline, wait_for
+from tests.helpers import make_topic, queue_counts, sink_pipeline, wait_for
 
 NOTE = Notification(title="New book")
 
@@ -185,23 +185,6 @@ async def test_worker_process_stops_cleanly_on_sigterm(settings: Settings, tmp_p
     said = log.read_text()
     assert "Traceback" not in said
     assert "receive from" not in said  # no poll failed: each was given up, not timed out
-
-
-async def queue_counts(queue: Queue) -> tuple[int, int]:
-    """(visible, in flight) messages, as SQS counts them."""
-    attrs = (
-        await queue.client.get_queue_attributes(
-            QueueUrl=queue.url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-            ],
-        )
-    )["Attributes"]
-    return (
-        int(attrs["ApproximateNumberOfMessages"]),
-        int(attrs["ApproximateNumberOfMessagesNotVisible"]),
-    )
 
 
 def delete_calls() -> int:
