@@ -238,3 +238,20 @@ async def want_devices_failed(pool: asyncpg.Pool) -> None:
             secret_sealed=b"unused",
             kek_id="unused",
         )
+
+
+async def queue_counts(queue: Queue) -> tuple[int, int]:
+    """(visible, in flight) messages, as SQS counts them."""
+    attrs = (
+        await queue.client.get_queue_attributes(
+            QueueUrl=queue.url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+            ],
+        )
+    )["Attributes"]
+    return (
+        int(attrs["ApproximateNumberOfMessages"]),
+        int(attrs["ApproximateNumberOfMessagesNotVisible"]),
+    )

@@ -382,6 +382,15 @@ class Settings(BaseSettings):
     fanout_concurrency: int = Field(default=2, ge=1, le=64, description="Shards in flight.")
     poll_wait_seconds: int = Field(default=20, ge=0, le=20)
     shutdown_grace_seconds: float = Field(default=25.0, ge=0)
+    delete_linger_seconds: float = Field(
+        default=0.25,
+        ge=0,
+        le=600,
+        description="How long a finished message may wait for others to be deleted with it "
+        "(up to 10 per DeleteMessageBatch). Keep it well under the visibility timeout: a "
+        "message waiting for its delete is no longer kept hidden, and one that comes back "
+        "is received again (and skipped as done).",
+    )
     metrics_port: int | None = Field(
         default=None,
         ge=0,

@@ -24,7 +24,7 @@ from tests.faults.conftest import (
     wait_until_delivered,
     worker_in_process,
 )
-from tests.helpers import add_live_activity_tokens, make_topic, wait_for
+from tests.helpers import add_live_activity_tokens, make_topic, queue_counts, wait_for
 from tests.integration.test_sourced_topics import FOLLOWERS, add_source, follow_table, followers
 
 NOTE = Notification(title="New book")
@@ -267,3 +267,54 @@ async def test_a_sourced_event_survives_its_fanout_worker_killed_mid_shard(
         "SELECT count(*) FROM event_members WHERE event_id = $1", event.event_id
     )
     assert members == len(chosen)
+
+
+async def test_a_worker_killed_before_its_deletes_go_sends_nothing_twice(
+    fault_settings: Settings,
+    pool: asyncpg.Pool,
+    queues: Queues,
+    sink: EmbeddedSink,
+    workers: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """Every outcome recorded, no delete sent yet (they linger), SIGKILL: the messages
+    come back after their visibility timeout, and the next worker finds their batches done
+    in PostgreSQL and deletes them, sending nothing again."""
+    topic = await make_topic(pool, 300)
+    event = await record_event(pool, NOTE, topic=topic.key)
+    await plan_event(event.event_id, pool, queues, fault_settings)  # batches wait on SQS
+    messages, _ = await queue_counts(queues.delivery)
+    assert 1 <= messages < 10  # fewer than a full delete call: none goes before the kill
+    worker = sink_worker(
+        fault_settings,
+        "delivery",
+        sink.url,
+        tmp_path,
+        FANOUT_DELETE_LINGER_SECONDS="600",
+        FANOUT_VISIBILITY_TIMEOUT="5",
+    )
+    workers.append(worker)
+    worker.start()
+    await wait_until_delivered(pool, event.event_id, 300)
+    worker.kill()
+    assert sink.sink.ledger.unique == 300
+    sent_before = sink.sink.ledger.received
+
+    assert sum(await queue_counts(queues.delivery)) == messages  # not one deleted
+
+    async def came_back() -> bool:
+        visible, in_flight = await queue_counts(queues.delivery)
+        return visible > 0 and visible + in_flight == messages
+
+    await wait_for(came_back, "the undeleted messages visible again")
+    again = sink_worker(fault_settings, "delivery", sink.url, tmp_path)
+    workers.append(again)
+    again.start()
+
+    async def all_deleted() -> bool:
+        return await queue_counts(queues.delivery) == (0, 0)
+
+    await wait_for(all_deleted, "every message received again and deleted")
+    assert sink.sink.ledger.received == sent_before
+    report("killed before deleting", 300, sink.sink.ledger)
+    assert sink.sink.ledger.unique == 300 and sink.sink.ledger.duplicates == 0

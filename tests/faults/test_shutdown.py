@@ -20,10 +20,11 @@ from fanout.notification import Notification
 from fanout.queue.admin import create_queues
 from fanout.queue.messages import FanoutTask, decode
 from fanout.queue.sqs import Queues, open_client
-from fanout.stages.publish import publish
+from fanout.stages.fanout import plan_event
+from fanout.stages.publish import publish, record_event
 from tests.faults.conftest import WorkerProcess, sink_worker, wait_until_delivered
 from tests.faults.test_crashes import assert_nothing_lost
-from tests.helpers import make_topic
+from tests.helpers import make_topic, queue_counts, wait_for
 
 NOTE = Notification(title="New book")
 
@@ -89,3 +90,44 @@ async def test_sigterm_mid_shard_gives_the_shard_and_its_message_back_at_once(
     workers[-1].start()
     await wait_until_delivered(pool, event.event_id, 1500)
     await assert_nothing_lost(pool, sink, event.event_id, 1500)
+
+
+async def test_sigterm_sends_every_delete_still_waiting(
+    fault_settings: Settings,
+    pool: asyncpg.Pool,
+    queues: Queues,
+    sink: EmbeddedSink,
+    workers: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    topic = await make_topic(pool, 300)
+    event = await record_event(pool, NOTE, topic=topic.key)
+    await plan_event(event.event_id, pool, queues, fault_settings)  # batches wait on SQS
+    messages, _ = await queue_counts(queues.delivery)
+    assert 1 <= messages < 10  # fewer than a full delete call: none goes before the stop
+    # Deletes linger longer than the test: what is deleted, the stop deleted.
+    worker = sink_worker(
+        fault_settings,
+        "delivery",
+        sink.url,
+        tmp_path,
+        FANOUT_DELETE_LINGER_SECONDS="600",
+        FANOUT_VISIBILITY_TIMEOUT="600",
+    )
+    workers.append(worker)
+    worker.start()
+    await wait_until_delivered(pool, event.event_id, 300)
+    await wait_for(
+        lambda: _all_waiting_for_delete(queues, messages), "every message waiting for its delete"
+    )
+
+    worker.stop()
+    assert worker.process is not None and worker.process.returncode == 0
+    assert await queue_counts(queues.delivery) == (0, 0), "a finished message was left"
+    said = worker.log_file.read_text()
+    assert "gave up" not in said and "could not delete" not in said
+    assert sink.sink.ledger.unique == 300 and sink.sink.ledger.duplicates == 0
+
+
+async def _all_waiting_for_delete(queues: Queues, messages: int) -> bool:
+    return await queue_counts(queues.delivery) == (0, messages)

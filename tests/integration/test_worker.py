@@ -18,15 +18,16 @@ from fanout.config import Settings
 from fanout.local.sink import EmbeddedSink
 from fanout.notification import Notification
 from fanout.queue.admin import create_queues
-from fanout.queue.sqs import open_client
+from fanout.queue.sqs import open_client, sqs_usage
 from fanout.runtime.pipeline import Pipeline
 from fanout.runtime.reconciler import reconcile_once
-from fanout.runtime.worker import QueueConsumer, run_worker
+from fanout.runtime.worker import QueueConsumer, build_consumers, run_worker
+from fanout.stages.fanout import plan_event
 from fanout.stages.publish import IdempotencyConflict, publish, record_event
 from fanout.store import events
 from fanout.store.lifecycle import TERMINAL_STATES
 from tests.faults.proxy import FlakyProxy
-from tests.helpers import make_topic, wait_for
+from tests.helpers import make_topic, queue_counts, sink_pipeline, wait_for
 
 NOTE = Notification(title="New book")
 
@@ -184,3 +185,49 @@ async def test_worker_process_stops_cleanly_on_sigterm(settings: Settings, tmp_p
     said = log.read_text()
     assert "Traceback" not in said
     assert "receive from" not in said  # no poll failed: each was given up, not timed out
+
+
+def delete_calls() -> int:
+    """DeleteMessageBatch requests this process has made (counted by the SQS client)."""
+    return sqs_usage().get("DeleteMessageBatch", (0, 0))[0]
+
+
+async def test_finished_messages_are_deleted_ten_to_a_call_and_the_rest_on_stop(
+    settings: Settings, sink: EmbeddedSink
+) -> None:
+    # Small batches, so there are many messages; a linger no test waits out, so only a
+    # full call of ten, or the stop, sends a delete.
+    settings = settings.model_copy(
+        update={
+            "batch_max_bytes": 4096,
+            "page_size": 100,
+            "visibility_timeout": 600,
+            "delete_linger_seconds": 600,
+        }
+    )
+    async with sink_pipeline(settings, sink.url) as pipeline:
+        topic = await make_topic(pipeline.pool, 2500)
+        event = await record_event(pipeline.pool, NOTE, topic=topic.key)
+        await plan_event(event.event_id, pipeline.pool, pipeline.queues, settings)
+        queue = pipeline.queues.delivery
+        stopping = asyncio.Event()
+        [consumer] = build_consumers(pipeline, ("delivery",), stopping)
+        calls_before = delete_calls()
+        running = asyncio.create_task(consumer.run(stopping))
+        try:
+            await wait_until_done(pipeline, event.event_id)
+
+            async def all_finished() -> bool:
+                stats = consumer.stats
+                return stats.received == stats.succeeded and (await queue_counts(queue))[0] == 0
+
+            await wait_for(all_finished, "every message received and finished")
+            messages = consumer.stats.succeeded
+            assert messages > 10 and messages % 10, f"{messages} messages: the test wants more"
+            assert delete_calls() - calls_before == messages // 10  # full calls only
+            assert await queue_counts(queue) == (0, messages % 10)  # waiting for their delete
+        finally:
+            stopping.set()
+            await running
+        assert delete_calls() - calls_before == -(-messages // 10)
+        assert await queue_counts(queue) == (0, 0), "a finished message was left undeleted"

@@ -312,19 +312,48 @@ class Queue:
             for m in response.get("Messages", [])
         ]
 
-    async def delete_many(self, messages: Sequence[QueueMessage]) -> None:
+    async def delete_many(self, messages: Sequence[QueueMessage]) -> int:
+        """Delete with as few DeleteMessageBatch calls as the limits allow; returns how
+        many messages SQS would not delete.
+
+        Entries SQS failed on its side (throttling, internal errors) are tried again, as
+        ``_send_batch`` does; one it blames on the sender (an expired receipt handle) is
+        logged and left. A message not deleted comes back after its visibility timeout
+        and is skipped as already done, so this costs a redelivery, not a duplicate push.
+        """
+        not_deleted = 0
         for start in range(0, len(messages), MAX_BATCH_ENTRIES):
-            chunk = messages[start : start + MAX_BATCH_ENTRIES]
+            not_deleted += await self._delete_batch(messages[start : start + MAX_BATCH_ENTRIES])
+        return not_deleted
+
+    async def _delete_batch(self, messages: Sequence[QueueMessage]) -> int:
+        pending = {str(i): m for i, m in enumerate(messages)}
+        refused: list[str] = []
+        for attempt in range(1, retry.QUEUE_SEND_TRIES + 1):
             response = await self.client.delete_message_batch(
                 QueueUrl=self.url,
-                Entries=[
-                    {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(chunk)
-                ],
+                Entries=[{"Id": i, "ReceiptHandle": m.receipt_handle} for i, m in pending.items()],
             )
-            for failure in response.get("Failed", []):
-                # An expired receipt handle: the message will come back and be skipped
-                # as already done, so this costs a redelivery, not a duplicate push.
-                log.warning("could not delete a message from %s: %s", self.name, failure)
+            failed = response.get("Failed", [])
+            refused += [
+                f"{pending[f['Id']].message_id} ({f.get('Code')}: {f.get('Message')})"
+                for f in failed
+                if f.get("SenderFault")
+            ]
+            pending = {f["Id"]: pending[f["Id"]] for f in failed if not f.get("SenderFault")}
+            if not pending:
+                break
+            if attempt < retry.QUEUE_SEND_TRIES:
+                await asyncio.sleep(retry.QUEUE_SEND.delay(attempt))
+        if refused:
+            log.warning("%s would not delete %s", self.name, "; ".join(refused))
+        if pending:
+            log.warning(
+                "%s kept failing to delete %s",
+                self.name,
+                ", ".join(m.message_id for m in pending.values()),
+            )
+        return len(refused) + len(pending)
 
     async def change_visibility_many(self, messages: Sequence[QueueMessage], seconds: int) -> None:
         for start in range(0, len(messages), MAX_BATCH_ENTRIES):

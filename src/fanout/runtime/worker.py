@@ -1,10 +1,12 @@
 """The long-running worker: long-polls both queues and runs the pipeline on what arrives.
 
-For every message: success deletes it; a failure follows ``Pipeline.run_message``'s
+For every message: success deletes it (in the background, ten to a DeleteMessageBatch:
+``queue.deletions``); a failure follows ``Pipeline.run_message``'s
 policy (hidden for a backoff, or dead-lettered with its reason on the last allowed
 try), so poison never blocks a queue nor kills the worker. Messages in flight have
 their visibility extended while they run. On SIGTERM the worker stops receiving, lets
-in-flight messages finish within a grace period and releases the rest at once.
+in-flight messages finish within a grace period, releases the rest at once and sends
+the deletes still waiting.
 
 A worker that cannot reach the database or SQS says so at once, naming the setting
 that points there, and keeps trying: it is a service, and what it waits for may be
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from fanout import retry
 from fanout.config import Settings, Unreachable
 from fanout.credentials.stored import keyring
+from fanout.queue.deletions import Deletions
 from fanout.queue.sqs import Queue, QueueMessage, as_unreachable, open_client, open_queues
 from fanout.runtime.listening import AddressSettings, cannot_serve
 from fanout.runtime.pipeline import Pipeline, Result
@@ -59,6 +62,7 @@ class QueueConsumer:
         wait_seconds: int,
         visibility_timeout: int,
         shutdown_grace: float,
+        delete_linger: float,
     ) -> None:
         self.queue = queue
         self.run_message = run
@@ -67,6 +71,7 @@ class QueueConsumer:
         self.visibility_timeout = visibility_timeout
         self.shutdown_grace = shutdown_grace
         self.stats = ConsumerStats()
+        self.deletions = Deletions(queue.delete_many, linger=delete_linger)
         self._running: dict[asyncio.Task[None], tuple[QueueMessage, float]] = {}
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -99,7 +104,12 @@ class QueueConsumer:
                     task.add_done_callback(self._running.pop)
         finally:
             heartbeat.cancel()
+            stopped_at = time.monotonic()
             await self._drain()
+            # The deletes still waiting go now, within what is left of the grace (a second
+            # at least: they are what spares the next worker a redelivery of each).
+            left = self.shutdown_grace - (time.monotonic() - stopped_at)
+            await self.deletions.close(max(left, min(1.0, self.shutdown_grace)))
 
     async def _wait_for_a_free_slot(self, stopping: asyncio.Event) -> None:
         stop = asyncio.create_task(stopping.wait())
@@ -134,10 +144,8 @@ class QueueConsumer:
             self.stats.dead_lettered += result is Result.DEAD_LETTERED
             return
         self.stats.succeeded += 1
-        try:
-            await self.queue.delete_many([message])
-        except Exception as exc:  # it comes back, and is skipped as already done
-            log.warning("could not delete message %s: %r", message.message_id, exc)
+        # Deleted in the background with others: the slot takes the next message at once.
+        self.deletions.add(message)
 
     async def _extend_visibility_forever(self) -> None:
         """Keep long-running messages hidden, so nobody else starts them meanwhile."""
@@ -246,6 +254,7 @@ def build_consumers(
             wait_seconds=settings.poll_wait_seconds,
             visibility_timeout=settings.visibility_timeout,
             shutdown_grace=settings.shutdown_grace_seconds,
+            delete_linger=settings.delete_linger_seconds,
         )
         for role in roles
     ]
