@@ -202,8 +202,15 @@ async def test_a_paced_event_survives_a_delivery_worker_killed_mid_way(
     sink.sink.answer = timed  # type: ignore[method-assign]
     sink.sink.delay = 0.2  # a batch takes a while, so the kill lands inside one
     for _ in range(2):
+        # One batch at a time each, so the kill cuts one batch: with eight, a loaded machine
+        # let several due batches be mid-send at once (200-600 duplicates, not one batch's).
         worker = sink_worker(
-            fault_settings, "delivery", sink.url, tmp_path, FANOUT_PACING_INTERVAL_SECONDS="0.2"
+            fault_settings,
+            "delivery",
+            sink.url,
+            tmp_path,
+            FANOUT_PACING_INTERVAL_SECONDS="0.2",
+            FANOUT_WORKER_CONCURRENCY="1",
         )
         workers.append(worker)
         worker.start()
