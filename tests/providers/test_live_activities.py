@@ -226,9 +226,24 @@ HANG_GUARD_SECONDS = 300 + TOKENS // 25
 
 @pytest.fixture
 async def small_batches(push_settings: Settings) -> AsyncIterator[Pipeline]:
-    """Several shards and many batches per update, so that updates overlap."""
+    """Several shards and many batches per update, so that updates overlap.
+
+    The emulator answers in this test's own process: starved of CPU (a loaded machine, a
+    50,000-token run), it could leave a PING unanswered for the 2.5 s of the default
+    provider_ping_seconds, or a request for the 30 s of provider_request_timeout, and the
+    connection's requests would fail to be retried although the emulator had accepted
+    them: a token would get an update twice, as the delivery promises it may when a
+    connection dies mid-request. That is not what this test is about (tests/providers and
+    tests/faults cover dead connections); neither window is this test's to depend on, so
+    both are wider than any run: the suite's timeout still ends a hang."""
     settings = push_settings.model_copy(
-        update={"shard_size": 500, "page_size": 250, "batch_max_bytes": 16_384}
+        update={
+            "shard_size": 500,
+            "page_size": 250,
+            "batch_max_bytes": 16_384,
+            "provider_ping_seconds": 3600.0,
+            "provider_request_timeout": 3600.0,
+        }
     )
     async with open_client(settings) as client:
         await create_queues(client, settings)
