@@ -233,9 +233,9 @@ async def small_batches(push_settings: Settings) -> AsyncIterator[Pipeline]:
     provider_ping_seconds, or a request for the 30 s of provider_request_timeout, and the
     connection's requests would fail to be retried although the emulator had accepted
     them: a token would get an update twice, as the delivery promises it may when a
-    connection dies mid-request. That is not what this test is about (tests/providers and
-    tests/faults cover dead connections); neither window is this test's to depend on, so
-    both are wider than any run: the suite's timeout still ends a hang."""
+    connection dies mid-request. That is not what this test is about (dead connections are
+    tests/providers/test_h2_client.py's); neither window is this test's to depend on, so
+    both are wider than any run: the hang guard still ends a hang."""
     settings = push_settings.model_copy(
         update={
             "shard_size": 500,
