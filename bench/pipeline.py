@@ -1,7 +1,7 @@
 """The whole pipeline, each part in its own process, measured from the database's clocks.
 
     python bench/pipeline.py [--subscribers 100000] [--preferences] [--json]
-                             [--kind alert|background|liveactivity]
+                             [--kind alert|background|liveactivity [--rounds N]]
 
 moto's SQS server, the APNs emulator (HTTP/2 + TLS, verifying every JWT), a fan-out worker
 and a delivery worker each run as a separate process; PostgreSQL as in bench/api.py. It
@@ -15,7 +15,9 @@ frequency cap); the fan-out's devices/second still counts every device of the to
 With --kind background or liveactivity, a second event of that kind follows the alert in
 the same run, on the same data and workers (a Live Activity update to one token per APNs
 device of the topic), and both kinds' rates are printed with their ratio: a kind should
-cost what an alert costs.
+cost what an alert costs. With --rounds N, after that first alert (the warm-up), N rounds of
+an alert and the kind, fresh events, the order alternating round by round: each round's
+rates and CPU per device are printed, then each kind's medians and the ratio of the medians.
 With --source, the same subscribers as followers in an app's own table (benchapp.follows,
 indexed by author, as an app would have it) behind a source (issue #25): an event on
 benchauthor:1 reads them at planning and fans out from them; the ratio of its fan-out
@@ -27,10 +29,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +290,78 @@ async def run(
     }
 
 
+def measured(
+    workers: dict[str, subprocess.Popen[Any]],
+    settings: Settings,
+    topic: str,
+    devices: int,
+    moto_log: Path,
+    category: str | None,
+    kind: str,
+) -> dict[str, Any]:
+    """One event of ``kind`` through the running workers, and each worker's CPU per device
+    (what bounds a worker process, and steadier than a rate when the push service's
+    emulator shares the machine's cores with it)."""
+    cpu_before = {role: cpu_seconds(p.pid) for role, p in workers.items()}
+    result = asyncio.run(run(settings, topic, devices, moto_log, category, kind=kind))
+    result["cpu_us_per_device"] = {
+        role: round((cpu_seconds(p.pid) - cpu_before[role]) / devices * 1e6, 1)
+        for role, p in workers.items()
+    }
+    return result
+
+
+# What --rounds compares, round by round: a rate, or a worker's CPU per device.
+ROUND_FIGURES = (
+    "fanout_devices_per_second",
+    "delivery_notifications_per_second",
+    "cpu_us_per_device.fanout",
+    "cpu_us_per_device.delivery",
+)
+
+
+def round_figures(found: dict[str, Any]) -> dict[str, float]:
+    return {
+        key: float(found["cpu_us_per_device"][key.split(".", 1)[1]] if "." in key else found[key])
+        for key in ROUND_FIGURES
+    }
+
+
+def kind_rounds(rounds: int, kind: str, measure: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """``rounds`` rounds of an alert and an event of ``kind``, each a fresh event on the same
+    workers and data, the order alternating (alert first in odd rounds, the kind first in
+    even ones) so that neither is always the warmer or the later; each figure's median per
+    kind and the ratio of the medians (the kind's over the alert's)."""
+    per_round: list[dict[str, dict[str, float]]] = []
+    for number in range(1, rounds + 1):
+        order = ("alert", kind) if number % 2 else (kind, "alert")
+        found = {k: round_figures(measure(k)) for k in order}
+        per_round.append(found)
+        print(
+            f"  round {number}: "
+            + "; ".join(
+                f"{k} " + " ".join(f"{key} {value:g}" for key, value in found[k].items())
+                for k in order
+            ),
+            flush=True,
+        )
+    medians = {
+        k: {key: statistics.median(r[k][key] for r in per_round) for key in ROUND_FIGURES}
+        for k in ("alert", kind)
+    }
+    return {
+        "per_round": per_round,
+        "medians": medians,
+        # Above 1 for a rate: the kind is faster; above 1 for CPU: the kind costs more.
+        "ratio_of_medians": {
+            key: round(medians[kind][key] / medians["alert"][key], 3)
+            if medians["alert"][key]
+            else None
+            for key in ROUND_FIGURES
+        },
+    }
+
+
 def run_baseline(
     env: dict[str, str],
     settings: Settings,
@@ -430,6 +505,13 @@ def main() -> None:
         help="After the alert, an event of this kind on the same data, and the ratio.",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="With --kind: N rounds of an alert and the kind, alternating which goes first, "
+        "each round printed, then the medians and their ratio.",
+    )
+    parser.add_argument(
         "--filter",
         action="store_true",
         help="After the alert, one with a tag filter matching 30%% of the subscribers, and "
@@ -442,6 +524,8 @@ def main() -> None:
         "app's own table, and the ratio of the fan-out rates (target >= 0.7).",
     )
     args = parser.parse_args()
+    if args.rounds and args.kind == "alert":
+        parser.error("--rounds compares a --kind other than alert with the alert")
 
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"fanout-bench-{os.getpid()}"
     logs.mkdir(parents=True, exist_ok=True)
@@ -502,23 +586,17 @@ def main() -> None:
             for role in workers:
                 wait_for_line(logs / f"{role}.log", "worker consuming")
             category = DEMO_CATEGORY if args.preferences else None
-            cpu_before = {role: cpu_seconds(p.pid) for role, p in workers.items()}
-            result = asyncio.run(run(settings, topic, devices, moto_log, category))
-            # CPU per device: what bounds a worker process, and steadier than a rate when
-            # the push service's emulator shares the machine's cores with it.
-            result["cpu_us_per_device"] = {
-                role: round((cpu_seconds(p.pid) - cpu_before[role]) / devices * 1e6, 1)
-                for role, p in workers.items()
-            }
-            if args.kind != "alert":  # the same workers, warm, on the same data
-                cpu_before = {role: cpu_seconds(p.pid) for role, p in workers.items()}
-                other = asyncio.run(
-                    run(settings, topic, devices, moto_log, category, kind=args.kind)
+            result = measured(workers, settings, topic, devices, moto_log, category, "alert")
+            if args.kind != "alert" and args.rounds:
+                result["rounds"] = kind_rounds(
+                    args.rounds,
+                    args.kind,
+                    lambda kind: measured(
+                        workers, settings, topic, devices, moto_log, category, kind
+                    ),
                 )
-                other["cpu_us_per_device"] = {
-                    role: round((cpu_seconds(p.pid) - cpu_before[role]) / devices * 1e6, 1)
-                    for role, p in workers.items()
-                }
+            elif args.kind != "alert":  # the same workers, warm, on the same data
+                other = measured(workers, settings, topic, devices, moto_log, category, args.kind)
                 result["kinds"] = {
                     kind: {key: found[key] for key in (*RATES, "cpu_us_per_device")}
                     for kind, found in (("alert", result), (args.kind, other))
@@ -594,6 +672,10 @@ def main() -> None:
         for kind, rates in result["kinds"].items():
             print(f"  {kind:<14}" + "  ".join(f"{key} {value}" for key, value in rates.items()))
         print(f"  {args.kind + '/alert':<14}{result['kind_ratio']}")
+    if "rounds" in result:
+        for kind, medians in result["rounds"]["medians"].items():
+            print(f"  median {kind:<14}" + "  ".join(f"{k} {v:g}" for k, v in medians.items()))
+        print(f"  {args.kind + '/alert':<21}{result['rounds']['ratio_of_medians']}")
     if "filter" in result:
         print(f"  filtered (30% matching)  {result['filter']}")
         print(f"  filtered/unfiltered devices fanned out per second  {result['filter_ratio']}")
