@@ -97,7 +97,7 @@ _fields = st.fixed_dictionaries(
         "body": _text,
         "data": st.dictionaries(st.from_regex(r"\A[a-z][a-z0-9]{0,10}\Z"), _text, max_size=4),
         "image": st.just("https://img.example/p.png"),
-        "url": st.sampled_from(["https://example.com/a", "app://x/\"q\"\\"]),
+        "url": st.sampled_from(["https://example.com/a", 'app://x/"q"\\']),
         "badge": st.integers(0, 1_000_000),
         "sound": _text.filter(bool),
         "ttl": st.integers(0, 28 * 24 * 3600),
@@ -111,9 +111,7 @@ _fields = st.fixed_dictionaries(
         "mutable_content": st.booleans(),
         "localized": st.dictionaries(st.sampled_from(["de", "fr", "pt-BR"]), _locale_text),
         "apns": st.fixed_dictionaries({"payload": st.dictionaries(_text, _json, max_size=3)}),
-        "webpush": st.fixed_dictionaries(
-            {"payload": st.dictionaries(_text, _json, max_size=3)}
-        ),
+        "webpush": st.fixed_dictionaries({"payload": st.dictionaries(_text, _json, max_size=3)}),
         "fcm": st.fixed_dictionaries(
             {}, optional={"fcm_options": st.dictionaries(_text, _json, max_size=2)}
         ),
