@@ -16,6 +16,10 @@ def test_the_answer_is_what_the_response_model_writes() -> None:
         _result(IdempotencyConflict(), ("body", "items", 2)),
         _refused([{"type": "missing", "loc": ["body", "items", 3, "user_id"], "msg": 'Ünïcode "'}]),
     ]
-    model = schemas.NotificationBatchAccepted(accepted=2, refused=2, results=done)
+    model = schemas.NotificationBatchAccepted(
+        accepted=2,
+        refused=2,
+        results=[schemas.BatchItemResult.model_validate(r, from_attributes=True) for r in done],
+    )
     assert orjson.loads(_answer(2, 2, done)) == orjson.loads(model.model_dump_json())
     assert _answer(2, 2, done) == orjson.dumps(orjson.loads(model.model_dump_json()))
