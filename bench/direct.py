@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import orjson
 from _services import database, free_port, queues_ready, stop_processes
 from apps import APNS_ONLY, Emulators, Workers
@@ -142,6 +143,22 @@ def start_api(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[Any], st
     return server, url
 
 
+def sqs_by_operation(
+    scraped: dict[str, str], since: dict[str, int] | None = None
+) -> dict[str, int]:
+    """``{"<process> <operation>": requests}`` from each process's ``fanout_sqs_requests``
+    counter (minus ``since``), the most first."""
+    counts: dict[str, int] = {}
+    for where, url in scraped.items():
+        text = httpx.get(url, timeout=10).text
+        for line in text.splitlines():
+            if line.startswith("fanout_sqs_requests_total{"):
+                operation = line.split('operation="', 1)[1].split('"', 1)[0]
+                key = f"{where} {operation}"
+                counts[key] = int(float(line.rsplit(" ", 1)[1])) - (since or {}).get(key, 0)
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
 def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, Any]:
     """One measurement, FANOUT_COALESCE_DIRECT on or off, on fresh processes and queues."""
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"fanout-bench-direct-{os.getpid()}"
@@ -176,16 +193,30 @@ def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, 
             }
             queues_ready(env)
             prefix, token = asyncio.run(seed(database_url, sends))
-            workers = Workers(env, logs)
-            workers.start("fanout")
-            workers.start("delivery")
+            # Each process's fanout_sqs_requests_total by operation: where the requests
+            # per push come from (the moto log counts them all, not by whom or what).
+            metrics = {role: free_port() for role in ("fanout", "delivery")}
+            workers = [
+                Workers({**env, "FANOUT_METRICS_PORT": str(port)}, logs / role)
+                for role, port in metrics.items()
+            ]
+            for role, role_workers in zip(metrics, workers, strict=True):
+                (logs / role).mkdir(exist_ok=True)
+                role_workers.start(role)
             server, url = start_api(env, logs / "serve.log")
             processes.append(server)
+            scraped = {"api": f"{url}/metrics"} | {
+                f"{role} worker": f"http://127.0.0.1:{port}/metrics"
+                for role, port in metrics.items()
+            }
+            by_operation_before = sqs_by_operation(scraped)
             sqs_before = sqs_requests_so_far(moto_log)
             ids, seconds, errors = asyncio.run(send_all(url, token, prefix, sends, rate))
             latencies = asyncio.run(wait_until_ended(database_url, ids))
             sqs = sqs_requests_so_far(moto_log) - sqs_before
-            workers.stop_all()
+            by_operation = sqs_by_operation(scraped, since=by_operation_before)
+            for role_workers in workers:
+                role_workers.stop_all()
             counts = emulators.counts()
     finally:
         stop_processes(processes)
@@ -200,6 +231,7 @@ def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, 
         "duplicates": sum(dup for _, dup in pushed),
         "sqs_requests": sqs,
         "sqs_requests_per_push": round(sqs / max(1, sum(u for u, _ in pushed)), 4),
+        "sqs_requests_by_process_and_operation": by_operation,
         "publish_to_push_p50_s": round(statistics.median(latencies), 3) if latencies else None,
         "publish_to_push_p99_s": round(latencies[int(len(latencies) * 0.99) - 1], 3)
         if latencies
@@ -215,7 +247,8 @@ def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, 
         f"(lost {result['lost']}, duplicates {result['duplicates']})\n"
         f"  SQS requests per push: {result['sqs_requests_per_push']} "
         f"({sqs:,} requests, target <= 0.01)\n"
-        f"  publish -> push: p50 {result['publish_to_push_p50_s']} s, "
+        + "".join(f"    {where}: {n:,}\n" for where, n in by_operation.items())
+        + f"  publish -> push: p50 {result['publish_to_push_p50_s']} s, "
         f"p99 {result['publish_to_push_p99_s']} s",
         flush=True,
     )

@@ -604,7 +604,11 @@ def _publish_batch(path: Path, app_key: str) -> None:
                             ]
                             typer.echo(orjson.dumps({"line": line, "errors": errors}))
                         else:
-                            shown = {"line": line, **result.model_dump(exclude_none=True)}
+                            shown = {
+                                "line": line,
+                                "event_id": result.event_id,
+                                "created": result.created,
+                            }
                             typer.echo(orjson.dumps(shown))
                     return bad
 

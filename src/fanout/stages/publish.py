@@ -133,10 +133,14 @@ class Published:
     held_until: datetime | None = None  # scheduled: released by the reconciler then
 
 
-def check_fits_a_batch(notification: Notification, max_bytes: int) -> None:
+def check_fits_a_batch(
+    notification: Notification, max_bytes: int, payload: dict[str, Any] | None = None
+) -> None:
     """Raise ``NotificationTooLarge`` unless a batch of ``max_bytes`` carries the
-    notification (every locale: batches carry it whole) and at least one device."""
-    payload = notification.model_dump(mode="json", exclude_defaults=True)
+    notification (every locale: batches carry it whole) and at least one device.
+    ``payload``: its ``model_dump(mode="json", exclude_defaults=True)``, if the caller has it."""
+    if payload is None:
+        payload = notification.model_dump(mode="json", exclude_defaults=True)
     if short := bytes_short(payload, max_bytes):
         raise NotificationTooLarge(
             f"the notification is {short:,} bytes too large: with "
@@ -296,9 +300,11 @@ def prepare_event(
         raise ValueError("a Live Activity update goes to its activity's tokens (live_activity)")
     if options.send_at is not None or options.deliver_at_local is not None:
         raise ValueError("a held event is recorded by record_event (it plans its release)")
-    check_fits_a_batch(notification, max_batch_bytes(batch_max_bytes, MAX_MESSAGE_BYTES))
-    options.check(now or datetime.now(UTC))
     payload = notification.model_dump(mode="json", exclude_defaults=True)
+    check_fits_a_batch(
+        notification, max_batch_bytes(batch_max_bytes, MAX_MESSAGE_BYTES), payload=payload
+    )
+    options.check(now or datetime.now(UTC))
     return lifecycle.NewEvent(
         app_id=app_id,
         notification=payload,
