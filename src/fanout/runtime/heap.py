@@ -12,10 +12,11 @@ the start-up heap again and again.
 collects the youngest generation every 20,000 allocations instead of 700. In an earlier
 experiment (issue #22) this alone cut the delivery worker's CPU per push by 35-40 %; with
 it (and a batch's locale groups sharing one set of senders) bench/apps.py measured the
-delivery worker's CPU per push 95 -> 58 us for one app's 100,000 devices and 110 -> 81 us
-for 100 apps' (2 cores, docs/performance.md). Memory stays flat (RSS with 1,000 apps
-1.14x of one app's, as before): cyclic garbage waits for at most 20,000 allocations more,
-and what reference counting frees (nearly everything) is freed at once as before.
+delivery worker's CPU per push 69 -> 58 us for one app's 100,000 devices and 94 -> 83 us
+for 100 apps' (one pair, back to back, 2 cores, docs/performance.md). Memory stays flat
+(RSS with 1,000 apps 1.14x of one app's, as before): cyclic garbage waits for at most
+20,000 allocations more, and what reference counting frees (nearly everything) is freed
+at once as before.
 """
 
 from __future__ import annotations
