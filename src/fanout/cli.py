@@ -362,7 +362,7 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
-        consumers = await run_worker(settings, stopping, roles=roles[role])
+        consumers = await run_worker(settings, stopping, roles=roles[role], settle_heap=True)
         log = logging.getLogger("fanout.runtime.worker")
         for consumer in consumers:
             log.info("%s: %s", consumer.queue.name, consumer.stats)

@@ -820,3 +820,40 @@ async def test_a_batch_to_a_service_that_cannot_be_reached_comes_back_after_one_
         await server.wait_closed()
     assert {o.kind for o in outcomes} == {OutcomeKind.RETRY}
     assert attempts <= 10  # one try at a time, shared, each a second or more apart
+
+
+async def test_a_batch_of_many_locales_is_sent_by_one_set_of_senders(
+    push_settings: Settings, services: LocalPushServices
+) -> None:
+    """A batch's locale groups share the provider's senders: with a concurrency of 4, six
+    locales of 10 devices each run 4 senders, not 4 per locale (24), each a task
+    (issue #22: small batches of many apps paid a sender per device)."""
+    from fanout.stages.delivery import _send_all
+
+    providers = build_providers(push_settings.model_copy(update={"provider_concurrency": 4}))
+    apns = providers["apns"]
+    assert isinstance(apns, ApnsProvider)
+    most = 0
+    send_one = apns.send_one
+
+    async def counting(prepared: Any, device: Any) -> Any:
+        nonlocal most
+        senders = [t for t in asyncio.all_tasks() if ".<locals>.sender" in _qualname(t)]
+        most = max(most, len(senders))
+        return await send_one(prepared, device)
+
+    apns.send_one = counting  # type: ignore[method-assign]
+    locales = ["en", "en-GB", "de", "fr", "pt-BR", "ja"]
+    devices = [Device(i, "apns", f"{i:064x}", locales[i % 6]) for i in range(60)]
+    try:
+        outcomes = await _send_all(NOTE, "7", devices, providers)
+    finally:
+        for provider in {id(p): p for p in providers.values()}.values():
+            await provider.aclose()
+    assert [o.kind if o else None for o in outcomes] == [OutcomeKind.OK] * 60
+    assert services.apns.ledger.unique == 60
+    assert 1 <= most <= 4
+
+
+def _qualname(task: asyncio.Task[Any]) -> str:
+    return str(getattr(task.get_coro(), "__qualname__", ""))

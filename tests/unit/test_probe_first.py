@@ -83,3 +83,26 @@ def test_concurrent_calls_on_a_new_credential_still_send_one_probe() -> None:
     assert all(o.kind is OutcomeKind.OK for r in results for o in r)
     assert provider.most_in_flight_during_first == 1  # the others waited for its answer
     assert len(provider.sent) == 240
+
+
+def test_a_batch_of_many_renderings_sends_one_probe_and_no_sender_waits(monkeypatch: Any) -> None:
+    """send_groups: six locale groups of a new credential's batch, one probe (not one a
+    group, five of them parked on the first's answer)."""
+    waits = 0
+    admit = CircuitBreaker.admit
+
+    async def counted(self: CircuitBreaker) -> Any:
+        nonlocal waits
+        waits += 1
+        return await admit(self)
+
+    monkeypatch.setattr(CircuitBreaker, "admit", counted)
+    provider = Fake(Outcome(OutcomeKind.OK))
+    batch = devices(300)
+    groups = [(None, batch[i::6]) for i in range(6)]
+    results = asyncio.run(provider.send_groups(groups))  # type: ignore[arg-type]
+    assert [len(r) for r in results] == [50] * 6
+    assert all(o.kind is OutcomeKind.OK for r in results for o in r)
+    assert sorted(provider.sent) == list(range(300)) and provider.sent[0] == 0
+    assert provider.most_in_flight_during_first == 1
+    assert waits == 0

@@ -6,6 +6,7 @@ provider module knows an HTTP status code.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -88,6 +89,14 @@ class Provider(ABC):
         self, notification: RenderedNotification, devices: Sequence[Device]
     ) -> list[Outcome]:
         """One outcome per device, in order. Never raises for a device's failure."""
+
+    async def send_groups(
+        self, groups: Sequence[tuple[RenderedNotification, Sequence[Device]]]
+    ) -> list[list[Outcome]]:
+        """Each group's outcomes (one per device, in order): a batch's devices, grouped by
+        the rendering they get (their locale), in one call. Here each group's ``send``,
+        concurrently; an HTTP/2 provider sends every group with one set of senders."""
+        return list(await asyncio.gather(*(self.send(n, devices) for n, devices in groups)))
 
     async def aclose(self) -> None:  # noqa: B027 (optional hook)
         """Release connections."""

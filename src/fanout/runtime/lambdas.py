@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -42,6 +43,7 @@ from fanout.credentials.stored import keyring
 from fanout.errors import FanoutError
 from fanout.queue.admin import observe_queue_depths
 from fanout.queue.sqs import QueueMessage
+from fanout.runtime import heap
 from fanout.runtime.emf import EmfPublisher
 from fanout.runtime.pipeline import Pipeline, Result
 from fanout.runtime.reconciler import reconcile_once
@@ -75,6 +77,8 @@ def _container_pipeline() -> _Container:
         pipeline = loop.run_until_complete(stack.enter_async_context(Pipeline.open(settings)))
         metrics = EmfPublisher(settings.metrics_namespace)
         _container = _Container(loop, stack, pipeline, metrics)
+        if os.environ.get("LAMBDA_TASK_ROOT"):  # a container of its own (not a test's)
+            heap.settle()
     asyncio.set_event_loop(_container.loop)
     return _container
 

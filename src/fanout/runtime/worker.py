@@ -28,6 +28,7 @@ from fanout.config import Settings, Unreachable
 from fanout.credentials.stored import keyring
 from fanout.queue.deletions import Deletions
 from fanout.queue.sqs import Queue, QueueMessage, as_unreachable, open_client, open_queues
+from fanout.runtime import heap
 from fanout.runtime.listening import AddressSettings, cannot_serve
 from fanout.runtime.pipeline import Pipeline, Result
 from fanout.runtime.reconciler import run_pacer, run_reconciler
@@ -266,8 +267,11 @@ async def run_worker(
     *,
     roles: tuple[str, ...] = ("fanout", "delivery"),
     pipeline: Pipeline | None = None,
+    settle_heap: bool = False,
 ) -> list[QueueConsumer]:
-    """Consume until ``stopping`` is set; returns the consumers (with their stats)."""
+    """Consume until ``stopping`` is set; returns the consumers (with their stats).
+    ``settle_heap``: the process is this worker's own (`fanout worker`), so once the
+    pipeline is open its garbage collector is tuned for it (``runtime.heap``)."""
     async with contextlib.AsyncExitStack() as stack:
         while pipeline is None:
             if not await wait_until_reachable(settings, stopping):
@@ -277,6 +281,8 @@ async def run_worker(
             except Unreachable as exc:  # it answered a moment ago: look again
                 log.error("%s", exc)
         consumers = build_consumers(pipeline, roles, stopping)
+        if settle_heap:
+            heap.settle()
         log.info("worker consuming %s", ", ".join(c.queue.name for c in consumers))
         # The webhooks' outbox is sent by every worker (FANOUT_WEBHOOK_CONCURRENCY each).
         webhooks = WebhookSender(pipeline.pool, pipeline.settings, keyring(pipeline.settings))

@@ -564,25 +564,34 @@ async def _send_all(
 ) -> list[Outcome | None]:
     """Each device's outcome, in order; None where no provider serves its platform.
 
-    The notification is rendered once per locale, and each (provider, locale) group
-    goes to its provider in one call; the groups run concurrently.
+    The notification is rendered once per locale, and each provider gets the batch's
+    devices of its platform(s) in one call, grouped by rendering (``send_groups``: one set
+    of senders for the batch, not one per locale); the providers run concurrently.
     """
     groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
     for index, device in enumerate(devices):
         groups[(device.platform, device.locale)].append(index)
     outcomes: list[Outcome | None] = [None] * len(devices)
-
-    async def send_group(platform: str, locale: str | None, indexes: list[int]) -> None:
+    # By provider (the sink serves every platform): its groups' locales and indexes.
+    by_provider: dict[int, tuple[Provider, list[tuple[str | None, list[int]]]]] = {}
+    for (platform, locale), indexes in groups.items():
         provider = providers.get(platform)
-        if provider is None:
-            return
-        metrics.published_at.set(published_at)  # this group's task only (a copied context)
-        rendered = _rendered(notification, locale, collapse_key)
-        results = await provider.send(rendered, [devices[i] for i in indexes])
-        for index, outcome in zip(indexes, results, strict=True):
-            outcomes[index] = outcome
+        if provider is not None:
+            by_provider.setdefault(id(provider), (provider, []))[1].append((locale, indexes))
 
-    await asyncio.gather(*(send_group(p, loc, ix) for (p, loc), ix in groups.items()))
+    async def send(provider: Provider, its_groups: list[tuple[str | None, list[int]]]) -> None:
+        metrics.published_at.set(published_at)  # this provider's task only (a copied context)
+        results = await provider.send_groups(
+            [
+                (_rendered(notification, locale, collapse_key), [devices[i] for i in indexes])
+                for locale, indexes in its_groups
+            ]
+        )
+        for (_, indexes), group_results in zip(its_groups, results, strict=True):
+            for index, outcome in zip(indexes, group_results, strict=True):
+                outcomes[index] = outcome
+
+    await asyncio.gather(*(send(p, g) for p, g in by_provider.values()))
     return outcomes
 
 
