@@ -220,10 +220,10 @@ def csv_device_rows(stream: BinaryIO) -> Iterator[tuple[int, Record | str | tupl
     one twice): every row as csv_records reads it. tests/unit/test_rows.py checks both
     give the same rows and reasons over files with every kind of line.
 
-    Why: reading and checking was the import's Python side and most of its CPU besides
-    PostgreSQL's. Reading and checking the same 300,000 rows of bench/import.py's devices
-    file (the 2-core machine, loaded): 44,600 rows/s by csv_records and device_row, against
-    FAST_RATE_MEASURED by this reader."""
+    Why: reading and checking is the import's Python side, on the cores PostgreSQL's
+    chunks need too. Reading, checking and hashing the 300,000 rows of bench/import.py's
+    devices file (/tmp script, best of two each, the loaded 2-core machine, one run):
+    206,000 rows/s by csv_records and device_row, 391,000 rows/s by this reader."""
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     lines = iter(text)
     header_line = next(lines, None)
