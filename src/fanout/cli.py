@@ -1997,7 +1997,7 @@ def import_(
     from fanout.bulk import FORMATS, KINDS
     from fanout.bulk.load import import_rows
     from fanout.bulk.readers import format_of, open_input, records
-    from fanout.bulk.rows import MAPPINGS
+    from fanout.bulk.rows import MAPPINGS, csv_device_rows
 
     if kind not in KINDS:
         raise typer.BadParameter(f"one of {', '.join(KINDS)}", param_hint="KIND")
@@ -2052,7 +2052,11 @@ def import_(
                 conn,
                 kind=kind,
                 app_id=found.id,
-                numbered=records(stream, fmt),
+                numbered=(
+                    csv_device_rows(stream)
+                    if kind == "devices" and fmt == "csv" and mapping is None
+                    else records(stream, fmt)
+                ),
                 mapping=mapping,
                 dry_run=dry_run,
                 more_connections=more,

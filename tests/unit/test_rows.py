@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import random
 from typing import Any
 
 import pytest
 
+from fanout.bulk.readers import csv_records
 from fanout.bulk.rows import (
+    COLUMNS,
     RowError,
     _fast_device_row,
     checked_device_row,
+    csv_device_rows,
     device_row,
     row_of,
 )
@@ -266,3 +270,82 @@ def test_the_common_devices_rows_take_the_fast_path() -> None:
         },
     ):
         assert _fast_device_row(2, record) == checked_device_row(2, record)
+
+
+def _verdicts(numbered: Any) -> list[tuple[int, tuple[Any, ...] | str]]:
+    out: list[tuple[int, tuple[Any, ...] | str]] = []
+    for line, record in numbered:
+        try:
+            out.append((line, row_of("devices", line, record, None)))
+        except RowError as exc:
+            out.append((line, f"refused: {exc}"))
+    return out
+
+
+def _csv_field(value: Any, rng: random.Random) -> str:
+    text = "" if value is None else str(value)
+    if any(c in text for c in ',"\r\n') or rng.random() < 0.05:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+COLUMN_ORDERS = [
+    list(COLUMNS["devices"]),
+    list(reversed(COLUMNS["devices"])),
+    ["platform", "token", "user_id"],
+    ["user_id", "platform", "token", "web_push_p256dh", "web_push_auth"],
+    [" user_id", "platform ", "token", "locale"],  # names are stripped
+    ["user_id", "platform", "token", "extra"],  # a column of no device field
+    ["user_id", "platform", "token", "token"],  # one named twice
+    ["user_id", "platform", "token", "endpoint", "p256dh", "auth"],
+]
+
+
+@pytest.mark.parametrize("columns", COLUMN_ORDERS, ids=lambda c: ",".join(c))
+def test_the_csv_device_reader_gives_what_the_csv_module_and_device_in_give(
+    columns: list[str],
+) -> None:
+    """csv_device_rows against an independent reading of the same file: the csv module
+    (readers.csv_records) and device_row on every record; same lines, rows and reasons."""
+    rng = random.Random(len(columns))
+    lines = [",".join(columns)]
+    for record in _device_records():
+        if any(not isinstance(v, str) for v in record.values()):
+            continue  # a CSV field is a string
+        lines.append(",".join(_csv_field(record.get(c), rng) for c in columns))
+    plain = f"u1,apns,{APNS},,,en,sandbox"
+    lines += [
+        "",  # blank: skipped
+        "   ",  # spaces: a record of one field
+        plain + ",one-too-many",
+        "u1,fcm",  # short: the rest absent
+        '"u1","fcm","quoted-token"',
+        'u2,fcm,"token with\nnew line",,,,',  # a field across two lines
+        'u3,fcm,"t,with,commas",,,,',
+        'u4,fcm,"three\nline\nfield"',
+        "u5,fcm,ok-token\r",
+        plain,
+    ]
+    text = "\r\n".join(lines[:5]) + "\n" + "\n".join(lines[5:]) + "\n"
+    data = ("\ufeff" + text).encode()  # with a byte order mark, as Excel writes it
+    expected = _verdicts(csv_records(io.BytesIO(data)))
+    got = _verdicts(csv_device_rows(io.BytesIO(data)))
+    assert got == expected
+    assert len(expected) > 3000
+
+
+def test_plain_csv_devices_come_as_staging_tuples() -> None:
+    data = (
+        "user_id,platform,token,web_push_p256dh,web_push_auth,locale,apns_environment\n"
+        f"u1,apns,{APNS},,,en,sandbox\nu2,fcm,t,,,,\nu3,webpush,https://p.example/1,K,A,,\n"
+    ).encode()
+    rows = list(csv_device_rows(io.BytesIO(data)))
+    assert rows == [
+        (2, (2, "u1", "apns", APNS, None, None, "en", True)),
+        (3, (3, "u2", "fcm", "t", None, None, None, False)),
+        (4, (4, "u3", "webpush", "https://p.example/1", "K", "A", None, False)),
+    ]
+
+
+def test_an_empty_devices_csv_has_no_rows() -> None:
+    assert list(csv_device_rows(io.BytesIO(b""))) == []

@@ -85,15 +85,6 @@ class ImportCounts:
         }
 
 
-async def _aiter(numbered: Iterable[Numbered] | AsyncIterable[Numbered]) -> AsyncIterator[Numbered]:
-    if isinstance(numbered, AsyncIterable):
-        async for item in numbered:
-            yield item
-    else:
-        for item in numbered:
-            yield item
-
-
 async def import_rows(
     conn: asyncpg.Connection,
     *,
@@ -143,26 +134,46 @@ async def import_rows(
     # never hold the same key.
     chunks: list[list[tuple[Any, ...]]] = [[] for _ in connections]
     in_flight: list[asyncio.Task[None] | None] = [None for _ in connections]
+    width = len(connections)
+
+    def take(line: int, record: Any) -> int:
+        """Check and buffer one record; the slot whose chunk it filled, else -1."""
+        try:
+            row = record if type(record) is tuple else row_of(kind, line, record, mapping)
+        except RowError as exc:
+            counts.rejected += 1
+            on_reject(line, str(exc))
+            return -1
+        slot = hash(key_of(row)) % width if width > 1 else 0
+        chunk = chunks[slot]
+        chunk.append(row)
+        return slot if len(chunk) >= chunk_rows else -1
+
+    async def send(slot: int) -> None:
+        # This chunk goes to the database while the next rows are read and checked:
+        # PostgreSQL's work and Python's overlap.
+        if (task := in_flight[slot]) is not None:
+            await task
+        in_flight[slot] = asyncio.create_task(flush(connections[slot], chunks[slot]))
+        chunks[slot] = []
+
     try:
-        async for line, record in _aiter(numbered):
-            counts.rows += 1
-            try:
-                row = row_of(kind, line, record, mapping)
-            except RowError as exc:
-                counts.rejected += 1
-                on_reject(line, str(exc))
-                continue
-            slot = hash(key_of(row)) % len(connections) if len(connections) > 1 else 0
-            chunks[slot].append(row)
-            if len(chunks[slot]) >= chunk_rows:
-                # This chunk goes to the database while the next rows are read and
-                # checked: PostgreSQL's work and Python's overlap.
-                if (task := in_flight[slot]) is not None:
-                    await task
-                in_flight[slot] = asyncio.create_task(flush(connections[slot], chunks[slot]))
-                chunks[slot] = []
-            elif counts.rows % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # let the chunks in flight send and receive
+        # A file's records are a plain iterator: read without an async generator's
+        # per-record await (an HTTP body's come as they arrive).
+        if isinstance(numbered, AsyncIterable):
+            async for line, record in numbered:
+                counts.rows += 1
+                if (slot := take(line, record)) >= 0:
+                    await send(slot)
+                elif counts.rows % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let the chunks in flight send and receive
+        else:
+            for line, record in numbered:
+                counts.rows += 1
+                if (slot := take(line, record)) >= 0:
+                    await send(slot)
+                elif counts.rows % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
         for slot, connection in enumerate(connections):
             if (task := in_flight[slot]) is not None:
                 in_flight[slot] = None

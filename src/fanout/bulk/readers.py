@@ -20,7 +20,8 @@ import orjson
 
 GZIP_MAGIC = b"\x1f\x8b"
 
-Numbered = tuple[int, dict[str, Any] | str]
+# A record, the reason it cannot be read, or (bulk/rows.py csv_device_rows) its staging tuple.
+Numbered = tuple[int, dict[str, Any] | str | tuple[Any, ...]]
 
 
 def open_input(path: str) -> BinaryIO:

@@ -97,25 +97,39 @@ async def deactivate_devices(
 # 1,000,000 users, ~0.9 of the statement's 3.3 s per 20,000 devices, EXPLAIN ANALYZE on
 # the loaded 2-core machine), as its cost model prices 20,000 index probes above a scan;
 # the statement then took 3.2 s median against 2.0 s this way (4 paired runs, same chunk).
-# What remains: the foreign keys' per-row triggers (user, app; ~25% of the statement), the
+# What remains: the foreign key's per-row trigger (one since schema 24: devices(app_id,
+# user_id) -> users(app_id, id), in place of one for the user and one for the app), the
 # insert into the table and its four indexes, the sort of DISTINCT ON. A device whose every
-# field already has the file's value is not updated (the WHERE): a second import of the
-# same file changes 0 rows. xmax = 0 only on an inserted row. $1: the app.
+# field already has the file's value is neither written nor locked (changed: an anti-join
+# by devices_app_platform_token_key before the INSERT; ON CONFLICT DO UPDATE locks the row
+# it conflicts with even when its WHERE then skips it): a second import of the same file
+# changes 0 rows and waits on no one. The WHERE stays for a row another transaction wrote
+# after this statement's snapshot. xmax = 0 only on an inserted row. $1: the app.
 UPSERT_STAGED_DEVICES = """
 WITH matched AS MATERIALIZED (
     SELECT s.line, s.platform, s.token, s.web_push_p256dh, s.web_push_auth, s.locale,
            s.apns_sandbox,
-           (SELECT u.id FROM users AS u WHERE u.app_id = $1 AND u.external_id = s.user_id) AS uid
+           (SELECT u.id FROM users AS u WHERE u.app_id = $1 AND u.external_id = s.user_id
+            LIMIT 1) AS uid
     FROM import_devices AS s
 ), staged AS (
     SELECT DISTINCT ON (platform, token) *
     FROM matched WHERE uid IS NOT NULL
     ORDER BY platform, token, line DESC
+), changed AS (
+    SELECT * FROM staged AS s
+    WHERE (SELECT NOT d.active
+                  OR (d.user_id, d.web_push_p256dh, d.web_push_auth, d.locale, d.apns_sandbox)
+                     IS DISTINCT FROM (s.uid, s.web_push_p256dh, s.web_push_auth, s.locale,
+                                       s.apns_sandbox)
+           FROM devices AS d
+           WHERE d.app_id = $1 AND d.platform = s.platform AND d.token = s.token
+           LIMIT 1) IS NOT false
 ), written AS (
     INSERT INTO devices AS d (app_id, user_id, platform, token, web_push_p256dh,
                               web_push_auth, locale, apns_sandbox)
     SELECT $1, uid, platform, token, web_push_p256dh, web_push_auth, locale, apns_sandbox
-    FROM staged
+    FROM changed
     ON CONFLICT (app_id, platform, token) DO UPDATE
     SET user_id = EXCLUDED.user_id, web_push_p256dh = EXCLUDED.web_push_p256dh,
         web_push_auth = EXCLUDED.web_push_auth, locale = EXCLUDED.locale,
