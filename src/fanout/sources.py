@@ -169,11 +169,6 @@ async def check_source(
     return bound
 
 
-# From how many members an event's read brings the statistics up to date: below, a page
-# planned without them sorts at most a few pages' worth of members.
-ANALYZE_MEMBERS_FROM = 10_000
-
-
 async def read_event_members(
     conn: asyncpg.Connection, *, event_id: int, topic_id: int, time_limit: float
 ) -> int | None:
@@ -192,8 +187,4 @@ async def read_event_members(
         await store.limit_statement_time(conn, seconds=time_limit)
         members = await store.read_members(conn, source=source, key=key, event_id=event_id)
         await store.mark_sourced(conn, event_id=event_id, prefix=source.prefix)
-    if members >= ANALYZE_MEMBERS_FROM:
-        # Its pages are planned from statistics that know these members (after the
-        # commit: no lock held on event_members meanwhile; see store.analyze_members).
-        await store.analyze_members(conn)
     return members

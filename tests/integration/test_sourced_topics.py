@@ -16,12 +16,10 @@ from fanout.notification import Notification
 from fanout.queue.messages import FanoutTask, decode
 from fanout.queue.sqs import Queues
 from fanout.sources import (
-    ANALYZE_MEMBERS_FROM,
     SourceRefused,
     SourcesUnavailable,
     bind_key,
     check_source,
-    read_event_members,
 )
 from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.progress import load_event_status
@@ -137,59 +135,6 @@ async def test_an_event_on_a_sourced_topic_reaches_exactly_the_followers_with_de
     assert members == len(chosen)
     status = await load_event_status(pool, event_id)
     assert status is not None and status.held_back == {}
-
-
-async def test_the_pages_of_a_large_audience_read_its_members_in_order_not_all_sorted(
-    pool: asyncpg.Pool, settings: Settings
-) -> None:
-    """Members read just now are in no statistics: without them each page was planned as a
-    bitmap scan of every member still to come, sorted for the page's LIMIT (a sort of the
-    whole audience per page). Once read, a large audience's page is the ordered range scan
-    of event_members_pkey that stops at the page's end."""
-    await follow_table(pool)
-    await add_source(pool, settings, "author:", FOLLOWERS)
-    author = secrets.randbelow(2**40)
-    size = 100_000  # as the bench's (12,000 members were planned well without statistics)
-    assert size >= ANALYZE_MEMBERS_FROM
-    run = secrets.token_hex(4)
-    async with pool.acquire() as conn:
-        first = await conn.fetchval(
-            """WITH made AS (
-                   INSERT INTO users (app_id, external_id)
-                   SELECT $1, (g::bigint * 1000000 + $3)::text FROM generate_series(1, $2) AS g
-                   RETURNING id, external_id)
-               INSERT INTO books.follows (author_id, follower_id)
-               SELECT $4, external_id::bigint FROM made RETURNING (
-                   SELECT min(id) FROM made)""",
-            DEFAULT_APP_ID,
-            size,
-            int(run, 16) % 1_000_000,
-            author,
-        )
-        # The statistics as autovacuum left them, from before this event's members.
-        await conn.execute("ANALYZE event_members")
-    event = await record_event(pool, PLAIN, topic=f"author:{author}")
-    async with pool.acquire() as conn:
-        topic_id = await conn.fetchval("SELECT topic_id FROM events WHERE id = $1", event.event_id)
-        members = await read_event_members(
-            conn, event_id=event.event_id, topic_id=topic_id, time_limit=60
-        )
-        assert members == size
-        plan = "\n".join(
-            row[0]
-            for row in await conn.fetch(
-                "EXPLAIN " + sources.MEMBER_RECIPIENTS_PAGE,
-                topic_id,
-                first + size // 2,
-                2**62,
-                settings.page_size,
-                event.event_id,
-                None,
-                *PageFilter().parameters(None),
-            )
-        )
-    assert "Index Only Scan using event_members_pkey" in plan, plan
-    assert "Bitmap Heap Scan on event_members" not in plan, plan
 
 
 async def test_a_lost_batch_of_a_sourced_event_is_read_again_from_its_members(

@@ -50,7 +50,7 @@ STATEMENTS = {
     for module_name, module in MODULES.items()
     for name in _defined_here(module)
     if isinstance(sql := getattr(module, name), str)
-    and re.match(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH|ANALYZE)\b", sql, re.IGNORECASE)
+    and re.match(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", sql, re.IGNORECASE)
 }
 # Functions that run a statement handed to them rather than one of their own.
 # (The source functions run statements built around an app's own query: fanout.sources.)

@@ -191,15 +191,6 @@ MEMBERS_LEFT = """
 SELECT count(*) FROM event_members WHERE event_id = $1 AND user_id > $2 AND user_id < $3
 """
 
-# Index: none: statistics. The planner's estimate of an event's members, once they are
-# read. Read just now, they are in no statistics: the page below was estimated at 3 rows
-# and planned as a bitmap scan of every member still to come, sorted for its LIMIT (each
-# of 20 pages of 100,000 members sorting up to 100,000 rows: 490-520 ms of PostgreSQL CPU
-# over the pages against 390-400 over a topic's subscriptions); estimated, it is the
-# ordered range scan of event_members_pkey the topic's page is (390 ms). ANALYZE samples a
-# bounded number of rows (40-55 ms at 100,000 members).
-ANALYZE_MEMBERS = "ANALYZE event_members"
-
 # As recipients.TOPIC_RECIPIENTS_PAGE (same parameters, same rules), over the event's
 # members: event_members_pkey, an index-only range scan (event_id, user_id > cursor), then
 # the same probes per user. $1 (the topic) is still what mutes are read by.
@@ -454,7 +445,8 @@ async def read_members(conn: asyncpg.Connection, *, source: Source, key: str, ev
         """INSERT INTO event_members (event_id, user_id)
            SELECT DISTINCT $2::bigint, u.id
            FROM fanout_source.read($4, $5, $1) AS q(id)
-           JOIN users AS u ON u.app_id = $3 AND u.external_id = q.id""",
+           JOIN users AS u ON u.app_id = $3 AND u.external_id = q.id
+           ORDER BY u.id""",
         key,
         event_id,
         source.app_id,
@@ -462,12 +454,6 @@ async def read_members(conn: asyncpg.Connection, *, source: Source, key: str, ev
         source.user_column,
     )
     return int(status.rsplit(" ", 1)[-1])
-
-
-async def analyze_members(conn: asyncpg.Connection) -> None:
-    """Bring the planner's statistics of ``event_members`` up to date, the members of an
-    event just read among them (``ANALYZE_MEMBERS``)."""
-    await conn.execute(ANALYZE_MEMBERS)
 
 
 async def next_member_boundary(
