@@ -15,7 +15,12 @@ from fanout.config import Settings
 from fanout.notification import Notification
 from fanout.queue.messages import FanoutTask, decode
 from fanout.queue.sqs import Queues
-from fanout.sources import SourceRefused, SourcesUnavailable, bind_key, check_source
+from fanout.sources import (
+    SourceRefused,
+    SourcesUnavailable,
+    bind_key,
+    check_source,
+)
 from fanout.stages.fanout import plan_event, run_shard
 from fanout.stages.progress import load_event_status
 from fanout.stages.publish import InvalidPublishOption, PublishOptions, record_event
@@ -66,7 +71,8 @@ async def add_source(pool: asyncpg.Pool, settings: Settings, prefix: str, query:
 
 async def followers(pool: asyncpg.Pool, author: int, users: Topic) -> set[int]:
     """Every other user of ``users`` follows ``author`` (by their external id, a number as
-    the app knows them), with some followers fanout has never heard of; returns the devices
+    the app knows them), with some followers fanout has never heard of and some listed
+    twice (an app's table without a unique key); returns the devices
     of the followers fanout knows."""
     # The app's user ids are numbers: these users get numeric external ids of their own.
     salt = secrets.randbelow(1000)
@@ -80,7 +86,9 @@ async def followers(pool: asyncpg.Pool, author: int, users: Topic) -> set[int]:
     unknown = [secrets.randbelow(2**53) for _ in range(5)]  # no fanout user: no device
     await pool.executemany(
         "INSERT INTO books.follows (author_id, follower_id) VALUES ($1, $2)",
-        [(author, numeric[u]) for u in following] + [(author, x) for x in unknown],
+        [(author, numeric[u]) for u in following]
+        + [(author, x) for x in unknown]
+        + [(author, numeric[u]) for u in following[:3]],  # followed twice: one member
     )
     await pool.executemany(  # another author's followers: not of this audience
         "INSERT INTO books.follows (author_id, follower_id) VALUES ($1, $2)",

@@ -182,3 +182,32 @@ def test_held_back_users_are_counted_with_the_batch_that_passes_them_and_once() 
             counted_total[reason] = counted_total.get(reason, 0) + count
     assert counted_total == {"muted": 10, "opted_out": 10}
     assert packer.take_held_back() == {}
+
+
+def test_a_run_of_users_left_out_counts_each_of_them_with_the_batch_that_passes_it() -> None:
+    # Users 1..60, one device each; each user divisible by 5 sent to, the four before them
+    # a tag filter's run (fragments.filtered_recipients_query): one row for the four, the
+    # last of them its user, three of them with a device (counted held back).
+    stream: list[Row] = []
+    for user, devices in users(60):
+        if user % 5 == 0:
+            stream.append((user - 1, None, None, "filtered", None, 4, 3))
+            stream += [(user, d.platform, wire(d), None, None, None, None) for d in devices]
+    packer = BatchPacker(
+        event_id=1, shard=0, notification=NOTIFICATION, max_bytes=1024, max_devices=4
+    )
+    batches, began = packer.add_rows(stream)
+    batches += packer.flush()
+    tail = packer.take_held_back()
+
+    assert began == 60
+    assert len(batches) > 1 and tail == {}
+    for batch in batches:
+        counted = sum(
+            b.held_back.get("filtered", 0) for b in batches if b.last_user <= batch.last_user
+        )
+        assert counted == 3 * (batch.last_user // 5)
+    # A run with no device: its users counted as read, nobody held back.
+    packer = BatchPacker(event_id=1, shard=0, notification=NOTIFICATION, max_bytes=1024)
+    assert packer.add_rows([(9, None, None, None, None, 9, 0)]) == ([], 9)
+    assert packer.take_held_back() == {}

@@ -105,6 +105,14 @@ class PackedBatch:
     held_back: dict[str, int] = field(default_factory=dict)
 
 
+def _counted(held: list[tuple[int, str, int]]) -> dict[str, int]:
+    """Held-back users by reason."""
+    counts: Counter[str] = Counter()
+    for _, reason, users in held:
+        counts[reason] += users
+    return dict(counts)
+
+
 class BatchPacker:
     """Accumulates rows; hands back each batch as soon as it is full."""
 
@@ -131,7 +139,8 @@ class BatchPacker:
         self._rows: list[Row] = []  # the open batch's device rows
         self._raw = 0  # their JSON, with a comma each
         self._user: Any = None  # the user whose rows came last
-        self._held: list[tuple[int, str]] = []  # held-back users no batch has counted yet
+        # Held-back users no batch has counted yet: (last user, reason, how many users).
+        self._held: list[tuple[int, str, int]] = []
 
     def add_rows(self, rows: Iterable[Row]) -> tuple[list[PackedBatch], int]:
         """Add rows; returns the batches this closed and how many users the rows began.
@@ -153,8 +162,15 @@ class BatchPacker:
             if wire is not None:
                 raw += len(wire) + 1
                 pending.append(row)
+            elif len(row) > 5 and row[5] is not None:
+                # A run of users a tag filter left out, this row's user the last of them
+                # (fragments.filtered_recipients_query): row[5] users, row[6] of them
+                # counted held back for row[3].
+                users += row[5] - 1
+                if row[3] is not None:
+                    held.append((row[0], row[3], row[6]))
             elif len(row) > 3 and row[3] is not None:
-                held.append((row[0], row[3]))
+                held.append((row[0], row[3], 1))
         self._raw, self._user = raw, user
         return closed, users
 
@@ -165,7 +181,7 @@ class BatchPacker:
     def take_held_back(self) -> dict[str, int]:
         """The held-back users no batch has counted, by reason (at the end of a shard,
         after ``flush``: those after its last batch)."""
-        counts = dict(Counter(reason for _, reason in self._held))
+        counts = _counted(self._held)
         self._held.clear()
         return counts
 
@@ -177,7 +193,7 @@ class BatchPacker:
             taken += 1
         if not taken:
             return {}
-        counts = dict(Counter(reason for _, reason in held[:taken]))
+        counts = _counted(held[:taken])
         del held[:taken]
         return counts
 

@@ -493,9 +493,10 @@ async def _stream_shard(
     while rows:
         # The database reads the next page while this one is packed and sent, rather
         # than the database, this process and the queue each waiting for the others.
-        # (Fewer rows than a page of subscribers: this is the last page.)
+        # (Fewer rows than a page of subscribers: this is the last page. A tag filter's
+        # page has a row per run of users it left out, not per user: read on.)
         next_page = None
-        if len(rows) >= settings.page_size:
+        if len(rows) >= settings.page_size or event.tag_filtered:
             next_page = asyncio.create_task(read_page(rows[-1][0]))
         try:
             _keep_deferred(rows, progress)

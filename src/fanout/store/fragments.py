@@ -324,22 +324,29 @@ WITH {_CAPS.format(**parameters)}, win AS MATERIALIZED (
     GROUP BY x.user_id
     HAVING bool_or(x.in_win)
 )
-{
+SELECT m.*, NULL::bigint AS users, NULL::bigint AS held
+FROM ({
         _recipients_rows(
             "SELECT t.user_id FROM tagged AS t WHERE t.matched",
             AUDIENCE_RULES[1:],
             **parameters,
         )
-    }
+    }) AS m
 UNION ALL
-SELECT t.user_id, NULL, NULL,
-       CASE WHEN t.device IS NULL THEN h.held_back WHEN t.device THEN 'filtered' END, NULL
-FROM tagged AS t
-LEFT JOIN LATERAL (
-    SELECT 'filtered'::text AS held_back FROM devices AS h
-    WHERE t.device IS NULL AND h.user_id = t.user_id AND h.active LIMIT 1
-) AS h ON true
-WHERE NOT t.matched
+SELECT max(o.user_id), NULL, NULL, CASE WHEN bool_or(o.device) THEN 'filtered' END, NULL,
+       count(*), count(*) FILTER (WHERE o.device)
+FROM (
+    SELECT t.user_id, t.matched, coalesce(t.device, h.device, false) AS device,
+           count(*) FILTER (WHERE t.matched) OVER (ORDER BY t.user_id) AS run
+    FROM tagged AS t
+    LEFT JOIN LATERAL (
+        SELECT true AS device FROM devices AS h
+        WHERE t.device IS NULL AND NOT t.matched AND h.user_id = t.user_id AND h.active
+        LIMIT 1
+    ) AS h ON true
+) AS o
+WHERE NOT o.matched
+GROUP BY o.run
 ORDER BY 1
 """
 
