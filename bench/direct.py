@@ -179,7 +179,9 @@ def sqs_by_operation(
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
-def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, Any]:
+def run(
+    sends: int, rate: float, *, coalesce: bool, window: float, settings: dict[str, str]
+) -> dict[str, Any]:
     """One measurement, FANOUT_COALESCE_DIRECT on or off, on fresh processes and queues."""
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"fanout-bench-direct-{os.getpid()}"
     logs = logs / ("coalesced" if coalesce else "alone")
@@ -187,6 +189,7 @@ def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, 
     moto_port, moto_log = free_port(), logs / "moto.log"
     processes: list[subprocess.Popen[Any]] = []
     result: dict[str, Any] = {"sends": sends, "rate_asked": rate, "coalesce": coalesce}
+    result["settings"] = settings
     if coalesce:
         result["coalesce_window_seconds"] = window
     try:
@@ -210,6 +213,7 @@ def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, 
                 "FANOUT_API_PUBLISH_BURST": "1000000000",
                 "FANOUT_COALESCE_DIRECT": "true" if coalesce else "false",
                 "FANOUT_COALESCE_WINDOW_SECONDS": str(window),
+                **settings,
             }
             queues_ready(env)
             prefix, token = asyncio.run(seed(database_url, sends))
@@ -290,10 +294,21 @@ def main() -> None:
     parser.add_argument(
         "--window", type=float, default=0.25, help="FANOUT_COALESCE_WINDOW_SECONDS (seconds)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FANOUT_NAME=VALUE",
+        help="a setting for every process of the run (repeatable)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.set)
     modes = {"on": [True], "off": [False], "both": [False, True]}[args.coalesce]
-    results = [run(args.sends, args.rate, coalesce=mode, window=args.window) for mode in modes]
+    results = [
+        run(args.sends, args.rate, coalesce=mode, window=args.window, settings=settings)
+        for mode in modes
+    ]
     if args.json:
         print(orjson.dumps(results).decode())
 
