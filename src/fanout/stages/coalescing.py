@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TypeVar
@@ -51,9 +50,8 @@ log = logging.getLogger(__name__)
 # time), and its message is deleted once all are done; 1,000 one-device batches (~0.5 MB)
 # make the SQS requests per push ~0.003 while a redelivered bundle re-checks at most this many.
 MAX_BUNDLE_BATCHES = 1_000
-# Events of a group planned, or batches of bundles delivered, at once: each holds one
-# pooled connection while it runs (FANOUT_DATABASE_POOL_SIZE, 10 by default). For delivery
-# the bound is the process's, whatever number of bundles it has received (_bundle_room).
+# Events of a group planned, or batches of a bundle delivered, at once: each holds one
+# pooled connection while it runs (FANOUT_DATABASE_POOL_SIZE, 10 by default).
 WORK_AT_ONCE = 8
 
 T = TypeVar("T")
@@ -177,38 +175,13 @@ async def deliver_bundle(
     async def deliver(index: int) -> BatchReport:
         return await deliver_batch(bundle.batches[index], pool, queues, providers, settings)
 
-    return await _all(range(len(bundle.batches)), deliver, room=_bundle_room())
+    return await _all(range(len(bundle.batches)), deliver)
 
 
-# The batches of every bundle this process delivers share WORK_AT_ONCE slots, taken in the
-# order they asked (asyncio's semaphore is first come, first served): a bundle received
-# first is delivered first. With a semaphore per bundle, the worker's eight bundles in
-# flight ran 64 batches at once on ten connections, every bundle slowed by the others, so
-# every event waited for its bundle's share of all of them (publish → push p50 3.6-4.8 s
-# in the delivery stage at 250 sends/s, 1.6 s delivering one bundle at a time; issue #26).
-_bundle_rooms: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _bundle_room() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    room = _bundle_rooms.get(loop)
-    if room is None:
-        room = _bundle_rooms[loop] = asyncio.Semaphore(WORK_AT_ONCE)
-    return room
-
-
-async def _all(
-    items: Sequence[int],
-    work: Callable[[int], Awaitable[T]],
-    *,
-    room: asyncio.Semaphore | None = None,
-) -> list[T]:
-    """``work`` on every item, WORK_AT_ONCE at a time (or as ``room`` lets it: shared with
-    other callers); every item is tried, then the first failure is raised."""
-    if room is None:
-        room = asyncio.Semaphore(WORK_AT_ONCE)
+async def _all(items: Sequence[int], work: Callable[[int], Awaitable[T]]) -> list[T]:
+    """``work`` on every item, WORK_AT_ONCE at a time; every item is tried, then the first
+    failure is raised."""
+    room = asyncio.Semaphore(WORK_AT_ONCE)
 
     async def one(item: int) -> T:
         async with room:
