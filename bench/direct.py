@@ -113,18 +113,38 @@ async def send_all(
         return ids, time.perf_counter() - started, errors
 
 
-async def wait_until_ended(database_url: str, ids: list[int]) -> list[float]:
-    """Until every event has ended; each one's publish → last push, in seconds."""
+# Where an event's publish → push goes, by the timestamps its transitions record (each the
+# start of the transaction that wrote it): committed → enqueued (the coalescing window and
+# the enqueue), enqueued → fanned out (the fan-out message's receive, the group's planning),
+# fanned out → ended (the bundle's send, receive and delivery).
+STAGES = {
+    "committed_to_enqueued": "enqueued_at - created_at",
+    "enqueued_to_fanned_out": "fanned_out_at - enqueued_at",
+    "fanned_out_to_ended": "finished_at - fanned_out_at",
+}
+
+
+async def wait_until_ended(
+    database_url: str, ids: list[int]
+) -> tuple[list[float], dict[str, float | None]]:
+    """Until every event has ended; each one's publish → last push, in seconds, and the
+    median of each of its ``STAGES``."""
     conn = await connect(database_url)
+    stages = ", ".join(f"extract(epoch FROM {span}) AS {name}" for name, span in STAGES.items())
     try:
         while True:
             rows = await conn.fetch(
-                """SELECT status, extract(epoch FROM finished_at - created_at) AS seconds
+                f"""SELECT status, extract(epoch FROM finished_at - created_at) AS seconds,
+                          {stages}
                    FROM events WHERE id = ANY($1::bigint[])""",
                 ids,
             )
             if all(row["status"] in TERMINAL_STATES for row in rows):
-                return sorted(float(row["seconds"]) for row in rows)
+                medians = {}
+                for name in STAGES:
+                    spans = [float(row[name]) for row in rows if row[name] is not None]
+                    medians[name] = round(statistics.median(spans), 3) if spans else None
+                return sorted(float(row["seconds"]) for row in rows), medians
             await asyncio.sleep(0.5)
     finally:
         await conn.close()
@@ -159,7 +179,9 @@ def sqs_by_operation(
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
-def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, Any]:
+def run(
+    sends: int, rate: float, *, coalesce: bool, window: float, settings: dict[str, str]
+) -> dict[str, Any]:
     """One measurement, FANOUT_COALESCE_DIRECT on or off, on fresh processes and queues."""
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"fanout-bench-direct-{os.getpid()}"
     logs = logs / ("coalesced" if coalesce else "alone")
@@ -167,6 +189,7 @@ def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, 
     moto_port, moto_log = free_port(), logs / "moto.log"
     processes: list[subprocess.Popen[Any]] = []
     result: dict[str, Any] = {"sends": sends, "rate_asked": rate, "coalesce": coalesce}
+    result["settings"] = settings
     if coalesce:
         result["coalesce_window_seconds"] = window
     try:
@@ -190,6 +213,7 @@ def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, 
                 "FANOUT_API_PUBLISH_BURST": "1000000000",
                 "FANOUT_COALESCE_DIRECT": "true" if coalesce else "false",
                 "FANOUT_COALESCE_WINDOW_SECONDS": str(window),
+                **settings,
             }
             queues_ready(env)
             prefix, token = asyncio.run(seed(database_url, sends))
@@ -212,7 +236,7 @@ def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, 
             by_operation_before = sqs_by_operation(scraped)
             sqs_before = sqs_requests_so_far(moto_log)
             ids, seconds, errors = asyncio.run(send_all(url, token, prefix, sends, rate))
-            latencies = asyncio.run(wait_until_ended(database_url, ids))
+            latencies, stage_p50s = asyncio.run(wait_until_ended(database_url, ids))
             sqs = sqs_requests_so_far(moto_log) - sqs_before
             by_operation = sqs_by_operation(scraped, since=by_operation_before)
             for role_workers in workers:
@@ -236,6 +260,7 @@ def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, 
         "publish_to_push_p99_s": round(latencies[int(len(latencies) * 0.99) - 1], 3)
         if latencies
         else None,
+        "stage_p50_s": stage_p50s,
     }
     every = result["devices_exactly_once"] == sends
     print(
@@ -249,7 +274,8 @@ def run(sends: int, rate: float, *, coalesce: bool, window: float) -> dict[str, 
         f"({sqs:,} requests, target <= 0.01)\n"
         + "".join(f"    {where}: {n:,}\n" for where, n in by_operation.items())
         + f"  publish -> push: p50 {result['publish_to_push_p50_s']} s, "
-        f"p99 {result['publish_to_push_p99_s']} s",
+        f"p99 {result['publish_to_push_p99_s']} s\n"
+        f"    p50 by stage: " + ", ".join(f"{name} {p50} s" for name, p50 in stage_p50s.items()),
         flush=True,
     )
     return result
@@ -268,10 +294,21 @@ def main() -> None:
     parser.add_argument(
         "--window", type=float, default=0.25, help="FANOUT_COALESCE_WINDOW_SECONDS (seconds)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FANOUT_NAME=VALUE",
+        help="a setting for every process of the run (repeatable)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.set)
     modes = {"on": [True], "off": [False], "both": [False, True]}[args.coalesce]
-    results = [run(args.sends, args.rate, coalesce=mode, window=args.window) for mode in modes]
+    results = [
+        run(args.sends, args.rate, coalesce=mode, window=args.window, settings=settings)
+        for mode in modes
+    ]
     if args.json:
         print(orjson.dumps(results).decode())
 
