@@ -231,29 +231,3 @@ async def test_finished_messages_are_deleted_ten_to_a_call_and_the_rest_on_stop(
             await running
         assert delete_calls() - calls_before == -(-messages // 10)
         assert await queue_counts(queue) == (0, 0), "a finished message was left undeleted"
-
-
-async def test_messages_finishing_a_few_a_second_share_a_delete_call_by_default(
-    pipeline: Pipeline,
-) -> None:
-    # A coalesced stream of 1:1 sends finishes a fan-out message and a bundle per group,
-    # a few a second (issue #26): at the default linger they share a DeleteMessageBatch,
-    # not one call each (0.25 s made each of these go alone: four calls).
-    from fanout.queue.deletions import Deletions
-
-    queue = pipeline.queues.fanout
-    await queue.send_many([f'{{"n": {n}}}' for n in range(4)])
-    received: list = []  # type: ignore[type-arg]
-    while len(received) < 4:
-        received += await queue.receive(4 - len(received), wait_seconds=1, visibility_timeout=600)
-    deletions = Deletions(
-        queue.delete_many, linger=Settings.model_fields["delete_linger_seconds"].default
-    )
-    calls_before = delete_calls()
-    for message in received:  # each finished 0.3 s after the one before
-        deletions.add(message)
-        await asyncio.sleep(0.3)
-    await wait_for(lambda: deletions.deleted == 4, "the four messages deleted")
-    assert delete_calls() - calls_before == 1
-    assert await queue_counts(queue) == (0, 0)
-    await deletions.close(1.0)
