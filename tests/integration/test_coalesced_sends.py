@@ -8,6 +8,7 @@ import secrets
 from collections.abc import AsyncIterator
 
 import pytest
+from asyncpg.connection import LoggedQuery
 
 from fanout.local.ledger import DeliveryLedger
 from fanout.local.sink import EmbeddedSink, PushSink
@@ -233,3 +234,150 @@ async def test_a_group_is_fanned_out_in_a_few_statements_per_event(
         found = await status(pipeline, event_id)
         assert found.terminal, found
         assert pushed_once_to(sink, event_id, devices_of[user])
+
+
+DRIVER_QUERIES = ("pg_advisory_unlock_all", "RESET ALL", "typeinfo_tree", "current_setting('jit')")
+
+
+async def log_queries(pipeline: Pipeline) -> list[str]:
+    """The statements every connection of the pool runs from now on (connections kept:
+    the test is shorter than the pool's idle lifetime)."""
+    statements: list[str] = []
+
+    def note(query: LoggedQuery) -> None:
+        # Not the delivery's: the pool's reset of a connection it takes back, and the
+        # driver's look-up of a type (once per connection: jit off, then the type tree).
+        if not any(mark in query.query for mark in DRIVER_QUERIES):
+            statements.append(query.query)
+
+    held = [await pipeline.pool.acquire() for _ in range(pipeline.pool.get_max_size())]
+    for conn in held:
+        conn.add_query_logger(note)
+    for conn in held:
+        await pipeline.pool.release(conn)
+    return statements
+
+
+@pytest.mark.parametrize("events", [20, 120])
+async def test_a_bundle_is_claimed_recorded_and_ended_in_a_few_statements_whatever_its_events(
+    pipeline: Pipeline, sink: EmbeddedSink, events: int
+) -> None:
+    # Delivered batch by batch, a bundle cost ~6 statements a batch (claim, a transaction
+    # recording the outcome, the event's end): 194 for a bundle of 30 (#26). Claimed in one
+    # statement, recorded in one and its events ended in one, whatever their number.
+    made = await users_with_devices(pipeline, [1, 2, 1] * (events // 3) + [1] * (events % 3))
+    ids = await publish_coalesced(pipeline, [user for user, _ in made])
+    delivery = await run_fanout(pipeline)
+    assert len(delivery) == 1 and isinstance(decode(delivery[0]), DeliveryBundle)
+    statements = await log_queries(pipeline)
+
+    await pipeline.handle(delivery[0])
+    assert len(statements) <= 3, f"{len(statements)} statements for {events} events"
+    for event_id, (_, devices) in zip(ids, made, strict=True):
+        found = await status(pipeline, event_id)
+        assert found.terminal and found.status == "delivered", found
+        assert found.sent == len(devices) and found.batches_done == found.batches, found
+        assert pushed_once_to(sink, event_id, devices)
+
+
+async def users_with_tokens(
+    pipeline: Pipeline, tokens_per_user: list[list[str]]
+) -> list[tuple[str, list[int]]]:
+    """A user per list, with an APNs device per token (each made unique): (external id,
+    device ids)."""
+    run = secrets.token_hex(4)
+    made = []
+    async with pipeline.pool.acquire() as conn:
+        for i, tokens in enumerate(tokens_per_user):
+            external = f"{run}-{i}"
+            user_id = await conn.fetchval(
+                "INSERT INTO users (app_id, external_id) VALUES ($1, $2) RETURNING id",
+                APP,
+                external,
+            )
+            made.append(
+                (
+                    external,
+                    [
+                        await add_device(conn, user_id, f"{t}{run}u{i}d{d}")
+                        for d, t in enumerate(tokens)
+                    ],
+                )
+            )
+    return made
+
+
+async def test_many_events_sharing_bundles_each_keep_their_own_outcome_status_and_content(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    # 200 events in one group: a device of some is a dead token (deactivated, counted
+    # invalid), one of others is refused for good (failed, by reason), some events are
+    # cancelled before their bundle is delivered, one user has two sends, one has no
+    # device; the bundle is delivered twice. Each event counts only its own devices, ends
+    # in its own state, and each device has its own event's push once.
+    shapes = [["ok"], ["ok", "ok"], ["ok", "invalid"], ["reject", "ok", "ok"], [], ["ok"] * 3]
+    tokens = [shapes[i % len(shapes)] for i in range(199)]
+    made = await users_with_tokens(pipeline, tokens)
+    targets = [user for user, _ in made] + [made[1][0]]
+    kinds_of = {user: shape for (user, _), shape in zip(made, tokens, strict=True)}
+    devices_of = dict(made)
+    ids = await publish_coalesced(pipeline, targets)
+    delivery = await run_fanout(pipeline)
+    assert len(delivery) < 5, len(delivery)
+    cancelled = {ids[i] for i in (3, 50, 101, 198)}
+    async with pipeline.pool.acquire() as conn:
+        for event_id in cancelled:
+            await lifecycle.cancel(conn, event_id=event_id, app_id=APP)
+    for body in delivery:
+        await pipeline.handle(body)
+    await pipeline.handle(delivery[0])  # delivered again by SQS: nothing is sent twice
+    await run_everything(pipeline)
+
+    for event_id, user in zip(ids, targets, strict=True):
+        found = await status(pipeline, event_id)
+        assert found.terminal, found
+        kinds, devices = kinds_of[user], devices_of[user]
+        if event_id in cancelled:
+            assert found.status == "cancelled" and found.sent == 0, found
+            assert found.held_back == ({"cancelled": len(devices)} if devices else {}), found
+            assert pushed_once_to(sink, event_id, [])
+            continue
+        sent = [d for d, k in zip(devices, kinds, strict=True) if k == "ok"]
+        assert (found.devices, found.sent) == (len(devices), len(sent)), found
+        assert found.invalid == kinds.count("invalid"), found
+        assert found.failed == kinds.count("reject"), found
+        if not devices:
+            assert found.status == "no_recipients", found
+        elif "reject" in kinds or "invalid" in kinds:
+            assert found.status in ("partially_delivered", "delivered"), found
+        else:
+            assert found.status == "delivered", found
+        assert pushed_once_to(sink, event_id, sent), found
+        counts = sink.sink.ledger.events().get(str(event_id))
+        for device in sent:  # each of its devices its own event's push, once
+            assert counts is not None and counts.count(device) == 1
+    async with pipeline.pool.acquire() as conn:
+        sent_to = {
+            user for user, event_id in zip(targets, ids, strict=True) if event_id not in cancelled
+        }
+        invalid = [
+            d
+            for u, ds in made
+            for d, k in zip(ds, kinds_of[u], strict=True)
+            if k == "invalid" and u in sent_to
+        ]
+        active = await conn.fetchval(
+            "SELECT count(*) FROM devices WHERE id = ANY($1::bigint[]) AND active", invalid
+        )
+        failures = await conn.fetch(
+            """SELECT event_id, outcome, count(*) AS n FROM delivery_failures
+               WHERE event_id = ANY($1::bigint[]) GROUP BY 1, 2""",
+            ids,
+        )
+    assert invalid and active == 0  # the dead tokens sent to were retired
+    by_event = {(r["event_id"], r["outcome"]): r["n"] for r in failures}
+    for event_id, user in zip(ids, targets, strict=True):
+        if event_id in cancelled:
+            continue
+        assert by_event.get((event_id, "failed"), 0) == kinds_of[user].count("reject")
+        assert by_event.get((event_id, "invalid"), 0) == kinds_of[user].count("invalid")

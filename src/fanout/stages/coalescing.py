@@ -19,8 +19,9 @@ batch is recognised by its key); a bundle lost, or never sent because the fan-ou
 after recording its batches, is re-sent batch by batch by the reconciler (every batch is
 recorded with a deadline).
 
-The price of the shape: the delivery's database work per batch is unchanged (a bundle's
-batches are each ``deliver_batch``'s). The one ordering that differs: a bundle is sent when
+A bundle's batches are claimed, recorded and their events ended in one statement each for
+the whole bundle (``stages.bundle_delivery``), each row still its own batch's. The one
+ordering that differs: a bundle is sent when
 full or when the group is fanned out, so a batch may be recorded before it is on the queue
 (a fan-out dying in between leaves it to the reconciler, late but not lost).
 """
@@ -40,7 +41,8 @@ from fanout.providers import Provider
 from fanout.queue.messages import DeliveryBundle, FanoutTask, bundle_bytes, encode_bundle
 from fanout.queue.sqs import Queue, Queues
 from fanout.stages.batching import batch_max_bytes
-from fanout.stages.delivery import BatchReport, deliver_batch
+from fanout.stages.bundle_delivery import deliver_together
+from fanout.stages.delivery import BatchReport, deliver_batch, is_live_activity
 from fanout.stages.fanout import ShardReport, fan_out_directs, plain_direct, plan_event
 from fanout.store import acquire, events, live_activities
 
@@ -168,14 +170,21 @@ async def deliver_bundle(
     providers: Mapping[str, Provider],
     settings: Settings,
 ) -> list[BatchReport]:
-    """Deliver each batch of the bundle as if it had come alone; raises (after every batch
-    has been tried) the first failure, so the bundle comes back: the batches done are
-    recognised by their keys and skipped, the others are delivered."""
+    """Deliver the bundle's batches: those that carry their devices together, in a few
+    statements for them all (``deliver_together``), any other (re-read from PostgreSQL, a
+    Live Activity's) as if it had come alone. Raises (after every batch has been tried)
+    the first failure, so the bundle comes back: the batches done are recognised by their
+    keys and skipped, the others are delivered."""
+    together = [b for b in bundle.batches if not b.rereads and not is_live_activity(b)]
+    alone = [b for b in bundle.batches if b.rereads or is_live_activity(b)]
 
-    async def deliver(index: int) -> BatchReport:
-        return await deliver_batch(bundle.batches[index], pool, queues, providers, settings)
+    async def deliver(index: int) -> list[BatchReport]:
+        if index < 0:
+            return await deliver_together(together, pool, queues, providers, settings)
+        return [await deliver_batch(alone[index], pool, queues, providers, settings)]
 
-    return await _all(range(len(bundle.batches)), deliver)
+    done = await _all([-1, *range(len(alone))], deliver)
+    return [report for reports in done for report in reports]
 
 
 async def _all(items: Sequence[int], work: Callable[[int], Awaitable[T]]) -> list[T]:

@@ -106,7 +106,7 @@ async def deliver_batch(
         events.SUPERSEDED_REASON,
     ):
         try:
-            await _finish_unsent(batch, pool, owner, claimed, report, app_id)
+            await finish_unsent(batch, pool, owner, claimed, report, app_id)
         except leases.LeaseLost as refused:
             return _lease_lost(report, refused, lease)
         return report
@@ -115,7 +115,7 @@ async def deliver_batch(
         report.lease_left = lease_left
         return report
     try:
-        notification = _notification(batch)
+        notification = notification_of(batch)
         if batch.rereads:
             await _reread_devices(batch, pool, settings)
             report.devices = batch.device_count()
@@ -141,6 +141,43 @@ async def deliver_batch(
         # Devices sent already get it again, with the same collapse key.
         await leases.give_up(releaser, failure, lease)
 
+    judged = judge(batch, devices, outcomes, report, settings)
+    try:
+        await _record_outcome(pool, batch, owner, report, judged, settings, app_id=app_id)
+    except leases.LeaseLost as refused:  # the holder records the outcome and its retries
+        return _lease_lost(report, refused, lease)
+    await send_retries(queues, judged, report)
+    return report
+
+
+@dataclass(slots=True)
+class Judged:
+    """What follows from a sent batch's outcomes (its report counts them): the dead tokens
+    to retire, the retry batch and its delay, the devices a breaker held, the devices not
+    sent to (for the console) and the webhooks reporting them."""
+
+    batch: DeliveryBatch
+    invalid_ids: list[int]
+    retry_batch: tuple[DeliveryBatch, int] | None
+    held: HeldBatch | None
+    detail: BatchDetail
+    webhook_reports: list[tuple[str, dict[str, Any]]]
+
+    @property
+    def ends_event(self) -> bool:
+        """Whether nothing of the batch is left to send (no retry, nothing held): its event
+        may end once it is recorded."""
+        return self.retry_batch is None and self.held is None
+
+
+def judge(
+    batch: DeliveryBatch,
+    devices: Sequence[Device],
+    outcomes: Sequence[Outcome | None],
+    report: BatchReport,
+    settings: Settings,
+) -> Judged:
+    """Count the batch's outcomes in ``report`` and decide what follows (``Judged``)."""
     what_next = _sort_outcomes(devices, outcomes, report)
     retry_batch: tuple[DeliveryBatch, int] | None = None
     if what_next.to_retry:
@@ -154,7 +191,6 @@ async def deliver_batch(
                     why = f"retries exhausted; last: {outcome.reason}"
                     report.failure_reasons[why] = report.failure_reasons.get(why, 0) + 1
     held = _hold_back(batch, what_next.hold, report, settings)
-
     # Per device, only what went wrong (for the console's "Where is my push?").
     detail = batch_detail(devices, outcomes, retrying=retry_batch is not None)
     # The webhooks about its devices (retired tokens, failures), written with the outcome.
@@ -165,29 +201,55 @@ async def deliver_batch(
         batch_key=batch.key,
         live_activity=is_live_activity(batch),
     )
-    try:
-        await _record_outcome(
-            pool,
-            batch,
-            owner,
-            report,
-            what_next.invalid_ids,
-            retry_batch,
-            detail,
-            settings,
-            held,
-            app_id=app_id,
-            webhook_reports=reports,
+    return Judged(batch, what_next.invalid_ids, retry_batch, held, detail, reports)
+
+
+async def record_consequences(
+    conn: asyncpg.Connection, judged: Judged, settings: Settings, *, app_id: int
+) -> None:
+    """In the caller's transaction, beside the batch's outcome: retire its dead tokens,
+    record its retry batch and its held batch, and the webhooks about its devices."""
+    batch, invalid_ids = judged.batch, judged.invalid_ids
+    if invalid_ids and is_live_activity(batch):  # its devices are tokens
+        await live_activities.retire_tokens(conn, token_ids=invalid_ids, reason="invalid token")
+    elif invalid_ids:
+        await deactivate_devices(conn, device_ids=invalid_ids, reason="invalid token")
+    if judged.retry_batch is not None:
+        retry, delay = judged.retry_batch
+        await batches.record_retry_batch(
+            conn,
+            event_id=retry.event_id,
+            batch_key=retry.key,
+            attempt=retry.attempt,
+            device_ids=[device.id for device in retry.iter_devices()],
+            delay_seconds=delay,
+            overdue_after=settings.reconcile_after_seconds,
         )
-    except leases.LeaseLost as refused:  # the holder records the outcome and its retries
-        return _lease_lost(report, refused, lease)
-    if retry_batch is not None:
-        await _send_retry(queues, *retry_batch)
-    if held is not None:
-        await _send_retry(queues, held.batch, held.delay)
+    if judged.held is not None:
+        await record_held(conn, judged.held, settings)
+    for kind, payload in judged.webhook_reports:
+        await webhooks.enqueue(conn, app_id=app_id, kind=kind, payload=payload)
+
+
+def has_consequences(judged: Judged) -> bool:
+    """Whether ``record_consequences`` has anything to write."""
+    return bool(
+        judged.invalid_ids
+        or judged.retry_batch is not None
+        or judged.held is not None
+        or judged.webhook_reports
+    )
+
+
+async def send_retries(queues: Queues, judged: Judged, report: BatchReport) -> None:
+    """Once the outcome is recorded: send the retry batch and the held batch (if SQS
+    refuses, the reconciler sends them once due); log the failures."""
+    if judged.retry_batch is not None:
+        await _send_retry(queues, *judged.retry_batch)
+    if judged.held is not None:
+        await _send_retry(queues, judged.held.batch, judged.held.delay)
     if report.failure_reasons:
-        log.warning("batch %s: failures %s", batch.key, report.failure_reasons)
-    return report
+        log.warning("batch %s: failures %s", judged.batch.key, report.failure_reasons)
 
 
 _CONNECTION_ERRORS = UNTRUSTWORTHY
@@ -260,14 +322,10 @@ async def _record_outcome(
     batch: DeliveryBatch,
     owner: UUID,
     report: BatchReport,
-    invalid_ids: list[int],
-    retry_batch: tuple[DeliveryBatch, int] | None,
-    detail: BatchDetail,
+    judged: Judged,
     settings: Settings,
-    held_batch: HeldBatch | None = None,
     *,
     app_id: int = 0,
-    webhook_reports: Sequence[tuple[str, dict[str, Any]]] = (),
 ) -> None:
     """Deactivate dead tokens, record the retry batch (and the batch of devices held back
     by a breaker), the devices not sent to, the webhooks reporting them (the outbox), and
@@ -278,27 +336,12 @@ async def _record_outcome(
     every device would get it twice. A database blip is worth waiting out instead. Raises
     ``LeaseLost`` (and records nothing) if ``owner`` no longer holds the batch.
     """
+    detail = judged.detail
 
     async def record() -> None:
         async with acquire(pool) as conn:
             async with conn.transaction():
-                if invalid_ids and is_live_activity(batch):  # its devices are tokens
-                    await live_activities.retire_tokens(
-                        conn, token_ids=invalid_ids, reason="invalid token"
-                    )
-                elif invalid_ids:
-                    await deactivate_devices(conn, device_ids=invalid_ids, reason="invalid token")
-                if retry_batch is not None:
-                    retry, delay = retry_batch
-                    await batches.record_retry_batch(
-                        conn,
-                        event_id=retry.event_id,
-                        batch_key=retry.key,
-                        attempt=retry.attempt,
-                        device_ids=[device.id for device in retry.iter_devices()],
-                        delay_seconds=delay,
-                        overdue_after=settings.reconcile_after_seconds,
-                    )
+                await record_consequences(conn, judged, settings, app_id=app_id)
                 await console.record_batch_detail(
                     conn,
                     event_id=batch.event_id,
@@ -309,10 +352,6 @@ async def _record_outcome(
                     kinds=detail.kinds,
                     reasons=detail.reasons,
                 )
-                if held_batch is not None:
-                    await record_held(conn, held_batch, settings)
-                for kind, payload in webhook_reports:
-                    await webhooks.enqueue(conn, app_id=app_id, kind=kind, payload=payload)
                 finished = await batches.finish_batch(
                     conn,
                     event_id=batch.event_id,
@@ -327,7 +366,7 @@ async def _record_outcome(
                 )
                 if not finished:  # rolls the transaction back
                     raise leases.lost("batch", batch.key)
-            if retry_batch is None and held_batch is None:
+            if judged.ends_event:
                 await lifecycle.finish(conn, event_id=batch.event_id)
 
     await retry.retrying(
@@ -339,7 +378,7 @@ async def _record_outcome(
     )
 
 
-async def _finish_unsent(
+async def finish_unsent(
     batch: DeliveryBatch,
     pool: asyncpg.Pool,
     owner: UUID,
@@ -473,7 +512,7 @@ def is_live_activity(batch: DeliveryBatch) -> bool:
     return batch.notification.get("kind") == "liveactivity"
 
 
-def _notification(batch: DeliveryBatch) -> Notification:
+def notification_of(batch: DeliveryBatch) -> Notification:
     try:
         return Notification.model_validate(batch.notification)
     except pydantic.ValidationError as exc:
@@ -562,34 +601,63 @@ async def _send_all(
     providers: Mapping[str, Provider],
     published_at: float | None = None,
 ) -> list[Outcome | None]:
-    """Each device's outcome, in order; None where no provider serves its platform.
+    """Each device's outcome, in order; None where no provider serves its platform."""
+    [outcomes] = await send_parts(
+        [SendPart(notification, collapse_key, devices, published_at)], providers
+    )
+    return outcomes
 
-    The notification is rendered once per locale, and each provider gets the batch's
-    devices of its platform(s) in one call, grouped by rendering (``send_groups``: one set
-    of senders for the batch, not one per locale); the providers run concurrently.
+
+@dataclass(frozen=True, slots=True)
+class SendPart:
+    """The devices of one batch and what they are sent: its event's notification."""
+
+    notification: Notification
+    collapse_key: str  # the event's id
+    devices: Sequence[Device]
+    published_at: float | None = None
+
+
+async def send_parts(
+    parts: Sequence[SendPart], providers: Mapping[str, Provider]
+) -> list[list[Outcome | None]]:
+    """Each part's devices' outcomes, in order; None where no provider serves its platform.
+
+    Each part's notification is rendered once per locale, and each provider gets every
+    part's devices of its platform(s) in one call, grouped by rendering (``send_groups``:
+    one set of senders for them all, not one per locale or per batch: a bundle of a
+    thousand one-device batches is one call per provider); the providers run concurrently.
+    The accept latency is counted from the earliest part's publish (a bundle's events were
+    published within one coalescing window).
     """
-    groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
-    for index, device in enumerate(devices):
-        groups[(device.platform, device.locale)].append(index)
-    outcomes: list[Outcome | None] = [None] * len(devices)
-    # By provider (the sink serves every platform): its groups' locales and indexes.
-    by_provider: dict[int, tuple[Provider, list[tuple[str | None, list[int]]]]] = {}
-    for (platform, locale), indexes in groups.items():
+    groups: dict[tuple[int, str, str | None], list[int]] = defaultdict(list)
+    for p, part in enumerate(parts):
+        for index, device in enumerate(part.devices):
+            groups[(p, device.platform, device.locale)].append(index)
+    outcomes: list[list[Outcome | None]] = [[None] * len(part.devices) for part in parts]
+    # By provider (the sink serves every platform): its groups' parts, locales and indexes.
+    by_provider: dict[int, tuple[Provider, list[tuple[int, str | None, list[int]]]]] = {}
+    for (p, platform, locale), indexes in groups.items():
         provider = providers.get(platform)
         if provider is not None:
-            by_provider.setdefault(id(provider), (provider, []))[1].append((locale, indexes))
+            by_provider.setdefault(id(provider), (provider, []))[1].append((p, locale, indexes))
 
-    async def send(provider: Provider, its_groups: list[tuple[str | None, list[int]]]) -> None:
-        metrics.published_at.set(published_at)  # this provider's task only (a copied context)
+    async def send(provider: Provider, its_groups: list[tuple[int, str | None, list[int]]]) -> None:
+        published = [parts[p].published_at for p, _, _ in its_groups]
+        # This provider's task only (a copied context).
+        metrics.published_at.set(min((t for t in published if t is not None), default=None))
         results = await provider.send_groups(
             [
-                (_rendered(notification, locale, collapse_key), [devices[i] for i in indexes])
-                for locale, indexes in its_groups
+                (
+                    _rendered(parts[p].notification, locale, parts[p].collapse_key),
+                    [parts[p].devices[i] for i in indexes],
+                )
+                for p, locale, indexes in its_groups
             ]
         )
-        for (_, indexes), group_results in zip(its_groups, results, strict=True):
+        for (p, _, indexes), group_results in zip(its_groups, results, strict=True):
             for index, outcome in zip(indexes, group_results, strict=True):
-                outcomes[index] = outcome
+                outcomes[p][index] = outcome
 
     await asyncio.gather(*(send(p, g) for p, g in by_provider.values()))
     return outcomes

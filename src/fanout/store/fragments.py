@@ -374,9 +374,15 @@ SUPERSEDED = """CASE WHEN {e}.live_activity_id IS NULL THEN false
 # Why an event's work stops, read by the statement that claims or checkpoints a unit of it
 # (events_pkey, one probe): 'cancelled', 'expired', 'superseded' (the held-back reason its
 # devices are counted under), or NULL. $1 is the event.
-EVENT_STOPPED = f"""(SELECT CASE WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
-                       WHEN e.expires_at <= now() THEN 'expired'
-                       WHEN {SUPERSEDED.format(e="e")} THEN 'superseded' END
+# The same of the events row {e} (a statement about many units: CLAIM_BATCHES).
+STOPPED = (
+    """CASE WHEN {e}.cancelled_at IS NOT NULL THEN 'cancelled'
+         WHEN {e}.expires_at <= now() THEN 'expired'
+         WHEN """
+    + SUPERSEDED
+    + """ THEN 'superseded' END"""
+)
+EVENT_STOPPED = f"""(SELECT {STOPPED.format(e="e")}
            FROM events AS e WHERE e.id = $1) AS stopped"""
 
 

@@ -264,25 +264,24 @@ RETURNING e.id
 # Activity update's tokens superseded (a newer update of the activity went to them) count
 # as reached: an update whose every token was superseded ends delivered. Returns the
 # status set, if any. The event's event.finished webhook rows are written with it.
-FINISH_EVENT = f"""
-WITH batches AS (
+# An event's sums, per {id}: its done batches' and its shards' (FINISH_EVENT, FINISH_EVENTS).
+_BATCH_SUMS = """
     SELECT coalesce(sum(sent), 0) AS sent, coalesce(sum(failed), 0) AS failed,
            coalesce(sum(skipped), 0) AS skipped,
            coalesce(sum((held_back ->> 'expired')::bigint), 0) AS expired,
            coalesce(sum((held_back ->> 'superseded')::bigint), 0) AS superseded
-    FROM delivery_batches WHERE event_id = $1 AND status = 'done'
-), shards AS (
+    FROM delivery_batches WHERE event_id = {id} AND status = 'done'"""
+_SHARD_SUMS = """
     SELECT coalesce(sum(devices), 0) AS devices,
            count(*) FILTER (WHERE status = 'failed') AS given_up,
            coalesce(sum((held_back ->> 'expired')::bigint), 0) AS expired,
            coalesce(sum((held_back ->> 'superseded')::bigint), 0) AS superseded,
-           (SELECT count(*) FROM event_waves WHERE event_id = $1 AND status = 'dropped')
-           + (SELECT count(*) FROM deferred_recipients WHERE event_id = $1 AND wave_no = -1)
+           (SELECT count(*) FROM event_waves WHERE event_id = {id} AND status = 'dropped')
+           + (SELECT count(*) FROM deferred_recipients WHERE event_id = {id} AND wave_no = -1)
            AS dropped
-    FROM fanout_shards WHERE event_id = $1
-), ended AS (
-UPDATE events AS e
-SET status = CASE
+    FROM fanout_shards WHERE event_id = {id}"""
+# The state an event ends in, from its row e and its sums b (batches) and s (shards).
+_END_STATE = """CASE
         WHEN e.cancelled_at IS NOT NULL THEN 'cancelled'
         WHEN e.expires_at <= now() AND b.sent = 0 THEN 'expired'
         WHEN s.given_up = 0 AND s.devices = 0 AND s.superseded = 0 THEN 'no_recipients'
@@ -290,7 +289,14 @@ SET status = CASE
         WHEN s.given_up = 0 AND b.failed = 0 AND b.skipped = 0
              AND b.expired + s.expired + s.dropped = 0 THEN 'delivered'
         ELSE 'partially_delivered'
-    END,
+    END"""
+
+FINISH_EVENT = f"""
+WITH batches AS ({_BATCH_SUMS.format(id="$1")}
+), shards AS ({_SHARD_SUMS.format(id="$1")}
+), ended AS (
+UPDATE events AS e
+SET status = {_END_STATE},
     finished_at = now(), due_at = NULL
 FROM batches AS b, shards AS s
 WHERE e.id = $1 AND e.status = 'fanned_out'
@@ -298,6 +304,29 @@ WHERE e.id = $1 AND e.status = 'fanned_out'
 RETURNING e.id, e.app_id, e.status, e.finished_at
 ), {EVENT_FINISHED_WEBHOOKS.format(ended="ended", condition="true")}
 SELECT status, (SELECT key FROM apps WHERE apps.id = ended.app_id) AS app FROM ended
+"""
+
+# FINISH_EVENT for each of the events $1 in one statement (a bundle's, a group's: #26), the
+# same indexes per event; those fanned out with no batch open are locked in id order first
+# (two such statements never deadlock), then ended each from its own sums.
+FINISH_EVENTS = f"""
+WITH ready AS (
+    SELECT e.id FROM events AS e
+    WHERE e.id = ANY($1::bigint[]) AND e.status = 'fanned_out'
+      AND NOT EXISTS (SELECT 1 FROM delivery_batches WHERE event_id = e.id AND status <> 'done')
+    ORDER BY e.id
+    FOR UPDATE
+), ended AS (
+UPDATE events AS e
+SET status = {_END_STATE},
+    finished_at = now(), due_at = NULL
+FROM ready AS r
+CROSS JOIN LATERAL ({_BATCH_SUMS.format(id="r.id")}) AS b
+CROSS JOIN LATERAL ({_SHARD_SUMS.format(id="r.id")}) AS s
+WHERE e.id = r.id AND e.status = 'fanned_out'
+RETURNING e.id, e.app_id, e.status, e.finished_at
+), {EVENT_FINISHED_WEBHOOKS.format(ended="ended", condition="true")}
+SELECT id, status, (SELECT key FROM apps WHERE apps.id = ended.app_id) AS app FROM ended
 """
 
 # Index: events_pkey. An event that can never be fanned out (its notification cannot fit a
@@ -462,13 +491,15 @@ async def mark_fanned_out_many(
     return {row["id"] for row in rows}
 
 
-async def finish_many(conn: asyncpg.Connection, *, event_ids: Sequence[int]) -> list[EventState]:
-    """``finish`` for each of ``event_ids`` in one pipelined round trip, each ended counted;
-    the states they ended in (those that ended only)."""
+async def finish_many(
+    conn: asyncpg.Connection, *, event_ids: Sequence[int]
+) -> dict[int, EventState]:
+    """``finish`` for each of ``event_ids`` in one statement, each ended counted; the
+    states they ended in, by event (those that ended only) (``FINISH_EVENTS``)."""
     if not event_ids:
-        return []
-    rows = await conn.fetchmany(FINISH_EVENT, [(event_id,) for event_id in event_ids])
-    return [_ended(EventState(row["status"]), row["app"]) for row in rows]
+        return {}
+    rows = await conn.fetch(FINISH_EVENTS, sorted(set(event_ids)))
+    return {row["id"]: _ended(EventState(row["status"]), row["app"]) for row in rows}
 
 
 async def finish(conn: asyncpg.Connection, *, event_id: int) -> EventState | None:
