@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 from asyncpg.connection import LoggedQuery
@@ -381,3 +382,39 @@ async def test_many_events_sharing_bundles_each_keep_their_own_outcome_status_an
             continue
         assert by_event.get((event_id, "failed"), 0) == kinds_of[user].count("reject")
         assert by_event.get((event_id, "invalid"), 0) == kinds_of[user].count("invalid")
+
+
+async def test_a_batch_another_invocation_holds_is_left_to_it_and_its_neighbours_go_out(
+    pipeline: Pipeline, sink: EmbeddedSink
+) -> None:
+    made = await users_with_devices(pipeline, [1, 2, 1])
+    ids = await publish_coalesced(pipeline, [user for user, _ in made])
+    delivery = await run_fanout(pipeline)
+    bundle = decode(delivery[0])
+    assert len(delivery) == 1 and isinstance(bundle, DeliveryBundle)
+    held = next(b for b in bundle.batches if b.event_id == ids[1])
+    held_by_another = """UPDATE delivery_batches
+        SET status = 'running', lease_owner = gen_random_uuid(), lease_until = now() + $3
+        WHERE event_id = $1 AND batch_key = $2"""
+    async with pipeline.pool.acquire() as conn:
+        await conn.execute(held_by_another, held.event_id, held.key, timedelta(minutes=1))
+
+    reports = await pipeline.handle(delivery[0])
+    assert isinstance(reports, list)
+    busy = [(r.event_id, r.key) for r in reports if r.busy]
+    assert busy == [(held.event_id, held.key)]  # deferred to its holder's lease
+    assert pushed_once_to(sink, ids[1], [])
+    for index in (0, 2):
+        found = await status(pipeline, ids[index])
+        assert found.status in ENDED_WELL and found.terminal, found
+        assert pushed_once_to(sink, ids[index], made[index][1])
+
+    # The holder died: once its lease is over, the bundle's next copy sends that batch only.
+    async with pipeline.pool.acquire() as conn:
+        await conn.execute(held_by_another, held.event_id, held.key, timedelta(seconds=-1))
+    reports = await pipeline.handle(delivery[0])
+    assert isinstance(reports, list) and not any(r.busy for r in reports)
+    for index, (_, devices) in enumerate(made):
+        found = await status(pipeline, ids[index])
+        assert found.status in ENDED_WELL and found.sent == len(devices), found
+        assert pushed_once_to(sink, ids[index], devices)

@@ -12,9 +12,10 @@ round trips are shared, nothing an event owns. Each plain 1:1 event is fanned ou
 alone, each run for the whole group at once (its shard, audience rules, quiet hours, caps);
 any other, or one re-planned, by ``plan_event`` as if it had come alone; and each of its
 batches is its own event's ``DeliveryBatch`` (its key, its notification, its devices), so
-no device can be sent another event's content, and delivery claims, records, counts and
-finishes each batch and event as today (a cancel or expiry holds exactly that event's
-batches; each event ends on its own). A bundle received twice delivers nothing twice (each
+no device can be sent another event's content, and each batch and event is claimed,
+recorded, counted and finished as its own row (a cancel or expiry holds exactly that
+event's batches; each event ends on its own), a bundle's rows in one statement each
+(``stages.bundle_delivery``). A bundle received twice delivers nothing twice (each
 batch is recognised by its key); a bundle lost, or never sent because the fan-out died
 after recording its batches, is re-sent batch by batch by the reconciler (every batch is
 recorded with a deadline).
