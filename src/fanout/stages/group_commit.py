@@ -73,13 +73,16 @@ MAX_ENQUEUE = 1_000
 # (fanout.fan_out_directs), so a longer list no longer holds one fan-out invocation long.
 COALESCED_GROUP = 1_000
 # Coalescing: how long committed events wait for others to share their fan-out message
-# (FANOUT_COALESCE_WINDOW_SECONDS). Each group costs ~6 SQS requests (its fan-out message
-# and its delivery bundle, each sent, received, deleted): at 1,000 sends/s, 0.25 s makes
-# groups of ~250, ~0.025 requests a push, for a quarter second of latency; 0.6 s, ~0.01
-# (requests a push ~ 6 / (rate x window)). The default stays short: every send of a slow
-# stream waits the whole window (at 10 sends/s a 0.6 s window shares nothing and costs 0.6 s
-# each); a busy deployment sets it from its rate. A group of COALESCED_GROUP ends the wait.
-COALESCE_WINDOW_SECONDS = 0.25
+# (FANOUT_COALESCE_WINDOW_SECONDS). A group costs ~4.5 SQS requests (its fan-out message and
+# its bundle, each sent and received; the deletes ten to a call), so requests per push
+# ~ 4.5 / (rate x window), and a send waits about half the window. Measured (bench/direct.py,
+# 30,000 sends asked at 1,000/s, the API keeping ~800/s on the loaded 2-core machine, the
+# bundle delivered in three statements): 0.25 s, 0.019 requests a push, publish -> push p50
+# 0.57 s; 0.5 s, 0.011 and 0.80 s; 0.6 s, 0.0097 and 1.06 s. 0.5 s is the window at which
+# 1,000 sends/s make groups of ~500 (~0.009 a push) within issue #26's p50 of 1 s. A slow
+# stream pays it for nothing to share (at 10 sends/s each send waits ~0.5 s); a group of
+# COALESCED_GROUP ends the wait.
+COALESCE_WINDOW_SECONDS = 0.5
 # Past this many events waiting to be enqueued, a commit waits for room (backpressure on
 # commits rather than an unbounded list while SQS is slow).
 MAX_UNSENT = 10_000
