@@ -18,7 +18,7 @@ import asyncpg
 import orjson
 import pytest
 
-from fanout.bulk.load import SOURCED_TOPIC, UNKNOWN_USER, import_rows
+from fanout.bulk.load import SOURCED_TOPIC, UNKNOWN_USER, AppGone, import_rows
 from fanout.store import apps, connect, devices, staging, subscriptions
 from fanout.store.apps import DEFAULT_APP_ID
 
@@ -651,3 +651,15 @@ async def test_a_user_deleted_while_a_chunk_waits_for_it_is_a_reject_and_the_res
     assert (counts.inserted, counts.rejected) == (1, 1)
     assert rejects == [(2, UNKNOWN_USER)]
     assert landed == 1
+
+
+async def test_an_import_into_an_app_that_is_gone_stops_with_app_gone(database_url: str) -> None:
+    # Without the triggers, the app's row is locked by the chunk (apps.lock_app_key): an
+    # app that is not there stops the import as the foreign key would have.
+    conn = await connect(database_url)
+    try:
+        with pytest.raises(AppGone):
+            await import_rows(conn, kind="users", app_id=999_999, numbered=[(2, {"user_id": "u1"})])
+        assert await conn.fetchval("SELECT count(*) FROM users") == 0
+    finally:
+        await conn.close()
