@@ -512,14 +512,28 @@ async def test_chunks_skip_the_foreign_key_triggers_only_where_their_statements_
 ) -> None:
     role = f"importer_{uuid.uuid4().hex[:8]}"
     conn = await connect(database_url)
+    await conn.execute(f"CREATE ROLE {role} LOGIN")
     try:
         # A superuser on fanout's own schema: the chunk's statements check every foreign key.
         assert await staging.may_skip_fk_triggers(conn)
-        # A role that may not set session_replication_role: the triggers run.
-        await conn.execute(f"CREATE ROLE {role} LOGIN")
+        # A role that may not set session_replication_role: the triggers run, and the
+        # import lands the same (the statements' own checks are then redundant).
+        await conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
         other = await asyncpg.connect(database_url, user=role)
         try:
             assert not await staging.may_skip_fk_triggers(other)
+            for kind, numbered in (
+                ("users", [(2, {"user_id": "r1"}), (3, {"user_id": "r2"})]),
+                ("devices", [(2, {"user_id": "r1", "platform": "fcm", "token": "r-tok"})]),
+                ("subscriptions", [(2, {"topic": "t:r", "user_id": "r2"})]),
+            ):
+                first = await import_rows(
+                    other, kind=kind, app_id=DEFAULT_APP_ID, numbered=numbered
+                )
+                again = await import_rows(
+                    other, kind=kind, app_id=DEFAULT_APP_ID, numbered=numbered
+                )
+                assert (first.inserted, again.unchanged) == (len(numbered), len(numbered))
         finally:
             await other.close()
         # A foreign key the statements do not know of: the triggers run.
@@ -551,7 +565,7 @@ async def test_chunks_skip_the_foreign_key_triggers_only_where_their_statements_
         assert landed.inserted == 10
         assert await conn.fetchval("SELECT count(*) FROM devices_seen") == 10
     finally:
-        await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
         await conn.close()
 
 
