@@ -16,7 +16,7 @@ connection; every other writer keeps the triggers). ``may_skip_fk_triggers`` all
 only if the role may set it and the tables hold exactly the foreign keys those statements
 check and no trigger of anyone's: one added later is never skipped silently.
 
-Holds DDL, COPY and that catalog check only, no statement of the kind
+Holds DDL, COPY, SET LOCAL and that catalog check only, no statement of the kind
 tests/unit/test_store.py checks.
 """
 
