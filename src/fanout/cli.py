@@ -1996,6 +1996,7 @@ def import_(
 
     from fanout.bulk import FORMATS, KINDS
     from fanout.bulk.load import import_rows
+    from fanout.bulk.plain_csv import csv_key_rows
     from fanout.bulk.readers import format_of, open_input, records
     from fanout.bulk.rows import MAPPINGS, csv_device_rows
 
@@ -2053,9 +2054,11 @@ def import_(
                 kind=kind,
                 app_id=found.id,
                 numbered=(
-                    csv_device_rows(stream)
-                    if kind == "devices" and fmt == "csv" and mapping is None
-                    else records(stream, fmt)
+                    records(stream, fmt)
+                    if fmt != "csv" or mapping is not None
+                    else csv_device_rows(stream)
+                    if kind == "devices"
+                    else csv_key_rows(stream, kind)
                 ),
                 mapping=mapping,
                 dry_run=dry_run,

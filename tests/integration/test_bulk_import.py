@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ import asyncpg
 import orjson
 import pytest
 
-from fanout.bulk.load import SOURCED_TOPIC, UNKNOWN_USER, import_rows
-from fanout.store import apps, connect
+from fanout.bulk.load import SOURCED_TOPIC, UNKNOWN_USER, AppGone, import_rows
+from fanout.store import apps, connect, devices, staging, subscriptions
 from fanout.store.apps import DEFAULT_APP_ID
 
 APNS_TOKEN = "ab" * 32
@@ -490,3 +491,189 @@ async def test_two_imports_creating_one_new_user_at_once_keep_the_later_ones_tag
     # tags keeps A's.
     assert tags == {"new-1": {"by": "b"}, "new-2": {"by": "a"}}
     assert (counts_b.inserted, counts_b.updated, counts_b.unchanged) == (0, 1, 1)
+
+
+# --- The foreign keys checked by the chunk's statements ------------------------------------
+
+
+async def _waiting_on_a_lock(conn: asyncpg.Connection, pid: int, task: asyncio.Task[Any]) -> bool:
+    for _ in range(3000):  # up to ~30 s for the other backend to reach the lock
+        waiting = await conn.fetchval(
+            "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid
+        )
+        if waiting or task.done():
+            return bool(waiting)
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_chunks_skip_the_foreign_key_triggers_only_where_their_statements_check_them(
+    database_url: str,
+) -> None:
+    role = f"importer_{uuid.uuid4().hex[:8]}"
+    conn = await connect(database_url)
+    await conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        # A superuser on fanout's own schema: the chunk's statements check every foreign key.
+        assert await staging.may_skip_fk_triggers(conn)
+        # A role that may not set session_replication_role: the triggers run, and the
+        # import lands the same (the statements' own checks are then redundant).
+        await conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        other = await asyncpg.connect(database_url, user=role)
+        try:
+            assert not await staging.may_skip_fk_triggers(other)
+            for kind, numbered in (
+                ("users", [(2, {"user_id": "r1"}), (3, {"user_id": "r2"})]),
+                ("devices", [(2, {"user_id": "r1", "platform": "fcm", "token": "r-tok"})]),
+                ("subscriptions", [(2, {"topic": "t:r", "user_id": "r2"})]),
+            ):
+                first = await import_rows(
+                    other, kind=kind, app_id=DEFAULT_APP_ID, numbered=numbered
+                )
+                again = await import_rows(
+                    other, kind=kind, app_id=DEFAULT_APP_ID, numbered=numbered
+                )
+                assert (first.inserted, again.unchanged) == (len(numbered), len(numbered))
+        finally:
+            await other.close()
+        # A foreign key the statements do not know of: the triggers run.
+        await conn.execute("CREATE TABLE device_notes (id bigint PRIMARY KEY)")
+        await conn.execute("ALTER TABLE devices ADD COLUMN note bigint REFERENCES device_notes")
+        assert not await staging.may_skip_fk_triggers(conn)
+        await conn.execute("ALTER TABLE devices DROP COLUMN note")
+        assert await staging.may_skip_fk_triggers(conn)
+        # Someone's trigger on a table the import writes is never skipped: it fires for
+        # every imported device.
+        await conn.execute("""
+            CREATE TABLE devices_seen (token text);
+            CREATE FUNCTION see_device() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN INSERT INTO devices_seen VALUES (NEW.token); RETURN NEW; END $$;
+            CREATE TRIGGER seen AFTER INSERT ON devices FOR EACH ROW EXECUTE FUNCTION see_device();
+        """)
+        assert not await staging.may_skip_fk_triggers(conn)
+        await import_rows(
+            conn, kind="users", app_id=DEFAULT_APP_ID, numbered=[(2, {"user_id": "u1"})]
+        )
+        landed = await import_rows(
+            conn,
+            kind="devices",
+            app_id=DEFAULT_APP_ID,
+            numbered=[
+                (n, {"user_id": "u1", "platform": "fcm", "token": f"t{n}"}) for n in range(2, 12)
+            ],
+        )
+        assert landed.inserted == 10
+        assert await conn.fetchval("SELECT count(*) FROM devices_seen") == 10
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+        await conn.close()
+
+
+async def test_a_chunk_without_triggers_holds_its_users_and_topics_until_it_commits(
+    database_url: str,
+) -> None:
+    # What the triggers' FOR KEY SHARE gave, the statements give: a deletion of a user
+    # (or topic) the open chunk writes for waits for it, then cascades to what it wrote.
+    a, b = await connect(database_url), await connect(database_url)
+    try:
+        await import_rows(
+            a,
+            kind="users",
+            app_id=DEFAULT_APP_ID,
+            numbered=[(2, {"user_id": "u1"}), (3, {"user_id": "u2"})],
+        )
+        await a.execute("INSERT INTO topics (app_id, key) VALUES ($1, 't:1')", DEFAULT_APP_ID)
+        await b.execute("SET lock_timeout = '300ms'")
+        for kind, records, statement in (
+            (
+                "devices",
+                [(2, "u1", "fcm", "tok-1", None, None, None, False)],
+                devices.upsert_staged_devices,
+            ),
+            ("subscriptions", [(2, "t:1", "u2")], subscriptions.subscribe_staged),
+        ):
+            chunk = a.transaction()
+            await chunk.start()
+            await staging.stage(a, kind=kind, records=records, skip_fk_triggers=True)
+            outcome = await statement(a, app_id=DEFAULT_APP_ID)
+            assert outcome.inserted == 1
+            held = "u1" if kind == "devices" else "u2"
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await b.execute("DELETE FROM users WHERE external_id = $1", held)
+            if kind == "subscriptions":
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await b.execute("DELETE FROM topics WHERE key = 't:1'")
+            await chunk.commit()
+        await b.execute("DELETE FROM users WHERE external_id IN ('u1', 'u2')")
+        assert await a.fetchval("SELECT count(*) FROM devices") == 0
+        assert await a.fetchval("SELECT count(*) FROM subscriptions") == 0
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.parametrize("kind", ["devices", "subscriptions"])
+async def test_a_user_deleted_while_a_chunk_waits_for_it_is_a_reject_and_the_rest_land(
+    database_url: str, kind: str
+) -> None:
+    # The order is forced, not timed: B deletes the user u1 in a transaction left open; the import then reaches that row and waits (seen waiting in
+    # pg_stat_activity); B commits. Before, the foreign key's trigger then failed the
+    # whole chunk (ForeignKeyViolationError); now that line is rejected and the rest land.
+    a, b, watch = (
+        await connect(database_url),
+        await connect(database_url),
+        await connect(database_url),
+    )
+    try:
+        await import_rows(
+            a,
+            kind="users",
+            app_id=DEFAULT_APP_ID,
+            numbered=[(2, {"user_id": "u1"}), (3, {"user_id": "u2"})],
+        )
+        await a.execute(
+            "INSERT INTO topics (app_id, key) VALUES ($1, 't:1'), ($1, 't:2')", DEFAULT_APP_ID
+        )
+        records: list[tuple[int, Any]] = (
+            [
+                (2, {"user_id": "u1", "platform": "fcm", "token": "tok-1"}),
+                (3, {"user_id": "u2", "platform": "fcm", "token": "tok-2"}),
+            ]
+            if kind == "devices"
+            else [(2, {"topic": "t:1", "user_id": "u1"}), (3, {"topic": "t:2", "user_id": "u2"})]
+        )
+        deleting = b.transaction()
+        await deleting.start()
+        await b.execute("DELETE FROM users WHERE external_id = 'u1'")
+        rejects: list[tuple[int, str]] = []
+        importing = asyncio.create_task(
+            import_rows(
+                a,
+                kind=kind,
+                app_id=DEFAULT_APP_ID,
+                numbered=records,
+                on_reject=lambda line, reason: rejects.append((line, reason)),
+            )
+        )
+        assert await _waiting_on_a_lock(watch, a.get_server_pid(), importing)
+        await deleting.commit()
+        counts = await importing
+        landed = await a.fetchval(f"SELECT count(*) FROM {kind}")
+    finally:
+        for conn in (a, b, watch):
+            await conn.close()
+    assert (counts.inserted, counts.rejected) == (1, 1)
+    assert rejects == [(2, UNKNOWN_USER)]
+    assert landed == 1
+
+
+async def test_an_import_into_an_app_that_is_gone_stops_with_app_gone(database_url: str) -> None:
+    # Without the triggers, the app's row is locked by the chunk (apps.lock_app_key): an
+    # app that is not there stops the import as the foreign key would have.
+    conn = await connect(database_url)
+    try:
+        with pytest.raises(AppGone):
+            await import_rows(conn, kind="users", app_id=999_999, numbered=[(2, {"user_id": "u1"})])
+        assert await conn.fetchval("SELECT count(*) FROM users") == 0
+    finally:
+        await conn.close()

@@ -18,7 +18,8 @@ import asyncpg
 
 from fanout.bulk.readers import Numbered
 from fanout.bulk.rows import RowError, row_of
-from fanout.store import devices, staging, subscriptions
+from fanout.errors import FanoutError
+from fanout.store import apps, devices, staging, subscriptions
 from fanout.store.devices import StagedOutcome
 
 # Rows per chunk: one COPY and one statement each. 20,000 devices is ~4 MB of tuples and
@@ -57,6 +58,10 @@ _KEY_OF: dict[str, Callable[[tuple[Any, ...]], Any]] = {
 UNKNOWN_USER = "user_id: no such user in this app (import users first)"
 MISSED_TOPIC = "topic: deleted while this import ran; import again"
 SOURCED_TOPIC = "topic: its subscribers are read from a source; subscriptions are not taken"
+
+
+class AppGone(FanoutError, LookupError):
+    """The app was deleted while its import ran."""
 
 
 @dataclass(slots=True)
@@ -105,11 +110,16 @@ async def import_rows(
     counts = ImportCounts(dry_run=dry_run)
     connections = (conn, *more_connections)
     key_of = _KEY_OF[kind]
+    # The chunk's statements check the foreign keys themselves: without the per-row
+    # triggers where the role may (store/staging.py says when).
+    skip_fk_triggers = await staging.may_skip_fk_triggers(conn)
 
     async def flush(connection: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
         for attempt in range(1, DEADLOCK_TRIES + 1):
             try:
-                outcome = await _move_chunk(connection, kind, app_id, rows, dry_run)
+                outcome = await _move_chunk(
+                    connection, kind, app_id, rows, dry_run, skip_fk_triggers
+                )
                 break
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 if attempt == DEADLOCK_TRIES:
@@ -192,14 +202,26 @@ async def import_rows(
 
 
 async def _move_chunk(
-    conn: asyncpg.Connection, kind: str, app_id: int, rows: list[tuple[Any, ...]], dry_run: bool
+    conn: asyncpg.Connection,
+    kind: str,
+    app_id: int,
+    rows: list[tuple[Any, ...]],
+    dry_run: bool,
+    skip_fk_triggers: bool,
 ) -> StagedOutcome:
     """One chunk in one transaction: COPY to staging, the kind's statement; rolled back
-    in a dry run."""
+    in a dry run. Without the foreign keys' triggers, the app's row is locked as theirs
+    would lock it for each new user or topic (the rest is in the kind's statement)."""
     transaction = conn.transaction()
     await transaction.start()
     try:
-        await staging.stage(conn, kind=kind, records=rows)
+        await staging.stage(conn, kind=kind, records=rows, skip_fk_triggers=skip_fk_triggers)
+        if (
+            skip_fk_triggers
+            and kind in ("users", "subscriptions")
+            and not await apps.lock_app_key(conn, app_id=app_id)
+        ):
+            raise AppGone(f"app {app_id} was deleted while this import ran")
         if kind == "subscriptions":
             await subscriptions.insert_staged_topics(conn, app_id=app_id)
         outcome: StagedOutcome = (
@@ -207,6 +229,8 @@ async def _move_chunk(
             if kind == "users"
             else await _STAGED[kind](conn, app_id=app_id)
         )
+        if skip_fk_triggers:
+            await staging.restore_fk_triggers(conn)
     except BaseException:
         await transaction.rollback()
         raise

@@ -233,7 +233,7 @@ def csv_device_rows(stream: BinaryIO) -> Iterator[tuple[int, Record | str | tupl
     names = [name.strip() for name in next(header_reader, [])]
     number = header_reader.line_num
     if not names or len(set(names)) != len(names) or not _DEVICE_COLUMNS.issuperset(names):
-        yield from _csv_rest(names, lines, number)
+        yield from csv_rest(names, lines, number)
         return
     width = len(names)
     index = {name: i for i, name in enumerate(names)}
@@ -252,7 +252,7 @@ def csv_device_rows(stream: BinaryIO) -> Iterator[tuple[int, Record | str | tupl
     for raw in lines:
         number += 1
         if '"' in raw or "\x00" in raw:
-            record, used = _csv_record(names, raw, lines, number)
+            record, used = csv_record(names, raw, lines, number)
             number += used - 1
             if record is not None:
                 yield number, record
@@ -301,7 +301,7 @@ def csv_device_rows(stream: BinaryIO) -> Iterator[tuple[int, Record | str | tupl
             yield number, {n: v for n, v in zip(names, fields, strict=False) if v != ""}
 
 
-def _csv_record(
+def csv_record(
     names: list[str], first: str, lines: Iterator[str], number: int
 ) -> tuple[Record | str | None, int]:
     """The record csv_records makes of the CSV row starting with the line ``first`` (and
@@ -316,12 +316,13 @@ def _csv_record(
     return {n: v for n, v in zip(names, row, strict=False) if v != ""}, reader.line_num
 
 
-def _csv_rest(
+def csv_rest(
     names: list[str], lines: Iterator[str], number: int
 ) -> Iterator[tuple[int, Record | str | tuple[Any, ...]]]:
+    """The rest of a CSV file after line ``number``, as csv_records reads it."""
     for raw in lines:
         number += 1
-        record, used = _csv_record(names, raw, lines, number)
+        record, used = csv_record(names, raw, lines, number)
         number += used - 1
         if record is not None:
             yield number, record

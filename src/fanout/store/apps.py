@@ -172,6 +172,19 @@ async def list_apps(conn: asyncpg.Connection) -> list[AppListing]:
 
 
 # Index: apps_key_key. Its credentials go with it (ON DELETE CASCADE).
+# Index: apps_pkey. The app's row locked FOR KEY SHARE until the transaction ends, as the
+# foreign keys users(app_id) and topics(app_id) lock it for each row they check: the bulk
+# import's chunk, run without those per-row triggers, takes the lock once (a deletion of
+# the app waits for the chunk, then finds its users). $1: the app.
+LOCK_APP_KEY = "SELECT true FROM apps WHERE id = $1 FOR KEY SHARE"
+
+
+async def lock_app_key(conn: asyncpg.Connection, *, app_id: int) -> bool:
+    """Lock the app's row against its deletion until the transaction ends; False if
+    there is no such app (``LOCK_APP_KEY``)."""
+    return bool(await conn.fetchval(LOCK_APP_KEY, app_id))
+
+
 DELETE_APP = "DELETE FROM apps WHERE key = $1"
 
 

@@ -88,23 +88,28 @@ async def deactivate_devices(
     await conn.execute(DEACTIVATE_DEVICES, device_ids, reason)
 
 
-# Index: devices_app_platform_token_key (unique), users_app_external_id_key. The bulk
-# import's chunk (store/staging.py's import_devices) in one statement. A token twice in
-# the chunk: its last line wins (ON CONFLICT cannot touch a row twice). A row whose user
-# the app does not have is not written and comes back in unknown_lines. Each row's user is
-# found by the index, a scalar subquery per row (matched, MATERIALIZED: once per chunk):
-# joined, the planner hashed every user of the app for each chunk (a sequential scan of
-# 1,000,000 users, ~0.9 of the statement's 3.3 s per 20,000 devices, EXPLAIN ANALYZE on
-# the loaded 2-core machine), as its cost model prices 20,000 index probes above a scan;
-# the statement then took 3.2 s median against 2.0 s this way (4 paired runs, same chunk).
-# What remains: the foreign key's per-row trigger (one since schema 24: devices(app_id,
-# user_id) -> users(app_id, id), in place of one for the user and one for the app), the
-# insert into the table and its four indexes, the sort of DISTINCT ON. A device whose every
-# field already has the file's value is neither written nor locked (changed: an anti-join
-# by devices_app_platform_token_key before the INSERT; ON CONFLICT DO UPDATE locks the row
-# it conflicts with even when its WHERE then skips it): a second import of the same file
-# changes 0 rows and waits on no one. The WHERE stays for a row another transaction wrote
-# after this statement's snapshot. xmax = 0 only on an inserted row. $1: the app.
+# Index: devices_app_platform_token_key (unique), users_app_external_id_key, users_by_app.
+# The bulk import's chunk (store/staging.py's import_devices) in one statement. A token
+# twice in the chunk: its last line wins (ON CONFLICT cannot touch a row twice). A row
+# whose user the app does not have is not written and comes back in unknown_lines. Each
+# row's user is found by the index, a scalar subquery per row (matched, MATERIALIZED: once
+# per chunk): joined, the planner hashed every user of the app for each chunk (a
+# sequential scan of 1,000,000 users, ~0.9 of the statement's 3.3 s per 20,000 devices,
+# EXPLAIN ANALYZE on the loaded 2-core machine), as its cost model prices 20,000 index
+# probes above a scan; the statement then took 3.2 s median against 2.0 s this way (4
+# paired runs, same chunk). A device whose every field already has the file's value is
+# neither written nor locked (changed: an anti-join by devices_app_platform_token_key
+# before the INSERT; ON CONFLICT DO UPDATE locks the row it conflicts with even when its
+# WHERE then skips it): a second import of the same file changes 0 rows and waits on no
+# one. The WHERE stays for a row another transaction wrote after this statement's snapshot.
+# The foreign key devices(app_id, user_id) -> users(app_id, id), checked here for the
+# rows written, set-based, as its per-row trigger checks it: the user is locked FOR KEY
+# SHARE (a concurrent deletion waits for this chunk, then cascades to its devices); a user
+# deleted since the snapshot is not locked (READ COMMITTED re-checks the row), and its
+# lines come back in unknown_lines. So the chunk may run without the trigger
+# (staging.stage's skip_fk_triggers: the trigger took 256-260 ms of a 1.5-1.8 s statement,
+# EXPLAIN ANALYZE of 20,000 new devices; docs/architecture.md).
+# xmax = 0 only on an inserted row. $1: the app.
 UPSERT_STAGED_DEVICES = """
 WITH matched AS MATERIALIZED (
     SELECT s.line, s.platform, s.token, s.web_push_p256dh, s.web_push_auth, s.locale,
@@ -116,8 +121,11 @@ WITH matched AS MATERIALIZED (
     SELECT DISTINCT ON (platform, token) *
     FROM matched WHERE uid IS NOT NULL
     ORDER BY platform, token, line DESC
-), changed AS (
-    SELECT * FROM staged AS s
+), changed AS MATERIALIZED (
+    SELECT s.*,
+           (SELECT u.id FROM users AS u WHERE u.app_id = $1 AND u.id = s.uid
+            FOR KEY SHARE) IS NOT NULL AS kept
+    FROM staged AS s
     WHERE (SELECT NOT d.active
                   OR (d.user_id, d.web_push_p256dh, d.web_push_auth, d.locale, d.apns_sandbox)
                      IS DISTINCT FROM (s.uid, s.web_push_p256dh, s.web_push_auth, s.locale,
@@ -129,7 +137,7 @@ WITH matched AS MATERIALIZED (
     INSERT INTO devices AS d (app_id, user_id, platform, token, web_push_p256dh,
                               web_push_auth, locale, apns_sandbox)
     SELECT $1, uid, platform, token, web_push_p256dh, web_push_auth, locale, apns_sandbox
-    FROM changed
+    FROM changed WHERE kept
     ON CONFLICT (app_id, platform, token) DO UPDATE
     SET user_id = EXCLUDED.user_id, web_push_p256dh = EXCLUDED.web_push_p256dh,
         web_push_auth = EXCLUDED.web_push_auth, locale = EXCLUDED.locale,
@@ -140,12 +148,19 @@ WITH matched AS MATERIALIZED (
           IS DISTINCT FROM (EXCLUDED.user_id, EXCLUDED.web_push_p256dh,
                             EXCLUDED.web_push_auth, EXCLUDED.locale, EXCLUDED.apns_sandbox)
     RETURNING (xmax = 0) AS inserted
+), lost AS (
+    SELECT m.line FROM matched AS m
+    JOIN changed AS c ON c.platform = m.platform AND c.token = m.token AND NOT c.kept
 )
 SELECT (SELECT count(*) FILTER (WHERE inserted) FROM written) AS inserted,
        (SELECT count(*) FILTER (WHERE NOT inserted) FROM written) AS updated,
-       (SELECT count(*) FILTER (WHERE uid IS NOT NULL) FROM matched) AS known,
-       (SELECT coalesce(array_agg(line ORDER BY line), '{}') FROM matched
-        WHERE uid IS NULL) AS unknown_lines
+       (SELECT count(*) FILTER (WHERE uid IS NOT NULL) FROM matched)
+       - (SELECT count(*) FROM lost) AS known,
+       (SELECT coalesce(array_agg(line ORDER BY line), '{}') FROM (
+            SELECT line FROM matched WHERE uid IS NULL
+            UNION ALL
+            SELECT line FROM lost
+        ) AS unknown) AS unknown_lines
 """
 
 # Index: devices_pkey (keyset by id). A page of the app's active devices for the export,

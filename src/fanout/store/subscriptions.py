@@ -224,12 +224,20 @@ ORDER BY 2
 ON CONFLICT (app_id, key) DO NOTHING
 """
 
-# Indexes: topics_app_key_key, users_app_external_id_key, subscriptions_pkey. Second
-# step: every row of a known user subscribed, already subscribed is unchanged; the lines of
-# users the app does not have come back, (missed_lines) those whose topic is gone
-# (deleted since the first step), and (sourced_lines) those of a topic whose subscribers are
-# read from a source (sources_app_id_prefix_key: the app's few prefixes; issue #25), which
-# a subscription would never reach. $1: the app.
+# Indexes: topics_app_key_key, users_app_external_id_key, subscriptions_pkey, users_pkey,
+# topics_pkey. Second step: every row of a known user subscribed, already subscribed is
+# unchanged (fresh: an anti-join by subscriptions_pkey, so a second import of the file
+# writes and locks nothing); the lines of users the app does not have come back,
+# (missed_lines) those whose topic is gone (deleted since the first step), and
+# (sourced_lines) those of a topic whose subscribers are read from a source
+# (sources_app_id_prefix_key: the app's few prefixes; issue #25), which a subscription
+# would never reach. The foreign keys subscriptions(user_id) -> users and (topic_id) ->
+# topics are checked here for the pairs written, set-based, as their per-row triggers
+# check them: the user and the topic locked FOR KEY SHARE (a concurrent deletion waits for
+# this chunk, then cascades to its subscriptions); one deleted since the snapshot is not
+# locked, and its lines come back (unknown_lines, missed_lines). So the chunk may run
+# without the two triggers (staging.stage's skip_fk_triggers; docs/architecture.md).
+# $1: the app.
 SUBSCRIBE_STAGED = """
 WITH staged AS MATERIALIZED (
     SELECT s.line,
@@ -244,20 +252,41 @@ WITH staged AS MATERIALIZED (
         WHERE app_id = $1 AND starts_with(s.topic, prefix) AND length(s.topic) > length(prefix)
         LIMIT 1
     ) AS src ON true
+), fresh AS MATERIALIZED (
+    SELECT f.topic_id, f.uid,
+           (SELECT u.id FROM users AS u WHERE u.id = f.uid FOR KEY SHARE) IS NOT NULL
+               AS user_kept,
+           (SELECT t.id FROM topics AS t WHERE t.id = f.topic_id FOR KEY SHARE) IS NOT NULL
+               AS topic_kept
+    FROM (SELECT DISTINCT topic_id, uid FROM staged
+          WHERE uid IS NOT NULL AND topic_id IS NOT NULL) AS f
+    WHERE NOT EXISTS (SELECT FROM subscriptions AS x
+                      WHERE x.topic_id = f.topic_id AND x.user_id = f.uid)
 ), written AS (
     INSERT INTO subscriptions (topic_id, user_id)
-    SELECT DISTINCT topic_id, uid FROM staged
-    WHERE uid IS NOT NULL AND topic_id IS NOT NULL
+    SELECT topic_id, uid FROM fresh
+    WHERE user_kept AND topic_kept
     ORDER BY 1, 2
     ON CONFLICT DO NOTHING
     RETURNING 1
+), lost AS (
+    SELECT s.line, f.user_kept FROM staged AS s
+    JOIN fresh AS f ON f.topic_id = s.topic_id AND f.uid = s.uid
+                   AND NOT (f.user_kept AND f.topic_kept)
 )
 SELECT (SELECT count(*) FROM written) AS inserted,
-       (SELECT count(*) FROM staged WHERE uid IS NOT NULL AND topic_id IS NOT NULL) AS known,
-       (SELECT coalesce(array_agg(line ORDER BY line), '{}') FROM staged
-        WHERE uid IS NULL) AS unknown_lines,
-       (SELECT coalesce(array_agg(line ORDER BY line), '{}') FROM staged
-        WHERE uid IS NOT NULL AND topic_id IS NULL AND NOT sourced) AS missed_lines,
+       (SELECT count(*) FROM staged WHERE uid IS NOT NULL AND topic_id IS NOT NULL)
+       - (SELECT count(*) FROM lost) AS known,
+       (SELECT coalesce(array_agg(line ORDER BY line), '{}') FROM (
+            SELECT line FROM staged WHERE uid IS NULL
+            UNION ALL
+            SELECT line FROM lost WHERE NOT user_kept
+        ) AS unknown) AS unknown_lines,
+       (SELECT coalesce(array_agg(line ORDER BY line), '{}') FROM (
+            SELECT line FROM staged WHERE uid IS NOT NULL AND topic_id IS NULL AND NOT sourced
+            UNION ALL
+            SELECT line FROM lost WHERE user_kept
+        ) AS missed) AS missed_lines,
        (SELECT coalesce(array_agg(line ORDER BY line), '{}') FROM staged
         WHERE uid IS NOT NULL AND sourced) AS sourced_lines
 """
