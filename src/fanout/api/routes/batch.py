@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -160,11 +161,13 @@ async def publish_items(
     results: list[ItemResult | None] = [None] * len(items)
     grouped: list[tuple[int, NewEvent]] = []
     held: list[tuple[int, schemas.BatchNotificationIn]] = []
+    now = datetime.now(UTC)  # one clock reading for the batch's expires_at checks
+    validate = schemas.BatchNotificationIn.model_validate
     for index, raw in enumerate(items):
-        where = (*at, index)
         try:
-            item = schemas.BatchNotificationIn.model_validate(raw)
+            item = validate(raw)
         except ValidationError as exc:
+            where = (*at, index)
             results[index] = _refused(
                 [
                     {"type": e["type"], "loc": [*where, *e["loc"]], "msg": e["msg"]}
@@ -179,13 +182,13 @@ async def publish_items(
                 [
                     {
                         "type": "value_error",
-                        "loc": [*where, "notification", *asked],
+                        "loc": [*at, index, "notification", *asked],
                         "msg": CRITICAL_NOT_ALLOWED,
                     }
                 ]
             )
             continue
-        options = item.options()
+        options = item.plain_options() or item.options()
         if not groupable(options):
             held.append((index, item))
             continue
@@ -198,9 +201,10 @@ async def publish_items(
                 api_key_id=api_key_id,
                 batch_max_bytes=batch_max_bytes,
                 options=options,
+                now=now,
             )
         except (NotificationTooLarge, InvalidPublishOption) as exc:
-            results[index] = _refused([refusal(exc, where)])
+            results[index] = _refused([refusal(exc, (*at, index))])
             continue
         grouped.append((index, new_event))
     if grouped:
