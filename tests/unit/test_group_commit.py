@@ -146,8 +146,10 @@ async def test_a_grouped_event_is_stored_with_every_field_it_was_given(
     ids = [o.event_id for o in outcomes if isinstance(o, Published)]
     rows = await pool.fetch(
         """SELECT e.id, e.notification, e.idempotency_key, e.request_fingerprint, e.quiet_hours,
-                  e.expires_at, e.api_key_id, u.external_id AS user_key, t.key AS topic
-           FROM events e LEFT JOIN users u ON u.id = e.user_id
+                  e.expires_at, e.api_key_id, u.external_id AS user_key, t.key AS topic,
+                  e.throttle_per_minute IS NOT DISTINCT FROM a.default_throttle_per_minute
+                      AS apps_rate
+           FROM events e JOIN apps a ON a.id = e.app_id LEFT JOIN users u ON u.id = e.user_id
            LEFT JOIN topics t ON t.id = e.topic_id WHERE e.id = ANY($1::bigint[])""",
         ids,
     )
@@ -161,6 +163,7 @@ async def test_a_grouped_event_is_stored_with_every_field_it_was_given(
         assert row["expires_at"] == new_event.expires_at
         assert row["api_key_id"] is None
         assert (row["user_key"], row["topic"]) == (new_event.user, new_event.topic)
+        assert row["apps_rate"]
     assert given[0].request_fingerprint is not None  # the hex path was taken
 
 

@@ -109,7 +109,8 @@ RETURNING id
 # or in this one) inserts nothing (created false); a row whose topic or user a concurrent
 # transaction created after this statement's snapshot has no id (call again for it: the
 # next statement sees it). Each event is paced at its app's default rate, if it has one
-# (apps_pkey; an event with a rate of its own is not grouped).
+# (apps_pkey, read once per app of the group rather than once per row; an event with a
+# rate of its own is not grouped).
 INSERT_EVENTS = """
 WITH wanted AS (
     SELECT w.app_id, w.topic, w.user_key, w.notification, w.api_key_id, w.idempotency_key,
@@ -140,12 +141,16 @@ WITH wanted AS (
     UNION ALL
     SELECT u.id, u.app_id, u.external_id FROM users AS u
     JOIN user_keys AS k ON u.app_id = k.app_id AND u.external_id = k.user_key
+), app_rates AS (
+    SELECT a.id, a.default_throttle_per_minute FROM apps AS a
+    WHERE a.id IN (SELECT DISTINCT app_id FROM wanted)
 ), numbered AS (
-    SELECT w.*, t.id AS topic_id, u.id AS user_id,
+    SELECT w.*, t.id AS topic_id, u.id AS user_id, r.default_throttle_per_minute,
            nextval(pg_get_serial_sequence('events', 'id')) AS id
     FROM wanted AS w
     LEFT JOIN topic_ids AS t ON t.app_id = w.app_id AND t.key = w.topic
     LEFT JOIN user_ids AS u ON u.app_id = w.app_id AND u.external_id = w.user_key
+    LEFT JOIN app_rates AS r ON r.id = w.app_id
     WHERE t.id IS NOT NULL OR u.id IS NOT NULL
     ORDER BY w.ord
 ), inserted AS (
@@ -155,7 +160,7 @@ WITH wanted AS (
     OVERRIDING SYSTEM VALUE
     SELECT id, app_id, topic_id, user_id, notification, api_key_id, idempotency_key,
            fingerprint, now() + make_interval(secs => $2), 'pending', quiet_hours, expires_at,
-           (SELECT a.default_throttle_per_minute FROM apps AS a WHERE a.id = numbered.app_id)
+           default_throttle_per_minute
     FROM numbered ORDER BY ord
     ON CONFLICT (idempotency_key, app_id, api_key_id) WHERE idempotency_key IS NOT NULL
     DO NOTHING

@@ -109,13 +109,15 @@ def _answer(accepted: int, refused: int, done: list[ItemResult]) -> bytes:
         {
             "accepted": accepted,
             "refused": refused,
+            # orjson writes a dataclass as an object of its fields, in order: only an item
+            # with errors (pydantic models, which it does not write) is made a dict.
             "results": [
-                {
+                result
+                if result.errors is None
+                else {
                     "event_id": result.event_id,
                     "created": result.created,
-                    "errors": None
-                    if result.errors is None
-                    else [{"loc": p.loc, "msg": p.msg, "type": p.type} for p in result.errors],
+                    "errors": [{"loc": p.loc, "msg": p.msg, "type": p.type} for p in result.errors],
                 }
                 for result in done
             ],
