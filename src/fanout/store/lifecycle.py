@@ -115,10 +115,13 @@ INSERT_EVENTS = """
 WITH wanted AS (
     SELECT w.app_id, w.topic, w.user_key, w.notification, w.api_key_id, w.idempotency_key,
            decode(w.fingerprint, 'hex') AS fingerprint, w.quiet_hours, w.expires_at, w.ord
-    FROM json_to_recordset($1::json) WITH ORDINALITY
-        AS w(app_id integer, topic text, user_key text, notification jsonb, api_key_id bigint,
-             idempotency_key text, fingerprint text, quiet_hours text, expires_at timestamptz,
-             ord bigint)
+    FROM ROWS FROM (json_to_recordset($1::json)
+            AS (app_id integer, topic text, user_key text, notification jsonb,
+                api_key_id bigint, idempotency_key text, fingerprint text, quiet_hours text,
+                expires_at timestamptz))
+        WITH ORDINALITY
+        AS w(app_id, topic, user_key, notification, api_key_id, idempotency_key, fingerprint,
+             quiet_hours, expires_at, ord)
 ), topic_keys AS (
     SELECT DISTINCT app_id, topic FROM wanted WHERE topic IS NOT NULL
 ), new_topics AS (
