@@ -145,7 +145,7 @@ async def test_a_grouped_event_is_stored_with_every_field_it_was_given(
     assert all(isinstance(o, Published) and o.created for o in outcomes)
     ids = [o.event_id for o in outcomes if isinstance(o, Published)]
     rows = await pool.fetch(
-        """SELECT e.id, e.notification, e.idempotency_key, e.request_fingerprint, e.quiet_hours,
+        """SELECT e.id, e.notification::text AS notification, e.idempotency_key, e.request_fingerprint, e.quiet_hours,
                   e.expires_at, e.api_key_id, u.external_id AS user_key, t.key AS topic,
                   e.throttle_per_minute IS NOT DISTINCT FROM a.default_throttle_per_minute
                       AS apps_rate
