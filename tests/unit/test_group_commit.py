@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time
 
 import asyncpg
+import orjson
 import pytest
 
 from fanout.notification import Notification
@@ -119,6 +120,51 @@ async def test_a_value_the_database_refuses_fails_only_its_own_event(
     assert "nul" not in str(outcomes[1])  # never the value
     found = await statuses(pool, [outcomes[0].event_id, outcomes[2].event_id])
     assert len(found) == 2
+
+
+async def test_a_grouped_event_is_stored_with_every_field_it_was_given(
+    group: GroupCommit, pool: asyncpg.Pool
+) -> None:
+    # The group's rows travel as one JSON document (issue #26): the fingerprint as hex, the
+    # expiry as text, the notification as an object; each must arrive as given.
+    run = secrets.token_hex(4)
+    expires = datetime(2999, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    notification = Notification(title='caf\u00e9 \U0001f600 "q" \\', data={"k": "v\nw"})
+    given = [
+        prepare_event(
+            notification,
+            app_id=APP,
+            user=f"{run}-a",
+            idempotency_key=f"{run}-k",
+            api_key_id=None,
+            options=PublishOptions(quiet_hours="drop", expires_at=expires),
+        ),
+        prepare_event(Notification(title="plain"), app_id=APP, topic=f"{run}-t"),
+    ]
+    outcomes = await group.publish_many(given)
+    assert all(isinstance(o, Published) and o.created for o in outcomes)
+    ids = [o.event_id for o in outcomes if isinstance(o, Published)]
+    rows = await pool.fetch(
+        """SELECT e.id, e.notification::text AS notification, e.idempotency_key, e.request_fingerprint, e.quiet_hours,
+                  e.expires_at, e.api_key_id, u.external_id AS user_key, t.key AS topic,
+                  e.throttle_per_minute IS NOT DISTINCT FROM a.default_throttle_per_minute
+                      AS apps_rate
+           FROM events e JOIN apps a ON a.id = e.app_id LEFT JOIN users u ON u.id = e.user_id
+           LEFT JOIN topics t ON t.id = e.topic_id WHERE e.id = ANY($1::bigint[])""",
+        ids,
+    )
+    stored = {row["id"]: row for row in rows}
+    for event_id, new_event in zip(ids, given, strict=True):
+        row = stored[event_id]
+        assert orjson.loads(row["notification"]) == new_event.notification
+        assert row["idempotency_key"] == new_event.idempotency_key
+        assert row["request_fingerprint"] == new_event.request_fingerprint
+        assert row["quiet_hours"] == new_event.quiet_hours
+        assert row["expires_at"] == new_event.expires_at
+        assert row["api_key_id"] is None
+        assert (row["user_key"], row["topic"]) == (new_event.user, new_event.topic)
+        assert row["apps_rate"]
+    assert given[0].request_fingerprint is not None  # the hex path was taken
 
 
 async def fanout_tasks(queues: Queues, expected: int) -> list[FanoutTask]:

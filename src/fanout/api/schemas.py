@@ -337,6 +337,15 @@ class FrequencyCapOut(BaseModel):
 MAX_THROTTLE_PER_MINUTE = 10_000_000
 
 
+# The options of a request that sets only quiet_hours, one object each (PublishOptions is
+# frozen): what ``PublishOptionsIn.options`` returns for such a request.
+_PLAIN_OPTIONS: dict[str, PublishOptions] = {
+    "defer": PublishOptions(quiet_hours="defer"),
+    "drop": PublishOptions(quiet_hours="drop"),
+    "ignore": PublishOptions(quiet_hours="ignore"),
+}
+
+
 class PublishOptionsIn(Strict):
     """When and how the event goes out (all optional)."""
 
@@ -383,6 +392,20 @@ class PublishOptionsIn(Strict):
         except InvalidTags as error:
             raise_problems("PublishOptions", [problem(error.path, error.message)])
         return value
+
+    def plain_options(self) -> PublishOptions | None:
+        """The options of a request that sets none but ``quiet_hours`` (most 1:1 sends), as
+        a shared object; None for any other (``options``). A batch request makes up to
+        1,000 of them (issue #26)."""
+        if (
+            self.send_at is None
+            and self.deliver_at_local is None
+            and self.expires_at is None
+            and self.throttle_per_minute is None
+            and self.filter is None
+        ):
+            return _PLAIN_OPTIONS[self.quiet_hours]
+        return None
 
     def options(self) -> PublishOptions:
         return PublishOptions(

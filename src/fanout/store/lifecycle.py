@@ -19,10 +19,9 @@ and named in its docstring, and takes its parameters by name.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, time
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -101,20 +100,28 @@ RETURNING id
 # Indexes: topics_app_key_key, users_app_external_id_key (unique), events_idempotency_key.
 # A group of pending events in one statement (stages/group_commit.py): their topics and
 # users found or created by key within their apps, then the events, one per input row, due
-# $10 seconds on. Each row's id is drawn first (nextval, in the order given), so the answer
-# maps every input row ($1..$9 are columns, ``ord`` its position) to its id, and to whether
+# $2 seconds on. The rows come as one JSON array of objects ($1, ``ord`` a row's position):
+# nine arrays cost asyncpg a check per element (an ABC isinstance, ~4% of the API process's
+# CPU under bench/api.py's batch load, py-spy) and each notification a JSON text of its own;
+# here the group is one orjson.dumps (issue #26). Each row's id is drawn first (nextval, in
+# the order given), so the answer maps every input row to its id, and to whether
 # it was inserted: a row whose idempotency key this scope used before (in an earlier group
 # or in this one) inserts nothing (created false); a row whose topic or user a concurrent
 # transaction created after this statement's snapshot has no id (call again for it: the
 # next statement sees it). Each event is paced at its app's default rate, if it has one
-# (apps_pkey; an event with a rate of its own is not grouped).
+# (apps_pkey, read once per app of the group rather than once per row; an event with a
+# rate of its own is not grouped).
 INSERT_EVENTS = """
 WITH wanted AS (
-    SELECT * FROM unnest($1::integer[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                         $6::text[], $7::bytea[], $8::text[], $9::timestamptz[])
+    SELECT w.app_id, w.topic, w.user_key, w.notification, w.api_key_id, w.idempotency_key,
+           decode(w.fingerprint, 'hex') AS fingerprint, w.quiet_hours, w.expires_at, w.ord
+    FROM ROWS FROM (json_to_recordset($1::json)
+            AS (app_id integer, topic text, user_key text, notification jsonb,
+                api_key_id bigint, idempotency_key text, fingerprint text, quiet_hours text,
+                expires_at timestamptz))
         WITH ORDINALITY
-        AS w(app_id, topic, user_key, notification, api_key_id, idempotency_key,
-             fingerprint, quiet_hours, expires_at, ord)
+        AS w(app_id, topic, user_key, notification, api_key_id, idempotency_key, fingerprint,
+             quiet_hours, expires_at, ord)
 ), topic_keys AS (
     SELECT DISTINCT app_id, topic FROM wanted WHERE topic IS NOT NULL
 ), new_topics AS (
@@ -137,12 +144,16 @@ WITH wanted AS (
     UNION ALL
     SELECT u.id, u.app_id, u.external_id FROM users AS u
     JOIN user_keys AS k ON u.app_id = k.app_id AND u.external_id = k.user_key
+), app_rates AS (
+    SELECT a.id, a.default_throttle_per_minute FROM apps AS a
+    WHERE a.id IN (SELECT DISTINCT app_id FROM wanted)
 ), numbered AS (
-    SELECT w.*, t.id AS topic_id, u.id AS user_id,
+    SELECT w.*, t.id AS topic_id, u.id AS user_id, r.default_throttle_per_minute,
            nextval(pg_get_serial_sequence('events', 'id')) AS id
     FROM wanted AS w
     LEFT JOIN topic_ids AS t ON t.app_id = w.app_id AND t.key = w.topic
     LEFT JOIN user_ids AS u ON u.app_id = w.app_id AND u.external_id = w.user_key
+    LEFT JOIN app_rates AS r ON r.id = w.app_id
     WHERE t.id IS NOT NULL OR u.id IS NOT NULL
     ORDER BY w.ord
 ), inserted AS (
@@ -150,15 +161,15 @@ WITH wanted AS (
         (id, app_id, topic_id, user_id, notification, api_key_id, idempotency_key,
          request_fingerprint, due_at, status, quiet_hours, expires_at, throttle_per_minute)
     OVERRIDING SYSTEM VALUE
-    SELECT id, app_id, topic_id, user_id, notification::jsonb, api_key_id, idempotency_key,
-           fingerprint, now() + make_interval(secs => $10), 'pending', quiet_hours, expires_at,
-           (SELECT a.default_throttle_per_minute FROM apps AS a WHERE a.id = numbered.app_id)
+    SELECT id, app_id, topic_id, user_id, notification, api_key_id, idempotency_key,
+           fingerprint, now() + make_interval(secs => $2), 'pending', quiet_hours, expires_at,
+           default_throttle_per_minute
     FROM numbered ORDER BY ord
     ON CONFLICT (idempotency_key, app_id, api_key_id) WHERE idempotency_key IS NOT NULL
     DO NOTHING
     RETURNING id
 )
-SELECT w.ord, n.id, i.id IS NOT NULL AS created
+SELECT n.id, i.id IS NOT NULL AS created
 FROM wanted AS w
 LEFT JOIN numbered AS n ON n.ord = w.ord
 LEFT JOIN inserted AS i ON i.id = n.id
@@ -391,9 +402,11 @@ async def create(
     return event_id
 
 
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    """A pending event of a group (``create_many``): to a topic or a user, by key."""
+class NewEvent(NamedTuple):
+    """A pending event of a group (``create_many``): to a topic or a user, by key. A tuple:
+    a batch request makes one per item, and a frozen dataclass's ``__init__`` (a
+    ``object.__setattr__`` per field) and ``Published``'s were together ~5% of the API
+    process's CPU under bench/api.py's batch load (py-spy, issue #26)."""
 
     app_id: int
     notification: dict[str, Any]
@@ -406,11 +419,11 @@ class NewEvent:
     expires_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Created:
+class Created(NamedTuple):
     """What ``create_many`` did with one event: its id (None: its topic or user appeared
     concurrently, try it again), and False for ``created`` when its idempotency key named an
-    event before (``id`` is then the id drawn for it, not that event's)."""
+    event before (``id`` is then the id drawn for it, not that event's). A tuple: one is made
+    per event of a group, and a frozen dataclass cost several times more to make."""
 
     id: int | None
     created: bool
@@ -423,18 +436,27 @@ async def create_many(
     key; one ``Created`` per event, in order (``INSERT_EVENTS``)."""
     rows = await conn.fetch(
         INSERT_EVENTS,
-        [e.app_id for e in new_events],
-        [e.topic for e in new_events],
-        [e.user for e in new_events],
-        [orjson.dumps(e.notification).decode() for e in new_events],
-        [e.api_key_id for e in new_events],
-        [e.idempotency_key for e in new_events],
-        [e.request_fingerprint for e in new_events],
-        [e.quiet_hours for e in new_events],
-        [e.expires_at for e in new_events],
+        orjson.dumps(
+            [
+                {
+                    "app_id": e.app_id,
+                    "topic": e.topic,
+                    "user_key": e.user,
+                    "notification": e.notification,
+                    "api_key_id": e.api_key_id,
+                    "idempotency_key": e.idempotency_key,
+                    "fingerprint": None
+                    if e.request_fingerprint is None
+                    else e.request_fingerprint.hex(),
+                    "quiet_hours": e.quiet_hours,
+                    "expires_at": e.expires_at,
+                }
+                for e in new_events
+            ]
+        ).decode(),
         overdue_after,
     )
-    return [Created(row["id"], row["created"]) for row in rows]
+    return [Created(*row) for row in rows]
 
 
 async def mark_enqueued_many(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -108,13 +109,15 @@ def _answer(accepted: int, refused: int, done: list[ItemResult]) -> bytes:
         {
             "accepted": accepted,
             "refused": refused,
+            # orjson writes a dataclass as an object of its fields, in order: only an item
+            # with errors (pydantic models, which it does not write) is made a dict.
             "results": [
-                {
+                result
+                if result.errors is None
+                else {
                     "event_id": result.event_id,
                     "created": result.created,
-                    "errors": None
-                    if result.errors is None
-                    else [{"loc": p.loc, "msg": p.msg, "type": p.type} for p in result.errors],
+                    "errors": [{"loc": p.loc, "msg": p.msg, "type": p.type} for p in result.errors],
                 }
                 for result in done
             ],
@@ -160,11 +163,13 @@ async def publish_items(
     results: list[ItemResult | None] = [None] * len(items)
     grouped: list[tuple[int, NewEvent]] = []
     held: list[tuple[int, schemas.BatchNotificationIn]] = []
+    now = datetime.now(UTC)  # one clock reading for the batch's expires_at checks
+    validate = schemas.BatchNotificationIn.model_validate
     for index, raw in enumerate(items):
-        where = (*at, index)
         try:
-            item = schemas.BatchNotificationIn.model_validate(raw)
+            item = validate(raw)
         except ValidationError as exc:
+            where = (*at, index)
             results[index] = _refused(
                 [
                     {"type": e["type"], "loc": [*where, *e["loc"]], "msg": e["msg"]}
@@ -179,13 +184,13 @@ async def publish_items(
                 [
                     {
                         "type": "value_error",
-                        "loc": [*where, "notification", *asked],
+                        "loc": [*at, index, "notification", *asked],
                         "msg": CRITICAL_NOT_ALLOWED,
                     }
                 ]
             )
             continue
-        options = item.options()
+        options = item.plain_options() or item.options()
         if not groupable(options):
             held.append((index, item))
             continue
@@ -198,9 +203,10 @@ async def publish_items(
                 api_key_id=api_key_id,
                 batch_max_bytes=batch_max_bytes,
                 options=options,
+                now=now,
             )
         except (NotificationTooLarge, InvalidPublishOption) as exc:
-            results[index] = _refused([refusal(exc, where)])
+            results[index] = _refused([refusal(exc, (*at, index))])
             continue
         grouped.append((index, new_event))
     if grouped:
