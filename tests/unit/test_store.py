@@ -20,7 +20,16 @@ import pytest
 
 import fanout
 import fanout.store
-from fanout.store import audience, events, lifecycle, live_activities, recipients, shards, waves
+from fanout.store import (
+    audience,
+    batches,
+    events,
+    lifecycle,
+    live_activities,
+    recipients,
+    shards,
+    waves,
+)
 
 # Modules that hold no statement of their own: pools, the migration runner, shared SQL,
 # the bulk import's staging tables (DDL and COPY).
@@ -49,7 +58,8 @@ STATEMENTS = {
     (module_name, name): sql
     for module_name, module in MODULES.items()
     for name in _defined_here(module)
-    if isinstance(sql := getattr(module, name), str)
+    if not name.startswith("_")  # a private constant is a fragment statements share
+    and isinstance(sql := getattr(module, name), str)
     and re.match(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", sql, re.IGNORECASE)
 }
 # Functions that run a statement handed to them rather than one of their own.
@@ -98,6 +108,9 @@ SHAPED: dict[str, Any] = {
     "each": [(1, 2, 3)],
     "event_users": [(1, 2)],
     "scopes": [events.IdempotencyScope(1, None, "k")],
+    # store/batches.py: a bundle's (event, key, attempt, devices); shards.py passes its count on
+    "batches": [(1, "k", 1, 2)],
+    "outcomes": [batches.BatchOutcome(1, "k", 1, 0, 0, 0, 0, None, {})],
 }
 OWNER = uuid.UUID(int=7)
 
