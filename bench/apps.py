@@ -1,7 +1,7 @@
 """Many apps in one deployment: is each device pushed once, and what do apps cost?
 
     python bench/apps.py [--apps 100] [--devices-per-app 1000] [--configured-apps 1000]
-                         [--json]
+                         [--set FANOUT_NAME=VALUE ...] [--json]
 
 Processes as in bench/pipeline.py: moto's SQS server, the APNs emulator (HTTP/2 + TLS,
 verifying every JWT, counting each event's pushes per token), a fan-out worker and a
@@ -294,6 +294,13 @@ def main() -> None:
         "--configured-apps", type=int, default=1000, help="apps the memory phase touches"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FANOUT_NAME=VALUE",
+        help="a setting for the workers (repeatable), e.g. FANOUT_WORKER_CONCURRENCY=16",
+    )
     parser.add_argument("--serve-emulators", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_emulators:
@@ -329,6 +336,7 @@ def main() -> None:
                 "FANOUT_SQS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
                 "FANOUT_QUEUE_PREFIX": "bench-apps",
                 "FANOUT_SECRET_KEY": generate_key(),
+                **dict(item.split("=", 1) for item in args.set),
             }
             settings = queues_ready(env)
             seeded = asyncio.run(
