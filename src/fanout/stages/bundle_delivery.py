@@ -320,18 +320,7 @@ async def _while_held(
     """The outcomes of ``sending``, every batch's lease renewed meanwhile (one statement
     for all every third of a lease). Raises ``LeaseLost`` if one was refused: the send is
     stopped there."""
-    send = asyncio.ensure_future(sending)
-    renewing = asyncio.create_task(_keep_leases(pool, keys, owner, settings))
-    try:
-        await asyncio.wait((send, renewing), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (send, renewing):
-            task.cancel()
-        await asyncio.gather(send, renewing, return_exceptions=True)
-    if not send.cancelled():
-        return send.result()
-    renewing.result()  # raises what stopped the renewals: LeaseLost, or a failure
-    raise AssertionError("the renewals stop only by raising")
+    return await leases.while_renewing(sending, _keep_leases(pool, keys, owner, settings))
 
 
 async def _keep_leases(

@@ -430,18 +430,7 @@ async def _send_while_held(
     """The outcomes of ``sending``, the batch's lease renewed meanwhile. Raises
     ``LeaseLost`` if a renewal was refused (the lease lapsed and another invocation took
     the batch): the send is stopped there, so this stale invocation sends no more."""
-    send = asyncio.ensure_future(sending)
-    renewing = asyncio.create_task(_keep_lease(batch, pool, owner, settings))
-    try:
-        await asyncio.wait((send, renewing), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (send, renewing):
-            task.cancel()
-        await asyncio.gather(send, renewing, return_exceptions=True)
-    if not send.cancelled():
-        return send.result()
-    renewing.result()  # raises what stopped the renewals: LeaseLost, or a failure
-    raise AssertionError("the renewals stop only by raising")
+    return await leases.while_renewing(sending, _keep_lease(batch, pool, owner, settings))
 
 
 async def _keep_lease(

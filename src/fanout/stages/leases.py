@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
 
 from fanout import retry
 from fanout.errors import FanoutError
@@ -75,6 +75,24 @@ async def claim(take: Callable[[], Awaitable[T]], what: str) -> T:
     return await retry.retrying(
         take, backoff=retry.CLAIM, tries=retry.CLAIM_TRIES, on=UNTRUSTWORTHY, what=what
     )
+
+
+async def while_renewing(work: Awaitable[T], renewing: Coroutine[Any, Any, None]) -> T:
+    """``work``'s result, ``renewing`` (a loop that renews the work's leases until it
+    raises) run beside it. Whichever ends first stops the other: a renewal that raised
+    (``LeaseLost``, or a failure) stops the work there and is raised."""
+    work_task = asyncio.ensure_future(work)
+    renew_task = asyncio.create_task(renewing)
+    try:
+        await asyncio.wait((work_task, renew_task), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (work_task, renew_task):
+            task.cancel()
+        await asyncio.gather(work_task, renew_task, return_exceptions=True)
+    if not work_task.cancelled():
+        return work_task.result()
+    renew_task.result()  # raises what stopped the renewals: LeaseLost, or a failure
+    raise AssertionError("the renewals stop only by raising")
 
 
 def describe(failure: BaseException) -> str:
