@@ -18,6 +18,20 @@ import asyncpg
 from fanout.store.fragments import EVENT_STOPPED, STOPPED, claim_due
 from fanout.store.shards import LeaseStatus
 
+# A claim's conflict: a batch queued, or running on a lapsed lease or its own owner's
+# (a retried claim that committed unanswered), is taken; one running under another
+# owner, or done, is not. CLAIM_BATCH and CLAIM_BATCHES share it.
+_TAKE_IF_FREE = """ON CONFLICT (event_id, batch_key) DO UPDATE
+SET status = 'running', lease_until = EXCLUDED.lease_until, due_at = EXCLUDED.due_at,
+    lease_owner = EXCLUDED.lease_owner, started_at = now(),
+    devices = CASE WHEN EXCLUDED.devices > 0 THEN EXCLUDED.devices
+                   ELSE delivery_batches.devices END
+WHERE delivery_batches.status = 'queued'
+   OR (delivery_batches.status = 'running'
+       AND (delivery_batches.lease_until < now()
+            OR delivery_batches.lease_owner = EXCLUDED.lease_owner))
+"""
+
 # Index: delivery_batches_pkey. Returns a row when this invocation ($7, the lease's owner)
 # owns the batch; nothing when it is done or another invocation holds a live lease on it.
 # Its own live lease is taken again: its claim committed while the driver reported a
@@ -31,15 +45,7 @@ INSERT INTO delivery_batches (event_id, batch_key, attempt, devices, status, lea
                               lease_owner)
 VALUES ($1, $2, $3, $4, 'running', now() + make_interval(secs => $5),
         now() + make_interval(secs => $5::float8 + $6::float8), $7)
-ON CONFLICT (event_id, batch_key) DO UPDATE
-SET status = 'running', lease_until = EXCLUDED.lease_until, due_at = EXCLUDED.due_at,
-    lease_owner = EXCLUDED.lease_owner, started_at = now(),
-    devices = CASE WHEN EXCLUDED.devices > 0 THEN EXCLUDED.devices
-                   ELSE delivery_batches.devices END
-WHERE delivery_batches.status = 'queued'
-   OR (delivery_batches.status = 'running'
-       AND (delivery_batches.lease_until < now()
-            OR delivery_batches.lease_owner = EXCLUDED.lease_owner))
+{_TAKE_IF_FREE}
 RETURNING {EVENT_STOPPED}, (SELECT e.app_id FROM events AS e WHERE e.id = $1) AS app_id
 """
 
@@ -185,15 +191,7 @@ WITH wanted AS (
     FROM wanted AS w
     WHERE EXISTS (SELECT 1 FROM events AS e WHERE e.id = w.event_id)
     ORDER BY w.n
-    ON CONFLICT (event_id, batch_key) DO UPDATE
-    SET status = 'running', lease_until = EXCLUDED.lease_until, due_at = EXCLUDED.due_at,
-        lease_owner = EXCLUDED.lease_owner, started_at = now(),
-        devices = CASE WHEN EXCLUDED.devices > 0 THEN EXCLUDED.devices
-                       ELSE delivery_batches.devices END
-    WHERE delivery_batches.status = 'queued'
-       OR (delivery_batches.status = 'running'
-           AND (delivery_batches.lease_until < now()
-                OR delivery_batches.lease_owner = EXCLUDED.lease_owner))
+    {_TAKE_IF_FREE}
     RETURNING event_id, batch_key
 )
 SELECT w.event_id, w.batch_key, c.event_id IS NOT NULL AS claimed,
